@@ -1,0 +1,63 @@
+"""The contract every part of forgather-control shares: job ids and the jobs directory,
+liveness, the command vocabulary and ledger, and the client.
+
+Imports no torch, fastapi or ray: the CLI's control commands stand on this alone.
+"""
+
+from .client import (
+    CommandFailed,
+    CommandRefused,
+    ControlError,
+    HttpChannel,
+    JobClient,
+    NotFound,
+    Unreachable,
+    UsageError,
+    WaitTimeout,
+    probe_endpoint,
+)
+from .commands import (
+    CLI_VERBS,
+    FINAL_STATES,
+    VALID_COMMANDS,
+    Command,
+    Entry,
+    Ledger,
+    LedgerError,
+    QueueFull,
+    State,
+    StopPending,
+    UnknownCommand,
+    UnknownEntry,
+    parse_command,
+)
+from .files import ensure_private_dir, read_json, write_json_atomic
+from .jobs import (
+    ENV_CONTROL_HOST,
+    ENV_CONTROL_PORT,
+    ENV_JOB_ID,
+    ENV_JOBS_DIR,
+    ENV_TOKEN,
+    PROTOCOL,
+    InvalidJobId,
+    JobPaths,
+    default_job_id,
+    is_valid_job_id,
+    resolve_jobs_dir,
+    validate_job_id,
+)
+from .listing import AmbiguousJob, JobInfo, JobNotFound, find_job, job_ids, load, scan
+from .liveness import STALE_AFTER, HostIdentity, Liveness, judge, local_host, pid_alive, process_identity, same_host
+
+__all__ = [
+    "AmbiguousJob", "CLI_VERBS", "Command", "CommandFailed", "CommandRefused", "ControlError",
+    "ENV_CONTROL_HOST", "ENV_CONTROL_PORT", "ENV_JOB_ID", "ENV_JOBS_DIR", "ENV_TOKEN", "Entry",
+    "FINAL_STATES", "HostIdentity", "HttpChannel", "InvalidJobId", "JobClient", "JobInfo",
+    "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "NotFound", "PROTOCOL",
+    "QueueFull", "STALE_AFTER", "State", "StopPending", "UnknownCommand", "UnknownEntry",
+    "Unreachable", "UsageError", "VALID_COMMANDS", "WaitTimeout", "default_job_id",
+    "ensure_private_dir", "find_job", "is_valid_job_id", "job_ids", "judge", "load",
+    "local_host", "parse_command", "pid_alive", "probe_endpoint", "process_identity",
+    "read_json", "resolve_jobs_dir", "same_host", "scan", "validate_job_id",
+    "write_json_atomic",
+]

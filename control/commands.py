@@ -1,0 +1,345 @@
+"""The command vocabulary and the ledger every accepted command lives in.
+
+A command's life: ``queued`` -> ``applied`` (at a step, on every rank) -> ``completed``
+(with its result) or ``failed`` / ``dropped`` (with a reason). A command refused at the
+door (full queue, job stopping) over the file channel is recorded as ``rejected`` so the
+client that dropped the file learns why. Nothing is silently lost.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Command(str, enum.Enum):
+    SAVE_CHECKPOINT = "save_checkpoint"
+    EVALUATE = "evaluate"
+    SAVE_AND_STOP = "save_and_stop"
+    GRACEFUL_STOP = "graceful_stop"
+    ABORT = "abort"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def code(self) -> int:
+        """Small positive int for the agreement tensor; 0 means "no command"."""
+        return _CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> "Command":
+        return _BY_CODE[int(code)]
+
+    @property
+    def stops(self) -> bool:
+        return self in (Command.SAVE_AND_STOP, Command.GRACEFUL_STOP, Command.ABORT)
+
+    @property
+    def saves(self) -> bool:
+        return self in (Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP)
+
+
+_CODES = {c: i for i, c in enumerate(Command, start=1)}
+_BY_CODE = {i: c for c, i in _CODES.items()}
+
+#: CLI verb -> command.
+CLI_VERBS: dict[str, Command] = {
+    "save": Command.SAVE_CHECKPOINT,
+    "eval": Command.EVALUATE,
+    "save-stop": Command.SAVE_AND_STOP,
+    "stop": Command.GRACEFUL_STOP,
+    "abort": Command.ABORT,
+}
+VALID_COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
+
+
+class UnknownCommand(ValueError):
+    pass
+
+
+def parse_command(name: object) -> Command:
+    """Accept the wire name or the CLI verb; the error lists what is valid."""
+    if isinstance(name, str):
+        if name in CLI_VERBS:
+            return CLI_VERBS[name]
+        try:
+            return Command(name)
+        except ValueError:
+            pass
+    raise UnknownCommand(f"unknown command {name!r}; valid commands: {', '.join(VALID_COMMANDS)}")
+
+
+class State(str, enum.Enum):
+    QUEUED = "queued"
+    APPLIED = "applied"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DROPPED = "dropped"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def final(self) -> bool:
+        return self in (State.COMPLETED, State.FAILED, State.DROPPED, State.REJECTED)
+
+
+FINAL_STATES = frozenset(s.value for s in State if s.final)
+
+
+@dataclass
+class Entry:
+    """One command's receipt. Serialised as is into status.json and HTTP replies."""
+
+    id: str
+    command: Command | str  # a str only for a rejected, unknown command
+    state: State = State.QUEUED
+    key: str | None = None
+    source: str = "http"
+    seq: int = 0
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    step: int | None = None
+    result: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["command"] = str(self.command)
+        d["state"] = self.state.value
+        return d
+
+
+class LedgerError(Exception):
+    """Base for refusals; ``http_status`` is what the server answers."""
+
+    http_status = 400
+
+
+class QueueFull(LedgerError):
+    http_status = 429
+
+
+class StopPending(LedgerError):
+    http_status = 409
+
+
+class UnknownEntry(LedgerError):
+    http_status = 404
+
+
+def new_command_id() -> str:
+    return "c-" + secrets.token_hex(6)
+
+
+class Ledger:
+    """Thread-safe record of commands; written by the HTTP thread, the inbox poller and
+    the training thread. Bounded: at most ``max_pending`` queued, ``history`` kept.
+
+    ``on_change`` is called (outside the lock) after every transition so the owner can
+    persist status.json promptly; it must not raise, and errors in it are swallowed.
+    """
+
+    def __init__(self, *, max_pending: int = 16, history: int = 200, on_change=None) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._keys: dict[str, str] = {}
+        self._queue: deque[str] = deque()
+        self._seq = itertools.count(1)
+        self._stop_accepted: Entry | None = None
+        self.max_pending = max_pending
+        self.history = history
+        self.on_change = on_change
+        #: Cheap flag the training thread reads on every step; no lock needed to read.
+        self.has_pending = False
+
+    # -- intake -------------------------------------------------------------------
+    def submit(
+        self,
+        command: Command | str,
+        *,
+        key: str | None = None,
+        source: str = "http",
+        command_id: str | None = None,
+    ) -> tuple[Entry, bool]:
+        """Queue a command. Returns ``(entry, created)``; a repeated idempotency key (or
+        command id) returns the first entry with ``created=False``."""
+        cmd = parse_command(command) if not isinstance(command, Command) else command
+        with self._lock:
+            if key is not None and key in self._keys and self._keys[key] in self._entries:
+                return self._entries[self._keys[key]], False
+            if command_id is not None and command_id in self._entries:
+                return self._entries[command_id], False
+            if self._stop_accepted is not None and not (cmd == Command.ABORT and self._stop_accepted.command != Command.ABORT):
+                raise StopPending(
+                    f"the job is already stopping ({self._stop_accepted.reason or self._stop_accepted.command}"
+                    f", command {self._stop_accepted.id}); no further commands are accepted"
+                )
+            if len(self._queue) >= self.max_pending:
+                raise QueueFull(
+                    f"{len(self._queue)} commands are already queued (the limit is {self.max_pending}); "
+                    "wait for them to apply and retry"
+                )
+            entry = Entry(id=command_id or new_command_id(), command=cmd, key=key, source=source, seq=next(self._seq))
+            self._entries[entry.id] = entry
+            if key is not None:
+                self._keys[key] = entry.id
+            self._queue.append(entry.id)
+            if cmd.stops:
+                self._stop_accepted = entry
+            self.has_pending = True
+            self._trim()
+        self._changed()
+        return entry, True
+
+    def reject(self, command: str, *, reason: str, key: str | None = None, source: str = "file", command_id: str | None = None) -> Entry:
+        """Record a refusal that has no reply channel (the file inbox)."""
+        try:
+            cmd: Command | str = parse_command(command)
+        except UnknownCommand:
+            cmd = str(command)[:64]
+        entry = Entry(
+            id=command_id or new_command_id(),
+            command=cmd,
+            key=key,
+            source=source,
+            state=State.REJECTED,
+            reason=reason,
+        )
+        with self._lock:
+            if entry.id in self._entries:
+                return self._entries[entry.id]
+            self._entries[entry.id] = entry
+            self._trim()
+        self._changed()
+        return entry
+
+    # -- the training side ----------------------------------------------------------
+    def next_pending(self) -> Entry | None:
+        """The oldest queued command, left queued (it is removed when applied)."""
+        with self._lock:
+            while self._queue:
+                entry = self._entries.get(self._queue[0])
+                if entry is not None and entry.state == State.QUEUED:
+                    return entry
+                self._queue.popleft()
+            self.has_pending = False
+            return None
+
+    def mark_applied(self, command_id: str, step: int) -> Entry:
+        with self._lock:
+            entry = self._get(command_id)
+            if self._queue and self._queue[0] == command_id:
+                self._queue.popleft()
+            else:
+                try:
+                    self._queue.remove(command_id)
+                except ValueError:
+                    pass
+            self.has_pending = bool(self._queue)
+            entry.state = State.APPLIED
+            entry.step = int(step)
+            entry.updated_at = time.time()
+        self._changed()
+        return entry
+
+    def complete(self, command_id: str, result: dict[str, Any] | None = None) -> Entry:
+        return self._finish(command_id, State.COMPLETED, result=result)
+
+    def fail(self, command_id: str, reason: str) -> Entry:
+        return self._finish(command_id, State.FAILED, reason=reason)
+
+    def drop_pending(self, reason: str) -> list[Entry]:
+        """Drop every queued command (the job is ending before they could apply)."""
+        dropped: list[Entry] = []
+        with self._lock:
+            for cid in list(self._queue):
+                entry = self._entries.get(cid)
+                if entry is not None and entry.state == State.QUEUED:
+                    entry.state = State.DROPPED
+                    entry.reason = reason
+                    entry.updated_at = time.time()
+                    dropped.append(entry)
+            self._queue.clear()
+            self.has_pending = False
+        if dropped:
+            self._changed()
+        return dropped
+
+    def open_entries(self) -> list[Entry]:
+        """Applied but not yet finished (a save waiting for its checkpoint path)."""
+        with self._lock:
+            return [e for e in self._entries.values() if e.state == State.APPLIED]
+
+    def close_intake(self, reason: str) -> None:
+        """Refuse everything from now on (the job is ending)."""
+        with self._lock:
+            if self._stop_accepted is None:
+                self._stop_accepted = Entry(id="-", command=Command.GRACEFUL_STOP, reason=reason)
+
+    # -- reading --------------------------------------------------------------------
+    def get(self, command_id: str) -> Entry:
+        with self._lock:
+            return self._get(command_id)
+
+    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e.to_dict() for e in list(self._entries.values())[-n:]]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_accepted is not None
+
+    # -- internals ------------------------------------------------------------------
+    def _get(self, command_id: str) -> Entry:
+        entry = self._entries.get(command_id)
+        if entry is None:
+            raise UnknownEntry(f"no command {command_id!r} in this job's ledger")
+        return entry
+
+    def _finish(self, command_id: str, state: State, *, result=None, reason=None) -> Entry:
+        with self._lock:
+            entry = self._get(command_id)
+            if entry.state.final:
+                return entry
+            entry.state = state
+            if result is not None:
+                entry.result = result
+            if reason is not None:
+                entry.reason = reason
+            entry.updated_at = time.time()
+        self._changed()
+        return entry
+
+    def _trim(self) -> None:
+        queued = set(self._queue)
+        while len(self._entries) > self.history:
+            for cid, entry in self._entries.items():
+                if cid not in queued and entry.state.final:
+                    del self._entries[cid]
+                    if entry.key is not None:
+                        self._keys.pop(entry.key, None)
+                    break
+            else:
+                return
+
+    def _changed(self) -> None:
+        cb = self.on_change
+        if cb is None:
+            return
+        try:
+            cb()
+        except Exception:  # pragma: no cover - the owner logs; we never raise into callers
+            pass

@@ -1,0 +1,120 @@
+"""Job ids, the jobs directory and its per-job layout.
+
+Layout (see design.md section 3)::
+
+    <root>/<job_id>/job.json        launcher, node 0
+                    nodes/<n>.json  launcher on node n
+                    endpoint.json   rank 0, 0600, holds the token
+                    status.json     rank 0
+                    inbox/          file channel
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .files import ensure_private_dir
+
+JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_JOB_ID_RE = re.compile(rf"\A{JOB_ID_PATTERN}\Z")
+
+ENV_JOBS_DIR = "FORGATHER_JOBS_DIR"
+ENV_JOB_ID = "FORGATHER_JOB_ID"
+ENV_CONTROL_HOST = "FORGATHER_CONTROL_HOST"
+ENV_CONTROL_PORT = "FORGATHER_CONTROL_PORT"
+ENV_TOKEN = "FORGATHER_TOKEN"
+
+#: Version of the endpoint/status file format and HTTP API.
+PROTOCOL = 1
+
+
+class InvalidJobId(ValueError):
+    """A job id that could escape the jobs directory or is otherwise unusable."""
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return ``job_id`` unchanged or raise: ids become folder names, so no ``..`` or ``/``."""
+    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+        raise InvalidJobId(
+            f"invalid job id {job_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return job_id
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    return isinstance(job_id, str) and bool(_JOB_ID_RE.match(job_id))
+
+
+def default_job_id(env: dict[str, str] | None = None) -> str:
+    """``slurm-<id>`` under SLURM (so every node and a requeued run agree), else host-time-rand."""
+    env = os.environ if env is None else env
+    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return validate_job_id(f"slurm-{array_job}_{array_task}")
+    if env.get("SLURM_JOB_ID"):
+        return validate_job_id(f"slurm-{env['SLURM_JOB_ID']}")
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "host"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return validate_job_id(f"{host[:80]}-{stamp}-{secrets.token_hex(2)}")
+
+
+def resolve_jobs_dir(jobs_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``--jobs-dir``, else ``$FORGATHER_JOBS_DIR``, else ``~/.forgather/jobs``."""
+    if jobs_dir:
+        return Path(jobs_dir).expanduser().absolute()
+    env = os.environ.get(ENV_JOBS_DIR)
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".forgather" / "jobs"
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where one job's files live; pure path arithmetic, touches nothing."""
+
+    root: Path
+    job_id: str
+
+    def __post_init__(self) -> None:
+        validate_job_id(self.job_id)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.job_id
+
+    @property
+    def job(self) -> Path:
+        return self.dir / "job.json"
+
+    @property
+    def endpoint(self) -> Path:
+        return self.dir / "endpoint.json"
+
+    @property
+    def status(self) -> Path:
+        return self.dir / "status.json"
+
+    @property
+    def inbox(self) -> Path:
+        return self.dir / "inbox"
+
+    @property
+    def nodes(self) -> Path:
+        return self.dir / "nodes"
+
+    def node(self, node_rank: int) -> Path:
+        return self.nodes / f"{int(node_rank)}.json"
+
+    def create(self) -> "JobPaths":
+        """Make root, job dir and inbox, all 0700."""
+        ensure_private_dir(self.root)
+        ensure_private_dir(self.dir)
+        ensure_private_dir(self.inbox)
+        return self

@@ -1,0 +1,220 @@
+"""Reading the jobs directory: one summary per job, liveness judged, nothing deleted.
+
+``scan`` is what ``forgather control list`` shows; ``find_job`` resolves the JOB
+argument every other command takes (an exact id or a unique prefix).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import TEMP_PREFIX, read_json
+from .jobs import JobPaths, is_valid_job_id
+from .liveness import STALE_AFTER, Liveness, judge, same_host, squeue_state
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("finished", "stopped", "aborted", "failed")
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class AmbiguousJob(LookupError):
+    pass
+
+
+@dataclass
+class JobInfo:
+    """Everything known about one job, merged from its records."""
+
+    job_id: str
+    paths: JobPaths
+    endpoint: dict | None = None
+    status: dict | None = None
+    job: dict | None = None
+    nodes: list[dict] = field(default_factory=list)
+    liveness: Liveness = Liveness.UNKNOWN
+    evidence: str = ""
+
+    @property
+    def state(self) -> str:
+        """What a person wants in the state column: the job's own state while it lives,
+        the verdict when it is dead or not known."""
+        recorded = (self.status or {}).get("state") or (self.job or {}).get("state") or "unknown"
+        if self.liveness == Liveness.ALIVE:
+            return recorded
+        if self.liveness == Liveness.FINISHED:
+            return recorded
+        return str(self.liveness)
+
+    @property
+    def controllable(self) -> bool:
+        return self.endpoint is not None and self.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``list --json`` object. Never contains the token."""
+        ep = self.endpoint or {}
+        st = self.status or {}
+        jb = self.job or {}
+        updated = max(
+            (t for t in (st.get("heartbeat_at"), st.get("updated_at"), ep.get("started_at"), jb.get("updated_at")) if isinstance(t, (int, float))),
+            default=None,
+        )
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "recorded_state": st.get("state") or jb.get("state"),
+            "liveness": str(self.liveness),
+            "evidence": self.evidence,
+            "host": ep.get("host") or st.get("host") or jb.get("host"),
+            "port": ep.get("port"),
+            "url": ep.get("url"),
+            "pid": ep.get("pid") or st.get("pid"),
+            "step": st.get("step"),
+            "max_steps": st.get("max_steps"),
+            "world_size": st.get("world_size"),
+            "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
+            "updated_at": updated,
+            "jobs_dir": str(self.paths.root),
+        }
+
+    def details(self) -> dict[str, Any]:
+        """The ``status --json`` object: the summary plus the status record's detail."""
+        d = self.summary()
+        st = self.status or {}
+        for key in ("epoch", "metrics", "steps_per_second", "eta_seconds", "last_checkpoint", "commands", "control_error", "started_at", "ended_at", "exit_code", "check_interval", "http"):
+            if key in st:
+                d[key] = st[key]
+        if self.job:
+            d["job"] = {k: v for k, v in self.job.items() if k not in ("env",)}
+        return d
+
+
+def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
+    info = JobInfo(job_id=paths.job_id, paths=paths)
+    info.endpoint = read_json(paths.endpoint, quiet=quiet)
+    info.status = read_json(paths.status, quiet=quiet)
+    info.job = read_json(paths.job, quiet=quiet)
+    try:
+        names = sorted(os.listdir(paths.nodes)) if _is_real_dir(paths.nodes) else []
+    except OSError:
+        names = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
+            rec = read_json(paths.nodes / name, quiet=quiet)
+            if rec is not None:
+                info.nodes.append(rec)
+    return info
+
+
+def job_ids(root: Path) -> list[str]:
+    """Folder names under ``root`` that can be jobs; links, files, temp names skipped."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("cannot read jobs directory %s: %s", root, exc)
+        return []
+    ids = []
+    for e in entries:
+        if not is_valid_job_id(e.name):
+            continue
+        try:
+            if e.is_symlink():
+                log.warning("skipping %s: a symlink (never followed out of the jobs directory)", e.path)
+                continue
+            if not e.is_dir(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        ids.append(e.name)
+    return sorted(ids)
+
+
+Probe = Callable[[dict], "bool | None"]
+
+
+def scan(
+    root: Path,
+    *,
+    include_finished: bool = False,
+    probe: Probe | None = None,
+    probe_local: bool = False,
+    squeue: Callable[[str], str | None] | None = squeue_state,
+    stale_after: float = STALE_AFTER,
+) -> list[JobInfo]:
+    """Every job under ``root`` with liveness judged. Finished jobs only with
+    ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
+    cheap, so the HTTP probe is only spent on jobs from other hosts unless
+    ``probe_local``."""
+    now = time.time()
+    out = []
+    for jid in job_ids(root):
+        info = load(JobPaths(root, jid))
+        if info.endpoint is None and info.status is None and info.job is None and not info.nodes:
+            continue  # an empty or foreign folder
+        _judge(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
+        if info.liveness == Liveness.FINISHED and not include_finished:
+            continue
+        out.append(info)
+    return out
+
+
+def _judge(info: JobInfo, *, probe, probe_local, squeue, stale_after, now) -> None:
+    use_probe = probe
+    if probe is not None and not probe_local and info.endpoint is not None and same_host(info.endpoint):
+        use_probe = None
+    info.liveness, info.evidence = judge(
+        endpoint=info.endpoint,
+        status=info.status,
+        job=info.job,
+        nodes=info.nodes,
+        probe=use_probe,
+        squeue=squeue,
+        stale_after=stale_after,
+        now=now,
+    )
+
+
+def find_job(
+    root: Path,
+    ref: str,
+    *,
+    probe: Probe | None = None,
+    squeue: Callable[[str], str | None] | None = squeue_state,
+) -> JobInfo:
+    """Resolve an exact id or a unique prefix to a job, liveness judged (probe included)."""
+    ids = job_ids(root)
+    if ref in ids:
+        match = ref
+    else:
+        matches = [i for i in ids if i.startswith(ref)]
+        if not matches:
+            raise JobNotFound(
+                f"no job {ref!r} in {root}; run `forgather control list --all` to see the jobs there, "
+                "or pass --jobs-dir / set FORGATHER_JOBS_DIR"
+            )
+        if len(matches) > 1:
+            shown = ", ".join(matches[:8]) + (" ..." if len(matches) > 8 else "")
+            raise AmbiguousJob(f"{ref!r} matches {len(matches)} jobs ({shown}); give more of the id")
+        match = matches[0]
+    info = load(JobPaths(root, match))
+    _judge(info, probe=probe, probe_local=True, squeue=squeue, stale_after=STALE_AFTER, now=time.time())
+    return info
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,112 @@
+"""A plain PyTorch training loop under forgather's Controller (CPU, synthetic data).
+
+Runs alone (``python plain_loop.py``) or under torchrun with DDP
+(``python -m torch.distributed.run --nproc-per-node 2 plain_loop.py``). It trains until
+told to stop or ``--max-steps`` is reached; from another terminal::
+
+    forgather control list
+    forgather control save  <job> --wait
+    forgather control stop  <job> --wait
+
+Checkpoints (model + optimizer state) go to ``--output-dir/checkpoint-<step>.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from forgather.callback import Controller
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--max-steps", type=int, default=1_000_000, help="stop after this many steps (default: effectively until told)")
+    p.add_argument("--output-dir", default="out/plain_loop", help="where checkpoints go")
+    p.add_argument("--job-id", default=None, help="job id (default: $FORGATHER_JOB_ID or generated)")
+    p.add_argument("--jobs-dir", default=None, help="jobs directory (default: $FORGATHER_JOBS_DIR or ~/.forgather/jobs)")
+    p.add_argument("--step-time", type=float, default=0.01, help="extra seconds per step, so a person can watch it")
+    p.add_argument("--no-http", action="store_true", help="file channel only (enable_http=False)")
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: only on command)")
+    p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if distributed else 0
+
+    torch.manual_seed(0)
+    model: nn.Module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    start = 0
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        _bare(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"resumed from {args.resume} at step {start}", flush=True)
+
+    gen = torch.Generator().manual_seed(1 + rank)
+    eval_x = torch.randn(64, 16, generator=torch.Generator().manual_seed(99))
+    eval_y = eval_x.sum(dim=1, keepdim=True)
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            return {"eval_loss": float(nn.functional.mse_loss(model(eval_x), eval_y))}
+
+    def save(step: int) -> str:
+        path = os.path.join(args.output_dir, f"checkpoint-{step}.pt")
+        if rank == 0:
+            os.makedirs(args.output_dir, exist_ok=True)
+            tmp = path + ".tmp"
+            torch.save({"model": _bare(model).state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+            os.replace(tmp, path)
+        if distributed:
+            dist.barrier()
+        return path
+
+    with Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http) as ctl:
+        if rank == 0:
+            print(f"job {ctl.job_id} running; control it with `forgather control status {ctl.job_id}`", flush=True)
+        for step in range(start + 1, args.max_steps + 1):
+            x = torch.randn(32, 16, generator=gen)
+            loss = nn.functional.mse_loss(model(x), x.sum(dim=1, keepdim=True))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if args.step_time:
+                time.sleep(args.step_time)
+            act = ctl.step(step, {"loss": float(loss.detach()), "learning_rate": opt.param_groups[0]["lr"]})
+            if act.evaluate or (args.eval_every and step % args.eval_every == 0):
+                ctl.evaluation_done(evaluate())
+            if act.save:
+                ctl.checkpoint_saved(save(step))
+            if act.stop:
+                if rank == 0:
+                    print(f"stopping at step {step} ({act.command})", flush=True)
+                break
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+if __name__ == "__main__":
+    sys.exit(main())
