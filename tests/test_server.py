@@ -1,0 +1,187 @@
+"""The rank-0 HTTP API through FastAPI's TestClient, then real uvicorn on loopback.
+
+Every refusal must be a clear 4xx that leaves the queue empty.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+import pytest
+from fastapi.testclient import TestClient
+
+from forgather.callback.server import ServerStartError, ServerThread, create_app
+from forgather.control import VALID_COMMANDS, Ledger
+
+TOKEN = "t0k3n-for-tests-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger(max_pending=3)
+
+
+@pytest.fixture
+def client(ledger: Ledger) -> TestClient:
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: {"job_id": "job-1", "state": "running", "step": 5}, token=TOKEN)
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json()["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "headers, url",
+    [
+        ({}, "/jobs/job-1/control"),
+        ({"Authorization": "Bearer wrong"}, "/jobs/job-1/control"),
+        ({"Authorization": TOKEN}, "/jobs/job-1/control"),
+        ({}, f"/jobs/job-1/control?token={TOKEN}"),
+        (AUTH, f"/jobs/job-1/control?token={TOKEN}"),
+        ({}, f"/jobs/job-1/control?access_token={TOKEN}"),
+    ],
+    ids=["none", "wrong", "no-bearer", "query", "query-and-header", "access_token"],
+)
+def test_auth_refusals_queue_nothing(client: TestClient, ledger: Ledger, headers: dict, url: str) -> None:
+    r = client.post(url, json={"command": "save_checkpoint"}, headers=headers)
+    assert r.status_code == 401, r.text
+    assert "token" in r.json()["detail"].lower()
+    assert ledger.pending_count() == 0
+    assert client.get(url.replace("/control", "/status"), headers=headers).status_code == 401
+
+
+def test_accepts_and_reports(client: TestClient, ledger: Ledger) -> None:
+    r = client.post("/jobs/job-1/control", json={"command": "save_checkpoint", "key": "k"}, headers=AUTH)
+    assert r.status_code == 202
+    cid = r.json()["id"]
+    again = client.post("/jobs/job-1/control", json={"command": "save_checkpoint", "key": "k"}, headers=AUTH)
+    assert again.status_code == 200 and again.json()["id"] == cid, "same key queues once"
+    assert ledger.pending_count() == 1
+    got = client.get(f"/jobs/job-1/commands/{cid}", headers=AUTH).json()
+    assert got["state"] == "queued" and got["command"] == "save_checkpoint"
+    assert client.get("/jobs/job-1/status", headers=AUTH).json()["step"] == 5
+    assert client.get("/jobs", headers=AUTH).json()["jobs"][0]["job_id"] == "job-1"
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1,2]", 422, "command"),
+        (b'{"cmd": "save"}', 422, "command"),
+        (b'{"command": "explode"}', 422, "valid commands"),
+        (b'{"command": 3}', 422, "valid commands"),
+        (b'{"command": "abort", "extra": 1}', 422, "unknown field"),
+        (b'{"command": "abort", "key": 5}', 422, "key"),
+        (b'{"command": "abort", "key": "' + b"k" * 500 + b'"}', 422, "key"),
+    ],
+)
+def test_bad_bodies(client: TestClient, ledger: Ledger, body: bytes, status: int, words: str) -> None:
+    r = client.post("/jobs/job-1/control", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in json.dumps(r.json())
+    if status in (400, 422) and "valid" in words:
+        assert r.json()["valid_commands"] == list(VALID_COMMANDS)
+    assert ledger.pending_count() == 0
+
+
+def test_oversized_body_is_413(client: TestClient, ledger: Ledger) -> None:
+    big = json.dumps({"command": "save_checkpoint", "key": "x" * 10_000})
+    r = client.post("/jobs/job-1/control", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the streaming limit must still hold
+        for _ in range(20):
+            yield b"x" * 1024
+
+    r = client.post("/jobs/job-1/control", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    assert ledger.pending_count() == 0
+
+
+def test_job_ids_and_unknown_commands(client: TestClient, ledger: Ledger) -> None:
+    r = client.post("/jobs/..%2Fx/control", json={"command": "abort"}, headers=AUTH)
+    assert r.status_code in (400, 404) and ledger.pending_count() == 0
+    r = client.post("/jobs/.x/control", json={"command": "abort"}, headers=AUTH)
+    assert r.status_code == 400 and "invalid job id" in r.json()["detail"]
+    r = client.post("/jobs/other-job/control", json={"command": "abort"}, headers=AUTH)
+    assert r.status_code == 404 and "job-1" in r.json()["detail"]
+    assert client.get("/jobs/job-1/commands/c-nope", headers=AUTH).status_code == 404
+    assert ledger.pending_count() == 0
+
+
+def test_full_queue_is_429_and_after_stop_409(client: TestClient, ledger: Ledger) -> None:
+    for _ in range(3):
+        assert client.post("/jobs/job-1/control", json={"command": "evaluate"}, headers=AUTH).status_code == 202
+    r = client.post("/jobs/job-1/control", json={"command": "evaluate"}, headers=AUTH)
+    assert r.status_code == 429 and "retry" in r.json()["detail"]
+    assert ledger.pending_count() == 3
+    while (e := ledger.next_pending()) is not None:
+        ledger.mark_applied(e.id, 1)
+    assert client.post("/jobs/job-1/control", json={"command": "graceful_stop"}, headers=AUTH).status_code == 202
+    r = client.post("/jobs/job-1/control", json={"command": "save_checkpoint"}, headers=AUTH)
+    assert r.status_code == 409 and "stopping" in r.json()["detail"]
+    assert ledger.pending_count() == 1
+
+
+def test_host_header_must_be_local(client: TestClient, ledger: Ledger) -> None:
+    r = client.post("/jobs/job-1/control", json={"command": "abort"}, headers={**AUTH, "Host": "evil.example.com"})
+    assert r.status_code == 403 and ledger.pending_count() == 0
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:9"):
+        assert client.get("/jobs", headers={**AUTH, "Host": host}).status_code == 200
+
+
+def test_handler_error_is_a_500_not_a_crash(ledger: Ledger) -> None:
+    def broken_status() -> dict:
+        raise RuntimeError("status exploded")
+
+    app = create_app(job_id="job-1", ledger=ledger, status=broken_status, token=TOKEN)
+    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    r = c.get("/jobs/job-1/status", headers=AUTH)
+    assert r.status_code == 500 and "internal error" in r.json()["detail"]
+    assert c.post("/jobs/job-1/control", json={"command": "evaluate"}, headers=AUTH).status_code == 202
+
+
+def test_no_auth_is_explicit(ledger: Ledger) -> None:
+    app = create_app(job_id="job-1", ledger=ledger, status=dict, token=None)
+    c = TestClient(app, base_url="http://127.0.0.1")
+    assert c.post("/jobs/job-1/control", json={"command": "evaluate"}).status_code == 202
+
+
+# -- real uvicorn ---------------------------------------------------------------------------
+
+
+def test_real_uvicorn_on_loopback_ephemeral_port(ledger: Ledger) -> None:
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: {"state": "running"}, token=TOKEN)
+    server = ServerThread(app)
+    port = server.start()
+    try:
+        assert port > 0 and server.url == f"http://127.0.0.1:{port}"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/jobs/job-1/control", body=json.dumps({"command": "evaluate"}), headers={**AUTH, "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 202 and json.loads(resp.read())["state"] == "queued"
+        conn.close()
+        # bound to loopback only: the machine's other addresses do not answer
+        sock = server.server.servers[0].sockets[0]
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
+
+
+def test_port_in_use_raises_a_clear_error(ledger: Ledger) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        app = create_app(job_id="job-1", ledger=ledger, status=dict, token=TOKEN)
+        with pytest.raises(ServerStartError, match="could not start"):
+            ServerThread(app, port=busy.getsockname()[1]).start()
+    finally:
+        busy.close()
