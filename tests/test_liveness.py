@@ -1,0 +1,91 @@
+"""Liveness verdicts from records (design.md section 3), with real pids of this host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from forgather.control import Liveness, judge, local_host, process_identity, scan, write_json_atomic
+from forgather.control.jobs import JobPaths
+
+
+def other_host(**kw) -> dict:
+    return {"host": "elsewhere", "boot_id": "another-boot", "pid": os.getpid(), "pid_start_time": 1.0, **kw}
+
+
+def no_squeue(_job_id: str) -> None:
+    return None
+
+
+def test_this_process_is_alive() -> None:
+    verdict, why = judge(endpoint=process_identity(), status=None, squeue=no_squeue)
+    assert verdict == Liveness.ALIVE, why
+
+
+def test_recycled_pid_is_dead() -> None:
+    rec = {**process_identity(), "pid_start_time": time.time() - 10_000}
+    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.DEAD
+
+
+def test_exited_process_is_dead() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    rec = process_identity(proc.pid)
+    proc.wait()
+    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.DEAD
+
+
+def test_same_hostname_other_boot_is_not_judged_by_pid() -> None:
+    rec = {**process_identity(), "boot_id": "rebooted-since", "heartbeat_at": time.time()}
+    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.UNKNOWN
+
+
+def test_other_host_heartbeat_fresh_unknown_old_stale() -> None:
+    now = time.time()
+    fresh = other_host(heartbeat_at=now - 5)
+    assert judge(endpoint=None, status=fresh, squeue=no_squeue, now=now)[0] == Liveness.UNKNOWN
+    old = other_host(heartbeat_at=now - 500)
+    verdict, why = judge(endpoint=None, status=old, squeue=no_squeue, now=now)
+    assert verdict == Liveness.STALE and "500s" in why
+    # a local pid check never condemns another host's job
+    assert judge(endpoint=other_host(pid=999_999_999), status=fresh, squeue=no_squeue, now=now)[0] == Liveness.UNKNOWN
+
+
+def test_probe_is_authoritative() -> None:
+    ep = other_host(url="http://10.0.0.1:1", heartbeat_at=0)
+    assert judge(endpoint=ep, status=None, probe=lambda e: True, squeue=no_squeue)[0] == Liveness.ALIVE
+    assert judge(endpoint=ep, status=None, probe=lambda e: None, squeue=no_squeue)[0] == Liveness.STALE
+
+
+def test_slurm_answers_for_other_hosts() -> None:
+    job = {"scheduler": {"type": "slurm", "slurm_job_id": "77"}}
+    st = other_host(heartbeat_at=time.time())
+    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: "RUNNING")[0] == Liveness.ALIVE
+    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: "")[0] == Liveness.DEAD
+    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: None)[0] == Liveness.UNKNOWN
+
+
+def test_finished_job_without_endpoint() -> None:
+    st = {**process_identity(), "state": "stopped"}
+    assert judge(endpoint=None, status=st, squeue=no_squeue)[0] == Liveness.FINISHED
+
+
+def test_scan_skips_hostile_entries(tmp_path: Path) -> None:
+    root = tmp_path / "jobs"
+    p = JobPaths(root, "live").create()
+    write_json_atomic(p.endpoint, {**process_identity(), "job_id": "live", "url": None})
+    write_json_atomic(p.status, {**process_identity(), "state": "running", "step": 3})
+    (root / "garbage").mkdir()
+    (root / "garbage" / "status.json").write_bytes(b"\x00\x01{{{")
+    (root / "a-file").write_text("not a job")
+    (root / "..hidden").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_json_atomic(outside / "status.json", {"state": "running"})
+    (root / "linked").symlink_to(outside)
+    jobs = {j.job_id: j for j in scan(root, include_finished=True, squeue=no_squeue)}
+    assert set(jobs) == {"live"}
+    assert jobs["live"].liveness == Liveness.ALIVE and jobs["live"].summary()["step"] == 3
+    assert local_host().boot_id
