@@ -1,0 +1,1 @@
+"""``forgather``: the command line (click). Subcommands are imported lazily; see main.py."""

@@ -1,0 +1,81 @@
+"""Output that needs no rich: JSON for scripts, ages and durations for people.
+
+The ``--json`` paths stay on this module so they never pay for importing rich, and
+every object printed goes through :func:`scrub` so a token can never reach stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any
+
+#: Keys never printed, wherever they appear (the endpoint token, mostly).
+SECRET_KEYS = frozenset({"token", "authorization", "auth_token"})
+
+
+def scrub(value: Any) -> Any:
+    """A copy of ``value`` without secret keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if not (isinstance(k, str) and k.lower() in SECRET_KEYS)}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, secrets removed, stable key order."""
+    sys.stdout.write(json.dumps(scrub(value), indent=2, sort_keys=True, default=str))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def age(ts: Any, now: float | None = None) -> str:
+    """``12s ago`` / ``3m ago`` / ``2h ago`` / ``4d ago``; ``-`` when unknown."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        return "-"
+    delta = (time.time() if now is None else now) - float(ts)
+    if delta < -5:
+        return "in the future"  # clock skew between hosts; say so rather than lie
+    return f"{duration(max(0.0, delta))} ago"
+
+
+def duration(seconds: Any) -> str:
+    """A short human duration: ``45s``, ``3m``, ``2h05m``, ``4d``; ``-`` when unknown."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return "-"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    return f"{s // 86400}d"
+
+
+def describe_entry(entry: dict[str, Any]) -> str:
+    """One line for a ledger entry: what, state, where, result or reason."""
+    parts = [f"{entry.get('command', '?')} ({entry.get('id', '?')}): {entry.get('state', '?')}"]
+    if entry.get("step") is not None:
+        parts.append(f"at step {entry['step']}")
+    result = entry.get("result") if isinstance(entry.get("result"), dict) else {}
+    if result.get("checkpoint"):
+        parts.append(f"checkpoint {result['checkpoint']}")
+    metrics = result.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        parts.append(", ".join(f"{k}={_num(v)}" for k, v in list(metrics.items())[:6]))
+    if result.get("final_state"):
+        parts.append(f"job {result['final_state']}")
+    if entry.get("reason"):
+        parts.append(f"reason: {entry['reason']}")
+    return "; ".join(parts)
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,256 @@
+"""What people see: rich tables, the status panel, and the live progress bar.
+
+Imported only on the human paths; ``--json`` never loads rich (it costs more start-up
+time than everything else ``list`` does).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from .output import age, describe_entry, duration
+
+_STATE_STYLE = {
+    "running": "green",
+    "starting": "cyan",
+    "stopping": "yellow",
+    "alive": "green",
+    "finished": "blue",
+    "stopped": "blue",
+    "aborted": "magenta",
+    "failed": "red",
+    "dead": "red",
+    "stale": "yellow",
+    "unknown": "yellow",
+    "completed": "green",
+    "queued": "cyan",
+    "sent": "cyan",
+    "applied": "yellow",
+    "dropped": "red",
+    "rejected": "red",
+}
+FINAL_JOB_STATES = frozenset({"finished", "stopped", "aborted", "failed"})
+
+
+def console(stderr: bool = False) -> Console:
+    """A console; wide when not a terminal so piped tables do not wrap job ids."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=200)
+
+
+def state_text(state: Any) -> Text:
+    s = str(state or "unknown")
+    return Text(s, style=_STATE_STYLE.get(s, ""))
+
+
+def _step(row: dict[str, Any]) -> str:
+    step, total = row.get("step"), row.get("max_steps")
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("JOB", no_wrap=True, overflow="fold")
+    if show_node:
+        table.add_column("NODE", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("STEP", justify="right", no_wrap=True)
+    table.add_column("HOST", no_wrap=True)
+    table.add_column("PID", justify="right", no_wrap=True)
+    table.add_column("PORT", justify="right", no_wrap=True)
+    table.add_column("UPDATED", justify="right", no_wrap=True)
+    now = time.time()
+    for r in rows:
+        cells: list[Any] = [str(r.get("job_id"))]
+        if show_node:
+            cells.append(str(r.get("node") or "-"))
+        cells += [
+            state_text(r.get("state")),
+            _step(r),
+            str(r.get("host") or "-"),
+            str(r.get("pid") or "-"),
+            str(r.get("port") or "-"),
+            age(r.get("updated_at"), now),
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: str = "", all_: bool = False) -> None:
+    con = console()
+    if not rows:
+        hint = "" if all_ else " (finished jobs are hidden; add --all)"
+        con.print(f"no jobs{f' in {where}' if where else ''}{hint}", highlight=False)
+        return
+    con.print(jobs_table(rows, show_node=show_node))
+
+
+def status_panel(d: dict[str, Any]) -> Panel:
+    """Everything ``status`` knows about one job, for a person."""
+    now = time.time()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+
+    state = Text.assemble(state_text(d.get("state")))
+    if d.get("liveness") and d.get("liveness") != d.get("state"):
+        state.append(f"  ({d['liveness']}: {d.get('evidence') or ''})", style="dim")
+    elif d.get("evidence"):
+        state.append(f"  ({d['evidence']})", style="dim")
+    grid.add_row("state", state)
+    step = _step(d)
+    if d.get("step") is not None and d.get("max_steps"):
+        pct = 100.0 * float(d["step"]) / float(d["max_steps"])
+        step += f"  ({pct:.1f}%)"
+    grid.add_row("step", step)
+    if d.get("epoch") is not None:
+        grid.add_row("epoch", f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"]))
+    if d.get("recorded_state") not in FINAL_JOB_STATES and d.get("state") not in FINAL_JOB_STATES:
+        rate = d.get("steps_per_second")
+        grid.add_row("speed", f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-")
+        grid.add_row("eta", duration(d.get("eta_seconds")))
+    metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+    if metrics:
+        grid.add_row("metrics", ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12]))
+    if d.get("last_checkpoint"):
+        grid.add_row("checkpoint", str(d["last_checkpoint"]))
+    where = f"{d.get('host') or '-'}  pid {d.get('pid') or '-'}"
+    if d.get("world_size"):
+        where += f"  world size {d['world_size']}"
+    grid.add_row("where", where)
+    if d.get("url"):
+        grid.add_row("url", str(d["url"]))
+    if d.get("node"):
+        grid.add_row("node", str(d["node"]))
+    grid.add_row("updated", age(d.get("updated_at"), now))
+    if d.get("started_at"):
+        grid.add_row("started", age(d.get("started_at"), now))
+    if d.get("ended_at"):
+        grid.add_row("ended", age(d.get("ended_at"), now))
+    if d.get("control_error"):
+        grid.add_row("control", Text(str(d["control_error"]), style="red"))
+    if d.get("live") is False and d.get("live_error"):
+        grid.add_row("live", Text(f"no live answer: {d['live_error']}", style="yellow"))
+
+    parts: list[Any] = [grid]
+    commands = [c for c in (d.get("commands") or []) if isinstance(c, dict)][-8:]
+    if commands:
+        ct = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title="recent commands", title_justify="left")
+        for col in ("ID", "COMMAND", "STATE", "STEP", "RESULT", "WHEN"):
+            ct.add_column(col, no_wrap=col != "RESULT")
+        for c in commands:
+            ct.add_row(
+                str(c.get("id")),
+                str(c.get("command")),
+                state_text(c.get("state")),
+                str(c.get("step") if c.get("step") is not None else "-"),
+                _result(c),
+                age(c.get("updated_at"), now),
+            )
+        parts.append(ct)
+    return Panel(Group(*parts), title=f"job {d.get('job_id')}", title_align="left", expand=False)
+
+
+def print_status(d: dict[str, Any]) -> None:
+    console().print(status_panel(d))
+
+
+def _result(entry: dict[str, Any]) -> str:
+    r = entry.get("result") if isinstance(entry.get("result"), dict) else {}
+    if r.get("checkpoint"):
+        return str(r["checkpoint"])
+    if isinstance(r.get("metrics"), dict) and r["metrics"]:
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:4])
+    if entry.get("reason"):
+        return str(entry["reason"])
+    if r.get("final_state"):
+        return f"job {r['final_state']}"
+    return ""
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_entry(entry: dict[str, Any], *, stderr: bool = False) -> None:
+    state = str(entry.get("state"))
+    con = console(stderr=stderr)
+    con.print(Text(describe_entry(entry), style=_STATE_STYLE.get(state, "")), highlight=False)
+
+
+def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
+    con = console()
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left")
+    for col in ("JOB", "STATE", "WHY", "UPDATED"):
+        table.add_column(col, no_wrap=col != "WHY")
+    now = time.time()
+    for r in rows:
+        table.add_row(str(r.get("job_id")), state_text(r.get("state")), str(r.get("evidence") or ""), age(r.get("updated_at"), now))
+    con.print(table)
+
+
+# -- the live progress bar ------------------------------------------------------------------
+class _Fields(ProgressColumn):
+    """steps/s, ETA and loss from the job's own status (not rich's estimate: the job
+    knows its rate better than two samples a second apart)."""
+
+    def render(self, task: Task) -> Text:
+        f = task.fields
+        rate = f.get("rate")
+        parts = [
+            f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}",
+            f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s",
+            f"ETA {duration(f.get('eta'))}",
+        ]
+        loss = f.get("loss")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4g}")
+        parts.append(str(f.get("state") or ""))
+        return Text("  ".join(parts))
+
+
+def watch(poll: Callable[[], tuple[dict[str, Any] | None, str | None]], *, job_id: str, interval: float = 0.5) -> dict[str, Any] | None:
+    """Show a progress bar fed by ``poll()`` until it reports an end (a final state or
+    a reason to stop watching) or the user presses Ctrl-C. Returns the last status."""
+    last: dict[str, Any] | None = None
+    ended: str | None = None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Fields(), console=console(), transient=False)
+    task = progress.add_task(job_id, total=None, state="connecting")
+    try:
+        with progress:
+            while True:
+                st, ended = poll()
+                if st is not None:
+                    last = st
+                    metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
+                    progress.update(
+                        task,
+                        completed=st.get("step") or 0,
+                        total=st.get("max_steps") or None,
+                        rate=st.get("steps_per_second"),
+                        eta=st.get("eta_seconds"),
+                        loss=metrics.get("loss"),
+                        state=st.get("state"),
+                    )
+                if ended is not None:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        ended = None
+    if ended:
+        console().print(ended, highlight=False)
+    return last
