@@ -61,3 +61,22 @@ __all__ = [
     "read_json", "resolve_jobs_dir", "same_host", "scan", "validate_job_id",
     "write_json_atomic",
 ]
+
+# Cluster-wide listing through Ray (forgather.control.ray_listing), loaded on first use
+# so that importing this package never costs, or needs, Ray. ``find_cluster_job`` is
+# ray_listing.find_job (``find_job`` here is the local one).
+_RAY_LISTING = {
+    "ClusterListing": "ClusterListing",
+    "RayNotInstalled": "RayNotInstalled",
+    "RayUnavailable": "RayUnavailable",
+    "find_cluster_job": "find_job",
+    "list_cluster": "list_cluster",
+}
+
+
+def __getattr__(name: str):
+    if name in _RAY_LISTING:
+        from . import ray_listing
+
+        return getattr(ray_listing, _RAY_LISTING[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,368 @@
+"""Cluster-wide ``forgather control list`` through an existing Ray cluster.
+
+On clusters without shared storage every node keeps its own jobs directory, and pids
+only mean something on the node that wrote them. So the listing is done *on* each node:
+one tiny task pinned to every alive node reads that node's jobs directory and judges
+liveness there with :func:`forgather.control.listing.scan`; the answers (plain dicts,
+no custom classes cross Ray) are merged with the local listing, one row per job.
+
+Ray is optional and only this module imports it, inside its functions, so
+``import forgather.control`` and every other command stay free of it. We never start a
+cluster: the user's cluster is connected to, asked, and left (``ray.shutdown``) so the
+CLI exits promptly. A node that hangs or dies cannot stall the listing: answers are
+collected with ``ray.wait`` against a deadline, stragglers are cancelled, and the node
+is reported in ``missing_nodes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import ControlError, Unreachable, probe_endpoint
+from .jobs import resolve_jobs_dir
+from .listing import AmbiguousJob, JobNotFound, scan
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'forgather-control[ray]'"
+#: Test hook, read on the *node*: seconds the listing task sleeps before answering, so
+#: tests can make one node hang without touching the others.
+ENV_LIST_DELAY = "FORGATHER_RAY_LIST_DELAY"
+#: How long the address check waits for the Ray head's port before giving up.
+CONNECT_CHECK_TIMEOUT = 3.0
+#: The least time left for the nodes to answer, whatever connecting cost.
+MIN_WAIT = 0.5
+
+# Best evidence first when the same job is seen more than once (shared storage, or a
+# multi-node job whose launchers each left a record on their own node).
+_LIVENESS_RANK = {"alive": 5, "finished": 4, "dead": 3, "stale": 2, "unknown": 1}
+
+
+class RayNotInstalled(ControlError):
+    """``--ray`` was asked for but Ray cannot be imported here."""
+
+    exit_code = 2
+
+
+class RayUnavailable(Unreachable):
+    """No Ray cluster answers at the address (we never start one)."""
+
+
+@dataclass
+class ClusterListing:
+    """What :func:`list_cluster` found.
+
+    ``jobs``: ``JobInfo.summary()`` dicts plus ``node`` (where the row came from),
+    ``node_id``, ``node_ip``, ``source`` ("ray" or "local") and, when the job was seen
+    on more than one node, ``seen_on``. ``missing_nodes``: nodes that did not answer,
+    each with ``node``, ``node_id``, ``node_ip`` and ``reason``. ``nodes``: the nodes
+    that answered, with the jobs directory each read and how many jobs it gave.
+    """
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    missing_nodes: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    address: str = ""
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "missing_nodes": self.missing_nodes,
+            "nodes": self.nodes,
+            "address": self.address,
+            "elapsed": self.elapsed,
+        }
+
+
+# -- the task that runs on each node ------------------------------------------------
+def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> dict[str, Any]:
+    """Runs on one node, in a Ray worker: list *this node's* jobs directory.
+
+    ``jobs_dir`` None means the directory in effect on the node (its environment's
+    FORGATHER_JOBS_DIR, else its home). With ``ref`` it returns only the jobs whose id
+    starts with it, finished ones included, with their tokens (for ``find_job``);
+    without, tokens never leave the node.
+    """
+    delay = os.environ.get(ENV_LIST_DELAY)
+    if delay:
+        time.sleep(float(delay))
+    root = resolve_jobs_dir(jobs_dir)
+    rows = []
+    for info in scan(root, include_finished=include_finished or ref is not None):
+        if ref is not None and not info.job_id.startswith(ref):
+            continue
+        row = info.summary()
+        if ref is not None:
+            row["token"] = (info.endpoint or {}).get("token")
+        rows.append(row)
+    return {"hostname": socket.gethostname(), "jobs_dir": str(root), "jobs": rows}
+
+
+# -- public API ---------------------------------------------------------------------
+def list_cluster(
+    *,
+    address: str | None,
+    jobs_dir: str | None,
+    include_finished: bool = False,
+    timeout: float = 10.0,
+) -> ClusterListing:
+    """List the jobs of every node of the Ray cluster at ``address``, merged with the
+    local listing. ``address`` None or "auto": RAY_ADDRESS, else the running cluster.
+
+    Returns within about ``timeout`` seconds (plus disconnecting) whatever the nodes do;
+    nodes that did not answer are in ``missing_nodes``. Raises :class:`RayNotInstalled`
+    or :class:`RayUnavailable` (no cluster: we never start one).
+    """
+    started = time.monotonic()
+    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=include_finished, ref=None, timeout=timeout)
+    listing.jobs = _merge(listing.jobs)
+    listing.elapsed = round(time.monotonic() - started, 3)
+    return listing
+
+
+def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> dict[str, Any]:
+    """Resolve a job id (or unique prefix) across the Ray cluster to something
+    :class:`~forgather.control.client.JobClient` can talk to: the job's summary with
+    ``url``, ``token`` and ``job_id``.
+
+    The token is read by the node's own task from the job's 0600 endpoint.json and
+    travels over the user's own Ray cluster. Raises JobNotFound / AmbiguousJob, and
+    Unreachable when the job is found but has no endpoint this machine can reach (the
+    exception's ``job`` attribute then holds the job's summary, without the token).
+    """
+    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout)
+    rows = _merge(listing.jobs)
+    ids = [r["job_id"] for r in rows]
+    if ref in ids:
+        row = rows[ids.index(ref)]
+    elif len(rows) == 1:
+        row = rows[0]
+    elif not rows:
+        hint = ""
+        if listing.missing_nodes:
+            names = ", ".join(f"{m['node']} ({m['reason']})" for m in listing.missing_nodes)
+            hint = f"; {len(listing.missing_nodes)} node(s) did not answer and may hold it: {names}"
+        raise JobNotFound(
+            f"no job {ref!r} on the {len(listing.nodes)} Ray node(s) that answered nor in the local jobs directory{hint}. "
+            "Run `forgather control list --ray --all` to see the jobs there"
+        )
+    else:
+        shown = ", ".join(f"{r['job_id']} ({r['node']})" for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
+        raise AmbiguousJob(f"{ref!r} matches {len(rows)} jobs across the cluster ({shown}); give more of the id")
+    _check_reachable(row)
+    return row
+
+
+# -- connecting ---------------------------------------------------------------------
+def _import_ray() -> Any:
+    try:
+        import ray
+        from ray.util import scheduling_strategies  # noqa: F401  (fails on a broken install)
+    except ImportError as exc:
+        raise RayNotInstalled(
+            f"listing through Ray needs Ray, which cannot be imported here ({exc}). "
+            f"Install it with: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def resolve_address(address: str | None) -> str:
+    """None or "auto": RAY_ADDRESS if set, else "auto" (the cluster running here)."""
+    if address in (None, "", "auto"):
+        return os.environ.get("RAY_ADDRESS") or "auto"
+    return address
+
+
+@contextmanager
+def _connected(address: str | None) -> Iterator[tuple[Any, str]]:
+    """Connect to an existing cluster (never start one), quietly; disconnect after.
+    A caller that already holds a Ray connection keeps it (and we leave it open)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray, "(already connected)"
+        return
+    addr = resolve_address(address)
+    if addr != "auto":
+        _check_port(addr)
+    saved = os.environ.get("RAY_ADDRESS")
+    # Ray lets RAY_ADDRESS override an explicit address; the user's --ray wins here.
+    if addr != "auto":
+        os.environ["RAY_ADDRESS"] = addr
+    try:
+        ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    except ConnectionError as exc:
+        raise RayUnavailable(
+            f"no running Ray cluster found ({exc}). Start one with `ray start --head`, "
+            "or give its address: --ray HOST:PORT or RAY_ADDRESS"
+        ) from None
+    except Exception as exc:  # Ray raises a zoo of types for a bad or foreign cluster
+        raise RayUnavailable(f"cannot connect to the Ray cluster at {addr}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
+    try:
+        yield ray, addr
+    finally:
+        ray.shutdown()
+
+
+def _check_port(addr: str) -> None:
+    """Fail in seconds, not Ray's minute of retries, when nothing listens at ``addr``."""
+    hostport = addr.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"cannot parse the Ray address {addr!r}; expected HOST:PORT (the head's GCS port)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_CHECK_TIMEOUT).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster answers at {addr} ({exc}). Check the head's address and port "
+            "(`ray start --head --port=PORT`), or set RAY_ADDRESS"
+        ) from None
+
+
+# -- asking the nodes ---------------------------------------------------------------
+def _node_name(node: dict[str, Any]) -> str:
+    host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "?"
+    return f"{host}/{str(node.get('NodeID', ''))[:8]}"
+
+
+def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterListing:
+    """Ask every alive node and the local jobs directory; rows are not merged yet."""
+    deadline = time.monotonic() + timeout
+    with _connected(address) as (ray, addr):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = ray.remote(_list_node)
+        pending: dict[Any, dict[str, Any]] = {}
+        out = ClusterListing(address=addr)
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue  # Ray already knows it is gone; its jobs cannot be read
+            meta = {"node": _node_name(node), "node_id": node.get("NodeID"), "node_ip": node.get("NodeManagerAddress")}
+            ref_ = task.options(
+                num_cpus=0,  # a busy cluster still answers
+                max_retries=0,
+                name="forgather-control-list",
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(jobs_dir, include_finished, ref)
+            pending[ref_] = meta
+        # The local directory is read while the nodes work.
+        out.jobs.extend(_local_rows(jobs_dir, include_finished, ref))
+
+        # Connecting may have eaten the budget; the nodes still get MIN_WAIT.
+        wait_until = max(deadline, time.monotonic() + MIN_WAIT)
+        waiting = list(pending)
+        while waiting:
+            left = wait_until - time.monotonic()
+            if left <= 0:
+                break
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=left)
+            for r in ready:
+                meta = pending[r]
+                try:
+                    answer = ray.get(r, timeout=5.0)  # ready: returns at once
+                except Exception as exc:
+                    out.missing_nodes.append({**meta, "reason": _failure_reason(ray, exc)})
+                    continue
+                out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
+                for row in answer["jobs"]:
+                    out.jobs.append({**row, **meta, "source": "ray"})
+        for r in waiting:
+            out.missing_nodes.append({**pending[r], "reason": f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)"})
+            try:
+                ray.cancel(r, force=True)
+            except Exception as exc:  # the node may be gone already
+                log.debug("cancelling the listing task on %s: %s", pending[r]["node"], exc)
+    for m in out.missing_nodes:
+        log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
+    return out
+
+
+def _failure_reason(ray: Any, exc: BaseException) -> str:
+    ex = ray.exceptions
+    if isinstance(exc, ex.RayTaskError):
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, ImportError):
+            return f"forgather-control cannot be imported on the node ({cause}); install it there"
+        return f"the listing task failed on the node: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    dead = tuple(t for t in (getattr(ex, n, None) for n in ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "TaskUnschedulableError", "LocalRayletDiedError")) if t)
+    if isinstance(exc, dead):
+        return f"the node died or left the cluster during the listing ({type(exc).__name__})"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def _local_rows(jobs_dir: str | None, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
+    """This machine's own listing, labelled as such (it may be no Ray node at all)."""
+    meta = {"node": f"{socket.gethostname()} (local)", "node_id": None, "node_ip": None, "source": "local"}
+    rows = []
+    for info in scan(resolve_jobs_dir(jobs_dir), include_finished=include_finished or ref is not None):
+        if ref is not None and not info.job_id.startswith(ref):
+            continue
+        row = {**info.summary(), **meta}
+        if ref is not None:
+            row["token"] = (info.endpoint or {}).get("token")
+        rows.append(row)
+    return rows
+
+
+# -- merging ------------------------------------------------------------------------
+def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per job id. The row with the strongest evidence wins (alive over dead:
+    a launcher still running somewhere means the job runs), Ray rows over the local
+    copy of the same directory; fields it lacks are filled from the others."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["job_id"], []).append(row)
+    merged = []
+    for job_id in sorted(by_id):
+        group = sorted(
+            by_id[job_id],
+            key=lambda r: (_LIVENESS_RANK.get(r.get("liveness"), 0), bool(r.get("url")), r.get("source") == "ray"),
+            reverse=True,
+        )
+        best = dict(group[0])
+        for other in group[1:]:
+            for k, v in other.items():
+                if best.get(k) is None and v is not None:
+                    best[k] = v
+        nodes = list(dict.fromkeys(r["node"] for r in group))
+        if len(nodes) > 1:
+            best["seen_on"] = nodes
+        merged.append(best)
+    return merged
+
+
+def _check_reachable(row: dict[str, Any]) -> None:
+    """A job found on some node is only controllable if its server answers from here."""
+    public = {k: v for k, v in row.items() if k != "token"}
+    where = f"job {row['job_id']} (on {row['node']})"
+    if row.get("liveness") not in ("alive", "unknown"):
+        exc = Unreachable(f"{where} is {row.get('state')}: it has no live endpoint to control ({row.get('evidence')})")
+    elif not row.get("url"):
+        exc = Unreachable(f"{where} has no HTTP endpoint (file channel only, or its server did not start); run the command on that node")
+    else:
+        answer = probe_endpoint({"url": row["url"], "token": row.get("token"), "job_id": row["job_id"]}, timeout=2.0)
+        if answer:
+            return
+        if answer is False:
+            exc = Unreachable(f"{where}: something answers at {row['url']} but not for this job, or it refuses the token; the endpoint record may be stale")
+        else:
+            exc = Unreachable(
+                f"{where} runs, but its control server at {row['url']} does not answer from {socket.gethostname()}. "
+                "It may listen on 127.0.0.1 only: start the job with FORGATHER_CONTROL_HOST=0.0.0.0 (or the node's "
+                "address) to control it from elsewhere, or run the command on that node"
+            )
+    exc.job = public  # type: ignore[attr-defined]
+    raise exc
