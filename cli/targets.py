@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from forgather.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
-from forgather.control.jobs import ENV_TOKEN, resolve_jobs_dir
+from forgather.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
 from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
 from forgather.control.liveness import Liveness
 
@@ -119,6 +119,7 @@ def resolve(
     timeout: float = 5.0,
 ) -> Target:
     """Find the job ``ref`` names and open a client to it, or raise a typed error."""
+    validate_job_id(ref)  # a prefix of a valid id is itself valid; '../x' is not
     if sum(x is not None for x in (remote, ray)) > 1:
         raise UsageError("use either --remote or --ray, not both")
     if remote is not None:
@@ -141,6 +142,7 @@ def resolve(
 
 def resolve_info(ref: str, *, jobs_dir: str | None) -> JobInfo:
     """Find a job in the jobs directory, judged, whatever its state (for ``status``)."""
+    validate_job_id(ref)
     return find_job(resolve_jobs_dir(jobs_dir), ref, probe=probe_endpoint)
 
 

@@ -1,0 +1,204 @@
+"""The CLI's error boundary, exit codes and start-up discipline, through the real
+``forgather`` executable. Records are written by hand: no training process needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, base_env
+
+from forgather.control import JobPaths, local_host, process_identity, write_json_atomic
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 10) -> JobPaths:
+    paths = JobPaths(root, job_id).create()
+    write_json_atomic(paths.status, {"job_id": job_id, "state": state, "step": step, "max_steps": step, "heartbeat_at": time.time(), **process_identity(999_999_999)})
+    return paths
+
+
+def unreachable_job(root: Path, job_id: str) -> JobPaths:
+    """A job whose pid is alive (ours, start time right) but whose URL is a closed port."""
+    paths = JobPaths(root, job_id).create()
+    port = _closed_port()
+    ident = process_identity()
+    write_json_atomic(paths.endpoint, {"job_id": job_id, "url": f"http://127.0.0.1:{port}", "port": port, "token": "sekrit-token-value", "started_at": time.time(), "protocol": 1, **ident})
+    write_json_atomic(paths.status, {"job_id": job_id, "state": "running", "step": 3, "heartbeat_at": time.time(), **ident})
+    return paths
+
+
+def test_help_and_exit_codes_documented(cli) -> None:
+    r = cli("--help")
+    assert r.code == 0
+    assert "control" in r.out and "launch" in r.out
+    assert "3 job not found" in r.out
+    r = cli("control", "--help")
+    assert r.code == 0
+    for verb in ("list", "status", "save", "eval", "stop", "save-stop", "abort", "cleanup"):
+        assert verb in r.out
+
+
+def test_usage_errors_exit_2(cli) -> None:
+    r = cli("control", "save")
+    assert r.code == 2 and "Missing argument" in r.err
+    r = cli("control", "list", "--bogus")
+    assert r.code == 2 and "No such option" in r.err
+    r = cli("control", "nonsense")
+    assert r.code == 2
+
+
+def test_not_found_exit_3_says_what_to_do(cli, jobs_dir: Path) -> None:
+    finished_job(jobs_dir, "alpha-1")
+    r = cli("control", "status", "zzz")
+    assert r.code == 3, r
+    assert r.err.startswith("error: ") and "forgather control list --all" in r.err
+    assert "Traceback" not in r.err
+    r = cli("control", "save", "zzz", "--wait")
+    assert r.code == 3
+
+
+def test_ambiguous_prefix_exit_2(cli, jobs_dir: Path) -> None:
+    finished_job(jobs_dir, "abc-1")
+    finished_job(jobs_dir, "abc-2")
+    r = cli("control", "status", "abc")
+    assert r.code == 2, r
+    assert "abc-1" in r.err and "abc-2" in r.err and "give more of the id" in r.err
+    # a unique prefix is accepted
+    r = cli("control", "status", "abc-2", "--json")
+    assert r.code == 0 and r.json()["job_id"] == "abc-2"
+    finished_job(jobs_dir, "unique-job")
+    r = cli("control", "status", "uni", "--json")
+    assert r.code == 0 and r.json()["job_id"] == "unique-job"
+
+
+@pytest.mark.parametrize("ref", ["../x", "a/b", ".hidden", "x y", "x" * 200])
+def test_bad_job_id_exit_2(cli, jobs_dir: Path, ref: str) -> None:
+    r = cli("control", "status", ref)
+    assert r.code == 2, r
+    assert "invalid job id" in r.err
+    r = cli("control", "stop", ref)
+    assert r.code == 2
+
+
+def test_unreachable_exit_4_and_token_never_printed(cli, jobs_dir: Path) -> None:
+    unreachable_job(jobs_dir, "lost-1")
+    r = cli("control", "save", "lost-1", "--wait", "--timeout", "5")
+    assert r.code == 4, r
+    assert "cannot reach" in r.err and "error: " in r.err
+    # status still answers from the files, and says it got no live answer
+    r = cli("control", "status", "lost-1", "--json")
+    assert r.code == 0, r
+    d = r.json()
+    assert d["live"] is False and d["state"] == "running"
+    for args in (("control", "list", "--json"), ("control", "list"), ("control", "status", "lost-1"), ("control", "status", "lost-1", "--json"), ("-vv", "control", "save", "lost-1")):
+        r = cli(*args)
+        assert "sekrit-token-value" not in r.out + r.err, args
+
+
+def test_ended_job_cannot_be_commanded(cli, jobs_dir: Path) -> None:
+    finished_job(jobs_dir, "done-1", state="stopped")
+    r = cli("control", "stop", "done-1")
+    assert r.code == 4 and "ended" in r.err
+
+
+def test_abort_without_tty_or_yes_refuses_exit_2(cli, jobs_dir: Path) -> None:
+    paths = unreachable_job(jobs_dir, "victim")
+    r = cli("control", "abort", "victim", input="y\n")
+    assert r.code == 2, r
+    assert "--yes" in r.err
+    assert list(paths.inbox.iterdir()) == []  # nothing was sent
+
+
+def test_cleanup_without_tty_or_yes_refuses_exit_2(cli, jobs_dir: Path) -> None:
+    paths = finished_job(jobs_dir, "old-1")
+    r = cli("control", "cleanup")
+    assert r.code == 2 and "--yes" in r.err
+    assert paths.dir.is_dir()
+
+
+def test_launch_is_lazy_and_explains_when_missing(cli) -> None:
+    r = cli("launch", "--help")
+    if (REPO / "cli" / "launch.py").exists():
+        assert r.code == 0
+    else:
+        assert r.code == 2
+        assert "forgather launch" in r.err and "not available" in r.err and "Traceback" not in r.err
+
+
+def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:
+    """--ray with Ray missing: exit 2 and the extra to install, no traceback."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from forgather.cli.main import run\n"
+        "sys.exit(run(sys.argv[1:]))\n"
+    )
+    for args in (["control", "list", "--ray"], ["control", "status", "somejob", "--ray", "127.0.0.1:1"]):
+        p = subprocess.run([sys.executable, "-c", code, *args], env=base_env(jobs_dir), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p
+        assert "forgather-control[ray]" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_remote_bad_address_is_usage_and_closed_port_is_unreachable(cli) -> None:
+    r = cli("control", "list", "--remote", "nonsense")
+    assert r.code == 2 and "HOST:PORT" in r.err
+    r = cli("control", "list", "--remote", f"127.0.0.1:{_closed_port()}", "--token", "t")
+    assert r.code == 4, r
+
+
+_IMPORT_PROBE = """
+import sys, json
+from forgather.cli.main import run
+rc = run(sys.argv[1:])
+heavy = sorted(m for m in ('torch', 'fastapi', 'ray', 'rich', 'uvicorn', 'transformers', 'lightning') if m in sys.modules)
+sys.stderr.write('\\nHEAVY=' + json.dumps(heavy) + '\\n')
+sys.exit(rc)
+"""
+
+
+def heavy_imports(args: list[str], env: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run the CLI in-process in a fresh interpreter; report which heavy modules it loaded."""
+    p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *args], env=env, capture_output=True, text=True, timeout=120)
+    line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY=")][-1]
+    return p.returncode, json.loads(line[len("HEAVY="):]), p.stdout
+
+
+def test_control_commands_import_no_torch_fastapi_ray(jobs_dir: Path) -> None:
+    env = base_env(jobs_dir)
+    finished_job(jobs_dir, "quiet-1")
+    unreachable_job(jobs_dir, "lost-2")
+    rc, heavy, _ = heavy_imports(["--help"], env)
+    assert rc == 0 and heavy == []
+    for args in (["control", "list", "--json"], ["control", "list", "--all", "--json"], ["control", "status", "quiet-1", "--json"]):
+        rc, heavy, _ = heavy_imports(args, env)
+        assert rc == 0, args
+        assert heavy == [], (args, heavy)  # --json does not even load rich
+    for args in (["control", "list"], ["control", "status", "quiet-1"], ["control", "save", "lost-2", "--json"], ["control", "cleanup", "--dry-run"]):
+        rc, heavy, _ = heavy_imports(args, env)
+        assert not {"torch", "fastapi", "ray", "uvicorn"} & set(heavy), (args, heavy)
+
+
+def test_hostile_warnings_go_to_stderr_not_stdout(cli, jobs_dir: Path) -> None:
+    paths = finished_job(jobs_dir, "ok-1")
+    bad = JobPaths(jobs_dir, "bad-1").create()
+    bad.status.write_text("{not json")
+    r = cli("control", "list", "--all", "--json")
+    assert r.code == 0
+    assert [j["job_id"] for j in r.json()] == ["ok-1"]  # bad-1 has nothing readable
+    assert "bad-1" in r.err and "not valid JSON" in r.err
+    assert paths.dir.is_dir()
+    assert local_host().hostname  # sanity: the records above were written for this host
+    assert os.environ.get("FORGATHER_JOBS_DIR") == str(jobs_dir)
