@@ -1,0 +1,186 @@
+"""Issue 2, acceptance 1 and 2, as a user does it: the plain-loop example runs as a real
+process, and the real ``forgather`` executable finds, watches and commands it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import EXAMPLES, base_env, wait_for
+
+from forgather.control import JobPaths, read_json
+
+WAIT = "120"  # --timeout for --wait: the machine is shared and busy
+
+
+def start_loop(procs, jobs_dir: Path, out: Path, job_id: str, *extra: str):
+    argv = [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", job_id, "--output-dir", str(out), "--step-time", "0.01", *extra]
+    return procs.start(argv, env=base_env(jobs_dir), name=job_id)
+
+
+def listed(cli, job_id: str, *args: str) -> dict[str, Any] | None:
+    r = cli("control", "list", "--json", *args)
+    assert r.code == 0, r
+    return next((j for j in r.json() if j["job_id"] == job_id), None)
+
+
+def wait_running(cli, proc, job_id: str) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        assert proc.popen.poll() is None, f"the example exited early:\n{proc.output()[-3000:]}"
+        j = listed(cli, job_id)
+        return j if j and j["state"] == "running" and (j["step"] or 0) > 0 else None
+
+    return wait_for(ready, timeout=120, interval=0.2, what=f"{job_id} to be listed running")
+
+
+def status_step(cli, job_id: str) -> int:
+    r = cli("control", "status", job_id, "--json")
+    assert r.code == 0, r
+    return int(r.json()["step"] or 0)
+
+
+def command(cli, verb: str, job: str, *extra: str) -> dict[str, Any]:
+    r = cli("control", verb, job, "--wait", "--json", "--timeout", WAIT, *extra)
+    assert r.code == 0, r
+    return r.json()
+
+
+def check_checkpoint(entry: dict[str, Any]) -> Path:
+    assert entry["command"] == "save_checkpoint" and entry["state"] == "completed", entry
+    path = Path(entry["result"]["checkpoint"])
+    assert path.is_file(), entry
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"model", "optimizer"} <= set(state)
+    assert state["model"] and state["optimizer"]["state"] is not None
+    assert isinstance(entry["step"], int) and entry["step"] > 0
+    return path
+
+
+def check_ended(cli, jobs_dir: Path, proc, job_id: str, state: str) -> None:
+    assert proc.wait(120) == 0, proc.output()[-3000:]
+    assert not JobPaths(jobs_dir, job_id).endpoint.exists()
+    assert listed(cli, job_id) is None  # hidden without --all
+    j = listed(cli, job_id, "--all")
+    assert j is not None and j["state"] == state, j
+
+
+@pytest.mark.parametrize("channel", ["auto", "file"], ids=["http", "file-channel-on-http-job"])
+def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp_path: Path, channel: str) -> None:
+    """Acceptance 1 (and 2, ``--channel file`` against an HTTP job)."""
+    job = "accept1-" + channel
+    out = tmp_path / "out"
+    proc = start_loop(procs, jobs_dir, out, job)
+    row = wait_running(cli, proc, job)
+    assert row["url"].startswith("http://127.0.0.1:") and row["port"] and row["pid"] == proc.pid
+    assert {"job_id", "state", "host", "port", "pid", "step", "updated_at"} <= set(row)
+
+    first = status_step(cli, "accept1")  # a unique prefix
+    wait_for(lambda: status_step(cli, job) > first, timeout=60, interval=0.2, what="the step to move")
+
+    extra = ("--channel", channel)
+    saved = command(cli, "save", job, *extra)
+    check_checkpoint(saved)
+    evaluated = command(cli, "eval", job, *extra)
+    assert evaluated["state"] == "completed" and evaluated["command"] == "evaluate"
+    assert "eval_loss" in evaluated["result"]["metrics"]
+    assert evaluated["step"] >= saved["step"]
+
+    status = cli("control", "status", job, "--json").json()
+    assert status["last_checkpoint"] == saved["result"]["checkpoint"]
+    assert [c["id"] for c in status["commands"]][-2:] == [saved["id"], evaluated["id"]]
+
+    stopped = command(cli, "stop", job, *extra)
+    assert stopped["command"] == "graceful_stop" and stopped["state"] == "completed"
+    check_ended(cli, jobs_dir, proc, job, "stopped")
+
+
+def test_acceptance_1_abort_saves_nothing(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out-abort"
+    proc = start_loop(procs, jobs_dir, out, "abort-run")
+    wait_running(cli, proc, "abort-run")
+    entry = command(cli, "abort", "abort-run", "--yes")
+    assert entry["command"] == "abort" and entry["state"] == "completed"
+    check_ended(cli, jobs_dir, proc, "abort-run", "aborted")
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+    st = read_json(JobPaths(jobs_dir, "abort-run").status)
+    assert st["state"] == "aborted" and st["last_checkpoint"] is None
+
+
+def test_acceptance_2_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
+    """enable_http=False: list, status, save, eval, stop all through inbox/ and status.json."""
+    job = "files-only"
+    out = tmp_path / "out"
+    proc = start_loop(procs, jobs_dir, out, job, "--no-http")
+    row = wait_running(cli, proc, job)
+    assert row["url"] is None and row["port"] is None
+    first = status_step(cli, job)
+    wait_for(lambda: status_step(cli, job) > first, timeout=60, interval=0.3, what="the step to move")
+    r = cli("control", "save", job, "--channel", "http")
+    assert r.code == 4 and "--channel file" in r.err
+
+    saved = command(cli, "save", job)
+    check_checkpoint(saved)
+    assert saved["source"] == "file"
+    evaluated = command(cli, "eval", job)
+    assert evaluated["state"] == "completed" and "eval_loss" in evaluated["result"]["metrics"]
+    # without --wait: the queued (sent) entry, exit 0, then it completes on its own
+    r = cli("control", "save", job, "--json", "--key", "k-1")
+    assert r.code == 0 and r.json()["id"]
+    cid = r.json()["id"]
+    wait_for(
+        lambda: any(c.get("id") == cid and c.get("state") == "completed" for c in (read_json(JobPaths(jobs_dir, job).status) or {}).get("commands", [])),
+        timeout=60,
+        interval=0.2,
+        what="the un-waited save to complete",
+    )
+    stopped = command(cli, "stop", job)
+    assert stopped["state"] == "completed"
+    check_ended(cli, jobs_dir, proc, job, "stopped")
+
+
+def test_abort_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start_loop(procs, jobs_dir, out, "files-abort", "--no-http")
+    wait_running(cli, proc, "files-abort")
+    entry = command(cli, "abort", "files-abort", "--yes")
+    assert entry["state"] == "completed"
+    check_ended(cli, jobs_dir, proc, "files-abort", "aborted")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_watch_remote_and_idempotency(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
+    """``status --watch`` follows a job to its end; ``--remote`` drives it by URL with
+    the token from FORGATHER_TOKEN (never printed); the same --key queues once."""
+    job = "watched"
+    proc = start_loop(procs, jobs_dir, tmp_path / "out", job, "--max-steps", "100000")
+    row = wait_running(cli, proc, job)
+    token = read_json(JobPaths(jobs_dir, job).endpoint)["token"]
+    remote = f"127.0.0.1:{row['port']}"
+    env = {"FORGATHER_TOKEN": token}
+
+    r = cli("control", "list", "--remote", remote, "--json", extra_env=env)
+    assert r.code == 0, r
+    assert [j["job_id"] for j in r.json()] == [job] and r.json()[0]["pid"] == proc.pid
+    r = cli("control", "list", "--remote", remote, "--token", "wrong")
+    assert r.code == 1 and "token" in r.err
+    r = cli("control", "status", "wat", "--remote", remote, "--json", extra_env=env)
+    assert r.code == 0 and r.json()["live"] is True and r.json()["step"] > 0
+
+    a = cli("control", "save", job, "--remote", remote, "--key", "same", "--json", extra_env=env).json()
+    b = cli("control", "save", job, "--remote", remote, "--key", "same", "--json", extra_env=env).json()
+    assert a["id"] == b["id"]
+    r = cli("control", "save", job, "--remote", remote, "--wait", "--json", "--timeout", WAIT, extra_env=env)
+    assert r.code == 0, r
+    check_checkpoint(r.json())
+
+    stopper = cli("control", "stop", job, "--json", extra_env=env)  # queued; the watch sees the end
+    assert stopper.code == 0
+    w = cli("control", "status", job, "--watch", "--interval", "0.2", timeout=180)
+    assert w.code == 0, w
+    assert "stopped" in w.out
+    proc.wait(120)
+    for text in (r.out, r.err, w.out, w.err, a.__repr__()):
+        assert token not in text
