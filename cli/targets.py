@@ -217,7 +217,8 @@ def _resolve_ray(ref: str, *, address: str, jobs_dir: str | None, channel: str, 
             f"({summary.get('state') or 'state unknown'}); control it from a machine that shares its jobs directory"
         )
     client = JobClient(url=summary["url"], token=summary.get("token"), job_id=summary["job_id"], channel="http", timeout=timeout)
-    return Target(client=client, job_id=summary["job_id"], summary=summary)
+    public = {k: v for k, v in summary.items() if k != "token"}  # the client holds it; nothing else may
+    return Target(client=client, job_id=summary["job_id"], summary=public)
 
 
 def jobs_root(jobs_dir: str | None) -> Path:
