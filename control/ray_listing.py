@@ -233,8 +233,13 @@ def _check_port(addr: str) -> None:
 
 # -- asking the nodes ---------------------------------------------------------------
 def _node_name(node: dict[str, Any]) -> str:
-    host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "?"
-    return f"{host}/{str(node.get('NodeID', ''))[:8]}"
+    """``<name>/<short id>``: the name given with ``ray start --node-name`` if any, else
+    the hostname (or IP); the short id tells apart nodes that share a host."""
+    ip = node.get("NodeManagerAddress")
+    name = node.get("NodeName")
+    if not name or name == ip:
+        name = node.get("NodeManagerHostname") or ip or "?"
+    return f"{name}/{str(node.get('NodeID', ''))[:8]}"
 
 
 def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterListing:

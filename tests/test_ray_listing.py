@@ -1,0 +1,404 @@
+"""Issue 5: cluster-wide listing through Ray, on a real Ray cluster started here.
+
+One module-scoped cluster (a head and a worker node started with ``ray start --block``
+as subprocesses, each with its own FORGATHER_JOBS_DIR, so they share no jobs
+directory) holds one live ``plain_loop.py`` job per node plus dead and finished
+records. The client (this process, and the CLI subprocesses) has a third jobs
+directory of its own. Teardown stops exactly the processes started here (each
+``ray start`` runs in its own session; the raylet, GCS and workers stay in it) and
+asserts none is left; ``ray stop`` is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import EXAMPLES, REPO, Procs, base_env, require_service, run_cli, wait_for
+from forgather.control import JobPaths, process_identity, write_json_atomic
+
+pytestmark = pytest.mark.ray
+
+START_TIMEOUT = 180.0  # two cores shared with four other test runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayNode:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    jobs_dir: Path
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalRayCluster:
+    """Ray nodes on this machine, each a ``ray start --block`` in its own session.
+
+    Every node gets its own free ports (several Ray defaults are fixed numbers that
+    would collide with other clusters on the machine) and a short private temp dir
+    (so ``ray.init("auto")`` elsewhere is never pointed at us). Stopping a node
+    terminates its session, the only processes we may touch.
+    """
+
+    base: Path
+    env: dict[str, str]
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fgr-", dir="/tmp")))
+    nodes: list[RayNode] = field(default_factory=list)
+    address: str | None = None
+
+    def add_node(self, name: str, jobs_dir: Path, *, extra_env: dict[str, str] | None = None) -> RayNode:
+        head = self.address is None
+        argv = [str(Path(sys.executable).with_name("ray")), "start", "--block", f"--node-name={name}",
+                f"--temp-dir={self.temp_dir}", "--num-cpus=1", "--object-store-memory=100000000",
+                "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}"]
+        if head:
+            port = free_port()
+            self.address = f"127.0.0.1:{port}"
+            argv += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
+                     f"--ray-client-server-port={free_port()}"]
+        else:
+            argv += [f"--address={self.address}"]
+        env = {**self.env, "FORGATHER_JOBS_DIR": str(jobs_dir), **(extra_env or {})}
+        log = self.base / f"ray-{name}.log"
+        with open(log, "wb") as fh:
+            popen = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        node = RayNode(name, popen, log, jobs_dir)
+        self.nodes.append(node)
+        deadline = time.monotonic() + START_TIMEOUT
+        while "Ray runtime started" not in node.output():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                if head:
+                    self.address = None
+                raise RuntimeError(f"ray node {name} did not start (exit {popen.poll()}):\n{node.output()[-3000:]}")
+            time.sleep(0.2)
+        return node
+
+    def stop_node(self, node: RayNode, sig: int = signal.SIGTERM, timeout: float = 60.0) -> list[str]:
+        """SIGTERM lets ``ray start --block`` stop its own processes; then SIGKILL the
+        rest of its session. Returns what survived (should be nothing)."""
+        sid = node.popen.pid
+        try:
+            os.killpg(sid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            node.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + timeout
+        while (left := session_members(sid)) and time.monotonic() < deadline:
+            for p in left:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(left, timeout=5)
+        if node.popen.poll() is None:
+            node.popen.kill()
+            node.popen.wait(10)
+        return [f"{p.pid} {' '.join(p.cmdline()[:2])}" for p in session_members(sid) if _exists(p)]
+
+    def shutdown(self) -> list[str]:
+        leftovers: list[str] = []
+        for node in reversed(self.nodes):  # workers first, then the head
+            leftovers += self.stop_node(node)
+        return leftovers
+
+
+def session_members(sid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
+
+
+def _exists(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def ray_env() -> dict[str, str]:
+    """The environment for everything Ray here: no auth token (facts.md), no address
+    inherited from the caller, no jobs dir but the one we give."""
+    env = base_env(RAY_AUTH_MODE="disabled")
+    for k in ("RAY_ADDRESS", "FORGATHER_JOBS_DIR", "FORGATHER_RAY_LIST_DELAY"):
+        env.pop(k, None)
+    return env
+
+
+# -- records ------------------------------------------------------------------------
+def dead_pid() -> int:
+    """The pid of a real process that has exited (so the record is judged dead)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def write_dead_job(root: Path, job_id: str) -> None:
+    paths = JobPaths(root, job_id).create()
+    ident = {**process_identity(), "pid": dead_pid(), "pid_start_time": time.time() - 100}
+    write_json_atomic(paths.endpoint, {"job_id": job_id, "url": "http://127.0.0.1:9", "port": 9, "token": "t", "started_at": time.time() - 100, "protocol": 1, **ident})
+    write_json_atomic(paths.status, {"job_id": job_id, "state": "running", "step": 7, "heartbeat_at": time.time() - 50, **ident})
+
+
+def write_finished_job(root: Path, job_id: str) -> None:
+    paths = JobPaths(root, job_id).create()
+    write_json_atomic(paths.status, {"job_id": job_id, "state": "finished", "step": 20, "max_steps": 20, "ended_at": time.time() - 10, **process_identity()})
+
+
+@dataclass
+class Cluster:
+    ray: LocalRayCluster
+    client_dir: Path
+    dirs: dict[str, Path]  # node name -> its jobs dir
+    live: dict[str, str]  # node name -> live job id there
+    dead: dict[str, str]
+    finished: dict[str, str]
+    out_dirs: dict[str, Path]
+    local_dead: str
+    base: Path
+
+    @property
+    def address(self) -> str:
+        assert self.ray.address
+        return self.ray.address
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("raylist")
+    tag = os.urandom(2).hex()
+    dirs = {"fg-a": base / "jobs-a", "fg-b": base / "jobs-b"}
+    client_dir = base / "jobs-client"
+    ray_cluster = LocalRayCluster(base, ray_env())
+    procs = Procs(base)
+    try:
+        try:
+            for name, d in dirs.items():
+                ray_cluster.add_node(name, d)
+        except (RuntimeError, OSError) as exc:
+            require_service("Ray", False, str(exc))
+        live, dead, finished, out_dirs = {}, {}, {}, {}
+        for name, d in dirs.items():
+            live[name] = f"live-{name}-{tag}"
+            out_dirs[name] = base / f"out-{name}"
+            procs.start(
+                [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", live[name], "--step-time", "0.05", "--output-dir", str(out_dirs[name])],
+                env=base_env(d), name=f"plain-{name}",
+            )
+            dead[name] = f"dead-{name}-{tag}"
+            write_dead_job(d, dead[name])
+            finished[name] = f"done-{name}-{tag}"
+            write_finished_job(d, finished[name])
+        local_dead = f"localdead-{tag}"
+        write_dead_job(client_dir, local_dead)
+        for name, d in dirs.items():
+            paths = JobPaths(d, live[name])
+            wait_for(lambda: (json.loads(paths.status.read_text()).get("state") == "running" and paths.endpoint.exists()) if paths.status.exists() else False,
+                     timeout=START_TIMEOUT, what=f"plain_loop job {live[name]} running ({procs.started[-1].output()[-2000:]})")
+        yield Cluster(ray_cluster, client_dir, dirs, live, dead, finished, out_dirs, local_dead, base)
+    finally:
+        left = procs.cleanup() + ray_cluster.shutdown()
+        assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _client_env(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("FORGATHER_RAY_LIST_DELAY", raising=False)
+    if "cluster" in request.fixturenames:
+        monkeypatch.setenv("FORGATHER_JOBS_DIR", str(request.getfixturevalue("cluster").client_dir))
+
+
+def client_env(c: Cluster, **extra: str) -> dict[str, str]:
+    return {**ray_env(), "FORGATHER_JOBS_DIR": str(c.client_dir), **extra}
+
+
+def check_rows(c: Cluster, rows: list[dict[str, Any]], *, finished: bool = False) -> None:
+    """Every job once, on the node whose directory holds it, with a correct state."""
+    ids = [r["job_id"] for r in rows]
+    mine = {i for i in ids if i.endswith(c.local_dead[-4:])}  # other rows: none expected, but be exact
+    expected = {*c.live.values(), *c.dead.values(), c.local_dead} | (set(c.finished.values()) if finished else set())
+    assert mine == expected, rows
+    assert len(ids) == len(set(ids)), f"a job listed twice: {ids}"
+    by_id = {r["job_id"]: r for r in rows}
+    for name, d in c.dirs.items():
+        live = by_id[c.live[name]]
+        assert live["node"].startswith(f"{name}/"), live
+        assert live["jobs_dir"] == str(d)
+        assert (live["liveness"], live["state"]) == ("alive", "running"), live
+        assert live["url"].startswith("http://")
+        assert "token" not in live
+        dead = by_id[c.dead[name]]
+        assert dead["node"].startswith(f"{name}/") and (dead["liveness"], dead["state"]) == ("dead", "dead"), dead
+        if finished:
+            done = by_id[c.finished[name]]
+            assert done["node"].startswith(f"{name}/") and (done["liveness"], done["state"]) == ("finished", "finished"), done
+    local = by_id[c.local_dead]
+    assert local["node"].endswith("(local)") and local["state"] == "dead" and local["jobs_dir"] == str(c.client_dir), local
+
+
+# -- 1. two nodes, each with its own jobs directory --------------------------------
+def test_list_cluster_two_nodes(cluster: Cluster) -> None:
+    from forgather.control import list_cluster
+
+    res = list_cluster(address=cluster.address, jobs_dir=None, timeout=60)
+    assert res.missing_nodes == []
+    assert sorted(n["node"].split("/")[0] for n in res.nodes) == ["fg-a", "fg-b"]
+    assert {n["node"].split("/")[0]: n["jobs_dir"] for n in res.nodes} == {k: str(v) for k, v in cluster.dirs.items()}
+    check_rows(cluster, res.jobs)
+    # The JSON form carries the same, and plain data only.
+    again = json.loads(json.dumps(res.as_dict()))
+    check_rows(cluster, again["jobs"])
+    assert again["missing_nodes"] == []
+
+    with_all = list_cluster(address=cluster.address, jobs_dir=None, include_finished=True, timeout=60)
+    check_rows(cluster, with_all.jobs, finished=True)
+
+
+def test_list_cluster_dedups_the_local_copy(cluster: Cluster) -> None:
+    """A client on node A reading A's directory sees A's jobs twice (locally and from
+    A's task): one row each, from the Ray node, with the other copy named."""
+    from forgather.control import list_cluster
+
+    res = list_cluster(address=cluster.address, jobs_dir=str(cluster.dirs["fg-a"]), timeout=60)
+    ids = [r["job_id"] for r in res.jobs]
+    assert len(ids) == len(set(ids)), ids
+    # --jobs-dir applies on every node: all of them read A's directory now.
+    assert {n["jobs_dir"] for n in res.nodes} == {str(cluster.dirs["fg-a"])}
+    row = next(r for r in res.jobs if r["job_id"] == cluster.live["fg-a"])
+    assert row["source"] == "ray" and row["liveness"] == "alive"
+    assert len(row["seen_on"]) == 3 and any(n.endswith("(local)") for n in row["seen_on"]), row
+    assert cluster.live["fg-b"] not in ids
+
+
+def test_cli_list_ray_json(cluster: Cluster) -> None:
+    env = client_env(cluster)
+    res = run_cli("control", "list", "--ray", cluster.address, "--json", env=env, timeout=180)
+    assert res.code == 0, res.err
+    check_rows(cluster, res.json())
+    res = run_cli("control", "list", "--all", "--ray", cluster.address, "--json", env=env, timeout=180)
+    assert res.code == 0, res.err
+    check_rows(cluster, res.json(), finished=True)
+    # RAY_ADDRESS is honoured when --ray has no address; the human table names nodes.
+    res = run_cli("control", "list", "--ray", env={**env, "RAY_ADDRESS": cluster.address}, timeout=180)
+    assert res.code == 0, res.err
+    for name in cluster.dirs:
+        assert cluster.live[name] in res.out and f"{name}/" in res.out, res.out
+
+
+# -- 3. control a job found only through Ray ---------------------------------------
+def test_find_job_then_status_and_save(cluster: Cluster) -> None:
+    from forgather.control import AmbiguousJob, JobClient, JobNotFound, Unreachable, find_cluster_job
+
+    live = cluster.live["fg-b"]
+    assert not (cluster.client_dir / live).exists()  # only Ray can find it
+    job = find_cluster_job(live[:-2], address=cluster.address, jobs_dir=None, timeout=60)
+    assert job["job_id"] == live and job["node"].startswith("fg-b/") and job["token"] and job["url"]
+    with JobClient(url=job["url"], token=job["token"], job_id=job["job_id"]) as client:
+        st = client.status()
+        assert st["state"] == "running" and st["step"] > 0
+        entry = client.send("save")
+        done = client.wait(entry["id"], timeout=120)
+    assert done["state"] == "completed", done
+    ckpt = Path(done["result"]["checkpoint"])
+    assert ckpt.parent == cluster.out_dirs["fg-b"] and ckpt.exists()
+
+    with pytest.raises(Unreachable, match="dead") as exc:
+        find_cluster_job(cluster.dead["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
+    assert exc.value.job["node"].startswith("fg-a/") and "token" not in exc.value.job
+    with pytest.raises(AmbiguousJob, match="live-fg-a.*live-fg-b"):
+        find_cluster_job("live-", address=cluster.address, jobs_dir=None, timeout=60)
+    with pytest.raises(JobNotFound, match="no job 'nope'"):
+        find_cluster_job("nope", address=cluster.address, jobs_dir=None, timeout=60)
+
+
+def test_cli_status_and_save_wait_through_ray(cluster: Cluster) -> None:
+    env = client_env(cluster)
+    live = cluster.live["fg-a"]
+    res = run_cli("control", "status", live, "--ray", cluster.address, "--json", env=env, timeout=180)
+    assert res.code == 0, res.err
+    assert res.json()["state"] == "running"
+    before = set(cluster.out_dirs["fg-a"].glob("checkpoint-*.pt"))
+    res = run_cli("control", "save", live, "--wait", "--ray", cluster.address, env=env, timeout=240)
+    assert res.code == 0, res.out + res.err
+    assert set(cluster.out_dirs["fg-a"].glob("checkpoint-*.pt")) - before
+    # Without --ray the client cannot see the job: its directory is on the node.
+    res = run_cli("control", "status", live, env=env, timeout=120)
+    assert res.code == 3, res.out + res.err
+
+
+# -- 2. a node hangs, then dies, during the listing --------------------------------
+def test_hung_then_dead_node(cluster: Cluster) -> None:
+    from forgather.control import list_cluster
+
+    hung = cluster.ray.add_node("fg-hung", cluster.base / "jobs-hung", extra_env={"FORGATHER_RAY_LIST_DELAY": "600"})
+    try:
+        t0 = time.monotonic()
+        res = list_cluster(address=cluster.address, jobs_dir=None, timeout=8)
+        took = time.monotonic() - t0
+        assert took < 8 + 10, took  # the timeout, plus connecting and disconnecting
+        check_rows(cluster, res.jobs)
+        assert [m["node"].split("/")[0] for m in res.missing_nodes] == ["fg-hung"], res.missing_nodes
+        assert "no answer within 8s" in res.missing_nodes[0]["reason"]
+
+        # The CLI lists the others and names the node on stderr.
+        out = run_cli("control", "list", "--ray", cluster.address, "--json", "--timeout", "8", env=client_env(cluster), timeout=180)
+        assert out.code == 0, out.err
+        check_rows(cluster, out.json())
+        assert "fg-hung/" in out.err, out.err
+
+        # The node dies while its task sleeps: Ray reports it, the listing returns.
+        box: dict[str, Any] = {}
+        listing_thread = threading.Thread(target=lambda: box.update(res=list_cluster(address=cluster.address, jobs_dir=None, timeout=60)))
+        t0 = time.monotonic()
+        listing_thread.start()
+        # Kill it once its listing task is running there (a worker in its session).
+        wait_for(lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if _exists(p)),
+                 timeout=60, what="the listing task's worker on the hung node")
+        assert not cluster.ray.stop_node(hung, signal.SIGKILL)
+        listing_thread.join(90)
+        took = time.monotonic() - t0
+        assert not listing_thread.is_alive()
+        res = box["res"]
+        assert took < 60 + 10, took
+        check_rows(cluster, res.jobs)
+        assert [m["node"].split("/")[0] for m in res.missing_nodes] == ["fg-hung"], res.missing_nodes
+        print(f"dead node noticed after {took:.1f}s: {res.missing_nodes[0]['reason']}")
+    finally:
+        assert not cluster.ray.stop_node(hung, signal.SIGKILL)

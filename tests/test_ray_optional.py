@@ -1,0 +1,100 @@
+"""Issue 5, the parts that need no cluster: Ray stays optional and out of every other
+command, and its absence (or a missing cluster) is a clear error, not a traceback.
+
+Each check runs in a fresh interpreter so ``sys.modules`` tells the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, base_env
+
+# Makes ``ray`` invisible the way an install without it is: PathFinder is replaced by
+# one that finds everything else, so find_spec("ray") is None and importing it raises
+# ModuleNotFoundError.
+HIDE_RAY = """
+import importlib.machinery, sys
+class _HideRay:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+    @staticmethod
+    def invalidate_caches():
+        importlib.machinery.PathFinder.invalidate_caches()
+sys.meta_path[:] = [_HideRay if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+REPORT_RAY = "import atexit, sys; atexit.register(lambda: print('RAY_IMPORTED=%s' % ('ray' in sys.modules), file=sys.stderr))\n"
+
+
+def py(code: str, env: dict[str, str], timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_import_and_plain_list_leave_ray_out(jobs_dir: Path) -> None:
+    env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
+    r = py("import sys, forgather.control as c; c.JobClient; c.scan; print('ray' in sys.modules, 'forgather.control.ray_listing' in sys.modules)", env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]
+    # Touching the lazy names loads the module, still without Ray.
+    r = py("import sys, forgather.control as c; c.list_cluster; c.RayNotInstalled; print('ray' in sys.modules)", env)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    for argv in (["control", "list"], ["control", "list", "--json"], ["control", "list", "--all", "--json"], ["control", "status", "nope"]):
+        r = py(REPORT_RAY + f"from forgather.cli.main import run; sys.exit(run({argv!r}))", env)
+        assert "RAY_IMPORTED=False" in r.stderr, (argv, r.stderr)
+
+
+def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
+    env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
+    r = py(
+        HIDE_RAY
+        + "from forgather.control import list_cluster, RayNotInstalled, ControlError\n"
+        + "try:\n    list_cluster(address=None, jobs_dir=None)\n"
+        + "except RayNotInstalled as e:\n    print(isinstance(e, ControlError), e.exit_code, e)\n",
+        env,
+    )
+    assert r.returncode == 0, r.stderr
+    is_control_error, code, message = r.stdout.split(" ", 2)
+    assert (is_control_error, code) == ("True", "2")
+    assert "pip install 'forgather-control[ray]'" in message
+    r = py(HIDE_RAY + "from forgather.control.ray_listing import find_job\nfind_job('x', address=None, jobs_dir=None)", env)
+    assert "RayNotInstalled" in r.stderr and "forgather-control[ray]" in r.stderr
+
+    # The CLI: exit 2, one line naming the extra, no traceback.
+    r = py(HIDE_RAY + "import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray', '127.0.0.1:1']))", env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "forgather-control[ray]" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
+    """We never start a cluster: a dead address fails in seconds, saying what to do."""
+    env = base_env(jobs_dir, RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{closed_port()}")
+    code = (
+        "import json, time; from forgather.control import list_cluster, RayUnavailable\n"
+        "t = time.monotonic()\n"
+        "try:\n    list_cluster(address=None, jobs_dir=None)\n"
+        "except RayUnavailable as e:\n    print(json.dumps([e.exit_code, str(e), time.monotonic() - t]))\n"
+    )
+    t0 = time.monotonic()
+    r = py(code, env)
+    assert r.returncode == 0, r.stderr
+    exit_code, message, took = json.loads(r.stdout)
+    assert exit_code == 4 and env["RAY_ADDRESS"] in message and "ray start --head" in message, message
+    assert took < 10 and time.monotonic() - t0 < 60
+    r = py("import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray']))", env)
+    assert r.returncode == 4, r.stderr
+    assert env["RAY_ADDRESS"] in r.stderr and "Traceback" not in r.stderr, r.stderr
