@@ -1,0 +1,174 @@
+"""``forgather launch [OPTIONS] SCRIPT [ARGS]...``: torchrun with control injected.
+
+Thin over :mod:`forgather.launcher`: options -> LaunchConfig -> plan -> (print it with
+``--dry-run``, or) execute it. Everything wrong with the options or the script is
+reported here, before a process starts. torchrun's options keep their names (both
+``--nproc-per-node`` and ``--nproc_per_node`` work); ``-m`` means "SCRIPT is a module",
+as for torchrun, and everything after SCRIPT belongs to the script.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from forgather.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["launch"]
+
+
+class _LaunchFailed(click.ClickException):
+    """A LaunchError shown as one ``error: ...`` line with exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _names(option: str) -> list[str]:
+    """torchrun accepts ``--nproc-per-node`` and ``--nproc_per_node``; so do we."""
+    return [option, option.replace("-", "_").replace("__", "--", 1)]
+
+
+@click.command(
+    "launch",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
+)
+@click.option(*_names("--nproc-per-node"), "nproc_per_node", metavar="N", help="Workers per node: a number, or auto|cpu|gpu|xpu (default 1).")
+@click.option("--nnodes", metavar="N|MIN:MAX", help="Number of nodes (SLURM: from the allocation).")
+@click.option(*_names("--node-rank"), "node_rank", type=int, help="This node's rank (SLURM: SLURM_NODEID).")
+@click.option(*_names("--master-addr"), "master_addr", metavar="HOST", help="Node 0's address (SLURM: the first node of the allocation).")
+@click.option(*_names("--master-port"), "master_port", type=int, metavar="PORT", help="Rendezvous port (SLURM: derived from the job id).")
+@click.option(*_names("--rdzv-backend"), "rdzv_backend", metavar="NAME", help="torchrun rendezvous backend (static, c10d).")
+@click.option(*_names("--rdzv-endpoint"), "rdzv_endpoint", metavar="HOST:PORT", help="torchrun rendezvous endpoint.")
+@click.option(*_names("--rdzv-id"), "rdzv_id", metavar="ID", help="torchrun rendezvous id (also the job id when --job-id is not given).")
+@click.option(*_names("--max-restarts"), "max_restarts", type=int, metavar="N", help="torchrun worker-group restarts before failing.")
+@click.option("--standalone", is_flag=True, help="One node, rendezvous on a free local port (the default for one node).")
+@click.option("-m", "--module", "as_module", is_flag=True, help="SCRIPT is a module name, run like `python -m`.")
+@click.option("--job-id", metavar="ID", help="Job id (default: slurm-<id> under SLURM, else host-time-random).")
+@click.option("--jobs-dir", type=click.Path(file_okay=False), help="Jobs directory (default: $FORGATHER_JOBS_DIR or ~/.forgather/jobs).")
+@click.option("--control-host", metavar="HOST", help="Where rank 0 serves control HTTP (default 127.0.0.1).")
+@click.option("--control-port", type=int, metavar="PORT", help="Rank 0's control port (default: an ephemeral one).")
+@click.option("--no-control", is_flag=True, help="Run the script as is: no callback injected; a signal stops torchrun.")
+@click.option("--grace", type=float, default=DEFAULT_GRACE, show_default=True, metavar="SECONDS", help="Time the job has to save and stop after a signal, before torchrun is terminated.")
+@click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
+@click.argument("script", metavar="SCRIPT")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[ARGS]...")
+def launch(
+    nproc_per_node: str | None,
+    nnodes: str | None,
+    node_rank: int | None,
+    master_addr: str | None,
+    master_port: int | None,
+    rdzv_backend: str | None,
+    rdzv_endpoint: str | None,
+    rdzv_id: str | None,
+    max_restarts: int | None,
+    standalone: bool,
+    as_module: bool,
+    job_id: str | None,
+    jobs_dir: str | None,
+    control_host: str | None,
+    control_port: int | None,
+    no_control: bool,
+    grace: float,
+    requeue: bool,
+    dry_run: bool,
+    script: str,
+    script_args: tuple[str, ...],
+) -> int:
+    """Run SCRIPT on every node's workers under torchrun, controllable with `forgather control`.
+
+    \b
+    Examples:
+      forgather launch --nproc-per-node 2 train.py --lr 1e-4
+      forgather launch -m mypkg.train --epochs 3
+      srun --ntasks-per-node=1 forgather launch --nproc-per-node 4 --requeue train.py
+      forgather launch --dry-run --nproc-per-node 2 train.py
+
+    A first SIGTERM/SIGINT/SIGUSR1/SIGUSR2 saves and stops the job on every rank
+    (within --grace); a second one stops it at once. The exit code is the job's.
+    """
+    try:
+        config = LaunchConfig(
+            script=None if as_module else script,
+            module=script if as_module else None,
+            script_args=tuple(script_args),
+            nproc_per_node=nproc_per_node,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            master_addr=master_addr,
+            master_port=master_port,
+            rdzv_backend=rdzv_backend,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=rdzv_id,
+            max_restarts=max_restarts,
+            standalone=standalone,
+            job_id=job_id,
+            jobs_dir=jobs_dir,
+            control_host=control_host,
+            control_port=control_port,
+            control=not no_control,
+            grace=grace,
+            requeue=requeue,
+            dry_run=dry_run,
+            argv=tuple(["forgather", "launch", *sys.argv[2:]] if len(sys.argv) > 2 else sys.argv),
+        )
+        return run_config(config, env=os.environ)
+    except LaunchError as exc:
+        raise _LaunchFailed(str(exc)) from None
+
+
+def run_config(config: LaunchConfig, *, env) -> int:  # noqa: ANN001 - a Mapping
+    """Check, plan, then print or execute. Raises LaunchError before anything starts."""
+    from forgather.control import JobPaths, resolve_jobs_dir
+    from forgather.launcher.plan import make_plan, python_executable, render_plan
+    from forgather.launcher.records import read_previous
+
+    check_target(config)
+    jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
+    plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
+    previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank)
+    plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from)
+    if config.dry_run:
+        click.echo(render_plan(plan), nl=False)
+        return 0
+    from forgather.launcher.run import execute
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    return execute(plan, base_env=env, argv=config.argv)
+
+
+def check_target(config: LaunchConfig) -> None:
+    """The script (or module) and torch must exist here, now, not in N workers later."""
+    if importlib.util.find_spec("torch") is None:
+        raise LaunchError(f"torch is not installed for {sys.executable}; forgather launch runs torchrun from it")
+    if config.script is not None:
+        path = Path(config.script)
+        if not path.exists():
+            raise LaunchError(f"script {config.script!r} not found (looked in {Path.cwd()}); check the path, or use -m for a module")
+        if not path.is_file():
+            raise LaunchError(f"script {config.script!r} is not a file")
+        return
+    module = config.module or ""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise LaunchError(f"module {module!r} cannot be found: {exc}") from None
+    if spec is None:
+        raise LaunchError(f"module {module!r} not found on sys.path (cwd {Path.cwd()}); is its package installed?")
+
+
+if __name__ == "__main__":  # a harness until the root group registers `launch`
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    sys.exit(launch.main(prog_name="forgather launch", standalone_mode=True) or 0)

@@ -1,0 +1,279 @@
+"""What every worker runs: ``python -m forgather.launcher.bootstrap SCRIPT ARGS...``
+(or ``... -m MODULE ARGS...``). ``forgather launch`` puts it behind torchrun.
+
+In order, before the user's code runs:
+
+1. handlers for SIGUSR1/SIGUSR2, so those never kill a worker by default action; a
+   signal that arrives before any Controller exists is remembered and handed to the
+   first Controller that starts (SLURM may signal while the model still loads);
+2. import hooks (a ``sys.meta_path`` finder) that patch ``transformers.Trainer`` and
+   ``lightning.pytorch.Trainer`` the moment their modules are imported: each new trainer
+   gets the control callback unless one is already in its callbacks; ``Trainer.train``
+   / ``Trainer.fit`` resume from ``$FORGATHER_RESUME_FROM`` (set by the launcher when
+   a requeued run has a checkpoint) unless the script passes its own checkpoint;
+3. the user's script runs as ``__main__`` with its own ``sys.argv`` and ``sys.path``,
+   exactly as ``python SCRIPT ARGS`` would run it (``runpy``).
+
+Plain loops get their Controller from here, configured by the launcher's environment::
+
+    from forgather.launcher.bootstrap import controller, resume_from
+
+    with controller(max_steps=1000) as ctl:      # job id, jobs dir, host, port from env
+        start = load(resume_from()) if resume_from() else 0
+        ...
+
+Both work without the launcher too (the Controller then uses its defaults).
+Set ``FORGATHER_LAUNCHED=0`` to run the script without any injection.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import runpy
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["controller", "install", "main", "pending_signals", "resume_from"]
+
+ENV_LAUNCHED = "FORGATHER_LAUNCHED"
+ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
+EARLY_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+
+#: modules whose import triggers a patch -> the patch
+_PATCHES: dict[str, Callable[[Any], None]] = {}
+_pending = 0  # stop signals received while no Controller ran
+_active = 0  # Controllers started and not closed
+_installed = False
+
+
+# -- public helpers for plain loops ---------------------------------------------------
+def controller(**options: Any):
+    """A :class:`forgather.callback.Controller` for a plain loop, configured from the
+    launcher's environment (FORGATHER_JOB_ID, FORGATHER_JOBS_DIR,
+    FORGATHER_CONTROL_HOST/PORT); ``options`` override. Use it as a context manager."""
+    from forgather.callback import Controller
+
+    return Controller(**options)
+
+
+def resume_from() -> str | None:
+    """The checkpoint a restarted run should resume from, or None on a fresh run."""
+    value = os.environ.get(ENV_RESUME_FROM)
+    return value or None
+
+
+def pending_signals() -> int:
+    """Stop signals that arrived before a Controller started (handed to the next one)."""
+    return _pending
+
+
+# -- signals ----------------------------------------------------------------------------
+def _early_handler(signum: int, frame: Any) -> None:
+    global _pending
+    if _active == 0:
+        _pending += 1
+
+
+def _install_signals() -> None:
+    for s in EARLY_SIGNALS:
+        try:
+            signal.signal(s, _early_handler)
+        except (ValueError, OSError):  # not the main thread, or not supported here
+            pass
+
+
+def _track_controllers() -> None:
+    """Hand early signals to the first Controller that starts, and know when one runs
+    (then its own handlers act and ours, chained behind them, stay quiet)."""
+    from forgather.callback import controller as mod
+
+    cls = mod.Controller
+    if getattr(cls, "_forgather_bootstrap_wrapped", False):
+        return
+    orig_start, orig_close = cls.start, cls.close
+
+    def start(self, *args: Any, **kwargs: Any):
+        global _active, _pending
+        already = getattr(self, "_started", False)
+        result = orig_start(self, *args, **kwargs)
+        if not already:
+            _active += 1
+            if _pending:
+                log.warning("forgather: a stop signal arrived before training started; saving and stopping at the first step")
+                for _ in range(min(_pending, 2)):
+                    self.raise_signal_flag()
+                _pending = 0
+        return result
+
+    def close(self, *args: Any, **kwargs: Any):
+        global _active
+        was_closed = getattr(self, "_closed", False)
+        try:
+            return orig_close(self, *args, **kwargs)
+        finally:
+            if not was_closed and getattr(self, "_started", False):
+                _active = max(0, _active - 1)
+
+    cls.start, cls.close = start, close
+    cls._forgather_bootstrap_wrapped = True
+
+
+# -- trainer patches --------------------------------------------------------------------
+def _patch_hf(module: Any) -> None:
+    trainer_cls = getattr(module, "Trainer", None)
+    if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
+        return
+    orig_init, orig_train = trainer_cls.__init__, trainer_cls.train
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        orig_init(self, *args, **kwargs)
+        try:
+            from forgather.callback.hf import TrainerControlCallback
+
+            handler = getattr(self, "callback_handler", None)
+            callbacks = list(getattr(handler, "callbacks", ()) or ())
+            if not any(isinstance(cb, TrainerControlCallback) for cb in callbacks):
+                self.add_callback(TrainerControlCallback(trainer=self))
+                log.info("forgather: control callback added to %s", type(self).__name__)
+        except Exception:
+            log.exception("forgather: could not add the control callback; training goes on without control")
+
+    def train(self, *args: Any, **kwargs: Any):
+        resume = resume_from()
+        if resume and not args and kwargs.get("resume_from_checkpoint") is None and os.path.isdir(resume):
+            log.warning("forgather: resuming from %s (restarted run)", resume)
+            kwargs["resume_from_checkpoint"] = resume
+        return orig_train(self, *args, **kwargs)
+
+    trainer_cls.__init__ = __init__
+    trainer_cls.train = train
+    trainer_cls._forgather_patched = True
+
+
+def _patch_lightning(module: Any) -> None:
+    trainer_cls = getattr(module, "Trainer", None)
+    if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
+        return
+    orig_init, orig_fit = trainer_cls.__init__, trainer_cls.fit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        orig_init(self, *args, **kwargs)
+        try:
+            from forgather.callback.lightning import LightningControlCallback
+
+            if not any(isinstance(cb, LightningControlCallback) for cb in self.callbacks):
+                self.callbacks.append(LightningControlCallback())
+                log.info("forgather: control callback added to %s", type(self).__name__)
+        except Exception:
+            log.exception("forgather: could not add the control callback; training goes on without control")
+
+    def fit(self, *args: Any, **kwargs: Any):
+        resume = resume_from()
+        if resume and len(args) < 5 and kwargs.get("ckpt_path") is None and os.path.isfile(resume):
+            log.warning("forgather: resuming from %s (restarted run)", resume)
+            kwargs["ckpt_path"] = resume
+        return orig_fit(self, *args, **kwargs)
+
+    trainer_cls.__init__ = __init__
+    trainer_cls.fit = fit
+    trainer_cls._forgather_patched = True
+
+
+_PATCHES.update(
+    {
+        "transformers.trainer": _patch_hf,
+        "lightning.pytorch.trainer.trainer": _patch_lightning,
+    }
+)
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then the patch, for one module."""
+
+    def __init__(self, loader: importlib.abc.Loader, patch: Callable[[Any], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        try:
+            self._patch(module)
+        except Exception:
+            log.exception("forgather: could not patch %s; training goes on without control", module.__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _TrainerFinder(importlib.abc.MetaPathFinder):
+    """A meta path finder that only wraps the loaders of the trainer modules."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: Any = None):
+        patch = _PATCHES.get(fullname)
+        if patch is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, patch)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Install the signal handlers, the Controller tracking and the import hooks.
+    Idempotent. Trainer modules imported already are patched at once."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    _install_signals()
+    _track_controllers()
+    sys.meta_path.insert(0, _TrainerFinder())
+    for name, patch in _PATCHES.items():
+        mod = sys.modules.get(name)
+        if mod is not None:
+            patch(mod)
+
+
+# -- running the user's code --------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    """``bootstrap SCRIPT ARGS...`` or ``bootstrap -m MODULE ARGS...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m forgather.launcher.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)
+        raise SystemExit(2 if not args else 0)
+    if os.environ.get(ENV_LAUNCHED, "1") != "0":
+        install()
+    else:
+        _install_signals()
+    if args[0] == "-m":
+        if len(args) < 2:
+            print("bootstrap: -m needs a module name", file=sys.stderr)
+            raise SystemExit(2)
+        module, rest = args[1], args[2:]
+        sys.argv = [module, *rest]  # runpy replaces argv[0] with the module's file
+        sys.path[0] = os.getcwd()  # what `python -m` puts first
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        script, rest = args[0], args[1:]
+        sys.argv = [script, *rest]
+        sys.path[0] = os.path.dirname(os.path.abspath(script))  # what `python SCRIPT` puts first
+        runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

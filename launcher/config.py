@@ -1,0 +1,119 @@
+"""What the user asked for, frozen: the input of the pure planning functions.
+
+``LaunchConfig`` holds the options exactly as given (None = not given), so the plan can
+tell "the user chose 1 node" from "nobody said" and let the environment (SLURM) fill in
+only what was left open. It validates what can be checked without the environment;
+everything it refuses, it refuses before any process starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_GRACE", "LaunchConfig", "LaunchError"]
+
+#: Seconds between the first stop signal and stopping torchrun. SLURM's template sends
+#: its signal 90 s before the end and KillWait adds 30 s by default, so 60 s of saving
+#: fits with room to spare.
+DEFAULT_GRACE = 60.0
+
+_NPROC_RE = re.compile(r"\A(?:[1-9][0-9]*|auto|cpu|gpu|xpu)\Z")
+_NNODES_RE = re.compile(r"\A[1-9][0-9]*(?::[1-9][0-9]*)?\Z")
+_MODULE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+class LaunchError(Exception):
+    """A launch that cannot start; the message says what was set and what to do.
+
+    ``exit_code`` is what the CLI returns (2: bad usage, like click's own errors).
+    """
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One ``forgather launch`` invocation. Options mirror the command line."""
+
+    script: str | None = None
+    module: str | None = None
+    script_args: tuple[str, ...] = ()
+    # torchrun's options, passed through (None: not given)
+    nproc_per_node: str | None = None
+    nnodes: str | None = None
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+    rdzv_backend: str | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
+    max_restarts: int | None = None
+    standalone: bool = False
+    # ours
+    job_id: str | None = None
+    jobs_dir: str | None = None
+    control_host: str | None = None
+    control_port: int | None = None
+    control: bool = True
+    grace: float = DEFAULT_GRACE
+    requeue: bool = False
+    dry_run: bool = False
+    #: The launcher's own command line, recorded in job.json.
+    argv: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def target(self) -> str:
+        """What runs, for messages: the script path or ``-m module``."""
+        return self.script if self.script is not None else f"-m {self.module}"
+
+    def validate(self) -> None:
+        """Refuse what no environment can fix. Raises LaunchError with a hint."""
+        if (self.script is None) == (self.module is None):
+            raise LaunchError("give exactly one of SCRIPT or -m MODULE (e.g. `forgather launch train.py --lr 1e-4`)")
+        if self.module is not None and not _MODULE_RE.match(self.module):
+            raise LaunchError(f"-m {self.module!r} is not a Python module name (e.g. `-m mypkg.train`)")
+        if self.nproc_per_node is not None and not _NPROC_RE.match(str(self.nproc_per_node)):
+            raise LaunchError(
+                f"--nproc-per-node {self.nproc_per_node!r} is not valid; use a positive number or auto|cpu|gpu|xpu"
+            )
+        if self.nnodes is not None and not _NNODES_RE.match(str(self.nnodes)):
+            raise LaunchError(f"--nnodes {self.nnodes!r} is not valid; use N or MIN:MAX (e.g. 2 or 1:4)")
+        if self.nnodes is not None and ":" in self.nnodes:
+            lo, hi = (int(x) for x in self.nnodes.split(":"))
+            if lo > hi:
+                raise LaunchError(f"--nnodes {self.nnodes!r}: MIN is larger than MAX")
+        if self.node_rank is not None:
+            if self.node_rank < 0:
+                raise LaunchError(f"--node-rank {self.node_rank} is negative")
+            n = self.fixed_nnodes
+            if n is not None and self.node_rank >= n:
+                raise LaunchError(f"--node-rank {self.node_rank} is not below --nnodes {self.nnodes}; node ranks run 0..{n - 1}")
+        for name, port in (("--master-port", self.master_port), ("--control-port", self.control_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise LaunchError(f"{name} {port} is not a TCP port (0-65535)")
+        if self.max_restarts is not None and self.max_restarts < 0:
+            raise LaunchError(f"--max-restarts {self.max_restarts} is negative")
+        if not (self.grace > 0):
+            raise LaunchError(f"--grace {self.grace} must be a positive number of seconds")
+        if self.standalone and (self.fixed_nnodes or 1) > 1:
+            raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
+        if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):
+            raise LaunchError("--standalone picks its own rendezvous; drop --rdzv-endpoint/--master-addr/--master-port")
+        if self.job_id is not None:
+            from forgather.control import InvalidJobId, validate_job_id
+
+            try:
+                validate_job_id(self.job_id)
+            except InvalidJobId as exc:
+                raise LaunchError(f"--job-id: {exc}") from None
+
+    @property
+    def fixed_nnodes(self) -> int | None:
+        """--nnodes as one number, or its maximum for MIN:MAX; None when not given."""
+        if self.nnodes is None:
+            return None
+        return int(str(self.nnodes).split(":")[-1])

@@ -1,0 +1,232 @@
+"""Pure planning: LaunchConfig + environment variables -> torchrun argv + worker env.
+
+Nothing here starts a process, reads a file or looks at the clock, so ``--dry-run``
+prints exactly what ``run()`` will execute and the tests pin it with golden files
+(torchx/submitit style: plan, then execute).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from forgather.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR
+
+from .config import LaunchConfig
+from .environments import Placement, detect
+
+__all__ = [
+    "BOOTSTRAP_MODULE",
+    "ENV_LAUNCHED",
+    "ENV_NODE_RANK",
+    "ENV_RESTARTS",
+    "ENV_RESUME_FROM",
+    "Plan",
+    "child_env",
+    "make_plan",
+    "render_plan",
+    "torchrun_argv",
+    "worker_env",
+]
+
+BOOTSTRAP_MODULE = "forgather.launcher.bootstrap"
+#: Set for the workers: "1" when the bootstrap should inject the control callback.
+ENV_LAUNCHED = "FORGATHER_LAUNCHED"
+#: The checkpoint a restarted (requeued) run should resume from, when one was recorded.
+ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
+#: How many times this job was restarted (SLURM requeues, or relaunches of the same id).
+ENV_RESTARTS = "FORGATHER_RESTARTS"
+ENV_NODE_RANK = "FORGATHER_NODE_RANK"
+
+#: Words that mark a variable as secret in printed plans.
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``run()`` needs, decided up front."""
+
+    config: LaunchConfig
+    placement: Placement
+    jobs_dir: str
+    argv: tuple[str, ...]
+    #: The variables forgather sets for the workers (on top of the launcher's own env).
+    env: Mapping[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    resume_from: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.placement.job_id
+
+    @property
+    def node_rank(self) -> int:
+        return self.placement.node_rank or 0
+
+    @property
+    def is_node0(self) -> bool:
+        return self.node_rank == 0
+
+    def with_history(self, *, restarts: int, resume_from: str | None) -> "Plan":
+        """The same plan for a restarted run: restart count and checkpoint in the env."""
+        env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from)
+        return replace(self, restarts=restarts, resume_from=resume_from, env=env)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able view (``--dry-run`` as data); secrets redacted."""
+        p = self.placement
+        return {
+            "environment": p.environment,
+            "job_id": p.job_id,
+            "jobs_dir": self.jobs_dir,
+            "nnodes": p.nnodes,
+            "node_rank": p.node_rank,
+            "nproc_per_node": p.nproc_per_node,
+            "control": self.config.control,
+            "grace": self.config.grace,
+            "requeue": list(p.requeue_argv) if p.requeue_argv else None,
+            "restarts": self.restarts,
+            "resume_from": self.resume_from,
+            "scheduler": p.scheduler,
+            "argv": list(self.argv),
+            "env": redact(self.env),
+        }
+
+
+def make_plan(
+    config: LaunchConfig,
+    env: Mapping[str, str],
+    *,
+    python: str,
+    jobs_dir: str,
+    auto_job_id: str | None = None,
+    restarts: int | None = None,
+    resume_from: str | None = None,
+) -> Plan:
+    """The plan for this node. ``env`` is the launcher's environment (SLURM's variables
+    are read from it); ``jobs_dir`` is already resolved; ``restarts``/``resume_from``
+    come from the job's previous run, when there was one (``records.previous_run``)."""
+    placement = detect(env).place(config, auto_job_id=auto_job_id)
+    if restarts is None:
+        restarts = placement.restart_count
+    argv = torchrun_argv(config, placement, python=python)
+    wenv = worker_env(config, placement, jobs_dir=jobs_dir, restarts=restarts, resume_from=resume_from)
+    return Plan(config=config, placement=placement, jobs_dir=jobs_dir, argv=argv, env=wenv, restarts=restarts, resume_from=resume_from)
+
+
+def torchrun_argv(config: LaunchConfig, placement: Placement, *, python: str) -> tuple[str, ...]:
+    """``python -m torch.distributed.run [torchrun options] -m forgather.launcher.bootstrap
+    SCRIPT ARGS...``; with ``--no-control`` the user's script runs directly."""
+    argv: list[str] = [python, "-m", "torch.distributed.run"]
+    if placement.standalone:
+        argv += ["--standalone"]
+    argv += ["--nnodes", placement.nnodes, "--nproc-per-node", placement.nproc_per_node]
+    if placement.node_rank is not None and not placement.standalone:
+        argv += ["--node-rank", str(placement.node_rank)]
+    if placement.master_addr:
+        argv += ["--master-addr", placement.master_addr]
+    if placement.master_port is not None:
+        argv += ["--master-port", str(placement.master_port)]
+    if config.rdzv_backend:
+        argv += ["--rdzv-backend", config.rdzv_backend]
+    if config.rdzv_endpoint:
+        argv += ["--rdzv-endpoint", config.rdzv_endpoint]
+    if config.rdzv_id:
+        argv += ["--rdzv-id", config.rdzv_id]
+    if config.max_restarts is not None:
+        argv += ["--max-restarts", str(config.max_restarts)]
+    if config.control:
+        argv += ["-m", BOOTSTRAP_MODULE]
+        argv += ["-m", config.module] if config.module else [config.script or ""]
+    elif config.module:
+        argv += ["-m", config.module]
+    else:
+        argv += [config.script or ""]
+    argv += list(config.script_args)
+    return tuple(argv)
+
+
+def worker_env(
+    config: LaunchConfig,
+    placement: Placement,
+    *,
+    jobs_dir: str,
+    restarts: int = 0,
+    resume_from: str | None = None,
+) -> dict[str, str]:
+    """The variables the launcher sets for torchrun and its workers (design.md 8).
+    Never a token: rank 0 makes its own and keeps it in the 0600 endpoint file."""
+    env = {
+        ENV_JOB_ID: placement.job_id,
+        ENV_JOBS_DIR: jobs_dir,
+        ENV_NODE_RANK: str(placement.node_rank or 0),
+        ENV_RESTARTS: str(restarts),
+        ENV_LAUNCHED: "1" if config.control else "0",
+    }
+    if config.control_host:
+        env[ENV_CONTROL_HOST] = config.control_host
+    if config.control_port is not None:
+        env[ENV_CONTROL_PORT] = str(config.control_port)
+    if resume_from:
+        env[ENV_RESUME_FROM] = resume_from
+    return env
+
+
+def child_env(plan: Plan, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment torchrun starts with: the launcher's own, minus variables that
+    would mislead the workers, plus the plan's. A resume path from an older run that no
+    longer applies is removed rather than inherited."""
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, "FORGATHER_TOKEN")}
+    env.update(plan.env)
+    return env
+
+
+def redact(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("<hidden>" if any(m in k.upper() for m in _SECRET_MARKERS) else v) for k, v in sorted(env.items())}
+
+
+def render_plan(plan: Plan) -> str:
+    """The human ``--dry-run`` text (pinned by golden files). Secrets never appear."""
+    p = plan.placement
+    node = f"node {plan.node_rank} of {p.nnodes}" if p.node_rank is not None else f"{p.nnodes} node(s), rank by rendezvous"
+    lines = [
+        "forgather launch: plan (dry run, nothing started)",
+        f"  environment:    {p.environment}",
+        f"  job id:         {p.job_id}",
+        f"  jobs dir:       {plan.jobs_dir}",
+        f"  placement:      {node}, {p.nproc_per_node} process(es) per node",
+        f"  control:        {'callback injected by forgather.launcher.bootstrap' if plan.config.control else 'off (--no-control)'}",
+        f"  on a signal:    {_on_signal(plan)}",
+    ]
+    if p.environment == "slurm":
+        sched = p.scheduler
+        lines.append(f"  slurm:          job {sched.get('slurm_job_id')}, nodes {sched.get('nodelist')} -> {' '.join(sched.get('nodes', []))}")
+    if plan.restarts or plan.resume_from:
+        lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
+    lines.append("  command:")
+    lines.append("    " + shlex.join(plan.argv))
+    lines.append("  environment for the workers (added to the launcher's own):")
+    for k, v in redact(plan.env).items():
+        lines.append(f"    {k}={shlex.quote(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _on_signal(plan: Plan) -> str:
+    grace = f"{plan.config.grace:g}s"
+    if not plan.config.control:
+        text = f"SIGTERM to torchrun, SIGKILL after {grace}"
+    else:
+        text = f"save_and_stop on every rank, torchrun stopped after {grace}"
+    if plan.placement.requeue_argv:
+        text += "; then " + shlex.join(plan.placement.requeue_argv)
+    return text
+
+
+def python_executable() -> str:
+    """The interpreter the workers use: the launcher's own (same venv, same packages)."""
+    import sys
+
+    return sys.executable or os.environ.get("PYTHON", "python3")

@@ -1,0 +1,267 @@
+"""The launcher's records in the jobs directory: job.json (node 0) and nodes/<n>.json.
+
+job.json is what ``list``/``cleanup`` know a launched job by: its command, its scheduler
+(``judge()`` asks ``squeue`` when it says slurm), restarts, state and exit code.
+nodes/<n>.json carries each node's launcher identity (host, pid, start time, boot id)
+and a heartbeat refreshed by a daemon thread, so another host can tell a live launcher
+from a dead one without trusting a pid.
+
+Claiming a job id refuses one that a live job holds, except the job's own previous run
+under SLURM (a requeue reuses ``slurm-<id>``: SLURM has already ended that run).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from forgather.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
+from forgather.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
+from forgather.control.liveness import STALE_AFTER
+
+from .config import LaunchError
+from .environments import Placement
+from .plan import Plan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FINAL_STATES", "JobRecords", "Previous", "read_previous"]
+
+FINAL_STATES = ("finished", "stopped", "aborted", "failed")
+HEARTBEAT_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What earlier runs under the same job id left behind, and what this run makes of it."""
+
+    exists: bool
+    #: this run's restart count
+    restarts: int = 0
+    #: the checkpoint this run should resume from (FORGATHER_RESUME_FROM)
+    resume_from: str | None = None
+    created_at: float | None = None
+    #: the folder belongs to this SLURM job's earlier run (a requeue): never "in use"
+    same_slurm_job: bool = False
+
+
+def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0) -> Previous:
+    """Read (never change) an earlier run's job.json and status.json.
+
+    Under SLURM the restart count is SLURM_RESTART_COUNT, which every node sees alike.
+    Elsewhere it is the earlier run's count plus one. A node other than 0 may start after
+    node 0 already rewrote job.json for this run; it then takes this run's values from it.
+    """
+    job = read_json(paths.job, quiet=True)
+    status = read_json(paths.status, quiet=True)
+    slurm_id = placement.scheduler.get("slurm_job_id") if placement.scheduler.get("type") == "slurm" else None
+    if job is None and status is None:
+        return Previous(exists=False, restarts=placement.restart_count)
+    job = job or {}
+    status = status or {}
+    sched = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
+    same_slurm = bool(slurm_id) and str(sched.get("slurm_job_id")) == str(slurm_id)
+    prev_restarts = job.get("restarts") if isinstance(job.get("restarts"), int) else -1
+    created = job.get("created_at") if isinstance(job.get("created_at"), (int, float)) else None
+    this_run = job.get("state") == "running" and (
+        prev_restarts == placement.restart_count if slurm_id else node_rank != 0
+    )
+    if this_run:
+        resume = job.get("resume_from")
+        return Previous(True, max(prev_restarts, 0), resume if isinstance(resume, str) else None, created, same_slurm)
+    ckpt = job.get("last_checkpoint") or status.get("last_checkpoint")
+    restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
+    if slurm_id and not same_slurm:
+        restarts = placement.restart_count
+    return Previous(True, max(restarts, 0), ckpt if isinstance(ckpt, str) and ckpt else None, created, same_slurm)
+
+
+def _node_alive(record: dict, *, now: float) -> tuple[bool, str]:
+    """Is the launcher that wrote this node record still running?"""
+    if record.get("ended_at"):
+        return False, "ended"
+    if same_host(record):
+        return (True, f"launcher pid {record.get('pid')} runs on this host") if pid_alive(record) else (False, "pid gone")
+    beat = record.get("heartbeat_at")
+    if isinstance(beat, (int, float)) and now - beat < STALE_AFTER:
+        return True, f"launcher on {record.get('host')} sent a heartbeat {now - beat:.0f}s ago"
+    return False, "stale heartbeat"
+
+
+class JobRecords:
+    """Owns this node's records for one run: claim, start (with heartbeat), finish."""
+
+    def __init__(self, paths: JobPaths, plan: Plan, *, heartbeat_interval: float = HEARTBEAT_INTERVAL) -> None:
+        self.paths = paths
+        self.plan = plan
+        self.heartbeat_interval = heartbeat_interval
+        self.node_rank = plan.node_rank
+        self._node: dict[str, Any] = {}
+        self._job: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def slurm_job_id(self) -> str | None:
+        sched = self.plan.placement.scheduler
+        return str(sched["slurm_job_id"]) if sched.get("type") == "slurm" else None
+
+    # -- claim ----------------------------------------------------------------------
+    def claim(self, previous: Previous) -> None:
+        """Refuse a job id held by a live job; tidy what a dead earlier run left."""
+        now = time.time()
+        requeued = previous.same_slurm_job
+        mine = read_json(self.paths.node(self.node_rank), quiet=True)
+        if mine and not (requeued and self._from_earlier_slurm_run(mine)):
+            alive, why = _node_alive(mine, now=now)
+            if alive:
+                raise LaunchError(
+                    f"job id {self.plan.job_id!r} is in use: node {self.node_rank} of it is still running "
+                    f"({why}; record {self.paths.node(self.node_rank)}). Pick another --job-id, or stop that "
+                    f"job first (`forgather control stop {self.plan.job_id}`)"
+                )
+        if self.node_rank == 0 and not requeued:
+            endpoint = read_json(self.paths.endpoint, quiet=True)
+            status = read_json(self.paths.status, quiet=True)
+            if endpoint or status:
+                from forgather.control import probe_endpoint
+
+                verdict, why = judge(endpoint=endpoint, status=status, probe=probe_endpoint, squeue=None)
+                if verdict in (Liveness.ALIVE, Liveness.UNKNOWN):
+                    raise LaunchError(
+                        f"job id {self.plan.job_id!r} is in use by a running job ({verdict}: {why}; see "
+                        f"{self.paths.dir}). Pick another --job-id, or stop it first "
+                        f"(`forgather control stop {self.plan.job_id}`)"
+                    )
+        self.paths.create()
+        ensure_private_dir(self.paths.nodes)
+        if self.node_rank == 0 and previous.exists:
+            self._tidy_previous()
+
+    def _from_earlier_slurm_run(self, record: dict) -> bool:
+        return str(record.get("slurm_job_id")) == str(self.slurm_job_id) and record.get("restarts", -1) != self.plan.restarts
+
+    def _tidy_previous(self) -> None:
+        """An earlier run's endpoint and unread commands must not leak into this run: a
+        save_and_stop left in the inbox at a requeue would stop the rerun at once."""
+        ep = read_json(self.paths.endpoint, quiet=True)
+        if ep is not None:
+            remove_quietly(self.paths.endpoint)
+        try:
+            names = [n for n in os.listdir(self.paths.inbox) if not n.startswith(TEMP_PREFIX)]
+        except OSError:
+            names = []
+        for name in names:
+            log.warning("dropping command file %s left from the job's previous run", name)
+            remove_quietly(self.paths.inbox / name)
+
+    # -- start ----------------------------------------------------------------------
+    def start(self, previous: Previous, *, argv: list[str] | tuple[str, ...], cwd: str) -> None:
+        now = time.time()
+        plan, p = self.plan, self.plan.placement
+        self._node = {
+            "job_id": plan.job_id,
+            "node_rank": self.node_rank,
+            "nnodes": p.nnodes,
+            "started_at": now,
+            "heartbeat_at": now,
+            "state": "running",
+            "restarts": plan.restarts,
+            **process_identity(),
+        }
+        if self.slurm_job_id:
+            self._node["slurm_job_id"] = self.slurm_job_id
+        self._write_node()
+        if self.node_rank == 0:
+            self._job = {
+                "job_id": plan.job_id,
+                "argv": list(argv),
+                "command": list(plan.argv),
+                "cwd": cwd,
+                "user": _user(),
+                "host": self._node["host"],
+                "scheduler": p.scheduler,
+                "environment": p.environment,
+                "nnodes": p.nnodes,
+                "nproc_per_node": p.nproc_per_node,
+                "created_at": previous.created_at or now,
+                "started_at": now,
+                "updated_at": now,
+                "restarts": plan.restarts,
+                "resume_from": plan.resume_from,
+                "requeue": bool(p.requeue_argv),
+                "grace": plan.config.grace,
+                "control": plan.config.control,
+                "state": "running",
+                "exit_code": None,
+                "ended_at": None,
+            }
+            write_json_atomic(self.paths.job, self._job)
+        self._thread = threading.Thread(target=self._beat, name="forgather-launch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            try:
+                with self._lock:
+                    self._node["heartbeat_at"] = time.time()
+                    self._write_node()
+            except Exception:
+                log.exception("could not refresh %s; the job runs on", self.paths.node(self.node_rank))
+
+    def _write_node(self) -> None:
+        write_json_atomic(self.paths.node(self.node_rank), self._node)
+
+    # -- finish ---------------------------------------------------------------------
+    def final_state(self, exit_code: int) -> str:
+        """The job's state from its exit code and what rank 0 recorded last."""
+        if exit_code != 0:
+            return "failed"
+        status = read_json(self.paths.status, quiet=True) or {}
+        state = status.get("state")
+        return state if state in FINAL_STATES else "finished"
+
+    def finish(self, state: str, exit_code: int, *, extra: dict[str, Any] | None = None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        now = time.time()
+        with self._lock:
+            self._node.update(state=state, exit_code=exit_code, ended_at=now, heartbeat_at=now)
+            try:
+                self._write_node()
+            except OSError as exc:
+                log.warning("could not write %s: %s", self.paths.node(self.node_rank), exc)
+        if self.node_rank != 0 or not self._job:
+            return
+        status = read_json(self.paths.status, quiet=True) or {}
+        self._job.update(state=state, exit_code=exit_code, ended_at=now, updated_at=now)
+        if status.get("last_checkpoint"):
+            self._job["last_checkpoint"] = status["last_checkpoint"]
+        if isinstance(status.get("step"), int):
+            self._job["final_step"] = status["step"]
+        if extra:
+            self._job.update(extra)
+        try:
+            write_json_atomic(self.paths.job, self._job)
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.paths.job, exc)
+
+    def update_job(self, **fields: Any) -> None:
+        if self.node_rank != 0 or not self._job:
+            return
+        self._job.update(fields, updated_at=time.time())
+        write_json_atomic(self.paths.job, self._job)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())

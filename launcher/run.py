@@ -1,0 +1,337 @@
+"""Execute a plan: the only code in forgather that starts torchrun and handles signals.
+
+How a stop signal becomes ``save_and_stop`` (measured on SLURM 22.05, see slurm/README.md):
+SLURM's ``--signal`` and ``scancel --signal`` reach *every* process of the job step -
+the launcher, torchrun and each worker - while a ``kill`` from a user reaches the
+launcher alone. So the launcher does not forward signals to the workers (a worker that
+got SLURM's signal directly would count the forwarded copy as a second signal and
+abort instead of saving). Instead:
+
+- torchrun starts with SIGUSR1/SIGUSR2 ignored, which it and its workers inherit, so
+  neither can be killed by them by default action; the bootstrap then installs its
+  handlers in the workers, and their Controllers raise the agreed signal flag;
+- the launcher, on its first SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGHUP, drops one
+  ``save_and_stop`` command (with an idempotency key) into the job's inbox; rank 0
+  picks it up within about a second and every rank applies it at the same step. When
+  a worker's own signal got there first, the command is refused as "already stopping":
+  either way the job saves once;
+- after ``--grace`` seconds torchrun's process group gets SIGTERM, then SIGKILL;
+- a second signal escalates at once (SIGTERM to the group, SIGKILL shortly after), a
+  third kills the group.
+
+torchrun runs in its own session, and the launcher makes itself a child subreaper, so
+on the way out it can find and kill every descendant, including ones that left the
+process group; it never exits while one of them is left.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from forgather.control import Command, JobPaths
+
+from .plan import Plan, child_env
+from .records import JobRecords, read_previous
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STOP_SIGNALS", "Supervisor", "execute", "exit_code_of"]
+
+#: Signals that ask the job to save and stop (the first) or escalate (the next).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+#: Ignored in torchrun and inherited by its workers, so they never die of them.
+IGNORED_IN_CHILDREN: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+#: Seconds between SIGTERM and SIGKILL to torchrun's process group.
+KILL_TIMEOUT = 5.0
+
+
+def exit_code_of(returncode: int) -> int:
+    """A shell-style exit code: 128+N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    """Runs one torchrun, turns stop signals into the stop protocol, leaves no process.
+
+    ``on_stop(signum)`` runs (in the main thread) on the first signal when the job has
+    control; without it the first signal terminates torchrun, which stops its workers.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        grace: float,
+        on_stop: Callable[[int], None] | None = None,
+        cwd: str | None = None,
+        kill_timeout: float = KILL_TIMEOUT,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.grace = grace
+        self.on_stop = on_stop
+        self.cwd = cwd
+        self.kill_timeout = kill_timeout
+        self.poll_interval = poll_interval
+        self.signals: list[int] = []
+        self.escalated = False
+        self.proc: subprocess.Popen | None = None
+        self.leftovers: list[int] = []
+        self._pending: collections.deque[int] = collections.deque()
+        self._wake = threading.Event()
+        self._tracked: dict[int, psutil.Process] = {}
+        self._term_at: float | None = None
+        self._kill_at: float | None = None
+        self._termed = False
+        self._last_snapshot = 0.0
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self.signals)
+
+    # -- the run --------------------------------------------------------------------
+    def run(self) -> int:
+        """Start torchrun, supervise it, clean up; returns its exit code (128+N if killed)."""
+        _become_subreaper()
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main else {}
+        try:
+            if main:
+                for s in IGNORED_IN_CHILDREN:
+                    signal.signal(s, signal.SIG_IGN)  # inherited through exec by torchrun and its workers
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True)
+            if main:
+                for s in STOP_SIGNALS:
+                    signal.signal(s, self._on_signal)
+            log.info("torchrun started (pid %d): %s", self.proc.pid, " ".join(self.argv))
+            returncode = self._supervise()
+        finally:
+            self._reap()
+            if main:
+                for s, h in previous.items():
+                    try:
+                        signal.signal(s, h if h is not None else signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+        return exit_code_of(returncode)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # A handler only records; the loop acts (no I/O or locks inside a handler).
+        self._pending.append(signum)
+        self._wake.set()
+
+    def _supervise(self) -> int:
+        assert self.proc is not None
+        while True:
+            returncode = self.proc.poll()
+            if returncode is not None:
+                return returncode
+            self._snapshot()
+            while self._pending:
+                self._handle(self._pending.popleft())
+            now = time.monotonic()
+            if self._term_at is not None and now >= self._term_at and not self._termed:
+                log.warning("the job did not stop within the grace period (%gs): terminating torchrun", self.grace)
+                self._terminate()
+            if self._kill_at is not None and now >= self._kill_at:
+                log.warning("torchrun still runs %gs after SIGTERM: killing its process group", self.kill_timeout)
+                self._signal_group(signal.SIGKILL)
+                self._kill_at = None
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _handle(self, signum: int) -> None:
+        self.signals.append(signum)
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if len(self.signals) == 1:
+            if self.on_stop is not None:
+                log.warning("%s: asking every rank to save and stop (grace %gs)", name, self.grace)
+                try:
+                    self.on_stop(signum)
+                except Exception:
+                    log.exception("could not ask the job to stop; torchrun will be terminated after the grace period")
+                self._term_at = now + self.grace
+            else:
+                log.warning("%s: stopping torchrun (no control; SIGKILL after %gs)", name, self.grace)
+                self._send(signal.SIGTERM, group=False)
+                self._termed = True
+                self._kill_at = now + self.grace
+        elif len(self.signals) == 2:
+            log.warning("%s again: escalating, terminating torchrun and its workers now", name)
+            self.escalated = True
+            self._terminate()
+        else:
+            log.warning("%s a third time: killing torchrun's process group", name)
+            self._signal_group(signal.SIGKILL)
+
+    def _terminate(self) -> None:
+        self._termed = True
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_timeout
+        self._kill_at = deadline if self._kill_at is None else min(self._kill_at, deadline)
+
+    def _send(self, sig: int, *, group: bool) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _signal_group(self, sig: int) -> None:
+        self._send(sig, group=True)
+
+    # -- no process left behind -------------------------------------------------------
+    def _snapshot(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_snapshot < 1.0:
+            return
+        self._last_snapshot = now
+        try:
+            for p in psutil.Process().children(recursive=True):
+                self._tracked.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+
+    def _reap(self) -> None:
+        """Kill whatever torchrun left: its process group, then every descendant seen
+        (as a subreaper, orphans are our children), and wait for them."""
+        if self.proc is None:
+            return
+        self._snapshot(force=True)
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            log.error("torchrun (pid %d) did not die", self.proc.pid)
+        alive = []
+        for p in self._tracked.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+                alive.append(p)
+            except psutil.Error:
+                pass
+        _gone, still = psutil.wait_procs(alive, timeout=10)
+        self.leftovers = [p.pid for p in still if _really_alive(p)]
+        if self.leftovers:
+            log.error("processes survived SIGKILL: %s", self.leftovers)
+
+
+def _really_alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _become_subreaper() -> None:
+    """Orphans of torchrun's workers get reparented to us, not to init, so we can find
+    (and reap) them. Linux only; elsewhere the process-group kill still applies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def _drop_stop_command(paths: JobPaths, key: str) -> Callable[[int], None]:
+    """on_stop for a job with control: one save_and_stop in the inbox (file channel), so
+    it works before rank 0 serves HTTP and on nodes that share only the jobs dir."""
+
+    def on_stop(signum: int) -> None:
+        from forgather.control import JobClient
+        from forgather.control.listing import load
+
+        with JobClient(load(paths, quiet=True), channel="file") as client:
+            entry = client.send(Command.SAVE_AND_STOP, key=key)
+        log.info("queued save_and_stop %s for job %s (inbox)", entry.get("id"), paths.job_id)
+
+    return on_stop
+
+
+def execute(
+    plan: Plan,
+    *,
+    base_env: Mapping[str, str] | None = None,
+    argv: Sequence[str] = (),
+    cwd: str | None = None,
+    runner: Callable[[Sequence[str]], subprocess.CompletedProcess] | None = None,
+) -> int:
+    """Run the plan on this node: claim the job id, write the records, supervise
+    torchrun, record the outcome, and (node 0, SLURM, --requeue, stopped by a signal
+    after a clean save) run ``scontrol requeue`` once. Returns the job's exit code."""
+    base_env = os.environ if base_env is None else base_env
+    cwd = cwd or os.getcwd()
+    paths = JobPaths(Path(plan.jobs_dir), plan.job_id)
+    previous = read_previous(paths, plan.placement, node_rank=plan.node_rank)
+    if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from:
+        plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from)
+    records = JobRecords(paths, plan)
+    records.claim(previous)
+    records.start(previous, argv=argv, cwd=cwd)
+    on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
+    sup = Supervisor(plan.argv, child_env(plan, base_env), grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
+    try:
+        code = sup.run()
+    except BaseException as exc:
+        records.finish("failed", -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
+        raise
+    state = records.final_state(code)
+    extra: dict = {}
+    if sup.signals:
+        extra["signals"] = [signal.Signals(s).name for s in sup.signals]
+    if sup.leftovers:
+        extra["leftover_pids"] = sup.leftovers
+    requeue = plan.placement.requeue_argv
+    if requeue and sup.stop_requested and not sup.escalated and code == 0 and state == "stopped":
+        records.finish("requeued", code, extra={**extra, "requeued_at": time.time()})
+        _requeue(requeue, records, runner)
+    else:
+        if requeue and sup.stop_requested:
+            log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
+        records.finish(state, code, extra=extra)
+    log.info("job %s %s, exit code %d", plan.job_id, state, code)
+    return code
+
+
+def _requeue(argv: Sequence[str], records: JobRecords, runner) -> None:
+    """``scontrol requeue <id>``, once. SLURM then ends this run; the rerun reuses the
+    job id and resumes from the checkpoint recorded in job.json."""
+    log.warning("requeueing: %s", " ".join(argv))
+    try:
+        if runner is not None:
+            proc = runner(argv)
+        else:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("could not run %s: %s", " ".join(argv), exc)
+        records.update_job(state="stopped", requeue_error=str(exc))
+        return
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout or "").strip()
+        log.error("%s failed (exit %d): %s. Is the job submitted with --requeue?", " ".join(argv), proc.returncode, err)
+        records.update_job(state="stopped", requeue_error=err or f"exit {proc.returncode}")
