@@ -3,19 +3,38 @@
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
 int64 tensor on a dedicated gloo group, so NCCL and CUDA streams are never touched.
 Rank 0 fills the command and the next check step; any rank may raise the signal level.
-No pickle, no ``broadcast_object_list``; the HTTP thread and signal handlers never get
-here.
+MAX is the one reduction that lets rank 0's fields through (the others send zeros) and
+lets any rank raise a flag, so one collective carries everything. No pickle, no
+``broadcast_object_list``; the HTTP thread and signal handlers never get here.
+
+Sync, not async: on 2 busy CPU cores an async all-reduce waited on at the next check
+did not cost less than a synchronous one (both are dominated by the gloo round trip),
+and checks are about once a second, so the simpler synchronous call is used
+(``benchmarks/bench_agreement.py`` measures it).
+
+Tracing: every exchange, as agreed, is appended to ``Agreement.trace`` (a check is
+about once a second, so this is cheap); with ``FORGATHER_TRACE_AGREEMENT=<dir>`` each
+rank writes its trace to ``<dir>/rank-<global rank>.json`` when the Controller
+closes, so a test can assert that every rank made the same sequence of collectives.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it.
 FIELDS = ("seq", "command", "arg", "signal", "next_check")
+ENV_TRACE_DIR = "FORGATHER_TRACE_AGREEMENT"
+#: A trace longer than this keeps its first entries only (days of checks).
+TRACE_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,8 @@ class Agreement:
 
     ``group`` may be given (tests); otherwise a new gloo group over all ranks is made,
     which is itself a collective: every rank must construct its Agreement at the same
-    point (Controller does so at its first step).
+    point (the integrations do it at train begin, the Controller at its first step
+    otherwise).
     """
 
     def __init__(self, group: object | None = None) -> None:
@@ -45,32 +65,49 @@ class Agreement:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("torch.distributed is not initialised; cannot agree across ranks")
         self._dist = dist
-        self._torch = torch
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.group = group if group is not None else dist.new_group(backend="gloo")
+        if group is None:
+            # Dedicated, even when the default group is gloo: the user's own async
+            # collectives on the default group can then never interleave with ours.
+            group = dist.new_group(backend="gloo")
+        self.group = group
         self._buf = torch.zeros(len(FIELDS), dtype=torch.int64)
-        #: Every exchange this rank made, as agreed; tests compare ranks with it.
-        self.trace: list[tuple[int, ...]] | None = None
+        self._op = dist.ReduceOp.MAX
+        #: Every exchange this rank made, as agreed (seq, command, arg, signal, next_check).
+        self.trace: list[tuple[int, ...]] = []
 
     def exchange(self, proposal: Proposal) -> Proposal:
         buf = self._buf
         values = proposal.as_list()
         for i, v in enumerate(values):
             buf[i] = v
-        self._dist.all_reduce(buf, op=self._dist.ReduceOp.MAX, group=self.group)
-        agreed = Proposal(*(int(x) for x in buf.tolist()))
-        if self.trace is not None:
-            self.trace.append(tuple(agreed.as_list()))
-        return agreed
+        self._dist.all_reduce(buf, op=self._op, group=self.group)
+        agreed = tuple(buf.tolist())
+        if len(self.trace) < TRACE_LIMIT:
+            self.trace.append(agreed)
+        return Proposal(*agreed)
+
+    def dump_trace(self, directory: str | os.PathLike[str] | None = None, *, extra: dict[str, Any] | None = None) -> Path | None:
+        """Write this rank's trace to ``directory`` (default ``$FORGATHER_TRACE_AGREEMENT``)."""
+        directory = directory or os.environ.get(ENV_TRACE_DIR)
+        if not directory:
+            return None
+        return dump_trace(directory, self.rank, self.trace, extra=extra)
+
+
+def dump_trace(directory: str | os.PathLike[str], rank: int, trace: list[tuple[int, ...]], *, extra: dict[str, Any] | None = None) -> Path:
+    path = Path(directory) / f"rank-{int(rank)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"rank": rank, "fields": list(FIELDS), "trace": [list(t) for t in trace], **(extra or {})}))
+    os.replace(tmp, path)
+    return path
 
 
 def distributed_context() -> tuple[int, int]:
     """(rank, world_size) from torch.distributed when initialised, else the launcher's
     environment, else a single process. Reading the environment needs no torch."""
-    import os
-    import sys
-
     dist = sys.modules.get("torch.distributed")
     if dist is not None:
         try:
@@ -82,3 +119,14 @@ def distributed_context() -> tuple[int, int]:
         return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 0, 1
+
+
+def distributed_ready() -> bool:
+    """True when torch.distributed is imported and initialised (no import forced)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return False
+    try:
+        return bool(dist.is_available() and dist.is_initialized())
+    except Exception:  # pragma: no cover
+        return False

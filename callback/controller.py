@@ -14,19 +14,25 @@ Any loop::
                 break
 
 Every rank calls ``step`` with the same step numbers. On global rank 0 the Controller
-serves HTTP, polls the inbox and writes endpoint.json / status.json; on every rank it
-takes part in the agreement at check steps all ranks know in advance, so every rank
-gets the same actions at the same step. With no command pending, ``step`` is an integer
-comparison and two attribute writes.
+serves HTTP, polls the inbox and writes endpoint.json / status.json; every rank takes
+part in the agreement at check steps all ranks know in advance (the next one travels in
+the agreed tensor), so every rank gets the same actions at the same step. Between
+checks ``step`` is one comparison and two attribute writes; a process alone makes no
+collective and looks at the ledger only when something changed.
+
+Ranks are read from torch.distributed when it is initialised, else from torchrun's
+environment (RANK, WORLD_SIZE). A job whose processes initialise torch.distributed
+after the Controller started, without those variables (``mp.spawn``), is corrected at
+train begin / the first step: a process that turns out not to be rank 0 stops serving.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import secrets
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -41,20 +47,29 @@ from forgather.control import (
     Command,
     JobPaths,
     Ledger,
+    LedgerError,
     default_job_id,
     process_identity,
+    read_json,
     resolve_jobs_dir,
     validate_job_id,
     write_json_atomic,
 )
 from forgather.control.files import remove_quietly
 
-from .agreement import Agreement, Proposal, distributed_context
+from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .publisher import Publisher
+from .signals import DEFAULT_SIGNALS, SignalFlags
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+#: ``_next_check`` for "never by the step counter" (a process alone, or no agreement).
+NEVER = 1 << 62
+#: Gap between checks is at most this many steps, and grows at most this factor per check.
+MAX_GAP = 100_000
+GAP_GROWTH = 4
+
+__all__ = ["Actions", "Controller", "DEFAULT_SIGNALS", "NO_ACTIONS"]
 
 
 @dataclass(frozen=True)
@@ -113,9 +128,11 @@ class Controller:
     ``$FORGATHER_CONTROL_HOST``), ``port`` (0 = ephemeral, or
     ``$FORGATHER_CONTROL_PORT``), ``enable_http`` (False = file channel only), ``auth``
     (False is an explicit opt-out, refused on a non-loopback host), ``cleanup_on_exit``
-    (remove endpoint.json and stray inbox files at exit), ``max_steps``,
-    ``check_interval`` (seconds between agreement checks across ranks), ``signals``
-    (signals that mean "save and stop"; () for none).
+    (remove endpoint.json at exit), ``max_steps``, ``check_interval`` (seconds between
+    agreement checks across ranks), ``signals`` (signals that mean "save and stop"; ()
+    for none), ``signal_repeat_window`` (deliveries closer than this count once;
+    default ``$FORGATHER_SIGNAL_REPEAT_WINDOW`` or 1 s), ``rank``/``world_size``
+    (override what torch.distributed or the environment say).
     """
 
     def __init__(
@@ -134,6 +151,7 @@ class Controller:
         poll_interval: float = 0.5,
         max_pending: int = 16,
         signals: tuple[int, ...] | None = DEFAULT_SIGNALS,
+        signal_repeat_window: float | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -150,7 +168,7 @@ class Controller:
         self.check_interval = float(check_interval)
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
-        self.signals = tuple(signals or ())
+        self._fixed_rank = rank is not None or world_size is not None
         env_rank, env_world = distributed_context()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
@@ -163,6 +181,7 @@ class Controller:
         self.epoch: float | None = None
         self.last_checkpoint: str | None = None
         self.state = "starting"
+        self.stop_reason: str | None = None
         self.control_error: str | None = None
         self.url: str | None = None
         self.final_step: int | None = None
@@ -172,18 +191,27 @@ class Controller:
         self._publisher: Publisher | None = None
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
+        # The hot path: a check when ``step >= _next_check`` or ``_poke`` is set. Only a
+        # process alone is poked; ranks of a job check at agreed steps only.
         self._next_check = 0
+        self._poke = False
+        self._ready = False  # context resolved and agreement made (first check)
         self._check_seq = 0
         self._last_check = (0, 0.0)  # (step, monotonic time) of the previous check
-        self._attention = False  # set by other threads / handlers: look at the slow path
-        self._signal_level = 0
         self._signal_applied = 0
         self._stop_applied: Actions | None = None
         self._awaiting: list[tuple[str, Command, int]] = []  # (id, command, step applied)
+        self._unsynced: list[tuple[str, dict[str, Any]]] = []  # saves done on rank 0, maybe not elsewhere
         self._rate: float | None = None
         self._rate_sample: tuple[int, float] | None = None
         self._started_at = time.time()
-        self._prev_handlers: dict[int, Any] = {}
+        self._signals = SignalFlags(
+            tuple(signals or ()),
+            on_raise=self._wake,
+            stopping=self._second_signal_ends_process,
+            repeat_window=signal_repeat_window,
+        )
+        self.signals = self._signals.signals
         self._started = False
         self._closed = False
         self._lock = threading.Lock()
@@ -194,42 +222,63 @@ class Controller:
         control-plane failure: it is logged, recorded in status.json, and training goes on."""
         if self._started:
             return self
-        self._started = True
         if not self.auth and self.enable_http and not _is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve without a token on non-loopback host {self.host!r}; "
                 "keep auth=True or bind 127.0.0.1"
             )
-        self._install_signals()
+        self._started = True
+        self._resolve_context()
+        self._signals.install()
+        atexit.register(self._at_exit)
         if self.is_rank0:
-            try:
-                self._start_rank0()
-            except Exception as exc:
-                self.control_error = f"control plane could not start: {exc}"
-                log.warning("%s; training goes on without it", self.control_error)
+            self._serve()
         self.state = "running"
-        if self._publisher is not None:
-            self._publisher.changed()
+        self._changed()
         return self
 
-    def _start_rank0(self) -> None:
-        self.paths.create()
-        if self.enable_http:
-            try:
-                self._start_server()
-            except Exception as exc:
-                self.control_error = f"HTTP server did not start ({exc}); the file channel still works"
-                log.warning("forgather control: %s", self.control_error)
-        self._write_endpoint()
-        self._publisher = Publisher(
-            paths=self.paths,
-            ledger=self.ledger,
-            status=self.status,
-            poll_interval=self.poll_interval,
-            heartbeat_interval=self.heartbeat_interval,
-        )
-        self._publisher.write_status()
-        self._publisher.start()
+    def begin(self) -> None:
+        """Train begin: make the agreement now, on every rank at the same point.
+
+        Integrations call this at their train-begin event, when torch.distributed is
+        initialised. Calling it is optional: the first ``step`` does the same. Never
+        raises."""
+        if not self._started:
+            self.start()
+        if self._ready or self._closed:
+            return
+        try:
+            self._prepare()
+        except Exception:
+            log.exception("forgather control: could not prepare the agreement; commands apply on no rank")
+            self._next_check = NEVER
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _serve(self) -> None:
+        try:
+            self.paths.create()
+            if self.enable_http:
+                try:
+                    self._start_server()
+                except Exception as exc:
+                    self.control_error = f"HTTP server did not start ({exc}); the file channel still works"
+                    log.warning("forgather control: %s", self.control_error)
+            self._write_endpoint()
+            self._publisher = Publisher(
+                paths=self.paths,
+                ledger=self.ledger,
+                status=self.status,
+                poll_interval=self.poll_interval,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+            self._publisher.write_status()
+            self._publisher.start()
+        except Exception as exc:
+            self.control_error = f"control plane could not start: {exc}"
+            log.warning("forgather control: %s; training goes on without it", self.control_error)
 
     def _start_server(self) -> None:
         from .server import ServerThread, create_app, is_loopback
@@ -262,6 +311,58 @@ class Controller:
         }
         write_json_atomic(self.paths.endpoint, record, mode=0o600)
 
+    def _resolve_context(self) -> None:
+        """Adopt torch.distributed's rank and world size when it is initialised. A
+        process that served as rank 0 on a guess, and is not, stops serving."""
+        if self._fixed_rank:
+            return
+        rank, world = distributed_context()
+        if (rank, world) == (self.rank, self.world_size):
+            return
+        was_rank0 = self.is_rank0
+        log.info("forgather control: rank %s of %s (was %s of %s)", rank, world, self.rank, self.world_size)
+        self.rank, self.world_size = rank, world
+        self.is_rank0 = rank == 0
+        self._solo = world <= 1
+        if self._started and was_rank0 and not self.is_rank0:
+            self._stop_serving(remove_endpoint=True)
+        elif self._started and self.is_rank0 and not was_rank0:
+            self._serve()
+
+    def _stop_serving(self, *, remove_endpoint: bool) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+            self.url = None
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
+        if remove_endpoint:
+            ep = read_json(self.paths.endpoint, quiet=True) or {}
+            if ep.get("pid") == os.getpid():  # only our own record, never the real rank 0's
+                remove_quietly(self.paths.endpoint)
+
+    def _prepare(self) -> bool:
+        """Resolve the context and, for a job of several processes, make the agreement
+        (a collective: every rank gets here at the same point). False: not yet."""
+        self._resolve_context()
+        if self._solo:
+            self._ready = True
+            self._next_check = NEVER
+            return True
+        if not distributed_ready():
+            # torchrun's environment says several processes, but torch.distributed is not
+            # initialised yet: try again next step. Every rank runs the same program, so
+            # every rank makes the agreement at the same step.
+            return False
+        self._agreement = Agreement()
+        self._ready = True
+        if self.is_rank0 and self._server is not None:
+            # After the agreement (a rendezvous of every rank) no process that guessed it
+            # was rank 0 still owns endpoint.json: write ours again.
+            self._write_endpoint()
+        return True
+
     def close(self, state: str | None = None, *, error: str | None = None) -> None:
         """End the job's control plane. The final state defaults from what happened:
         aborted, stopped (a stop command or signal), failed (``error``) or finished."""
@@ -269,7 +370,7 @@ class Controller:
             return
         self._closed = True
         if state is None:
-            if self._stop_applied is not None and self._stop_applied.abort:
+            if self._signals.escalated is not None or (self._stop_applied is not None and self._stop_applied.abort):
                 state = "aborted"
             elif error:
                 state = "failed"
@@ -279,7 +380,12 @@ class Controller:
                 state = "finished"
         self.state = state
         self.final_step = self.current_step
-        self._restore_signals()
+        self._signals.restore()
+        try:
+            atexit.unregister(self._at_exit)
+        except Exception:  # pragma: no cover
+            pass
+        self._dump_trace()
         if not self.is_rank0 or not self._started:
             return
         try:
@@ -295,15 +401,40 @@ class Controller:
         except Exception:
             log.exception("forgather control: error while closing; the job's records may be stale")
 
+    def _at_exit(self) -> None:
+        """The process is ending without ``close`` (an exception through the trainer,
+        or a second signal): record how it ended, never raise."""
+        try:
+            if self._signals.escalated is not None:
+                self.close("aborted", error="a second signal ended the process without saving")
+            else:
+                self.close(error="the process exited before training ended")
+        except Exception:  # pragma: no cover
+            pass
+
+    def _dump_trace(self) -> None:
+        directory = os.environ.get("FORGATHER_TRACE_AGREEMENT")
+        if not directory:
+            return
+        try:
+            trace = self._agreement.trace if self._agreement is not None else []
+            dump_trace(directory, self.rank, trace, extra={"world_size": self.world_size, "final_step": self.current_step, "state": self.state})
+        except Exception:
+            log.exception("forgather control: could not write the agreement trace")
+
     def _finish_ledger(self, state: str, error: str | None) -> None:
         ledger = self.ledger
+        self._complete_unsynced()
         ledger.close_intake(f"the job has ended ({state})")
-        why = f"the job ended ({state}) at step {self.current_step} before the command could apply"
+        if self._stop_applied is not None:
+            why = f"the job stopped ({self.stop_reason or state}) at step {self.current_step} before the command could apply"
+        else:
+            why = f"training ended ({state}) at step {self.current_step} before the command could apply (no training step came after it)"
         ledger.drop_pending(why)
         for entry in ledger.open_entries():
             cmd = entry.command
             if cmd in (Command.GRACEFUL_STOP, Command.ABORT) or (cmd == Command.SAVE_AND_STOP and self._saved_for(entry.id)):
-                ledger.complete(entry.id, {"step": self.current_step, "final_state": state})
+                ledger.complete(entry.id, {"step": entry.step, "final_state": state, "final_step": self.current_step})
             elif error:
                 ledger.fail(entry.id, f"the job failed before the command completed: {error}")
             else:
@@ -324,6 +455,8 @@ class Controller:
             self.close()
         elif issubclass(exc_type, KeyboardInterrupt):
             self.close("stopped", error="interrupted")
+        elif issubclass(exc_type, SystemExit) and self._signals.escalated is not None:
+            self.close("aborted", error="a second signal ended the process without saving")
         else:
             self.close(error=f"{exc_type.__name__}: {exc}")
 
@@ -334,37 +467,50 @@ class Controller:
         self.current_step = step
         if metrics is not None:
             self.metrics = metrics
-        if self._solo:
-            if not self._attention:
-                return NO_ACTIONS
-        elif step < self._next_check:
+        if step < self._next_check and not self._poke:
             return NO_ACTIONS
+        return self._slow_step(step)
+
+    def _slow_step(self, step: int) -> Actions:
         try:
+            if not self._ready:
+                if not self._started:
+                    self.start()
+                if not self._prepare():
+                    self._next_check = step + 1
+                    return NO_ACTIONS
             return self._check(step)
         except Exception:
-            log.exception("forgather control: check at step %s failed; training goes on", step)
+            log.exception("forgather control: check at step %s failed; commands are off, training goes on", step)
+            self._next_check = NEVER
+            self._poke = False
             return NO_ACTIONS
 
     def _check(self, step: int) -> Actions:
-        self._attention = False
-        self._expire_receipts(step)
-        entry = self.ledger.next_pending() if self.is_rank0 and self._stop_applied is None else None
+        self._poke = False
+        rank0 = self.is_rank0
+        entry = None
+        if rank0:
+            self._expire_receipts(step)
+            if self._stop_applied is None:
+                entry = self.ledger.next_pending()
         proposal = Proposal(
             seq=self._check_seq + 1,
             command=entry.command.code if entry is not None else 0,
             arg=entry.seq if entry is not None else 0,
-            signal=min(self._signal_level, 2),
-            next_check=self._pick_next_check(step) if self.is_rank0 else 0,
+            signal=min(self._signals.level, 2),
+            next_check=self._pick_next_check(step) if rank0 and not self._solo else 0,
         )
         if self._solo:
             agreed = proposal
         else:
-            agreement = self._agreement or self._make_agreement()
-            if agreement is None:
-                return NO_ACTIONS
-            agreed = agreement.exchange(proposal)
-            self._next_check = agreed.next_check
+            agreed = self._agreement.exchange(proposal)  # type: ignore[union-attr]
+            if agreed.seq != proposal.seq:
+                log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
+            self._next_check = agreed.next_check if agreed.next_check > step else step + 1
         self._check_seq = agreed.seq
+        if self._unsynced:  # every rank got here, so every rank finished its earlier saves
+            self._complete_unsynced()
         if self._stop_applied is not None:
             return NO_ACTIONS
         if agreed.signal > self._signal_applied:
@@ -373,8 +519,6 @@ class Controller:
         if agreed.command:
             cmd = Command.from_code(agreed.command)
             return self._apply(step, cmd, entry.id if entry is not None else None)
-        if self.is_rank0 and (self.ledger.has_pending or self._awaiting):
-            self._attention = True
         return NO_ACTIONS
 
     def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None) -> Actions:
@@ -385,11 +529,13 @@ class Controller:
                 self._awaiting.append((command_id, cmd, step))
         if actions.stop:
             self._stop_applied = actions
+            self.stop_reason = reason or cmd.value
             self.state = "stopping"
             if self.is_rank0:
                 self.ledger.close_intake(f"{cmd.value} applied at step {step}")
         if self.is_rank0 and self.ledger.has_pending:
-            self._attention = True
+            self._wake()
+        self._changed()
         return actions
 
     def _apply_signal(self, step: int, level: int) -> Actions:
@@ -400,38 +546,32 @@ class Controller:
             try:
                 entry, _ = self.ledger.submit(cmd, source="signal")
                 command_id = entry.id
-            except Exception:  # intake already closed (a stop was queued): take over its slot
-                entry = self.ledger.next_pending()
-                command_id = None
-                if entry is not None and entry.command.stops:
-                    command_id = entry.id
+            except LedgerError as exc:
+                # A stop command is queued already: the signal's stop takes its place; the
+                # queued one is dropped with a reason when the job ends.
+                log.info("forgather control: signal stop not recorded as a command: %s", exc)
         log.warning("forgather control: %s at step %s", reason, step)
         return self._apply(step, cmd, command_id, reason)
 
-    def _make_agreement(self) -> Agreement | None:
-        try:
-            self._agreement = Agreement()
-        except Exception as exc:
-            log.error("forgather control: %s; commands apply on no rank until it is", exc)
-            self._next_check = 1 << 62
-            return None
-        return self._agreement
-
     def _pick_next_check(self, step: int) -> int:
         """Rank 0 chooses when to check next so checks come about once per
-        ``check_interval`` and at most once per step; the choice travels in the tensor."""
+        ``check_interval`` and at most once per step; the choice travels in the tensor.
+        The last step (when known) is always a check, so a command that arrives near
+        the end still applies."""
         now = time.monotonic()
         last_step, last_time = self._last_check
         self._last_check = (step, now)
-        if self._solo or last_time == 0.0 or step <= last_step:
-            return step + 1
-        per_step = (now - last_time) / (step - last_step)
-        if per_step <= 0:
-            return step + 1
-        prev_gap = max(1, step - last_step)
-        gap = int(self.check_interval / per_step)
-        gap = max(1, min(gap, prev_gap * 4, 100_000))  # grow gradually after a slow step
-        return step + gap
+        if last_time == 0.0 or step <= last_step:
+            nxt = step + 1
+        else:
+            per_step = (now - last_time) / (step - last_step)
+            prev_gap = step - last_step
+            gap = int(self.check_interval / per_step) if per_step > 0 else prev_gap * GAP_GROWTH
+            gap = max(1, min(gap, prev_gap * GAP_GROWTH, MAX_GAP))  # grow gradually after a slow step
+            nxt = step + gap
+        if self.max_steps and step < self.max_steps < nxt:
+            nxt = self.max_steps
+        return nxt
 
     def _expire_receipts(self, step: int) -> None:
         if not self._awaiting:
@@ -452,26 +592,43 @@ class Controller:
         self._awaiting = still
 
     # -- receipts from the training loop ----------------------------------------------
-    def checkpoint_saved(self, path: str | os.PathLike[str]) -> None:
+    def checkpoint_saved(self, path: str | os.PathLike[str], *, synced: bool = True) -> None:
         """Record a saved checkpoint; completes the oldest save command waiting for one.
-        Also fine to call for the trainer's own periodic saves."""
+        Also fine to call for the trainer's own periodic saves. Call it on every rank.
+
+        ``synced``: every rank's part of the save is done when this is called (the
+        trainer waited for all ranks, like Lightning and the plain loop). With
+        ``synced=False`` (HF's Trainer writes rank-local files and does not wait), rank 0
+        completes the receipt at the next agreed check, which every rank reaches only
+        after its own save, or when the job ends."""
         self.last_checkpoint = str(Path(path).absolute())
         for i, (cid, cmd, step) in enumerate(self._awaiting):
             if cmd.saves:
                 del self._awaiting[i]
-                if self.is_rank0:
-                    self.ledger.complete(cid, {"checkpoint": self.last_checkpoint, "step": step})
+                result = {"checkpoint": self.last_checkpoint, "step": step, "saved_at_step": self.current_step}
+                if synced or self._solo:
+                    self.ledger.complete(cid, result)
+                else:
+                    self._unsynced.append((cid, result))
                 break
         self._changed()
+
+    def _complete_unsynced(self) -> None:
+        done, self._unsynced = self._unsynced, []
+        for cid, result in done:
+            self.ledger.complete(cid, result)
 
     def evaluation_done(self, metrics: dict[str, Any] | None = None) -> None:
         """Record an evaluation's metrics; completes the oldest evaluate command."""
         clean = _json_metrics(metrics or {})
+        if clean:
+            merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
+            merged.update(clean)
+            self.metrics = merged
         for i, (cid, cmd, step) in enumerate(self._awaiting):
             if cmd == Command.EVALUATE:
                 del self._awaiting[i]
-                if self.is_rank0:
-                    self.ledger.complete(cid, {"metrics": clean, "step": step})
+                self.ledger.complete(cid, {"metrics": clean, "step": step})
                 break
         self._changed()
 
@@ -480,9 +637,16 @@ class Controller:
         for i, (cid, cmd, _step) in enumerate(self._awaiting):
             if command is None or cmd == command:
                 del self._awaiting[i]
-                if self.is_rank0:
-                    self.ledger.fail(cid, reason)
+                self.ledger.fail(cid, reason)
                 break
+        self._changed()
+
+    def update_metrics(self, metrics: dict[str, Any]) -> None:
+        """Merge the trainer's latest logged values (loss, learning rate, ...) into the
+        status. Never a check: log events are not step ends."""
+        merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
+        merged.update(metrics)
+        self.metrics = merged
 
     def set_epoch(self, epoch: float | None) -> None:
         self.epoch = epoch
@@ -493,7 +657,7 @@ class Controller:
 
     @property
     def aborted(self) -> bool:
-        return self._stop_applied is not None and self._stop_applied.abort
+        return self._signals.escalated is not None or (self._stop_applied is not None and self._stop_applied.abort)
 
     # -- status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -517,6 +681,7 @@ class Controller:
             "eta_seconds": eta,
             "last_checkpoint": self.last_checkpoint,
             "world_size": self.world_size,
+            "stop_reason": self.stop_reason,
             "commands": self.ledger.recent(20),
             "pending_commands": self.ledger.pending_count(),
             "control_error": self.control_error,
@@ -529,20 +694,27 @@ class Controller:
         }
 
     def _update_rate(self, step: int, now: float) -> float | None:
-        sample = self._rate_sample
-        if sample is None or step < sample[0]:
-            self._rate_sample = (step, now)
+        with self._lock:  # the I/O and HTTP threads both ask
+            sample = self._rate_sample
+            if sample is None or step < sample[0]:
+                self._rate_sample = (step, now)
+                return self._rate
+            dt = now - sample[1]
+            if dt >= 1.0:
+                inst = (step - sample[0]) / dt
+                self._rate = inst if self._rate is None else 0.5 * self._rate + 0.5 * inst
+                self._rate_sample = (step, now)
             return self._rate
-        dt = now - sample[1]
-        if dt >= 1.0:
-            inst = (step - sample[0]) / dt
-            self._rate = inst if self._rate is None else 0.5 * self._rate + 0.5 * inst
-            self._rate_sample = (step, now)
-        return self._rate
 
     def _ledger_changed(self) -> None:
-        self._attention = True
+        self._wake()
         self._changed()
+
+    def _wake(self) -> None:
+        """Something to look at (a command, a signal). A process alone checks at its
+        next step; ranks of a job wait for their next agreed check."""
+        if self._solo:
+            self._poke = True
 
     def _changed(self) -> None:
         pub = self._publisher
@@ -553,46 +725,12 @@ class Controller:
     def raise_signal_flag(self) -> None:
         """What a signal handler does: raise the level, nothing else (no I/O, no
         collective). Usable by launchers and tests without a real signal."""
-        self._signal_level += 1
-        self._attention = True
+        self._signals.raise_level()
 
-    def _install_signals(self) -> None:
-        if not self.signals or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self.signals:
-            try:
-                self._prev_handlers[signum] = signal.signal(signum, self._on_signal)
-            except (ValueError, OSError) as exc:
-                log.debug("cannot handle signal %s: %s", signum, exc)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        prev = self._prev_handlers.get(signum)
-        if self._stop_applied is not None and self._signal_level >= 1:
-            # Already stopping (maybe inside a long save) and asked again: escalate the
-            # way the process would have without us.
-            self._restore_signals()
-            if callable(prev):
-                prev(signum, frame)
-            else:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-            return
-        self.raise_signal_flag()
-        if callable(prev) and prev not in (signal.default_int_handler,):
-            try:
-                prev(signum, frame)
-            except Exception:
-                log.exception("previous handler for signal %s failed", signum)
-
-    def _restore_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, prev in self._prev_handlers.items():
-            try:
-                signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
-            except (ValueError, OSError):
-                pass
-        self._prev_handlers.clear()
+    def _second_signal_ends_process(self) -> bool:
+        """A signal while a stop is being carried out, when that stop came from a
+        signal (here or agreed from another rank) or this rank had one already."""
+        return self._stop_applied is not None and (self._signal_applied >= 1 or self._signals.level >= 1)
 
 
 def _is_loopback(host: str) -> bool:

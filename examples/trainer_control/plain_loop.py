@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-http", action="store_true", help="file channel only (enable_http=False)")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: only on command)")
     p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    p.add_argument("--save-delay", type=float, default=0.0, help="seconds each save takes before writing (a slow filesystem)")
+    p.add_argument("--no-control-callback", action="store_true", help="train without a Controller (nothing to command)")
     return p.parse_args(argv)
 
 
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(step: int) -> str:
         path = os.path.join(args.output_dir, f"checkpoint-{step}.pt")
+        if args.save_delay:
+            time.sleep(args.save_delay)
         if rank == 0:
             os.makedirs(args.output_dir, exist_ok=True)
             tmp = path + ".tmp"
@@ -79,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             dist.barrier()
         return path
 
-    with Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http) as ctl:
-        if rank == 0:
+    ctl = _NoControl() if args.no_control_callback else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http)
+    last = start
+    with ctl:
+        if rank == 0 and isinstance(ctl, Controller):
             print(f"job {ctl.job_id} running; control it with `forgather control status {ctl.job_id}`", flush=True)
         for step in range(start + 1, args.max_steps + 1):
             x = torch.randn(32, 16, generator=gen)
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            last = step
             if args.step_time:
                 time.sleep(args.step_time)
             act = ctl.step(step, {"loss": float(loss.detach()), "learning_rate": opt.param_groups[0]["lr"]})
@@ -99,9 +106,33 @@ def main(argv: list[str] | None = None) -> int:
                 if rank == 0:
                     print(f"stopping at step {step} ({act.command})", flush=True)
                 break
+    print(f"rank {rank} pid {os.getpid()} ended at step {last} aborted={ctl.aborted}", flush=True)
     if distributed:
         dist.destroy_process_group()
     return 0
+
+
+class _NoControl:
+    """Stands in for the Controller with --no-control-callback."""
+
+    aborted = False
+
+    def __enter__(self) -> "_NoControl":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def step(self, step: int, metrics: object = None):  # noqa: ANN201
+        from forgather.callback import NO_ACTIONS
+
+        return NO_ACTIONS
+
+    def evaluation_done(self, metrics: object = None) -> None:
+        return None
+
+    def checkpoint_saved(self, path: str) -> None:
+        return None
 
 
 def _bare(model: nn.Module) -> nn.Module:

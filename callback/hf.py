@@ -1,0 +1,244 @@
+"""HuggingFace ``Trainer`` integration: :class:`TrainerControlCallback`.
+
+Importing this module does not import transformers: the callback duck-types the
+``TrainerCallback`` protocol (``CallbackHandler`` only calls ``on_*`` methods by name),
+so the launcher can inject it and a user can import it without paying for transformers.
+
+Where the commands land (all at ``on_step_end``, after ``DefaultFlowCallback`` has set
+its flags for the step, because callbacks run in order and the default flow is first):
+
+- ``save_checkpoint``: ``should_save`` (and ``should_evaluate`` when evaluation is set
+  up, so the checkpoint carries fresh metrics);
+- ``evaluate``: ``should_evaluate``;
+- ``graceful_stop``: ``should_training_stop`` plus what the default flow does at the
+  last step (save and evaluate per the strategies): the trainer's own end of training;
+- ``save_and_stop``: ``should_save`` and ``should_training_stop``;
+- ``abort``: ``should_training_stop``; HF has no abort flag, so ``should_save`` is held
+  false to the end (the epoch-end flow would otherwise save) and ``aborted`` is set.
+
+Traps handled: checks happen at ``on_step_end`` only (one per optimizer step, so
+gradient accumulation and the ``on_log`` calls from evaluation and train end never
+check or save twice); ``save_strategy="best"`` assigns ``should_save = is_new_best``
+after an evaluation in the same step, so a commanded save holds ``should_save`` true
+until ``on_save`` (see :func:`_hold`); a command that arrives after the last step is
+dropped, with the reason, when training ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+from forgather.control import Command
+
+from .controller import Controller
+
+log = logging.getLogger(__name__)
+
+_LOG_KEYS = ("loss", "learning_rate", "grad_norm", "epoch")
+
+
+class TrainerControlCallback:
+    """Control a HuggingFace ``Trainer`` (or any trainer with its callback protocol).
+
+    ``TrainerControlCallback(job_id=..., jobs_dir=..., host=..., port=...,
+    enable_http=..., auth=..., check_interval=..., signals=...)`` takes the
+    :class:`Controller` options and starts a Controller at train begin (closing it at
+    train end); ``controller=`` passes one in instead (then its owner closes it).
+    ``trainer=`` (optional) lets the callback see whether the trainer has an eval
+    dataset when ``eval_strategy`` is ``"no"``.
+    """
+
+    def __init__(self, controller: Controller | None = None, *, trainer: Any = None, **options: Any) -> None:
+        self._own = controller is None
+        self._options = options
+        self.controller: Controller = controller if controller is not None else Controller(**options)
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
+        self._eval_ready = False
+        self._save_strategy = "steps"
+        self._eval_strategy = "no"
+        self._held: Any = None  # the TrainerControl whose should_save we hold
+        self._aborted = False
+
+    # -- what others read ------------------------------------------------------------
+    @property
+    def aborted(self) -> bool:
+        """True once an abort (or an escalated signal) applied: the run ended without
+        saving, and its final state is ``aborted``."""
+        return self._aborted or self.controller.aborted
+
+    def __repr__(self) -> str:
+        return f"TrainerControlCallback(job_id={self.controller.job_id!r})"
+
+    # -- protocol --------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # Events a newer transformers may add: accept and ignore them.
+        if name.startswith("on_"):
+            return _ignore
+        raise AttributeError(name)
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return control
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        try:
+            if self.controller.closed and self._own:
+                # A second trainer.train(): a fresh Controller for the same job id.
+                self.controller = Controller(**{**self._options, "job_id": self.controller.job_id})
+            ctl = self.controller
+            ctl.max_steps = int(state.max_steps) if state.max_steps and state.max_steps > 0 else ctl.max_steps
+            self._save_strategy = _value(getattr(args, "save_strategy", "steps"))
+            self._eval_strategy = _value(getattr(args, "eval_strategy", "no"))
+            self._eval_ready = self._eval_strategy != "no" or self._trainer_has_eval()
+            self._aborted = False
+            ctl.start()
+            ctl.begin()
+            ctl.set_epoch(state.epoch)
+        except Exception:
+            log.exception("forgather control: could not start; training goes on without it")
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        ctl = self.controller
+        ctl.epoch = state.epoch
+        act = ctl.step(state.global_step)
+        if not act:
+            return control
+        try:
+            self._apply(act, args, state, control)
+        except Exception:
+            log.exception("forgather control: could not apply %s; training goes on", act.command)
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.aborted:
+            control.should_save = False  # held false anyway; also clears the flow's value
+            control.should_evaluate = False
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        # Status only. on_log also fires from evaluation and at train end: never a check.
+        if logs:
+            picked = {k: v for k, v in logs.items() if k in _LOG_KEYS or k.startswith(("eval_", "train_"))}
+            if picked:
+                self.controller.update_metrics(picked)
+        return control
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        try:
+            self.controller.evaluation_done(metrics or {})
+        except Exception:
+            log.exception("forgather control: could not record the evaluation")
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        try:
+            if not self.aborted:
+                _release(control)
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            self.controller.checkpoint_saved(folder, synced=False)
+        except Exception:
+            log.exception("forgather control: could not record the checkpoint")
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        _release(control)
+        self._held = None
+        if self._own:
+            try:
+                self.controller.close()
+            except Exception:
+                log.exception("forgather control: error while closing")
+        return control
+
+    # -- mapping ---------------------------------------------------------------------
+    def _apply(self, act: Any, args: Any, state: Any, control: Any) -> None:
+        ctl = self.controller
+        cmd = act.command
+        if act.abort:
+            self._aborted = True
+            control.should_training_stop = True
+            control.should_evaluate = False
+            _hold(control, False)
+            return
+        if act.save:
+            _hold(control, True)
+            if cmd == Command.SAVE_CHECKPOINT and self._eval_ready:
+                control.should_evaluate = True
+        if act.evaluate:
+            if self._eval_ready:
+                control.should_evaluate = True
+            else:
+                ctl.command_failed(
+                    "evaluation is not set up in this Trainer (eval_strategy is 'no' and no eval dataset is known); "
+                    "pass eval_dataset and an eval_strategy, or trainer= to the callback",
+                    Command.EVALUATE,
+                )
+        if act.stop:
+            control.should_training_stop = True
+            if cmd == Command.GRACEFUL_STOP:
+                # What DefaultFlowCallback does when max_steps is reached.
+                if self._eval_strategy == "steps":
+                    control.should_evaluate = True
+                if self._save_strategy == "steps":
+                    control.should_save = True
+
+    def _trainer_has_eval(self) -> bool:
+        trainer = self._trainer() if self._trainer is not None else None
+        return bool(trainer is not None and getattr(trainer, "eval_dataset", None) is not None)
+
+
+def _ignore(*args: Any, **kwargs: Any) -> Any:
+    return kwargs.get("control", args[2] if len(args) > 2 else None)
+
+
+def _value(x: Any) -> str:
+    return str(getattr(x, "value", x))
+
+
+# -- holding should_save -----------------------------------------------------------------
+# ``Trainer._maybe_log_save_evaluate`` assigns ``control.should_save = is_new_best`` when
+# save_strategy is "best" and an evaluation ran in the same step, after every callback of
+# that step has run. No event comes between that assignment and the save, so a commanded
+# save (or an abort's "no save") is held by swapping the control object's class for a
+# subclass whose ``should_save`` reads the held value. The subclass keeps the class name
+# (TrainerState.stateful_callbacks is keyed by it) and is swapped back at on_save.
+_HOLD_KEY = "_forgather_hold_save"
+_HOLD_CLASSES: dict[type, type] = {}
+
+
+def _held_class(cls: type) -> type:
+    if getattr(cls, "_forgather_holder", False):
+        return cls
+    sub = _HOLD_CLASSES.get(cls)
+    if sub is None:
+
+        def get(self: Any) -> bool:
+            held = self.__dict__.get(_HOLD_KEY)
+            return bool(self.__dict__.get("should_save", False)) if held is None else held
+
+        def set_(self: Any, value: bool) -> None:
+            self.__dict__["should_save"] = value
+
+        sub = type(cls.__name__, (cls,), {"should_save": property(get, set_), "_forgather_holder": True, "__module__": cls.__module__})
+        _HOLD_CLASSES[cls] = sub
+    return sub
+
+
+def _hold(control: Any, value: bool) -> None:
+    """Make ``control.should_save`` read ``value`` until :func:`_release`."""
+    try:
+        control.__dict__["should_save"] = value
+        control.__dict__[_HOLD_KEY] = value
+        control.__class__ = _held_class(type(control))
+    except (TypeError, AttributeError):  # a control object we cannot extend: best effort
+        control.should_save = value
+
+
+def _release(control: Any) -> None:
+    cls = type(control)
+    if getattr(cls, "_forgather_holder", False):
+        control.__dict__.pop(_HOLD_KEY, None)
+        control.__class__ = cls.__mro__[1]

@@ -1,0 +1,127 @@
+"""Signal handling for the control plane: handlers only set flags, then chain.
+
+A signal (SIGTERM, SIGUSR1, SIGUSR2 by default) means "save and stop". The handler
+raises a level the Controller reads at its next agreed check; it makes no collective
+and does no I/O, because it runs between two bytecodes of whatever the training
+thread was doing (maybe inside a collective's Python wrapper, maybe holding a lock).
+
+Why a repeat window: under SLURM the time-limit SIGTERM reaches every process of the
+step, and torchrun forwards its own SIGTERM to its workers a few milliseconds later.
+Counting both as two signals would escalate a preemption into "stop without saving"
+and lose the very checkpoint the signal was meant to produce. Deliveries closer than
+``repeat_window`` seconds count once.
+
+Escalation: a second signal before the first was applied raises the level to 2 (stop
+without saving, agreed on every rank). A signal that arrives while a stop is already
+being carried out (for example during a long save) cannot wait for another agreed
+step: the handler ends the process, through the handler that was installed before us
+if there was one, else with ``SystemExit(128 + signum)`` so ``finally`` blocks and
+``atexit`` still run (the Controller records the job as aborted there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+ENV_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
+DEFAULT_REPEAT_WINDOW = 1.0
+
+
+def repeat_window_from_env(default: float = DEFAULT_REPEAT_WINDOW) -> float:
+    raw = os.environ.get(ENV_REPEAT_WINDOW)
+    if not raw:
+        return default
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number", ENV_REPEAT_WINDOW, raw)
+        return default
+
+
+class SignalFlags:
+    """Installs handlers for ``signals`` (main thread only) and counts deliveries.
+
+    ``on_raise`` is called from the handler after the level went up; it must only set
+    flags. ``stopping`` tells the handler whether this delivery is a second signal for
+    a stop already being carried out (the owner knows whether an earlier signal, on
+    this rank or agreed from another, caused it); then the handler ends the process
+    instead of raising the level.
+    """
+
+    def __init__(
+        self,
+        signals: tuple[int, ...],
+        *,
+        on_raise: Callable[[], None],
+        stopping: Callable[[], bool],
+        repeat_window: float | None = None,
+    ) -> None:
+        self.signals = tuple(signals)
+        self.level = 0
+        self.escalated: int | None = None  # the signal that ended the process, if any
+        self.repeat_window = repeat_window_from_env() if repeat_window is None else float(repeat_window)
+        self._on_raise = on_raise
+        self._stopping = stopping
+        self._prev: dict[int, Any] = {}
+        self._last_at: float | None = None
+
+    def install(self) -> None:
+        if not self.signals or threading.current_thread() is not threading.main_thread():
+            if self.signals:
+                log.info("forgather control: not on the main thread; signals are not handled here")
+            return
+        for signum in self.signals:
+            try:
+                self._prev[signum] = signal.signal(signum, self._handle)
+            except (ValueError, OSError) as exc:
+                log.debug("cannot handle signal %s: %s", signum, exc)
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, prev in self._prev.items():
+            try:
+                signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+        self._prev.clear()
+
+    def raise_level(self) -> None:
+        """What a delivery does: raise the level, nothing else. Also usable by a
+        launcher or a test without a real signal."""
+        self.level += 1
+        self._on_raise()
+
+    # -- the handler ----------------------------------------------------------------
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        prev = self._prev.get(signum)
+        if self._last_at is not None and now - self._last_at < self.repeat_window:
+            return  # the same event delivered twice (scheduler + torchrun)
+        self._last_at = now
+        if self._stopping():
+            self._escalate(signum, frame, prev)
+            return
+        self.raise_level()
+        if callable(prev) and prev is not signal.default_int_handler:
+            prev(signum, frame)
+
+    def _escalate(self, signum: int, frame: Any, prev: Any) -> None:
+        self.escalated = signum
+        self.level += 1
+        self.restore()
+        if callable(prev):
+            prev(signum, frame)
+            return
+        if prev == signal.SIG_IGN:
+            return
+        raise SystemExit(128 + signum)

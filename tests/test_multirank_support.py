@@ -1,0 +1,114 @@
+"""Helpers for the torchrun tests (no tests here): start real torchrun jobs, find their
+workers by rank, drive them with the client API from forgather.control."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from forgather.control import JobClient, find_job, probe_endpoint
+
+from conftest import EXAMPLES, Proc, Procs, base_env, wait_for
+
+#: torchrun runs take seconds on 2 busy cores shared with other test runs.
+TIMEOUT = 240.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(
+    procs: Procs,
+    script: str,
+    *args: str,
+    jobs_dir: Path,
+    nproc: int = 2,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_port: int | None = None,
+    env: dict[str, str] | None = None,
+    name: str | None = None,
+) -> Proc:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1:
+        argv += ["--standalone"]
+    else:
+        argv += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(master_port)]
+    argv += [str(EXAMPLES / script), *args]
+    return procs.start(argv, env=base_env(jobs_dir, **(env or {})), name=name or f"{Path(script).stem}-node{node_rank}")
+
+
+def wait_client(jobs_dir: Path, job_id: str, *procs_: Proc, timeout: float = TIMEOUT) -> JobClient:
+    """Wait until the job's server answers an authenticated probe; fail early when a
+    process dies first."""
+
+    def ready() -> Any:
+        for p in procs_:
+            if p.popen.poll() is not None:
+                raise AssertionError(f"process exited with {p.popen.returncode} before serving:\n{p.output()[-4000:]}")
+        try:
+            info = find_job(jobs_dir, job_id, squeue=None)
+        except LookupError:
+            return None
+        return info if info.endpoint and probe_endpoint(info.endpoint) else None
+
+    info = wait_for(ready, timeout=timeout, interval=0.2, what=f"job {job_id} to serve")
+    return JobClient(info)
+
+
+def command(client: JobClient, cmd: str, *, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Send ``cmd`` and wait for its final ledger entry (like ``--wait``)."""
+    entry = client.send(cmd)
+    assert entry.get("state") == "queued", entry
+    return client.wait(entry["id"], timeout=timeout)
+
+
+def wait_step(client: JobClient, step: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+    return wait_for(lambda: (lambda s: s if (s.get("step") or 0) >= step else None)(client.status()), timeout=timeout, interval=0.2, what=f"step {step}")
+
+
+def workers_by_rank(proc: Proc, expect: int) -> dict[int, psutil.Process]:
+    """The torchrun workers under ``proc``, keyed by their global RANK."""
+
+    def find() -> dict[int, psutil.Process] | None:
+        found: dict[int, psutil.Process] = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                env = child.environ()
+            except (psutil.Error, OSError):
+                continue
+            if "RANK" in env and "TORCHELASTIC_RUN_ID" in env:
+                found[int(env["RANK"])] = child
+        return found if len(found) == expect else None
+
+    return wait_for(find, timeout=TIMEOUT, interval=0.2, what=f"{expect} workers")
+
+
+def ended_lines(*procs_: Proc) -> dict[int, str]:
+    """rank -> the 'rank R pid P ended at step S ...' line each example prints."""
+    out: dict[int, str] = {}
+    for p in procs_:
+        for line in p.output().splitlines():
+            if " ended at step " in line and line.split()[0] == "rank":
+                out[int(line.split()[1])] = line
+    return out
+
+
+def end_step(line: str) -> int:
+    return int(line.split(" ended at step ")[1].split()[0])
+
+
+def read_traces(trace_dir: Path) -> dict[int, list[list[int]]]:
+    return {int(p.stem.split("-")[1]): json.loads(p.read_text())["trace"] for p in sorted(trace_dir.glob("rank-*.json"))}
+
+
+def final_status(jobs_dir: Path, job_id: str) -> dict[str, Any]:
+    return json.loads((jobs_dir / job_id / "status.json").read_text())
