@@ -32,7 +32,8 @@ import pytest
 from conftest import EXAMPLES, REPO, Procs, base_env, require_service, run_cli, wait_for
 from forgather.control import JobPaths, process_identity, read_json, write_json_atomic
 
-pytestmark = pytest.mark.ray
+# One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 START_TIMEOUT = 180.0  # two cores shared with four other test runs
 
@@ -262,9 +263,8 @@ def client_env(c: Cluster, **extra: str) -> dict[str, str]:
 def check_rows(c: Cluster, rows: list[dict[str, Any]], *, finished: bool = False) -> None:
     """Every job once, on the node whose directory holds it, with a correct state."""
     ids = [r["job_id"] for r in rows]
-    mine = {i for i in ids if i.endswith(c.local_dead[-4:])}  # other rows: none expected, but be exact
     expected = {*c.live.values(), *c.dead.values(), c.local_dead} | (set(c.finished.values()) if finished else set())
-    assert mine == expected, rows
+    assert set(ids) == expected, rows
     assert len(ids) == len(set(ids)), f"a job listed twice: {ids}"
     by_id = {r["job_id"]: r for r in rows}
     for name, d in c.dirs.items():
@@ -352,6 +352,16 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
     with pytest.raises(Unreachable, match="dead") as exc:
         find_cluster_job(cluster.dead["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
     assert exc.value.job["node"].startswith("fg-a/") and "token" not in exc.value.job
+    # Alive (its pid runs: ours) but its server does not answer from here: say so.
+    silent = f"silent-{cluster.live['fg-b'][-4:]}"
+    paths = JobPaths(cluster.dirs["fg-b"], silent).create()
+    try:
+        write_json_atomic(paths.endpoint, {"job_id": silent, "url": f"http://127.0.0.1:{free_port()}", "token": "t", **process_identity()})
+        with pytest.raises(Unreachable, match="does not answer from .*FORGATHER_CONTROL_HOST") as exc:
+            find_cluster_job(silent, address=cluster.address, jobs_dir=None, timeout=60)
+        assert exc.value.job["liveness"] == "alive"
+    finally:
+        shutil.rmtree(paths.dir)
     with pytest.raises(AmbiguousJob, match="live-fg-a.*live-fg-b"):
         find_cluster_job("live-", address=cluster.address, jobs_dir=None, timeout=60)
     with pytest.raises(JobNotFound, match="no job 'nope'"):
