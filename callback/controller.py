@@ -188,6 +188,7 @@ class Controller:
 
         self._token = secrets.token_urlsafe(32) if auth else None
         self._server = None
+        self._served_http = False  # this process ran the HTTP server at some point
         self._publisher: Publisher | None = None
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
@@ -293,6 +294,7 @@ class Controller:
         server = ServerThread(app, host=self.host, port=self.port)
         server.start()
         self._server = server
+        self._served_http = True
         self.url = server.url
         log.info("forgather control for job %s at %s", self.job_id, self.url)
 
@@ -418,7 +420,7 @@ class Controller:
             return
         try:
             trace = self._agreement.trace if self._agreement is not None else []
-            dump_trace(directory, self.rank, trace, extra={"world_size": self.world_size, "final_step": self.current_step, "state": self.state})
+            dump_trace(directory, self.rank, trace, extra={"world_size": self.world_size, "final_step": self.current_step, "state": self.state, "served_http": self._served_http, "pid": os.getpid()})
         except Exception:
             log.exception("forgather control: could not write the agreement trace")
 
