@@ -25,7 +25,7 @@ from pathlib import Path
 from forgather.control.client import probe_endpoint
 from forgather.control.files import TEMP_PREFIX
 from forgather.control.jobs import JobPaths
-from forgather.control.listing import JobInfo, load, scan
+from forgather.control.listing import JobInfo, load, scan, useful_probe
 from forgather.control.liveness import Liveness, judge
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def candidates(root: Path) -> list[JobInfo]:
 def rejudge(root: Path, job_id: str) -> tuple[Liveness, str]:
     """Read the job's records again and judge them now, probe included."""
     info = load(JobPaths(root, job_id), quiet=True)
-    return judge(endpoint=info.endpoint, status=info.status, job=info.job, nodes=info.nodes, probe=probe_endpoint)
+    probe = useful_probe(info.endpoint, probe_endpoint, probe_local=True)
+    return judge(endpoint=info.endpoint, status=info.status, job=info.job, nodes=info.nodes, probe=probe)
 
 
 def delete_job(root: Path, job_id: str) -> Outcome:

@@ -19,7 +19,7 @@ from forgather.control.client import HttpChannel, JobClient, Unreachable, UsageE
 from forgather.control.commands import CLI_VERBS, Command
 from forgather.control.files import read_json
 from forgather.control.jobs import resolve_jobs_dir
-from forgather.control.listing import scan
+from forgather.control.listing import scan, useful_probe
 from forgather.control.liveness import Liveness, judge
 
 from . import targets
@@ -215,12 +215,13 @@ def _watch(target: targets.Target, interval: float) -> int:
             return st, f"job {target.job_id} {state} at step {st.get('step')}"
         if info is not None and time.monotonic() - last_judged[0] > 2.0:
             last_judged[0] = time.monotonic()
+            endpoint = read_json(info.paths.endpoint, quiet=True)
             verdict, evidence = judge(
-                endpoint=read_json(info.paths.endpoint, quiet=True),
+                endpoint=endpoint,
                 status=st,
                 job=read_json(info.paths.job, quiet=True),
                 nodes=info.nodes,
-                probe=probe_endpoint,
+                probe=useful_probe(endpoint, probe_endpoint),
             )
             if verdict == Liveness.DEAD:
                 return st, f"job {target.job_id} is dead ({evidence})"

@@ -62,32 +62,47 @@ def _step(row: dict[str, Any]) -> str:
     return f"{step}/{total}" if total else str(step)
 
 
-def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("JOB", no_wrap=True, overflow="fold")
-    if show_node:
-        table.add_column("NODE", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("STEP", justify="right", no_wrap=True)
-    table.add_column("HOST", no_wrap=True)
-    table.add_column("PID", justify="right", no_wrap=True)
-    table.add_column("PORT", justify="right", no_wrap=True)
-    table.add_column("UPDATED", justify="right", no_wrap=True)
+def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
+    """The ``list`` table as one styled, column-aligned Text.
+
+    Not a ``rich.table.Table``: that measures every cell and costs about half a
+    millisecond a row, which for a few hundred jobs would be most of ``list``'s
+    start-up budget. Aligned text with a styled state column renders in a few ms."""
     now = time.time()
+    headers = ["JOB", *(["NODE"] if show_node else []), "STATE", "STEP", "HOST", "PID", "PORT", "UPDATED"]
+    right = {"STEP", "PID", "PORT", "UPDATED"}
+    table: list[list[str]] = []
     for r in rows:
-        cells: list[Any] = [str(r.get("job_id"))]
+        cells = [str(r.get("job_id"))]
         if show_node:
             cells.append(str(r.get("node") or "-"))
         cells += [
-            state_text(r.get("state")),
+            str(r.get("state") or "unknown"),
             _step(r),
             str(r.get("host") or "-"),
             str(r.get("pid") or "-"),
             str(r.get("port") or "-"),
             age(r.get("updated_at"), now),
         ]
-        table.add_row(*cells)
-    return table
+        table.append(cells)
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
+    state_col = headers.index("STATE")
+
+    def line(cells: list[str], out: Text, styles: dict[int, str] | None = None) -> None:
+        for i, (cell, width) in enumerate(zip(cells, widths)):
+            padded = cell.rjust(width) if headers[i] in right else cell.ljust(width)
+            if i < len(cells) - 1:
+                padded += "  "
+            out.append(padded, style=(styles or {}).get(i, ""))
+        out.append("\n")
+
+    text = Text(no_wrap=True, overflow="ignore")
+    line(headers, text, {i: "bold" for i in range(len(headers))})
+    text.append("-" * (sum(widths) + 2 * (len(widths) - 1)) + "\n", style="dim")
+    for cells in table:
+        line(cells, text, {state_col: _STATE_STYLE.get(cells[state_col], "")})
+    text.rstrip()
+    return text
 
 
 def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: str = "", all_: bool = False) -> None:
@@ -96,7 +111,7 @@ def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: st
         hint = "" if all_ else " (finished jobs are hidden; add --all)"
         con.print(f"no jobs{f' in {where}' if where else ''}{hint}", highlight=False)
         return
-    con.print(jobs_table(rows, show_node=show_node))
+    con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
 
 
 def status_panel(d: dict[str, Any]) -> Panel:
