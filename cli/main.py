@@ -125,8 +125,10 @@ def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
     for h in list(root.handlers):
-        root.removeHandler(h)
+        if getattr(h, "_forgather_cli", False):  # ours from an earlier run() in this process
+            root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
+    handler._forgather_cli = True  # type: ignore[attr-defined]
     fmt = "%(levelname)s: %(message)s" if verbose <= 0 else "%(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)

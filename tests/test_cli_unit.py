@@ -1,0 +1,177 @@
+"""In-process checks of the CLI's pure parts: the lazy group, the error boundary's
+mapping, output helpers, target parsing, the probe rule and cleanup's safety checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from forgather.cli import cleanup, main, output, targets
+from forgather.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
+from forgather.control.client import CommandFailed, CommandRefused, NotFound, Unreachable, UsageError, WaitTimeout
+from forgather.control.listing import useful_probe
+
+
+def test_exit_code_mapping() -> None:
+    cases = {
+        CommandRefused("x"): 1, CommandFailed("x"): 1, WaitTimeout("x"): 1, UsageError("x"): 2,
+        AmbiguousJob("x"): 2, InvalidJobId("x"): 2, JobNotFound("x"): 3, NotFound("x"): 3, Unreachable("x"): 4,
+    }
+    for exc, code in cases.items():
+        assert main.exit_code_for(exc) == code, exc
+    assert main.exit_code_for(RuntimeError("bug")) is None
+
+
+@pytest.fixture
+def restore_logging():
+    """run() configures the root logger as the CLI does; leave it as pytest had it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_run_turns_errors_into_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    assert main.run(["control", "status", "nope", "--jobs-dir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: no job 'nope'") and err.count("\n") == 1
+    assert main.run(["control", "status", "../x", "--jobs-dir", str(tmp_path)]) == 2
+    assert main.run(["--nope"]) == 2
+    assert main.run(["--help"]) == 0
+
+
+def test_lazy_group_lists_without_importing_and_explains_missing() -> None:
+    group = main.LazyGroup(
+        "g",
+        lazy={"gone": ("forgather.cli.no_such_module_here:cmd", "A command that is not installed.")},
+    )
+    result = CliRunner().invoke(group, ["--help"])
+    assert result.exit_code == 0 and "A command that is not installed." in result.output
+    assert "forgather.cli.no_such_module_here" not in sys.modules
+    result = CliRunner().invoke(group, ["gone", "--whatever", "x"])
+    assert result.exit_code == 2 and "not available in this install" in result.output
+
+
+def test_lazy_group_does_not_hide_a_broken_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module that exists but fails importing something else is a real error."""
+    (tmp_path / "fg_broken_cmd.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = main.LazyGroup("g", lazy={"b": ("fg_broken_cmd:cmd", "broken")})
+    with pytest.raises(ModuleNotFoundError):
+        group.get_command(click.Context(group), "b")
+
+
+def test_scrub_removes_tokens_at_any_depth() -> None:
+    data = {"token": "s", "a": [{"Token": "s", "b": 1}], "c": {"authorization": "Bearer s", "d": 2}}
+    assert output.scrub(data) == {"a": [{"b": 1}], "c": {"d": 2}}
+
+
+def test_age_and_duration() -> None:
+    now = 1_000_000.0
+    assert output.age(now - 12, now) == "12s ago"
+    assert output.age(now - 180, now) == "3m ago"
+    assert output.age(now - 7500, now) == "2h05m ago"
+    assert output.age(now - 3 * 86400, now) == "3d ago"
+    assert output.age(None, now) == "-" and output.age("x", now) == "-" and output.age(float("nan"), now) == "-"
+    assert output.age(now + 600, now) == "in the future"
+    assert output.duration(None) == "-" and output.duration(59.9) == "59s"
+
+
+def test_describe_entry() -> None:
+    line = output.describe_entry({"id": "c-1", "command": "save_checkpoint", "state": "completed", "step": 5, "result": {"checkpoint": "/x.pt"}})
+    assert line == "save_checkpoint (c-1): completed; at step 5; checkpoint /x.pt"
+    line = output.describe_entry({"id": "c-2", "command": "evaluate", "state": "dropped", "reason": "job stopped"})
+    assert "dropped" in line and "reason: job stopped" in line
+
+
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [("node1:8000", "http://node1:8000"), ("127.0.0.1:1", "http://127.0.0.1:1"), ("http://h:2/", "http://h:2"), ("[::1]:5", "http://[::1]:5")],
+)
+def test_remote_url(given: str, url: str) -> None:
+    assert targets.remote_url(given) == url
+
+
+@pytest.mark.parametrize("bad", ["node1", "node1:", ":80", "node1:http"])
+def test_remote_url_refuses(bad: str) -> None:
+    with pytest.raises(UsageError):
+        targets.remote_url(bad)
+
+
+def test_match_ref() -> None:
+    assert targets.match_ref("ab", ["abc", "xyz"], "here") == "abc"
+    assert targets.match_ref("abc", ["abc", "abcd"], "here") == "abc"
+    with pytest.raises(AmbiguousJob):
+        targets.match_ref("a", ["abc", "abd"], "here")
+    with pytest.raises(JobNotFound):
+        targets.match_ref("q", ["abc"], "here")
+
+
+def test_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert targets.ray_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert targets.ray_address("auto") == "head:6379"
+    assert targets.ray_address("other:1") == "other:1"
+
+
+def test_never_probe_another_hosts_loopback() -> None:
+    def probe(endpoint: dict) -> bool:
+        return True
+
+    me = process_identity()
+    other = {"host": "elsewhere", "boot_id": "b", "pid": 1}
+    assert useful_probe({**other, "url": "http://127.0.0.1:5000"}, probe) is None
+    assert useful_probe({**other, "url": "http://localhost:5000"}, probe) is None
+    assert useful_probe({**other, "url": "http://10.1.2.3:5000"}, probe) is probe
+    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe) is probe
+    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe, probe_local=False) is None
+    assert useful_probe(None, probe) is None
+
+
+def _dead_job(root: Path, job_id: str) -> JobPaths:
+    paths = JobPaths(root, job_id).create()
+    write_json_atomic(paths.status, {**process_identity(999_999_999), "state": "stopped", "step": 1})
+    return paths
+
+
+def test_delete_job_removes_a_finished_job_without_following_links(tmp_path: Path) -> None:
+    root = tmp_path / "jobs"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    paths = _dead_job(root, "gone-1")
+    os.symlink(outside, paths.dir / "link-dir")
+    os.symlink(outside / "keep.txt", paths.inbox / "link-file.json")
+    outcome = cleanup.delete_job(root, "gone-1")
+    assert outcome.deleted and not outcome.error, outcome
+    assert not paths.dir.exists()
+    assert (outside / "keep.txt").read_text() == "keep"
+    assert os.listdir(root) == []  # no .tmp-deleting leftovers
+
+
+def test_delete_job_refuses_symlinked_folder_and_live_job(tmp_path: Path) -> None:
+    root = tmp_path / "jobs"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    _dead_job(tmp_path, "outside")  # a finished-looking job, but outside the root
+    os.symlink(outside, root / "linked")
+    outcome = cleanup.delete_job(root, "linked")
+    assert not outcome.deleted and "symlink" in outcome.reason
+    assert (outside / "status.json").exists()
+
+    live = JobPaths(root, "live-1").create()
+    write_json_atomic(live.status, {**process_identity(), "state": "running", "step": 1, "heartbeat_at": time.time()})
+    outcome = cleanup.delete_job(root, "live-1")
+    assert not outcome.deleted and "alive" in outcome.reason
+    assert live.dir.is_dir()
+    with pytest.raises(InvalidJobId):
+        cleanup.delete_job(root, "../outside")
