@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .client import ControlError, Unreachable, probe_endpoint
@@ -95,6 +96,12 @@ def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) ->
     if delay:
         time.sleep(float(delay))
     root = resolve_jobs_dir(jobs_dir)
+    return {"hostname": socket.gethostname(), "jobs_dir": str(root), "jobs": _rows(root, include_finished, ref)}
+
+
+def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
+    """Summaries of the jobs under ``root``; in find mode (``ref``) the matching ones,
+    ended ones included, with their tokens."""
     rows = []
     for info in scan(root, include_finished=include_finished or ref is not None):
         if ref is not None and not info.job_id.startswith(ref):
@@ -103,7 +110,7 @@ def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) ->
         if ref is not None:
             row["token"] = (info.endpoint or {}).get("token")
         rows.append(row)
-    return {"hostname": socket.gethostname(), "jobs_dir": str(root), "jobs": rows}
+    return rows
 
 
 # -- public API ---------------------------------------------------------------------
@@ -311,15 +318,7 @@ def _failure_reason(ray: Any, exc: BaseException) -> str:
 def _local_rows(jobs_dir: str | None, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
     """This machine's own listing, labelled as such (it may be no Ray node at all)."""
     meta = {"node": f"{socket.gethostname()} (local)", "node_id": None, "node_ip": None, "source": "local"}
-    rows = []
-    for info in scan(resolve_jobs_dir(jobs_dir), include_finished=include_finished or ref is not None):
-        if ref is not None and not info.job_id.startswith(ref):
-            continue
-        row = {**info.summary(), **meta}
-        if ref is not None:
-            row["token"] = (info.endpoint or {}).get("token")
-        rows.append(row)
-    return rows
+    return [{**row, **meta} for row in _rows(resolve_jobs_dir(jobs_dir), include_finished, ref)]
 
 
 # -- merging ------------------------------------------------------------------------
