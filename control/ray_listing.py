@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 from .client import ControlError, Unreachable, probe_endpoint
 from .jobs import resolve_jobs_dir
 from .listing import AmbiguousJob, JobNotFound, scan
+from .liveness import same_host
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str,
         row = info.summary()
         if ref is not None:
             row["token"] = (info.endpoint or {}).get("token")
+            row["boot_id"] = (info.endpoint or {}).get("boot_id")  # with "host": is it this machine?
         rows.append(row)
     return rows
 
@@ -350,12 +353,20 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _check_reachable(row: dict[str, Any]) -> None:
     """A job found on some node is only controllable if its server answers from here."""
-    public = {k: v for k, v in row.items() if k != "token"}
+    public = {k: v for k, v in row.items() if k not in ("token", "boot_id")}
     where = f"job {row['job_id']} (on {row['node']})"
     if row.get("liveness") not in ("alive", "unknown"):
         exc = Unreachable(f"{where} is {row.get('state')}: it has no live endpoint to control ({row.get('evidence')})")
     elif not row.get("url"):
         exc = Unreachable(f"{where} has no HTTP endpoint (file channel only, or its server did not start); run the command on that node")
+    elif _is_loopback_url(row["url"]) and not same_host({"host": row.get("host"), "boot_id": row.get("boot_id")}):
+        # That loopback is the job's host's, not ours: whatever listens on the port here
+        # is a stranger, and must not be handed the job's token.
+        exc = Unreachable(
+            f"{where} serves {row['url']} on its own host ({row.get('host')}) only, so it cannot be reached from "
+            f"{socket.gethostname()}. Start the job with FORGATHER_CONTROL_HOST=0.0.0.0 (or the node's address) "
+            "to control it from elsewhere, or run the command on that node"
+        )
     else:
         answer = probe_endpoint({"url": row["url"], "token": row.get("token"), "job_id": row["job_id"]}, timeout=2.0)
         if answer:
@@ -370,3 +381,11 @@ def _check_reachable(row: dict[str, Any]) -> None:
             )
     exc.job = public  # type: ignore[attr-defined]
     raise exc
+
+
+def _is_loopback_url(url: str) -> bool:
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -362,6 +362,25 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
         assert exc.value.job["liveness"] == "alive"
     finally:
         shutil.rmtree(paths.dir)
+    # On another host, serving its own loopback: never probed from here (whatever
+    # listens on that port here would get the token), and said so.
+    far = f"far-{cluster.live['fg-b'][-4:]}"
+    paths = JobPaths(cluster.dirs["fg-b"], far).create()
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        stranger.setblocking(False)
+        other = {"host": "elsewhere", "boot_id": "another-boot", "pid": 4242, "heartbeat_at": time.time()}
+        try:
+            write_json_atomic(paths.endpoint, {"job_id": far, "url": f"http://127.0.0.1:{stranger.getsockname()[1]}", "token": "t", **other})
+            write_json_atomic(paths.status, {"job_id": far, "state": "running", **other})
+            with pytest.raises(Unreachable, match="on its own host .*elsewhere.* only") as exc:
+                find_cluster_job(far, address=cluster.address, jobs_dir=None, timeout=60)
+            assert exc.value.job["liveness"] == "unknown"
+            with pytest.raises(BlockingIOError):
+                stranger.accept()
+        finally:
+            shutil.rmtree(paths.dir)
     with pytest.raises(AmbiguousJob, match="live-fg-a.*live-fg-b"):
         find_cluster_job("live-", address=cluster.address, jobs_dir=None, timeout=60)
     with pytest.raises(JobNotFound, match="no job 'nope'"):
