@@ -1,0 +1,98 @@
+"""The agreement across two real gloo ranks (torchrun), driven by a small script:
+
+- torch.distributed initialised *after* the Controller started, without RANK and
+  WORLD_SIZE in the environment (as with mp.spawn): every process first guesses it is
+  rank 0 and serves; at train begin the real rank 1 stops serving and rank 0 owns the
+  endpoint;
+- ranks with different, jittery step times get the same actions at the same steps;
+- exactly one all-reduce per check, at most one check per step, identical traces.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import base_env
+
+from test_multirank_support import TIMEOUT
+
+SCRIPT = r'''
+import json, os, random, sys, time
+import torch.distributed as dist
+from forgather.callback import Controller
+from forgather.control import read_json
+
+out, jobs = sys.argv[1], sys.argv[2]
+rank, world = int(os.environ.pop("RANK")), int(os.environ.pop("WORLD_SIZE"))
+calls = {"all_reduce": 0}
+_all_reduce = dist.all_reduce
+def counting(*a, **k):
+    calls["all_reduce"] += 1
+    return _all_reduce(*a, **k)
+dist.all_reduce = counting
+
+ctl = Controller(job_id="late", jobs_dir=jobs, signals=(), check_interval=0.05, poll_interval=0.05)
+ctl.start()                       # no RANK in the environment: every process guesses rank 0
+guessed = (ctl.rank, ctl.world_size)
+dist.init_process_group("gloo", rank=rank, world_size=world)
+ctl.begin()                       # train begin: the real ranks, and the agreement
+served = ctl._server is not None
+dist.barrier()
+ep = read_json(ctl.paths.endpoint)
+owner_ok = ep is not None and (ep["pid"] == os.getpid()) == (rank == 0)
+dist.barrier()
+
+plan = {5: "save", 40: "eval", 90: "save", 150: "stop"}
+rng = random.Random(rank)
+actions = []
+for step in range(1, 100000):
+    time.sleep(rng.random() * 0.004)
+    if rank == 0 and step in plan:
+        ctl.ledger.submit(plan[step])
+    act = ctl.step(step)
+    if act:
+        actions.append([step, act.command.value])
+    if act.save:
+        ctl.checkpoint_saved(f"{out}/ckpt-{step}")
+    if act.evaluate:
+        ctl.evaluation_done({"m": 1.0})
+    if act.stop:
+        break
+trace = [list(t) for t in ctl._agreement.trace]
+ctl.close()
+json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions": actions, "trace": trace,
+           "all_reduce": calls["all_reduce"], "final": step,
+           "ledger": ctl.ledger.recent(20) if rank == 0 else None}, open(f"{out}/r{rank}.json", "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Path, procs, tmp_path: Path) -> None:
+    script = tmp_path / "agree.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(out), str(jobs_dir)]
+    p = procs.start(argv, env=base_env(jobs_dir), name="agree")
+    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
+    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+
+    assert r0["guessed"] == r1["guessed"] == [0, 1]  # both served on a guess at first
+    assert r0["served"] and not r1["served"] and r0["owner_ok"] and r1["owner_ok"]
+
+    assert r0["actions"] == r1["actions"]
+    assert [a[1] for a in r0["actions"]] == ["save_checkpoint", "evaluate", "save_checkpoint", "graceful_stop"]
+    assert r0["final"] == r1["final"] == r0["actions"][-1][0]
+    for (step, _), planned in zip(r0["actions"], (5, 40, 90, 150)):
+        assert step >= planned  # applied at the next agreed check after it was queued
+
+    assert r0["trace"] == r1["trace"]
+    assert r0["all_reduce"] == len(r0["trace"]) and r1["all_reduce"] == len(r1["trace"])  # one per check
+    next_checks = [row[4] for row in r0["trace"]]
+    assert all(a < b for a, b in zip(next_checks, next_checks[1:]))  # at most one check per step
+    assert len(r0["trace"]) < r0["final"]  # not every step: the cadence adapts
+
+    states = {e["command"]: e["state"] for e in r0["ledger"]}
+    assert set(states.values()) == {"completed"}, r0["ledger"]
