@@ -202,3 +202,37 @@ def test_hostile_warnings_go_to_stderr_not_stdout(cli, jobs_dir: Path) -> None:
     assert paths.dir.is_dir()
     assert local_host().hostname  # sanity: the records above were written for this host
     assert os.environ.get("FORGATHER_JOBS_DIR") == str(jobs_dir)
+
+
+def _run_in_pty(args: list[str], answer: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with a terminal as stdin (so it may ask), answer its prompt."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        exe = Path(sys.executable).with_name("forgather")
+        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
+        p = subprocess.Popen([*argv, *args], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        os.write(master, answer.encode())
+        out, err = p.communicate(timeout=120)
+        return p.returncode, out + err
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_abort_and_cleanup_ask_on_a_terminal(jobs_dir: Path) -> None:
+    env = base_env(jobs_dir)
+    paths = unreachable_job(jobs_dir, "victim-2")
+    code, text = _run_in_pty(["control", "abort", "victim-2"], "n\n", env)
+    assert code == 1 and "Abort job victim-2" in text, text
+    assert list(paths.inbox.iterdir()) == []
+    code, text = _run_in_pty(["control", "abort", "victim-2"], "y\n", env)
+    assert code == 4 and "cannot reach" in text, text  # asked, then tried: the port is closed
+
+    old = finished_job(jobs_dir, "old-2")
+    code, text = _run_in_pty(["control", "cleanup"], "n\n", env)
+    assert code == 1 and "old-2" in text and old.dir.is_dir(), text
+    code, text = _run_in_pty(["control", "cleanup"], "y\n", env)
+    assert code == 0 and not old.dir.exists(), text
+    assert paths.dir.is_dir()  # alive (our pid): never a candidate
