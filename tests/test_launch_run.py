@@ -1,0 +1,240 @@
+"""`forgather launch` for real: the CLI as a subprocess, real torchrun, gloo on CPU.
+
+Acceptance (issue 4): 1. the plain/HF/Lightning examples under the launcher, with the
+callback injected by the bootstrap, obey save, eval, save-stop and abort; 2. two
+launchers as two nodes make one job that all four ranks obey; 3. a signal to the
+launcher saves and stops within the grace and leaves no process; a crash fails the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import EXAMPLES, REPO, Proc, Procs, base_env, wait_for
+
+PLAIN = REPO / "examples" / "launch" / "plain_train.py"
+HF = EXAMPLES / "hf_trainer.py"
+LIGHTNING = EXAMPLES / "lightning_trainer.py"
+START_TIMEOUT = 240.0  # torch + transformers imports on 2 busy cores
+TIMEOUT = 240.0
+_exe = Path(sys.executable).with_name("forgather")
+FORGATHER = [str(_exe)] if _exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
+
+
+def launch(procs: Procs, jobs_dir: Path, job_id: str, script: Path, *args: str, opts: tuple[str, ...] = (), name: str = "launch", **env: str) -> Proc:
+    argv = [*FORGATHER, "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, *opts, str(script), *args]
+    return procs.start(argv, env=base_env(jobs_dir, **env), name=name)
+
+
+def read(jobs_dir: Path, job_id: str, name: str) -> dict:
+    try:
+        return json.loads((jobs_dir / job_id / name).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_running(jobs_dir: Path, job_id: str, *launchers: Proc, min_step: int = 3) -> dict:
+    def ready():
+        for p in launchers:
+            if p.popen.poll() is not None:
+                raise AssertionError(f"launcher exited early ({p.popen.returncode}):\n{p.output()[-4000:]}")
+        st = read(jobs_dir, job_id, "status.json")
+        ok = (jobs_dir / job_id / "endpoint.json").exists() and st.get("state") == "running" and (st.get("step") or 0) >= min_step
+        return st if ok else None
+
+    return wait_for(ready, timeout=START_TIMEOUT, interval=0.2, what=f"job {job_id} running at step >= {min_step}")
+
+
+def tree(proc: Proc) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_no_orphans(seen: list[psutil.Process]) -> None:
+    """Every process ever seen under the launcher is gone (psutil checks the start time
+    too, so a recycled pid does not count)."""
+    deadline = time.monotonic() + 15
+    while True:
+        alive = []
+        for p in seen:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+            except psutil.Error:
+                pass
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def control_ok(cli, *args: str) -> str:
+    res = cli("control", *args, timeout=TIMEOUT)
+    assert res.code == 0, f"forgather control {' '.join(args)} -> {res.code}\n{res.out}\n{res.err}"
+    return res.out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TRAINERS = {
+    "plain": (PLAIN, ("--step-time", "0.05")),
+    "hf": (HF, ("--no-control-callback", "--step-time", "0.05", "--logging-steps", "5")),
+    "lightning": (LIGHTNING, ("--no-control-callback", "--step-time", "0.05")),
+}
+
+
+# -- acceptance 1 -------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(TRAINERS))
+def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    script, args = TRAINERS[kind]
+    out = tmp_path / "out"
+    job = launch(procs, jobs_dir, f"{kind}-cmds", script, *args, "--output-dir", str(out), opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, f"{kind}-cmds", job)
+
+    listed = json.loads(control_ok(cli, "list", "--json"))
+    mine = [j for j in listed if j["job_id"] == f"{kind}-cmds"]
+    assert mine and mine[0]["world_size"] == 2 and mine[0]["scheduler"] == "local", listed
+
+    saved = control_ok(cli, "save", f"{kind}-cmds", "--wait", "--timeout", str(TIMEOUT))
+    assert "completed" in saved and "checkpoint" in saved, saved
+    evaluated = control_ok(cli, "eval", f"{kind}-cmds", "--wait", "--timeout", str(TIMEOUT))
+    assert "completed" in evaluated, evaluated
+    stopped = control_ok(cli, "save-stop", f"{kind}-cmds", "--wait", "--timeout", str(TIMEOUT))
+    assert "completed" in stopped, stopped
+
+    assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
+    record = read(jobs_dir, f"{kind}-cmds", "job.json")
+    assert record["state"] == "stopped" and record["exit_code"] == 0 and record["ended_at"]
+    assert record["last_checkpoint"] and Path(record["last_checkpoint"]).exists()
+    node = read(jobs_dir, f"{kind}-cmds", "nodes/0.json")
+    assert node["state"] == "stopped" and node["pid"] == job.pid
+
+
+@pytest.mark.parametrize("kind", sorted(TRAINERS))
+def test_injected_control_abort(kind: str, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    script, args = TRAINERS[kind]
+    job = launch(procs, jobs_dir, f"{kind}-abort", script, *args, "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, f"{kind}-abort", job)
+    if kind == "plain":
+        # A job id in use by a live job is refused, before anything starts.
+        again = launch(procs, jobs_dir, f"{kind}-abort", script, *args, name="again")
+        assert again.wait(60) == 2
+        assert "is in use" in again.output() and f"{kind}-abort" in again.output()
+    control_ok(cli, "abort", f"{kind}-abort", "--yes", "--wait", "--timeout", str(TIMEOUT))
+    assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
+    record = read(jobs_dir, f"{kind}-abort", "job.json")
+    assert record["state"] == "aborted" and record["exit_code"] == 0
+    assert not record.get("last_checkpoint"), record
+
+
+# -- acceptance 2 -------------------------------------------------------------------------
+def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    port = free_port()
+    common = ("--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port))
+    args = ("--step-time", "0.05", "--output-dir", str(tmp_path / "out"))
+    node1 = launch(procs, jobs_dir, "duo", PLAIN, *args, opts=(*common, "--node-rank", "1"), name="node1")
+    node0 = launch(procs, jobs_dir, "duo", PLAIN, *args, opts=(*common, "--node-rank", "0"), name="node0")
+    st = wait_running(jobs_dir, "duo", node0, node1)
+    assert st["world_size"] == 4
+
+    listed = json.loads(control_ok(cli, "list", "--json"))
+    assert [j["job_id"] for j in listed] == ["duo"], listed  # one job, one server
+    assert sorted(os.listdir(jobs_dir / "duo" / "nodes")) == ["0.json", "1.json"]
+    saved = control_ok(cli, "save", "duo", "--wait", "--timeout", str(TIMEOUT))
+    assert "checkpoint" in saved
+    control_ok(cli, "save-stop", "duo", "--wait", "--timeout", str(TIMEOUT))
+
+    codes = (node0.wait(TIMEOUT), node1.wait(TIMEOUT))
+    assert codes == (0, 0), node0.output()[-3000:] + node1.output()[-3000:]
+    stops = re.findall(r"rank (\d): stopping at step (\d+)", node0.output() + node1.output())
+    assert sorted(r for r, _ in stops) == ["0", "1", "2", "3"], stops  # all four ranks obeyed
+    assert len({s for _, s in stops}) == 1, f"ranks stopped at different steps: {stops}"
+    record = read(jobs_dir, "duo", "job.json")
+    assert record["exit_code"] == 0 and record["state"] == "stopped" and record["nnodes"] == "2"
+    assert read(jobs_dir, "duo", "nodes/1.json")["exit_code"] == 0
+
+
+# -- acceptance 3 -------------------------------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    grace = 90.0
+    out = tmp_path / "out"
+    job = launch(procs, jobs_dir, "sig", PLAIN, "--step-time", "0.05", "--output-dir", str(out), opts=("--nproc-per-node", "2", "--grace", str(grace)))
+    wait_running(jobs_dir, "sig", job)
+    seen = tree(job)
+    assert len(seen) >= 4, "launcher, torchrun and two workers"
+    t0 = time.monotonic()
+    os.kill(job.pid, signum)
+    code = job.wait(grace + 30)
+    elapsed = time.monotonic() - t0
+    assert code == 0, job.output()[-4000:]
+    assert elapsed < grace, f"took {elapsed:.1f}s, grace {grace}s"
+    record = read(jobs_dir, "sig", "job.json")
+    assert record["state"] == "stopped" and record["signals"] == [signal.Signals(signum).name]
+    ckpt = Path(record["last_checkpoint"])
+    assert ckpt.exists() and ckpt.parent == out, record  # a completed checkpoint
+    status = read(jobs_dir, "sig", "status.json")
+    assert any(c.get("command") == "save_and_stop" and c.get("state") == "completed" for c in status["commands"]), status["commands"]
+    assert_no_orphans(seen)
+
+
+def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    """A second signal does not wait for a save: torchrun and its workers go now."""
+    job = launch(procs, jobs_dir, "esc", PLAIN, "--step-time", "0.05", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, "esc", job)
+    seen = tree(job)
+    os.kill(job.pid, signal.SIGSTOP)  # queue both signals so they arrive together
+    os.kill(job.pid, signal.SIGINT)
+    os.kill(job.pid, signal.SIGTERM)
+    os.kill(job.pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    code = job.wait(60)
+    assert time.monotonic() - t0 < 30, "escalation must not wait for the grace period (60 s)"
+    assert code != 0, job.output()[-3000:]
+    record = read(jobs_dir, "esc", "job.json")
+    assert record["signals"] == ["SIGINT", "SIGTERM"] and record["state"] == "failed" and record["exit_code"] == code
+    assert "escalating" in job.output()
+    assert_no_orphans(seen)
+
+
+def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    job = launch(procs, jobs_dir, "crash", PLAIN, "--step-time", "0.01", "--crash-at", "5", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    seen_early: list[psutil.Process] = []
+    code = job.wait(TIMEOUT)
+    assert code != 0, job.output()[-3000:]
+    assert "crashing at step 5" in job.output()
+    record = read(jobs_dir, "crash", "job.json")
+    assert record["state"] == "failed" and record["exit_code"] == code
+    assert read(jobs_dir, "crash", "nodes/0.json")["state"] == "failed"
+    assert_no_orphans(seen_early)
+
+
+def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "print('rank', os.environ['RANK'], 'launched', os.environ['FORGATHER_LAUNCHED'],"
+        " 'usr1', signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN, 'argv', sys.argv[1:])\n"
+        "sys.exit(3)\n"
+    )
+    job = launch(procs, jobs_dir, "plain-exit", script, "a b", "--x", opts=("--no-control",))
+    assert job.wait(TIMEOUT) != 0
+    assert "launched 0 usr1 True argv ['a b', '--x']" in job.output()
+    assert read(jobs_dir, "plain-exit", "job.json")["state"] == "failed"
