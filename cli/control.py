@@ -196,7 +196,7 @@ def _add_live(details: dict[str, Any], target: targets.Target) -> None:
 
 
 def _watch(target: targets.Target, interval: float) -> int:
-    from . import render
+    from . import watch
 
     info = target.info
     last_judged = [time.monotonic()]
@@ -227,7 +227,7 @@ def _watch(target: targets.Target, interval: float) -> int:
                 return st, f"job {target.job_id} is dead ({evidence})"
         return st, None
 
-    render.watch(poll, job_id=target.job_id, interval=interval)
+    watch.watch(poll, job_id=target.job_id, interval=interval)
     return 0
 
 

@@ -1,21 +1,17 @@
 """What people see: rich tables, the status panel, and the live progress bar.
 
-Imported only on the human paths; ``--json`` never loads rich (it costs more start-up
-time than everything else ``list`` does).
+Imported only on the human paths; ``--json`` never loads rich. Only the console and
+text are imported up front: ``list`` needs nothing else, and tables, panels and the
+progress bar (:mod:`forgather.cli.watch`) cost another 15 ms of start-up.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from rich import box
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
-from rich.table import Table
+from rich.console import Console
 from rich.text import Text
 
 from .output import age, describe_entry, duration
@@ -114,8 +110,13 @@ def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: st
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
 
 
-def status_panel(d: dict[str, Any]) -> Panel:
-    """Everything ``status`` knows about one job, for a person."""
+def status_panel(d: dict[str, Any]) -> Any:
+    """Everything ``status`` knows about one job, for a person (a rich Panel)."""
+    from rich import box
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
     now = time.time()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -208,6 +209,9 @@ def print_entry(entry: dict[str, Any], *, stderr: bool = False) -> None:
 
 
 def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
+    from rich import box
+    from rich.table import Table
+
     con = console()
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left")
     for col in ("JOB", "STATE", "WHY", "UPDATED"):
@@ -216,56 +220,3 @@ def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
     for r in rows:
         table.add_row(str(r.get("job_id")), state_text(r.get("state")), str(r.get("evidence") or ""), age(r.get("updated_at"), now))
     con.print(table)
-
-
-# -- the live progress bar ------------------------------------------------------------------
-class _Fields(ProgressColumn):
-    """steps/s, ETA and loss from the job's own status (not rich's estimate: the job
-    knows its rate better than two samples a second apart)."""
-
-    def render(self, task: Task) -> Text:
-        f = task.fields
-        rate = f.get("rate")
-        parts = [
-            f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}",
-            f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s",
-            f"ETA {duration(f.get('eta'))}",
-        ]
-        loss = f.get("loss")
-        if isinstance(loss, (int, float)):
-            parts.append(f"loss {loss:.4g}")
-        parts.append(str(f.get("state") or ""))
-        return Text("  ".join(parts))
-
-
-def watch(poll: Callable[[], tuple[dict[str, Any] | None, str | None]], *, job_id: str, interval: float = 0.5) -> dict[str, Any] | None:
-    """Show a progress bar fed by ``poll()`` until it reports an end (a final state or
-    a reason to stop watching) or the user presses Ctrl-C. Returns the last status."""
-    last: dict[str, Any] | None = None
-    ended: str | None = None
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Fields(), console=console(), transient=False)
-    task = progress.add_task(job_id, total=None, state="connecting")
-    try:
-        with progress:
-            while True:
-                st, ended = poll()
-                if st is not None:
-                    last = st
-                    metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
-                    progress.update(
-                        task,
-                        completed=st.get("step") or 0,
-                        total=st.get("max_steps") or None,
-                        rate=st.get("steps_per_second"),
-                        eta=st.get("eta_seconds"),
-                        loss=metrics.get("loss"),
-                        state=st.get("state"),
-                    )
-                if ended is not None:
-                    break
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        ended = None
-    if ended:
-        console().print(ended, highlight=False)
-    return last

@@ -1,0 +1,65 @@
+"""The live progress bar of ``status --watch``: steps/max_steps, steps/s, ETA, loss."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
+
+from .output import duration
+from .render import console
+
+
+class _Fields(ProgressColumn):
+    """steps/s, ETA and loss from the job's own status (not rich's estimate: the job
+    knows its rate better than two samples a second apart)."""
+
+    def render(self, task: Task) -> Text:
+        f = task.fields
+        rate = f.get("rate")
+        parts = [
+            f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}",
+            f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s",
+            f"ETA {duration(f.get('eta'))}",
+        ]
+        loss = f.get("loss")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4g}")
+        parts.append(str(f.get("state") or ""))
+        return Text("  ".join(parts))
+
+
+def watch(poll: Callable[[], tuple[dict[str, Any] | None, str | None]], *, job_id: str, interval: float = 0.5) -> dict[str, Any] | None:
+    """Show a progress bar fed by ``poll()`` until it reports an end (a final state or
+    a reason to stop watching) or the user presses Ctrl-C. Returns the last status."""
+    last: dict[str, Any] | None = None
+    ended: str | None = None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Fields(), console=console(), transient=False)
+    task = progress.add_task(job_id, total=None, state="connecting")
+    try:
+        with progress:
+            while True:
+                st, ended = poll()
+                if st is not None:
+                    last = st
+                    metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
+                    progress.update(
+                        task,
+                        completed=st.get("step") or 0,
+                        total=st.get("max_steps") or None,
+                        rate=st.get("steps_per_second"),
+                        eta=st.get("eta_seconds"),
+                        loss=metrics.get("loss"),
+                        state=st.get("state"),
+                    )
+                if ended is not None:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        ended = None
+    if ended:
+        console().print(ended, highlight=False)
+    return last
