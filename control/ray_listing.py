@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,8 +147,13 @@ def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: fl
     travels over the user's own Ray cluster. Raises JobNotFound / AmbiguousJob, and
     Unreachable when the job is found but has no endpoint this machine can reach (the
     exception's ``job`` attribute then holds the job's summary, without the token).
+    An exact id whose live endpoint has been found ends the wait early: one hung node
+    must not cost every ``status --ray`` its whole timeout.
     """
-    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout)
+    def found(rows: list[dict[str, Any]]) -> bool:
+        return any(r["job_id"] == ref and r.get("liveness") == "alive" and r.get("url") for r in rows)
+
+    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout, enough=found)
     rows = _merge(listing.jobs)
     ids = [r["job_id"] for r in rows]
     if ref in ids:
@@ -252,8 +257,18 @@ def _node_name(node: dict[str, Any]) -> str:
     return f"{name}/{str(node.get('NodeID', ''))[:8]}"
 
 
-def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterListing:
-    """Ask every alive node and the local jobs directory; rows are not merged yet."""
+def _gather(
+    *,
+    address: str | None,
+    jobs_dir: str | None,
+    include_finished: bool,
+    ref: str | None,
+    timeout: float,
+    enough: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> ClusterListing:
+    """Ask every alive node and the local jobs directory; rows are not merged yet.
+    ``enough(rows)`` true stops waiting early (find: the live job has been found, a
+    hung node elsewhere need not cost the whole timeout)."""
     deadline = time.monotonic() + timeout
     with _connected(address) as (ray, addr):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -280,7 +295,7 @@ def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool
         waiting = list(pending)
         while waiting:
             left = wait_until - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (enough is not None and enough(out.jobs)):
                 break
             ready, waiting = ray.wait(waiting, num_returns=1, timeout=left)
             for r in ready:
@@ -293,8 +308,14 @@ def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool
                 out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
                 for row in answer["jobs"]:
                     out.jobs.append({**row, **meta, "source": "ray"})
+        timed_out = time.monotonic() >= wait_until
         for r in waiting:
-            out.missing_nodes.append({**pending[r], "reason": f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)"})
+            reason = (
+                f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)"
+                if timed_out
+                else "not waited for: the job was found elsewhere"
+            )
+            out.missing_nodes.append({**pending[r], "reason": reason})
             try:
                 ray.cancel(r, force=True)
             except Exception as exc:  # the node may be gone already

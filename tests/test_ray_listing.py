@@ -427,6 +427,16 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         check_rows(cluster, out.json())
         assert "fg-hung/" in out.err, out.err
 
+        # Finding a live job by its id does not wait for the hung node.
+        from forgather.control import find_cluster_job
+
+        t0 = time.monotonic()
+        job = find_cluster_job(cluster.live["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
+        assert job["node"].startswith("fg-a/") and job["token"]
+        assert time.monotonic() - t0 < 30
+        out = run_cli("control", "status", cluster.live["fg-b"], "--ray", cluster.address, "--json", env=client_env(cluster), timeout=180)
+        assert out.code == 0 and out.json()["state"] == "running", out.err
+
         # The node dies while its task sleeps: Ray reports it, the listing returns.
         box: dict[str, Any] = {}
         listing_thread = threading.Thread(target=lambda: box.update(res=list_cluster(address=cluster.address, jobs_dir=None, timeout=60)))
