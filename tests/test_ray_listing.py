@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import EXAMPLES, REPO, Procs, base_env, require_service, run_cli, wait_for
+from conftest import EXAMPLES, Procs, base_env, require_service, run_cli, wait_for
 from forgather.control import JobPaths, process_identity, read_json, write_json_atomic
 from forgather.control.ray_listing import INSTALL_HINT
 
