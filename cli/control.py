@@ -155,7 +155,7 @@ def status_cmd(job: str, as_json: bool, watch: bool, interval: float, jobs_dir: 
     else:
         info = targets.resolve_info(job, jobs_dir=jobs_dir)
         details = info.details()
-        client = JobClient(info, channel="auto", timeout=HTTP_TIMEOUT)
+        client = JobClient(info, channel=targets.local_channel(info, "auto"), timeout=HTTP_TIMEOUT)
         target = targets.Target(client=client, job_id=info.job_id, info=info)
     with client:
         if watch and not as_json:

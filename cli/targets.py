@@ -19,8 +19,8 @@ from typing import Any
 
 from forgather.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
 from forgather.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
-from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
-from forgather.control.liveness import Liveness
+from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job, is_loopback_url
+from forgather.control.liveness import Liveness, same_host
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,29 @@ def resolve(
     root = resolve_jobs_dir(jobs_dir)
     info = find_job(root, ref, probe=probe_endpoint)
     _require_controllable(info, channel)
-    client = JobClient(info, channel=channel, timeout=timeout)
+    client = JobClient(info, channel=local_channel(info, channel), timeout=timeout)
     return Target(client=client, job_id=info.job_id, info=info)
+
+
+def local_channel(info: JobInfo, channel: str) -> str:
+    """The channel to use for a job found in the jobs directory.
+
+    A loopback URL written on another host names *that* host's loopback: connecting to
+    it here would reach whatever listens on the port on this machine and hand it the
+    job's token. Such a job is reached through the file channel (the jobs directory is
+    shared, or we would not see it), and ``--channel http`` is refused with the reason.
+    """
+    ep = info.endpoint or {}
+    url = ep.get("url")
+    foreign_loopback = isinstance(url, str) and is_loopback_url(url) and not same_host(ep)
+    if not foreign_loopback:
+        return channel
+    if channel == "http":
+        raise Unreachable(
+            f"job {info.job_id} serves HTTP on the loopback of {ep.get('host') or 'another host'} ({url}); "
+            "it cannot be reached from here. Use --channel file, or run the command on that host"
+        )
+    return "file"
 
 
 def resolve_info(ref: str, *, jobs_dir: str | None) -> JobInfo:

@@ -207,12 +207,13 @@ def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: boo
     if same_host(endpoint):
         return probe if probe_local else None
     url = endpoint.get("url")
-    if isinstance(url, str) and _is_loopback_url(url):
+    if isinstance(url, str) and is_loopback_url(url):
         return None
     return probe
 
 
-def _is_loopback_url(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
+    """True for http://127.x / localhost / [::1] URLs: meaningful only on their own host."""
     try:
         host = urllib.parse.urlsplit(url).hostname or ""
     except ValueError:

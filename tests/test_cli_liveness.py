@@ -175,3 +175,52 @@ def test_cleanup_leaves_live_jobs_alone(cli, procs, jobs_dir: Path, tmp_path: Pa
     assert JobPaths(jobs_dir, "alive-1").endpoint.exists()
     assert read_json(JobPaths(jobs_dir, "alive-1").status)["state"] == "running"
     assert proc.popen.poll() is None
+
+
+def test_other_hosts_loopback_url_is_never_contacted(cli, jobs_dir: Path) -> None:
+    """A record from another host says http://127.0.0.1:PORT: that is *its* loopback. A
+    stranger listening on PORT here must never get a request (nor the job's token):
+    list/status/cleanup do not probe it, commands go through the file channel."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append(f"GET {self.path} {self.headers.get('Authorization')}")
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"jobs": [{"job_id": "faraway"}]}')
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        rec = {"host": "some-other-node", "boot_id": "another-boot", "pid": 4242, "pid_start_time": 1.0}
+        paths = write_job(
+            jobs_dir,
+            "faraway",
+            endpoint={**rec, "url": f"http://127.0.0.1:{port}", "port": port, "token": "their-secret-token"},
+            status={**rec, "state": "running", "step": 5, "heartbeat_at": time.time()},
+        )
+        assert jobs_by_id(cli)["faraway"]["state"] == "unknown"
+        r = cli("control", "status", "faraway", "--json")
+        assert r.code == 0 and r.json()["live"] is False, r
+        r = cli("control", "save", "faraway", "--json")
+        assert r.code == 0, r
+        assert r.json()["source"] == "file" and len(list(paths.inbox.iterdir())) == 1
+        r = cli("control", "save", "faraway", "--channel", "http")
+        assert r.code == 4 and "--channel file" in r.err
+        r = cli("control", "cleanup", "--yes", "--json")
+        assert r.code == 0 and r.json()["deleted"] == []
+        assert seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
