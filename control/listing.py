@@ -18,7 +18,7 @@ from typing import Any
 
 from .files import MAX_RECORD_BYTES, TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id
-from .liveness import STALE_AFTER, Liveness, judge, same_host, squeue_state
+from .liveness import STALE_AFTER, Liveness, SqueueCache, judge, same_host
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def scan(
     include_finished: bool = False,
     probe: Probe | None = None,
     probe_local: bool = False,
-    squeue: Callable[[str], str | None] | None = squeue_state,
+    squeue: Callable[[str], str | None] | None = None,
     stale_after: float = STALE_AFTER,
 ) -> list[JobInfo]:
     """Every job under ``root`` with liveness judged. Finished jobs only with
@@ -183,6 +183,8 @@ def scan(
     cheap, so the HTTP probe is only spent on jobs from other hosts unless
     ``probe_local``."""
     now = time.time()
+    if squeue is None:
+        squeue = SqueueCache()  # one squeue call for the whole listing, only if needed
     out = []
     for jid in job_ids(root):
         info = load(JobPaths(root, jid))
@@ -240,7 +242,7 @@ def find_job(
     ref: str,
     *,
     probe: Probe | None = None,
-    squeue: Callable[[str], str | None] | None = squeue_state,
+    squeue: Callable[[str], str | None] | None = None,
 ) -> JobInfo:
     """Resolve an exact id or a unique prefix to a job, liveness judged (probe included)."""
     ids = job_ids(root)
@@ -258,7 +260,7 @@ def find_job(
             raise AmbiguousJob(f"{ref!r} matches {len(matches)} jobs ({shown}); give more of the id")
         match = matches[0]
     info = load(JobPaths(root, match))
-    _judge(info, probe=probe, probe_local=True, squeue=squeue, stale_after=STALE_AFTER, now=time.time())
+    _judge(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache(), stale_after=STALE_AFTER, now=time.time())
     return info
 
 

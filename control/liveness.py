@@ -3,9 +3,10 @@
 Order of evidence, strongest first (design.md section 3):
 
 1. an authenticated HTTP probe that answers for this job id: alive;
-2. same host (hostname *and* boot id match): a pid whose start time matches is alive,
+2. a SLURM job that ``squeue`` still shows (running, or requeued and pending): alive;
+3. same host (hostname *and* boot id match): a pid whose start time matches is alive,
    anything else is dead (pids are recycled, and a reboot recycles all of them);
-3. a SLURM job: ``squeue`` answers for it;
+   then a SLURM job that ``squeue`` no longer shows is dead;
 4. another host, no answer: a heartbeat older than ``stale_after`` is stale, a newer one
    unknown. Nothing on another host is ever called dead because a local pid check failed.
 """
@@ -111,27 +112,56 @@ def pid_alive(record: dict) -> bool:
 
 
 def squeue_state(slurm_job_id: str, *, timeout: float = 5.0) -> str | None:
-    """SLURM's state for a job ("RUNNING", "PENDING", ...), "" when SLURM no longer knows
-    it, or None when SLURM cannot be asked (no squeue, or it failed)."""
-    exe = shutil.which("squeue")
-    if not exe or not slurm_job_id:
-        return None
-    try:
-        proc = subprocess.run(
-            [exe, "-h", "-j", str(slurm_job_id), "-o", "%T"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
-        # "Invalid job id specified" means SLURM forgot the job: it is gone.
-        if "Invalid job id" in proc.stderr:
-            return ""
-        return None
-    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
+    """SLURM's state for one job ("RUNNING", "PENDING", ...), "" when SLURM no longer
+    knows it, or None when SLURM cannot be asked (no squeue, or it failed)."""
+    return SqueueCache(timeout=timeout)(slurm_job_id)
+
+
+class SqueueCache:
+    """Asks ``squeue`` once, for every job it shows, and answers lookups from that.
+
+    A listing of many SLURM jobs then costs one subprocess, not one per job. Array
+    tasks are known both as ``<array>_<task>`` and by their own job id.
+    """
+
+    def __init__(self, *, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self._states: dict[str, str] | None = None
+        self._failed = False
+
+    def __call__(self, slurm_job_id: str) -> str | None:
+        if not slurm_job_id:
+            return None
+        if self._states is None and not self._failed:
+            self._states = self._query()
+            self._failed = self._states is None
+        if self._states is None:
+            return None
+        return self._states.get(str(slurm_job_id), "")
+
+    def _query(self) -> dict[str, str] | None:
+        exe = shutil.which("squeue")
+        if not exe:
+            return None
+        try:
+            proc = subprocess.run(
+                [exe, "-h", "-a", "-o", "%i|%A|%T"],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        states: dict[str, str] = {}
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                states[parts[0]] = parts[2]
+                states[parts[1]] = parts[2]
+        return states
 
 
 _SLURM_LIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
@@ -158,18 +188,26 @@ def judge(
     job = job or {}
     final_states = {"finished", "stopped", "aborted", "failed"}
 
-    if endpoint is None:
-        recorded_state = status.get("state") or job.get("state")
-        if recorded_state in final_states and not _launcher_alive(nodes):
-            return Liveness.FINISHED, f"ended: {recorded_state}"
-
     # 1. the authoritative probe
     if endpoint is not None and endpoint.get("url") and probe is not None:
         answer = probe(endpoint)
         if answer:
             return Liveness.ALIVE, "answered an authenticated probe"
 
-    # 2. pids on this host
+    # 2. SLURM owns the allocation: a job it still holds (running, or requeued and
+    #    pending) is alive even when no process of it runs on this host right now.
+    scheduler = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
+    slurm_id = scheduler.get("slurm_job_id") if scheduler.get("type") == "slurm" else None
+    slurm_state = squeue(str(slurm_id)) if slurm_id and squeue is not None else None
+    if slurm_state and slurm_state.upper() in _SLURM_LIVE:
+        return Liveness.ALIVE, f"SLURM reports {slurm_state}"
+
+    if endpoint is None:
+        recorded_state = status.get("state") or job.get("state")
+        if recorded_state in final_states and not _launcher_alive(nodes):
+            return Liveness.FINISHED, f"ended: {recorded_state}"
+
+    # 3. pids on this host
     records = [r for r in (endpoint, status, *(nodes or ())) if r]
     local = [r for r in records if same_host(r) and r.get("pid")]
     if local:
@@ -179,17 +217,10 @@ def judge(
         if not remote:
             return Liveness.DEAD, "process no longer runs on this host"
 
-    # 3. SLURM
-    scheduler = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
-    slurm_id = scheduler.get("slurm_job_id") if scheduler.get("type") == "slurm" else None
-    if slurm_id and squeue is not None:
-        state = squeue(str(slurm_id))
-        if state:
-            if state.upper() in _SLURM_LIVE:
-                return Liveness.ALIVE, f"SLURM reports {state}"
-            return Liveness.DEAD, f"SLURM reports {state}"
-        if state == "":
-            return Liveness.DEAD, "SLURM no longer knows the job"
+    if slurm_state == "":
+        return Liveness.DEAD, "SLURM no longer knows the job"
+    if slurm_state:
+        return Liveness.DEAD, f"SLURM reports {slurm_state}"
 
     # 4. heartbeats from another host
     beats = [r.get("heartbeat_at") for r in records if isinstance(r.get("heartbeat_at"), (int, float))]
