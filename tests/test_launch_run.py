@@ -81,6 +81,13 @@ def assert_no_orphans(seen: list[psutil.Process]) -> None:
     assert not alive, f"processes left behind: {alive}"
 
 
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def control_ok(cli, *args: str) -> str:
     res = cli("control", *args, timeout=TIMEOUT)
     assert res.code == 0, f"forgather control {' '.join(args)} -> {res.code}\n{res.out}\n{res.err}"
@@ -101,6 +108,7 @@ TRAINERS = {
 
 
 # -- acceptance 1 -------------------------------------------------------------------------
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind", sorted(TRAINERS))
 def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     script, args = TRAINERS[kind]
@@ -126,7 +134,20 @@ def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: 
     node = read(jobs_dir, f"{kind}-cmds", "nodes/0.json")
     assert node["state"] == "stopped" and node["pid"] == job.pid
 
+    # Relaunching the same job id is a restart: it counts, and the trainer resumes from
+    # the last checkpoint (plain: resume_from(); HF/Lightning: the bootstrap passes it).
+    ckpt, step = record["last_checkpoint"], record["final_step"]
+    again = launch(procs, jobs_dir, f"{kind}-cmds", script, *args, "--output-dir", str(out), "--max-steps", str(step + 2),
+                   opts=("--nproc-per-node", "2"), name="again")
+    assert again.wait(TIMEOUT) == 0, again.output()[-4000:]
+    rerun = read(jobs_dir, f"{kind}-cmds", "job.json")
+    assert rerun["restarts"] == 1 and rerun["resume_from"] == ckpt and rerun["state"] == "finished", rerun
+    assert rerun["created_at"] == record["created_at"] and rerun["final_step"] == step + 2
+    expected = f"resumed from {ckpt} at step {step}" if kind == "plain" else f"forgather: resuming from {ckpt}"
+    assert expected in again.output(), again.output()[-4000:]
 
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", sorted(TRAINERS))
 def test_injected_control_abort(kind: str, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     script, args = TRAINERS[kind]
@@ -145,6 +166,7 @@ def test_injected_control_abort(kind: str, jobs_dir: Path, procs: Procs, cli, tm
 
 
 # -- acceptance 2 -------------------------------------------------------------------------
+@pytest.mark.timeout(600)
 def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     port = free_port()
     common = ("--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port))
@@ -172,6 +194,7 @@ def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path:
 
 
 # -- acceptance 3 -------------------------------------------------------------------------
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
     grace = 90.0
@@ -195,6 +218,7 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     assert_no_orphans(seen)
 
 
+@pytest.mark.timeout(600)
 def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
     """A second signal does not wait for a save: torchrun and its workers go now."""
     job = launch(procs, jobs_dir, "esc", PLAIN, "--step-time", "0.05", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
@@ -214,22 +238,26 @@ def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -
     assert_no_orphans(seen)
 
 
+@pytest.mark.timeout(600)
 def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
-    job = launch(procs, jobs_dir, "crash", PLAIN, "--step-time", "0.01", "--crash-at", "5", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
-    seen_early: list[psutil.Process] = []
+    job = launch(procs, jobs_dir, "crash", PLAIN, "--step-time", "0.05", "--crash-at", "40", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, "crash", job, min_step=1)
+    seen = tree(job)
     code = job.wait(TIMEOUT)
     assert code != 0, job.output()[-3000:]
-    assert "crashing at step 5" in job.output()
+    assert "crashing at step 40" in job.output()
     record = read(jobs_dir, "crash", "job.json")
     assert record["state"] == "failed" and record["exit_code"] == code
     assert read(jobs_dir, "crash", "nodes/0.json")["state"] == "failed"
-    assert_no_orphans(seen_early)
+    assert_no_orphans(seen)
 
 
 def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
     script = tmp_path / "hello.py"
     script.write_text(
-        "import os, signal, sys\n"
+        "import os, signal, subprocess, sys\n"
+        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)  # escapes the process group\n"
+        "print('escaped', p.pid, flush=True)\n"
         "print('rank', os.environ['RANK'], 'launched', os.environ['FORGATHER_LAUNCHED'],"
         " 'usr1', signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN, 'argv', sys.argv[1:])\n"
         "sys.exit(3)\n"
@@ -237,4 +265,6 @@ def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path
     job = launch(procs, jobs_dir, "plain-exit", script, "a b", "--x", opts=("--no-control",))
     assert job.wait(TIMEOUT) != 0
     assert "launched 0 usr1 True argv ['a b', '--x']" in job.output()
+    escaped = int(re.search(r"escaped (\d+)", job.output()).group(1))
+    wait_for(lambda: gone(escaped), timeout=15, what=f"the escaped grandchild {escaped} to be killed")
     assert read(jobs_dir, "plain-exit", "job.json")["state"] == "failed"
