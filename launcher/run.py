@@ -41,6 +41,7 @@ import psutil
 
 from forgather.control import Command, JobPaths
 
+from .config import LaunchError
 from .plan import Plan, child_env
 from .records import JobRecords, read_previous
 
@@ -291,8 +292,14 @@ def execute(
     if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from:
         plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from)
     records = JobRecords(paths, plan)
-    records.claim(previous)
-    records.start(previous, argv=argv, cwd=cwd)
+    try:
+        records.claim(previous)
+        records.start(previous, argv=argv, cwd=cwd)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set "
+            "FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
+        ) from None
     on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
     sup = Supervisor(plan.argv, child_env(plan, base_env), grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
     try:
