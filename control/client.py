@@ -7,11 +7,13 @@ for an HTTP library's import or an SSL context. Every failure is a typed
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 from .commands import FINAL_STATES, Command, new_command_id, parse_command
 from .files import read_json, write_json_atomic
@@ -77,6 +79,8 @@ class HttpChannel:
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        import http.client  # here, not at the top: `forgather control list` rarely needs HTTP (15 ms)
+
         for attempt in (0, 1):
             conn = self._connection()
             try:
@@ -101,6 +105,8 @@ class HttpChannel:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
+            import http.client
+
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._conn
 
