@@ -35,6 +35,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ _PATCHES: dict[str, Callable[[Any], None]] = {}
 _pending = 0  # stop signals received while no Controller ran
 _active = 0  # Controllers started and not closed
 _installed = False
+_last_at: float | None = None
 
 
 # -- public helpers for plain loops ---------------------------------------------------
@@ -76,9 +78,26 @@ def pending_signals() -> int:
 
 # -- signals ----------------------------------------------------------------------------
 def _early_handler(signum: int, frame: Any) -> None:
-    global _pending
-    if _active == 0:
-        _pending += 1
+    """Remember a stop signal for the first Controller. Deliveries closer than the
+    Controller's repeat window count once, as they would there (SLURM and torchrun can
+    deliver the same event twice)."""
+    global _pending, _last_at
+    if _active:
+        return  # a Controller's handler ran first and counted it
+    now = time.monotonic()
+    if _last_at is not None and now - _last_at < _repeat_window():
+        return
+    _last_at = now
+    _pending += 1
+
+
+def _repeat_window() -> float:
+    try:
+        from forgather.callback.signals import repeat_window_from_env
+
+        return repeat_window_from_env()
+    except Exception:
+        return 1.0
 
 
 def _install_signals() -> None:
@@ -276,4 +295,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the copy that `import forgather.launcher.bootstrap` returns, not this __main__
+    # one, so the user's script and the hooks share one module state (pending signals).
+    from forgather.launcher import bootstrap as _bootstrap
+
+    _bootstrap.main()
