@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from forgather.control.client import HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
+from forgather.control.client import ControlError, HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
 from forgather.control.commands import CLI_VERBS, Command
 from forgather.control.files import read_json
 from forgather.control.jobs import resolve_jobs_dir
@@ -324,6 +324,12 @@ def send_command(
     return 0 if final.get("state") == "completed" else 1
 
 
+class StoppedWaiting(ControlError):
+    """Ctrl-C during --wait: the command itself is not cancelled, and the user is told so."""
+
+    exit_code = 130
+
+
 def _confirm_abort(job_id: str) -> None:
     if not sys.stdin.isatty():
         raise UsageError(
@@ -357,6 +363,11 @@ def _wait(client: JobClient, target: targets.Target, command: Command, entry: di
             spinner.start()
         try:
             return client.wait(str(entry["id"]), timeout=timeout, on_poll=on_poll)
+        except KeyboardInterrupt:
+            raise StoppedWaiting(
+                f"stopped waiting; {command.value} {entry.get('id')} stays {seen[-1].get('state')} on job "
+                f"{target.job_id}: follow it with `forgather control status {target.job_id}`"
+            ) from None
         except Unreachable:
             # A remote job's server goes away when a stop applies: that is the stop
             # working, not the job being unreachable.

@@ -236,3 +236,28 @@ def test_abort_and_cleanup_ask_on_a_terminal(jobs_dir: Path) -> None:
     code, text = _run_in_pty(["control", "cleanup"], "y\n", env)
     assert code == 0 and not old.dir.exists(), text
     assert paths.dir.is_dir()  # alive (our pid): never a candidate
+
+
+def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> None:
+    """A job that takes file commands but never applies them (our own pid, no loop)."""
+    import signal
+
+    from conftest import wait_for
+
+    paths = JobPaths(jobs_dir, "sleepy").create()
+    ident = process_identity()
+    write_json_atomic(paths.endpoint, {"job_id": "sleepy", "url": None, "token": "t", "started_at": time.time(), "protocol": 1, **ident})
+    write_json_atomic(paths.status, {"job_id": "sleepy", "state": "running", "step": 1, "heartbeat_at": time.time(), **ident})
+    exe = Path(sys.executable).with_name("forgather")
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
+    p = subprocess.Popen([*argv, "control", "save", "sleepy", "--wait"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(paths.inbox.iterdir()), timeout=60, what="the command file")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, (out, err)
+    assert "stopped waiting" in err and "forgather control status sleepy" in err and "Traceback" not in err
