@@ -10,7 +10,8 @@ Two things matter here more than anywhere else in the CLI:
   traceback. Logging is configured here and nowhere else.
 
 Exit codes: 0 ok, 1 the command failed (refused, failed, dropped, timed out), 2 usage
-(bad options, ambiguous prefix, bad job id), 3 job not found, 4 job unreachable.
+(bad options, ambiguous prefix, bad job id), 3 job not found, 4 job unreachable; 130
+when Ctrl-C ends a command (a command already sent stays queued).
 """
 
 from __future__ import annotations
