@@ -1,0 +1,22 @@
+"""benchmarks/bench_cli.py is a script, not a test; this only keeps it from rotting:
+a tiny run with a budget nothing can miss must print its table and exit 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, base_env
+
+
+def test_bench_cli_runs(tmp_path) -> None:
+    p = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_cli.py"), "--jobs", "20", "--repeat", "1", "--budget", "100"],
+        env=base_env(tmp_path / "unused"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "list --json (21 folders)" in p.stdout and "PASS" in p.stdout
+    assert "python -c pass (baseline)" in p.stdout
