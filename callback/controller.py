@@ -203,6 +203,7 @@ class Controller:
         self._stop_applied: Actions | None = None
         self._awaiting: list[tuple[str, Command, int]] = []  # (id, command, step applied)
         self._unsynced: list[tuple[str, dict[str, Any]]] = []  # saves done on rank 0, maybe not elsewhere
+        self._last_eval: tuple[int, dict[str, Any]] | None = None  # (step, metrics)
         self._rate: float | None = None
         self._rate_sample: tuple[int, float] | None = None
         self._started_at = time.time()
@@ -607,7 +608,9 @@ class Controller:
         for i, (cid, cmd, step) in enumerate(self._awaiting):
             if cmd.saves:
                 del self._awaiting[i]
-                result = {"checkpoint": self.last_checkpoint, "step": step, "saved_at_step": self.current_step}
+                result: dict[str, Any] = {"checkpoint": self.last_checkpoint, "step": step, "saved_at_step": self.current_step}
+                if self._last_eval is not None and self._last_eval[0] == self.current_step:
+                    result["metrics"] = self._last_eval[1]  # "evaluate first": the checkpoint's metrics
                 if synced or self._solo:
                     self.ledger.complete(cid, result)
                 else:
@@ -623,6 +626,7 @@ class Controller:
     def evaluation_done(self, metrics: dict[str, Any] | None = None) -> None:
         """Record an evaluation's metrics; completes the oldest evaluate command."""
         clean = _json_metrics(metrics or {})
+        self._last_eval = (self.current_step, clean)
         if clean:
             merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
             merged.update(clean)

@@ -40,6 +40,7 @@ def test_hf_two_ranks_save_eval_save_stop_then_resume_and_abort(jobs_dir: Path, 
     names = {p.name for p in ckpt.iterdir()}
     assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= names, names
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= names, names  # both ranks wrote their part
+    assert "eval_loss" in saved["result"]["metrics"]  # evaluation is set up: evaluated first
 
     ev = command(client, "eval")
     assert ev["state"] == "completed", ev
