@@ -14,9 +14,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import base_env
 
 from test_multirank_support import TIMEOUT
+
+pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
 
 SCRIPT = r'''
 import json, os, random, sys, time

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_multirank_support import (
     TIMEOUT,
     command,
@@ -19,6 +20,8 @@ from test_multirank_support import (
     wait_client,
     wait_step,
 )
+
+pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "hf_trainer.py"
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import pytest
 from conftest import wait_for
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, torchrun, wait_client, wait_step
+
+pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "lightning_trainer.py"
 

@@ -9,9 +9,12 @@ import json
 from pathlib import Path
 
 import psutil
+import pytest
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, free_port, read_traces, torchrun, wait_client, wait_step
 
 from forgather.control import Command, read_json
+
+pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 
 
 def test_two_nodes_four_ranks_one_server_same_step_same_collectives(jobs_dir: Path, procs, tmp_path: Path) -> None:

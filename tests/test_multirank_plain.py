@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import pytest
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, torchrun, wait_client, wait_step
+
+pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "plain_loop.py"
 

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from conftest import EXAMPLES, Proc, Procs, base_env, wait_for
 
 from forgather.control import JobClient, find_job, probe_endpoint
-
-from conftest import EXAMPLES, Proc, Procs, base_env, wait_for
 
 #: torchrun runs take seconds on 2 busy cores shared with other test runs.
 TIMEOUT = 240.0

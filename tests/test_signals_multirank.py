@@ -12,8 +12,11 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import wait_for
 from test_multirank_support import TIMEOUT, end_step, ended_lines, final_status, torchrun, wait_client, wait_step, workers_by_rank
+
+pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "plain_loop.py"
 
