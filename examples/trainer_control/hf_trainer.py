@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-steps", type=int, default=1_000_000, help="evaluate every N steps (default: only on command)")
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--resume", default=None, help="checkpoint folder to resume from")
     return p.parse_args(argv)
 
@@ -77,7 +78,7 @@ def build_trainer(args: argparse.Namespace):
         per_device_train_batch_size=4,
         per_device_eval_batch_size=8,
         gradient_accumulation_steps=args.grad_accum,
-        learning_rate=1e-3,
+        learning_rate=args.learning_rate,
         logging_steps=args.logging_steps,
         save_strategy=args.save_strategy,
         save_steps=args.save_steps,
