@@ -121,11 +121,19 @@ def launch(
             grace=grace,
             requeue=requeue,
             dry_run=dry_run,
-            argv=tuple(["forgather", "launch", *sys.argv[2:]] if len(sys.argv) > 2 else sys.argv),
+            argv=_own_argv(),
         )
         return run_config(config, env=os.environ)
     except LaunchError as exc:
         raise _LaunchFailed(str(exc)) from None
+
+
+def _own_argv() -> tuple[str, ...]:
+    """``forgather launch ...`` as typed, for job.json (root options like -v dropped)."""
+    raw = sys.argv[1:]
+    if "launch" in raw:
+        raw = raw[raw.index("launch") + 1 :]
+    return ("forgather", "launch", *raw)
 
 
 def run_config(config: LaunchConfig, *, env) -> int:  # noqa: ANN001 - a Mapping

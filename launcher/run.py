@@ -219,10 +219,12 @@ class Supervisor:
         self._snapshot(force=True)
         if self.proc.poll() is None:
             self._signal_group(signal.SIGKILL)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        elif self._group_members():
+            # torchrun is gone but members of its group are not (a worker's own children)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -239,6 +241,19 @@ class Supervisor:
         self.leftovers = [p.pid for p in still if _really_alive(p)]
         if self.leftovers:
             log.error("processes survived SIGKILL: %s", self.leftovers)
+
+
+    def _group_members(self) -> bool:
+        """Does a process we saw still run in torchrun's process group? (Checked so that
+        a group id recycled after torchrun exited is never signalled.)"""
+        assert self.proc is not None
+        for p in self._tracked.values():
+            try:
+                if _really_alive(p) and os.getpgid(p.pid) == self.proc.pid:
+                    return True
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return False
 
 
 def _really_alive(p: psutil.Process) -> bool:

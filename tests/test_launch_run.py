@@ -195,7 +195,7 @@ def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path:
 
 # -- acceptance 3 -------------------------------------------------------------------------
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
     grace = 90.0
     out = tmp_path / "out"
