@@ -39,12 +39,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .plan import ENV_LAUNCHED, ENV_RESUME_FROM
+
 log = logging.getLogger(__name__)
 
 __all__ = ["controller", "install", "main", "pending_signals", "resume_from"]
 
-ENV_LAUNCHED = "FORGATHER_LAUNCHED"
-ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
 EARLY_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
 
 #: modules whose import triggers a patch -> the patch
