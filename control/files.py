@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".tmp-"
 #: Records are small; anything larger is garbage or hostile.
 MAX_RECORD_BYTES = 1 << 20
+_READ_HEADROOM = 64 * 1024
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -64,7 +65,7 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
         raise
 
 
-def read_json(path: Path, *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict | None:
+def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict | None:
     """Read one JSON object, or return None (with a warning) for anything else.
 
     Missing files are normal (a job started by hand has no job.json) and are not
@@ -93,7 +94,12 @@ def read_json(path: Path, *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = Fa
         return None
     try:
         with os.fdopen(fd, "rb") as fh:
-            raw = fh.read(max_bytes + 1)
+            # Ask for what lstat saw (plus a little: records are replaced whole, so the
+            # file opened a moment later may be a newer, slightly larger version), not
+            # for max_bytes: a 1 MiB read allocates 1 MiB, per file, in every listing.
+            raw = fh.read(min(max_bytes, st.st_size + _READ_HEADROOM) + 1)
+            if len(raw) > st.st_size + _READ_HEADROOM and len(raw) <= max_bytes:
+                raw += fh.read(max_bytes + 1 - len(raw))
     except OSError as exc:
         _warn(quiet, "skipping %s: %s", path, exc)
         return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import MAX_RECORD_BYTES, TEMP_PREFIX, read_json
+from .files import TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id
 from .liveness import STALE_AFTER, Liveness, SqueueCache, judge, same_host
 
@@ -105,9 +105,9 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     loads every folder in the root, and pathlib's per-join cost was a fifth of it."""
     info = JobInfo(job_id=paths.job_id, paths=paths)
     base = os.path.join(os.fspath(paths.root), paths.job_id)
-    info.endpoint = _read_record(base + "/endpoint.json", quiet)
-    info.status = _read_record(base + "/status.json", quiet)
-    info.job = _read_record(base + "/job.json", quiet)
+    info.endpoint = read_json(base + "/endpoint.json", quiet=quiet)
+    info.status = read_json(base + "/status.json", quiet=quiet)
+    info.job = read_json(base + "/job.json", quiet=quiet)
     nodes = base + "/nodes"
     try:
         names = sorted(os.listdir(nodes)) if _is_real_dir(nodes) else []
@@ -115,30 +115,10 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
         names = []
     for name in names:
         if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
-            rec = _read_record(nodes + "/" + name, quiet)
+            rec = read_json(nodes + "/" + name, quiet=quiet)
             if rec is not None:
                 info.nodes.append(rec)
     return info
-
-
-#: Headroom over the size seen by ``lstat``: records are replaced whole, so the file
-#: opened a moment later may be a slightly newer, slightly larger version.
-_READ_HEADROOM = 64 * 1024
-
-
-def _read_record(path: str, quiet: bool) -> dict | None:
-    """``read_json`` with its size limit fitted to the file.
-
-    ``read_json`` reads ``max_bytes + 1`` in one call, and asking for 1 MiB costs a
-    1 MiB allocation per file, about a third of ``list``'s time over 1,000 jobs. The
-    limit stays MAX_RECORD_BYTES for anything that large, so the hostile-file rules
-    are unchanged."""
-    try:
-        size = os.lstat(path).st_size
-    except OSError:
-        size = 0  # missing (normal) or unreadable: read_json decides and says why
-    limit = min(MAX_RECORD_BYTES, size + _READ_HEADROOM)
-    return read_json(path, max_bytes=limit, quiet=quiet)  # type: ignore[arg-type]
 
 
 def job_ids(root: Path) -> list[str]:

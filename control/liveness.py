@@ -209,7 +209,8 @@ def judge(
 
     # 3. pids on this host
     records = [r for r in (endpoint, status, *(nodes or ())) if r]
-    local = [r for r in records if same_host(r) and r.get("pid")]
+    # endpoint, status and a node record often name the same process: check each once
+    local = list({(r.get("pid"), r.get("pid_start_time")): r for r in records if same_host(r) and r.get("pid")}.values())
     if local:
         if any(pid_alive(r) for r in local):
             return Liveness.ALIVE, "process running on this host"
