@@ -251,3 +251,28 @@ def test_cleanup_keeps_a_requeued_job_waiting_in_the_queue(slurm: list[str], tmp
     res = cli(jobs_dir, "control", "cleanup", "--yes")
     assert res.returncode == 0, res.stderr
     assert folder.is_dir(), f"cleanup deleted a job SLURM still holds (PENDING):\n{res.stdout}{res.stderr}"
+
+
+@pytest.mark.timeout(600)
+def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path: Path) -> None:
+    """The template's own `#SBATCH --signal=USR1@90`, no scancel: with a 2-minute limit
+    SLURM signals the step early enough that the job saves and stops before the limit."""
+    jobs_dir = tmp_path / "jobs"
+    exe = Path(sys.executable).with_name("forgather")
+    env = slurm_env(
+        FORGATHER_JOBS_DIR=str(jobs_dir), FORGATHER_MASTER_ADDR="127.0.0.1", FORGATHER_REQUEUE="0",
+        **({"FORGATHER": str(exe)} if exe.exists() else {}),
+    )
+    sub = run(
+        "sbatch", "--parsable", "--nodes=1", "--time=00:02:00", f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}",
+        str(TEMPLATE), str(PLAIN), "--output-dir", str(tmp_path / "ckpt"), "--step-time", "0.05",
+        env=env,
+    )
+    assert sub.returncode == 0, sub.stderr
+    jid = sub.stdout.strip().split(";")[0]
+    slurm.append(jid)
+    wait_for(lambda: squeue_state(jid) not in LIVE, timeout=180, interval=0.5, what=f"SLURM job {jid} to end")
+    job = read(jobs_dir, f"slurm-{jid}", "job.json")
+    assert job.get("state") == "stopped" and job["exit_code"] == 0 and job["signals"] == ["SIGUSR1"], log_of(tmp_path, jid)[-3000:]
+    assert Path(job["last_checkpoint"]).exists()
+    assert "DUE TO TIME LIMIT" not in log_of(tmp_path, jid)
