@@ -89,6 +89,19 @@ class Agreement:
             self.trace.append(agreed)
         return Proposal(*agreed)
 
+    def close(self) -> None:
+        """Shut the dedicated group down (a local operation): its gloo threads must not
+        outlive the training, or a process exiting while a peer still works (rank 0
+        finishing a save) can abort in the group's destructor."""
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            if self._dist.is_initialized():
+                self._dist.destroy_process_group(group)
+        except Exception as exc:  # never fail a job's exit over this
+            log.debug("could not destroy the agreement group: %s", exc)
+
     def dump_trace(self, directory: str | os.PathLike[str] | None = None, *, extra: dict[str, Any] | None = None) -> Path | None:
         """Write this rank's trace to ``directory`` (default ``$FORGATHER_TRACE_AGREEMENT``)."""
         directory = directory or os.environ.get(ENV_TRACE_DIR)

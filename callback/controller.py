@@ -389,6 +389,8 @@ class Controller:
         except Exception:  # pragma: no cover
             pass
         self._dump_trace()
+        if self._agreement is not None:
+            self._agreement.close()
         if not self.is_rank0 or not self._started:
             return
         try:

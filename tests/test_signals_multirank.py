@@ -1,7 +1,7 @@
 """Issue 3, acceptance 4: SIGTERM to one rank of a two-rank torchrun job (DDP plain loop).
 
-- SIGTERM to rank 1 only, and separately to rank 0 only: every rank saves and stops at
-  the same step, exit code 0.
+- SIGTERM to rank 1 only (plain DDP loop), and separately to rank 0 only (HF Trainer):
+  every rank saves and stops at the same step, exit code 0.
 - A second SIGTERM while the first one's save is being carried out (a slow save) ends
   every process without saving; no process remains.
 """
@@ -30,9 +30,10 @@ def _signal_entry(client) -> dict | None:
 
 def test_sigterm_to_one_rank_saves_and_stops_every_rank(jobs_dir: Path, procs, tmp_path: Path) -> None:
     jobs = {}
-    for target in (1, 0):  # both jobs run at once
+    scripts = {1: ("plain_loop.py", "checkpoint-{}.pt"), 0: ("hf_trainer.py", "checkpoint-{}/trainer_state.json")}
+    for target, (script, _) in scripts.items():  # both jobs run at once
         out = tmp_path / f"out-{target}"
-        job = torchrun(procs, SCRIPT, "--output-dir", str(out), "--job-id", f"sig-{target}", "--step-time", "0.01",
+        job = torchrun(procs, script, "--output-dir", str(out), "--job-id", f"sig-{target}", "--step-time", "0.01",
                        jobs_dir=jobs_dir, name=f"sig-{target}")
         jobs[target] = (job, out)
     for target, (job, out) in jobs.items():
@@ -45,12 +46,12 @@ def test_sigterm_to_one_rank_saves_and_stops_every_rank(jobs_dir: Path, procs, t
         assert set(lines) == {0, 1}, job.output()[-3000:]
         step = end_step(lines[0])
         assert end_step(lines[1]) == step
-        assert (out / f"checkpoint-{step}.pt").is_file()
+        assert (out / scripts[target][1].format(step)).is_file()
         final = final_status(jobs_dir, f"sig-{target}")
         assert final["state"] == "stopped" and final["stop_reason"].startswith("signal")
         entry = next(e for e in final["commands"] if e["source"] == "signal")
         assert entry["command"] == "save_and_stop" and entry["state"] == "completed" and entry["step"] == step
-        assert entry["result"]["checkpoint"].endswith(f"checkpoint-{step}.pt")
+        assert entry["result"]["checkpoint"] == str(out / scripts[target][1].format(step).split("/")[0])
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers.values())
 
 
