@@ -51,7 +51,12 @@ class JobInfo:
         """What a person wants in the state column: the job's own state while it lives,
         the verdict when it is dead or not known."""
         recorded = (self.status or {}).get("state") or (self.job or {}).get("state") or "unknown"
+        launcher_state = (self.job or {}).get("state")
         if self.liveness == Liveness.ALIVE:
+            if recorded in FINAL_STATES and launcher_state and launcher_state not in FINAL_STATES:
+                # The last run ended but the job lives on (requeued and pending in
+                # SLURM, or relaunched): the launcher's record is the current one.
+                return launcher_state
             return recorded
         if self.liveness == Liveness.FINISHED:
             return recorded
