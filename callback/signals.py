@@ -14,9 +14,11 @@ and lose the very checkpoint the signal was meant to produce. Deliveries closer 
 Escalation: a second signal before the first was applied raises the level to 2 (stop
 without saving, agreed on every rank). A signal that arrives while a stop is already
 being carried out (for example during a long save) cannot wait for another agreed
-step: the handler ends the process, through the handler that was installed before us
-if there was one, else with ``SystemExit(128 + signum)`` so ``finally`` blocks and
-``atexit`` still run (the Controller records the job as aborted there).
+step: the handler chains to the handler that was installed before us (which may end the
+process its own way) and then raises ``SystemExit(128 + signum)``, so ``finally``
+blocks and ``atexit`` still run (the Controller records the job as aborted there). A
+previous handler that only counts signals (the launcher's bootstrap does) therefore
+cannot swallow the escalation.
 """
 
 from __future__ import annotations
@@ -119,9 +121,6 @@ class SignalFlags:
         self.escalated = signum
         self.level += 1
         self.restore()
-        if callable(prev):
-            prev(signum, frame)
-            return
-        if prev == signal.SIG_IGN:
-            return
+        if callable(prev) and prev is not signal.default_int_handler:
+            prev(signum, frame)  # it may end the process its own way (raise); if not, we do
         raise SystemExit(128 + signum)

@@ -88,3 +88,16 @@ def test_handler_only_sets_flags() -> None:
         assert flags.level == 1 and raised == [1]
     finally:
         flags.restore()
+
+
+def test_escalation_is_not_swallowed_by_a_counting_previous_handler(jobs_dir: Path, prev_handler) -> None:
+    """The launcher's bootstrap handler only counts: the second signal must still end
+    the process (after chaining to it)."""
+    ctl = make(jobs_dir, job_id="sig-prev", signal_repeat_window=0)
+    with pytest.raises(SystemExit):
+        with ctl:
+            ctl.step(1)
+            os.kill(os.getpid(), SIG)
+            assert ctl.step(2).stop
+            os.kill(os.getpid(), SIG)
+    assert prev_handler == [SIG, SIG] and ctl.aborted
