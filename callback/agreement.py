@@ -9,7 +9,7 @@ lets any rank raise a flag, so one collective carries everything. No pickle, no
 
 Sync, not async (measured by ``benchmarks/bench_agreement.py`` on 2 busy cores): a
 synchronous int64[5] all-reduce costs 300-1200 us, an async one issued at a check and
-waited for a step later 50-110 us. At about one check per second both are far below 0.1%
+waited for a step later 50-110 us. At about one check per second both stay well under 1%
 of a 10 ms step, while async would apply every command one check later and keep a
 buffer in flight across training steps; the simpler synchronous call is used.
 
