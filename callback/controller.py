@@ -197,6 +197,7 @@ class Controller:
         self._next_check = 0
         self._poke = False
         self._ready = False  # context resolved and agreement made (first check)
+        self._waiting_logged = False
         self._check_seq = 0
         self._last_check = (0, 0.0)  # (step, monotonic time) of the previous check
         self._signal_applied = 0
@@ -357,6 +358,10 @@ class Controller:
             # torchrun's environment says several processes, but torch.distributed is not
             # initialised yet: try again next step. Every rank runs the same program, so
             # every rank makes the agreement at the same step.
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.info("forgather control: %s processes but torch.distributed is not initialised yet; "
+                         "commands apply once it is", self.world_size)
             return False
         self._agreement = Agreement()
         self._ready = True
