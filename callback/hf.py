@@ -59,7 +59,6 @@ class TrainerControlCallback:
         self._eval_ready = False
         self._save_strategy = "steps"
         self._eval_strategy = "no"
-        self._held: Any = None  # the TrainerControl whose should_save we hold
         self._aborted = False
 
     # -- what others read ------------------------------------------------------------
@@ -110,6 +109,8 @@ class TrainerControlCallback:
             self._apply(act, args, state, control)
         except Exception:
             log.exception("forgather control: could not apply %s; training goes on", act.command)
+            if act.command_id is not None:
+                ctl.command_failed(f"{act.command} could not be applied on rank {ctl.rank}; see the job's log", act.command)
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -145,7 +146,6 @@ class TrainerControlCallback:
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         _release(control)
-        self._held = None
         if self._own:
             try:
                 self.controller.close()
