@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import require_service
 
 from forgather.launcher.nodelist import NodeListError, expand_nodelist, first_node
 
@@ -59,14 +60,13 @@ def test_bad_lists_say_what_is_wrong(text: str, fragment: str) -> None:
         assert repr(text.strip()) in str(err.value) or text in str(err.value)
 
 
-@pytest.mark.skipif(shutil.which("scontrol") is None, reason="SLURM's scontrol is not installed here")
 def test_agrees_with_scontrol() -> None:
+    require_service("SLURM's scontrol", shutil.which("scontrol") is not None, "not installed (tests/slurm/cluster-up.sh installs it)")
     text = "node[01-04,07],gpu-a[1-2],x[8-11],y[098-101]"
     env = dict(os.environ)
     conf = Path(os.environ.get("SLURM_TESTBED_DIR", "/tmp/forgather-slurm")) / "etc" / "slurm.conf"
     if "SLURM_CONF" not in env and conf.is_file():
         env["SLURM_CONF"] = str(conf)
     proc = subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True, text=True, timeout=30, env=env)
-    if proc.returncode != 0:
-        pytest.skip(f"scontrol cannot run here without a SLURM config: {proc.stderr.strip()}")
+    require_service("SLURM's scontrol", proc.returncode == 0, f"it cannot run without a SLURM config: {proc.stderr.strip()}")
     assert expand_nodelist(text) == proc.stdout.split()
