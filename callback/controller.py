@@ -59,6 +59,7 @@ from forgather.control.files import remove_quietly
 
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .publisher import Publisher
+from . import signals as _signals_mod
 from .signals import DEFAULT_SIGNALS, SignalFlags
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,11 @@ class Controller:
         self._started = True
         self._resolve_context()
         self._signals.install()
+        early = _signals_mod.controller_started()
+        if early:
+            log.warning("forgather control: a stop signal arrived before training started; saving and stopping at the first step")
+            for _ in range(early):
+                self.raise_signal_flag()
         atexit.register(self._at_exit)
         if self.is_rank0:
             self._serve()
@@ -389,6 +395,8 @@ class Controller:
         self.state = state
         self.final_step = self.current_step
         self._signals.restore()
+        if self._started:
+            _signals_mod.controller_closed()
         try:
             atexit.unregister(self._at_exit)
         except Exception:  # pragma: no cover

@@ -124,3 +124,54 @@ class SignalFlags:
         if callable(prev) and prev is not signal.default_int_handler:
             prev(signum, frame)  # it may end the process its own way (raise); if not, we do
         raise SystemExit(128 + signum)
+
+
+# -- signals that arrive before any Controller runs ------------------------------------
+# A launcher's worker installs ``install_early_handlers`` before the user's script runs
+# (SLURM may signal while the model still loads). Deliveries are counted here and handed
+# to the first Controller that starts; while a Controller runs, its own handlers act
+# first and chain to ours, which then stay quiet.
+EARLY_SIGNALS: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+_early_pending = 0
+_early_last_at: float | None = None
+_running_controllers = 0
+
+
+def install_early_handlers(signals: tuple[int, ...] = EARLY_SIGNALS) -> None:
+    """Count stop signals until a Controller starts; also keeps SIGUSR1/2 from killing
+    the process by their default action."""
+    for signum in signals:
+        try:
+            signal.signal(signum, _early_handler)
+        except (ValueError, OSError):  # not the main thread, or not supported here
+            pass
+
+
+def pending_early_signals() -> int:
+    """Stop signals received while no Controller ran, not yet handed to one."""
+    return _early_pending
+
+
+def controller_started() -> int:
+    """A Controller started: it takes (and clears) the early signals, at most two
+    (the second means "stop without saving")."""
+    global _early_pending, _running_controllers
+    _running_controllers += 1
+    taken, _early_pending = min(_early_pending, 2), 0
+    return taken
+
+
+def controller_closed() -> None:
+    global _running_controllers
+    _running_controllers = max(0, _running_controllers - 1)
+
+
+def _early_handler(signum: int, frame: Any) -> None:
+    global _early_pending, _early_last_at
+    if _running_controllers:
+        return  # a Controller's handler ran first and counted it
+    now = time.monotonic()
+    if _early_last_at is not None and now - _early_last_at < repeat_window_from_env():
+        return  # the same event delivered twice, as the Controller would count it
+    _early_last_at = now
+    _early_pending += 1

@@ -35,7 +35,6 @@ import os
 import runpy
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,10 +48,7 @@ EARLY_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
 
 #: modules whose import triggers a patch -> the patch
 _PATCHES: dict[str, Callable[[Any], None]] = {}
-_pending = 0  # stop signals received while no Controller ran
-_active = 0  # Controllers started and not closed
 _installed = False
-_last_at: float | None = None
 
 
 # -- public helpers for plain loops ---------------------------------------------------
@@ -73,75 +69,15 @@ def resume_from() -> str | None:
 
 def pending_signals() -> int:
     """Stop signals that arrived before a Controller started (handed to the next one)."""
-    return _pending
+    from forgather.callback.signals import pending_early_signals
 
-
-# -- signals ----------------------------------------------------------------------------
-def _early_handler(signum: int, frame: Any) -> None:
-    """Remember a stop signal for the first Controller. Deliveries closer than the
-    Controller's repeat window count once, as they would there (SLURM and torchrun can
-    deliver the same event twice)."""
-    global _pending, _last_at
-    if _active:
-        return  # a Controller's handler ran first and counted it
-    now = time.monotonic()
-    if _last_at is not None and now - _last_at < _repeat_window():
-        return
-    _last_at = now
-    _pending += 1
-
-
-def _repeat_window() -> float:
-    try:
-        from forgather.callback.signals import repeat_window_from_env
-
-        return repeat_window_from_env()
-    except Exception:
-        return 1.0
+    return pending_early_signals()
 
 
 def _install_signals() -> None:
-    for s in EARLY_SIGNALS:
-        try:
-            signal.signal(s, _early_handler)
-        except (ValueError, OSError):  # not the main thread, or not supported here
-            pass
+    from forgather.callback.signals import install_early_handlers
 
-
-def _track_controllers() -> None:
-    """Hand early signals to the first Controller that starts, and know when one runs
-    (then its own handlers act and ours, chained behind them, stay quiet)."""
-    from forgather.callback import controller as mod
-
-    cls = mod.Controller
-    if getattr(cls, "_forgather_bootstrap_wrapped", False):
-        return
-    orig_start, orig_close = cls.start, cls.close
-
-    def start(self, *args: Any, **kwargs: Any):
-        global _active, _pending
-        already = getattr(self, "_started", False)
-        result = orig_start(self, *args, **kwargs)
-        if not already:
-            _active += 1
-            if _pending:
-                log.warning("forgather: a stop signal arrived before training started; saving and stopping at the first step")
-                for _ in range(min(_pending, 2)):
-                    self.raise_signal_flag()
-                _pending = 0
-        return result
-
-    def close(self, *args: Any, **kwargs: Any):
-        global _active
-        was_closed = getattr(self, "_closed", False)
-        try:
-            return orig_close(self, *args, **kwargs)
-        finally:
-            if not was_closed and getattr(self, "_started", False):
-                _active = max(0, _active - 1)
-
-    cls.start, cls.close = start, close
-    cls._forgather_bootstrap_wrapped = True
+    install_early_handlers(EARLY_SIGNALS)
 
 
 # -- trainer patches --------------------------------------------------------------------
@@ -253,14 +189,13 @@ class _TrainerFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Install the signal handlers, the Controller tracking and the import hooks.
+    """Install the early signal handlers and the import hooks.
     Idempotent. Trainer modules imported already are patched at once."""
     global _installed
     if _installed:
         return
     _installed = True
     _install_signals()
-    _track_controllers()
     sys.meta_path.insert(0, _TrainerFinder())
     for name, patch in _PATCHES.items():
         mod = sys.modules.get(name)
