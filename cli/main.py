@@ -24,6 +24,8 @@ from typing import Any
 
 import click
 
+from .output import silence_stdout
+
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -189,7 +191,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `forgather control list | head`: the reader left; that is not our failure.
-        _silence_stdout()
+        silence_stdout()
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the boundary
         code = exit_code_for(exc)
@@ -203,16 +205,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     if isinstance(rv, bool):
         return EXIT_OK
     return rv if isinstance(rv, int) else EXIT_OK
-
-
-def _silence_stdout() -> None:
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

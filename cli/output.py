@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -27,9 +28,23 @@ def scrub(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     """One JSON document on stdout, secrets removed, stable key order."""
-    sys.stdout.write(json.dumps(scrub(value), indent=2, sort_keys=True, default=str))
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(scrub(value), indent=2, sort_keys=True, default=str))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `forgather control list --json | head`: the reader left, which is not a failure
+        # (click would turn it into exit 1).
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 def age(ts: Any, now: float | None = None) -> str:

@@ -261,3 +261,17 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
             p.wait()
     assert p.returncode == 130, (out, err)
     assert "stopped waiting" in err and "forgather control status sleepy" in err and "Traceback" not in err
+
+
+def test_reader_closing_the_pipe_is_not_a_failure(jobs_dir: Path) -> None:
+    """`forgather control list --json | head`: the reader leaving early exits 0, quietly
+    (click alone would turn the broken pipe into exit 1)."""
+    p = JobPaths(jobs_dir, "piped").create()
+    write_json_atomic(p.status, {**process_identity(), "state": "finished", "step": 1})
+    exe = [sys.executable, "-m", "forgather.cli.main", "control", "list", "--all", "--json"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before we write
+    proc = subprocess.run(exe, stdout=write_end, stderr=subprocess.PIPE, text=True, env=base_env(jobs_dir), timeout=60, cwd=REPO)
+    os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr.lower()
