@@ -185,7 +185,6 @@ class Controller:
         self.stop_reason: str | None = None
         self.control_error: str | None = None
         self.url: str | None = None
-        self.final_step: int | None = None
 
         self._token = secrets.token_urlsafe(32) if auth else None
         self._server = None
@@ -393,7 +392,6 @@ class Controller:
             else:
                 state = "finished"
         self.state = state
-        self.final_step = self.current_step
         self._signals.restore()
         if self._started:
             _signals_mod.controller_closed()

@@ -18,7 +18,7 @@ import click
 from forgather.control.client import ControlError, HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
 from forgather.control.commands import CLI_VERBS, Command
 from forgather.control.files import read_json
-from forgather.control.jobs import resolve_jobs_dir
+from forgather.control.jobs import JOB_FINAL_STATES, resolve_jobs_dir
 from forgather.control.listing import scan, useful_probe
 from forgather.control.liveness import Liveness, judge
 
@@ -27,7 +27,6 @@ from .output import describe_entry, print_json
 
 log = logging.getLogger(__name__)
 
-FINAL_JOB_STATES = frozenset({"finished", "stopped", "aborted", "failed"})
 DEFAULT_WAIT = 300.0
 HTTP_TIMEOUT = 5.0
 RAY_TIMEOUT = 15.0
@@ -211,7 +210,7 @@ def _watch(target: targets.Target, interval: float) -> int:
         if st is None:
             return None, None
         state = st.get("state")
-        if state in FINAL_JOB_STATES:
+        if state in JOB_FINAL_STATES:
             return st, f"job {target.job_id} {state} at step {st.get('step')}"
         if info is not None and time.monotonic() - last_judged[0] > 2.0:
             last_judged[0] = time.monotonic()

@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from forgather.control.jobs import JOB_FINAL_STATES
+
 from .output import age, describe_entry, duration
 
 _STATE_STYLE = {
@@ -35,7 +37,6 @@ _STATE_STYLE = {
     "dropped": "red",
     "rejected": "red",
 }
-FINAL_JOB_STATES = frozenset({"finished", "stopped", "aborted", "failed"})
 
 
 def console(stderr: bool = False) -> Console:
@@ -135,7 +136,7 @@ def status_panel(d: dict[str, Any]) -> Any:
     grid.add_row("step", step)
     if d.get("epoch") is not None:
         grid.add_row("epoch", f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"]))
-    if d.get("recorded_state") not in FINAL_JOB_STATES and d.get("state") not in FINAL_JOB_STATES:
+    if d.get("recorded_state") not in JOB_FINAL_STATES and d.get("state") not in JOB_FINAL_STATES:
         rate = d.get("steps_per_second")
         grid.add_row("speed", f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-")
         grid.add_row("eta", duration(d.get("eta_seconds")))

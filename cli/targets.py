@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from forgather.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
@@ -240,7 +239,3 @@ def _resolve_ray(ref: str, *, address: str, jobs_dir: str | None, channel: str, 
     client = JobClient(url=summary["url"], token=summary.get("token"), job_id=summary["job_id"], channel="http", timeout=timeout)
     public = {k: v for k, v in summary.items() if k != "token"}  # the client holds it; nothing else may
     return Target(client=client, job_id=summary["job_id"], summary=public)
-
-
-def jobs_root(jobs_dir: str | None) -> Path:
-    return resolve_jobs_dir(jobs_dir)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from .commands import FINAL_STATES, Command, new_command_id, parse_command
 from .files import read_json, write_json_atomic
+from .jobs import JOB_FINAL_STATES
 from .listing import JobInfo
 
 
@@ -277,11 +278,10 @@ class JobClient:
                 last = self.entry(command_id) or last
                 if last is not None and last.get("state") in FINAL_STATES:
                     return last
-                if last is None or last.get("state") not in FINAL_STATES:
-                    st = read_json(self.info.paths.status, quiet=True) or {}
-                    if st.get("state") in ("finished", "stopped", "aborted", "failed"):
-                        raise CommandFailed(
-                            f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final "
-                            f"entry for command {command_id}"
-                        )
+                st = read_json(self.info.paths.status, quiet=True) or {}
+                if st.get("state") in JOB_FINAL_STATES:
+                    raise CommandFailed(
+                        f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final "
+                        f"entry for command {command_id}"
+                    )
             time.sleep(interval)

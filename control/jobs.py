@@ -32,6 +32,8 @@ ENV_TOKEN = "FORGATHER_TOKEN"
 
 #: Version of the endpoint/status file format and HTTP API.
 PROTOCOL = 1
+#: A job in one of these states has ended (status.json, job.json); every reader uses this.
+JOB_FINAL_STATES = frozenset({"finished", "stopped", "aborted", "failed"})
 
 
 class InvalidJobId(ValueError):

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .files import TEMP_PREFIX, read_json
-from .jobs import JobPaths, is_valid_job_id
+from .jobs import JOB_FINAL_STATES, JobPaths, is_valid_job_id
 from .liveness import STALE_AFTER, Liveness, SqueueCache, judge, same_host
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("finished", "stopped", "aborted", "failed")
 
 
 class JobNotFound(LookupError):
@@ -53,7 +52,7 @@ class JobInfo:
         recorded = (self.status or {}).get("state") or (self.job or {}).get("state") or "unknown"
         launcher_state = (self.job or {}).get("state")
         if self.liveness == Liveness.ALIVE:
-            if recorded in FINAL_STATES and launcher_state and launcher_state not in FINAL_STATES:
+            if recorded in JOB_FINAL_STATES and launcher_state and launcher_state not in JOB_FINAL_STATES:
                 # The last run ended but the job lives on (requeued and pending in
                 # SLURM, or relaunched): the launcher's record is the current one.
                 return launcher_state
@@ -61,10 +60,6 @@ class JobInfo:
         if self.liveness == Liveness.FINISHED:
             return recorded
         return str(self.liveness)
-
-    @property
-    def controllable(self) -> bool:
-        return self.endpoint is not None and self.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
 
     def summary(self) -> dict[str, Any]:
         """The ``list --json`` object. Never contains the token."""

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .jobs import JOB_FINAL_STATES
+
 #: Default age after which a heartbeat from another host counts as stale; longer than
 #: NFS attribute caching (60 s at most by default) so a live job is not misjudged.
 STALE_AFTER = 120.0
@@ -186,7 +188,6 @@ def judge(
     now = time.time() if now is None else now
     status = status or {}
     job = job or {}
-    final_states = {"finished", "stopped", "aborted", "failed"}
 
     # 1. the authoritative probe
     if endpoint is not None and endpoint.get("url") and probe is not None:
@@ -204,7 +205,7 @@ def judge(
 
     if endpoint is None:
         recorded_state = status.get("state") or job.get("state")
-        if recorded_state in final_states and not _launcher_alive(nodes):
+        if recorded_state in JOB_FINAL_STATES and not _launcher_alive(nodes):
             return Liveness.FINISHED, f"ended: {recorded_state}"
 
     # 3. pids on this host

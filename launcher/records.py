@@ -22,6 +22,7 @@ from typing import Any
 
 from forgather.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
 from forgather.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
+from forgather.control.jobs import JOB_FINAL_STATES
 from forgather.control.liveness import STALE_AFTER
 
 from .config import LaunchError
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FINAL_STATES", "JobRecords", "Previous", "read_previous"]
 
-FINAL_STATES = ("finished", "stopped", "aborted", "failed")
+FINAL_STATES = JOB_FINAL_STATES  # re-exported for the launcher's callers
 HEARTBEAT_INTERVAL = 10.0
 
 
