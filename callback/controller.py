@@ -208,6 +208,9 @@ class Controller:
         self._rate: float | None = None
         self._rate_sample: tuple[int, float] | None = None
         self._started_at = time.time()
+        #: host, boot id, pid and its start time: fixed for the process, read once
+        #: (not on every status write or HTTP status request).
+        self._identity = process_identity()
         self._signals = SignalFlags(
             tuple(signals or ()),
             on_raise=self._wake,
@@ -306,7 +309,6 @@ class Controller:
         log.info("forgather control for job %s at %s", self.job_id, self.url)
 
     def _write_endpoint(self) -> None:
-        ident = process_identity()
         record = {
             "job_id": self.job_id,
             "url": self.url,
@@ -316,7 +318,7 @@ class Controller:
             "started_at": self._started_at,
             "protocol": PROTOCOL,
             "world_size": self.world_size,
-            **ident,
+            **self._identity,
         }
         write_json_atomic(self.paths.endpoint, record, mode=0o600)
 
@@ -688,7 +690,6 @@ class Controller:
         eta = None
         if rate and self.max_steps and step is not None:
             eta = max(0.0, (self.max_steps - step) / rate)
-        ident = process_identity()
         return {
             "job_id": self.job_id,
             "state": self.state,
@@ -709,7 +710,7 @@ class Controller:
             "updated_at": now,
             "check_interval": self.check_interval,
             "protocol": PROTOCOL,
-            **ident,
+            **self._identity,
         }
 
     def _update_rate(self, step: int, now: float) -> float | None:
