@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: At most this many inbox files are taken per poll; the rest wait for the next one.
 INBOX_BATCH = 64
+#: A command file that does not parse yet is left alone this long (seconds on our own
+#: clock, with its size and mtime unchanged) before it is dropped as garbage: a tool that
+#: writes in place instead of renaming a finished file is caught mid-write otherwise.
+INBOX_GRACE = 5.0
 _ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -35,6 +40,8 @@ class Publisher:
         poll_interval: float = 0.5,
         heartbeat_interval: float = 2.0,
         inbox: bool = True,
+        inbox_grace: float = INBOX_GRACE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.paths = paths
         self.ledger = ledger
@@ -42,6 +49,12 @@ class Publisher:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.inbox = inbox
+        self.inbox_grace = inbox_grace
+        self._clock = clock
+        # name -> ((size, mtime_ns), first seen on time.monotonic()) for files that did
+        # not parse; our clock, not the file's mtime, which on shared storage is another
+        # host's clock.
+        self._unparsed: dict[str, tuple[tuple[int, int], float]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._dirty = True
@@ -98,19 +111,46 @@ class Publisher:
     def poll_inbox(self) -> int:
         """Take command files from the inbox into the ledger; returns how many."""
         try:
-            names = sorted(n for n in os.listdir(self.paths.inbox) if n.endswith(".json") and not n.startswith((TEMP_PREFIX, ".")))
+            with os.scandir(self.paths.inbox) as it:
+                names = sorted(
+                    e.name
+                    for e in it
+                    if e.name.endswith(".json") and not e.name.startswith((TEMP_PREFIX, ".")) and not e.is_dir(follow_symlinks=False)
+                )
         except FileNotFoundError:
             return 0
+        for gone in self._unparsed.keys() - set(names):
+            del self._unparsed[gone]
         taken = 0
         for name in names[:INBOX_BATCH]:
             path = self.paths.inbox / name
-            record = read_json(path, max_bytes=4096)
+            record = read_json(path, max_bytes=4096, quiet=True)
+            if record is None and self._still_writing(name):
+                continue
+            if record is None:
+                read_json(path, max_bytes=4096)  # once more, aloud: the log says why it goes
+            self._unparsed.pop(name, None)
             remove_quietly(path)
             taken += 1
-            if record is None:
-                continue  # read_json said why
-            self._take(record, name)
+            if record is not None:
+                self._take(record, name)
         return taken
+
+    def _still_writing(self, name: str) -> bool:
+        """True while an unparsable regular file may still be growing (see INBOX_GRACE)."""
+        try:
+            st = os.lstat(self.paths.inbox / name)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False  # links and folders never become commands: drop them now
+        sig = (st.st_size, st.st_mtime_ns)
+        now = self._clock()
+        seen = self._unparsed.get(name)
+        if seen is None or seen[0] != sig:
+            self._unparsed[name] = (sig, now)  # new, or changed since: the clock restarts
+            return self.inbox_grace > 0
+        return now - seen[1] < self.inbox_grace
 
     def _take(self, record: dict, name: str) -> None:
         cid = record.get("id")
