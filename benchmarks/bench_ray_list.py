@@ -8,7 +8,7 @@ one live plain-loop job per node, and times in the same run, as whole subprocess
 way a user runs them:
 
 - ``forgather control list --json``: the local listing of one node's directory;
-- ``forgather control list --ray ADDRESS --json``: both nodes through Ray, merged;
+- ``forgather control list --ray-address ADDRESS --json``: both nodes through Ray, merged;
 - the same two through the Python API in this process (``scan`` vs ``list_cluster``),
   which leaves out the interpreter's start-up.
 
@@ -97,7 +97,7 @@ def main() -> int:
 
         rows = [
             ("forgather control list --json", timed(lambda: run_cli(["control", "list", "--json"], env), args.repeat)),
-            ("forgather control list --ray ADDR --json", timed(lambda: run_cli(["control", "list", "--ray", str(cluster.address), "--json"], env), args.repeat)),
+            ("forgather control list --ray-address ADDR --json", timed(lambda: run_cli(["control", "list", "--ray-address", str(cluster.address), "--json"], env), args.repeat)),
             ("API: scan(jobs dir)", timed(lambda: scan(dirs["fg-a"]), args.repeat)),
             ("API: list_cluster(address)", timed(lambda: list_cluster(address=cluster.address, jobs_dir=None, timeout=60), args.repeat)),
         ]

@@ -1,12 +1,13 @@
 """``forgather control``: list, status, save, eval, stop, save-stop, abort, cleanup.
 
 Thin over :mod:`forgather.control`. Fast by construction: it imports no torch, fastapi
-or ray (``--ray`` alone imports ray), and the ``--json`` paths do not import rich
+or ray (only ``--ray`` imports ray), and the ``--json`` paths do not import rich
 either; :mod:`forgather.cli.render` is imported only when a person reads the output.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -62,15 +63,27 @@ def _remote(f: Callable) -> Callable:
 
 
 def _ray(f: Callable) -> Callable:
+    """``--ray`` (a flag) and ``--ray-address ADDRESS``, passed on as one ``ray`` value.
+
+    A flag plus a separate address option, not one option with an optional value: with
+    an optional value, ``status --ray JOB`` would read JOB as the address.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, ray: bool, ray_address: str | None, **kw: Any) -> Any:
+        return f(*args, ray=ray_address or ("auto" if ray else None), **kw)
+
+    wrapper = click.option(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="The Ray cluster to look across (host:port or ray://host:port); implies --ray.",
+    )(wrapper)
     return click.option(
         "--ray",
-        is_flag=False,
-        flag_value="auto",
-        default=None,
-        metavar="[ADDRESS]",
-        help="Look across a Ray cluster (ADDRESS, else $RAY_ADDRESS, else the running one). "
-        "Put it after JOB: `--ray JOB` reads JOB as the address.",
-    )(f)
+        is_flag=True,
+        help="Look across every node of a Ray cluster: $RAY_ADDRESS, else the one running here.",
+    )(wrapper)
 
 
 def _channel(f: Callable) -> Callable:

@@ -5,7 +5,7 @@ Three ways to find a job, in the order a user would reach for them:
 - the jobs directory (default): exact id or unique prefix, liveness judged, then HTTP
   with the endpoint file's token or the file channel;
 - ``--remote HOST:PORT`` + token: the one job that server serves, no jobs dir needed;
-- ``--ray [ADDRESS]``: ask every node of a Ray cluster (lazy: only this imports ray).
+- ``--ray`` / ``--ray-address ADDRESS``: ask every node of a Ray cluster (lazy: only this imports ray).
 """
 
 from __future__ import annotations

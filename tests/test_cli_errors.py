@@ -146,7 +146,7 @@ def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:
         "from forgather.cli.main import run\n"
         "sys.exit(run(sys.argv[1:]))\n"
     )
-    for args in (["control", "list", "--ray"], ["control", "status", "somejob", "--ray", "127.0.0.1:1"]):
+    for args in (["control", "list", "--ray"], ["control", "status", "somejob", "--ray-address", "127.0.0.1:1"]):
         p = subprocess.run([sys.executable, "-c", code, *args], env=base_env(jobs_dir), capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p
         assert "forgather-control[ray]" in p.stderr and "Traceback" not in p.stderr

@@ -63,7 +63,7 @@ def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) ->
     assert [j["job_id"] for j in json.loads(p.stdout)] == ["rayjob-1"]
     assert calls == [["list_cluster", "10.0.0.1:6379", None, True, 15.0]]
     assert "node-b" in p.stderr and "timed out" in p.stderr  # the missing node is named
-    p, _ = run_fake_ray(["control", "list", "--ray", "head:6379"], env)
+    p, _ = run_fake_ray(["control", "list", "--ray-address", "head:6379"], env)
     assert p.returncode == 0 and "node-a" in p.stdout and "rayjob-1" in p.stdout
 
     p, calls = run_fake_ray(["control", "status", "rayjob", "--ray", "--json"], env)
@@ -71,6 +71,13 @@ def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) ->
     d = json.loads(p.stdout)
     assert d["job_id"] == "rayjob-1" and d["live"] is True and d["node"] == "node-a"
     assert calls[0][:3] == ["find_job", "rayjob", "10.0.0.1:6379"]
+    # --ray before JOB: the flag takes no value, so JOB stays the job
+    p, calls = run_fake_ray(["control", "status", "--ray", "rayjob", "--json"], env)
+    assert p.returncode == 0, p.stderr
+    assert calls[0][:3] == ["find_job", "rayjob", "10.0.0.1:6379"]
+    p, calls = run_fake_ray(["control", "status", "--ray-address", "head:6379", "rayjob", "--json"], env)
+    assert p.returncode == 0, p.stderr
+    assert calls[0][:3] == ["find_job", "rayjob", "head:6379"]
 
     p, _ = run_fake_ray(["control", "save", "rayjob-1", "--ray", "--wait", "--json", "--timeout", "120"], env)
     assert p.returncode == 0, p.stderr

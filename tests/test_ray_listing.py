@@ -324,10 +324,10 @@ def test_list_cluster_dedups_the_local_copy(cluster: Cluster) -> None:
 
 def test_cli_list_ray_json(cluster: Cluster) -> None:
     env = client_env(cluster)
-    res = run_cli("control", "list", "--ray", cluster.address, "--json", env=env, timeout=180)
+    res = run_cli("control", "list", "--ray-address", cluster.address, "--json", env=env, timeout=180)
     assert res.code == 0, res.err
     check_rows(cluster, res.json())
-    res = run_cli("control", "list", "--all", "--ray", cluster.address, "--json", env=env, timeout=180)
+    res = run_cli("control", "list", "--all", "--ray-address", cluster.address, "--json", env=env, timeout=180)
     assert res.code == 0, res.err
     check_rows(cluster, res.json(), finished=True)
     # RAY_ADDRESS is honoured when --ray has no address; the human table names nodes.
@@ -395,11 +395,11 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
 def test_cli_status_and_save_wait_through_ray(cluster: Cluster) -> None:
     env = client_env(cluster)
     live = cluster.live["fg-a"]
-    res = run_cli("control", "status", live, "--ray", cluster.address, "--json", env=env, timeout=180)
+    res = run_cli("control", "status", live, "--ray-address", cluster.address, "--json", env=env, timeout=180)
     assert res.code == 0, res.err
     assert res.json()["state"] == "running"
     before = set(cluster.out_dirs["fg-a"].glob("checkpoint-*.pt"))
-    res = run_cli("control", "save", live, "--wait", "--ray", cluster.address, env=env, timeout=240)
+    res = run_cli("control", "save", live, "--wait", "--ray-address", cluster.address, env=env, timeout=240)
     assert res.code == 0, res.out + res.err
     assert set(cluster.out_dirs["fg-a"].glob("checkpoint-*.pt")) - before
     # Without --ray the client cannot see the job: its directory is on the node.
@@ -422,7 +422,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         assert "no answer within 12s" in res.missing_nodes[0]["reason"]
 
         # The CLI lists the others and names the node on stderr.
-        out = run_cli("control", "list", "--ray", cluster.address, "--json", "--timeout", "12", env=client_env(cluster), timeout=180)
+        out = run_cli("control", "list", "--ray-address", cluster.address, "--json", "--timeout", "12", env=client_env(cluster), timeout=180)
         assert out.code == 0, out.err
         check_rows(cluster, out.json())
         assert "fg-hung/" in out.err, out.err
@@ -434,7 +434,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         job = find_cluster_job(cluster.live["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
         assert job["node"].startswith("fg-a/") and job["token"]
         assert time.monotonic() - t0 < 30
-        out = run_cli("control", "status", cluster.live["fg-b"], "--ray", cluster.address, "--json", env=client_env(cluster), timeout=180)
+        out = run_cli("control", "status", cluster.live["fg-b"], "--ray-address", cluster.address, "--json", env=client_env(cluster), timeout=180)
         assert out.code == 0 and out.json()["state"] == "running", out.err
 
         # The node dies while its task sleeps: Ray reports it, the listing returns.

@@ -75,7 +75,7 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
     assert "RayNotInstalled" in r.stderr and "forgather-control[ray]" in r.stderr
 
     # The CLI: exit 2, one line naming the extra, no traceback.
-    r = py(HIDE_RAY + "import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray', '127.0.0.1:1']))", env)
+    r = py(HIDE_RAY + "import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray-address', '127.0.0.1:1']))", env)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "forgather-control[ray]" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
