@@ -1,8 +1,11 @@
 """Lightning integration: :class:`LightningControlCallback`.
 
-Importing ``forgather.callback`` never imports this module; importing this module needs
-``lightning`` (``lightning.pytorch``) or the older ``pytorch_lightning``, whichever is
-installed (``lightning`` first).
+Importing ``forgather.callback`` never imports this module, and importing this module
+imports no Lightning: the class is built on first use, on the ``Callback`` of the package
+the trainer comes from. ``lightning.pytorch`` and the standalone ``pytorch_lightning``
+are separate packages with separate ``Callback`` types, and both may be installed;
+``LightningControlCallback`` is the one for ``lightning.pytorch`` (else
+``pytorch_lightning``), ``control_callback_class("pytorch_lightning")`` the other.
 
 Where the commands land: at ``on_train_batch_end`` once the optimizer has stepped
 (``trainer.global_step`` moved; with gradient accumulation the batches in between are
@@ -22,6 +25,8 @@ not step ends), on every rank at the agreed step:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -31,17 +36,55 @@ from forgather.control import Command
 
 from .controller import Controller
 
-try:  # the unified package first, then the standalone one
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover - depends on what is installed
-    import pytorch_lightning as pl  # type: ignore[no-redef]
-
 log = logging.getLogger(__name__)
 
+#: The two packages a Lightning Trainer can come from, the unified one first.
+PACKAGES = ("lightning.pytorch", "pytorch_lightning")
+_classes: dict[str, type] = {}
 
-class LightningControlCallback(pl.Callback):
+
+def control_callback_class(package: str | None = None) -> type:
+    """The control callback class built on ``package``'s ``Callback``.
+
+    One class per package, made once: a ``pytorch_lightning.Trainer`` only knows
+    ``pytorch_lightning.Callback``. ``package=None`` picks ``lightning.pytorch`` when
+    ``lightning`` is installed, else ``pytorch_lightning``.
+    """
+    if package is None:
+        package = PACKAGES[0] if importlib.util.find_spec("lightning") is not None else PACKAGES[1]
+    if package not in PACKAGES:
+        raise ValueError(f"unknown Lightning package {package!r}; expected one of {', '.join(PACKAGES)}")
+    cls = _classes.get(package)
+    if cls is None:
+        try:
+            pl = importlib.import_module(package)
+        except ImportError as exc:
+            raise ImportError(
+                f"the Lightning control callback needs {package} ({exc}); install it with pip install 'forgather-control[lightning]'",
+                name=exc.name,
+            ) from exc
+        cls = type(
+            "LightningControlCallback",
+            (LightningControl, pl.Callback),
+            {"__module__": __name__, "__qualname__": "LightningControlCallback", "__doc__": LightningControl.__doc__},
+        )
+        _classes[package] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LightningControlCallback":
+        return control_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class LightningControl:
     """Control a Lightning ``Trainer.fit``. Takes the :class:`Controller` options, or
-    ``controller=`` (then its owner closes it)."""
+    ``controller=`` (then its owner closes it).
+
+    The behaviour, without a base class: :func:`control_callback_class` mixes it into the
+    right package's ``Callback``, and ``isinstance(cb, LightningControl)`` finds either.
+    """
 
     def __init__(self, controller: Controller | None = None, **options: Any) -> None:
         super().__init__()

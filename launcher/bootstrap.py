@@ -6,10 +6,10 @@ In order, before the user's code runs:
 1. handlers for SIGUSR1/SIGUSR2, so those never kill a worker by default action; a
    signal that arrives before any Controller exists is remembered and handed to the
    first Controller that starts (SLURM may signal while the model still loads);
-2. import hooks (a ``sys.meta_path`` finder) that patch ``transformers.Trainer`` and
-   ``lightning.pytorch.Trainer`` the moment their modules are imported: each new trainer
-   gets the control callback unless one is already in its callbacks; ``Trainer.train``
-   / ``Trainer.fit`` resume from ``$FORGATHER_RESUME_FROM`` (set by the launcher when
+2. import hooks (a ``sys.meta_path`` finder) that patch ``transformers.Trainer``,
+   ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer`` the moment their
+   modules are imported: each new trainer gets the control callback unless one is
+   already in its callbacks; ``Trainer.train`` / ``Trainer.fit`` resume from ``$FORGATHER_RESUME_FROM`` (set by the launcher when
    a requeued run has a checkpoint) unless the script passes its own checkpoint;
 3. the user's script runs as ``__main__`` with its own ``sys.argv`` and ``sys.path``,
    exactly as ``python SCRIPT ARGS`` would run it (``runpy``).
@@ -28,6 +28,7 @@ Set ``FORGATHER_LAUNCHED=0`` to run the script without any injection.
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import logging
@@ -112,7 +113,7 @@ def _patch_hf(module: Any) -> None:
     trainer_cls._forgather_patched = True
 
 
-def _patch_lightning(module: Any) -> None:
+def _patch_lightning(module: Any, package: str) -> None:
     trainer_cls = getattr(module, "Trainer", None)
     if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
         return
@@ -121,10 +122,10 @@ def _patch_lightning(module: Any) -> None:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         orig_init(self, *args, **kwargs)
         try:
-            from forgather.callback.lightning import LightningControlCallback
+            from forgather.callback.lightning import LightningControl, control_callback_class
 
-            if not any(isinstance(cb, LightningControlCallback) for cb in self.callbacks):
-                self.callbacks.append(LightningControlCallback())
+            if not any(isinstance(cb, LightningControl) for cb in self.callbacks):
+                self.callbacks.append(control_callback_class(package)())
                 log.info("forgather: control callback added to %s", type(self).__name__)
         except Exception:
             log.exception("forgather: could not add the control callback; training goes on without control")
@@ -144,7 +145,9 @@ def _patch_lightning(module: Any) -> None:
 _PATCHES.update(
     {
         "transformers.trainer": _patch_hf,
-        "lightning.pytorch.trainer.trainer": _patch_lightning,
+        # Two packages, two Trainer classes, two Callback types: each gets its own.
+        "lightning.pytorch.trainer.trainer": functools.partial(_patch_lightning, package="lightning.pytorch"),
+        "pytorch_lightning.trainer.trainer": functools.partial(_patch_lightning, package="pytorch_lightning"),
     }
 )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import base_env
 
 CODE = """
@@ -35,3 +37,33 @@ def test_lightning_callback_is_a_lightning_callback() -> None:
     from forgather.callback import LightningControlCallback
 
     assert issubclass(LightningControlCallback, pl.Callback)
+
+
+def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
+    """Both packages installed: each Trainer needs a callback of its own package's type."""
+    import lightning.pytorch as lp
+    import pytorch_lightning as pl
+
+    from forgather.callback.lightning import LightningControl, control_callback_class
+
+    standalone = control_callback_class("pytorch_lightning")
+    unified = control_callback_class("lightning.pytorch")
+    assert issubclass(standalone, pl.Callback) and not issubclass(standalone, lp.Callback)
+    assert issubclass(unified, lp.Callback) and not issubclass(unified, pl.Callback)
+    assert issubclass(standalone, LightningControl) and issubclass(unified, LightningControl)
+    assert control_callback_class("pytorch_lightning") is standalone  # made once
+    with pytest.raises(ValueError, match="pytorch_lightning"):
+        control_callback_class("lightning")
+
+
+def test_importing_the_lightning_module_imports_no_lightning(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "import forgather.callback.lightning as m\n"
+        "assert not any(k.split('.')[0] in ('lightning', 'pytorch_lightning') for k in sys.modules), 'lightning imported'\n"
+        "m.control_callback_class('pytorch_lightning')\n"
+        "assert 'lightning' not in sys.modules, 'the standalone class pulled in the unified package'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=base_env(tmp_path / "jobs"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -105,3 +105,23 @@ def test_lightning_trainer_gets_the_callback_once(tmp_path: Path) -> None:
     res = run([*BOOT, str(tmp_path / "pl.py")], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "injected 1" in res.stdout and "user 1" in res.stdout
+
+
+def test_standalone_pytorch_lightning_trainer_gets_its_callback_once(tmp_path: Path) -> None:
+    """``import pytorch_lightning``: its Trainer is hooked too, with a callback built on
+    pytorch_lightning.Callback, and the unified ``lightning`` package is never imported."""
+    (tmp_path / "ptl.py").write_text(
+        "import sys\n"
+        "import pytorch_lightning as pl\n"
+        "from forgather.callback.lightning import LightningControl, control_callback_class\n"
+        "kw = dict(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)\n"
+        "def mine(t):\n"
+        "    return [c for c in t.callbacks if isinstance(c, LightningControl)]\n"
+        "got = mine(pl.Trainer(**kw))\n"
+        "print('injected', len(got), isinstance(got[0], pl.Callback))\n"
+        "print('user', len(mine(pl.Trainer(callbacks=[control_callback_class('pytorch_lightning')()], **kw))))\n"
+        "print('unified imported', 'lightning' in sys.modules)\n"
+    )
+    res = run([*BOOT, str(tmp_path / "ptl.py")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "injected 1 True" in res.stdout and "user 1" in res.stdout and "unified imported False" in res.stdout, res.stdout

@@ -105,13 +105,15 @@ TRAINERS = {
     "hf": (HF, ("--no-control-callback", "--step-time", "0.05", "--logging-steps", "5")),
     "lightning": (LIGHTNING, ("--no-control-callback", "--step-time", "0.05")),
 }
+# The standalone package's Trainer is a different class with a different Callback type.
+STANDALONE_PL = (LIGHTNING, ("--no-control-callback", "--step-time", "0.05", "--package", "pytorch_lightning"))
 
 
 # -- acceptance 1 -------------------------------------------------------------------------
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("kind", sorted(TRAINERS))
+@pytest.mark.parametrize("kind", [*sorted(TRAINERS), "pytorch_lightning"])
 def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
-    script, args = TRAINERS[kind]
+    script, args = TRAINERS.get(kind, STANDALONE_PL)
     out = tmp_path / "out"
     job = launch(procs, jobs_dir, f"{kind}-cmds", script, *args, "--output-dir", str(out), opts=("--nproc-per-node", "2"))
     wait_running(jobs_dir, f"{kind}-cmds", job)

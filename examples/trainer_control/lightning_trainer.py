@@ -9,7 +9,8 @@ gloo). It trains until told to stop or ``--max-steps``; from another terminal::
     forgather control stop <job>
 
 ``--no-control-callback`` leaves the callback out (``forgather launch`` injects it).
-``--resume PATH`` resumes from a .ckpt file.
+``--resume PATH`` resumes from a .ckpt file. ``--package pytorch_lightning`` runs the same
+job on the standalone ``pytorch_lightning`` package instead of ``lightning.pytorch``.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-control-callback", action="store_true", help="do not add the callback (the launcher injects it)")
     p.add_argument("--grad-accum", type=int, default=1, help="accumulate_grad_batches")
     p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    p.add_argument("--package", choices=("lightning.pytorch", "pytorch_lightning"), default="lightning.pytorch", help="which Lightning to train with")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import lightning.pytorch as pl
+    import importlib
+
+    pl = importlib.import_module(args.package)  # `import lightning.pytorch as pl`, or the standalone one
 
     class Regressor(pl.LightningModule):
         def __init__(self) -> None:
@@ -71,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     callbacks = []
     if not args.no_control_callback:
-        from forgather.callback.lightning import LightningControlCallback
+        from forgather.callback.lightning import control_callback_class
 
-        callbacks.append(LightningControlCallback(job_id=args.job_id, jobs_dir=args.jobs_dir))
+        callback_cls = control_callback_class(args.package)  # LightningControlCallback for lightning.pytorch
+        callbacks.append(callback_cls(job_id=args.job_id, jobs_dir=args.jobs_dir))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = pl.Trainer(
         accelerator="cpu",
