@@ -43,6 +43,7 @@ from forgather.control import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_JOB_ID,
+    ENV_RESTARTS,
     PROTOCOL,
     Command,
     JobPaths,
@@ -211,6 +212,9 @@ class Controller:
         #: host, boot id, pid and its start time: fixed for the process, read once
         #: (not on every status write or HTTP status request).
         self._identity = process_identity()
+        #: which run of the job this is (set by the launcher): a listing that finds a
+        #: previous run's status.json next to this run's job.json knows it is stale.
+        self._run = {"restarts": int(r)} if (r := os.environ.get(ENV_RESTARTS, "")).isdigit() else {}
         self._signals = SignalFlags(
             tuple(signals or ()),
             on_raise=self._wake,
@@ -710,6 +714,7 @@ class Controller:
             "updated_at": now,
             "check_interval": self.check_interval,
             "protocol": PROTOCOL,
+            **self._run,
             **self._identity,
         }
 

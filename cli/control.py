@@ -326,6 +326,8 @@ def send_command(
                 print_json(entry)
             else:
                 how = "dropped in its inbox" if client.channel == "file" else "queued"
+                if target.info is not None and target.info.state == "starting":
+                    how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
                 click.echo(
                     f"{command.value} {how} on job {target.job_id} as {entry.get('id')}; "
                     f"follow it with `forgather control status {target.job_id}` (or pass --wait)"

@@ -22,6 +22,7 @@ _STATE_STYLE = {
     "running": "green",
     "starting": "cyan",
     "stopping": "yellow",
+    "ending": "yellow",
     "alive": "green",
     "finished": "blue",
     "stopped": "blue",

@@ -176,6 +176,16 @@ def _require_controllable(info: JobInfo, channel: str) -> None:
             f"job {jid} is dead ({info.evidence}); it cannot take commands. "
             "Remove its records with `forgather control cleanup`"
         )
+    if info.endpoint is None and info.state == "starting":
+        # The launcher runs and rank 0 will poll the inbox once its control plane is up
+        # (the launcher cleared the inbox before starting the workers, so a command
+        # dropped now is this run's): queue it there rather than make the user retry.
+        if channel == "http":
+            raise Unreachable(
+                f"job {jid} is starting: rank 0 does not serve HTTP yet. Retry in a moment, or "
+                "leave out --channel http to queue the command in its inbox"
+            )
+        return
     if info.endpoint is None:
         raise Unreachable(
             f"job {jid} has no endpoint.json (it has not started its control plane, or it ended); "

@@ -37,6 +37,7 @@ from .jobs import (
     ENV_CONTROL_PORT,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
+    ENV_RESTARTS,
     ENV_TOKEN,
     PROTOCOL,
     InvalidJobId,
@@ -51,7 +52,7 @@ from .liveness import STALE_AFTER, HostIdentity, Liveness, judge, local_host, pi
 
 __all__ = [
     "AmbiguousJob", "CLI_VERBS", "Command", "CommandFailed", "CommandRefused", "ControlError",
-    "ENV_CONTROL_HOST", "ENV_CONTROL_PORT", "ENV_JOB_ID", "ENV_JOBS_DIR", "ENV_TOKEN", "Entry",
+    "ENV_CONTROL_HOST", "ENV_CONTROL_PORT", "ENV_JOB_ID", "ENV_JOBS_DIR", "ENV_RESTARTS", "ENV_TOKEN", "Entry",
     "FINAL_STATES", "HostIdentity", "HttpChannel", "InvalidJobId", "JobClient", "JobInfo",
     "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "NotFound", "PROTOCOL",
     "QueueFull", "STALE_AFTER", "State", "StopPending", "UnknownCommand", "UnknownEntry",

@@ -273,6 +273,18 @@ class JobClient:
                     f"command {command_id} is still {state} after {timeout:g}s; it stays queued. "
                     f"Check later with `forgather control status {self.job_id}`"
                 )
+            if self.info is not None and self.info.endpoint is None:
+                # Sent to a job that was starting: if its launcher has recorded the end
+                # (it died before rank 0 took the command), waiting longer cannot help.
+                job = read_json(self.info.paths.job, quiet=True) or {}
+                if job.get("state") in JOB_FINAL_STATES:
+                    last = self.entry(command_id) or last
+                    if last is not None and last.get("state") in FINAL_STATES:
+                        return last
+                    raise CommandFailed(
+                        f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) "
+                        f"before it took command {command_id}"
+                    )
             if self.info is not None and self.info.endpoint is not None and not self.info.paths.endpoint.exists():
                 # The job ended; status.json is final. One more read, then give up.
                 last = self.entry(command_id) or last

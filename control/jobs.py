@@ -29,6 +29,10 @@ ENV_JOB_ID = "FORGATHER_JOB_ID"
 ENV_CONTROL_HOST = "FORGATHER_CONTROL_HOST"
 ENV_CONTROL_PORT = "FORGATHER_CONTROL_PORT"
 ENV_TOKEN = "FORGATHER_TOKEN"
+#: How many times this job was restarted (SLURM requeues, or relaunches of the same id);
+#: set by the launcher, copied by rank 0 into status.json so a listing can tell this
+#: run's status from a previous run's.
+ENV_RESTARTS = "FORGATHER_RESTARTS"
 
 #: Version of the endpoint/status file format and HTTP API.
 PROTOCOL = 1

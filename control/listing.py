@@ -23,7 +23,6 @@ from .liveness import STALE_AFTER, Liveness, SqueueCache, judge, same_host
 log = logging.getLogger(__name__)
 
 
-
 class JobNotFound(LookupError):
     pass
 
@@ -46,16 +45,37 @@ class JobInfo:
     evidence: str = ""
 
     @property
+    def current_status(self) -> dict | None:
+        """status.json when it belongs to the launcher's current run of the job; None when
+        there is none yet or it is a previous run's (a relaunch or SLURM requeue of the
+        same id, before the new rank 0 has written)."""
+        if not self.status or not self.job:
+            return self.status
+        ran, runs = self.status.get("restarts"), self.job.get("restarts")
+        if isinstance(ran, int) and isinstance(runs, int) and ran != runs:
+            return None
+        return self.status
+
+    @property
     def state(self) -> str:
         """What a person wants in the state column: the job's own state while it lives,
-        the verdict when it is dead or not known."""
-        recorded = (self.status or {}).get("state") or (self.job or {}).get("state") or "unknown"
-        launcher_state = (self.job or {}).get("state")
+        the verdict when it is dead or not known.
+
+        While the launcher lives, two moments have names of their own: ``starting`` (the
+        launcher runs; rank 0 has not published this run's status yet: commands cannot
+        reach it) and ``ending`` (rank 0 has ended the run; the launcher is still winding
+        down torchrun)."""
+        job = self.job or {}
+        launcher_state = job.get("state")
+        status = self.current_status
+        recorded = (status or {}).get("state") or launcher_state or "unknown"
         if self.liveness == Liveness.ALIVE:
+            if launcher_state == "running" and status is None and job.get("control"):
+                return "starting"
             if recorded in JOB_FINAL_STATES and launcher_state and launcher_state not in JOB_FINAL_STATES:
-                # The last run ended but the job lives on (requeued and pending in
-                # SLURM, or relaunched): the launcher's record is the current one.
-                return launcher_state
+                # Rank 0 has ended its run but the launcher lives: winding down, or the
+                # job lives on (requeued and pending in SLURM): the launcher's word.
+                return "ending" if launcher_state == "running" else launcher_state
             return recorded
         if self.liveness == Liveness.FINISHED:
             return recorded

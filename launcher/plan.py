@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from forgather.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR
+from forgather.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS
 
 from .config import LaunchConfig
 from .environments import Placement, detect
@@ -37,8 +37,6 @@ BOOTSTRAP_MODULE = "forgather.launcher.bootstrap"
 ENV_LAUNCHED = "FORGATHER_LAUNCHED"
 #: The checkpoint a restarted (requeued) run should resume from, when one was recorded.
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
-#: How many times this job was restarted (SLURM requeues, or relaunches of the same id).
-ENV_RESTARTS = "FORGATHER_RESTARTS"
 ENV_NODE_RANK = "FORGATHER_NODE_RANK"
 
 #: Words that mark a variable as secret in printed plans.

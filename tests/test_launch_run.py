@@ -145,6 +145,8 @@ def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: 
     rerun = read(jobs_dir, f"{kind}-cmds", "job.json")
     assert rerun["restarts"] == 1 and rerun["resume_from"] == ckpt and rerun["state"] == "finished", rerun
     assert rerun["created_at"] == record["created_at"] and rerun["final_step"] == step + 2
+    # rank 0 records which run it is, so a listing can tell this run's status.json from the last
+    assert read(jobs_dir, f"{kind}-cmds", "status.json")["restarts"] == 1
     expected = f"resumed from {ckpt} at step {step}" if kind == "plain" else f"forgather: resuming from {ckpt}"
     assert expected in again.output(), again.output()[-4000:]
 

@@ -1,0 +1,111 @@
+"""A launched job before rank 0's control plane is up (torch imports, the model loads):
+the CLI says ``starting``, a command waits in the inbox and applies once the Controller
+starts, and ``--wait`` gives up at once, with the reason, when the job dies first.
+
+Real parts: ``forgather launch`` with torchrun, the CLI as a subprocess. The script holds
+back its Controller until the test creates a file, so "still starting" is a condition the
+test sets, not a race it hopes to win.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Procs, base_env, wait_for
+
+from forgather.control import JobPaths
+
+pytestmark = pytest.mark.timeout(600)
+TIMEOUT = 240.0
+_exe = Path(sys.executable).with_name("forgather")
+FORGATHER = [str(_exe)] if _exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from forgather.launcher.bootstrap import controller
+
+go, out = Path(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():  # "loading the model" until the test says go
+    time.sleep(0.05)
+if go.read_text() == "die":
+    sys.exit(3)
+with controller(max_steps=1_000_000) as ctl:
+    for step in range(1, 1_000_001):
+        time.sleep(0.01)
+        act = ctl.step(step)
+        if act.save:
+            out.mkdir(exist_ok=True)
+            ck = out / f"ck-{step}"
+            ck.write_text("saved")
+            ctl.checkpoint_saved(str(ck))
+        if act.stop:
+            print("stopped at", step, act.command, flush=True)
+            break
+"""
+
+
+def start_job(procs: Procs, jobs_dir: Path, tmp_path: Path, job_id: str):
+    script = tmp_path / "slow_start.py"
+    script.write_text(SCRIPT)
+    go = tmp_path / "go"
+    argv = [*FORGATHER, "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, str(script), str(go), str(tmp_path / "out")]
+    return procs.start(argv, env=base_env(jobs_dir), name="launch"), go
+
+
+def listed_state(cli, job_id: str) -> str | None:
+    res = cli("control", "list", "--json")
+    rows = [r for r in json.loads(res.out or "[]") if r["job_id"] == job_id] if res.code == 0 else []
+    return rows[0]["state"] if rows else None
+
+
+def background_cli(procs: Procs, jobs_dir: Path, *args: str, name: str):
+    return procs.start([*FORGATHER, *args], env=base_env(jobs_dir), name=name)
+
+
+def test_command_to_a_starting_job_waits_in_the_inbox(procs: Procs, jobs_dir: Path, tmp_path: Path, cli) -> None:
+    job, go = start_job(procs, jobs_dir, tmp_path, "slow")
+    wait_for(lambda: listed_state(cli, "slow") == "starting", timeout=TIMEOUT, interval=0.2, what="the job listed as starting")
+    st = cli("control", "status", "slow", "--json")
+    assert st.code == 0 and st.json()["state"] == "starting", st.out + st.err
+
+    # HTTP alone cannot reach it yet: a clear refusal, exit 4, nothing queued
+    http = cli("control", "save", "slow", "--channel", "http")
+    assert http.code == 4 and "is starting" in http.err, http.err
+    inbox = JobPaths(jobs_dir, "slow").inbox
+    assert list(inbox.iterdir()) == []
+
+    waiting = background_cli(procs, jobs_dir, "control", "save-stop", "slow", "--wait", "--json", "--timeout", str(TIMEOUT), name="save-stop")
+    wait_for(lambda: len(list(inbox.glob("*.json"))) == 1, timeout=TIMEOUT, what="the command file in the inbox")
+    quick = cli("control", "eval", "slow")
+    assert quick.code == 0 and "inbox" in quick.out and "starting" in quick.out, quick.out + quick.err
+
+    go.write_text("go")
+    assert waiting.wait(TIMEOUT) == 0, waiting.output()[-3000:]
+    out = waiting.output()
+    entry = json.loads(out[out.index("{"):])  # --json: the receipt, pretty-printed
+    assert entry["state"] == "completed" and Path(entry["result"]["checkpoint"]).read_text() == "saved", entry
+    assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
+    assert "save_and_stop" in job.output()
+    record = json.loads((jobs_dir / "slow" / "job.json").read_text())
+    assert record["state"] == "stopped" and record["last_checkpoint"] == entry["result"]["checkpoint"]
+
+
+def test_wait_ends_when_the_job_dies_before_taking_the_command(procs: Procs, jobs_dir: Path, tmp_path: Path, cli) -> None:
+    job, go = start_job(procs, jobs_dir, tmp_path, "doomed")
+    wait_for(lambda: listed_state(cli, "doomed") == "starting", timeout=TIMEOUT, interval=0.2, what="the job listed as starting")
+    inbox = JobPaths(jobs_dir, "doomed").inbox
+    # a timeout far beyond the test's: only the job's end can make it return in time
+    waiting = background_cli(procs, jobs_dir, "control", "save", "doomed", "--wait", "--timeout", "3600", name="save")
+    wait_for(lambda: len(list(inbox.glob("*.json"))) == 1, timeout=TIMEOUT, what="the command file in the inbox")
+    go.write_text("die")
+    assert job.wait(TIMEOUT) != 0
+    assert waiting.wait(TIMEOUT) == 1, waiting.output()[-3000:]
+    out = waiting.output()
+    assert "ended (failed" in out and "before it took command" in out and "Traceback" not in out, out
+    assert listed_state(cli, "doomed") is None  # ended jobs leave the default listing
+    assert cli("control", "list", "--all", "--json").json()[0]["state"] == "failed"
+

@@ -1,0 +1,50 @@
+"""The state column while a launcher lives, from the records alone (pure: no processes).
+
+``starting``: the launcher runs, rank 0 has not published this run's status (none yet, or
+a previous run's, told apart by the run count). ``ending``: rank 0 has ended this run,
+the launcher still winds down. A requeued SLURM job waiting in the queue keeps the
+launcher's word.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forgather.control import JobPaths
+from forgather.control.listing import JobInfo
+from forgather.control.liveness import Liveness
+
+
+def info(status: dict | None, job: dict | None, liveness: Liveness = Liveness.ALIVE) -> JobInfo:
+    return JobInfo(job_id="j", paths=JobPaths(Path("/nonexistent"), "j"), status=status, job=job, liveness=liveness)
+
+
+RUN0 = {"state": "running", "restarts": 0, "control": True}
+RUN1 = {"state": "running", "restarts": 1, "control": True}
+
+
+@pytest.mark.parametrize(
+    ("status", "job", "expected"),
+    [
+        (None, RUN0, "starting"),  # launched; rank 0 still importing torch
+        ({"state": "running", "restarts": 0}, RUN0, "running"),
+        ({"state": "stopped", "restarts": 0}, RUN0, "ending"),  # rank 0 done, torchrun winding down
+        ({"state": "stopped", "restarts": 0}, RUN1, "starting"),  # relaunch: the old run's status
+        ({"state": "running", "restarts": 1}, RUN1, "running"),
+        ({"state": "stopped", "restarts": 0}, {"state": "requeued", "restarts": 0, "control": True}, "requeued"),
+        (None, {"state": "running", "restarts": 0, "control": False}, "running"),  # --no-control: never publishes
+        ({"state": "running"}, None, "running"),  # a Controller without the launcher
+        ({"state": "stopped"}, RUN0, "ending"),  # a status.json without a run count is taken as this run's
+    ],
+)
+def test_state_while_the_launcher_lives(status: dict | None, job: dict | None, expected: str) -> None:
+    assert info(status, job).state == expected
+
+
+def test_after_the_launcher_ended_its_record_wins_over_a_stale_status() -> None:
+    # the relaunch died before its rank 0 wrote anything: not the old run's "stopped"
+    failed = {"state": "failed", "restarts": 1, "control": True}
+    assert info({"state": "stopped", "restarts": 0}, failed, Liveness.FINISHED).state == "failed"
+    assert info({"state": "stopped", "restarts": 1}, {**failed, "state": "stopped"}, Liveness.FINISHED).state == "stopped"
