@@ -59,10 +59,8 @@ def control_callback_class(package: str | None = None) -> type:
         try:
             pl = importlib.import_module(package)
         except ImportError as exc:
-            raise ImportError(
-                f"the Lightning control callback needs {package} ({exc}); install it with pip install 'forgather-control[lightning]'",
-                name=exc.name,
-            ) from exc
+            hint = "pip install 'forgather-control[lightning]'" if package == PACKAGES[0] else "pip install pytorch-lightning"
+            raise ImportError(f"the Lightning control callback needs {package} ({exc}); install it with {hint}", name=exc.name) from exc
         cls = type(
             "LightningControlCallback",
             (LightningControl, pl.Callback),

@@ -125,10 +125,11 @@ class Publisher:
         for name in names[:INBOX_BATCH]:
             path = self.paths.inbox / name
             record = read_json(path, max_bytes=4096, quiet=True)
-            if record is None and self._still_writing(name):
-                continue
             if record is None:
-                read_json(path, max_bytes=4096)  # once more, aloud: the log says why it goes
+                if self._still_writing(name):
+                    continue
+                # Once more, aloud: the log says why it goes (or it has just been finished).
+                record = read_json(path, max_bytes=4096)
             self._unparsed.pop(name, None)
             remove_quietly(path)
             taken += 1
