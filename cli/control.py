@@ -140,6 +140,12 @@ def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None
         root = resolve_jobs_dir(jobs_dir)
         rows = [info.summary() for info in scan(root, include_finished=all_, probe=probe_endpoint)]
         where = str(root)
+        if not rows and not as_json and not root.is_dir():
+            click.echo(
+                f"no jobs: {root} does not exist yet (no job has used it). Jobs that use another "
+                "directory are found with --jobs-dir or FORGATHER_JOBS_DIR"
+            )
+            return 0
     if as_json:
         print_json(rows)
         return 0

@@ -109,6 +109,16 @@ def test_unreachable_exit_4_and_token_never_printed(cli, jobs_dir: Path) -> None
         assert "sekrit-token-value" not in r.out + r.err, args
 
 
+def test_list_of_a_jobs_dir_that_does_not_exist_says_so(cli, jobs_dir: Path) -> None:
+    """A mistyped or unset jobs dir is the usual reason for an empty list: say which
+    folder was read and how to read another; create nothing."""
+    res = cli("control", "list")
+    assert res.code == 0 and str(jobs_dir) in res.out and "does not exist yet" in res.out and "--jobs-dir" in res.out, res.out
+    js = cli("control", "list", "--json")
+    assert js.code == 0 and js.json() == []
+    assert not jobs_dir.exists()
+
+
 def test_ended_job_cannot_be_commanded(cli, jobs_dir: Path) -> None:
     finished_job(jobs_dir, "done-1", state="stopped")
     r = cli("control", "stop", "done-1")
