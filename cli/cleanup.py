@@ -51,7 +51,7 @@ def rejudge(root: Path, job_id: str) -> tuple[Liveness, str]:
     """Read the job's records again and judge them now, probe included."""
     info = load(JobPaths(root, job_id), quiet=True)
     probe = useful_probe(info.endpoint, probe_endpoint, probe_local=True)
-    return judge(endpoint=info.endpoint, status=info.status, job=info.job, nodes=info.nodes, probe=probe)
+    return judge(endpoint=info.endpoint, status=info.current_status, job=info.job, nodes=info.nodes, probe=probe)
 
 
 def delete_job(root: Path, job_id: str) -> Outcome:

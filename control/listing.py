@@ -62,8 +62,8 @@ class JobInfo:
         the verdict when it is dead or not known.
 
         While the launcher lives, two moments have names of their own: ``starting`` (the
-        launcher runs; rank 0 has not published this run's status yet: commands cannot
-        reach it) and ``ending`` (rank 0 has ended the run; the launcher is still winding
+        launcher runs; rank 0 has not published this run's status yet: commands wait in
+        its inbox) and ``ending`` (rank 0 has ended the run; the launcher is still winding
         down torchrun)."""
         job = self.job or {}
         launcher_state = job.get("state")
@@ -227,7 +227,7 @@ def _judge(info: JobInfo, *, probe, probe_local, squeue, stale_after, now) -> No
     use_probe = useful_probe(info.endpoint, probe, probe_local=probe_local)
     info.liveness, info.evidence = judge(
         endpoint=info.endpoint,
-        status=info.status,
+        status=info.current_status,  # a previous run's status says nothing of this run
         job=info.job,
         nodes=info.nodes,
         probe=use_probe,

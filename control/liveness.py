@@ -205,7 +205,7 @@ def judge(
 
     if endpoint is None:
         recorded_state = status.get("state") or job.get("state")
-        if recorded_state in JOB_FINAL_STATES and not _launcher_alive(nodes):
+        if recorded_state in JOB_FINAL_STATES and not _launcher_alive(nodes, now=now, stale_after=stale_after):
             return Liveness.FINISHED, f"ended: {recorded_state}"
 
     # 3. pids on this host
@@ -236,5 +236,18 @@ def judge(
     return Liveness.UNKNOWN, f"on another host, heartbeat {age:.0f}s ago"
 
 
-def _launcher_alive(nodes: list[dict] | None) -> bool:
-    return any(same_host(n) and pid_alive(n) for n in (nodes or ()))
+def _launcher_alive(nodes: list[dict] | None, *, now: float, stale_after: float) -> bool:
+    """Does a launcher of the job still run (a relaunch starting up beside the previous
+    run's final records)? Here: its pid. On another host: a heartbeat fresher than
+    ``stale_after``, since that host's pids are not ours to check."""
+    for n in nodes or ():
+        if n.get("ended_at"):
+            continue
+        if same_host(n):
+            if pid_alive(n):
+                return True
+            continue
+        beat = n.get("heartbeat_at")
+        if isinstance(beat, (int, float)) and now - beat < stale_after:
+            return True
+    return False

@@ -224,3 +224,22 @@ def test_other_hosts_loopback_url_is_never_contacted(cli, jobs_dir: Path) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_relaunch_starting_on_another_host_is_not_finished_and_cleanup_keeps_it(cli, jobs_dir: Path) -> None:
+    """The same id relaunched on another host (shared jobs dir, no SLURM): its launcher
+    beats, rank 0 has not written yet, and the previous run's status.json says stopped.
+    That old status must not make the job look finished, or cleanup deletes a live job."""
+    rec = {"host": "some-other-node", "boot_id": "another-boot", "pid_start_time": 1.0}
+    paths = write_job(jobs_dir, "again", status={**rec, "pid": 4242, "state": "stopped", "step": 9, "restarts": 0, "heartbeat_at": time.time() - 3600})
+    write_json_atomic(paths.job, {"job_id": "again", "state": "running", "restarts": 1, "control": True, "host": rec["host"], "started_at": time.time()})
+    paths.nodes.mkdir(mode=0o700)
+    write_json_atomic(paths.nodes / "0.json", {**rec, "pid": 4343, "node_rank": 0, "state": "running", "restarts": 1, "heartbeat_at": time.time()})
+    j = jobs_by_id(cli)["again"]
+    assert j["liveness"] == "unknown" and j["state"] == "unknown", j  # another host: alive is not ours to say
+    r = cli("control", "cleanup", "--yes", "--json")
+    assert r.code == 0 and r.json()["deleted"] == [], r
+    assert paths.job.exists()
+    # once that launcher stops beating, the job is stale (and still not "finished")
+    write_json_atomic(paths.nodes / "0.json", {**rec, "pid": 4343, "node_rank": 0, "state": "running", "restarts": 1, "heartbeat_at": time.time() - 3600})
+    assert jobs_by_id(cli)["again"]["liveness"] == "stale"
