@@ -186,6 +186,13 @@ def _require_controllable(info: JobInfo, channel: str) -> None:
                 "leave out --channel http to queue the command in its inbox"
             )
         return
+    if info.endpoint is None and info.state == "requeued":
+        sched = (info.job or {}).get("scheduler") or {}
+        slurm_id = sched.get("slurm_job_id") if isinstance(sched, dict) else None
+        raise Unreachable(
+            f"job {jid} was requeued and waits in SLURM's queue; it takes commands once it runs again"
+            + (f". To keep it from running again: scancel {slurm_id}" if slurm_id else "")
+        )
     if info.endpoint is None:
         raise Unreachable(
             f"job {jid} has no endpoint.json (it has not started its control plane, or it ended); "

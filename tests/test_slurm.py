@@ -254,9 +254,16 @@ def test_cleanup_keeps_a_requeued_job_waiting_in_the_queue(slurm: list[str], tmp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     folder = _fake_job(jobs_dir, f"slurm-{jid}", jid, host="here", state="stopped", pid=dead.pid)
+    job = json.loads((folder / "job.json").read_text())
+    (folder / "job.json").write_text(json.dumps({**job, "state": "requeued"}))  # as the launcher leaves it
     res = cli(jobs_dir, "control", "cleanup", "--yes")
     assert res.returncode == 0, res.stderr
     assert folder.is_dir(), f"cleanup deleted a job SLURM still holds (PENDING):\n{res.stdout}{res.stderr}"
+    listed = json.loads(cli(jobs_dir, "control", "list", "--json").stdout)
+    assert [(j["job_id"], j["state"]) for j in listed] == [(f"slurm-{jid}", "requeued")], listed
+    # a command cannot reach it until it runs again; the error says so, and how to cancel it
+    res = cli(jobs_dir, "control", "save", f"slurm-{jid}")
+    assert res.returncode == 4 and "waits in SLURM's queue" in res.stderr and f"scancel {jid}" in res.stderr, res.stderr
 
 
 @pytest.mark.timeout(600)
