@@ -82,9 +82,10 @@ class JobInfo:
         return str(self.liveness)
 
     def summary(self) -> dict[str, Any]:
-        """The ``list --json`` object. Never contains the token."""
+        """The ``list --json`` object. Never contains the token. Step, pid and the rest
+        come from this run's status only: a relaunch that is still starting has none yet."""
         ep = self.endpoint or {}
-        st = self.status or {}
+        st = self.current_status or {}
         jb = self.job or {}
         updated = max(
             (t for t in (st.get("heartbeat_at"), st.get("updated_at"), ep.get("started_at"), jb.get("updated_at")) if isinstance(t, (int, float))),
