@@ -225,6 +225,9 @@ class JobRecords:
         if exit_code != 0:
             return "failed"
         status = read_json(self.paths.status, quiet=True) or {}
+        ran = status.get("restarts")
+        if isinstance(ran, int) and ran != self.plan.restarts:
+            return "finished"  # this run's rank 0 never wrote: that "stopped" was the last run's
         state = status.get("state")
         return state if state in FINAL_STATES else "finished"
 

@@ -79,6 +79,11 @@ def test_final_state_comes_from_rank0_status(tmp_path: Path) -> None:
     assert rec.final_state(0) == "aborted" and rec.final_state(3) == "failed"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "running"})
     assert rec.final_state(0) == "finished"
+    # a status.json from another run of the job (its rank 0 wrote another run count)
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "restarts": 7})
+    assert rec.final_state(0) == "finished"
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "restarts": 0})
+    assert rec.final_state(0) == "aborted"
     rec.finish("finished", 0)
 
 
