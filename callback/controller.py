@@ -50,6 +50,7 @@ from forgather.control import (
     Ledger,
     LedgerError,
     default_job_id,
+    is_loopback_host,
     process_identity,
     read_json,
     resolve_jobs_dir,
@@ -232,7 +233,7 @@ class Controller:
         control-plane failure: it is logged, recorded in status.json, and training goes on."""
         if self._started:
             return self
-        if not self.auth and self.enable_http and not _is_loopback(self.host):
+        if not self.auth and self.enable_http and not is_loopback_host(self.host):
             raise ValueError(
                 f"refusing to serve without a token on non-loopback host {self.host!r}; "
                 "keep auth=True or bind 127.0.0.1"
@@ -296,14 +297,14 @@ class Controller:
             log.warning("forgather control: %s; training goes on without it", self.control_error)
 
     def _start_server(self) -> None:
-        from .server import ServerThread, create_app, is_loopback
+        from .server import ServerThread, create_app
 
         app = create_app(
             job_id=self.job_id,
             ledger=self.ledger,
             status=self.status,
             token=self._token,
-            loopback=is_loopback(self.host),
+            loopback=is_loopback_host(self.host),
         )
         server = ServerThread(app, host=self.host, port=self.port)
         server.start()
@@ -757,6 +758,3 @@ class Controller:
         signal (here or agreed from another rank) or this rank had one already."""
         return self._stop_applied is not None and (self._signal_applied >= 1 or self._signals.level >= 1)
 
-
-def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

@@ -17,13 +17,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from forgather.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
+from forgather.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
 
 log = logging.getLogger(__name__)
 
 #: A command body is a few dozen bytes; anything past this is refused with 413.
 MAX_BODY_BYTES = 4096
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _KEY_MAX = 128
 
 
@@ -33,10 +32,6 @@ class ServerStartError(RuntimeError):
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
-
-
-def is_loopback(host: str) -> bool:
-    return host in _LOCAL_HOSTS or host.startswith("127.")
 
 
 def _host_name(header: str) -> str:
@@ -65,7 +60,7 @@ def create_app(
     async def guard(request: Request, call_next):  # noqa: ANN202 - FastAPI signature
         try:
             if loopback:
-                if not is_loopback(_host_name(request.headers.get("host") or "")):
+                if not is_loopback_host(_host_name(request.headers.get("host") or "")):
                     return _error(403, f"Host header {request.headers.get('host')!r} is not local; this server answers loopback clients only")
             length = request.headers.get("content-length")
             if length is not None:

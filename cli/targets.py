@@ -18,7 +18,8 @@ from typing import Any
 
 from forgather.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
 from forgather.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
-from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job, is_loopback_url
+from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
+from forgather.control.liveness import is_loopback_url
 from forgather.control.liveness import Liveness, same_host
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,18 @@ from .jobs import (
     validate_job_id,
 )
 from .listing import AmbiguousJob, JobInfo, JobNotFound, find_job, job_ids, load, scan
-from .liveness import STALE_AFTER, HostIdentity, Liveness, judge, local_host, pid_alive, process_identity, same_host
+from .liveness import (
+    STALE_AFTER,
+    HostIdentity,
+    Liveness,
+    is_loopback_host,
+    is_loopback_url,
+    judge,
+    local_host,
+    pid_alive,
+    process_identity,
+    same_host,
+)
 
 __all__ = [
     "AmbiguousJob", "CLI_VERBS", "Command", "CommandFailed", "CommandRefused", "ControlError",
@@ -57,7 +68,8 @@ __all__ = [
     "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "NotFound", "PROTOCOL",
     "QueueFull", "STALE_AFTER", "State", "StopPending", "UnknownCommand", "UnknownEntry",
     "Unreachable", "UsageError", "VALID_COMMANDS", "WaitTimeout", "default_job_id",
-    "ensure_private_dir", "find_job", "is_valid_job_id", "job_ids", "judge", "load",
+    "ensure_private_dir", "find_job", "is_loopback_host", "is_loopback_url", "is_valid_job_id",
+    "job_ids", "judge", "load",
     "local_host", "parse_command", "pid_alive", "probe_endpoint", "process_identity",
     "read_json", "resolve_jobs_dir", "same_host", "scan", "validate_job_id",
     "write_json_atomic",

@@ -10,7 +10,6 @@ import logging
 import os
 import stat
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from .files import TEMP_PREFIX, read_json
 from .jobs import JOB_FINAL_STATES, JobPaths, is_valid_job_id
-from .liveness import STALE_AFTER, Liveness, SqueueCache, judge, same_host
+from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +212,6 @@ def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: boo
     if isinstance(url, str) and is_loopback_url(url):
         return None
     return probe
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for http://127.x / localhost / [::1] URLs: meaningful only on their own host."""
-    try:
-        host = urllib.parse.urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _judge(info: JobInfo, *, probe, probe_local, squeue, stale_after, now) -> None:

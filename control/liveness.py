@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,6 +91,21 @@ def process_identity(pid: int | None = None) -> dict[str, object]:
         "pid": pid,
         "pid_start_time": process_start_time(pid),
     }
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.x, localhost or ::1 (bare or bracketed, as in a Host header): an address that
+    means "this machine" wherever it is read."""
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for http://127.x / localhost / [::1] URLs: meaningful only on their own host."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return is_loopback_host(host)
 
 
 def same_host(record: dict) -> bool:

@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 from .client import ControlError, Unreachable, probe_endpoint
 from .jobs import resolve_jobs_dir
 from .listing import AmbiguousJob, JobNotFound, scan
-from .liveness import same_host
+from .liveness import is_loopback_url, same_host
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +379,7 @@ def _check_reachable(row: dict[str, Any]) -> None:
         exc = Unreachable(f"{where} is {row.get('state')}: it has no live endpoint to control ({row.get('evidence')})")
     elif not row.get("url"):
         exc = Unreachable(f"{where} has no HTTP endpoint (file channel only, or its server did not start); run the command on that node")
-    elif _is_loopback_url(row["url"]) and not same_host({"host": row.get("host"), "boot_id": row.get("boot_id")}):
+    elif is_loopback_url(row["url"]) and not same_host({"host": row.get("host"), "boot_id": row.get("boot_id")}):
         # That loopback is the job's host's, not ours: whatever listens on the port here
         # is a stranger, and must not be handed the job's token.
         exc = Unreachable(
@@ -402,11 +401,3 @@ def _check_reachable(row: dict[str, Any]) -> None:
             )
     exc.job = public  # type: ignore[attr-defined]
     raise exc
-
-
-def _is_loopback_url(url: str) -> bool:
-    try:
-        host = urllib.parse.urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    return host in ("localhost", "::1") or host.startswith("127.")
