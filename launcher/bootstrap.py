@@ -9,8 +9,9 @@ In order, before the user's code runs:
 2. import hooks (a ``sys.meta_path`` finder) that patch ``transformers.Trainer``,
    ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer`` the moment their
    modules are imported: each new trainer gets the control callback unless one is
-   already in its callbacks; ``Trainer.train`` / ``Trainer.fit`` resume from ``$FORGATHER_RESUME_FROM`` (set by the launcher when
-   a requeued run has a checkpoint) unless the script passes its own checkpoint;
+   already in its callbacks; ``Trainer.train`` / ``Trainer.fit`` resume from
+   ``$FORGATHER_RESUME_FROM`` (set by the launcher when a requeued run has a
+   checkpoint) unless the script passes its own checkpoint;
 3. the user's script runs as ``__main__`` with its own ``sys.argv`` and ``sys.path``,
    exactly as ``python SCRIPT ARGS`` would run it (``runpy``).
 
@@ -47,8 +48,6 @@ __all__ = ["controller", "install", "main", "pending_signals", "resume_from"]
 
 EARLY_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
 
-#: modules whose import triggers a patch -> the patch
-_PATCHES: dict[str, Callable[[Any], None]] = {}
 _installed = False
 
 
@@ -82,74 +81,85 @@ def _install_signals() -> None:
 
 
 # -- trainer patches --------------------------------------------------------------------
-def _patch_hf(module: Any) -> None:
+def _patch_trainer(
+    module: Any,
+    *,
+    add_callback: Callable[[Any], bool],
+    method: str,
+    resume_kwarg: str,
+    resume_fits: Callable[[tuple, str], bool],
+) -> None:
+    """Patch ``module.Trainer`` once: each new trainer gets the control callback
+    (``add_callback(trainer)`` adds it unless the user did, and says whether it did), and
+    ``Trainer.<method>`` resumes from ``resume_from()`` through ``resume_kwarg`` when the
+    script passes no checkpoint of its own and ``resume_fits(args, path)``."""
     trainer_cls = getattr(module, "Trainer", None)
     if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
         return
-    orig_init, orig_train = trainer_cls.__init__, trainer_cls.train
+    orig_init, orig_run = trainer_cls.__init__, getattr(trainer_cls, method)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         orig_init(self, *args, **kwargs)
         try:
-            from forgather.callback.hf import TrainerControlCallback
-
-            handler = getattr(self, "callback_handler", None)
-            callbacks = list(getattr(handler, "callbacks", ()) or ())
-            if not any(isinstance(cb, TrainerControlCallback) for cb in callbacks):
-                self.add_callback(TrainerControlCallback(trainer=self))
+            if add_callback(self):
                 log.info("forgather: control callback added to %s", type(self).__name__)
         except Exception:
             log.exception("forgather: could not add the control callback; training goes on without control")
 
-    def train(self, *args: Any, **kwargs: Any):
+    def run(self, *args: Any, **kwargs: Any):
         resume = resume_from()
-        if resume and not args and kwargs.get("resume_from_checkpoint") is None and os.path.isdir(resume):
+        if resume and kwargs.get(resume_kwarg) is None and resume_fits(args, resume):
             log.warning("forgather: resuming from %s (restarted run)", resume)
-            kwargs["resume_from_checkpoint"] = resume
-        return orig_train(self, *args, **kwargs)
+            kwargs[resume_kwarg] = resume
+        return orig_run(self, *args, **kwargs)
 
     trainer_cls.__init__ = __init__
-    trainer_cls.train = train
+    setattr(trainer_cls, method, run)
     trainer_cls._forgather_patched = True
 
 
-def _patch_lightning(module: Any, package: str) -> None:
-    trainer_cls = getattr(module, "Trainer", None)
-    if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
-        return
-    orig_init, orig_fit = trainer_cls.__init__, trainer_cls.fit
+def _add_hf_callback(trainer: Any) -> bool:
+    from forgather.callback.hf import TrainerControlCallback
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        orig_init(self, *args, **kwargs)
-        try:
-            from forgather.callback.lightning import LightningControl, control_callback_class
-
-            if not any(isinstance(cb, LightningControl) for cb in self.callbacks):
-                self.callbacks.append(control_callback_class(package)())
-                log.info("forgather: control callback added to %s", type(self).__name__)
-        except Exception:
-            log.exception("forgather: could not add the control callback; training goes on without control")
-
-    def fit(self, *args: Any, **kwargs: Any):
-        resume = resume_from()
-        if resume and len(args) < 5 and kwargs.get("ckpt_path") is None and os.path.isfile(resume):
-            log.warning("forgather: resuming from %s (restarted run)", resume)
-            kwargs["ckpt_path"] = resume
-        return orig_fit(self, *args, **kwargs)
-
-    trainer_cls.__init__ = __init__
-    trainer_cls.fit = fit
-    trainer_cls._forgather_patched = True
+    handler = getattr(trainer, "callback_handler", None)
+    if any(isinstance(cb, TrainerControlCallback) for cb in getattr(handler, "callbacks", ()) or ()):
+        return False
+    trainer.add_callback(TrainerControlCallback(trainer=trainer))
+    return True
 
 
-_PATCHES.update(
-    {
-        "transformers.trainer": _patch_hf,
-        # Two packages, two Trainer classes, two Callback types: each gets its own.
-        "lightning.pytorch.trainer.trainer": functools.partial(_patch_lightning, package="lightning.pytorch"),
-        "pytorch_lightning.trainer.trainer": functools.partial(_patch_lightning, package="pytorch_lightning"),
-    }
-)
+def _add_lightning_callback(trainer: Any, *, package: str) -> bool:
+    from forgather.callback.lightning import LightningControl, control_callback_class
+
+    if any(isinstance(cb, LightningControl) for cb in trainer.callbacks):
+        return False
+    trainer.callbacks.append(control_callback_class(package)())
+    return True
+
+
+def _patch_lightning(package: str) -> Callable[[Any], None]:
+    """Two packages, two Trainer classes, two Callback types: each gets its own."""
+    return functools.partial(
+        _patch_trainer,
+        add_callback=functools.partial(_add_lightning_callback, package=package),
+        method="fit",
+        resume_kwarg="ckpt_path",
+        resume_fits=lambda args, path: len(args) < 5 and os.path.isfile(path),  # ckpt_path is fit's 5th
+    )
+
+
+#: modules whose import triggers a patch -> the patch
+_PATCHES: dict[str, Callable[[Any], None]] = {
+    "transformers.trainer": functools.partial(
+        _patch_trainer,
+        add_callback=_add_hf_callback,
+        method="train",
+        resume_kwarg="resume_from_checkpoint",
+        resume_fits=lambda args, path: not args and os.path.isdir(path),
+    ),
+    "lightning.pytorch.trainer.trainer": _patch_lightning("lightning.pytorch"),
+    "pytorch_lightning.trainer.trainer": _patch_lightning("pytorch_lightning"),
+}
 
 
 class _PatchingLoader(importlib.abc.Loader):
