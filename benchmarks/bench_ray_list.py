@@ -33,15 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import EXAMPLES, Procs, base_env, wait_for  # noqa: E402
+from conftest import EXAMPLES, FORGATHER, Procs, base_env, wait_for  # noqa: E402
 from test_ray_listing import LocalRayCluster, ray_env, write_dead_job, write_finished_job  # noqa: E402
 
 from forgather.control import JobPaths, read_json, scan  # noqa: E402
-
-
-def forgather_argv() -> list[str]:
-    exe = Path(sys.executable).with_name("forgather")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -54,7 +49,7 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> None:
-    p = subprocess.run([*forgather_argv(), *args], env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([*FORGATHER, *args], env=env, capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         raise SystemExit(f"forgather {' '.join(args)} failed ({p.returncode}): {p.stderr}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "trainer_control"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_EXE = Path(sys.executable).with_name("forgather")
+#: The ``forgather`` command line as a user runs it: the installed console script.
+FORGATHER: list[str] = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "forgather.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_record(jobs_dir: Path, job_id: str, name: str) -> dict:
+    """One of a job's JSON records, or {} while it is missing or being replaced."""
+    try:
+        return json.loads((jobs_dir / job_id / name).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -157,9 +175,7 @@ class CliResult:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120.0, input: str | None = None) -> CliResult:
     """Run ``forgather ARGS`` exactly as a user would (the installed console script)."""
-    exe = Path(sys.executable).with_name("forgather")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
-    proc = subprocess.run([*argv, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input, cwd=REPO)
+    proc = subprocess.run([*FORGATHER, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input, cwd=REPO)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

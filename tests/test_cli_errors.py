@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, base_env
+from conftest import FORGATHER, REPO, base_env
 
 from forgather.control import JobPaths, local_host, process_identity, write_json_atomic
 
@@ -220,9 +220,7 @@ def _run_in_pty(args: list[str], answer: str, env: dict[str, str]) -> tuple[int,
 
     master, slave = pty.openpty()
     try:
-        exe = Path(sys.executable).with_name("forgather")
-        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
-        p = subprocess.Popen([*argv, *args], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        p = subprocess.Popen([*FORGATHER, *args], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         os.write(master, answer.encode())
         out, err = p.communicate(timeout=120)
         return p.returncode, out + err
@@ -258,9 +256,7 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
     ident = process_identity()
     write_json_atomic(paths.endpoint, {"job_id": "sleepy", "url": None, "token": "t", "started_at": time.time(), "protocol": 1, **ident})
     write_json_atomic(paths.status, {"job_id": "sleepy", "state": "running", "step": 1, "heartbeat_at": time.time(), **ident})
-    exe = Path(sys.executable).with_name("forgather")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
-    p = subprocess.Popen([*argv, "control", "save", "sleepy", "--wait"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*FORGATHER, "control", "save", "sleepy", "--wait"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(paths.inbox.iterdir()), timeout=60, what="the command file")
         p.send_signal(signal.SIGINT)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import FORGATHER
 
 from forgather.control import JobPaths, process_identity, write_json_atomic
 from forgather.launcher import LaunchConfig, LaunchError, make_plan
@@ -159,9 +159,7 @@ def test_unwritable_jobs_dir_is_a_clear_error(tmp_path: Path) -> None:
         jobs.mkdir(mode=0o500)
     script = tmp_path / "t.py"
     script.write_text("pass\n")
-    exe = Path(sys.executable).with_name("forgather")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
-    proc = subprocess.run([*argv, "launch", "--jobs-dir", str(jobs), "--job-id", "x", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([*FORGATHER, "launch", "--jobs-dir", str(jobs), "--job-id", "x", str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "cannot write the job's records" in proc.stderr and "--jobs-dir" in proc.stderr and "Traceback" not in proc.stderr

@@ -12,35 +12,25 @@ import json
 import os
 import re
 import signal
-import socket
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import EXAMPLES, REPO, Proc, Procs, base_env, wait_for
+from conftest import EXAMPLES, FORGATHER, REPO, Proc, Procs, base_env, free_port, wait_for
+from conftest import read_record as read
 
 PLAIN = REPO / "examples" / "launch" / "plain_train.py"
 HF = EXAMPLES / "hf_trainer.py"
 LIGHTNING = EXAMPLES / "lightning_trainer.py"
 START_TIMEOUT = 240.0  # torch + transformers imports on 2 busy cores
 TIMEOUT = 240.0
-_exe = Path(sys.executable).with_name("forgather")
-FORGATHER = [str(_exe)] if _exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
 
 
 def launch(procs: Procs, jobs_dir: Path, job_id: str, script: Path, *args: str, opts: tuple[str, ...] = (), name: str = "launch", **env: str) -> Proc:
     argv = [*FORGATHER, "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, *opts, str(script), *args]
     return procs.start(argv, env=base_env(jobs_dir, **env), name=name)
-
-
-def read(jobs_dir: Path, job_id: str, name: str) -> dict:
-    try:
-        return json.loads((jobs_dir / job_id / name).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def wait_running(jobs_dir: Path, job_id: str, *launchers: Proc, min_step: int = 3) -> dict:
@@ -92,12 +82,6 @@ def control_ok(cli, *args: str) -> str:
     res = cli("control", *args, timeout=TIMEOUT)
     assert res.code == 0, f"forgather control {' '.join(args)} -> {res.code}\n{res.out}\n{res.err}"
     return res.out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TRAINERS = {

@@ -10,18 +10,15 @@ test sets, not a race it hopes to win.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import Procs, base_env, wait_for
+from conftest import FORGATHER, Procs, base_env, wait_for
 
 from forgather.control import JobPaths
 
 pytestmark = pytest.mark.timeout(600)
 TIMEOUT = 240.0
-_exe = Path(sys.executable).with_name("forgather")
-FORGATHER = [str(_exe)] if _exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
 
 SCRIPT = """
 import sys, time

@@ -4,24 +4,17 @@ workers by rank, drive them with the client API from forgather.control."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
-from conftest import EXAMPLES, Proc, Procs, base_env, wait_for
+from conftest import EXAMPLES, Proc, Procs, base_env, free_port, wait_for  # noqa: F401 (free_port: re-exported)
 
 from forgather.control import JobClient, find_job, probe_endpoint
 
 #: torchrun runs take seconds on 2 busy cores shared with other test runs.
 TIMEOUT = 240.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import EXAMPLES, Procs, base_env, require_service, run_cli, wait_for
+from conftest import EXAMPLES, Procs, base_env, free_port, require_service, run_cli, wait_for
 from forgather.control import JobPaths, process_identity, read_json, write_json_atomic
 from forgather.control.ray_listing import INSTALL_HINT
 
@@ -38,12 +38,6 @@ from forgather.control.ray_listing import INSTALL_HINT
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 START_TIMEOUT = 180.0  # two cores shared with four other test runs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, require_service, wait_for
+from conftest import FORGATHER, REPO, base_env, require_service, wait_for
+from conftest import read_record as read
 
 pytestmark = pytest.mark.slurm
 
@@ -88,17 +89,8 @@ def squeue_reason(jid: str) -> str:
     return run("squeue", "-h", "-j", jid, "-o", "%T %r").stdout.strip()
 
 
-def read(jobs_dir: Path, job_id: str, name: str) -> dict:
-    try:
-        return json.loads((jobs_dir / job_id / name).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def cli(jobs_dir: Path, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("forgather")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
-    return run(*argv, *args, env=slurm_env(FORGATHER_JOBS_DIR=str(jobs_dir)), timeout=timeout)
+    return run(*FORGATHER, *args, env=slurm_env(FORGATHER_JOBS_DIR=str(jobs_dir)), timeout=timeout)
 
 
 def log_of(tmp_path: Path, jid: str) -> str:
