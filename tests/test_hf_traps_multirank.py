@@ -65,7 +65,7 @@ class Late(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
             with JobClient(find_job(jobs_dir, "late", probe=probe_endpoint)) as c:
-                print("sent", c.send("save")["id"], flush=True)
+                print(f"sent <{c.send('save')['id']}>", flush=True)  # delimited: ranks share stdout
 
 
 model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2))
@@ -88,7 +88,7 @@ def test_command_after_the_last_step_is_dropped_on_two_ranks(jobs_dir: Path, pro
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(jobs_dir), str(out)]
     job = procs.start(argv, env=base_env(jobs_dir), name="late")
     assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
-    sent = re.findall(r"^sent (\S+)$", job.output(), re.M)
+    sent = re.findall(r"sent <([^>]+)>", job.output())
     assert len(sent) == 1, job.output()[-4000:]
     lines = ended_lines(job)
     assert set(lines) == {0, 1} and end_step(lines[0]) == end_step(lines[1]) == 6

@@ -4,6 +4,7 @@ workers by rank, drive them with the client API from forgather.control."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,18 @@ def workers_by_rank(proc: Proc, expect: int) -> dict[int, psutil.Process]:
     return wait_for(find, timeout=TIMEOUT, interval=0.2, what=f"{expect} workers")
 
 
+#: What each example prints at its end. Matched anywhere, not per line: ranks share
+#: torchrun's stdout, and print() writes the text and its newline separately, so two
+#: ranks ending together can leave "...aborted=Falserank 3 pid ..." on one line.
+_ENDED = re.compile(r"rank (\d+) pid \d+ ended at step \d+(?: aborted=(?:True|False))?")
+
+
 def ended_lines(*procs_: Proc) -> dict[int, str]:
     """rank -> the 'rank R pid P ended at step S ...' line each example prints."""
     out: dict[int, str] = {}
     for p in procs_:
-        for line in p.output().splitlines():
-            if " ended at step " in line and line.split()[0] == "rank":
-                out[int(line.split()[1])] = line
+        for m in _ENDED.finditer(p.output()):
+            out[int(m.group(1))] = m.group(0)
     return out
 
 
