@@ -74,7 +74,7 @@ targs = TrainingArguments(output_dir=out, max_steps=6, per_device_train_batch_si
 trainer = Trainer(model=model, args=targs, train_dataset=Tokens(64),
                   callbacks=[Late(), TrainerControlCallback(job_id="late", jobs_dir=jobs_dir)])
 trainer.train()
-print("rank", os.environ["RANK"], "pid", os.getpid(), "ended at step", trainer.state.global_step, flush=True)
+print(f"rank {os.environ['RANK']} pid {os.getpid()} ended at step {trainer.state.global_step} aborted=False", flush=True)
 '''
 
 

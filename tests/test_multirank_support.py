@@ -88,7 +88,7 @@ def workers_by_rank(proc: Proc, expect: int) -> dict[int, psutil.Process]:
 #: What each example prints at its end. Matched anywhere, not per line: ranks share
 #: torchrun's stdout, and print() writes the text and its newline separately, so two
 #: ranks ending together can leave "...aborted=Falserank 3 pid ..." on one line.
-_ENDED = re.compile(r"rank (\d+) pid \d+ ended at step \d+(?: aborted=(?:True|False))?")
+_ENDED = re.compile(r"rank (\d+) pid \d+ ended at step \d+ aborted=(?:True|False)")
 
 
 def ended_lines(*procs_: Proc) -> dict[int, str]:
