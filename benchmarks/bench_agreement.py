@@ -42,7 +42,7 @@ BUDGET_LATENCY_S = 2.0
 
 # -- single process -----------------------------------------------------------------------
 def bench_single(n: int = 1_000_000, repeats: int = 5) -> dict[str, float]:
-    from forgather.callback import Controller
+    from forgather_control.callback import Controller
 
     with tempfile.TemporaryDirectory() as jobs:
         with Controller(job_id="bench-single", jobs_dir=jobs, signals=(), enable_http=False) as ctl:
@@ -135,7 +135,7 @@ def _latency(ctl, dist, torch, rank: int, commands: int, step_time: float, first
     done = threading.Event()
 
     def sender() -> None:
-        from forgather.control import JobClient, find_job
+        from forgather_control.control import JobClient, find_job
 
         rng = random.Random(7)
         with JobClient(find_job(ctl.jobs_dir, ctl.job_id, squeue=None)) as client:
@@ -177,7 +177,7 @@ def worker(out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from forgather.callback import Controller
+    from forgather_control.callback import Controller
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

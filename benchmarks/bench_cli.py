@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forgather.control import JobPaths, local_host, read_json, write_json_atomic
+from forgather_control.control import JobPaths, local_host, read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "trainer_control" / "plain_loop.py"
@@ -39,7 +39,7 @@ EXAMPLE = REPO / "examples" / "trainer_control" / "plain_loop.py"
 
 def forgather_argv() -> list[str]:
     exe = Path(sys.executable).with_name("forgather")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather.cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "forgather_control.cli.main"]
 
 
 def build_jobs(root: Path, n: int, seed: int = 0) -> dict[str, int]:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import EXAMPLES, FORGATHER, Procs, base_env, wait_for  # noqa: E402
 from test_ray_listing import LocalRayCluster, ray_env, write_dead_job, write_finished_job  # noqa: E402
 
-from forgather.control import JobPaths, read_json, scan  # noqa: E402
+from forgather_control.control import JobPaths, read_json, scan  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -83,7 +83,7 @@ def main() -> int:
         env = {**base_env(dirs["fg-a"]), "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         os.environ["FORGATHER_JOBS_DIR"] = str(dirs["fg-a"])
-        from forgather.control.ray_listing import list_cluster
+        from forgather_control.control.ray_listing import list_cluster
 
         # Warm up once each (page cache, Ray's first worker per node).
         run_cli(["control", "list", "--json"], env)

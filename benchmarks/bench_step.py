@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from forgather.callback import Controller
+from forgather_control.callback import Controller
 
 BUDGET_US = 1.0
 

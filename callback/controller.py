@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather.control import (
+from forgather_control.control import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_JOB_ID,
@@ -57,7 +57,7 @@ from forgather.control import (
     validate_job_id,
     write_json_atomic,
 )
-from forgather.control.files import remove_quietly
+from forgather_control.control.files import remove_quietly
 
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .publisher import Publisher

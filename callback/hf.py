@@ -31,7 +31,7 @@ import os
 import weakref
 from typing import Any
 
-from forgather.control import Command
+from forgather_control.control import Command
 
 from .controller import Controller
 

@@ -1,6 +1,6 @@
 """Lightning integration: :class:`LightningControlCallback`.
 
-Importing ``forgather.callback`` never imports this module, and importing this module
+Importing ``forgather_control.callback`` never imports this module, and importing this module
 imports no Lightning: the class is built on first use, on the ``Callback`` of the package
 the trainer comes from. ``lightning.pytorch`` and the standalone ``pytorch_lightning``
 are separate packages with separate ``Callback`` types, and both may be installed;
@@ -32,7 +32,7 @@ import math
 import os
 from typing import Any
 
-from forgather.control import Command
+from forgather_control.control import Command
 
 from .controller import Controller
 

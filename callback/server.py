@@ -1,6 +1,6 @@
 """The rank-0 HTTP server: a FastAPI app from a factory, uvicorn in a daemon thread.
 
-The app only touches the :class:`~forgather.control.Ledger` (thread-safe) and a
+The app only touches the :class:`~forgather_control.control.Ledger` (thread-safe) and a
 status callable; it never makes a collective and never raises into training. Every
 refusal is a clear 4xx that changes nothing.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from forgather.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
+from forgather_control.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgather.control.client import probe_endpoint
-from forgather.control.files import TEMP_PREFIX
-from forgather.control.jobs import JobPaths
-from forgather.control.listing import JobInfo, load, scan, useful_probe
-from forgather.control.liveness import Liveness, judge
+from forgather_control.control.client import probe_endpoint
+from forgather_control.control.files import TEMP_PREFIX
+from forgather_control.control.jobs import JobPaths
+from forgather_control.control.listing import JobInfo, load, scan, useful_probe
+from forgather_control.control.liveness import Liveness, judge
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """``forgather control``: list, status, save, eval, stop, save-stop, abort, cleanup.
 
-Thin over :mod:`forgather.control`. Fast by construction: it imports no torch, fastapi
+Thin over :mod:`forgather_control.control`. Fast by construction: it imports no torch, fastapi
 or ray (only ``--ray`` imports ray), and the ``--json`` paths do not import rich
-either; :mod:`forgather.cli.render` is imported only when a person reads the output.
+either; :mod:`forgather_control.cli.render` is imported only when a person reads the output.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import click
 
-from forgather.control.client import ControlError, HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
-from forgather.control.commands import CLI_VERBS, Command
-from forgather.control.files import read_json
-from forgather.control.jobs import JOB_FINAL_STATES, resolve_jobs_dir
-from forgather.control.listing import scan, useful_probe
-from forgather.control.liveness import Liveness, judge
+from forgather_control.control.client import ControlError, HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
+from forgather_control.control.commands import CLI_VERBS, Command
+from forgather_control.control.files import read_json
+from forgather_control.control.jobs import JOB_FINAL_STATES, resolve_jobs_dir
+from forgather_control.control.listing import scan, useful_probe
+from forgather_control.control.liveness import Liveness, judge
 
 from . import targets
 from .output import describe_entry, print_json

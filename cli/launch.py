@@ -1,6 +1,6 @@
 """``forgather launch [OPTIONS] SCRIPT [ARGS]...``: torchrun with control injected.
 
-Thin over :mod:`forgather.launcher`: options -> LaunchConfig -> plan -> (print it with
+Thin over :mod:`forgather_control.launcher`: options -> LaunchConfig -> plan -> (print it with
 ``--dry-run``, or) execute it. Everything wrong with the options or the script is
 reported here, before a process starts. torchrun's options keep their names (both
 ``--nproc-per-node`` and ``--nproc_per_node`` work); ``-m`` means "SCRIPT is a module",
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from forgather.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError
+from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def _own_argv() -> tuple[str, ...]:
 
 def run_config(config: LaunchConfig, *, env) -> int:  # noqa: ANN001 - a Mapping
     """Check, plan, then print or execute. Raises LaunchError before anything starts."""
-    from forgather.control import JobPaths, resolve_jobs_dir
-    from forgather.launcher.plan import make_plan, python_executable, render_plan
-    from forgather.launcher.records import read_previous
+    from forgather_control.control import JobPaths, resolve_jobs_dir
+    from forgather_control.launcher.plan import make_plan, python_executable, render_plan
+    from forgather_control.launcher.records import read_previous
 
     check_target(config)
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
@@ -150,7 +150,7 @@ def run_config(config: LaunchConfig, *, env) -> int:  # noqa: ANN001 - a Mapping
     if config.dry_run:
         click.echo(render_plan(plan), nl=False)
         return 0
-    from forgather.launcher.run import execute
+    from forgather_control.launcher.run import execute
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -106,8 +106,8 @@ def _missing_command(name: str, module_name: str, short_help: str) -> click.Comm
 @click.group(
     cls=LazyGroup,
     lazy={
-        "control": ("forgather.cli.control:control", "Find, watch and command running jobs."),
-        "launch": ("forgather.cli.launch:launch", "Launch a training script under torchrun / SLURM."),
+        "control": ("forgather_control.cli.control:control", "Find, watch and command running jobs."),
+        "launch": ("forgather_control.cli.launch:launch", "Launch a training script under torchrun / SLURM."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -151,12 +151,12 @@ def _error(message: str) -> None:
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code of an expected error, None for an unexpected one.
 
-    Imports the error types from ``forgather.control`` lazily: the package is light, but
+    Imports the error types from ``forgather_control.control`` lazily: the package is light, but
     ``forgather --help`` needs none of it.
     """
-    from forgather.control.client import ControlError
-    from forgather.control.jobs import InvalidJobId
-    from forgather.control.listing import AmbiguousJob, JobNotFound
+    from forgather_control.control.client import ControlError
+    from forgather_control.control.jobs import InvalidJobId
+    from forgather_control.control.listing import AmbiguousJob, JobNotFound
 
     if isinstance(exc, ControlError):
         return int(exc.exit_code)

@@ -2,7 +2,7 @@
 
 Imported only on the human paths; ``--json`` never loads rich. Only the console and
 text are imported up front: ``list`` needs nothing else, and tables, panels and the
-progress bar (:mod:`forgather.cli.watch`) cost another 15 ms of start-up.
+progress bar (:mod:`forgather_control.cli.watch`) cost another 15 ms of start-up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from forgather.control.jobs import JOB_FINAL_STATES
+from forgather_control.control.jobs import JOB_FINAL_STATES
 
 from .output import age, describe_entry, duration
 

@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from forgather.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
-from forgather.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
-from forgather.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
-from forgather.control.liveness import is_loopback_url
-from forgather.control.liveness import Liveness, same_host
+from forgather_control.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
+from forgather_control.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
+from forgather_control.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
+from forgather_control.control.liveness import is_loopback_url
+from forgather_control.control.liveness import Liveness, same_host
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list
 
 
 def _refused_token(url: str) -> Exception:
-    from forgather.control.client import CommandRefused
+    from forgather_control.control.client import CommandRefused
 
     return CommandRefused(
         f"{url} refused our token (401); pass the job's token with --token or FORGATHER_TOKEN "
@@ -205,13 +205,13 @@ def _require_controllable(info: JobInfo, channel: str) -> None:
 
 # -- Ray, lazily -------------------------------------------------------------------------
 def ray_module() -> Any:
-    """``forgather.control.ray_listing``, or a UsageError naming the extra to install."""
+    """``forgather_control.control.ray_listing``, or a UsageError naming the extra to install."""
     if importlib.util.find_spec("ray") is None:
         raise UsageError(f"--ray needs Ray, which is not installed; install it with {RAY_EXTRA_HINT}")
     try:
-        return importlib.import_module("forgather.control.ray_listing")
+        return importlib.import_module("forgather_control.control.ray_listing")
     except ImportError as exc:
-        if exc.name in ("forgather.control.ray_listing",) or (exc.name or "").split(".")[0] == "ray":
+        if exc.name in ("forgather_control.control.ray_listing",) or (exc.name or "").split(".")[0] == "ray":
             raise UsageError(
                 f"--ray is not available in this install ({exc}); install the Ray extra with {RAY_EXTRA_HINT}"
             ) from None

@@ -75,7 +75,7 @@ __all__ = [
     "write_json_atomic",
 ]
 
-# Cluster-wide listing through Ray (forgather.control.ray_listing), loaded on first use
+# Cluster-wide listing through Ray (forgather_control.control.ray_listing), loaded on first use
 # so that importing this package never costs, or needs, Ray. ``find_cluster_job`` is
 # ray_listing.find_job (``find_job`` here is the local one).
 _RAY_LISTING = {

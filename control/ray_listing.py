@@ -3,11 +3,11 @@
 On clusters without shared storage every node keeps its own jobs directory, and pids
 only mean something on the node that wrote them. So the listing is done *on* each node:
 one tiny task pinned to every alive node reads that node's jobs directory and judges
-liveness there with :func:`forgather.control.listing.scan`; the answers (plain dicts,
+liveness there with :func:`forgather_control.control.listing.scan`; the answers (plain dicts,
 no custom classes cross Ray) are merged with the local listing, one row per job.
 
 Ray is optional and only this module imports it, inside its functions, so
-``import forgather.control`` and every other command stay free of it. We never start a
+``import forgather_control.control`` and every other command stay free of it. We never start a
 cluster: the user's cluster is connected to, asked, and left (``ray.shutdown``) so the
 CLI exits promptly. A node that hangs or dies cannot stall the listing: answers are
 collected with ``ray.wait`` against a deadline, stragglers are cancelled, and the node
@@ -139,7 +139,7 @@ def list_cluster(
 
 def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """Resolve a job id (or unique prefix) across the Ray cluster to something
-    :class:`~forgather.control.client.JobClient` can talk to: the job's summary with
+    :class:`~forgather_control.control.client.JobClient` can talk to: the job's summary with
     ``url``, ``token`` and ``job_id``.
 
     The token is read by the node's own task from the job's 0600 endpoint.json and

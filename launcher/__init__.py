@@ -19,7 +19,7 @@ __all__ = [
 
 
 def execute(*args, **kwargs):  # noqa: ANN002, ANN003 - see run.execute
-    """Lazy re-export of :func:`forgather.launcher.run.execute` (it imports psutil)."""
+    """Lazy re-export of :func:`forgather_control.launcher.run.execute` (it imports psutil)."""
     from .run import execute as _execute
 
     return _execute(*args, **kwargs)

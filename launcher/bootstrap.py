@@ -1,4 +1,4 @@
-"""What every worker runs: ``python -m forgather.launcher.bootstrap SCRIPT ARGS...``
+"""What every worker runs: ``python -m forgather_control.launcher.bootstrap SCRIPT ARGS...``
 (or ``... -m MODULE ARGS...``). ``forgather launch`` puts it behind torchrun.
 
 In order, before the user's code runs:
@@ -17,7 +17,7 @@ In order, before the user's code runs:
 
 Plain loops get their Controller from here, configured by the launcher's environment::
 
-    from forgather.launcher.bootstrap import controller, resume_from
+    from forgather_control.launcher.bootstrap import controller, resume_from
 
     with controller(max_steps=1000) as ctl:      # job id, jobs dir, host, port from env
         start = load(resume_from()) if resume_from() else 0
@@ -53,10 +53,10 @@ _installed = False
 
 # -- public helpers for plain loops ---------------------------------------------------
 def controller(**options: Any):
-    """A :class:`forgather.callback.Controller` for a plain loop, configured from the
+    """A :class:`forgather_control.callback.Controller` for a plain loop, configured from the
     launcher's environment (FORGATHER_JOB_ID, FORGATHER_JOBS_DIR,
     FORGATHER_CONTROL_HOST/PORT); ``options`` override. Use it as a context manager."""
-    from forgather.callback import Controller
+    from forgather_control.callback import Controller
 
     return Controller(**options)
 
@@ -69,13 +69,13 @@ def resume_from() -> str | None:
 
 def pending_signals() -> int:
     """Stop signals that arrived before a Controller started (handed to the next one)."""
-    from forgather.callback.signals import pending_early_signals
+    from forgather_control.callback.signals import pending_early_signals
 
     return pending_early_signals()
 
 
 def _install_signals() -> None:
-    from forgather.callback.signals import install_early_handlers
+    from forgather_control.callback.signals import install_early_handlers
 
     install_early_handlers(EARLY_SIGNALS)
 
@@ -119,7 +119,7 @@ def _patch_trainer(
 
 
 def _add_hf_callback(trainer: Any) -> bool:
-    from forgather.callback.hf import TrainerControlCallback
+    from forgather_control.callback.hf import TrainerControlCallback
 
     handler = getattr(trainer, "callback_handler", None)
     if any(isinstance(cb, TrainerControlCallback) for cb in getattr(handler, "callbacks", ()) or ()):
@@ -129,7 +129,7 @@ def _add_hf_callback(trainer: Any) -> bool:
 
 
 def _add_lightning_callback(trainer: Any, *, package: str) -> bool:
-    from forgather.callback.lightning import LightningControl, control_callback_class
+    from forgather_control.callback.lightning import LightningControl, control_callback_class
 
     if any(isinstance(cb, LightningControl) for cb in trainer.callbacks):
         return False
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``bootstrap SCRIPT ARGS...`` or ``bootstrap -m MODULE ARGS...``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m forgather.launcher.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)
+        print("usage: python -m forgather_control.launcher.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)
         raise SystemExit(2 if not args else 0)
     if os.environ.get(ENV_LAUNCHED, "1") != "0":
         install()
@@ -243,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the copy that `import forgather.launcher.bootstrap` returns, not this __main__
+    # Run the copy that `import forgather_control.launcher.bootstrap` returns, not this __main__
     # one, so the user's script and the hooks share one module state (pending signals).
-    from forgather.launcher import bootstrap as _bootstrap
+    from forgather_control.launcher import bootstrap as _bootstrap
 
     _bootstrap.main()

@@ -104,7 +104,7 @@ class LaunchConfig:
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):
             raise LaunchError("--standalone picks its own rendezvous; drop --rdzv-endpoint/--master-addr/--master-port")
         if self.job_id is not None:
-            from forgather.control import InvalidJobId, validate_job_id
+            from forgather_control.control import InvalidJobId, validate_job_id
 
             try:
                 validate_job_id(self.job_id)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from forgather.control import InvalidJobId, default_job_id, validate_job_id
+from forgather_control.control import InvalidJobId, default_job_id, validate_job_id
 
 from .config import LaunchConfig, LaunchError
 from .nodelist import NodeListError, expand_nodelist
@@ -86,7 +86,7 @@ class TorchrunEnvironment(Environment):
         raise LaunchError(
             f"forgather launch is already running inside torchrun ({seen}) and will not start torchrun "
             "inside it. Run the script directly here (the bootstrap is not needed: add the control "
-            "callback, or use `python -m forgather.launcher.bootstrap SCRIPT`), or call "
+            "callback, or use `python -m forgather_control.launcher.bootstrap SCRIPT`), or call "
             "`forgather launch` from outside torchrun."
         )
 

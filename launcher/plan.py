@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from forgather.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS
+from forgather_control.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS
 
 from .config import LaunchConfig
 from .environments import Placement, detect
@@ -32,7 +32,7 @@ __all__ = [
     "worker_env",
 ]
 
-BOOTSTRAP_MODULE = "forgather.launcher.bootstrap"
+BOOTSTRAP_MODULE = "forgather_control.launcher.bootstrap"
 #: Set for the workers: "1" when the bootstrap should inject the control callback.
 ENV_LAUNCHED = "FORGATHER_LAUNCHED"
 #: The checkpoint a restarted (requeued) run should resume from, when one was recorded.
@@ -112,7 +112,7 @@ def make_plan(
 
 
 def torchrun_argv(config: LaunchConfig, placement: Placement, *, python: str) -> tuple[str, ...]:
-    """``python -m torch.distributed.run [torchrun options] -m forgather.launcher.bootstrap
+    """``python -m torch.distributed.run [torchrun options] -m forgather_control.launcher.bootstrap
     SCRIPT ARGS...``; with ``--no-control`` the user's script runs directly."""
     argv: list[str] = [python, "-m", "torch.distributed.run"]
     if placement.standalone:
@@ -192,7 +192,7 @@ def render_plan(plan: Plan) -> str:
         f"  job id:         {p.job_id}",
         f"  jobs dir:       {plan.jobs_dir}",
         f"  placement:      {node}, {p.nproc_per_node} process(es) per node",
-        f"  control:        {'callback injected by forgather.launcher.bootstrap' if plan.config.control else 'off (--no-control)'}",
+        f"  control:        {'callback injected by forgather_control.launcher.bootstrap' if plan.config.control else 'off (--no-control)'}",
         f"  on a signal:    {_on_signal(plan)}",
     ]
     if p.environment == "slurm":

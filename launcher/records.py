@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from forgather.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
-from forgather.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
-from forgather.control.jobs import JOB_FINAL_STATES
-from forgather.control.liveness import STALE_AFTER
+from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
+from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
+from forgather_control.control.jobs import JOB_FINAL_STATES
+from forgather_control.control.liveness import STALE_AFTER
 
 from .config import LaunchError
 from .environments import Placement
@@ -131,7 +131,7 @@ class JobRecords:
             endpoint = read_json(self.paths.endpoint, quiet=True)
             status = read_json(self.paths.status, quiet=True)
             if endpoint or status:
-                from forgather.control import probe_endpoint
+                from forgather_control.control import probe_endpoint
 
                 verdict, why = judge(endpoint=endpoint, status=status, probe=probe_endpoint, squeue=None)
                 if verdict in (Liveness.ALIVE, Liveness.UNKNOWN):

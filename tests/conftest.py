@@ -29,7 +29,7 @@ EXAMPLES = REPO / "examples" / "trainer_control"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _EXE = Path(sys.executable).with_name("forgather")
 #: The ``forgather`` command line as a user runs it: the installed console script.
-FORGATHER: list[str] = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "forgather.cli.main"]
+FORGATHER: list[str] = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "forgather_control.cli.main"]
 
 
 def free_port() -> int:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import forgather.callback.controller as controller_mod
-from forgather.callback import Controller
-from forgather.callback.agreement import FIELDS, Proposal
-from forgather.callback.controller import NEVER
+import forgather_control.callback.controller as controller_mod
+from forgather_control.callback import Controller
+from forgather_control.callback.agreement import FIELDS, Proposal
+from forgather_control.callback.controller import NEVER
 
 
 class Clock:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import EXAMPLES, base_env, wait_for
 
-from forgather.control import JobPaths, read_json
+from forgather_control.control import JobPaths, read_json
 
 WAIT = "120"  # --timeout for --wait: the machine is shared and busy
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import FORGATHER, REPO, base_env
 
-from forgather.control import JobPaths, local_host, process_identity, write_json_atomic
+from forgather_control.control import JobPaths, local_host, process_identity, write_json_atomic
 
 
 def _closed_port() -> int:
@@ -153,7 +153,7 @@ def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:
     """--ray with Ray missing: exit 2 and the extra to install, no traceback."""
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "from forgather.cli.main import run\n"
+        "from forgather_control.cli.main import run\n"
         "sys.exit(run(sys.argv[1:]))\n"
     )
     for args in (["control", "list", "--ray"], ["control", "status", "somejob", "--ray-address", "127.0.0.1:1"]):
@@ -171,7 +171,7 @@ def test_remote_bad_address_is_usage_and_closed_port_is_unreachable(cli) -> None
 
 _IMPORT_PROBE = """
 import sys, json
-from forgather.cli.main import run
+from forgather_control.cli.main import run
 rc = run(sys.argv[1:])
 heavy = sorted(m for m in ('torch', 'fastapi', 'ray', 'rich', 'uvicorn', 'transformers', 'lightning') if m in sys.modules)
 sys.stderr.write('\\nHEAVY=' + json.dumps(heavy) + '\\n')
@@ -274,7 +274,7 @@ def test_reader_closing_the_pipe_is_not_a_failure(jobs_dir: Path) -> None:
     (click alone would turn the broken pipe into exit 1)."""
     p = JobPaths(jobs_dir, "piped").create()
     write_json_atomic(p.status, {**process_identity(), "state": "finished", "step": 1})
-    exe = [sys.executable, "-m", "forgather.cli.main", "control", "list", "--all", "--json"]
+    exe = [sys.executable, "-m", "forgather_control.cli.main", "control", "list", "--all", "--json"]
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before we write
     proc = subprocess.run(exe, stdout=write_end, stderr=subprocess.PIPE, text=True, env=base_env(jobs_dir), timeout=60, cwd=REPO)

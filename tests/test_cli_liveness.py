@@ -13,7 +13,7 @@ from typing import Any
 
 from conftest import EXAMPLES, base_env, wait_for
 
-from forgather.control import JobPaths, local_host, process_identity, read_json, write_json_atomic
+from forgather_control.control import JobPaths, local_host, process_identity, read_json, write_json_atomic
 
 
 def jobs_by_id(cli, *args: str) -> dict[str, dict[str, Any]]:

@@ -13,10 +13,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from forgather.cli import cleanup, main, output, targets
-from forgather.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
-from forgather.control.client import CommandFailed, CommandRefused, NotFound, Unreachable, UsageError, WaitTimeout
-from forgather.control.listing import useful_probe
+from forgather_control.cli import cleanup, main, output, targets
+from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
+from forgather_control.control.client import CommandFailed, CommandRefused, NotFound, Unreachable, UsageError, WaitTimeout
+from forgather_control.control.listing import useful_probe
 
 
 def test_exit_code_mapping() -> None:
@@ -51,11 +51,11 @@ def test_run_turns_errors_into_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_lazy_group_lists_without_importing_and_explains_missing() -> None:
     group = main.LazyGroup(
         "g",
-        lazy={"gone": ("forgather.cli.no_such_module_here:cmd", "A command that is not installed.")},
+        lazy={"gone": ("forgather_control.cli.no_such_module_here:cmd", "A command that is not installed.")},
     )
     result = CliRunner().invoke(group, ["--help"])
     assert result.exit_code == 0 and "A command that is not installed." in result.output
-    assert "forgather.cli.no_such_module_here" not in sys.modules
+    assert "forgather_control.cli.no_such_module_here" not in sys.modules
     result = CliRunner().invoke(group, ["gone", "--whatever", "x"])
     assert result.exit_code == 2 and "not available in this install" in result.output
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from forgather.callback import NO_ACTIONS, Controller
-from forgather.control import Command, CommandRefused, JobClient, find_job, probe_endpoint, read_json
+from forgather_control.callback import NO_ACTIONS, Controller
+from forgather_control.control import Command, CommandRefused, JobClient, find_job, probe_endpoint, read_json
 
 
 def make(jobs_dir: Path, **kw) -> Controller:

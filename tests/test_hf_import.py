@@ -1,5 +1,5 @@
-"""Importing the integrations costs nothing a job does not use: forgather.callback and
-forgather.callback.hf import neither torch, transformers, lightning nor fastapi (the
+"""Importing the integrations costs nothing a job does not use: forgather_control.callback and
+forgather_control.callback.hf import neither torch, transformers, lightning nor fastapi (the
 launcher injects the callbacks into every job), and the HF callback duck-types the
 TrainerCallback protocol so a Trainer accepts it."""
 
@@ -14,8 +14,8 @@ from conftest import base_env
 
 CODE = """
 import sys
-import forgather.callback, forgather.callback.hf
-from forgather.callback import TrainerControlCallback
+import forgather_control.callback, forgather_control.callback.hf
+from forgather_control.callback import TrainerControlCallback
 heavy = [m for m in ("torch", "transformers", "lightning", "pytorch_lightning", "fastapi", "uvicorn") if m in sys.modules]
 assert not heavy, heavy
 cb = TrainerControlCallback(job_id="imp", signals=())
@@ -34,7 +34,7 @@ def test_importing_the_callbacks_imports_no_heavy_package(tmp_path) -> None:
 def test_lightning_callback_is_a_lightning_callback() -> None:
     import lightning.pytorch as pl
 
-    from forgather.callback import LightningControlCallback
+    from forgather_control.callback import LightningControlCallback
 
     assert issubclass(LightningControlCallback, pl.Callback)
 
@@ -44,7 +44,7 @@ def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
     import lightning.pytorch as lp
     import pytorch_lightning as pl
 
-    from forgather.callback.lightning import LightningControl, control_callback_class
+    from forgather_control.callback.lightning import LightningControl, control_callback_class
 
     standalone = control_callback_class("pytorch_lightning")
     unified = control_callback_class("lightning.pytorch")
@@ -59,7 +59,7 @@ def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
 def test_importing_the_lightning_module_imports_no_lightning(tmp_path) -> None:
     code = (
         "import sys\n"
-        "import forgather.callback.lightning as m\n"
+        "import forgather_control.callback.lightning as m\n"
         "assert not any(k.split('.')[0] in ('lightning', 'pytorch_lightning') for k in sys.modules), 'lightning imported'\n"
         "m.control_callback_class('pytorch_lightning')\n"
         "assert 'lightning' not in sys.modules, 'the standalone class pulled in the unified package'\n"

@@ -21,8 +21,8 @@ pytest.importorskip("accelerate")
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from forgather.callback.hf import TrainerControlCallback  # noqa: E402
-from forgather.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.callback.hf import TrainerControlCallback  # noqa: E402
+from forgather_control.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
 
 
 class Tokens(torch.utils.data.Dataset):

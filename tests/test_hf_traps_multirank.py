@@ -45,8 +45,8 @@ _LATE = '''
 import os, sys
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
-from forgather.callback.hf import TrainerControlCallback
-from forgather.control import JobClient, find_job, probe_endpoint
+from forgather_control.callback.hf import TrainerControlCallback
+from forgather_control.control import JobClient, find_job, probe_endpoint
 
 jobs_dir, out = sys.argv[1], sys.argv[2]
 

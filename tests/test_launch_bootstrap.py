@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import base_env
 
-BOOT = [sys.executable, "-m", "forgather.launcher.bootstrap"]
+BOOT = [sys.executable, "-m", "forgather_control.launcher.bootstrap"]
 
 
 def run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_early_signal_is_kept_for_the_controller(tmp_path: Path) -> None:
     is the same event delivered twice (within the repeat window), not an escalation."""
     (tmp_path / "loop.py").write_text(
         "import os, signal, time\n"
-        "from forgather.launcher.bootstrap import controller, pending_signals\n"
+        "from forgather_control.launcher.bootstrap import controller, pending_signals\n"
         "os.kill(os.getpid(), signal.SIGUSR1)\n"
         "os.kill(os.getpid(), signal.SIGUSR2)\n"
         "time.sleep(0.2)\n"
@@ -79,7 +79,7 @@ def test_launched_zero_injects_nothing(tmp_path: Path) -> None:
 def test_hf_trainer_gets_the_callback_once(tmp_path: Path) -> None:
     (tmp_path / "hf.py").write_text(
         "from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments\n"
-        "from forgather.callback.hf import TrainerControlCallback\n"
+        "from forgather_control.callback.hf import TrainerControlCallback\n"
         "m = GPT2LMHeadModel(GPT2Config(vocab_size=8, n_positions=8, n_embd=8, n_layer=1, n_head=1))\n"
         "a = TrainingArguments(output_dir='out', use_cpu=True, report_to='none')\n"
         "def count(t):\n"
@@ -95,7 +95,7 @@ def test_hf_trainer_gets_the_callback_once(tmp_path: Path) -> None:
 def test_lightning_trainer_gets_the_callback_once(tmp_path: Path) -> None:
     (tmp_path / "pl.py").write_text(
         "import lightning.pytorch as pl\n"
-        "from forgather.callback.lightning import LightningControlCallback\n"
+        "from forgather_control.callback.lightning import LightningControlCallback\n"
         "kw = dict(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)\n"
         "def count(t):\n"
         "    return sum(isinstance(c, LightningControlCallback) for c in t.callbacks)\n"
@@ -113,7 +113,7 @@ def test_standalone_pytorch_lightning_trainer_gets_its_callback_once(tmp_path: P
     (tmp_path / "ptl.py").write_text(
         "import sys\n"
         "import pytorch_lightning as pl\n"
-        "from forgather.callback.lightning import LightningControl, control_callback_class\n"
+        "from forgather_control.callback.lightning import LightningControl, control_callback_class\n"
         "kw = dict(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)\n"
         "def mine(t):\n"
         "    return [c for c in t.callbacks if isinstance(c, LightningControl)]\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_env, run_cli
-from forgather.launcher import (
+from forgather_control.launcher import (
     LaunchConfig,
     LaunchError,
     LocalEnvironment,
@@ -25,8 +25,8 @@ from forgather.launcher import (
     make_plan,
     render_plan,
 )
-from forgather.launcher.environments import slurm_master_port
-from forgather.launcher.plan import child_env
+from forgather_control.launcher.environments import slurm_master_port
+from forgather_control.launcher.plan import child_env
 
 GOLDEN = Path(__file__).parent / "golden" / "launch"
 UPDATE = os.environ.get("FORGATHER_UPDATE_GOLDEN") == "1"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import FORGATHER
 
-from forgather.control import JobPaths, process_identity, write_json_atomic
-from forgather.launcher import LaunchConfig, LaunchError, make_plan
-from forgather.launcher.records import JobRecords, read_previous
+from forgather_control.control import JobPaths, process_identity, write_json_atomic
+from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
+from forgather_control.launcher.records import JobRecords, read_previous
 
 SLURM = {
     "SLURM_JOB_ID": "900",

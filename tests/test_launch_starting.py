@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import FORGATHER, Procs, base_env, wait_for
 
-from forgather.control import JobPaths
+from forgather_control.control import JobPaths
 
 pytestmark = pytest.mark.timeout(600)
 TIMEOUT = 240.0
@@ -23,7 +23,7 @@ TIMEOUT = 240.0
 SCRIPT = """
 import sys, time
 from pathlib import Path
-from forgather.launcher.bootstrap import controller
+from forgather_control.launcher.bootstrap import controller
 
 go, out = Path(sys.argv[1]), Path(sys.argv[2])
 while not go.exists():  # "loading the model" until the test says go

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from forgather.callback.lightning import LightningControlCallback  # noqa: E402
-from forgather.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.callback.lightning import LightningControlCallback  # noqa: E402
+from forgather_control.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
 
 
 class Module(pl.LightningModule):

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from forgather.control import Liveness, judge, local_host, process_identity, scan, write_json_atomic
-from forgather.control.jobs import JobPaths
+from forgather_control.control import Liveness, judge, local_host, process_identity, scan, write_json_atomic
+from forgather_control.control.jobs import JobPaths
 
 
 def other_host(**kw) -> dict:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, free_port, read_traces, torchrun, wait_client, wait_step
 
-from forgather.control import Command, read_json
+from forgather_control.control import Command, read_json
 
 pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 

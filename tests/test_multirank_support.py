@@ -1,5 +1,5 @@
 """Helpers for the torchrun tests (no tests here): start real torchrun jobs, find their
-workers by rank, drive them with the client API from forgather.control."""
+workers by rank, drive them with the client API from forgather_control.control."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 from conftest import EXAMPLES, Proc, Procs, base_env, free_port, wait_for  # noqa: F401 (free_port: re-exported)
 
-from forgather.control import JobClient, find_job, probe_endpoint
+from forgather_control.control import JobClient, find_job, probe_endpoint
 
 #: torchrun runs take seconds on 2 busy cores shared with other test runs.
 TIMEOUT = 240.0

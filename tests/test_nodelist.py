@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import require_service
 
-from forgather.launcher.nodelist import NodeListError, expand_nodelist, first_node
+from forgather_control.launcher.nodelist import NodeListError, expand_nodelist, first_node
 
 
 @pytest.mark.parametrize(

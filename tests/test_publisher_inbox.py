@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from forgather.callback.publisher import Publisher
-from forgather.control import Command, JobPaths, Ledger
+from forgather_control.callback.publisher import Publisher
+from forgather_control.control import Command, JobPaths, Ledger
 
 
 class Clock:

@@ -47,14 +47,14 @@ def closed_port() -> int:
 
 def test_import_and_plain_list_leave_ray_out(jobs_dir: Path) -> None:
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
-    r = py("import sys, forgather.control as c; c.JobClient; c.scan; print('ray' in sys.modules, 'forgather.control.ray_listing' in sys.modules)", env)
+    r = py("import sys, forgather_control.control as c; c.JobClient; c.scan; print('ray' in sys.modules, 'forgather_control.control.ray_listing' in sys.modules)", env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
     # Touching the lazy names loads the module, still without Ray.
-    r = py("import sys, forgather.control as c; c.list_cluster; c.RayNotInstalled; print('ray' in sys.modules)", env)
+    r = py("import sys, forgather_control.control as c; c.list_cluster; c.RayNotInstalled; print('ray' in sys.modules)", env)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
     for argv in (["control", "list"], ["control", "list", "--json"], ["control", "list", "--all", "--json"], ["control", "status", "nope"]):
-        r = py(REPORT_RAY + f"from forgather.cli.main import run; sys.exit(run({argv!r}))", env)
+        r = py(REPORT_RAY + f"from forgather_control.cli.main import run; sys.exit(run({argv!r}))", env)
         assert "RAY_IMPORTED=False" in r.stderr, (argv, r.stderr)
 
 
@@ -62,7 +62,7 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
     r = py(
         HIDE_RAY
-        + "from forgather.control import list_cluster, RayNotInstalled, ControlError\n"
+        + "from forgather_control.control import list_cluster, RayNotInstalled, ControlError\n"
         + "try:\n    list_cluster(address=None, jobs_dir=None)\n"
         + "except RayNotInstalled as e:\n    print(isinstance(e, ControlError), e.exit_code, e)\n",
         env,
@@ -71,11 +71,11 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
     is_control_error, code, message = r.stdout.split(" ", 2)
     assert (is_control_error, code) == ("True", "2")
     assert "pip install 'forgather-control[ray]'" in message
-    r = py(HIDE_RAY + "from forgather.control.ray_listing import find_job\nfind_job('x', address=None, jobs_dir=None)", env)
+    r = py(HIDE_RAY + "from forgather_control.control.ray_listing import find_job\nfind_job('x', address=None, jobs_dir=None)", env)
     assert "RayNotInstalled" in r.stderr and "forgather-control[ray]" in r.stderr
 
     # The CLI: exit 2, one line naming the extra, no traceback.
-    r = py(HIDE_RAY + "import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray-address', '127.0.0.1:1']))", env)
+    r = py(HIDE_RAY + "import sys; from forgather_control.cli.main import run; sys.exit(run(['control', 'list', '--ray-address', '127.0.0.1:1']))", env)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "forgather-control[ray]" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -84,7 +84,7 @@ def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
     """We never start a cluster: a dead address fails in seconds, saying what to do."""
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{closed_port()}")
     code = (
-        "import json, time; from forgather.control import list_cluster, RayUnavailable\n"
+        "import json, time; from forgather_control.control import list_cluster, RayUnavailable\n"
         "t = time.monotonic()\n"
         "try:\n    list_cluster(address=None, jobs_dir=None)\n"
         "except RayUnavailable as e:\n    print(json.dumps([e.exit_code, str(e), time.monotonic() - t]))\n"
@@ -95,6 +95,6 @@ def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
     exit_code, message, took = json.loads(r.stdout)
     assert exit_code == 4 and env["RAY_ADDRESS"] in message and "ray start --head" in message, message
     assert took < 10 and time.monotonic() - t0 < 60
-    r = py("import sys; from forgather.cli.main import run; sys.exit(run(['control', 'list', '--ray']))", env)
+    r = py("import sys; from forgather_control.cli.main import run; sys.exit(run(['control', 'list', '--ray']))", env)
     assert r.returncode == 4, r.stderr
     assert env["RAY_ADDRESS"] in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -12,8 +12,8 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
-from forgather.callback.server import ServerStartError, ServerThread, create_app
-from forgather.control import VALID_COMMANDS, Ledger
+from forgather_control.callback.server import ServerStartError, ServerThread, create_app
+from forgather_control.control import VALID_COMMANDS, Ledger
 
 TOKEN = "t0k3n-for-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from forgather.callback import Controller
-from forgather.callback.signals import SignalFlags
-from forgather.control import read_json
+from forgather_control.callback import Controller
+from forgather_control.callback.signals import SignalFlags
+from forgather_control.control import read_json
 
 SIG = signal.SIGUSR1
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgather.launcher.bootstrap import controller, resume_from
+from forgather_control.launcher.bootstrap import controller, resume_from
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -95,7 +95,7 @@ def build_trainer(args: argparse.Namespace):
     callbacks = [StepTime()] if args.step_time > 0 else []
     trainer = Trainer(model=model, args=targs, train_dataset=Tokens(4096), eval_dataset=Tokens(32, seed=1), callbacks=callbacks)
     if not args.no_control_callback:
-        from forgather.callback.hf import TrainerControlCallback
+        from forgather_control.callback.hf import TrainerControlCallback
 
         trainer.add_callback(TrainerControlCallback(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, trainer=trainer))
     return trainer

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     callbacks = []
     if not args.no_control_callback:
-        from forgather.callback.lightning import control_callback_class
+        from forgather_control.callback.lightning import control_callback_class
 
         callback_cls = control_callback_class(args.package)  # LightningControlCallback for lightning.pytorch
         callbacks.append(callback_cls(job_id=args.job_id, jobs_dir=args.jobs_dir))

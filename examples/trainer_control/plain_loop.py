@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgather.callback import Controller
+from forgather_control.callback import Controller
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,7 +124,7 @@ class _NoControl:
         return None
 
     def step(self, step: int, metrics: object = None):  # noqa: ANN201
-        from forgather.callback import NO_ACTIONS
+        from forgather_control.callback import NO_ACTIONS
 
         return NO_ACTIONS
 
