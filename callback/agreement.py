@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgather_control.control.env import ENV_TRACE_AGREEMENT
+
 log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it.
 FIELDS = ("seq", "command", "arg", "signal", "next_check")
-ENV_TRACE_DIR = "FORGATHER_TRACE_AGREEMENT"
 #: A trace longer than this keeps its first entries only (days of checks).
 TRACE_LIMIT = 1_000_000
 
@@ -104,7 +105,7 @@ class Agreement:
 
     def dump_trace(self, directory: str | os.PathLike[str] | None = None, *, extra: dict[str, Any] | None = None) -> Path | None:
         """Write this rank's trace to ``directory`` (default ``$FORGATHER_TRACE_AGREEMENT``)."""
-        directory = directory or os.environ.get(ENV_TRACE_DIR)
+        directory = directory or os.environ.get(ENV_TRACE_AGREEMENT)
         if not directory:
             return None
         return dump_trace(directory, self.rank, self.trace, extra=extra)

@@ -57,6 +57,7 @@ from forgather_control.control import (
     validate_job_id,
     write_json_atomic,
 )
+from forgather_control.control.env import ENV_TRACE_AGREEMENT
 from forgather_control.control.files import remove_quietly
 
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
@@ -436,7 +437,7 @@ class Controller:
             pass
 
     def _dump_trace(self) -> None:
-        directory = os.environ.get("FORGATHER_TRACE_AGREEMENT")
+        directory = os.environ.get(ENV_TRACE_AGREEMENT)
         if not directory:
             return
         try:

@@ -31,21 +31,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from forgather_control.control.env import ENV_SIGNAL_REPEAT_WINDOW
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-ENV_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
 DEFAULT_REPEAT_WINDOW = 1.0
 
 
 def repeat_window_from_env(default: float = DEFAULT_REPEAT_WINDOW) -> float:
-    raw = os.environ.get(ENV_REPEAT_WINDOW)
+    raw = os.environ.get(ENV_SIGNAL_REPEAT_WINDOW)
     if not raw:
         return default
     try:
         return max(0.0, float(raw))
     except ValueError:
-        log.warning("ignoring %s=%r: not a number", ENV_REPEAT_WINDOW, raw)
+        log.warning("ignoring %s=%r: not a number", ENV_SIGNAL_REPEAT_WINDOW, raw)
         return default
 
 

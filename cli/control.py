@@ -19,7 +19,8 @@ import click
 from forgather_control.control.client import ControlError, HttpChannel, JobClient, Unreachable, UsageError, probe_endpoint
 from forgather_control.control.commands import CLI_VERBS, Command
 from forgather_control.control.files import read_json
-from forgather_control.control.jobs import JOB_FINAL_STATES, resolve_jobs_dir
+from forgather_control.control.jobs import resolve_jobs_dir
+from forgather_control.control.states import is_final
 from forgather_control.control.listing import scan, useful_probe
 from forgather_control.control.liveness import Liveness, judge
 
@@ -229,7 +230,7 @@ def _watch(target: targets.Target, interval: float) -> int:
         if st is None:
             return None, None
         state = st.get("state")
-        if state in JOB_FINAL_STATES:
+        if is_final(state):
             return st, f"job {target.job_id} {state} at step {st.get('step')}"
         if info is not None and time.monotonic() - last_judged[0] > 2.0:
             last_judged[0] = time.monotonic()

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from forgather_control.control.jobs import JOB_FINAL_STATES
+from forgather_control.control.states import is_final
 
 from .output import age, describe_entry, duration
 
@@ -137,7 +137,7 @@ def status_panel(d: dict[str, Any]) -> Any:
     grid.add_row("step", step)
     if d.get("epoch") is not None:
         grid.add_row("epoch", f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"]))
-    if d.get("recorded_state") not in JOB_FINAL_STATES and d.get("state") not in JOB_FINAL_STATES:
+    if not is_final(d.get("recorded_state")) and not is_final(d.get("state")):
         rate = d.get("steps_per_second")
         grid.add_row("speed", f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-")
         grid.add_row("eta", duration(d.get("eta_seconds")))

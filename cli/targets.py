@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from forgather_control.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
-from forgather_control.control.jobs import ENV_TOKEN, resolve_jobs_dir, validate_job_id
+from forgather_control.control.env import ENV_TOKEN
+from forgather_control.control.jobs import resolve_jobs_dir, validate_job_id
 from forgather_control.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
 from forgather_control.control.liveness import is_loopback_url
 from forgather_control.control.liveness import Liveness, same_host

@@ -32,13 +32,8 @@ from .commands import (
     parse_command,
 )
 from .files import ensure_private_dir, read_json, write_json_atomic
+from .env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
 from .jobs import (
-    ENV_CONTROL_HOST,
-    ENV_CONTROL_PORT,
-    ENV_JOB_ID,
-    ENV_JOBS_DIR,
-    ENV_RESTARTS,
-    ENV_TOKEN,
     PROTOCOL,
     InvalidJobId,
     JobPaths,

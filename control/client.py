@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from .commands import FINAL_STATES, Command, new_command_id, parse_command
 from .files import read_json, write_json_atomic
-from .jobs import JOB_FINAL_STATES
+from .states import is_final
 from .listing import JobInfo
 
 
@@ -277,7 +277,7 @@ class JobClient:
                 # Sent to a job that was starting: if its launcher has recorded the end
                 # (it died before rank 0 took the command), waiting longer cannot help.
                 job = read_json(self.info.paths.job, quiet=True) or {}
-                if job.get("state") in JOB_FINAL_STATES:
+                if is_final(job.get("state")):
                     last = self.entry(command_id) or last
                     if last is not None and last.get("state") in FINAL_STATES:
                         return last
@@ -291,7 +291,7 @@ class JobClient:
                 if last is not None and last.get("state") in FINAL_STATES:
                     return last
                 st = read_json(self.info.paths.status, quiet=True) or {}
-                if st.get("state") in JOB_FINAL_STATES:
+                if is_final(st.get("state")):
                     raise CommandFailed(
                         f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final "
                         f"entry for command {command_id}"

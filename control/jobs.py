@@ -1,6 +1,6 @@
 """Job ids, the jobs directory and its per-job layout.
 
-Layout (see design.md section 3)::
+Layout::
 
     <root>/<job_id>/job.json        launcher, node 0
                     nodes/<n>.json  launcher on node n
@@ -19,25 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .env import ENV_JOBS_DIR
 from .files import ensure_private_dir
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _JOB_ID_RE = re.compile(rf"\A{JOB_ID_PATTERN}\Z")
 
-ENV_JOBS_DIR = "FORGATHER_JOBS_DIR"
-ENV_JOB_ID = "FORGATHER_JOB_ID"
-ENV_CONTROL_HOST = "FORGATHER_CONTROL_HOST"
-ENV_CONTROL_PORT = "FORGATHER_CONTROL_PORT"
-ENV_TOKEN = "FORGATHER_TOKEN"
-#: How many times this job was restarted (SLURM requeues, or relaunches of the same id);
-#: set by the launcher, copied by rank 0 into status.json so a listing can tell this
-#: run's status from a previous run's.
-ENV_RESTARTS = "FORGATHER_RESTARTS"
-
 #: Version of the endpoint/status file format and HTTP API.
 PROTOCOL = 1
-#: A job in one of these states has ended (status.json, job.json); every reader uses this.
-JOB_FINAL_STATES = frozenset({"finished", "stopped", "aborted", "failed"})
 
 
 class InvalidJobId(ValueError):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .files import TEMP_PREFIX, read_json
-from .jobs import JOB_FINAL_STATES, JobPaths, is_valid_job_id
+from .jobs import JobPaths, is_valid_job_id
+from .states import is_final
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class JobInfo:
         if self.liveness == Liveness.ALIVE:
             if launcher_state == "running" and status is None and job.get("control"):
                 return "starting"
-            if recorded in JOB_FINAL_STATES and launcher_state and launcher_state not in JOB_FINAL_STATES:
+            if is_final(recorded) and launcher_state and not is_final(launcher_state):
                 # Rank 0 has ended its run but the launcher lives: winding down, or the
                 # job lives on (requeued and pending in SLURM): the launcher's word.
                 return "ending" if launcher_state == "running" else launcher_state

@@ -1,6 +1,6 @@
 """Is a recorded job still running? Judged from evidence, never assumed.
 
-Order of evidence, strongest first (design.md section 3):
+Order of evidence, strongest first:
 
 1. an authenticated HTTP probe that answers for this job id: alive;
 2. a SLURM job that ``squeue`` still shows (running, or requeued and pending): alive;
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .jobs import JOB_FINAL_STATES
+from .states import is_final
 
 #: Default age after which a heartbeat from another host counts as stale; longer than
 #: NFS attribute caching (60 s at most by default) so a live job is not misjudged.
@@ -221,7 +221,7 @@ def judge(
 
     if endpoint is None:
         recorded_state = status.get("state") or job.get("state")
-        if recorded_state in JOB_FINAL_STATES and not _launcher_alive(nodes, now=now, stale_after=stale_after):
+        if is_final(recorded_state) and not _launcher_alive(nodes, now=now, stale_after=stale_after):
             return Liveness.FINISHED, f"ended: {recorded_state}"
 
     # 3. pids on this host

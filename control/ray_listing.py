@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ControlError, Unreachable, probe_endpoint
+from .env import ENV_RAY_LIST_DELAY
 from .jobs import resolve_jobs_dir
 from .listing import AmbiguousJob, JobNotFound, scan
 from .liveness import is_loopback_url, same_host
@@ -34,9 +35,6 @@ from .liveness import is_loopback_url, same_host
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'forgather-control[ray]'"
-#: Test hook, read on the *node*: seconds the listing task sleeps before answering, so
-#: tests can make one node hang without touching the others.
-ENV_LIST_DELAY = "FORGATHER_RAY_LIST_DELAY"
 #: How long the address check waits for the Ray head's port before giving up.
 CONNECT_CHECK_TIMEOUT = 3.0
 #: The least time left for the nodes to answer, whatever connecting cost.
@@ -93,7 +91,7 @@ def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) ->
     starts with it, finished ones included, with their tokens (for ``find_job``);
     without, tokens never leave the node.
     """
-    delay = os.environ.get(ENV_LIST_DELAY)
+    delay = os.environ.get(ENV_RAY_LIST_DELAY)
     if delay:
         time.sleep(float(delay))
     root = resolve_jobs_dir(jobs_dir)

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .plan import ENV_LAUNCHED, ENV_RESUME_FROM
+from forgather_control.control.env import ENV_LAUNCHED, ENV_RESUME_FROM
 
 log = logging.getLogger(__name__)
 

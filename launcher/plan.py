@@ -13,17 +13,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from forgather_control.control import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS
+from forgather_control.control.env import (
+    ENV_CONTROL_HOST,
+    ENV_CONTROL_PORT,
+    ENV_JOB_ID,
+    ENV_JOBS_DIR,
+    ENV_LAUNCHED,
+    ENV_NODE_RANK,
+    ENV_RESTARTS,
+    ENV_RESUME_FROM,
+    ENV_TOKEN,
+)
 
 from .config import LaunchConfig
 from .environments import Placement, detect
 
 __all__ = [
     "BOOTSTRAP_MODULE",
-    "ENV_LAUNCHED",
-    "ENV_NODE_RANK",
-    "ENV_RESTARTS",
-    "ENV_RESUME_FROM",
     "Plan",
     "child_env",
     "make_plan",
@@ -33,11 +39,6 @@ __all__ = [
 ]
 
 BOOTSTRAP_MODULE = "forgather_control.launcher.bootstrap"
-#: Set for the workers: "1" when the bootstrap should inject the control callback.
-ENV_LAUNCHED = "FORGATHER_LAUNCHED"
-#: The checkpoint a restarted (requeued) run should resume from, when one was recorded.
-ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
-ENV_NODE_RANK = "FORGATHER_NODE_RANK"
 
 #: Words that mark a variable as secret in printed plans.
 _SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY")
@@ -151,7 +152,7 @@ def worker_env(
     restarts: int = 0,
     resume_from: str | None = None,
 ) -> dict[str, str]:
-    """The variables the launcher sets for torchrun and its workers (design.md 8).
+    """The variables the launcher sets for torchrun and its workers .
     Never a token: rank 0 makes its own and keeps it in the 0600 endpoint file."""
     env = {
         ENV_JOB_ID: placement.job_id,
@@ -173,7 +174,7 @@ def child_env(plan: Plan, base: Mapping[str, str]) -> dict[str, str]:
     """The environment torchrun starts with: the launcher's own, minus variables that
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, "FORGATHER_TOKEN")}
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_TOKEN)}
     env.update(plan.env)
     return env
 

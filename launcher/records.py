@@ -22,7 +22,7 @@ from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
-from forgather_control.control.jobs import JOB_FINAL_STATES
+from forgather_control.control.states import is_final
 from forgather_control.control.liveness import STALE_AFTER
 
 from .config import LaunchError
@@ -31,9 +31,8 @@ from .plan import Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINAL_STATES", "JobRecords", "Previous", "read_previous"]
+__all__ = ["JobRecords", "Previous", "read_previous"]
 
-FINAL_STATES = JOB_FINAL_STATES  # re-exported for the launcher's callers
 HEARTBEAT_INTERVAL = 10.0
 
 
@@ -229,7 +228,7 @@ class JobRecords:
         if isinstance(ran, int) and ran != self.plan.restarts:
             return "finished"  # this run's rank 0 never wrote: that "stopped" was the last run's
         state = status.get("state")
-        return state if state in FINAL_STATES else "finished"
+        return state if is_final(state) else "finished"
 
     def finish(self, state: str, exit_code: int, *, extra: dict[str, Any] | None = None) -> None:
         self._stop.set()

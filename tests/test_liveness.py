@@ -1,4 +1,4 @@
-"""Liveness verdicts from records (design.md section 3), with real pids of this host."""
+"""Liveness verdicts from records, with real pids of this host."""
 
 from __future__ import annotations
 

@@ -1,0 +1,34 @@
+"""Every ``FORGATHER_*`` environment variable, named once.
+
+The launcher sets most of them for its workers; a user may set any of them by hand (a
+job started without the launcher reads the same names). Code elsewhere imports the
+constant, never spells the string, so a rename cannot leave a reader behind.
+"""
+
+from __future__ import annotations
+
+#: The jobs directory (default ``~/.forgather/jobs``); on shared storage for multi-node jobs.
+ENV_JOBS_DIR = "FORGATHER_JOBS_DIR"
+#: The job's id; every rank and every node of one job must agree on it.
+ENV_JOB_ID = "FORGATHER_JOB_ID"
+#: Where rank 0 serves HTTP (default 127.0.0.1; another address needs the token).
+ENV_CONTROL_HOST = "FORGATHER_CONTROL_HOST"
+#: Rank 0's control port (default 0: an ephemeral one).
+ENV_CONTROL_PORT = "FORGATHER_CONTROL_PORT"
+#: A bearer token for ``--remote`` clients (never set for workers: rank 0 makes its own).
+ENV_TOKEN = "FORGATHER_TOKEN"
+#: Which run of the job this is (SLURM requeues, relaunches of one id); rank 0 copies it
+#: into status.json so a listing can tell this run's status from a previous run's.
+ENV_RESTARTS = "FORGATHER_RESTARTS"
+#: "1": the worker bootstrap injects the control callback; "0": the script runs as is.
+ENV_LAUNCHED = "FORGATHER_LAUNCHED"
+#: The checkpoint a restarted run resumes from, when the job has one.
+ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
+#: This node's rank in a multi-node launch.
+ENV_NODE_RANK = "FORGATHER_NODE_RANK"
+#: Seconds within which two deliveries of a stop signal count once (default 1).
+ENV_SIGNAL_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
+#: A folder where each rank writes its agreement trace at close (tests, debugging).
+ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
+#: Test hook read on a Ray node: seconds its listing task sleeps before answering.
+ENV_RAY_LIST_DELAY = "FORGATHER_RAY_LIST_DELAY"
