@@ -24,15 +24,6 @@ log = logging.getLogger(__name__)
 __all__ = ["launch"]
 
 
-class _LaunchFailed(click.ClickException):
-    """A LaunchError shown as one ``error: ...`` line with exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
-        click.echo(f"error: {self.message}", err=True)
-
-
 def _names(option: str) -> list[str]:
     """torchrun accepts ``--nproc-per-node`` and ``--nproc_per_node``; so do we."""
     return [option, option.replace("-", "_").replace("__", "--", 1)]
@@ -98,34 +89,31 @@ def launch(
     A first SIGTERM/SIGINT/SIGUSR1/SIGUSR2 saves and stops the job on every rank
     (within --grace); a second one stops it at once. The exit code is the job's.
     """
-    try:
-        config = LaunchConfig(
-            script=None if as_module else script,
-            module=script if as_module else None,
-            script_args=tuple(script_args),
-            nproc_per_node=nproc_per_node,
-            nnodes=nnodes,
-            node_rank=node_rank,
-            master_addr=master_addr,
-            master_port=master_port,
-            rdzv_backend=rdzv_backend,
-            rdzv_endpoint=rdzv_endpoint,
-            rdzv_id=rdzv_id,
-            max_restarts=max_restarts,
-            standalone=standalone,
-            job_id=job_id,
-            jobs_dir=jobs_dir,
-            control_host=control_host,
-            control_port=control_port,
-            control=not no_control,
-            grace=grace,
-            requeue=requeue,
-            dry_run=dry_run,
-            argv=_own_argv(),
-        )
-        return run_config(config, env=os.environ)
-    except LaunchError as exc:
-        raise _LaunchFailed(str(exc)) from None
+    config = LaunchConfig(
+        script=None if as_module else script,
+        module=script if as_module else None,
+        script_args=tuple(script_args),
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        rdzv_backend=rdzv_backend,
+        rdzv_endpoint=rdzv_endpoint,
+        rdzv_id=rdzv_id,
+        max_restarts=max_restarts,
+        standalone=standalone,
+        job_id=job_id,
+        jobs_dir=jobs_dir,
+        control_host=control_host,
+        control_port=control_port,
+        control=not no_control,
+        grace=grace,
+        requeue=requeue,
+        dry_run=dry_run,
+        argv=_own_argv(),
+    )
+    return run_config(config, env=os.environ)
 
 
 def _own_argv() -> tuple[str, ...]:

@@ -24,15 +24,12 @@ from typing import Any
 
 import click
 
+from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
 from .output import silence_stdout
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNREACHABLE = 4
 
 #: Set by ``-v``: show tracebacks of unexpected errors.
 _verbose = 0
@@ -154,17 +151,9 @@ def exit_code_for(exc: BaseException) -> int | None:
     Imports the error types from ``forgather_control.control`` lazily: the package is light, but
     ``forgather --help`` needs none of it.
     """
-    from forgather_control.control.client import ControlError
-    from forgather_control.control.jobs import InvalidJobId
-    from forgather_control.control.listing import AmbiguousJob, JobNotFound
+    from forgather_control.control.errors import ControlError
 
-    if isinstance(exc, ControlError):
-        return int(exc.exit_code)
-    if isinstance(exc, JobNotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, (AmbiguousJob, InvalidJobId)):
-        return EXIT_USAGE
-    return None
+    return int(exc.exit_code) if isinstance(exc, ControlError) else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -188,7 +177,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `forgather control list | head`: the reader left; that is not our failure.
         silence_stdout()

@@ -16,10 +16,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from forgather_control.control.client import HttpChannel, JobClient, NotFound, Unreachable, UsageError, probe_endpoint
+from forgather_control.control.client import HttpChannel, JobClient, probe_endpoint
+from forgather_control.control.errors import AmbiguousJob, JobNotFound, Unreachable, UsageError
 from forgather_control.control.env import ENV_TOKEN
 from forgather_control.control.jobs import resolve_jobs_dir, validate_job_id
-from forgather_control.control.listing import AmbiguousJob, JobInfo, JobNotFound, find_job
+from forgather_control.control.listing import JobInfo, find_job
 from forgather_control.control.liveness import is_loopback_url
 from forgather_control.control.liveness import Liveness, same_host
 
@@ -248,7 +249,7 @@ def _resolve_ray(ref: str, *, address: str, jobs_dir: str | None, channel: str, 
         timeout=timeout,
     )
     if not isinstance(summary, dict) or not summary.get("job_id"):
-        raise NotFound(f"no job {ref!r} found through Ray")
+        raise JobNotFound(f"no job {ref!r} found through Ray")
     if not summary.get("url"):
         node = summary.get("node") or "its node"
         raise Unreachable(

@@ -4,17 +4,17 @@ liveness, the command vocabulary and ledger, and the client.
 Imports no torch, fastapi or ray: the CLI's control commands stand on this alone.
 """
 
-from .client import (
+from .client import HttpChannel, JobClient, probe_endpoint
+from .errors import (
+    AmbiguousJob,
     CommandFailed,
     CommandRefused,
     ControlError,
-    HttpChannel,
-    JobClient,
-    NotFound,
+    InvalidJobId,
+    JobNotFound,
     Unreachable,
     UsageError,
     WaitTimeout,
-    probe_endpoint,
 )
 from .commands import (
     CLI_VERBS,
@@ -35,14 +35,13 @@ from .files import ensure_private_dir, read_json, write_json_atomic
 from .env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
 from .jobs import (
     PROTOCOL,
-    InvalidJobId,
     JobPaths,
     default_job_id,
     is_valid_job_id,
     resolve_jobs_dir,
     validate_job_id,
 )
-from .listing import AmbiguousJob, JobInfo, JobNotFound, find_job, job_ids, load, scan
+from .listing import JobInfo, find_job, job_ids, load, scan
 from .liveness import (
     STALE_AFTER,
     HostIdentity,
@@ -60,7 +59,7 @@ __all__ = [
     "AmbiguousJob", "CLI_VERBS", "Command", "CommandFailed", "CommandRefused", "ControlError",
     "ENV_CONTROL_HOST", "ENV_CONTROL_PORT", "ENV_JOB_ID", "ENV_JOBS_DIR", "ENV_RESTARTS", "ENV_TOKEN", "Entry",
     "FINAL_STATES", "HostIdentity", "HttpChannel", "InvalidJobId", "JobClient", "JobInfo",
-    "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "NotFound", "PROTOCOL",
+    "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "PROTOCOL",
     "QueueFull", "STALE_AFTER", "State", "StopPending", "UnknownCommand", "UnknownEntry",
     "Unreachable", "UsageError", "VALID_COMMANDS", "WaitTimeout", "default_job_id",
     "ensure_private_dir", "find_job", "is_loopback_host", "is_loopback_url", "is_valid_job_id",

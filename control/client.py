@@ -15,46 +15,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import http.client
 
+from .errors import CommandFailed, CommandRefused, ControlError, JobNotFound, Unreachable, UsageError, WaitTimeout
 from .commands import FINAL_STATES, Command, new_command_id, parse_command
 from .files import read_json, write_json_atomic
 from .states import is_final
 from .listing import JobInfo
-
-
-class ControlError(Exception):
-    """Something a user must be told about, with an exit code."""
-
-    exit_code = 1
-
-
-class CommandRefused(ControlError):
-    """The job answered and said no (409, 429, 4xx)."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class CommandFailed(ControlError):
-    exit_code = 1
-
-
-class WaitTimeout(ControlError):
-    exit_code = 1
-
-
-class UsageError(ControlError):
-    exit_code = 2
-
-
-class NotFound(ControlError):
-    exit_code = 3
-
-
-class Unreachable(ControlError):
-    exit_code = 4
 
 
 class HttpChannel:
@@ -209,7 +174,7 @@ class JobClient:
         if code == 401:
             raise CommandRefused(f"the job refused our token (401): {msg}. Is the endpoint file current?", http_status=code)
         if code == 404:
-            raise NotFound(f"not found (404): {msg}")
+            raise JobNotFound(f"not found (404): {msg}")
         raise CommandRefused(f"the job refused the request ({code}): {msg}", http_status=code)
 
     # -- status ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .env import ENV_JOBS_DIR
+from .errors import InvalidJobId
 from .files import ensure_private_dir
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
@@ -27,10 +28,6 @@ _JOB_ID_RE = re.compile(rf"\A{JOB_ID_PATTERN}\Z")
 
 #: Version of the endpoint/status file format and HTTP API.
 PROTOCOL = 1
-
-
-class InvalidJobId(ValueError):
-    """A job id that could escape the jobs directory or is otherwise unusable."""
 
 
 def validate_job_id(job_id: str) -> str:

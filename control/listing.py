@@ -15,20 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import AmbiguousJob, JobNotFound
 from .files import TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id
 from .states import is_final
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 
 log = logging.getLogger(__name__)
-
-
-class JobNotFound(LookupError):
-    pass
-
-
-class AmbiguousJob(LookupError):
-    pass
 
 
 @dataclass

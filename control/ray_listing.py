@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import ControlError, Unreachable, probe_endpoint
+from .client import probe_endpoint
+from .errors import AmbiguousJob, JobNotFound, Unreachable, UsageError
 from .env import ENV_RAY_LIST_DELAY
 from .jobs import resolve_jobs_dir
-from .listing import AmbiguousJob, JobNotFound, scan
+from .listing import scan
 from .liveness import is_loopback_url, same_host
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,8 @@ MIN_WAIT = 0.5
 _LIVENESS_RANK = {"alive": 5, "finished": 4, "dead": 3, "stale": 2, "unknown": 1}
 
 
-class RayNotInstalled(ControlError):
+class RayNotInstalled(UsageError):
     """``--ray`` was asked for but Ray cannot be imported here."""
-
-    exit_code = 2
 
 
 class RayUnavailable(Unreachable):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from forgather_control.control.errors import UsageError
+
 __all__ = ["DEFAULT_GRACE", "LaunchConfig", "LaunchError"]
 
 #: Seconds between the first stop signal and stopping torchrun. SLURM's template sends
@@ -23,13 +25,9 @@ _NNODES_RE = re.compile(r"\A[1-9][0-9]*(?::[1-9][0-9]*)?\Z")
 _MODULE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
-class LaunchError(Exception):
-    """A launch that cannot start; the message says what was set and what to do.
-
-    ``exit_code`` is what the CLI returns (2: bad usage, like click's own errors).
-    """
-
-    exit_code = 2
+class LaunchError(UsageError):
+    """A launch that cannot start; the message says what was set and what to do
+    (exit code 2, like any usage error)."""
 
 
 @dataclass(frozen=True)

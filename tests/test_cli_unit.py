@@ -15,14 +15,14 @@ from click.testing import CliRunner
 
 from forgather_control.cli import cleanup, main, output, targets
 from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
-from forgather_control.control.client import CommandFailed, CommandRefused, NotFound, Unreachable, UsageError, WaitTimeout
+from forgather_control.control.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
 from forgather_control.control.listing import useful_probe
 
 
 def test_exit_code_mapping() -> None:
     cases = {
         CommandRefused("x"): 1, CommandFailed("x"): 1, WaitTimeout("x"): 1, UsageError("x"): 2,
-        AmbiguousJob("x"): 2, InvalidJobId("x"): 2, JobNotFound("x"): 3, NotFound("x"): 3, Unreachable("x"): 4,
+        AmbiguousJob("x"): 2, InvalidJobId("x"): 2, JobNotFound("x"): 3, Unreachable("x"): 4,
     }
     for exc, code in cases.items():
         assert main.exit_code_for(exc) == code, exc

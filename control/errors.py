@@ -1,0 +1,64 @@
+"""One family of errors, each carrying the exit code the command line returns for it.
+
+The CLI's single error boundary turns any :class:`ControlError` into one ``error: ...``
+line and ``exc.exit_code``; a Python caller catches the same classes. A message says
+what happened and what to do, and never holds a token.
+"""
+
+from __future__ import annotations
+
+#: Exit codes, documented in the README; every error class below names one of them.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130
+
+
+class ControlError(Exception):
+    """Something a user must be told about, with an exit code."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(ControlError):
+    """Bad options or arguments: nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidJobId(UsageError, ValueError):
+    """A job id that could escape the jobs directory or is otherwise unusable."""
+
+
+class AmbiguousJob(UsageError, LookupError):
+    """A prefix that matches more than one job."""
+
+
+class JobNotFound(ControlError, LookupError):
+    """No job by that id (or prefix) where we looked."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class Unreachable(ControlError):
+    """The job exists but cannot be reached (no endpoint, no answer, wrong host)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class CommandRefused(ControlError):
+    """The job answered and said no (409, 429, another 4xx)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class CommandFailed(ControlError):
+    """A command reached a final state other than completed, or could not reach one."""
+
+
+class WaitTimeout(ControlError):
+    """``wait`` gave up before the command reached a final state; it stays queued."""
