@@ -135,10 +135,10 @@ def _latency(ctl, dist, torch, rank: int, commands: int, step_time: float, first
     done = threading.Event()
 
     def sender() -> None:
-        from forgather_control.control import JobClient, find_job
+        from forgather_control.control import JobHandle, find_job
 
         rng = random.Random(7)
-        with JobClient(find_job(ctl.jobs_dir, ctl.job_id, squeue=None)) as client:
+        with JobHandle.from_info(find_job(ctl.jobs_dir, ctl.job_id, squeue=None)) as client:
             for _ in range(commands):
                 time.sleep(rng.uniform(0.3, 1.3))
                 client.send("save")
@@ -213,7 +213,7 @@ def worker(out: str) -> None:
     step += 200
     lat = _latency(ctl, dist, torch, rank, commands=9, step_time=step_time, first_step=step)
     results["latency_s"] = lat
-    results["checks"] = len(ctl._agreement.trace) if ctl._agreement else 0
+    results["checks"] = len(ctl.agreement_trace)
     ctl.close()
     dist.destroy_process_group()
     if rank == 0:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
+
+from forgather_control.control.handle import Snapshot
 
 from .output import duration
 from .render import console
@@ -32,17 +33,17 @@ class _Fields(ProgressColumn):
         return Text("  ".join(parts))
 
 
-def watch(poll: Callable[[], tuple[dict[str, Any] | None, str | None]], *, job_id: str, interval: float = 0.5) -> dict[str, Any] | None:
-    """Show a progress bar fed by ``poll()`` until it reports an end (a final state or
-    a reason to stop watching) or the user presses Ctrl-C. Returns the last status."""
+def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> dict[str, Any] | None:
+    """Show a progress bar fed by ``snapshots`` (a JobHandle's ``watch``) until the last
+    one says why it ended, or the user presses Ctrl-C. Returns the last status."""
     last: dict[str, Any] | None = None
     ended: str | None = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Fields(), console=console(), transient=False)
     task = progress.add_task(job_id, total=None, state="connecting")
     try:
         with progress:
-            while True:
-                st, ended = poll()
+            for snap in snapshots:
+                st, ended = snap.status, snap.ended
                 if st is not None:
                     last = st
                     metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
@@ -55,9 +56,6 @@ def watch(poll: Callable[[], tuple[dict[str, Any] | None, str | None]], *, job_i
                         loss=metrics.get("loss"),
                         state=st.get("state"),
                     )
-                if ended is not None:
-                    break
-                time.sleep(interval)
     except KeyboardInterrupt:
         ended = None
     if ended:

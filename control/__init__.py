@@ -1,10 +1,32 @@
 """The contract every part of forgather-control shares: job ids and the jobs directory,
-liveness, the command vocabulary and ledger, and the client.
+job states and liveness, the command vocabulary and ledger, and the job handle.
 
 Imports no torch, fastapi or ray: the CLI's control commands stand on this alone.
+A script does what the CLI does through the same calls::
+
+    from forgather_control.control import open_job
+
+    with open_job("my-job") as job:              # an id or a unique prefix
+        receipt = job.send("save")
+        print(job.wait(receipt["id"])["result"])
 """
 
-from .client import HttpChannel, JobClient, probe_endpoint
+from .commands import (
+    CLI_VERBS,
+    VALID_COMMANDS,
+    Command,
+    Entry,
+    Ledger,
+    LedgerError,
+    QueueFull,
+    State,
+    StopPending,
+    UnknownCommand,
+    UnknownEntry,
+    is_final_receipt,
+    parse_command,
+)
+from .env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
 from .errors import (
     AmbiguousJob,
     CommandFailed,
@@ -16,32 +38,18 @@ from .errors import (
     UsageError,
     WaitTimeout,
 )
-from .commands import (
-    CLI_VERBS,
-    FINAL_STATES,
-    VALID_COMMANDS,
-    Command,
-    Entry,
-    Ledger,
-    LedgerError,
-    QueueFull,
-    State,
-    StopPending,
-    UnknownCommand,
-    UnknownEntry,
-    parse_command,
-)
 from .files import ensure_private_dir, read_json, write_json_atomic
-from .env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
+from .handle import JobHandle, Snapshot
 from .jobs import (
     PROTOCOL,
     JobPaths,
     default_job_id,
     is_valid_job_id,
+    match_job_id,
     resolve_jobs_dir,
     validate_job_id,
 )
-from .listing import JobInfo, find_job, job_ids, load, scan
+from .listing import JobInfo, find_job, job_ids, judge_job, load, scan
 from .liveness import (
     STALE_AFTER,
     HostIdentity,
@@ -54,17 +62,20 @@ from .liveness import (
     process_identity,
     same_host,
 )
+from .lookup import Listing, list_jobs, open_job
+from .states import JobState, is_final
+from .transport import FileTransport, HttpChannel, HttpTransport, probe_endpoint
 
 __all__ = [
     "AmbiguousJob", "CLI_VERBS", "Command", "CommandFailed", "CommandRefused", "ControlError",
     "ENV_CONTROL_HOST", "ENV_CONTROL_PORT", "ENV_JOB_ID", "ENV_JOBS_DIR", "ENV_RESTARTS", "ENV_TOKEN", "Entry",
-    "FINAL_STATES", "HostIdentity", "HttpChannel", "InvalidJobId", "JobClient", "JobInfo",
-    "JobNotFound", "JobPaths", "Ledger", "LedgerError", "Liveness", "PROTOCOL",
-    "QueueFull", "STALE_AFTER", "State", "StopPending", "UnknownCommand", "UnknownEntry",
+    "FileTransport", "HostIdentity", "HttpChannel", "HttpTransport", "InvalidJobId", "JobHandle", "JobInfo",
+    "JobNotFound", "JobPaths", "JobState", "Ledger", "LedgerError", "Listing", "Liveness", "PROTOCOL",
+    "QueueFull", "STALE_AFTER", "Snapshot", "State", "StopPending", "UnknownCommand", "UnknownEntry",
     "Unreachable", "UsageError", "VALID_COMMANDS", "WaitTimeout", "default_job_id",
-    "ensure_private_dir", "find_job", "is_loopback_host", "is_loopback_url", "is_valid_job_id",
-    "job_ids", "judge", "load",
-    "local_host", "parse_command", "pid_alive", "probe_endpoint", "process_identity",
+    "ensure_private_dir", "find_job", "is_final", "is_final_receipt", "is_loopback_host", "is_loopback_url",
+    "is_valid_job_id", "job_ids", "judge", "judge_job", "list_jobs", "load",
+    "local_host", "match_job_id", "open_job", "parse_command", "pid_alive", "probe_endpoint", "process_identity",
     "read_json", "resolve_jobs_dir", "same_host", "scan", "validate_job_id",
     "write_json_atomic",
 ]

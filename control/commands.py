@@ -77,6 +77,7 @@ def parse_command(name: object) -> Command:
 
 
 class State(str, enum.Enum):
+    SENT = "sent"  # in the job's inbox, not yet taken by rank 0 (file channel only)
     QUEUED = "queued"
     APPLIED = "applied"
     COMPLETED = "completed"
@@ -91,8 +92,21 @@ class State(str, enum.Enum):
     def final(self) -> bool:
         return self in (State.COMPLETED, State.FAILED, State.DROPPED, State.REJECTED)
 
+    @classmethod
+    def parse(cls, value: object) -> "State | None":
+        """The state a receipt names, or None for anything else."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
 
-FINAL_STATES = frozenset(s.value for s in State if s.final)
+
+def is_final_receipt(entry: object) -> bool:
+    """True for a receipt (a ledger entry as a dict) in a final state."""
+    state = State.parse(entry.get("state")) if isinstance(entry, dict) else None
+    return state is not None and state.final
 
 
 @dataclass

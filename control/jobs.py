@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .env import ENV_JOBS_DIR
-from .errors import InvalidJobId
+from .errors import AmbiguousJob, InvalidJobId, JobNotFound
 from .files import ensure_private_dir
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
@@ -110,3 +110,20 @@ class JobPaths:
         ensure_private_dir(self.dir)
         ensure_private_dir(self.inbox)
         return self
+
+
+def match_job_id(ref: str, ids: list[str], *, where: str, hint: str = "") -> str:
+    """The one id ``ref`` names: an exact id, else the only id it is a prefix of.
+
+    Every way of finding a job (a jobs directory, a remote server, a Ray cluster) uses
+    this rule, so a prefix means the same thing everywhere. ``where`` names the place
+    for the error; ``hint`` says what to try when nothing matches."""
+    if ref in ids:
+        return ref
+    matches = sorted(i for i in ids if i.startswith(ref))
+    if not matches:
+        raise JobNotFound(f"no job {ref!r} {where}" + (f"; {hint}" if hint else ""))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:8]) + (" ..." if len(matches) > 8 else "")
+        raise AmbiguousJob(f"{ref!r} matches {len(matches)} jobs {where} ({shown}); give more of the id")
+    return matches[0]

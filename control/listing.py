@@ -1,7 +1,9 @@
 """Reading the jobs directory: one summary per job, liveness judged, nothing deleted.
 
 ``scan`` is what ``forgather control list`` shows; ``find_job`` resolves the JOB
-argument every other command takes (an exact id or a unique prefix).
+argument every other command takes (an exact id or a unique prefix); ``judge_job`` is
+the one way to read a job's records again and judge them now (cleanup before it deletes,
+``watch`` while it follows a job).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AmbiguousJob, JobNotFound
+from .env import ENV_JOBS_DIR
 from .files import TEMP_PREFIX, read_json
-from .jobs import JobPaths, is_valid_job_id
-from .states import is_final
+from .jobs import JobPaths, is_valid_job_id, match_job_id
+from .states import JobState, is_final
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class JobInfo:
         return self.status
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         """What a person wants in the state column: the job's own state while it lives,
         the verdict when it is dead or not known.
 
@@ -59,20 +61,20 @@ class JobInfo:
         its inbox) and ``ending`` (rank 0 has ended the run; the launcher is still winding
         down torchrun)."""
         job = self.job or {}
-        launcher_state = job.get("state")
+        launcher_state = JobState.parse(job.get("state"))
         status = self.current_status
-        recorded = (status or {}).get("state") or launcher_state or "unknown"
+        recorded = JobState.parse((status or {}).get("state")) or launcher_state or JobState.UNKNOWN
         if self.liveness == Liveness.ALIVE:
-            if launcher_state == "running" and status is None and job.get("control"):
-                return "starting"
-            if is_final(recorded) and launcher_state and not is_final(launcher_state):
+            if launcher_state == JobState.RUNNING and status is None and job.get("control"):
+                return JobState.STARTING
+            if recorded.final and launcher_state is not None and not launcher_state.final:
                 # Rank 0 has ended its run but the launcher lives: winding down, or the
                 # job lives on (requeued and pending in SLURM): the launcher's word.
-                return "ending" if launcher_state == "running" else launcher_state
+                return JobState.ENDING if launcher_state == JobState.RUNNING else launcher_state
             return recorded
         if self.liveness == Liveness.FINISHED:
             return recorded
-        return str(self.liveness)
+        return JobState(self.liveness.value)
 
     def summary(self) -> dict[str, Any]:
         """The ``list --json`` object. Never contains the token. Step, pid and the rest
@@ -184,7 +186,7 @@ def scan(
         info = load(JobPaths(root, jid))
         if info.endpoint is None and info.status is None and info.job is None and not info.nodes:
             continue  # an empty or foreign folder
-        _judge(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
+        assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
         if info.liveness == Liveness.FINISHED and not include_finished:
             continue
         out.append(info)
@@ -208,7 +210,16 @@ def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: boo
     return probe
 
 
-def _judge(info: JobInfo, *, probe, probe_local, squeue, stale_after, now) -> None:
+def assess(
+    info: JobInfo,
+    *,
+    probe: Probe | None,
+    probe_local: bool,
+    squeue: Callable[[str], str | None] | None,
+    stale_after: float = STALE_AFTER,
+    now: float | None = None,
+) -> JobInfo:
+    """Judge ``info`` from its records (sets ``liveness`` and ``evidence``); returns it."""
     use_probe = useful_probe(info.endpoint, probe, probe_local=probe_local)
     info.liveness, info.evidence = judge(
         endpoint=info.endpoint,
@@ -218,8 +229,16 @@ def _judge(info: JobInfo, *, probe, probe_local, squeue, stale_after, now) -> No
         probe=use_probe,
         squeue=squeue,
         stale_after=stale_after,
-        now=now,
+        now=time.time() if now is None else now,
     )
+    return info
+
+
+def judge_job(paths: JobPaths, *, probe: Probe | None = None, squeue: Callable[[str], str | None] | None = None) -> JobInfo:
+    """Read one job's records now and judge them, the probe included for jobs on this
+    host too: the verdict a command, a deletion or a watcher acts on."""
+    info = load(paths, quiet=True)
+    return assess(info, probe=probe, probe_local=True, squeue=squeue if squeue is not None else SqueueCache())
 
 
 def find_job(
@@ -230,23 +249,14 @@ def find_job(
     squeue: Callable[[str], str | None] | None = None,
 ) -> JobInfo:
     """Resolve an exact id or a unique prefix to a job, liveness judged (probe included)."""
-    ids = job_ids(root)
-    if ref in ids:
-        match = ref
-    else:
-        matches = [i for i in ids if i.startswith(ref)]
-        if not matches:
-            raise JobNotFound(
-                f"no job {ref!r} in {root}; run `forgather control list --all` to see the jobs there, "
-                "or pass --jobs-dir / set FORGATHER_JOBS_DIR"
-            )
-        if len(matches) > 1:
-            shown = ", ".join(matches[:8]) + (" ..." if len(matches) > 8 else "")
-            raise AmbiguousJob(f"{ref!r} matches {len(matches)} jobs ({shown}); give more of the id")
-        match = matches[0]
+    match = match_job_id(
+        ref,
+        job_ids(root),
+        where=f"in {root}",
+        hint=f"run `forgather control list --all` to see the jobs there, or pass --jobs-dir / set {ENV_JOBS_DIR}",
+    )
     info = load(JobPaths(root, match))
-    _judge(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache(), stale_after=STALE_AFTER, now=time.time())
-    return info
+    return assess(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache())
 
 
 def _is_real_dir(path: str | os.PathLike[str]) -> bool:

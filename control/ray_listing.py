@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import probe_endpoint
-from .errors import AmbiguousJob, JobNotFound, Unreachable, UsageError
+from .transport import probe_endpoint
+from .errors import Unreachable, UsageError
 from .env import ENV_RAY_LIST_DELAY
-from .jobs import resolve_jobs_dir
+from .jobs import match_job_id, resolve_jobs_dir
 from .listing import scan
 from .liveness import is_loopback_url, same_host
 
@@ -136,7 +136,7 @@ def list_cluster(
 
 def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """Resolve a job id (or unique prefix) across the Ray cluster to something
-    :class:`~forgather_control.control.client.JobClient` can talk to: the job's summary with
+    :class:`~forgather_control.control.handle.JobHandle` can talk to: the job's summary with
     ``url``, ``token`` and ``job_id``.
 
     The token is read by the node's own task from the job's 0600 endpoint.json and
@@ -151,23 +151,17 @@ def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: fl
 
     listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout, enough=found)
     rows = _merge(listing.jobs)
-    ids = [r["job_id"] for r in rows]
-    if ref in ids:
-        row = rows[ids.index(ref)]
-    elif len(rows) == 1:
-        row = rows[0]
-    elif not rows:
-        hint = ""
-        if listing.missing_nodes:
-            names = ", ".join(f"{m['node']} ({m['reason']})" for m in listing.missing_nodes)
-            hint = f"; {len(listing.missing_nodes)} node(s) did not answer and may hold it: {names}"
-        raise JobNotFound(
-            f"no job {ref!r} on the {len(listing.nodes)} Ray node(s) that answered nor in the local jobs directory{hint}. "
-            "Run `forgather control list --ray --all` to see the jobs there"
-        )
-    else:
-        shown = ", ".join(f"{r['job_id']} ({r['node']})" for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
-        raise AmbiguousJob(f"{ref!r} matches {len(rows)} jobs across the cluster ({shown}); give more of the id")
+    hint = "run `forgather control list --ray --all` to see the jobs there"
+    if listing.missing_nodes:
+        names = ", ".join(f"{m['node']} ({m['reason']})" for m in listing.missing_nodes)
+        hint = f"{len(listing.missing_nodes)} node(s) did not answer and may hold it: {names}. " + hint.capitalize()
+    job_id = match_job_id(
+        ref,
+        [r["job_id"] for r in rows],
+        where=f"on the {len(listing.nodes)} Ray node(s) that answered nor in the local jobs directory",
+        hint=hint,
+    )
+    row = next(r for r in rows if r["job_id"] == job_id)
     _check_reachable(row)
     return row
 

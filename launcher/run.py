@@ -40,6 +40,7 @@ from pathlib import Path
 import psutil
 
 from forgather_control.control import Command, JobPaths
+from forgather_control.control.transport import FileTransport
 
 from .config import LaunchError
 from .plan import Plan, child_env
@@ -279,11 +280,7 @@ def _drop_stop_command(paths: JobPaths, key: str) -> Callable[[int], None]:
     it works before rank 0 serves HTTP and on nodes that share only the jobs dir."""
 
     def on_stop(signum: int) -> None:
-        from forgather_control.control import JobClient
-        from forgather_control.control.listing import load
-
-        with JobClient(load(paths, quiet=True), channel="file") as client:
-            entry = client.send(Command.SAVE_AND_STOP, key=key)
+        entry = FileTransport(paths).send(Command.SAVE_AND_STOP, key)
         log.info("queued save_and_stop %s for job %s (inbox)", entry.get("id"), paths.job_id)
 
     return on_stop

@@ -1,5 +1,5 @@
 """In-process checks of the CLI's pure parts: the lazy group, the error boundary's
-mapping, output helpers, target parsing, the probe rule and cleanup's safety checks."""
+mapping, and output helpers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from forgather_control.cli import cleanup, main, output, targets
+from forgather_control.cli import main, output
 from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
 from forgather_control.control.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
-from forgather_control.control.listing import useful_probe
 
 
 def test_exit_code_mapping() -> None:
@@ -90,88 +89,3 @@ def test_describe_entry() -> None:
     assert line == "save_checkpoint (c-1): completed; at step 5; checkpoint /x.pt"
     line = output.describe_entry({"id": "c-2", "command": "evaluate", "state": "dropped", "reason": "job stopped"})
     assert "dropped" in line and "reason: job stopped" in line
-
-
-@pytest.mark.parametrize(
-    ("given", "url"),
-    [("node1:8000", "http://node1:8000"), ("127.0.0.1:1", "http://127.0.0.1:1"), ("http://h:2/", "http://h:2"), ("[::1]:5", "http://[::1]:5")],
-)
-def test_remote_url(given: str, url: str) -> None:
-    assert targets.remote_url(given) == url
-
-
-@pytest.mark.parametrize("bad", ["node1", "node1:", ":80", "node1:http"])
-def test_remote_url_refuses(bad: str) -> None:
-    with pytest.raises(UsageError):
-        targets.remote_url(bad)
-
-
-def test_match_ref() -> None:
-    assert targets.match_ref("ab", ["abc", "xyz"], "here") == "abc"
-    assert targets.match_ref("abc", ["abc", "abcd"], "here") == "abc"
-    with pytest.raises(AmbiguousJob):
-        targets.match_ref("a", ["abc", "abd"], "here")
-    with pytest.raises(JobNotFound):
-        targets.match_ref("q", ["abc"], "here")
-
-
-def test_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert targets.ray_address("auto") == "auto"
-    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
-    assert targets.ray_address("auto") == "head:6379"
-    assert targets.ray_address("other:1") == "other:1"
-
-
-def test_never_probe_another_hosts_loopback() -> None:
-    def probe(endpoint: dict) -> bool:
-        return True
-
-    me = process_identity()
-    other = {"host": "elsewhere", "boot_id": "b", "pid": 1}
-    assert useful_probe({**other, "url": "http://127.0.0.1:5000"}, probe) is None
-    assert useful_probe({**other, "url": "http://localhost:5000"}, probe) is None
-    assert useful_probe({**other, "url": "http://10.1.2.3:5000"}, probe) is probe
-    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe) is probe
-    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe, probe_local=False) is None
-    assert useful_probe(None, probe) is None
-
-
-def _dead_job(root: Path, job_id: str) -> JobPaths:
-    paths = JobPaths(root, job_id).create()
-    write_json_atomic(paths.status, {**process_identity(999_999_999), "state": "stopped", "step": 1})
-    return paths
-
-
-def test_delete_job_removes_a_finished_job_without_following_links(tmp_path: Path) -> None:
-    root = tmp_path / "jobs"
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "keep.txt").write_text("keep")
-    paths = _dead_job(root, "gone-1")
-    os.symlink(outside, paths.dir / "link-dir")
-    os.symlink(outside / "keep.txt", paths.inbox / "link-file.json")
-    outcome = cleanup.delete_job(root, "gone-1")
-    assert outcome.deleted and not outcome.error, outcome
-    assert not paths.dir.exists()
-    assert (outside / "keep.txt").read_text() == "keep"
-    assert os.listdir(root) == []  # no .tmp-deleting leftovers
-
-
-def test_delete_job_refuses_symlinked_folder_and_live_job(tmp_path: Path) -> None:
-    root = tmp_path / "jobs"
-    root.mkdir()
-    outside = tmp_path / "outside"
-    _dead_job(tmp_path, "outside")  # a finished-looking job, but outside the root
-    os.symlink(outside, root / "linked")
-    outcome = cleanup.delete_job(root, "linked")
-    assert not outcome.deleted and "symlink" in outcome.reason
-    assert (outside / "status.json").exists()
-
-    live = JobPaths(root, "live-1").create()
-    write_json_atomic(live.status, {**process_identity(), "state": "running", "step": 1, "heartbeat_at": time.time()})
-    outcome = cleanup.delete_job(root, "live-1")
-    assert not outcome.deleted and "alive" in outcome.reason
-    assert live.dir.is_dir()
-    with pytest.raises(InvalidJobId):
-        cleanup.delete_job(root, "../outside")

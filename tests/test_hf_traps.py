@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from forgather_control.callback.hf import TrainerControlCallback  # noqa: E402
-from forgather_control.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json  # noqa: E402
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -49,7 +49,7 @@ class Driver(TrainerCallback):
 
     def _send(self, when: Any) -> None:
         if when in self.at:
-            with JobClient(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
+            with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
                 self.sent[when] = c.send(self.at[when])["id"]
 
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201

@@ -46,7 +46,7 @@ import os, sys
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 from forgather_control.callback.hf import TrainerControlCallback
-from forgather_control.control import JobClient, find_job, probe_endpoint
+from forgather_control.control import JobHandle, find_job, probe_endpoint
 
 jobs_dir, out = sys.argv[1], sys.argv[2]
 
@@ -64,7 +64,7 @@ class Late(TrainerCallback):
     """Before the control callback: rank 0 sends a save once training has ended."""
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
-            with JobClient(find_job(jobs_dir, "late", probe=probe_endpoint)) as c:
+            with JobHandle.from_info(find_job(jobs_dir, "late", probe=probe_endpoint)) as c:
                 print(f"sent <{c.send('save')['id']}>", flush=True)  # delimited: ranks share stdout
 
 

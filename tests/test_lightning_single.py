@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from forgather_control.callback.lightning import LightningControlCallback  # noqa: E402
-from forgather_control.control import JobClient, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json  # noqa: E402
 
 
 class Module(pl.LightningModule):
@@ -50,7 +50,7 @@ class Driver(pl.Callback):
         self.batches += 1
         step = trainer.global_step
         if step in self.at and step not in self.sent:
-            with JobClient(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
+            with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
                 self.sent[step] = c.send(self.at[step])["id"]
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):  # noqa: ANN001, ANN201

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 from conftest import EXAMPLES, Proc, Procs, base_env, free_port, wait_for  # noqa: F401 (free_port: re-exported)
 
-from forgather_control.control import JobClient, find_job, probe_endpoint
+from forgather_control.control import JobHandle, find_job, probe_endpoint
 
 #: torchrun runs take seconds on 2 busy cores shared with other test runs.
 TIMEOUT = 240.0
@@ -39,7 +39,7 @@ def torchrun(
     return procs.start(argv, env=base_env(jobs_dir, **(env or {})), name=name or f"{Path(script).stem}-node{node_rank}")
 
 
-def wait_client(jobs_dir: Path, job_id: str, *procs_: Proc, timeout: float = TIMEOUT) -> JobClient:
+def wait_client(jobs_dir: Path, job_id: str, *procs_: Proc, timeout: float = TIMEOUT) -> JobHandle:
     """Wait until the job's server answers an authenticated probe; fail early when a
     process dies first."""
 
@@ -54,17 +54,17 @@ def wait_client(jobs_dir: Path, job_id: str, *procs_: Proc, timeout: float = TIM
         return info if info.endpoint and probe_endpoint(info.endpoint) else None
 
     info = wait_for(ready, timeout=timeout, interval=0.2, what=f"job {job_id} to serve")
-    return JobClient(info)
+    return JobHandle.from_info(info)
 
 
-def command(client: JobClient, cmd: str, *, timeout: float = TIMEOUT) -> dict[str, Any]:
+def command(client: JobHandle, cmd: str, *, timeout: float = TIMEOUT) -> dict[str, Any]:
     """Send ``cmd`` and wait for its final ledger entry (like ``--wait``)."""
     entry = client.send(cmd)
     assert entry.get("state") == "queued", entry
     return client.wait(entry["id"], timeout=timeout)
 
 
-def wait_step(client: JobClient, step: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+def wait_step(client: JobHandle, step: int, timeout: float = TIMEOUT) -> dict[str, Any]:
     return wait_for(lambda: (lambda s: s if (s.get("step") or 0) >= step else None)(client.status()), timeout=timeout, interval=0.2, what=f"step {step}")
 
 

@@ -333,13 +333,13 @@ def test_cli_list_ray_json(cluster: Cluster) -> None:
 
 # -- 3. control a job found only through Ray ---------------------------------------
 def test_find_job_then_status_and_save(cluster: Cluster) -> None:
-    from forgather_control.control import AmbiguousJob, JobClient, JobNotFound, Unreachable, find_cluster_job
+    from forgather_control.control import AmbiguousJob, HttpTransport, JobHandle, JobNotFound, Unreachable, find_cluster_job
 
     live = cluster.live["fg-b"]
     assert not (cluster.client_dir / live).exists()  # only Ray can find it
     job = find_cluster_job(live[:-2], address=cluster.address, jobs_dir=None, timeout=60)
     assert job["job_id"] == live and job["node"].startswith("fg-b/") and job["token"] and job["url"]
-    with JobClient(url=job["url"], token=job["token"], job_id=job["job_id"]) as client:
+    with JobHandle(job["job_id"], HttpTransport(job["url"], job["token"], job["job_id"])) as client:
         st = client.status()
         assert st["state"] == "running" and st["step"] > 0
         entry = client.send("save")

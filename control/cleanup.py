@@ -22,11 +22,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgather_control.control.client import probe_endpoint
-from forgather_control.control.files import TEMP_PREFIX
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.listing import JobInfo, load, scan, useful_probe
-from forgather_control.control.liveness import Liveness, judge
+from .files import TEMP_PREFIX
+from .jobs import JobPaths
+from .listing import JobInfo, judge_job, scan
+from .liveness import Liveness
+from .transport import probe_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ def candidates(root: Path) -> list[JobInfo]:
     return [j for j in jobs if j.liveness in DELETABLE]
 
 
-def rejudge(root: Path, job_id: str) -> tuple[Liveness, str]:
-    """Read the job's records again and judge them now, probe included."""
-    info = load(JobPaths(root, job_id), quiet=True)
-    probe = useful_probe(info.endpoint, probe_endpoint, probe_local=True)
-    return judge(endpoint=info.endpoint, status=info.current_status, job=info.job, nodes=info.nodes, probe=probe)
-
-
 def delete_job(root: Path, job_id: str) -> Outcome:
     """Delete one job's folder if, right now, it is still dead or finished and a real
     folder inside ``root``. Never raises for an ordinary failure; says why instead."""
@@ -63,7 +56,8 @@ def delete_job(root: Path, job_id: str) -> Outcome:
     target = paths.dir
     if not _real_dir(target):
         return Outcome(job_id, False, "not a real folder (a symlink or gone); left alone")
-    verdict, evidence = rejudge(root, job_id)
+    now = judge_job(paths, probe=probe_endpoint)
+    verdict, evidence = now.liveness, now.evidence
     if verdict not in DELETABLE:
         return Outcome(job_id, False, f"now judged {verdict} ({evidence}); left alone")
     doomed = root / f"{TEMP_PREFIX}deleting-{job_id}-{secrets.token_hex(4)}"

@@ -1,0 +1,34 @@
+"""``forgather control list``: the jobs in a jobs directory, at a server, or across Ray."""
+
+from __future__ import annotations
+
+import click
+
+from forgather_control.control.env import ENV_JOBS_DIR
+from forgather_control.control.lookup import list_jobs
+
+from . import options
+from .output import print_json
+
+
+@click.command("list")
+@click.option("--all", "all_", is_flag=True, help="Include jobs that have ended (finished, stopped, aborted, failed).")
+@options.as_json
+@options.where
+@click.option("--timeout", type=float, default=options.RAY_TIMEOUT, show_default=True, help="Seconds to wait for --remote / --ray answers.")
+def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None, token: str | None, ray: str | None, timeout: float) -> int:
+    """List jobs: running ones, and with --all those that ended."""
+    listing = list_jobs(jobs_dir=jobs_dir, include_finished=all_, remote=remote, token=token, ray=ray, timeout=timeout)
+    if as_json:
+        print_json(listing.rows)
+        return 0
+    if not listing.rows and not listing.exists:
+        click.echo(
+            f"no jobs: {listing.where} does not exist yet (no job has used it). Jobs that use another "
+            f"directory are found with --jobs-dir or {ENV_JOBS_DIR}"
+        )
+        return 0
+    from . import render
+
+    render.print_jobs(listing.rows, show_node=listing.source == "ray", where=listing.where, all_=all_)
+    return 0

@@ -1,0 +1,83 @@
+"""Options several ``forgather control`` verbs share, written once."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from forgather_control.control.env import ENV_JOBS_DIR, ENV_TOKEN
+from forgather_control.control.lookup import AUTO
+
+#: Seconds to wait for one HTTP answer, and for a Ray cluster's nodes.
+HTTP_TIMEOUT = 5.0
+RAY_TIMEOUT = 15.0
+
+
+def jobs_dir(f: Callable) -> Callable:
+    return click.option(
+        "--jobs-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help=f"Jobs directory (default: ${ENV_JOBS_DIR}, else ~/.forgather/jobs).",
+    )(f)
+
+
+def as_json(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(f)
+
+
+def remote(f: Callable) -> Callable:
+    f = click.option(
+        "--token",
+        default=None,
+        metavar="T",
+        help=f"Bearer token for --remote (default: ${ENV_TOKEN}). Never printed.",
+    )(f)
+    return click.option(
+        "--remote",
+        default=None,
+        metavar="HOST:PORT",
+        help="Talk to the control server at HOST:PORT instead of reading a jobs directory.",
+    )(f)
+
+
+def ray(f: Callable) -> Callable:
+    """``--ray`` (a flag) and ``--ray-address ADDRESS``, passed on as one ``ray`` value.
+
+    A flag plus a separate address option, not one option with an optional value: with
+    an optional value, ``status --ray JOB`` would read JOB as the address.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, ray: bool, ray_address: str | None, **kw: Any) -> Any:
+        return f(*args, ray=ray_address or (AUTO if ray else None), **kw)
+
+    wrapper = click.option(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="The Ray cluster to look across (host:port or ray://host:port); implies --ray.",
+    )(wrapper)
+    return click.option(
+        "--ray",
+        is_flag=True,
+        help="Look across every node of a Ray cluster: $RAY_ADDRESS, else the one running here.",
+    )(wrapper)
+
+
+def channel(f: Callable) -> Callable:
+    return click.option(
+        "--channel",
+        type=click.Choice(["auto", "http", "file"]),
+        default="auto",
+        show_default=True,
+        help="How to reach the job: HTTP when it serves it, else its inbox/ folder (file).",
+    )(f)
+
+
+def where(f: Callable) -> Callable:
+    """The three ways to find jobs: ``--jobs-dir``, ``--remote``/``--token``, ``--ray``."""
+    return jobs_dir(remote(ray(f)))

@@ -1,0 +1,163 @@
+"""``forgather control save|eval|stop|save-stop|abort JOB``: send one command, maybe wait.
+
+The library does the work (find the job, check it can take commands, send, follow the
+receipt); this module parses options, asks before an abort, shows progress on a terminal
+and prints the receipt.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from forgather_control.control.commands import CLI_VERBS, Command, State
+from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, UsageError
+from forgather_control.control.handle import JobHandle
+from forgather_control.control.lookup import open_job
+from forgather_control.control.states import JobState
+
+from . import options
+from .output import print_json
+
+DEFAULT_WAIT = 300.0
+
+
+class StoppedWaiting(ControlError):
+    """Ctrl-C during --wait: the command itself is not cancelled, and the user is told so."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def _command_options(f: Callable) -> Callable:
+    for deco in reversed(
+        [
+            click.argument("job"),
+            click.option("--wait", is_flag=True, help="Wait until the command completes (or fails) and show its receipt."),
+            click.option("--timeout", type=float, default=DEFAULT_WAIT, show_default=True, help="Seconds --wait waits."),
+            options.as_json,
+            click.option("--key", default=None, metavar="K", help="Idempotency key: the same key twice queues once."),
+            options.channel,
+            options.where,
+        ]
+    ):
+        f = deco(f)
+    return f
+
+
+def _verb(verb: str, help_text: str) -> click.Command:
+    @_command_options
+    def cmd(**kw: Any) -> int:
+        return send_command(verb, **kw)
+
+    cmd.__doc__ = help_text
+    return click.command(verb)(cmd)
+
+
+save = _verb("save", "Save a checkpoint at the next agreed step (after an evaluation when the trainer has one set up).")
+evaluate = _verb("eval", "Evaluate at the next agreed step.")
+stop = _verb("stop", "Stop gracefully; the trainer's own end-of-training logic still runs.")
+save_stop = _verb("save-stop", "Save a checkpoint, then stop.")
+
+
+@click.command("abort")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_command_options
+def abort(yes: bool, **kw: Any) -> int:
+    """Stop now and save nothing, here or at the end; the job ends 'aborted'."""
+    return send_command("abort", confirm=not yes, **kw)
+
+
+def send_command(
+    verb: str,
+    *,
+    job: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    key: str | None,
+    channel: str,
+    jobs_dir: str | None,
+    remote: str | None,
+    token: str | None,
+    ray: str | None,
+    confirm: bool = False,
+) -> int:
+    """Queue one command; with ``wait`` follow its receipt to a final state."""
+    command = CLI_VERBS[verb]
+    reach = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
+    with open_job(job, jobs_dir=jobs_dir, channel=channel, remote=remote, token=token, ray=ray, timeout=reach) as handle:
+        if confirm:
+            handle.check_controllable()  # a dead job is not worth a question
+            _confirm_abort(handle.job_id)
+        entry = handle.send(command, key=key)
+        if State.parse(entry.get("state")) == State.REJECTED:
+            _emit(entry, as_json)
+            return EXIT_FAILED
+        if not wait:
+            if as_json:
+                print_json(entry)
+            else:
+                click.echo(_queued_line(handle, command, entry))
+            return EXIT_OK
+        final = _wait(handle, command, entry, timeout, show_progress=not as_json)
+    _emit(final, as_json)
+    return EXIT_OK if State.parse(final.get("state")) == State.COMPLETED else EXIT_FAILED
+
+
+def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> str:
+    how = "dropped in its inbox" if handle.channel == "file" else "queued"
+    if handle.state == JobState.STARTING:
+        how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
+    return (
+        f"{command.value} {how} on job {handle.job_id} as {entry.get('id')}; "
+        f"follow it with `forgather control status {handle.job_id}` (or pass --wait)"
+    )
+
+
+def _confirm_abort(job_id: str) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to abort job {job_id} without confirmation (stdin is not a terminal); pass --yes")
+    if not click.confirm(f"Abort job {job_id} now? It saves nothing and ends 'aborted'", default=False, err=True):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: float, *, show_progress: bool) -> dict[str, Any]:
+    seen: list[dict[str, Any]] = [entry]
+    spinner = None
+    if show_progress and sys.stderr.isatty():
+        from . import render
+
+        spinner = render.console(stderr=True).status(f"waiting for {command.value} ({entry.get('id')}) on job {handle.job_id}")
+
+    def on_poll(e: dict[str, Any] | None) -> None:
+        if e is None:
+            return
+        seen.append(e)
+        if spinner is not None:
+            at = f" at step {e['step']}" if e.get("step") is not None else ""
+            spinner.update(f"{command.value} ({e.get('id')}) on job {handle.job_id}: {e.get('state')}{at}")
+
+    try:
+        if spinner is not None:
+            spinner.start()
+        return handle.wait(str(entry["id"]), timeout=timeout, on_poll=on_poll)
+    except KeyboardInterrupt:
+        raise StoppedWaiting(
+            f"stopped waiting; {command.value} {entry.get('id')} stays {seen[-1].get('state')} on job "
+            f"{handle.job_id}: follow it with `forgather control status {handle.job_id}`"
+        ) from None
+    finally:
+        if spinner is not None:
+            spinner.stop()
+
+
+def _emit(entry: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(entry)
+        return
+    from . import render
+
+    render.print_entry(entry)

@@ -1,0 +1,335 @@
+"""One job and the way to reach it: what every command, the CLI's and a script's, goes through.
+
+A :class:`JobHandle` is made by :func:`~forgather_control.control.lookup.open_job` from a
+job id or prefix: from a jobs directory (its records, liveness judged, HTTP with the
+endpoint's token or the file channel), from ``--remote HOST:PORT``, or from a Ray
+cluster. It owns the rules that hold whatever asks: which channel a job can be reached
+on, whether it can take a command at all, where its status comes from when the server
+is gone, and when waiting for a receipt can end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .commands import Command, State, is_final_receipt, parse_command
+from .errors import CommandFailed, UsageError, Unreachable, WaitTimeout
+from .files import read_json
+from .listing import JobInfo, judge_job
+from .liveness import Liveness, is_loopback_url, same_host
+from .states import JobState, is_final
+from .transport import FileTransport, HttpTransport, Transport, probe_endpoint
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("auto", "http", "file")
+#: How often ``watch`` judges a local job's liveness again (a job whose processes died
+#: leaves a status.json that says "running" forever).
+REJUDGE_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at a watched job: its status (None while it has none) and, on the last
+    snapshot, why watching ended."""
+
+    status: dict[str, Any] | None
+    ended: str | None = None
+
+
+class JobHandle:
+    """A job found somewhere, and the transport that reaches it.
+
+    ``info`` holds the job's records when it was found in a jobs directory (None for
+    ``--remote`` and Ray); ``summary`` is what a remote server or a Ray node said of it.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        transport: Transport,
+        *,
+        info: JobInfo | None = None,
+        summary: dict[str, Any] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.job_id = job_id
+        self.transport = transport
+        self.info = info
+        self.summary = summary
+        self.timeout = timeout
+        self._warned_stale = False
+
+    @classmethod
+    def open(cls, ref: str, **where: Any) -> JobHandle:
+        """The job ``ref`` names; ``where`` as :func:`~forgather_control.control.lookup.open_job`."""
+        from .lookup import open_job
+
+        return open_job(ref, **where)
+
+    @classmethod
+    def from_info(cls, info: JobInfo, *, channel: str = "auto", timeout: float = 5.0) -> JobHandle:
+        """A handle for a job read from a jobs directory; ``channel`` auto, http or file."""
+        return cls(info.job_id, local_transport(info, channel, timeout=timeout), info=info, timeout=timeout)
+
+    # -- what it is ---------------------------------------------------------------------
+    @property
+    def channel(self) -> str:
+        return self.transport.channel
+
+    @property
+    def state(self) -> JobState:
+        if self.info is not None:
+            return self.info.state
+        return JobState.parse((self.summary or {}).get("state")) or JobState.UNKNOWN
+
+    def refresh(self) -> JobState:
+        """Read the job's records again and judge them now (a local job only)."""
+        if self.info is not None:
+            self.info = judge_job(self.info.paths, probe=probe_endpoint)
+        return self.state
+
+    def details(self) -> dict[str, Any]:
+        """Everything known about the job (``status --json``): its records, overlaid with
+        what its server says right now. ``live`` tells whether the server answered."""
+        d = self.info.details() if self.info is not None else dict(self.summary or {"job_id": self.job_id})
+        d["live"] = False
+        dead = self.info is not None and self.info.liveness in (Liveness.DEAD, Liveness.FINISHED)
+        if self.channel != "http" or dead:
+            return d
+        try:
+            live = self.transport.status()
+        except Unreachable as exc:
+            if self.info is None:
+                raise
+            d["live_error"] = str(exc)
+            return d
+        d.update({k: v for k, v in live.items() if k != "job_id"})
+        d["live"] = True
+        return d
+
+    def status(self) -> dict[str, Any]:
+        """The job's status right now: from its server, else from its status.json."""
+        try:
+            return self.transport.status()
+        except Unreachable:
+            if self.info is None or self.channel == "file":
+                raise
+            return FileTransport(self.info.paths).status()
+
+    # -- commands -----------------------------------------------------------------------
+    def send(self, command: Command | str, *, key: str | None = None) -> dict[str, Any]:
+        """Queue a command; returns its receipt (queued, sent to the inbox, or rejected).
+        Raises before sending anything when the job cannot take commands."""
+        try:
+            cmd = command if isinstance(command, Command) else parse_command(command)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.check_controllable()
+        return self.transport.send(cmd, key)
+
+    def check_controllable(self) -> None:
+        """Say clearly why the job cannot take commands, before anything is sent."""
+        if self.info is None:
+            return  # a remote or Ray job: its server is the judge
+        check_controllable(self.info, self.channel)
+        if self.info.liveness == Liveness.STALE and self.channel != "file" and not self._warned_stale:
+            self._warned_stale = True
+            log.warning("job %s looks stale (%s); trying anyway", self.job_id, self.info.evidence)
+
+    def entry(self, command_id: str) -> dict[str, Any] | None:
+        """A command's receipt: from the server, else from status.json."""
+        try:
+            found = self.transport.entry(command_id)
+        except Unreachable:
+            if self.info is None:
+                raise
+            found = None
+        if found is None and self.info is not None and self.channel != "file":
+            found = FileTransport(self.info.paths).entry(command_id)
+        return found
+
+    def wait(
+        self,
+        command_id: str,
+        *,
+        timeout: float = 300.0,
+        interval: float = 0.2,
+        on_poll: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Follow a command to its final receipt. The server going away is not an error
+        when the job's records (or, for a remote job, the command itself) say how it
+        ended; a job that ends without taking the command ends the wait with why."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while True:
+            try:
+                last = self.entry(command_id) or last
+            except Unreachable:
+                gone = _server_gone_after_stop(last)
+                if gone is None:
+                    raise
+                log.warning("the job's server went away after %s applied at step %s: it has ended", last.get("command"), last.get("step"))
+                return gone
+            if is_final_receipt(last):
+                return last  # type: ignore[return-value]
+            if on_poll is not None:
+                on_poll(last)
+            if time.monotonic() >= deadline:
+                state = last.get("state") if last else "not yet picked up"
+                raise WaitTimeout(
+                    f"command {command_id} is still {state} after {timeout:g}s; it stays queued. "
+                    f"Check later with `forgather control status {self.job_id}`"
+                )
+            ended = self._ended_without(command_id, last)
+            if ended is not None:
+                return ended
+            time.sleep(interval)
+
+    def _ended_without(self, command_id: str, last: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The final receipt when the job's records show it ended; raises CommandFailed
+        when it ended without one. None while the job may still take the command."""
+        info = self.info
+        if info is None:
+            return None
+        if info.endpoint is None:
+            # Sent to a job that was starting: if its launcher has recorded the end (it
+            # died before rank 0 took the command), waiting longer cannot help.
+            job = read_json(info.paths.job, quiet=True) or {}
+            if not is_final(job.get("state")):
+                return None
+            last = self.entry(command_id) or last
+            if is_final_receipt(last):
+                return last
+            raise CommandFailed(
+                f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) "
+                f"before it took command {command_id}"
+            )
+        if info.paths.endpoint.exists():
+            return None
+        # The job ended (rank 0 removed its endpoint); status.json is final.
+        last = self.entry(command_id) or last
+        if is_final_receipt(last):
+            return last
+        st = read_json(info.paths.status, quiet=True) or {}
+        if is_final(st.get("state")):
+            raise CommandFailed(f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final entry for command {command_id}")
+        return None
+
+    # -- following ----------------------------------------------------------------------
+    def watch(self, *, interval: float = 0.5) -> Iterator[Snapshot]:
+        """Snapshots of the job's status every ``interval`` seconds until it ends (a final
+        state, a dead verdict, or a remote server gone); the last one says why."""
+        last_judged = time.monotonic()
+        while True:
+            try:
+                st = self.status()
+            except Unreachable as exc:
+                if self.info is None:
+                    yield Snapshot(None, f"lost contact with job {self.job_id}: {exc}")
+                    return
+                st = None
+            state = JobState.parse((st or {}).get("state"))
+            if st is not None and state is not None and state.final:
+                yield Snapshot(st, f"job {self.job_id} {state} at step {st.get('step')}")
+                return
+            if self.info is not None and time.monotonic() - last_judged > REJUDGE_EVERY:
+                last_judged = time.monotonic()
+                self.refresh()
+                if self.info.liveness == Liveness.DEAD:
+                    yield Snapshot(st, f"job {self.job_id} is dead ({self.info.evidence})")
+                    return
+            yield Snapshot(st)
+            time.sleep(interval)
+
+    # -- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> JobHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id!r}, channel={self.channel!r})"
+
+
+def check_controllable(info: JobInfo, channel: str) -> None:
+    """Raise, with the reason and what to do, when the job ``info`` describes cannot take
+    a command over ``channel``."""
+    jid = info.job_id
+    if info.liveness == Liveness.FINISHED:
+        raise Unreachable(f"job {jid} has ended ({info.state}); there is nothing left to command")
+    if info.liveness == Liveness.DEAD:
+        raise Unreachable(
+            f"job {jid} is dead ({info.evidence}); it cannot take commands. "
+            "Remove its records with `forgather control cleanup`"
+        )
+    if info.endpoint is None and info.state == JobState.STARTING:
+        # The launcher runs and rank 0 polls the inbox once its control plane is up (the
+        # launcher cleared the inbox before starting the workers, so a command dropped
+        # now is this run's): queue it there rather than make the user retry.
+        if channel == "http":
+            raise Unreachable(
+                f"job {jid} is starting: rank 0 does not serve HTTP yet. Retry in a moment, or "
+                "leave out --channel http to queue the command in its inbox"
+            )
+        return
+    if info.endpoint is None and info.state == JobState.REQUEUED:
+        sched = (info.job or {}).get("scheduler")
+        slurm_id = sched.get("slurm_job_id") if isinstance(sched, dict) else None
+        raise Unreachable(
+            f"job {jid} was requeued and waits in SLURM's queue; it takes commands once it runs again"
+            + (f". To keep it from running again: scancel {slurm_id}" if slurm_id else "")
+        )
+    if info.endpoint is None:
+        raise Unreachable(
+            f"job {jid} has no endpoint.json (it has not started its control plane, or it ended); "
+            f"check `forgather control status {jid}`"
+        )
+
+
+def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Transport:
+    """The transport for a job found in a jobs directory.
+
+    ``auto``: HTTP when the endpoint has a URL this host can use, else the file channel.
+    A loopback URL written on another host names *that* host's loopback: connecting to it
+    here would reach whatever listens on the port on this machine and hand it the job's
+    token. Such a job is reached through the file channel (the jobs directory is shared,
+    or we would not see it), and ``http`` is refused with the reason.
+    """
+    if channel not in CHANNELS:
+        raise UsageError(f"unknown channel {channel!r}; use auto, http or file")
+    ep = info.endpoint or {}
+    url = ep.get("url") if isinstance(ep.get("url"), str) else None
+    foreign_loopback = url is not None and is_loopback_url(url) and not same_host(ep)
+    if channel == "http" and foreign_loopback:
+        raise Unreachable(
+            f"job {info.job_id} serves HTTP on the loopback of {ep.get('host') or 'another host'} ({url}); "
+            "it cannot be reached from here. Use --channel file, or run the command on that host"
+        )
+    if channel == "http" and url is None:
+        check_controllable(info, channel)  # the job's own reason first, when it has one
+        raise Unreachable(
+            f"job {info.job_id} has no HTTP endpoint (it ended, or serves the file channel only); try --channel file"
+        )
+    if channel == "file" or url is None or foreign_loopback:
+        return FileTransport(info.paths)
+    token = ep.get("token") if isinstance(ep.get("token"), str) else None
+    return HttpTransport(url, token, info.job_id, timeout=timeout)
+
+
+def _server_gone_after_stop(last: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A remote job's server goes away when a stop applies: that is the stop working, not
+    the job being unreachable. The receipt it would have written, or None."""
+    if last is None or State.parse(last.get("state")) != State.APPLIED:
+        return None
+    if last.get("command") not in (Command.GRACEFUL_STOP.value, Command.ABORT.value):
+        return None
+    return {**last, "state": State.COMPLETED.value, "result": {"step": last.get("step"), "final_state": "ended (server gone)"}}

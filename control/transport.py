@@ -1,0 +1,201 @@
+"""The two ways to reach a job: its HTTP server, or the files in its folder.
+
+Standard library only (``http.client``, imported on first request): a CLI that sends
+one request should not pay for an HTTP library's import or an SSL context. A transport
+knows how to move a command, a status or a receipt; *which* transport a job gets, and
+what to do when it fails, is :class:`~forgather_control.control.handle.JobHandle`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import http.client
+
+from .commands import Command, State, new_command_id
+from .errors import CommandRefused, ControlError, JobNotFound, Unreachable, UsageError
+from .files import read_json, write_json_atomic
+from .jobs import JobPaths
+
+
+class HttpChannel:
+    """A kept-alive connection to one job's server. Plain HTTP on loopback or a cluster
+    network; the token travels only in the Authorization header."""
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 5.0) -> None:
+        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme != "http" or not parsed.hostname:
+            raise UsageError(f"unsupported control URL {url!r}; expected http://HOST:PORT")
+        self.url = url
+        self.host = parsed.hostname
+        self.port = parsed.port or 80
+        self.token = token
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        import http.client  # here, not at the top: `forgather control list` rarely needs HTTP (15 ms)
+
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt == 1 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                    raise Unreachable(f"cannot reach the job's control server at {self.url}: {exc}") from None
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = {"detail": raw.decode(errors="replace")[:500]}
+        return resp.status, data
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            import http.client
+
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return self._conn
+
+
+def probe_endpoint(endpoint: dict, *, timeout: float = 0.5) -> bool | None:
+    """True when the server answers an authenticated request for this job; False when
+    something answers but is not this job (or refuses our token); None: no answer."""
+    url, job_id = endpoint.get("url"), endpoint.get("job_id")
+    if not url or not isinstance(url, str):
+        return None
+    try:
+        ch = HttpChannel(url, endpoint.get("token"), timeout=timeout)
+        code, data = ch.request("GET", "/jobs")
+        ch.close()
+    except ControlError:
+        return None
+    if code != 200 or not isinstance(data, dict):
+        return False
+    ids = [j.get("job_id") for j in data.get("jobs", []) if isinstance(j, dict)]
+    return job_id is None or job_id in ids
+
+
+def detail(data: Any) -> str:
+    """The server's reason for a refusal, from its JSON body."""
+    if isinstance(data, dict):
+        d = data.get("detail", data)
+        if isinstance(d, list):  # FastAPI validation errors
+            return "; ".join(str(x.get("msg", x)) if isinstance(x, dict) else str(x) for x in d)
+        return str(d)
+    return str(data)
+
+
+def refusal(code: int, data: Any) -> ControlError:
+    """The error for a non-2xx answer."""
+    msg = detail(data)
+    if code == 401:
+        return CommandRefused(f"the job refused our token (401): {msg}. Is the endpoint file current?", http_status=code)
+    if code == 404:
+        return JobNotFound(f"not found (404): {msg}")
+    return CommandRefused(f"the job refused the request ({code}): {msg}", http_status=code)
+
+
+class Transport(Protocol):
+    """What a JobHandle needs from a way of reaching its job."""
+
+    channel: str
+
+    def send(self, command: Command, key: str | None) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def entry(self, command_id: str) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+class HttpTransport:
+    """Commands, status and receipts over the job's HTTP API."""
+
+    channel = "http"
+
+    def __init__(self, url: str, token: str | None, job_id: str, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self.job_id = job_id
+        self.http = HttpChannel(url, token, timeout=timeout)
+
+    def send(self, command: Command, key: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"command": command.value}
+        if key:
+            body["key"] = key
+        code, data = self.http.request("POST", f"/jobs/{self.job_id}/control", body)
+        if code in (200, 202) and isinstance(data, dict):
+            return data
+        raise refusal(code, data)
+
+    def status(self) -> dict[str, Any]:
+        code, data = self.http.request("GET", f"/jobs/{self.job_id}/status")
+        if code == 200 and isinstance(data, dict):
+            return data
+        raise refusal(code, data)
+
+    def entry(self, command_id: str) -> dict[str, Any] | None:
+        code, data = self.http.request("GET", f"/jobs/{self.job_id}/commands/{command_id}")
+        if code == 200 and isinstance(data, dict):
+            return data
+        if code == 404:
+            return None
+        raise refusal(code, data)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class FileTransport:
+    """Commands into the job's ``inbox/``, status and receipts from its status.json:
+    for clusters whose compute nodes the client cannot reach, and jobs without HTTP."""
+
+    channel = "file"
+
+    def __init__(self, paths: JobPaths) -> None:
+        self.paths = paths
+
+    def send(self, command: Command, key: str | None) -> dict[str, Any]:
+        if not self.paths.inbox.is_dir():
+            raise Unreachable(f"job {self.paths.job_id} has no inbox at {self.paths.inbox}; it cannot take file commands")
+        cid = new_command_id()
+        record = {"id": cid, "command": command.value, "key": key, "sent_at": time.time()}
+        write_json_atomic(self.paths.inbox / f"{time.time_ns()}-{cid}.json", record)
+        return {"id": cid, "command": command.value, "state": State.SENT.value, "key": key, "source": "file"}
+
+    def status(self) -> dict[str, Any]:
+        st = read_json(self.paths.status)
+        if st is None:
+            raise Unreachable(f"job {self.paths.job_id} has no readable status.json yet")
+        return st
+
+    def entry(self, command_id: str) -> dict[str, Any] | None:
+        st = read_json(self.paths.status, quiet=True) or {}
+        commands = st.get("commands")
+        for e in commands if isinstance(commands, list) else ():
+            if isinstance(e, dict) and e.get("id") == command_id:
+                return e
+        return None
+
+    def close(self) -> None:
+        pass
