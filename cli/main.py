@@ -12,15 +12,22 @@ Two things matter here more than anywhere else in the CLI:
 Exit codes: 0 ok, 1 the command failed (refused, failed, dropped, timed out), 2 usage
 (bad options, ambiguous prefix, bad job id), 3 job not found, 4 job unreachable; 130
 when Ctrl-C ends a command (a command already sent stays queued).
+
+Beside the Forgather framework: ``forgather`` (``main``) runs our subcommands (``launch``,
+``control``) and hands any other subcommand, or an option of the framework's before one,
+to the framework's own ``forgather`` console script when it is installed, found through
+``importlib.metadata`` and called with the same argv. Our subcommands never look it up,
+so they never import it. ``forgather-control`` (``control_main``) is ours alone.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,11 +35,17 @@ from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT
 
 from .output import silence_stdout
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 log = logging.getLogger(__name__)
 
 
 #: Set by ``-v``: show tracebacks of unexpected errors.
 _verbose = 0
+#: Set by ``run``: True for ``forgather`` (hands foreign subcommands to the framework),
+#: False for ``forgather-control``. Only help and error texts read it.
+_delegating = True
 
 
 class LazyGroup(click.Group):
@@ -100,8 +113,25 @@ def _missing_command(name: str, module_name: str, short_help: str) -> click.Comm
     )
 
 
+class RootGroup(LazyGroup):
+    """The root group: its help and its unknown-command error say where the Forgather
+    framework's subcommands go, and whether the framework is installed."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(_framework_note())
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in self.commands and name not in self.lazy:
+            ours = ", ".join(sorted({*self.commands, *self.lazy}))
+            ctx.fail(f"No such command {name!r}. This package's commands are: {ours}. {_framework_note()}")
+        return super().resolve_command(ctx, args)
+
+
 @click.group(
-    cls=LazyGroup,
+    cls=RootGroup,
     lazy={
         "control": ("forgather_control.cli.control:control", "Find, watch and command running jobs."),
         "launch": ("forgather_control.cli.launch:launch", "Launch a training script under torchrun / SLURM."),
@@ -156,16 +186,109 @@ def exit_code_for(exc: BaseException) -> int | None:
     return int(exc.exit_code) if isinstance(exc, ControlError) else None
 
 
+#: Our root options; none takes a value (``-v``, ``-vv``, ``--verbose``).
+_OUR_ROOT_FLAG = re.compile(r"-v+|--verbose")
+_FRAMEWORK_SCRIPT = "forgather"
+_OUR_DIST = "forgather-control"
+
+
+def framework_entry_point() -> EntryPoint | None:
+    """The Forgather framework's ``forgather`` console script, or None when no other
+    installed distribution declares one. Reads metadata only; imports nothing of it."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="console_scripts", name=_FRAMEWORK_SCRIPT):
+        dist = getattr(ep, "dist", None)
+        if dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == _OUR_DIST:
+            continue
+        if ep.value.partition(":")[0].split(".")[0] == "forgather_control":
+            continue  # ours under another distribution name (an old or renamed build)
+        return ep
+    return None
+
+
+def _describe(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{ep.value} from {dist.name} {dist.version}" if dist is not None else ep.value
+
+
+def _framework_note() -> str:
+    """Where the framework's subcommands go, and whether it is installed (help, errors)."""
+    ep = framework_entry_point()
+    status = f"installed here: {_describe(ep)}" if ep is not None else "not installed here"
+    if _delegating:
+        return (
+            "Any other subcommand (ls, train, project, ...), or a framework option before one "
+            "(-p, -t, -i, --no-dyn), goes to the Forgather framework's own CLI when the "
+            f"framework is installed ({status}). `forgather-control` runs only this package's commands."
+        )
+    return (
+        "This is forgather-control alone: `forgather` runs the same commands and hands every "
+        f"other one to the Forgather framework's CLI when the framework is installed ({status})."
+    )
+
+
+def _ours(args: Sequence[str]) -> bool:
+    """Whether argv is for our root group: its first word after our root flags is one of
+    our subcommands, or help, or there is none. Anything else (another subcommand, or
+    an option we do not have, such as the framework's ``-p DIR``) is the framework's."""
+    for word in args:
+        if _OUR_ROOT_FLAG.fullmatch(word):
+            continue
+        return word in cli.lazy or word in cli.commands or word in ("-h", "--help")
+    return True
+
+
+def _run_framework(ep: EntryPoint, args: list[str]) -> int:
+    """Call the framework's console-script function as its own script would, with
+    ``sys.argv`` set to the same argv, and return its exit status."""
+    try:
+        func = ep.load()
+    except Exception as exc:  # noqa: BLE001 - say what broke, not a traceback of ours
+        _error(f"the Forgather framework's CLI ({_describe(ep)}) failed to load: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    saved = sys.argv
+    sys.argv = [saved[0] if saved and saved[0] else _FRAMEWORK_SCRIPT, *args]
+    try:
+        status: object = func()
+    except SystemExit as exc:
+        status = exc.code
+    finally:
+        sys.argv = saved
+    if status is None:
+        return EXIT_OK
+    if isinstance(status, int):
+        return int(status)
+    print(status, file=sys.stderr)  # what sys.exit("message") does
+    return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point and the only place exceptions become exit codes."""
+    """``forgather``: console-script entry point and the only place exceptions become exit codes."""
     sys.exit(run(argv))
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code (``main`` without ``sys.exit``)."""
+def control_main(argv: Sequence[str] | None = None) -> None:
+    """``forgather-control``: this package's commands alone, never the framework's."""
+    sys.exit(run(argv, delegate=False))
+
+
+def run(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
+    """Run the CLI and return its exit code (``main`` without ``sys.exit``).
+
+    With ``delegate`` (``forgather``), an argv that is not ours goes to the Forgather
+    framework's CLI when it is installed; its exit status is returned, and its errors
+    are its own.
+    """
+    global _delegating
+    _delegating = delegate
     args = list(sys.argv[1:] if argv is None else argv)
+    if delegate and not _ours(args):
+        ep = framework_entry_point()
+        if ep is not None:
+            return _run_framework(ep, args)
     try:
-        rv = cli.main(args, prog_name="forgather", standalone_mode=False)
+        rv = cli.main(args, prog_name="forgather" if delegate else "forgather-control", standalone_mode=False)
     except click.exceptions.UsageError as exc:  # bad options, missing arguments
         exc.show()
         return EXIT_USAGE
