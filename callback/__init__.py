@@ -8,11 +8,15 @@ they load when a Controller starts serving or agreeing, or when
 
 from typing import Any
 
+from .config import ControllerConfig
 from .controller import NO_ACTIONS, Actions, Controller
 from .hf import TrainerControlCallback
 from .signals import DEFAULT_SIGNALS
 
-__all__ = ["DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller", "LightningControlCallback", "TrainerControlCallback"]
+__all__ = [
+    "DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller", "ControllerConfig", "LightningControlCallback",
+    "TrainerControlCallback",
+]
 
 
 def __getattr__(name: str) -> Any:

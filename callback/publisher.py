@@ -63,6 +63,16 @@ class Publisher:
         self._thread = threading.Thread(target=self._loop, name="forgather-control-io", daemon=True)
         self.errors = 0
 
+    @property
+    def alive(self) -> bool:
+        """The I/O thread runs (an error in one round never ends it)."""
+        return self._thread.is_alive()
+
+    @property
+    def unparsed(self) -> frozenset[str]:
+        """Inbox files that did not parse yet and are given their grace."""
+        return frozenset(self._unparsed)
+
     def start(self) -> None:
         self._thread.start()
 

@@ -41,7 +41,7 @@ ctl.start()                       # no RANK in the environment: every process gu
 guessed = (ctl.rank, ctl.world_size)
 dist.init_process_group("gloo", rank=rank, world_size=world)
 ctl.begin()                       # train begin: the real ranks, and the agreement
-served = ctl._server is not None
+served = ctl.serves_http
 dist.barrier()
 ep = read_json(ctl.paths.endpoint)
 owner_ok = ep is not None and (ep["pid"] == os.getpid()) == (rank == 0)
@@ -63,7 +63,7 @@ for step in range(1, 100000):
         ctl.evaluation_done({"m": 1.0})
     if act.stop:
         break
-trace = [list(t) for t in ctl._agreement.trace]
+trace = [list(t) for t in ctl.agreement_trace]
 ctl.close()
 json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions": actions, "trace": trace,
            "all_reduce": calls["all_reduce"], "final": step,

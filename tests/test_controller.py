@@ -198,12 +198,14 @@ def test_handler_and_poller_crashes_do_not_stop_training(jobs_dir: Path, monkeyp
             assert exc.value.http_status == 500
         assert ctl.step(1) is NO_ACTIONS
         # the inbox poller raising: logged and counted, the loop goes on
-        monkeypatch.setattr(ctl._publisher, "poll_inbox", boom)
-        errors = ctl._publisher.errors
-        wait_for(lambda: ctl._publisher.errors > errors, what="poller error counted")
+        publisher = ctl.plane.publisher
+        assert publisher is not None
+        monkeypatch.setattr(publisher, "poll_inbox", boom)
+        errors = publisher.errors
+        wait_for(lambda: publisher.errors > errors, what="poller error counted")
         for s in range(2, 100):
             assert ctl.step(s) is NO_ACTIONS
-        assert ctl._publisher._thread.is_alive()
+        assert publisher.alive
     finally:
         ctl.close()
 

@@ -119,4 +119,4 @@ def test_forgotten_names_do_not_pile_up(jobs_dir: Path) -> None:
     pub.poll_inbox()
     f.unlink()  # its writer gave up
     pub.poll_inbox()
-    assert pub._unparsed == {}
+    assert pub.unparsed == frozenset()

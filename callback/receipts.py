@@ -1,0 +1,159 @@
+"""Receipts for commands whose result only the training loop knows.
+
+A save applies at an agreed step, but the checkpoint's path exists only once the loop
+has written it and called ``checkpoint_saved(path)``; an evaluation's metrics only once
+it calls ``evaluation_done(metrics)``. Until then the command stays ``applied`` in the
+ledger, and a client waiting on it waits here. A loop that never reports must not leave
+a client waiting forever: the receipt fails at the next check with a reason that names
+the call to make. When the job ends every open receipt gets a final state.
+
+Only rank 0 holds a ledger that sees commands applied; on the other ranks nothing ever
+waits here and every call is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from forgather_control.control import Command, Ledger
+from forgather_control.control.states import JobState
+
+__all__ = ["REPORTED", "Receipts", "Waiting"]
+
+#: Commands whose result the training loop reports (a checkpoint path, metrics).
+REPORTED = frozenset({Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP, Command.EVALUATE})
+
+
+class Waiting(NamedTuple):
+    """A command applied at ``step`` whose result the loop has not reported yet."""
+
+    command_id: str
+    command: Command
+    step: int
+
+
+class Receipts:
+    """Rank 0's open receipts, completed by the loop's reports, in the order applied.
+
+    Called from the training thread only (the ledger itself is thread-safe).
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._waiting: list[Waiting] = []
+        # Saves reported on rank 0 but maybe still being written on other ranks: a
+        # trainer that writes rank-local files (HF) does not wait for the others.
+        self._unsynced: list[tuple[str, dict[str, Any]]] = []
+        # (step, metrics) of the last evaluation: a save at the same step carries them.
+        self._last_eval: tuple[int, dict[str, Any]] | None = None
+
+    @property
+    def waiting(self) -> tuple[Waiting, ...]:
+        """Commands waiting for the loop's report, oldest first."""
+        return tuple(self._waiting)
+
+    @property
+    def unsynced(self) -> int:
+        """Saves reported here whose other ranks may still be writing."""
+        return len(self._unsynced)
+
+    # -- the check ------------------------------------------------------------------
+    def applied(self, command_id: str, command: Command, step: int) -> None:
+        """``command`` applied at ``step``; wait for its report if the loop makes one."""
+        if command in REPORTED:
+            self._waiting.append(Waiting(command_id, command, step))
+
+    def expire(self, step: int) -> None:
+        """Fail the receipts a check at ``step`` proves will never be reported: the loop
+        has gone past the step that applied them without reporting. A save-and-stop is
+        left to the end of the job, which follows it."""
+        if not self._waiting:
+            return
+        still = []
+        for waiting in self._waiting:
+            try:
+                done = self._ledger.get(waiting.command_id).state.final
+            except Exception:
+                done = True  # gone from the ledger's history: nobody waits for it
+            if done:
+                continue
+            if step > waiting.step and waiting.command != Command.SAVE_AND_STOP:
+                what = (
+                    "checkpoint (call checkpoint_saved(path))"
+                    if waiting.command.saves
+                    else "evaluation (call evaluation_done(metrics))"
+                )
+                self._ledger.fail(waiting.command_id, f"the training loop did not report the {what} after step {waiting.step}")
+                continue
+            still.append(waiting)
+        self._waiting = still
+
+    def sync(self) -> None:
+        """Every rank reached an agreed check, so every rank finished its earlier saves:
+        complete the saves that waited for that."""
+        done, self._unsynced = self._unsynced, []
+        for command_id, result in done:
+            self._ledger.complete(command_id, result)
+
+    # -- the loop's reports -----------------------------------------------------------
+    def checkpoint_saved(self, checkpoint: str, *, step: int, synced: bool = True) -> None:
+        """A checkpoint written at ``step``: completes the oldest save waiting for one, at
+        once when every rank's part is known to be written (``synced``), else at the
+        next agreed check (:meth:`sync`)."""
+        waiting = self._take(lambda cmd: cmd.saves)
+        if waiting is None:
+            return  # the trainer's own periodic save: nothing waited for it
+        result: dict[str, Any] = {"checkpoint": checkpoint, "step": waiting.step, "saved_at_step": step}
+        if self._last_eval is not None and self._last_eval[0] == step:
+            result["metrics"] = self._last_eval[1]  # "evaluate first": the checkpoint's metrics
+        if synced:
+            self._ledger.complete(waiting.command_id, result)
+        else:
+            self._unsynced.append((waiting.command_id, result))
+
+    def evaluation_done(self, metrics: dict[str, Any], *, step: int) -> None:
+        """An evaluation's (JSON-safe) metrics at ``step``: completes the oldest evaluate."""
+        self._last_eval = (step, metrics)
+        waiting = self._take(lambda cmd: cmd == Command.EVALUATE)
+        if waiting is not None:
+            self._ledger.complete(waiting.command_id, {"metrics": metrics, "step": waiting.step})
+
+    def command_failed(self, reason: str, command: Command | None = None) -> None:
+        """The loop could not do what the oldest applied ``command`` (any, when None) asked."""
+        waiting = self._take(lambda cmd: command is None or cmd == command)
+        if waiting is not None:
+            self._ledger.fail(waiting.command_id, reason)
+
+    def _take(self, matches: Callable[[Command], bool]) -> Waiting | None:
+        """Remove and return the oldest waiting receipt whose command ``matches``."""
+        for i, waiting in enumerate(self._waiting):
+            if matches(waiting.command):
+                del self._waiting[i]
+                return waiting
+        return None
+
+    # -- the end of the job -------------------------------------------------------------
+    def settle(self, state: JobState, *, step: int, stop_reason: str | None = None, stopped: bool = False, error: str | None = None) -> None:
+        """The job ended in ``state`` at ``step``: nothing stays open. Queued commands are
+        dropped with the reason; a stop completes with the final state and step (so
+        ``stop --wait`` returns when the job has really ended); a result the loop never
+        reported fails, naming what happened. ``stopped``: a stop command or signal
+        ended the job (``stop_reason`` says which)."""
+        ledger = self._ledger
+        self.sync()
+        ledger.close_intake(f"the job has ended ({state.value})")
+        if stopped:
+            why = f"the job stopped ({stop_reason or state.value}) at step {step} before the command could apply"
+        else:
+            why = f"training ended ({state.value}) at step {step} before the command could apply (no training step came after it)"
+        ledger.drop_pending(why)
+        for entry in ledger.open_entries():
+            cmd = entry.command
+            saved = cmd == Command.SAVE_AND_STOP and bool(entry.result and entry.result.get("checkpoint"))
+            if cmd in (Command.GRACEFUL_STOP, Command.ABORT) or saved:
+                ledger.complete(entry.id, {"step": entry.step, "final_state": state.value, "final_step": step})
+            elif error:
+                ledger.fail(entry.id, f"the job failed before the command completed: {error}")
+            else:
+                ledger.fail(entry.id, f"the job ended ({state.value}) before the training loop reported the {cmd.value} result")
