@@ -1,9 +1,10 @@
 """Code that runs inside the training processes: the Controller, the rank-0 server,
-the agreement across ranks, and the trainer integrations.
+the agreement across ranks, the trainer integrations and the worker bootstrap.
 
 Importing this package imports neither torch nor fastapi, transformers nor lightning;
 they load when a Controller starts serving or agreeing, or when
-``LightningControlCallback`` is first asked for.
+``LightningControlCallback`` is first asked for. A plain loop needs only
+``Controller`` and, to continue a restarted run, ``resume_from``.
 """
 
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 from .config import ControllerConfig
 from .controller import NO_ACTIONS, Actions, Controller
 from .hf import TrainerControlCallback
+from .resume import resume_from
 from .signals import DEFAULT_SIGNALS
 
 __all__ = [
     "DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller", "ControllerConfig", "LightningControlCallback",
-    "TrainerControlCallback",
+    "TrainerControlCallback", "resume_from",
 ]
 
 

@@ -86,7 +86,7 @@ class TorchrunEnvironment(Environment):
         raise LaunchError(
             f"forgather launch is already running inside torchrun ({seen}) and will not start torchrun "
             "inside it. Run the script directly here (the bootstrap is not needed: add the control "
-            "callback, or use `python -m forgather_control.launcher.bootstrap SCRIPT`), or call "
+            "callback, or use `python -m forgather_control.callback.bootstrap SCRIPT`), or call "
             "`forgather launch` from outside torchrun."
         )
 

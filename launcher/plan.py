@@ -38,7 +38,7 @@ __all__ = [
     "worker_env",
 ]
 
-BOOTSTRAP_MODULE = "forgather_control.launcher.bootstrap"
+BOOTSTRAP_MODULE = "forgather_control.callback.bootstrap"
 
 #: Words that mark a variable as secret in printed plans.
 _SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY")

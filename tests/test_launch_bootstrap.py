@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import base_env
 
-BOOT = [sys.executable, "-m", "forgather_control.launcher.bootstrap"]
+BOOT = [sys.executable, "-m", "forgather_control.callback.bootstrap"]
 
 
 def run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -48,12 +48,13 @@ def test_early_signal_is_kept_for_the_controller(tmp_path: Path) -> None:
     is the same event delivered twice (within the repeat window), not an escalation."""
     (tmp_path / "loop.py").write_text(
         "import os, signal, time\n"
-        "from forgather_control.launcher.bootstrap import controller, pending_signals\n"
+        "from forgather_control.callback import Controller\n"
+        "from forgather_control.callback.bootstrap import pending_signals\n"
         "os.kill(os.getpid(), signal.SIGUSR1)\n"
         "os.kill(os.getpid(), signal.SIGUSR2)\n"
         "time.sleep(0.2)\n"
         "print('pending', pending_signals(), flush=True)\n"
-        "with controller(enable_http=False, signal_repeat_window=0) as ctl:\n"
+        "with Controller(enable_http=False, signal_repeat_window=0) as ctl:\n"
         "    for step in range(1, 1000):\n"
         "        act = ctl.step(step)\n"
         "        if act.stop:\n"

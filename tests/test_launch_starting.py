@@ -23,14 +23,14 @@ TIMEOUT = 240.0
 SCRIPT = """
 import sys, time
 from pathlib import Path
-from forgather_control.launcher.bootstrap import controller
+from forgather_control.callback import Controller
 
 go, out = Path(sys.argv[1]), Path(sys.argv[2])
 while not go.exists():  # "loading the model" until the test says go
     time.sleep(0.05)
 if go.read_text() == "die":
     sys.exit(3)
-with controller(max_steps=1_000_000) as ctl:
+with Controller(max_steps=1_000_000) as ctl:
     for step in range(1, 1_000_001):
         time.sleep(0.01)
         act = ctl.step(step)

@@ -1,9 +1,9 @@
 """A plain PyTorch loop written for ``forgather launch`` (CPU, synthetic data, DDP).
 
-What it shows: the launcher's bootstrap hands a plain loop its Controller
-(``controller()``, configured from the launcher's environment) and, on a requeued or
-restarted run, the checkpoint to resume from (``resume_from()``), so the same command
-line survives SLURM preemption::
+What it shows: a plain loop's Controller configures itself from the launcher's
+environment (job id, jobs dir, control host and port), and on a requeued or restarted
+run ``resume_from()`` names the checkpoint to continue from, so the same command line
+survives SLURM preemption::
 
     forgather launch --nproc-per-node 2 examples/launch/plain_train.py --max-steps 500
     sbatch --nodes=2 slurm/train.sbatch examples/launch/plain_train.py --output-dir out
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgather_control.launcher.bootstrap import controller, resume_from
+from forgather_control.callback import Controller, resume_from
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return path
 
     gen = torch.Generator().manual_seed(1 + rank)
-    with controller(max_steps=args.max_steps) as ctl:
+    with Controller(max_steps=args.max_steps) as ctl:
         if rank == 0:
             print(f"job {ctl.job_id} running with {world} rank(s)", flush=True)
         for step in range(start + 1, args.max_steps + 1):

@@ -1,4 +1,4 @@
-"""What every worker runs: ``python -m forgather_control.launcher.bootstrap SCRIPT ARGS...``
+"""What every worker runs: ``python -m forgather_control.callback.bootstrap SCRIPT ARGS...``
 (or ``... -m MODULE ARGS...``). ``forgather launch`` puts it behind torchrun.
 
 In order, before the user's code runs:
@@ -15,16 +15,12 @@ In order, before the user's code runs:
 3. the user's script runs as ``__main__`` with its own ``sys.argv`` and ``sys.path``,
    exactly as ``python SCRIPT ARGS`` would run it (``runpy``).
 
-Plain loops get their Controller from here, configured by the launcher's environment::
-
-    from forgather_control.launcher.bootstrap import controller, resume_from
-
-    with controller(max_steps=1000) as ctl:      # job id, jobs dir, host, port from env
-        start = load(resume_from()) if resume_from() else 0
-        ...
-
-Both work without the launcher too (the Controller then uses its defaults).
+Plain loops need nothing from here: ``from forgather_control.callback import
+Controller, resume_from`` (the Controller reads the launcher's environment itself).
 Set ``FORGATHER_LAUNCHED=0`` to run the script without any injection.
+
+The package's ``__init__`` must not import this module: ``python -m`` would find it
+imported already and run a second copy of it (with a RuntimeWarning in every worker).
 """
 
 from __future__ import annotations
@@ -40,42 +36,29 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from forgather_control.control.env import ENV_LAUNCHED, ENV_RESUME_FROM
+from forgather_control.control.env import ENV_LAUNCHED
+
+from .resume import resume_from
 
 log = logging.getLogger(__name__)
 
-__all__ = ["controller", "install", "main", "pending_signals", "resume_from"]
+__all__ = ["install", "main", "pending_signals"]
 
 EARLY_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
 
 _installed = False
 
 
-# -- public helpers for plain loops ---------------------------------------------------
-def controller(**options: Any):
-    """A :class:`forgather_control.callback.Controller` for a plain loop, configured from the
-    launcher's environment (FORGATHER_JOB_ID, FORGATHER_JOBS_DIR,
-    FORGATHER_CONTROL_HOST/PORT); ``options`` override. Use it as a context manager."""
-    from forgather_control.callback import Controller
-
-    return Controller(**options)
-
-
-def resume_from() -> str | None:
-    """The checkpoint a restarted run should resume from, or None on a fresh run."""
-    value = os.environ.get(ENV_RESUME_FROM)
-    return value or None
-
-
+# -- early signals ------------------------------------------------------------------------
 def pending_signals() -> int:
     """Stop signals that arrived before a Controller started (handed to the next one)."""
-    from forgather_control.callback.signals import pending_early_signals
+    from .signals import pending_early_signals
 
     return pending_early_signals()
 
 
 def _install_signals() -> None:
-    from forgather_control.callback.signals import install_early_handlers
+    from .signals import install_early_handlers
 
     install_early_handlers(EARLY_SIGNALS)
 
@@ -119,7 +102,7 @@ def _patch_trainer(
 
 
 def _add_hf_callback(trainer: Any) -> bool:
-    from forgather_control.callback.hf import TrainerControlCallback
+    from .hf import TrainerControlCallback
 
     handler = getattr(trainer, "callback_handler", None)
     if any(isinstance(cb, TrainerControlCallback) for cb in getattr(handler, "callbacks", ()) or ()):
@@ -129,7 +112,7 @@ def _add_hf_callback(trainer: Any) -> bool:
 
 
 def _add_lightning_callback(trainer: Any, *, package: str) -> bool:
-    from forgather_control.callback.lightning import LightningControl, control_callback_class
+    from .lightning import LightningControl, control_callback_class
 
     if any(isinstance(cb, LightningControl) for cb in trainer.callbacks):
         return False
@@ -221,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``bootstrap SCRIPT ARGS...`` or ``bootstrap -m MODULE ARGS...``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m forgather_control.launcher.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)
+        print("usage: python -m forgather_control.callback.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)
         raise SystemExit(2 if not args else 0)
     if os.environ.get(ENV_LAUNCHED, "1") != "0":
         install()
@@ -243,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the copy that `import forgather_control.launcher.bootstrap` returns, not this __main__
+    # Run the copy that `import forgather_control.callback.bootstrap` returns, not this __main__
     # one, so the user's script and the hooks share one module state (pending signals).
-    from forgather_control.launcher import bootstrap as _bootstrap
+    from forgather_control.callback import bootstrap as _bootstrap
 
     _bootstrap.main()
