@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_for
 
 from forgather_control.callback import NO_ACTIONS, Controller
-from forgather_control.control import Command, CommandRefused, JobClient, find_job, probe_endpoint, read_json
+from forgather_control.control import Command, CommandRefused, JobHandle, find_job, probe_endpoint, read_json
 
 
 def make(jobs_dir: Path, **kw) -> Controller:
@@ -25,8 +25,8 @@ def make(jobs_dir: Path, **kw) -> Controller:
     return Controller(job_id=kw.pop("job_id", "job-1"), jobs_dir=jobs_dir, max_steps=100, **kw)
 
 
-def client_for(jobs_dir: Path, job_id: str = "job-1", **kw) -> JobClient:
-    return JobClient(find_job(jobs_dir, job_id, probe=probe_endpoint), **kw)
+def client_for(jobs_dir: Path, job_id: str = "job-1", **kw) -> JobHandle:
+    return JobHandle.from_info(find_job(jobs_dir, job_id, probe=probe_endpoint), **kw)
 
 
 def run_until_actions(ctl: Controller, start: int, limit: int = 10_000):
@@ -128,7 +128,7 @@ def test_file_channel_only(jobs_dir: Path) -> None:
     try:
         info = find_job(jobs_dir, "job")
         assert info.endpoint["url"] is None
-        c = JobClient(info)
+        c = JobHandle.from_info(info)
         assert c.channel == "file"
         sent = c.send("save")
         act = wait_for(lambda: ctl.step(1), timeout=30, what="the inbox command")
@@ -164,7 +164,7 @@ def test_server_that_cannot_start_does_not_stop_training(jobs_dir: Path) -> None
             assert "HTTP server did not start" in st["control_error"]
             # the file channel still works
             info = find_job(jobs_dir, "job-1")
-            JobClient(info).send("eval")
+            JobHandle.from_info(info).send("eval")
             act = wait_for(lambda: ctl.step(3), timeout=30, what="file command")
             assert act.evaluate
         finally:
