@@ -113,7 +113,7 @@ def make_plan(
 
 
 def torchrun_argv(config: LaunchConfig, placement: Placement, *, python: str) -> tuple[str, ...]:
-    """``python -m torch.distributed.run [torchrun options] -m forgather_control.launcher.bootstrap
+    """``python -m torch.distributed.run [torchrun options] -m <BOOTSTRAP_MODULE>
     SCRIPT ARGS...``; with ``--no-control`` the user's script runs directly."""
     argv: list[str] = [python, "-m", "torch.distributed.run"]
     if placement.standalone:
@@ -193,7 +193,7 @@ def render_plan(plan: Plan) -> str:
         f"  job id:         {p.job_id}",
         f"  jobs dir:       {plan.jobs_dir}",
         f"  placement:      {node}, {p.nproc_per_node} process(es) per node",
-        f"  control:        {'callback injected by forgather_control.launcher.bootstrap' if plan.config.control else 'off (--no-control)'}",
+        f"  control:        {'callback injected by ' + BOOTSTRAP_MODULE if plan.config.control else 'off (--no-control)'}",
         f"  on a signal:    {_on_signal(plan)}",
     ]
     if p.environment == "slurm":
