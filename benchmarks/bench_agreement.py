@@ -50,7 +50,7 @@ def bench_single(n: int = 1_000_000, repeats: int = 5) -> dict[str, float]:
             empty, with_ctl = [], []
             for _ in range(repeats):
                 t = time.perf_counter()
-                for i in range(1, n):
+                for _ in range(1, n):
                     pass
                 empty.append(time.perf_counter() - t)
                 t = time.perf_counter()
@@ -170,7 +170,7 @@ def _latency(ctl, dist, torch, rank: int, commands: int, step_time: float, first
     if rank != 0:
         return []
     last = torch.stack(gathered).max(dim=0).values.tolist()
-    return [a_last - acc for a_last, acc in zip(last, accepted)]
+    return [a_last - acc for a_last, acc in zip(last, accepted, strict=True)]
 
 
 def worker(out: str) -> None:
@@ -251,18 +251,38 @@ def main() -> int:
         if passed is False:
             ok = False
 
-    add("1 process: Controller.step added per step", f"{single['added_ns']:.0f} ns (empty loop {single['empty_loop_ns']:.0f} ns/iter)", f"<= {BUDGET_SINGLE_NS:.0f} ns", single["added_ns"] <= BUDGET_SINGLE_NS)
+    add(
+        "1 process: Controller.step added per step",
+        f"{single['added_ns']:.0f} ns (empty loop {single['empty_loop_ns']:.0f} ns/iter)",
+        f"<= {BUDGET_SINGLE_NS:.0f} ns",
+        single["added_ns"] <= BUDGET_SINGLE_NS,
+    )
     for label, budget in (("10ms", BUDGET_10MS), ("1ms", BUDGET_1MS)):
         r = ranks[label]
         base = r["baseline"]["per_step_s"]
         ctl_ratio = r["controller"]["inside_s"] / base
         ref_ratio = r["reference"]["inside_s"] / base
-        add(f"2 ranks, {label} step: callback added / step", f"{ctl_ratio:.3%} ({r['controller']['inside_s'] * 1e6:.1f} us of {base * 1e3:.2f} ms)", f"<= {budget:.0%}", ctl_ratio <= budget)
+        add(
+            f"2 ranks, {label} step: callback added / step",
+            f"{ctl_ratio:.3%} ({r['controller']['inside_s'] * 1e6:.1f} us of {base * 1e3:.2f} ms)",
+            f"<= {budget:.0%}",
+            ctl_ratio <= budget,
+        )
         add(f"2 ranks, {label} step: reference (2 broadcasts/step)", f"{ref_ratio:.3%} ({r['reference']['inside_s'] * 1e6:.1f} us)", "baseline", None)
-        add(f"2 ranks, {label} step: end-to-end vs baseline", f"controller x{r['controller']['per_step_s'] / base:.3f}, reference x{r['reference']['per_step_s'] / base:.3f}", "info", None)
+        add(
+            f"2 ranks, {label} step: end-to-end vs baseline",
+            f"controller x{r['controller']['per_step_s'] / base:.3f}, reference x{r['reference']['per_step_s'] / base:.3f}",
+            "info",
+            None,
+        )
     lat = ranks["latency_s"]
     med = statistics.median(lat) if lat else float("inf")
-    add("command accepted -> applied on all ranks (median)", f"{med:.2f} s (max {max(lat):.2f} s, n={len(lat)})" if lat else "no data", f"<= {BUDGET_LATENCY_S:.0f} s", med <= BUDGET_LATENCY_S)
+    add(
+        "command accepted -> applied on all ranks (median)",
+        f"{med:.2f} s (max {max(lat):.2f} s, n={len(lat)})" if lat else "no data",
+        f"<= {BUDGET_LATENCY_S:.0f} s",
+        med <= BUDGET_LATENCY_S,
+    )
     for label in ("10ms", "1ms"):
         rounds = ranks[label]["rounds"]
         add(f"2 ranks, {label} step: ms/step per round", "; ".join(f"{k[:4]} {v}" for k, v in rounds.items()), "info", None)

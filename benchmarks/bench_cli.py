@@ -53,18 +53,50 @@ def build_jobs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         paths = JobPaths(root, job_id).create()
         started = now - rng.uniform(3600, 30 * 86400)
         r = rng.random()
-        job = {"argv": ["train.py", "--lr", "3e-4"], "cwd": "/home/user/project", "user": "user", "scheduler": {"type": "local"}, "nnodes": 1, "nproc_per_node": 2, "created_at": started, "restarts": 0}
+        job = {
+            "argv": ["train.py", "--lr", "3e-4"],
+            "cwd": "/home/user/project",
+            "user": "user",
+            "scheduler": {"type": "local"},
+            "nnodes": 1,
+            "nproc_per_node": 2,
+            "created_at": started,
+            "restarts": 0,
+        }
         if r < 0.75:
             state = rng.choice(["finished", "stopped", "aborted", "failed"])
             ident = {"host": me.hostname, "boot_id": me.boot_id, "pid": rng.randrange(1000, 4_000_000), "pid_start_time": started}
             write_json_atomic(paths.job, {**job, "state": state, "exit_code": 0 if state != "failed" else 1, "ended_at": started + 3000})
-            write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": state, "step": 5000, "max_steps": 5000, "metrics": {"loss": 0.1}, "commands": [], "heartbeat_at": started + 3000})
+            write_json_atomic(
+                paths.status,
+                {
+                    **ident,
+                    "job_id": job_id,
+                    "state": state,
+                    "step": 5000,
+                    "max_steps": 5000,
+                    "metrics": {"loss": 0.1},
+                    "commands": [],
+                    "heartbeat_at": started + 3000,
+                },
+            )
             kinds["finished"] += 1
         elif r < 0.95:
             # crashed: endpoint left behind, pid long gone (or recycled: wrong start time)
             ident = {"host": me.hostname, "boot_id": me.boot_id, "pid": rng.randrange(1000, 4_000_000), "pid_start_time": started}
             write_json_atomic(paths.job, {**job, "state": "running"})
-            write_json_atomic(paths.endpoint, {**ident, "job_id": job_id, "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}", "port": 1, "token": "x" * 43, "started_at": started, "protocol": 1})
+            write_json_atomic(
+                paths.endpoint,
+                {
+                    **ident,
+                    "job_id": job_id,
+                    "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}",
+                    "port": 1,
+                    "token": "x" * 43,
+                    "started_at": started,
+                    "protocol": 1,
+                },
+            )
             write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 1234, "max_steps": 5000, "heartbeat_at": started + 600})
             paths.nodes.mkdir(mode=0o700)
             write_json_atomic(paths.node(0), {**ident, "heartbeat_at": started + 600})
@@ -72,7 +104,18 @@ def build_jobs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         else:
             ident = {"host": f"node{rng.randrange(100):03d}", "boot_id": "b-" + str(i), "pid": rng.randrange(1000, 4_000_000), "pid_start_time": started}
             write_json_atomic(paths.job, {**job, "state": "running"})
-            write_json_atomic(paths.endpoint, {**ident, "job_id": job_id, "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}", "port": 1, "token": "x" * 43, "started_at": started, "protocol": 1})
+            write_json_atomic(
+                paths.endpoint,
+                {
+                    **ident,
+                    "job_id": job_id,
+                    "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}",
+                    "port": 1,
+                    "token": "x" * 43,
+                    "started_at": started,
+                    "protocol": 1,
+                },
+            )
             write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 10, "heartbeat_at": started + 60})
             kinds["other-host"] += 1
     return kinds
@@ -108,7 +151,10 @@ def main() -> int:
         kinds = build_jobs(root, args.jobs)
         live = subprocess.Popen(
             [sys.executable, str(EXAMPLE), "--job-id", "bench-live", "--output-dir", str(tmp / "out"), "--step-time", "0.01"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         paths = JobPaths(root, "bench-live")
         deadline = time.monotonic() + 120
@@ -142,8 +188,10 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base_med, base_min = results[0][1], results[0][2]
-    print(f"jobs dir: {args.jobs} folders ({', '.join(f'{v} {k}' for k, v in kinds.items())}) + 1 live job; "
-          f"{args.repeat} runs each; budget {args.budget:.2f} s on the best run")
+    print(
+        f"jobs dir: {args.jobs} folders ({', '.join(f'{v} {k}' for k, v in kinds.items())}) + 1 live job; "
+        f"{args.repeat} runs each; budget {args.budget:.2f} s on the best run"
+    )
     if base_med > 1.5 * base_min:
         print(f"note: the machine is busy (baseline median {base_med:.3f} s vs best {base_min:.3f} s); medians are noisy")
     print(f"{'command':<34} {'median s':>9} {'best s':>7} {'best x baseline':>16}  budget")

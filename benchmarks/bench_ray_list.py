@@ -70,15 +70,18 @@ def main() -> int:
         for name, d in dirs.items():
             for i in range(args.jobs):
                 (write_finished_job if i % 5 else write_dead_job)(d, f"{name}-{i:05d}")
-            procs.start([sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", f"{name}-live", "--step-time", "0.05",
-                         "--output-dir", str(base / f"out-{name}")], env=base_env(d), name=f"plain-{name}")
+            procs.start(
+                [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", f"{name}-live", "--step-time", "0.05", "--output-dir", str(base / f"out-{name}")],
+                env=base_env(d),
+                name=f"plain-{name}",
+            )
         t0 = time.perf_counter()
         for name, d in dirs.items():
             cluster.add_node(name, d)
         print(f"two-node Ray cluster up in {time.perf_counter() - t0:.1f}s at {cluster.address}", file=sys.stderr)
         for name, d in dirs.items():
             paths = JobPaths(d, f"{name}-live")
-            wait_for(lambda: (read_json(paths.status, quiet=True) or {}).get("state") == "running", timeout=180, what=f"{name}-live running")
+            wait_for(lambda paths=paths: (read_json(paths.status, quiet=True) or {}).get("state") == "running", timeout=180, what=f"{name}-live running")
 
         env = {**base_env(dirs["fg-a"]), "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
@@ -92,7 +95,10 @@ def main() -> int:
 
         rows = [
             ("forgather control list --json", timed(lambda: run_cli(["control", "list", "--json"], env), args.repeat)),
-            ("forgather control list --ray-address ADDR --json", timed(lambda: run_cli(["control", "list", "--ray-address", str(cluster.address), "--json"], env), args.repeat)),
+            (
+                "forgather control list --ray-address ADDR --json",
+                timed(lambda: run_cli(["control", "list", "--ray-address", str(cluster.address), "--json"], env), args.repeat),
+            ),
             ("API: scan(jobs dir)", timed(lambda: scan(dirs["fg-a"]), args.repeat)),
             ("API: list_cluster(address)", timed(lambda: list_cluster(address=cluster.address, jobs_dir=None, timeout=60), args.repeat)),
         ]

@@ -23,7 +23,7 @@ BUDGET_US = 1.0
 def empty_loop(n: int) -> float:
     metrics = {"loss": 0.5}
     t = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         pass
     _ = metrics
     return time.perf_counter() - t

@@ -16,8 +16,14 @@ from .resume import resume_from
 from .signals import DEFAULT_SIGNALS
 
 __all__ = [
-    "DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller", "ControllerConfig", "LightningControlCallback",
-    "TrainerControlCallback", "resume_from",
+    "DEFAULT_SIGNALS",
+    "NO_ACTIONS",
+    "Actions",
+    "Controller",
+    "ControllerConfig",
+    "LightningControlCallback",
+    "TrainerControlCallback",
+    "resume_from",
 ]
 
 

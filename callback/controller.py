@@ -51,7 +51,7 @@ from .signals import DEFAULT_SIGNALS, SignalFlags
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Actions", "Controller", "DEFAULT_SIGNALS", "NO_ACTIONS"]
+__all__ = ["DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller"]
 
 
 class Controller:
@@ -194,16 +194,13 @@ class Controller:
         return None if self._next_check >= NEVER else self._next_check
 
     # -- lifecycle ------------------------------------------------------------------
-    def start(self) -> "Controller":
+    def start(self) -> Controller:
         """Start serving (rank 0) and install signal handlers. Never raises for a
         control-plane failure: it is logged, recorded in status.json, and training goes on."""
         if self._started:
             return self
         if not self.auth and self.enable_http and not is_loopback_host(self.host):
-            raise ValueError(
-                f"refusing to serve without a token on non-loopback host {self.host!r}; "
-                "keep auth=True or bind 127.0.0.1"
-            )
+            raise ValueError(f"refusing to serve without a token on non-loopback host {self.host!r}; keep auth=True or bind 127.0.0.1")
         self._started = True
         self._resolve_context()
         self._signals.install()
@@ -267,8 +264,7 @@ class Controller:
             # every rank makes the agreement at the same step.
             if not self._waiting_logged:
                 self._waiting_logged = True
-                log.info("forgather control: %s processes but torch.distributed is not initialised yet; "
-                         "commands apply once it is", self.world_size)
+                log.info("forgather control: %s processes but torch.distributed is not initialised yet; commands apply once it is", self.world_size)
             return False
         self._agreement = Agreement()
         self._ready = True
@@ -292,7 +288,7 @@ class Controller:
             _signals_mod.controller_closed()
         try:
             atexit.unregister(self._at_exit)
-        except Exception:  # pragma: no cover
+        except Exception:  # noqa: BLE001 - closing must not fail  # pragma: no cover
             pass
         self._dump_trace()
         if self._agreement is not None:
@@ -300,9 +296,7 @@ class Controller:
         if not self.is_rank0 or not self._started:
             return
         try:
-            self._receipts.settle(
-                final, step=self.current_step, stop_reason=self.stop_reason, stopped=self._stop_applied is not None, error=error
-            )
+            self._receipts.settle(final, step=self.current_step, stop_reason=self.stop_reason, stopped=self._stop_applied is not None, error=error)
         except Exception:
             log.exception("forgather control: could not settle the receipts; some may stay open")
         self._plane.close(error=error, remove_endpoint=self.cleanup_on_exit)
@@ -328,7 +322,7 @@ class Controller:
                 self.close(JobState.ABORTED, error="a second signal ended the process without saving")
             else:
                 self.close(error="the process exited before training ended")
-        except Exception:  # pragma: no cover
+        except Exception:  # noqa: BLE001 - at exit nothing may raise  # pragma: no cover
             pass
 
     def _dump_trace(self) -> None:
@@ -347,7 +341,7 @@ class Controller:
         except Exception:
             log.exception("forgather control: could not write the agreement trace")
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -235,7 +235,7 @@ def _max_steps(trainer: Any) -> int | None:
         return int(trainer.max_steps)
     try:
         est = trainer.estimated_stepping_batches
-    except Exception:
+    except Exception:  # noqa: BLE001 - Lightning computes it from the user's dataloaders
         return None
     return int(est) if isinstance(est, (int, float)) and math.isfinite(est) else None
 

@@ -105,7 +105,7 @@ class ControlPlane:
             if self.enable_http and self._server is None:
                 try:
                     self._start_server()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - training goes on without HTTP
                     self.control_error = f"HTTP server did not start ({exc}); the file channel still works"
                     log.warning("forgather control: %s", self.control_error)
             self.write_endpoint(world_size=world_size)
@@ -118,7 +118,7 @@ class ControlPlane:
             )
             self._publisher.write_status()
             self._publisher.start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - training goes on without control
             self.control_error = f"control plane could not start: {exc}"
             log.warning("forgather control: %s; training goes on without it", self.control_error)
 

@@ -34,7 +34,7 @@ def json_metrics(metrics: Any) -> dict[str, Any]:
                 out[str(k)] = v[:MAX_TEXT]
             elif isinstance(v, (int, float)):
                 out[str(k)] = v if math.isfinite(v) else str(v)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a metric is the user's object; skip what will not convert
             continue
     return out
 

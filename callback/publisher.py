@@ -123,9 +123,7 @@ class Publisher:
         try:
             with os.scandir(self.paths.inbox) as it:
                 names = sorted(
-                    e.name
-                    for e in it
-                    if e.name.endswith(".json") and not e.name.startswith((TEMP_PREFIX, ".")) and not e.is_dir(follow_symlinks=False)
+                    e.name for e in it if e.name.endswith(".json") and not e.name.startswith((TEMP_PREFIX, ".")) and not e.is_dir(follow_symlinks=False)
                 )
         except FileNotFoundError:
             return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from forgather_control.control import Command, Ledger
+from forgather_control.control import Command, Ledger, LedgerError
 from forgather_control.control.states import JobState
 
 __all__ = ["REPORTED", "Receipts", "Waiting"]
@@ -74,16 +74,12 @@ class Receipts:
         for waiting in self._waiting:
             try:
                 done = self._ledger.get(waiting.command_id).state.final
-            except Exception:
+            except LedgerError:
                 done = True  # gone from the ledger's history: nobody waits for it
             if done:
                 continue
             if step > waiting.step and waiting.command != Command.SAVE_AND_STOP:
-                what = (
-                    "checkpoint (call checkpoint_saved(path))"
-                    if waiting.command.saves
-                    else "evaluation (call evaluation_done(metrics))"
-                )
+                what = "checkpoint (call checkpoint_saved(path))" if waiting.command.saves else "evaluation (call evaluation_done(metrics))"
                 self._ledger.fail(waiting.command_id, f"the training loop did not report the {what} after step {waiting.step}")
                 continue
             still.append(waiting)

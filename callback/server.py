@@ -57,7 +57,7 @@ def create_app(
     expected = f"Bearer {token}".encode() if token else None
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):  # noqa: ANN202 - FastAPI signature
+    async def guard(request: Request, call_next):
         try:
             if loopback:
                 if not is_loopback_host(_host_name(request.headers.get("host") or "")):
@@ -102,11 +102,11 @@ def create_app(
         return {"jobs": [{"job_id": job_id, "state": st.get("state"), "step": st.get("step"), "max_steps": st.get("max_steps")}]}
 
     @app.get("/jobs/{jid}/status")
-    def job_status(jid: str):  # noqa: ANN202
+    def job_status(jid: str):
         return check_job(jid) or status()
 
     @app.get("/jobs/{jid}/commands/{cid}")
-    def command(jid: str, cid: str):  # noqa: ANN202
+    def command(jid: str, cid: str):
         bad = check_job(jid)
         if bad is not None:
             return bad
@@ -116,7 +116,7 @@ def create_app(
             return _error(exc.http_status, str(exc))
 
     @app.post("/jobs/{jid}/control", status_code=202)
-    async def control(jid: str, request: Request):  # noqa: ANN202
+    async def control(jid: str, request: Request):
         bad = check_job(jid)
         if bad is not None:
             return bad
@@ -177,7 +177,7 @@ class ServerThread:
     def _run(self) -> None:
         try:
             self.server.run()
-        except BaseException as exc:  # uvicorn calls sys.exit(1) when it cannot bind
+        except BaseException as exc:  # noqa: BLE001 - uvicorn calls sys.exit(1) when it cannot bind
             self._error = exc
 
     def start(self, timeout: float = 10.0) -> int:

@@ -49,7 +49,14 @@ def _names(option: str) -> list[str]:
 @click.option("--control-host", metavar="HOST", help="Where rank 0 serves control HTTP (default 127.0.0.1).")
 @click.option("--control-port", type=int, metavar="PORT", help="Rank 0's control port (default: an ephemeral one).")
 @click.option("--no-control", is_flag=True, help="Run the script as is: no callback injected; a signal stops torchrun.")
-@click.option("--grace", type=float, default=DEFAULT_GRACE, show_default=True, metavar="SECONDS", help="Time the job has to save and stop after a signal, before torchrun is terminated.")
+@click.option(
+    "--grace",
+    type=float,
+    default=DEFAULT_GRACE,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time the job has to save and stop after a signal, before torchrun is terminated.",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -124,7 +131,7 @@ def _own_argv() -> tuple[str, ...]:
     return ("forgather", "launch", *raw)
 
 
-def run_config(config: LaunchConfig, *, env) -> int:  # noqa: ANN001 - a Mapping
+def run_config(config: LaunchConfig, *, env) -> int:
     """Check, plan, then print or execute. Raises LaunchError before anything starts."""
     from forgather_control.control import JobPaths, resolve_jobs_dir
     from forgather_control.launcher.plan import make_plan, python_executable, render_plan

@@ -24,8 +24,7 @@ def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None
         return 0
     if not listing.rows and not listing.exists:
         click.echo(
-            f"no jobs: {listing.where} does not exist yet (no job has used it). Jobs that use another "
-            f"directory are found with --jobs-dir or {ENV_JOBS_DIR}"
+            f"no jobs: {listing.where} does not exist yet (no job has used it). Jobs that use another directory are found with --jobs-dir or {ENV_JOBS_DIR}"
         )
         return 0
     from . import render

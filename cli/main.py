@@ -101,8 +101,7 @@ def _missing_command(name: str, module_name: str, short_help: str) -> click.Comm
 
     def callback(**_: Any) -> None:
         raise click.UsageError(
-            f"`forgather {name}` is not available in this install ({module_name} is missing); "
-            "reinstall forgather-control or upgrade to a version that ships it"
+            f"`forgather {name}` is not available in this install ({module_name} is missing); reinstall forgather-control or upgrade to a version that ships it"
         )
 
     return click.Command(
@@ -171,7 +170,7 @@ def _error(message: str) -> None:
         msg = f"error: {msg}"
     try:
         click.echo(msg, err=True)
-    except Exception:
+    except OSError:  # stderr closed: nowhere left to say it
         pass
 
 
@@ -305,7 +304,7 @@ def run(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
         # `forgather control list | head`: the reader left; that is not our failure.
         silence_stdout()
         return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the boundary
+    except Exception as exc:
         code = exit_code_for(exc)
         if code is None:
             if _verbose:

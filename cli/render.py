@@ -87,7 +87,7 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     state_col = headers.index("STATE")
 
     def line(cells: list[str], out: Text, styles: dict[int, str] | None = None) -> None:
-        for i, (cell, width) in enumerate(zip(cells, widths)):
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
             padded = cell.rjust(width) if headers[i] in right else cell.ljust(width)
             if i < len(cells) - 1:
                 padded += "  "

@@ -111,10 +111,7 @@ def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> 
     how = "dropped in its inbox" if handle.channel == "file" else "queued"
     if handle.state == JobState.STARTING:
         how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
-    return (
-        f"{command.value} {how} on job {handle.job_id} as {entry.get('id')}; "
-        f"follow it with `forgather control status {handle.job_id}` (or pass --wait)"
-    )
+    return f"{command.value} {how} on job {handle.job_id} as {entry.get('id')}; follow it with `forgather control status {handle.job_id}` (or pass --wait)"
 
 
 def _confirm_abort(job_id: str) -> None:

@@ -34,7 +34,7 @@ class Command(str, enum.Enum):
         return _CODES[self]
 
     @classmethod
-    def from_code(cls, code: int) -> "Command":
+    def from_code(cls, code: int) -> Command:
         return _BY_CODE[int(code)]
 
     @property
@@ -93,7 +93,7 @@ class State(str, enum.Enum):
         return self in (State.COMPLETED, State.FAILED, State.DROPPED, State.REJECTED)
 
     @classmethod
-    def parse(cls, value: object) -> "State | None":
+    def parse(cls, value: object) -> State | None:
         """The state a receipt names, or None for anything else."""
         if isinstance(value, cls):
             return value
@@ -198,10 +198,7 @@ class Ledger:
                     f", command {self._stop_accepted.id}); no further commands are accepted"
                 )
             if len(self._queue) >= self.max_pending:
-                raise QueueFull(
-                    f"{len(self._queue)} commands are already queued (the limit is {self.max_pending}); "
-                    "wait for them to apply and retry"
-                )
+                raise QueueFull(f"{len(self._queue)} commands are already queued (the limit is {self.max_pending}); wait for them to apply and retry")
             entry = Entry(id=command_id or new_command_id(), command=cmd, key=key, source=source, seq=next(self._seq))
             self._entries[entry.id] = entry
             if key is not None:
@@ -355,5 +352,5 @@ class Ledger:
             return
         try:
             cb()
-        except Exception:  # pragma: no cover - the owner logs; we never raise into callers
+        except Exception:  # noqa: BLE001 - the owner logs; we never raise into callers  # pragma: no cover
             pass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .commands import Command, State, is_final_receipt, parse_command
-from .errors import CommandFailed, UsageError, Unreachable, WaitTimeout
+from .errors import CommandFailed, Unreachable, UsageError, WaitTimeout
 from .files import read_json
 from .listing import JobInfo, judge_job
 from .liveness import Liveness, is_loopback_url, same_host
@@ -182,8 +182,7 @@ class JobHandle:
             if time.monotonic() >= deadline:
                 state = last.get("state") if last else "not yet picked up"
                 raise WaitTimeout(
-                    f"command {command_id} is still {state} after {timeout:g}s; it stays queued. "
-                    f"Check later with `forgather control status {self.job_id}`"
+                    f"command {command_id} is still {state} after {timeout:g}s; it stays queued. Check later with `forgather control status {self.job_id}`"
                 )
             ended = self._ended_without(command_id, last)
             if ended is not None:
@@ -205,10 +204,7 @@ class JobHandle:
             last = self.entry(command_id) or last
             if is_final_receipt(last):
                 return last
-            raise CommandFailed(
-                f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) "
-                f"before it took command {command_id}"
-            )
+            raise CommandFailed(f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) before it took command {command_id}")
         if info.paths.endpoint.exists():
             return None
         # The job ended (rank 0 removed its endpoint); status.json is final.
@@ -267,18 +263,14 @@ def check_controllable(info: JobInfo, channel: str) -> None:
     if info.liveness == Liveness.FINISHED:
         raise Unreachable(f"job {jid} has ended ({info.state}); there is nothing left to command")
     if info.liveness == Liveness.DEAD:
-        raise Unreachable(
-            f"job {jid} is dead ({info.evidence}); it cannot take commands. "
-            "Remove its records with `forgather control cleanup`"
-        )
+        raise Unreachable(f"job {jid} is dead ({info.evidence}); it cannot take commands. Remove its records with `forgather control cleanup`")
     if info.endpoint is None and info.state == JobState.STARTING:
         # The launcher runs and rank 0 polls the inbox once its control plane is up (the
         # launcher cleared the inbox before starting the workers, so a command dropped
         # now is this run's): queue it there rather than make the user retry.
         if channel == "http":
             raise Unreachable(
-                f"job {jid} is starting: rank 0 does not serve HTTP yet. Retry in a moment, or "
-                "leave out --channel http to queue the command in its inbox"
+                f"job {jid} is starting: rank 0 does not serve HTTP yet. Retry in a moment, or leave out --channel http to queue the command in its inbox"
             )
         return
     if info.endpoint is None and info.state == JobState.REQUEUED:
@@ -289,10 +281,7 @@ def check_controllable(info: JobInfo, channel: str) -> None:
             + (f". To keep it from running again: scancel {slurm_id}" if slurm_id else "")
         )
     if info.endpoint is None:
-        raise Unreachable(
-            f"job {jid} has no endpoint.json (it has not started its control plane, or it ended); "
-            f"check `forgather control status {jid}`"
-        )
+        raise Unreachable(f"job {jid} has no endpoint.json (it has not started its control plane, or it ended); check `forgather control status {jid}`")
 
 
 def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Transport:
@@ -316,9 +305,7 @@ def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Tra
         )
     if channel == "http" and url is None:
         check_controllable(info, channel)  # the job's own reason first, when it has one
-        raise Unreachable(
-            f"job {info.job_id} has no HTTP endpoint (it ended, or serves the file channel only); try --channel file"
-        )
+        raise Unreachable(f"job {info.job_id} has no HTTP endpoint (it ended, or serves the file channel only); try --channel file")
     if channel == "file" or url is None or foreign_loopback:
         return FileTransport(info.paths)
     token = ep.get("token") if isinstance(ep.get("token"), str) else None

@@ -33,10 +33,7 @@ PROTOCOL = 1
 def validate_job_id(job_id: str) -> str:
     """Return ``job_id`` unchanged or raise: ids become folder names, so no ``..`` or ``/``."""
     if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
-        raise InvalidJobId(
-            f"invalid job id {job_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit"
-        )
+        raise InvalidJobId(f"invalid job id {job_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return job_id
 
 
@@ -104,7 +101,7 @@ class JobPaths:
     def node(self, node_rank: int) -> Path:
         return self.nodes / f"{int(node_rank)}.json"
 
-    def create(self) -> "JobPaths":
+    def create(self) -> JobPaths:
         """Make root, job dir and inbox, all 0700."""
         ensure_private_dir(self.root)
         ensure_private_dir(self.dir)

@@ -20,8 +20,8 @@ from typing import Any
 from .env import ENV_JOBS_DIR
 from .files import TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id, match_job_id
-from .states import JobState, is_final
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
+from .states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,20 @@ class JobInfo:
         """The ``status --json`` object: the summary plus the status record's detail."""
         d = self.summary()
         st = self.status or {}
-        for key in ("epoch", "metrics", "steps_per_second", "eta_seconds", "last_checkpoint", "commands", "control_error", "started_at", "ended_at", "exit_code", "check_interval", "http"):
+        for key in (
+            "epoch",
+            "metrics",
+            "steps_per_second",
+            "eta_seconds",
+            "last_checkpoint",
+            "commands",
+            "control_error",
+            "started_at",
+            "ended_at",
+            "exit_code",
+            "check_interval",
+            "http",
+        ):
             if key in st:
                 d[key] = st[key]
         if self.job:

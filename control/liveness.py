@@ -65,7 +65,7 @@ def _boot_id() -> str:
             import psutil
 
             return f"boot-{int(psutil.boot_time())}"
-        except Exception:
+        except Exception:  # noqa: BLE001 - no procfs and no psutil: say so, do not fail
             return "unknown"
 
 
@@ -73,11 +73,11 @@ def process_start_time(pid: int) -> float | None:
     """Start time of ``pid`` in seconds since the epoch, or None if there is no such process."""
     if not isinstance(pid, int) or pid <= 0:
         return None
-    try:
-        import psutil
+    import psutil  # here: a listing of jobs from other hosts never needs it
 
+    try:
         return float(psutil.Process(pid).create_time())
-    except Exception:
+    except (psutil.Error, OSError, ValueError):
         return None
 
 

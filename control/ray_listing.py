@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .transport import probe_endpoint
-from .errors import Unreachable, UsageError
 from .env import ENV_RAY_LIST_DELAY
+from .errors import Unreachable, UsageError
 from .jobs import match_job_id, resolve_jobs_dir
 from .listing import scan
 from .liveness import is_loopback_url, same_host
+from .transport import probe_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: fl
     An exact id whose live endpoint has been found ends the wait early: one hung node
     must not cost every ``status --ray`` its whole timeout.
     """
+
     def found(rows: list[dict[str, Any]]) -> bool:
         return any(r["job_id"] == ref and r.get("liveness") == "alive" and r.get("url") for r in rows)
 
@@ -172,10 +173,7 @@ def _import_ray() -> Any:
         import ray
         from ray.util import scheduling_strategies  # noqa: F401  (fails on a broken install)
     except ImportError as exc:
-        raise RayNotInstalled(
-            f"listing through Ray needs Ray, which cannot be imported here ({exc}). "
-            f"Install it with: {INSTALL_HINT}"
-        ) from None
+        raise RayNotInstalled(f"listing through Ray needs Ray, which cannot be imported here ({exc}). Install it with: {INSTALL_HINT}") from None
     return ray
 
 
@@ -205,10 +203,9 @@ def _connected(address: str | None) -> Iterator[tuple[Any, str]]:
         ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
     except ConnectionError as exc:
         raise RayUnavailable(
-            f"no running Ray cluster found ({exc}). Start one with `ray start --head`, "
-            "or give its address: --ray HOST:PORT or RAY_ADDRESS"
+            f"no running Ray cluster found ({exc}). Start one with `ray start --head`, or give its address: --ray HOST:PORT or RAY_ADDRESS"
         ) from None
-    except Exception as exc:  # Ray raises a zoo of types for a bad or foreign cluster
+    except Exception as exc:  # noqa: BLE001 - Ray raises a zoo of types for a bad or foreign cluster
         raise RayUnavailable(f"cannot connect to the Ray cluster at {addr}: {type(exc).__name__}: {exc}") from None
     finally:
         if saved is None:
@@ -231,8 +228,7 @@ def _check_port(addr: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_CHECK_TIMEOUT).close()
     except OSError as exc:
         raise RayUnavailable(
-            f"no Ray cluster answers at {addr} ({exc}). Check the head's address and port "
-            "(`ray start --head --port=PORT`), or set RAY_ADDRESS"
+            f"no Ray cluster answers at {addr} ({exc}). Check the head's address and port (`ray start --head --port=PORT`), or set RAY_ADDRESS"
         ) from None
 
 
@@ -292,7 +288,7 @@ def _gather(
                 meta = pending[r]
                 try:
                     answer = ray.get(r, timeout=5.0)  # ready: returns at once
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever a node did, it is one missing node
                     out.missing_nodes.append({**meta, "reason": _failure_reason(ray, exc)})
                     continue
                 out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
@@ -308,7 +304,7 @@ def _gather(
             out.missing_nodes.append({**pending[r], "reason": reason})
             try:
                 ray.cancel(r, force=True)
-            except Exception as exc:  # the node may be gone already
+            except Exception as exc:  # noqa: BLE001 - the node may be gone already
                 log.debug("cancelling the listing task on %s: %s", pending[r]["node"], exc)
     for m in out.missing_nodes:
         log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
@@ -322,7 +318,14 @@ def _failure_reason(ray: Any, exc: BaseException) -> str:
         if isinstance(cause, ImportError):
             return f"forgather-control cannot be imported on the node ({cause}); install it there"
         return f"the listing task failed on the node: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    dead = tuple(t for t in (getattr(ex, n, None) for n in ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "TaskUnschedulableError", "LocalRayletDiedError")) if t)
+    dead = tuple(
+        t
+        for t in (
+            getattr(ex, n, None)
+            for n in ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "TaskUnschedulableError", "LocalRayletDiedError")
+        )
+        if t
+    )
     if isinstance(exc, dead):
         return f"the node died or left the cluster during the listing ({type(exc).__name__})"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

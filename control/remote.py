@@ -40,8 +40,7 @@ def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list
         code, data = ch.request("GET", "/jobs")
         if code == 401:
             raise CommandRefused(
-                f"{url} refused our token (401); pass the job's token with --token or {ENV_TOKEN} "
-                "(it is in the job's endpoint.json)",
+                f"{url} refused our token (401); pass the job's token with --token or {ENV_TOKEN} (it is in the job's endpoint.json)",
                 http_status=401,
             )
         if code != 200 or not isinstance(data, dict) or not isinstance(data.get("jobs"), list):

@@ -12,13 +12,28 @@ from .nodelist import NodeListError, expand_nodelist
 from .plan import Plan, child_env, make_plan, render_plan, torchrun_argv, worker_env
 
 __all__ = [
-    "DEFAULT_GRACE", "ENVIRONMENTS", "LaunchConfig", "LaunchError", "LocalEnvironment", "NodeListError",
-    "Placement", "Plan", "SlurmEnvironment", "TorchrunEnvironment", "child_env", "detect", "execute",
-    "expand_nodelist", "make_plan", "render_plan", "torchrun_argv", "worker_env",
+    "DEFAULT_GRACE",
+    "ENVIRONMENTS",
+    "LaunchConfig",
+    "LaunchError",
+    "LocalEnvironment",
+    "NodeListError",
+    "Placement",
+    "Plan",
+    "SlurmEnvironment",
+    "TorchrunEnvironment",
+    "child_env",
+    "detect",
+    "execute",
+    "expand_nodelist",
+    "make_plan",
+    "render_plan",
+    "torchrun_argv",
+    "worker_env",
 ]
 
 
-def execute(*args, **kwargs):  # noqa: ANN002, ANN003 - see run.execute
+def execute(*args, **kwargs):
     """Lazy re-export of :func:`forgather_control.launcher.run.execute` (it imports psutil)."""
     from .run import execute as _execute
 

@@ -75,9 +75,7 @@ class LaunchConfig:
         if self.module is not None and not _MODULE_RE.match(self.module):
             raise LaunchError(f"-m {self.module!r} is not a Python module name (e.g. `-m mypkg.train`)")
         if self.nproc_per_node is not None and not _NPROC_RE.match(str(self.nproc_per_node)):
-            raise LaunchError(
-                f"--nproc-per-node {self.nproc_per_node!r} is not valid; use a positive number or auto|cpu|gpu|xpu"
-            )
+            raise LaunchError(f"--nproc-per-node {self.nproc_per_node!r} is not valid; use a positive number or auto|cpu|gpu|xpu")
         if self.nnodes is not None and not _NNODES_RE.match(str(self.nnodes)):
             raise LaunchError(f"--nnodes {self.nnodes!r} is not valid; use N or MIN:MAX (e.g. 2 or 1:4)")
         if self.nnodes is not None and ":" in self.nnodes:

@@ -136,9 +136,7 @@ class SlurmEnvironment(Environment):
             )
         node_id = _int(env, "SLURM_NODEID", 0)
         if config.node_rank is not None and config.node_rank != node_id:
-            raise LaunchError(
-                f"--node-rank {config.node_rank} disagrees with SLURM_NODEID={node_id}; drop --node-rank under SLURM"
-            )
+            raise LaunchError(f"--node-rank {config.node_rank} disagrees with SLURM_NODEID={node_id}; drop --node-rank under SLURM")
         if config.rdzv_backend or config.rdzv_endpoint or config.standalone:
             raise LaunchError(
                 "under SLURM the launcher rendezvouses at the first node of the allocation; drop "
@@ -199,14 +197,9 @@ class LocalEnvironment(Environment):
                     "--master-addr), or --rdzv-backend c10d --rdzv-endpoint HOST:PORT"
                 )
             if not config.master_addr:
-                raise LaunchError(
-                    f"--nnodes {nnodes} needs --master-addr (the address of node 0, reachable from every node) and --master-port"
-                )
+                raise LaunchError(f"--nnodes {nnodes} needs --master-addr (the address of node 0, reachable from every node) and --master-port")
         if multi and not config.job_id and not config.rdzv_id:
-            raise LaunchError(
-                f"--nnodes {nnodes}: give every node the same --job-id, so they register one job "
-                "(each node would otherwise make up its own)"
-            )
+            raise LaunchError(f"--nnodes {nnodes}: give every node the same --job-id, so they register one job (each node would otherwise make up its own)")
         if config.requeue:
             raise LaunchError("--requeue needs SLURM (SLURM_JOB_ID is not set here); drop --requeue")
         if config.job_id:
@@ -221,11 +214,7 @@ class LocalEnvironment(Environment):
         else:
             job_id = default_job_id(self.env)
         standalone = config.standalone or (
-            not multi
-            and config.master_addr is None
-            and config.master_port is None
-            and config.rdzv_backend is None
-            and config.rdzv_endpoint is None
+            not multi and config.master_addr is None and config.master_port is None and config.rdzv_backend is None and config.rdzv_endpoint is None
         )
         return Placement(
             environment=self.name,

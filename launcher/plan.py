@@ -65,7 +65,7 @@ class Plan:
     def node_rank(self) -> int:
         return self.placement.node_rank or 0
 
-    def with_history(self, *, restarts: int, resume_from: str | None) -> "Plan":
+    def with_history(self, *, restarts: int, resume_from: str | None) -> Plan:
         """The same plan for a restarted run: restart count and checkpoint in the env."""
         env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from)
         return replace(self, restarts=restarts, resume_from=resume_from, env=env)

@@ -22,8 +22,8 @@ from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
-from forgather_control.control.states import is_final
 from forgather_control.control.liveness import STALE_AFTER
+from forgather_control.control.states import is_final
 
 from .config import LaunchError
 from .environments import Placement
@@ -68,9 +68,7 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0) 
     same_slurm = bool(slurm_id) and str(sched.get("slurm_job_id")) == str(slurm_id)
     prev_restarts = job.get("restarts") if isinstance(job.get("restarts"), int) else -1
     created = job.get("created_at") if isinstance(job.get("created_at"), (int, float)) else None
-    this_run = job.get("state") == "running" and (
-        prev_restarts == placement.restart_count if slurm_id else node_rank != 0
-    )
+    this_run = job.get("state") == "running" and (prev_restarts == placement.restart_count if slurm_id else node_rank != 0)
     if this_run:
         resume = job.get("resume_from")
         return Previous(True, max(prev_restarts, 0), resume if isinstance(resume, str) else None, created, same_slurm)
@@ -266,5 +264,5 @@ class JobRecords:
 def _user() -> str:
     try:
         return getpass.getuser()
-    except Exception:
+    except (KeyError, OSError):  # no passwd entry (containers)
         return str(os.getuid())

@@ -243,7 +243,6 @@ class Supervisor:
         if self.leftovers:
             log.error("processes survived SIGKILL: %s", self.leftovers)
 
-
     def _group_members(self) -> bool:
         """Does a process we saw still run in torchrun's process group? (Checked so that
         a group id recycled after torchrun exited is never signalled.)"""
@@ -271,7 +270,7 @@ def _become_subreaper() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_CHILD_SUBREAPER = 36
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except Exception:
+    except (OSError, AttributeError):  # not Linux
         pass
 
 
@@ -309,8 +308,7 @@ def execute(
         records.start(previous, argv=argv, cwd=cwd)
     except OSError as exc:
         raise LaunchError(
-            f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set "
-            "FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
+            f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
         ) from None
     on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
     sup = Supervisor(plan.argv, child_env(plan, base_env), grace=plan.config.grace, on_stop=on_stop, cwd=cwd)

@@ -6,6 +6,7 @@ real time passing and nothing patches the process's clock.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from forgather_control.callback import Controller
@@ -35,7 +36,7 @@ def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:
         clock.t += 0.01 * (nxt - step)  # 10 ms steps
         step, nxt = nxt, sched.next_check(nxt)
         gaps.append(nxt - step)
-    assert all(b <= 4 * a for a, b in zip(gaps, gaps[1:]))  # grows gradually
+    assert all(b <= 4 * a for a, b in itertools.pairwise(gaps))  # grows gradually
     assert gaps[-1] == 100  # 1 s / 10 ms
     # Steps get 10x slower: the very next gap follows the measurement.
     clock.t += 0.1 * (nxt - step)
@@ -80,7 +81,7 @@ def test_gap_is_bounded_and_a_frozen_clock_grows_it_gradually() -> None:
         step, nxt = nxt, sched.next_check(nxt)
         gaps.append(nxt - step)
     assert gaps[0] == GAP_GROWTH
-    assert all(b == min(a * GAP_GROWTH, MAX_GAP) for a, b in zip(gaps, gaps[1:]))
+    assert all(b == min(a * GAP_GROWTH, MAX_GAP) for a, b in itertools.pairwise(gaps))
     assert gaps[-1] == MAX_GAP
 
 

@@ -10,18 +10,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import base_env
-
 from test_multirank_support import TIMEOUT
 
 pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, random, sys, time
 import torch.distributed as dist
 from forgather_control.callback import Controller
@@ -69,7 +69,7 @@ json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions"
            "all_reduce": calls["all_reduce"], "final": step,
            "ledger": ctl.ledger.recent(20) if rank == 0 else None}, open(f"{out}/r{rank}.json", "w"))
 dist.destroy_process_group()
-'''
+"""
 
 
 def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Path, procs, tmp_path: Path) -> None:
@@ -88,13 +88,13 @@ def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Pa
     assert r0["actions"] == r1["actions"]
     assert [a[1] for a in r0["actions"]] == ["save_checkpoint", "evaluate", "save_checkpoint", "graceful_stop"]
     assert r0["final"] == r1["final"] == r0["actions"][-1][0]
-    for (step, _), planned in zip(r0["actions"], (5, 40, 90, 150)):
+    for (step, _), planned in zip(r0["actions"], (5, 40, 90, 150), strict=True):
         assert step >= planned  # applied at the next agreed check after it was queued
 
     assert r0["trace"] == r1["trace"]
     assert r0["all_reduce"] == len(r0["trace"]) and r1["all_reduce"] == len(r1["trace"])  # one per check
     next_checks = [row[4] for row in r0["trace"]]
-    assert all(a < b for a, b in zip(next_checks, next_checks[1:]))  # at most one check per step
+    assert all(a < b for a, b in itertools.pairwise(next_checks))  # at most one check per step
     assert len(r0["trace"]) < r0["final"]  # not every step: the cadence adapts
 
     states = {e["command"]: e["state"] for e in r0["ledger"]}

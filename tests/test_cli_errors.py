@@ -27,7 +27,9 @@ def _closed_port() -> int:
 
 def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 10) -> JobPaths:
     paths = JobPaths(root, job_id).create()
-    write_json_atomic(paths.status, {"job_id": job_id, "state": state, "step": step, "max_steps": step, "heartbeat_at": time.time(), **process_identity(999_999_999)})
+    write_json_atomic(
+        paths.status, {"job_id": job_id, "state": state, "step": step, "max_steps": step, "heartbeat_at": time.time(), **process_identity(999_999_999)}
+    )
     return paths
 
 
@@ -36,7 +38,10 @@ def unreachable_job(root: Path, job_id: str) -> JobPaths:
     paths = JobPaths(root, job_id).create()
     port = _closed_port()
     ident = process_identity()
-    write_json_atomic(paths.endpoint, {"job_id": job_id, "url": f"http://127.0.0.1:{port}", "port": port, "token": "sekrit-token-value", "started_at": time.time(), "protocol": 1, **ident})
+    write_json_atomic(
+        paths.endpoint,
+        {"job_id": job_id, "url": f"http://127.0.0.1:{port}", "port": port, "token": "sekrit-token-value", "started_at": time.time(), "protocol": 1, **ident},
+    )
     write_json_atomic(paths.status, {"job_id": job_id, "state": "running", "step": 3, "heartbeat_at": time.time(), **ident})
     return paths
 
@@ -104,7 +109,13 @@ def test_unreachable_exit_4_and_token_never_printed(cli, jobs_dir: Path) -> None
     assert r.code == 0, r
     d = r.json()
     assert d["live"] is False and d["state"] == "running"
-    for args in (("control", "list", "--json"), ("control", "list"), ("control", "status", "lost-1"), ("control", "status", "lost-1", "--json"), ("-vv", "control", "save", "lost-1")):
+    for args in (
+        ("control", "list", "--json"),
+        ("control", "list"),
+        ("control", "status", "lost-1"),
+        ("control", "status", "lost-1", "--json"),
+        ("-vv", "control", "save", "lost-1"),
+    ):
         r = cli(*args)
         assert "sekrit-token-value" not in r.out + r.err, args
 
@@ -151,11 +162,7 @@ def test_launch_is_lazy_and_explains_when_missing(cli) -> None:
 
 def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:
     """--ray with Ray missing: exit 2 and the extra to install, no traceback."""
-    code = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from forgather_control.cli.main import run\n"
-        "sys.exit(run(sys.argv[1:]))\n"
-    )
+    code = "import sys; sys.modules['ray'] = None\nfrom forgather_control.cli.main import run\nsys.exit(run(sys.argv[1:]))\n"
     for args in (["control", "list", "--ray"], ["control", "status", "somejob", "--ray-address", "127.0.0.1:1"]):
         p = subprocess.run([sys.executable, "-c", code, *args], env=base_env(jobs_dir), capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p
@@ -183,7 +190,7 @@ def heavy_imports(args: list[str], env: dict[str, str]) -> tuple[int, list[str],
     """Run the CLI in-process in a fresh interpreter; report which heavy modules it loaded."""
     p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *args], env=env, capture_output=True, text=True, timeout=120)
     line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY=")][-1]
-    return p.returncode, json.loads(line[len("HEAVY="):]), p.stdout
+    return p.returncode, json.loads(line[len("HEAVY=") :]), p.stdout
 
 
 def test_control_commands_import_no_torch_fastapi_ray(jobs_dir: Path) -> None:

@@ -187,13 +187,13 @@ def test_other_hosts_loopback_url_is_never_contacted(cli, jobs_dir: Path) -> Non
     seen: list[str] = []
 
     class Stranger(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             seen.append(f"GET {self.path} {self.headers.get('Authorization')}")
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b'{"jobs": [{"job_id": "faraway"}]}')
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *args: object) -> None:
             pass

@@ -46,7 +46,7 @@ def run_fake_ray(args: list[str], env: dict[str, str]) -> tuple[subprocess.Compl
     p = subprocess.run([sys.executable, "-c", _WRAPPER, *args], env=env, capture_output=True, text=True, timeout=180)
     _seen.append(p.stdout + p.stderr)
     line = [ln for ln in p.stderr.splitlines() if ln.startswith("CALLS=")][-1]
-    return p, json.loads(line[len("CALLS="):])
+    return p, json.loads(line[len("CALLS=") :])
 
 
 def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
@@ -55,13 +55,25 @@ def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) ->
     proc = procs.start(argv, env=base_env(node_jobs), name="rayjob")
     paths = JobPaths(node_jobs, "rayjob-1")
     ep = wait_for(lambda: read_json(paths.endpoint, quiet=True), timeout=120, interval=0.2, what="the endpoint file")
-    row = {"job_id": "rayjob-1", "state": "running", "liveness": "alive", "host": ep["host"], "pid": ep["pid"], "port": ep["port"], "step": 1, "updated_at": ep["started_at"], "url": ep["url"], "token": ep["token"], "node": "node-a"}
+    row = {
+        "job_id": "rayjob-1",
+        "state": "running",
+        "liveness": "alive",
+        "host": ep["host"],
+        "pid": ep["pid"],
+        "port": ep["port"],
+        "step": 1,
+        "updated_at": ep["started_at"],
+        "url": ep["url"],
+        "token": ep["token"],
+        "node": "node-a",
+    }
     env = base_env(jobs_dir, FAKE_RAY_ROWS=json.dumps([row]), RAY_ADDRESS="10.0.0.1:6379")
 
     p, calls = run_fake_ray(["control", "list", "--ray", "--json", "--all"], env)
     assert p.returncode == 0, p.stderr
     assert [j["job_id"] for j in json.loads(p.stdout)] == ["rayjob-1"]
-    assert calls == [["list_cluster", "10.0.0.1:6379", None, True, 15.0]]
+    assert calls == [["list_cluster", "auto", None, True, 15.0]]
     assert "node-b" in p.stderr and "timed out" in p.stderr  # the missing node is named
     p, _ = run_fake_ray(["control", "list", "--ray-address", "head:6379"], env)
     assert p.returncode == 0 and "node-a" in p.stdout and "rayjob-1" in p.stdout
@@ -70,11 +82,11 @@ def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) ->
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert d["job_id"] == "rayjob-1" and d["live"] is True and d["node"] == "node-a"
-    assert calls[0][:3] == ["find_job", "rayjob", "10.0.0.1:6379"]
+    assert calls[0][:3] == ["find_job", "rayjob", "auto"]
     # --ray before JOB: the flag takes no value, so JOB stays the job
     p, calls = run_fake_ray(["control", "status", "--ray", "rayjob", "--json"], env)
     assert p.returncode == 0, p.stderr
-    assert calls[0][:3] == ["find_job", "rayjob", "10.0.0.1:6379"]
+    assert calls[0][:3] == ["find_job", "rayjob", "auto"]
     p, calls = run_fake_ray(["control", "status", "--ray-address", "head:6379", "rayjob", "--json"], env)
     assert p.returncode == 0, p.stderr
     assert calls[0][:3] == ["find_job", "rayjob", "head:6379"]

@@ -4,9 +4,7 @@ mapping, and output helpers."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -14,14 +12,20 @@ import pytest
 from click.testing import CliRunner
 
 from forgather_control.cli import main, output
-from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound, JobPaths, process_identity, write_json_atomic
+from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound
 from forgather_control.control.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
 
 
 def test_exit_code_mapping() -> None:
     cases = {
-        CommandRefused("x"): 1, CommandFailed("x"): 1, WaitTimeout("x"): 1, UsageError("x"): 2,
-        AmbiguousJob("x"): 2, InvalidJobId("x"): 2, JobNotFound("x"): 3, Unreachable("x"): 4,
+        CommandRefused("x"): 1,
+        CommandFailed("x"): 1,
+        WaitTimeout("x"): 1,
+        UsageError("x"): 2,
+        AmbiguousJob("x"): 2,
+        InvalidJobId("x"): 2,
+        JobNotFound("x"): 3,
+        Unreachable("x"): 4,
     }
     for exc, code in cases.items():
         assert main.exit_code_for(exc) == code, exc

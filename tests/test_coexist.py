@@ -144,7 +144,7 @@ class Venv:
     site: Path
 
     @classmethod
-    def create(cls, root: Path, home: Path) -> "Venv":
+    def create(cls, root: Path, home: Path) -> Venv:
         r = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], clean_env(), home)
         assert r.returncode == 0, r.stderr
         env = clean_env()

@@ -92,7 +92,7 @@ def test_abort_and_refusals_after_stop(jobs_dir: Path) -> None:
         with pytest.raises(CommandRefused) as exc:
             c.send("save")
         assert exc.value.http_status == 409
-        step, act = run_until_actions(ctl, 1)
+        _, act = run_until_actions(ctl, 1)
         assert act.stop and act.abort and not act.save
         ctl.close()
         assert c.wait(ab["id"], timeout=10)["state"] == "completed"
@@ -188,6 +188,7 @@ def test_jobs_dir_that_cannot_be_created_does_not_stop_training(tmp_path: Path) 
 def test_handler_and_poller_crashes_do_not_stop_training(jobs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctl = make(jobs_dir).start()
     try:
+
         def boom(*a, **k):
             raise RuntimeError("ledger exploded")
 
@@ -218,7 +219,12 @@ def test_bad_input_keeps_loop_going(jobs_dir: Path) -> None:
         ep = read_json(ctl.paths.endpoint)
         conn = http.client.HTTPConnection("127.0.0.1", ep["port"], timeout=10)
         auth = {"Authorization": f"Bearer {ep['token']}", "Content-Type": "application/json"}
-        for body, path in [(b"{bad", "/jobs/job-1/control"), (b'{"command":"x"}', "/jobs/job-1/control"), (b'{"command":"abort"}', "/jobs/..%2Fx/control"), (b"x" * 10000, "/jobs/job-1/control")]:
+        for body, path in [
+            (b"{bad", "/jobs/job-1/control"),
+            (b'{"command":"x"}', "/jobs/job-1/control"),
+            (b'{"command":"abort"}', "/jobs/..%2Fx/control"),
+            (b"x" * 10000, "/jobs/job-1/control"),
+        ]:
             conn.request("POST", path, body=body, headers=auth)
             r = conn.getresponse()
             r.read()

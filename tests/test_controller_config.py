@@ -35,8 +35,13 @@ def test_defaults_without_environment(tmp_path: Path) -> None:
 
 def test_environment_fills_what_is_not_given(tmp_path: Path) -> None:
     env = {
-        ENV_JOB_ID: "from-env", ENV_JOBS_DIR: str(tmp_path), ENV_CONTROL_HOST: "127.0.0.2", ENV_CONTROL_PORT: "4242",
-        ENV_SIGNAL_REPEAT_WINDOW: "0.25", ENV_RESTARTS: "3", ENV_TRACE_AGREEMENT: str(tmp_path / "trace"),
+        ENV_JOB_ID: "from-env",
+        ENV_JOBS_DIR: str(tmp_path),
+        ENV_CONTROL_HOST: "127.0.0.2",
+        ENV_CONTROL_PORT: "4242",
+        ENV_SIGNAL_REPEAT_WINDOW: "0.25",
+        ENV_RESTARTS: "3",
+        ENV_TRACE_AGREEMENT: str(tmp_path / "trace"),
     }
     cfg = ControllerConfig.from_env(env)
     assert (cfg.job_id, cfg.jobs_dir, cfg.host, cfg.port) == ("from-env", tmp_path, "127.0.0.2", 4242)
@@ -87,8 +92,18 @@ def test_controller_refuses_a_bad_port_from_the_environment(jobs_dir: Path, monk
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("port", -1), ("port", "http"), ("check_interval", -0.5), ("poll_interval", 0), ("heartbeat_interval", "x"),
-     ("max_pending", 0), ("world_size", 0), ("rank", -1), ("max_steps", -5), ("signals", "TERM")],
+    [
+        ("port", -1),
+        ("port", "http"),
+        ("check_interval", -0.5),
+        ("poll_interval", 0),
+        ("heartbeat_interval", "x"),
+        ("max_pending", 0),
+        ("world_size", 0),
+        ("rank", -1),
+        ("max_steps", -5),
+        ("signals", "TERM"),
+    ],
 )
 def test_bad_options_name_the_option(tmp_path: Path, option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=option):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forgather_control.control import JobPaths, InvalidJobId, default_job_id, read_json, resolve_jobs_dir, validate_job_id, write_json_atomic
+from forgather_control.control import InvalidJobId, JobPaths, default_job_id, read_json, resolve_jobs_dir, validate_job_id, write_json_atomic
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir
 
 

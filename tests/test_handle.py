@@ -80,7 +80,14 @@ def live() -> Iterator[Any]:
 
 
 def test_every_error_carries_its_exit_code() -> None:
-    for exc, code in ((UsageError("x"), 2), (AmbiguousJob("x"), 2), (JobNotFound("x"), 3), (Unreachable("x"), 4), (WaitTimeout("x"), 1), (CommandFailed("x"), 1)):
+    for exc, code in (
+        (UsageError("x"), 2),
+        (AmbiguousJob("x"), 2),
+        (JobNotFound("x"), 3),
+        (Unreachable("x"), 4),
+        (WaitTimeout("x"), 1),
+        (CommandFailed("x"), 1),
+    ):
         assert isinstance(exc, ControlError) and exc.exit_code == code
 
 
@@ -168,7 +175,7 @@ def test_wait_times_out_with_what_to_do(live, tmp_path: Path) -> None:
     job.publish(tmp_path / "jobs")
     with open_job("slow-1", jobs_dir=tmp_path / "jobs") as h:
         receipt = h.send("save")
-        with pytest.raises(WaitTimeout, match="still queued after .* stays queued"):
+        with pytest.raises(WaitTimeout, match=r"still queued after .* stays queued"):
             h.wait(receipt["id"], timeout=0.05, interval=0.01)
 
 
@@ -182,7 +189,7 @@ def test_commands_refused_before_sending_with_the_reason(tmp_path: Path) -> None
     write_json_atomic(dead.status, {"job_id": "dead-1", "state": "running", **ident})
     with pytest.raises(Unreachable, match="has ended \\(stopped\\)"):
         open_job("ended-1", jobs_dir=root).send("save")
-    with pytest.raises(Unreachable, match="is dead .* cleanup"):
+    with pytest.raises(Unreachable, match=r"is dead .* cleanup"):
         open_job("dead-1", jobs_dir=root).send("save")
     assert os.listdir(dead.inbox) == [] and os.listdir(ended.inbox) == []
     with pytest.raises(UsageError, match="unknown command"):

@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-from forgather_control.callback.hf import TrainerControlCallback  # noqa: E402
-from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.callback.hf import TrainerControlCallback
+from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -52,27 +52,35 @@ class Driver(TrainerCallback):
             with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
                 self.sent[when] = c.send(self.at[when])["id"]
 
-    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+    def on_step_end(self, args, state, control, **kw):
         self._send(state.global_step)
 
-    def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+    def on_train_end(self, args, state, control, **kw):
         self._send("end")
 
-    def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+    def on_save(self, args, state, control, **kw):
         self.saves.append(state.global_step)
 
-    def on_evaluate(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+    def on_evaluate(self, args, state, control, **kw):
         self.evals.append(state.global_step)
 
-    def on_log(self, args, state, control, **kw):  # noqa: ANN001, ANN201
+    def on_log(self, args, state, control, **kw):
         self.logs += 1
 
 
 def run(tmp_path: Path, jobs_dir: Path, job_id: str, at: dict[Any, str], **targs: Any) -> tuple[Trainer, Driver, TrainerControlCallback]:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0))
-    base = dict(output_dir=str(tmp_path / job_id), per_device_train_batch_size=2, report_to="none", use_cpu=True,
-                disable_tqdm=True, logging_steps=1, save_strategy="no", max_steps=12)
+    base = dict(
+        output_dir=str(tmp_path / job_id),
+        per_device_train_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="no",
+        max_steps=12,
+    )
     base.update(targs)
     driver = Driver(jobs_dir, job_id, at)
     ctl = TrainerControlCallback(job_id=job_id, jobs_dir=jobs_dir, signals=(), poll_interval=0.05)
@@ -89,9 +97,17 @@ def test_best_strategy_eval_same_step_still_saves_once_and_late_command_is_dropp
     # lr 0: the eval loss never improves after the first evaluation, so "best" alone
     # would assign should_save = False at every later step.
     _, driver, _ = run(
-        tmp_path, jobs_dir, "best", {5: "save", "end": "eval"},
-        save_strategy="best", eval_strategy="steps", eval_steps=1, metric_for_best_model="eval_loss",
-        greater_is_better=False, learning_rate=0.0, gradient_accumulation_steps=2,
+        tmp_path,
+        jobs_dir,
+        "best",
+        {5: "save", "end": "eval"},
+        save_strategy="best",
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        learning_rate=0.0,
+        gradient_accumulation_steps=2,
     )
     assert driver.saves == [1, 5]  # HF's own best save at step 1, ours at 5: once, not per on_log
     assert driver.evals == list(range(1, 13))  # one evaluation per optimizer step, none extra

@@ -21,8 +21,26 @@ pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared w
 def test_hf_best_strategy_two_ranks_commanded_save_once(jobs_dir: Path, procs, tmp_path: Path) -> None:
     out = tmp_path / "out"
     job = torchrun(
-        procs, "hf_trainer.py", "--output-dir", str(out), "--job-id", "hf-best", "--step-time", "0.02", "--max-steps", "120",
-        "--save-strategy", "best", "--eval-steps", "1", "--logging-steps", "1", "--grad-accum", "2", "--learning-rate", "0",
+        procs,
+        "hf_trainer.py",
+        "--output-dir",
+        str(out),
+        "--job-id",
+        "hf-best",
+        "--step-time",
+        "0.02",
+        "--max-steps",
+        "120",
+        "--save-strategy",
+        "best",
+        "--eval-steps",
+        "1",
+        "--logging-steps",
+        "1",
+        "--grad-accum",
+        "2",
+        "--learning-rate",
+        "0",
         jobs_dir=jobs_dir,
     )
     client = wait_client(jobs_dir, "hf-best", job)

@@ -21,11 +21,7 @@ def test_script_runs_as_python_would_run_it(tmp_path: Path) -> None:
     d = tmp_path / "proj"
     d.mkdir()
     (d / "helper.py").write_text("VALUE = 'found next to the script'\n")
-    (d / "train.py").write_text(
-        "import sys, helper\n"
-        "print(__name__, sys.argv, helper.VALUE, sys.path[0])\n"
-        "sys.exit(5)\n"
-    )
+    (d / "train.py").write_text("import sys, helper\nprint(__name__, sys.argv, helper.VALUE, sys.path[0])\nsys.exit(5)\n")
     plain = run([sys.executable, str(d / "train.py"), "a b", "--lr", "1"], tmp_path)
     booted = run([*BOOT, str(d / "train.py"), "a b", "--lr", "1"], tmp_path)
     assert booted.returncode == plain.returncode == 5, booted.stderr

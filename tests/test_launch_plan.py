@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, base_env, run_cli
+
 from forgather_control.launcher import (
     LaunchConfig,
     LaunchError,
@@ -198,8 +198,17 @@ CASES = {
     "slurm-node2.txt": (SLURM_ENV, {"nproc_per_node": "gpu", "requeue": True, "script_args": ("--output-dir", "out")}),
     "slurm-node0-requeue.txt": ({**SLURM_ENV, "SLURM_NODEID": "0", "SLURM_PROCID": "0"}, {"nproc_per_node": "4", "requeue": True, "master_addr": "127.0.0.1"}),
     "slurm-array-restarted.txt": (
-        {**SLURM_ENV, "SLURM_JOB_ID": "4250", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "8", "SLURM_RESTART_COUNT": "1",
-         "SLURM_JOB_NODELIST": "n1", "SLURM_STEP_NODELIST": "n1", "SLURM_NODEID": "0", "SLURM_STEP_TASKS_PER_NODE": "1"},
+        {
+            **SLURM_ENV,
+            "SLURM_JOB_ID": "4250",
+            "SLURM_ARRAY_JOB_ID": "4242",
+            "SLURM_ARRAY_TASK_ID": "8",
+            "SLURM_RESTART_COUNT": "1",
+            "SLURM_JOB_NODELIST": "n1",
+            "SLURM_STEP_NODELIST": "n1",
+            "SLURM_NODEID": "0",
+            "SLURM_STEP_TASKS_PER_NODE": "1",
+        },
         {"requeue": True},
     ),
 }
@@ -225,8 +234,19 @@ def _dry_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
 def test_cli_dry_run_golden(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print('hello')\n")
     res = run_cli(
-        "launch", "--dry-run", "--jobs-dir", str(tmp_path / "jobs"), "--job-id", "cli-demo", "--nproc_per_node", "2",
-        str(tmp_path / "train.py"), "--grace", "5", "--", "x",
+        "launch",
+        "--dry-run",
+        "--jobs-dir",
+        str(tmp_path / "jobs"),
+        "--job-id",
+        "cli-demo",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "train.py"),
+        "--grace",
+        "5",
+        "--",
+        "x",
         env=base_env(FORGATHER_TOKEN="never-shown"),
     )
     assert res.code == 0, res.err
@@ -293,10 +313,17 @@ def test_sbatch_template_builds_one_launcher_per_node(tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "srun").write_text('#!/bin/bash\nfor a in "$@"; do printf "[%s]\\n" "$a"; done\n')
     (fake / "srun").chmod(0o755)
-    env = base_env(PATH=f"{fake}:{os.environ['PATH']}", SLURM_JOB_ID="77", SLURM_JOB_NODELIST="n[1-2]",
-                   FORGATHER_NPROC_PER_NODE="2", FORGATHER_MASTER_ADDR="127.0.0.1", FORGATHER_GRACE="45")
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch"), "train.py", "--name", "two words", "*"],
-                          env=env, capture_output=True, text=True, timeout=30)
+    env = base_env(
+        PATH=f"{fake}:{os.environ['PATH']}",
+        SLURM_JOB_ID="77",
+        SLURM_JOB_NODELIST="n[1-2]",
+        FORGATHER_NPROC_PER_NODE="2",
+        FORGATHER_MASTER_ADDR="127.0.0.1",
+        FORGATHER_GRACE="45",
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "train.sbatch"), "train.py", "--name", "two words", "*"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     assert "forgather: job slurm-77 on n[1-2] (restart 0)" in proc.stdout
     golden("sbatch-srun-argv.txt", "".join(line for line in proc.stdout.splitlines(True) if line.startswith("[")))

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import EXAMPLES, FORGATHER, REPO, Proc, Procs, base_env, free_port, wait_for
 from conftest import read_record as read
 
@@ -123,8 +122,9 @@ def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: 
     # Relaunching the same job id is a restart: it counts, and the trainer resumes from
     # the last checkpoint (plain: resume_from(); HF/Lightning: the bootstrap passes it).
     ckpt, step = record["last_checkpoint"], record["final_step"]
-    again = launch(procs, jobs_dir, f"{kind}-cmds", script, *args, "--output-dir", str(out), "--max-steps", str(step + 2),
-                   opts=("--nproc-per-node", "2"), name="again")
+    again = launch(
+        procs, jobs_dir, f"{kind}-cmds", script, *args, "--output-dir", str(out), "--max-steps", str(step + 2), opts=("--nproc-per-node", "2"), name="again"
+    )
     assert again.wait(TIMEOUT) == 0, again.output()[-4000:]
     rerun = read(jobs_dir, f"{kind}-cmds", "job.json")
     assert rerun["restarts"] == 1 and rerun["resume_from"] == ckpt and rerun["state"] == "finished", rerun
@@ -228,7 +228,9 @@ def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -
 
 @pytest.mark.timeout(600)
 def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
-    job = launch(procs, jobs_dir, "crash", PLAIN, "--step-time", "0.05", "--crash-at", "40", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    job = launch(
+        procs, jobs_dir, "crash", PLAIN, "--step-time", "0.05", "--crash-at", "40", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2")
+    )
     wait_running(jobs_dir, "crash", job, min_step=1)
     seen = tree(job)
     code = job.wait(TIMEOUT)

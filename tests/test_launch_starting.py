@@ -83,7 +83,7 @@ def test_command_to_a_starting_job_waits_in_the_inbox(procs: Procs, jobs_dir: Pa
     go.write_text("go")
     assert waiting.wait(TIMEOUT) == 0, waiting.output()[-3000:]
     out = waiting.output()
-    entry = json.loads(out[out.index("{"):])  # --json: the receipt, pretty-printed
+    entry = json.loads(out[out.index("{") :])  # --json: the receipt, pretty-printed
     assert entry["state"] == "completed" and Path(entry["result"]["checkpoint"]).read_text() == "saved", entry
     assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
     assert "save_and_stop" in job.output()
@@ -105,4 +105,3 @@ def test_wait_ends_when_the_job_dies_before_taking_the_command(procs: Procs, job
     assert "ended (failed" in out and "before it took command" in out and "Traceback" not in out, out
     assert listed_state(cli, "doomed") is None  # ended jobs leave the default listing
     assert cli("control", "list", "--all", "--json").json()[0]["state"] == "failed"
-

@@ -53,10 +53,10 @@ def test_bounded_queue_and_stop_refusals() -> None:
         led.submit("evaluate")
     assert led.pending_count() == 2
     led2 = Ledger()
-    stop, _ = led2.submit("graceful_stop")
+    led2.submit("graceful_stop")
     with pytest.raises(StopPending, match="already stopping"):
         led2.submit("save_checkpoint")
-    abort, created = led2.submit("abort")  # abort may still escalate a stop
+    _, created = led2.submit("abort")  # abort may still escalate a stop
     assert created
     with pytest.raises(StopPending):
         led2.submit("abort")
@@ -81,7 +81,7 @@ def test_reject_records_refusal() -> None:
 def test_history_is_bounded_but_keeps_queued() -> None:
     led = Ledger(max_pending=1000, history=10)
     ids = []
-    for i in range(30):
+    for _ in range(30):
         e, _ = led.submit("evaluate")
         ids.append(e.id)
     assert led.pending_count() == 30, "queued commands are never trimmed"

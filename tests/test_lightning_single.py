@@ -25,15 +25,15 @@ class Module(pl.LightningModule):
         super().__init__()
         self.net = nn.Linear(4, 1)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         x, y = batch
         return nn.functional.mse_loss(self.net(x), y)
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
@@ -46,14 +46,14 @@ class Driver(pl.Callback):
         self.saves: list[int] = []
         self.batches = 0
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001, ANN201
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.batches += 1
         step = trainer.global_step
         if step in self.at and step not in self.sent:
             with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
                 self.sent[step] = c.send(self.at[step])["id"]
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):  # noqa: ANN001, ANN201
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.saves.append(trainer.global_step)
 
 
@@ -63,9 +63,18 @@ def fit(tmp_path: Path, jobs_dir: Path, job_id: str, at: dict[int, str], **kw: A
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
     driver = Driver(jobs_dir, job_id, at)
     ctl = LightningControlCallback(job_id=job_id, jobs_dir=jobs_dir, signals=(), poll_interval=0.05)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=kw.pop("max_steps", 12), default_root_dir=str(tmp_path / job_id),
-                         callbacks=[driver, ctl], logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, **kw)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=kw.pop("max_steps", 12),
+        default_root_dir=str(tmp_path / job_id),
+        callbacks=[driver, ctl],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
     trainer.fit(Module(), data, data)
     return trainer, driver, ctl
 
@@ -75,8 +84,16 @@ def entries(jobs_dir: Path, job_id: str) -> dict[str, dict]:
 
 
 def test_accumulation_save_once_eval_and_stop(tmp_path: Path, jobs_dir: Path) -> None:
-    trainer, driver, _ = fit(tmp_path, jobs_dir, "acc", {3: "save", 5: "eval", 7: "stop"}, accumulate_grad_batches=2,
-                             enable_checkpointing=False, val_check_interval=1000, check_val_every_n_epoch=None)
+    trainer, driver, _ = fit(
+        tmp_path,
+        jobs_dir,
+        "acc",
+        {3: "save", 5: "eval", 7: "stop"},
+        accumulate_grad_batches=2,
+        enable_checkpointing=False,
+        val_check_interval=1000,
+        check_val_every_n_epoch=None,
+    )
     assert trainer.global_step == 7 and driver.batches == 14  # two micro-batches per step
     assert driver.saves == [3]
     e = entries(jobs_dir, "acc")

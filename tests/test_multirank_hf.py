@@ -30,8 +30,16 @@ def test_hf_two_ranks_save_eval_save_stop_then_resume_and_abort(jobs_dir: Path, 
     out = tmp_path / "out"
     traces = tmp_path / "traces"
     job = torchrun(
-        procs, SCRIPT, "--output-dir", str(out), "--job-id", "hf-a", "--step-time", "0.02",
-        jobs_dir=jobs_dir, env={"FORGATHER_TRACE_AGREEMENT": str(traces)},
+        procs,
+        SCRIPT,
+        "--output-dir",
+        str(out),
+        "--job-id",
+        "hf-a",
+        "--step-time",
+        "0.02",
+        jobs_dir=jobs_dir,
+        env={"FORGATHER_TRACE_AGREEMENT": str(traces)},
     )
     client = wait_client(jobs_dir, "hf-a", job)
     wait_step(client, 3)
@@ -69,8 +77,20 @@ def test_hf_two_ranks_save_eval_save_stop_then_resume_and_abort(jobs_dir: Path, 
     # The commanded checkpoint loads with resume_from_checkpoint; then abort.
     before = {p.name for p in out.iterdir()}
     job2 = torchrun(
-        procs, SCRIPT, "--output-dir", str(out), "--job-id", "hf-b", "--step-time", "0.02",
-        "--resume", str(ckpt), "--save-strategy", "epoch", jobs_dir=jobs_dir, name="hf-resume",
+        procs,
+        SCRIPT,
+        "--output-dir",
+        str(out),
+        "--job-id",
+        "hf-b",
+        "--step-time",
+        "0.02",
+        "--resume",
+        str(ckpt),
+        "--save-strategy",
+        "epoch",
+        jobs_dir=jobs_dir,
+        name="hf-resume",
     )
     client2 = wait_client(jobs_dir, "hf-b", job2)
     wait_step(client2, saved["step"] + 2)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import pytest
+import torch
 from conftest import wait_for
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, torchrun, wait_client, wait_step
 
@@ -47,8 +47,18 @@ def test_lightning_two_ranks_save_eval_save_stop_then_resume_and_abort(jobs_dir:
 
     out2 = tmp_path / "out2"
     job2 = torchrun(
-        procs, SCRIPT, "--output-dir", str(out2), "--job-id", "pl-b", "--step-time", "0.02", "--resume", str(ckpt),
-        jobs_dir=jobs_dir, name="pl-resume",
+        procs,
+        SCRIPT,
+        "--output-dir",
+        str(out2),
+        "--job-id",
+        "pl-b",
+        "--step-time",
+        "0.02",
+        "--resume",
+        str(ckpt),
+        jobs_dir=jobs_dir,
+        name="pl-resume",
     )
     client2 = wait_client(jobs_dir, "pl-b", job2)
     wait_step(client2, saved["step"] + 2)

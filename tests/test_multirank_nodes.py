@@ -23,8 +23,7 @@ def test_two_nodes_four_ranks_one_server_same_step_same_collectives(jobs_dir: Pa
     common = ("--job-id", "nodes", "--step-time", "0.01")
     env = {"FORGATHER_TRACE_AGREEMENT": str(traces)}
     nodes = [
-        torchrun(procs, "plain_loop.py", "--output-dir", str(tmp_path / "out"), *common, jobs_dir=jobs_dir,
-                 nnodes=2, node_rank=rank, master_port=port, env=env)
+        torchrun(procs, "plain_loop.py", "--output-dir", str(tmp_path / "out"), *common, jobs_dir=jobs_dir, nnodes=2, node_rank=rank, master_port=port, env=env)
         for rank in (0, 1)
     ]
     client = wait_client(jobs_dir, "nodes", *nodes)

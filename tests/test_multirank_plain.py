@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import pytest
+import torch
 from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, torchrun, wait_client, wait_step
 
 pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
@@ -40,8 +40,18 @@ def test_plain_ddp_two_ranks_save_eval_save_stop_then_resume_and_abort(jobs_dir:
 
     before = {p.name for p in out.iterdir()}
     job2 = torchrun(
-        procs, SCRIPT, "--output-dir", str(out), "--job-id", "pd-b", "--step-time", "0.01", "--resume", str(ckpt),
-        jobs_dir=jobs_dir, name="pd-resume",
+        procs,
+        SCRIPT,
+        "--output-dir",
+        str(out),
+        "--job-id",
+        "pd-b",
+        "--step-time",
+        "0.01",
+        "--resume",
+        str(ckpt),
+        jobs_dir=jobs_dir,
+        name="pd-resume",
     )
     client2 = wait_client(jobs_dir, "pd-b", job2)
     wait_step(client2, saved["step"] + 2)

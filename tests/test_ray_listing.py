@@ -29,8 +29,8 @@ from typing import Any
 
 import psutil
 import pytest
-
 from conftest import EXAMPLES, Procs, base_env, free_port, require_service, run_cli, wait_for
+
 from forgather_control.control import JobPaths, process_identity, read_json, write_json_atomic
 from forgather_control.control.ray_listing import INSTALL_HINT
 
@@ -74,16 +74,24 @@ class LocalRayCluster:
         head = self.address is None
         exe = Path(sys.executable).with_name("ray")
         ray_cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
-        argv = [*ray_cli, "start", "--block", f"--node-name={name}",
-                f"--temp-dir={self.temp_dir}", "--num-cpus=1", "--object-store-memory=100000000",
-                "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
-                f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-                f"--runtime-env-agent-port={free_port()}"]
+        argv = [
+            *ray_cli,
+            "start",
+            "--block",
+            f"--node-name={name}",
+            f"--temp-dir={self.temp_dir}",
+            "--num-cpus=1",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ]
         if head:
             port = free_port()
             self.address = f"127.0.0.1:{port}"
-            argv += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                     f"--ray-client-server-port={free_port()}"]
+            argv += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]
         else:
             argv += [f"--address={self.address}"]
         env = {**self.env, "FORGATHER_JOBS_DIR": str(jobs_dir), **(extra_env or {})}
@@ -178,7 +186,9 @@ def dead_pid() -> int:
 def write_dead_job(root: Path, job_id: str) -> None:
     paths = JobPaths(root, job_id).create()
     ident = {**process_identity(), "pid": dead_pid(), "pid_start_time": time.time() - 100}
-    write_json_atomic(paths.endpoint, {"job_id": job_id, "url": "http://127.0.0.1:9", "port": 9, "token": "t", "started_at": time.time() - 100, "protocol": 1, **ident})
+    write_json_atomic(
+        paths.endpoint, {"job_id": job_id, "url": "http://127.0.0.1:9", "port": 9, "token": "t", "started_at": time.time() - 100, "protocol": 1, **ident}
+    )
     write_json_atomic(paths.status, {"job_id": job_id, "state": "running", "step": 7, "heartbeat_at": time.time() - 50, **ident})
 
 
@@ -223,7 +233,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             out_dirs[name] = base / f"out-{name}"
             procs.start(
                 [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", live[name], "--step-time", "0.05", "--output-dir", str(out_dirs[name])],
-                env=base_env(d), name=f"plain-{name}",
+                env=base_env(d),
+                name=f"plain-{name}",
             )
             dead[name] = f"dead-{name}-{tag}"
             write_dead_job(d, dead[name])
@@ -238,8 +249,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         write_dead_job(client_dir, local_dead)
         for name, d in dirs.items():
             paths = JobPaths(d, live[name])
-            wait_for(lambda: (read_json(paths.status, quiet=True) or {}).get("state") == "running" and paths.endpoint.exists(),
-                     timeout=START_TIMEOUT, what=f"plain_loop job {live[name]} running ({procs.started[-1].output()[-2000:]})")
+            wait_for(
+                lambda paths=paths: (read_json(paths.status, quiet=True) or {}).get("state") == "running" and paths.endpoint.exists(),
+                timeout=START_TIMEOUT,
+                what=f"plain_loop job {live[name]} running ({procs.started[-1].output()[-2000:]})",
+            )
         yield Cluster(ray_cluster, client_dir, dirs, live, dead, finished, out_dirs, local_dead, base)
     finally:
         left = procs.cleanup() + ray_cluster.shutdown()
@@ -356,7 +370,7 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
     paths = JobPaths(cluster.dirs["fg-b"], silent).create()
     try:
         write_json_atomic(paths.endpoint, {"job_id": silent, "url": f"http://127.0.0.1:{free_port()}", "token": "t", **process_identity()})
-        with pytest.raises(Unreachable, match="does not answer from .*FORGATHER_CONTROL_HOST") as exc:
+        with pytest.raises(Unreachable, match=r"does not answer from .*FORGATHER_CONTROL_HOST") as exc:
             find_cluster_job(silent, address=cluster.address, jobs_dir=None, timeout=60)
         assert exc.value.job["liveness"] == "alive"
     finally:
@@ -373,14 +387,14 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
         try:
             write_json_atomic(paths.endpoint, {"job_id": far, "url": f"http://127.0.0.1:{stranger.getsockname()[1]}", "token": "t", **other})
             write_json_atomic(paths.status, {"job_id": far, "state": "running", **other})
-            with pytest.raises(Unreachable, match="on its own host .*elsewhere.* only") as exc:
+            with pytest.raises(Unreachable, match=r"on its own host .*elsewhere.* only") as exc:
                 find_cluster_job(far, address=cluster.address, jobs_dir=None, timeout=60)
             assert exc.value.job["liveness"] == "unknown"
             with pytest.raises(BlockingIOError):
                 stranger.accept()
         finally:
             shutil.rmtree(paths.dir)
-    with pytest.raises(AmbiguousJob, match="live-fg-a.*live-fg-b"):
+    with pytest.raises(AmbiguousJob, match=r"live-fg-a.*live-fg-b"):
         find_cluster_job("live-", address=cluster.address, jobs_dir=None, timeout=60)
     with pytest.raises(JobNotFound, match="no job 'nope'"):
         find_cluster_job("nope", address=cluster.address, jobs_dir=None, timeout=60)
@@ -437,8 +451,11 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         t0 = time.monotonic()
         listing_thread.start()
         # Kill it once its listing task is running there (a worker in its session).
-        wait_for(lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if _exists(p)),
-                 timeout=60, what="the listing task's worker on the hung node")
+        wait_for(
+            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if _exists(p)),
+            timeout=60,
+            what="the listing task's worker on the hung node",
+        )
         assert not cluster.ray.stop_node(hung, signal.SIGKILL)
         listing_thread.join(90)
         took = time.monotonic() - t0

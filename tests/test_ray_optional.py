@@ -47,7 +47,11 @@ def closed_port() -> int:
 
 def test_import_and_plain_list_leave_ray_out(jobs_dir: Path) -> None:
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
-    r = py("import sys, forgather_control.control as c; c.JobHandle; c.open_job; c.scan; print('ray' in sys.modules, 'forgather_control.control.ray_listing' in sys.modules)", env)
+    r = py(
+        "import sys, forgather_control.control as c; c.JobHandle; c.open_job; c.scan\n"
+        "print('ray' in sys.modules, 'forgather_control.control.ray_listing' in sys.modules)",
+        env,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
     # Touching the lazy names loads the module, still without Ray.

@@ -33,8 +33,7 @@ def test_sigterm_to_one_rank_saves_and_stops_every_rank(jobs_dir: Path, procs, t
     scripts = {1: ("plain_loop.py", "checkpoint-{}.pt"), 0: ("hf_trainer.py", "checkpoint-{}/trainer_state.json")}
     for target, (script, _) in scripts.items():  # both jobs run at once
         out = tmp_path / f"out-{target}"
-        job = torchrun(procs, script, "--output-dir", str(out), "--job-id", f"sig-{target}", "--step-time", "0.01",
-                       jobs_dir=jobs_dir, name=f"sig-{target}")
+        job = torchrun(procs, script, "--output-dir", str(out), "--job-id", f"sig-{target}", "--step-time", "0.01", jobs_dir=jobs_dir, name=f"sig-{target}")
         jobs[target] = (job, out)
     for target, (job, out) in jobs.items():
         client = wait_client(jobs_dir, f"sig-{target}", job)
@@ -57,14 +56,28 @@ def test_sigterm_to_one_rank_saves_and_stops_every_rank(jobs_dir: Path, procs, t
 
 def test_second_sigterm_during_the_save_ends_every_rank_without_saving(jobs_dir: Path, procs, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    job = torchrun(procs, SCRIPT, "--output-dir", str(out), "--job-id", "sig-2", "--step-time", "0.01", "--save-delay", "600",
-                   jobs_dir=jobs_dir, env={"FORGATHER_SIGNAL_REPEAT_WINDOW": "0"})
+    job = torchrun(
+        procs,
+        SCRIPT,
+        "--output-dir",
+        str(out),
+        "--job-id",
+        "sig-2",
+        "--step-time",
+        "0.01",
+        "--save-delay",
+        "600",
+        jobs_dir=jobs_dir,
+        env={"FORGATHER_SIGNAL_REPEAT_WINDOW": "0"},
+    )
     client = wait_client(jobs_dir, "sig-2", job)
     wait_step(client, 3)
     workers = workers_by_rank(job, 2)
     workers[1].send_signal(signal.SIGTERM)
     # The first signal applied: every rank is now inside the (600 s) save.
-    applied = wait_for(lambda: (lambda e: e if e and e["state"] == "applied" else None)(_signal_entry(client)), timeout=TIMEOUT, what="the signal's save_and_stop to apply")
+    applied = wait_for(
+        lambda: (lambda e: e if e and e["state"] == "applied" else None)(_signal_entry(client)), timeout=TIMEOUT, what="the signal's save_and_stop to apply"
+    )
     assert applied["command"] == "save_and_stop"
     workers[1].send_signal(signal.SIGTERM)
     assert job.wait(TIMEOUT) != 0  # torchrun reports the worker that ended on the signal

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FORGATHER, REPO, base_env, require_service, wait_for
 from conftest import read_record as read
 
@@ -73,7 +72,7 @@ def slurm():
     for jid in submitted:
         run("scancel", jid)
     for jid in submitted:
-        wait_for(lambda: squeue_state(jid) not in LIVE, timeout=90, interval=0.5, what=f"SLURM job {jid} to end")
+        wait_for(lambda jid=jid: squeue_state(jid) not in LIVE, timeout=90, interval=0.5, what=f"SLURM job {jid} to end")
 
 
 def squeue_state(jid: str) -> str:
@@ -132,8 +131,17 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
         **({"FORGATHER": str(exe)} if exe.exists() else {}),
     )
     sub = run(
-        "sbatch", "--parsable", f"--nodes={nodes}", f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}",
-        str(TEMPLATE), str(PLAIN), "--output-dir", str(ckpts), "--step-time", "0.05",
+        "sbatch",
+        "--parsable",
+        f"--nodes={nodes}",
+        f"--output={tmp_path}/slurm-%j.out",
+        f"--chdir={tmp_path}",
+        str(TEMPLATE),
+        str(PLAIN),
+        "--output-dir",
+        str(ckpts),
+        "--step-time",
+        "0.05",
         env=env,
     )
     assert sub.returncode == 0, sub.stderr
@@ -154,7 +162,9 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
     assert run("scancel", "--signal=USR1", jid).returncode == 0
     requeued = wait_for(
         lambda: (j := read(jobs_dir, job_id, "job.json")).get("state") == "requeued" and j,
-        timeout=TIMEOUT, interval=0.5, what=f"{job_id} saved and requeued",
+        timeout=TIMEOUT,
+        interval=0.5,
+        what=f"{job_id} saved and requeued",
     )
     ckpt = requeued["last_checkpoint"]
     assert ckpt and Path(ckpt).exists() and requeued["exit_code"] == 0 and requeued["signals"] == ["SIGUSR1"]
@@ -265,12 +275,24 @@ def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path:
     jobs_dir = tmp_path / "jobs"
     exe = Path(sys.executable).with_name("forgather")
     env = slurm_env(
-        FORGATHER_JOBS_DIR=str(jobs_dir), FORGATHER_MASTER_ADDR="127.0.0.1", FORGATHER_REQUEUE="0",
+        FORGATHER_JOBS_DIR=str(jobs_dir),
+        FORGATHER_MASTER_ADDR="127.0.0.1",
+        FORGATHER_REQUEUE="0",
         **({"FORGATHER": str(exe)} if exe.exists() else {}),
     )
     sub = run(
-        "sbatch", "--parsable", "--nodes=1", "--time=00:02:00", f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}",
-        str(TEMPLATE), str(PLAIN), "--output-dir", str(tmp_path / "ckpt"), "--step-time", "0.05",
+        "sbatch",
+        "--parsable",
+        "--nodes=1",
+        "--time=00:02:00",
+        f"--output={tmp_path}/slurm-%j.out",
+        f"--chdir={tmp_path}",
+        str(TEMPLATE),
+        str(PLAIN),
+        "--output-dir",
+        str(tmp_path / "ckpt"),
+        "--step-time",
+        "0.05",
         env=env,
     )
     assert sub.returncode == 0, sub.stderr

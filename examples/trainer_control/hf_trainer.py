@@ -65,7 +65,7 @@ def build_trainer(args: argparse.Namespace):
     class StepTime(TrainerCallback):
         """Stretch each step so a person (or a test) can command the job mid-run."""
 
-        def on_step_begin(self, a, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_begin(self, a, state, control, **kwargs):
             time.sleep(args.step_time)
 
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             x, y = batch
             if args.step_time:
                 time.sleep(args.step_time)
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             self.log("train_loss", loss)
             return loss
 
-        def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def validation_step(self, batch, batch_idx):
             x, y = batch
             self.log("val_loss", nn.functional.mse_loss(self.net(x), y), sync_dist=True)
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     g = torch.Generator().manual_seed(0)

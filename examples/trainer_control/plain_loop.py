@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             dist.barrier()
         return path
 
-    ctl = _NoControl() if args.no_control_callback else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http)
+    ctl = (
+        _NoControl()
+        if args.no_control_callback
+        else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http)
+    )
     last = start
     with ctl:
         if rank == 0 and isinstance(ctl, Controller):
@@ -117,13 +121,13 @@ class _NoControl:
 
     aborted = False
 
-    def __enter__(self) -> "_NoControl":
+    def __enter__(self) -> _NoControl:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def step(self, step: int, metrics: object = None):  # noqa: ANN201
+    def step(self, step: int, metrics: object = None):
         from forgather_control.callback import NO_ACTIONS
 
         return NO_ACTIONS
