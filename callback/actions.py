@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from forgather_control.control import Command
 
-__all__ = ["NO_ACTIONS", "Actions", "actions_for"]
+__all__ = ["FLAG_NO_EVAL", "NO_ACTIONS", "Actions", "actions_for", "option_flags"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class Actions:
     """What the training loop should do now. Falsy when there is nothing to do."""
 
     save: bool = False
+    #: a save that skips the evaluation a trainer with evaluation set up runs first
+    save_without_eval: bool = False
     evaluate: bool = False
     stop: bool = False
     abort: bool = False
@@ -34,9 +36,19 @@ class Actions:
 NO_ACTIONS = Actions()
 
 
-def actions_for(cmd: Command, command_id: str | None, reason: str | None = None) -> Actions:
+#: A save that skips the evaluation a trainer would run first (``save --no-eval``).
+FLAG_NO_EVAL = 1
+
+
+def option_flags(options: dict | None) -> int:
+    """A command's options as the bits every rank receives with it."""
+    return FLAG_NO_EVAL if options and options.get("evaluate") is False else 0
+
+
+def actions_for(cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:
     return Actions(
         save=cmd.saves,
+        save_without_eval=cmd.saves and bool(flags & FLAG_NO_EVAL),
         evaluate=cmd == Command.EVALUATE,
         stop=cmd.stops,
         abort=cmd == Command.ABORT,

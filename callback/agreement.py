@@ -34,7 +34,7 @@ from forgather_control.control.env import ENV_TRACE_AGREEMENT
 log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it.
-FIELDS = ("seq", "command", "arg", "signal", "next_check")
+FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags")
 #: A trace longer than this keeps its first entries only (days of checks).
 TRACE_LIMIT = 1_000_000
 
@@ -46,9 +46,10 @@ class Proposal:
     arg: int = 0  # rank 0's ledger sequence number of the command, for tracing
     signal: int = 0  # 0 none, 1 first signal (save and stop), 2 escalate (stop now)
     next_check: int = 0  # step of the next check, chosen by rank 0
+    flags: int = 0  # the command's options, as bits (actions.FLAG_*)
 
     def as_list(self) -> list[int]:
-        return [self.seq, self.command, self.arg, self.signal, self.next_check]
+        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags]
 
 
 class Agreement:

@@ -11,9 +11,14 @@ In order, before the user's code runs:
    modules are imported: each new trainer gets the control callback unless one is
    already in its callbacks; ``Trainer.train`` / ``Trainer.fit`` resume from
    ``$FORGATHER_RESUME_FROM`` (set by the launcher when a requeued run has a
-   checkpoint) unless the script passes its own checkpoint;
+   checkpoint) unless the script passes its own checkpoint; when the job was aborted,
+   ``train()`` / ``fit()`` does not return into the script (its code after training,
+   an export or an upload, must not run on an aborted model): the worker ends there,
+   unless ``FORGATHER_ABORT_RETURNS=1``;
 3. the user's script runs as ``__main__`` with its own ``sys.argv`` and ``sys.path``,
-   exactly as ``python SCRIPT ARGS`` would run it (``runpy``).
+   exactly as ``python SCRIPT ARGS`` would run it (``runpy``); an exception it raises
+   is recorded in the job folder (``failures/``) before it ends the process, so the
+   job's status can name the rank that failed first and why.
 
 Plain loops need nothing from here: ``from forgather_control.callback import
 Controller, resume_from`` (the Controller reads the launcher's environment itself).
@@ -34,9 +39,11 @@ import runpy
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from forgather_control.control.env import ENV_LAUNCHED
+from forgather_control.control.env import ENV_ABORT_RETURNS, ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHED, ENV_RESTARTS
+from forgather_control.control.outcome import EXIT_ABORTED
 
 from .resume import resume_from
 
@@ -68,6 +75,7 @@ def _patch_trainer(
     module: Any,
     *,
     add_callback: Callable[[Any], bool],
+    find_callback: Callable[[Any], Any],
     method: str,
     resume_kwarg: str,
     resume_fits: Callable[[tuple, str], bool],
@@ -75,7 +83,8 @@ def _patch_trainer(
     """Patch ``module.Trainer`` once: each new trainer gets the control callback
     (``add_callback(trainer)`` adds it unless the user did, and says whether it did), and
     ``Trainer.<method>`` resumes from ``resume_from()`` through ``resume_kwarg`` when the
-    script passes no checkpoint of its own and ``resume_fits(args, path)``."""
+    script passes no checkpoint of its own and ``resume_fits(args, path)``; after an
+    abort (``find_callback(trainer).aborted``) it ends the worker instead of returning."""
     trainer_cls = getattr(module, "Trainer", None)
     if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
         return
@@ -94,27 +103,59 @@ def _patch_trainer(
         if resume and kwargs.get(resume_kwarg) is None and resume_fits(args, resume):
             log.warning("forgather: resuming from %s (restarted run)", resume)
             kwargs[resume_kwarg] = resume
-        return orig_run(self, *args, **kwargs)
+        result = orig_run(self, *args, **kwargs)
+        callback = find_callback(self)
+        if callback is not None and callback.aborted and os.environ.get(ENV_ABORT_RETURNS) != "1":
+            _end_aborted(f"{type(self).__name__}.{method}()")
+        return result
 
     trainer_cls.__init__ = __init__
     setattr(trainer_cls, method, run)
     trainer_cls._forgather_patched = True
 
 
-def _add_hf_callback(trainer: Any) -> bool:
+def _end_aborted(where: str) -> None:
+    """The job was aborted: end the worker where training returned, so the script's
+    code after it never runs. Under the launcher the worker exits 0 (torchrun would
+    report any other code as a crash) and the launcher's own exit code says aborted."""
+    log.warning(
+        "forgather: the job was aborted; %s does not return into the script (set %s=1 to let it)",
+        where,
+        ENV_ABORT_RETURNS,
+    )
+    raise _Aborted(0 if os.environ.get(ENV_LAUNCHED) == "1" else EXIT_ABORTED)
+
+
+class _Aborted(SystemExit):
+    """The end of a worker whose job was aborted: an outcome, not a failure to record."""
+
+
+def _find_hf_callback(trainer: Any) -> Any:
     from .hf import TrainerControlCallback
 
     handler = getattr(trainer, "callback_handler", None)
-    if any(isinstance(cb, TrainerControlCallback) for cb in getattr(handler, "callbacks", ()) or ()):
+    return next((cb for cb in getattr(handler, "callbacks", ()) or () if isinstance(cb, TrainerControlCallback)), None)
+
+
+def _add_hf_callback(trainer: Any) -> bool:
+    from .hf import TrainerControlCallback
+
+    if _find_hf_callback(trainer) is not None:
         return False
     trainer.add_callback(TrainerControlCallback(trainer=trainer))
     return True
 
 
-def _add_lightning_callback(trainer: Any, *, package: str) -> bool:
-    from .lightning import LightningControl, control_callback_class
+def _find_lightning_callback(trainer: Any) -> Any:
+    from .lightning import LightningControl
 
-    if any(isinstance(cb, LightningControl) for cb in trainer.callbacks):
+    return next((cb for cb in getattr(trainer, "callbacks", ()) or () if isinstance(cb, LightningControl)), None)
+
+
+def _add_lightning_callback(trainer: Any, *, package: str) -> bool:
+    from .lightning import control_callback_class
+
+    if _find_lightning_callback(trainer) is not None:
         return False
     trainer.callbacks.append(control_callback_class(package)())
     return True
@@ -125,6 +166,7 @@ def _patch_lightning(package: str) -> Callable[[Any], None]:
     return functools.partial(
         _patch_trainer,
         add_callback=functools.partial(_add_lightning_callback, package=package),
+        find_callback=_find_lightning_callback,
         method="fit",
         resume_kwarg="ckpt_path",
         resume_fits=lambda args, path: len(args) < 5 and os.path.isfile(path),  # ckpt_path is fit's 5th
@@ -136,6 +178,7 @@ _PATCHES: dict[str, Callable[[Any], None]] = {
     "transformers.trainer": functools.partial(
         _patch_trainer,
         add_callback=_add_hf_callback,
+        find_callback=_find_hf_callback,
         method="train",
         resume_kwarg="resume_from_checkpoint",
         resume_fits=lambda args, path: not args and os.path.isdir(path),
@@ -210,10 +253,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         install()
     else:
         _install_signals()
+    if args[0] == "-m" and len(args) < 2:
+        print("bootstrap: -m needs a module name", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        _run_user_code(args)
+    except SystemExit as exc:
+        if exc.code not in (None, 0) and not isinstance(exc, _Aborted):
+            _record(exc)
+        raise
+    except BaseException as exc:
+        _record(exc)
+        raise
+
+
+def _run_user_code(args: list[str]) -> None:
     if args[0] == "-m":
-        if len(args) < 2:
-            print("bootstrap: -m needs a module name", file=sys.stderr)
-            raise SystemExit(2)
         module, rest = args[1], args[2:]
         sys.argv = [module, *rest]  # runpy replaces argv[0] with the module's file
         sys.path[0] = os.getcwd()  # what `python -m` puts first
@@ -223,6 +278,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [script, *rest]
         sys.path[0] = os.path.dirname(os.path.abspath(script))  # what `python SCRIPT` puts first
         runpy.run_path(script, run_name="__main__")
+
+
+def _record(exc: BaseException) -> None:
+    """This rank's failure into the job folder, when the job has one (launched)."""
+    job_id, jobs_dir = os.environ.get(ENV_JOB_ID), os.environ.get(ENV_JOBS_DIR)
+    if not job_id or not jobs_dir:
+        return
+    from forgather_control.control.failures import record_failure
+    from forgather_control.control.jobs import JobPaths, is_valid_job_id
+
+    if not is_valid_job_id(job_id):
+        return
+    rank, run = os.environ.get("RANK", "0"), os.environ.get(ENV_RESTARTS, "0")
+    record_failure(JobPaths(Path(jobs_dir), job_id), rank=int(rank) if rank.isdigit() else 0, run=int(run) if run.isdigit() else 0, exc=exc)
 
 
 if __name__ == "__main__":

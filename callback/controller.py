@@ -40,12 +40,13 @@ from forgather_control.control import PROTOCOL, Command, JobPaths, Ledger, Ledge
 from forgather_control.control.states import JobState
 
 from . import signals as _signals_mod
-from .actions import NO_ACTIONS, Actions, actions_for
+from .actions import NO_ACTIONS, Actions, actions_for, option_flags
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
 from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
+from .resume import resume_from
 from .schedule import NEVER, CheckSchedule
 from .signals import DEFAULT_SIGNALS, SignalFlags
 
@@ -94,8 +95,14 @@ class Controller:
         # Live training facts; written by the training thread, read by the I/O thread.
         self.current_step = 0
         self.metrics: Any = None
+        self.eval_metrics: dict[str, Any] = {}
         self.epoch: float | None = None
         self.last_checkpoint: str | None = None
+        #: The newest checkpoint every rank has finished writing: what a restarted run
+        #: resumes from ({"path", "step", "saved_at"}). A save reported unsynced waits in
+        #: ``_unsynced_point`` until every rank passed an agreed check after it.
+        self.resume_point: dict[str, Any] | None = None
+        self._unsynced_point: dict[str, Any] | None = None
         self.state = JobState.STARTING
         self.stop_reason: str | None = None
 
@@ -105,7 +112,9 @@ class Controller:
         self._identity = process_identity()
         #: which run of the job this is (set by the launcher): a listing that finds a
         #: previous run's status.json next to this run's job.json knows it is stale.
-        self._run = {"restarts": cfg.restarts} if cfg.restarts is not None else {}
+        self._run: dict[str, Any] = {"restarts": cfg.restarts} if cfg.restarts is not None else {}
+        if resume_from():
+            self._run["resumed_from"] = resume_from()
         self._plane = ControlPlane(
             job_id=cfg.job_id,
             paths=self.paths,
@@ -392,6 +401,7 @@ class Controller:
             seq=self._check_seq + 1,
             command=entry.command.code if entry is not None else 0,
             arg=entry.seq if entry is not None else 0,
+            flags=option_flags(entry.options) if entry is not None else 0,
             signal=min(self._signals.level, 2),
             next_check=self._schedule.next_check(step, self.max_steps) if rank0 and not self._solo else 0,
         )
@@ -403,8 +413,11 @@ class Controller:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
             self._next_check = agreed.next_check if agreed.next_check > step else step + 1
         self._check_seq = agreed.seq
-        if self._receipts.unsynced:  # every rank got here, so every rank finished its earlier saves
+        # every rank got here, so every rank finished its earlier saves
+        if self._receipts.unsynced:
             self._receipts.sync()
+        if self._unsynced_point is not None:
+            self.resume_point, self._unsynced_point = self._unsynced_point, None
         if self._stop_applied is not None:
             return NO_ACTIONS
         if agreed.signal > self._signal_applied:
@@ -412,11 +425,11 @@ class Controller:
             return self._apply_signal(step, agreed.signal)
         if agreed.command:
             cmd = Command.from_code(agreed.command)
-            return self._apply(step, cmd, entry.id if entry is not None else None)
+            return self._apply(step, cmd, entry.id if entry is not None else None, flags=agreed.flags)
         return NO_ACTIONS
 
-    def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None) -> Actions:
-        actions = actions_for(cmd, command_id, reason)
+    def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:
+        actions = actions_for(cmd, command_id, reason, flags=flags)
         if self.is_rank0 and command_id is not None:
             self.ledger.mark_applied(command_id, step)
             self._receipts.applied(command_id, cmd, step)
@@ -457,6 +470,11 @@ class Controller:
         completes the receipt at the next agreed check, which every rank reaches only
         after its own save, or when the job ends."""
         self.last_checkpoint = str(Path(path).absolute())
+        point = {"path": self.last_checkpoint, "step": self.current_step, "saved_at": time.time()}
+        if synced or self._solo:
+            self.resume_point = point
+        else:
+            self._unsynced_point = point
         self._receipts.checkpoint_saved(self.last_checkpoint, step=self.current_step, synced=synced or self._solo)
         self._changed()
 
@@ -464,9 +482,9 @@ class Controller:
         """Record an evaluation's metrics; completes the oldest evaluate command."""
         clean = json_metrics(metrics or {})
         if clean:
-            merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
-            merged.update(clean)
-            self.metrics = merged
+            # Kept apart from the per-step metrics, which step() replaces every step: the
+            # last evaluation stays in the status until the next one.
+            self.eval_metrics = clean
         self._receipts.evaluation_done(clean, step=self.current_step)
         self._changed()
 
@@ -502,10 +520,12 @@ class Controller:
             "step": step,
             "max_steps": self.max_steps,
             "epoch": self.epoch,
-            "metrics": json_metrics(self.metrics),
+            "metrics": {**json_metrics(self.metrics), **self.eval_metrics},
             "steps_per_second": rate,
             "eta_seconds": eta,
             "last_checkpoint": self.last_checkpoint,
+            "resume_point": self.resume_point,
+            "unsynced_checkpoint": self._unsynced_point,
             "world_size": self.world_size,
             "stop_reason": self.stop_reason,
             "commands": self.ledger.recent(20),

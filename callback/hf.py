@@ -165,7 +165,7 @@ class TrainerControlCallback:
             return
         if act.save:
             _hold(control, True)
-            if cmd == Command.SAVE_CHECKPOINT and self._eval_ready:
+            if cmd == Command.SAVE_CHECKPOINT and self._eval_ready and not act.save_without_eval:
                 control.should_evaluate = True
         if act.evaluate:
             if self._eval_ready:

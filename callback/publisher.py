@@ -168,7 +168,7 @@ class Publisher:
         key = record.get("key") if isinstance(record.get("key"), str) and len(record["key"]) <= 128 else None
         command = record.get("command")
         try:
-            self.ledger.submit(command if isinstance(command, str) else repr(command), key=key, source="file", command_id=cid)
+            self.ledger.submit(command if isinstance(command, str) else repr(command), key=key, source="file", command_id=cid, options=record.get("options"))
         except (LedgerError, UnknownCommand) as exc:
             log.warning("refused command file %s: %s", name, exc)
             self.ledger.reject(str(command), reason=str(exc), key=key, source="file", command_id=cid)

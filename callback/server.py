@@ -131,9 +131,9 @@ def create_app(
             return _error(400, 'malformed JSON; send {"command": "<name>", "key": "<optional idempotency key>"}', valid_commands=list(VALID_COMMANDS))
         if not isinstance(data, dict) or "command" not in data:
             return _error(422, 'expected a JSON object with a "command" field', valid_commands=list(VALID_COMMANDS))
-        extra = set(data) - {"command", "key"}
+        extra = set(data) - {"command", "key", "options"}
         if extra:
-            return _error(422, f"unknown field(s) {sorted(extra)}; only command and key are accepted")
+            return _error(422, f"unknown field(s) {sorted(extra)}; only command, key and options are accepted")
         key = data.get("key")
         if key is not None and (not isinstance(key, str) or not key or len(key) > _KEY_MAX):
             return _error(422, f"key must be a non-empty string of at most {_KEY_MAX} characters")
@@ -142,7 +142,7 @@ def create_app(
         except UnknownCommand as exc:
             return _error(422, str(exc), valid_commands=list(VALID_COMMANDS))
         try:
-            entry, created = ledger.submit(cmd, key=key, source="http")
+            entry, created = ledger.submit(cmd, key=key, source="http", options=data.get("options"))
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
         return JSONResponse(entry.to_dict(), status_code=202 if created else 200)

@@ -1,13 +1,15 @@
 """``forgather control cleanup``: delete the records of jobs judged dead or finished.
 
-The rules (what may go, judged again right before each deletion, never through a
-link) are the library's (:mod:`forgather_control.control.cleanup`); this module shows
-the candidates, asks, and reports.
+The rules (what may go, what is kept because it holds a resume point, judged again
+right before each deletion, never through a link) are the library's
+(:mod:`forgather_control.control.cleanup`); this module shows the candidates, asks, and
+reports.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -20,42 +22,59 @@ from .output import print_json
 
 
 @click.command("cleanup")
-@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted and what is kept, and why; delete nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--include-resumable",
+    is_flag=True,
+    help="Also delete jobs that hold a resume point (stopped, preempted or crashed with a checkpoint still on disk).",
+)
 @options.as_json
 @options.jobs_dir
-def cleanup_cmd(dry_run: bool, yes: bool, as_json: bool, jobs_dir: str | None) -> int:
-    """Delete the records of jobs judged dead or finished (never alive, stale or unknown)."""
+def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool, jobs_dir: str | None) -> int:
+    """Delete the records of jobs judged dead or finished (never alive, stale or unknown).
+
+    Jobs that hold a resume point are kept unless --include-resumable: relaunching them
+    with the same --job-id continues from their checkpoint."""
     root = resolve_jobs_dir(jobs_dir)
-    cands = cleanup.candidates(root)
-    rows = [c.summary() for c in cands]
-    if not rows:
+    found = cleanup.candidates(root, include_resumable=include_resumable)
+    doomed = [c.info for c in found if c.kept is None]
+    rows = [c.summary() for c in doomed]
+    kept: list[dict[str, Any]] = [{"job_id": c.info.job_id, "reason": c.kept} for c in found if c.kept is not None]
+    if not rows or dry_run:
         if as_json:
-            print_json({"dry_run": dry_run, "candidates": [], "deleted": [], "kept": []})
+            print_json({"dry_run": dry_run, "candidates": rows, "deleted": [], "kept": kept})
+        elif rows:
+            _show(rows, kept, title=f"would delete in {root}")
         else:
             click.echo(f"nothing to clean up in {root}")
+            _show_kept(kept)
         return EXIT_OK
-    if dry_run and as_json:
-        print_json({"dry_run": True, "candidates": rows, "deleted": [], "kept": []})
-        return EXIT_OK
-    if dry_run or not (as_json or yes):
-        from . import render
-
-        render.print_cleanup(rows, title=f"{'would delete' if dry_run else 'to delete'} in {root}")
-        if dry_run:
-            return EXIT_OK
+    if not (as_json or yes):
+        _show(rows, kept, title=f"to delete in {root}")
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to delete {len(rows)} job record(s) without confirmation (stdin is not a terminal); pass --yes")
         if not click.confirm(f"Delete these {len(rows)} job record(s)?", default=False, err=True):
             raise click.exceptions.Exit(EXIT_FAILED)
-    outcomes = [cleanup.delete_job(root, c.job_id) for c in cands]
+    outcomes = [cleanup.delete_job(root, info.job_id, include_resumable=include_resumable) for info in doomed]
     deleted = [o.job_id for o in outcomes if o.deleted]
-    kept = [{"job_id": o.job_id, "reason": o.reason} for o in outcomes if not o.deleted]
+    kept += [{"job_id": o.job_id, "reason": o.reason} for o in outcomes if not o.deleted]
     if as_json:
         print_json({"dry_run": False, "candidates": rows, "deleted": deleted, "kept": kept})
     else:
         click.echo(f"deleted {len(deleted)} job record(s) from {root}")
-        for k in kept:
-            click.echo(f"kept {k['job_id']}: {k['reason']}")
+        _show_kept(kept)
     return EXIT_FAILED if any(o.error for o in outcomes) else EXIT_OK
+
+
+def _show(rows: list[dict[str, Any]], kept: list[dict[str, Any]], *, title: str) -> None:
+    from . import render
+
+    render.print_cleanup(rows, title=title)
+    _show_kept(kept)
+
+
+def _show_kept(kept: list[dict[str, Any]]) -> None:
+    for k in kept:
+        click.echo(f"kept {k['job_id']}: {k['reason']}")

@@ -291,7 +291,11 @@ def run(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
     except click.exceptions.UsageError as exc:  # bad options, missing arguments
         exc.show()
         return EXIT_USAGE
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (and EOF at a prompt) into Abort: Ctrl-C keeps its 130.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _error("interrupted")
+            return EXIT_INTERRUPTED
         _error("aborted")
         return EXIT_FAILED
     except click.ClickException as exc:

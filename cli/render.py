@@ -60,6 +60,12 @@ def _step(row: dict[str, Any]) -> str:
     return f"{step}/{total}" if total else str(step)
 
 
+def _run(row: dict[str, Any]) -> str:
+    """Which run of the job this is (1 for the first), from its restart count."""
+    restarts = row.get("restarts")
+    return str(restarts + 1) if isinstance(restarts, int) and not isinstance(restarts, bool) else "-"
+
+
 def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     """The ``list`` table as one styled, column-aligned Text.
 
@@ -67,8 +73,8 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     millisecond a row, which for a few hundred jobs would be most of ``list``'s
     start-up budget. Aligned text with a styled state column renders in a few ms."""
     now = time.time()
-    headers = ["JOB", *(["NODE"] if show_node else []), "STATE", "STEP", "HOST", "PID", "PORT", "UPDATED"]
-    right = {"STEP", "PID", "PORT", "UPDATED"}
+    headers = ["JOB", *(["NODE"] if show_node else []), "STATE", "STEP", "RUN", "HOST", "PID", "PORT", "UPDATED"]
+    right = {"STEP", "RUN", "PID", "PORT", "UPDATED"}
     table: list[list[str]] = []
     for r in rows:
         cells = [str(r.get("job_id"))]
@@ -77,6 +83,7 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
         cells += [
             str(r.get("state") or "unknown"),
             _step(r),
+            _run(r),
             str(r.get("host") or "-"),
             str(r.get("pid") or "-"),
             str(r.get("port") or "-"),
@@ -146,6 +153,9 @@ def status_panel(d: dict[str, Any]) -> Any:
         grid.add_row("metrics", ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12]))
     if d.get("last_checkpoint"):
         grid.add_row("checkpoint", str(d["last_checkpoint"]))
+    if _run(d) != "-":
+        run = _run(d) + (f"  (resumed from {d['resumed_from']})" if d.get("resumed_from") else "  (a fresh start)")
+        grid.add_row("run", run)
     where = f"{d.get('host') or '-'}  pid {d.get('pid') or '-'}"
     if d.get("world_size"):
         where += f"  world size {d['world_size']}"

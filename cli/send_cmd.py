@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from forgather_control.control.commands import CLI_VERBS, Command, State
-from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, UsageError
+from forgather_control.control.commands import CLI_VERBS, Command, State, new_key
+from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
 from forgather_control.control.handle import JobHandle
 from forgather_control.control.lookup import open_job
 from forgather_control.control.states import JobState
@@ -25,8 +25,9 @@ from .output import print_json
 DEFAULT_WAIT = 300.0
 
 
-class StoppedWaiting(ControlError):
-    """Ctrl-C during --wait: the command itself is not cancelled, and the user is told so."""
+class Interrupted(ControlError):
+    """Ctrl-C while sending or during --wait: the command itself is not cancelled, and
+    the user is told how to follow it."""
 
     exit_code = EXIT_INTERRUPTED
 
@@ -38,7 +39,12 @@ def _command_options(f: Callable) -> Callable:
             click.option("--wait", is_flag=True, help="Wait until the command completes (or fails) and show its receipt."),
             click.option("--timeout", type=float, default=DEFAULT_WAIT, show_default=True, help="Seconds --wait waits."),
             options.as_json,
-            click.option("--key", default=None, metavar="K", help="Idempotency key: the same key twice queues once."),
+            click.option(
+                "--key",
+                default=None,
+                metavar="K",
+                help="Idempotency key (default: a fresh one, printed). Re-sending a command with its key returns its first receipt.",
+            ),
             options.channel,
             options.where,
         ]
@@ -56,10 +62,17 @@ def _verb(verb: str, help_text: str) -> click.Command:
     return click.command(verb)(cmd)
 
 
-save = _verb("save", "Save a checkpoint at the next agreed step (after an evaluation when the trainer has one set up).")
 evaluate = _verb("eval", "Evaluate at the next agreed step.")
 stop = _verb("stop", "Stop gracefully; the trainer's own end-of-training logic still runs.")
 save_stop = _verb("save-stop", "Save a checkpoint, then stop.")
+
+
+@click.command("save")
+@click.option("--no-eval", is_flag=True, help="Save without the evaluation a trainer with evaluation set up runs first.")
+@_command_options
+def save(no_eval: bool, **kw: Any) -> int:
+    """Save a checkpoint at the next agreed step (after an evaluation when the trainer has one set up)."""
+    return send_command("save", command_options={"evaluate": False} if no_eval else None, **kw)
 
 
 @click.command("abort")
@@ -84,6 +97,7 @@ def send_command(
     token: str | None,
     ray: str | None,
     confirm: bool = False,
+    command_options: dict[str, Any] | None = None,
 ) -> int:
     """Queue one command; with ``wait`` follow its receipt to a final state."""
     command = CLI_VERBS[verb]
@@ -92,7 +106,18 @@ def send_command(
         if confirm:
             handle.check_controllable()  # a dead job is not worth a question
             _confirm_abort(handle.job_id)
-        entry = handle.send(command, key=key)
+        key = key or new_key()
+        try:
+            entry = handle.send(command, key=key, options=command_options)
+        except OutcomeUnknown as exc:
+            if as_json:
+                print_json({"job_id": handle.job_id, "command": exc.command, "key": exc.key, "state": "unknown", "error": str(exc)})
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted while sending {command.value} to job {handle.job_id}; it may have reached the job. "
+                f"Send it again with --key {key} to learn its receipt (the same key never queues twice)"
+            ) from None
         if State.parse(entry.get("state")) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED
@@ -111,7 +136,10 @@ def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> 
     how = "dropped in its inbox" if handle.channel == "file" else "queued"
     if handle.state == JobState.STARTING:
         how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
-    return f"{command.value} {how} on job {handle.job_id} as {entry.get('id')}; follow it with `forgather control status {handle.job_id}` (or pass --wait)"
+    return (
+        f"{command.value} {how} on job {handle.job_id} as {entry.get('id')} (key {entry.get('key')}); "
+        f"follow it with `forgather control status {handle.job_id}` (or pass --wait)"
+    )
 
 
 def _confirm_abort(job_id: str) -> None:
@@ -140,9 +168,9 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
     try:
         if spinner is not None:
             spinner.start()
-        return handle.wait(str(entry["id"]), timeout=timeout, on_poll=on_poll)
+        return handle.wait(str(entry["id"]), key=entry.get("key"), timeout=timeout, on_poll=on_poll)
     except KeyboardInterrupt:
-        raise StoppedWaiting(
+        raise Interrupted(
             f"stopped waiting; {command.value} {entry.get('id')} stays {seen[-1].get('state')} on job "
             f"{handle.job_id}: follow it with `forgather control status {handle.job_id}`"
         ) from None

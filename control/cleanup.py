@@ -5,6 +5,9 @@ deletion is the one place a mistake destroys something. The rules:
 
 - only jobs judged ``dead`` or ``finished`` (never alive, stale or unknown: a job on
   another host whose heartbeat we cannot judge is left alone);
+- never a job that holds a resume point (a checkpoint still on disk, and the job did
+  not run to its end: stopped, preempted, crashed, requeued): relaunching it continues
+  the work, so it goes only when asked for (``include_resumable``);
 - the judgement includes the authoritative HTTP probe, and is made again right before
   each deletion (a requeued job may have come back under the same id);
 - only a real folder directly under the root is deleted; it is first renamed to a name
@@ -19,13 +22,16 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoints import Checkpoint, choose
 from .files import TEMP_PREFIX
 from .jobs import JobPaths
 from .listing import JobInfo, judge_job, scan
 from .liveness import Liveness
+from .states import JobState
 from .transport import probe_endpoint
 
 log = logging.getLogger(__name__)
@@ -41,15 +47,41 @@ class Outcome:
     error: bool = False  # something went wrong (as opposed to: rightly left alone)
 
 
-def candidates(root: Path) -> list[JobInfo]:
-    """Jobs under ``root`` that may be deleted: judged dead or finished, probe included."""
+@dataclass
+class Candidate:
+    """A job judged dead or finished, and whether cleanup deletes it (``kept`` says why not)."""
+
+    info: JobInfo
+    kept: str | None = None
+
+
+def resume_point(info: JobInfo, *, exists: Callable[[str], bool] = os.path.exists) -> Checkpoint | None:
+    """The checkpoint a relaunch of this job would resume from, when it did not run to
+    its end; None for a finished job or one with no checkpoint left on disk."""
+    if info.state == JobState.FINISHED:
+        return None
+    point, _ = choose(info.checkpoints, exists=exists)
+    return point
+
+
+def _kept_because(info: JobInfo, include_resumable: bool) -> str | None:
+    point = None if include_resumable else resume_point(info)
+    if point is None:
+        return None
+    return f"holds a resume point: {point.describe()} (a relaunch continues from it; --include-resumable deletes it)"
+
+
+def candidates(root: Path, *, include_resumable: bool = False) -> list[Candidate]:
+    """Jobs under ``root`` judged dead or finished (probe included), each marked kept
+    when it holds a resume point, unless ``include_resumable``."""
     jobs = scan(root, include_finished=True, probe=probe_endpoint, probe_local=True)
-    return [j for j in jobs if j.liveness in DELETABLE]
+    return [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
 
 
-def delete_job(root: Path, job_id: str) -> Outcome:
-    """Delete one job's folder if, right now, it is still dead or finished and a real
-    folder inside ``root``. Never raises for an ordinary failure; says why instead."""
+def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> Outcome:
+    """Delete one job's folder if, right now, it is still dead or finished, holds no
+    resume point (unless ``include_resumable``) and is a real folder inside ``root``.
+    Never raises for an ordinary failure; says why instead."""
     if not getattr(shutil.rmtree, "avoids_symlink_attacks", False):
         return Outcome(job_id, False, "this platform's rmtree may follow symlinks; delete the folder by hand")
     paths = JobPaths(root, job_id)  # validates the id: no '/', no '..'
@@ -60,6 +92,9 @@ def delete_job(root: Path, job_id: str) -> Outcome:
     verdict, evidence = now.liveness, now.evidence
     if verdict not in DELETABLE:
         return Outcome(job_id, False, f"now judged {verdict} ({evidence}); left alone")
+    kept = _kept_because(now, include_resumable)
+    if kept is not None:
+        return Outcome(job_id, False, kept)
     doomed = root / f"{TEMP_PREFIX}deleting-{job_id}-{secrets.token_hex(4)}"
     try:
         os.rename(target, doomed)  # atomic; a symlink swapped in meanwhile is renamed, not followed

@@ -124,6 +124,7 @@ class Entry:
     step: int | None = None
     result: dict[str, Any] | None = None
     reason: str | None = None
+    options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,8 +151,52 @@ class UnknownEntry(LedgerError):
     http_status = 404
 
 
+class KeyConflict(LedgerError):
+    """An idempotency key already names another command: one key, one command."""
+
+    http_status = 409
+
+
+#: Options a command may carry, and the commands that take them: ``evaluate`` false on a
+#: save skips the evaluation a trainer with evaluation set up runs before saving.
+COMMAND_OPTIONS: dict[str, tuple[type, frozenset[Command]]] = {
+    "evaluate": (bool, frozenset({Command.SAVE_CHECKPOINT})),
+}
+
+
+class BadOptions(LedgerError):
+    """Options a command does not take, or of the wrong type."""
+
+    http_status = 422
+
+
+def parse_options(command: Command, raw: object) -> dict[str, Any] | None:
+    """A command's options, checked: a dict of known names with values of the right
+    type, each for a command that takes it; None when there are none."""
+    if raw is None or raw == {}:
+        return None
+    if not isinstance(raw, dict):
+        raise BadOptions(f"options must be an object, not {type(raw).__name__}")
+    for name, value in raw.items():
+        spec = COMMAND_OPTIONS.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise BadOptions(f"unknown option {name!r}; known: {', '.join(sorted(COMMAND_OPTIONS))}")
+        kind, commands = spec
+        if command not in commands:
+            raise BadOptions(f"option {name!r} is for {', '.join(sorted(c.value for c in commands))}, not {command.value}")
+        if type(value) is not kind:
+            raise BadOptions(f"option {name!r} must be a {kind.__name__}")
+    return dict(raw)
+
+
 def new_command_id() -> str:
     return "c-" + secrets.token_hex(6)
+
+
+def new_key() -> str:
+    """An idempotency key for a command sent without one: every command carries a key,
+    so a retry after an unknown outcome can never queue it twice."""
+    return "k-" + secrets.token_hex(8)
 
 
 class Ledger:
@@ -183,13 +228,20 @@ class Ledger:
         key: str | None = None,
         source: str = "http",
         command_id: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[Entry, bool]:
         """Queue a command. Returns ``(entry, created)``; a repeated idempotency key (or
-        command id) returns the first entry with ``created=False``."""
+        command id) returns the first entry with ``created=False``. A key that already
+        names a different command is refused (KeyConflict): nothing is queued."""
         cmd = parse_command(command) if not isinstance(command, Command) else command
         with self._lock:
             if key is not None and key in self._keys and self._keys[key] in self._entries:
-                return self._entries[self._keys[key]], False
+                first = self._entries[self._keys[key]]
+                if first.command != cmd:
+                    raise KeyConflict(
+                        f"key {key!r} already names {first.command} ({first.id}, {first.state}); a key names one command: send this one with a new key"
+                    )
+                return first, False
             if command_id is not None and command_id in self._entries:
                 return self._entries[command_id], False
             if self._stop_accepted is not None and not (cmd == Command.ABORT and self._stop_accepted.command != Command.ABORT):
@@ -199,7 +251,14 @@ class Ledger:
                 )
             if len(self._queue) >= self.max_pending:
                 raise QueueFull(f"{len(self._queue)} commands are already queued (the limit is {self.max_pending}); wait for them to apply and retry")
-            entry = Entry(id=command_id or new_command_id(), command=cmd, key=key, source=source, seq=next(self._seq))
+            entry = Entry(
+                id=command_id or new_command_id(),
+                command=cmd,
+                key=key,
+                source=source,
+                seq=next(self._seq),
+                options=parse_options(cmd, options),
+            )
             self._entries[entry.id] = entry
             if key is not None:
                 self._keys[key] = entry.id

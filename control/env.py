@@ -22,6 +22,9 @@ ENV_TOKEN = "FORGATHER_TOKEN"
 ENV_RESTARTS = "FORGATHER_RESTARTS"
 #: "1": the worker bootstrap injects the control callback; "0": the script runs as is.
 ENV_LAUNCHED = "FORGATHER_LAUNCHED"
+#: "1": after an abort, the trainer's train()/fit() returns into the script as usual
+#: (by default the worker ends there, so code after training never runs on an aborted model).
+ENV_ABORT_RETURNS = "FORGATHER_ABORT_RETURNS"
 #: The checkpoint a restarted run resumes from, when the job has one.
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
 #: This node's rank in a multi-node launch.

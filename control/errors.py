@@ -13,6 +13,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNREACHABLE = 4
+EXIT_ENDED = 5
+EXIT_UNKNOWN = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -46,6 +48,25 @@ class Unreachable(ControlError):
     """The job exists but cannot be reached (no endpoint, no answer, wrong host)."""
 
     exit_code = EXIT_UNREACHABLE
+
+
+class JobEnded(ControlError):
+    """The job has ended (or died): no command can reach it any more."""
+
+    exit_code = EXIT_ENDED
+
+
+class OutcomeUnknown(ControlError):
+    """A command was sent but no answer came back (a timeout, a connection reset after
+    sending): it may still apply. Re-sending it with the same ``key`` is safe: the job
+    answers with the original receipt instead of queueing it twice."""
+
+    exit_code = EXIT_UNKNOWN
+
+    def __init__(self, message: str, *, key: str, command: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.command = command
 
 
 class CommandRefused(ControlError):

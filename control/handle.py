@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .commands import Command, State, is_final_receipt, parse_command
-from .errors import CommandFailed, Unreachable, UsageError, WaitTimeout
+from .commands import BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
+from .errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from .files import read_json
 from .listing import JobInfo, judge_job
 from .liveness import Liveness, is_loopback_url, same_host
@@ -122,15 +122,28 @@ class JobHandle:
             return FileTransport(self.info.paths).status()
 
     # -- commands -----------------------------------------------------------------------
-    def send(self, command: Command | str, *, key: str | None = None) -> dict[str, Any]:
+    def send(self, command: Command | str, *, key: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Queue a command; returns its receipt (queued, sent to the inbox, or rejected).
-        Raises before sending anything when the job cannot take commands."""
+
+        Every command carries an idempotency key (``key``, else a fresh one): sending the
+        same command again with the same key returns the first receipt and queues
+        nothing, so a retry after :class:`OutcomeUnknown` is always safe, even after the
+        job has ended (its receipt is then read from status.json). A key that names
+        another command is refused. Raises before sending anything when the job cannot
+        take commands."""
         try:
             cmd = command if isinstance(command, Command) else parse_command(command)
-        except ValueError as exc:
+            options = parse_options(cmd, options)
+        except (ValueError, BadOptions) as exc:
             raise UsageError(str(exc)) from None
-        self.check_controllable()
-        return self.transport.send(cmd, key)
+        try:
+            self.check_controllable()
+        except JobEnded:
+            first = FileTransport(self.info.paths).entry("", key) if key is not None and self.info is not None else None
+            if first is not None and first.get("command") == cmd.value:
+                return first  # the retry of a command the job took before it ended
+            raise
+        return self.transport.send(cmd, key or new_key(), options)
 
     def check_controllable(self) -> None:
         """Say clearly why the job cannot take commands, before anything is sent."""
@@ -141,34 +154,38 @@ class JobHandle:
             self._warned_stale = True
             log.warning("job %s looks stale (%s); trying anyway", self.job_id, self.info.evidence)
 
-    def entry(self, command_id: str) -> dict[str, Any] | None:
-        """A command's receipt: from the server, else from status.json."""
+    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+        """A command's receipt: from the server, else from status.json (by id, or by
+        the key it was sent with)."""
         try:
-            found = self.transport.entry(command_id)
+            found = self.transport.entry(command_id, key)
         except Unreachable:
             if self.info is None:
                 raise
             found = None
         if found is None and self.info is not None and self.channel != "file":
-            found = FileTransport(self.info.paths).entry(command_id)
+            found = FileTransport(self.info.paths).entry(command_id, key)
         return found
 
     def wait(
         self,
         command_id: str,
         *,
+        key: str | None = None,
         timeout: float = 300.0,
         interval: float = 0.2,
         on_poll: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> dict[str, Any]:
         """Follow a command to its final receipt. The server going away is not an error
         when the job's records (or, for a remote job, the command itself) say how it
-        ended; a job that ends without taking the command ends the wait with why."""
+        ended; a job that ends without taking the command ends the wait with why.
+        ``key``: the command's idempotency key, to follow a re-sent command file that
+        rank 0 answered with the first receipt."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
         while True:
             try:
-                last = self.entry(command_id) or last
+                last = self.entry(command_id, key) or last
             except Unreachable:
                 gone = _server_gone_after_stop(last)
                 if gone is None:
@@ -184,12 +201,12 @@ class JobHandle:
                 raise WaitTimeout(
                     f"command {command_id} is still {state} after {timeout:g}s; it stays queued. Check later with `forgather control status {self.job_id}`"
                 )
-            ended = self._ended_without(command_id, last)
+            ended = self._ended_without(command_id, key, last)
             if ended is not None:
                 return ended
             time.sleep(interval)
 
-    def _ended_without(self, command_id: str, last: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _ended_without(self, command_id: str, key: str | None, last: dict[str, Any] | None) -> dict[str, Any] | None:
         """The final receipt when the job's records show it ended; raises CommandFailed
         when it ended without one. None while the job may still take the command."""
         info = self.info
@@ -201,7 +218,7 @@ class JobHandle:
             job = read_json(info.paths.job, quiet=True) or {}
             if not is_final(job.get("state")):
                 return None
-            last = self.entry(command_id) or last
+            last = self.entry(command_id, key) or last
             if is_final_receipt(last):
                 return last
             raise CommandFailed(f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) before it took command {command_id}")
@@ -261,9 +278,9 @@ def check_controllable(info: JobInfo, channel: str) -> None:
     a command over ``channel``."""
     jid = info.job_id
     if info.liveness == Liveness.FINISHED:
-        raise Unreachable(f"job {jid} has ended ({info.state}); there is nothing left to command")
+        raise JobEnded(f"job {jid} has ended ({info.state}); there is nothing left to command")
     if info.liveness == Liveness.DEAD:
-        raise Unreachable(f"job {jid} is dead ({info.evidence}); it cannot take commands. Remove its records with `forgather control cleanup`")
+        raise JobEnded(f"job {jid} is dead ({info.evidence}); it cannot take commands. Remove its records with `forgather control cleanup`")
     if info.endpoint is None and info.state == JobState.STARTING:
         # The launcher runs and rank 0 polls the inbox once its control plane is up (the
         # launcher cleared the inbox before starting the workers, so a command dropped

@@ -7,6 +7,7 @@ Layout::
                     endpoint.json   rank 0, 0600, holds the token
                     status.json     rank 0
                     inbox/          file channel
+                    failures/       each failed rank's exception (worker bootstrap)
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class JobPaths:
     @property
     def inbox(self) -> Path:
         return self.dir / "inbox"
+
+    @property
+    def failures(self) -> Path:
+        return self.dir / "failures"
 
     @property
     def nodes(self) -> Path:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import Checkpoint, history
 from .env import ENV_JOBS_DIR
 from .files import TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id, match_job_id
@@ -100,9 +101,17 @@ class JobInfo:
             "max_steps": st.get("max_steps"),
             "world_size": st.get("world_size"),
             "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
+            "restarts": _count(jb.get("restarts"), st.get("restarts")),
+            "resumed_from": _text(jb.get("resume_from"), st.get("resumed_from")),
             "updated_at": updated,
             "jobs_dir": str(self.paths.root),
         }
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every completed checkpoint the job's records know, oldest first."""
+        status = self.status
+        return history(self.job, status, run=_count(status.get("restarts")) if status else None)
 
     def details(self) -> dict[str, Any]:
         """The ``status --json`` object: the summary plus the status record's detail."""
@@ -114,6 +123,7 @@ class JobInfo:
             "steps_per_second",
             "eta_seconds",
             "last_checkpoint",
+            "resume_point",
             "commands",
             "control_error",
             "started_at",
@@ -127,6 +137,15 @@ class JobInfo:
         if self.job:
             d["job"] = {k: v for k, v in self.job.items() if k not in ("env",)}
         return d
+
+
+def _count(*values: object) -> int | None:
+    """The first value that is a count (a non-negative int), else None."""
+    return next((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0), None)
+
+
+def _text(*values: object) -> str | None:
+    return next((v for v in values if isinstance(v, str) and v), None)
 
 
 def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:

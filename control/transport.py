@@ -17,9 +17,13 @@ if TYPE_CHECKING:
     import http.client
 
 from .commands import Command, State, new_command_id
-from .errors import CommandRefused, ControlError, JobNotFound, Unreachable, UsageError
+from .errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
 from .files import read_json, write_json_atomic
 from .jobs import JobPaths
+
+
+class NoAnswer(Unreachable):
+    """The request was sent; no answer came back (timed out, or the connection broke)."""
 
 
 class HttpChannel:
@@ -38,6 +42,12 @@ class HttpChannel:
         self._conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        """One request and its JSON answer. Raises Unreachable when nothing could be
+        sent, and NoAnswer (an Unreachable) when the request went out but no answer came
+        back, so a caller that changes state knows its outcome is unknown.
+
+        A kept-alive connection the server has closed meanwhile fails on reuse; that
+        one failure is retried on a fresh connection (the request never arrived)."""
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -47,17 +57,26 @@ class HttpChannel:
             headers["Content-Type"] = "application/json"
         import http.client  # here, not at the top: `forgather control list` rarely needs HTTP (15 ms)
 
+        stale = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
         for attempt in (0, 1):
+            reused = self._conn is not None
             conn = self._connection()
             try:
                 conn.request(method, path, body=payload, headers=headers)
+            except (http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt == 0 and reused and isinstance(exc, stale):
+                    continue
+                raise Unreachable(f"cannot reach the job's control server at {self.url}: {exc}") from None
+            try:
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            except (http.client.HTTPException, OSError) as exc:
                 self.close()
-                if attempt == 1 or not isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
-                    raise Unreachable(f"cannot reach the job's control server at {self.url}: {exc}") from None
+                if attempt == 0 and reused and isinstance(exc, http.client.RemoteDisconnected):
+                    continue  # closed while idle, before it read our request
+                raise NoAnswer(f"the job's control server at {self.url} took the request but did not answer: {exc or type(exc).__name__}") from None
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -120,11 +139,11 @@ class Transport(Protocol):
 
     channel: str
 
-    def send(self, command: Command, key: str | None) -> dict[str, Any]: ...
+    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
     def status(self) -> dict[str, Any]: ...
 
-    def entry(self, command_id: str) -> dict[str, Any] | None: ...
+    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...
 
@@ -139,11 +158,19 @@ class HttpTransport:
         self.job_id = job_id
         self.http = HttpChannel(url, token, timeout=timeout)
 
-    def send(self, command: Command, key: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"command": command.value}
-        if key:
-            body["key"] = key
-        code, data = self.http.request("POST", f"/jobs/{self.job_id}/control", body)
+    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"command": command.value, "key": key}
+        if options:
+            body["options"] = options
+        try:
+            code, data = self.http.request("POST", f"/jobs/{self.job_id}/control", body)
+        except NoAnswer as exc:
+            raise OutcomeUnknown(
+                f"{command.value} was sent to job {self.job_id} but no answer came back ({exc}); it may still apply. "
+                f"Its key is {key}: send it again with --key {key} (add --wait to follow it); the same key never queues twice",
+                key=key,
+                command=command.value,
+            ) from None
         if code in (200, 202) and isinstance(data, dict):
             return data
         raise refusal(code, data)
@@ -154,7 +181,7 @@ class HttpTransport:
             return data
         raise refusal(code, data)
 
-    def entry(self, command_id: str) -> dict[str, Any] | None:
+    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/commands/{command_id}")
         if code == 200 and isinstance(data, dict):
             return data
@@ -175,11 +202,11 @@ class FileTransport:
     def __init__(self, paths: JobPaths) -> None:
         self.paths = paths
 
-    def send(self, command: Command, key: str | None) -> dict[str, Any]:
+    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
         if not self.paths.inbox.is_dir():
             raise Unreachable(f"job {self.paths.job_id} has no inbox at {self.paths.inbox}; it cannot take file commands")
         cid = new_command_id()
-        record = {"id": cid, "command": command.value, "key": key, "sent_at": time.time()}
+        record = {"id": cid, "command": command.value, "key": key, "sent_at": time.time(), **({"options": options} if options else {})}
         write_json_atomic(self.paths.inbox / f"{time.time_ns()}-{cid}.json", record)
         return {"id": cid, "command": command.value, "state": State.SENT.value, "key": key, "source": "file"}
 
@@ -189,13 +216,24 @@ class FileTransport:
             raise Unreachable(f"job {self.paths.job_id} has no readable status.json yet")
         return st
 
-    def entry(self, command_id: str) -> dict[str, Any] | None:
-        st = read_json(self.paths.status, quiet=True) or {}
-        commands = st.get("commands")
-        for e in commands if isinstance(commands, list) else ():
-            if isinstance(e, dict) and e.get("id") == command_id:
-                return e
-        return None
+    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+        """The receipt with this id, else (a command file re-sent with a key rank 0 has
+        seen: the ledger keeps the first) the receipt that carries the key."""
+        return receipt_in(read_json(self.paths.status, quiet=True), command_id, key)
 
     def close(self) -> None:
         pass
+
+
+def receipt_in(status: dict[str, Any] | None, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+    """A receipt from a status record's ``commands``: by id, else by idempotency key."""
+    commands = (status or {}).get("commands")
+    found = [e for e in commands if isinstance(e, dict)] if isinstance(commands, list) else []
+    for e in found:
+        if e.get("id") == command_id:
+            return e
+    if key is not None:
+        for e in found:
+            if e.get("key") == key and State.parse(e.get("state")) != State.REJECTED:
+                return e
+    return None

@@ -56,6 +56,8 @@ class Plan:
     env: Mapping[str, str] = field(default_factory=dict)
     restarts: int = 0
     resume_from: str | None = None
+    #: newer checkpoints of the job that are no longer on disk (resume took an older one)
+    resume_gone: tuple[str, ...] = ()
 
     @property
     def job_id(self) -> str:
@@ -65,10 +67,10 @@ class Plan:
     def node_rank(self) -> int:
         return self.placement.node_rank or 0
 
-    def with_history(self, *, restarts: int, resume_from: str | None) -> Plan:
+    def with_history(self, *, restarts: int, resume_from: str | None, resume_gone: tuple[str, ...] = ()) -> Plan:
         """The same plan for a restarted run: restart count and checkpoint in the env."""
         env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from)
-        return replace(self, restarts=restarts, resume_from=resume_from, env=env)
+        return replace(self, restarts=restarts, resume_from=resume_from, resume_gone=resume_gone, env=env)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able view (``--dry-run`` as data); secrets redacted."""
@@ -85,6 +87,7 @@ class Plan:
             "requeue": list(p.requeue_argv) if p.requeue_argv else None,
             "restarts": self.restarts,
             "resume_from": self.resume_from,
+            "resume_gone": list(self.resume_gone),
             "scheduler": p.scheduler,
             "argv": list(self.argv),
             "env": redact(self.env),
@@ -201,6 +204,8 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"  slurm:          job {sched.get('slurm_job_id')}, nodes {sched.get('nodelist')} -> {' '.join(sched.get('nodes', []))}")
     if plan.restarts or plan.resume_from:
         lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
+    for gone in plan.resume_gone:
+        lines.append(f"  skipped:        {gone}: no longer on disk")
     lines.append("  command:")
     lines.append("    " + shlex.join(plan.argv))
     lines.append("  environment for the workers (added to the launcher's own):")

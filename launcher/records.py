@@ -17,10 +17,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
+from forgather_control.control.checkpoints import Checkpoint, choose, history
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.control.liveness import STALE_AFTER
 from forgather_control.control.states import is_final
@@ -48,14 +50,20 @@ class Previous:
     created_at: float | None = None
     #: the folder belongs to this SLURM job's earlier run (a requeue): never "in use"
     same_slurm_job: bool = False
+    #: every completed checkpoint of the job's earlier runs, oldest first
+    checkpoints: tuple[Checkpoint, ...] = ()
+    #: newer checkpoints that are no longer on disk (resume took an older one)
+    gone: tuple[Checkpoint, ...] = ()
 
 
-def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0) -> Previous:
+def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, exists: Callable[[str], bool] = os.path.exists) -> Previous:
     """Read (never change) an earlier run's job.json and status.json.
 
     Under SLURM the restart count is SLURM_RESTART_COUNT, which every node sees alike.
     Elsewhere it is the earlier run's count plus one. A node other than 0 may start after
     node 0 already rewrote job.json for this run; it then takes this run's values from it.
+    The run resumes from the newest completed checkpoint of any earlier run that still
+    exists (``exists`` is asked; tests inject it).
     """
     job = read_json(paths.job, quiet=True)
     status = read_json(paths.status, quiet=True)
@@ -69,14 +77,17 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0) 
     prev_restarts = job.get("restarts") if isinstance(job.get("restarts"), int) else -1
     created = job.get("created_at") if isinstance(job.get("created_at"), (int, float)) else None
     this_run = job.get("state") == "running" and (prev_restarts == placement.restart_count if slurm_id else node_rank != 0)
+    points = tuple(history(job, status, clean_exit=job.get("exit_code") == 0 and is_final(job.get("state"))))
     if this_run:
         resume = job.get("resume_from")
-        return Previous(True, max(prev_restarts, 0), resume if isinstance(resume, str) else None, created, same_slurm)
-    ckpt = job.get("last_checkpoint") or status.get("last_checkpoint")
+        return Previous(True, max(prev_restarts, 0), resume if isinstance(resume, str) else None, created, same_slurm, points)
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
-    return Previous(True, max(restarts, 0), ckpt if isinstance(ckpt, str) and ckpt else None, created, same_slurm)
+    resume_point, gone = choose(list(points), exists=exists)
+    for point in gone:
+        log.warning("checkpoint %s is no longer on disk; resuming from an older one", point.describe())
+    return Previous(True, max(restarts, 0), resume_point.path if resume_point else None, created, same_slurm, points, tuple(gone))
 
 
 def _node_alive(record: dict, *, now: float) -> tuple[bool, str]:
@@ -193,6 +204,9 @@ class JobRecords:
                 "updated_at": now,
                 "restarts": plan.restarts,
                 "resume_from": plan.resume_from,
+                # carried forward: a run that saves nothing must not lose the runs' before
+                "checkpoints": [c.as_record() for c in previous.checkpoints],
+                "last_checkpoint": previous.checkpoints[-1].path if previous.checkpoints else None,
                 "requeue": bool(p.requeue_argv),
                 "grace": plan.config.grace,
                 "control": plan.config.control,
@@ -221,12 +235,17 @@ class JobRecords:
         """The job's state from its exit code and what rank 0 recorded last."""
         if exit_code != 0:
             return "failed"
-        status = read_json(self.paths.status, quiet=True) or {}
-        ran = status.get("restarts")
-        if isinstance(ran, int) and ran != self.plan.restarts:
-            return "finished"  # this run's rank 0 never wrote: that "stopped" was the last run's
-        state = status.get("state")
+        state = (self.this_runs_status() or {}).get("state")  # an earlier run's "stopped" says nothing
         return state if is_final(state) else "finished"
+
+    def this_runs_status(self) -> dict[str, Any] | None:
+        """status.json unless it names another run of the job (this run's rank 0 has not
+        written yet; the file is an earlier run's)."""
+        status = read_json(self.paths.status, quiet=True)
+        ran = (status or {}).get("restarts")
+        if status is None or (isinstance(ran, int) and ran != self.plan.restarts):
+            return None
+        return status
 
     def finish(self, state: str, exit_code: int, *, extra: dict[str, Any] | None = None) -> None:
         self._stop.set()
@@ -241,11 +260,12 @@ class JobRecords:
                 log.warning("could not write %s: %s", self.paths.node(self.node_rank), exc)
         if self.node_rank != 0 or not self._job:
             return
-        status = read_json(self.paths.status, quiet=True) or {}
+        status = self.this_runs_status()
         self._job.update(state=state, exit_code=exit_code, ended_at=now, updated_at=now)
-        if status.get("last_checkpoint"):
-            self._job["last_checkpoint"] = status["last_checkpoint"]
-        if isinstance(status.get("step"), int):
+        points = history(self._job, status, run=self.plan.restarts, clean_exit=exit_code == 0)
+        self._job["checkpoints"] = [c.as_record() for c in points]
+        self._job["last_checkpoint"] = points[-1].path if points else None
+        if status is not None and isinstance(status.get("step"), int):
             self._job["final_step"] = status["step"]
         if extra:
             self._job.update(extra)

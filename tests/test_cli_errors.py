@@ -133,7 +133,7 @@ def test_list_of_a_jobs_dir_that_does_not_exist_says_so(cli, jobs_dir: Path) -> 
 def test_ended_job_cannot_be_commanded(cli, jobs_dir: Path) -> None:
     finished_job(jobs_dir, "done-1", state="stopped")
     r = cli("control", "stop", "done-1")
-    assert r.code == 4 and "ended" in r.err
+    assert r.code == 5 and "ended" in r.err  # its own code, not "unreachable"
 
 
 def test_abort_without_tty_or_yes_refuses_exit_2(cli, jobs_dir: Path) -> None:
@@ -265,7 +265,9 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
     write_json_atomic(paths.status, {"job_id": "sleepy", "state": "running", "step": 1, "heartbeat_at": time.time(), **ident})
     p = subprocess.Popen([*FORGATHER, "control", "save", "sleepy", "--wait"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(paths.inbox.iterdir()), timeout=60, what="the command file")
+        # the finished command file, not the writer's temporary one: once it is there the
+        # CLI has sent the command and is waiting (SIGINT earlier interrupts the sending)
+        wait_for(lambda: any(not n.name.startswith(".") for n in paths.inbox.iterdir()), timeout=60, what="the command file")
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:

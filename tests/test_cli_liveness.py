@@ -63,7 +63,7 @@ def test_sigkilled_job_shows_dead_and_cleanup_removes_it(cli, procs, jobs_dir: P
     j = jobs_by_id(cli)["killed"]
     assert j["state"] == "dead" and j["liveness"] == "dead", j
     r = cli("control", "stop", "killed")
-    assert r.code == 4 and "dead" in r.err and "cleanup" in r.err
+    assert r.code == 5 and "dead" in r.err and "cleanup" in r.err
     r = cli("control", "cleanup", "--yes", "--json")
     assert r.code == 0, r
     assert r.json()["deleted"] == ["killed"]

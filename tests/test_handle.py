@@ -20,6 +20,7 @@ from forgather_control.control import (
     CommandFailed,
     FileTransport,
     HttpTransport,
+    JobEnded,
     JobHandle,
     JobNotFound,
     JobPaths,
@@ -187,9 +188,9 @@ def test_commands_refused_before_sending_with_the_reason(tmp_path: Path) -> None
     ident = {**process_identity(), "pid_start_time": 1.0}  # our pid, another start time: recycled
     write_json_atomic(dead.endpoint, {"job_id": "dead-1", "url": None, "token": "t", **ident})
     write_json_atomic(dead.status, {"job_id": "dead-1", "state": "running", **ident})
-    with pytest.raises(Unreachable, match="has ended \\(stopped\\)"):
+    with pytest.raises(JobEnded, match="has ended \\(stopped\\)"):
         open_job("ended-1", jobs_dir=root).send("save")
-    with pytest.raises(Unreachable, match=r"is dead .* cleanup"):
+    with pytest.raises(JobEnded, match=r"is dead .* cleanup"):
         open_job("dead-1", jobs_dir=root).send("save")
     assert os.listdir(dead.inbox) == [] and os.listdir(ended.inbox) == []
     with pytest.raises(UsageError, match="unknown command"):

@@ -49,8 +49,9 @@ class Driver(TrainerCallback):
 
     def _send(self, when: Any) -> None:
         if when in self.at:
+            command, options = self.at[when] if isinstance(self.at[when], tuple) else (self.at[when], None)
             with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
-                self.sent[when] = c.send(self.at[when])["id"]
+                self.sent[when] = c.send(command, options=options)["id"]
 
     def on_step_end(self, args, state, control, **kw):
         self._send(state.global_step)
@@ -134,3 +135,15 @@ def test_eval_without_evaluation_set_up_fails_the_command_and_training_goes_on(t
     entries = ledger(jobs_dir, "noeval")
     assert entries[driver.sent[2]]["state"] == "failed" and "evaluation is not set up" in entries[driver.sent[2]]["reason"]
     assert trainer.state.global_step == 4 and entries[driver.sent[4]]["state"] == "completed"
+
+
+def test_save_without_eval_skips_the_evaluation_a_save_runs_first(tmp_path: Path, jobs_dir: Path) -> None:
+    """`save --no-eval`: a long eval set must not make every commanded save wait for it."""
+    _, driver, _ = run(tmp_path, jobs_dir, "noeval", {3: "save", 6: ("save", {"evaluate": False})}, eval_strategy="steps", eval_steps=100)
+    assert driver.saves == [3, 6]
+    assert driver.evals == [3, 12]  # the plain save evaluated first, the --no-eval one did not (12: HF at the last step)
+    entries = ledger(jobs_dir, "noeval")
+    plain, quick = entries[driver.sent[3]], entries[driver.sent[6]]
+    assert plain["state"] == quick["state"] == "completed"
+    assert "eval_loss" in plain["result"]["metrics"] and "metrics" not in quick["result"]
+    assert quick["options"] == {"evaluate": False}

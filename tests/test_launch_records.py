@@ -93,13 +93,15 @@ def test_live_job_id_is_refused_dead_one_is_reused(tmp_path: Path) -> None:
     with pytest.raises(LaunchError) as err:
         start(jobs, plan(jobs, job_id="busy"))
     assert "'busy' is in use" in str(err.value) and "still running" in str(err.value)
-    write_json_atomic(jobs / "busy" / "status.json", {"state": "stopped", "last_checkpoint": "/ck/checkpoint-7"})
+    ckpt = tmp_path / "ck" / "checkpoint-7"
+    ckpt.mkdir(parents=True)  # resume takes only a checkpoint that is on disk
+    write_json_atomic(jobs / "busy" / "status.json", {"state": "stopped", "last_checkpoint": str(ckpt)})
     rec.finish("stopped", 0)
     # an old command left in the inbox must not stop the next run
     write_json_atomic(jobs / "busy" / "inbox" / "1-c-old.json", {"id": "c-old", "command": "save_and_stop"})
     rec2 = start(jobs, plan(jobs, job_id="busy"))
     job = read(jobs / "busy" / "job.json")
-    assert job["restarts"] == 1 and job["resume_from"] == "/ck/checkpoint-7" and job["state"] == "running"
+    assert job["restarts"] == 1 and job["resume_from"] == str(ckpt) and job["state"] == "running"
     assert os.listdir(jobs / "busy" / "inbox") == []
     rec2.finish("finished", 0)
 
@@ -132,20 +134,23 @@ def test_slurm_requeue_reuses_the_folder(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     first = start(jobs, plan(jobs, SLURM, requeue=True))
     assert first.plan.job_id == "slurm-900"
-    write_json_atomic(jobs / "slurm-900" / "status.json", {"state": "stopped", "last_checkpoint": "/ck/checkpoint-50.pt"})
+    ckpt = tmp_path / "ck" / "checkpoint-50.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")  # resume takes only a checkpoint that is on disk
+    write_json_atomic(jobs / "slurm-900" / "status.json", {"state": "stopped", "last_checkpoint": str(ckpt)})
     first.finish("requeued", 0)
     node = read(jobs / "slurm-900" / "nodes" / "0.json")
     write_json_atomic(jobs / "slurm-900" / "nodes" / "0.json", {**node, "host": "n1-real", "ended_at": None, "heartbeat_at": time.time()})
 
     env = {**SLURM, "SLURM_RESTART_COUNT": "1"}
     node1_early = read_previous(JobPaths(jobs, "slurm-900"), plan(jobs, {**env, "SLURM_NODEID": "1"}).placement, node_rank=1)
-    assert (node1_early.restarts, node1_early.resume_from) == (1, "/ck/checkpoint-50.pt")
+    assert (node1_early.restarts, node1_early.resume_from) == (1, str(ckpt))
     second = start(jobs, plan(jobs, env, requeue=True))
     job = read(jobs / "slurm-900" / "job.json")
-    assert job["restarts"] == 1 and job["resume_from"] == "/ck/checkpoint-50.pt" and job["scheduler"]["restart_count"] == 1
+    assert job["restarts"] == 1 and job["resume_from"] == str(ckpt) and job["scheduler"]["restart_count"] == 1
     # node 1 starting after node 0 rewrote job.json still gets this run's values
     node1_late = read_previous(JobPaths(jobs, "slurm-900"), plan(jobs, {**env, "SLURM_NODEID": "1"}).placement, node_rank=1)
-    assert (node1_late.restarts, node1_late.resume_from) == (1, "/ck/checkpoint-50.pt")
+    assert (node1_late.restarts, node1_late.resume_from) == (1, str(ckpt))
     second.finish("stopped", 0)
 
 
