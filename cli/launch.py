@@ -12,8 +12,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -131,7 +134,7 @@ def _own_argv() -> tuple[str, ...]:
     return ("forgather", "launch", *raw)
 
 
-def run_config(config: LaunchConfig, *, env) -> int:
+def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     """Check, plan, then print or execute. Raises LaunchError before anything starts."""
     from forgather_control.control import JobPaths, resolve_jobs_dir
     from forgather_control.launcher.plan import make_plan, python_executable, render_plan
@@ -149,7 +152,20 @@ def run_config(config: LaunchConfig, *, env) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    click.echo(_banner(plan, config), err=True)
     return execute(plan, base_env=env, argv=config.argv)
+
+
+def _banner(plan: Any, config: LaunchConfig) -> str:
+    """The job's id and the command that reaches it: an auto id is otherwise only found
+    with ``list``."""
+    where = "" if config.jobs_dir is None else f" --jobs-dir {shlex.quote(plan.jobs_dir)}"
+    run = f", run {plan.restarts + 1}" + (f", resuming from {plan.resume_from}" if plan.resume_from else "") if plan.restarts else ""
+    node = f" (node {plan.node_rank})" if plan.node_rank else ""
+    return (
+        f"forgather: job {plan.job_id}{node}{run}. From another terminal: "
+        f"forgather control status {plan.job_id}{where}  (save, eval, stop, save-stop, abort the same way)"
+    )
 
 
 def check_target(config: LaunchConfig) -> None:
@@ -164,12 +180,16 @@ def check_target(config: LaunchConfig) -> None:
             raise LaunchError(f"script {config.script!r} is not a file")
         return
     module = config.module or ""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)  # what `python -m` (and so each worker) searches first
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:
-        raise LaunchError(f"module {module!r} cannot be found: {exc}") from None
+        raise LaunchError(f"module {module!r} cannot be found in {cwd} or on sys.path: {exc}") from None
+    finally:
+        sys.path.remove(cwd)
     if spec is None:
-        raise LaunchError(f"module {module!r} not found on sys.path (cwd {Path.cwd()}); is its package installed?")
+        raise LaunchError(f"module {module!r} not found in {cwd} or on sys.path; is its package installed?")
 
 
 if __name__ == "__main__":  # a harness until the root group registers `launch`

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from forgather_control.control.states import JobState
+
 #: Keys never printed, wherever they appear (the endpoint token, mostly).
 SECRET_KEYS = frozenset({"token", "authorization", "auth_token"})
 
@@ -94,3 +96,18 @@ def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def progress_line(job_id: str, status: dict[str, Any]) -> str:
+    """One plain line of a job's progress: state, step of max, and, while it runs, speed,
+    ETA and loss (an ended job has no speed and no ETA)."""
+    step, total = status.get("step"), status.get("max_steps")
+    parts = [f"{job_id}", str(status.get("state") or "unknown"), f"step {step}/{total}" if total else f"step {step}"]
+    if JobState.parse(status.get("state")) in (JobState.RUNNING, JobState.STOPPING):
+        rate = status.get("steps_per_second")
+        parts.append(f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s")
+        parts.append(f"ETA {duration(status.get('eta_seconds'))}")
+    metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
+    if isinstance(metrics.get("loss"), (int, float)):
+        parts.append(f"loss {_num(metrics['loss'])}")
+    return "  ".join(parts)

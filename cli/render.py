@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from forgather_control.control.states import is_final
+from forgather_control.control.states import JobState
 
 from .output import age, describe_entry, duration
 
@@ -144,10 +144,22 @@ def status_panel(d: dict[str, Any]) -> Any:
     grid.add_row("step", step)
     if d.get("epoch") is not None:
         grid.add_row("epoch", f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"]))
-    if not is_final(d.get("recorded_state")) and not is_final(d.get("state")):
+    state = JobState.parse(d.get("state"))
+    if state is not None and state.live:  # a dead or ended job has no speed and no ETA
         rate = d.get("steps_per_second")
         grid.add_row("speed", f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-")
         grid.add_row("eta", duration(d.get("eta_seconds")))
+    if isinstance(d.get("exit_code"), int):
+        grid.add_row("exit code", str(d["exit_code"]))
+    failure = d.get("failure") if isinstance(d.get("failure"), dict) else None
+    if failure:
+        where = f"rank {failure.get('rank')} ({failure.get('host')}, pid {failure.get('pid')})"
+        why = Text(f"{where}: {failure.get('type')}: {failure.get('message')}", style="red")
+        for line in (failure.get("traceback") or [])[-6:]:
+            why.append("\n" + str(line), style="dim")
+        grid.add_row("failed", why)
+    elif d.get("error"):
+        grid.add_row("error", Text(str(d["error"]), style="red"))
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
     if metrics:
         grid.add_row("metrics", ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12]))

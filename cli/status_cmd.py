@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+
 import click
 
+from forgather_control.control.handle import Snapshot
 from forgather_control.control.lookup import open_job
 
 from . import options
-from .output import print_json
+from .output import print_json, progress_line
 
 
 @click.command("status")
@@ -21,9 +25,13 @@ def status_cmd(job: str, as_json: bool, watch: bool, interval: float, jobs_dir: 
     timeout = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
     with open_job(job, jobs_dir=jobs_dir, remote=remote, token=token, ray=ray, timeout=timeout) as handle:
         if watch and not as_json:
+            snapshots = handle.watch(interval=interval)
+            if not sys.stdout.isatty():
+                _watch_plain(handle.job_id, snapshots)  # a log file or a pipe: one line per look
+                return 0
             from . import watch as watching
 
-            watching.watch(handle.watch(interval=interval), job_id=handle.job_id)
+            watching.watch(snapshots, job_id=handle.job_id)
             return 0
         details = handle.details()
     if as_json:
@@ -33,3 +41,14 @@ def status_cmd(job: str, as_json: bool, watch: bool, interval: float, jobs_dir: 
 
     render.print_status(details)
     return 0
+
+
+def _watch_plain(job_id: str, snapshots: Iterable[Snapshot]) -> None:
+    try:
+        for snap in snapshots:
+            if snap.status is not None:
+                click.echo(progress_line(job_id, snap.status))
+            if snap.ended:
+                click.echo(snap.ended)
+    except KeyboardInterrupt:
+        pass

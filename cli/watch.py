@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from forgather_control.control.handle import Snapshot
+from forgather_control.control.states import JobState
 
 from .output import duration
 from .render import console
@@ -21,11 +22,10 @@ class _Fields(ProgressColumn):
     def render(self, task: Task) -> Text:
         f = task.fields
         rate = f.get("rate")
-        parts = [
-            f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}",
-            f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s",
-            f"ETA {duration(f.get('eta'))}",
-        ]
+        parts = [f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}"]
+        if JobState.parse(f.get("state")) in (JobState.RUNNING, JobState.STOPPING):  # an ended job has no ETA
+            parts.append(f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s")
+            parts.append(f"ETA {duration(f.get('eta'))}")
         loss = f.get("loss")
         if isinstance(loss, (int, float)):
             parts.append(f"loss {loss:.4g}")

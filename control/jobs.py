@@ -62,6 +62,11 @@ def resolve_jobs_dir(jobs_dir: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(ENV_JOBS_DIR)
     if env:
         return Path(env).expanduser().absolute()
+    return default_jobs_dir()
+
+
+def default_jobs_dir() -> Path:
+    """``~/.forgather/jobs``: ours, so ``~/.forgather`` is made private too."""
     return Path.home() / ".forgather" / "jobs"
 
 
@@ -107,7 +112,10 @@ class JobPaths:
         return self.nodes / f"{int(node_rank)}.json"
 
     def create(self) -> JobPaths:
-        """Make root, job dir and inbox, all 0700."""
+        """Make root, job dir and inbox, all 0700 (and ``~/.forgather`` when the root is
+        the default one: a shared folder above a ``--jobs-dir`` is not ours to change)."""
+        if self.root == default_jobs_dir():
+            ensure_private_dir(self.root.parent)
         ensure_private_dir(self.root)
         ensure_private_dir(self.dir)
         ensure_private_dir(self.inbox)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .checkpoints import Checkpoint, history
 from .env import ENV_JOBS_DIR
+from .failures import read_failures
 from .files import TEMP_PREFIX, read_json
 from .jobs import JobPaths, is_valid_job_id, match_job_id
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
@@ -134,6 +135,19 @@ class JobInfo:
         ):
             if key in st:
                 d[key] = st[key]
+        if not self.state.live:
+            # a rate and an ETA are claims about a running job; a dead or ended one has neither
+            d["steps_per_second"] = d["eta_seconds"] = None
+        job = self.job or {}
+        if isinstance(job.get("exit_code"), int):
+            d["exit_code"] = job["exit_code"]
+        if st.get("error"):
+            d["error"] = st["error"]
+        if self.state in (JobState.FAILED, JobState.DEAD) or d.get("exit_code"):
+            failures = read_failures(self.paths, run=_count(job.get("restarts"), st.get("restarts")))
+            if failures:
+                d["failure"] = failures[0].as_record()  # the root cause: the first rank that raised
+                d["failures"] = [f.as_record() for f in failures]
         if self.job:
             d["job"] = {k: v for k, v in self.job.items() if k not in ("env",)}
         return d

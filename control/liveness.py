@@ -29,6 +29,8 @@ from .states import is_final
 #: Default age after which a heartbeat from another host counts as stale; longer than
 #: NFS attribute caching (60 s at most by default) so a live job is not misjudged.
 STALE_AFTER = 120.0
+#: A heartbeat further in the future than this is clock skew between hosts, not news.
+CLOCK_SKEW = 30.0
 #: Two start times within this many seconds are the same process (psutil rounds).
 _START_TIME_TOLERANCE = 1.0
 
@@ -247,6 +249,10 @@ def judge(
     if not beats:
         return Liveness.UNKNOWN, "on another host, no heartbeat recorded"
     age = now - max(beats)
+    if age < -CLOCK_SKEW:
+        # Not "alive forever": a heartbeat from the future says only that the two clocks
+        # disagree, so it proves nothing about the job.
+        return Liveness.STALE, f"on another host, its heartbeat is {-age:.0f}s in the future (clock skew); cannot tell whether it runs"
     if age > stale_after:
         return Liveness.STALE, f"on another host, last heartbeat {age:.0f}s ago"
     return Liveness.UNKNOWN, f"on another host, heartbeat {age:.0f}s ago"
