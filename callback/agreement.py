@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control.env import ENV_TRACE_AGREEMENT
+from forgather_control.control.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def distributed_context() -> tuple[int, int]:
         except Exception:  # noqa: BLE001 - a half-imported torch  # pragma: no cover
             pass
     try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        return int(os.environ.get(ENV_RANK, "0")), int(os.environ.get(ENV_WORLD_SIZE, "1"))
     except ValueError:
         return 0, 1
 

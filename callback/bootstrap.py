@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control.env import ENV_ABORT_RETURNS, ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHED, ENV_RESTARTS
+from forgather_control.control.env import ENV_ABORT_RETURNS, ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHED, ENV_RANK, ENV_RESTARTS
 from forgather_control.control.outcome import EXIT_ABORTED
 
 from .resume import resume_from
@@ -253,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         install()
     else:
         _install_signals()
+    from .watchdog import watch_launcher
+
+    watch_launcher(_rank())
     if args[0] == "-m" and len(args) < 2:
         print("bootstrap: -m needs a module name", file=sys.stderr)
         raise SystemExit(2)
@@ -290,8 +293,13 @@ def _record(exc: BaseException) -> None:
 
     if not is_valid_job_id(job_id):
         return
-    rank, run = os.environ.get("RANK", "0"), os.environ.get(ENV_RESTARTS, "0")
-    record_failure(JobPaths(Path(jobs_dir), job_id), rank=int(rank) if rank.isdigit() else 0, run=int(run) if run.isdigit() else 0, exc=exc)
+    run = os.environ.get(ENV_RESTARTS, "0")
+    record_failure(JobPaths(Path(jobs_dir), job_id), rank=_rank(), run=int(run) if run.isdigit() else 0, exc=exc)
+
+
+def _rank() -> int:
+    rank = os.environ.get(ENV_RANK, "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ ENV_TOKEN = "FORGATHER_TOKEN"
 #: Which run of the job this is (SLURM requeues, relaunches of one id); rank 0 copies it
 #: into status.json so a listing can tell this run's status from a previous run's.
 ENV_RESTARTS = "FORGATHER_RESTARTS"
+#: "PID:START_TIME" of the launcher that started this worker: a worker whose launcher is
+#: gone ends itself (no orphans).
+ENV_LAUNCHER_PID = "FORGATHER_LAUNCHER_PID"
 #: "1": the worker bootstrap injects the control callback; "0": the script runs as is.
 ENV_LAUNCHED = "FORGATHER_LAUNCHED"
 #: "1": after an abort, the trainer's train()/fit() returns into the script as usual
@@ -33,5 +36,11 @@ ENV_NODE_RANK = "FORGATHER_NODE_RANK"
 ENV_SIGNAL_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
+# torchrun's own variables, read (never set) by the worker side
+#: The worker's global rank.
+ENV_RANK = "RANK"
+#: How many workers the job has.
+ENV_WORLD_SIZE = "WORLD_SIZE"
+
 #: Test hook read on a Ray node: seconds its listing task sleeps before answering.
 ENV_RAY_LIST_DELAY = "FORGATHER_RAY_LIST_DELAY"

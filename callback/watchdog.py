@@ -1,0 +1,126 @@
+"""A worker ends when its launcher is gone: no orphans, whatever killed the launcher.
+
+``forgather launch`` names itself to its workers (``FORGATHER_LAUNCHER_PID``, pid and
+start time). A daemon thread in each worker looks once a second: when the launcher no
+longer runs (``kill -9``, an OOM kill, a node agent that took it) or the worker's own
+parent (torchrun) is gone, nothing is left to supervise the job, stop it at the end of
+its grace or reap it. The worker then ends at once; rank 0 first writes the job's final
+state, ``failed`` with the reason, so ``list`` and ``status`` say what happened instead
+of showing a job that runs forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from forgather_control.control.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
+from forgather_control.control.files import read_json, remove_quietly, write_json_atomic
+from forgather_control.control.jobs import JobPaths, is_valid_job_id
+from forgather_control.control.liveness import pid_alive
+from forgather_control.control.states import JobState, is_final
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INTERVAL", "LauncherWatch", "launcher_from_env"]
+
+#: Seconds between looks: a worker outlives its launcher by about this long.
+INTERVAL = 1.0
+#: The worker's exit code when its launcher is gone (as if killed by SIGKILL).
+EXIT_ORPHANED = 137
+
+
+def launcher_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, float | None] | None:
+    """``(pid, start time)`` of the launcher that started this worker, or None."""
+    raw = env.get(ENV_LAUNCHER_PID, "")
+    pid, _, started = raw.partition(":")
+    if not pid.isdigit():
+        return None
+    try:
+        return int(pid), float(started) if started else None
+    except ValueError:
+        return int(pid), None
+
+
+class LauncherWatch:
+    """Watches the launcher (and this worker's parent) from a daemon thread; ``on_gone``
+    runs once when either is gone. ``exit_process`` ends the process (injected for tests)."""
+
+    def __init__(
+        self,
+        launcher: tuple[int, float | None],
+        *,
+        interval: float = INTERVAL,
+        exit_process: Callable[[int], None] = os._exit,
+        final_record: Callable[[str], None] | None = None,
+    ) -> None:
+        self.launcher_pid, self.launcher_started = launcher
+        self.interval = interval
+        self._exit = exit_process
+        self._final_record = final_record
+        self._parent = os.getppid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="forgather-launcher-watch", daemon=True)
+
+    def start(self) -> LauncherWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def gone(self) -> str | None:
+        """Why this worker is orphaned, or None while its launcher and parent run."""
+        if os.getppid() != self._parent:
+            return f"its parent (pid {self._parent}, torchrun) is gone"
+        record = {"pid": self.launcher_pid, "pid_start_time": self.launcher_started}
+        if not pid_alive(record):
+            return f"the launcher (pid {self.launcher_pid}) is gone"
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            why = self.gone()
+            if why is None:
+                continue
+            log.error("forgather: %s; nothing supervises this job any more: ending this worker", why)
+            if self._final_record is not None:
+                try:
+                    self._final_record(why)
+                except Exception:  # the worker ends either way
+                    log.exception("forgather: could not record the job's end")
+            self._exit(EXIT_ORPHANED)
+            return
+
+
+def record_orphaned(paths: JobPaths, why: str) -> None:
+    """Rank 0's last word: the job failed because its launcher died. Its endpoint goes
+    (nobody serves it), and a final state already written is left as it is."""
+    status = read_json(paths.status, quiet=True) or {}
+    if not is_final(status.get("state")):
+        now = time.time()
+        error = f"{why}: the launcher died, so every rank stopped (relaunch the job to resume from its last checkpoint)"
+        write_json_atomic(paths.status, {**status, "state": JobState.FAILED.value, "error": error, "ended_at": now, "heartbeat_at": now})
+    endpoint = read_json(paths.endpoint, quiet=True) or {}
+    if endpoint.get("pid") == os.getpid():
+        remove_quietly(paths.endpoint)
+
+
+def watch_launcher(rank: int) -> LauncherWatch | None:
+    """Start watching the launcher named in the environment (a launched worker only)."""
+    launcher = launcher_from_env()
+    if launcher is None:
+        return None
+    job_id, jobs_dir = os.environ.get(ENV_JOB_ID, ""), os.environ.get(ENV_JOBS_DIR, "")
+    final = None
+    if rank == 0 and is_valid_job_id(job_id) and jobs_dir:
+        paths = JobPaths(Path(jobs_dir), job_id)
+
+        def final(why: str) -> None:
+            record_orphaned(paths, why)
+
+    return LauncherWatch(launcher, final_record=final).start()
