@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgather_control.callback import Controller
+from forgather_control.callback import Controller, resume_from
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-time", type=float, default=0.01, help="extra seconds per step, so a person can watch it")
     p.add_argument("--no-http", action="store_true", help="file channel only (enable_http=False)")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: only on command)")
-    p.add_argument("--resume", default=None, help="checkpoint file to resume from")
+    p.add_argument("--resume", default=None, help="checkpoint file to resume from (default: the one a relaunch names, if any)")
     p.add_argument("--save-delay", type=float, default=0.0, help="seconds each save takes before writing (a slow filesystem)")
     p.add_argument("--no-control-callback", action="store_true", help="train without a Controller (nothing to command)")
     return p.parse_args(argv)
@@ -55,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     start = 0
-    if args.resume:
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    resume = args.resume or resume_from()  # a relaunch of the same --job-id continues
+    if resume:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
         _bare(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        print(f"resumed from {args.resume} at step {start}", flush=True)
+        print(f"resumed from {resume} at step {start}", flush=True)
 
     gen = torch.Generator().manual_seed(1 + rank)
     eval_x = torch.randn(64, 16, generator=torch.Generator().manual_seed(99))
