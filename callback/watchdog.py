@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forgather_control.control.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
-from forgather_control.control.files import read_json, remove_quietly, write_json_atomic
+from forgather_control.control.files import remove_quietly, write_json_atomic
 from forgather_control.control.jobs import JobPaths, is_valid_job_id
 from forgather_control.control.liveness import pid_alive
+from forgather_control.control.records import ENDPOINT, STATUS, load_or_empty
 from forgather_control.control.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,12 @@ class LauncherWatch:
 def record_orphaned(paths: JobPaths, why: str) -> None:
     """Rank 0's last word: the job failed because its launcher died. Its endpoint goes
     (nobody serves it), and a final state already written is left as it is."""
-    status = read_json(paths.status, quiet=True) or {}
+    status = load_or_empty(paths.status, STATUS)
     if not is_final(status.get("state")):
         now = time.time()
         error = f"{why}: the launcher died, so every rank stopped (relaunch the job to resume from its last checkpoint)"
         write_json_atomic(paths.status, {**status, "state": JobState.FAILED.value, "error": error, "ended_at": now, "heartbeat_at": now})
-    endpoint = read_json(paths.endpoint, quiet=True) or {}
+    endpoint = load_or_empty(paths.endpoint, ENDPOINT)
     if endpoint.get("pid") == os.getpid():
         remove_quietly(paths.endpoint)
 

@@ -18,7 +18,7 @@ from forgather_control.control.errors import EXIT_FAILED, EXIT_OK, UsageError
 from forgather_control.control.jobs import resolve_jobs_dir
 
 from . import options
-from .output import print_json
+from .output import print_json, printable
 
 
 @click.command("cleanup")
@@ -47,7 +47,7 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
         elif rows:
             _show(rows, kept, title=f"would delete in {root}")
         else:
-            click.echo(f"nothing to clean up in {root}")
+            click.echo(printable(f"nothing to clean up in {root}"))
             _show_kept(kept)
         return EXIT_OK
     if not (as_json or yes):
@@ -63,7 +63,7 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
     if as_json:
         print_json({"dry_run": False, "candidates": rows, "deleted": deleted, "kept": kept})
     else:
-        click.echo(f"deleted {len(deleted)} job record(s) from {root}")
+        click.echo(printable(f"deleted {len(deleted)} job record(s) from {root}"))
         _show_kept(kept)
     return EXIT_FAILED if any(o.error for o in outcomes) else EXIT_OK
 
@@ -77,4 +77,4 @@ def _show(rows: list[dict[str, Any]], kept: list[dict[str, Any]], *, title: str)
 
 def _show_kept(kept: list[dict[str, Any]]) -> None:
     for k in kept:
-        click.echo(f"kept {k['job_id']}: {k['reason']}")
+        click.echo(printable(f"kept {k['job_id']}: {k['reason']}"))

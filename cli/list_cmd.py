@@ -8,7 +8,7 @@ from forgather_control.control.env import ENV_JOBS_DIR
 from forgather_control.control.lookup import list_jobs
 
 from . import options
-from .output import print_json
+from .output import print_json, printable
 
 
 @click.command("list")
@@ -23,9 +23,8 @@ def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None
         print_json(listing.rows)
         return 0
     if not listing.rows and not listing.exists:
-        click.echo(
-            f"no jobs: {listing.where} does not exist yet (no job has used it). Jobs that use another directory are found with --jobs-dir or {ENV_JOBS_DIR}"
-        )
+        where = printable(listing.where)
+        click.echo(f"no jobs: {where} does not exist yet (no job has used it). Jobs that use another directory are found with --jobs-dir or {ENV_JOBS_DIR}")
         return 0
     from . import render
 

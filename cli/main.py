@@ -159,13 +159,25 @@ def _configure_logging(verbose: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._forgather_cli = True  # type: ignore[attr-defined]
     fmt = "%(levelname)s: %(message)s" if verbose <= 0 else "%(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(_PrintableFormatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines quote file names and fields from the jobs directory: made printable,
+    like everything else that reaches the terminal (a traceback keeps its newlines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from .output import printable
+
+        return printable(super().formatMessage(record))
+
+
 def _error(message: str) -> None:
-    msg = str(message).strip() or "unknown error"
+    from .output import printable  # an error may quote what a record or a server said
+
+    msg = printable(str(message).strip()) or "unknown error"
     if not msg.startswith("error:"):
         msg = f"error: {msg}"
     try:

@@ -2,6 +2,9 @@
 
 The ``--json`` paths stay on this module so they never pay for importing rich, and
 every object printed goes through :func:`scrub` so a token can never reach stdout.
+Everything a record, a server or another host wrote reaches a person's terminal only
+through :func:`printable`: an escape sequence in a host name must not retitle the
+terminal, clear it, plant a link or forge a line of the status panel.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -17,6 +21,35 @@ from forgather_control.control.states import JobState
 
 #: Keys never printed, wherever they appear (the endpoint token, mostly).
 SECRET_KEYS = frozenset({"token", "authorization", "auth_token"})
+
+
+#: C0 and C1 controls, DEL, and the invisible and direction-changing code points that
+#: can hide text or reorder a line (zero-width, bidi embeddings, overrides and isolates).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text a terminal shows as it is: every control character and every
+    invisible or direction-changing code point written out visibly (``\\x1b``)."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNPRINTABLE.sub(_visible, text)
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and the infinities as null: strict JSON parsers (JavaScript's
+    JSON.parse, jq) refuse Python's ``NaN``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def scrub(value: Any) -> Any:
@@ -31,7 +64,7 @@ def scrub(value: Any) -> Any:
 def print_json(value: Any) -> None:
     """One JSON document on stdout, secrets removed, stable key order."""
     try:
-        sys.stdout.write(json.dumps(scrub(value), indent=2, sort_keys=True, default=str))
+        sys.stdout.write(json.dumps(json_safe(scrub(value)), indent=2, sort_keys=True, default=str, allow_nan=False))
         sys.stdout.write("\n")
         sys.stdout.flush()
     except BrokenPipeError:
@@ -75,7 +108,7 @@ def duration(seconds: Any) -> str:
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
-    """One line for a ledger entry: what, state, where, result or reason."""
+    """One line for a ledger entry: what, state, where, result or reason (printable)."""
     parts = [f"{entry.get('command', '?')} ({entry.get('id', '?')}): {entry.get('state', '?')}"]
     if entry.get("step") is not None:
         parts.append(f"at step {entry['step']}")
@@ -89,7 +122,7 @@ def describe_entry(entry: dict[str, Any]) -> str:
         parts.append(f"job {result['final_state']}")
     if entry.get("reason"):
         parts.append(f"reason: {entry['reason']}")
-    return "; ".join(parts)
+    return printable("; ".join(parts))
 
 
 def _num(v: Any) -> str:
@@ -110,4 +143,4 @@ def progress_line(job_id: str, status: dict[str, Any]) -> str:
     metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
     if isinstance(metrics.get("loss"), (int, float)):
         parts.append(f"loss {_num(metrics['loss'])}")
-    return "  ".join(parts)
+    return printable("  ".join(parts))

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from forgather_control.control.states import JobState
 
-from .output import age, describe_entry, duration
+from .output import age, describe_entry, duration, printable
 
 _STATE_STYLE = {
     "running": "green",
@@ -49,8 +49,13 @@ def console(stderr: bool = False) -> Console:
 
 
 def state_text(state: Any) -> Text:
-    s = str(state or "unknown")
+    s = printable(state or "unknown")
     return Text(s, style=_STATE_STYLE.get(s, ""))
+
+
+def _t(value: Any, style: str = "") -> Text:
+    """A cell from a record or a server: plain text (never rich markup), made printable."""
+    return Text(printable(value), style=style)
 
 
 def _step(row: dict[str, Any]) -> str:
@@ -89,7 +94,7 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
             str(r.get("port") or "-"),
             age(r.get("updated_at"), now),
         ]
-        table.append(cells)
+        table.append([printable(c) for c in cells])
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     state_col = headers.index("STATE")
 
@@ -114,7 +119,7 @@ def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: st
     con = console()
     if not rows:
         hint = "" if all_ else " (finished jobs are hidden; add --all)"
-        con.print(f"no jobs{f' in {where}' if where else ''}{hint}", highlight=False)
+        con.print(_t(f"no jobs{f' in {where}' if where else ''}{hint}"), highlight=False)
         return
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
 
@@ -133,58 +138,58 @@ def status_panel(d: dict[str, Any]) -> Any:
 
     state = Text.assemble(state_text(d.get("state")))
     if d.get("liveness") and d.get("liveness") != d.get("state"):
-        state.append(f"  ({d['liveness']}: {d.get('evidence') or ''})", style="dim")
+        state.append(printable(f"  ({d['liveness']}: {d.get('evidence') or ''})"), style="dim")
     elif d.get("evidence"):
-        state.append(f"  ({d['evidence']})", style="dim")
+        state.append(printable(f"  ({d['evidence']})"), style="dim")
     grid.add_row("state", state)
     step = _step(d)
     if d.get("step") is not None and d.get("max_steps"):
         pct = 100.0 * float(d["step"]) / float(d["max_steps"])
         step += f"  ({pct:.1f}%)"
-    grid.add_row("step", step)
+    grid.add_row("step", _t(step))
     if d.get("epoch") is not None:
-        grid.add_row("epoch", f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"]))
+        grid.add_row("epoch", _t(f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"])))
     state = JobState.parse(d.get("state"))
     if state is not None and state.live:  # a dead or ended job has no speed and no ETA
         rate = d.get("steps_per_second")
-        grid.add_row("speed", f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-")
-        grid.add_row("eta", duration(d.get("eta_seconds")))
+        grid.add_row("speed", _t(f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-"))
+        grid.add_row("eta", _t(duration(d.get("eta_seconds"))))
     if isinstance(d.get("exit_code"), int):
-        grid.add_row("exit code", str(d["exit_code"]))
+        grid.add_row("exit code", _t(str(d["exit_code"])))
     failure = d.get("failure") if isinstance(d.get("failure"), dict) else None
     if failure:
         where = f"rank {failure.get('rank')} ({failure.get('host')}, pid {failure.get('pid')})"
-        why = Text(f"{where}: {failure.get('type')}: {failure.get('message')}", style="red")
+        why = _t(f"{where}: {failure.get('type')}: {failure.get('message')}", style="red")
         for line in (failure.get("traceback") or [])[-6:]:
-            why.append("\n" + str(line), style="dim")
+            why.append("\n" + printable(line), style="dim")
         grid.add_row("failed", why)
     elif d.get("error"):
-        grid.add_row("error", Text(str(d["error"]), style="red"))
+        grid.add_row("error", _t(d["error"], style="red"))
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
     if metrics:
-        grid.add_row("metrics", ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12]))
+        grid.add_row("metrics", _t(", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12])))
     if d.get("last_checkpoint"):
-        grid.add_row("checkpoint", str(d["last_checkpoint"]))
+        grid.add_row("checkpoint", _t(str(d["last_checkpoint"])))
     if _run(d) != "-":
         run = _run(d) + (f"  (resumed from {d['resumed_from']})" if d.get("resumed_from") else "  (a fresh start)")
-        grid.add_row("run", run)
+        grid.add_row("run", _t(run))
     where = f"{d.get('host') or '-'}  pid {d.get('pid') or '-'}"
     if d.get("world_size"):
         where += f"  world size {d['world_size']}"
-    grid.add_row("where", where)
+    grid.add_row("where", _t(where))
     if d.get("url"):
-        grid.add_row("url", str(d["url"]))
+        grid.add_row("url", _t(str(d["url"])))
     if d.get("node"):
-        grid.add_row("node", str(d["node"]))
-    grid.add_row("updated", age(d.get("updated_at"), now))
+        grid.add_row("node", _t(str(d["node"])))
+    grid.add_row("updated", _t(age(d.get("updated_at"), now)))
     if d.get("started_at"):
-        grid.add_row("started", age(d.get("started_at"), now))
+        grid.add_row("started", _t(age(d.get("started_at"), now)))
     if d.get("ended_at"):
-        grid.add_row("ended", age(d.get("ended_at"), now))
+        grid.add_row("ended", _t(age(d.get("ended_at"), now)))
     if d.get("control_error"):
-        grid.add_row("control", Text(str(d["control_error"]), style="red"))
+        grid.add_row("control", _t(d["control_error"], style="red"))
     if d.get("live") is False and d.get("live_error"):
-        grid.add_row("live", Text(f"no live answer: {d['live_error']}", style="yellow"))
+        grid.add_row("live", _t(f"no live answer: {d['live_error']}", style="yellow"))
 
     parts: list[Any] = [grid]
     commands = [c for c in (d.get("commands") or []) if isinstance(c, dict)][-8:]
@@ -194,15 +199,15 @@ def status_panel(d: dict[str, Any]) -> Any:
             ct.add_column(col, no_wrap=col != "RESULT")
         for c in commands:
             ct.add_row(
-                str(c.get("id")),
-                str(c.get("command")),
+                _t(c.get("id")),
+                _t(c.get("command")),
                 state_text(c.get("state")),
-                str(c.get("step") if c.get("step") is not None else "-"),
-                _result(c),
-                age(c.get("updated_at"), now),
+                _t(c.get("step") if c.get("step") is not None else "-"),
+                _t(_result(c)),
+                _t(age(c.get("updated_at"), now)),
             )
         parts.append(ct)
-    return Panel(Group(*parts), title=f"job {d.get('job_id')}", title_align="left", expand=False)
+    return Panel(Group(*parts), title=_t(f"job {d.get('job_id')}"), title_align="left", expand=False)
 
 
 def print_status(d: dict[str, Any]) -> None:
@@ -242,5 +247,5 @@ def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
         table.add_column(col, no_wrap=col != "WHY")
     now = time.time()
     for r in rows:
-        table.add_row(str(r.get("job_id")), state_text(r.get("state")), str(r.get("evidence") or ""), age(r.get("updated_at"), now))
+        table.add_row(_t(r.get("job_id")), state_text(r.get("state")), _t(r.get("evidence") or ""), _t(age(r.get("updated_at"), now)))
     con.print(table)

@@ -20,7 +20,7 @@ from forgather_control.control.lookup import open_job
 from forgather_control.control.states import JobState
 
 from . import options
-from .output import print_json
+from .output import print_json, printable
 
 DEFAULT_WAIT = 300.0
 
@@ -125,7 +125,7 @@ def send_command(
             if as_json:
                 print_json(entry)
             else:
-                click.echo(_queued_line(handle, command, entry))
+                click.echo(printable(_queued_line(handle, command, entry)))
             return EXIT_OK
         final = _wait(handle, command, entry, timeout, show_progress=not as_json)
     _emit(final, as_json)

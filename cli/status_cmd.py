@@ -11,7 +11,7 @@ from forgather_control.control.handle import Snapshot
 from forgather_control.control.lookup import open_job
 
 from . import options
-from .output import print_json, progress_line
+from .output import print_json, printable, progress_line
 
 
 @click.command("status")
@@ -49,6 +49,6 @@ def _watch_plain(job_id: str, snapshots: Iterable[Snapshot]) -> None:
             if snap.status is not None:
                 click.echo(progress_line(job_id, snap.status))
             if snap.ended:
-                click.echo(snap.ended)
+                click.echo(printable(snap.ended))
     except KeyboardInterrupt:
         pass

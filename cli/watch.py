@@ -11,7 +11,7 @@ from rich.text import Text
 from forgather_control.control.handle import Snapshot
 from forgather_control.control.states import JobState
 
-from .output import duration
+from .output import duration, printable
 from .render import console
 
 
@@ -30,7 +30,7 @@ class _Fields(ProgressColumn):
         if isinstance(loss, (int, float)):
             parts.append(f"loss {loss:.4g}")
         parts.append(str(f.get("state") or ""))
-        return Text("  ".join(parts))
+        return Text(printable("  ".join(parts)))
 
 
 def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> dict[str, Any] | None:
@@ -59,5 +59,5 @@ def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> dict[str, Any] | Non
     except KeyboardInterrupt:
         ended = None
     if ended:
-        console().print(ended, highlight=False)
+        console().print(Text(printable(ended)), highlight=False)
     return last

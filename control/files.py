@@ -65,6 +65,12 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
         raise
 
 
+class RecordError(ValueError):
+    """A record file that is there but is not a record: a link, a folder, too large, not
+    JSON, not an object, or (``records``) a field of the wrong type. The message names
+    the file (or field) and the problem."""
+
+
 def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict | None:
     """Read one JSON object, or return None (with a warning) for anything else.
 
@@ -73,25 +79,31 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES
     with a warning, never followed and never raised.
     """
     try:
+        return read_record(path, max_bytes=max_bytes)
+    except RecordError as exc:
+        _warn(quiet, "skipping %s", exc)
+        return None
+
+
+def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES) -> dict | None:
+    """One JSON object; None when the file does not exist; RecordError for a file that
+    is there but is not a record (never followed when it is a link)."""
+    try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no record here (no folder for one)
         return None
     except OSError as exc:
-        _warn(quiet, "skipping %s: %s", path, exc)
-        return None
+        raise RecordError(f"{path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
-        _warn(quiet, "skipping %s: not a regular file (symlinks and folders are never followed)", path)
-        return None
+        raise RecordError(f"{path}: not a regular file (symlinks and folders are never followed)")
     if st.st_size > max_bytes:
-        _warn(quiet, "skipping %s: %d bytes is larger than a record can be (%d)", path, st.st_size, max_bytes)
-        return None
+        raise RecordError(f"{path}: {st.st_size} bytes is larger than a record can be ({max_bytes})")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
-        _warn(quiet, "skipping %s: %s", path, exc)
-        return None
+        raise RecordError(f"{path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "rb") as fh:
             # Ask for what lstat saw (plus a little: records are replaced whole, so the
@@ -101,19 +113,15 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES
             if len(raw) > st.st_size + _READ_HEADROOM and len(raw) <= max_bytes:
                 raw += fh.read(max_bytes + 1 - len(raw))
     except OSError as exc:
-        _warn(quiet, "skipping %s: %s", path, exc)
-        return None
+        raise RecordError(f"{path}: {exc.strerror or exc}") from None
     if len(raw) > max_bytes:
-        _warn(quiet, "skipping %s: larger than a record can be", path)
-        return None
+        raise RecordError(f"{path}: larger than a record can be")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        _warn(quiet, "skipping %s: not valid JSON (%s); it may be half-written by an old tool", path, exc)
-        return None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RecordError(f"{path}: not valid JSON ({str(exc)[:80]}); it may be half-written by an old tool") from None
     if not isinstance(data, dict):
-        _warn(quiet, "skipping %s: expected a JSON object, found %s", path, type(data).__name__)
-        return None
+        raise RecordError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from .commands import BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from .errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
-from .files import read_json
 from .listing import JobInfo, judge_job
 from .liveness import Liveness, is_loopback_url, same_host
+from .records import JOB, STATUS, load_or_empty
 from .states import JobState, is_final
 from .transport import FileTransport, HttpTransport, Transport, probe_endpoint
 
@@ -215,7 +215,7 @@ class JobHandle:
         if info.endpoint is None:
             # Sent to a job that was starting: if its launcher has recorded the end (it
             # died before rank 0 took the command), waiting longer cannot help.
-            job = read_json(info.paths.job, quiet=True) or {}
+            job = load_or_empty(info.paths.job, JOB)
             if not is_final(job.get("state")):
                 return None
             last = self.entry(command_id, key) or last
@@ -228,7 +228,7 @@ class JobHandle:
         last = self.entry(command_id) or last
         if is_final_receipt(last):
             return last
-        st = read_json(info.paths.status, quiet=True) or {}
+        st = load_or_empty(info.paths.status, STATUS)
         if is_final(st.get("state")):
             raise CommandFailed(f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final entry for command {command_id}")
         return None
@@ -277,6 +277,8 @@ def check_controllable(info: JobInfo, channel: str) -> None:
     """Raise, with the reason and what to do, when the job ``info`` describes cannot take
     a command over ``channel``."""
     jid = info.job_id
+    if info.corrupt:
+        raise Unreachable(f"job {jid}'s records are corrupt ({'; '.join(info.corrupt)}); it cannot be controlled through them")
     if info.liveness == Liveness.FINISHED:
         raise JobEnded(f"job {jid} has ended ({info.state}); there is nothing left to command")
     if info.liveness == Liveness.DEAD:

@@ -20,9 +20,10 @@ from typing import Any
 from .checkpoints import Checkpoint, history
 from .env import ENV_JOBS_DIR
 from .failures import read_failures
-from .files import TEMP_PREFIX, read_json
+from .files import TEMP_PREFIX, RecordError
 from .jobs import JobPaths, is_valid_job_id, match_job_id
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
+from .records import ENDPOINT, JOB, NODE, STATUS, load_record
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class JobInfo:
     nodes: list[dict] = field(default_factory=list)
     liveness: Liveness = Liveness.UNKNOWN
     evidence: str = ""
+    #: why a record of this job was refused (it then shows as ``corrupt``)
+    corrupt: list[str] = field(default_factory=list)
 
     @property
     def current_status(self) -> dict | None:
@@ -62,6 +65,8 @@ class JobInfo:
         launcher runs; rank 0 has not published this run's status yet: commands wait in
         its inbox) and ``ending`` (rank 0 has ended the run; the launcher is still winding
         down torchrun)."""
+        if self.corrupt:
+            return JobState.CORRUPT
         job = self.job or {}
         launcher_state = JobState.parse(job.get("state"))
         status = self.current_status
@@ -163,13 +168,16 @@ def _text(*values: object) -> str | None:
 
 
 def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
-    """Read one job's records. Paths are joined as strings, not pathlib objects: ``list``
-    loads every folder in the root, and pathlib's per-join cost was a fifth of it."""
+    """Read one job's records, each checked (:mod:`.records`): a record that is not one,
+    or has a field of the wrong type or size, makes this job ``corrupt`` with the reason
+    and is not used; nothing it holds reaches a judge or a screen. Paths are joined as
+    strings, not pathlib objects: ``list`` loads every folder in the root, and pathlib's
+    per-join cost was a fifth of it."""
     info = JobInfo(job_id=paths.job_id, paths=paths)
     base = os.path.join(os.fspath(paths.root), paths.job_id)
-    info.endpoint = read_json(base + "/endpoint.json", quiet=quiet)
-    info.status = read_json(base + "/status.json", quiet=quiet)
-    info.job = read_json(base + "/job.json", quiet=quiet)
+    info.endpoint = _checked(info, base + "/endpoint.json", ENDPOINT)
+    info.status = _checked(info, base + "/status.json", STATUS)
+    info.job = _checked(info, base + "/job.json", JOB)
     nodes = base + "/nodes"
     try:
         names = sorted(os.listdir(nodes)) if _is_real_dir(nodes) else []
@@ -177,10 +185,20 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
         names = []
     for name in names:
         if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
-            rec = read_json(nodes + "/" + name, quiet=quiet)
+            rec = _checked(info, nodes + "/" + name, NODE)
             if rec is not None:
                 info.nodes.append(rec)
+    if info.corrupt and not quiet:
+        log.warning("job %s is corrupt: %s", paths.job_id, "; ".join(info.corrupt))
     return info
+
+
+def _checked(info: JobInfo, path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return load_record(path, fields)
+    except RecordError as exc:
+        info.corrupt.append(str(exc))
+        return None
 
 
 def job_ids(root: Path) -> list[str]:
@@ -230,7 +248,7 @@ def scan(
     out = []
     for jid in job_ids(root):
         info = load(JobPaths(root, jid))
-        if info.endpoint is None and info.status is None and info.job is None and not info.nodes:
+        if info.endpoint is None and info.status is None and info.job is None and not info.nodes and not info.corrupt:
             continue  # an empty or foreign folder
         assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
         if info.liveness == Liveness.FINISHED and not include_finished:
@@ -265,7 +283,12 @@ def assess(
     stale_after: float = STALE_AFTER,
     now: float | None = None,
 ) -> JobInfo:
-    """Judge ``info`` from its records (sets ``liveness`` and ``evidence``); returns it."""
+    """Judge ``info`` from its records (sets ``liveness`` and ``evidence``); returns it.
+    A corrupt job is not judged: what is left of its records cannot be trusted to say
+    it is dead, so nothing deletes it and nothing is sent to it."""
+    if info.corrupt:
+        info.liveness, info.evidence = Liveness.UNKNOWN, "; ".join(info.corrupt)
+        return info
     use_probe = useful_probe(info.endpoint, probe, probe_local=probe_local)
     info.liveness, info.evidence = judge(
         endpoint=info.endpoint,

@@ -28,6 +28,7 @@ class JobState(str, enum.Enum):
     DEAD = "dead"
     STALE = "stale"
     UNKNOWN = "unknown"
+    CORRUPT = "corrupt"  # a record of the job is not one (wrong types, not JSON): shown with why
 
     def __str__(self) -> str:
         return self.value

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 from .commands import Command, State, new_command_id
 from .errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
-from .files import read_json, write_json_atomic
+from .files import RecordError, write_json_atomic
 from .jobs import JobPaths
+from .records import RECEIPT, STATUS, check_record, load_or_empty, load_record
 
 
 class NoAnswer(Unreachable):
@@ -178,16 +179,23 @@ class HttpTransport:
     def status(self) -> dict[str, Any]:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/status")
         if code == 200 and isinstance(data, dict):
-            return data
+            return self._checked(data, STATUS, "status")
         raise refusal(code, data)
 
     def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/commands/{command_id}")
         if code == 200 and isinstance(data, dict):
-            return data
+            return self._checked(data, RECEIPT, "receipt")
         if code == 404:
             return None
         raise refusal(code, data)
+
+    def _checked(self, data: dict[str, Any], fields: dict[str, Any], what: str) -> dict[str, Any]:
+        """An answer is untrusted like any record: checked before anything reads it."""
+        try:
+            return check_record(data, fields, name=f"the {what} from {self.url}")
+        except RecordError as exc:
+            raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
 
     def close(self) -> None:
         self.http.close()
@@ -211,15 +219,18 @@ class FileTransport:
         return {"id": cid, "command": command.value, "state": State.SENT.value, "key": key, "source": "file"}
 
     def status(self) -> dict[str, Any]:
-        st = read_json(self.paths.status)
+        try:
+            st = load_record(self.paths.status, STATUS)
+        except RecordError as exc:
+            raise Unreachable(f"job {self.paths.job_id}'s status cannot be read: {exc}") from None
         if st is None:
-            raise Unreachable(f"job {self.paths.job_id} has no readable status.json yet")
+            raise Unreachable(f"job {self.paths.job_id} has no status.json yet")
         return st
 
     def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
         """The receipt with this id, else (a command file re-sent with a key rank 0 has
         seen: the ledger keeps the first) the receipt that carries the key."""
-        return receipt_in(read_json(self.paths.status, quiet=True), command_id, key)
+        return receipt_in(load_or_empty(self.paths.status, STATUS), command_id, key)
 
     def close(self) -> None:
         pass

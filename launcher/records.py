@@ -19,12 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, read_json, same_host, write_json_atomic
+from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
 from forgather_control.control.checkpoints import Checkpoint, choose, history
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.control.liveness import STALE_AFTER
+from forgather_control.control.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
 from forgather_control.control.states import is_final
 
 from .config import LaunchError
@@ -65,8 +67,7 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, 
     The run resumes from the newest completed checkpoint of any earlier run that still
     exists (``exists`` is asked; tests inject it).
     """
-    job = read_json(paths.job, quiet=True)
-    status = read_json(paths.status, quiet=True)
+    job, status = _load(paths.job, JOB), _load(paths.status, STATUS)
     slurm_id = placement.scheduler.get("slurm_job_id") if placement.scheduler.get("type") == "slurm" else None
     if job is None and status is None:
         return Previous(exists=False, restarts=placement.restart_count)
@@ -88,6 +89,15 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, 
     for point in gone:
         log.warning("checkpoint %s is no longer on disk; resuming from an older one", point.describe())
     return Previous(True, max(restarts, 0), resume_point.path if resume_point else None, created, same_slurm, points, tuple(gone))
+
+
+def _load(path: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """A record of the job id being claimed; corrupt ones stop the launch (whose job is
+    it? is it running?) with the reason and the way out."""
+    try:
+        return load_record(path, fields)
+    except RecordError as exc:
+        raise LaunchError(f"the job folder {path.parent} holds a corrupt record ({exc}); remove the folder, or pick another --job-id") from None
 
 
 def _node_alive(record: dict, *, now: float) -> tuple[bool, str]:
@@ -126,7 +136,7 @@ class JobRecords:
         """Refuse a job id held by a live job; tidy what a dead earlier run left."""
         now = time.time()
         requeued = previous.same_slurm_job
-        mine = read_json(self.paths.node(self.node_rank), quiet=True)
+        mine = _load(self.paths.node(self.node_rank), NODE)
         if mine and not (requeued and self._from_earlier_slurm_run(mine)):
             alive, why = _node_alive(mine, now=now)
             if alive:
@@ -136,8 +146,7 @@ class JobRecords:
                     f"job first (`forgather control stop {self.plan.job_id}`)"
                 )
         if self.node_rank == 0 and not requeued:
-            endpoint = read_json(self.paths.endpoint, quiet=True)
-            status = read_json(self.paths.status, quiet=True)
+            endpoint, status = _load(self.paths.endpoint, ENDPOINT), _load(self.paths.status, STATUS)
             if endpoint or status:
                 from forgather_control.control import probe_endpoint
 
@@ -159,9 +168,7 @@ class JobRecords:
     def _tidy_previous(self) -> None:
         """An earlier run's endpoint and unread commands must not leak into this run: a
         save_and_stop left in the inbox at a requeue would stop the rerun at once."""
-        ep = read_json(self.paths.endpoint, quiet=True)
-        if ep is not None:
-            remove_quietly(self.paths.endpoint)
+        remove_quietly(self.paths.endpoint)
         try:
             names = [n for n in os.listdir(self.paths.inbox) if not n.startswith(TEMP_PREFIX)]
         except OSError:
@@ -241,7 +248,7 @@ class JobRecords:
     def this_runs_status(self) -> dict[str, Any] | None:
         """status.json unless it names another run of the job (this run's rank 0 has not
         written yet; the file is an earlier run's)."""
-        status = read_json(self.paths.status, quiet=True)
+        status = load_or_empty(self.paths.status, STATUS) or None
         ran = (status or {}).get("restarts")
         if status is None or (isinstance(ran, int) and ran != self.plan.restarts):
             return None

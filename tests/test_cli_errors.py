@@ -214,7 +214,9 @@ def test_hostile_warnings_go_to_stderr_not_stdout(cli, jobs_dir: Path) -> None:
     bad.status.write_text("{not json")
     r = cli("control", "list", "--all", "--json")
     assert r.code == 0
-    assert [j["job_id"] for j in r.json()] == ["ok-1"]  # bad-1 has nothing readable
+    rows = {j["job_id"]: j for j in r.json()}
+    assert rows["ok-1"]["state"] == "finished"
+    assert rows["bad-1"]["state"] == "corrupt" and "not valid JSON" in rows["bad-1"]["evidence"]  # its own problem, shown
     assert "bad-1" in r.err and "not valid JSON" in r.err
     assert paths.dir.is_dir()
     assert local_host().hostname  # sanity: the records above were written for this host

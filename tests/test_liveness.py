@@ -86,6 +86,7 @@ def test_scan_skips_hostile_entries(tmp_path: Path) -> None:
     write_json_atomic(outside / "status.json", {"state": "running"})
     (root / "linked").symlink_to(outside)
     jobs = {j.job_id: j for j in scan(root, include_finished=True, squeue=no_squeue)}
-    assert set(jobs) == {"live"}
+    assert set(jobs) == {"live", "garbage"}  # a bad record is its own job's problem, shown as such
     assert jobs["live"].liveness == Liveness.ALIVE and jobs["live"].summary()["step"] == 3
+    assert jobs["garbage"].state == "corrupt" and "not valid JSON" in jobs["garbage"].summary()["evidence"]
     assert local_host().boot_id
