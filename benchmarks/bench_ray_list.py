@@ -33,8 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import EXAMPLES, FORGATHER, Procs, base_env, wait_for  # noqa: E402
-from test_ray_listing import LocalRayCluster, ray_env, write_dead_job, write_finished_job  # noqa: E402
+from support.env import base_env  # noqa: E402
+from support.paths import EXAMPLES, FORGATHER  # noqa: E402
+from support.processes import Procs  # noqa: E402
+from support.ray_cluster import LocalRayCluster, ray_env, write_dead_job, write_finished_job  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
 from forgather_control.control import JobPaths, read_json, scan  # noqa: E402
 

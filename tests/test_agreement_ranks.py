@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_env
-from test_multirank_support import TIMEOUT
+from support.env import base_env
+from support.torchrun import TIMEOUT, torchrun_argv
 
 pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
 
@@ -77,8 +76,7 @@ def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Pa
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(out), str(jobs_dir)]
-    p = procs.start(argv, env=base_env(jobs_dir), name="agree")
+    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir)), env=base_env(jobs_dir), name="agree")
     assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
     r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO, base_env
+from support.env import base_env
+from support.paths import REPO
 
 
 def test_bench_cli_runs(tmp_path) -> None:

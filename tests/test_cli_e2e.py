@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import EXAMPLES, base_env, wait_for
+from support.env import base_env
+from support.paths import EXAMPLES
+from support.waiting import wait_for
 
 from forgather_control.control import JobPaths, read_json
 

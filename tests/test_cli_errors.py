@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import FORGATHER, REPO, base_env
+from support.env import base_env
+from support.paths import FORGATHER, REPO
+from support.ports import free_port
 
 from forgather_control.control import JobPaths, local_host, process_identity, write_json_atomic
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 10) -> JobPaths:
@@ -36,7 +29,7 @@ def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 1
 def unreachable_job(root: Path, job_id: str) -> JobPaths:
     """A job whose pid is alive (ours, start time right) but whose URL is a closed port."""
     paths = JobPaths(root, job_id).create()
-    port = _closed_port()
+    port = free_port()
     ident = process_identity()
     write_json_atomic(
         paths.endpoint,
@@ -172,7 +165,7 @@ def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:
 def test_remote_bad_address_is_usage_and_closed_port_is_unreachable(cli) -> None:
     r = cli("control", "list", "--remote", "nonsense")
     assert r.code == 2 and "HOST:PORT" in r.err
-    r = cli("control", "list", "--remote", f"127.0.0.1:{_closed_port()}", "--token", "t")
+    r = cli("control", "list", "--remote", f"127.0.0.1:{free_port()}", "--token", "t")
     assert r.code == 4, r
 
 
@@ -259,7 +252,7 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
     """A job that takes file commands but never applies them (our own pid, no loop)."""
     import signal
 
-    from conftest import wait_for
+    from support.waiting import wait_for
 
     paths = JobPaths(jobs_dir, "sleepy").create()
     ident = process_identity()

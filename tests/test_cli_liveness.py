@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import EXAMPLES, base_env, wait_for
+from support.env import base_env
+from support.paths import EXAMPLES
+from support.waiting import wait_for
 
 from forgather_control.control import JobPaths, local_host, process_identity, read_json, write_json_atomic
 

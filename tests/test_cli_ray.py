@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLES, base_env, wait_for
+from support.env import base_env
+from support.paths import EXAMPLES
+from support.waiting import wait_for
 
 from forgather_control.control import JobPaths, read_json
 

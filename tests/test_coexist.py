@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 FRAMEWORK_VERSION = "9.9.9"
 MARKER_ENV = "STANDIN_FORGATHER_IMPORTED"
 

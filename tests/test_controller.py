@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from support.waiting import wait_for
 
 from forgather_control.callback import NO_ACTIONS, Controller
 from forgather_control.control import Command, CommandRefused, JobHandle, find_job, probe_endpoint, read_json

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from support.waiting import wait_for
 
 from forgather_control.callback import Controller
 from forgather_control.control import read_json

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import base_env
+from support.env import base_env
 
 CODE = """
 import sys

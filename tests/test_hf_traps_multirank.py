@@ -8,12 +8,12 @@ command that reaches rank 0 after the last step is dropped with the reason."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_env
-from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, torchrun, wait_client, wait_step
+from support.env import base_env
+from support.records import final_status
+from support.torchrun import TIMEOUT, command, end_step, ended_lines, torchrun, torchrun_argv, wait_client, wait_step
 
 pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
 
@@ -103,8 +103,7 @@ def test_command_after_the_last_step_is_dropped_on_two_ranks(jobs_dir: Path, pro
     script = tmp_path / "late.py"
     script.write_text(_LATE)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(jobs_dir), str(out)]
-    job = procs.start(argv, env=base_env(jobs_dir), name="late")
+    job = procs.start(torchrun_argv(script, str(jobs_dir), str(out)), env=base_env(jobs_dir), name="late")
     assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
     sent = re.findall(r"sent <([^>]+)>", job.output())
     assert len(sent) == 1, job.output()[-4000:]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import base_env
+from support.env import base_env
 
 BOOT = [sys.executable, "-m", "forgather_control.callback.bootstrap"]
 

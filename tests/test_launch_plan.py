@@ -13,7 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, base_env, run_cli
+from support.cli import run_cli
+from support.env import base_env
+from support.paths import REPO
+from support.services import CI
 
 from forgather_control.launcher import (
     LaunchConfig,
@@ -53,7 +56,7 @@ SLURM_ENV = {
 def golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if UPDATE or not path.exists():
-        if not UPDATE and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if not UPDATE and CI:
             pytest.fail(f"golden file {path} is missing; create it with FORGATHER_UPDATE_GOLDEN=1")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -225,12 +228,6 @@ def test_dry_run_plan_golden(name: str) -> None:
 
 
 # -- through the real command line -------------------------------------------------------
-def _dry_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-    script = tmp_path / "train.py"
-    script.write_text("print('hello')\n")
-    return run_cli("launch", "--dry-run", "--jobs-dir", str(tmp_path / "jobs"), *args, env=env or base_env())
-
-
 def test_cli_dry_run_golden(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print('hello')\n")
     res = run_cli(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FORGATHER
+from support.paths import FORGATHER
 
 from forgather_control.control import JobPaths, process_identity, write_json_atomic
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan

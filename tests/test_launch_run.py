@@ -17,31 +17,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import EXAMPLES, FORGATHER, REPO, Proc, Procs, base_env, free_port, wait_for
-from conftest import read_record as read
+from support.launcher import launch, wait_running
+from support.paths import EXAMPLES
+from support.paths import PLAIN_LAUNCH as PLAIN
+from support.ports import free_port
+from support.processes import Proc, Procs, assert_all_gone, gone
+from support.records import read_record as read
+from support.waiting import wait_for
 
-PLAIN = REPO / "examples" / "launch" / "plain_train.py"
 HF = EXAMPLES / "hf_trainer.py"
 LIGHTNING = EXAMPLES / "lightning_trainer.py"
-START_TIMEOUT = 240.0  # torch + transformers imports on 2 busy cores
 TIMEOUT = 240.0
-
-
-def launch(procs: Procs, jobs_dir: Path, job_id: str, script: Path, *args: str, opts: tuple[str, ...] = (), name: str = "launch", **env: str) -> Proc:
-    argv = [*FORGATHER, "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, *opts, str(script), *args]
-    return procs.start(argv, env=base_env(jobs_dir, **env), name=name)
-
-
-def wait_running(jobs_dir: Path, job_id: str, *launchers: Proc, min_step: int = 3) -> dict:
-    def ready():
-        for p in launchers:
-            if p.popen.poll() is not None:
-                raise AssertionError(f"launcher exited early ({p.popen.returncode}):\n{p.output()[-4000:]}")
-        st = read(jobs_dir, job_id, "status.json")
-        ok = (jobs_dir / job_id / "endpoint.json").exists() and st.get("state") == "running" and (st.get("step") or 0) >= min_step
-        return st if ok else None
-
-    return wait_for(ready, timeout=START_TIMEOUT, interval=0.2, what=f"job {job_id} running at step >= {min_step}")
 
 
 def tree(proc: Proc) -> list[psutil.Process]:
@@ -50,31 +36,6 @@ def tree(proc: Proc) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
-
-
-def assert_no_orphans(seen: list[psutil.Process]) -> None:
-    """Every process ever seen under the launcher is gone (psutil checks the start time
-    too, so a recycled pid does not count)."""
-    deadline = time.monotonic() + 15
-    while True:
-        alive = []
-        for p in seen:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-            except psutil.Error:
-                pass
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not alive, f"processes left behind: {alive}"
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def control_ok(cli, *args: str) -> str:
@@ -203,7 +164,7 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     assert ckpt.exists() and ckpt.parent == out, record  # a completed checkpoint
     status = read(jobs_dir, "sig", "status.json")
     assert any(c.get("command") == "save_and_stop" and c.get("state") == "completed" for c in status["commands"]), status["commands"]
-    assert_no_orphans(seen)
+    assert_all_gone(seen)
 
 
 @pytest.mark.timeout(600)
@@ -223,7 +184,7 @@ def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -
     record = read(jobs_dir, "esc", "job.json")
     assert record["signals"] == ["SIGINT", "SIGTERM"] and record["state"] == "failed" and record["exit_code"] == code
     assert "escalating" in job.output()
-    assert_no_orphans(seen)
+    assert_all_gone(seen)
 
 
 @pytest.mark.timeout(600)
@@ -239,7 +200,7 @@ def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path
     record = read(jobs_dir, "crash", "job.json")
     assert record["state"] == "failed" and record["exit_code"] == code
     assert read(jobs_dir, "crash", "nodes/0.json")["state"] == "failed"
-    assert_no_orphans(seen)
+    assert_all_gone(seen)
 
 
 def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FORGATHER, Procs, base_env, wait_for
+from support.env import base_env
+from support.launcher import launch
+from support.paths import FORGATHER
+from support.processes import Procs
+from support.waiting import wait_for
 
 from forgather_control.control import JobPaths
 
@@ -49,8 +53,7 @@ def start_job(procs: Procs, jobs_dir: Path, tmp_path: Path, job_id: str):
     script = tmp_path / "slow_start.py"
     script.write_text(SCRIPT)
     go = tmp_path / "go"
-    argv = [*FORGATHER, "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, str(script), str(go), str(tmp_path / "out")]
-    return procs.start(argv, env=base_env(jobs_dir), name="launch"), go
+    return launch(procs, jobs_dir, job_id, script, str(go), str(tmp_path / "out")), go
 
 
 def listed_state(cli, job_id: str) -> str | None:

@@ -9,17 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_multirank_support import (
-    TIMEOUT,
-    command,
-    end_step,
-    ended_lines,
-    final_status,
-    read_traces,
-    torchrun,
-    wait_client,
-    wait_step,
-)
+from support.records import final_status
+from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_traces, torchrun, wait_client, wait_step
 
 pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_multirank_support import TIMEOUT, command, end_step, ended_lines, final_status, free_port, read_traces, torchrun, wait_client, wait_step
+from support.ports import free_port
+from support.records import final_status
+from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_traces, torchrun, wait_client, wait_step
 
 from forgather_control.control import Command, read_json
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_service
+from support.services import require_service
 
 from forgather_control.launcher.nodelist import NodeListError, expand_nodelist, first_node
 

@@ -17,184 +17,29 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from conftest import EXAMPLES, Procs, base_env, free_port, require_service, run_cli, wait_for
+from support.cli import run_cli
+from support.env import base_env
+from support.paths import EXAMPLES
+from support.ports import free_port
+from support.processes import Procs, alive
+from support.ray_cluster import START_TIMEOUT, LocalRayCluster, ray_env, session_members, write_dead_job, write_finished_job
+from support.services import require_service
+from support.waiting import wait_for
 
 from forgather_control.control import JobPaths, process_identity, read_json, write_json_atomic
 from forgather_control.control.ray_listing import INSTALL_HINT
 
 # One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
-
-START_TIMEOUT = 180.0  # two cores shared with four other test runs
-
-
-@dataclass
-class RayNode:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-    jobs_dir: Path
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-@dataclass
-class LocalRayCluster:
-    """Ray nodes on this machine, each a ``ray start --block`` in its own session.
-
-    Every node gets its own free ports (several Ray defaults are fixed numbers that
-    would collide with other clusters on the machine) and a short private temp dir
-    (so ``ray.init("auto")`` elsewhere is never pointed at us). Stopping a node
-    terminates its session, the only processes we may touch.
-    """
-
-    base: Path
-    env: dict[str, str]
-    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fgr-", dir="/tmp")))
-    nodes: list[RayNode] = field(default_factory=list)
-    address: str | None = None
-
-    def add_node(self, name: str, jobs_dir: Path, *, extra_env: dict[str, str] | None = None) -> RayNode:
-        head = self.address is None
-        exe = Path(sys.executable).with_name("ray")
-        ray_cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
-        argv = [
-            *ray_cli,
-            "start",
-            "--block",
-            f"--node-name={name}",
-            f"--temp-dir={self.temp_dir}",
-            "--num-cpus=1",
-            "--object-store-memory=100000000",
-            "--disable-usage-stats",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-        ]
-        if head:
-            port = free_port()
-            self.address = f"127.0.0.1:{port}"
-            argv += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]
-        else:
-            argv += [f"--address={self.address}"]
-        env = {**self.env, "FORGATHER_JOBS_DIR": str(jobs_dir), **(extra_env or {})}
-        log = self.base / f"ray-{name}.log"
-        with open(log, "wb") as fh:
-            popen = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        node = RayNode(name, popen, log, jobs_dir)
-        self.nodes.append(node)
-        deadline = time.monotonic() + START_TIMEOUT
-        while "Ray runtime started" not in node.output():
-            if popen.poll() is not None or time.monotonic() > deadline:
-                if head:
-                    self.address = None
-                raise RuntimeError(f"ray node {name} did not start (exit {popen.poll()}):\n{node.output()[-3000:]}")
-            time.sleep(0.2)
-        return node
-
-    def stop_node(self, node: RayNode, sig: int = signal.SIGTERM, timeout: float = 60.0) -> list[str]:
-        """SIGTERM lets ``ray start --block`` stop its own processes; then SIGKILL the
-        rest of its session. Returns what survived (should be nothing)."""
-        sid = node.popen.pid
-        try:
-            # Only to `ray start`, not its whole group: with every process signalled at
-            # once, the head takes ~30 s instead of 2 to stop.
-            if sig == signal.SIGKILL:
-                os.killpg(sid, sig)
-            else:
-                node.popen.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        try:
-            node.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + timeout
-        while (left := session_members(sid)) and time.monotonic() < deadline:
-            for p in left:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(left, timeout=5)
-        if node.popen.poll() is None:
-            node.popen.kill()
-            node.popen.wait(10)
-        return [f"{p.pid} {' '.join(p.cmdline()[:2])}" for p in session_members(sid) if _exists(p)]
-
-    def shutdown(self) -> list[str]:
-        leftovers: list[str] = []
-        for node in reversed(self.nodes):  # workers first, then the head
-            leftovers += self.stop_node(node)
-        if not leftovers:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-        return leftovers
-
-
-def session_members(sid: int) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return out
-
-
-def _exists(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def ray_env() -> dict[str, str]:
-    """The environment for everything Ray here: no auth token (facts.md), no address
-    inherited from the caller, no jobs dir but the one we give."""
-    env = base_env(RAY_AUTH_MODE="disabled")
-    for k in ("RAY_ADDRESS", "FORGATHER_JOBS_DIR", "FORGATHER_RAY_LIST_DELAY"):
-        env.pop(k, None)
-    return env
-
-
-# -- records ------------------------------------------------------------------------
-def dead_pid() -> int:
-    """The pid of a real process that has exited (so the record is judged dead)."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def write_dead_job(root: Path, job_id: str) -> None:
-    paths = JobPaths(root, job_id).create()
-    ident = {**process_identity(), "pid": dead_pid(), "pid_start_time": time.time() - 100}
-    write_json_atomic(
-        paths.endpoint, {"job_id": job_id, "url": "http://127.0.0.1:9", "port": 9, "token": "t", "started_at": time.time() - 100, "protocol": 1, **ident}
-    )
-    write_json_atomic(paths.status, {"job_id": job_id, "state": "running", "step": 7, "heartbeat_at": time.time() - 50, **ident})
-
-
-def write_finished_job(root: Path, job_id: str) -> None:
-    paths = JobPaths(root, job_id).create()
-    write_json_atomic(paths.status, {"job_id": job_id, "state": "finished", "step": 20, "max_steps": 20, "ended_at": time.time() - 10, **process_identity()})
 
 
 @dataclass
@@ -452,7 +297,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         listing_thread.start()
         # Kill it once its listing task is running there (a worker in its session).
         wait_for(
-            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if _exists(p)),
+            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if alive(p)),
             timeout=60,
             what="the listing task's worker on the hung node",
         )

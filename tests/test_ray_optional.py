@@ -7,13 +7,14 @@ Each check runs in a fresh interpreter so ``sys.modules`` tells the truth.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, base_env
+from support.env import base_env
+from support.paths import REPO
+from support.ports import free_port
 
 # Makes ``ray`` invisible the way an install without it is: PathFinder is replaced by
 # one that finds everything else, so find_spec("ray") is None and importing it raises
@@ -37,12 +38,6 @@ REPORT_RAY = "import atexit, sys; atexit.register(lambda: print('RAY_IMPORTED=%s
 
 def py(code: str, env: dict[str, str], timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_import_and_plain_list_leave_ray_out(jobs_dir: Path) -> None:
@@ -86,7 +81,7 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
 
 def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
     """We never start a cluster: a dead address fails in seconds, saying what to do."""
-    env = base_env(jobs_dir, RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{closed_port()}")
+    env = base_env(jobs_dir, RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{free_port()}")
     code = (
         "import json, time; from forgather_control.control import list_cluster, RayUnavailable\n"
         "t = time.monotonic()\n"

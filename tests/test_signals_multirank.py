@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for
-from test_multirank_support import TIMEOUT, end_step, ended_lines, final_status, torchrun, wait_client, wait_step, workers_by_rank
+from support.records import final_status
+from support.torchrun import TIMEOUT, end_step, ended_lines, torchrun, wait_client, wait_step, workers_by_rank
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
 

@@ -18,13 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FORGATHER, REPO, base_env, require_service, wait_for
-from conftest import read_record as read
+from support.env import base_env
+from support.paths import FORGATHER, REPO
+from support.paths import PLAIN_LAUNCH as PLAIN
+from support.processes import dead_pid
+from support.records import read_record as read
+from support.services import require_service
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
 
 TEMPLATE = REPO / "slurm" / "train.sbatch"
-PLAIN = REPO / "examples" / "launch" / "plain_train.py"
 TIMEOUT = 240.0
 LIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "SIGNALING", "RESIZING", "UNKNOWN"}
 
@@ -253,9 +257,7 @@ def test_cleanup_keeps_a_requeued_job_waiting_in_the_queue(slurm: list[str], tmp
     slurm.append(jid)
     wait_for(lambda: squeue_state(jid) == "PENDING", timeout=60, interval=0.5, what="the held job to be pending")
     jobs_dir = tmp_path / "jobs"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    folder = _fake_job(jobs_dir, f"slurm-{jid}", jid, host="here", state="stopped", pid=dead.pid)
+    folder = _fake_job(jobs_dir, f"slurm-{jid}", jid, host="here", state="stopped", pid=dead_pid())
     job = json.loads((folder / "job.json").read_text())
     (folder / "job.json").write_text(json.dumps({**job, "state": "requeued"}))  # as the launcher leaves it
     res = cli(jobs_dir, "control", "cleanup", "--yes")

@@ -1,5 +1,5 @@
-"""Helpers for the torchrun tests (no tests here): start real torchrun jobs, find their
-workers by rank, drive them with the client API from forgather_control.control."""
+"""Real torchrun jobs (gloo on CPU) running the examples, found by rank and driven with
+the client API from ``forgather_control.control``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from conftest import EXAMPLES, Proc, Procs, base_env, free_port, wait_for  # noqa: F401 (free_port: re-exported)
 
 from forgather_control.control import JobHandle, find_job, probe_endpoint
 
+from .env import base_env
+from .paths import EXAMPLES
+from .processes import Proc, Procs
+from .waiting import wait_for
+
 #: torchrun runs take seconds on 2 busy cores shared with other test runs.
 TIMEOUT = 240.0
+
+
+def torchrun_argv(script: str | Path, *args: str, nproc: int = 2) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N SCRIPT ARGS``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script), *args]
 
 
 def torchrun(
@@ -30,12 +39,13 @@ def torchrun(
     env: dict[str, str] | None = None,
     name: str | None = None,
 ) -> Proc:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    """One node of a torchrun job running ``examples/trainer_control/SCRIPT``."""
     if nnodes == 1:
-        argv += ["--standalone"]
+        argv = torchrun_argv(EXAMPLES / script, *args, nproc=nproc)
     else:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
         argv += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(master_port)]
-    argv += [str(EXAMPLES / script), *args]
+        argv += [str(EXAMPLES / script), *args]
     return procs.start(argv, env=base_env(jobs_dir, **(env or {})), name=name or f"{Path(script).stem}-node{node_rank}")
 
 
@@ -65,6 +75,7 @@ def command(client: JobHandle, cmd: str, *, timeout: float = TIMEOUT) -> dict[st
 
 
 def wait_step(client: JobHandle, step: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The job's status once it reached ``step``."""
     return wait_for(lambda: (lambda s: s if (s.get("step") or 0) >= step else None)(client.status()), timeout=timeout, interval=0.2, what=f"step {step}")
 
 
@@ -105,8 +116,5 @@ def end_step(line: str) -> int:
 
 
 def read_traces(trace_dir: Path) -> dict[int, list[list[int]]]:
+    """rank -> the agreement trace each rank dumped (FORGATHER_TRACE_AGREEMENT)."""
     return {int(p.stem.split("-")[1]): json.loads(p.read_text())["trace"] for p in sorted(trace_dir.glob("rank-*.json"))}
-
-
-def final_status(jobs_dir: Path, job_id: str) -> dict[str, Any]:
-    return json.loads((jobs_dir / job_id / "status.json").read_text())

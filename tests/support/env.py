@@ -1,0 +1,25 @@
+"""The environment a test's child process gets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Variables a surrounding torchrun or SLURM job would leak into ours.
+_LEAKS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def base_env(jobs_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment without any job's identity (FORGATHER_JOB_ID, SLURM_*,
+    TORCHELASTIC_*, RANK ...), unbuffered, one thread per process, plus ``extra``."""
+    env = dict(os.environ)
+    env.pop("FORGATHER_JOB_ID", None)
+    for k in list(env):
+        if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in _LEAKS:
+            env.pop(k)
+    if jobs_dir is not None:
+        env["FORGATHER_JOBS_DIR"] = str(jobs_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env

@@ -1,0 +1,118 @@
+"""Real processes for one test: started in their own session, and none outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .paths import REPO
+from .waiting import wait_for
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait(self, timeout: float = 120.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process {self.pid} did not exit within {timeout}s; output:\n{self.output()[-4000:]}") from None
+
+
+class Procs:
+    """Process owner for one test: start, and guarantee that nothing outlives it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Proc] = []
+
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, name: str | None = None) -> Proc:
+        """Start ``argv`` in a session of its own, output (both streams) to a log file."""
+        log = self.tmp_path / f"{name or Path(argv[1] if len(argv) > 1 else argv[0]).stem}-{len(self.started)}.log"
+        with open(log, "wb") as fh:
+            popen = subprocess.Popen(argv, env=env, cwd=cwd or REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        p = Proc(popen, log)
+        self.started.append(p)
+        return p
+
+    def cleanup(self) -> list[str]:
+        """Kill every started process's group and descendants; returns what survived."""
+        leftovers: list[str] = []
+        for p in self.started:
+            procs = []
+            try:
+                root = psutil.Process(p.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for q in procs:
+                try:
+                    q.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(procs, timeout=10)
+            try:
+                p.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                leftovers.append(f"pid {p.pid} did not die")
+        return leftovers
+
+
+def alive(p: psutil.Process) -> bool:
+    """Running and not a zombie (psutil checks the start time: a recycled pid is not ``p``)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} {' '.join(p.cmdline())[:120]}"
+    except psutil.Error:
+        return str(p.pid)
+
+
+def assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
+    """Every one of ``procs`` ends within ``timeout`` (a recycled pid does not count)."""
+    try:
+        wait_for(lambda: not any(alive(p) for p in procs), timeout=timeout, interval=0.2, what="processes to end")
+    except AssertionError:
+        raise AssertionError(f"processes left behind: {[describe(p) for p in procs if alive(p)]}") from None
+
+
+def gone(pid: int) -> bool:
+    """No process has ``pid`` now, or only a zombie."""
+    try:
+        return not alive(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
+def dead_pid() -> int:
+    """The pid of a real process that has exited and been reaped (a record naming it is dead)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
