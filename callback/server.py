@@ -2,28 +2,42 @@
 
 The app only touches the :class:`~forgather_control.control.Ledger` (thread-safe) and a
 status callable; it never makes a collective and never raises into training. Every
-refusal is a clear 4xx that changes nothing.
+refusal is a clear 4xx that changes nothing, described by the models in :mod:`.api`
+and published at ``/openapi.json`` (behind the token, like everything but ``/health``
+and ``/hello``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from forgather_control.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
+from forgather_control.control.proof import proof
+
+from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, Receipt, Status, errors
+from .guard import READ_DEADLINE, connection_cap, guarded_protocol, quiet_accept_errors
 
 log = logging.getLogger(__name__)
 
 #: A command body is a few dozen bytes; anything past this is refused with 413.
 MAX_BODY_BYTES = 4096
-_KEY_MAX = 128
+#: Routes a client may call without the token.
+OPEN_PATHS = frozenset({"/health", "/hello"})
+#: ``HOST`` or ``HOST:PORT`` where HOST is a bracketed IPv6 literal or has no colon.
+_HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]@/\s]+)(?::([0-9]{1,5}))?")
+_NONCE = re.compile(r"[0-9a-f]{16,128}")
 
 
 class ServerStartError(RuntimeError):
@@ -34,11 +48,12 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
-def _host_name(header: str) -> str:
-    """The host part of a Host header: ``[::1]:8000`` -> ``[::1]``, ``a:1`` -> ``a``."""
-    if header.startswith("["):
-        return header.split("]", 1)[0] + "]"
-    return header.rsplit(":", 1)[0]
+def local_host_header(header: str) -> bool:
+    """True for a Host header that names this machine exactly: an IP literal in
+    127.0.0.0/8 or ::1, or ``localhost``, with an optional numeric port. A name that
+    only starts like one (``127.0.0.1.evil.example``, ``localhost:evil``) is not."""
+    match = _HOST_HEADER.fullmatch(header)
+    return match is not None and is_loopback_host(match.group(1))
 
 
 def create_app(
@@ -53,23 +68,22 @@ def create_app(
     """Build the control API for one job. ``token=None`` disables auth (an explicit
     opt-out the caller must have asked for). ``loopback`` turns on the Host check that
     stops a web page in the user's browser from reaching the server by DNS rebinding."""
-    app = FastAPI(title="forgather-control", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="forgather-control", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     expected = f"Bearer {token}".encode() if token else None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         try:
-            if loopback:
-                if not is_loopback_host(_host_name(request.headers.get("host") or "")):
-                    return _error(403, f"Host header {request.headers.get('host')!r} is not local; this server answers loopback clients only")
+            host = request.headers.get("host") or ""
+            if loopback and not local_host_header(host):
+                return _error(403, f"Host header {host!r} is not local; this server answers loopback clients only")
             length = request.headers.get("content-length")
             if length is not None:
-                try:
-                    if int(length) > max_body:
-                        return _error(413, f"request body of {length} bytes is over the {max_body}-byte limit")
-                except ValueError:
+                if not length.isdigit():
                     return _error(400, "malformed Content-Length header")
-            if request.url.path != "/health":
+                if int(length) > max_body:
+                    return _error(413, f"request body of {length} bytes is over the {max_body}-byte limit")
+            if request.url.path not in OPEN_PATHS:
                 if "token" in request.query_params or "access_token" in request.query_params:
                     return _error(401, "tokens in the URL are refused (they end up in logs); send Authorization: Bearer <token>")
                 if expected is not None:
@@ -81,6 +95,9 @@ def create_app(
                             headers={"WWW-Authenticate": "Bearer"},
                         )
             return await call_next(request)
+        except ClientDisconnect:
+            log.debug("a client left before its request was read")
+            return _error(400, "the request ended before its body arrived")
         except Exception as exc:  # never let a handler bug escape
             log.exception("control server error")
             return _error(500, f"internal error in the control server: {type(exc).__name__}")
@@ -92,21 +109,30 @@ def create_app(
             return _error(404, f"this server controls job {job_id!r}, not {jid!r}")
         return None
 
-    @app.get("/health")
+    auth = (401, 403, 413)
+
+    @app.get("/health", response_model=Health, responses=errors(400, 403, 413))
     def health() -> dict[str, Any]:
         return {"ok": True, "protocol": PROTOCOL}
 
-    @app.get("/jobs")
+    @app.get("/hello", response_model=Hello, responses=errors(400, 403, 413))
+    def hello(nonce: str = "") -> Any:
+        """Proof that this server holds the job's token, before a client sends it."""
+        if not _NONCE.fullmatch(nonce):
+            return _error(400, "nonce must be 16-128 lowercase hex characters")
+        return {"job_id": job_id, "proof": proof(token or "", job_id, nonce), "protocol": PROTOCOL}
+
+    @app.get("/jobs", response_model=JobsList, responses=errors(*auth))
     def jobs() -> dict[str, Any]:
         st = status()
         return {"jobs": [{"job_id": job_id, "state": st.get("state"), "step": st.get("step"), "max_steps": st.get("max_steps")}]}
 
-    @app.get("/jobs/{jid}/status")
-    def job_status(jid: str):
+    @app.get("/jobs/{jid}/status", response_model=Status, responses=errors(*auth, 400, 404))
+    def job_status(jid: str) -> Any:
         return check_job(jid) or status()
 
-    @app.get("/jobs/{jid}/commands/{cid}")
-    def command(jid: str, cid: str):
+    @app.get("/jobs/{jid}/commands/{cid}", response_model=Receipt, responses=errors(*auth, 400, 404))
+    def command(jid: str, cid: str) -> Any:
         bad = check_job(jid)
         if bad is not None:
             return bad
@@ -115,11 +141,20 @@ def create_app(
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
 
-    @app.post("/jobs/{jid}/control", status_code=202)
-    async def control(jid: str, request: Request):
+    @app.post(
+        "/jobs/{jid}/control",
+        status_code=202,
+        response_model=Receipt,
+        responses={200: {"model": Receipt, "description": "the key was seen: the first receipt"}, **errors(*auth, 400, 404, 409, 415, 422, 429)},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CommandRequest"}}}}},
+    )
+    async def control(jid: str, request: Request) -> Any:
         bad = check_job(jid)
         if bad is not None:
             return bad
+        kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return _error(415, f"send the command as application/json, not {kind or 'no content type'!r}")
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -127,36 +162,89 @@ def create_app(
                 return _error(413, f"request body is over the {max_body}-byte limit")
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(400, 'malformed JSON; send {"command": "<name>", "key": "<optional idempotency key>"}', valid_commands=list(VALID_COMMANDS))
-        if not isinstance(data, dict) or "command" not in data:
-            return _error(422, 'expected a JSON object with a "command" field', valid_commands=list(VALID_COMMANDS))
-        extra = set(data) - {"command", "key", "options"}
-        if extra:
-            return _error(422, f"unknown field(s) {sorted(extra)}; only command, key and options are accepted")
-        key = data.get("key")
-        if key is not None and (not isinstance(key, str) or not key or len(key) > _KEY_MAX):
-            return _error(422, f"key must be a non-empty string of at most {_KEY_MAX} characters")
         try:
-            cmd = parse_command(data["command"])
+            req = CommandRequest.model_validate(data)
+        except ValidationError as exc:
+            return _error(422, _describe(exc), valid_commands=list(VALID_COMMANDS))
+        try:
+            cmd = parse_command(req.command)
         except UnknownCommand as exc:
             return _error(422, str(exc), valid_commands=list(VALID_COMMANDS))
+        options = req.options.model_dump(exclude_none=True) if req.options is not None else None
         try:
-            entry, created = ledger.submit(cmd, key=key, source="http", options=data.get("options"))
+            entry, created = ledger.submit(cmd, key=req.key, source="http", options=options)
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
         return JSONResponse(entry.to_dict(), status_code=202 if created else 200)
 
+    _publish_errors_as_declared(app)
     return app
 
 
-class ServerThread:
-    """uvicorn serving ``app`` from a daemon thread; ``start`` returns the bound port."""
+def _describe(exc: ValidationError) -> str:
+    """A command body's problems in the words of the API, not pydantic's."""
+    valid = f"valid commands: {', '.join(VALID_COMMANDS)}"
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "model_type":
+            problems.append('expected a JSON object with a "command" field')
+        elif err["type"] == "missing" and where == "command":
+            problems.append(f'expected a JSON object with a "command" field; {valid}')
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"unknown field {where!r}; only command, key and options (evaluate) are accepted")
+        elif where == "command":
+            problems.append(f"unknown command {err.get('input')!r}; {valid}")
+        elif where == "key":
+            problems.append(f"key must be a non-empty string of at most {KEY_MAX} characters")
+        else:
+            problems.append(f"{where}: {err['msg']}")
+    return "; ".join(problems)
 
-    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
+
+def _publish_errors_as_declared(app: FastAPI) -> None:
+    """FastAPI adds its own 422 (a list of validation errors) to routes with parameters;
+    ours answer every refusal with an ErrorBody, so the schema says that instead."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.get("responses", {})
+                    if "422" in responses:
+                        responses["422"] = {
+                            "description": "not a command, or a parameter out of range",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        }
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["ErrorBody"] = ErrorBody.model_json_schema()
+            request = CommandRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components["CommandRequest"] = request
+            schema["components"]["schemas"].pop("HTTPValidationError", None)
+            schema["components"]["schemas"].pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class ServerThread:
+    """uvicorn serving ``app`` from a daemon thread; ``start`` returns the bound port.
+
+    Guarded (:mod:`.guard`): at most ``cap`` connections (default: a quarter of the
+    descriptor limit), each request must arrive whole within ``read_deadline``, a small
+    accept backlog, and accept errors logged once a minute."""
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, cap: int | None = None, read_deadline: float = READ_DEADLINE) -> None:
         import uvicorn
 
         self.host = host
+        self.cap = cap if cap is not None else connection_cap()
         self.config = uvicorn.Config(
             app,
             host=host,
@@ -165,8 +253,10 @@ class ServerThread:
             access_log=False,
             lifespan="off",
             loop="asyncio",
-            http="h11",
+            http=guarded_protocol(self.cap, read_deadline),
             ws="none",
+            backlog=64,
+            timeout_keep_alive=5,
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(self.config)
@@ -176,9 +266,13 @@ class ServerThread:
 
     def _run(self) -> None:
         try:
-            self.server.run()
+            asyncio.run(self._serve())
         except BaseException as exc:  # noqa: BLE001 - uvicorn calls sys.exit(1) when it cannot bind
             self._error = exc
+
+    async def _serve(self) -> None:
+        quiet_accept_errors(asyncio.get_running_loop())
+        await self.server.serve()
 
     def start(self, timeout: float = 10.0) -> int:
         self.thread.start()

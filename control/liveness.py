@@ -14,6 +14,7 @@ Order of evidence, strongest first:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import shutil
 import socket
@@ -96,9 +97,17 @@ def process_identity(pid: int | None = None) -> dict[str, object]:
 
 
 def is_loopback_host(host: str) -> bool:
-    """127.x, localhost or ::1 (bare or bracketed, as in a Host header): an address that
-    means "this machine" wherever it is read."""
-    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
+    """An address that means "this machine" wherever it is read: an IP literal in
+    127.0.0.0/8 or ::1 (bare or bracketed), or exactly ``localhost``. Anything that only
+    starts like one (``127.0.0.1.evil.example``) is a name someone else resolves."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback_url(url: str) -> bool:

@@ -20,6 +20,8 @@ from .commands import Command, State, new_command_id
 from .errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
 from .files import RecordError, write_json_atomic
 from .jobs import JobPaths
+from .liveness import pid_alive, same_host
+from .proof import new_nonce, proof_matches
 from .records import RECEIPT, STATUS, check_record, load_or_empty, load_record
 
 
@@ -29,9 +31,12 @@ class NoAnswer(Unreachable):
 
 class HttpChannel:
     """A kept-alive connection to one job's server. Plain HTTP on loopback or a cluster
-    network; the token travels only in the Authorization header."""
+    network; the token travels only in the Authorization header, and only to a server
+    that has first proved it holds it (:mod:`.proof`), on every new connection.
+    ``job_id``: the job the server must prove it serves (None: any job, as for
+    ``--remote``, where the server says which)."""
 
-    def __init__(self, url: str, token: str | None, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 5.0, job_id: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme != "http" or not parsed.hostname:
             raise UsageError(f"unsupported control URL {url!r}; expected http://HOST:PORT")
@@ -40,7 +45,9 @@ class HttpChannel:
         self.port = parsed.port or 80
         self.token = token
         self.timeout = timeout
+        self.job_id = job_id
         self._conn: http.client.HTTPConnection | None = None
+        self._proved = False
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
         """One request and its JSON answer. Raises Unreachable when nothing could be
@@ -50,8 +57,6 @@ class HttpChannel:
         A kept-alive connection the server has closed meanwhile fails on reuse; that
         one failure is retried on a fresh connection (the request never arrived)."""
         headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -60,6 +65,9 @@ class HttpChannel:
 
         stale = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
         for attempt in (0, 1):
+            if self.token:
+                self._prove()  # on this connection: a fresh one is proved again
+                headers["Authorization"] = f"Bearer {self.token}"
             reused = self._conn is not None
             conn = self._connection()
             try:
@@ -84,7 +92,36 @@ class HttpChannel:
             data = {"detail": raw.decode(errors="replace")[:500]}
         return resp.status, data
 
+    def _prove(self) -> None:
+        """Make the server prove it holds the token before anything carries it."""
+        if self._proved and self._conn is not None:
+            return
+        token, nonce = self.token or "", new_nonce()
+        saved, self.token = self.token, None  # the challenge itself goes without it
+        try:
+            code, data = self.request("GET", f"/hello?nonce={nonce}")
+        finally:
+            self.token = saved
+        job = data.get("job_id") if isinstance(data, dict) else None
+        answered = code == 200 and isinstance(job, str) and isinstance(data.get("proof"), str)
+        if answered and proof_matches(token, job, nonce, data["proof"]) and self.job_id in (None, job):
+            self._proved = True
+            return
+        self.close()
+        if answered and self.job_id is None:  # --remote: the user's token does not match the server's
+            raise CommandRefused(
+                f"the server at {self.url} (says it serves job {job}) does not prove it holds our token: the token is wrong "
+                "(pass the job's token with --token or FORGATHER_TOKEN; it is in the job's endpoint.json), or this is not the "
+                "job's server. Ours was not sent",
+                http_status=401,
+            )
+        raise Unreachable(
+            f"the server at {self.url} does not prove it holds the job's token (HTTP {code}); it may be a stale endpoint "
+            "whose port another process took. The token was not sent"
+        )
+
     def close(self) -> None:
+        self._proved = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -98,13 +135,17 @@ class HttpChannel:
 
 
 def probe_endpoint(endpoint: dict, *, timeout: float = 0.5) -> bool | None:
-    """True when the server answers an authenticated request for this job; False when
-    something answers but is not this job (or refuses our token); None: no answer."""
+    """True when the server proves it holds the job's token and answers for this job;
+    False when something answers but is not this job; None: no answer. An endpoint
+    recorded on this host by a process that is gone is never contacted: whatever holds
+    its port now is a stranger."""
     url, job_id = endpoint.get("url"), endpoint.get("job_id")
     if not url or not isinstance(url, str):
         return None
+    if same_host(endpoint) and not pid_alive(endpoint):
+        return None
     try:
-        ch = HttpChannel(url, endpoint.get("token"), timeout=timeout)
+        ch = HttpChannel(url, endpoint.get("token"), timeout=timeout, job_id=job_id if isinstance(job_id, str) else None)
         code, data = ch.request("GET", "/jobs")
         ch.close()
     except ControlError:
@@ -157,7 +198,7 @@ class HttpTransport:
     def __init__(self, url: str, token: str | None, job_id: str, *, timeout: float = 5.0) -> None:
         self.url = url
         self.job_id = job_id
-        self.http = HttpChannel(url, token, timeout=timeout)
+        self.http = HttpChannel(url, token, timeout=timeout, job_id=job_id)
 
     def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"command": command.value, "key": key}

@@ -99,7 +99,7 @@ def test_oversized_body_is_413(client: TestClient, ledger: Ledger) -> None:
         for _ in range(20):
             yield b"x" * 1024
 
-    r = client.post("/jobs/job-1/control", content=chunks(), headers=AUTH)
+    r = client.post("/jobs/job-1/control", content=chunks(), headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 413
     assert ledger.pending_count() == 0
 

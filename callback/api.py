@@ -1,0 +1,104 @@
+"""The control API's shapes: request and response models, and the errors it answers.
+
+These are what ``/openapi.json`` publishes and what the server really sends: every
+refusal is an :class:`ErrorBody` (a string ``detail``), including the 422 FastAPI would
+otherwise describe as a list of validation errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgather_control.control import CLI_VERBS, VALID_COMMANDS
+
+#: The longest idempotency key accepted.
+KEY_MAX = 128
+#: Every name a command may be sent by: the wire names and the CLI's verbs.
+CommandName = Literal[(*VALID_COMMANDS, *CLI_VERBS)]  # type: ignore[valid-type]
+
+
+class ErrorBody(BaseModel):
+    """A refusal: what was wrong and what to do."""
+
+    detail: str
+    valid_commands: list[str] | None = None
+
+
+class Health(BaseModel):
+    ok: bool
+    protocol: int
+
+
+class Hello(BaseModel):
+    """The server's proof that it holds the job's token (see control/proof.py)."""
+
+    job_id: str
+    proof: str
+    protocol: int
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    state: str | None = None
+    step: int | None = None
+    max_steps: int | None = None
+
+
+class JobsList(BaseModel):
+    jobs: list[JobSummary]
+
+
+class CommandOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evaluate: bool | None = Field(default=None, description="false: a save skips the evaluation a trainer would run first")
+
+
+class CommandRequest(BaseModel):
+    """A command to queue. ``key`` makes a retry safe: the same key returns the first
+    receipt; a key that names another command is refused with 409."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: CommandName = Field(description="a command's wire name, or the CLI's verb for it")
+    key: str | None = Field(default=None, min_length=1, max_length=KEY_MAX)
+    options: CommandOptions | None = None
+
+
+class Receipt(BaseModel):
+    """A command's ledger entry."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    command: str
+    state: str
+    key: str | None = None
+    source: str
+    seq: int
+    created_at: float
+    updated_at: float
+    step: int | None = None
+    result: dict[str, Any] | None = None
+    reason: str | None = None
+    options: dict[str, Any] | None = None
+
+
+class Status(BaseModel):
+    """The job's status record (status.json has the same fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    state: str
+    step: int | None = None
+    max_steps: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    commands: list[Receipt] = Field(default_factory=list)
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entry declaring ``codes`` as ErrorBody answers."""
+    return {code: {"model": ErrorBody} for code in codes}

@@ -1,0 +1,121 @@
+"""Limits that keep rank 0's control plane up whoever connects: a cap on connections,
+a deadline for each request to arrive, and accept errors logged once a minute.
+
+Without them, a thousand idle connections (no token needed: nothing has been sent yet)
+take every file descriptor of the training process under the common limit of 1,024:
+HTTP and the inbox fail with EMFILE, status.json stops, and asyncio logs a traceback per
+failed accept in a tight loop. uvicorn has no header or body read timeout (a request
+dripped a byte a second holds its connection forever) and no cap on idle connections
+(``limit_concurrency`` answers 503 only once a request has arrived).
+
+The guard is a subclass of uvicorn's h11 protocol that only adds to the asyncio
+``Protocol`` methods (``connection_made``, ``connection_lost``) every version has, and
+reads h11's own state to tell a request still arriving from one being answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ACCEPT_LOG_INTERVAL", "READ_DEADLINE", "GuardedH11Protocol", "connection_cap", "quiet_accept_errors"]
+
+#: Seconds a client has to send a whole request (headers and body), counted from the
+#: connection (or from the previous answer on a kept-alive one).
+READ_DEADLINE = 10.0
+#: At most one log line a minute about failing accepts (EMFILE and the like).
+ACCEPT_LOG_INTERVAL = 60.0
+#: Never more connections than this, whatever the descriptor limit.
+MAX_CONNECTIONS = 256
+
+
+def connection_cap() -> int:
+    """Open connections allowed: a quarter of the process's descriptor limit (so the
+    training, its data loaders and our own files keep three quarters), at most
+    :data:`MAX_CONNECTIONS`, at least 8."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, soft // 4))
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap and a request read deadline."""
+
+    cap: int = MAX_CONNECTIONS
+    read_deadline: float = READ_DEADLINE
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.cap:
+            # abort, not close: the descriptor is released now, not after a lingering FIN
+            transport.abort()
+            return
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # a kept-alive connection gets the same time for its next request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            self._deadline.cancel()  # type: ignore[union-attr]
+        self._deadline = self.loop.call_later(self.read_deadline, self._expired)
+
+    def _expired(self) -> None:
+        """The request did not arrive whole in time (idle, or dripped): drop it. A
+        request that has arrived and is being answered is left alone."""
+        self._deadline = None
+        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED) and self.cycle is not None and not self.cycle.response_complete:
+            return
+        self.transport.abort()
+
+
+def guarded_protocol(cap: int, read_deadline: float = READ_DEADLINE) -> type[GuardedH11Protocol]:
+    """A protocol class with these limits (uvicorn takes a class, not an instance)."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"cap": cap, "read_deadline": read_deadline})
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, *, interval: float = ACCEPT_LOG_INTERVAL) -> None:
+    """Route the loop's unhandled errors through a handler that logs a failing accept
+    once per ``interval`` (with how many it swallowed), not once per attempt."""
+    state: dict[str, Any] = {"last": 0.0, "skipped": 0}
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if "accept" not in message:
+            if default is not None:
+                default(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - state["last"] < interval:
+            state["skipped"] += 1
+            return
+        exc = context.get("exception")
+        log.warning(
+            "forgather control: the HTTP server cannot accept connections (%s: %s)%s; the file channel and status.json go on",
+            type(exc).__name__ if exc else "error",
+            exc or message,
+            f" ({state['skipped']} more since the last report)" if state["skipped"] else "",
+        )
+        state["last"], state["skipped"] = now, 0
+
+    loop.set_exception_handler(handler)
