@@ -37,13 +37,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import psutil
-
 from forgather_control.control import Command, JobPaths
 from forgather_control.control.transport import FileTransport
 
 from .config import LaunchError
 from .plan import Plan, child_env
+from .proctree import ProcessTree
 from .records import JobRecords, read_previous
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class Supervisor:
         self.leftovers: list[int] = []
         self._pending: collections.deque[int] = collections.deque()
         self._wake = threading.Event()
-        self._tracked: dict[int, psutil.Process] = {}
+        self._tree: ProcessTree | None = None
         self._term_at: float | None = None
         self._kill_at: float | None = None
         self._termed = False
@@ -115,6 +114,8 @@ class Supervisor:
                 for s in IGNORED_IN_CHILDREN:
                     signal.signal(s, signal.SIG_IGN)  # inherited through exec by torchrun and its workers
             self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True)
+            # every process under the launcher (orphans are its children: a subreaper), and torchrun's session
+            self._tree = ProcessTree(os.getpid(), include_root=False, session=self.proc.pid)
             if main:
                 for s in STOP_SIGNALS:
                     signal.signal(s, self._on_signal)
@@ -201,66 +202,26 @@ class Supervisor:
         self._send(sig, group=True)
 
     # -- no process left behind -------------------------------------------------------
-    def _snapshot(self, force: bool = False) -> None:
+    def _snapshot(self) -> None:
         now = time.monotonic()
-        if not force and now - self._last_snapshot < 1.0:
+        if self._tree is None or now - self._last_snapshot < 1.0:
             return
         self._last_snapshot = now
-        try:
-            for p in psutil.Process().children(recursive=True):
-                self._tracked.setdefault(p.pid, p)
-        except psutil.Error:
-            pass
+        self._tree.track()
 
     def _reap(self) -> None:
-        """Kill whatever torchrun left: its process group, then every descendant seen
-        (as a subreaper, orphans are our children), and wait for them."""
-        if self.proc is None:
+        """Kill whatever torchrun left: every process seen under the launcher (as a
+        subreaper, orphans are our children) and what is still in torchrun's session,
+        and wait for them."""
+        if self.proc is None or self._tree is None:
             return
-        self._snapshot(force=True)
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGKILL)
-        elif self._group_members():
-            # torchrun is gone but members of its group are not (a worker's own children)
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        self.leftovers = [p.pid for p in self._tree.kill(timeout=10)]
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             log.error("torchrun (pid %d) did not die", self.proc.pid)
-        alive = []
-        for p in self._tracked.values():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    p.kill()
-                alive.append(p)
-            except psutil.Error:
-                pass
-        _gone, still = psutil.wait_procs(alive, timeout=10)
-        self.leftovers = [p.pid for p in still if _really_alive(p)]
         if self.leftovers:
             log.error("processes survived SIGKILL: %s", self.leftovers)
-
-    def _group_members(self) -> bool:
-        """Does a process we saw still run in torchrun's process group? (Checked so that
-        a group id recycled after torchrun exited is never signalled.)"""
-        assert self.proc is not None
-        for p in self._tracked.values():
-            try:
-                if _really_alive(p) and os.getpgid(p.pid) == self.proc.pid:
-                    return True
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                continue
-        return False
-
-
-def _really_alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _become_subreaper() -> None:

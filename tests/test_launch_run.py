@@ -15,27 +15,18 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from support.launcher import launch, wait_running
 from support.paths import EXAMPLES
 from support.paths import PLAIN_LAUNCH as PLAIN
 from support.ports import free_port
-from support.processes import Proc, Procs, assert_all_gone, gone
+from support.processes import Procs, assert_all_gone, gone
 from support.records import read_record as read
 from support.waiting import wait_for
 
 HF = EXAMPLES / "hf_trainer.py"
 LIGHTNING = EXAMPLES / "lightning_trainer.py"
 TIMEOUT = 240.0
-
-
-def tree(proc: Proc) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(proc.pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def control_ok(cli, *args: str) -> str:
@@ -150,7 +141,7 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     out = tmp_path / "out"
     job = launch(procs, jobs_dir, "sig", PLAIN, "--step-time", "0.05", "--output-dir", str(out), opts=("--nproc-per-node", "2", "--grace", str(grace)))
     wait_running(jobs_dir, "sig", job)
-    seen = tree(job)
+    seen = job.tree.track()  # the launcher, torchrun, the workers
     assert len(seen) >= 4, "launcher, torchrun and two workers"
     t0 = time.monotonic()
     os.kill(job.pid, signum)
@@ -172,7 +163,7 @@ def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -
     """A second signal does not wait for a save: torchrun and its workers go now."""
     job = launch(procs, jobs_dir, "esc", PLAIN, "--step-time", "0.05", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
     wait_running(jobs_dir, "esc", job)
-    seen = tree(job)
+    seen = job.tree.track()  # the launcher, torchrun, the workers
     os.kill(job.pid, signal.SIGSTOP)  # queue both signals so they arrive together
     os.kill(job.pid, signal.SIGINT)
     os.kill(job.pid, signal.SIGTERM)
@@ -193,7 +184,7 @@ def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path
         procs, jobs_dir, "crash", PLAIN, "--step-time", "0.05", "--crash-at", "40", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2")
     )
     wait_running(jobs_dir, "crash", job, min_step=1)
-    seen = tree(job)
+    seen = job.tree.track()  # the launcher, torchrun, the workers
     code = job.wait(TIMEOUT)
     assert code != 0, job.output()[-3000:]
     assert "crashing at step 40" in job.output()

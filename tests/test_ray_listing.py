@@ -30,8 +30,8 @@ from support.cli import run_cli
 from support.env import base_env
 from support.paths import EXAMPLES
 from support.ports import free_port
-from support.processes import Procs, alive
-from support.ray_cluster import START_TIMEOUT, LocalRayCluster, ray_env, session_members, write_dead_job, write_finished_job
+from support.processes import Procs
+from support.ray_cluster import START_TIMEOUT, LocalRayCluster, ray_env, write_dead_job, write_finished_job
 from support.services import require_service
 from support.waiting import wait_for
 
@@ -297,7 +297,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         listing_thread.start()
         # Kill it once its listing task is running there (a worker in its session).
         wait_for(
-            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in session_members(hung.popen.pid) if alive(p)),
+            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in hung.tree.track()),
             timeout=60,
             what="the listing task's worker on the hung node",
         )

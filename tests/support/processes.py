@@ -1,15 +1,20 @@
-"""Real processes for one test: started in their own session, and none outlives it."""
+"""Real processes for one test: started in their own session, and none outlives it.
+
+A ``Proc`` remembers its process tree (``forgather_control.launcher.proctree``, the
+launcher's own killer), so the test's teardown kills the root and every descendant it
+had, including ones that left its process group.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from forgather_control.launcher.proctree import ProcessTree, is_alive
 
 from .paths import REPO
 from .waiting import wait_for
@@ -19,6 +24,7 @@ from .waiting import wait_for
 class Proc:
     popen: subprocess.Popen
     log: Path
+    tree: ProcessTree
 
     @property
     def pid(self) -> int:
@@ -49,43 +55,20 @@ class Procs:
         log = self.tmp_path / f"{name or Path(argv[1] if len(argv) > 1 else argv[0]).stem}-{len(self.started)}.log"
         with open(log, "wb") as fh:
             popen = subprocess.Popen(argv, env=env, cwd=cwd or REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        p = Proc(popen, log)
+        p = Proc(popen, log, ProcessTree(popen.pid, session=popen.pid))
         self.started.append(p)
         return p
 
     def cleanup(self) -> list[str]:
-        """Kill every started process's group and descendants; returns what survived."""
+        """Kill every started process's tree; returns what survived (nothing, normally)."""
         leftovers: list[str] = []
         for p in self.started:
-            procs = []
-            try:
-                root = psutil.Process(p.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for q in procs:
-                try:
-                    q.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(procs, timeout=10)
+            leftovers += [describe(q) for q in p.tree.kill(timeout=10)]
             try:
                 p.popen.wait(5)
             except subprocess.TimeoutExpired:
                 leftovers.append(f"pid {p.pid} did not die")
         return leftovers
-
-
-def alive(p: psutil.Process) -> bool:
-    """Running and not a zombie (psutil checks the start time: a recycled pid is not ``p``)."""
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def describe(p: psutil.Process) -> str:
@@ -98,15 +81,15 @@ def describe(p: psutil.Process) -> str:
 def assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
     """Every one of ``procs`` ends within ``timeout`` (a recycled pid does not count)."""
     try:
-        wait_for(lambda: not any(alive(p) for p in procs), timeout=timeout, interval=0.2, what="processes to end")
+        wait_for(lambda: not any(is_alive(p) for p in procs), timeout=timeout, interval=0.2, what="processes to end")
     except AssertionError:
-        raise AssertionError(f"processes left behind: {[describe(p) for p in procs if alive(p)]}") from None
+        raise AssertionError(f"processes left behind: {[describe(p) for p in procs if is_alive(p)]}") from None
 
 
 def gone(pid: int) -> bool:
     """No process has ``pid`` now, or only a zombie."""
     try:
-        return not alive(psutil.Process(pid))
+        return not is_alive(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return True
 

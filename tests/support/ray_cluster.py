@@ -1,13 +1,12 @@
 """A throw-away Ray cluster on this machine, for the Ray tests and benchmarks/bench_ray_list.py.
 
-Each node is a ``ray start --block`` in a session of its own; stopping a node terminates
-that session, the only processes we may touch. ``ray stop`` (every Ray process on the
-machine) is never used.
+Each node is a ``ray start --block`` in a session of its own; stopping a node kills its
+process tree (``forgather_control.launcher.proctree``): the only processes we may
+touch. ``ray stop`` (every Ray process on the machine) is never used.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,13 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from forgather_control.control import JobPaths, process_identity, write_json_atomic
+from forgather_control.launcher.proctree import ProcessTree
 
 from .env import base_env
 from .ports import free_port
-from .processes import alive, dead_pid
+from .processes import dead_pid, describe
 
 #: Seconds for a node to start: two cores shared with other test runs.
 START_TIMEOUT = 180.0
@@ -35,6 +33,7 @@ class RayNode:
     popen: subprocess.Popen
     log: Path
     jobs_dir: Path
+    tree: ProcessTree
 
     def output(self) -> str:
         try:
@@ -86,7 +85,7 @@ class LocalRayCluster:
         log = self.base / f"ray-{name}.log"
         with open(log, "wb") as fh:
             popen = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        node = RayNode(name, popen, log, jobs_dir)
+        node = RayNode(name, popen, log, jobs_dir, ProcessTree(popen.pid, session=popen.pid))
         self.nodes.append(node)
         deadline = time.monotonic() + START_TIMEOUT
         while "Ray runtime started" not in node.output():
@@ -95,37 +94,30 @@ class LocalRayCluster:
                     self.address = None
                 raise RuntimeError(f"ray node {name} did not start (exit {popen.poll()}):\n{node.output()[-3000:]}")
             time.sleep(0.2)
+        node.tree.track()
         return node
 
     def stop_node(self, node: RayNode, sig: int = signal.SIGTERM, timeout: float = 60.0) -> list[str]:
-        """SIGTERM lets ``ray start --block`` stop its own processes; then SIGKILL the
-        rest of its session. Returns what survived (should be nothing)."""
-        sid = node.popen.pid
-        try:
-            # Only to `ray start`, not its whole group: with every process signalled at
+        """SIGTERM lets ``ray start --block`` stop its own processes; then its process
+        tree is killed. Returns what survived (should be nothing)."""
+        node.tree.track()
+        if sig != signal.SIGKILL:
+            # Only to `ray start`, not its whole tree: with every process signalled at
             # once, the head takes ~30 s instead of 2 to stop.
-            if sig == signal.SIGKILL:
-                os.killpg(sid, sig)
-            else:
+            try:
                 node.popen.send_signal(sig)
-        except ProcessLookupError:
-            pass
+            except ProcessLookupError:
+                pass
+            try:
+                node.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        left = [describe(p) for p in node.tree.kill(timeout=timeout)]
         try:
-            node.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + timeout
-        while (left := session_members(sid)) and time.monotonic() < deadline:
-            for p in left:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(left, timeout=5)
-        if node.popen.poll() is None:
-            node.popen.kill()
             node.popen.wait(10)
-        return [f"{p.pid} {' '.join(p.cmdline()[:2])}" for p in session_members(sid) if alive(p)]
+        except subprocess.TimeoutExpired:
+            left.append(f"{node.popen.pid} ray start did not die")
+        return left
 
     def shutdown(self) -> list[str]:
         leftovers: list[str] = []
@@ -134,17 +126,6 @@ class LocalRayCluster:
         if not leftovers:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return leftovers
-
-
-def session_members(sid: int) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return out
 
 
 def ray_env() -> dict[str, str]:
