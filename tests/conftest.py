@@ -6,6 +6,9 @@ ports and processes.
   one's whole process tree and asserts none is left.
 - ``cli``: runs the real ``forgather`` command line as a subprocess.
 - ``wait_for``: ``support.waiting.wait_for``, for a test that takes it as a fixture.
+
+A test not marked ``slow`` may not start torchrun, Ray, a SLURM job, a launcher or a
+package build (``support.tiers``): it fails, naming the marker.
 """
 
 from __future__ import annotations
@@ -18,7 +21,19 @@ import pytest
 from support.cli import CliResult, run_cli
 from support.env import base_env
 from support.processes import Procs
+from support.tiers import quick_tier
 from support.waiting import wait_for as _wait_for
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The quick tier's guard, around the test's setup (module fixtures included), call
+    and teardown."""
+    if item.get_closest_marker("slow"):
+        yield
+        return
+    with quick_tier(item.nodeid):
+        yield
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from support.env import base_env
 from support.torchrun import TIMEOUT, torchrun_argv
 
-pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a real torchrun job on 2 cores shared with other test runs
 
 SCRIPT = r"""
 import json, os, random, sys, time

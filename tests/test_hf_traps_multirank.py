@@ -15,7 +15,7 @@ from support.env import base_env
 from support.records import final_status
 from support.torchrun import TIMEOUT, command, end_step, ended_lines, torchrun, torchrun_argv, wait_client, wait_step
 
-pytestmark = pytest.mark.timeout(600)  # a real torchrun job on 2 cores shared with other test runs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a real torchrun job on 2 cores shared with other test runs
 
 
 def test_hf_best_strategy_two_ranks_commanded_save_once(jobs_dir: Path, procs, tmp_path: Path) -> None:

@@ -254,6 +254,7 @@ def test_cli_dry_run_golden(tmp_path: Path) -> None:
     assert not (tmp_path / "jobs").exists(), "a dry run must not touch the jobs directory"
 
 
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
 def test_cli_missing_script_fails_before_anything_starts(tmp_path: Path) -> None:
     res = run_cli("launch", "--jobs-dir", str(tmp_path / "jobs"), str(tmp_path / "nope.py"), env=base_env())
     assert res.code == 2
@@ -261,6 +262,7 @@ def test_cli_missing_script_fails_before_anything_starts(tmp_path: Path) -> None
     assert not (tmp_path / "jobs").exists()
 
 
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
 def test_cli_missing_module(tmp_path: Path) -> None:
     res = run_cli("launch", "--jobs-dir", str(tmp_path / "jobs"), "-m", "no_such_module_here.train", env=base_env())
     assert res.code == 2 and "module 'no_such_module_here.train'" in res.err and "Traceback" not in res.err
@@ -276,6 +278,7 @@ def test_cli_missing_module(tmp_path: Path) -> None:
         (["--grace", "-1"], "--grace -1"),
     ],
 )
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
 def test_cli_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None:
     (tmp_path / "train.py").write_text("print('hello')\n")
     res = run_cli("launch", "--jobs-dir", str(tmp_path / "jobs"), *args, str(tmp_path / "train.py"), env=base_env())
@@ -284,6 +287,7 @@ def test_cli_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None
     assert not (tmp_path / "jobs").exists()
 
 
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
 def test_cli_refuses_to_nest(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print('hello')\n")
     env = base_env(TORCHELASTIC_RUN_ID="outer", RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")

@@ -154,6 +154,7 @@ def test_slurm_requeue_reuses_the_folder(tmp_path: Path) -> None:
     second.finish("stopped", 0)
 
 
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
 def test_unwritable_jobs_dir_is_a_clear_error(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         blocker = tmp_path / "file"

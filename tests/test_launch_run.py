@@ -24,6 +24,8 @@ from support.processes import Procs, assert_all_gone, gone
 from support.records import read_record as read
 from support.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # forgather launch, torchrun
+
 HF = EXAMPLES / "hf_trainer.py"
 LIGHTNING = EXAMPLES / "lightning_trainer.py"
 TIMEOUT = 240.0

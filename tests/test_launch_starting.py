@@ -21,7 +21,7 @@ from support.waiting import wait_for
 
 from forgather_control.control import JobPaths
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 TIMEOUT = 240.0
 
 SCRIPT = """

@@ -16,7 +16,7 @@ from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_trace
 
 from forgather_control.control import Command, read_json
 
-pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 
 
 def test_two_nodes_four_ranks_one_server_same_step_same_collectives(jobs_dir: Path, procs, tmp_path: Path) -> None:

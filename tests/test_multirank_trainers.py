@@ -23,7 +23,7 @@ from support.waiting import wait_for
 
 from forgather_control.control import JobHandle
 
-pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 
 
 def hf_checkpoint(entry: dict[str, Any], out: Path) -> None:

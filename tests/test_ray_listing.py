@@ -39,7 +39,7 @@ from forgather_control.control import JobPaths, process_identity, read_json, wri
 from forgather_control.control.ray_listing import INSTALL_HINT
 
 # One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from support.records import final_status
 from support.torchrun import TIMEOUT, end_step, ended_lines, torchrun, wait_client, wait_step, workers_by_rank
 from support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(600)  # real torchrun jobs on 2 cores shared with other test runs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "plain_loop.py"
 

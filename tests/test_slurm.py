@@ -26,7 +26,7 @@ from support.records import read_record as read
 from support.services import require_service
 from support.waiting import wait_for
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TEMPLATE = REPO / "slurm" / "train.sbatch"
 TIMEOUT = 240.0

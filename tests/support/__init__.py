@@ -10,7 +10,8 @@
 - ``torchrun``: real two-rank jobs under torchrun and the client calls that drive them;
 - ``launcher``: real ``forgather launch`` jobs;
 - ``ray_cluster``: a throw-away Ray cluster on this machine;
-- ``services``: clusters a test needs (skip locally, fail under CI).
+- ``services``: clusters a test needs (skip locally, fail under CI);
+- ``tiers``: what makes a test ``slow``, and the guard that keeps the quick tier quick.
 
 Tests import them as ``from support.waiting import wait_for``: pytest puts ``tests/`` on
 ``sys.path`` (rootdir conftest), so this package is found in every xdist worker too.
