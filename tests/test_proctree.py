@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.processes import Procs
+from support.processes import Proc, Procs
 from support.waiting import wait_for
 
 from forgather_control.launcher.proctree import ProcessTree, is_alive
@@ -57,6 +57,13 @@ time.sleep(600)
 """
 
 
+def start_forker(procs: Procs, tmp_path: Path, count: int) -> tuple[Proc, str]:
+    """The forker (``count`` children, or forever when negative) and its children's marker."""
+    script, marker = tmp_path / "forker.py", f"forker-{tmp_path.name}"
+    script.write_text(FORKER)
+    return procs.start([sys.executable, str(script), marker, str(count)], name="forker"), marker
+
+
 def roles(proc) -> dict[str, tuple[int, int, int]]:
     """role -> (pid, ppid at its start, sid), from the tree script's output."""
     rows = [line.split() for line in proc.output().splitlines()]
@@ -98,9 +105,7 @@ def test_kills_every_descendant_also_those_that_left_its_group_or_lost_their_par
 
 
 def test_a_child_born_during_the_kill_dies_too(procs: Procs, tmp_path: Path) -> None:
-    script, marker = tmp_path / "forker.py", f"forker-{tmp_path.name}"
-    script.write_text(FORKER)
-    root = procs.start([sys.executable, str(script), marker, "-1"], name="forker")
+    root, marker = start_forker(procs, tmp_path, -1)
     tree = ProcessTree(root.pid)
     wait_for(lambda: len(tree.track()) > 5, timeout=60, what="the forker's first children")
     assert tree.kill(timeout=10) == []
@@ -109,9 +114,7 @@ def test_a_child_born_during_the_kill_dies_too(procs: Procs, tmp_path: Path) -> 
 
 
 def test_without_the_root_kills_its_descendants_only(procs: Procs, tmp_path: Path) -> None:
-    script, marker = tmp_path / "forker.py", f"parent-{tmp_path.name}"
-    script.write_text(FORKER)
-    root = procs.start([sys.executable, str(script), marker, "3"], name="parent")
+    root, marker = start_forker(procs, tmp_path, 3)
     tree = ProcessTree(root.pid, include_root=False)
     children = wait_for(lambda: len(tree.track()) == 3 and tree.alive(), timeout=60, what="three children")
     assert tree.kill(timeout=10) == []

@@ -297,7 +297,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         listing_thread.start()
         # Kill it once its listing task is running there (a worker in its session).
         wait_for(
-            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in hung.tree.track()),
+            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in hung.proc.tree.track()),
             timeout=60,
             what="the listing task's worker on the hung node",
         )

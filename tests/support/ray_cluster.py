@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgather_control.control import JobPaths, process_identity, write_json_atomic
-from forgather_control.launcher.proctree import ProcessTree
 
 from .env import base_env
 from .ports import free_port
-from .processes import dead_pid, describe
+from .processes import Proc, Procs, dead_pid, describe
 
 #: Seconds for a node to start: two cores shared with other test runs.
 START_TIMEOUT = 180.0
@@ -30,16 +29,8 @@ START_TIMEOUT = 180.0
 @dataclass
 class RayNode:
     name: str
-    popen: subprocess.Popen
-    log: Path
+    proc: Proc  # ``ray start --block``, its log and its process tree
     jobs_dir: Path
-    tree: ProcessTree
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -56,6 +47,10 @@ class LocalRayCluster:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fgr-", dir="/tmp")))
     nodes: list[RayNode] = field(default_factory=list)
     address: str | None = None
+    procs: Procs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.procs = Procs(self.base)
 
     def add_node(self, name: str, jobs_dir: Path, *, extra_env: dict[str, str] | None = None) -> RayNode:
         head = self.address is None
@@ -82,41 +77,40 @@ class LocalRayCluster:
         else:
             argv += [f"--address={self.address}"]
         env = {**self.env, "FORGATHER_JOBS_DIR": str(jobs_dir), **(extra_env or {})}
-        log = self.base / f"ray-{name}.log"
-        with open(log, "wb") as fh:
-            popen = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        node = RayNode(name, popen, log, jobs_dir, ProcessTree(popen.pid, session=popen.pid))
+        proc = self.procs.start(argv, env=env, name=f"ray-{name}")
+        node = RayNode(name, proc, jobs_dir)
         self.nodes.append(node)
         deadline = time.monotonic() + START_TIMEOUT
-        while "Ray runtime started" not in node.output():
-            if popen.poll() is not None or time.monotonic() > deadline:
+        while "Ray runtime started" not in proc.output():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
                 if head:
                     self.address = None
-                raise RuntimeError(f"ray node {name} did not start (exit {popen.poll()}):\n{node.output()[-3000:]}")
+                raise RuntimeError(f"ray node {name} did not start (exit {proc.popen.poll()}):\n{proc.output()[-3000:]}")
             time.sleep(0.2)
-        node.tree.track()
+        proc.tree.track()
         return node
 
     def stop_node(self, node: RayNode, sig: int = signal.SIGTERM, timeout: float = 60.0) -> list[str]:
         """SIGTERM lets ``ray start --block`` stop its own processes; then its process
         tree is killed. Returns what survived (should be nothing)."""
-        node.tree.track()
+        popen, tree = node.proc.popen, node.proc.tree
+        tree.track()
         if sig != signal.SIGKILL:
             # Only to `ray start`, not its whole tree: with every process signalled at
             # once, the head takes ~30 s instead of 2 to stop.
             try:
-                node.popen.send_signal(sig)
+                popen.send_signal(sig)
             except ProcessLookupError:
                 pass
             try:
-                node.popen.wait(timeout)
+                popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        left = [describe(p) for p in node.tree.kill(timeout=timeout)]
+        left = [describe(p) for p in tree.kill(timeout=timeout)]
         try:
-            node.popen.wait(10)
+            popen.wait(10)
         except subprocess.TimeoutExpired:
-            left.append(f"{node.popen.pid} ray start did not die")
+            left.append(f"{popen.pid} ray start did not die")
         return left
 
     def shutdown(self) -> list[str]:
