@@ -105,6 +105,8 @@ class Controller:
         self._unsynced_point: dict[str, Any] | None = None
         self.state = JobState.STARTING
         self.stop_reason: str | None = None
+        #: the stop came from a signal (the scheduler's preemption or time limit), not a command
+        self.stopped_by_signal = False
 
         self._started_at = time.time()
         #: host, boot id, pid and its start time: fixed for the process, read once
@@ -457,6 +459,7 @@ class Controller:
                 # queued one is dropped with a reason when the job ends.
                 log.info("forgather control: signal stop not recorded as a command: %s", exc)
         log.warning("forgather control: %s at step %s", reason, step)
+        self.stopped_by_signal = True
         return self._apply(step, cmd, command_id, reason)
 
     # -- reports from the training loop ------------------------------------------------
@@ -528,6 +531,7 @@ class Controller:
             "unsynced_checkpoint": self._unsynced_point,
             "world_size": self.world_size,
             "stop_reason": self.stop_reason,
+            "stopped_by_signal": self.stopped_by_signal,
             "commands": self.ledger.recent(20),
             "pending_commands": self.ledger.pending_count(),
             "control_error": self.control_error,

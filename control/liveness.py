@@ -73,13 +73,17 @@ def _boot_id() -> str:
 
 
 def process_start_time(pid: int) -> float | None:
-    """Start time of ``pid`` in seconds since the epoch, or None if there is no such process."""
+    """Start time of ``pid`` in seconds since the epoch, or None if no process runs with
+    it (none at all, or a zombie: it has died and only waits for its parent to notice)."""
     if not isinstance(pid, int) or pid <= 0:
         return None
     import psutil  # here: a listing of jobs from other hosts never needs it
 
     try:
-        return float(psutil.Process(pid).create_time())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(proc.create_time())
     except (psutil.Error, OSError, ValueError):
         return None
 

@@ -244,6 +244,8 @@ STATUS: dict[str, Check] = {
     "unsynced_checkpoint": _CHECKPOINT,
     "world_size": integer(),
     "stop_reason": text(),
+    "stopped_by_signal": boolean,
+    "closed_by": text(32),
     "commands": list_of(_RECEIPT, 256),
     "pending_commands": integer(),
     "control_error": text(),
@@ -289,6 +291,9 @@ JOB: dict[str, Check] = {
     "requeued_at": _WHEN,
     "requeue_error": text(),
     "error": text(),
+    "reason": text(),
+    "torchrun_exit_code": integer(-(1 << 31), 1 << 31),
+    "failure": mapping(anything_json, 16),
 }
 
 NODE: dict[str, Check] = {

@@ -19,6 +19,7 @@ from forgather_control.control.env import (
     ENV_JOB_ID,
     ENV_JOBS_DIR,
     ENV_LAUNCHED,
+    ENV_LAUNCHER_PID,
     ENV_NODE_RANK,
     ENV_RESTARTS,
     ENV_RESUME_FROM,
@@ -173,12 +174,15 @@ def worker_env(
     return env
 
 
-def child_env(plan: Plan, base: Mapping[str, str]) -> dict[str, str]:
+def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = None) -> dict[str, str]:
     """The environment torchrun starts with: the launcher's own, minus variables that
     would mislead the workers, plus the plan's. A resume path from an older run that no
-    longer applies is removed rather than inherited."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_TOKEN)}
+    longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
+    names the launcher its workers watch (known only once it runs: not in the plan)."""
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_TOKEN, ENV_LAUNCHER_PID)}
     env.update(plan.env)
+    if launcher:
+        env[ENV_LAUNCHER_PID] = launcher
     return env
 
 

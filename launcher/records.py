@@ -24,10 +24,11 @@ from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
 from forgather_control.control.checkpoints import Checkpoint, choose, history
+from forgather_control.control.failures import root_cause
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.control.liveness import STALE_AFTER
 from forgather_control.control.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
-from forgather_control.control.states import is_final
+from forgather_control.control.states import JobState, is_final
 
 from .config import LaunchError
 from .environments import Placement
@@ -35,9 +36,24 @@ from .plan import Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobRecords", "Previous", "read_previous"]
+__all__ = ["JobRecords", "Outcome", "Previous", "launcher_identity", "read_previous"]
 
 HEARTBEAT_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its final state, whether a signal stopped it, and why."""
+
+    state: JobState
+    by_signal: bool = False
+    reason: str | None = None
+
+
+def launcher_identity() -> str:
+    """``PID:START_TIME`` of this launcher, for its workers' watch (callback/watchdog.py)."""
+    me = process_identity()
+    return f"{me['pid']}:{me['pid_start_time'] or ''}"
 
 
 @dataclass(frozen=True)
@@ -239,11 +255,29 @@ class JobRecords:
 
     # -- finish ---------------------------------------------------------------------
     def final_state(self, exit_code: int) -> str:
-        """The job's state from its exit code and what rank 0 recorded last."""
-        if exit_code != 0:
-            return "failed"
-        state = (self.this_runs_status() or {}).get("state")  # an earlier run's "stopped" says nothing
-        return state if is_final(state) else "finished"
+        """The job's state from torchrun's exit code and what rank 0 recorded last."""
+        return self.outcome(exit_code).state.value
+
+    def outcome(self, worker_code: int, *, escalated: bool = False, signalled: bool = False) -> Outcome:
+        """How this run ended, from torchrun's exit code, what rank 0 recorded and what
+        the launcher saw: a second signal aborts whatever rank 0 last wrote; an abort
+        stays an abort even when a rank's exit code is not 0 (a second signal in a
+        worker ends it with 128+N); otherwise a non-zero code is a failure, named by its
+        root cause when a rank recorded one."""
+        status = self.this_runs_status() or {}
+        recorded = JobState.parse(status.get("state"))
+        by_signal = signalled or bool(status.get("stopped_by_signal"))
+        if escalated:
+            return Outcome(JobState.ABORTED, by_signal, "a second signal to the launcher stopped every rank at once, without saving")
+        if recorded == JobState.ABORTED:
+            return Outcome(JobState.ABORTED, by_signal, status.get("stop_reason"))
+        if worker_code != 0:
+            cause = root_cause(self.paths, run=self.plan.restarts)
+            why = cause.describe() if cause else status.get("error") or f"torchrun exited with {worker_code}"
+            return Outcome(JobState.FAILED, by_signal, why)
+        if recorded is not None and recorded.final:
+            return Outcome(recorded, by_signal, status.get("stop_reason") if recorded == JobState.STOPPED else None)
+        return Outcome(JobState.FINISHED, by_signal, None)
 
     def this_runs_status(self) -> dict[str, Any] | None:
         """status.json unless it names another run of the job (this run's rank 0 has not
@@ -254,7 +288,11 @@ class JobRecords:
             return None
         return status
 
-    def finish(self, state: str, exit_code: int, *, extra: dict[str, Any] | None = None) -> None:
+    def finish(self, state: JobState | str, exit_code: int, *, extra: dict[str, Any] | None = None, reason: str | None = None) -> None:
+        """Record the run's end on this node; on node 0 in job.json too, and close rank
+        0's books when it could not (killed, or it never got as far as its status):
+        list, status and job.json then say the same thing."""
+        state = JobState(state)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -268,8 +306,14 @@ class JobRecords:
         if self.node_rank != 0 or not self._job:
             return
         status = self.this_runs_status()
-        self._job.update(state=state, exit_code=exit_code, ended_at=now, updated_at=now)
-        points = history(self._job, status, run=self.plan.restarts, clean_exit=exit_code == 0)
+        self._job.update(state=state.value, exit_code=exit_code, ended_at=now, updated_at=now)
+        if reason:
+            self._job["reason"] = reason
+        cause = root_cause(self.paths, run=self.plan.restarts) if state == JobState.FAILED else None
+        if cause is not None:
+            self._job["failure"] = cause.as_record()
+        clean = (extra or {}).get("torchrun_exit_code", exit_code) == 0  # every rank exited 0: every save is whole
+        points = history(self._job, status, run=self.plan.restarts, clean_exit=clean)
         self._job["checkpoints"] = [c.as_record() for c in points]
         self._job["last_checkpoint"] = points[-1].path if points else None
         if status is not None and isinstance(status.get("step"), int):
@@ -278,8 +322,27 @@ class JobRecords:
             self._job.update(extra)
         try:
             write_json_atomic(self.paths.job, self._job)
+            self._close_books(status, state, reason, now)
         except OSError as exc:
             log.warning("could not write %s: %s", self.paths.job, exc)
+
+    def _close_books(self, status: dict[str, Any] | None, state: JobState, reason: str | None, now: float) -> None:
+        """Rank 0 did not record how this run ended (killed by a second signal, by the
+        OOM killer, or it died before its first status): the launcher writes the final
+        state into status.json and removes an endpoint whose process is gone."""
+        final = JobState.REQUEUED if state == JobState.REQUEUED else state
+        if status is not None and JobState.parse(status.get("state")) == final:
+            return
+        if status is not None and is_final(status.get("state")) and final != JobState.ABORTED:
+            return  # rank 0's own word stands unless the launcher aborted it
+        closed = {**(status or {"job_id": self.plan.job_id, "restarts": self.plan.restarts})}
+        closed.update(state=final.value, ended_at=now, heartbeat_at=now, closed_by="launcher")
+        if reason:
+            closed["error" if final == JobState.FAILED else "stop_reason"] = reason
+        write_json_atomic(self.paths.status, closed)
+        endpoint = load_or_empty(self.paths.endpoint, ENDPOINT)
+        if endpoint and same_host(endpoint) and not pid_alive(endpoint):
+            remove_quietly(self.paths.endpoint)
 
     def update_job(self, **fields: Any) -> None:
         if self.node_rank != 0 or not self._job:

@@ -37,13 +37,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from forgather_control.control import Command, JobPaths
+from forgather_control.control import Command, JobPaths, JobState
+from forgather_control.control.outcome import launch_exit_code
 from forgather_control.control.transport import FileTransport
 
 from .config import LaunchError
 from .plan import Plan, child_env
 from .proctree import ProcessTree
-from .records import JobRecords, read_previous
+from .records import JobRecords, launcher_identity, read_previous
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class Supervisor:
             if main:
                 for s in IGNORED_IN_CHILDREN:
                     signal.signal(s, signal.SIG_IGN)  # inherited through exec by torchrun and its workers
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True)
+            die_with_us = _parent_death_signal()
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True, preexec_fn=die_with_us)
             # every process under the launcher (orphans are its children: a subreaper), and torchrun's session
             self._tree = ProcessTree(os.getpid(), include_root=False, session=self.proc.pid)
             if main:
@@ -173,13 +175,19 @@ class Supervisor:
                 self._send(signal.SIGTERM, group=False)
                 self._termed = True
                 self._kill_at = now + self.grace
-        elif len(self.signals) == 2:
-            log.warning("%s again: escalating, terminating torchrun and its workers now", name)
-            self.escalated = True
-            self._terminate()
         else:
-            log.warning("%s a third time: killing torchrun's process group", name)
+            log.warning("%s again: escalating, killing torchrun and every worker now, without saving", name)
+            self.escalated = True
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        """Every process of the job, at once: a second signal means the user will not
+        wait for a save (or for torchrun to pass SIGTERM on and wait in its turn)."""
+        if self._tree is None:
             self._signal_group(signal.SIGKILL)
+            return
+        self._tree.track()
+        self.leftovers = [p.pid for p in self._tree.kill(timeout=10)]
 
     def _terminate(self) -> None:
         self._termed = True
@@ -222,6 +230,23 @@ class Supervisor:
             log.error("torchrun (pid %d) did not die", self.proc.pid)
         if self.leftovers:
             log.error("processes survived SIGKILL: %s", self.leftovers)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes torchrun die with the launcher (``PR_SET_PDEATHSIG``):
+    a launcher killed by SIGKILL cannot stop it, and its workers then see their parent
+    gone and end too (callback/watchdog.py). The libc call is resolved here, in the
+    parent: the child between fork and exec only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    return set_death_signal
 
 
 def _become_subreaper() -> None:
@@ -272,28 +297,32 @@ def execute(
             f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
         ) from None
     on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
-    sup = Supervisor(plan.argv, child_env(plan, base_env), grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
+    env = child_env(plan, base_env, launcher=launcher_identity())
+    sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
     try:
         code = sup.run()
     except BaseException as exc:
-        records.finish("failed", -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
+        records.finish(JobState.FAILED, -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
         raise
-    state = records.final_state(code)
-    extra: dict = {}
+    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested)
+    extra: dict = {"torchrun_exit_code": code}
     if sup.signals:
         extra["signals"] = [signal.Signals(s).name for s in sup.signals]
     if sup.leftovers:
         extra["leftover_pids"] = sup.leftovers
     requeue = plan.placement.requeue_argv
-    if requeue and sup.stop_requested and not sup.escalated and code == 0 and state == "stopped":
-        records.finish("requeued", code, extra={**extra, "requeued_at": time.time()})
+    state = outcome.state
+    if requeue and sup.stop_requested and not sup.escalated and code == 0 and state == JobState.STOPPED:
+        state = JobState.REQUEUED
+        extra["requeued_at"] = time.time()
+    elif requeue and sup.stop_requested:
+        log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
+    exit_code = launch_exit_code(state, by_signal=outcome.by_signal, worker_code=code)
+    records.finish(state, exit_code, extra=extra, reason=outcome.reason)
+    if state == JobState.REQUEUED:
         _requeue(requeue, records, runner)
-    else:
-        if requeue and sup.stop_requested:
-            log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
-        records.finish(state, code, extra=extra)
-    log.info("job %s %s, exit code %d", plan.job_id, state, code)
-    return code
+    log.warning("job %s %s (exit code %d)%s", plan.job_id, state, exit_code, f": {outcome.reason}" if outcome.reason else "")
+    return exit_code
 
 
 def _requeue(argv: Sequence[str], records: JobRecords, runner) -> None:

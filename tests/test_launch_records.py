@@ -76,7 +76,10 @@ def test_final_state_comes_from_rank0_status(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     rec = start(jobs, plan(jobs, job_id="fs"))
     write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "last_checkpoint": None})
-    assert rec.final_state(0) == "aborted" and rec.final_state(3) == "failed"
+    # an abort stays an abort when a rank then exits non-zero (a second signal ends it with 128+N)
+    assert rec.final_state(0) == "aborted" and rec.final_state(3) == "aborted"
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "stopped"})
+    assert rec.final_state(0) == "stopped" and rec.final_state(3) == "failed"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "running"})
     assert rec.final_state(0) == "finished"
     # a status.json from another run of the job (its rank 0 wrote another run count)

@@ -24,6 +24,9 @@ from support.processes import Procs, assert_all_gone, gone
 from support.records import read_record as read
 from support.waiting import wait_for
 
+from forgather_control.control.env import ENV_ABORT_RETURNS
+from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
+
 pytestmark = pytest.mark.slow  # forgather launch, torchrun
 
 HF = EXAMPLES / "hf_trainer.py"
@@ -66,9 +69,9 @@ def test_injected_control_save_eval_save_stop(kind: str, jobs_dir: Path, procs: 
     stopped = control_ok(cli, "save-stop", f"{kind}-cmds", "--wait", "--timeout", str(TIMEOUT))
     assert "completed" in stopped, stopped
 
-    assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
+    assert job.wait(TIMEOUT) == EXIT_STOPPED, job.output()[-4000:]  # stopped by a command: not "finished"
     record = read(jobs_dir, f"{kind}-cmds", "job.json")
-    assert record["state"] == "stopped" and record["exit_code"] == 0 and record["ended_at"]
+    assert record["state"] == "stopped" and record["exit_code"] == EXIT_STOPPED and record["ended_at"]
     assert record["last_checkpoint"] and Path(record["last_checkpoint"]).exists()
     node = read(jobs_dir, f"{kind}-cmds", "nodes/0.json")
     assert node["state"] == "stopped" and node["pid"] == job.pid
@@ -101,10 +104,26 @@ def test_injected_control_abort(kind: str, jobs_dir: Path, procs: Procs, cli, tm
         assert again.wait(60) == 2
         assert "is in use" in again.output() and f"{kind}-abort" in again.output()
     control_ok(cli, "abort", f"{kind}-abort", "--yes", "--wait", "--timeout", str(TIMEOUT))
-    assert job.wait(TIMEOUT) == 0, job.output()[-4000:]
+    assert job.wait(TIMEOUT) == EXIT_ABORTED, job.output()[-4000:]  # an aborted run is never 0
     record = read(jobs_dir, f"{kind}-abort", "job.json")
-    assert record["state"] == "aborted" and record["exit_code"] == 0
+    assert record["state"] == "aborted" and record["exit_code"] == EXIT_ABORTED
     assert not record.get("last_checkpoint"), record
+    if kind != "plain":  # a plain loop has no trainer: it reads ctl.aborted itself
+        # the script's code after train()/fit() did not run on an aborted model
+        assert "ended at step" not in job.output(), job.output()[-3000:]
+        assert "does not return into the script" in job.output()
+
+
+@pytest.mark.timeout(600)
+def test_abort_returns_into_the_script_when_asked(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    script, args = TRAINERS["hf"]
+    job = launch(
+        procs, jobs_dir, "hf-returns", script, *args, "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"), **{ENV_ABORT_RETURNS: "1"}
+    )
+    wait_running(jobs_dir, "hf-returns", job)
+    control_ok(cli, "abort", "hf-returns", "--yes", "--wait", "--timeout", str(TIMEOUT))
+    assert job.wait(TIMEOUT) == EXIT_ABORTED, job.output()[-4000:]
+    assert re.findall(r"ended at step \d+ aborted=(\w+)", job.output()) == ["True", "True"]
 
 
 # -- acceptance 2 -------------------------------------------------------------------------
@@ -126,13 +145,13 @@ def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path:
     control_ok(cli, "save-stop", "duo", "--wait", "--timeout", str(TIMEOUT))
 
     codes = (node0.wait(TIMEOUT), node1.wait(TIMEOUT))
-    assert codes == (0, 0), node0.output()[-3000:] + node1.output()[-3000:]
+    assert codes == (EXIT_STOPPED, EXIT_STOPPED), node0.output()[-3000:] + node1.output()[-3000:]
     stops = re.findall(r"rank (\d): stopping at step (\d+)", node0.output() + node1.output())
     assert sorted(r for r, _ in stops) == ["0", "1", "2", "3"], stops  # all four ranks obeyed
     assert len({s for _, s in stops}) == 1, f"ranks stopped at different steps: {stops}"
     record = read(jobs_dir, "duo", "job.json")
-    assert record["exit_code"] == 0 and record["state"] == "stopped" and record["nnodes"] == "2"
-    assert read(jobs_dir, "duo", "nodes/1.json")["exit_code"] == 0
+    assert record["exit_code"] == EXIT_STOPPED and record["state"] == "stopped" and record["nnodes"] == "2"
+    assert read(jobs_dir, "duo", "nodes/1.json")["exit_code"] == EXIT_STOPPED
 
 
 # -- acceptance 3 -------------------------------------------------------------------------
@@ -149,7 +168,7 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     os.kill(job.pid, signum)
     code = job.wait(grace + 30)
     elapsed = time.monotonic() - t0
-    assert code == 0, job.output()[-4000:]
+    assert code == EXIT_PREEMPTED, job.output()[-4000:]  # saved on a signal: relaunch to resume
     assert elapsed < grace, f"took {elapsed:.1f}s, grace {grace}s"
     record = read(jobs_dir, "sig", "job.json")
     assert record["state"] == "stopped" and record["signals"] == [signal.Signals(signum).name]
@@ -161,8 +180,9 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
 
 
 @pytest.mark.timeout(600)
-def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
-    """A second signal does not wait for a save: torchrun and its workers go now."""
+def test_second_signal_escalates(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    """A second signal does not wait for a save: torchrun and its workers go at once,
+    nothing is saved, and job.json, list and status all say aborted."""
     job = launch(procs, jobs_dir, "esc", PLAIN, "--step-time", "0.05", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
     wait_running(jobs_dir, "esc", job)
     seen = job.tree.track()  # the launcher, torchrun, the workers
@@ -172,16 +192,66 @@ def test_second_signal_escalates(jobs_dir: Path, procs: Procs, tmp_path: Path) -
     os.kill(job.pid, signal.SIGCONT)
     t0 = time.monotonic()
     code = job.wait(60)
-    assert time.monotonic() - t0 < 30, "escalation must not wait for the grace period (60 s)"
-    assert code != 0, job.output()[-3000:]
+    assert time.monotonic() - t0 < 10, "every rank stops at once, not after torchrun's own SIGTERM round"
+    assert code == EXIT_ABORTED, job.output()[-3000:]
     record = read(jobs_dir, "esc", "job.json")
-    assert record["signals"] == ["SIGINT", "SIGTERM"] and record["state"] == "failed" and record["exit_code"] == code
+    assert record["signals"] == ["SIGINT", "SIGTERM"] and record["state"] == "aborted" and record["exit_code"] == EXIT_ABORTED
+    assert not record.get("last_checkpoint") and not list((tmp_path / "out").glob("checkpoint-*")), record  # nothing saved
     assert "escalating" in job.output()
     assert_all_gone(seen)
+    listed = {j["job_id"]: j for j in json.loads(control_ok(cli, "list", "--all", "--json"))}
+    assert listed["esc"]["state"] == "aborted"
+    assert json.loads(control_ok(cli, "status", "esc", "--json"))["state"] == "aborted"
+
+
+@pytest.mark.timeout(900)
+def test_a_resume_point_survives_a_run_that_crashes_before_saving(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    """save-stop (checkpoint A), relaunch (resumes from A), crash before any save,
+    relaunch again: it resumes from A, not from step 0."""
+    out = tmp_path / "out"
+    args = ("--step-time", "0.05", "--output-dir", str(out))
+    first = launch(procs, jobs_dir, "keep", PLAIN, *args, opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, "keep", first)
+    control_ok(cli, "save-stop", "keep", "--wait", "--timeout", str(TIMEOUT))
+    assert first.wait(TIMEOUT) == EXIT_STOPPED
+    record = read(jobs_dir, "keep", "job.json")
+    a, step = record["last_checkpoint"], record["final_step"]
+    assert Path(a).exists()
+    crash = launch(procs, jobs_dir, "keep", PLAIN, *args, "--crash-at", str(step + 3), opts=("--nproc-per-node", "2"), name="crash")
+    assert crash.wait(TIMEOUT) not in (0, EXIT_STOPPED), crash.output()[-3000:]
+    assert f"resumed from {a}" in crash.output()
+    dry = cli("launch", "--dry-run", "--jobs-dir", str(jobs_dir), "--job-id", "keep", str(PLAIN))
+    assert dry.code == 0 and f"resume from {a}" in dry.out, dry.out
+    again = launch(procs, jobs_dir, "keep", PLAIN, *args, "--max-steps", str(step + 5), opts=("--nproc-per-node", "2"), name="again")
+    assert again.wait(TIMEOUT) == 0, again.output()[-3000:]
+    assert f"resumed from {a} at step {step}" in again.output()
+    rerun = read(jobs_dir, "keep", "job.json")
+    assert rerun["restarts"] == 2 and rerun["resume_from"] == a and rerun["state"] == "finished"
+    listed = {j["job_id"]: j for j in json.loads(control_ok(cli, "list", "--all", "--json"))}
+    assert listed["keep"]["restarts"] == 2 and listed["keep"]["resumed_from"] == a
 
 
 @pytest.mark.timeout(600)
-def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+def test_a_launcher_killed_by_sigkill_leaves_no_orphans(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    """kill -9 of the launcher: torchrun dies with it (parent death signal), the workers
+    see it and end within a few seconds, and rank 0 records why."""
+    job = launch(procs, jobs_dir, "orphan", PLAIN, "--step-time", "0.05", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, "orphan", job)
+    seen = [p for p in job.tree.track() if p.pid != job.pid]  # torchrun and the workers
+    assert len(seen) >= 3, seen
+    os.kill(job.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    assert job.wait(30) == -signal.SIGKILL  # (reaped, as its shell would)
+    assert_all_gone(seen, timeout=15)
+    assert time.monotonic() - t0 < 10, "the workers outlived their launcher"
+    status = json.loads(control_ok(cli, "status", "orphan", "--json"))
+    assert status["state"] == "failed" and "launcher died" in status["error"], status
+    listed = {j["job_id"]: j for j in json.loads(control_ok(cli, "list", "--all", "--json"))}
+    assert listed["orphan"]["state"] == "failed"
+
+
+@pytest.mark.timeout(600)
+def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     job = launch(
         procs, jobs_dir, "crash", PLAIN, "--step-time", "0.05", "--crash-at", "40", "--output-dir", str(tmp_path / "out"), opts=("--nproc-per-node", "2")
     )
@@ -194,6 +264,12 @@ def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, tmp_path: Path
     assert record["state"] == "failed" and record["exit_code"] == code
     assert read(jobs_dir, "crash", "nodes/0.json")["state"] == "failed"
     assert_all_gone(seen)
+    # the root cause is rank 1's own exception, not rank 0 losing its peer
+    assert record["failure"]["rank"] == 1 and record["failure"]["type"] == "RuntimeError", record
+    status = json.loads(control_ok(cli, "status", "crash", "--json"))
+    assert status["exit_code"] == code and status["failure"]["rank"] == 1 and "crashing at step 40" in status["failure"]["message"]
+    shown = control_ok(cli, "status", "crash")
+    assert "rank 1" in shown and "RuntimeError: rank 1: crashing at step 40" in shown
 
 
 def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from support.processes import Procs
 from support.waiting import wait_for
 
 from forgather_control.control import JobPaths
+from forgather_control.control.outcome import EXIT_STOPPED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 TIMEOUT = 240.0
@@ -88,7 +89,7 @@ def test_command_to_a_starting_job_waits_in_the_inbox(procs: Procs, jobs_dir: Pa
     out = waiting.output()
     entry = json.loads(out[out.index("{") :])  # --json: the receipt, pretty-printed
     assert entry["state"] == "completed" and Path(entry["result"]["checkpoint"]).read_text() == "saved", entry
-    assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
+    assert job.wait(TIMEOUT) == EXIT_STOPPED, job.output()[-3000:]  # stopped by a command
     assert "save_and_stop" in job.output()
     record = json.loads((jobs_dir / "slow" / "job.json").read_text())
     assert record["state"] == "stopped" and record["last_checkpoint"] == entry["result"]["checkpoint"]
