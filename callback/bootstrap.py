@@ -255,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _install_signals()
     from .watchdog import watch_launcher
 
-    watch_launcher(_rank())
+    run = os.environ.get(ENV_RESTARTS, "0")
+    watch_launcher(_rank(), int(run) if run.isdigit() else 0)
     if args[0] == "-m" and len(args) < 2:
         print("bootstrap: -m needs a module name", file=sys.stderr)
         raise SystemExit(2)

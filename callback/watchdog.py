@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forgather_control.control.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
+from forgather_control.control.failures import record_failure
 from forgather_control.control.files import remove_quietly, write_json_atomic
 from forgather_control.control.jobs import JobPaths, is_valid_job_id
 from forgather_control.control.liveness import pid_alive
@@ -111,17 +112,25 @@ def record_orphaned(paths: JobPaths, why: str) -> None:
         remove_quietly(paths.endpoint)
 
 
-def watch_launcher(rank: int) -> LauncherWatch | None:
-    """Start watching the launcher named in the environment (a launched worker only)."""
+class LauncherGone(RuntimeError):
+    """What a worker records as its failure when its launcher is gone."""
+
+
+def watch_launcher(rank: int, run: int = 0) -> LauncherWatch | None:
+    """Start watching the launcher named in the environment (a launched worker only).
+    Whichever rank notices first records the launcher's death as the job's root cause
+    (the others then fail in a collective, later); rank 0 also writes the final state."""
     launcher = launcher_from_env()
     if launcher is None:
         return None
     job_id, jobs_dir = os.environ.get(ENV_JOB_ID, ""), os.environ.get(ENV_JOBS_DIR, "")
-    final = None
-    if rank == 0 and is_valid_job_id(job_id) and jobs_dir:
-        paths = JobPaths(Path(jobs_dir), job_id)
+    if not (is_valid_job_id(job_id) and jobs_dir):
+        return LauncherWatch(launcher).start()
+    paths = JobPaths(Path(jobs_dir), job_id)
 
-        def final(why: str) -> None:
+    def final(why: str) -> None:
+        record_failure(paths, rank=rank, run=run, exc=LauncherGone(f"{why}: the launcher died, so every rank stopped"))
+        if rank == 0:
             record_orphaned(paths, why)
 
     return LauncherWatch(launcher, final_record=final).start()

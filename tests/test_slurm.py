@@ -26,6 +26,8 @@ from support.records import read_record as read
 from support.services import require_service
 from support.waiting import wait_for
 
+from forgather_control.control.outcome import EXIT_PREEMPTED, EXIT_STOPPED
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TEMPLATE = REPO / "slurm" / "train.sbatch"
@@ -171,7 +173,7 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
         what=f"{job_id} saved and requeued",
     )
     ckpt = requeued["last_checkpoint"]
-    assert ckpt and Path(ckpt).exists() and requeued["exit_code"] == 0 and requeued["signals"] == ["SIGUSR1"]
+    assert ckpt and Path(ckpt).exists() and requeued["exit_code"] == EXIT_PREEMPTED and requeued["signals"] == ["SIGUSR1"]
     saved_step = int(re.search(r"checkpoint-(\d+)\.pt$", ckpt).group(1))
     status = read(jobs_dir, job_id, "status.json")
     assert status["state"] == "stopped" and status["last_checkpoint"] == ckpt, status
@@ -199,7 +201,7 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
     assert res.returncode == 0 and "completed" in res.stdout, res.stdout + res.stderr
     wait_for(lambda: squeue_state(jid) not in LIVE, timeout=TIMEOUT, interval=0.5, what=f"SLURM job {jid} to end")
     final = wait_for(lambda: (j := read(jobs_dir, job_id, "job.json")).get("ended_at") and j, timeout=60, what="job.json final")
-    assert final["state"] == "stopped" and final["exit_code"] == 0 and final["restarts"] == 1, final
+    assert final["state"] == "stopped" and final["exit_code"] == EXIT_STOPPED and final["restarts"] == 1, final
     assert Path(final["last_checkpoint"]).exists() and final["last_checkpoint"] != ckpt
     assert "requeueing" not in log_of(tmp_path, jid).split("(restart 1)")[-1]  # requeued exactly once
 
@@ -302,6 +304,6 @@ def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path:
     slurm.append(jid)
     wait_for(lambda: squeue_state(jid) not in LIVE, timeout=180, interval=0.5, what=f"SLURM job {jid} to end")
     job = read(jobs_dir, f"slurm-{jid}", "job.json")
-    assert job.get("state") == "stopped" and job["exit_code"] == 0 and job["signals"] == ["SIGUSR1"], log_of(tmp_path, jid)[-3000:]
+    assert job.get("state") == "stopped" and job["exit_code"] == EXIT_PREEMPTED and job["signals"] == ["SIGUSR1"], log_of(tmp_path, jid)[-3000:]
     assert Path(job["last_checkpoint"]).exists()
     assert "DUE TO TIME LIMIT" not in log_of(tmp_path, jid)

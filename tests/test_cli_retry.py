@@ -1,0 +1,102 @@
+"""A receipt never lies and a retry never duplicates, through the real CLI: a command
+to a frozen rank 0 says "sent; it may still apply" with its key and exits 6, and the
+same command re-sent with ``--key`` follows the first receipt to its end; Ctrl-C while a
+command is being sent exits 130 and names the key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support.env import base_env
+from support.paths import EXAMPLES, FORGATHER
+from support.processes import Procs
+
+from forgather_control.control import JobPaths, process_identity, read_json, write_json_atomic
+from forgather_control.control.errors import EXIT_INTERRUPTED, EXIT_UNKNOWN
+
+
+def _serving(paths: JobPaths, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        endpoint = read_json(paths.endpoint, quiet=True) or {}
+        if endpoint.get("url"):
+            return endpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "the job never served"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow  # a real training process, frozen and thawed
+def test_a_frozen_job_gets_an_honest_unknown_and_a_safe_retry(cli, procs: Procs, jobs_dir: Path, tmp_path: Path) -> None:
+    argv = [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", "frozen", "--output-dir", str(tmp_path / "out")]
+    job = procs.start(argv, env=base_env(jobs_dir), name="frozen")
+    paths = JobPaths(jobs_dir, "frozen")
+    _serving(paths, job.popen)
+    os.kill(job.pid, signal.SIGSTOP)  # a long pause: the kernel takes the request, nobody answers
+    try:
+        first = cli("control", "stop", "frozen", "--wait", "--timeout", "5", "--json")
+        assert first.code == EXIT_UNKNOWN, first
+        answer = json.loads(first.out)
+        key = answer["key"]
+        assert answer["state"] == "unknown" and key.startswith("k-")
+        assert "may still apply" in first.err and f"--key {key}" in first.err
+    finally:
+        os.kill(job.pid, signal.SIGCONT)
+    retry = cli("control", "stop", "frozen", "--key", key, "--wait", "--timeout", "120", "--json")
+    assert retry.code == 0, retry
+    receipt = json.loads(retry.out)
+    assert receipt["state"] == "completed" and receipt["key"] == key
+    assert job.wait(120) == 0
+    stops = [c for c in read_json(paths.status)["commands"] if c["command"] == "graceful_stop"]
+    assert len(stops) == 1 and stops[0]["id"] == receipt["id"]  # queued once, whatever the retries
+
+
+def test_ctrl_c_while_sending_exits_130_and_names_the_key(jobs_dir: Path, tmp_path: Path) -> None:
+    """A server that takes the request and holds it: the CLI is interrupted mid-send."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    got_post = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            data = conn.recv(65536)
+            if data.startswith(b"GET /hello"):
+                from forgather_control.control.proof import proof
+
+                nonce = data.split(b"nonce=")[1].split(b" ")[0].decode()
+                body = json.dumps({"job_id": "held", "proof": proof("tok", "held", nonce), "protocol": 1}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                data = conn.recv(65536)  # the same kept-alive connection carries the command
+            if data.startswith(b"POST"):
+                got_post.set()  # and never answer
+
+    threading.Thread(target=serve, daemon=True).start()
+    paths = JobPaths(jobs_dir, "held").create()
+    write_json_atomic(paths.endpoint, {"job_id": "held", "url": f"http://127.0.0.1:{port}", "token": "tok", **process_identity()})
+    write_json_atomic(paths.status, {"job_id": "held", "state": "running", "step": 1, **process_identity()})
+    p = subprocess.Popen([*FORGATHER, "control", "save", "held"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert got_post.wait(60), "the command was never sent"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        listener.close()
+    assert p.returncode == EXIT_INTERRUPTED, (out, err)
+    assert "may have reached the job" in err and "--key k-" in err and "Traceback" not in err
