@@ -154,6 +154,24 @@ def test_two_launchers_as_two_nodes(jobs_dir: Path, procs: Procs, cli, tmp_path:
     assert read(jobs_dir, "duo", "nodes/1.json")["exit_code"] == EXIT_STOPPED
 
 
+@pytest.mark.timeout(600)
+def test_a_crash_on_another_node_is_the_root_cause_everywhere(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    """Rank 3 (node 1) raises; node 0's records and status name it, not rank 0's lost peer."""
+    port = free_port()
+    common = ("--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port))
+    args = ("--step-time", "0.05", "--crash-at", "30", "--output-dir", str(tmp_path / "out"))
+    node1 = launch(procs, jobs_dir, "duo-crash", PLAIN, *args, opts=(*common, "--node-rank", "1"), name="node1")
+    node0 = launch(procs, jobs_dir, "duo-crash", PLAIN, *args, opts=(*common, "--node-rank", "0"), name="node0")
+    codes = (node0.wait(TIMEOUT), node1.wait(TIMEOUT))
+    assert 0 not in codes, node0.output()[-3000:] + node1.output()[-3000:]
+    assert "forgather: job duo-crash" in node0.output()  # the launcher says which job it runs, and how to reach it
+    record = read(jobs_dir, "duo-crash", "job.json")
+    assert record["state"] == "failed" and record["failure"]["rank"] == 3, record
+    status = json.loads(control_ok(cli, "status", "duo-crash", "--json"))
+    assert status["failure"]["rank"] == 3 and "crashing at step 30" in status["failure"]["message"]
+    assert {f["rank"] for f in status["failures"]} >= {3}
+
+
 # -- acceptance 3 -------------------------------------------------------------------------
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

@@ -102,6 +102,9 @@ def test_accumulation_save_once_eval_and_stop(tmp_path: Path, jobs_dir: Path) ->
     assert torch.load(save["result"]["checkpoint"], weights_only=False)["global_step"] == 3
     assert ev["state"] == "completed" and ev["step"] == 5 and isinstance(ev["result"]["metrics"]["val_loss"], float)
     assert stop["state"] == "completed" and read_json(jobs_dir / "acc" / "status.json")["state"] == "stopped"
+    # the evaluation's metrics reached the status and stayed through the steps after it
+    metrics = read_json(jobs_dir / "acc" / "status.json")["metrics"]
+    assert isinstance(metrics["val_loss"], float) and "loss" in metrics, metrics
 
 
 def test_abort_blocks_model_checkpoint(tmp_path: Path, jobs_dir: Path) -> None:

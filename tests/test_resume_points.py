@@ -134,3 +134,43 @@ def test_list_and_status_show_the_run_count_and_what_it_resumed_from(tmp_path: P
     rec.finish("failed", 1)
     summary = find_job(jobs, "shown").summary()
     assert summary["restarts"] == 1 and summary["resumed_from"] == str(a)
+
+
+SLURM = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_JOB_NODELIST": "n1",
+    "SLURM_STEP_NODELIST": "n1",
+    "SLURM_NODEID": "0",
+    "SLURM_STEP_TASKS_PER_NODE": "1",
+}
+
+
+def _slurm_run(jobs: Path, restart_count: int) -> JobRecords:
+    """One SLURM run of job 4242 (a requeue counts up SLURM_RESTART_COUNT)."""
+    env = {**SLURM, "SLURM_RESTART_COUNT": str(restart_count)}
+    plan = make_plan(LaunchConfig(script="train.py", requeue=True), env, python="python3", jobs_dir=str(jobs))
+    paths = JobPaths(jobs, plan.job_id)
+    prev = read_previous(paths, plan.placement, node_rank=0)
+    plan = plan.with_history(restarts=prev.restarts, resume_from=prev.resume_from)
+    rec = JobRecords(paths, plan)
+    rec.claim(prev)
+    rec.start(prev, argv=["forgather", "launch", "train.py"], cwd=str(jobs))
+    return rec
+
+
+def test_slurm_preempt_requeue_crash_requeue_keeps_the_checkpoint(tmp_path: Path) -> None:
+    jobs, out = tmp_path / "jobs", tmp_path / "out"
+    a = out / "checkpoint-100"
+    a.mkdir(parents=True)
+    first = _slurm_run(jobs, 0)
+    assert first.plan.job_id == "slurm-4242"
+    _rank0_status(jobs, first, "stopped", a)  # preempted: saved A, requeued
+    first.finish("requeued", 75)
+    second = _slurm_run(jobs, 1)
+    assert second.plan.resume_from == str(a)
+    _rank0_status(jobs, second, "failed", None)  # crashed before saving
+    second.finish("failed", 1)
+    third = _slurm_run(jobs, 2)
+    assert third.plan.resume_from == str(a) and third.plan.restarts == 2
+    third.finish("failed", 1)
