@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from .main import LazyGroup
+from .lazy import LazyGroup
 
 _VERBS = "forgather_control.cli."
 

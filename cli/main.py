@@ -22,21 +22,17 @@ so they never import it. ``forgather-control`` (``control_main``) is ours alone.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
+from . import framework
+from .lazy import LazyGroup
 from .output import silence_stdout
-
-if TYPE_CHECKING:
-    from importlib.metadata import EntryPoint
 
 log = logging.getLogger(__name__)
 
@@ -46,70 +42,6 @@ _verbose = 0
 #: Set by ``run``: True for ``forgather`` (hands foreign subcommands to the framework),
 #: False for ``forgather-control``. Only help and error texts read it.
 _delegating = True
-
-
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when invoked.
-
-    ``lazy`` maps a command name to ``("module:attribute", "short help")``. The short
-    help is static so that ``--help`` lists the commands without importing them.
-    """
-
-    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lazy: dict[str, tuple[str, str]] = dict(lazy or {})
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.commands:
-            return self.commands[cmd_name]
-        if cmd_name not in self.lazy:
-            return None
-        target, short_help = self.lazy[cmd_name]
-        module_name, attr = target.split(":", 1)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise  # a dependency of the module is missing: say so, do not hide it
-            return _missing_command(cmd_name, module_name, short_help)
-        command = getattr(module, attr)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{target} is not a click command")
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """List commands from the static table, so ``--help`` imports nothing."""
-        rows = []
-        for name in self.list_commands(ctx):
-            if name in self.commands:
-                cmd = self.commands[name]
-                if cmd.hidden:
-                    continue
-                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
-            else:
-                rows.append((name, self.lazy[name][1]))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-def _missing_command(name: str, module_name: str, short_help: str) -> click.Command:
-    """A stand-in for a subcommand whose module is not part of this install."""
-
-    def callback(**_: Any) -> None:
-        raise click.UsageError(
-            f"`forgather {name}` is not available in this install ({module_name} is missing); reinstall forgather-control or upgrade to a version that ships it"
-        )
-
-    return click.Command(
-        name,
-        callback=callback,
-        help=short_help,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-    )
 
 
 class RootGroup(LazyGroup):
@@ -197,36 +129,10 @@ def exit_code_for(exc: BaseException) -> int | None:
     return int(exc.exit_code) if isinstance(exc, ControlError) else None
 
 
-#: Our root options; none takes a value (``-v``, ``-vv``, ``--verbose``).
-_OUR_ROOT_FLAG = re.compile(r"-v+|--verbose")
-_FRAMEWORK_SCRIPT = "forgather"
-_OUR_DIST = "forgather-control"
-
-
-def framework_entry_point() -> EntryPoint | None:
-    """The Forgather framework's ``forgather`` console script, or None when no other
-    installed distribution declares one. Reads metadata only; imports nothing of it."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="console_scripts", name=_FRAMEWORK_SCRIPT):
-        dist = getattr(ep, "dist", None)
-        if dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == _OUR_DIST:
-            continue
-        if ep.value.partition(":")[0].split(".")[0] == "forgather_control":
-            continue  # ours under another distribution name (an old or renamed build)
-        return ep
-    return None
-
-
-def _describe(ep: EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return f"{ep.value} from {dist.name} {dist.version}" if dist is not None else ep.value
-
-
 def _framework_note() -> str:
     """Where the framework's subcommands go, and whether it is installed (help, errors)."""
-    ep = framework_entry_point()
-    status = f"installed here: {_describe(ep)}" if ep is not None else "not installed here"
+    ep = framework.entry_point()
+    status = f"installed here: {framework.describe(ep)}" if ep is not None else "not installed here"
     if _delegating:
         return (
             "Any other subcommand (ls, train, project, ...), or a framework option before one "
@@ -237,41 +143,6 @@ def _framework_note() -> str:
         "This is forgather-control alone: `forgather` runs the same commands and hands every "
         f"other one to the Forgather framework's CLI when the framework is installed ({status})."
     )
-
-
-def _ours(args: Sequence[str]) -> bool:
-    """Whether argv is for our root group: its first word after our root flags is one of
-    our subcommands, or help, or there is none. Anything else (another subcommand, or
-    an option we do not have, such as the framework's ``-p DIR``) is the framework's."""
-    for word in args:
-        if _OUR_ROOT_FLAG.fullmatch(word):
-            continue
-        return word in cli.lazy or word in cli.commands or word in ("-h", "--help")
-    return True
-
-
-def _run_framework(ep: EntryPoint, args: list[str]) -> int:
-    """Call the framework's console-script function as its own script would, with
-    ``sys.argv`` set to the same argv, and return its exit status."""
-    try:
-        func = ep.load()
-    except Exception as exc:  # noqa: BLE001 - say what broke, not a traceback of ours
-        _error(f"the Forgather framework's CLI ({_describe(ep)}) failed to load: {type(exc).__name__}: {exc}")
-        return EXIT_FAILED
-    saved = sys.argv
-    sys.argv = [saved[0] if saved and saved[0] else _FRAMEWORK_SCRIPT, *args]
-    try:
-        status: object = func()
-    except SystemExit as exc:
-        status = exc.code
-    finally:
-        sys.argv = saved
-    if status is None:
-        return EXIT_OK
-    if isinstance(status, int):
-        return int(status)
-    print(status, file=sys.stderr)  # what sys.exit("message") does
-    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -294,10 +165,10 @@ def run(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
     global _delegating
     _delegating = delegate
     args = list(sys.argv[1:] if argv is None else argv)
-    if delegate and not _ours(args):
-        ep = framework_entry_point()
+    if delegate and not framework.is_ours(args, {*cli.commands, *cli.lazy}):
+        ep = framework.entry_point()
         if ep is not None:
-            return _run_framework(ep, args)
+            return framework.run(ep, args, error=_error)
     try:
         rv = cli.main(args, prog_name="forgather" if delegate else "forgather-control", standalone_mode=False)
     except click.exceptions.UsageError as exc:  # bad options, missing arguments

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from forgather_control.cli import framework as fw
 from forgather_control.cli import main
 
 
@@ -48,7 +49,7 @@ class FakeFramework:
 @pytest.fixture
 def framework(monkeypatch: pytest.MonkeyPatch) -> FakeFramework:
     fake = FakeFramework()
-    monkeypatch.setattr(main, "framework_entry_point", lambda: fake)
+    monkeypatch.setattr(fw, "entry_point", lambda: fake)
     return fake
 
 
@@ -70,7 +71,7 @@ def framework(monkeypatch: pytest.MonkeyPatch) -> FakeFramework:
     ],
 )
 def test_which_argv_is_ours(argv: list[str], ours: bool) -> None:
-    assert main._ours(argv) is ours
+    assert fw.is_ours(argv, {"control", "launch"}) is ours
 
 
 def test_framework_gets_the_same_argv_and_its_status(framework: FakeFramework, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +91,7 @@ def test_our_commands_never_touch_the_framework(monkeypatch: pytest.MonkeyPatch,
     def boom() -> None:
         raise AssertionError("looked up the framework for one of our commands")
 
-    monkeypatch.setattr(main, "framework_entry_point", boom)
+    monkeypatch.setattr(fw, "entry_point", boom)
     assert main.run(["control", "list", "--json", "--jobs-dir", str(tmp_path)]) == 0
     assert main.run(["-v", "control", "status", "nope", "--jobs-dir", str(tmp_path)]) == 3
 
@@ -103,7 +104,7 @@ def test_forgather_control_never_delegates(framework: FakeFramework, capsys: pyt
 
 
 def test_without_the_framework_an_unknown_subcommand_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(main, "framework_entry_point", lambda: None)
+    monkeypatch.setattr(fw, "entry_point", lambda: None)
     assert main.run(["ls"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "No such command 'ls'" in err and "control, launch" in err and "not installed here" in err
@@ -121,7 +122,7 @@ def test_help_says_the_framework_is_installed(framework: FakeFramework, capsys: 
 
 def test_a_framework_that_fails_to_load_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     fake = FakeFramework(load_error=ModuleNotFoundError("No module named 'yaml'"))
-    monkeypatch.setattr(main, "framework_entry_point", lambda: fake)
+    monkeypatch.setattr(fw, "entry_point", lambda: fake)
     assert main.run(["ls"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: the Forgather framework's CLI (forgather.cli:main from forgather 9.9.9) failed to load") and "yaml" in err
@@ -139,6 +140,6 @@ def test_the_framework_entry_point_is_another_distributions(monkeypatch: pytest.
 
     monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
     found[:] = [ep("forgather_control.cli.main:main", "forgather-control"), ep("forgather_control.cli.main:main", "forgather_control_old")]
-    assert main.framework_entry_point() is None
+    assert fw.entry_point() is None
     found.append(ep("forgather.cli:main", "forgather"))
-    assert main.framework_entry_point() is found[-1]
+    assert fw.entry_point() is found[-1]

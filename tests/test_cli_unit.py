@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from forgather_control.cli import main, output
+from forgather_control.cli import lazy, main, output
 from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound
 from forgather_control.control.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
 
@@ -52,7 +52,7 @@ def test_run_turns_errors_into_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_lazy_group_lists_without_importing_and_explains_missing() -> None:
-    group = main.LazyGroup(
+    group = lazy.LazyGroup(
         "g",
         lazy={"gone": ("forgather_control.cli.no_such_module_here:cmd", "A command that is not installed.")},
     )
@@ -67,7 +67,7 @@ def test_lazy_group_does_not_hide_a_broken_dependency(tmp_path: Path, monkeypatc
     """A module that exists but fails importing something else is a real error."""
     (tmp_path / "fg_broken_cmd.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    group = main.LazyGroup("g", lazy={"b": ("fg_broken_cmd:cmd", "broken")})
+    group = lazy.LazyGroup("g", lazy={"b": ("fg_broken_cmd:cmd", "broken")})
     with pytest.raises(ModuleNotFoundError):
         group.get_command(click.Context(group), "b")
 
