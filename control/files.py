@@ -117,7 +117,7 @@ def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYT
     if len(raw) > max_bytes:
         raise RecordError(f"{path}: larger than a record can be")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))  # JSON is UTF-8 (RFC 8259): no guessing UTF-16 from a BOM
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RecordError(f"{path}: not valid JSON ({str(exc)[:80]}); it may be half-written by an old tool") from None
     if not isinstance(data, dict):

@@ -104,6 +104,11 @@ def _hostile_dir(root: Path, outside: Path) -> dict[str, str]:
         )
         paths.nodes.mkdir(exist_ok=True)
         (paths.nodes / f"0{esc.replace('/', '_')}.json").write_text("{not json")  # a file name that reaches a warning
+    # encodings and shapes a JSON reader trips on
+    (JobPaths(root, "not-utf8").create().status).write_bytes(b'{"state": "running", "host": "\xff\xfe\x80"}')
+    (JobPaths(root, "utf16").create().status).write_bytes('{"state": "running"}'.encode("utf-16"))
+    (JobPaths(root, "deep").create().status).write_bytes(b'{"metrics": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    (JobPaths(root, "oversized").create().status).write_bytes(b'{"pad": "' + b"x" * (2 << 20) + b'"}')
     # links, FIFOs, unreadable and odd files
     (outside / "status.json").write_text(json.dumps({"state": "stopped", "host": "outside"}))
     linked = JobPaths(root, "status-link").create()
@@ -132,6 +137,8 @@ def test_hostile_directory_never_crashes_never_escapes(tmp_path: Path) -> None:
         assert rows[job_id]["state"] == "corrupt" and f"'{field}'" in rows[job_id]["evidence"], rows[job_id]
     assert rows["good-done"]["state"] == "stopped"
     assert rows["status-link"]["state"] == "corrupt" and rows["status-fifo"]["state"] == "corrupt"
+    for job_id in ("not-utf8", "utf16", "deep", "oversized"):
+        assert rows[job_id]["state"] == "corrupt", rows[job_id]
 
     for args in (["control", "list", "--all"], ["control", "cleanup", "--dry-run"], ["control", "cleanup", "--dry-run", "--json"]):
         proc = _cli(*args, jobs=root)
