@@ -99,6 +99,20 @@ class Status(BaseModel):
     commands: list[Receipt] = Field(default_factory=list)
 
 
+class Series(BaseModel):
+    step: list[int]
+    time: list[float]
+    value: list[float | None]
+
+
+class MetricHistory(BaseModel):
+    """The recorded curves: per series, steps ascending."""
+
+    version: int
+    job_id: str
+    series: dict[str, Series]
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` entry declaring ``codes`` as ErrorBody answers."""
     return {code: {"model": ErrorBody} for code in codes}

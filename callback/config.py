@@ -57,6 +57,8 @@ class ControllerConfig:
     - ``auth``: False drops the bearer token; an explicit opt-out, refused at start on a
       non-loopback host.
     - ``cleanup_on_exit``: remove this process's endpoint.json when the job ends.
+    - ``record_metrics``: keep the metric history (``metrics.json``, the curves of the web
+      page), sampled by the I/O thread; False records none.
     - ``max_steps``: the last training step, when known; it is always a check, and it
       gives the status its ETA.
     - ``check_interval``: seconds between agreement checks across ranks: commands apply
@@ -85,6 +87,7 @@ class ControllerConfig:
     enable_http: bool = True
     auth: bool = True
     cleanup_on_exit: bool = True
+    record_metrics: bool = True
     max_steps: int | None = None
     check_interval: float = 1.0
     heartbeat_interval: float = 2.0

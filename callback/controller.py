@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from forgather_control.control import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
+from forgather_control.control.metrics import History
 from forgather_control.control.states import JobState
 
 from . import signals as _signals_mod
 from .actions import NO_ACTIONS, Actions, actions_for, option_flags
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
+from .history import HistoryRecorder, load_or_new
 from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
@@ -117,6 +119,7 @@ class Controller:
         self._run: dict[str, Any] = {"restarts": cfg.restarts} if cfg.restarts is not None else {}
         if resume_from():
             self._run["resumed_from"] = resume_from()
+        self.history = load_or_new(self.paths, continued=bool(resume_from())) if self.is_rank0 else History(self.job_id)
         self._plane = ControlPlane(
             job_id=cfg.job_id,
             paths=self.paths,
@@ -130,6 +133,7 @@ class Controller:
             heartbeat_interval=cfg.heartbeat_interval,
             started_at=self._started_at,
             identity=self._identity,
+            history=HistoryRecorder(self.paths, self.history, self._metric_sample) if cfg.record_metrics else None,
         )
         self._schedule = CheckSchedule(cfg.check_interval)
         self._receipts = Receipts(self.ledger)
@@ -488,6 +492,7 @@ class Controller:
             # Kept apart from the per-step metrics, which step() replaces every step: the
             # last evaluation stays in the status until the next one.
             self.eval_metrics = clean
+            self.history.record(self.current_step, time.time(), clean)
         self._receipts.evaluation_done(clean, step=self.current_step)
         self._changed()
 
@@ -543,6 +548,17 @@ class Controller:
             **self._run,
             **self._identity,
         }
+
+    def _metric_sample(self) -> tuple[int, dict[str, Any]] | None:
+        """What the I/O thread records into the history: the step, the loop's latest
+        per-step metrics and the steps per second (not the evaluation's, recorded when
+        they are reported)."""
+        step = self.current_step
+        metrics = json_metrics(self.metrics)
+        rate = self._rate.update(step, time.time())
+        if rate is not None:
+            metrics["steps_per_second"] = rate
+        return step, metrics
 
     def _ledger_changed(self) -> None:
         self._wake()

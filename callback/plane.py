@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from forgather_control.control import PROTOCOL, JobPaths, Ledger, is_loopback_host, read_json, write_json_atomic
 from forgather_control.control.files import remove_quietly
 
+from .history import HistoryRecorder
 from .publisher import Publisher
 
 if TYPE_CHECKING:  # the server module imports fastapi: only when HTTP is served
@@ -52,8 +53,11 @@ class ControlPlane:
         heartbeat_interval: float = 2.0,
         started_at: float | None = None,
         identity: dict[str, Any] | None = None,
+        history: HistoryRecorder | None = None,
     ) -> None:
         self.job_id = job_id
+        #: rank 0's metric history, sampled and written by the I/O thread
+        self.history = history
         self.paths = paths
         self.ledger = ledger
         self.status = status
@@ -115,6 +119,7 @@ class ControlPlane:
                 status=self.status,
                 poll_interval=self.poll_interval,
                 heartbeat_interval=self.heartbeat_interval,
+                on_tick=self.history.tick if self.history is not None else None,
             )
             self._publisher.write_status()
             self._publisher.start()
@@ -131,6 +136,7 @@ class ControlPlane:
             status=self.status,
             token=self._token,
             loopback=is_loopback_host(self.host),
+            metrics=self.history.history.as_record if self.history is not None else None,
         )
         server = ServerThread(app, host=self.host, port=self.port)
         server.start()
@@ -180,6 +186,9 @@ class ControlPlane:
             if publisher is not None:
                 publisher.poll_inbox()
                 publisher.write_status({"ended_at": time.time(), "error": error})
+            if self.history is not None:
+                self.history.tick()  # the last sample, and the file a finished job keeps
+                self.history.flush()
             if remove_endpoint:
                 self._remove_own_endpoint()
         except Exception:

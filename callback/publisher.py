@@ -42,8 +42,11 @@ class Publisher:
         inbox: bool = True,
         inbox_grace: float = INBOX_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.paths = paths
+        #: more I/O work for each tick (the metric history); must not raise
+        self.on_tick = on_tick
         self.ledger = ledger
         self.status = status
         self.poll_interval = poll_interval
@@ -103,6 +106,8 @@ class Publisher:
             now = time.time()
             if self._dirty or now - self._last_write >= self.heartbeat_interval:
                 self.write_status()
+            if self.on_tick is not None:
+                self.on_tick()
         except Exception:
             self.errors += 1
             log.exception("forgather control I/O failed; training goes on")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
@@ -26,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from forgather_control.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
 from forgather_control.control.proof import proof
 
-from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, Receipt, Status, errors
+from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
 from .guard import READ_DEADLINE, connection_cap, guarded_protocol, quiet_accept_errors
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def create_app(
     token: str | None,
     loopback: bool = True,
     max_body: int = MAX_BODY_BYTES,
+    metrics: Callable[[int | None], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the control API for one job. ``token=None`` disables auth (an explicit
     opt-out the caller must have asked for). ``loopback`` turns on the Host check that
@@ -102,6 +104,12 @@ def create_app(
             log.exception("control server error")
             return _error(500, f"internal error in the control server: {type(exc).__name__}")
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A parameter FastAPI could not parse: the same ErrorBody as every other refusal."""
+        where = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()[:3])
+        return _error(422, f"bad parameter ({where})")
+
     def check_job(jid: str) -> JSONResponse | None:
         if not is_valid_job_id(jid):
             return _error(400, f"invalid job id {jid!r}")
@@ -130,6 +138,16 @@ def create_app(
     @app.get("/jobs/{jid}/status", response_model=Status, responses=errors(*auth, 400, 404))
     def job_status(jid: str) -> Any:
         return check_job(jid) or status()
+
+    @app.get("/jobs/{jid}/metrics", response_model=MetricHistory, responses=errors(*auth, 400, 404, 422))
+    def job_metrics(jid: str, since: int | None = None) -> Any:
+        """The recorded metric history, only points after step ``since`` when given."""
+        bad = check_job(jid)
+        if bad is not None:
+            return bad
+        if metrics is None:
+            return {"version": 1, "job_id": job_id, "series": {}}
+        return metrics(since)
 
     @app.get("/jobs/{jid}/commands/{cid}", response_model=Receipt, responses=errors(*auth, 400, 404))
     def command(jid: str, cid: str) -> Any:

@@ -121,6 +121,16 @@ class JobHandle:
                 raise
             return FileTransport(self.info.paths).status()
 
+    def metrics(self, since: int | None = None) -> dict[str, Any]:
+        """The job's metric history (points after step ``since`` when given): from its
+        server while it serves, else from its folder (a finished job keeps its curves)."""
+        try:
+            return self.transport.metrics(since)
+        except Unreachable:
+            if self.info is None or self.channel == "file":
+                raise
+            return FileTransport(self.info.paths).metrics(since)
+
     # -- commands -----------------------------------------------------------------------
     def send(self, command: Command | str, *, key: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Queue a command; returns its receipt (queued, sent to the inbox, or rejected).

@@ -21,6 +21,7 @@ from .errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, U
 from .files import RecordError, write_json_atomic
 from .jobs import JobPaths
 from .liveness import pid_alive, same_host
+from .metrics import check_history, read_history
 from .proof import new_nonce, proof_matches
 from .records import RECEIPT, STATUS, check_record, load_or_empty, load_record
 
@@ -187,6 +188,8 @@ class Transport(Protocol):
 
     def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None: ...
 
+    def metrics(self, since: int | None = None) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -231,6 +234,16 @@ class HttpTransport:
             return None
         raise refusal(code, data)
 
+    def metrics(self, since: int | None = None) -> dict[str, Any]:
+        query = f"?since={int(since)}" if since is not None else ""
+        code, data = self.http.request("GET", f"/jobs/{self.job_id}/metrics{query}")
+        if code == 200 and isinstance(data, dict):
+            try:
+                return check_history(data, name=f"the metric history from {self.url}", job_id=self.job_id)
+            except RecordError as exc:
+                raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
+        raise refusal(code, data)
+
     def _checked(self, data: dict[str, Any], fields: dict[str, Any], what: str) -> dict[str, Any]:
         """An answer is untrusted like any record: checked before anything reads it."""
         try:
@@ -272,6 +285,12 @@ class FileTransport:
         """The receipt with this id, else (a command file re-sent with a key rank 0 has
         seen: the ledger keeps the first) the receipt that carries the key."""
         return receipt_in(load_or_empty(self.paths.status, STATUS), command_id, key)
+
+    def metrics(self, since: int | None = None) -> dict[str, Any]:
+        try:
+            return read_history(self.paths, since)
+        except RecordError as exc:
+            raise Unreachable(f"job {self.paths.job_id}'s metric history cannot be read: {exc}") from None
 
     def close(self) -> None:
         pass
