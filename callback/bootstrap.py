@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     run = os.environ.get(ENV_RESTARTS, "0")
     watch_launcher(_rank(), int(run) if run.isdigit() else 0)
+    _enable_stack_dumps(int(run) if run.isdigit() else 0)
     if args[0] == "-m" and len(args) < 2:
         print("bootstrap: -m needs a module name", file=sys.stderr)
         raise SystemExit(2)
@@ -296,6 +297,18 @@ def _record(exc: BaseException) -> None:
         return
     run = os.environ.get(ENV_RESTARTS, "0")
     record_failure(JobPaths(Path(jobs_dir), job_id), rank=_rank(), run=int(run) if run.isdigit() else 0, exc=exc)
+
+
+def _enable_stack_dumps(run: int) -> None:
+    """``forgather control stacks`` can reach this worker from now on, before the user's
+    code runs (a hang while the model loads is a hang too)."""
+    job_id, jobs_dir = os.environ.get(ENV_JOB_ID), os.environ.get(ENV_JOBS_DIR)
+    from forgather_control.control.jobs import JobPaths, is_valid_job_id
+
+    if job_id and jobs_dir and is_valid_job_id(job_id):
+        from .stackdump import enable_stack_dumps
+
+        enable_stack_dumps(JobPaths(Path(jobs_dir), job_id), _rank(), run=run)
 
 
 def _rank() -> int:

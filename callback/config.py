@@ -24,6 +24,7 @@ from forgather_control.control.env import (
     ENV_JOBS_DIR,
     ENV_RESTARTS,
     ENV_SIGNAL_REPEAT_WINDOW,
+    ENV_STALL_AFTER,
     ENV_TRACE_AGREEMENT,
 )
 from forgather_control.control.errors import InvalidJobId, UsageError
@@ -57,6 +58,9 @@ class ControllerConfig:
     - ``auth``: False drops the bearer token; an explicit opt-out, refused at start on a
       non-loopback host.
     - ``cleanup_on_exit``: remove this process's endpoint.json when the job ends.
+    - ``stall_after``: seconds without a step after which the status says "stalled";
+      default ``$FORGATHER_STALL_AFTER``, else it adapts (20 times the recent time per
+      step, never below five minutes).
     - ``record_metrics``: keep the metric history (``metrics.json``, the curves of the web
       page), sampled by the I/O thread; False records none.
     - ``max_steps``: the last training step, when known; it is always a check, and it
@@ -88,6 +92,7 @@ class ControllerConfig:
     auth: bool = True
     cleanup_on_exit: bool = True
     record_metrics: bool = True
+    stall_after: float | None = None
     max_steps: int | None = None
     check_interval: float = 1.0
     heartbeat_interval: float = 2.0
@@ -109,6 +114,8 @@ class ControllerConfig:
         for name in ("check_interval", "signal_repeat_window"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be a number of seconds >= 0")
+        if self.stall_after is not None and not self.stall_after > 0:
+            raise ConfigError(f"stall_after {self.stall_after!r} must be a number of seconds > 0")
         for name in ("heartbeat_interval", "poll_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be a number of seconds > 0")
@@ -152,6 +159,8 @@ class ControllerConfig:
         options.setdefault("host", env.get(ENV_CONTROL_HOST) or DEFAULT_HOST)
         if "port" not in options and env.get(ENV_CONTROL_PORT):
             options["port"] = _env_int(env, ENV_CONTROL_PORT, 0, 65535, "a TCP port (0-65535)")
+        if "stall_after" not in options and env.get(ENV_STALL_AFTER):
+            options["stall_after"] = _env_seconds(env, ENV_STALL_AFTER)
         if "signal_repeat_window" not in options and env.get(ENV_SIGNAL_REPEAT_WINDOW):
             options["signal_repeat_window"] = _env_seconds(env, ENV_SIGNAL_REPEAT_WINDOW)
         if env.get(ENV_RESTARTS):
@@ -166,7 +175,7 @@ class ControllerConfig:
 
 _OPTIONS = frozenset(f.name for f in dataclasses.fields(ControllerConfig)) - {"restarts", "trace_dir"}
 _INTS = ("port", "max_steps", "max_pending", "rank", "world_size", "restarts")
-_FLOATS = ("check_interval", "heartbeat_interval", "poll_interval", "signal_repeat_window")
+_FLOATS = ("check_interval", "heartbeat_interval", "poll_interval", "signal_repeat_window", "stall_after")
 
 
 def _coerce(name: str, value: Any) -> Any:

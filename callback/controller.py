@@ -51,6 +51,8 @@ from .receipts import Receipts
 from .resume import resume_from
 from .schedule import NEVER, CheckSchedule
 from .signals import DEFAULT_SIGNALS, SignalFlags
+from .stackdump import enable_stack_dumps
+from .stall import Phase, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,9 @@ class Controller:
         if resume_from():
             self._run["resumed_from"] = resume_from()
         self.history = load_or_new(self.paths, continued=bool(resume_from())) if self.is_rank0 else History(self.job_id)
+        #: what the training thread is doing, as the control plane knows it (for stalls)
+        self.phase = Phase.TRAINING
+        self._stall = StallWatch(stall_after=cfg.stall_after)
         self._plane = ControlPlane(
             job_id=cfg.job_id,
             paths=self.paths,
@@ -269,6 +274,8 @@ class Controller:
         """Resolve the context and, for a job of several processes, make the agreement
         (a collective: every rank gets here at the same point). False: not yet."""
         self._resolve_context()
+        # Reachable by `forgather control stacks` (the bootstrap did it already when launched).
+        enable_stack_dumps(self.paths, self.rank, run=self.config.restarts or 0)
         if self._solo:
             self._ready = True
             self._next_check = NEVER
@@ -414,7 +421,9 @@ class Controller:
         if self._solo:
             agreed = proposal
         else:
+            self.phase = Phase.AGREEMENT  # a rank stuck here waits for another rank
             agreed = self._agreement.exchange(proposal)  # type: ignore[union-attr]
+            self.phase = Phase.TRAINING
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
             self._next_check = agreed.next_check if agreed.next_check > step else step + 1
@@ -436,6 +445,8 @@ class Controller:
 
     def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:
         actions = actions_for(cmd, command_id, reason, flags=flags)
+        if actions.save or actions.evaluate:
+            self.phase = Phase.SAVE if actions.save else Phase.EVAL  # a known long phase, not a stall
         if self.is_rank0 and command_id is not None:
             self.ledger.mark_applied(command_id, step)
             self._receipts.applied(command_id, cmd, step)
@@ -476,6 +487,7 @@ class Controller:
         ``synced=False`` (HF's Trainer writes rank-local files and does not wait), rank 0
         completes the receipt at the next agreed check, which every rank reaches only
         after its own save, or when the job ends."""
+        self.phase = Phase.TRAINING
         self.last_checkpoint = str(Path(path).absolute())
         point = {"path": self.last_checkpoint, "step": self.current_step, "saved_at": time.time()}
         if synced or self._solo:
@@ -487,6 +499,7 @@ class Controller:
 
     def evaluation_done(self, metrics: dict[str, Any] | None = None) -> None:
         """Record an evaluation's metrics; completes the oldest evaluate command."""
+        self.phase = Phase.TRAINING
         clean = json_metrics(metrics or {})
         if clean:
             # Kept apart from the per-step metrics, which step() replaces every step: the
@@ -498,6 +511,7 @@ class Controller:
 
     def command_failed(self, reason: str, command: Command | None = None) -> None:
         """The loop could not do what an applied command asked (e.g. no evaluation set up)."""
+        self.phase = Phase.TRAINING
         self._receipts.command_failed(reason, command)
         self._changed()
 
@@ -518,8 +532,9 @@ class Controller:
         now = time.time()
         step = self.current_step
         rate = self._rate.update(step, now)
+        progress = self._stall.observe(step, now, steps_per_second=rate, phase=self.phase) if self.state == JobState.RUNNING else {}
         eta = None
-        if rate and self.max_steps and step is not None:
+        if rate and self.max_steps and step is not None and "stall" not in progress:  # a stalled job has no ETA
             eta = max(0.0, (self.max_steps - step) / rate)
         url = self.url
         return {
@@ -537,6 +552,7 @@ class Controller:
             "world_size": self.world_size,
             "stop_reason": self.stop_reason,
             "stopped_by_signal": self.stopped_by_signal,
+            **progress,
             "commands": self.ledger.recent(20),
             "pending_commands": self.ledger.pending_count(),
             "control_error": self.control_error,

@@ -26,6 +26,7 @@ _VERBS = "forgather_control.cli."
         "stop": (_VERBS + "send_cmd:stop", "Stop gracefully; the trainer's own end-of-training logic still runs."),
         "save-stop": (_VERBS + "send_cmd:save_stop", "Save a checkpoint, then stop."),
         "abort": (_VERBS + "send_cmd:abort", "Stop now and save nothing; the job ends 'aborted'."),
+        "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -60,6 +60,13 @@ def _names(option: str) -> list[str]:
     metavar="SECONDS",
     help="Time the job has to save and stop after a signal, before torchrun is terminated.",
 )
+@click.option(
+    "--stall-after",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Seconds without a step before the job counts as stalled (default: 20 times its recent step time, at least 5 minutes).",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -82,6 +89,7 @@ def launch(
     control_port: int | None,
     no_control: bool,
     grace: float,
+    stall_after: float | None,
     requeue: bool,
     dry_run: bool,
     script: str,
@@ -119,6 +127,7 @@ def launch(
         control_port=control_port,
         control=not no_control,
         grace=grace,
+        stall_after=stall_after,
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),

@@ -131,6 +131,12 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def stall_line(stall: dict[str, Any]) -> str:
+    """One line: ``no step for 5m (at step 41): rank 0 waits in the agreement collective...``."""
+    at = f" (at step {stall['step']})" if stall.get("step") is not None else ""
+    return printable(f"no step for {duration(stall.get('for'))}{at}: {stall.get('why') or 'its step does not move'}")
+
+
 def progress_line(job_id: str, status: dict[str, Any]) -> str:
     """One plain line of a job's progress: state, step of max, and, while it runs, speed,
     ETA and loss (an ended job has no speed and no ETA)."""

@@ -16,10 +16,11 @@ from rich.text import Text
 
 from forgather_control.control.states import JobState
 
-from .output import age, describe_entry, duration, printable
+from .output import age, describe_entry, duration, printable, stall_line
 
 _STATE_STYLE = {
     "running": "green",
+    "stalled": "bold red",
     "starting": "cyan",
     "stopping": "yellow",
     "ending": "yellow",
@@ -150,7 +151,11 @@ def status_panel(d: dict[str, Any]) -> Any:
     if d.get("epoch") is not None:
         grid.add_row("epoch", _t(f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"])))
     state = JobState.parse(d.get("state"))
-    if state is not None and state.live:  # a dead or ended job has no speed and no ETA
+    if state == JobState.STALLED:  # no speed and no ETA: it does not move
+        stall = d.get("stall") if isinstance(d.get("stall"), dict) else {}
+        grid.add_row("stalled", _t(stall_line(stall), style="red"))
+        grid.add_row("", _t(f"where every rank is: forgather control stacks {d.get('job_id')}", style="dim"))
+    elif state is not None and state.live:  # a dead or ended job has no speed and no ETA
         rate = d.get("steps_per_second")
         grid.add_row("speed", _t(f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-"))
         grid.add_row("eta", _t(duration(d.get("eta_seconds"))))

@@ -8,6 +8,7 @@ and prints the receipt.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from . import options
 from .output import print_json, printable
 
 DEFAULT_WAIT = 300.0
+#: While --wait waits, the job's records are judged again this often (has it stalled?).
+STALL_LOOK_EVERY = 5.0
 
 
 class Interrupted(ControlError):
@@ -121,6 +124,9 @@ def send_command(
         if State.parse(entry.get("state")) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED
+        notice = handle.stall_notice(command)
+        if notice is not None:
+            click.echo(printable(f"warning: {notice}"), err=True)
         if not wait:
             if as_json:
                 print_json(entry)
@@ -157,13 +163,24 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
 
         spinner = render.console(stderr=True).status(f"waiting for {command.value} ({entry.get('id')}) on job {handle.job_id}")
 
+    told = [handle.stall is not None]  # said already when it was sent
+    looked = [time.monotonic()]
+
     def on_poll(e: dict[str, Any] | None) -> None:
+        if time.monotonic() - looked[0] > STALL_LOOK_EVERY and handle.info is not None:
+            looked[0] = time.monotonic()
+            handle.refresh()
+            if handle.stall is not None and not told[0]:
+                told[0] = True
+                notice = handle.stall_notice(command)
+                click.echo(printable(f"warning: while waiting: {notice}"), err=True)
         if e is None:
             return
         seen.append(e)
         if spinner is not None:
             at = f" at step {e['step']}" if e.get("step") is not None else ""
-            spinner.update(f"{command.value} ({e.get('id')}) on job {handle.job_id}: {e.get('state')}{at}")
+            stalled = " (the job is stalled)" if handle.stall is not None else ""
+            spinner.update(f"{command.value} ({e.get('id')}) on job {handle.job_id}: {e.get('state')}{at}{stalled}")
 
     try:
         if spinner is not None:

@@ -60,6 +60,12 @@ CLI_VERBS: dict[str, Command] = {
 VALID_COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
 
 
+#: An abort a launched job's ranks have not applied this long after its launcher first
+#: saw it (they are hung: no agreed step comes) is carried out by the launcher: it ends
+#: every rank (seconds).
+ABORT_GRACE = 10.0
+
+
 class UnknownCommand(ValueError):
     pass
 

@@ -34,6 +34,9 @@ ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
 ENV_NODE_RANK = "FORGATHER_NODE_RANK"
 #: Seconds within which two deliveries of a stop signal count once (default 1).
 ENV_SIGNAL_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
+#: Seconds without a step after which a job counts as stalled (default: adapts to the
+#: job's step time, never below five minutes).
+ENV_STALL_AFTER = "FORGATHER_STALL_AFTER"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
 # torchrun's own variables, read (never set) by the worker side

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .commands import BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
+from .commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from .errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
-from .listing import JobInfo, judge_job
+from .listing import JobInfo, judge_job, stall_of
 from .liveness import Liveness, is_loopback_url, same_host
 from .records import JOB, STATUS, load_or_empty
+from .stackreport import StacksReport, collect
 from .states import JobState, is_final
 from .transport import FileTransport, HttpTransport, Transport, probe_endpoint
 
@@ -56,12 +57,15 @@ class JobHandle:
         info: JobInfo | None = None,
         summary: dict[str, Any] | None = None,
         timeout: float = 5.0,
+        ray: tuple[str, str | None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.transport = transport
         self.info = info
         self.summary = summary
         self.timeout = timeout
+        #: (address, jobs dir) of the Ray cluster the job was found through
+        self.ray = ray
         self._warned_stale = False
 
     @classmethod
@@ -87,6 +91,14 @@ class JobHandle:
             return self.info.state
         return JobState.parse((self.summary or {}).get("state")) or JobState.UNKNOWN
 
+    @property
+    def stall(self) -> dict[str, Any] | None:
+        """Why the job counts as stalled (how long, the step, what rank 0 is doing), or None."""
+        if self.info is not None:
+            return self.info.stall
+        stall = (self.summary or {}).get("stall")
+        return stall if isinstance(stall, dict) else None
+
     def refresh(self) -> JobState:
         """Read the job's records again and judge them now (a local job only)."""
         if self.info is not None:
@@ -110,6 +122,9 @@ class JobHandle:
             return d
         d.update({k: v for k, v in live.items() if k != "job_id"})
         d["live"] = True
+        d["stall"] = stall_of(live, time.time())
+        if d["stall"] is not None:
+            d["state"] = JobState.STALLED.value
         return d
 
     def status(self) -> dict[str, Any]:
@@ -130,6 +145,47 @@ class JobHandle:
             if self.info is None or self.channel == "file":
                 raise
             return FileTransport(self.info.paths).metrics(since)
+
+    def stall_notice(self, command: Command) -> str | None:
+        """What to tell someone who sends ``command`` to this job while it is stalled
+        (None when it is not): a command applies at an agreed step, which a hung rank
+        never reaches; only an abort is carried out without one, by the launcher."""
+        stall = self.stall
+        if stall is None:
+            return None
+        secs = stall.get("for")
+        how_long = f"no step for {secs:.0f}s (at step {stall.get('step')}): " if isinstance(secs, (int, float)) else ""
+        head = f"job {self.job_id} is stalled: {how_long}{stall.get('why')}"
+        where = f"see where every rank is with `forgather control stacks {self.job_id}`"
+        if command != Command.ABORT:
+            return (
+                f"{head}. The {command.value} is queued and applies only if the job recovers; {where}, or end it with `forgather control abort {self.job_id}`"
+            )
+        launched = self.info is not None and bool(self.info.nodes)
+        if launched:
+            return f"{head}. If its ranks cannot agree on the abort within {ABORT_GRACE:g}s, its launcher ends every rank"
+        return f"{head}. It was not started by `forgather launch`: if the abort cannot apply, end its processes yourself; {where}"
+
+    def stacks(self, *, timeout: float = 10.0) -> StacksReport:
+        """Every rank's Python stacks, from every node (through the job folder, or Ray),
+        within ``timeout``; the report names the ranks that did not answer."""
+        if self.info is not None:
+            return collect(self.info, timeout=timeout)
+        if self.ray is not None:
+            from .ray_listing import stacks_cluster
+            from .stacks import RankStacks
+
+            found, missing = stacks_cluster(self.job_id, address=self.ray[0], jobs_dir=self.ray[1], timeout=timeout)
+            ranks = {r.rank: r for r in (RankStacks.from_record(x) for x in found) if r is not None}
+            world = (self.summary or {}).get("world_size")
+            report = StacksReport(self.job_id, world if isinstance(world, int) else None, [ranks[r] for r in sorted(ranks)])
+            report.missing = [r for r in range(report.world_size or 0) if r not in ranks]
+            report.notes += [f"Ray node {m['node']} did not answer: {m['reason']}" for m in missing]
+            return report
+        raise UsageError(
+            f"job {self.job_id} was reached through its server only; its ranks' stacks are taken on their hosts. "
+            "Run this where its jobs directory is, or pass --ray"
+        )
 
     # -- commands -----------------------------------------------------------------------
     def send(self, command: Command | str, *, key: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class JobInfo:
     evidence: str = ""
     #: why a record of this job was refused (it then shows as ``corrupt``)
     corrupt: list[str] = field(default_factory=list)
+    #: when (this host's clock) the job was judged
+    judged_at: float = field(default_factory=time.time)
 
     @property
     def current_status(self) -> dict | None:
@@ -78,10 +80,19 @@ class JobInfo:
                 # Rank 0 has ended its run but the launcher lives: winding down, or the
                 # job lives on (requeued and pending in SLURM): the launcher's word.
                 return JobState.ENDING if launcher_state == JobState.RUNNING else launcher_state
+            if recorded == JobState.RUNNING and self.stall is not None:
+                return JobState.STALLED
             return recorded
         if self.liveness == Liveness.FINISHED:
             return recorded
         return JobState(self.liveness.value)
+
+    @property
+    def stall(self) -> dict[str, Any] | None:
+        """Why a running job counts as stalled, or None (see :func:`stall_of`)."""
+        if self.liveness != Liveness.ALIVE:
+            return None
+        return stall_of(self.current_status or {}, self.judged_at)
 
     def summary(self) -> dict[str, Any]:
         """The ``list --json`` object. Never contains the token. Step, pid and the rest
@@ -108,6 +119,7 @@ class JobInfo:
             "world_size": st.get("world_size"),
             "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
             "restarts": _count(jb.get("restarts"), st.get("restarts")),
+            "stall": self.stall,
             "resumed_from": _text(jb.get("resume_from"), st.get("resumed_from")),
             "updated_at": updated,
             "jobs_dir": str(self.paths.root),
@@ -156,6 +168,40 @@ class JobInfo:
         if self.job:
             d["job"] = {k: v for k, v in self.job.items() if k not in ("env",)}
         return d
+
+
+#: On this host, a rank 0 whose heartbeat is older than this is not answering (its I/O
+#: thread writes one every couple of seconds, whatever the training thread does).
+SILENT_AFTER = 60.0
+_STALL_WHY = {
+    "agreement": "rank 0 waits in the agreement collective: another rank has not arrived",
+    "training": "rank 0 is in the training code (a data loader, a collective of its own, a lock)",
+    "save": "rank 0 is in a commanded save that takes very long",
+    "eval": "rank 0 is in a commanded evaluation that takes very long",
+}
+
+
+def stall_of(status: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """Why a running job is stalled, or None: rank 0's own word (its step has not moved
+    for longer than its threshold, and what it is doing), or, on this host, rank 0 not
+    answering at all (its I/O thread no longer writes its heartbeat: a process stopped,
+    or stuck holding the GIL). ``for`` is seconds, ``why`` a sentence for a person."""
+    if JobState.parse(status.get("state")) != JobState.RUNNING:
+        return None
+    beat = status.get("heartbeat_at")
+    silent = now - beat if isinstance(beat, (int, float)) and same_host(status) else 0.0
+    if silent > SILENT_AFTER:
+        since = status.get("progress_at") if isinstance(status.get("progress_at"), (int, float)) else beat
+        return {
+            "for": round(max(0.0, now - since), 1),
+            "step": status.get("step"),
+            "phase": "silent",
+            "why": f"rank 0 is not answering: its last heartbeat was {silent:.0f}s ago",
+        }
+    stall = status.get("stall")
+    if not isinstance(stall, dict):
+        return None
+    return {**stall, "why": _STALL_WHY.get(str(stall.get("phase")), "rank 0's step does not move")}
 
 
 def _count(*values: object) -> int | None:
@@ -286,6 +332,7 @@ def assess(
     """Judge ``info`` from its records (sets ``liveness`` and ``evidence``); returns it.
     A corrupt job is not judged: what is left of its records cannot be trusted to say
     it is dead, so nothing deletes it and nothing is sent to it."""
+    info.judged_at = time.time() if now is None else now
     if info.corrupt:
         info.liveness, info.evidence = Liveness.UNKNOWN, "; ".join(info.corrupt)
         return info

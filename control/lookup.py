@@ -107,6 +107,7 @@ def open_job(
         row = ray_listing.find_job(ref, address=ray, jobs_dir=str(resolve_jobs_dir(jobs_dir)) if jobs_dir else None, timeout=timeout)
         token_ = row.pop("token", None)  # the transport holds it; nothing else may
         row.pop("boot_id", None)
-        return JobHandle(row["job_id"], HttpTransport(row["url"], token_, row["job_id"], timeout=timeout), summary=row, timeout=timeout)
+        where = (ray, str(resolve_jobs_dir(jobs_dir)) if jobs_dir else None)
+        return JobHandle(row["job_id"], HttpTransport(row["url"], token_, row["job_id"], timeout=timeout), summary=row, timeout=timeout, ray=where)
     info = find_job(resolve_jobs_dir(jobs_dir), ref, probe=probe_endpoint)
     return JobHandle.from_info(info, channel=channel, timeout=timeout)

@@ -255,60 +255,111 @@ def _gather(
     """Ask every alive node and the local jobs directory; rows are not merged yet.
     ``enough(rows)`` true stops waiting early (find: the live job has been found, a
     hung node elsewhere need not cost the whole timeout)."""
-    deadline = time.monotonic() + timeout
     with _connected(address) as (ray, addr):
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        task = ray.remote(_list_node)
-        pending: dict[Any, dict[str, Any]] = {}
         out = ClusterListing(address=addr)
-        for node in ray.nodes():
-            if not node.get("Alive"):
-                continue  # Ray already knows it is gone; its jobs cannot be read
-            meta = {"node": _node_name(node), "node_id": node.get("NodeID"), "node_ip": node.get("NodeManagerAddress")}
-            ref_ = task.options(
-                num_cpus=0,  # a busy cluster still answers
-                max_retries=0,
-                name="forgather-control-list",
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(jobs_dir, include_finished, ref)
-            pending[ref_] = meta
-        # The local directory is read while the nodes work.
-        out.jobs.extend(_local_rows(jobs_dir, include_finished, ref))
 
-        # Connecting may have eaten the budget; the nodes still get MIN_WAIT.
-        wait_until = max(deadline, time.monotonic() + MIN_WAIT)
-        waiting = list(pending)
-        while waiting:
-            left = wait_until - time.monotonic()
-            if left <= 0 or (enough is not None and enough(out.jobs)):
-                break
-            ready, waiting = ray.wait(waiting, num_returns=1, timeout=left)
-            for r in ready:
-                meta = pending[r]
-                try:
-                    answer = ray.get(r, timeout=5.0)  # ready: returns at once
-                except Exception as exc:  # noqa: BLE001 - whatever a node did, it is one missing node
-                    out.missing_nodes.append({**meta, "reason": _failure_reason(ray, exc)})
-                    continue
-                out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
-                for row in answer["jobs"]:
-                    out.jobs.append({**row, **meta, "source": "ray"})
-        timed_out = time.monotonic() >= wait_until
-        for r in waiting:
-            reason = (
-                f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)"
-                if timed_out
-                else "not waited for: the job was found elsewhere"
-            )
-            out.missing_nodes.append({**pending[r], "reason": reason})
-            try:
-                ray.cancel(r, force=True)
-            except Exception as exc:  # noqa: BLE001 - the node may be gone already
-                log.debug("cancelling the listing task on %s: %s", pending[r]["node"], exc)
+        def on_answer(meta: dict[str, Any], answer: dict[str, Any]) -> None:
+            out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
+            out.jobs.extend({**row, **meta, "source": "ray"} for row in answer["jobs"])
+
+        # The local directory is read while the nodes work.
+        out.missing_nodes = _on_every_node(
+            ray,
+            _list_node,
+            (jobs_dir, include_finished, ref),
+            name="forgather-control-list",
+            timeout=timeout,
+            on_answer=on_answer,
+            meanwhile=lambda: out.jobs.extend(_local_rows(jobs_dir, include_finished, ref)),
+            done=(lambda: enough(out.jobs)) if enough is not None else None,
+        )
     for m in out.missing_nodes:
         log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
     return out
+
+
+def _on_every_node(
+    ray: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    name: str,
+    timeout: float,
+    on_answer: Callable[[dict[str, Any], Any], None],
+    meanwhile: Callable[[], None] | None = None,
+    done: Callable[[], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``fn(*args)`` as a task pinned to every alive node; ``on_answer(node, value)``
+    for each answer; ``meanwhile()`` while they work; ``done()`` true stops waiting.
+    Returns the nodes that did not answer, each with ``node`` and ``reason``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    deadline = time.monotonic() + timeout
+    task = ray.remote(fn)
+    pending: dict[Any, dict[str, Any]] = {}
+    missing: list[dict[str, Any]] = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue  # Ray already knows it is gone; its jobs cannot be read
+        meta = {"node": _node_name(node), "node_id": node.get("NodeID"), "node_ip": node.get("NodeManagerAddress")}
+        ref_ = task.options(
+            num_cpus=0,  # a busy cluster still answers
+            max_retries=0,
+            name=name,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(*args)
+        pending[ref_] = meta
+    if meanwhile is not None:
+        meanwhile()
+    # Connecting may have eaten the budget; the nodes still get MIN_WAIT.
+    wait_until = max(deadline, time.monotonic() + MIN_WAIT)
+    waiting = list(pending)
+    while waiting:
+        left = wait_until - time.monotonic()
+        if left <= 0 or (done is not None and done()):
+            break
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=left)
+        for r in ready:
+            try:
+                value = ray.get(r, timeout=5.0)  # ready: returns at once
+            except Exception as exc:  # noqa: BLE001 - whatever a node did, it is one missing node
+                missing.append({**pending[r], "reason": _failure_reason(ray, exc)})
+                continue
+            on_answer(pending[r], value)
+    timed_out = time.monotonic() >= wait_until
+    for r in waiting:
+        reason = (
+            f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)" if timed_out else "not waited for: the job was found elsewhere"
+        )
+        missing.append({**pending[r], "reason": reason})
+        try:
+            ray.cancel(r, force=True)
+        except Exception as exc:  # noqa: BLE001 - the node may be gone already
+            log.debug("cancelling the task on %s: %s", pending[r]["node"], exc)
+    return missing
+
+
+def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict[str, Any]]:
+    """On one node: the stacks of the job's workers running there (signalled directly)."""
+    from .jobs import JobPaths
+    from .stacks import dump, local_workers
+
+    paths = JobPaths(resolve_jobs_dir(jobs_dir), job_id)
+    return [s.as_record() for s in dump(local_workers(paths), timeout=timeout)]
+
+
+def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every node's answer for the job's stacks (rank records), and the nodes that did not answer."""
+    from .stacks import DUMP_TIMEOUT
+
+    found: list[dict[str, Any]] = []
+    with _connected(address) as (ray, _addr):
+
+        def on_answer(meta: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
+            found.extend(ranks)
+
+        missing = _on_every_node(ray, _stacks_node, (jobs_dir, job_id, DUMP_TIMEOUT), name="forgather-control-stacks", timeout=timeout, on_answer=on_answer)
+    return found, missing
 
 
 def _failure_reason(ray: Any, exc: BaseException) -> str:

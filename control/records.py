@@ -23,7 +23,7 @@ from typing import Any
 from .files import RecordError, read_record
 from .states import JobState
 
-__all__ = ["ENDPOINT", "JOB", "NODE", "STATUS", "RecordError", "check_record", "load_or_empty", "load_record"]
+__all__ = ["ENDPOINT", "JOB", "NODE", "STACK_ANSWER", "STACK_RANK", "STATUS", "WORKER", "RecordError", "check_record", "load_or_empty", "load_record"]
 
 Check = Callable[[Any], Any]
 
@@ -245,6 +245,9 @@ STATUS: dict[str, Check] = {
     "world_size": integer(),
     "stop_reason": text(),
     "stopped_by_signal": boolean,
+    "phase": text(32),
+    "progress_at": _WHEN,
+    "stall": record({"for": number(0), "after": number(0), "step": integer(), "phase": text(32)}),
     "closed_by": text(32),
     "commands": list_of(_RECEIPT, 256),
     "pending_commands": integer(),
@@ -308,4 +311,33 @@ NODE: dict[str, Check] = {
     "slurm_job_id": text(64),
     "exit_code": integer(-(1 << 31), 1 << 31),
     "ended_at": _WHEN,
+}
+
+#: A worker that can dump its stacks (``stacks/rank-<R>.json``): who it is and where it
+#: writes its dumps (a file name in the same folder).
+WORKER: dict[str, Check] = {
+    **_IDENTITY,
+    "rank": integer(0, 1 << 20),
+    "run": integer(),
+    "dump": text(128),
+    "main_thread": integer(),
+    "registered_at": _WHEN,
+    "launcher_pid": integer(1, 1 << 31),
+    "launcher_start_time": number(0),
+}
+
+_FRAME = record({"file": text(1024), "line": integer(), "func": text(256)})
+#: One rank's stacks, as a node answers them.
+STACK_RANK: dict[str, Check] = {
+    "rank": integer(0, 1 << 20),
+    "host": text(255),
+    "pid": integer(1, 1 << 31),
+    "error": text(),
+    "threads": list_of(record({"ident": integer(), "main": boolean, "frames": list_of(_FRAME, 512)}), 512),
+}
+#: One node's answer to a stacks request (``stacks/answers/<id>/node-<n>.json``).
+STACK_ANSWER: dict[str, Check] = {
+    "node": integer(0, 1 << 20),
+    "host": text(255),
+    "ranks": list_of(record(STACK_RANK), 4096),
 }

@@ -17,6 +17,7 @@ class JobState(str, enum.Enum):
     STARTING = "starting"  # launcher runs; rank 0 has not published this run's status
     RUNNING = "running"
     STOPPING = "stopping"  # a stop applied; the loop is winding down
+    STALLED = "stalled"  # runs, but its step has not moved for longer than its stall threshold
     ENDING = "ending"  # rank 0 ended its run; torchrun is winding down
     REQUEUED = "requeued"  # SLURM requeued it; it waits in the queue
     # the job ended, and said how
@@ -55,7 +56,7 @@ class JobState(str, enum.Enum):
 
 
 _FINAL = frozenset({JobState.FINISHED, JobState.STOPPED, JobState.ABORTED, JobState.FAILED})
-_LIVE = frozenset({JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.ENDING, JobState.REQUEUED})
+_LIVE = frozenset({JobState.STARTING, JobState.RUNNING, JobState.STALLED, JobState.STOPPING, JobState.ENDING, JobState.REQUEUED})
 _BY_VALUE = {s.value: s for s in JobState}
 
 

@@ -55,6 +55,8 @@ class LaunchConfig:
     control_port: int | None = None
     control: bool = True
     grace: float = DEFAULT_GRACE
+    #: seconds without a step before the job counts as stalled (None: it adapts)
+    stall_after: float | None = None
     requeue: bool = False
     dry_run: bool = False
     #: The launcher's own command line, recorded in job.json.
@@ -95,6 +97,8 @@ class LaunchConfig:
             raise LaunchError(f"--max-restarts {self.max_restarts} is negative")
         if not (self.grace > 0):
             raise LaunchError(f"--grace {self.grace} must be a positive number of seconds")
+        if self.stall_after is not None and not (self.stall_after > 0):
+            raise LaunchError(f"--stall-after {self.stall_after} must be a positive number of seconds (leave it out to let it adapt to the job)")
         if self.standalone and (self.fixed_nnodes or 1) > 1:
             raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):

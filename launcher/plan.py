@@ -23,6 +23,7 @@ from forgather_control.control.env import (
     ENV_NODE_RANK,
     ENV_RESTARTS,
     ENV_RESUME_FROM,
+    ENV_STALL_AFTER,
     ENV_TOKEN,
 )
 
@@ -171,6 +172,8 @@ def worker_env(
         env[ENV_CONTROL_PORT] = str(config.control_port)
     if resume_from:
         env[ENV_RESUME_FROM] = resume_from
+    if config.stall_after is not None:
+        env[ENV_STALL_AFTER] = f"{config.stall_after:g}"
     return env
 
 

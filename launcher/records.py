@@ -24,10 +24,12 @@ from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
 from forgather_control.control.checkpoints import Checkpoint, choose, history
+from forgather_control.control.commands import State, is_final_receipt
 from forgather_control.control.failures import root_cause
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.control.liveness import STALE_AFTER
 from forgather_control.control.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
+from forgather_control.control.settled import end_run, keep_marked, mark_run
 from forgather_control.control.states import JobState, is_final
 
 from .config import LaunchError
@@ -141,6 +143,8 @@ class JobRecords:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: this launcher's run marker (control/settled.py): the job is listed while it runs
+        self._marker: str | None = None
 
     @property
     def slurm_job_id(self) -> str | None:
@@ -173,7 +177,8 @@ class JobRecords:
                         f"{self.paths.dir}). Pick another --job-id, or stop it first "
                         f"(`forgather control stop {self.plan.job_id}`)"
                     )
-        self.paths.create()
+        self.paths.create(mark=False)
+        self._marker = mark_run(self.paths.root, self.paths.job_id)  # before anything of this run
         ensure_private_dir(self.paths.nodes)
         if self.node_rank == 0 and previous.exists:
             self._tidy_previous()
@@ -247,6 +252,7 @@ class JobRecords:
                 with self._lock:
                     self._node["heartbeat_at"] = time.time()
                     self._write_node()
+                self._marker = keep_marked(self.paths.root, self.paths.job_id, self._marker)
             except Exception:
                 log.exception("could not refresh %s; the job runs on", self.paths.node(self.node_rank))
 
@@ -258,15 +264,18 @@ class JobRecords:
         """The job's state from torchrun's exit code and what rank 0 recorded last."""
         return self.outcome(exit_code).state.value
 
-    def outcome(self, worker_code: int, *, escalated: bool = False, signalled: bool = False) -> Outcome:
+    def outcome(self, worker_code: int, *, escalated: bool = False, signalled: bool = False, forced: str | None = None) -> Outcome:
         """How this run ended, from torchrun's exit code, what rank 0 recorded and what
         the launcher saw: a second signal aborts whatever rank 0 last wrote; an abort
         stays an abort even when a rank's exit code is not 0 (a second signal in a
         worker ends it with 128+N); otherwise a non-zero code is a failure, named by its
-        root cause when a rank recorded one."""
+        root cause when a rank recorded one. ``forced``: the launcher ended a hung job
+        that was told to abort (why)."""
         status = self.this_runs_status() or {}
         recorded = JobState.parse(status.get("state"))
         by_signal = signalled or bool(status.get("stopped_by_signal"))
+        if forced:
+            return Outcome(JobState.ABORTED, by_signal, forced)
         if escalated:
             return Outcome(JobState.ABORTED, by_signal, "a second signal to the launcher stopped every rank at once, without saving")
         if recorded == JobState.ABORTED:
@@ -288,10 +297,19 @@ class JobRecords:
             return None
         return status
 
-    def finish(self, state: JobState | str, exit_code: int, *, extra: dict[str, Any] | None = None, reason: str | None = None) -> None:
+    def finish(
+        self,
+        state: JobState | str,
+        exit_code: int,
+        *,
+        extra: dict[str, Any] | None = None,
+        reason: str | None = None,
+        receipt: dict[str, Any] | None = None,
+    ) -> None:
         """Record the run's end on this node; on node 0 in job.json too, and close rank
         0's books when it could not (killed, or it never got as far as its status):
-        list, status and job.json then say the same thing."""
+        list, status and job.json then say the same thing. ``receipt``: the final
+        receipt of the command the launcher carried out itself (a forced abort)."""
         state = JobState(state)
         self._stop.set()
         if self._thread is not None:
@@ -304,6 +322,7 @@ class JobRecords:
             except OSError as exc:
                 log.warning("could not write %s: %s", self.paths.node(self.node_rank), exc)
         if self.node_rank != 0 or not self._job:
+            end_run(self.paths, self._marker)  # settles the job if this node ended it last
             return
         status = self.this_runs_status()
         self._job.update(state=state.value, exit_code=exit_code, ended_at=now, updated_at=now)
@@ -322,11 +341,12 @@ class JobRecords:
             self._job.update(extra)
         try:
             write_json_atomic(self.paths.job, self._job)
-            self._close_books(status, state, reason, now)
+            self._close_books(status, state, reason, now, receipt)
         except OSError as exc:
             log.warning("could not write %s: %s", self.paths.job, exc)
+        end_run(self.paths, self._marker)  # the job's own end settles it (control/settled.py)
 
-    def _close_books(self, status: dict[str, Any] | None, state: JobState, reason: str | None, now: float) -> None:
+    def _close_books(self, status: dict[str, Any] | None, state: JobState, reason: str | None, now: float, receipt: dict[str, Any] | None = None) -> None:
         """Rank 0 did not record how this run ended (killed by a second signal, by the
         OOM killer, or it died before its first status): the launcher writes the final
         state into status.json and removes an endpoint whose process is gone."""
@@ -339,6 +359,9 @@ class JobRecords:
         closed.update(state=final.value, ended_at=now, heartbeat_at=now, closed_by="launcher")
         if reason:
             closed["error" if final == JobState.FAILED else "stop_reason"] = reason
+        if receipt is not None:
+            closed["commands"] = _with_receipt(closed.get("commands") or [], receipt)
+            closed["pending_commands"] = 0
         write_json_atomic(self.paths.status, closed)
         endpoint = load_or_empty(self.paths.endpoint, ENDPOINT)
         if endpoint and same_host(endpoint) and not pid_alive(endpoint):
@@ -349,6 +372,23 @@ class JobRecords:
             return
         self._job.update(fields, updated_at=time.time())
         write_json_atomic(self.paths.job, self._job)
+
+
+def _with_receipt(commands: list[dict[str, Any]], receipt: dict[str, Any]) -> list[dict[str, Any]]:
+    """``commands`` with ``receipt`` in place of the entry of the same id (or its key),
+    else added; every other open entry is dropped: the job ended."""
+    out, placed = [], False
+    for e in commands:
+        if e.get("id") == receipt["id"] or (receipt.get("key") and e.get("key") == receipt["key"] and e.get("command") == receipt["command"]):
+            out.append({**e, **receipt, "id": e.get("id")})
+            placed = True
+        elif not is_final_receipt(e):
+            out.append({**e, "state": State.DROPPED.value, "reason": "the job was aborted"})
+        else:
+            out.append(e)
+    if not placed:
+        out.append({"created_at": receipt["updated_at"], **receipt})
+    return out
 
 
 def _user() -> str:

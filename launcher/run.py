@@ -42,6 +42,7 @@ from forgather_control.control.outcome import launch_exit_code
 from forgather_control.control.transport import FileTransport
 
 from .config import LaunchError
+from .duties import NodeDuties, Overdue
 from .plan import Plan, child_env
 from .proctree import ProcessTree
 from .records import JobRecords, launcher_identity, read_previous
@@ -80,11 +81,17 @@ class Supervisor:
         cwd: str | None = None,
         kill_timeout: float = KILL_TIMEOUT,
         poll_interval: float = 0.2,
+        duties: Callable[[], Overdue | None] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
         self.on_stop = on_stop
+        #: the control plane's work on each round (launcher/duties.py); an overdue abort
+        #: it returns ends every process of the job at once
+        self.duties = duties
+        #: the abort the launcher carried out itself (the ranks were hung)
+        self.forced_abort: Overdue | None = None
         self.cwd = cwd
         self.kill_timeout = kill_timeout
         self.poll_interval = poll_interval
@@ -147,6 +154,12 @@ class Supervisor:
             self._snapshot()
             while self._pending:
                 self._handle(self._pending.popleft())
+            if self.duties is not None and self.forced_abort is None and not self.escalated:
+                overdue = self.duties()
+                if overdue is not None:
+                    log.warning("%s", overdue.reason)
+                    self.forced_abort = overdue
+                    self._kill_all()
             now = time.monotonic()
             if self._term_at is not None and now >= self._term_at and not self._termed:
                 log.warning("the job did not stop within the grace period (%gs): terminating torchrun", self.grace)
@@ -299,12 +312,16 @@ def execute(
     on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
     env = child_env(plan, base_env, launcher=launcher_identity())
     sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
+    if plan.config.control:
+        duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
+        sup.duties = duties.tick
     try:
         code = sup.run()
     except BaseException as exc:
         records.finish(JobState.FAILED, -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
         raise
-    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested)
+    forced = sup.forced_abort
+    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None)
     extra: dict = {"torchrun_exit_code": code}
     if sup.signals:
         extra["signals"] = [signal.Signals(s).name for s in sup.signals]
@@ -318,7 +335,7 @@ def execute(
     elif requeue and sup.stop_requested:
         log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
     exit_code = launch_exit_code(state, by_signal=outcome.by_signal, worker_code=code)
-    records.finish(state, exit_code, extra=extra, reason=outcome.reason)
+    records.finish(state, exit_code, extra=extra, reason=outcome.reason, receipt=forced.receipt(time.time()) if forced else None)
     if state == JobState.REQUEUED:
         _requeue(requeue, records, runner)
     log.warning("job %s %s (exit code %d)%s", plan.job_id, state, exit_code, f": {outcome.reason}" if outcome.reason else "")

@@ -260,6 +260,21 @@ def test_cli_status_and_save_wait_through_ray(cluster: Cluster) -> None:
     assert res.code == 3, res.out + res.err
 
 
+def test_cli_stacks_through_ray(cluster: Cluster) -> None:
+    """The nodes share no jobs directory: a task on each node signals the job's ranks there."""
+    env = client_env(cluster)
+    live = cluster.live["fg-b"]
+    res = run_cli("control", "stacks", live, "--ray-address", cluster.address, "--json", env=env, timeout=180)
+    assert res.code == 0, res.err
+    data = res.json()
+    [rank] = data["ranks"]
+    [main] = [t for t in rank["threads"] if t["main"]]
+    assert rank["rank"] == 0 and rank["error"] is None and data["missing"] == []
+    assert any(f["file"].endswith("plain_loop.py") and f["func"] == "main" for f in main["frames"]), main
+    text = run_cli("control", "stacks", live, "--ray-address", cluster.address, env=env, timeout=180).out
+    assert "rank 0 (" in text and "plain_loop.py" in text
+
+
 # -- 2. a node hangs, then dies, during the listing --------------------------------
 def test_hung_then_dead_node(cluster: Cluster) -> None:
     from forgather_control.control import list_cluster

@@ -1,0 +1,386 @@
+"""Where is every rank? The Python stacks of every thread, dumped by the ranks themselves.
+
+Each worker registers the standard library's ``faulthandler`` on a signal reserved for
+this (:data:`STACK_SIGNAL`), appending to a file in the job folder, and says so in
+``stacks/rank-<R>.json`` (host, pid, the file). The dump is written by a C-level
+handler, so it works while the main thread is stuck in C code (a collective, a sleep, a
+lock, even holding the GIL), and it needs no ptrace permission, which clusters usually
+deny: whoever may signal the process (its node's launcher, the CLI on that host, a Ray
+task there) sends the signal and reads what the rank appended.
+
+A process is signalled only when it is the one its record names (host, boot, pid and
+start time) *and* the kernel says it catches the signal: the default action of a
+real-time signal is to terminate, so a recycled pid or a worker that has not registered
+yet must never get it.
+
+Across nodes: the CLI posts a request in the job folder (``stacks/requests/<id>.json``);
+each node's launcher answers with its own ranks' dumps
+(``stacks/answers/<id>/node-<n>.json``). Everything read back is checked.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
+from .jobs import JobPaths
+from .liveness import local_host, pid_alive, process_identity, same_host
+from .records import STACK_ANSWER, STACK_RANK, WORKER, check_record, load_record
+
+__all__ = [
+    "STACK_SIGNAL",
+    "Frame",
+    "RankStacks",
+    "Thread",
+    "answer",
+    "answers",
+    "ask",
+    "dump",
+    "group",
+    "local_workers",
+    "parse_dump",
+    "rank_list",
+    "register",
+    "requests",
+]
+
+#: The signal a worker dumps its stacks on (reserved by the worker bootstrap).
+STACK_SIGNAL = signal.SIGRTMIN + 5
+#: How long a rank has to write its dump (seconds).
+DUMP_TIMEOUT = 3.0
+_MAX_DUMP = 1 << 20
+#: A dump is whole once its file has not grown for this long (the handler writes it in
+#: one go, but a busy machine may pause the process between two writes).
+_QUIET = 0.25
+_FRAME = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.+)$')
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.IGNORECASE)
+_ID = re.compile(r"[0-9a-f]{12}")
+
+_dump_file: IO[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    file: str
+    line: int
+    func: str
+
+    def __str__(self) -> str:
+        return f'File "{self.file}", line {self.line}, in {self.func}'
+
+
+@dataclass(frozen=True)
+class Thread:
+    """One thread's stack, outermost frame first; ``main`` for the thread that runs the
+    script (the one a person asks about)."""
+
+    ident: int
+    main: bool
+    frames: tuple[Frame, ...]
+
+
+@dataclass
+class RankStacks:
+    """One rank's answer: its threads' stacks, or why there are none."""
+
+    rank: int
+    host: str
+    pid: int | None
+    threads: list[Thread] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def main(self) -> Thread | None:
+        return next((t for t in self.threads if t.main), None)
+
+    @classmethod
+    def from_record(cls, raw: Any) -> RankStacks | None:
+        """A rank's stacks as another host sent them (checked; None when unusable)."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            rec = check_record(raw, STACK_RANK, name="a rank's stacks")
+        except RecordError:
+            return None
+        return _from_record(rec) if isinstance(rec.get("rank"), int) else None
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "host": self.host,
+            "pid": self.pid,
+            "error": self.error,
+            "threads": [
+                {"ident": t.ident, "main": t.main, "frames": [{"file": f.file, "line": f.line, "func": f.func} for f in t.frames]} for t in self.threads
+            ],
+        }
+
+
+# -- the worker side ----------------------------------------------------------------------
+def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, float | None] | None = None) -> Path:
+    """Make this process dump its stacks on :data:`STACK_SIGNAL` into the job folder.
+    Idempotent; returns the dump file. ``launcher``: (pid, start time) of the launcher
+    that answers stacks requests for this process (the CLI then asks it, not us).
+    Raises OSError when the folder cannot be written."""
+    global _dump_file
+    folder = paths.dir / "stacks"
+    name = f"rank-{int(rank)}-{os.getpid()}.txt"
+    if _dump_file is not None and Path(_dump_file.name) == folder / name:
+        return folder / name
+    ensure_private_dir(folder)
+    fh = open(folder / name, "ab", buffering=0)  # kept open: faulthandler writes to it for the process' life
+    faulthandler.register(STACK_SIGNAL, file=fh, all_threads=True, chain=False)
+    if _dump_file is not None:
+        _dump_file.close()  # registered to another job before (a process that ran two)
+    _dump_file = fh
+    record = {
+        **process_identity(),
+        "rank": int(rank),
+        "run": int(run),
+        "dump": name,
+        "main_thread": threading.main_thread().ident,
+        "registered_at": time.time(),
+    }
+    if launcher is not None:
+        record["launcher_pid"] = launcher[0]
+        if launcher[1] is not None:
+            record["launcher_start_time"] = launcher[1]
+    write_json_atomic(folder / f"rank-{int(rank)}.json", record)
+    return folder / name
+
+
+# -- finding and asking local workers -------------------------------------------------------
+@dataclass(frozen=True)
+class Worker:
+    """A registered worker (from its checked record)."""
+
+    rank: int
+    host: str
+    pid: int
+    dump: Path
+    main_thread: int | None
+    #: the live launcher that answers for this worker (None: nobody does, ask directly)
+    launcher: int | None = None
+
+
+def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> list[Worker]:
+    """Registered workers of the job that run on this host now and catch the stack
+    signal (``pids``: only these processes, e.g. a launcher's own)."""
+    folder = paths.dir / "stacks"
+    try:
+        names = sorted(n for n in os.listdir(folder) if re.fullmatch(r"rank-\d+\.json", n))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            rec = load_record(folder / name, WORKER)
+        except RecordError:
+            continue
+        if not rec or not same_host(rec) or not pid_alive(rec) or (pids is not None and rec.get("pid") not in pids):
+            continue
+        dump = rec.get("dump")
+        if not isinstance(dump, str) or not re.fullmatch(r"rank-\d+-\d+\.txt", dump) or not catches(rec["pid"], STACK_SIGNAL):
+            continue
+        main = rec.get("main_thread")
+        lpid = rec.get("launcher_pid")
+        launcher = lpid if isinstance(lpid, int) and pid_alive({"pid": lpid, "pid_start_time": rec.get("launcher_start_time")}) else None
+        out.append(Worker(int(rec["rank"]), rec["host"], rec["pid"], folder / dump, main if isinstance(main, int) else None, launcher))
+    return out
+
+
+def catches(pid: int, sig: int) -> bool:
+    """True when the kernel says process ``pid`` has a handler for ``sig`` (Linux:
+    the SigCgt mask of /proc/<pid>/status). Elsewhere False: never risk the default action."""
+    try:
+        with open(f"/proc/{int(pid)}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[RankStacks]:
+    """Signal each worker and read what it appended to its dump file; a worker that
+    writes nothing within ``timeout`` says so."""
+    out: dict[int, RankStacks] = {}
+    pending: dict[int, tuple[Worker, int]] = {}
+    for w in workers:
+        try:
+            offset = w.dump.stat().st_size
+            os.kill(w.pid, STACK_SIGNAL)
+            pending[w.rank] = (w, offset)
+        except FileNotFoundError:
+            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its dump file is gone")
+        except ProcessLookupError:
+            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its process is gone")
+        except PermissionError:
+            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="no permission to signal its process (another user's?)")
+    deadline = time.monotonic() + timeout
+    grown: dict[int, tuple[int, float]] = {}  # rank -> (size, when it last changed)
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = time.monotonic()
+        for rank, (w, offset) in list(pending.items()):
+            try:
+                size = w.dump.stat().st_size
+            except OSError:
+                continue
+            if size != grown.get(rank, (offset, 0.0))[0]:
+                grown[rank] = (size, now)
+            elif size > offset and now - grown[rank][1] >= _QUIET:  # grown, and done growing
+                out[rank] = RankStacks(rank, w.host, w.pid, threads=parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread))
+                del pending[rank]
+    for rank, (w, _offset) in pending.items():
+        out[rank] = RankStacks(rank, w.host, w.pid, error=f"wrote no stacks within {timeout:g}s")
+    return [out[r] for r in sorted(out)]
+
+
+def parse_dump(text: str, *, main_thread: int | None = None) -> list[Thread]:
+    """faulthandler's dump -> each thread, outermost frame first (it prints the most
+    recent call first; a person reads down to where the thread is). The main thread is
+    the one with ``main_thread``'s ident, else the one not started by ``threading``."""
+    raw: list[tuple[int, list[Frame]]] = []
+    for line in text.splitlines():
+        m = _THREAD.match(line)
+        if m:
+            raw.append((int(m[1], 16), []))
+            continue
+        f = _FRAME.match(line)
+        if f and raw:
+            raw[-1][1].append(Frame(f["file"], int(f["line"]), f["func"]))
+    threads = [(ident, tuple(reversed(frames))) for ident, frames in raw]
+    known = main_thread is not None and any(ident == main_thread for ident, _ in threads)
+
+    def is_main(ident: int, frames: tuple[Frame, ...]) -> bool:
+        if known:
+            return ident == main_thread
+        return bool(frames) and not (frames[0].func == "_bootstrap" and frames[0].file.endswith("threading.py"))
+
+    return sorted((Thread(ident, is_main(ident, frames), frames) for ident, frames in threads), key=lambda t: not t.main)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(_MAX_DUMP).decode("utf-8", errors="replace")
+
+
+# -- across nodes, through the job folder ---------------------------------------------------
+def ask(paths: JobPaths) -> str:
+    """Post a request every node's launcher answers; returns its id."""
+    rid = secrets.token_hex(6)
+    folder = ensure_private_dir(paths.dir / "stacks" / "requests")
+    write_json_atomic(folder / f"{rid}.json", {"id": rid, "at": time.time()})
+    return rid
+
+
+def withdraw(paths: JobPaths, rid: str) -> None:
+    """The request is answered (or given up): launchers stop looking at it, and its
+    answers go (a late one may still land: it is as small as the others)."""
+    if not _ID.fullmatch(rid):
+        return
+    remove_quietly(paths.dir / "stacks" / "requests" / f"{rid}.json")
+    folder = paths.dir / "stacks" / "answers" / rid
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        remove_quietly(folder / name)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def requests(paths: JobPaths) -> list[str]:
+    """The ids of the open requests in the job folder."""
+    try:
+        names = os.listdir(paths.dir / "stacks" / "requests")
+    except OSError:
+        return []
+    return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith(TEMP_PREFIX) and _ID.fullmatch(n[:-5]))
+
+
+def answer(paths: JobPaths, rid: str, node_rank: int, stacks: Iterable[RankStacks]) -> None:
+    """A node's launcher answers request ``rid`` with its ranks' stacks."""
+    if not _ID.fullmatch(rid):
+        raise ValueError(f"not a stacks request id: {rid!r}")
+    folder = ensure_private_dir(paths.dir / "stacks" / "answers" / rid)
+    write_json_atomic(folder / f"node-{int(node_rank)}.json", {"node": int(node_rank), "host": local_host().hostname, "ranks": [s.as_record() for s in stacks]})
+
+
+def answered(paths: JobPaths, rid: str, node_rank: int) -> bool:
+    return (paths.dir / "stacks" / "answers" / rid / f"node-{int(node_rank)}.json").exists()
+
+
+def answers(paths: JobPaths, rid: str) -> dict[int, list[RankStacks]]:
+    """node rank -> its ranks' stacks, as answered so far (an answer that does not check
+    is skipped: those ranks then count as not answering)."""
+    folder = paths.dir / "stacks" / "answers" / rid
+    out: dict[int, list[RankStacks]] = {}
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return out
+    for name in names:
+        if not re.fullmatch(r"node-\d+\.json", name):
+            continue
+        try:
+            rec = load_record(folder / name, STACK_ANSWER)
+        except RecordError:
+            continue
+        if rec and isinstance(rec.get("node"), int):
+            out[rec["node"]] = [_from_record(r) for r in rec.get("ranks") or [] if isinstance(r.get("rank"), int)]
+    return out
+
+
+def _from_record(r: dict[str, Any]) -> RankStacks:
+    threads = [
+        Thread(
+            t.get("ident") if isinstance(t.get("ident"), int) else 0,
+            t.get("main") is True,
+            tuple(Frame(f.get("file") or "?", f.get("line") or 0, f.get("func") or "?") for f in t.get("frames") or []),
+        )
+        for t in r.get("threads") or []
+    ]
+    return RankStacks(r["rank"], r.get("host") or "?", r.get("pid"), threads, r.get("error"))
+
+
+# -- showing them ---------------------------------------------------------------------------
+def group(stacks: Iterable[RankStacks], *, all_threads: bool = False) -> list[tuple[list[RankStacks], list[Thread]]]:
+    """Ranks whose stacks are the same, together: (ranks, their threads). Compared by the
+    main thread (other threads differ by role: rank 0 serves HTTP), or by every thread."""
+    groups: dict[str, tuple[list[RankStacks], list[Thread]]] = {}
+    for s in stacks:
+        if s.error is not None:
+            continue
+        threads = s.threads if all_threads else [t for t in s.threads if t.main][:1]
+        key = json.dumps([[str(f) for f in t.frames] for t in threads])
+        groups.setdefault(key, ([], threads))[0].append(s)
+    return sorted(groups.values(), key=lambda g: min(s.rank for s in g[0]))
+
+
+def rank_list(ranks: Iterable[int]) -> str:
+    """[0, 2, 3, 4, 7] -> "0,2-4,7"."""
+    runs: list[list[int]] = []
+    for r in sorted(set(ranks)):
+        if runs and runs[-1][1] == r - 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -1,0 +1,231 @@
+"""Every rank's stacks, dumped by the ranks themselves (faulthandler on a reserved signal):
+real processes stuck in Python and in a C call holding the GIL, grouping, the safety
+rule (never signal a process that does not catch the signal), the folder protocol with
+hostile answers, the forced abort's judge, and a job started without the launcher
+through the CLI. Real torchrun and launchers: test_hang.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from support.env import base_env
+from support.processes import Proc, Procs, gone
+from support.waiting import wait_for
+
+from forgather_control.cli.stacks_cmd import describe
+from forgather_control.control import JobPaths
+from forgather_control.control import stacks as st
+from forgather_control.control.commands import State
+from forgather_control.control.files import write_json_atomic
+from forgather_control.control.liveness import process_identity
+from forgather_control.control.stackreport import StacksReport, collect
+from forgather_control.control.states import JobState
+from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
+
+WORKER = """
+import ctypes, sys, threading, time
+from pathlib import Path
+from forgather_control.control.jobs import JobPaths
+from forgather_control.control.stacks import register
+
+jobs, job, rank, how = sys.argv[1:5]
+register(JobPaths(Path(jobs), job), int(rank))
+lock = threading.Lock()
+lock.acquire()
+
+def waits_for_the_lock():
+    lock.acquire()
+
+threading.Thread(target=waits_for_the_lock, daemon=True).start()
+
+def stuck_in_python():
+    print("ready", flush=True)
+    time.sleep(3600)
+
+def stuck_in_c():
+    print("ready", flush=True)
+    ctypes.PyDLL(None).sleep(3600)  # holds the GIL: no Python code of this process runs
+
+{"python": stuck_in_python, "c": stuck_in_c}[how]()
+"""
+
+CONTROLLED = """
+import sys, time
+from forgather_control.callback import Controller
+
+def waiting_for_data():
+    print("ready", flush=True)
+    time.sleep(3600)
+
+with Controller(job_id=sys.argv[1], signals=()) as ctl:
+    ctl.step(1)
+    waiting_for_data()
+"""
+
+
+def start(procs: Procs, tmp_path: Path, source: str, *args: str) -> Proc:
+    script = tmp_path / ("worker.py" if source is WORKER else "controlled.py")  # every rank runs the same file
+    script.write_text(textwrap.dedent(source))
+    p = procs.start([sys.executable, str(script), *args], env=base_env(tmp_path / "jobs"))
+    wait_for(lambda: "ready" in p.output() or p.popen.poll() is not None, timeout=60, what="the process to get stuck")
+    assert p.popen.poll() is None, p.output()
+    return p
+
+
+def main_frames(s: st.RankStacks) -> list[str]:
+    assert s.error is None, s.error
+    return [f.func for f in s.main.frames]
+
+
+def test_a_rank_stuck_in_python_shows_every_thread(procs: Procs, tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path / "jobs", "j")
+    p = start(procs, tmp_path, WORKER, str(paths.root), "j", "3", "python")
+    workers = st.local_workers(paths)
+    assert [(w.rank, w.pid) for w in workers] == [(3, p.pid)]
+    [got] = st.dump(workers)
+    assert got.rank == 3 and got.pid == p.pid
+    assert main_frames(got)[-2:] == ["<module>", "stuck_in_python"]  # innermost last
+    others = [t for t in got.threads if not t.main]
+    assert [t.frames[-1].func for t in others] == ["waits_for_the_lock"]
+    assert p.popen.poll() is None  # asking does not hurt it
+    [again] = st.dump(workers)  # and it answers again: each dump read from where the last ended
+    assert main_frames(again) == main_frames(got)
+
+
+def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path / "jobs", "j")
+    start(procs, tmp_path, WORKER, str(paths.root), "j", "0", "c")
+    [got] = st.dump(st.local_workers(paths))
+    assert main_frames(got)[-1] == "stuck_in_c"
+
+
+def test_identical_stacks_are_grouped(procs: Procs, tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path / "jobs", "j")
+    for rank, how in ((0, "python"), (1, "c"), (2, "python"), (3, "python")):
+        start(procs, tmp_path, WORKER, str(paths.root), "j", str(rank), how)
+    found = st.dump(st.local_workers(paths))
+    groups = st.group(found)
+    assert [[s.rank for s in ranks] for ranks, _ in groups] == [[0, 2, 3], [1]]
+    assert [threads[0].frames[-1].func for _, threads in groups] == ["stuck_in_python", "stuck_in_c"]
+    lines = describe(StacksReport("j", 5, found, missing=[4]), state=JobState.STALLED, stall=None)
+    assert any(line.startswith("ranks 0,2-3 (") for line in lines), lines
+    assert any(line.startswith("rank 1 (") for line in lines)
+    assert "no answer from rank(s) 4" in lines
+    assert any("time.sleep(3600)" in line for line in lines)  # the line of code, as py-spy shows it
+
+
+def test_rank_list() -> None:
+    assert st.rank_list([7, 0, 2, 3, 4]) == "0,2-4,7"
+    assert st.rank_list([5]) == "5" and st.rank_list([]) == ""
+
+
+def test_never_signals_a_process_that_does_not_catch_the_signal(procs: Procs, tmp_path: Path) -> None:
+    """The default action of a real-time signal is to terminate: a process that has not
+    registered (or a recycled pid) must never get it, whatever a record claims."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    plain = procs.start([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(3600)"], env=base_env())
+    wait_for(lambda: "ready" in plain.output(), timeout=60, what="a plain process")
+    catching = start(procs, tmp_path, WORKER, str(paths.root), "j", "1", "python")
+    folder = paths.dir / "stacks"
+    (folder / "rank-0-1.txt").write_bytes(b"")
+    write_json_atomic(folder / "rank-0.json", {**process_identity(plain.pid), "rank": 0, "run": 0, "dump": "rank-0-1.txt"})
+    recycled = {**process_identity(catching.pid), "rank": 2, "run": 0, "dump": f"rank-1-{catching.pid}.txt"}
+    recycled["pid_start_time"] -= 1000  # the pid now belongs to another process than the record's
+    write_json_atomic(folder / "rank-2.json", recycled)
+    assert [w.rank for w in st.local_workers(paths)] == [1]
+    assert not st.catches(plain.pid, st.STACK_SIGNAL) and st.catches(catching.pid, st.STACK_SIGNAL)
+    st.dump(st.local_workers(paths))
+    assert not gone(plain.pid) and not gone(catching.pid)
+
+
+def test_answers_through_the_folder_and_hostile_ones(tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path, "j")
+    paths.dir.mkdir(parents=True)
+    rid = st.ask(paths)
+    assert st.requests(paths) == [rid]
+    frame = st.Frame("train.py", 3, "step\x1b[2J")
+    st.answer(paths, rid, 0, [st.RankStacks(0, "h", 10, [st.Thread(1, True, (frame,))]), st.RankStacks(1, "h", 11, error="gone")])
+    bad = paths.dir / "stacks" / "answers" / rid
+    (bad / "node-1.json").write_text(json.dumps({"node": 1, "ranks": [{"rank": "zero", "threads": 5}]}))
+    (bad / "node-2.json").write_text("{not json")
+    got = st.answers(paths, rid)
+    assert set(got) == {0} and [s.rank for s in got[0]] == [0, 1] and got[0][1].error == "gone"
+    lines = describe(StacksReport("j", 2, got[0]), state=JobState.RUNNING, stall=None)
+    assert not any("\x1b" in line for line in lines) and any("step\\x1b[2J" in line for line in lines)
+    assert st.RankStacks.from_record({"rank": -1}) is None and st.RankStacks.from_record([]) is None
+    st.withdraw(paths, rid)
+    assert st.requests(paths) == [] and not bad.exists()
+    with pytest.raises(ValueError):
+        st.answer(paths, "../../x", 0, [])
+
+
+# -- the forced abort's judge ------------------------------------------------------------------
+def _status(*entries: dict, state: str = "running", run: int = 0) -> dict:
+    return {"state": state, "restarts": run, "commands": list(entries)}
+
+
+def test_an_abort_not_applied_within_the_grace_is_overdue() -> None:
+    watch = AbortWatch(run=0, grace=10.0)
+    abort = {"id": "c-1", "command": "abort", "state": "queued", "key": "k", "source": "http"}
+    assert watch.look(_status(abort), [], now=100.0) is None  # first seen now
+    assert watch.look(_status(abort), [], now=109.0) is None
+    due = watch.look(_status(abort), [], now=110.0)
+    assert due is not None and due.command_id == "c-1" and due.key == "k" and "could not be agreed" in due.reason
+    receipt = due.receipt(now=5.0)
+    assert receipt["state"] == State.COMPLETED.value and receipt["result"] == {"final_state": "aborted", "ended_by": "launcher"}
+
+
+def test_an_applied_abort_gets_longer_and_others_never() -> None:
+    watch = AbortWatch(run=0, grace=10.0)
+    applied = {"id": "c-2", "command": "abort", "state": "applied"}
+    watch.look(_status(applied), [], now=0.0)
+    assert watch.look(_status(applied), [], now=10.0 * APPLIED_GRACES - 1) is None
+    assert "did not end" in watch.look(_status(applied), [], now=10.0 * APPLIED_GRACES).reason
+    for entry, status_kw in (
+        ({"id": "s", "command": "save_checkpoint", "state": "queued"}, {}),  # not an abort
+        ({"id": "d", "command": "abort", "state": "completed"}, {}),  # done
+        ({"id": "o", "command": "abort", "state": "queued"}, {"run": 1}),  # another run's status
+        ({"id": "f", "command": "abort", "state": "queued"}, {"state": "aborted"}),  # rank 0 ended it
+    ):
+        w = AbortWatch(run=0, grace=1.0)
+        w.look(_status(entry, **status_kw), [], now=0.0)
+        assert w.look(_status(entry, **status_kw), [], now=100.0) is None, entry
+
+
+def test_an_abort_left_in_the_inbox_is_overdue_too() -> None:
+    """Rank 0 no longer reads its inbox (its I/O thread is stuck): the file is the command."""
+    watch = AbortWatch(run=0, grace=10.0)
+    inbox = [{"id": "c-3", "command": "abort", "key": "k3"}, {"id": "c-4", "command": "graceful_stop"}]
+    watch.look(None, inbox, now=0.0)
+    due = watch.look(None, inbox, now=10.0)
+    assert due.command_id == "c-3" and due.source == "file" and due.state == State.SENT
+
+
+# -- a job started without the launcher -------------------------------------------------------
+def test_stacks_of_a_job_started_without_the_launcher(procs: Procs, tmp_path: Path, jobs_dir: Path, cli) -> None:
+    p = start(procs, tmp_path, CONTROLLED, "solo")
+    paths = JobPaths(jobs_dir, "solo")
+    wait_for(lambda: paths.status.exists() and st.local_workers(paths), what="the Controller registered its dump")
+    report = collect(_info(jobs_dir, "solo"))
+    assert [s.rank for s in report.ranks] == [0] and report.missing == [] and report.nodes == []
+    assert main_frames(report.ranks[0])[-1] == "waiting_for_data"
+
+    res = cli("control", "stacks", "solo")
+    assert res.code == 0, res.err
+    assert f"rank 0 ({os.uname().nodename}: pid {p.pid}):" in res.out
+    assert "in waiting_for_data" in res.out and "time.sleep(3600)" in res.out
+    assert "bootstrap" not in res.out and "<frozen runpy>" not in res.out
+    data = cli("control", "stacks", "solo", "--json").json()
+    assert data["ranks"][0]["threads"][0]["main"] is True and data["world_size"] == 1 and data["state"] == "running"
+
+
+def _info(jobs_dir: Path, job_id: str):
+    from forgather_control.control.listing import judge_job
+    from forgather_control.control.transport import probe_endpoint
+
+    return judge_job(JobPaths(jobs_dir, job_id), probe=probe_endpoint)
