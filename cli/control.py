@@ -28,6 +28,7 @@ _VERBS = "forgather_control.cli."
         "abort": (_VERBS + "send_cmd:abort", "Stop now and save nothing; the job ends 'aborted'."),
         "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),
+        "ui": (_VERBS + "ui_cmd:ui_cmd", "A web page with every job, its curves and its buttons."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -1,0 +1,242 @@
+"""The page's routes: the two views (one HTML file), the JSON API they poll, the
+Prometheus scrape, and the static files, all behind :mod:`.auth`.
+
+Every JSON answer is strict JSON (NaN and infinities as null) without secrets; every
+string in it came from a record or a job server and is rendered by the page as text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.staticfiles import StaticFiles
+
+from forgather_control.callback.server import local_host_header
+from forgather_control.control.errors import (
+    AmbiguousJob,
+    CommandFailed,
+    CommandRefused,
+    ControlError,
+    JobEnded,
+    JobNotFound,
+    OutcomeUnknown,
+    Unreachable,
+    UsageError,
+)
+from forgather_control.control.jobs import PROTOCOL, is_valid_job_id, resolve_jobs_dir
+
+from . import prometheus
+from .auth import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, Auth, cookie_name
+from .config import UiConfig
+from .feed import JobsFeed
+from .jobview import JobView, UnknownButton
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+#: What a page may load and run: its own files only; no inline script, no frames.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+#: Routes open without the cookie or the token: the login page and what it loads.
+OPEN_PATHS = frozenset({"/login", "/static/css/app.css", "/static/js/login.js", "/static/favicon.svg"})
+#: A command body is a few dozen bytes.
+MAX_BODY = 4096
+
+
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _is_page(path: str) -> bool:
+    return path == "/" or (path.startswith("/jobs/") and path.count("/") == 2)
+
+
+def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView | None = None) -> FastAPI:
+    """The page server for ``config``; ``feed`` and ``view`` for a test to share or swap."""
+    app = FastAPI(title="forgather control ui", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url=None)
+    auth = Auth(config.token)
+    feed = feed or JobsFeed(jobs_dir=config.jobs_dir, ray=config.ray, max_age=config.listing_max_age, timeout=max(config.timeout, 15.0))
+    view = view or JobView(config)
+    app.state.auth, app.state.feed, app.state.view = auth, feed, view
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        try:
+            response = await _guarded(request, call_next)
+        except ClientDisconnect:
+            response = _error(400, "the request ended before its body arrived")
+        except Exception as exc:  # never let a handler bug escape as a traceback page
+            log.exception("page server error")
+            response = _error(500, f"internal error in the page server: {type(exc).__name__}")
+        _secure_headers(response, request.url.path)
+        return response
+
+    async def _guarded(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        host = request.headers.get("host") or ""
+        if config.loopback and not local_host_header(host):
+            return _error(403, f"Host header {host!r} is not local; this page answers loopback clients only")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return _error(413, f"a request body is at most {MAX_BODY} bytes")
+        if "token" in request.query_params:
+            return _log_in(request, path)
+        if path in OPEN_PATHS:
+            return await call_next(request)
+        via = auth.via(request)
+        if via is None:
+            if _is_page(path) and request.method in SAFE_METHODS:
+                return RedirectResponse("/login", status_code=303)
+            return JSONResponse(
+                {"detail": "log in with the address `forgather control ui` printed, or send Authorization: Bearer <token>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if request.method not in SAFE_METHODS and via == "cookie":
+            why = auth.cross_site(request)
+            if why is not None:
+                return _error(403, f"refused a cross-site request: {why}")
+        return await call_next(request)
+
+    def _log_in(request: Request, path: str) -> Response:
+        """``/?token=T`` (or ``/jobs/ID?token=T``): the token for the cookies, and the
+        same address without it. A token anywhere else is refused, not looked at."""
+        if not _is_page(path) or request.method not in SAFE_METHODS:
+            return _error(401, "a token in the address is only taken by the page itself (/?token=...); send Authorization: Bearer <token>")
+        if not auth.token_matches(request.query_params.get("token", "")):
+            return RedirectResponse("/login?wrong=1", status_code=303)
+        response = RedirectResponse(path, status_code=303)
+        auth.log_in(response, request)
+        return response
+
+    # -- pages ----------------------------------------------------------------------------
+    @app.get("/login", include_in_schema=False)
+    def login() -> FileResponse:
+        return FileResponse(STATIC / "login.html", media_type="text/html")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/jobs/{job_id}", include_in_schema=False)
+    def job_page(job_id: str) -> Response:
+        if not is_valid_job_id(job_id):
+            return _error(400, "invalid job id")
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.post("/api/logout")
+    def logout(request: Request) -> Response:
+        response = JSONResponse({"ok": True})
+        auth.log_out(response, request)
+        auth.end_sessions()
+        return response
+
+    # -- data -----------------------------------------------------------------------------
+    @app.get("/api/session")
+    def session(request: Request) -> dict[str, Any]:
+        """What the page says about itself: where it looks, the CSRF header's name."""
+        return {
+            "where": "the Ray cluster" if config.ray is not None else str(resolve_jobs_dir(config.jobs_dir)),
+            "source": "ray" if config.ray is not None else "local",
+            "csrf_header": CSRF_HEADER,
+            "csrf_cookie": cookie_name(CSRF_COOKIE, request),
+            "protocol": PROTOCOL,
+            "refresh_seconds": 1.0 if config.ray is None else 5.0,
+        }
+
+    @app.get("/api/jobs")
+    def jobs() -> dict[str, Any]:
+        return feed.snapshot().as_json()
+
+    @app.get("/api/sparklines")
+    def sparklines() -> dict[str, Any]:
+        return {"loss": feed.sparklines()}
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: str) -> Response:
+        return _answer(lambda: view.details(job_id))
+
+    @app.get("/api/jobs/{job_id}/metrics")
+    def metrics(job_id: str, since: int | None = None) -> Response:
+        return _answer(lambda: view.metrics(job_id, since))
+
+    @app.post("/api/jobs/{job_id}/commands", status_code=202)
+    async def command(job_id: str, request: Request) -> Response:
+        kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return _error(415, f"send the command as application/json, not {kind or 'no content type'!r}")
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _error(400, 'malformed JSON; send {"command": "save|eval|stop|save-stop|abort"}')
+        if not isinstance(body, dict) or not isinstance(body.get("command"), str):
+            return _error(422, 'send {"command": "save|eval|stop|save-stop|abort", "key": "<optional idempotency key>"}')
+        key = body.get("key")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+            return _error(422, "key must be a non-empty string of at most 128 characters")
+        return await run_in_threadpool(_answer, lambda: view.send(job_id, body["command"], key), status=202)
+
+    @app.get("/api/jobs/{job_id}/commands/{command_id}")
+    def receipt(job_id: str, command_id: str, key: str | None = None) -> Response:
+        return _answer(lambda: view.entry(job_id, command_id, key), missing=f"no receipt for command {command_id} yet")
+
+    @app.get("/metrics", include_in_schema=False)
+    def scrape() -> Response:
+        return Response(prometheus.exposition(feed.snapshot()), media_type=prometheus.CONTENT_TYPE)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _answer(call: Any, *, status: int = 200, missing: str = "not found") -> Response:
+    """``call()`` as JSON, or the library's error as a status and its message."""
+    try:
+        value = call()
+    except ControlError as exc:
+        return _control_error(exc)
+    if value is None:
+        return _error(404, missing)
+    return JSONResponse(value, status_code=status)
+
+
+def _control_error(exc: ControlError) -> JSONResponse:
+    detail = str(exc)
+    if isinstance(exc, OutcomeUnknown):
+        return _error(504, detail, key=exc.key, command=exc.command, outcome="unknown")
+    if isinstance(exc, JobNotFound):
+        return _error(404, detail)
+    if isinstance(exc, (UsageError, AmbiguousJob, UnknownButton)):
+        return _error(400, detail)
+    if isinstance(exc, JobEnded):
+        return _error(409, detail, ended=True)
+    if isinstance(exc, CommandRefused):
+        status = exc.http_status if exc.http_status and 400 <= exc.http_status < 500 else 409
+        return _error(status, detail)
+    if isinstance(exc, CommandFailed):
+        return _error(409, detail)
+    if isinstance(exc, Unreachable):
+        return _error(503, detail, unreachable=True)
+    return _error(502, detail)
+
+
+def _secure_headers(response: Response, path: str) -> None:
+    h = response.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h["X-Content-Type-Options"] = "nosniff"
+    h["X-Frame-Options"] = "DENY"
+    h["Referrer-Policy"] = "same-origin"
+    h["Cross-Origin-Opener-Policy"] = "same-origin"
+    h["Cross-Origin-Resource-Policy"] = "same-origin"
+    if path.startswith("/static/"):
+        h.setdefault("Cache-Control", "no-cache")
+    else:
+        h["Cache-Control"] = "no-store"

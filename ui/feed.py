@@ -1,0 +1,242 @@
+"""The jobs view's data: every job ``forgather control list --all`` shows, a little more
+of each running one, and a loss sparkline per job.
+
+One listing serves every open page and the Prometheus scrape: it is taken at most once
+per ``max_age`` seconds (half a second for a folder, five for a Ray cluster), whoever
+asks, and requests that arrive while it is being taken wait for that one. The rows are
+the library's own (:func:`~forgather_control.control.lookup.list_jobs`, as ``list
+--json``), always with the finished jobs (the page hides them behind a toggle), plus
+what the status record of a job in a folder on this machine says of its speed, ETA,
+loss and last checkpoint (a Ray row has only what the cluster's listing has).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgather_control.cli.output import json_safe, scrub
+from forgather_control.control.errors import ControlError
+from forgather_control.control.files import RecordError
+from forgather_control.control.jobs import JobPaths, is_valid_job_id
+from forgather_control.control.lookup import list_jobs
+from forgather_control.control.metrics import read_history
+from forgather_control.control.records import STATUS, load_or_empty
+from forgather_control.control.states import JobState
+
+log = logging.getLogger(__name__)
+
+#: Points in a sparkline: the whole run, in this many buckets.
+SPARK_POINTS = 40
+#: A job's metrics.json is read again at most this often (seconds) for its sparkline.
+SPARK_EVERY = 3.0
+
+
+@dataclass
+class Snapshot:
+    """One listing: rows as the page gets them, and where they came from."""
+
+    rows: list[dict[str, Any]]
+    where: str
+    source: str
+    taken_at: float
+    took: float
+    exists: bool = True
+    missing_nodes: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "where": self.where,
+            "source": self.source,
+            "taken_at": self.taken_at,
+            "took": round(self.took, 4),
+            "exists": self.exists,
+            "missing_nodes": self.missing_nodes or [],
+            "error": self.error,
+        }
+
+
+class JobsFeed:
+    """The listing, taken at most once per ``max_age`` seconds (thread-safe)."""
+
+    def __init__(self, *, jobs_dir: str | Path | None, ray: str | None, max_age: float, timeout: float = 15.0) -> None:
+        self.jobs_dir = jobs_dir
+        self.ray = ray
+        self.max_age = max_age
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._statuses = StatusCache()  # used under the lock
+        self.sparks = Sparklines()
+
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot
+        if snap is not None and time.time() - snap.taken_at < self.max_age:
+            return snap
+        with self._lock:
+            snap = self._snapshot
+            if snap is not None and time.time() - snap.taken_at < self.max_age:
+                return snap  # taken while this request waited for the lock
+            self._snapshot = self._take(previous=snap)
+            return self._snapshot
+
+    def _take(self, previous: Snapshot | None) -> Snapshot:
+        t0 = time.perf_counter()
+        try:
+            listing = list_jobs(jobs_dir=self.jobs_dir, include_finished=True, ray=self.ray, timeout=self.timeout)
+        except ControlError as exc:
+            # Keep showing the last rows, and say why they are not fresh.
+            rows = previous.rows if previous is not None else []
+            where = previous.where if previous is not None else ""
+            return Snapshot(rows, where, "ray" if self.ray else "local", time.time(), time.perf_counter() - t0, error=str(exc))
+        local = listing.source == "local"
+        rows = [job_row(row, with_status=local, statuses=self._statuses) for row in listing.rows]
+        if local:
+            self._statuses.keep_only({os.path.join(r["jobs_dir"], r["job_id"], "status.json") for r in rows if isinstance(r.get("jobs_dir"), str)})
+        rows.sort(key=_order)
+        return Snapshot(
+            rows,
+            listing.where,
+            listing.source,
+            time.time(),
+            time.perf_counter() - t0,
+            exists=listing.exists,
+            missing_nodes=json_safe(scrub(listing.missing_nodes)),
+        )
+
+    def sparklines(self) -> dict[str, list[float | None]]:
+        """A loss sparkline for every listed job that has a metric history here."""
+        out = {}
+        for row in self.snapshot().rows:
+            values = self.sparks.get(row.get("jobs_dir"), row["job_id"])
+            if values:
+                out[row["job_id"]] = values
+        return out
+
+
+def job_row(row: dict[str, Any], *, with_status: bool, statuses: StatusCache | None = None) -> dict[str, Any]:
+    """A ``list --json`` row for the page: strict JSON, no secrets, plus ``live``,
+    ``final`` and, from the job's status record, speed, ETA, loss and last checkpoint."""
+    out = dict(row)
+    state = JobState.parse(row.get("state")) or JobState.UNKNOWN
+    out["state"] = state.value
+    out["live"] = state.live
+    out["final"] = state.final
+    jobs_dir = row.get("jobs_dir")
+    if with_status and isinstance(jobs_dir, str) and is_valid_job_id(row.get("job_id", "")):
+        path = os.path.join(jobs_dir, row["job_id"], "status.json")
+        st = statuses.get(path) if statuses is not None else load_or_empty(path, STATUS)
+        ran, runs = st.get("restarts"), row.get("restarts")
+        if isinstance(ran, int) and isinstance(runs, int) and ran != runs:
+            st = {}  # a previous run's status: it says nothing of this run
+        metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
+        out["loss"] = _finite(metrics.get("loss"))
+        out["eval_loss"] = _finite(metrics.get("eval_loss"))
+        out["last_checkpoint"] = st.get("last_checkpoint")
+        out["stop_reason"] = st.get("stop_reason")
+        out["error"] = st.get("error")
+        if state.live:  # a rate and an ETA are claims about a running job
+            out["steps_per_second"] = st.get("steps_per_second")
+            out["eta_seconds"] = st.get("eta_seconds")
+    return json_safe(scrub(out))
+
+
+class StatusCache:
+    """status.json records, read again only when the file changed (its inode, size or
+    mtime): an ended job's is read once, not at every listing."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    def get(self, path: str) -> dict[str, Any]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._cache.pop(path, None)
+            return {}
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        record = load_or_empty(path, STATUS)
+        self._cache[path] = (stamp, record)
+        return record
+
+    def keep_only(self, paths: set[str]) -> None:
+        for path in [p for p in self._cache if p not in paths]:
+            del self._cache[path]
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+_RANK = {JobState.RUNNING: 0, JobState.STOPPING: 0, JobState.STARTING: 1, JobState.ENDING: 1, JobState.REQUEUED: 2, JobState.STALE: 3, JobState.UNKNOWN: 3}
+
+
+def _order(row: dict[str, Any]) -> tuple[int, float, str]:
+    """Running jobs first, then the rest; the newest first within each."""
+    state = JobState.parse(row.get("state")) or JobState.UNKNOWN
+    rank = _RANK.get(state, 5 if state.final else 4)
+    updated = row.get("updated_at")
+    return rank, -(updated if isinstance(updated, (int, float)) else 0.0), row["job_id"]
+
+
+class Sparklines:
+    """Each job's loss over its whole run, in :data:`SPARK_POINTS` buckets, read from its
+    metrics.json again only when the file changed and at most every :data:`SPARK_EVERY` s."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], tuple[float, tuple[int, int], list[float | None]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, jobs_dir: Any, job_id: str) -> list[float | None] | None:
+        if not isinstance(jobs_dir, str) or not is_valid_job_id(job_id):
+            return None
+        key = (jobs_dir, job_id)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < SPARK_EVERY:
+            return cached[2]
+        paths = JobPaths(Path(jobs_dir), job_id)
+        try:
+            st = os.stat(paths.dir / "metrics.json")
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if cached is not None and cached[1] == stamp:
+            values = cached[2]
+        else:
+            try:
+                history = read_history(paths)
+            except RecordError as exc:
+                log.debug("no sparkline for %s: %s", job_id, exc)
+                values = []
+            else:
+                values = bucket_means(history["series"].get("loss", {}).get("value", []), SPARK_POINTS)
+        with self._lock:
+            self._cache[key] = (now, stamp, values)
+        return values
+
+
+def bucket_means(values: list[float | None], n: int) -> list[float | None]:
+    """``values`` in at most ``n`` buckets of consecutive points, each its mean (None for
+    a bucket with no number)."""
+    if len(values) <= n:
+        return list(values)
+    out: list[float | None] = []
+    for i in range(n):
+        chunk = [v for v in values[i * len(values) // n : (i + 1) * len(values) // n] if v is not None]
+        out.append(sum(chunk) / len(chunk) if chunk else None)
+    return out

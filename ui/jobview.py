@@ -1,0 +1,114 @@
+"""One job for the page: its details, its metric history, and its commands, through the
+same calls as ``forgather control status`` and ``save``/``eval``/``stop``/``save-stop``/
+``abort`` (:func:`~forgather_control.control.lookup.open_job`, :class:`JobHandle`).
+
+A job in a folder is opened afresh for each request (milliseconds: its records are read
+and judged again, and the channel is chosen again, so a job whose server has come up
+since is reached over HTTP). A Ray job costs a round of the cluster to find, so its
+handle is kept for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from forgather_control.cli.output import json_safe, scrub
+from forgather_control.control.commands import Command, UnknownCommand, new_key, parse_command
+from forgather_control.control.errors import ControlError, JobEnded, Unreachable
+from forgather_control.control.handle import JobHandle
+from forgather_control.control.lookup import open_job
+from forgather_control.control.states import JobState
+
+from .config import UiConfig
+
+#: The page's buttons, in its words, and the commands they send.
+BUTTONS: dict[str, Command] = {
+    "save": Command.SAVE_CHECKPOINT,
+    "eval": Command.EVALUATE,
+    "stop": Command.GRACEFUL_STOP,
+    "save-stop": Command.SAVE_AND_STOP,
+    "abort": Command.ABORT,
+}
+#: Seconds a Ray job's handle is kept before the cluster is asked again.
+KEEP_RAY_HANDLE = 30.0
+
+
+class JobView:
+    """Details, history and commands of the jobs a :class:`UiConfig` finds."""
+
+    def __init__(self, config: UiConfig) -> None:
+        self.config = config
+        self._kept: dict[str, tuple[float, JobHandle, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def handle(self, job_id: str) -> Iterator[JobHandle]:
+        """The job's handle, for one request."""
+        if self.config.ray is None:
+            with open_job(job_id, jobs_dir=self.config.jobs_dir, timeout=self.config.timeout) as h:
+                yield h
+            return
+        with self._lock:
+            kept = self._kept.get(job_id)
+            if kept is not None and time.monotonic() - kept[0] > KEEP_RAY_HANDLE:
+                kept[1].close()
+                kept = None
+            if kept is None:
+                h = open_job(job_id, jobs_dir=self.config.jobs_dir, ray=self.config.ray, timeout=self.config.timeout)
+                kept = self._kept[job_id] = (time.monotonic(), h, threading.Lock())
+        with kept[2]:  # a handle's connection serves one request at a time
+            yield kept[1]
+
+    def details(self, job_id: str) -> dict[str, Any]:
+        """``status --json`` of the job, plus what the page needs to know to offer its
+        buttons: whether it takes commands now, and why not."""
+        with self.handle(job_id) as h:
+            d = h.details()
+            state = JobState.parse(d.get("state")) or JobState.UNKNOWN
+            d["state"] = state.value
+            d["active"] = state.live  # ``live`` is the library's: whether its server answered
+            d["final"] = state.final
+            d["channel"] = h.channel
+            try:
+                h.check_controllable()
+                d["controllable"], d["why_not"] = True, None
+            except (JobEnded, Unreachable) as exc:
+                d["controllable"], d["why_not"] = False, str(exc)
+        return json_safe(scrub(d))
+
+    def metrics(self, job_id: str, since: int | None) -> dict[str, Any]:
+        with self.handle(job_id) as h:
+            return json_safe(h.metrics(since=since))
+
+    def send(self, job_id: str, button: str, key: str | None = None) -> dict[str, Any]:
+        """Send the command a button names; the receipt (queued, or sent to the inbox)."""
+        command = BUTTONS.get(button)
+        if command is None:
+            try:
+                command = parse_command(button)
+            except UnknownCommand as exc:
+                raise UnknownButton(f"unknown command {button!r}; the buttons are {', '.join(BUTTONS)}") from exc
+        with self.handle(job_id) as h:
+            receipt = h.send(command, key=key or new_key())
+        return json_safe(scrub(receipt))
+
+    def entry(self, job_id: str, command_id: str, key: str | None) -> dict[str, Any] | None:
+        with self.handle(job_id) as h:
+            found = h.entry(command_id, key)
+        return json_safe(scrub(found)) if found is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            for _, h, _ in self._kept.values():
+                h.close()
+            self._kept.clear()
+
+
+class UnknownButton(ControlError):
+    """A command the page does not offer."""
+
+    exit_code = 2

@@ -1,0 +1,66 @@
+// The page's JSON API. Every request that changes something carries the CSRF value
+// (read from the cookie only pages of this origin can read) in a custom header.
+
+let session = null;
+
+export class ApiError extends Error {
+  constructor(status, detail, body) {
+    super(detail);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+function cookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [k, ...v] = part.trim().split("=");
+    if (k === name) return decodeURIComponent(v.join("="));
+  }
+  return "";
+}
+
+async function request(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    if (session) headers[session.csrf_header] = cookie(session.csrf_cookie);
+  }
+  let res;
+  try {
+    res = await fetch(path, {
+      method, headers, credentials: "same-origin", cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "the page server does not answer (was `forgather control ui` stopped?)");
+  }
+  if (res.status === 401) {
+    location.assign("/login");
+    throw new ApiError(401, "not logged in");
+  }
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) throw new ApiError(res.status, (data && typeof data.detail === "string") ? data.detail : `HTTP ${res.status}`, data);
+  return data;
+}
+
+export async function start() {
+  session = await request("GET", "/api/session");
+  return session;
+}
+
+// The first listing is asked for while the page starts, not after it has.
+let early = location.pathname === "/" ? request("GET", "/api/jobs").catch(() => null) : null;
+
+export const api = {
+  jobs: async () => {
+    const first = early && (await early);
+    early = null;
+    return first || request("GET", "/api/jobs");
+  },
+  sparklines: () => request("GET", "/api/sparklines"),
+  job: (id) => request("GET", `/api/jobs/${encodeURIComponent(id)}`),
+  metrics: (id, since) => request("GET", `/api/jobs/${encodeURIComponent(id)}/metrics` + (since === null || since === undefined ? "" : `?since=${since}`)),
+  send: (id, command, key) => request("POST", `/api/jobs/${encodeURIComponent(id)}/commands`, { command, key }),
+  receipt: (id, cid, key) => request("GET", `/api/jobs/${encodeURIComponent(id)}/commands/${encodeURIComponent(cid)}` + (key ? `?key=${encodeURIComponent(key)}` : "")),
+};

@@ -1,0 +1,86 @@
+// Numbers, durations and states, as a person reads them.
+
+export const STATE_TONE = {
+  running: "run", stopping: "busy", starting: "busy", ending: "busy", requeued: "wait",
+  finished: "done", stopped: "stop", aborted: "abort", failed: "bad", dead: "bad",
+  stale: "grey", unknown: "grey", corrupt: "bad",
+};
+
+export const STATE_HELP = {
+  running: "training",
+  starting: "the launcher runs; rank 0 is not up yet (commands wait in its inbox)",
+  stopping: "a stop applied; the loop is winding down",
+  ending: "rank 0 has ended; torchrun is winding down",
+  requeued: "SLURM requeued it; it waits in the queue",
+  finished: "trained to its end",
+  stopped: "stopped by a command or a signal",
+  aborted: "aborted: nothing saved at the end",
+  failed: "failed",
+  dead: "its processes are gone without a final state",
+  stale: "its heartbeat is old",
+  unknown: "its liveness cannot be judged from here",
+  corrupt: "a record of it is not readable",
+};
+
+export function isNum(v) {
+  return typeof v === "number" && Number.isFinite(v);
+}
+
+export function int(v) {
+  return isNum(v) ? Math.round(v).toLocaleString("en-US") : "–";
+}
+
+// 4 significant digits, exponent for the very small or large (learning rates).
+export function num(v, digits = 4) {
+  if (!isNum(v)) return "–";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(2);
+  return Number(v.toPrecision(digits)).toString();
+}
+
+export function rate(v) {
+  if (!isNum(v)) return "–";
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
+export function duration(s) {
+  if (!isNum(s)) return "–";
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+export function age(ts, now = Date.now() / 1000) {
+  if (!isNum(ts)) return "–";
+  const d = now - ts;
+  if (d < -5) return "in the future";
+  if (d < 5) return "just now";
+  return `${duration(d).split(" ")[0]} ago`;
+}
+
+export function clock(ts) {
+  if (!isNum(ts)) return "–";
+  const d = new Date(ts * 1000);
+  return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+export function basename(path) {
+  if (typeof path !== "string" || !path) return "–";
+  const parts = path.replace(/\/+$/, "").split("/");
+  return parts[parts.length - 1] || path;
+}
+
+export function progress(step, max) {
+  if (!isNum(step) || !isNum(max) || max <= 0) return null;
+  return Math.max(0, Math.min(1, step / max));
+}
+
+export const COMMAND_LABEL = {
+  save_checkpoint: "Save", evaluate: "Eval", graceful_stop: "Stop", save_and_stop: "Save & stop", abort: "Abort",
+};
+
+export const RECEIPT_TONE = {
+  sent: "wait", queued: "wait", applied: "busy", completed: "done", failed: "bad", dropped: "bad", rejected: "bad",
+};

@@ -1,0 +1,350 @@
+// The job view: where one job is, its curves, its command ledger, and its buttons.
+import { api, ApiError } from "./api.js";
+import { h, setText, setAttr, clear } from "./dom.js";
+import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum } from "./format.js";
+import { Charts } from "./charts.js";
+
+const REFRESH_MS = 1000;
+const METRICS_MS = 2000;
+const RECEIPT_MS = 400;
+const MAX_POINTS = 8192;
+const FINAL = new Set(["completed", "failed", "dropped", "rejected"]);
+
+const BUTTONS = [
+  { verb: "save", label: "Save", command: "save_checkpoint", hint: "Save a checkpoint at the next agreed step." },
+  { verb: "eval", label: "Eval", command: "evaluate", hint: "Evaluate at the next agreed step." },
+  { verb: "stop", label: "Stop", command: "graceful_stop", confirm: "Stop", hint: "Stop gracefully; the trainer's own end-of-training logic still runs.",
+    question: (id) => [`Stop job ${id}?`, "It stops at the next agreed step; the trainer's own end-of-training logic still runs. Nothing is saved unless that logic saves."] },
+  { verb: "save-stop", label: "Save & stop", command: "save_and_stop", confirm: "Save & stop", hint: "Save a checkpoint, then stop.",
+    question: (id) => [`Save and stop job ${id}?`, "It saves a checkpoint at the next agreed step, then stops. Relaunching it resumes from that checkpoint."] },
+  { verb: "abort", label: "Abort", command: "abort", confirm: "Abort", danger: true, hint: "Stop now and save nothing.",
+    question: (id) => [`Abort job ${id}?`, "It stops now and saves nothing, here or at the end; the job ends “aborted”. Work since the last checkpoint is lost."] },
+];
+
+function newKey() {
+  const a = new Uint8Array(8);
+  crypto.getRandomValues(a);
+  return "k-ui-" + Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class JobView {
+  constructor(root, id, { navigate, live }) {
+    this.root = root;
+    this.id = id;
+    this.navigate = navigate;
+    this.live = live;
+    this.timers = [];
+    this.stopped = false;
+    this.series = {};
+    this.lastStep = null;
+    this.sent = new Map();  // key -> the receipt the page follows
+    this.details = null;
+  }
+
+  start() {
+    document.title = `${this.id} · forgather control`;
+    this.build();
+    this.poll();
+    this.pollMetrics();
+  }
+
+  stop() {
+    this.stopped = true;
+    this.timers.forEach(clearTimeout);
+    if (this.charts) this.charts.destroy();
+  }
+
+  later(fn, ms) {
+    if (!this.stopped) this.timers.push(setTimeout(fn, ms));
+  }
+
+  build() {
+    clear(this.root);
+    this.pill = h("span", { class: "pill pill-lg" }, h("span", { class: "dot" }), h("span", { class: "pill-text" }, "…"));
+    this.meta = h("div", { class: "job-meta" });
+    this.buttons = {};
+    const actions = this.actions = h("div", { class: "actions" });
+    BUTTONS.forEach((b, i) => {
+      if (i === 2 || i === 4) actions.append(h("span", { class: "actions-gap" }));
+      const btn = h("button", { class: "btn" + (b.danger ? " danger" : ""), type: "button", title: b.hint, dataset: { command: b.verb }, disabled: true, on: { click: () => this.press(b) } }, b.label);
+      this.buttons[b.verb] = btn;
+      actions.append(btn);
+    });
+    this.whyNot = h("div", { class: "why-not", hidden: true });
+    this.flash = h("div", { class: "flash", hidden: true, role: "status" });
+    this.failure = h("section", { class: "panel failure", hidden: true });
+    this.kpis = h("div", { class: "kpis" });
+    this.kpi = {};
+    const kpi = (key, label, extra) => {
+      const value = h("div", { class: "kpi-value" });
+      const sub = h("div", { class: "kpi-sub" });
+      this.kpi[key] = { value, sub };
+      this.kpis.append(h("div", { class: "panel kpi", dataset: { kpi: key } }, h("div", { class: "kpi-label" }, label), value, extra || null, sub));
+    };
+    this.bar = h("div", { class: "bar bar-lg" }, h("div", { class: "bar-fill" }));
+    kpi("step", "Step", this.bar);
+    kpi("speed", "Speed");
+    kpi("eta", "ETA");
+    kpi("loss", "Loss");
+    kpi("eval", "Eval loss");
+    kpi("ckpt", "Last checkpoint");
+    this.chartsBox = h("div", { class: "charts" });
+    this.chartsEmpty = h("div", { class: "panel empty-charts" }, "No metric history yet: curves appear once the job has logged a few steps.");
+    this.ledger = h("tbody");
+    this.ledgerHead = h("thead", {}, h("tr", {}, h("th", {}, "Command"), h("th", {}, "State"), h("th", { class: "num" }, "Step"), h("th", {}, "Result"), h("th", {}, "Reason"), h("th", { class: "num" }, "Sent")));
+    this.ledgerEmpty = h("p", { class: "muted ledger-empty" });
+    this.error = h("div", { class: "notice", hidden: true });
+    this.root.append(h("section", { class: "view job-view" },
+      h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
+      h("div", { class: "job-head" },
+        h("div", { class: "job-title" }, h("div", { class: "title-row" }, h("h1", { class: "mono" }, this.id), this.pill), this.meta),
+        actions,
+      ),
+      this.whyNot, this.flash, this.error, this.failure, this.kpis,
+      h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
+      this.chartsEmpty, this.chartsBox,
+      h("section", { class: "panel ledger-panel" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Commands")),
+        h("table", { class: "ledger" }, this.ledgerHead, this.ledger),
+        this.ledgerEmpty,
+      ),
+    ));
+    this.charts = new Charts(this.chartsBox);
+  }
+
+  async poll() {
+    if (this.stopped) return;
+    try {
+      const d = await api.job(this.id);
+      if (this.stopped) return;
+      this.details = d;
+      this.error.hidden = true;
+      this.render(d);
+      this.live(true, d.live ? "live · from the job's server" : "live · from the job's records");
+    } catch (e) {
+      if (this.stopped) return;
+      setText(this.error, e.status === 404 ? `No job ${this.id} here (it was cleaned up, or lives in another jobs directory).` : e.message);
+      this.error.hidden = false;
+      this.live(false, e.message);
+    }
+    this.later(() => this.poll(), document.hidden ? REFRESH_MS * 5 : REFRESH_MS);
+  }
+
+  async pollMetrics() {
+    if (this.stopped) return;
+    let ended = false;
+    try {
+      const m = await api.metrics(this.id, this.lastStep);
+      if (this.stopped) return;
+      this.merge(m.series || {});
+      ended = this.details && !this.details.active && this.lastStep !== null;
+    } catch (e) { /* the details poll says what is wrong */ }
+    this.later(() => this.pollMetrics(), ended ? METRICS_MS * 5 : METRICS_MS);
+  }
+
+  merge(incoming) {
+    let changed = false;
+    for (const [name, s] of Object.entries(incoming)) {
+      if (!s || !Array.isArray(s.step) || s.step.length === 0) continue;
+      const cur = this.series[name] || (this.series[name] = { step: [], time: [], value: [] });
+      const lastKnown = cur.step.length ? cur.step[cur.step.length - 1] : -Infinity;
+      for (let i = 0; i < s.step.length; i++) {
+        if (s.step[i] <= lastKnown) continue;
+        cur.step.push(s.step[i]); cur.time.push(s.time[i]); cur.value.push(s.value[i]);
+        changed = true;
+      }
+    }
+    // Ask next for what is new, from one step back: an evaluation reported at the step
+    // the loss was last seen at arrives after it.
+    const last = Math.max(-Infinity, ...Object.values(this.series).map((s) => (s.step.length ? s.step[s.step.length - 1] : -Infinity)));
+    this.lastStep = Number.isFinite(last) ? last - 1 : null;
+    // The server keeps old points thinned; a page open for a long run starts over from it.
+    if (Object.values(this.series).some((s) => s.step.length > MAX_POINTS)) { this.series = {}; this.lastStep = null; changed = false; }
+    if (changed || !this.drawn) {
+      this.drawn = true;
+      const any = Object.keys(this.series).length > 0;
+      this.chartsEmpty.hidden = any;
+      this.charts.update(this.series);
+    }
+  }
+
+  render(d) {
+    const tone = STATE_TONE[d.state] || "grey";
+    setAttr(this.pill, "class", `pill pill-lg tone-${tone}`);
+    setText(this.pill.lastChild, d.state);
+    setAttr(this.pill, "title", STATE_HELP[d.state] || null);
+    document.body.dataset.jobState = d.state;
+    clear(this.meta);
+    const metaBits = [
+      d.host ? ["host", d.host] : null,
+      ["run", typeof d.restarts === "number" ? `run ${d.restarts + 1}` : "run 1"],
+      d.world_size ? ["ranks", `${d.world_size} rank${d.world_size > 1 ? "s" : ""}`] : null,
+      d.scheduler ? ["scheduler", d.scheduler] : null,
+      d.started_at ? ["started", `started ${age(d.started_at)}`] : null,
+      d.ended_at ? ["ended", `ended ${age(d.ended_at)}`] : null,
+      d.resumed_from ? ["resumed", `resumed from ${basename(d.resumed_from)}`] : null,
+      ["channel", d.channel === "http" ? "HTTP" : "file channel"],
+    ].filter(Boolean);
+    for (const [k, v] of metaBits) this.meta.append(h("span", { class: `meta meta-${k}` }, v));
+
+    // buttons
+    for (const b of BUTTONS) this.buttons[b.verb].disabled = !d.controllable;
+    this.actions.hidden = !!d.final;
+    setText(this.whyNot, d.controllable ? "" : (d.why_not || "This job takes no commands."));
+    this.whyNot.hidden = !!d.controllable || !!d.final;
+
+    // failure
+    this.renderFailure(d);
+
+    // KPIs
+    const p = progress(d.step, d.max_steps);
+    setText(this.kpi.step.value, d.max_steps ? `${int(d.step)} / ${int(d.max_steps)}` : int(d.step));
+    this.bar.firstChild.style.width = p === null ? "0%" : `${(p * 100).toFixed(1)}%`;
+    setAttr(this.bar, "class", `bar bar-lg tone-${tone}` + (p === null ? " bar-none" : ""));
+    setText(this.kpi.step.sub, p === null ? (isNum(d.epoch) ? `epoch ${num(d.epoch, 3)}` : "") : `${(p * 100).toFixed(1)}%` + (isNum(d.epoch) ? ` · epoch ${num(d.epoch, 3)}` : ""));
+    setText(this.kpi.speed.value, isNum(d.steps_per_second) ? `${rate(d.steps_per_second)}` : "–");
+    setText(this.kpi.speed.sub, isNum(d.steps_per_second) ? "steps per second" : (d.active ? "" : "not running"));
+    setText(this.kpi.eta.value, d.active ? duration(d.eta_seconds) : "–");
+    setText(this.kpi.eta.sub, d.active && isNum(d.eta_seconds) ? `at ${clock(Date.now() / 1000 + d.eta_seconds)}` : "");
+    const metrics = d.metrics && typeof d.metrics === "object" ? d.metrics : {};
+    setText(this.kpi.loss.value, num(metrics.loss));
+    setText(this.kpi.loss.sub, "");
+    const evalKey = Object.keys(metrics).find((k) => /^(eval|val)_loss$/.test(k));
+    setText(this.kpi.eval.value, evalKey ? num(metrics[evalKey]) : "–");
+    setText(this.kpi.eval.sub, Object.keys(metrics).filter((k) => /^(eval|val)_/.test(k) && k !== evalKey).slice(0, 2).map((k) => `${k} ${num(metrics[k])}`).join(" · "));
+    setText(this.kpi.ckpt.value, basename(d.last_checkpoint));
+    setAttr(this.kpi.ckpt.value, "title", d.last_checkpoint || null);
+    const rp = d.resume_point && typeof d.resume_point === "object" ? d.resume_point : null;
+    setText(this.kpi.ckpt.sub, rp && isNum(rp.step) ? `resume point: step ${int(rp.step)}` : (d.last_checkpoint ? "" : "none yet"));
+
+    this.renderLedger(d);
+  }
+
+  renderFailure(d) {
+    const f = d.failure && typeof d.failure === "object" ? d.failure : null;
+    const err = typeof d.error === "string" ? d.error : null;
+    const failed = ["failed", "dead"].includes(d.state);
+    if (!f && !(failed && (err || d.exit_code))) { this.failure.hidden = true; return; }
+    const key = JSON.stringify([f, err, d.exit_code]);
+    this.failure.hidden = false;
+    if (this.failureKey === key) return;
+    this.failureKey = key;
+    clear(this.failure);
+    this.failure.append(h("h2", {}, d.state === "dead" ? "Why it died" : "Why it failed"));
+    if (f) {
+      this.failure.append(h("p", { class: "failure-what" }, h("b", {}, String(f.type || "Error")), ": ", String(f.message || "")));
+      this.failure.append(h("p", { class: "muted" }, `rank ${f.rank} on ${f.host || "?"} (pid ${f.pid}), run ${typeof f.run === "number" ? f.run + 1 : "?"}` + (isNum(f.at) ? `, ${clock(f.at)}` : "") + " — the first rank that raised"));
+      if (Array.isArray(f.traceback) && f.traceback.length) this.failure.append(h("pre", { class: "traceback" }, f.traceback.map(String).join("\n")));
+    }
+    if (err && (!f || !String(err).includes(String(f.message || "")))) this.failure.append(h("p", {}, h("b", {}, "Rank 0: "), err));
+    if (isNum(d.exit_code) && d.exit_code !== 0) this.failure.append(h("p", { class: "muted" }, `exit code ${d.exit_code}`));
+  }
+
+  // The ledger: the job's receipts (newest first), with the ones this page is following.
+  renderLedger(d) {
+    const rows = new Map();
+    for (const e of Array.isArray(d.commands) ? d.commands : []) if (e && typeof e === "object") rows.set(e.key || e.id, e);
+    for (const [key, e] of this.sent) {
+      const known = rows.get(key);
+      if (!known) rows.set(key, e);
+      else if (FINAL.has(known.state)) this.sent.set(key, { ...e, ...known });
+    }
+    const list = [...rows.values()].sort((a, b) => (b.created_at || b.sent_at || 0) - (a.created_at || a.sent_at || 0) || String(b.id).localeCompare(String(a.id)));
+    const key = JSON.stringify(list);
+    if (key === this.ledgerKey) return;
+    this.ledgerKey = key;
+    clear(this.ledger);
+    this.ledgerEmpty.hidden = list.length > 0;
+    this.ledgerHead.hidden = list.length === 0;
+    clear(this.ledgerEmpty);
+    if (d.controllable) this.ledgerEmpty.append("No commands yet. The buttons above send them; so does ", h("code", {}, `forgather control save ${this.id}`), ".");
+    else this.ledgerEmpty.append("No commands were sent to this run.");
+    for (const e of list) {
+      const tone = RECEIPT_TONE[e.state] || "grey";
+      const result = e.result && typeof e.result === "object" ? e.result : {};
+      const cells = [];
+      if (result.checkpoint) cells.push(h("span", { class: "mono", title: String(result.checkpoint) }, String(result.checkpoint)));
+      if (result.metrics && typeof result.metrics === "object") {
+        cells.push(h("span", {}, Object.entries(result.metrics).slice(0, 6).map(([k, v]) => `${k} ${typeof v === "number" ? num(v) : String(v)}`).join(" · ")));
+      }
+      if (result.final_state) cells.push(h("span", {}, `job ${result.final_state}`));
+      const tr = h("tr", { dataset: { command: String(e.command), state: String(e.state), id: String(e.id || "") } },
+        h("td", {}, h("span", { class: "cmd" }, COMMAND_LABEL[e.command] || String(e.command)), h("span", { class: "sub mono" }, String(e.id || ""))),
+        h("td", {}, h("span", { class: `pill tone-${tone}` }, h("span", { class: "dot" }), h("span", { class: "pill-text" }, String(e.state)))),
+        h("td", { class: "num" }, isNum(e.step) ? int(e.step) : "–"),
+        h("td", { class: "result" }, cells.length ? cells.map((c, i) => [i ? h("span", { class: "sep" }, " · ") : null, c]) : "–"),
+        h("td", { class: "reason" }, e.reason ? String(e.reason) : ""),
+        h("td", { class: "num muted" }, age(e.created_at || e.sent_at)),
+      );
+      this.ledger.append(tr);
+    }
+  }
+
+  async press(b) {
+    if (b.question) {
+      const [title, body] = b.question(this.id);
+      if (!(await confirmDialog(title, body, b.confirm, b.danger))) return;
+    }
+    const key = newKey();
+    this.buttons[b.verb].disabled = true;
+    this.say(`${b.label}: sending…`, "wait");
+    try {
+      let receipt;
+      try {
+        receipt = await api.send(this.id, b.verb, key);
+      } catch (e) {
+        if (!(e instanceof ApiError) || e.status !== 504) throw e;
+        receipt = await api.send(this.id, b.verb, key);  // no answer: the same key never queues twice
+      }
+      receipt = { sent_at: Date.now() / 1000, ...receipt };
+      this.sent.set(key, receipt);
+      this.say(`${b.label} ${receipt.state === "sent" ? "dropped in the job's inbox" : receipt.state} as ${receipt.id}`, RECEIPT_TONE[receipt.state] || "wait");
+      if (this.details) this.renderLedger(this.details);
+      this.follow(key);
+    } catch (e) {
+      this.say(`${b.label} was not sent: ${e.message}`, "bad");
+    } finally {
+      if (this.details) this.buttons[b.verb].disabled = !this.details.controllable;
+    }
+  }
+
+  async follow(key) {
+    if (this.stopped) return;
+    const cur = this.sent.get(key);
+    if (!cur || FINAL.has(cur.state)) return;
+    try {
+      const e = await api.receipt(this.id, cur.id, key);
+      if (e && typeof e === "object") {
+        const label = COMMAND_LABEL[e.command] || e.command;
+        if (e.state !== cur.state) this.say(`${label} ${e.state}` + (isNum(e.step) ? ` at step ${int(e.step)}` : "") + (e.reason ? `: ${e.reason}` : ""), RECEIPT_TONE[e.state] || "wait");
+        this.sent.set(key, { ...cur, ...e });
+        if (this.details) this.renderLedger(this.details);
+      }
+    } catch (e) {
+      if (!(e instanceof ApiError) || e.status !== 404) { /* keep trying: the job may be between servers */ }
+    }
+    this.later(() => this.follow(key), RECEIPT_MS);
+  }
+
+  say(text, tone) {
+    setText(this.flash, text);
+    setAttr(this.flash, "class", `flash tone-${tone}`);
+    this.flash.hidden = false;
+  }
+}
+
+// A confirmation in the page's own dialog; resolves true only for the confirm button.
+function confirmDialog(title, body, confirm, danger) {
+  const dlg = document.getElementById("confirm");
+  setText(document.getElementById("confirm-title"), title);
+  setText(document.getElementById("confirm-body"), body);
+  const ok = document.getElementById("confirm-ok");
+  setText(ok, confirm);
+  ok.className = "btn " + (danger ? "danger solid" : "primary");
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
+    dlg.returnValue = "";
+    dlg.showModal();
+    document.getElementById("confirm-cancel").focus();
+  });
+}
