@@ -181,7 +181,12 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-_RANK = {JobState.RUNNING: 0, JobState.STOPPING: 0, JobState.STARTING: 1, JobState.ENDING: 1, JobState.REQUEUED: 2, JobState.STALE: 3, JobState.UNKNOWN: 3}
+_RANK = {
+    **dict.fromkeys((JobState.RUNNING, JobState.STALLED, JobState.STOPPING), 0),
+    **dict.fromkeys((JobState.STARTING, JobState.ENDING), 1),
+    JobState.REQUEUED: 2,
+    **dict.fromkeys((JobState.STALE, JobState.UNKNOWN), 3),
+}
 
 
 def _order(row: dict[str, Any]) -> tuple[int, float, str]:

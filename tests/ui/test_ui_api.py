@@ -37,16 +37,18 @@ def test_rows_are_the_listing(jobs_dir: Path) -> None:
     write_job(jobs_dir, "run-a", state="running", step=40, max_steps=100, alive=True, metrics={"loss": float("nan")}, steps_per_second=4.5, eta_seconds=13.0)
     write_job(jobs_dir, "run-b", state="finished", step=100, max_steps=100, metrics={"loss": 0.25}, last_checkpoint="/ck/checkpoint-100")
     write_job(jobs_dir, "run-c", state="running", step=7, max_steps=100, alive=False, steps_per_second=9.0, eta_seconds=10.0)  # its process is gone
+    write_job(jobs_dir, "run-d", state="running", step=9, max_steps=100, alive=True, stall={"for": 310.0, "after": 300.0, "step": 9, "phase": "agreement"})
     expected = {r["job_id"]: str(r["state"]) for r in list_jobs(jobs_dir=jobs_dir, include_finished=True).rows}
     with ui_server(jobs_dir) as server:
         r = httpx.get(server.url + "/api/jobs", headers=bearer(server))
         rows = {row["job_id"]: row for row in strict(r.text)["rows"]}
-    assert {k: v["state"] for k, v in rows.items()} == expected == {"run-a": "running", "run-b": "finished", "run-c": "dead"}
+    assert {k: v["state"] for k, v in rows.items()} == expected == {"run-a": "running", "run-b": "finished", "run-c": "dead", "run-d": "stalled"}
+    assert rows["run-d"]["stall"]["for"] == 310.0 and "agreement" in rows["run-d"]["stall"]["why"]
     assert rows["run-a"]["loss"] is None, "NaN is null"
     assert rows["run-a"]["steps_per_second"] == 4.5 and rows["run-a"]["eta_seconds"] == 13.0 and rows["run-a"]["live"]
     assert rows["run-b"]["liveness"] == "finished" and rows["run-b"]["last_checkpoint"] == "/ck/checkpoint-100" and rows["run-b"]["loss"] == 0.25
     assert rows["run-c"].get("steps_per_second") is None and rows["run-c"].get("eta_seconds") is None, "a dead job has no speed"
-    assert [row["job_id"] for row in strict(r.text)["rows"]] == ["run-a", "run-c", "run-b"], "running first, ended last"
+    assert [row["job_id"] for row in strict(r.text)["rows"]] == ["run-d", "run-a", "run-c", "run-b"], "running first (newest first), ended last"
     assert not any("token" in row for row in rows.values())
 
 

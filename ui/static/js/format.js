@@ -1,13 +1,14 @@
 // Numbers, durations and states, as a person reads them.
 
 export const STATE_TONE = {
-  running: "run", stopping: "busy", starting: "busy", ending: "busy", requeued: "wait",
+  running: "run", stalled: "abort", stopping: "busy", starting: "busy", ending: "busy", requeued: "wait",
   finished: "done", stopped: "stop", aborted: "abort", failed: "bad", dead: "bad",
   stale: "grey", unknown: "grey", corrupt: "bad",
 };
 
 export const STATE_HELP = {
   running: "training",
+  stalled: "it runs, but its step has not moved for longer than its stall threshold",
   starting: "the launcher runs; rank 0 is not up yet (commands wait in its inbox)",
   stopping: "a stop applied; the loop is winding down",
   ending: "rank 0 has ended; torchrun is winding down",
@@ -64,6 +65,14 @@ export function clock(ts) {
   if (!isNum(ts)) return "–";
   const d = new Date(ts * 1000);
   return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+// Why a stalled job is stalled, in one line: "no step for 5m 10s (at step 120): why".
+export function stallText(stall) {
+  if (!stall || typeof stall !== "object") return "";
+  const parts = [`no step for ${duration(stall.for)}`];
+  if (isNum(stall.step)) parts.push(`(at step ${int(stall.step)})`);
+  return parts.join(" ") + (typeof stall.why === "string" && stall.why ? `: ${stall.why}` : "");
 }
 
 export function basename(path) {

@@ -1,7 +1,7 @@
 // The job view: where one job is, its curves, its command ledger, and its buttons.
 import { api, ApiError } from "./api.js";
 import { h, setText, setAttr, clear } from "./dom.js";
-import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum } from "./format.js";
+import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum, stallText } from "./format.js";
 import { Charts } from "./charts.js";
 
 const REFRESH_MS = 1000;
@@ -73,6 +73,7 @@ export class JobView {
     this.whyNot = h("div", { class: "why-not", hidden: true });
     this.flash = h("div", { class: "flash", hidden: true, role: "status" });
     this.failure = h("section", { class: "panel failure", hidden: true });
+    this.stall = h("div", { class: "notice stall", hidden: true });
     this.kpis = h("div", { class: "kpis" });
     this.kpi = {};
     const kpi = (key, label, extra) => {
@@ -100,7 +101,7 @@ export class JobView {
         h("div", { class: "job-title" }, h("div", { class: "title-row" }, h("h1", { class: "mono" }, this.id), this.pill), this.meta),
         actions,
       ),
-      this.whyNot, this.flash, this.error, this.failure, this.kpis,
+      this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
       h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
       this.chartsEmpty, this.chartsBox,
       h("section", { class: "panel ledger-panel" },
@@ -192,6 +193,13 @@ export class JobView {
     this.actions.hidden = !!d.final;
     setText(this.whyNot, d.controllable ? "" : (d.why_not || "This job takes no commands."));
     this.whyNot.hidden = !!d.controllable || !!d.final;
+
+    // a stalled job: why, and where to look
+    this.stall.hidden = d.state !== "stalled";
+    if (d.state === "stalled") {
+      clear(this.stall);
+      this.stall.append(h("b", {}, "Stalled: "), stallText(d.stall) || "its step does not move", ". Where every rank is: ", h("code", {}, `forgather control stacks ${this.id}`));
+    }
 
     // failure
     this.renderFailure(d);

@@ -2,7 +2,7 @@
 // behind a toggle.
 import { api } from "./api.js";
 import { h, setText, setAttr, clear } from "./dom.js";
-import { STATE_TONE, STATE_HELP, int, num, rate, duration, age, basename, progress } from "./format.js";
+import { STATE_TONE, STATE_HELP, int, num, rate, duration, age, basename, progress, stallText } from "./format.js";
 import { sparkline, update as updateSpark } from "./spark.js";
 
 const REFRESH_MS = 1000;
@@ -158,7 +158,7 @@ export class JobsView {
 
   renderCounts(counts) {
     clear(this.counts);
-    const order = ["running", "starting", "stopping", "ending", "requeued", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
+    const order = ["running", "stalled", "starting", "stopping", "ending", "requeued", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
     for (const s of order) {
       if (!counts[s]) continue;
       this.counts.append(h("span", { class: `count tone-${STATE_TONE[s] || "grey"}` }, h("b", {}, String(counts[s])), ` ${s}`));
@@ -223,8 +223,14 @@ export class JobsView {
     setAttr(c.pill, "class", `pill tone-${tone}`);
     setText(c.pill.lastChild, r.state);
     setAttr(c.pill, "title", [STATE_HELP[r.state], r.evidence].filter(Boolean).join(" — "));
-    const sub = [r.world_size > 1 ? `${r.world_size} ranks` : null, r.scheduler && r.scheduler !== "local" ? r.scheduler : null, r.stop_reason || r.error || null].filter(Boolean).join(" · ");
+    const sub = [
+      r.state === "stalled" ? stallText(r.stall) : null,
+      r.world_size > 1 ? `${r.world_size} ranks` : null,
+      r.scheduler && r.scheduler !== "local" ? r.scheduler : null,
+      r.stop_reason || r.error || null,
+    ].filter(Boolean).join(" · ");
     setText(c.sub, sub);
+    setAttr(c.sub, "title", sub || null);
     const p = progress(r.step, r.max_steps);
     const fill = c.bar.firstChild;
     const width = p === null ? "0%" : `${(p * 100).toFixed(1)}%`;
