@@ -248,6 +248,7 @@ class JobHandle:
         ``key``: the command's idempotency key, to follow a re-sent command file that
         rank 0 answered with the first receipt."""
         deadline = time.monotonic() + timeout
+        judged = time.monotonic()
         last: dict[str, Any] | None = None
         while True:
             try:
@@ -270,6 +271,17 @@ class JobHandle:
             ended = self._ended_without(command_id, key, last)
             if ended is not None:
                 return ended
+            if self.info is not None and time.monotonic() - judged > REJUDGE_EVERY:
+                judged = time.monotonic()
+                self.refresh()  # its processes may be gone with nobody left to say so
+                if self.info.liveness in (Liveness.DEAD, Liveness.FINISHED):
+                    last = FileTransport(self.info.paths).entry(command_id, key) or last
+                    if is_final_receipt(last):
+                        return last  # type: ignore[return-value]
+                    raise CommandFailed(
+                        f"job {self.job_id} has ended ({self.info.state}: {self.info.evidence}) and command {command_id} "
+                        f"never reached a final state (last seen {(last or {}).get('state', 'not picked up')})"
+                    )
             time.sleep(interval)
 
     def _ended_without(self, command_id: str, key: str | None, last: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -106,6 +106,7 @@ class Supervisor:
         self._kill_at: float | None = None
         self._termed = False
         self._last_snapshot = 0.0
+        self._previous: dict[int, object] = {}
 
     @property
     def stop_requested(self) -> bool:
@@ -113,10 +114,13 @@ class Supervisor:
 
     # -- the run --------------------------------------------------------------------
     def run(self) -> int:
-        """Start torchrun, supervise it, clean up; returns its exit code (128+N if killed)."""
+        """Start torchrun, supervise it, clean up; returns its exit code (128+N if killed).
+        The stop signals stay caught (and only recorded) until :meth:`release`: a signal
+        while the launcher writes the job's end (SLURM ends a step's other nodes when one
+        exits) must not kill it half-way."""
         _become_subreaper()
         main = threading.current_thread() is threading.main_thread()
-        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main else {}
+        self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main else {}
         try:
             if main:
                 for s in IGNORED_IN_CHILDREN:
@@ -132,13 +136,16 @@ class Supervisor:
             returncode = self._supervise()
         finally:
             self._reap()
-            if main:
-                for s, h in previous.items():
-                    try:
-                        signal.signal(s, h if h is not None else signal.SIG_DFL)
-                    except (OSError, ValueError):
-                        pass
         return exit_code_of(returncode)
+
+    def release(self) -> None:
+        """Give the stop signals back their earlier handlers (the job's end is written)."""
+        for s, h in self._previous.items():
+            try:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        self._previous = {}
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # A handler only records; the loop acts (no I/O or locks inside a handler).
@@ -315,6 +322,14 @@ def execute(
     if plan.config.control:
         duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
         sup.duties = duties.tick
+    try:
+        return _finish(plan, records, sup, runner)
+    finally:
+        sup.release()
+
+
+def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
+    """Supervise the run to its end and record how it ended; returns the exit code."""
     try:
         code = sup.run()
     except BaseException as exc:

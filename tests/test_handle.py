@@ -211,6 +211,22 @@ def test_another_hosts_loopback_is_reached_through_files_only(tmp_path: Path) ->
         open_job("far-1", jobs_dir=root, channel="http")
 
 
+def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path) -> None:
+    """Rank 0 killed with nobody left to write its end (its endpoint stays): waiting
+    stops at the next judgement instead of running out its timeout."""
+    root = tmp_path / "jobs"
+    job = live("killed")
+    paths = job.publish(root)
+    with open_job("killed", jobs_dir=root) as h:
+        receipt = h.send("save")
+        job.stop()
+        gone = {**process_identity(), "pid_start_time": 1.0}  # the pid runs, but not the process the records name
+        write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
+        write_json_atomic(paths.status, {**job.status(), **gone, "heartbeat_at": time.time()})
+        with pytest.raises(CommandFailed, match="has ended .*never reached a final state .*queued"):  # not WaitTimeout
+            h.wait(receipt["id"], timeout=120, interval=0.05)
+
+
 def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     job = live("watched")

@@ -26,11 +26,12 @@ from support.records import read_record as read
 from support.services import require_service
 from support.waiting import wait_for
 
-from forgather_control.control.outcome import EXIT_PREEMPTED, EXIT_STOPPED
+from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TEMPLATE = REPO / "slurm" / "train.sbatch"
+HANG = REPO / "examples" / "launch" / "hang_train.py"
 TIMEOUT = 240.0
 LIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "SIGNALING", "RESIZING", "UNKNOWN"}
 
@@ -273,6 +274,43 @@ def test_cleanup_keeps_a_requeued_job_waiting_in_the_queue(slurm: list[str], tmp
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.timeout(600)
+def test_a_hung_two_node_job_is_stalled_its_stacks_shown_and_abort_ends_it(slurm: list[str], tmp_path: Path) -> None:
+    """Rank 1 (node 1) sticks in next_batch while rank 0 waits in all_reduce: stalled,
+    both nodes' launchers answer stacks, and abort ends the SLURM job through them."""
+    jobs_dir = tmp_path / "jobs"
+    exe = Path(sys.executable).with_name("forgather")
+    env = slurm_env(
+        FORGATHER_JOBS_DIR=str(jobs_dir),
+        FORGATHER_NPROC_PER_NODE="1",
+        FORGATHER_MASTER_ADDR="127.0.0.1",
+        FORGATHER_STALL_AFTER="3",
+        **({"FORGATHER": str(exe)} if exe.exists() else {}),
+    )
+    sub = run(
+        "sbatch", "--parsable", "--nodes=2", f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}", str(TEMPLATE), str(HANG), "--hang-at", "8", env=env
+    )
+    assert sub.returncode == 0, sub.stderr
+    jid = sub.stdout.strip().split(";")[0]
+    slurm.append(jid)
+    job_id = f"slurm-{jid}"
+    wait_running(jobs_dir, job_id, jid, tmp_path)
+    wait_for(lambda: read(jobs_dir, job_id, "status.json").get("stall"), timeout=TIMEOUT, interval=0.5, what=f"{job_id} stalled")
+    listed = json.loads(cli(jobs_dir, "control", "list", "--json").stdout)
+    assert listed[0]["state"] == "stalled", listed
+    data = json.loads(cli(jobs_dir, "control", "stacks", job_id, "--json").stdout)
+    assert data["nodes"] == [0, 1] and data["missing"] == [], data
+    main = {r["rank"]: [f["func"] for t in r["threads"] if t["main"] for f in t["frames"]] for r in data["ranks"]}
+    assert main[1][-1] == "next_batch" and main[0][-1] == "all_reduce", main
+
+    res = cli(jobs_dir, "control", "abort", job_id, "--yes", "--wait", "--timeout", str(TIMEOUT))
+    assert res.returncode == 0 and "the launcher ended every rank" in res.stdout, res.stdout + res.stderr
+    wait_for(lambda: squeue_state(jid) not in LIVE, timeout=TIMEOUT, interval=0.5, what=f"SLURM job {jid} to end")
+    job = wait_for(lambda: (j := read(jobs_dir, job_id, "job.json")).get("ended_at") and j, timeout=60, what="job.json final")
+    assert job["state"] == "aborted" and job["exit_code"] == EXIT_ABORTED, log_of(tmp_path, jid)[-3000:]
+    assert read(jobs_dir, job_id, "nodes/1.json")["exit_code"] == EXIT_ABORTED  # node 1's launcher ended its rank too
+
+
 def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path: Path) -> None:
     """The template's own `#SBATCH --signal=USR1@90`, no scancel: with a 2-minute limit
     SLURM signals the step early enough that the job saves and stops before the limit."""
