@@ -158,8 +158,8 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         return feed.snapshot().as_json()
 
     @app.get("/api/sparklines")
-    def sparklines() -> dict[str, Any]:
-        return {"loss": feed.sparklines()}
+    def sparklines(ended: bool = True) -> dict[str, Any]:
+        return {"loss": feed.sparklines(ended=ended)}
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: str) -> Response:

@@ -112,10 +112,13 @@ class JobsFeed:
             missing_nodes=json_safe(scrub(listing.missing_nodes)),
         )
 
-    def sparklines(self) -> dict[str, list[float | None]]:
-        """A loss sparkline for every listed job that has a metric history here."""
+    def sparklines(self, *, ended: bool = True) -> dict[str, list[float | None]]:
+        """A loss sparkline for every listed job that has a metric history here (the
+        ended ones only with ``ended``: a page that hides them reads none of theirs)."""
         out = {}
         for row in self.snapshot().rows:
+            if not ended and row.get("liveness") == "finished":
+                continue
             values = self.sparks.get(row.get("jobs_dir"), row["job_id"])
             if values:
                 out[row["job_id"]] = values

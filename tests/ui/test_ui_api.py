@@ -77,8 +77,11 @@ def test_sparklines(jobs_dir: Path) -> None:
     write_job(jobs_dir, "long", state="finished", step=5000, series=history(5000, every=5))
     write_job(jobs_dir, "short", state="finished", step=10, series=history(10))
     write_job(jobs_dir, "none", state="finished", step=10)
+    write_job(jobs_dir, "live", state="running", step=10, alive=True, series=history(10))
     with ui_server(jobs_dir) as server:
         loss = strict(httpx.get(server.url + "/api/sparklines", headers=bearer(server)).text)["loss"]
+        live_only = strict(httpx.get(server.url + "/api/sparklines?ended=false", headers=bearer(server)).text)["loss"]
+    assert set(live_only) == {"live"}, "a page that hides ended jobs reads none of their histories"
     assert len(loss["long"]) == 40 and loss["long"][0] > loss["long"][-1], "the whole run, falling"
     assert len(loss["short"]) == 10 and "none" not in loss
 

@@ -58,7 +58,7 @@ export const api = {
     early = null;
     return first || request("GET", "/api/jobs");
   },
-  sparklines: () => request("GET", "/api/sparklines"),
+  sparklines: (ended) => request("GET", `/api/sparklines?ended=${ended ? "true" : "false"}`),
   job: (id) => request("GET", `/api/jobs/${encodeURIComponent(id)}`),
   metrics: (id, since) => request("GET", `/api/jobs/${encodeURIComponent(id)}/metrics` + (since === null || since === undefined ? "" : `?since=${since}`)),
   send: (id, command, key) => request("POST", `/api/jobs/${encodeURIComponent(id)}/commands`, { command, key }),

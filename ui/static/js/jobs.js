@@ -43,6 +43,7 @@ export class JobsView {
       this.showEnded = this.endedToggle.checked;
       localStorage.setItem(SHOW_ENDED, this.showEnded ? "1" : "0");
       this.render();
+      if (this.showEnded) this.loadSparks();  // the ended jobs' curves now, not at the next round
     } } });
     this.endedToggle.checked = this.showEnded;
     this.endedCount = h("span", { class: "toggle-count" });
@@ -100,9 +101,14 @@ export class JobsView {
 
   async pollSparks() {
     if (this.stopped) return;
+    await this.loadSparks();
+    this.timers.push(setTimeout(() => this.pollSparks(), SPARK_MS));
+  }
+
+  async loadSparks() {
     try {
-      const res = await api.sparklines();
-      this.sparks = res.loss || {};
+      const res = await api.sparklines(this.showEnded);
+      this.sparks = { ...this.sparks, ...(res.loss || {}) };
       for (const [id, row] of this.rows) {
         const values = this.sparks[id];
         if (values && row.sparkKey !== values.join(",")) {
@@ -111,7 +117,6 @@ export class JobsView {
         }
       }
     } catch (e) { /* the table's own poll says what is wrong */ }
-    this.timers.push(setTimeout(() => this.pollSparks(), SPARK_MS));
   }
 
   visible(row) {
