@@ -66,7 +66,7 @@ export class JobsView {
       this.notice,
       h("div", { class: "panel table-wrap" },
         h("table", { class: "jobs" },
-          h("thead", {}, h("tr", {},
+          this.thead = h("thead", {}, h("tr", {},
             th("State"), th("Job"), th("Progress", "col-progress"), th("Steps/s", "num"), th("ETA", "num"),
             th("Loss", "col-loss", "latest loss, and its curve over the whole run"), th("Last checkpoint"), th("Host"),
             th("Run", "num", "run = restarts + 1"), th("Updated", "num"),
@@ -178,6 +178,7 @@ export class JobsView {
     setText(this.notice, parts.join(" · "));
     this.notice.hidden = parts.length === 0;
     this.empty.hidden = shown > 0;
+    this.thead.hidden = shown === 0;
     if (shown === 0) {
       clear(this.empty);
       if (this.filter) this.empty.append(h("p", {}, "No job matches the filter."));
