@@ -12,7 +12,9 @@ deletion is the one place a mistake destroys something. The rules:
   each deletion (a requeued job may have come back under the same id);
 - only a real folder directly under the root is deleted; it is first renamed to a name
   ``list`` never reads, so no reader sees half a job, then removed with an
-  ``rmtree`` that does not follow symlinks inside it.
+  ``rmtree`` that does not follow symlinks inside it;
+- a deleted job leaves nothing in the settled form (:mod:`.settled`): its entry goes,
+  and each run marker whose process the deleted records prove gone.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import settled
 from .checkpoints import Checkpoint, choose
 from .files import TEMP_PREFIX
 from .jobs import JobPaths
-from .listing import JobInfo, judge_job, scan
+from .listing import JobInfo, job_ids, judge_job, scan
 from .liveness import Liveness
 from .states import JobState
 from .transport import probe_endpoint
@@ -73,7 +76,9 @@ def _kept_because(info: JobInfo, include_resumable: bool) -> str | None:
 
 def candidates(root: Path, *, include_resumable: bool = False) -> list[Candidate]:
     """Jobs under ``root`` judged dead or finished (probe included), each marked kept
-    when it holds a resume point, unless ``include_resumable``."""
+    when it holds a resume point, unless ``include_resumable``. Reading every folder,
+    it settles the jobs that have ended and tidies the settled form (:mod:`.settled`)."""
+    settled.tidy(root, job_ids(root))
     jobs = scan(root, include_finished=True, probe=probe_endpoint, probe_local=True)
     return [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
 
@@ -108,6 +113,7 @@ def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> O
         except OSError:
             log.warning("left %s in place of %s (it is a link; nothing behind it was touched)", doomed, target)
         return Outcome(job_id, False, "replaced by a symlink while we looked; left alone")
+    settled.forget(paths, now)  # no entry left behind, nor a marker of its processes
     errors: list[str] = []
     shutil.rmtree(doomed, onerror=lambda fn, p, exc_info: errors.append(f"{p}: {exc_info[1]}"))
     if errors:

@@ -111,12 +111,20 @@ class JobPaths:
     def node(self, node_rank: int) -> Path:
         return self.nodes / f"{int(node_rank)}.json"
 
-    def create(self) -> JobPaths:
+    def create(self, *, mark: bool = True) -> JobPaths:
         """Make root, job dir and inbox, all 0700 (and ``~/.forgather`` when the root is
-        the default one: a shared folder above a ``--jobs-dir`` is not ours to change)."""
+        the default one: a shared folder above a ``--jobs-dir`` is not ours to change).
+
+        A process that creates a job's folder starts a run of it (the launcher on each
+        node, rank 0): with ``mark`` it first leaves a run marker naming itself, so a
+        job that was settled is listed again from this moment (:mod:`.settled`)."""
         if self.root == default_jobs_dir():
             ensure_private_dir(self.root.parent)
         ensure_private_dir(self.root)
+        if mark:
+            from .settled import mark_run  # settled imports this module
+
+            mark_run(self.root, self.job_id)
         ensure_private_dir(self.dir)
         ensure_private_dir(self.inbox)
         return self

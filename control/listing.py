@@ -24,6 +24,7 @@ from .files import TEMP_PREFIX, RecordError
 from .jobs import JobPaths, is_valid_job_id, match_job_id
 from .liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 from .records import ENDPOINT, JOB, NODE, STATUS, load_record
+from .settled import Settler, read_index
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -283,23 +284,34 @@ def scan(
     probe_local: bool = False,
     squeue: Callable[[str], str | None] | None = None,
     stale_after: float = STALE_AFTER,
+    settle: bool = True,
+    prefix: str | None = None,
 ) -> list[JobInfo]:
     """Every job under ``root`` with liveness judged. Finished jobs only with
     ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
     cheap, so the HTTP probe is only spent on jobs from other hosts unless
-    ``probe_local``."""
+    ``probe_local``. ``prefix``: only job ids that start with it.
+
+    Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
+    two directory listings say which); with ``settle`` every job read here that has
+    provably ended is settled, so the next listing passes it by."""
     now = time.time()
     if squeue is None:
         squeue = SqueueCache()  # one squeue call for the whole listing, only if needed
+    index = read_index(root)
     out = []
-    for jid in job_ids(root):
-        info = load(JobPaths(root, jid))
-        if info.endpoint is None and info.status is None and info.job is None and not info.nodes and not info.corrupt:
-            continue  # an empty or foreign folder
-        assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
-        if info.liveness == Liveness.FINISHED and not include_finished:
-            continue
-        out.append(info)
+    with Settler(root, index, squeue=squeue, now=now, enabled=settle) as settler:
+        for jid in job_ids(root):
+            if (prefix is not None and not jid.startswith(prefix)) or (not include_finished and index.skips(jid)):
+                continue
+            info = load(JobPaths(root, jid))
+            if info.endpoint is None and info.status is None and info.job is None and not info.nodes and not info.corrupt:
+                continue  # an empty or foreign folder
+            assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
+            settler.consider(info)
+            if info.liveness == Liveness.FINISHED and not include_finished:
+                continue
+            out.append(info)
     return out
 
 

@@ -99,11 +99,11 @@ def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) ->
 
 def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
     """Summaries of the jobs under ``root``; in find mode (``ref``) the matching ones,
-    ended ones included, with their tokens."""
+    ended ones included, with their tokens. A listing opens only what may be live
+    (settled jobs are passed by, as by ``list``); find mode only the folders ``ref``
+    names."""
     rows = []
-    for info in scan(root, include_finished=include_finished or ref is not None):
-        if ref is not None and not info.job_id.startswith(ref):
-            continue
+    for info in scan(root, include_finished=include_finished or ref is not None, prefix=ref):
         row = info.summary()
         if ref is not None:
             row["token"] = (info.endpoint or {}).get("token")

@@ -13,7 +13,7 @@ from forgather_control.control import InvalidJobId, JobPaths, cleanup, process_i
 
 
 def _dead_job(root: Path, job_id: str) -> JobPaths:
-    paths = JobPaths(root, job_id).create()
+    paths = JobPaths(root, job_id).create(mark=False)  # as an earlier run left it: no marker of ours
     write_json_atomic(paths.status, {**process_identity(999_999_999), "state": "stopped", "step": 1})
     return paths
 

@@ -5,10 +5,11 @@ says which it skipped; cleanup keeps a job that holds one unless asked."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from forgather_control.control import JobPaths, cleanup, find_job, process_identity, write_json_atomic
+from support.history import launch_run, rank0_status
+
+from forgather_control.control import JobPaths, cleanup, find_job
 from forgather_control.control.checkpoints import MAX_KEPT, Checkpoint, choose, history
 from forgather_control.launcher import LaunchConfig, make_plan, render_plan
 from forgather_control.launcher.records import JobRecords, read_previous
@@ -33,36 +34,18 @@ def test_choose_takes_the_newest_that_still_exists() -> None:
     assert choose(points, exists=lambda p: False) == (None, list(reversed(points)))
 
 
-def _run(jobs: Path, job_id: str) -> JobRecords:
-    """One launch of ``job_id``, as execute() starts it, without torchrun."""
-    plan = make_plan(LaunchConfig(script="train.py", job_id=job_id), {}, python="python3", jobs_dir=str(jobs))
-    paths = JobPaths(jobs, job_id)
-    prev = read_previous(paths, plan.placement, node_rank=0)
-    plan = plan.with_history(restarts=prev.restarts, resume_from=prev.resume_from, resume_gone=tuple(p.describe() for p in prev.gone))
-    rec = JobRecords(paths, plan)
-    rec.claim(prev)
-    rec.start(prev, argv=["forgather", "launch", "train.py"], cwd=str(jobs))
-    return rec
-
-
-def _rank0_status(jobs: Path, rec: JobRecords, state: str, point: Path | None) -> None:
-    resume_point = {"path": str(point), "step": int(point.name.split("-")[1]), "saved_at": time.time()} if point else None
-    status = {"job_id": rec.plan.job_id, "state": state, "restarts": rec.plan.restarts, "resume_point": resume_point}
-    write_json_atomic(JobPaths(jobs, rec.plan.job_id).status, {**status, **process_identity(999_999_999)})
-
-
 def test_save_stop_then_a_crash_before_any_save_then_relaunch_resumes_from_the_save(tmp_path: Path) -> None:
     jobs, out = tmp_path / "jobs", tmp_path / "out"
     a = out / "checkpoint-100"
     a.mkdir(parents=True)
-    first = _run(jobs, "keep")
-    _rank0_status(jobs, first, "stopped", a)  # save-stop: checkpoint A
+    first = launch_run(jobs, "keep")
+    rank0_status(jobs, first, "stopped", a)  # save-stop: checkpoint A
     first.finish("stopped", 0)
-    second = _run(jobs, "keep")
+    second = launch_run(jobs, "keep")
     assert second.plan.resume_from == str(a)
-    _rank0_status(jobs, second, "failed", None)  # crashed before its first save
+    rank0_status(jobs, second, "failed", None)  # crashed before its first save
     second.finish("failed", 1)
-    third = _run(jobs, "keep")
+    third = launch_run(jobs, "keep")
     assert third.plan.resume_from == str(a) and third.plan.restarts == 2
     job = json.loads((jobs / "keep" / "job.json").read_text())
     assert job["resume_from"] == str(a) and [c["path"] for c in job["checkpoints"]] == [str(a)]
@@ -75,13 +58,13 @@ def test_a_launcher_killed_mid_run_still_passes_its_checkpoint_on(tmp_path: Path
     a, b = out / "checkpoint-100", out / "checkpoint-200"
     a.mkdir(parents=True)
     b.mkdir()
-    first = _run(jobs, "killed")
-    _rank0_status(jobs, first, "stopped", a)
+    first = launch_run(jobs, "killed")
+    rank0_status(jobs, first, "stopped", a)
     first.finish("stopped", 0)
-    second = _run(jobs, "killed")
-    _rank0_status(jobs, second, "running", b)  # saved B, then the whole node died
+    second = launch_run(jobs, "killed")
+    rank0_status(jobs, second, "running", b)  # saved B, then the whole node died
     JobPaths(jobs, "killed").node(0).unlink()  # (its launcher's record is gone with it)
-    third = _run(jobs, "killed")
+    third = launch_run(jobs, "killed")
     assert third.plan.resume_from == str(b)
     third.finish("stopped", 0)
 
@@ -92,11 +75,11 @@ def test_a_vanished_checkpoint_resumes_from_the_newest_older_one_and_says_so(tmp
     a.mkdir(parents=True)
     b.mkdir()
     for point in (a, b):
-        rec = _run(jobs, "pruned")
-        _rank0_status(jobs, rec, "stopped", point)
+        rec = launch_run(jobs, "pruned")
+        rank0_status(jobs, rec, "stopped", point)
         rec.finish("stopped", 0)
     b.rmdir()  # a retention policy pruned it
-    rec = _run(jobs, "pruned")
+    rec = launch_run(jobs, "pruned")
     assert rec.plan.resume_from == str(a)
     text = render_plan(rec.plan)
     assert f"resume from {a}" in text and f"skipped:        {b} (step 200): no longer on disk" in text
@@ -107,11 +90,11 @@ def test_cleanup_keeps_a_job_with_a_resume_point_unless_asked(tmp_path: Path) ->
     jobs, out = tmp_path / "jobs", tmp_path / "out"
     a = out / "checkpoint-100"
     a.mkdir(parents=True)
-    rec = _run(jobs, "resumable")
-    _rank0_status(jobs, rec, "stopped", a)
+    rec = launch_run(jobs, "resumable")
+    rank0_status(jobs, rec, "stopped", a)
     rec.finish("stopped", 0)
-    done = _run(jobs, "completed")
-    _rank0_status(jobs, done, "finished", a)  # ran to its end: nothing to resume
+    done = launch_run(jobs, "completed")
+    rank0_status(jobs, done, "finished", a)  # ran to its end: nothing to resume
     done.finish("finished", 0)
     found = {c.info.job_id: c.kept for c in cleanup.candidates(jobs)}
     assert found["completed"] is None
@@ -127,10 +110,10 @@ def test_list_and_status_show_the_run_count_and_what_it_resumed_from(tmp_path: P
     jobs, out = tmp_path / "jobs", tmp_path / "out"
     a = out / "checkpoint-100"
     a.mkdir(parents=True)
-    rec = _run(jobs, "shown")
-    _rank0_status(jobs, rec, "stopped", a)
+    rec = launch_run(jobs, "shown")
+    rank0_status(jobs, rec, "stopped", a)
     rec.finish("stopped", 0)
-    rec = _run(jobs, "shown")
+    rec = launch_run(jobs, "shown")
     rec.finish("failed", 1)
     summary = find_job(jobs, "shown").summary()
     assert summary["restarts"] == 1 and summary["resumed_from"] == str(a)
@@ -165,11 +148,11 @@ def test_slurm_preempt_requeue_crash_requeue_keeps_the_checkpoint(tmp_path: Path
     a.mkdir(parents=True)
     first = _slurm_run(jobs, 0)
     assert first.plan.job_id == "slurm-4242"
-    _rank0_status(jobs, first, "stopped", a)  # preempted: saved A, requeued
+    rank0_status(jobs, first, "stopped", a)  # preempted: saved A, requeued
     first.finish("requeued", 75)
     second = _slurm_run(jobs, 1)
     assert second.plan.resume_from == str(a)
-    _rank0_status(jobs, second, "failed", None)  # crashed before saving
+    rank0_status(jobs, second, "failed", None)  # crashed before saving
     second.finish("failed", 1)
     third = _slurm_run(jobs, 2)
     assert third.plan.resume_from == str(a) and third.plan.restarts == 2
