@@ -223,7 +223,7 @@ def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path)
         gone = {**process_identity(), "pid_start_time": 1.0}  # the pid runs, but not the process the records name
         write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
         write_json_atomic(paths.status, {**job.status(), **gone, "heartbeat_at": time.time()})
-        with pytest.raises(CommandFailed, match="has ended .*never reached a final state .*queued"):  # not WaitTimeout
+        with pytest.raises(CommandFailed, match=r"has ended .*never reached a final state .*queued"):  # not WaitTimeout
             h.wait(receipt["id"], timeout=120, interval=0.05)
 
 
