@@ -12,12 +12,12 @@ from .output import print_json, printable
 
 
 @click.command("list")
-@click.option("--all", "all_", is_flag=True, help="Include jobs that have ended (finished, stopped, aborted, failed).")
+@click.option("--all", "all_", is_flag=True, help="Include jobs that have ended (finished, stopped, aborted, failed, and those dead for more than a day).")
 @options.as_json
 @options.where
 @click.option("--timeout", type=float, default=options.RAY_TIMEOUT, show_default=True, help="Seconds to wait for --remote / --ray answers.")
 def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None, token: str | None, ray: str | None, timeout: float) -> int:
-    """List jobs: running ones, and with --all those that ended."""
+    """List jobs: those that may be running and those that died in the last day; with --all every job."""
     listing = list_jobs(jobs_dir=jobs_dir, include_finished=all_, remote=remote, token=token, ray=ray, timeout=timeout)
     if as_json:
         print_json(listing.rows)

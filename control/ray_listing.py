@@ -82,7 +82,7 @@ class ClusterListing:
 
 
 # -- the task that runs on each node ------------------------------------------------
-def _list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> dict[str, Any]:
+def list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> dict[str, Any]:
     """Runs on one node, in a Ray worker: list *this node's* jobs directory.
 
     ``jobs_dir`` None means the directory in effect on the node (its environment's
@@ -265,7 +265,7 @@ def _gather(
         # The local directory is read while the nodes work.
         out.missing_nodes = _on_every_node(
             ray,
-            _list_node,
+            list_node,
             (jobs_dir, include_finished, ref),
             name="forgather-control-list",
             timeout=timeout,

@@ -20,9 +20,12 @@ reliable locks, clocks that disagree):
   ever rewritten in place by two writers;
 - a job is settled when it has provably ended: its own final word (with every
   launcher of it on another host recorded as ended: judging that by a heartbeat's age
-  would trust this host's clock), a pid check on this host, SLURM; or when it has been
-  silent for :data:`SILENT_FOR` by its records' times against this host's clock *and*
-  by the storage's own clock (its folder's mtime against a file created now);
+  would trust this host's clock); or a pid check on this host or SLURM says it died
+  *and* it has been silent for :data:`SILENT_FOR` (a job that died is shown by ``list``
+  for that long, so whoever launched it sees it); or nothing proves anything but it has
+  been silent that long. Silence is judged by the job's records' times against this
+  host's clock *and* by the storage's own clock (its folder's mtime against a file
+  created now);
 - a settled entry is written only when every marker of the job is proven gone: its
   process ran on this host and no longer runs, or it recorded its own end after it made
   the marker (its clock against its own clock), or SLURM no longer knows its job, or
@@ -356,7 +359,8 @@ class Settler:
 
     def verdict(self, info: JobInfo) -> str | None:
         """``finished`` (the job's own word), ``dead`` (proven from this host or by
-        SLURM), ``stale`` (silent for :data:`SILENT_FOR`), or None: not settled."""
+        SLURM, and silent for :data:`SILENT_FOR`), ``stale`` (silent as long, nothing
+        proven), or None: not settled."""
         if info.corrupt:
             return None
         if info.liveness == Liveness.FINISHED:
@@ -366,7 +370,10 @@ class Settler:
                 return "finished"
             return None
         if info.liveness == Liveness.DEAD:
-            return "dead"
+            # Proven dead, but shown by ``list`` (and the web page) until it has been
+            # silent a day: whoever launched it sees that it died. The jobs that died
+            # in the last day are a rate, not the history.
+            return "dead" if self.silent(info) else None
         if info.liveness == Liveness.STALE and self.silent(info):
             return "stale"
         return None

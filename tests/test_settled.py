@@ -37,7 +37,7 @@ from support.waiting import wait_for
 from forgather_control.control import JobPaths, cleanup, find_job, list_jobs, listing, process_identity, write_json_atomic
 from forgather_control.control import settled as settled_mod
 from forgather_control.control.listing import scan
-from forgather_control.control.ray_listing import _list_node
+from forgather_control.control.ray_listing import list_node
 from forgather_control.control.settled import RUNS_DIR, SETTLED_DIR, Settler, mark_run, read_entry, read_index
 
 
@@ -82,7 +82,7 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         with counted_ops(root) as web:
             assert [r["job_id"] for r in list_jobs(jobs_dir=root).rows] == ["live"]  # what the web page polls
         with counted_ops(root) as ray:
-            assert [r["job_id"] for r in _list_node(str(root), False, None)["jobs"]] == ["live"]  # each Ray node
+            assert [r["job_id"] for r in list_node(str(root), False, None)["jobs"]] == ["live"]  # each Ray node
         counts.append((dict(c), dict(web), dict(ray)))
     assert counts[0] == counts[1], counts
     small = counts[0][0]
@@ -112,6 +112,23 @@ def test_a_relaunch_of_a_settled_job_is_listed_at_once_and_resumes_from_its_chec
     third = launch_run(jobs, "again")
     assert third.plan.resume_from == str(point)  # still there, two settlings later
     third.finish("failed", 1)
+
+
+def test_a_job_that_died_is_shown_for_a_day_then_settled(tmp_path: Path) -> None:
+    """Whoever launched a job that was killed without a word sees it ``dead`` in ``list``
+    and on the web page, every time they look, until it has been silent a day."""
+    root = tmp_path / "jobs"
+    paths = dead_job(root, "oom-killed", died=time.time() - 3600)
+    for _ in range(3):
+        assert listed(root) == ["oom-killed"]
+        assert [(r["job_id"], r["state"]) for r in list_jobs(jobs_dir=root).rows] == [("oom-killed", "dead")]
+    assert settled_ids(root) == set()
+    age(paths.dir, time.time() - DAY - 60)  # the storage last saw it a day ago,
+    assert listed(root) == ["oom-killed"] and settled_ids(root) == set()  # but its heartbeat is an hour old
+    dead_job(root, "oom-killed", died=time.time() - DAY - 60)
+    assert listed(root) == ["oom-killed"]  # shown this last time, and settled
+    assert settled_ids(root) == {"oom-killed"} and read_entry(root, "oom-killed")["verdict"] == "dead"
+    assert listed(root) == [] and listed(root, include_finished=True) == ["oom-killed"]
 
 
 def test_cleanup_keeps_a_settled_resumable_job_and_leaves_no_entry_of_what_it_deletes(tmp_path: Path) -> None:
@@ -164,9 +181,11 @@ def test_slurm_that_no_longer_knows_the_job_proves_its_marker_gone(tmp_path: Pat
     mark_run(root, "slurm-77", ident)
     write_json_atomic(paths.job, {"job_id": "slurm-77", "state": "running", "scheduler": {"type": "slurm", "slurm_job_id": "77"}})
     paths.nodes.mkdir()
-    write_json_atomic(paths.node(0), {**ident, "job_id": "slurm-77", "heartbeat_at": time.time(), "slurm_job_id": "77"})
-    infos = scan(root, squeue=lambda j: "RUNNING")
-    assert [i.job_id for i in infos] == ["slurm-77"] and settled_ids(root) == set()
+    beat = time.time() - 2 * DAY  # its last word two days ago (a job that died now is shown a day first)
+    write_json_atomic(paths.node(0), {**ident, "job_id": "slurm-77", "heartbeat_at": beat, "slurm_job_id": "77"})
+    age(paths.dir, beat)
+    infos = scan(root, squeue=lambda j: "RUNNING")  # silent, but SLURM says it runs: its marker holds it
+    assert [i.job_id for i in infos] == ["slurm-77"] and settled_ids(root) == set() and len(markers(root)) == 1
     infos = scan(root, squeue=lambda j: "")  # SLURM no longer knows it: every process of it is gone
     assert str(infos[0].liveness) == "dead" and settled_ids(root) == {"slurm-77"} and markers(root) == []
 
@@ -250,16 +269,18 @@ def test_a_reader_whose_clock_is_off_settles_only_on_proof(tmp_path: Path, monke
     fin = ended_job(root, "relaunching")  # ended here; another host's launcher starts it again:
     fin.nodes.mkdir()
     write_json_atomic(fin.node(0), {**other_host(), "job_id": "relaunching", "state": "running", "heartbeat_at": now, "started_at": now})
-    dead_job(root, "dead-here")
+    dead_job(root, "dead-here", died=now)  # its pid is gone: dead, and shown for a day
+    dead_job(root, "dead-long-ago")
     for skew in (2 * DAY, -2 * DAY):
         clock = SimpleNamespace(time=lambda skew=skew: time.time() + skew)
         monkeypatch.setattr(listing, "time", clock)  # this reader's clock, two days off
         monkeypatch.setattr(settled_mod, "time", clock)
         shown = listed(root)
-        assert "remote-live" in shown and ("dead-here" in shown or skew < 0)
-        assert settled_ids(root) == {"dead-here"}, skew  # proof: its pid is gone; no clock needed
+        assert "remote-live" in shown and "dead-here" in shown, skew
+        # ahead, its clock calls the new death a day old: the storage's clock says not
+        assert settled_ids(root) == {"dead-long-ago"}, skew
     monkeypatch.undo()
-    assert sorted(listed(root)) == ["relaunching", "remote-live"]  # a reader with the right time sees both
+    assert sorted(listed(root)) == ["dead-here", "relaunching", "remote-live"]  # a reader with the right time sees all three
 
 
 def test_silence_settles_only_when_both_clocks_say_it_is_old(tmp_path: Path) -> None:

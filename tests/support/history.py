@@ -70,13 +70,16 @@ def ended_job(root: Path, job_id: str, *, state: str = "finished", ident: dict[s
     return paths
 
 
-def dead_job(root: Path, job_id: str) -> JobPaths:
-    """A run on this host killed without a word: its endpoint left, its pid gone."""
+def dead_job(root: Path, job_id: str, *, died: float | None = None) -> JobPaths:
+    """A run on this host killed without a word: its endpoint left, its pid gone. Its
+    last heartbeat, and the storage's last write of its records, at ``died`` (default:
+    two days ago, a death ``list`` no longer shows; ``time.time()``: one it does)."""
     paths = JobPaths(root, job_id).create(mark=False)
     ident = process_identity(GONE_PID)
-    now = time.time()
-    write_json_atomic(paths.endpoint, {**ident, "job_id": job_id, "url": "http://127.0.0.1:1", "port": 1, "token": "t" * 43, "started_at": now})
-    write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 7, "heartbeat_at": now})
+    when = time.time() - 2 * DAY if died is None else died
+    write_json_atomic(paths.endpoint, {**ident, "job_id": job_id, "url": "http://127.0.0.1:1", "port": 1, "token": "t" * 43, "started_at": when - 60})
+    write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 7, "heartbeat_at": when})
+    age(paths.dir, when)
     return paths
 
 
