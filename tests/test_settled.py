@@ -250,15 +250,22 @@ def test_an_index_that_is_a_link_or_a_file_is_never_followed_and_hides_nothing(t
 
 
 def test_an_unwritable_directory_is_listed_as_before(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
+    """A jobs directory this reader cannot write (another user's, read-only storage): the
+    listing settles nothing and shows what it showed before the settled form existed.
+    Root writes through any mode, so as root the folder is made immutable instead."""
     root = tmp_path / "jobs"
-    dead_job(root, "d")
-    os.chmod(root, 0o500)
+    dead_job(root, "d")  # dead two days: settled at once where it can be
+    if os.geteuid() == 0:
+        lock, unlock = ["chattr", "+i", str(root)], ["chattr", "-i", str(root)]
+    else:
+        lock, unlock = ["chmod", "0500", str(root)], ["chmod", "0700", str(root)]
+    subprocess.run(lock, check=True)
     try:
         assert listed(root) == ["d"] and listed(root) == ["d"]
+        assert not (root / SETTLED_DIR).exists()
     finally:
-        os.chmod(root, 0o700)
+        subprocess.run(unlock, check=True)
+    assert listed(root) == ["d"] and settled_ids(root) == {"d"}  # writable again: settled
 
 
 # -- clocks ---------------------------------------------------------------------------------
