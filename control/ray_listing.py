@@ -9,7 +9,8 @@ no custom classes cross Ray) are merged with the local listing, one row per job.
 Ray is optional and only this module imports it, inside its functions, so
 ``import forgather_control.control`` and every other command stay free of it. We never start a
 cluster: the user's cluster is connected to, asked, and left (``ray.shutdown``) so the
-CLI exits promptly. A node that hangs or dies cannot stall the listing: answers are
+CLI exits promptly, by a driver in a child interpreter (:mod:`.ray_driver`) so that
+nothing Ray does to its process can end the caller's. A node that hangs or dies cannot stall the listing: answers are
 collected with ``ray.wait`` against a deadline, stragglers are cancelled, and the node
 is reported in ``missing_nodes``.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ray_driver
 from .env import ENV_RAY_LIST_DELAY
 from .errors import Unreachable, UsageError
 from .jobs import match_job_id, resolve_jobs_dir
@@ -147,10 +149,7 @@ def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: fl
     must not cost every ``status --ray`` its whole timeout.
     """
 
-    def found(rows: list[dict[str, Any]]) -> bool:
-        return any(r["job_id"] == ref and r.get("liveness") == "alive" and r.get("url") for r in rows)
-
-    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout, enough=found)
+    listing = _gather(address=address, jobs_dir=jobs_dir, include_finished=True, ref=ref, timeout=timeout)
     rows = _merge(listing.jobs)
     hint = "run `forgather control list --ray --all` to see the jobs there"
     if listing.missing_nodes:
@@ -173,8 +172,13 @@ def _import_ray() -> Any:
         import ray
         from ray.util import scheduling_strategies  # noqa: F401  (fails on a broken install)
     except ImportError as exc:
-        raise RayNotInstalled(f"listing through Ray needs Ray, which cannot be imported here ({exc}). Install it with: {INSTALL_HINT}") from None
+        raise RayNotInstalled(not_installed(str(exc))) from None
     return ray
+
+
+def not_installed(why: str) -> str:
+    """What to say when Ray cannot be imported (here, or in the driver's interpreter)."""
+    return f"listing through Ray needs Ray, which cannot be imported here ({why}). Install it with: {INSTALL_HINT}"
 
 
 def resolve_address(address: str | None) -> str:
@@ -243,24 +247,29 @@ def _node_name(node: dict[str, Any]) -> str:
     return f"{name}/{str(node.get('NodeID', ''))[:8]}"
 
 
-def _gather(
-    *,
-    address: str | None,
-    jobs_dir: str | None,
-    include_finished: bool,
-    ref: str | None,
-    timeout: float,
-    enough: Callable[[list[dict[str, Any]]], bool] | None = None,
-) -> ClusterListing:
-    """Ask every alive node and the local jobs directory; rows are not merged yet.
-    ``enough(rows)`` true stops waiting early (find: the live job has been found, a
-    hung node elsewhere need not cost the whole timeout)."""
+def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterListing:
+    """Ask every alive node and the local jobs directory (rows not merged yet), through
+    a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
+    kwargs = {"address": address, "jobs_dir": jobs_dir, "include_finished": include_finished, "ref": ref, "timeout": timeout}
+    out = ClusterListing(**ray_driver.run("gather", kwargs, timeout=timeout))
+    for m in out.missing_nodes:
+        log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
+    return out
+
+
+def gather_here(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> dict[str, Any]:
+    """The driver's side of :func:`_gather`, in this process. In find mode (``ref``) an
+    exact id whose live endpoint has been found stops the wait: a hung node elsewhere
+    need not cost the whole timeout."""
     with _connected(address) as (ray, addr):
         out = ClusterListing(address=addr)
 
         def on_answer(meta: dict[str, Any], answer: dict[str, Any]) -> None:
             out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
             out.jobs.extend({**row, **meta, "source": "ray"} for row in answer["jobs"])
+
+        def found() -> bool:
+            return any(r["job_id"] == ref and r.get("liveness") == "alive" and r.get("url") for r in out.jobs)
 
         # The local directory is read while the nodes work.
         out.missing_nodes = _on_every_node(
@@ -271,11 +280,9 @@ def _gather(
             timeout=timeout,
             on_answer=on_answer,
             meanwhile=lambda: out.jobs.extend(_local_rows(jobs_dir, include_finished, ref)),
-            done=(lambda: enough(out.jobs)) if enough is not None else None,
+            done=found if ref is not None else None,
         )
-    for m in out.missing_nodes:
-        log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
-    return out
+    return out.as_dict()
 
 
 def _on_every_node(
@@ -349,7 +356,14 @@ def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict
 
 
 def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every node's answer for the job's stacks (rank records), and the nodes that did not answer."""
+    """Every node's answer for the job's stacks (rank records), and the nodes that did
+    not answer; asked by a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
+    answer = ray_driver.run("stacks", {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}, timeout=timeout)
+    return answer["found"], answer["missing"]
+
+
+def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeout: float) -> dict[str, Any]:
+    """The driver's side of :func:`stacks_cluster`, in this process."""
     from .stacks import DUMP_TIMEOUT
 
     found: list[dict[str, Any]] = []
@@ -359,7 +373,7 @@ def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, ti
             found.extend(ranks)
 
         missing = _on_every_node(ray, _stacks_node, (jobs_dir, job_id, DUMP_TIMEOUT), name="forgather-control-stacks", timeout=timeout, on_answer=on_answer)
-    return found, missing
+    return {"found": found, "missing": missing}
 
 
 def _failure_reason(ray: Any, exc: BaseException) -> str:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from forgather_control.control import Command, JobPaths, JobState
+from forgather_control.control.deathsig import death_signal_setter
 from forgather_control.control.outcome import launch_exit_code
 from forgather_control.control.transport import FileTransport
 
@@ -125,7 +126,9 @@ class Supervisor:
             if main:
                 for s in IGNORED_IN_CHILDREN:
                     signal.signal(s, signal.SIG_IGN)  # inherited through exec by torchrun and its workers
-            die_with_us = _parent_death_signal()
+            # torchrun dies with the launcher: a launcher killed by SIGKILL cannot stop it, and its
+            # workers then see their parent gone and end too (callback/watchdog.py).
+            die_with_us = death_signal_setter()
             self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True, preexec_fn=die_with_us)
             # every process under the launcher (orphans are its children: a subreaper), and torchrun's session
             self._tree = ProcessTree(os.getpid(), include_root=False, session=self.proc.pid)
@@ -250,23 +253,6 @@ class Supervisor:
             log.error("torchrun (pid %d) did not die", self.proc.pid)
         if self.leftovers:
             log.error("processes survived SIGKILL: %s", self.leftovers)
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes torchrun die with the launcher (``PR_SET_PDEATHSIG``):
-    a launcher killed by SIGKILL cannot stop it, and its workers then see their parent
-    gone and end too (callback/watchdog.py). The libc call is resolved here, in the
-    parent: the child between fork and exec only calls it."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-    PR_SET_PDEATHSIG = 1
-
-    def set_death_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-    return set_death_signal
 
 
 def _become_subreaper() -> None:

@@ -17,8 +17,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,6 +276,15 @@ def test_cli_stacks_through_ray(cluster: Cluster) -> None:
 
 
 # -- 2. a node hangs, then dies, during the listing --------------------------------
+_LIST_THEN_COLLECT = """
+import gc, json, sys
+from forgather_control.control import list_cluster
+res = list_cluster(address=sys.argv[1], jobs_dir=None, timeout=60)
+gc.collect()  # what the caller's interpreter does sooner or later
+print(json.dumps({"jobs": res.jobs, "missing_nodes": res.missing_nodes}))
+"""
+
+
 def test_hung_then_dead_node(cluster: Cluster) -> None:
     from forgather_control.control import list_cluster
 
@@ -305,25 +314,39 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         out = run_cli("control", "status", cluster.live["fg-b"], "--ray-address", cluster.address, "--json", env=client_env(cluster), timeout=180)
         assert out.code == 0 and out.json()["state"] == "running", out.err
 
-        # The node dies while its task sleeps: Ray reports it, the listing returns.
-        box: dict[str, Any] = {}
-        listing_thread = threading.Thread(target=lambda: box.update(res=list_cluster(address=cluster.address, jobs_dir=None, timeout=60)))
-        t0 = time.monotonic()
-        listing_thread.start()
-        # Kill it once its listing task is running there (a worker in its session).
-        wait_for(
-            lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in hung.proc.tree.track()),
-            timeout=60,
-            what="the listing task's worker on the hung node",
+        # The node dies while its task sleeps: Ray reports it, the listing returns, and the
+        # caller's process lives on. A Python caller of list_cluster, in a process of its
+        # own: Ray ends a process whose code touches an ObjectRef after ray.shutdown(), and
+        # a NodeDiedError's traceback keeps one alive until the garbage collector runs (it
+        # once ended this test's xdist worker). So the caller collects after the listing.
+        caller = subprocess.Popen(
+            [sys.executable, "-c", _LIST_THEN_COLLECT, cluster.address],
+            env=client_env(cluster),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
-        assert not cluster.ray.stop_node(hung, signal.SIGKILL)
-        listing_thread.join(90)
-        took = time.monotonic() - t0
-        assert not listing_thread.is_alive()
-        res = box["res"]
+        try:
+            t0 = time.monotonic()
+            # Kill it once its listing task is running there (a worker in its session).
+            wait_for(
+                lambda: any("forgather-control-list" in " ".join(p.cmdline()) for p in hung.proc.tree.track()),
+                timeout=60,
+                what="the listing task's worker on the hung node",
+            )
+            assert not cluster.ray.stop_node(hung, signal.SIGKILL)
+            out, err = caller.communicate(timeout=90)
+            took = time.monotonic() - t0
+        finally:
+            if caller.poll() is None:
+                os.killpg(caller.pid, signal.SIGKILL)
+                caller.wait()
+        assert caller.returncode == 0 and out.strip(), f"the caller died ({caller.returncode}): {err[-3000:]}"
+        res = json.loads(out.strip().splitlines()[-1])
         assert took < 60 + 10, took
-        check_rows(cluster, res.jobs)
-        assert [m["node"].split("/")[0] for m in res.missing_nodes] == ["fg-hung"], res.missing_nodes
-        print(f"dead node noticed after {took:.1f}s: {res.missing_nodes[0]['reason']}")
+        check_rows(cluster, res["jobs"])
+        assert [m["node"].split("/")[0] for m in res["missing_nodes"]] == ["fg-hung"], res["missing_nodes"]
+        print(f"dead node noticed after {took:.1f}s: {res['missing_nodes'][0]['reason']}")
     finally:
         assert not cluster.ray.stop_node(hung, signal.SIGKILL)
