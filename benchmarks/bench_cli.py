@@ -107,18 +107,7 @@ def build_jobs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
             # crashed: endpoint left behind, pid long gone (or recycled: wrong start time)
             ident = {"host": me.hostname, "boot_id": me.boot_id, "pid": rng.randrange(1000, 4_000_000), "pid_start_time": started}
             write_json_atomic(paths.job, {**job, "state": "running"})
-            write_json_atomic(
-                paths.endpoint,
-                {
-                    **ident,
-                    "job_id": job_id,
-                    "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}",
-                    "port": 1,
-                    "token": "x" * 43,
-                    "started_at": started,
-                    "protocol": 1,
-                },
-            )
+            write_json_atomic(paths.endpoint, _left_endpoint(ident, job_id, started, rng))
             write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 1234, "max_steps": 5000, "heartbeat_at": started + 600})
             paths.nodes.mkdir(mode=0o700)
             write_json_atomic(paths.node(0), {**ident, "heartbeat_at": started + 600})
@@ -127,23 +116,18 @@ def build_jobs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         else:
             ident = {"host": f"node{rng.randrange(100):03d}", "boot_id": "b-" + str(i), "pid": rng.randrange(1000, 4_000_000), "pid_start_time": started}
             write_json_atomic(paths.job, {**job, "state": "running"})
-            write_json_atomic(
-                paths.endpoint,
-                {
-                    **ident,
-                    "job_id": job_id,
-                    "url": f"http://127.0.0.1:{rng.randrange(20000, 60000)}",
-                    "port": 1,
-                    "token": "x" * 43,
-                    "started_at": started,
-                    "protocol": 1,
-                },
-            )
+            write_json_atomic(paths.endpoint, _left_endpoint(ident, job_id, started, rng))
             write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 10, "heartbeat_at": started + 60})
             last = started + 60
             kinds["other-host"] += 1
         _age(paths.dir, last)
     return kinds
+
+
+def _left_endpoint(ident: dict, job_id: str, started: float, rng: random.Random) -> dict:
+    """The endpoint.json a crashed run left behind."""
+    url = f"http://127.0.0.1:{rng.randrange(20000, 60000)}"
+    return {**ident, "job_id": job_id, "url": url, "port": 1, "token": "x" * 43, "started_at": started, "protocol": 1}
 
 
 def _age(folder: Path, when: float) -> None:

@@ -380,13 +380,7 @@ class Settler:
 
     def marker_gone(self, name: str, info: JobInfo) -> bool:
         """Is the process that wrote marker ``name`` proven gone, or its run over?"""
-        fd = _open_dir(self.root, RUNS_DIR, create=False)
-        if fd is None:
-            return False
-        try:
-            mark, mtime = _read(fd, name, MARKER)
-        finally:
-            os.close(fd)
+        mark, mtime = _read_marker(self.root, name)
         if mark is not None and mark.get("job_id") == info.job_id and isinstance(mark.get("created_at"), (int, float)):
             if _ended_on_record(mark, info):
                 return True
@@ -401,13 +395,7 @@ class Settler:
 
     def orphan_gone(self, name: str) -> bool:
         """A marker whose job folder is gone: is its process proven gone too?"""
-        fd = _open_dir(self.root, RUNS_DIR, create=False)
-        if fd is None:
-            return False
-        try:
-            mark, mtime = _read(fd, name, MARKER)
-        finally:
-            os.close(fd)
+        mark, mtime = _read_marker(self.root, name)
         if mark is not None and same_host(mark):
             return not pid_alive(mark)
         made = mark.get("created_at") if mark is not None else None
@@ -584,6 +572,17 @@ def _write(dir_fd: int, name: str, record: dict[str, Any], *, sync: bool) -> Non
         except OSError:
             pass
         raise
+
+
+def _read_marker(root: str | os.PathLike[str], name: str) -> tuple[dict[str, Any] | None, float | None]:
+    """Marker ``name``, checked, and its mtime, as :func:`_read` gives them."""
+    fd = _open_dir(root, RUNS_DIR, create=False)
+    if fd is None:
+        return None, None
+    try:
+        return _read(fd, name, MARKER)
+    finally:
+        os.close(fd)
 
 
 def _read(dir_fd: int, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
