@@ -242,10 +242,18 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
             if size != grown.get(rank, (offset, 0.0))[0]:
                 grown[rank] = (size, now)
             elif size > offset and now - grown[rank][1] >= _QUIET:  # grown, and done growing
-                out[rank] = RankStacks(rank, w.host, w.pid, threads=parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread))
+                threads = parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread)
+                if w.main_thread is not None and not any(t.ident == w.main_thread for t in threads):
+                    # faulthandler writes the main thread last: a writer descheduled mid-dump
+                    # (a loaded machine) looks quiet without being done. Wait on.
+                    grown[rank] = (size, now)
+                    continue
+                out[rank] = RankStacks(rank, w.host, w.pid, threads=threads)
                 del pending[rank]
-    for rank, (w, _offset) in pending.items():
-        out[rank] = RankStacks(rank, w.host, w.pid, error=f"wrote no stacks within {timeout:g}s")
+    for rank, (w, offset) in pending.items():
+        # a dump without its main thread is not shown: which thread is which is unknown
+        why = "wrote its stacks without the main thread" if grown.get(rank, (offset,))[0] > offset else "wrote no stacks"
+        out[rank] = RankStacks(rank, w.host, w.pid, error=f"{why} within {timeout:g}s")
     return [out[r] for r in sorted(out)]
 
 

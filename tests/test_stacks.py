@@ -69,7 +69,7 @@ with Controller(job_id=sys.argv[1], signals=()) as ctl:
 
 
 def start(procs: Procs, tmp_path: Path, source: str, *args: str) -> Proc:
-    script = tmp_path / ("worker.py" if source is WORKER else "controlled.py")  # every rank runs the same file
+    script = tmp_path / {WORKER: "worker.py", CONTROLLED: "controlled.py"}.get(source, "other.py")  # every rank runs the same file
     script.write_text(textwrap.dedent(source))
     p = procs.start([sys.executable, str(script), *args], env=base_env(tmp_path / "jobs"))
     wait_for(lambda: "ready" in p.output() or p.popen.poll() is not None, timeout=60, what="the process to get stuck")
@@ -102,6 +102,52 @@ def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path)
     start(procs, tmp_path, WORKER, str(paths.root), "j", "0", "c")
     [got] = st.dump(st.local_workers(paths))
     assert main_frames(got)[-1] == "stuck_in_c"
+
+
+SLOW_WRITER = """
+import faulthandler, signal, sys, threading, time
+from pathlib import Path
+from forgather_control.control.jobs import JobPaths
+from forgather_control.control.stacks import STACK_SIGNAL, register
+
+jobs, job = sys.argv[1:3]
+dump = register(JobPaths(Path(jobs), job), 0)
+faulthandler.unregister(STACK_SIGNAL)
+main = threading.main_thread().ident
+
+def writes_like_a_descheduled_faulthandler(signum, frame):
+    # faulthandler's order (the main thread last), with the writer held up between two
+    # threads for longer than a reader's quiet period, as on a loaded machine
+    with open(dump, "a") as fh:
+        fh.write('Thread 0x00007f0000000001 (most recent call first):\\n'
+                 '  File "/usr/lib/python3/asyncio/tasks.py", line 1 in current_task\\n'
+                 '  File "/usr/lib/python3/threading.py", line 2 in _bootstrap\\n\\n')
+        fh.flush()
+        time.sleep(1.0)
+        fh.write('Current thread 0x%016x (most recent call first):\\n  File "w.py", line 3 in slow_writer\\n' % main)
+
+signal.signal(STACK_SIGNAL, writes_like_a_descheduled_faulthandler)
+
+def slow_writer():
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+slow_writer()
+"""
+
+
+def test_a_dump_is_read_only_once_it_holds_the_main_thread(procs: Procs, tmp_path: Path) -> None:
+    """A writer that pauses mid-dump looks done to a reader waiting for quiet; the main
+    thread (written last) must be there before the dump is read, or a thread of the
+    server would be shown as the main one (a loaded CI machine did that)."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    start(procs, tmp_path, SLOW_WRITER, str(paths.root), "j")
+    [got] = st.dump(st.local_workers(paths))
+    assert main_frames(got) == ["slow_writer"]
+    assert [t.frames[-1].func for t in got.threads if not t.main] == ["current_task"]
+    [late] = st.dump(st.local_workers(paths), timeout=0.5)  # its main thread comes after the timeout
+    assert late.threads == [] and "without the main thread" in (late.error or ""), late
 
 
 def test_identical_stacks_are_grouped(procs: Procs, tmp_path: Path) -> None:
