@@ -168,7 +168,7 @@ _EVENTS = {
 #: what the child process counts, by name: (description, code run once)
 OPS_WHAT = {
     "list": "list (what `list --json` and the people's list read)",
-    "list_jobs": "list_jobs() (what the web page polls)",
+    "list_jobs": "the web page's poll (ended jobs hidden)",
     "ray_node": "one Ray node's task (ray_listing.list_node)",
     "all": "list --all",
 }
@@ -181,6 +181,7 @@ def _count_ops(root: str, what: str) -> dict[str, int]:
     import collections
 
     from forgather_control.control import listing, lookup, ray_listing, transport  # noqa: F401  (imported before counting)
+    from forgather_control.ui.feed import JobsFeed
 
     for mod in ("psutil", "forgather_control.control.settled", "forgather_control.control.failures"):
         try:
@@ -230,7 +231,7 @@ def _count_ops(root: str, what: str) -> dict[str, int]:
     elif what == "all":
         listing.scan(Path(root), include_finished=True)
     elif what == "list_jobs":
-        lookup.list_jobs(jobs_dir=root)
+        JobsFeed(jobs_dir=root, ray=None, max_age=0.0).snapshot(ended=False)
     elif what == "ray_node":
         ray_listing.list_node(root, False, None)
     took = time.perf_counter() - t0

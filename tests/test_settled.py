@@ -39,6 +39,7 @@ from forgather_control.control import settled as settled_mod
 from forgather_control.control.listing import scan
 from forgather_control.control.ray_listing import list_node
 from forgather_control.control.settled import RUNS_DIR, SETTLED_DIR, Settler, mark_run, read_entry, read_index
+from forgather_control.ui.feed import JobsFeed
 
 
 def _history(root: Path, n: int) -> None:
@@ -79,8 +80,8 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         listed(root)  # settles
         with counted_ops(root) as c:
             assert listed(root) == ["live"]
-        with counted_ops(root) as web:
-            assert [r["job_id"] for r in list_jobs(jobs_dir=root).rows] == ["live"]  # what the web page polls
+        with counted_ops(root) as web:  # what the web page polls while it hides ended jobs
+            assert [r["job_id"] for r in JobsFeed(jobs_dir=root, ray=None, max_age=0.0).snapshot(ended=False).rows] == ["live"]
         with counted_ops(root) as ray:
             assert [r["job_id"] for r in list_node(str(root), False, None)["jobs"]] == ["live"]  # each Ray node
         counts.append((dict(c), dict(web), dict(ray)))

@@ -154,8 +154,8 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         }
 
     @app.get("/api/jobs")
-    def jobs() -> dict[str, Any]:
-        return feed.snapshot().as_json()
+    def jobs(ended: bool = True) -> dict[str, Any]:
+        return feed.snapshot(ended=ended).as_json()
 
     @app.get("/api/sparklines")
     def sparklines(ended: bool = True) -> dict[str, Any]:
@@ -191,7 +191,9 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
 
     @app.get("/metrics", include_in_schema=False)
     def scrape() -> Response:
-        return Response(prometheus.exposition(feed.snapshot()), media_type=prometheus.CONTENT_TYPE)
+        # What may be live: an ended job's series go stale, as Prometheus expects of a
+        # target that stops exporting them (the whole history would be unbounded series).
+        return Response(prometheus.exposition(feed.snapshot(ended=False)), media_type=prometheus.CONTENT_TYPE)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

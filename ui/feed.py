@@ -1,13 +1,15 @@
-"""The jobs view's data: every job ``forgather control list --all`` shows, a little more
-of each running one, and a loss sparkline per job.
+"""The jobs view's data: the jobs ``forgather control list`` shows (``list --all`` when
+the page shows ended jobs too), a little more of each running one, and a loss
+sparkline per job.
 
-One listing serves every open page and the Prometheus scrape: it is taken at most once
-per ``max_age`` seconds (half a second for a folder, five for a Ray cluster), whoever
-asks, and requests that arrive while it is being taken wait for that one. The rows are
-the library's own (:func:`~forgather_control.control.lookup.list_jobs`, as ``list
---json``), always with the finished jobs (the page hides them behind a toggle), plus
-what the status record of a job in a folder on this machine says of its speed, ETA,
-loss and last checkpoint (a Ray row has only what the cluster's listing has).
+Two listings, each taken at most once per ``max_age`` seconds (half a second for a
+folder, five for a Ray cluster) whoever asks, requests that arrive while one is being
+taken waiting for that one: what may be live (every open page that hides ended jobs,
+and the Prometheus scrape), which costs what is live however long the history is, and
+everything (only while a page shows ended jobs). The rows are the library's own
+(:func:`~forgather_control.control.lookup.list_jobs`, as ``list --json``), plus what
+the status record of a job in a folder on this machine says of its speed, ETA, loss and
+last checkpoint (a Ray row has only what the cluster's listing has).
 """
 
 from __future__ import annotations
@@ -72,35 +74,39 @@ class JobsFeed:
         self.ray = ray
         self.max_age = max_age
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
-        self._statuses = StatusCache()  # used under the lock
+        # keyed by ``ended``: the listing of what may be live, and the one of everything
+        self._locks = {False: threading.Lock(), True: threading.Lock()}
+        self._snapshots: dict[bool, Snapshot] = {}
+        self._statuses = {False: StatusCache(), True: StatusCache()}  # each used under its lock
         self.sparks = Sparklines()
 
-    def snapshot(self) -> Snapshot:
-        snap = self._snapshot
+    def snapshot(self, *, ended: bool = True) -> Snapshot:
+        """The listing with the jobs that ended (``list --all``), or without them (``list``:
+        its cost does not grow with the history)."""
+        snap = self._snapshots.get(ended)
         if snap is not None and time.time() - snap.taken_at < self.max_age:
             return snap
-        with self._lock:
-            snap = self._snapshot
+        with self._locks[ended]:
+            snap = self._snapshots.get(ended)
             if snap is not None and time.time() - snap.taken_at < self.max_age:
                 return snap  # taken while this request waited for the lock
-            self._snapshot = self._take(previous=snap)
-            return self._snapshot
+            self._snapshots[ended] = self._take(ended, previous=snap)
+            return self._snapshots[ended]
 
-    def _take(self, previous: Snapshot | None) -> Snapshot:
+    def _take(self, ended: bool, previous: Snapshot | None) -> Snapshot:
         t0 = time.perf_counter()
+        statuses = self._statuses[ended]
         try:
-            listing = list_jobs(jobs_dir=self.jobs_dir, include_finished=True, ray=self.ray, timeout=self.timeout)
+            listing = list_jobs(jobs_dir=self.jobs_dir, include_finished=ended, ray=self.ray, timeout=self.timeout)
         except ControlError as exc:
             # Keep showing the last rows, and say why they are not fresh.
             rows = previous.rows if previous is not None else []
             where = previous.where if previous is not None else ""
             return Snapshot(rows, where, "ray" if self.ray else "local", time.time(), time.perf_counter() - t0, error=str(exc))
         local = listing.source == "local"
-        rows = [job_row(row, with_status=local, statuses=self._statuses) for row in listing.rows]
+        rows = [job_row(row, with_status=local, statuses=statuses) for row in listing.rows]
         if local:
-            self._statuses.keep_only({os.path.join(r["jobs_dir"], r["job_id"], "status.json") for r in rows if isinstance(r.get("jobs_dir"), str)})
+            statuses.keep_only({os.path.join(r["jobs_dir"], r["job_id"], "status.json") for r in rows if isinstance(r.get("jobs_dir"), str)})
         rows.sort(key=_order)
         return Snapshot(
             rows,
@@ -116,9 +122,7 @@ class JobsFeed:
         """A loss sparkline for every listed job that has a metric history here (the
         ended ones only with ``ended``: a page that hides them reads none of theirs)."""
         out = {}
-        for row in self.snapshot().rows:
-            if not ended and row.get("liveness") == "finished":
-                continue
+        for row in self.snapshot(ended=ended).rows:
             values = self.sparks.get(row.get("jobs_dir"), row["job_id"])
             if values:
                 out[row["job_id"]] = values

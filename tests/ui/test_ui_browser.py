@@ -189,3 +189,28 @@ def test_a_thousand_jobs_load_in_under_a_second(page: Any, jobs_dir: Path) -> No
             assert page.locator("tr[data-job]").count() == 1000
     print(f"1,000 jobs on screen after {', '.join(f'{t:.0f}' for t in took)} ms (navigation start to the last row)")
     assert min(took) < 1000, took
+
+
+def test_a_page_that_hides_ended_jobs_never_lists_them(page: Any, jobs_dir: Path) -> None:
+    """With "Show ended" off the page asks only for what may be live (a listing whose
+    cost does not grow with the history); turning it on lists the ended jobs at once,
+    and off again goes back to the live listing."""
+    write_job(jobs_dir, "now-running", state="running", step=3, max_steps=10, alive=True)
+    for i in range(3):
+        write_job(jobs_dir, f"old-{i}", state="finished", step=10, max_steps=10)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.split("?", 1)[1]) if "/api/jobs?" in r.url else None)
+    with ui_server(jobs_dir) as server:
+        page.goto(server.login_url)
+        page.wait_for_selector("tr[data-job='now-running']")
+        page.wait_for_function("() => document.querySelectorAll('tr[data-job]').length === 1")
+        assert asked and set(asked) == {"ended=false"}, asked
+        page.click("label.toggle")
+        page.wait_for_function("() => document.querySelectorAll('tr[data-job]').length === 4", timeout=5_000)
+        assert asked[-1] == "ended=true"
+        page.click("label.toggle")
+        page.wait_for_function("() => document.querySelectorAll('tr[data-job]').length === 1", timeout=5_000)
+        n = len(asked)
+        page.wait_for_function(f"() => performance.getEntriesByType('resource').filter(e => e.name.includes('/api/jobs?')).length > {n}", timeout=5_000)
+        assert asked[-1] == "ended=false"
+    assert page.errors == []

@@ -49,14 +49,20 @@ export async function start() {
   return session;
 }
 
+// The jobs that ended are listed only for a page that shows them: the listing of what
+// may be live costs the same however long the history is.
+const jobsPath = (ended) => `/api/jobs?ended=${ended ? "true" : "false"}`;
+export const SHOW_ENDED = "forgather.ui.showEnded";
+
 // The first listing is asked for while the page starts, not after it has.
-let early = location.pathname === "/" ? request("GET", "/api/jobs").catch(() => null) : null;
+const earlyEnded = localStorage.getItem(SHOW_ENDED) === "1";
+let early = location.pathname === "/" ? request("GET", jobsPath(earlyEnded)).catch(() => null) : null;
 
 export const api = {
-  jobs: async () => {
-    const first = early && (await early);
+  jobs: async (ended) => {
+    const first = early && ended === earlyEnded && (await early);
     early = null;
-    return first || request("GET", "/api/jobs");
+    return first || request("GET", jobsPath(ended));
   },
   sparklines: (ended) => request("GET", `/api/sparklines?ended=${ended ? "true" : "false"}`),
   job: (id) => request("GET", `/api/jobs/${encodeURIComponent(id)}`),

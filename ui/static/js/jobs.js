@@ -1,13 +1,12 @@
 // The jobs view: every job `forgather control list --all` shows, live, the ended ones
 // behind a toggle.
-import { api } from "./api.js";
+import { api, SHOW_ENDED } from "./api.js";
 import { h, setText, setAttr, clear } from "./dom.js";
 import { STATE_TONE, STATE_HELP, int, num, rate, duration, age, basename, progress, stallText } from "./format.js";
 import { sparkline, update as updateSpark } from "./spark.js";
 
 const REFRESH_MS = 1000;
 const SPARK_MS = 3000;
-const SHOW_ENDED = "forgather.ui.showEnded";
 
 export class JobsView {
   constructor(root, { navigate, live }) {
@@ -21,6 +20,7 @@ export class JobsView {
     this.showEnded = localStorage.getItem(SHOW_ENDED) === "1";
     this.filter = "";
     this.timers = [];
+    this.generation = 0;
     this.stopped = false;
   }
 
@@ -43,6 +43,7 @@ export class JobsView {
       this.showEnded = this.endedToggle.checked;
       localStorage.setItem(SHOW_ENDED, this.showEnded ? "1" : "0");
       this.render();
+      this.pollNow();  // the other listing now (with or without the ended jobs), not at the next round
       if (this.showEnded) this.loadSparks();  // the ended jobs' curves now, not at the next round
     } } });
     this.endedToggle.checked = this.showEnded;
@@ -78,12 +79,22 @@ export class JobsView {
     ));
   }
 
+  pollNow() {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+    this.generation += 1;  // a poll still in flight ends its round without another
+    this.poll();
+    this.timers.push(setTimeout(() => this.pollSparks(), SPARK_MS));  // its timer was cleared too
+  }
+
   async poll() {
     if (this.stopped) return;
     const t0 = performance.now();
+    const ended = this.showEnded;
+    const generation = this.generation;
     try {
-      const snap = await api.jobs();
-      if (this.stopped) return;
+      const snap = await api.jobs(ended);
+      if (this.stopped || generation !== this.generation) return;  // the toggle moved meanwhile: its own poll runs
       this.snap = snap;
       this.data = snap.rows;
       this.render();
@@ -94,6 +105,7 @@ export class JobsView {
       }
       this.live(!snap.error, snap.error ? `stale: ${snap.error}` : `live · ${snap.rows.length} jobs`);
     } catch (e) {
+      if (generation !== this.generation) return;
       this.live(false, e.message);
     }
     this.timers.push(setTimeout(() => this.poll(), document.hidden ? REFRESH_MS * 5 : REFRESH_MS));
@@ -101,7 +113,9 @@ export class JobsView {
 
   async pollSparks() {
     if (this.stopped) return;
+    const generation = this.generation;
     await this.loadSparks();
+    if (generation !== this.generation) return;  // pollNow started another round
     this.timers.push(setTimeout(() => this.pollSparks(), SPARK_MS));
   }
 
@@ -183,6 +197,7 @@ export class JobsView {
       clear(this.empty);
       if (this.filter) this.empty.append(h("p", {}, "No job matches the filter."));
       else if (ended && !this.showEnded) this.empty.append(h("p", {}, "Nothing is running. "), h("p", { class: "muted" }, `${ended} ended job${ended > 1 ? "s" : ""} behind “Show ended”.`));
+      else if (!this.showEnded && s.exists !== false) this.empty.append(h("p", {}, "Nothing is running."), h("p", { class: "muted" }, "Jobs that ended are behind “Show ended”; one that died shows here for a day."));
       else {
         this.empty.append(h("p", {}, s.exists === false ? "No job has used this jobs directory yet." : "No jobs here yet."));
         this.empty.append(h("p", { class: "muted" }, "Start one with ", h("code", {}, "forgather launch train.py"), "; it shows up here within a second."));
