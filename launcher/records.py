@@ -24,7 +24,7 @@ from typing import Any
 
 from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
 from forgather_control.control.checkpoints import Checkpoint, choose, history
-from forgather_control.control.commands import State, is_final_receipt
+from forgather_control.control.commands import Command, State, is_final_receipt
 from forgather_control.control.failures import root_cause
 from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.control.liveness import STALE_AFTER
@@ -41,6 +41,31 @@ log = logging.getLogger(__name__)
 __all__ = ["JobRecords", "Outcome", "Previous", "launcher_identity", "read_previous"]
 
 HEARTBEAT_INTERVAL = 10.0
+
+
+#: The key of the save_and_stop a launcher drops into the job's inbox on a stop signal.
+LAUNCHER_STOP_PREFIX = "launcher-stop-"
+
+
+def launcher_stop_key(job_id: str, restarts: int) -> str:
+    return f"{LAUNCHER_STOP_PREFIX}{job_id}-{restarts}"
+
+
+def stopped_by_a_signal(status: dict[str, Any], *, signalled: bool) -> bool:
+    """Did a signal end this run? The stop the ranks applied says: rank 0's own signal
+    (``source`` "signal") or the one a launcher dropped in the inbox on a signal. A
+    signal that reached this launcher after the ranks had applied a user's stop did not:
+    srun --kill-on-bad-exit ends the other nodes' launchers once one has exited with the
+    command's code, and calling that a preemption would requeue a job the user stopped.
+    Without a recorded stop, what the launcher and rank 0 saw."""
+    for entry in status.get("commands") or []:
+        try:
+            command = Command(entry.get("command"))
+        except ValueError:
+            continue
+        if command.stops and State.parse(entry.get("state")) in (State.APPLIED, State.COMPLETED):
+            return entry.get("source") == "signal" or str(entry.get("key") or "").startswith(LAUNCHER_STOP_PREFIX)
+    return signalled or bool(status.get("stopped_by_signal"))
 
 
 @dataclass(frozen=True)
@@ -273,7 +298,7 @@ class JobRecords:
         that was told to abort (why)."""
         status = self.this_runs_status() or {}
         recorded = JobState.parse(status.get("state"))
-        by_signal = signalled or bool(status.get("stopped_by_signal"))
+        by_signal = stopped_by_a_signal(status, signalled=signalled)
         if forced:
             return Outcome(JobState.ABORTED, by_signal, forced)
         if escalated:

@@ -46,7 +46,7 @@ from .config import LaunchError
 from .duties import NodeDuties, Overdue
 from .plan import Plan, child_env
 from .proctree import ProcessTree
-from .records import JobRecords, launcher_identity, read_previous
+from .records import JobRecords, launcher_identity, launcher_stop_key, read_previous
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def execute(
         raise LaunchError(
             f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
         ) from None
-    on_stop = _drop_stop_command(paths, f"launcher-stop-{plan.job_id}-{plan.restarts}") if plan.config.control else None
+    on_stop = _drop_stop_command(paths, launcher_stop_key(plan.job_id, plan.restarts)) if plan.config.control else None
     env = child_env(plan, base_env, launcher=launcher_identity())
     sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
     if plan.config.control:
@@ -330,7 +330,9 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
         extra["leftover_pids"] = sup.leftovers
     requeue = plan.placement.requeue_argv
     state = outcome.state
-    if requeue and sup.stop_requested and not sup.escalated and code == 0 and state == JobState.STOPPED:
+    # Requeue a run a signal stopped: not one whose ranks had applied a user's stop before
+    # the signal came (srun ending this node after another node's launcher exited).
+    if requeue and sup.stop_requested and outcome.by_signal and not sup.escalated and code == 0 and state == JobState.STOPPED:
         state = JobState.REQUEUED
         extra["requeued_at"] = time.time()
     elif requeue and sup.stop_requested:

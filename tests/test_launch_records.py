@@ -14,7 +14,7 @@ from support.paths import FORGATHER
 
 from forgather_control.control import JobPaths, process_identity, write_json_atomic
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
-from forgather_control.launcher.records import JobRecords, read_previous
+from forgather_control.launcher.records import JobRecords, launcher_stop_key, read_previous, stopped_by_a_signal
 
 SLURM = {
     "SLURM_JOB_ID": "900",
@@ -172,3 +172,20 @@ def test_unwritable_jobs_dir_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run([*FORGATHER, "launch", "--jobs-dir", str(jobs), "--job-id", "x", str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "cannot write the job's records" in proc.stderr and "--jobs-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_signal_after_a_users_stop_is_not_a_preemption() -> None:
+    """What stopped the run is the stop the ranks applied. A two-node SLURM job's
+    save-stop: node 1's launcher exits 76 first and srun --kill-on-bad-exit sends node
+    0's launcher SIGTERM while its ranks finish the user's stop; that run was stopped by
+    the user (76, never requeued), not preempted (75, requeued: CI saw it come back)."""
+    user = {"command": "save_and_stop", "state": "completed", "key": "k-9f2", "source": "http"}
+    launchers = {**user, "key": launcher_stop_key("slurm-15", 1), "source": "file"}
+    ranks_own = {**user, "key": None, "source": "signal"}
+    refused = {"command": "save_and_stop", "state": "rejected", "key": launcher_stop_key("slurm-15", 1), "source": "file"}
+    assert not stopped_by_a_signal({"commands": [user, refused], "stopped_by_signal": False}, signalled=True)
+    assert stopped_by_a_signal({"commands": [launchers]}, signalled=True)
+    assert stopped_by_a_signal({"commands": [ranks_own], "stopped_by_signal": True}, signalled=False)
+    assert stopped_by_a_signal({"commands": [{**user, "state": "queued"}]}, signalled=True)  # no stop applied yet: what was seen
+    assert not stopped_by_a_signal({}, signalled=False) and stopped_by_a_signal({"stopped_by_signal": True}, signalled=False)
+    assert stopped_by_a_signal({"commands": [{"command": "no-such", "state": "completed"}]}, signalled=True)
