@@ -327,6 +327,11 @@ class Controller:
         if state is None:
             if self.aborted:
                 return JobState.ABORTED
+            if error and self.is_rank0 and self.ledger.pending_abort() is not None:
+                # Failed while an abort waited for the ranks to agree: a hung job whose
+                # launchers end its ranks for that abort fails in its collectives first.
+                # The user asked for it to end without saving; it did.
+                return JobState.ABORTED
             if error:
                 return JobState.FAILED
             return JobState.STOPPED if self._stop_applied is not None else JobState.FINISHED

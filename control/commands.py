@@ -327,8 +327,8 @@ class Ledger:
         self._changed()
         return entry
 
-    def complete(self, command_id: str, result: dict[str, Any] | None = None) -> Entry:
-        return self._finish(command_id, State.COMPLETED, result=result)
+    def complete(self, command_id: str, result: dict[str, Any] | None = None, *, reason: str | None = None) -> Entry:
+        return self._finish(command_id, State.COMPLETED, result=result, reason=reason)
 
     def fail(self, command_id: str, reason: str) -> Entry:
         return self._finish(command_id, State.FAILED, reason=reason)
@@ -369,6 +369,12 @@ class Ledger:
     def recent(self, n: int = 20) -> list[dict[str, Any]]:
         with self._lock:
             return [e.to_dict() for e in list(self._entries.values())[-n:]]
+
+    def pending_abort(self) -> Entry | None:
+        """The abort accepted and not applied yet (the ranks have not agreed on it)."""
+        with self._lock:
+            e = self._stop_accepted
+            return e if e is not None and e.command == Command.ABORT and e.state == State.QUEUED else None
 
     def pending_count(self) -> int:
         with self._lock:

@@ -109,6 +109,21 @@ def test_pending_command_at_end_is_dropped_with_reason(jobs_dir: Path) -> None:
     assert read_json(ctl.paths.status)["state"] == "finished"
 
 
+def test_a_failure_while_an_abort_waits_is_the_abort(jobs_dir: Path) -> None:
+    """A hung job told to abort: the ranks cannot agree, so launchers end them, and rank
+    0 fails in its collective before its own launcher gets to it (a two-node run did
+    that). The user asked for the job to end without saving, and it did: aborted, the
+    abort completed and saying how, not a failure with the abort dropped."""
+    ctl = make(jobs_dir).start()
+    with client_for(jobs_dir) as c:
+        ab = c.send("abort")
+        ctl.close(error="RuntimeError: [gloo] Connection closed by peer")  # no step came after it
+        e = c.wait(ab["id"], timeout=10)
+    assert e["state"] == "completed" and e["result"]["final_state"] == "aborted", e
+    assert "before its ranks agreed on the abort" in e["reason"] and "nothing was saved" in e["reason"]
+    assert read_json(ctl.paths.status)["state"] == "aborted"
+
+
 def test_unreported_receipt_fails_at_next_step(jobs_dir: Path) -> None:
     ctl = make(jobs_dir).start()
     try:

@@ -160,3 +160,17 @@ def test_an_aborted_job_completes_its_abort() -> None:
     assert receipts.waiting == (), "an abort reports nothing: no receipt waits for the loop"
     receipts.settle(JobState.ABORTED, step=2, stop_reason="abort", stopped=True)
     assert ledger.get(ab).result == {"step": 2, "final_state": "aborted", "final_step": 2}
+
+
+def test_an_abort_the_ranks_never_agreed_on_completes_when_the_job_ends_aborted() -> None:
+    ledger = Ledger()
+    receipts = Receipts(ledger)
+    ab, _ = ledger.submit("abort")
+    receipts.settle(JobState.ABORTED, step=7, error="RuntimeError: peer gone")
+    e = ledger.get(ab.id)
+    assert e.state.value == "completed" and e.result == {"final_state": "aborted", "final_step": 7}
+    assert e.reason == "the job ended at step 7 before its ranks agreed on the abort (RuntimeError: peer gone); nothing was saved"
+    ledger = Ledger()
+    ab, _ = ledger.submit("abort")
+    Receipts(ledger).settle(JobState.FAILED, step=7, error="boom")  # not an aborted end: dropped, as before
+    assert ledger.get(ab.id).state.value == "dropped"
