@@ -100,24 +100,33 @@ def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
     assert env["RAY_ADDRESS"] in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+# A "cluster" that accepts connections and never answers (on every address: Ray
+# connects to this machine's routable address, not 127.0.0.1), and a helper that calls
+# ``then()`` once the caller's Ray driver is inside ray.init (its second connection,
+# after the address check); ``drivers`` then holds it.
+SILENT_CLUSTER = (
+    "import json, socket, sys, threading, time, psutil\n"
+    "from forgather_control.control import list_cluster, RayUnavailable\n"
+    "srv = socket.socket(); srv.bind(('0.0.0.0', 0)); srv.listen(16); held = []; drivers = []\n"
+    "threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(1000)], daemon=True).start()\n"
+    "def when_the_driver_waits(then):\n"
+    "    while True:\n"
+    "        drivers[:] = [c for c in psutil.Process().children() if 'forgather_control.control.ray_driver' in ' '.join(c.cmdline())]\n"
+    "        if drivers and len(held) >= 2:\n"
+    "            return then()\n"
+    "        time.sleep(0.02)\n"
+)
+
+
 def test_a_ray_driver_that_dies_leaves_the_caller_standing(jobs_dir: Path) -> None:
     """Ray may end its driver's process from inside; the driver is a child interpreter,
     so the caller (a web page's server, a script) gets RayUnavailable and lives on. The
-    "cluster" here accepts connections and never answers, which holds the driver inside
-    ray.init until the test kills it (on every address: Ray connects to this machine's
-    routable address, not 127.0.0.1); the caller itself never imports Ray."""
-    code = (
-        "import json, socket, sys, threading, time, psutil\n"
-        "from forgather_control.control import list_cluster, RayUnavailable\n"
-        "srv = socket.socket(); srv.bind(('0.0.0.0', 0)); srv.listen(16); held = []\n"
-        "threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(1000)], daemon=True).start()\n"
+    "cluster" here (SILENT_CLUSTER) holds the driver inside ray.init until the test
+    kills it; the caller itself never imports Ray."""
+    code = SILENT_CLUSTER + (
         "def kill_the_driver():\n"
-        "    while True:\n"
-        "        drivers = [c for c in psutil.Process().children() if 'forgather_control.control.ray_driver' in ' '.join(c.cmdline())]\n"
-        "        if drivers and len(held) >= 2:  # the address check, then ray.init's own connection\n"
-        "            drivers[0].kill(); return\n"
-        "        time.sleep(0.02)\n"
-        "threading.Thread(target=kill_the_driver, daemon=True).start()\n"
+        "    drivers[0].kill()\n"
+        "threading.Thread(target=when_the_driver_waits, args=(kill_the_driver,), daemon=True).start()\n"
         "try:\n    list_cluster(address='127.0.0.1:%d' % srv.getsockname()[1], jobs_dir=None, timeout=5)\n"
         "except RayUnavailable as e:\n    print(json.dumps([e.exit_code, str(e), 'ray' in sys.modules]))\n"
     )
@@ -131,18 +140,8 @@ def test_a_ray_driver_that_dies_leaves_the_caller_standing(jobs_dir: Path) -> No
 def test_a_ray_driver_never_outlives_its_caller(jobs_dir: Path) -> None:
     """A caller killed by SIGKILL cannot stop its driver; the kernel ends it (the
     driver hung in ray.init against a cluster that never answers would stay forever)."""
-    code = (
-        "import socket, sys, threading, time, psutil\n"
-        "from forgather_control.control import list_cluster\n"
-        "srv = socket.socket(); srv.bind(('0.0.0.0', 0)); srv.listen(16); held = []\n"
-        "threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(1000)], daemon=True).start()\n"
-        "def report():\n"
-        "    while True:\n"
-        "        drivers = [c for c in psutil.Process().children() if 'forgather_control.control.ray_driver' in ' '.join(c.cmdline())]\n"
-        "        if drivers and len(held) >= 2:\n"
-        "            print(drivers[0].pid, flush=True); return\n"
-        "        time.sleep(0.02)\n"
-        "threading.Thread(target=report, daemon=True).start()\n"
+    code = SILENT_CLUSTER + (
+        "threading.Thread(target=when_the_driver_waits, args=(lambda: print(drivers[0].pid, flush=True),), daemon=True).start()\n"
         "list_cluster(address='127.0.0.1:%d' % srv.getsockname()[1], jobs_dir=None, timeout=5)\n"
     )
     caller = subprocess.Popen([sys.executable, "-c", code], env=base_env(jobs_dir, RAY_AUTH_MODE="disabled"), stdout=subprocess.PIPE, text=True, cwd=REPO)
