@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -260,7 +261,9 @@ def test_an_unwritable_directory_is_listed_as_before(tmp_path: Path) -> None:
         lock, unlock = ["chattr", "+i", str(root)], ["chattr", "-i", str(root)]
     else:
         lock, unlock = ["chmod", "0500", str(root)], ["chmod", "0700", str(root)]
-    subprocess.run(lock, check=True)
+    locked = subprocess.run(lock, capture_output=True, text=True) if shutil.which(lock[0]) else None
+    if locked is None or locked.returncode != 0:  # no chattr, or a file system without the flag
+        pytest.skip(f"cannot make {root} unwritable for root here: {locked.stderr.strip() if locked else 'no ' + lock[0]}")
     try:
         assert listed(root) == ["d"] and listed(root) == ["d"]
         assert not (root / SETTLED_DIR).exists()
