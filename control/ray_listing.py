@@ -10,9 +10,9 @@ Ray is optional and only this module imports it, inside its functions, so
 ``import forgather_control.control`` and every other command stay free of it. We never start a
 cluster: the user's cluster is connected to, asked, and left (``ray.shutdown``) so the
 CLI exits promptly, by a driver in a child interpreter (:mod:`.ray_driver`) so that
-nothing Ray does to its process can end the caller's. A node that hangs or dies cannot stall the listing: answers are
-collected with ``ray.wait`` against a deadline, stragglers are cancelled, and the node
-is reported in ``missing_nodes``.
+nothing Ray does to its process can end the caller's. A node that hangs or dies cannot
+stall the listing: answers are collected with ``ray.wait`` against a deadline,
+stragglers are cancelled, and the node is reported in ``missing_nodes``.
 """
 
 from __future__ import annotations

@@ -48,6 +48,13 @@ def slurm_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def sbatch_env(**extra: str) -> dict[str, str]:
+    """What the template needs to be submitted: the SLURM environment, and the installed
+    ``forgather`` script as $FORGATHER (else the template finds it on PATH)."""
+    exe = Path(sys.executable).with_name("forgather")
+    return slurm_env(**extra, **({"FORGATHER": str(exe)} if exe.exists() else {}))
+
+
 def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), env=env or slurm_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -129,13 +136,11 @@ def wait_running(jobs_dir: Path, job_id: str, jid: str, tmp_path: Path, *, resta
 def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slurm: list[str], tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs"
     ckpts = tmp_path / "ckpt"
-    exe = Path(sys.executable).with_name("forgather")
-    env = slurm_env(
+    env = sbatch_env(
         FORGATHER_JOBS_DIR=str(jobs_dir),
         FORGATHER_NPROC_PER_NODE="2" if nodes == 1 else "1",
         FORGATHER_MASTER_ADDR="127.0.0.1",  # the fake nodes n1, n2 do not resolve
         FORGATHER_GRACE="60",
-        **({"FORGATHER": str(exe)} if exe.exists() else {}),
     )
     sub = run(
         "sbatch",
@@ -279,13 +284,11 @@ def test_a_hung_two_node_job_is_stalled_its_stacks_shown_and_abort_ends_it(slurm
     """Rank 1 (node 1) sticks in next_batch while rank 0 waits in all_reduce: stalled,
     both nodes' launchers answer stacks, and abort ends the SLURM job through them."""
     jobs_dir = tmp_path / "jobs"
-    exe = Path(sys.executable).with_name("forgather")
-    env = slurm_env(
+    env = sbatch_env(
         FORGATHER_JOBS_DIR=str(jobs_dir),
         FORGATHER_NPROC_PER_NODE="1",
         FORGATHER_MASTER_ADDR="127.0.0.1",
         FORGATHER_STALL_AFTER="3",
-        **({"FORGATHER": str(exe)} if exe.exists() else {}),
     )
     sub = run(
         "sbatch", "--parsable", "--nodes=2", f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}", str(TEMPLATE), str(HANG), "--hang-at", "8", env=env
@@ -315,12 +318,10 @@ def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path:
     """The template's own `#SBATCH --signal=USR1@90`, no scancel: with a 2-minute limit
     SLURM signals the step early enough that the job saves and stops before the limit."""
     jobs_dir = tmp_path / "jobs"
-    exe = Path(sys.executable).with_name("forgather")
-    env = slurm_env(
+    env = sbatch_env(
         FORGATHER_JOBS_DIR=str(jobs_dir),
         FORGATHER_MASTER_ADDR="127.0.0.1",
         FORGATHER_REQUEUE="0",
-        **({"FORGATHER": str(exe)} if exe.exists() else {}),
     )
     sub = run(
         "sbatch",
