@@ -145,7 +145,8 @@ class Receipts:
             why = f"training ended ({state.value}) at step {step} before the command could apply (no training step came after it)"
         abort = ledger.pending_abort() if state == JobState.ABORTED else None
         if abort is not None:  # the job ended before its ranks agreed on the abort: it is done
-            why_abort = f"the job ended at step {step} before its ranks agreed on the abort" + (f" ({error})" if error else "") + "; nothing was saved"
+            first = error.strip().splitlines()[0][:200] if error and error.strip() else ""
+            why_abort = f"the job ended at step {step} before its ranks agreed on the abort" + (f" ({first})" if first else "") + "; nothing was saved"
             ledger.complete(abort.id, {"final_state": state.value, "final_step": step}, reason=why_abort)
         ledger.drop_pending(why)
         for entry in ledger.open_entries():

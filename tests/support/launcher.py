@@ -33,3 +33,16 @@ def wait_running(jobs_dir: Path, job_id: str, *launchers: Proc, min_step: int = 
         return st if ok else None
 
     return wait_for(ready, timeout=START_TIMEOUT, interval=0.2, what=f"job {job_id} running at step >= {min_step}")
+
+
+#: How an abort that the ranks of a hung job cannot agree on ends, as its receipt says:
+#: each node's launcher ends its ranks, and rank 0 is either ended by its own launcher
+#: (whose receipt says so) or fails in its collective first, once another node's ranks
+#: are gone, and completes the abort itself. Which comes first is the machine's timing.
+ABORT_OF_A_HUNG_JOB = ("the launcher ended every rank", "before its ranks agreed on the abort")
+
+
+def ended_hung(receipt: dict) -> bool:
+    """The abort's receipt says the job ended as :data:`ABORT_OF_A_HUNG_JOB` describes."""
+    by_launcher = (receipt.get("result") or {}).get("ended_by") == "launcher" and ABORT_OF_A_HUNG_JOB[0] in (receipt.get("reason") or "")
+    return receipt.get("state") == "completed" and (by_launcher or ABORT_OF_A_HUNG_JOB[1] in (receipt.get("reason") or ""))
