@@ -7,11 +7,13 @@ In order, before the user's code runs:
    signal that arrives before any Controller exists is remembered and handed to the
    first Controller that starts (SLURM may signal while the model still loads);
 2. import hooks (a ``sys.meta_path`` finder) that patch ``transformers.Trainer``,
-   ``lightning.pytorch.Trainer`` and ``pytorch_lightning.Trainer`` the moment their
-   modules are imported: each new trainer gets the control callback unless one is
-   already in its callbacks; ``Trainer.train`` / ``Trainer.fit`` resume from
-   ``$FORGATHER_RESUME_FROM`` (set by the launcher when a requeued run has a
-   checkpoint) unless the script passes its own checkpoint; when the job was aborted,
+   ``lightning.pytorch.Trainer``, ``pytorch_lightning.Trainer`` and the Forgather
+   framework's ``BaseTrainer`` (so its ``Trainer``, ``AccelTrainer`` and
+   ``PipelineTrainer``) the moment their modules are imported: each new trainer gets
+   the control callback unless one is already in its callbacks (then that one is told
+   its trainer); ``train()`` / ``fit()`` resume from ``$FORGATHER_RESUME_FROM`` (set by
+   the launcher when a relaunched run has a checkpoint) through the trainer's own
+   mechanism unless the script names its own checkpoint; when the job was aborted,
    ``train()`` / ``fit()`` does not return into the script (its code after training,
    an export or an upload, must not run on an aborted model): the worker ends there,
    unless ``FORGATHER_ABORT_RETURNS=1``;
@@ -71,21 +73,45 @@ def _install_signals() -> None:
 
 
 # -- trainer patches --------------------------------------------------------------------
+#: ``resume(trainer, args, kwargs, path)``: hand ``path`` to the trainer's own resume
+#: mechanism for this call unless the script named a checkpoint; says whether it did
+Resume = Callable[[Any, tuple, dict, str], bool]
+
+
+def _resume_kwarg(name: str, fits: Callable[[tuple, str], bool]) -> Resume:
+    """Resume through a keyword of the run method (HF's ``resume_from_checkpoint``,
+    Lightning's ``ckpt_path``) when the script passes none and ``fits(args, path)``."""
+
+    def resume(trainer: Any, args: tuple, kwargs: dict, path: str) -> bool:
+        if kwargs.get(name) is None and fits(args, path):
+            kwargs[name] = path
+            return True
+        return False
+
+    return resume
+
+
+def _resume_forgather(trainer: Any, args: tuple, kwargs: dict, path: str) -> bool:
+    from .forgather import resume_through_args
+
+    return resume_through_args(trainer, path)
+
+
 def _patch_trainer(
     module: Any,
     *,
     add_callback: Callable[[Any], bool],
     find_callback: Callable[[Any], Any],
     method: str,
-    resume_kwarg: str,
-    resume_fits: Callable[[tuple, str], bool],
+    resume: Resume,
+    cls_name: str = "Trainer",
 ) -> None:
-    """Patch ``module.Trainer`` once: each new trainer gets the control callback
+    """Patch ``module.<cls_name>`` once: each new trainer gets the control callback
     (``add_callback(trainer)`` adds it unless the user did, and says whether it did), and
-    ``Trainer.<method>`` resumes from ``resume_from()`` through ``resume_kwarg`` when the
-    script passes no checkpoint of its own and ``resume_fits(args, path)``; after an
-    abort (``find_callback(trainer).aborted``) it ends the worker instead of returning."""
-    trainer_cls = getattr(module, "Trainer", None)
+    ``<method>`` resumes from ``resume_from()`` through ``resume`` when the script names
+    no checkpoint of its own; after an abort (``find_callback(trainer).aborted``) it ends
+    the worker instead of returning."""
+    trainer_cls = getattr(module, cls_name, None)
     if trainer_cls is None or getattr(trainer_cls, "_forgather_patched", False):
         return
     orig_init, orig_run = trainer_cls.__init__, getattr(trainer_cls, method)
@@ -99,10 +125,9 @@ def _patch_trainer(
             log.exception("forgather: could not add the control callback; training goes on without control")
 
     def run(self, *args: Any, **kwargs: Any):
-        resume = resume_from()
-        if resume and kwargs.get(resume_kwarg) is None and resume_fits(args, resume):
-            log.warning("forgather: resuming from %s (restarted run)", resume)
-            kwargs[resume_kwarg] = resume
+        point = resume_from()
+        if point and resume(self, args, kwargs, point):
+            log.warning("forgather: resuming from %s (restarted run)", point)
         result = orig_run(self, *args, **kwargs)
         callback = find_callback(self)
         if callback is not None and callback.aborted and os.environ.get(ENV_ABORT_RETURNS) != "1":
@@ -131,16 +156,22 @@ class _Aborted(SystemExit):
 
 
 def _find_hf_callback(trainer: Any) -> Any:
+    """Our callback among an HF-style trainer's: HF keeps them in its callback handler,
+    the Forgather framework in ``trainer.callbacks``."""
     from .hf import TrainerControlCallback
 
     handler = getattr(trainer, "callback_handler", None)
-    return next((cb for cb in getattr(handler, "callbacks", ()) or () if isinstance(cb, TrainerControlCallback)), None)
+    callbacks = getattr(handler, "callbacks", None) if handler is not None else getattr(trainer, "callbacks", None)
+    return next((cb for cb in callbacks or () if isinstance(cb, TrainerControlCallback)), None)
 
 
 def _add_hf_callback(trainer: Any) -> bool:
     from .hf import TrainerControlCallback
 
-    if _find_hf_callback(trainer) is not None:
+    mine = _find_hf_callback(trainer)
+    if mine is not None:
+        if mine.trainer is None:
+            mine.bind(trainer)  # added by the script, before the trainer existed
         return False
     trainer.add_callback(TrainerControlCallback(trainer=trainer))
     return True
@@ -168,8 +199,7 @@ def _patch_lightning(package: str) -> Callable[[Any], None]:
         add_callback=functools.partial(_add_lightning_callback, package=package),
         find_callback=_find_lightning_callback,
         method="fit",
-        resume_kwarg="ckpt_path",
-        resume_fits=lambda args, path: len(args) < 5 and os.path.isfile(path),  # ckpt_path is fit's 5th
+        resume=_resume_kwarg("ckpt_path", lambda args, path: len(args) < 5 and os.path.isfile(path)),  # ckpt_path is fit's 5th
     )
 
 
@@ -180,11 +210,20 @@ _PATCHES: dict[str, Callable[[Any], None]] = {
         add_callback=_add_hf_callback,
         find_callback=_find_hf_callback,
         method="train",
-        resume_kwarg="resume_from_checkpoint",
-        resume_fits=lambda args, path: not args and os.path.isdir(path),
+        resume=_resume_kwarg("resume_from_checkpoint", lambda args, path: not args and os.path.isdir(path)),
     ),
     "lightning.pytorch.trainer.trainer": _patch_lightning("lightning.pytorch"),
     "pytorch_lightning.trainer.trainer": _patch_lightning("pytorch_lightning"),
+    # The Forgather framework: every trainer it ships is a BaseTrainer, whose __init__ and
+    # train() its subclasses reach through super() or inherit.
+    "forgather.ml.trainer.base_trainer": functools.partial(
+        _patch_trainer,
+        cls_name="BaseTrainer",
+        add_callback=_add_hf_callback,
+        find_callback=_find_hf_callback,
+        method="train",
+        resume=_resume_forgather,
+    ),
 }
 
 

@@ -491,15 +491,33 @@ class Controller:
         trainer waited for all ranks, like Lightning and the plain loop). With
         ``synced=False`` (HF's Trainer writes rank-local files and does not wait), rank 0
         completes the receipt at the next agreed check, which every rank reaches only
-        after its own save, or when the job ends."""
+        after its own save, or when the job ends.
+
+        A path with nothing on disk on rank 0 is not a checkpoint: the save's receipt
+        fails, naming the path, and the job's resume point stays where it was."""
         self.phase = Phase.TRAINING
-        self.last_checkpoint = str(Path(path).absolute())
+        checkpoint = str(Path(path).absolute())
+        if self.is_rank0 and not os.path.exists(checkpoint):
+            # A trainer that reports one path and writes another would leave a receipt
+            # that says completed and a resume point that is not there: neither is kept.
+            log.warning("forgather control: the trainer reported checkpoint %s, but nothing is there; it is not recorded", checkpoint)
+            self._receipts.checkpoint_missing(checkpoint, step=self.current_step)
+            self._changed()
+            return
+        self.last_checkpoint = checkpoint
         point = {"path": self.last_checkpoint, "step": self.current_step, "saved_at": time.time()}
         if synced or self._solo:
             self.resume_point = point
         else:
             self._unsynced_point = point
         self._receipts.checkpoint_saved(self.last_checkpoint, step=self.current_step, synced=synced or self._solo)
+        self._changed()
+
+    def checkpoint_failed(self, reason: str) -> None:
+        """The loop saved no checkpoint it can name (it failed, or the trainer did not say
+        where): the oldest save waiting for one fails with ``reason``."""
+        self.phase = Phase.TRAINING
+        self._receipts.save_failed(reason)
         self._changed()
 
     def evaluation_done(self, metrics: dict[str, Any] | None = None) -> None:

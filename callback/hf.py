@@ -1,8 +1,14 @@
-"""HuggingFace ``Trainer`` integration: :class:`TrainerControlCallback`.
+"""HF-style callback trainers: :class:`TrainerControlCallback`.
 
-Importing this module does not import transformers: the callback duck-types the
-``TrainerCallback`` protocol (``CallbackHandler`` only calls ``on_*`` methods by name),
-so the launcher can inject it and a user can import it without paying for transformers.
+It serves HuggingFace's ``Trainer`` and the Forgather framework's trainers, which take
+the same callbacks (their differences: :mod:`.forgather`). Importing this module imports
+neither: the callback duck-types the ``TrainerCallback`` protocol (both trainers only
+call ``on_*`` methods by name), so the launcher can inject it and a user can import it
+without paying for transformers.
+
+Where a checkpoint went is learned from the trainer, never guessed: HF's from its own
+run folder (``Trainer._get_output_dir``) and checkpoint prefix, the framework's from what
+its checkpoint manager returned. The Controller then records it only if it is on disk.
 
 Where the commands land (all at ``on_step_end``, after ``DefaultFlowCallback`` has set
 its flags for the step, because callbacks run in order and the default flow is first):
@@ -10,11 +16,13 @@ its flags for the step, because callbacks run in order and the default flow is f
 - ``save_checkpoint``: ``should_save`` (and ``should_evaluate`` when evaluation is set
   up, so the checkpoint carries fresh metrics);
 - ``evaluate``: ``should_evaluate``;
-- ``graceful_stop``: ``should_training_stop`` plus what the default flow does at the
-  last step (save and evaluate per the strategies): the trainer's own end of training;
+- ``graceful_stop``: ``should_training_stop`` plus what HF's default flow does at the
+  last step (save and evaluate per the strategies): the trainer's own end of training
+  (the framework's trainers do that end themselves);
 - ``save_and_stop``: ``should_save`` and ``should_training_stop``;
 - ``abort``: ``should_training_stop``; HF has no abort flag, so ``should_save`` is held
-  false to the end (the epoch-end flow would otherwise save) and ``aborted`` is set.
+  false to the end (the epoch-end flow would otherwise save) and ``aborted`` is set; the
+  framework's ``should_abort_without_save`` is set where the control object has it.
 
 Traps handled: checks happen at ``on_step_end`` only (one per optimizer step, so
 gradient accumulation and the ``on_log`` calls from evaluation and train end never
@@ -34,6 +42,7 @@ from typing import Any
 from forgather_control.control import Command
 
 from .controller import Controller
+from .forgather import ABORT_FLAG, SaveWatch, is_forgather_control, is_forgather_trainer
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +56,36 @@ class TrainerControlCallback:
     enable_http=..., auth=..., check_interval=..., signals=...)`` takes the
     :class:`Controller` options and starts a Controller at train begin (closing it at
     train end); ``controller=`` passes one in instead (then its owner closes it).
-    ``trainer=`` (optional) lets the callback see whether the trainer has an eval
-    dataset when ``eval_strategy`` is ``"no"``.
+    ``trainer=`` (or :meth:`bind` once the trainer exists: the callback is built before
+    it) tells the callback where the trainer saves its checkpoints and whether it has an
+    eval dataset. ``forgather launch`` binds it; without it an HF save is found under
+    ``args.output_dir``, and a Forgather framework save cannot be known, so a commanded
+    save then fails with the reason instead of naming a path.
     """
 
     def __init__(self, controller: Controller | None = None, *, trainer: Any = None, **options: Any) -> None:
         self._own = controller is None
         self._options = options
         self.controller: Controller = controller if controller is not None else Controller(**options)
-        self._trainer = weakref.ref(trainer) if trainer is not None else None
+        self._trainer: weakref.ref[Any] | None = None
+        self._forgather = False
+        self._saves = SaveWatch(lambda: self.aborted)
         self._eval_ready = False
         self._save_strategy = "steps"
         self._eval_strategy = "no"
         self._aborted = False
+        if trainer is not None:
+            self.bind(trainer)
+
+    def bind(self, trainer: Any) -> TrainerControlCallback:
+        """The trainer this callback serves (kept weakly)."""
+        self._trainer = weakref.ref(trainer)
+        self._forgather = is_forgather_trainer(trainer)
+        return self
+
+    @property
+    def trainer(self) -> Any:
+        return self._trainer() if self._trainer is not None else None
 
     # -- what others read ------------------------------------------------------------
     @property
@@ -79,6 +105,8 @@ class TrainerControlCallback:
         raise AttributeError(name)
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._forgather or is_forgather_control(control):
+            self._watch_saves()  # the framework builds its checkpoint manager just before this event
         return control
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -92,6 +120,9 @@ class TrainerControlCallback:
             self._eval_strategy = _value(getattr(args, "eval_strategy", "no"))
             self._eval_ready = self._eval_strategy != "no" or self._trainer_has_eval()
             self._aborted = False
+            self._forgather = self._forgather or is_forgather_control(control)
+            if self._forgather:
+                self._watch_saves()
             ctl.start()
             ctl.begin()
             ctl.set_epoch(state.epoch)
@@ -136,16 +167,28 @@ class TrainerControlCallback:
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         try:
-            if not self.aborted:
-                _release(control)
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            self.controller.checkpoint_saved(folder, synced=False)
+            if self.aborted:
+                return control  # nothing of an aborted job is a resume point
+            _release(control)
+            if self._forgather:
+                folder = self._saves.take()
+                if folder is None:
+                    self.controller.checkpoint_failed(
+                        "the trainer saved a checkpoint but did not say where (the callback was not given the trainer): "
+                        "use forgather launch, or call callback.bind(trainer) after building it"
+                    )
+                    return control
+                # The framework's save waits for every rank (a barrier) before it returns.
+                self.controller.checkpoint_saved(folder, synced=True)
+            else:
+                self.controller.checkpoint_saved(self._hf_checkpoint(args, state), synced=False)
         except Exception:
             log.exception("forgather control: could not record the checkpoint")
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         _release(control)
+        self._saves.close()
         if self._own:
             try:
                 self.controller.close()
@@ -161,6 +204,8 @@ class TrainerControlCallback:
             self._aborted = True
             control.should_training_stop = True
             control.should_evaluate = False
+            if hasattr(control, ABORT_FLAG):
+                setattr(control, ABORT_FLAG, True)
             _hold(control, False)
             return
         if act.save:
@@ -178,7 +223,7 @@ class TrainerControlCallback:
                 )
         if act.stop:
             control.should_training_stop = True
-            if cmd == Command.GRACEFUL_STOP:
+            if cmd == Command.GRACEFUL_STOP and not self._forgather:
                 # What DefaultFlowCallback does when max_steps is reached.
                 if self._eval_strategy == "steps":
                     control.should_evaluate = True
@@ -186,8 +231,24 @@ class TrainerControlCallback:
                     control.should_save = True
 
     def _trainer_has_eval(self) -> bool:
-        trainer = self._trainer() if self._trainer is not None else None
+        trainer = self.trainer
         return bool(trainer is not None and getattr(trainer, "eval_dataset", None) is not None)
+
+    def _watch_saves(self) -> None:
+        trainer = self.trainer
+        if trainer is not None:
+            self._saves.attach(trainer)
+
+    def _hf_checkpoint(self, args: Any, state: Any) -> str:
+        """The folder HF's ``_save_checkpoint`` just wrote: its run folder (the output
+        dir, or a hyperparameter trial's) and its checkpoint prefix."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # imported already: HF is training
+
+        trainer = self.trainer
+        run_dir = args.output_dir
+        if trainer is not None and hasattr(trainer, "_get_output_dir"):
+            run_dir = trainer._get_output_dir(trial=getattr(trainer, "_trial", None))
+        return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 def _ignore(*args: Any, **kwargs: Any) -> Any:

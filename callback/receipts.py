@@ -108,6 +108,18 @@ class Receipts:
         else:
             self._unsynced.append((waiting.command_id, result))
 
+    def checkpoint_missing(self, checkpoint: str, *, step: int) -> None:
+        """The loop reported ``checkpoint`` at ``step`` but nothing is on disk there: the
+        oldest save waiting for one fails, naming the path (never ``completed`` for a
+        checkpoint that does not exist)."""
+        self.save_failed(f"the trainer reported checkpoint {checkpoint} at step {step}, but nothing is on disk at that path; no checkpoint was recorded")
+
+    def save_failed(self, reason: str) -> None:
+        """The oldest save waiting for a checkpoint fails with ``reason``."""
+        waiting = self._take(lambda cmd: cmd.saves)
+        if waiting is not None:
+            self._ledger.fail(waiting.command_id, reason)
+
     def evaluation_done(self, metrics: dict[str, Any], *, step: int) -> None:
         """An evaluation's (JSON-safe) metrics at ``step``: completes the oldest evaluate."""
         self._last_eval = (step, metrics)

@@ -103,4 +103,5 @@ def test_one_process_makes_no_collective(jobs_dir: Path) -> None:
         ctl.ledger.submit("save")
         act = ctl.step(1000)
         assert act.save and not ctl.agrees
+        (jobs_dir / "x").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "x")

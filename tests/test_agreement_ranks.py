@@ -57,6 +57,7 @@ for step in range(1, 100000):
     if act:
         actions.append([step, act.command.value])
     if act.save:
+        open(f"{out}/ckpt-{step}", "w").close()
         ctl.checkpoint_saved(f"{out}/ckpt-{step}")
     if act.evaluate:
         ctl.evaluation_done({"m": 1.0})

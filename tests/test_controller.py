@@ -56,6 +56,32 @@ def test_files_and_modes_under_umask_000(jobs_dir: Path) -> None:
         ctl.close()
 
 
+def test_a_save_whose_reported_path_is_not_on_disk_fails_and_records_no_resume_point(jobs_dir: Path) -> None:
+    ctl = make(jobs_dir).start()
+    try:
+        with client_for(jobs_dir) as c:
+            assert ctl.step(1) is NO_ACTIONS
+            save = c.send("save")
+            step, act = run_until_actions(ctl, 2)
+            assert act.save
+            ghost = jobs_dir / "out" / f"checkpoint-{step}"  # what a trainer that guesses its path would report
+            ctl.checkpoint_saved(ghost)
+            entry = c.entry(save["id"])
+            assert entry["state"] == "failed" and str(ghost) in entry["reason"] and "nothing is on disk" in entry["reason"]
+            st = c.status()
+            assert st["resume_point"] is None and st["last_checkpoint"] is None
+            # the next save that is really written completes as usual
+            again = c.send("save")
+            step, act = run_until_actions(ctl, step + 1)
+            real = jobs_dir / "real"
+            real.mkdir()
+            ctl.checkpoint_saved(real)
+            assert c.entry(again["id"])["state"] == "completed"
+            assert c.status()["resume_point"]["path"] == str(real)
+    finally:
+        ctl.close()
+
+
 def test_commands_over_http_end_to_end(jobs_dir: Path) -> None:
     ctl = make(jobs_dir).start()
     with client_for(jobs_dir) as c:
@@ -64,6 +90,7 @@ def test_commands_over_http_end_to_end(jobs_dir: Path) -> None:
         step, act = run_until_actions(ctl, 2)
         assert act.save and not act.stop and act.command == Command.SAVE_CHECKPOINT
         assert c.entry(save["id"])["state"] == "applied"
+        (jobs_dir / "ckpt").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "ckpt")
         done = c.entry(save["id"])
         assert done["state"] == "completed" and done["step"] == step and done["result"]["checkpoint"] == str(jobs_dir / "ckpt")
@@ -148,9 +175,10 @@ def test_file_channel_only(jobs_dir: Path) -> None:
         sent = c.send("save")
         act = wait_for(lambda: ctl.step(1), timeout=30, what="the inbox command")
         assert act.save
-        ctl.checkpoint_saved("/tmp/x")
+        (jobs_dir / "x").write_text("saved")
+        ctl.checkpoint_saved(jobs_dir / "x")
         e = wait_for(lambda: (c.entry(sent["id"]) or {}).get("state") == "completed" and c.entry(sent["id"]), what="receipt in status.json")
-        assert e["result"]["checkpoint"] == "/tmp/x"
+        assert e["result"]["checkpoint"] == str(jobs_dir / "x")
         # garbage and hostile files in the inbox are skipped, never crash the poller
         (ctl.paths.inbox / "garbage.json").write_text("{nope")
         (ctl.paths.inbox / "list.json").write_text("[1]")

@@ -37,6 +37,7 @@ def test_signal_becomes_save_and_stop_chains_and_restores(jobs_dir: Path, prev_h
         os.kill(os.getpid(), SIG)
         act = ctl.step(2)
         assert act.save and act.stop and not act.abort and act.reason.startswith("signal")
+        (jobs_dir / "ckpt-2").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "ckpt-2")
         assert prev_handler == [SIG]  # chained
     assert signal.getsignal(SIG) is mine  # restored at close
@@ -63,6 +64,7 @@ def test_repeat_within_the_window_counts_once(jobs_dir: Path) -> None:
         os.kill(os.getpid(), SIG)  # the scheduler and torchrun both signalled
         act = ctl.step(2)
         assert act.save and act.stop and not act.abort
+        (jobs_dir / "c").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "c")
 
 

@@ -66,7 +66,7 @@ class LiveJob:
                 if act.evaluate:
                     self.ctl.evaluation_done({"eval_loss": 0.5})
                 if act.save:
-                    self.ctl.checkpoint_saved(f"/tmp/ck-{step}")
+                    self.ctl.checkpoint_saved(self.ctl.paths.dir)  # a path that exists: what was saved is not the point here
                 self.stop_seen |= act.stop  # a real loop would stop; this one keeps stepping to show it can
                 self.steps = step
                 time.sleep(0.001)
