@@ -45,6 +45,17 @@ class Samples(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
+class Announce:
+    """Says which step training starts from (a relaunch resumes past 0)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        print(f"rank {self.rank}: training from step {state.global_step}", flush=True)
+        return control
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True)
@@ -94,6 +105,7 @@ def main() -> int:
         from forgather.ml.trainer import Trainer, TrainingArguments
 
         trainer = Trainer(args=TrainingArguments(**common), compute_loss_func=loss, **data)
+    trainer.add_callback(Announce(env.rank))
     out = trainer.train()
     print(f"train() returned at step {out.global_step}", flush=True)
     if args.after_train and env.rank == 0:
