@@ -6,6 +6,8 @@ ports and processes.
   one's whole process tree and asserts none is left.
 - ``cli``: runs the real ``forgather`` command line as a subprocess.
 - ``wait_for``: ``support.waiting.wait_for``, for a test that takes it as a fixture.
+- ``framework_py``: the python3.12 of a venv with the real Forgather framework and this
+  checkout's package (``support.framework``; run its ``forgather`` with ``framework_env``).
 
 A test not marked ``slow`` may not start torchrun, Ray, a SLURM job, a launcher or a
 package build (``support.tiers``): it fails, naming the marker.
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from support.cli import CliResult, run_cli
 from support.env import base_env
+from support.framework import framework_python
 from support.processes import Procs
 from support.tiers import quick_tier
 from support.waiting import wait_for as _wait_for
@@ -64,3 +67,10 @@ def cli(jobs_dir: Path) -> Callable[..., CliResult]:
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
     return _wait_for
+
+
+@pytest.fixture(scope="session")
+def framework_py() -> Path:
+    """Built once for all workers (a file lock), cached across runs; skips without Python
+    3.12 (fails under CI=true). Only slow tests may use it: a build installs packages."""
+    return framework_python()
