@@ -185,4 +185,5 @@ def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir
     assert set(lines) == {0, 1} and all("aborted=True" in line for line in lines.values()), job2.output()[-3000:]
     assert end_step(lines[0]) == end_step(lines[1]) == ab["step"]
     assert t.files(out2) == kept, (t.files(out2), kept, ab)  # nothing saved at or after the abort
-    assert final_status(jobs_dir, second)["state"] == "aborted"
+    final = final_status(jobs_dir, second)
+    assert final["state"] == "aborted" and final["resume_point"] is None, final  # the abort recorded no resume point
