@@ -25,7 +25,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from support.framework import framework_env, framework_python
+from support.framework import framework_env
 from support.paths import EXAMPLES
 from support.processes import Proc, Procs
 from support.records import read_record
@@ -37,11 +37,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SCRIPT = EXAMPLES / "forgather_trainer.py"
 TIMEOUT = 300.0
-
-
-@pytest.fixture(scope="module")
-def fg_python() -> Path:
-    return framework_python()
 
 
 def launch(procs: Procs, py: Path, jobs_dir: Path, job_id: str, out: Path, *args: str, nproc: int = 1, name: str = "launch") -> Proc:
@@ -90,10 +85,10 @@ def a_framework_checkpoint(path: str, out: Path) -> Path:
 
 @pytest.mark.parametrize(("trainer", "nproc"), [("trainer", 1), ("accel", 2)])
 def test_listed_saved_evaluated_save_stopped_resumed_and_aborted(
-    trainer: str, nproc: int, fg_python: Path, jobs_dir: Path, procs: Procs, cli, tmp_path: Path
+    trainer: str, nproc: int, framework_py: Path, jobs_dir: Path, procs: Procs, cli, tmp_path: Path
 ) -> None:
     out, job_id = tmp_path / "out", f"fg-{trainer}"
-    job = launch(procs, fg_python, jobs_dir, job_id, out, "--trainer", trainer, "--after-train", str(tmp_path / "exported-1"), nproc=nproc)
+    job = launch(procs, framework_py, jobs_dir, job_id, out, "--trainer", trainer, "--after-train", str(tmp_path / "exported-1"), nproc=nproc)
     row = listed(cli, job_id, job, run=1)
     assert row["world_size"] == nproc and row["max_steps"] == 100_000, row
 
@@ -111,7 +106,7 @@ def test_listed_saved_evaluated_save_stopped_resumed_and_aborted(
     resume = a_framework_checkpoint(stop["result"]["checkpoint"], out)
     assert (tmp_path / "exported-1").read_text().strip() == str(stop["step"])  # a stop returns from train()
 
-    again = launch(procs, fg_python, jobs_dir, job_id, out, "--trainer", trainer, "--after-train", str(tmp_path / "exported-2"), nproc=nproc, name="again")
+    again = launch(procs, framework_py, jobs_dir, job_id, out, "--trainer", trainer, "--after-train", str(tmp_path / "exported-2"), nproc=nproc, name="again")
     listed(cli, job_id, again, run=2)
     assert f"resuming from {resume}" in again.output(), again.output()[-4000:]
     assert start_steps(again) == dict.fromkeys(range(nproc), stop["step"]), again.output()[-4000:]  # every rank, at the saved step
@@ -128,9 +123,9 @@ def test_listed_saved_evaluated_save_stopped_resumed_and_aborted(
     assert [c["path"] for c in record["checkpoints"]][-1] == str(resume), record["checkpoints"]  # no resume point from the abort
 
 
-def test_sigterm_saves_and_stops_two_ranks_and_the_relaunch_resumes_there(fg_python: Path, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+def test_sigterm_saves_and_stops_two_ranks_and_the_relaunch_resumes_there(framework_py: Path, jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     out, job_id = tmp_path / "out", "fg-term"
-    job = launch(procs, fg_python, jobs_dir, job_id, out, nproc=2)
+    job = launch(procs, framework_py, jobs_dir, job_id, out, nproc=2)
     listed(cli, job_id, job, run=1)
     job.popen.send_signal(signal.SIGTERM)
     assert job.wait(TIMEOUT) == EXIT_PREEMPTED, job.output()[-4000:]
@@ -139,7 +134,7 @@ def test_sigterm_saves_and_stops_two_ranks_and_the_relaunch_resumes_there(fg_pyt
     point = record["checkpoints"][-1]
     a_framework_checkpoint(point["path"], out)
 
-    again = launch(procs, fg_python, jobs_dir, job_id, out, nproc=2, name="again")
+    again = launch(procs, framework_py, jobs_dir, job_id, out, nproc=2, name="again")
     listed(cli, job_id, again, run=2)
     assert start_steps(again) == {0: point["step"], 1: point["step"]}, again.output()[-4000:]
     control(cli, "stop", job_id, "--wait")
@@ -172,12 +167,12 @@ print(json.dumps({k: sum(isinstance(c, TrainerControlCallback) and c.trainer is 
 """
 
 
-def test_every_trainer_the_framework_ships_gets_the_callback(fg_python: Path, jobs_dir: Path) -> None:
+def test_every_trainer_the_framework_ships_gets_the_callback(framework_py: Path, jobs_dir: Path) -> None:
     """The patch sits on BaseTrainer, so every trainer the framework ships gets exactly
     one callback, bound to it, when built (PipelineTrainer too, which is not trained here)."""
     import subprocess
 
-    env = framework_env(fg_python, jobs_dir, FORGATHER_LAUNCHED="1", FORGATHER_JOB_ID="probe")
-    res = subprocess.run([str(fg_python), "-c", PROBE], env=env, capture_output=True, text=True, timeout=300, check=False)
+    env = framework_env(framework_py, jobs_dir, FORGATHER_LAUNCHED="1", FORGATHER_JOB_ID="probe")
+    res = subprocess.run([str(framework_py), "-c", PROBE], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"Trainer": 1, "AccelTrainer": 1, "PipelineTrainer": 1}
