@@ -4,26 +4,36 @@ Both packages ship a ``forgather`` script; ours runs ``launch`` and ``control`` 
 any other subcommand (or a framework option before one) to the framework's entry point,
 found in the installed distributions' metadata and called with the same argv. Looking it
 up reads metadata only: nothing of the framework is imported until it is called.
+
+``forgather framework ARGS`` reaches what we shadow (the framework's own ``control``):
+ARGS go to its entry point verbatim, none parsed by us (``main.run`` hands them over
+before click sees them); ``passthrough`` is that subcommand for ``--help`` and for the
+usage error when the framework is not installed.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import traceback
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
+
+import click
 
 from forgather_control.control.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
-__all__ = ["describe", "entry_point", "is_ours", "run"]
+__all__ = ["PASSTHROUGH", "describe", "entry_point", "is_ours", "passthrough", "passthrough_args", "run"]
 
 #: Our root options; none takes a value (``-v``, ``-vv``, ``--verbose``).
 ROOT_FLAG = re.compile(r"-v+|--verbose")
 SCRIPT = "forgather"
 OUR_DIST = "forgather-control"
+#: ``forgather framework ARGS``: the framework's own CLI with ARGS, whatever we shadow.
+PASSTHROUGH = "framework"
 
 
 def entry_point() -> EntryPoint | None:
@@ -57,9 +67,36 @@ def is_ours(args: Sequence[str], commands: Collection[str]) -> bool:
     return True
 
 
+def passthrough_args(args: Sequence[str]) -> list[str] | None:
+    """The words after ``framework`` when it is the subcommand (after our root flags),
+    exactly as given; None for any other argv."""
+    for i, word in enumerate(args):
+        if ROOT_FLAG.fullmatch(word):
+            continue
+        return list(args[i + 1 :]) if word == PASSTHROUGH else None
+    return None
+
+
+@click.command(
+    PASSTHROUGH,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+    options_metavar="ARGS...",
+)
+def passthrough() -> None:
+    """``forgather framework``, reached through click only when the framework is not
+    installed (``main.run`` hands ARGS to it directly otherwise)."""
+    raise click.UsageError(
+        "the Forgather framework is not installed here: `forgather framework ARGS` runs its own CLI "
+        "(its `forgather` entry point) with ARGS. Install it beside this package (the README's "
+        "section With the Forgather framework's trainers has the commands)."
+    )
+
+
 def run(ep: EntryPoint, args: list[str], *, error: Callable[[str], None]) -> int:
     """Call the framework's console-script function as its own script would, with
-    ``sys.argv`` set to the same argv, and return its exit status."""
+    ``sys.argv`` set to the same argv, and return its exit status (an exception it does
+    not catch: its traceback and 1, as from its own script)."""
     try:
         func = ep.load()
     except Exception as exc:  # noqa: BLE001 - say what broke, not a traceback of ours
@@ -71,6 +108,9 @@ def run(ep: EntryPoint, args: list[str], *, error: Callable[[str], None]) -> int
         status: object = func()
     except SystemExit as exc:
         status = exc.code
+    except Exception:  # noqa: BLE001 - what Python does at the top of its own script
+        traceback.print_exc()
+        return EXIT_FAILED
     finally:
         sys.argv = saved
     if status is None:

@@ -17,7 +17,8 @@ Beside the Forgather framework: ``forgather`` (``main``) runs our subcommands (`
 ``control``) and hands any other subcommand, or an option of the framework's before one,
 to the framework's own ``forgather`` console script when it is installed, found through
 ``importlib.metadata`` and called with the same argv. Our subcommands never look it up,
-so they never import it. ``forgather-control`` (``control_main``) is ours alone.
+so they never import it. ``forgather framework ARGS`` hands it ARGS verbatim, for what we
+shadow (its ``control``). ``forgather-control`` (``control_main``) hands it nothing else.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RootGroup(LazyGroup):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and not name.startswith("-") and name not in self.commands and name not in self.lazy:
-            ours = ", ".join(sorted({*self.commands, *self.lazy}))
+            ours = ", ".join(sorted({*self.commands, *self.lazy} - {framework.PASSTHROUGH}))
             ctx.fail(f"No such command {name!r}. This package's commands are: {ours}. {_framework_note()}")
         return super().resolve_command(ctx, args)
 
@@ -65,6 +66,10 @@ class RootGroup(LazyGroup):
     cls=RootGroup,
     lazy={
         "control": ("forgather_control.cli.control:control", "Find, watch and command running jobs."),
+        framework.PASSTHROUGH: (
+            "forgather_control.cli.framework:passthrough",
+            "The Forgather framework's own CLI with the arguments that follow, verbatim (its `control`: `forgather framework control list`).",
+        ),
         "launch": ("forgather_control.cli.launch:launch", "Launch a training script under torchrun / SLURM."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -137,7 +142,8 @@ def _framework_note() -> str:
         return (
             "Any other subcommand (ls, train, project, ...), or a framework option before one "
             "(-p, -t, -i, --no-dyn), goes to the Forgather framework's own CLI when the "
-            f"framework is installed ({status}). `forgather-control` runs only this package's commands."
+            f"framework is installed ({status}); `forgather {framework.PASSTHROUGH} ARGS` reaches any of its "
+            "commands, ours by the same name included. `forgather-control` runs only this package's commands."
         )
     return (
         "This is forgather-control alone: `forgather` runs the same commands and hands every "
@@ -160,11 +166,14 @@ def run(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
 
     With ``delegate`` (``forgather``), an argv that is not ours goes to the Forgather
     framework's CLI when it is installed; its exit status is returned, and its errors
-    are its own.
+    are its own. ``framework ARGS`` hands it ARGS, none parsed here.
     """
     global _delegating
     _delegating = delegate
     args = list(sys.argv[1:] if argv is None else argv)
+    verbatim = framework.passthrough_args(args)
+    if verbatim is not None and (ep := framework.entry_point()) is not None:
+        return framework.run(ep, verbatim, error=_error)
     if delegate and not framework.is_ours(args, {*cli.commands, *cli.lazy}):
         ep = framework.entry_point()
         if ep is not None:

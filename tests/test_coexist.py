@@ -1,126 +1,55 @@
-"""forgather-control installed beside the Forgather framework, as users do it.
+"""forgather-control installed beside the real Forgather framework, as users do it.
 
-The framework is a regular package ``forgather`` with its CLI at ``forgather/cli`` and its
-own ``forgather`` console script. Here a tiny stand-in of it (written by the test: its
-``__init__`` records every import in a marker file) goes into a fresh venv first, our
-wheel (built from this tree) second, and the test checks that:
+The framework (a copy of ../shared/vendor/forgather-f92f8b8, Python 3.12) and our wheel
+(built from this tree) go into fresh venvs in both orders, the framework plain or editable.
+Each venv is stacked on the cached deps layer of ``support.framework`` (torch and the rest
+are not installed again): every install is ``--no-deps --no-index``. The slow tests check:
 
-- our wheel ships nothing under ``forgather/`` and changes no framework file (only the
-  shared ``bin/forgather`` script becomes ours);
-- ``forgather`` runs our ``launch`` and ``control`` without importing the framework, and
-  hands everything else, exit status included, to the framework's CLI;
-- the same holds with the framework installed editable (``pip install -e``);
-- uninstalling our wheel leaves the framework's package intact; the shared script goes
-  with it, and reinstalling the framework brings its own back.
+- our wheel ships nothing under ``forgather/`` and changes no framework file (their hashes,
+  its RECORD's and its sources', before and after; only the shared ``bin/forgather``
+  becomes ours);
+- ``forgather launch`` and ``control`` are ours and import nothing of the framework
+  (Python's own import log says so); every other subcommand, with the framework's global
+  options, goes to the framework's CLI and ends with its exit status;
+- ``forgather framework ARGS`` reaches what we shadow (its ``control``);
+- the other order, and uninstalling either package, do what the README says.
 
-The venv sees the system's site-packages (torch, click ...), so nothing is downloaded;
-every install is ``--no-deps --no-index``.
+The quick tests check the passthrough in process (argv verbatim, its refusal without the
+framework) and that the README's install recipe is the one ``support.framework`` builds.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
+import logging
+import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from support import framework as fwenv
+from support.framework import Venv, copy_framework, framework_deps, framework_files
 from support.paths import REPO
 
-pytestmark = pytest.mark.slow
+from forgather_control.cli import framework as fw
+from forgather_control.cli import main
 
-FRAMEWORK_VERSION = "9.9.9"
-MARKER_ENV = "STANDIN_FORGATHER_IMPORTED"
-
-#: The stand-in framework: a regular package, its CLI in forgather/cli, its own `control`.
-STANDIN: dict[str, str] = {
-    "pyproject.toml": f"""
-        [build-system]
-        requires = ["setuptools>=68"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "forgather"
-        version = "{FRAMEWORK_VERSION}"
-
-        [project.scripts]
-        forgather = "forgather.cli:main"
-
-        [tool.setuptools.packages.find]
-        where = ["src"]
-        """,
-    "src/forgather/__init__.py": f"""
-        import os
-
-        _marker = os.environ.get("{MARKER_ENV}")
-        if _marker:
-            with open(_marker, "a") as f:
-                f.write("forgather imported\\n")
-        """,
-    "src/forgather/cli/__init__.py": """
-        from .main import main
-
-        __all__ = ["main"]
-        """,
-    "src/forgather/cli/__main__.py": """
-        from .main import main
-
-        if __name__ == "__main__":
-            main()
-        """,
-    "src/forgather/cli/main.py": """
-        import argparse
-        import sys
+FRAMEWORK_VERSION = "2024.0.0a1"
+#: The framework's own answers, as its CLI prints them.
+NO_PROJECTS = "No projects where fouund at or below"
+NO_JOBS = "No discoverable training jobs found."
+#: The framework's CLI without any `forgather` script (what the README gives after an uninstall).
+FRAMEWORK_MAIN = "import sys; from forgather.cli import main; sys.exit(main())"
 
 
-        def main():
-            parser = argparse.ArgumentParser(prog="forgather")
-            parser.add_argument("-p", "--project-dir", default=".")
-            parser.add_argument("command")
-            parser.add_argument("rest", nargs=argparse.REMAINDER)
-            args = parser.parse_args()
-            if args.command == "ls":
-                print(f"STANDIN-LS project={args.project_dir} rest={args.rest}")
-            elif args.command == "control":
-                from .control import control_cmd
-
-                control_cmd(args.rest)
-            elif args.command == "fail":
-                sys.exit(int(args.rest[0]))
-            else:
-                print(f"Error: Unknown subcommand '{args.command}'")
-                sys.exit(1)
-        """,
-    "src/forgather/cli/control.py": """
-        def control_cmd(rest):
-            print(f"STANDIN-CONTROL {rest}")
-        """,
-}
-
-
-def write_standin(root: Path) -> Path:
-    for rel, text in STANDIN.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
-
-
-def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "PYTHON", "PIP_", "FORGATHER_"))}
-    env.pop("VIRTUAL_ENV", None)
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return env
+def changed(before: dict[Path, str], after: dict[Path, str]) -> set[Path]:
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
 
 
 @pytest.fixture(scope="module")
@@ -131,82 +60,31 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = base / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".venv", "out"))
     out = base / "dist"
-    r = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)], clean_env(), base)
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=base, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     (whl,) = out.glob("forgather_control-*.whl")
     return whl
 
 
-@dataclass
-class Venv:
-    root: Path
-    env: dict[str, str]
-    site: Path
-
-    @classmethod
-    def create(cls, root: Path, home: Path) -> Venv:
-        r = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], clean_env(), home)
-        assert r.returncode == 0, r.stderr
-        env = clean_env()
-        env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        env["FORGATHER_JOBS_DIR"] = str(home / "jobs")
-        env[MARKER_ENV] = str(home / "framework-imported")
-        py = str(root / "bin" / "python")
-        site = Path(run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env, home).stdout.strip())
-        if sys.prefix != sys.base_prefix:
-            # Run from a venv: --system-site-packages reaches the base interpreter's,
-            # not this one's; make this one's packages (torch, click ...) visible too.
-            import site as site_mod
-
-            (site / "_outer_site.pth").write_text("\n".join(site_mod.getsitepackages()) + "\n")
-        return cls(root, env, site)
-
-    def run(self, *argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return run([str(a) for a in argv], self.env, cwd or self.root.parent)
-
-    def bin(self, name: str) -> Path:
-        return self.root / "bin" / name
-
-    def pip(self, *args: str | Path) -> None:
-        r = self.run(self.bin("python"), "-m", "pip", *args)
-        assert r.returncode == 0, r.stdout + r.stderr
-
-    def record(self, dist: str) -> list[Path]:
-        """The files pip recorded for a distribution, as paths."""
-        (info,) = self.site.glob(f"{dist}-*.dist-info")
-        with open(info / "RECORD", newline="") as f:
-            return [(self.site / row[0]).resolve() for row in csv.reader(f) if row]
+@pytest.fixture
+def venv(tmp_path: Path) -> Venv:
+    """A fresh venv on the deps layer (skips without Python 3.12; fails under CI=true)."""
+    return Venv.create(tmp_path / "venv", tmp_path / "home", framework_deps())
 
 
-def snapshot(venv: Venv, framework_src: Path) -> dict[Path, str]:
-    """sha256 of every framework file: what its RECORD lists, everything under the
-    installed forgather/ and the stand-in's sources (for an editable install). Bytecode
-    caches aside: they are derived, and pip rewrites them (with new source mtimes in
-    them) whenever it reinstalls."""
-    files = set(venv.record("forgather"))
-    for tree in (venv.site / "forgather", framework_src / "src" / "forgather"):
-        if tree.is_dir():
-            files.update(p.resolve() for p in tree.rglob("*") if p.is_file())
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files) if p.is_file() and "__pycache__" not in p.parts}
-
-
-def changed(before: dict[Path, str], after: dict[Path, str]) -> set[Path]:
-    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
-
-
-def install_both(tmp_path: Path, wheel: Path, editable: bool) -> tuple[Venv, Path, dict[Path, str]]:
-    """A venv with the stand-in framework installed first (editable or not) and our
-    wheel second; returns it, the framework's sources, and the framework's files as
-    they were before our install."""
-    framework = write_standin(tmp_path / "framework")
-    venv = Venv.create(tmp_path / "venv", tmp_path)
-    venv.pip("install", "--no-deps", "--no-index", "--no-build-isolation", "-q", *(["-e"] if editable else []), framework)
-    before = snapshot(venv, framework)
+def install_both(tmp_path: Path, venv: Venv, wheel: Path, editable: bool) -> tuple[Path, dict[Path, str]]:
+    """The framework first (editable or not), our wheel second; returns the framework's
+    source copy and its files as they were before our install."""
+    source = copy_framework(tmp_path / "framework")
+    venv.install(source, *(["-e"] if editable else []))
+    before = framework_files(venv, source)
     assert venv.bin("forgather").is_file()
-    venv.pip("install", "--no-deps", "--no-index", "-q", wheel)
-    return venv, framework, before
+    venv.install(wheel)
+    return source, before
 
 
+@pytest.mark.slow
 def test_wheel_ships_nothing_under_forgather(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -221,11 +99,12 @@ def test_wheel_ships_nothing_under_forgather(wheel: Path) -> None:
     assert "forgather-control = forgather_control.cli.main:control_main" in entry_points
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("editable", [False, True], ids=["framework-installed", "framework-editable"])
-def test_both_sides_answer_beside_the_framework(tmp_path: Path, wheel: Path, editable: bool) -> None:
-    venv, framework, before = install_both(tmp_path, wheel, editable)
-    marker = Path(venv.env[MARKER_ENV])
-    forgather, fc = venv.bin("forgather"), venv.bin("forgather-control")
+def test_both_sides_answer_beside_the_real_framework(tmp_path: Path, venv: Venv, wheel: Path, editable: bool) -> None:
+    source, before = install_both(tmp_path, venv, wheel, editable)
+    forgather, fc, py = venv.bin("forgather"), venv.bin("forgather-control"), venv.bin("python")
+    home = Path(venv.env["HOME"])
 
     # (a) nothing of ours under forgather/, as installed
     site = venv.site.resolve()
@@ -237,57 +116,64 @@ def test_both_sides_answer_beside_the_framework(tmp_path: Path, wheel: Path, edi
         assert p.is_relative_to(site / "forgather_control") or p.parent.name.startswith("forgather_control-") or p in scripts, p
 
     # (b) every framework file as it was, but the shared console script, which is now ours
-    after = snapshot(venv, framework)
     script = forgather.resolve()
-    assert changed(before, after) == {script}, changed(before, after)
+    assert changed(before, framework_files(venv, source)) == {script}
     assert "forgather_control.cli.main" in script.read_text()
     if editable:
         assert not (venv.site / "forgather").exists()  # the framework lives in its source tree
+    r = venv.run(py, "-c", "import forgather_control.cli.main as m; print(m.__file__)")
+    assert r.returncode == 0 and Path(r.stdout.strip()).is_relative_to(venv.site), r  # our wheel's code
 
-    # our code runs from the wheel, not from a checkout this interpreter can also see
-    r = venv.run(venv.bin("python"), "-c", "import forgather_control.cli.main as m; print(m.__file__)")
-    assert r.returncode == 0 and Path(r.stdout.strip()).is_relative_to(venv.site), r
-
-    # (c) our side, and (d) none of it imports the framework
-    r = venv.run(forgather, "control", "list", "--json")
-    assert r.returncode == 0 and r.stdout.strip() == "[]", r
-    r = venv.run(fc, "control", "list")
-    assert r.returncode == 0 and "does not exist yet" in r.stdout, r
-    (tmp_path / "train.py").write_text("print('hello')\n")
-    r = venv.run(forgather, "launch", "--dry-run", "--job-id", "coexist-1", tmp_path / "train.py")
-    assert r.returncode == 0 and "forgather launch: plan (dry run" in r.stdout, r
-    r = venv.run(forgather, "control", "--help")
-    assert r.returncode == 0 and "STANDIN" not in r.stdout and "save-stop" in r.stdout, r
-    r = venv.run(forgather, "--help")
-    assert r.returncode == 0 and "launch" in r.stdout and "control" in r.stdout, r
+    # (c) our side, importing nothing of the framework
+    r, imported = venv.imported(forgather, "control", "list", "--json")
+    assert r.returncode == 0 and r.stdout.strip() == "[]" and not imported, (r.stdout, imported)
+    r, imported = venv.imported(fc, "control", "list")
+    assert r.returncode == 0 and "does not exist yet" in r.stdout and not imported, (r.stdout, imported)
+    (home / "train.py").write_text("print('hello')\n")
+    r, imported = venv.imported(forgather, "launch", "--dry-run", "--job-id", "coexist-1", home / "train.py")
+    assert r.returncode == 0 and "forgather launch: plan (dry run" in r.stdout and not imported, (r.stdout, imported)
+    r, imported = venv.imported(forgather, "control", "--help")
+    assert r.returncode == 0 and "save-stop" in r.stdout and not imported, (r.stdout, imported)
+    r, imported = venv.imported(forgather, "--help")
+    assert r.returncode == 0 and not imported, imported
     flat = " ".join(r.stdout.split())
-    assert "goes to the Forgather framework's own CLI" in flat and f"installed here: forgather.cli:main from forgather {FRAMEWORK_VERSION}" in flat, r.stdout
+    assert all(f"\n  {c} " in r.stdout for c in ("control", "framework", "launch")), r.stdout
+    assert "goes to the Forgather framework's own CLI" in flat and f"installed here: forgather.cli:main from forgather {FRAMEWORK_VERSION}" in flat, flat
     r = venv.run(fc, "ls")
     assert r.returncode == 2 and "No such command 'ls'" in r.stderr and "installed here" in r.stderr, r
-    assert not marker.exists(), "our own commands imported the framework"
 
-    # (c) the framework's side: subcommands, its global options, its exit status
-    r = venv.run(forgather, "ls", "--all")
-    assert r.returncode == 0 and r.stdout.strip() == "STANDIN-LS project=. rest=['--all']", r
-    assert marker.read_text() == "forgather imported\n"  # the marker works
+    # (d) the framework's side: its subcommands, its global options, its exit status
+    r, imported = venv.imported(forgather, "ls")
+    assert r.returncode == 0 and r.stdout.strip() == f"{NO_PROJECTS} .", r
+    assert "forgather.cli.main" in imported  # the import log does see the framework
     r = venv.run(forgather, "-p", tmp_path, "ls")
-    assert r.returncode == 0 and r.stdout.strip() == f"STANDIN-LS project={tmp_path} rest=[]", r
-    r = venv.run(forgather, "fail", "7")
-    assert r.returncode == 7, r
+    assert r.returncode == 0 and r.stdout.strip() == f"{NO_PROJECTS} {tmp_path}", r
+    r = venv.run(forgather, "ls", "--bogus")
+    assert r.returncode == 2 and "forgather ls: error: unrecognized arguments: --bogus" in r.stderr, r  # argparse's exit 2, the framework's
     r = venv.run(forgather, "nosuch")
-    assert r.returncode == 1 and "Unknown subcommand 'nosuch'" in r.stdout, r  # the framework's own answer
-    r = venv.run(venv.bin("python"), "-m", "forgather.cli", "control", "x")
-    assert r.returncode == 0 and r.stdout.strip() == "STANDIN-CONTROL ['x']", r  # its own control, its own way
-    r = venv.run(venv.bin("python"), "-m", "forgather.cli", "ls")
-    assert r.returncode == 0 and r.stdout.startswith("STANDIN-LS"), r
+    assert r.returncode == 1 and r.stdout.startswith("Error: Unknown subcommand 'nosuch'"), r
 
-    assert changed(before, snapshot(venv, framework)) == {script}  # running either side changed nothing
+    # (e) what we shadow: the framework's own `control`, through `forgather framework`
+    r = venv.run(forgather, "framework", "control", "list")
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r
+    r = venv.run(forgather, "framework", "ls", "--bogus")
+    assert r.returncode == 2 and "forgather ls: error: unrecognized arguments: --bogus" in r.stderr, r
+    r = venv.run(forgather, "framework", "--help")
+    assert r.returncode == 0 and "Forgather CLI" in r.stdout and "Control running training jobs" in r.stdout, r
+    r = venv.run(py, "-c", FRAMEWORK_MAIN, "control", "list")
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r
+    # The real package has no forgather/cli/__main__.py: `python -m forgather.cli` is no way in.
+    r = venv.run(py, "-m", "forgather.cli", "control", "list")
+    assert r.returncode == 1 and "No module named forgather.cli.__main__" in r.stderr, r
+
+    assert changed(before, framework_files(venv, source)) == {script}  # running either side changed nothing
 
 
-def test_uninstall_leaves_the_framework_and_takes_the_shared_script(tmp_path: Path, wheel: Path) -> None:
-    venv, framework, before = install_both(tmp_path, wheel, editable=False)
+@pytest.mark.slow
+def test_uninstall_leaves_the_framework_and_takes_the_shared_script(tmp_path: Path, venv: Venv, wheel: Path) -> None:
+    source, before = install_both(tmp_path, venv, wheel, editable=False)
     script = venv.bin("forgather")
-    assert venv.run(script, "ls").stdout.startswith("STANDIN-LS")
+    assert venv.run(script, "ls").stdout.startswith(NO_PROJECTS)
 
     venv.pip("uninstall", "-y", "-q", "forgather-control")
     assert not venv.bin("forgather-control").exists()
@@ -295,35 +181,38 @@ def test_uninstall_leaves_the_framework_and_takes_the_shared_script(tmp_path: Pa
     assert not [p for p in (venv.site / "forgather_control").rglob("*") if p.is_file()]
     # Both RECORDs list bin/forgather (ours overwrote the framework's): pip removes it.
     assert not script.exists()
-    after = snapshot(venv, framework)
-    assert changed(before, after) == {script.resolve()}  # only the shared script is gone
-    r = venv.run(venv.bin("python"), "-m", "forgather.cli", "ls")
-    assert r.returncode == 0 and r.stdout.startswith("STANDIN-LS"), r
+    assert changed(before, framework_files(venv, source)) == {script.resolve()}  # only the shared script is gone
+    r = venv.run(venv.bin("python"), "-c", FRAMEWORK_MAIN, "control", "list")
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r
 
     # Reinstalling the framework brings its own script back, its own `control` with it.
-    venv.pip("install", "--no-deps", "--no-index", "--no-build-isolation", "-q", "--force-reinstall", framework)
-    assert changed(before, snapshot(venv, framework)) == set()
+    venv.install(source, "--force-reinstall")
+    assert changed(before, framework_files(venv, source)) == set()
     r = venv.run(script, "control", "list")
-    assert r.returncode == 0 and r.stdout.strip() == "STANDIN-CONTROL ['list']", r
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r
 
 
-def test_framework_installed_after_us_takes_the_forgather_script(tmp_path: Path, wheel: Path) -> None:
+@pytest.mark.slow
+def test_framework_installed_after_us_takes_the_forgather_script(tmp_path: Path, venv: Venv, wheel: Path) -> None:
     """The wrong order: the framework's script replaces ours. `forgather-control` still
     answers, and reinstalling our wheel takes `forgather` back. Then the framework goes:
-    `forgather ls` becomes a usage error that says the framework is not installed."""
-    framework = write_standin(tmp_path / "framework")
-    venv = Venv.create(tmp_path / "venv", tmp_path)
-    venv.pip("install", "--no-deps", "--no-index", "-q", wheel)
-    venv.pip("install", "--no-deps", "--no-index", "--no-build-isolation", "-q", framework)
+    `forgather ls` and `forgather framework ...` are usage errors that say it is not installed."""
+    source = copy_framework(tmp_path / "framework")
+    venv.install(wheel)
+    venv.install(source)
     r = venv.run(venv.bin("forgather"), "control", "list")
-    assert r.stdout.strip() == "STANDIN-CONTROL ['list']", r
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r  # the framework's control
+    r = venv.run(venv.bin("forgather"), "launch", "--dry-run", "x.py")
+    assert r.returncode == 1 and "Unknown subcommand 'launch'" in r.stdout, r
     r = venv.run(venv.bin("forgather-control"), "control", "list", "--json")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r
-    venv.pip("install", "--no-deps", "--no-index", "-q", "--force-reinstall", wheel)
+    venv.install(wheel, "--force-reinstall")
     r = venv.run(venv.bin("forgather"), "control", "list", "--json")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r
     r = venv.run(venv.bin("forgather"), "ls")
-    assert r.returncode == 0 and r.stdout.startswith("STANDIN-LS"), r
+    assert r.returncode == 0 and r.stdout.strip() == f"{NO_PROJECTS} .", r
+    r = venv.run(venv.bin("forgather"), "framework", "control", "list")
+    assert r.returncode == 0 and r.stdout.strip() == NO_JOBS, r
 
     # Uninstalling the framework takes the shared script too (its RECORD lists it);
     # forgather-control stays, and reinstalling our wheel brings `forgather` back.
@@ -331,6 +220,81 @@ def test_framework_installed_after_us_takes_the_forgather_script(tmp_path: Path,
     assert not venv.bin("forgather").exists()
     r = venv.run(venv.bin("forgather-control"), "control", "list", "--json")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r
-    venv.pip("install", "--no-deps", "--no-index", "-q", "--force-reinstall", wheel)
+    venv.install(wheel, "--force-reinstall")
     r = venv.run(venv.bin("forgather"), "ls")
     assert r.returncode == 2 and "No such command 'ls'" in r.stderr and "not installed here" in " ".join(r.stderr.split()), r
+    r = venv.run(venv.bin("forgather"), "framework", "control", "list")
+    assert r.returncode == 2 and "the Forgather framework is not installed here" in r.stderr, r
+
+
+# Quick: the passthrough in process, with a stand-in entry point (no framework installed).
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """run() configures the root logger as the CLI does; leave it as pytest had it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def fake_framework(monkeypatch: pytest.MonkeyPatch, behave: Any) -> list[list[str]]:
+    """The framework's entry point, standing in: records sys.argv, then ``behave()``."""
+    calls: list[list[str]] = []
+
+    def framework_main() -> Any:
+        calls.append(list(sys.argv[1:]))
+        return behave()
+
+    ep = SimpleNamespace(value="forgather.cli:main", dist=SimpleNamespace(name="forgather", version="9.9.9"), load=lambda: framework_main)
+    monkeypatch.setattr(fw, "entry_point", lambda: ep)
+    return calls
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_forgather_framework_hands_its_arguments_over_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_framework(monkeypatch, lambda: sys.exit(3))
+    assert main.run(["framework", "control", "list", "--help", "--", "-p", "x"]) == 3
+    assert main.run(["-v", "framework"]) == 3
+    assert main.run(["framework", "launch", "--dry-run"], delegate=False) == 3  # forgather-control too: it was asked for
+    assert calls == [["control", "list", "--help", "--", "-p", "x"], [], ["launch", "--dry-run"]]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_framework_command_that_raises_ends_with_its_traceback_and_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """As from the framework's own script: Python's traceback, exit 1; not our 'report it'."""
+
+    def boom() -> None:
+        raise ValueError("No projects where fouund at or below .")
+
+    fake_framework(monkeypatch, boom)
+    assert main.run(["framework", "tlist"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and err.rstrip().endswith("ValueError: No projects where fouund at or below ."), err
+    assert main.run(["tlist"]) == 1  # the same when delegated
+    assert "ValueError" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_forgather_framework_without_the_framework_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fw, "entry_point", lambda: None)
+    for argv in (["framework", "control", "list"], ["framework"], ["framework", "--help"]):
+        assert main.run(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "Error: the Forgather framework is not installed here: `forgather framework ARGS` runs its own CLI" in err, err
+    assert main.run(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  framework +The Forgather framework's own CLI", out, re.M), out
+
+
+def test_the_readme_recipe_is_the_one_the_tests_build() -> None:
+    """One recipe: the README's install command names exactly what support.framework
+    installs, and the framework goes in with --no-deps before this package."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## With the Forgather framework's trainers") :]
+    section = section[: section.index("\n## ", 4)]
+    for text in (section, fwenv.__doc__ or ""):
+        (line,) = [ln for ln in text.replace("\\\n", " ").splitlines() if "'torch==" in ln]
+        assert re.findall(r"'([^']+)'", line) == [fwenv.TORCH, *fwenv.FRAMEWORK_DEPS], line
+        assert text.index("pip install --no-deps") < text.index("forgather-control", text.index("pip install --no-deps")), text

@@ -30,6 +30,7 @@ and prints the interpreter (``.ci/run`` does it before pytest).
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import functools
 import hashlib
@@ -39,7 +40,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,19 +282,93 @@ def _points_here(venv: Path) -> bool:
 
 
 def framework_python() -> Path:
-    """The python3.12 of the framework venv (built when missing). In a test: skips when
+    """The python3.12 of the framework venv (built when missing), for a test: skips when
     no Python 3.12 or framework source is here (fails under CI=true); a failed build fails."""
+    return _in_test(framework_venv) / "bin" / "python"
+
+
+def framework_deps() -> Path:
+    """The deps layer (built when missing), for a test that stacks venvs of its own on it
+    (``Venv.create``); skips or fails as ``framework_python`` does."""
+    return _in_test(deps_layer)
+
+
+def _in_test(build: Callable[[], Path]) -> Path:
     import pytest
 
     from support.services import require_service
 
     try:
-        return framework_venv() / "bin" / "python"
+        return build()
     except Unavailable as exc:
         require_service("the Forgather framework on Python 3.12", False, str(exc))
         raise  # not reached: require_service skips or fails
     except BuildFailed as exc:
         pytest.fail(f"building the framework venv (tests/support/framework.py) failed: {exc}", pytrace=False)
+
+
+@dataclass
+class Venv:
+    """A throw-away venv on the deps layer, for installing the framework and our wheel in
+    the orders users do (tests/test_coexist.py): its own HOME, jobs dir and PATH."""
+
+    root: Path
+    env: dict[str, str]
+    site: Path
+
+    @classmethod
+    def create(cls, root: Path, home: Path, deps: Path) -> Venv:
+        stacked_venv(root, deps)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "PYTHON", "PIP_", "FORGATHER_", "VIRTUAL_ENV"))}
+        env.update(PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}", HOME=str(home), FORGATHER_JOBS_DIR=str(home / "jobs"))
+        env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        home.mkdir(parents=True, exist_ok=True)
+        return cls(root, env, site_packages(root))
+
+    def bin(self, name: str) -> Path:
+        return self.root / "bin" / name
+
+    def run(self, *argv: str | Path, extra_env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **(extra_env or {})}
+        return subprocess.run([str(a) for a in argv], env=env, cwd=env["HOME"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def pip(self, *args: str | Path) -> None:
+        """``pip ARGS`` with nothing from an index (everything else is in the deps layer)."""
+        r = self.run(self.bin("python"), "-m", "pip", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def install(self, what: Path, *opts: str) -> None:
+        self.pip("install", "-q", "--no-deps", "--no-index", "--no-build-isolation", *opts, what)
+
+    def record(self, dist: str) -> list[Path]:
+        """The files pip recorded for a distribution, as paths."""
+        (info,) = self.site.glob(f"{dist}-*.dist-info")
+        with open(info / "RECORD", newline="") as f:
+            return [(self.site / row[0]).resolve() for row in csv.reader(f) if row]
+
+    def imported(self, *argv: str | Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        """Run ``argv``; also the modules of the framework (``forgather``, ``forgather.*``)
+        it imported, from Python's own import log (its stderr is the log's too)."""
+        r = self.run(*argv, extra_env={"PYTHONPROFILEIMPORTTIME": "1"})
+        names = {line.rpartition("|")[2].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        return r, {n for n in names if n == "forgather" or n.startswith("forgather.")}
+
+
+def framework_files(venv: Venv, source: Path) -> dict[Path, str]:
+    """sha256 of every file of the framework: what its RECORD lists, everything under the
+    installed forgather/ and under its sources (an editable install). Bytecode aside: pip
+    rewrites it whenever it reinstalls."""
+    files = set(venv.record("forgather"))
+    for tree in (venv.site / "forgather", source / "src" / "forgather"):
+        if tree.is_dir():
+            files.update(p.resolve() for p in tree.rglob("*") if p.is_file())
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def copy_framework(dest: Path) -> Path:
+    """A copy of the framework's source to install from (a build writes beside it)."""
+    shutil.copytree(framework_source(), dest, ignore=_IGNORE)
+    return dest
 
 
 def framework_env(python: Path, jobs_dir: Path | None = None, **extra: str) -> dict[str, str]:
