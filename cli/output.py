@@ -109,7 +109,8 @@ def duration(seconds: Any) -> str:
 
 def describe_entry(entry: dict[str, Any]) -> str:
     """One line for a ledger entry: what, state, where, result or reason (printable)."""
-    parts = [f"{entry.get('command', '?')} ({entry.get('id', '?')}): {entry.get('state', '?')}"]
+    ident = "" if "id" in entry and entry["id"] is None else f" ({entry.get('id', '?')})"  # None: no receipt (framework_jobs)
+    parts = [f"{entry.get('command', '?')}{ident}: {entry.get('state', '?')}"]
     if entry.get("step") is not None:
         parts.append(f"at step {entry['step']}")
     result = entry.get("result") if isinstance(entry.get("result"), dict) else {}

@@ -41,6 +41,13 @@ _STATE_STYLE = {
 }
 
 
+#: A job of the Forgather framework's own control callback, in the list and the status panel.
+FRAMEWORK_MARK = "*"
+FRAMEWORK_NOTE = (
+    "the Forgather framework's own control callback: reached through its HTTP API on this host; save, stop, save-stop and abort, no eval, no receipts"
+)
+
+
 def console(stderr: bool = False) -> Console:
     """A console; wide when not a terminal so piped tables do not wrap job ids."""
     stream = sys.stderr if stderr else sys.stdout
@@ -83,7 +90,7 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     right = {"STEP", "RUN", "PID", "PORT", "UPDATED"}
     table: list[list[str]] = []
     for r in rows:
-        cells = [str(r.get("job_id"))]
+        cells = [str(r.get("job_id")) + (FRAMEWORK_MARK if r.get("framework_callback") else "")]
         if show_node:
             cells.append(str(r.get("node") or "-"))
         cells += [
@@ -123,6 +130,8 @@ def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: st
         con.print(_t(f"no jobs{f' in {where}' if where else ''}{hint}"), highlight=False)
         return
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
+    if any(r.get("framework_callback") for r in rows):
+        con.print(_t(f"{FRAMEWORK_MARK} {FRAMEWORK_NOTE}", style="dim"), crop=False, soft_wrap=True, highlight=False)
 
 
 def status_panel(d: dict[str, Any]) -> Any:
@@ -184,6 +193,8 @@ def status_panel(d: dict[str, Any]) -> Any:
     grid.add_row("where", _t(where))
     if d.get("url"):
         grid.add_row("url", _t(str(d["url"])))
+    if d.get("framework_callback"):
+        grid.add_row("control", _t(f"{FRAMEWORK_NOTE}; port {d.get('port') or '-'}", style="dim"))
     if d.get("node"):
         grid.add_row("node", _t(str(d["node"])))
     grid.add_row("updated", _t(age(d.get("updated_at"), now)))

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from forgather_control.control import framework_jobs
 from forgather_control.control.commands import CLI_VERBS, Command, State, new_key
 from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
 from forgather_control.control.handle import JobHandle
@@ -106,6 +107,10 @@ def send_command(
     command = CLI_VERBS[verb]
     reach = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
     with open_job(job, jobs_dir=jobs_dir, channel=channel, remote=remote, token=token, ray=ray, timeout=reach) as handle:
+        if handle.channel == framework_jobs.CHANNEL and key is not None:
+            raise UsageError(f"job {handle.job_id} runs {framework_jobs.WHAT}, which takes no idempotency key; send it without --key")
+        if wait:
+            handle.check_followable(command)  # before anything is sent
         if confirm:
             handle.check_controllable()  # a dead job is not worth a question
             _confirm_abort(handle.job_id)
@@ -135,10 +140,13 @@ def send_command(
             return EXIT_OK
         final = _wait(handle, command, entry, timeout, show_progress=not as_json)
     _emit(final, as_json)
-    return EXIT_OK if State.parse(final.get("state")) == State.COMPLETED else EXIT_FAILED
+    done = State.parse(final.get("state")) == State.COMPLETED or framework_jobs.followed_to_end(final)
+    return EXIT_OK if done else EXIT_FAILED
 
 
 def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> str:
+    if handle.channel == framework_jobs.CHANNEL:
+        return framework_jobs.acknowledged_line(entry)
     how = "dropped in its inbox" if handle.channel == "file" else "queued"
     if handle.state == JobState.STARTING:
         how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
@@ -185,7 +193,7 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
     try:
         if spinner is not None:
             spinner.start()
-        return handle.wait(str(entry["id"]), key=entry.get("key"), timeout=timeout, on_poll=on_poll)
+        return handle.wait(str(entry["id"]), key=entry.get("key"), timeout=timeout, on_poll=on_poll, command=command)
     except KeyboardInterrupt:
         raise Interrupted(
             f"stopped waiting; {command.value} {entry.get('id')} stays {seen[-1].get('state')} on job "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import framework_jobs
 from .commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from .errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from .listing import JobInfo, judge_job, stall_of
@@ -111,7 +112,7 @@ class JobHandle:
         d = self.info.details() if self.info is not None else dict(self.summary or {"job_id": self.job_id})
         d["live"] = False
         dead = self.info is not None and self.info.liveness in (Liveness.DEAD, Liveness.FINISHED)
-        if self.channel != "http" or dead:
+        if self.channel not in ("http", framework_jobs.CHANNEL) or dead:
             return d
         try:
             live = self.transport.status()
@@ -132,7 +133,7 @@ class JobHandle:
         try:
             return self.transport.status()
         except Unreachable:
-            if self.info is None or self.channel == "file":
+            if self.info is None or self.channel != "http":
                 raise
             return FileTransport(self.info.paths).status()
 
@@ -211,6 +212,12 @@ class JobHandle:
             raise
         return self.transport.send(cmd, key or new_key(), options)
 
+    def check_followable(self, command: Command | str) -> None:
+        """Raise UsageError before anything is sent when ``wait`` could not follow
+        ``command`` on this job (a save to a job of the framework's own callback)."""
+        if self.channel == framework_jobs.CHANNEL:
+            framework_jobs.check_followable(command)
+
     def check_controllable(self) -> None:
         """Say clearly why the job cannot take commands, before anything is sent."""
         if self.info is None:
@@ -241,12 +248,19 @@ class JobHandle:
         timeout: float = 300.0,
         interval: float = 0.2,
         on_poll: Callable[[dict[str, Any] | None], None] | None = None,
+        command: Command | str | None = None,
     ) -> dict[str, Any]:
         """Follow a command to its final receipt. The server going away is not an error
         when the job's records (or, for a remote job, the command itself) say how it
         ended; a job that ends without taking the command ends the wait with why.
         ``key``: the command's idempotency key, to follow a re-sent command file that
-        rank 0 answered with the first receipt."""
+        rank 0 answered with the first receipt. A job of the framework's own callback
+        keeps no receipts: its stop, save-stop or abort (``command``) is followed until
+        the job ends (:func:`~forgather_control.control.framework_jobs.follow`)."""
+        if self.channel == framework_jobs.CHANNEL and self.info is not None:
+            if command is None:
+                raise UsageError(f"job {self.job_id} keeps no receipts; name the command to follow its end (wait(..., command=...))")
+            return framework_jobs.follow(self.info, command, timeout=timeout, interval=interval, on_poll=on_poll)
         deadline = time.monotonic() + timeout
         judged = time.monotonic()
         last: dict[str, Any] | None = None
@@ -334,6 +348,9 @@ class JobHandle:
                 if self.info.liveness == Liveness.DEAD:
                     yield Snapshot(st, f"job {self.job_id} is dead ({self.info.evidence})")
                     return
+                if self.channel == framework_jobs.CHANNEL and not self.info.framework:
+                    yield Snapshot(st, f"job {self.job_id}'s training has ended (the framework's callback removed its endpoint)")
+                    return
             yield Snapshot(st)
             time.sleep(interval)
 
@@ -361,6 +378,9 @@ def check_controllable(info: JobInfo, channel: str) -> None:
         raise JobEnded(f"job {jid} has ended ({info.state}); there is nothing left to command")
     if info.liveness == Liveness.DEAD:
         raise JobEnded(f"job {jid} is dead ({info.evidence}); it cannot take commands. Remove its records with `forgather control cleanup`")
+    if info.framework:
+        framework_jobs.check_reachable(info)
+        return
     if info.endpoint is None and info.state == JobState.STARTING:
         # The launcher runs and rank 0 polls the inbox once its control plane is up (the
         # launcher cleared the inbox before starting the workers, so a command dropped
@@ -392,6 +412,10 @@ def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Tra
     """
     if channel not in CHANNELS:
         raise UsageError(f"unknown channel {channel!r}; use auto, http or file")
+    if info.framework:
+        if channel == "file":
+            raise UsageError(f"job {info.job_id} runs {framework_jobs.WHAT}, which has no file channel (inbox); leave out --channel file")
+        return framework_jobs.FrameworkTransport(info, timeout=timeout)
     ep = info.endpoint or {}
     url = ep.get("url") if isinstance(ep.get("url"), str) else None
     foreign_loopback = url is not None and is_loopback_url(url) and not same_host(ep)

@@ -9,6 +9,7 @@ the one way to read a job's records again and judge them now (cleanup before it 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import framework_jobs
 from .checkpoints import Checkpoint, history
 from .env import ENV_JOBS_DIR
 from .failures import read_failures
@@ -46,6 +48,8 @@ class JobInfo:
     corrupt: list[str] = field(default_factory=list)
     #: when (this host's clock) the job was judged
     judged_at: float = field(default_factory=time.time)
+    #: a job of the Forgather framework's own control callback (control/framework_jobs.py)
+    framework: bool = False
 
     @property
     def current_status(self) -> dict | None:
@@ -121,6 +125,8 @@ class JobInfo:
             "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
             "restarts": _count(jb.get("restarts"), st.get("restarts")),
             "stall": self.stall,
+            "framework_callback": self.framework,
+            "loss": _finite((st.get("metrics") or {}).get("loss")),
             "resumed_from": _text(jb.get("resume_from"), st.get("resumed_from")),
             "updated_at": updated,
             "jobs_dir": str(self.paths.root),
@@ -210,6 +216,11 @@ def _count(*values: object) -> int | None:
     return next((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0), None)
 
 
+def _finite(value: object) -> float | None:
+    """A number a JSON reader takes (not NaN or an infinity), else None."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
 def _text(*values: object) -> str | None:
     return next((v for v in values if isinstance(v, str) and v), None)
 
@@ -235,6 +246,7 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
             rec = _checked(info, nodes + "/" + name, NODE)
             if rec is not None:
                 info.nodes.append(rec)
+    framework_jobs.recognise(info)
     if info.corrupt and not quiet:
         log.warning("job %s is corrupt: %s", paths.job_id, "; ".join(info.corrupt))
     return info
@@ -348,6 +360,8 @@ def assess(
     if info.corrupt:
         info.liveness, info.evidence = Liveness.UNKNOWN, "; ".join(info.corrupt)
         return info
+    if info.framework:  # judged by its own format; its status API read only when we may probe
+        return framework_jobs.assess(info, ask=probe is not None)
     use_probe = useful_probe(info.endpoint, probe, probe_local=probe_local)
     info.liveness, info.evidence = judge(
         endpoint=info.endpoint,
