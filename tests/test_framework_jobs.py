@@ -22,9 +22,11 @@ from typing import Any
 
 import psutil
 import pytest
+from support.framework import framework_env
 from support.framework_callback import StandIn, job_id_for, write_endpoint
 from support.paths import REPO
 from support.ports import free_port
+from support.waiting import wait_for
 
 from forgather_control.control import JobHandle, write_json_atomic
 from forgather_control.control.errors import CommandRefused, UsageError
@@ -315,7 +317,7 @@ def test_wait_follows_a_stop_until_the_training_ends_and_says_what_it_saw(cli, s
     assert ("the save is not confirmed" in final["reason"]) == (name == "save_and_stop")
 
 
-def test_wait_ends_when_the_process_is_gone(procs, jobs_dir: Path, wait_for) -> None:
+def test_wait_ends_when_the_process_is_gone(procs, jobs_dir: Path) -> None:
     """The job's process is killed before it removes its endpoint: the wait, through the
     library as the CLI's, ends saying so."""
     proc = procs.start([sys.executable, str(SUPPORT / "framework_callback.py"), str(jobs_dir)], name="standin")
@@ -361,3 +363,53 @@ def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Pat
     assert (ack["state"], ack["command"]) == ("acknowledged", "save_checkpoint")
     assert standin.commands() == [{"command": "save_checkpoint"}]
     assert sorted(p.name for p in standin.endpoint.parent.iterdir()) == ["endpoint.json"]
+
+
+# -- the real callback -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_job_of_the_real_callback_is_listed_saved_and_stopped(cli, procs, framework_py: Path, tmp_path: Path) -> None:
+    """The framework's ``Trainer`` with its own ``TrainerControlCallback`` (Python 3.12, HOME
+    in tmp, so its jobs directory is tmp/home/.forgather/jobs); our CLI (3.11) with --jobs-dir
+    there: listed alive with a step and a loss, ``save`` makes the framework write a checkpoint,
+    ``eval`` is refused, ``stop --wait`` ends it and its process exits."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    jobs = home / ".forgather" / "jobs"
+    env = framework_env(framework_py, None, HOME=str(home))
+    env.pop("FORGATHER_JOBS_DIR", None)
+    proc = procs.start(
+        [str(framework_py), str(SUPPORT / "framework_callback_job.py"), "--output-dir", str(out), "--port", str(free_port())], env=env, name="fw"
+    )
+
+    def listed() -> dict[str, Any] | None:
+        assert proc.popen.poll() is None, f"the framework job exited early:\n{proc.output()[-4000:]}"
+        found = [r for r in rows(cli, "--jobs-dir", str(jobs)).values() if r["pid"] == proc.pid]
+        return found[0] if found and found[0]["state"] == "running" and (found[0]["step"] or 0) >= 5 and found[0]["loss"] is not None else None
+
+    row = wait_for(listed, timeout=300, interval=0.5, what="the framework's job listed running with a step and a loss")
+    job = row["job_id"]
+    assert (row["framework_callback"], row["liveness"], row["host"]) == (True, "alive", socket.gethostname())
+    assert job.startswith("job_") and job.endswith(f"_{proc.pid}")
+
+    status = cli("control", "status", job, "--json", "--jobs-dir", str(jobs))
+    assert status.code == 0 and status.json()["live"] is True and status.json()["step"] >= row["step"], status
+
+    assert cli("control", "eval", job, "--jobs-dir", str(jobs)).code == 1
+    before = checkpoints(out)
+    saved = cli("control", "save", job, "--jobs-dir", str(jobs))
+    assert saved.code == 0 and "save_checkpoint acknowledged" in saved.out, saved
+    new = wait_for(lambda: [c for c in checkpoints(out) if c not in before], timeout=120, what="the framework to write the checkpoint")
+    assert int(new[0].split("-")[1]) >= row["step"]
+
+    stopped = cli("control", "stop", job, "--wait", "--json", "--timeout", "300", "--jobs-dir", str(jobs), timeout=400)
+    assert stopped.code == 0, stopped
+    assert stopped.json()["state"] == "ended" and "removed its endpoint" in stopped.json()["reason"]
+    assert proc.wait(120) == 0
+    assert "train() returned at step" in proc.output()
+    assert not (jobs / job / "endpoint.json").exists()
+    assert job not in rows(cli, "--jobs-dir", str(jobs), "--all")
+
+
+def checkpoints(out: Path) -> list[str]:
+    folder = out / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
