@@ -122,10 +122,10 @@ def send_command(
                 print_json({"job_id": handle.job_id, "command": exc.command, "key": exc.key, "state": "unknown", "error": str(exc)})
             raise
         except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted while sending {command.value} to job {handle.job_id}; it may have reached the job. "
-                f"Send it again with --key {key} to learn its receipt (the same key never queues twice)"
-            ) from None
+            again = f"Send it again with --key {key} to learn its receipt (the same key never queues twice)"
+            if handle.channel == framework_jobs.CHANNEL:
+                again = f"It keeps no receipt: check `forgather control status {handle.job_id}` before sending it again"
+            raise Interrupted(f"interrupted while sending {command.value} to job {handle.job_id}; it may have reached the job. {again}") from None
         if State.parse(entry.get("state")) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED

@@ -365,6 +365,34 @@ def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Pat
     assert sorted(p.name for p in standin.endpoint.parent.iterdir()) == ["endpoint.json"]
 
 
+def test_watch_follows_its_step_and_ends_when_its_training_ends(standin: StandIn, jobs_dir: Path) -> None:
+    with open_job(standin.job_id, jobs_dir=jobs_dir) as handle:
+        seen = []
+        for snap in handle.watch(interval=0.05):
+            seen.append(snap)
+            if len(seen) == 1:
+                standin.endpoint.unlink()  # its on_train_end
+    assert seen[0].status is not None and seen[0].status["step"] == 42
+    assert seen[-1].ended == f"job {standin.job_id}'s training has ended (the framework's callback removed its endpoint)"
+
+
+def test_the_web_page_lists_and_commands_it_through_the_same_calls(standin: StandIn, jobs_dir: Path) -> None:
+    from forgather_control.ui.config import UiConfig
+    from forgather_control.ui.feed import JobsFeed
+    from forgather_control.ui.jobview import JobView
+
+    (row,) = JobsFeed(jobs_dir=jobs_dir, ray=None, max_age=0.0).snapshot().rows
+    assert (row["job_id"], row["framework_callback"], row["state"], row["step"], row["live"]) == (standin.job_id, True, "running", 42, True)
+    view = JobView(UiConfig(jobs_dir=jobs_dir))
+    d = view.details(standin.job_id)
+    assert (d["channel"], d["controllable"], d["live"], d["step"]) == ("framework", True, True, 42)
+    assert view.send(standin.job_id, "save-stop")["state"] == "acknowledged"
+    with pytest.raises(CommandRefused, match="has no evaluate command"):
+        view.send(standin.job_id, "eval")
+    assert view.entry(standin.job_id, "anything", None) is None
+    assert standin.commands() == [{"command": "save_and_stop"}]
+
+
 # -- the real callback -------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(900)
