@@ -52,8 +52,8 @@ __all__ = [
 
 #: The transport's channel name: what ``JobHandle.channel`` says for such a job.
 CHANNEL = "framework"
-#: What one exchange with its server may take, listing (a hung server must not hold
-#: ``list``) and commanding (seconds, the whole exchange).
+#: Seconds one exchange with its server may take, the whole of it, while listing (a hung
+#: server must not hold ``list``); a command gets the handle's timeout.
 LIST_TIMEOUT = 0.5
 #: The largest answer read from its server (its status is a few hundred bytes).
 MAX_ANSWER = 64 * 1024
