@@ -9,6 +9,7 @@ as for torchrun, and everything after SCRIPT belongs to the script.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 import click
 
-from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError
+from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError, no_control_after
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ def _names(option: str) -> list[str]:
     metavar="SECONDS",
     help="Seconds without a step before the job counts as stalled (default: 20 times its recent step time, at least 5 minutes).",
 )
+@click.option(
+    "--no-control-after",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Seconds of running with no control attached (no Controller started) before the launcher says so (default: $FORGATHER_NO_CONTROL_AFTER, else 300).",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -90,6 +98,7 @@ def launch(
     no_control: bool,
     grace: float,
     stall_after: float | None,
+    no_control_after: float | None,
     requeue: bool,
     dry_run: bool,
     script: str,
@@ -105,7 +114,9 @@ def launch(
       forgather launch --dry-run --nproc-per-node 2 train.py
 
     A first SIGTERM/SIGINT/SIGUSR1/SIGUSR2 saves and stops the job on every rank
-    (within --grace); a second one stops it at once. The exit code is the job's.
+    (within --grace); a second one stops it at once. Before the job has control
+    attached (rank 0 has not started a Controller yet) a signal stops the workers at
+    once: there is nothing to save. The exit code is the job's.
     """
     config = LaunchConfig(
         script=None if as_module else script,
@@ -128,6 +139,7 @@ def launch(
         control=not no_control,
         grace=grace,
         stall_after=stall_after,
+        no_control_after=no_control_after,
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),
@@ -150,6 +162,8 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     from forgather_control.launcher.records import read_previous
 
     check_target(config)
+    if config.control:
+        config = dataclasses.replace(config, no_control_after=no_control_after(config, env))  # a bad env value: refused now
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
     plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
     previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank)

@@ -22,6 +22,7 @@ _STATE_STYLE = {
     "running": "green",
     "stalled": "bold red",
     "starting": "cyan",
+    "uncontrolled": "bold yellow",
     "stopping": "yellow",
     "ending": "yellow",
     "alive": "green",
@@ -132,6 +133,11 @@ def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: st
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
     if any(r.get("framework_callback") for r in rows):
         con.print(_t(f"{FRAMEWORK_MARK} {FRAMEWORK_NOTE}", style="dim"), crop=False, soft_wrap=True, highlight=False)
+    notes = [r for r in rows if r.get("state") == "uncontrolled" and isinstance(r.get("no_control"), dict)]
+    for r in notes:
+        con.print(_t(f"{r.get('job_id')}: {r['no_control'].get('why')}", style="yellow"), crop=False, soft_wrap=True, highlight=False)
+    if notes:
+        con.print(_t(f"to attach control: {notes[0]['no_control'].get('add')}", style="dim"), crop=False, soft_wrap=True, highlight=False)
 
 
 def status_panel(d: dict[str, Any]) -> Any:
@@ -164,6 +170,10 @@ def status_panel(d: dict[str, Any]) -> Any:
         stall = d.get("stall") if isinstance(d.get("stall"), dict) else {}
         grid.add_row("stalled", _t(stall_line(stall), style="red"))
         grid.add_row("", _t(f"where every rank is: forgather control stacks {d.get('job_id')}", style="dim"))
+    elif state == JobState.UNCONTROLLED:  # no step under control yet: no speed, no ETA
+        notice = d.get("no_control") if isinstance(d.get("no_control"), dict) else {}
+        grid.add_row("control", _t(notice.get("why") or "no control attached yet", style="yellow"))
+        grid.add_row("", _t(f"to attach control: {notice.get('add')}", style="dim"))
     elif state is not None and state.live:  # a dead or ended job has no speed and no ETA
         rate = d.get("steps_per_second")
         grid.add_row("speed", _t(f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-"))

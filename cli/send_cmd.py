@@ -129,9 +129,9 @@ def send_command(
         if State.parse(entry.get("state")) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED
-        notice = handle.stall_notice(command)
-        if notice is not None:
-            click.echo(printable(f"warning: {notice}"), err=True)
+        for notice in (handle.stall_notice(command), handle.no_control_notice()):
+            if notice is not None:
+                click.echo(printable(f"warning: {notice}"), err=True)
         if not wait:
             if as_json:
                 print_json(entry)
@@ -150,6 +150,8 @@ def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> 
     how = "dropped in its inbox" if handle.channel == "file" else "queued"
     if handle.state == JobState.STARTING:
         how = "dropped in its inbox (the job is starting; rank 0 takes it once its control plane is up)"
+    elif handle.state == JobState.UNCONTROLLED:
+        how = "dropped in its inbox (no control is attached to the job yet: it applies only if the script starts a Controller)"
     return (
         f"{command.value} {how} on job {handle.job_id} as {entry.get('id')} (key {entry.get('key')}); "
         f"follow it with `forgather control status {handle.job_id}` (or pass --wait)"
@@ -172,6 +174,7 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
         spinner = render.console(stderr=True).status(f"waiting for {command.value} ({entry.get('id')}) on job {handle.job_id}")
 
     told = [handle.stall is not None]  # said already when it was sent
+    told_no_control = [handle.state == JobState.UNCONTROLLED]
     looked = [time.monotonic()]
 
     def on_poll(e: dict[str, Any] | None) -> None:
@@ -182,6 +185,9 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
                 told[0] = True
                 notice = handle.stall_notice(command)
                 click.echo(printable(f"warning: while waiting: {notice}"), err=True)
+            if handle.state == JobState.UNCONTROLLED and not told_no_control[0]:
+                told_no_control[0] = True
+                click.echo(printable(f"warning: while waiting: {handle.no_control_notice()}"), err=True)
         if e is None:
             return
         seen.append(e)

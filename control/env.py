@@ -37,6 +37,9 @@ ENV_SIGNAL_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
 #: Seconds without a step after which a job counts as stalled (default: adapts to the
 #: job's step time, never below five minutes).
 ENV_STALL_AFTER = "FORGATHER_STALL_AFTER"
+#: Seconds after which a launcher whose job has no control attached yet (rank 0 has not
+#: published this run's status) says so once (default 300; ``--no-control-after``).
+ENV_NO_CONTROL_AFTER = "FORGATHER_NO_CONTROL_AFTER"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
 # torchrun's own variables, read (never set) by the worker side

@@ -167,6 +167,17 @@ class JobHandle:
             return f"{head}. If its ranks cannot agree on the abort within {ABORT_GRACE:g}s, its launcher ends every rank"
         return f"{head}. It was not started by `forgather launch`: if the abort cannot apply, end its processes yourself; {where}"
 
+    def no_control_notice(self) -> str | None:
+        """What to tell someone who sends a command to a job that has no control attached
+        (``uncontrolled``), or None: nothing takes it unless the script starts a Controller."""
+        notice = self.info.no_control if self.info is not None else (self.summary or {}).get("no_control")
+        if not isinstance(notice, dict):
+            return None
+        return (
+            f"job {self.job_id} has {notice.get('why')}. The command waits in its inbox and applies only if one starts; "
+            f"to attach control: {notice.get('add')}"
+        )
+
     def stacks(self, *, timeout: float = 10.0) -> StacksReport:
         """Every rank's Python stacks, from every node (through the job folder, or Ray),
         within ``timeout``; the report names the ranks that did not answer."""
@@ -279,6 +290,8 @@ class JobHandle:
                 on_poll(last)
             if time.monotonic() >= deadline:
                 state = last.get("state") if last else "not yet picked up"
+                if last is None and self.info is not None and self.refresh() == JobState.UNCONTROLLED:
+                    raise WaitTimeout(f"command {command_id} was not picked up after {timeout:g}s: {self.no_control_notice()}")
                 raise WaitTimeout(
                     f"command {command_id} is still {state} after {timeout:g}s; it stays queued. Check later with `forgather control status {self.job_id}`"
                 )
@@ -381,13 +394,13 @@ def check_controllable(info: JobInfo, channel: str) -> None:
     if info.framework:
         framework_jobs.check_reachable(info)
         return
-    if info.endpoint is None and info.state == JobState.STARTING:
+    if info.endpoint is None and info.state in (JobState.STARTING, JobState.UNCONTROLLED):
         # The launcher runs and rank 0 polls the inbox once its control plane is up (the
         # launcher cleared the inbox before starting the workers, so a command dropped
         # now is this run's): queue it there rather than make the user retry.
         if channel == "http":
             raise Unreachable(
-                f"job {jid} is starting: rank 0 does not serve HTTP yet. Retry in a moment, or leave out --channel http to queue the command in its inbox"
+                f"job {jid} is {info.state}: rank 0 does not serve HTTP yet. Retry in a moment, or leave out --channel http to queue the command in its inbox"
             )
         return
     if info.endpoint is None and info.state == JobState.REQUEUED:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import framework_jobs
+from .attachment import no_control_notice
 from .checkpoints import Checkpoint, history
 from .env import ENV_JOBS_DIR
 from .failures import read_failures
@@ -68,10 +69,11 @@ class JobInfo:
         """What a person wants in the state column: the job's own state while it lives,
         the verdict when it is dead or not known.
 
-        While the launcher lives, two moments have names of their own: ``starting`` (the
+        While the launcher lives, three moments have names of their own: ``starting`` (the
         launcher runs; rank 0 has not published this run's status yet: commands wait in
-        its inbox) and ``ending`` (rank 0 has ended the run; the launcher is still winding
-        down torchrun)."""
+        its inbox), ``uncontrolled`` (still so after the launcher's ``--no-control-after``:
+        its launcher recorded that no control is attached yet) and ``ending`` (rank 0 has
+        ended the run; the launcher is still winding down torchrun)."""
         if self.corrupt:
             return JobState.CORRUPT
         job = self.job or {}
@@ -80,7 +82,7 @@ class JobInfo:
         recorded = JobState.parse((status or {}).get("state")) or launcher_state or JobState.UNKNOWN
         if self.liveness == Liveness.ALIVE:
             if launcher_state == JobState.RUNNING and status is None and job.get("control"):
-                return JobState.STARTING
+                return JobState.UNCONTROLLED if isinstance(job.get("no_control_since"), (int, float)) else JobState.STARTING
             if recorded.final and launcher_state is not None and not launcher_state.final:
                 # Rank 0 has ended its run but the launcher lives: winding down, or the
                 # job lives on (requeued and pending in SLURM): the launcher's word.
@@ -98,6 +100,14 @@ class JobInfo:
         if self.liveness != Liveness.ALIVE:
             return None
         return stall_of(self.current_status or {}, self.judged_at)
+
+    @property
+    def no_control(self) -> dict[str, Any] | None:
+        """Why an ``uncontrolled`` job is, and what to add (control/attachment.py), or None."""
+        if self.state != JobState.UNCONTROLLED:
+            return None
+        job = self.job or {}
+        return no_control_notice(job.get("no_control_after"), job.get("no_control_since"))
 
     def summary(self) -> dict[str, Any]:
         """The ``list --json`` object. Never contains the token. Step, pid and the rest
@@ -125,6 +135,7 @@ class JobInfo:
             "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
             "restarts": _count(jb.get("restarts"), st.get("restarts")),
             "stall": self.stall,
+            "no_control": self.no_control,
             "framework_callback": self.framework,
             "loss": _finite((st.get("metrics") or {}).get("loss")),
             "resumed_from": _text(jb.get("resume_from"), st.get("resumed_from")),

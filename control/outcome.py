@@ -21,10 +21,16 @@ EXIT_STOPPED = 76
 EXIT_ABORTED = 77
 
 
-def launch_exit_code(state: JobState, *, by_signal: bool, worker_code: int) -> int:
+def launch_exit_code(state: JobState, *, by_signal: bool, worker_code: int, passed_on: int | None = None) -> int:
     """The launcher's exit code for a job that ended in ``state``; ``by_signal``: the
     stop came from a signal (the scheduler's, or one sent to the launcher);
-    ``worker_code``: torchrun's own exit code (a failure keeps it)."""
+    ``worker_code``: torchrun's own exit code (a failure keeps it); ``passed_on``: the
+    stop signal the launcher sent straight to the workers because no control was
+    attached. That failure is 128+N, a shell's "ended by signal N": torchrun itself
+    exits 1 on a signal, which would read as the script's own error, and 75 would say
+    "relaunch to resume" of a run that saved nothing."""
+    if state == JobState.FAILED and passed_on is not None:
+        return 128 + passed_on
     if state == JobState.FINISHED:
         return EXIT_FINISHED
     if state in (JobState.STOPPED, JobState.REQUEUED):

@@ -285,6 +285,8 @@ JOB: dict[str, Check] = {
     "requeue": boolean,
     "grace": number(0),
     "control": boolean,
+    "no_control_after": number(0),
+    "no_control_since": _WHEN,
     "state": state,
     "exit_code": integer(-(1 << 31), 1 << 31),
     "ended_at": _WHEN,

@@ -1,8 +1,9 @@
 """The states a job can be in: one enum for the records, the listing and the renderers.
 
 Records (status.json from rank 0, job.json and nodes/<n>.json from the launcher) hold
-the job's own word; the listing adds what only a reader can know (``starting`` and
-``ending`` from the launcher's records, ``dead``/``stale``/``unknown`` from liveness).
+the job's own word; the listing adds what only a reader can know (``starting``,
+``uncontrolled`` and ``ending`` from the launcher's records, ``dead``/``stale``/``unknown``
+from liveness).
 A record is read by other programs and other hosts, so a value read from one goes
 through :meth:`JobState.parse`, never compared as a bare string.
 """
@@ -15,6 +16,7 @@ import enum
 class JobState(str, enum.Enum):
     # the job lives
     STARTING = "starting"  # launcher runs; rank 0 has not published this run's status
+    UNCONTROLLED = "uncontrolled"  # as starting, past --no-control-after: no control attached yet
     RUNNING = "running"
     STOPPING = "stopping"  # a stop applied; the loop is winding down
     STALLED = "stalled"  # runs, but its step has not moved for longer than its stall threshold
@@ -56,7 +58,7 @@ class JobState(str, enum.Enum):
 
 
 _FINAL = frozenset({JobState.FINISHED, JobState.STOPPED, JobState.ABORTED, JobState.FAILED})
-_LIVE = frozenset({JobState.STARTING, JobState.RUNNING, JobState.STALLED, JobState.STOPPING, JobState.ENDING, JobState.REQUEUED})
+_LIVE = frozenset({JobState.STARTING, JobState.UNCONTROLLED, JobState.RUNNING, JobState.STALLED, JobState.STOPPING, JobState.ENDING, JobState.REQUEUED})
 _BY_VALUE = {s.value: s for s in JobState}
 
 

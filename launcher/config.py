@@ -8,17 +8,24 @@ everything it refuses, it refuses before any process starts.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from forgather_control.control.env import ENV_NO_CONTROL_AFTER
 from forgather_control.control.errors import UsageError
 
-__all__ = ["DEFAULT_GRACE", "LaunchConfig", "LaunchError"]
+__all__ = ["DEFAULT_GRACE", "DEFAULT_NO_CONTROL_AFTER", "LaunchConfig", "LaunchError", "no_control_after"]
 
 #: Seconds between the first stop signal and stopping torchrun. SLURM's template sends
 #: its signal 90 s before the end and KillWait adds 30 s by default, so 60 s of saving
 #: fits with room to spare.
 DEFAULT_GRACE = 60.0
+#: Seconds of workers running with no control attached before the launcher says so. A
+#: big model loads for minutes before its first step; the words say "yet" and clear
+#: themselves when rank 0 publishes, so an early warning misleads nobody for long.
+DEFAULT_NO_CONTROL_AFTER = 300.0
 
 _NPROC_RE = re.compile(r"\A(?:[1-9][0-9]*|auto|cpu|gpu|xpu)\Z")
 _NNODES_RE = re.compile(r"\A[1-9][0-9]*(?::[1-9][0-9]*)?\Z")
@@ -57,6 +64,8 @@ class LaunchConfig:
     grace: float = DEFAULT_GRACE
     #: seconds without a step before the job counts as stalled (None: it adapts)
     stall_after: float | None = None
+    #: seconds before "no control attached yet" is said (None: $FORGATHER_NO_CONTROL_AFTER, else the default)
+    no_control_after: float | None = None
     requeue: bool = False
     dry_run: bool = False
     #: The launcher's own command line, recorded in job.json.
@@ -99,6 +108,10 @@ class LaunchConfig:
             raise LaunchError(f"--grace {self.grace} must be a positive number of seconds")
         if self.stall_after is not None and not (self.stall_after > 0):
             raise LaunchError(f"--stall-after {self.stall_after} must be a positive number of seconds (leave it out to let it adapt to the job)")
+        if self.no_control_after is not None and not (0 < self.no_control_after < math.inf):
+            raise LaunchError(f"--no-control-after {self.no_control_after} must be a positive number of seconds")
+        if self.no_control_after is not None and not self.control:
+            raise LaunchError("--no-control-after has no effect with --no-control (nothing is attached to wait for); drop one of them")
         if self.standalone and (self.fixed_nnodes or 1) > 1:
             raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):
@@ -117,3 +130,21 @@ class LaunchConfig:
         if self.nnodes is None:
             return None
         return int(str(self.nnodes).split(":")[-1])
+
+
+def no_control_after(config: LaunchConfig, env: Mapping[str, str]) -> float:
+    """Seconds before the launcher says that no control is attached yet: the option,
+    else ``$FORGATHER_NO_CONTROL_AFTER``, else :data:`DEFAULT_NO_CONTROL_AFTER`. A bad
+    value in the environment is refused before anything starts."""
+    if config.no_control_after is not None:
+        return config.no_control_after
+    raw = env.get(ENV_NO_CONTROL_AFTER, "").strip()
+    if not raw:
+        return DEFAULT_NO_CONTROL_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise LaunchError(f"{ENV_NO_CONTROL_AFTER}={raw!r} is not a positive number of seconds; fix it or unset it (default {DEFAULT_NO_CONTROL_AFTER:g})")
+    return value

@@ -224,7 +224,10 @@ class JobRecords:
             remove_quietly(self.paths.inbox / name)
 
     # -- start ----------------------------------------------------------------------
-    def start(self, previous: Previous, *, argv: list[str] | tuple[str, ...], cwd: str) -> None:
+    def start(self, previous: Previous, *, argv: list[str] | tuple[str, ...], cwd: str, no_control_after: float | None = None) -> None:
+        """Write this run's records and start the heartbeat. ``no_control_after``: the
+        seconds after which the launcher says no control is attached (recorded, so
+        readers can say it too)."""
         now = time.time()
         plan, p = self.plan, self.plan.placement
         self._node = {
@@ -263,6 +266,8 @@ class JobRecords:
                 "requeue": bool(p.requeue_argv),
                 "grace": plan.config.grace,
                 "control": plan.config.control,
+                "no_control_after": no_control_after if plan.config.control else None,
+                "no_control_since": None,
                 "state": "running",
                 "exit_code": None,
                 "ended_at": None,
@@ -289,13 +294,17 @@ class JobRecords:
         """The job's state from torchrun's exit code and what rank 0 recorded last."""
         return self.outcome(exit_code).state.value
 
-    def outcome(self, worker_code: int, *, escalated: bool = False, signalled: bool = False, forced: str | None = None) -> Outcome:
+    def outcome(
+        self, worker_code: int, *, escalated: bool = False, signalled: bool = False, forced: str | None = None, passed_on: str | None = None
+    ) -> Outcome:
         """How this run ended, from torchrun's exit code, what rank 0 recorded and what
         the launcher saw: a second signal aborts whatever rank 0 last wrote; an abort
         stays an abort even when a rank's exit code is not 0 (a second signal in a
         worker ends it with 128+N); otherwise a non-zero code is a failure, named by its
         root cause when a rank recorded one. ``forced``: the launcher ended a hung job
-        that was told to abort (why)."""
+        that was told to abort (why). ``passed_on``: a stop signal went straight to the
+        workers because no control was attached (why): a failure that saved nothing,
+        unless rank 0 came up in time and recorded a stop of its own."""
         status = self.this_runs_status() or {}
         recorded = JobState.parse(status.get("state"))
         by_signal = stopped_by_a_signal(status, signalled=signalled)
@@ -303,6 +312,10 @@ class JobRecords:
             return Outcome(JobState.ABORTED, by_signal, forced)
         if escalated:
             return Outcome(JobState.ABORTED, by_signal, "a second signal to the launcher stopped every rank at once, without saving")
+        if passed_on:
+            if recorded in (JobState.STOPPED, JobState.ABORTED):
+                return Outcome(recorded, True, status.get("stop_reason"))
+            return Outcome(JobState.FAILED, True, passed_on)
         if recorded == JobState.ABORTED:
             return Outcome(JobState.ABORTED, by_signal, status.get("stop_reason"))
         if worker_code != 0:

@@ -16,6 +16,10 @@ abort instead of saving). Instead:
   a worker's own signal got there first, the command is refused as "already stopping":
   either way the job saves once;
 - after ``--grace`` seconds torchrun's process group gets SIGTERM, then SIGKILL;
+- before the job has control attached (rank 0 has not published this run's status:
+  launcher/attach.py) nobody could take a save, so the first signal goes to torchrun at
+  once as SIGTERM, and torchrun terminates its workers, as it does for a signal of its
+  own; the outcome says that no save was possible (exit 128+N);
 - a second signal escalates at once (SIGTERM to the group, SIGKILL shortly after), a
   third kills the group.
 
@@ -42,7 +46,8 @@ from forgather_control.control.deathsig import death_signal_setter
 from forgather_control.control.outcome import launch_exit_code
 from forgather_control.control.transport import FileTransport
 
-from .config import LaunchError
+from .attach import ControlAttach, passed_on_reason
+from .config import LaunchError, no_control_after
 from .duties import NodeDuties, Overdue
 from .plan import Plan, child_env
 from .proctree import ProcessTree
@@ -69,7 +74,9 @@ class Supervisor:
     """Runs one torchrun, turns stop signals into the stop protocol, leaves no process.
 
     ``on_stop(signum)`` runs (in the main thread) on the first signal when the job has
-    control; without it the first signal terminates torchrun, which stops its workers.
+    control attached (``attached()``, asked at that moment, says so; without it, always);
+    otherwise the first signal terminates torchrun, which stops its workers, and
+    ``passed_on`` keeps the signal.
     """
 
     def __init__(
@@ -83,11 +90,16 @@ class Supervisor:
         kill_timeout: float = KILL_TIMEOUT,
         poll_interval: float = 0.2,
         duties: Callable[[], Overdue | None] | None = None,
+        attached: Callable[[], bool] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
         self.on_stop = on_stop
+        #: is control attached to this run now (launcher/attach.py)? None: assume it is
+        self.attached = attached
+        #: the first stop signal, when it went straight to torchrun (no control to save)
+        self.passed_on: int | None = None
         #: the control plane's work on each round (launcher/duties.py); an overdue abort
         #: it returns ends every process of the job at once
         self.duties = duties
@@ -186,7 +198,7 @@ class Supervisor:
         name = signal.Signals(signum).name
         now = time.monotonic()
         if len(self.signals) == 1:
-            if self.on_stop is not None:
+            if self.on_stop is not None and self._control_attached():
                 log.warning("%s: asking every rank to save and stop (grace %gs)", name, self.grace)
                 try:
                     self.on_stop(signum)
@@ -194,7 +206,9 @@ class Supervisor:
                     log.exception("could not ask the job to stop; torchrun will be terminated after the grace period")
                 self._term_at = now + self.grace
             else:
-                log.warning("%s: stopping torchrun (no control; SIGKILL after %gs)", name, self.grace)
+                why = "no control attached yet, nothing can save" if self.on_stop is not None else "no control"
+                log.warning("%s: stopping torchrun and its workers now (%s; SIGKILL after %gs)", name, why, self.grace)
+                self.passed_on = signum
                 self._send(signal.SIGTERM, group=False)
                 self._termed = True
                 self._kill_at = now + self.grace
@@ -202,6 +216,15 @@ class Supervisor:
             log.warning("%s again: escalating, killing torchrun and every worker now, without saving", name)
             self.escalated = True
             self._kill_all()
+
+    def _control_attached(self) -> bool:
+        if self.attached is None:
+            return True
+        try:
+            return self.attached()
+        except Exception:  # cannot tell: the save path loses nothing, within the grace
+            log.exception("could not tell whether control is attached; asking for a save")
+            return True
 
     def _kill_all(self) -> None:
         """Every process of the job, at once: a second signal means the user will not
@@ -295,9 +318,10 @@ def execute(
     if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from:
         plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from, resume_gone=tuple(p.describe() for p in previous.gone))
     records = JobRecords(paths, plan)
+    after = no_control_after(plan.config, base_env) if plan.config.control else None
     try:
         records.claim(previous)
-        records.start(previous, argv=argv, cwd=cwd)
+        records.start(previous, argv=argv, cwd=cwd, no_control_after=after)
     except OSError as exc:
         raise LaunchError(
             f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
@@ -307,7 +331,14 @@ def execute(
     sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
     if plan.config.control:
         duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
-        sup.duties = duties.tick
+        attach = ControlAttach(paths, run=plan.restarts, after=after or 0.0, record=records.update_job)
+        sup.attached = attach.attached_now
+
+        def tick() -> Overdue | None:
+            attach.tick()
+            return duties.tick()
+
+        sup.duties = tick
     try:
         return _finish(plan, records, sup, runner)
     finally:
@@ -322,7 +353,8 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
         records.finish(JobState.FAILED, -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
         raise
     forced = sup.forced_abort
-    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None)
+    passed_on = passed_on_reason(sup.passed_on, control=plan.config.control) if sup.passed_on is not None else None
+    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None, passed_on=passed_on)
     extra: dict = {"torchrun_exit_code": code}
     if sup.signals:
         extra["signals"] = [signal.Signals(s).name for s in sup.signals]
@@ -337,7 +369,7 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
         extra["requeued_at"] = time.time()
     elif requeue and sup.stop_requested:
         log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
-    exit_code = launch_exit_code(state, by_signal=outcome.by_signal, worker_code=code)
+    exit_code = launch_exit_code(state, by_signal=outcome.by_signal, worker_code=code, passed_on=sup.passed_on)
     records.finish(state, exit_code, extra=extra, reason=outcome.reason, receipt=forced.receipt(time.time()) if forced else None)
     if state == JobState.REQUEUED:
         _requeue(requeue, records, runner)

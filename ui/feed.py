@@ -190,7 +190,7 @@ def _finite(value: Any) -> float | None:
 
 _RANK = {
     **dict.fromkeys((JobState.RUNNING, JobState.STALLED, JobState.STOPPING), 0),
-    **dict.fromkeys((JobState.STARTING, JobState.ENDING), 1),
+    **dict.fromkeys((JobState.STARTING, JobState.UNCONTROLLED, JobState.ENDING), 1),
     JobState.REQUEUED: 2,
     **dict.fromkeys((JobState.STALE, JobState.UNKNOWN), 3),
 }

@@ -1,7 +1,7 @@
 // Numbers, durations and states, as a person reads them.
 
 export const STATE_TONE = {
-  running: "run", stalled: "abort", stopping: "busy", starting: "busy", ending: "busy", requeued: "wait",
+  running: "run", stalled: "abort", stopping: "busy", starting: "busy", uncontrolled: "abort", ending: "busy", requeued: "wait",
   finished: "done", stopped: "stop", aborted: "abort", failed: "bad", dead: "bad",
   stale: "grey", unknown: "grey", corrupt: "bad",
 };
@@ -10,6 +10,7 @@ export const STATE_HELP = {
   running: "training",
   stalled: "it runs, but its step has not moved for longer than its stall threshold",
   starting: "the launcher runs; rank 0 is not up yet (commands wait in its inbox)",
+  uncontrolled: "the launcher runs, but no control is attached yet: the script has started no Controller (commands wait in its inbox; a stop signal saves nothing)",
   stopping: "a stop applied; the loop is winding down",
   ending: "rank 0 has ended; torchrun is winding down",
   requeued: "SLURM requeued it; it waits in the queue",

@@ -201,6 +201,14 @@ export class JobView {
       this.stall.append(h("b", {}, "Stalled: "), stallText(d.stall) || "its step does not move", ". Where every rank is: ", h("code", {}, `forgather control stacks ${this.id}`));
     }
 
+    // no control attached: why, and what to add
+    if (d.state === "uncontrolled") {
+      const nc = d.no_control && typeof d.no_control === "object" ? d.no_control : {};
+      this.stall.hidden = false;
+      clear(this.stall);
+      this.stall.append(h("b", {}, "No control: "), nc.why || "no control attached yet", ". To attach control: ", nc.add || "start a Controller");
+    }
+
     // failure
     this.renderFailure(d);
 

@@ -177,7 +177,7 @@ export class JobsView {
 
   renderCounts(counts) {
     clear(this.counts);
-    const order = ["running", "stalled", "starting", "stopping", "ending", "requeued", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
+    const order = ["running", "stalled", "starting", "uncontrolled", "stopping", "ending", "requeued", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
     for (const s of order) {
       if (!counts[s]) continue;
       this.counts.append(h("span", { class: `count tone-${STATE_TONE[s] || "grey"}` }, h("b", {}, String(counts[s])), ` ${s}`));
@@ -246,6 +246,7 @@ export class JobsView {
     setAttr(c.pill, "title", [STATE_HELP[r.state], r.evidence].filter(Boolean).join(" — "));
     const sub = [
       r.state === "stalled" ? stallText(r.stall) : null,
+      r.state === "uncontrolled" && r.no_control ? r.no_control.why : null,
       r.world_size > 1 ? `${r.world_size} ranks` : null,
       r.scheduler && r.scheduler !== "local" ? r.scheduler : null,
       r.stop_reason || r.error || null,

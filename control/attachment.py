@@ -1,0 +1,55 @@
+"""Is control attached to a launched job, and what its user is told when it is not.
+
+A job launched with control has it once rank 0 publishes this run's status (status.json
+whose ``restarts`` is the launcher's run count): a Controller runs, the user's own or the
+one a trainer's callback starts. Before that no training step under control has happened
+in this run, so a stop signal loses nothing by ending the workers at once. A script whose
+trainer never starts one (a plain loop without a Controller, a trainer we do not patch)
+would otherwise look ``starting`` for ever: after ``--no-control-after`` seconds its
+launcher says so once and records it (job.json ``no_control_since``), and readers show it
+with the words made here, never with text taken from a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ADD_CONTROL", "no_control_notice", "no_control_why", "published"]
+
+#: What to add, for each kind of script; the same words in the launcher's warning, in
+#: ``list``/``status`` and on the web page.
+ADD_CONTROL = (
+    "a plain loop: use forgather_control.callback.Controller (README, 'Plain loops'); "
+    "a trainer forgather does not patch: add its control callback "
+    "(forgather_control.callback.TrainerControlCallback for HF-style callbacks, LightningControlCallback for Lightning); "
+    "HuggingFace, Lightning and Forgather trainers get it automatically"
+)
+
+
+def published(status: Mapping[str, Any] | None, run: int) -> bool:
+    """Has rank 0 published run ``run``'s status? A previous run's status.json (another
+    run count, or none) says nothing about this run."""
+    if not isinstance(status, Mapping):
+        return False
+    ran = status.get("restarts")
+    return isinstance(ran, int) and not isinstance(ran, bool) and ran == run
+
+
+def no_control_why(after: float) -> str:
+    """One line: what is known, worded so that it stays true while a model still loads."""
+    return f"no control attached yet after {after:g}s: rank 0 has not started a Controller in this run"
+
+
+def no_control_notice(after: Any, since: Any = None) -> dict[str, Any]:
+    """The ``no_control`` object of ``list --json`` / ``status --json``: ``after`` (the
+    launcher's threshold, seconds), ``since`` (when the launcher judged it, its clock),
+    ``why`` and ``add`` (sentences for a person)."""
+    secs = float(after) if isinstance(after, (int, float)) and not isinstance(after, bool) else None
+    why = no_control_why(secs) if secs is not None else "no control attached yet: rank 0 has not started a Controller in this run"
+    return {
+        "after": secs,
+        "since": since if isinstance(since, (int, float)) and not isinstance(since, bool) else None,
+        "why": why,
+        "add": ADD_CONTROL,
+    }

@@ -1,0 +1,147 @@
+"""Has this run got control attached yet? The launcher's watch, and what it says.
+
+Control is attached once rank 0 publishes this run's status (:func:`published`). Until
+then a stop signal goes to the workers at once: no step under control has happened in
+this run, so there is nothing a save could keep, and waiting ``--grace`` for a save that
+nobody can make only delays the end. After ``--no-control-after`` seconds without it the
+launcher warns once (naming what to add) and records ``no_control_since`` in job.json,
+which ``list``, ``status`` and the web page show as ``uncontrolled``; when rank 0
+publishes after all, the record is cleared and the launcher says so.
+
+:class:`AttachWatch` is the decision, pure (the caller passes its clock's ``now``);
+:class:`ControlAttach` reads status.json, writes job.json and logs around it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from forgather_control.control.attachment import ADD_CONTROL, no_control_why, published
+from forgather_control.control.jobs import JobPaths
+from forgather_control.control.records import STATUS, load_or_empty
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AttachWatch", "Change", "ControlAttach", "passed_on_reason"]
+
+
+class Change(enum.Enum):
+    """What a look found that is news."""
+
+    #: rank 0 published before the threshold: nothing was ever said
+    ATTACHED = "attached"
+    #: the threshold passed without it: say so, once
+    MISSING = "missing"
+    #: rank 0 published after the warning: take it back
+    CLEARED = "cleared"
+
+
+class AttachWatch:
+    """Attached, not yet, warn once, cleared: from whether this run's status is
+    published and the caller's monotonic ``now``. Once attached, a run stays attached
+    (a status.json rewritten or removed later does not undo a step taken under control)."""
+
+    def __init__(self, *, after: float, started: float) -> None:
+        self.after = after
+        self.started = started
+        self.attached = False
+        self.warned = False
+
+    def look(self, is_published: bool, now: float) -> Change | None:
+        if self.attached:
+            return None
+        if is_published:
+            self.attached = True
+            return Change.CLEARED if self.warned else Change.ATTACHED
+        if not self.warned and now - self.started >= self.after:
+            self.warned = True
+            return Change.MISSING
+        return None
+
+    @property
+    def missing(self) -> bool:
+        """Warned, and not attached since."""
+        return self.warned and not self.attached
+
+
+class ControlAttach:
+    """The watch over this node's launcher's records. ``record(**fields)`` updates
+    job.json (node 0; a no-op elsewhere); every node's launcher warns in its own log."""
+
+    def __init__(
+        self,
+        paths: JobPaths,
+        *,
+        run: int,
+        after: float,
+        record: Callable[..., None],
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 1.0,
+    ) -> None:
+        self.paths = paths
+        self.run = run
+        self.record = record
+        self.clock = clock
+        self.interval = interval
+        self.watch = AttachWatch(after=after, started=clock())
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        """One look per ``interval`` from the supervising loop; never raises into it."""
+        if self.watch.attached:
+            return
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        self._last = now
+        self._look(now)
+
+    def attached_now(self) -> bool:
+        """Is control attached, read now (a signal arrived: the answer decides whether a
+        save can be asked for)? Records that cannot be read count as attached: the save
+        path is the one that can lose nothing, bounded by the grace."""
+        if not self.watch.attached and not self._look(self.clock()):
+            return True
+        return self.watch.attached
+
+    def _look(self, now: float) -> bool:
+        """Look at this run's status and say what changed; False when it could not be read."""
+        try:
+            status = load_or_empty(self.paths.status, STATUS)
+        except Exception:
+            log.exception("could not read %s to tell whether control is attached", self.paths.status)
+            return False
+        change = self.watch.look(published(status, self.run), now)
+        try:
+            if change is Change.MISSING:
+                log.warning(
+                    "%s (job %s). Until it does, `forgather control` commands wait in its inbox and a stop signal "
+                    "ends the workers without saving. To attach control: %s. If the script is still loading, "
+                    "this clears itself when its Controller starts",
+                    no_control_why(self.watch.after),
+                    self.paths.job_id,
+                    ADD_CONTROL,
+                )
+                self.record(no_control_since=time.time())
+            elif change is Change.CLEARED:
+                log.warning("control attached after all: rank 0 published job %s's status", self.paths.job_id)
+                self.record(no_control_since=None)
+        except Exception:
+            log.exception("could not record whether control is attached; the job runs on")
+        return True
+
+
+def passed_on_reason(signum: int, *, control: bool) -> str:
+    """Why a stop signal went straight to the workers and nothing was saved (job.json
+    ``reason``, status.json ``error``, the launcher's last line)."""
+    name = signal.Signals(signum).name
+    if not control:
+        return f"{name} stopped the workers at once: the job runs without control (--no-control), so no save was possible"
+    return (
+        f"{name} reached the launcher before control was attached in this run (rank 0 had not started a Controller): "
+        f"it went to the workers at once, so no save was possible. To attach control: {ADD_CONTROL}"
+    )
