@@ -383,6 +383,9 @@ def test_the_web_page_lists_and_commands_it_through_the_same_calls(standin: Stan
 
     (row,) = JobsFeed(jobs_dir=jobs_dir, ray=None, max_age=0.0).snapshot().rows
     assert (row["job_id"], row["framework_callback"], row["state"], row["step"], row["live"]) == (standin.job_id, True, "running", 42, True)
+    assert row["loss"] == 1.5  # from its API: the job has no status.json for the page to read it from
+    d0 = JobView(UiConfig(jobs_dir=jobs_dir)).details(standin.job_id)
+    assert d0["framework_callback"] is True  # the page disables Eval and follows no receipt for it (job.js)
     view = JobView(UiConfig(jobs_dir=jobs_dir))
     d = view.details(standin.job_id)
     assert (d["channel"], d["controllable"], d["live"], d["step"]) == ("framework", True, True, 42)

@@ -145,7 +145,8 @@ def job_row(row: dict[str, Any], *, with_status: bool, statuses: StatusCache | N
         if isinstance(ran, int) and isinstance(runs, int) and ran != runs:
             st = {}  # a previous run's status: it says nothing of this run
         metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
-        out["loss"] = _finite(metrics.get("loss"))
+        if metrics or "loss" not in out:  # a job of the framework's own callback has its loss from its API, in the row
+            out["loss"] = _finite(metrics.get("loss"))
         out["eval_loss"] = _finite(metrics.get("eval_loss"))
         out["last_checkpoint"] = st.get("last_checkpoint")
         out["stop_reason"] = st.get("stop_reason")

@@ -189,7 +189,8 @@ export class JobView {
     for (const [k, v] of metaBits) this.meta.append(h("span", { class: `meta meta-${k}` }, v));
 
     // buttons
-    for (const b of BUTTONS) this.buttons[b.verb].disabled = !d.controllable;
+    for (const b of BUTTONS) this.buttons[b.verb].disabled = !d.controllable || (d.framework_callback && b.verb === "eval");
+    if (d.framework_callback) setAttr(this.buttons.eval, "title", "The framework's own control callback has no evaluate command.");
     this.actions.hidden = !!d.final;
     setText(this.whyNot, d.controllable ? "" : (d.why_not || "This job takes no commands."));
     this.whyNot.hidden = !!d.controllable || !!d.final;
@@ -313,6 +314,11 @@ export class JobView {
         receipt = await api.send(this.id, b.verb, key);  // no answer: the same key never queues twice
       }
       receipt = { sent_at: Date.now() / 1000, ...receipt };
+      if (receipt.receipt === false) {
+        // The framework's own control callback acknowledges and keeps no receipt: nothing to follow.
+        this.say(`${b.label} acknowledged: the framework's own callback applies it at its next logging step and keeps no receipt`, "wait");
+        return;
+      }
       this.sent.set(key, receipt);
       this.say(`${b.label} ${receipt.state === "sent" ? "dropped in the job's inbox" : receipt.state} as ${receipt.id}`, RECEIPT_TONE[receipt.state] || "wait");
       if (this.details) this.renderLedger(this.details);
@@ -320,7 +326,7 @@ export class JobView {
     } catch (e) {
       this.say(`${b.label} was not sent: ${e.message}`, "bad");
     } finally {
-      if (this.details) this.buttons[b.verb].disabled = !this.details.controllable;
+      if (this.details) this.buttons[b.verb].disabled = !this.details.controllable || (this.details.framework_callback && b.verb === "eval");
     }
   }
 
