@@ -174,8 +174,7 @@ class JobHandle:
         if not isinstance(notice, dict):
             return None
         return (
-            f"job {self.job_id} has {notice.get('why')}. The command waits in its inbox and applies only if one starts; "
-            f"to attach control: {notice.get('add')}"
+            f"job {self.job_id} has {notice.get('why')}. The command waits in its inbox and applies only if one starts; to attach control: {notice.get('add')}"
         )
 
     def stacks(self, *, timeout: float = 10.0) -> StacksReport:
