@@ -18,6 +18,7 @@ import pytest
 from support.launcher import START_TIMEOUT, launch, wait_running
 from support.processes import Procs, assert_all_gone
 from support.records import read_record
+from support.scripts import LATE_CONTROLLER
 from support.waiting import wait_for
 
 from forgather_control.control import JobPaths
@@ -34,28 +35,6 @@ import os, time
 print("rank", os.environ["RANK"], "training without a controller", flush=True)
 for step in range(1_000_000):
     time.sleep(0.05)
-"""
-
-#: A Controller that starts only once the test says so ("loading a big model").
-LATE_CONTROLLER = """
-import sys, time
-from pathlib import Path
-from forgather_control.callback import Controller
-
-go, out = Path(sys.argv[1]), Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.05)
-with Controller(max_steps=1_000_000) as ctl:
-    for step in range(1, 1_000_001):
-        time.sleep(0.02)
-        act = ctl.step(step)
-        if act.save:
-            out.mkdir(exist_ok=True)
-            ck = out / f"ck-{step}"
-            ck.write_text("saved")
-            ctl.checkpoint_saved(str(ck))
-        if act.stop:
-            break
 """
 
 

@@ -17,6 +17,7 @@ from support.env import base_env
 from support.launcher import launch
 from support.paths import FORGATHER
 from support.processes import Procs
+from support.scripts import LATE_CONTROLLER
 from support.waiting import wait_for
 
 from forgather_control.control import JobPaths
@@ -25,34 +26,10 @@ from forgather_control.control.outcome import EXIT_STOPPED
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 TIMEOUT = 240.0
 
-SCRIPT = """
-import sys, time
-from pathlib import Path
-from forgather_control.callback import Controller
-
-go, out = Path(sys.argv[1]), Path(sys.argv[2])
-while not go.exists():  # "loading the model" until the test says go
-    time.sleep(0.05)
-if go.read_text() == "die":
-    sys.exit(3)
-with Controller(max_steps=1_000_000) as ctl:
-    for step in range(1, 1_000_001):
-        time.sleep(0.01)
-        act = ctl.step(step)
-        if act.save:
-            out.mkdir(exist_ok=True)
-            ck = out / f"ck-{step}"
-            ck.write_text("saved")
-            ctl.checkpoint_saved(str(ck))
-        if act.stop:
-            print("stopped at", step, act.command, flush=True)
-            break
-"""
-
 
 def start_job(procs: Procs, jobs_dir: Path, tmp_path: Path, job_id: str):
     script = tmp_path / "slow_start.py"
-    script.write_text(SCRIPT)
+    script.write_text(LATE_CONTROLLER)
     go = tmp_path / "go"
     return launch(procs, jobs_dir, job_id, script, str(go), str(tmp_path / "out")), go
 
