@@ -2,12 +2,12 @@
 
 A job launched with control has it once rank 0 publishes this run's status (status.json
 whose ``restarts`` is the launcher's run count): a Controller runs, the user's own or the
-one a trainer's callback starts. Before that no training step under control has happened
-in this run, so a stop signal loses nothing by ending the workers at once. A script whose
-trainer never starts one (a plain loop without a Controller, a trainer we do not patch)
-would otherwise look ``starting`` for ever: after ``--no-control-after`` seconds its
-launcher says so once and records it (job.json ``no_control_since``), and readers show it
-with the words made here, never with text taken from a record.
+one a trainer's callback starts. A script whose trainer never starts one (a plain loop
+without a Controller, a trainer we do not patch) would otherwise look ``starting`` for
+ever: after ``--no-control-after`` seconds its
+launcher says so once and records it (job.json ``no_control_since``), readers show it
+with the words made here (never with text taken from a record), and a stop signal ends
+its workers at once: nobody can save.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Has this run got control attached yet? The launcher's watch, and what it says.
 
-Control is attached once rank 0 publishes this run's status (:func:`published`). Until
-then a stop signal goes to the workers at once: no step under control has happened in
-this run, so there is nothing a save could keep, and waiting ``--grace`` for a save that
-nobody can make only delays the end. After ``--no-control-after`` seconds without it the
-launcher warns once (naming what to add) and records ``no_control_since`` in job.json,
-which ``list``, ``status`` and the web page show as ``uncontrolled``; when rank 0
-publishes after all, the record is cleared and the launcher says so.
+Control is attached once rank 0 publishes this run's status (:func:`published`). After
+``--no-control-after`` seconds without it the launcher warns once (naming what to add)
+and records ``no_control_since`` in job.json, which ``list``, ``status`` and the web page
+show as ``uncontrolled``; from then a stop signal goes to the workers at once (nobody can
+save, and waiting ``--grace`` for a save only delays the end). Before that, a script may
+still be loading its model: the signal becomes a save_and_stop in the inbox, as for a
+job with control, which its Controller takes when it starts. When rank 0 publishes after
+all, the record is cleared and the launcher says so.
 
 :class:`AttachWatch` is the decision, pure (the caller passes its clock's ``now``);
 :class:`ControlAttach` reads status.json, writes job.json and logs around it.
@@ -100,13 +101,16 @@ class ControlAttach:
         self._last = now
         self._look(now)
 
-    def attached_now(self) -> bool:
-        """Is control attached, read now (a signal arrived: the answer decides whether a
-        save can be asked for)? Records that cannot be read count as attached: the save
-        path is the one that can lose nothing, bounded by the grace."""
-        if not self.watch.attached and not self._look(self.clock()):
-            return True
-        return self.watch.attached
+    def may_save_now(self) -> bool:
+        """May a stop signal ask for a save (read now: a signal arrived)? Yes unless the
+        job has been judged uncontrolled (``--no-control-after`` passed with no control):
+        a script still loading its model starts its Controller later and takes the
+        save_and_stop waiting in its inbox, so a preempted job that was still loading
+        stops saved (75) and is requeued. Records that cannot be read count as yes: the
+        save path loses nothing, bounded by the grace."""
+        if not self.watch.attached:
+            self._look(self.clock())
+        return not self.watch.missing
 
     def _look(self, now: float) -> bool:
         """Look at this run's status and say what changed; False when it could not be read."""
@@ -142,6 +146,6 @@ def passed_on_reason(signum: int, *, control: bool) -> str:
     if not control:
         return f"{name} stopped the workers at once: the job runs without control (--no-control), so no save was possible"
     return (
-        f"{name} reached the launcher before control was attached in this run (rank 0 had not started a Controller): "
+        f"{name} reached the launcher of a job with no control attached in this run (rank 0 had not started a Controller): "
         f"it went to the workers at once, so no save was possible. To attach control: {ADD_CONTROL}"
     )

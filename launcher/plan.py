@@ -226,7 +226,7 @@ def _on_signal(plan: Plan) -> str:
     if not plan.config.control:
         text = f"SIGTERM to torchrun, SIGKILL after {grace}"
     else:
-        text = f"save_and_stop on every rank once control is attached (before: SIGTERM to torchrun at once), torchrun stopped after {grace}"
+        text = f"save_and_stop on every rank (an uncontrolled job: SIGTERM to torchrun at once), torchrun stopped after {grace}"
     if plan.placement.requeue_argv:
         text += "; then " + shlex.join(plan.placement.requeue_argv)
     return text

@@ -16,10 +16,10 @@ abort instead of saving). Instead:
   a worker's own signal got there first, the command is refused as "already stopping":
   either way the job saves once;
 - after ``--grace`` seconds torchrun's process group gets SIGTERM, then SIGKILL;
-- before the job has control attached (rank 0 has not published this run's status:
-  launcher/attach.py) nobody could take a save, so the first signal goes to torchrun at
-  once as SIGTERM, and torchrun terminates its workers, as it does for a signal of its
-  own; the outcome says that no save was possible (exit 128+N);
+- a job judged uncontrolled (``--no-control-after`` passed and rank 0 never published
+  this run's status: launcher/attach.py) has nobody to take a save, so the first signal
+  goes to torchrun at once as SIGTERM, and torchrun terminates its workers, as it does for
+  a signal of its own; the outcome says that no save was possible (exit 128+N);
 - a second signal escalates at once (SIGTERM to the group, SIGKILL shortly after), a
   third kills the group.
 
@@ -74,9 +74,9 @@ class Supervisor:
     """Runs one torchrun, turns stop signals into the stop protocol, leaves no process.
 
     ``on_stop(signum)`` runs (in the main thread) on the first signal when the job has
-    control attached (``attached()``, asked at that moment, says so; without it, always);
-    otherwise the first signal terminates torchrun, which stops its workers, and
-    ``passed_on`` keeps the signal.
+    control (``may_save()``, asked at that moment, says a save can be asked for; without
+    it, always); otherwise the first signal terminates torchrun, which stops its workers,
+    and ``passed_on`` keeps the signal.
     """
 
     def __init__(
@@ -90,14 +90,14 @@ class Supervisor:
         kill_timeout: float = KILL_TIMEOUT,
         poll_interval: float = 0.2,
         duties: Callable[[], Overdue | None] | None = None,
-        attached: Callable[[], bool] | None = None,
+        may_save: Callable[[], bool] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
         self.on_stop = on_stop
-        #: is control attached to this run now (launcher/attach.py)? None: assume it is
-        self.attached = attached
+        #: may a stop signal ask this run for a save now (launcher/attach.py)? None: yes
+        self.may_save = may_save
         #: the first stop signal, when it went straight to torchrun (no control to save)
         self.passed_on: int | None = None
         #: the control plane's work on each round (launcher/duties.py); an overdue abort
@@ -198,7 +198,7 @@ class Supervisor:
         name = signal.Signals(signum).name
         now = time.monotonic()
         if len(self.signals) == 1:
-            if self.on_stop is not None and self._control_attached():
+            if self.on_stop is not None and self._may_save():
                 log.warning("%s: asking every rank to save and stop (grace %gs)", name, self.grace)
                 try:
                     self.on_stop(signum)
@@ -206,7 +206,7 @@ class Supervisor:
                     log.exception("could not ask the job to stop; torchrun will be terminated after the grace period")
                 self._term_at = now + self.grace
             else:
-                why = "no control attached yet, nothing can save" if self.on_stop is not None else "no control"
+                why = "no control attached, nothing can save" if self.on_stop is not None else "no control"
                 log.warning("%s: stopping torchrun and its workers now (%s; SIGKILL after %gs)", name, why, self.grace)
                 self.passed_on = signum
                 self._send(signal.SIGTERM, group=False)
@@ -217,11 +217,11 @@ class Supervisor:
             self.escalated = True
             self._kill_all()
 
-    def _control_attached(self) -> bool:
-        if self.attached is None:
+    def _may_save(self) -> bool:
+        if self.may_save is None:
             return True
         try:
-            return self.attached()
+            return self.may_save()
         except Exception:  # cannot tell: the save path loses nothing, within the grace
             log.exception("could not tell whether control is attached; asking for a save")
             return True
@@ -332,7 +332,7 @@ def execute(
     if plan.config.control:
         duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
         attach = ControlAttach(paths, run=plan.restarts, after=after or 0.0, record=records.update_job)
-        sup.attached = attach.attached_now
+        sup.may_save = attach.may_save_now
 
         def tick() -> Overdue | None:
             attach.tick()

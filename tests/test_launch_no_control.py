@@ -81,7 +81,7 @@ def test_a_job_without_a_controller_is_named_and_a_signal_ends_it_at_once(procs:
     out = job.output()
     assert out.count(WARNING) == 1, out[-4000:]
     last = out.strip().splitlines()[-1]
-    assert "job bare failed (exit code 143)" in last and "no save was possible" in last and "before control was attached" in last, last
+    assert "job bare failed (exit code 143)" in last and "no save was possible" in last and "no control attached" in last, last
     assert "save_and_stop" not in inbox_commands(jobs_dir, "bare") and inbox_commands(jobs_dir, "bare") == ["save_checkpoint", "save_checkpoint"]
 
     record = read_record(jobs_dir, "bare", "job.json")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_for
 
 from forgather_control.callback import Controller
 from forgather_control.callback.history import HistoryRecorder
@@ -77,11 +78,13 @@ def test_a_job_records_its_curves_serves_them_and_keeps_them(tmp_path: Path) -> 
             time.sleep(0.008)  # 1.6 s in all: a steps-per-second sample needs a second
         with open_job("curves", jobs_dir=jobs) as job:
             assert job.channel == "http"
-            served = job.metrics()
+            # The I/O thread records the last steps on its own beat: once it has them all,
+            # ``since`` has one answer.
+            served = wait_for(lambda: (m := job.metrics())["series"]["loss"]["step"][-1] == 200 and m, what="the history up to step 200")
             assert served["series"]["eval_loss"] == {"step": [100], "time": served["series"]["eval_loss"]["time"], "value": [0.25]}
             assert len(served["series"]["loss"]["step"]) >= 2 and "learning_rate" in served["series"]
             later = job.metrics(since=served["series"]["loss"]["step"][-2])
-            assert len(later["series"]["loss"]["step"]) <= 1 and later["series"]["eval_loss"]["step"] == []
+            assert later["series"]["loss"]["step"] == [200] and later["series"]["eval_loss"]["step"] == []
     kept = read_history(JobPaths(jobs, "curves"))  # the finished job keeps its history
     assert kept["series"]["loss"]["step"][-1] == 200 and kept["series"]["eval_loss"]["value"] == [0.25]
     assert "steps_per_second" in kept["series"]

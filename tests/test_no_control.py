@@ -69,28 +69,41 @@ def test_the_launchers_watch_records_the_warning_once_and_clears_it(tmp_path: Pa
     write_json_atomic(paths.status, {"job_id": "nc", "state": "stopped", "restarts": 0})  # the run before
     clock.now += 29.0
     attach.tick()
-    assert recorded == [] and not attach.attached_now()
+    assert recorded == [] and attach.may_save_now()  # not judged yet: a model may still be loading
     for _ in range(5):
         clock.now += 2.0
         attach.tick()
+    assert not attach.may_save_now()  # judged uncontrolled: a signal goes to the workers at once
     assert len(recorded) == 1 and isinstance(recorded[0]["no_control_since"], float), recorded
     warnings = [r.getMessage() for r in caplog.records if "no control attached yet" in r.getMessage()]
     assert len(warnings) == 1 and "after 30s" in warnings[0] and ADD_CONTROL in warnings[0] and "nc" in warnings[0]
 
     write_json_atomic(paths.status, {"job_id": "nc", "state": "running", "restarts": 1})
-    assert attach.attached_now()  # read at once, as a signal asks it
+    assert attach.may_save_now()  # read at once, as a signal asks it
     clock.now += 2.0
     attach.tick()
     assert recorded[-1] == {"no_control_since": None} and len(recorded) == 2
 
 
 # -- a stop signal ----------------------------------------------------------------------
-def supervisor(attached) -> tuple[Supervisor, list[int]]:
+def supervisor(may_save) -> tuple[Supervisor, list[int]]:
     asked: list[int] = []
-    return Supervisor(["true"], {}, grace=600.0, on_stop=asked.append, attached=attached), asked
+    return Supervisor(["true"], {}, grace=600.0, on_stop=asked.append, may_save=may_save), asked
 
 
-def test_a_signal_before_control_is_attached_goes_to_torchrun_at_once() -> None:
+def test_a_signal_while_the_script_may_still_be_loading_asks_for_a_save(tmp_path: Path) -> None:
+    """A SLURM preemption while the model loads: the Controller that starts later takes the
+    save_and_stop from its inbox, and the job stops saved (75) and is requeued."""
+    paths = JobPaths(tmp_path, "loading").create()
+    clock = Clock()
+    attach = ControlAttach(paths, run=0, after=300.0, record=lambda **f: None, clock=clock)
+    clock.now += 60.0  # a minute into loading, nothing published yet
+    sup, asked = supervisor(attach.may_save_now)
+    sup._handle(signal.SIGUSR1)
+    assert asked == [signal.SIGUSR1] and sup.passed_on is None and sup._term_at is not None
+
+
+def test_a_signal_to_a_job_judged_uncontrolled_goes_to_torchrun_at_once() -> None:
     sup, asked = supervisor(lambda: False)
     sup._handle(signal.SIGTERM)
     assert asked == [] and sup.passed_on == signal.SIGTERM  # no save_and_stop in the inbox
@@ -138,7 +151,7 @@ def test_the_outcome_says_no_save_was_possible(tmp_path: Path) -> None:
     job = json.loads((jobs / "nc" / "job.json").read_text())
     assert job["no_control_after"] == 45.0 and job["no_control_since"] is None
     why = passed_on_reason(signal.SIGTERM, control=True)
-    assert "SIGTERM" in why and "before control was attached" in why and "no save was possible" in why and ADD_CONTROL in why
+    assert "SIGTERM" in why and "no control attached" in why and "no save was possible" in why and ADD_CONTROL in why
     out = rec.outcome(1, signalled=True, passed_on=why)
     assert (out.state, out.reason, out.by_signal) == (JobState.FAILED, why, True)
     rec.finish(out.state, launch_exit_code(out.state, by_signal=True, worker_code=1, passed_on=signal.SIGTERM), reason=out.reason)
