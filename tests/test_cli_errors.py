@@ -144,13 +144,48 @@ def test_cleanup_without_tty_or_yes_refuses_exit_2(cli, jobs_dir: Path) -> None:
     assert paths.dir.is_dir()
 
 
-def test_launch_is_lazy_and_explains_when_missing(cli) -> None:
-    r = cli("launch", "--help")
-    if (REPO / "cli" / "launch.py").exists():
-        assert r.code == 0
-    else:
-        assert r.code == 2
-        assert "forgather launch" in r.err and "not available" in r.err and "Traceback" not in r.err
+_LAUNCH = "forgather_control.cli.launch"
+
+_MODULES_PROBE = """
+import sys, json
+{before}
+from forgather_control.cli.main import run
+rc = run(sys.argv[1:])
+sys.stderr.write('\\nMODULES=' + json.dumps(sorted(m for m in sys.modules if m.startswith('forgather_control.'))) + '\\n')
+sys.exit(rc)
+"""
+
+
+def cli_in_fresh_python(args: list[str], env: dict[str, str], *, before: str = "") -> tuple[int, str, str, set[str]]:
+    """Run the CLI in a fresh interpreter after ``before``; exit code, stdout, stderr
+    and the project's modules it loaded."""
+    code = _MODULES_PROBE.format(before=before)
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+    line = [ln for ln in p.stderr.splitlines() if ln.startswith("MODULES=")][-1]
+    return p.returncode, p.stdout, p.stderr, set(json.loads(line[len("MODULES=") :]))
+
+
+def test_launch_is_imported_only_when_invoked(jobs_dir: Path) -> None:
+    env = base_env(jobs_dir)
+    rc, out, _, loaded = cli_in_fresh_python(["--help"], env)
+    assert rc == 0 and "launch" in out
+    assert _LAUNCH not in loaded, "`forgather --help` imported the launcher"
+    rc, out, _, loaded = cli_in_fresh_python(["launch", "--help"], env)
+    assert rc == 0 and "--dry-run" in out, out  # the real command's own help
+    assert _LAUNCH in loaded
+
+
+def test_launch_missing_from_the_install_is_explained(jobs_dir: Path) -> None:
+    """An install without cli/launch.py (simulated: the import of that one module
+    fails): `forgather launch` is a usage error naming what is missing, no traceback."""
+    before = f"sys.modules[{_LAUNCH!r}] = None  # import of it raises ModuleNotFoundError"
+    for args in (["launch", "--help"], ["launch", "train.py"]):
+        rc, out, err, _ = cli_in_fresh_python(args, base_env(jobs_dir), before=before)
+        assert rc == 2, (args, out, err)
+        assert "`forgather launch` is not available" in err and _LAUNCH in err and "reinstall forgather-control" in err, err
+        assert "Traceback" not in err
+    rc, out, _, _ = cli_in_fresh_python(["--help"], base_env(jobs_dir), before=before)
+    assert rc == 0 and "launch" in out  # the help still lists it (from the static table)
 
 
 def test_ray_without_ray_names_the_extra(jobs_dir: Path) -> None:

@@ -149,7 +149,8 @@ def test_hostile_files_list_answers_and_cleanup_never_follows_links(cli, jobs_di
     r = cli("control", "list")
     assert r.code == 0, r
     r = cli("control", "status", "garbage", "--json")
-    assert r.code in (0, 3), r  # a folder with no readable record: nothing to show, no crash
+    assert r.code == 0, r  # an unreadable record is the job's own problem, shown: no crash
+    assert r.json()["state"] == "corrupt" and "not valid JSON" in r.json()["evidence"]
 
     r = cli("control", "cleanup", "--yes", "--json")
     assert r.code == 0, r

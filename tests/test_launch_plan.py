@@ -16,7 +16,6 @@ import pytest
 from support.cli import run_cli
 from support.env import base_env
 from support.paths import REPO
-from support.services import CI
 
 from forgather_control.launcher import (
     LaunchConfig,
@@ -54,12 +53,14 @@ SLURM_ENV = {
 
 
 def golden(name: str, text: str) -> None:
+    """Compare with the golden file; only FORGATHER_UPDATE_GOLDEN=1 writes one (a missing
+    file fails everywhere: a test that writes its own expectation cannot fail)."""
     path = GOLDEN / name
-    if UPDATE or not path.exists():
-        if not UPDATE and CI:
-            pytest.fail(f"golden file {path} is missing; create it with FORGATHER_UPDATE_GOLDEN=1")
+    if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    elif not path.exists():
+        pytest.fail(f"golden file {path} is missing; create it with FORGATHER_UPDATE_GOLDEN=1 pytest {Path(__file__).relative_to(REPO)} and review it")
     assert text == path.read_text(), f"{name} changed; if intended, rerun with FORGATHER_UPDATE_GOLDEN=1 and review"
 
 

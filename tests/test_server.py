@@ -85,7 +85,7 @@ def test_bad_bodies(client: TestClient, ledger: Ledger, body: bytes, status: int
     r = client.post("/jobs/job-1/control", content=body, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert words in json.dumps(r.json())
-    if status in (400, 422) and "valid" in words:
+    if "valid" in words:
         assert r.json()["valid_commands"] == list(VALID_COMMANDS)
     assert ledger.pending_count() == 0
 
@@ -105,8 +105,11 @@ def test_oversized_body_is_413(client: TestClient, ledger: Ledger) -> None:
 
 
 def test_job_ids_and_unknown_commands(client: TestClient, ledger: Ledger) -> None:
+    # an encoded slash is decoded before routing: "../x" matches no route, no handler runs
     r = client.post("/jobs/..%2Fx/control", json={"command": "abort"}, headers=AUTH)
-    assert r.status_code in (400, 404) and ledger.pending_count() == 0
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    r = client.post("/jobs/%2E%2E/control", json={"command": "abort"}, headers=AUTH)  # reaches the handler as ".."
+    assert r.status_code == 400 and "invalid job id '..'" in r.json()["detail"]
     r = client.post("/jobs/.x/control", json={"command": "abort"}, headers=AUTH)
     assert r.status_code == 400 and "invalid job id" in r.json()["detail"]
     r = client.post("/jobs/other-job/control", json={"command": "abort"}, headers=AUTH)
