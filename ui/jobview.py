@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from forgather_control.cli.output import json_safe, scrub
-from forgather_control.control.commands import Command, UnknownCommand, new_key, parse_command
+from forgather_control.control.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.control.errors import ControlError, JobEnded, Unreachable
 from forgather_control.control.handle import JobHandle
 from forgather_control.control.lookup import open_job
@@ -25,14 +25,9 @@ from forgather_control.control.states import JobState
 
 from .config import UiConfig
 
-#: The page's buttons, in its words, and the commands they send.
-BUTTONS: dict[str, Command] = {
-    "save": Command.SAVE_CHECKPOINT,
-    "eval": Command.EVALUATE,
-    "stop": Command.GRACEFUL_STOP,
-    "save-stop": Command.SAVE_AND_STOP,
-    "abort": Command.ABORT,
-}
+#: The page's buttons send the CLI's verbs (their labels and questions are in
+#: static/js/job.js); one table, so a verb added to the CLI is a button the server takes.
+BUTTONS: dict[str, Command] = CLI_VERBS
 #: Seconds a Ray job's handle is kept before the cluster is asked again.
 KEEP_RAY_HANDLE = 30.0
 
