@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import click
 
+from forgather_control.control.errors import exit_codes_help
+
 from .lazy import LazyGroup
 
 _VERBS = "forgather_control.cli."
+
+#: The help of the verbs that send a command, said once: the group lists it without
+#: importing :mod:`.send_cmd`, and each verb's own ``--help`` prints it.
+SEND_HELP: dict[str, str] = {
+    "save": "Save a checkpoint at the next agreed step (after an evaluation when the trainer has one set up).",
+    "eval": "Evaluate at the next agreed step.",
+    "stop": "Stop gracefully; the trainer's own end-of-training logic still runs.",
+    "save-stop": "Save a checkpoint, then stop.",
+    "abort": "Stop now and save nothing, here or at the end; the job ends 'aborted'.",
+}
 
 
 @click.group(
@@ -21,20 +33,17 @@ _VERBS = "forgather_control.cli."
     lazy={
         "list": (_VERBS + "list_cmd:list_cmd", "List jobs: running ones, and with --all those that ended."),
         "status": (_VERBS + "status_cmd:status_cmd", "Where a job is: state, step, speed, metrics, checkpoint, commands."),
-        "save": (_VERBS + "send_cmd:save", "Save a checkpoint at the next agreed step."),
-        "eval": (_VERBS + "send_cmd:evaluate", "Evaluate at the next agreed step."),
-        "stop": (_VERBS + "send_cmd:stop", "Stop gracefully; the trainer's own end-of-training logic still runs."),
-        "save-stop": (_VERBS + "send_cmd:save_stop", "Save a checkpoint, then stop."),
-        "abort": (_VERBS + "send_cmd:abort", "Stop now and save nothing; the job ends 'aborted'."),
+        "save": (_VERBS + "send_cmd:save", SEND_HELP["save"]),
+        "eval": (_VERBS + "send_cmd:evaluate", SEND_HELP["eval"]),
+        "stop": (_VERBS + "send_cmd:stop", SEND_HELP["stop"]),
+        "save-stop": (_VERBS + "send_cmd:save_stop", SEND_HELP["save-stop"]),
+        "abort": (_VERBS + "send_cmd:abort", SEND_HELP["abort"]),
         "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),
         "ui": (_VERBS + "ui_cmd:ui_cmd", "A web page with every job, its curves and its buttons."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},
+    help=f"Find, watch and command running training jobs.\n\nJOB is a job id or a unique prefix of one. {exit_codes_help()}",
 )
 def control() -> None:
-    """Find, watch and command running training jobs.
-
-    JOB is a job id or a unique prefix of one. Exit codes: 0 ok, 1 the command
-    failed, 2 usage, 3 job not found, 4 job unreachable.
-    """
+    """The ``control`` group (its help, with the exit codes, is given above)."""

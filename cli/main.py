@@ -9,9 +9,7 @@ Two things matter here more than anywhere else in the CLI:
   becomes one ``error: ...`` line on stderr and a documented exit code, never a
   traceback. Logging is configured here and nowhere else.
 
-Exit codes: 0 ok, 1 the command failed (refused, failed, dropped, timed out), 2 usage
-(bad options, ambiguous prefix, bad job id), 3 job not found, 4 job unreachable; 130
-when Ctrl-C ends a command (a command already sent stays queued).
+Exit codes are the table ``EXIT_CODES`` in ``control/errors.py``; ``--help`` prints it.
 
 Beside the Forgather framework: ``forgather`` (``main``) runs our subcommands (``launch``,
 ``control``) and hands any other subcommand, or an option of the framework's before one,
@@ -29,7 +27,7 @@ from collections.abc import Sequence
 
 import click
 
-from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_codes_help
 
 from . import framework
 from .lazy import LazyGroup
@@ -73,13 +71,11 @@ class RootGroup(LazyGroup):
         "launch": ("forgather_control.cli.launch:launch", "Launch a training script under torchrun / SLURM."),
     },
     context_settings={"help_option_names": ["-h", "--help"]},
+    help=f"forgather: launch, find, watch and command torchrun / SLURM training jobs.\n\n{exit_codes_help()}",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); tracebacks for unexpected errors.")
 def cli(verbose: int) -> None:
-    """forgather: launch, find, watch and command torchrun / SLURM training jobs.
-
-    Exit codes: 0 ok, 1 the command failed, 2 usage, 3 job not found, 4 job unreachable.
-    """
+    """The root group: sets logging (its help, with the exit codes, is given above)."""
     global _verbose
     _verbose = verbose
     _configure_logging(verbose)

@@ -22,6 +22,7 @@ from forgather_control.control.lookup import open_job
 from forgather_control.control.states import JobState
 
 from . import options
+from .control import SEND_HELP
 from .output import print_json, printable
 
 DEFAULT_WAIT = 300.0
@@ -57,33 +58,32 @@ def _command_options(f: Callable) -> Callable:
     return f
 
 
-def _verb(verb: str, help_text: str) -> click.Command:
+def _verb(verb: str) -> click.Command:
     @_command_options
     def cmd(**kw: Any) -> int:
         return send_command(verb, **kw)
 
-    cmd.__doc__ = help_text
-    return click.command(verb)(cmd)
+    return click.command(verb, help=SEND_HELP[verb])(cmd)
 
 
-evaluate = _verb("eval", "Evaluate at the next agreed step.")
-stop = _verb("stop", "Stop gracefully; the trainer's own end-of-training logic still runs.")
-save_stop = _verb("save-stop", "Save a checkpoint, then stop.")
+evaluate = _verb("eval")
+stop = _verb("stop")
+save_stop = _verb("save-stop")
 
 
-@click.command("save")
+@click.command("save", help=SEND_HELP["save"])
 @click.option("--no-eval", is_flag=True, help="Save without the evaluation a trainer with evaluation set up runs first.")
 @_command_options
 def save(no_eval: bool, **kw: Any) -> int:
-    """Save a checkpoint at the next agreed step (after an evaluation when the trainer has one set up)."""
+    """``save``; ``--no-eval`` skips the evaluation before it."""
     return send_command("save", command_options={"evaluate": False} if no_eval else None, **kw)
 
 
-@click.command("abort")
+@click.command("abort", help=SEND_HELP["abort"])
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @_command_options
 def abort(yes: bool, **kw: Any) -> int:
-    """Stop now and save nothing, here or at the end; the job ends 'aborted'."""
+    """``abort``, after asking unless ``--yes``."""
     return send_command("abort", confirm=not yes, **kw)
 
 

@@ -17,6 +17,23 @@ EXIT_ENDED = 5
 EXIT_UNKNOWN = 6
 EXIT_INTERRUPTED = 130
 
+#: What each exit code means: the CLI's help and the README's table are this table.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "the command failed (refused, failed, dropped, or --wait timed out)",
+    EXIT_USAGE: "usage error (bad option, bad or ambiguous job id, missing extra)",
+    EXIT_NOT_FOUND: "job not found",
+    EXIT_UNREACHABLE: "job unreachable: nothing was sent",
+    EXIT_ENDED: "the job has ended (or died): there is nothing left to command",
+    EXIT_UNKNOWN: "sent, but no answer came back: the command may still apply",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): a command already sent stays queued",
+}
+
+
+def exit_codes_help() -> str:
+    """:data:`EXIT_CODES` as one paragraph of ``--help``."""
+    return "Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + "."
+
 
 class ControlError(Exception):
     """Something a user must be told about, with an exit code."""
