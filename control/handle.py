@@ -70,13 +70,6 @@ class JobHandle:
         self._warned_stale = False
 
     @classmethod
-    def open(cls, ref: str, **where: Any) -> JobHandle:
-        """The job ``ref`` names; ``where`` as :func:`~forgather_control.control.lookup.open_job`."""
-        from .lookup import open_job
-
-        return open_job(ref, **where)
-
-    @classmethod
     def from_info(cls, info: JobInfo, *, channel: str = "auto", timeout: float = 5.0) -> JobHandle:
         """A handle for a job read from a jobs directory; ``channel`` auto, http or file."""
         return cls(info.job_id, local_transport(info, channel, timeout=timeout), info=info, timeout=timeout)

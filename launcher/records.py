@@ -290,10 +290,6 @@ class JobRecords:
         write_json_atomic(self.paths.node(self.node_rank), self._node)
 
     # -- finish ---------------------------------------------------------------------
-    def final_state(self, exit_code: int) -> str:
-        """The job's state from torchrun's exit code and what rank 0 recorded last."""
-        return self.outcome(exit_code).state.value
-
     def outcome(
         self, worker_code: int, *, escalated: bool = False, signalled: bool = False, forced: str | None = None, passed_on: str | None = None
     ) -> Outcome:

@@ -28,7 +28,7 @@ from support.paths import REPO
 from support.ports import free_port
 from support.waiting import wait_for
 
-from forgather_control.control import JobHandle, write_json_atomic
+from forgather_control.control import write_json_atomic
 from forgather_control.control.errors import CommandRefused, UsageError
 from forgather_control.control.lookup import list_jobs, open_job
 
@@ -335,7 +335,7 @@ def test_wait_ends_when_the_process_is_gone(procs, jobs_dir: Path) -> None:
     assert final["state"] == "ended" and "its process has exited" in final["reason"], final
     assert seen[0] is not None and seen[0]["state"] == "acknowledged"
     assert (jobs_dir / job / "endpoint.json").exists()  # it died without a word; listed as dead
-    assert JobHandle.open(job, jobs_dir=jobs_dir).state.value == "dead"
+    assert open_job(job, jobs_dir=jobs_dir).state.value == "dead"
 
 
 def test_wait_that_runs_out_says_the_command_was_acknowledged(cli, standin: StandIn) -> None:
@@ -349,7 +349,7 @@ def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Pat
     listing = list_jobs(jobs_dir=jobs_dir)
     (row,) = [r for r in listing.rows if r["job_id"] == standin.job_id]
     assert (row["framework_callback"], row["state"], row["step"]) == (True, "running", 42)
-    with JobHandle.open(standin.job_id[:12], jobs_dir=jobs_dir) as handle:
+    with open_job(standin.job_id[:12], jobs_dir=jobs_dir) as handle:
         assert handle.channel == "framework"
         assert handle.details()["live"] is True
         assert handle.status()["step"] == 42

@@ -77,17 +77,18 @@ def test_final_state_comes_from_rank0_status(tmp_path: Path) -> None:
     rec = start(jobs, plan(jobs, job_id="fs"))
     write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "last_checkpoint": None})
     # an abort stays an abort when a rank then exits non-zero (a second signal ends it with 128+N)
-    assert rec.final_state(0) == "aborted" and rec.final_state(3) == "aborted"
+    assert rec.outcome(0).state == "aborted" and rec.outcome(3).state == "aborted"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "stopped"})
-    assert rec.final_state(0) == "stopped" and rec.final_state(3) == "failed"
+    assert rec.outcome(0).state == "stopped" and rec.outcome(3).state == "failed"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "running"})
-    assert rec.final_state(0) == "finished"
+    assert rec.outcome(0).state == "finished"
     # a status.json from another run of the job (its rank 0 wrote another run count)
     write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "restarts": 7})
-    assert rec.final_state(0) == "finished"
+    assert rec.outcome(0).state == "finished"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "restarts": 0})
-    assert rec.final_state(0) == "aborted"
-    rec.finish("finished", 0)
+    assert rec.outcome(0).state == "aborted"
+    rec.finish(rec.outcome(0).state, 0)  # as the launcher closes a run: the record says it
+    assert read(jobs / "fs" / "job.json")["state"] == "aborted"
 
 
 def test_live_job_id_is_refused_dead_one_is_reused(tmp_path: Path) -> None:
