@@ -72,7 +72,8 @@ def default_jobs_dir() -> Path:
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Where one job's files live; pure path arithmetic, touches nothing."""
+    """Where one job's files live: path arithmetic that touches nothing, except
+    :meth:`create`, which makes the job's folders and leaves a run marker."""
 
     root: Path
     job_id: str
