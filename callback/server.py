@@ -26,14 +26,13 @@ from starlette.requests import ClientDisconnect
 
 from forgather_control.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
 from forgather_control.control.proof import proof
+from forgather_control.control.serving import MAX_BODY_BYTES
 
 from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
 from .guard import READ_DEADLINE, connection_cap, guarded_protocol, quiet_accept_errors
 
 log = logging.getLogger(__name__)
 
-#: A command body is a few dozen bytes; anything past this is refused with 413.
-MAX_BODY_BYTES = 4096
 #: Routes a client may call without the token.
 OPEN_PATHS = frozenset({"/health", "/hello"})
 #: ``HOST`` or ``HOST:PORT`` where HOST is a bracketed IPv6 literal or has no colon.

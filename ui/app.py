@@ -31,6 +31,7 @@ from forgather_control.control.errors import (
     UsageError,
 )
 from forgather_control.control.jobs import PROTOCOL, is_valid_job_id, resolve_jobs_dir
+from forgather_control.control.serving import MAX_BODY_BYTES
 
 from . import prometheus
 from .auth import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, Auth, cookie_name
@@ -48,8 +49,6 @@ CSP = (
 )
 #: Routes open without the cookie or the token: the login page and what it loads.
 OPEN_PATHS = frozenset({"/login", "/static/css/app.css", "/static/js/login.js", "/static/favicon.svg"})
-#: A command body is a few dozen bytes.
-MAX_BODY = 4096
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -86,8 +85,8 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         if config.loopback and not local_host_header(host):
             return _error(403, f"Host header {host!r} is not local; this page answers loopback clients only")
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return _error(413, f"a request body is at most {MAX_BODY} bytes")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"a request body is at most {MAX_BODY_BYTES} bytes")
         if "token" in request.query_params:
             return _log_in(request, path)
         if path in OPEN_PATHS:
