@@ -13,46 +13,28 @@ Layout::
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .env import ENV_JOBS_DIR
-from .errors import AmbiguousJob, InvalidJobId, JobNotFound
-from .files import ensure_private_dir
+from forgather_control.core.env import ENV_JOBS_DIR
+from forgather_control.core.files import ensure_private_dir
+from forgather_control.core.ids import JOB_ID_PATTERN, default_job_id, is_valid_job_id, match_job_id, validate_job_id
+from forgather_control.core.markers import mark_run
 
-JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_JOB_ID_RE = re.compile(rf"\A{JOB_ID_PATTERN}\Z")
+__all__ = [
+    "JOB_ID_PATTERN",
+    "PROTOCOL",
+    "JobPaths",
+    "default_job_id",
+    "default_jobs_dir",
+    "is_valid_job_id",
+    "match_job_id",
+    "resolve_jobs_dir",
+    "validate_job_id",
+]
 
 #: Version of the endpoint/status file format and HTTP API.
 PROTOCOL = 1
-
-
-def validate_job_id(job_id: str) -> str:
-    """Return ``job_id`` unchanged or raise: ids become folder names, so no ``..`` or ``/``."""
-    if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
-        raise InvalidJobId(f"invalid job id {job_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit")
-    return job_id
-
-
-def is_valid_job_id(job_id: str) -> bool:
-    return isinstance(job_id, str) and bool(_JOB_ID_RE.match(job_id))
-
-
-def default_job_id(env: dict[str, str] | None = None) -> str:
-    """``slurm-<id>`` under SLURM (so every node and a requeued run agree), else host-time-rand."""
-    env = os.environ if env is None else env
-    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    if array_job and array_task:
-        return validate_job_id(f"slurm-{array_job}_{array_task}")
-    if env.get("SLURM_JOB_ID"):
-        return validate_job_id(f"slurm-{env['SLURM_JOB_ID']}")
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "host"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return validate_job_id(f"{host[:80]}-{stamp}-{secrets.token_hex(2)}")
 
 
 def resolve_jobs_dir(jobs_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -118,31 +100,12 @@ class JobPaths:
 
         A process that creates a job's folder starts a run of it (the launcher on each
         node, rank 0): with ``mark`` it first leaves a run marker naming itself, so a
-        job that was settled is listed again from this moment (:mod:`.settled`)."""
+        job that was settled is listed again from this moment (:mod:`.markers`)."""
         if self.root == default_jobs_dir():
             ensure_private_dir(self.root.parent)
         ensure_private_dir(self.root)
         if mark:
-            from .settled import mark_run  # settled imports this module
-
             mark_run(self.root, self.job_id)
         ensure_private_dir(self.dir)
         ensure_private_dir(self.inbox)
         return self
-
-
-def match_job_id(ref: str, ids: list[str], *, where: str, hint: str = "") -> str:
-    """The one id ``ref`` names: an exact id, else the only id it is a prefix of.
-
-    Every way of finding a job (a jobs directory, a remote server, a Ray cluster) uses
-    this rule, so a prefix means the same thing everywhere. ``where`` names the place
-    for the error; ``hint`` says what to try when nothing matches."""
-    if ref in ids:
-        return ref
-    matches = sorted(i for i in ids if i.startswith(ref))
-    if not matches:
-        raise JobNotFound(f"no job {ref!r} {where}" + (f"; {hint}" if hint else ""))
-    if len(matches) > 1:
-        shown = ", ".join(matches[:8]) + (" ..." if len(matches) > 8 else "")
-        raise AmbiguousJob(f"{ref!r} matches {len(matches)} jobs {where} ({shown}); give more of the id")
-    return matches[0]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .states import is_final
+from forgather_control.core.states import is_final
 
 #: Default age after which a heartbeat from another host counts as stale; longer than
 #: NFS attribute caching (60 s at most by default) so a live job is not misjudged.

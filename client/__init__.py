@@ -1,17 +1,23 @@
-"""The contract every part of forgather-control shares: job ids and the jobs directory,
-job states and liveness, the command vocabulary and ledger, and the job handle.
+"""Finding, listing and commanding jobs: the jobs directory, ``--remote`` servers and a
+Ray cluster, one :class:`JobHandle` per job. Above :mod:`forgather_control.core` (whose
+names it passes on, so a script needs one import), below the CLI and the web page.
 
 Imports no torch, fastapi or ray: the CLI's control commands stand on this alone.
 A script does what the CLI does through the same calls::
 
-    from forgather_control.control import open_job
+    from forgather_control.client import open_job
 
     with open_job("my-job") as job:              # an id or a unique prefix
         receipt = job.send("save")
         print(job.wait(receipt["id"])["result"])
 """
 
-from .commands import (
+from forgather_control.client.handle import JobHandle, Snapshot
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.client.listing import find_job, job_ids, judge_job, load, scan
+from forgather_control.client.lookup import Listing, list_jobs, open_job
+from forgather_control.client.transport import FileTransport, HttpChannel, HttpTransport, probe_endpoint
+from forgather_control.core.commands import (
     CLI_VERBS,
     VALID_COMMANDS,
     Command,
@@ -28,8 +34,8 @@ from .commands import (
     new_key,
     parse_command,
 )
-from .env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
-from .errors import (
+from forgather_control.core.env import ENV_CONTROL_HOST, ENV_CONTROL_PORT, ENV_JOB_ID, ENV_JOBS_DIR, ENV_RESTARTS, ENV_TOKEN
+from forgather_control.core.errors import (
     AmbiguousJob,
     CommandFailed,
     CommandRefused,
@@ -42,9 +48,8 @@ from .errors import (
     UsageError,
     WaitTimeout,
 )
-from .files import ensure_private_dir, read_json, write_json_atomic
-from .handle import JobHandle, Snapshot
-from .jobs import (
+from forgather_control.core.files import ensure_private_dir, read_json, write_json_atomic
+from forgather_control.core.jobs import (
     PROTOCOL,
     JobPaths,
     default_job_id,
@@ -53,8 +58,7 @@ from .jobs import (
     resolve_jobs_dir,
     validate_job_id,
 )
-from .listing import JobInfo, find_job, job_ids, judge_job, load, scan
-from .liveness import (
+from forgather_control.core.liveness import (
     STALE_AFTER,
     HostIdentity,
     Liveness,
@@ -66,9 +70,7 @@ from .liveness import (
     process_identity,
     same_host,
 )
-from .lookup import Listing, list_jobs, open_job
-from .states import JobState, is_final
-from .transport import FileTransport, HttpChannel, HttpTransport, probe_endpoint
+from forgather_control.core.states import JobState, is_final
 
 __all__ = [
     "CLI_VERBS",
@@ -142,7 +144,7 @@ __all__ = [
     "write_json_atomic",
 ]
 
-# Cluster-wide listing through Ray (forgather_control.control.ray_listing), loaded on first use
+# Cluster-wide listing through Ray (forgather_control.client.ray_listing), loaded on first use
 # so that importing this package never costs, or needs, Ray. ``find_cluster_job`` is
 # ray_listing.find_job (``find_job`` here is the local one).
 _RAY_LISTING = {
@@ -156,7 +158,7 @@ _RAY_LISTING = {
 
 def __getattr__(name: str):
     if name in _RAY_LISTING:
-        from . import ray_listing
+        from forgather_control.client import ray_listing
 
         return getattr(ray_listing, _RAY_LISTING[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

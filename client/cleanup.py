@@ -28,14 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import settled
-from .checkpoints import Checkpoint, choose
-from .files import TEMP_PREFIX
-from .jobs import JobPaths
-from .listing import JobInfo, job_ids, judge_job, scan
-from .liveness import Liveness
-from .states import JobState
-from .transport import probe_endpoint
+from forgather_control.client import settled
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.client.listing import job_ids, judge_job, scan
+from forgather_control.client.transport import probe_endpoint
+from forgather_control.core.checkpoints import Checkpoint, choose
+from forgather_control.core.files import TEMP_PREFIX
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.liveness import Liveness
+from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@
 On clusters without shared storage every node keeps its own jobs directory, and pids
 only mean something on the node that wrote them. So the listing is done *on* each node:
 one tiny task pinned to every alive node reads that node's jobs directory and judges
-liveness there with :func:`forgather_control.control.listing.scan`; the answers (plain dicts,
+liveness there with :func:`forgather_control.client.listing.scan`; the answers (plain dicts,
 no custom classes cross Ray) are merged with the local listing, one row per job.
 
 Ray is optional and only this module imports it, inside its functions, so
-``import forgather_control.control`` and every other command stay free of it. We never start a
+``import forgather_control.client`` and every other command stay free of it. We never start a
 cluster: the user's cluster is connected to, asked, and left (``ray.shutdown``) so the
 CLI exits promptly, by a driver in a child interpreter (:mod:`.ray_driver`) so that
 nothing Ray does to its process can end the caller's. A node that hangs or dies cannot
@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ray_driver
-from .env import ENV_RAY_LIST_DELAY
-from .errors import Unreachable, UsageError
-from .jobs import match_job_id, resolve_jobs_dir
-from .listing import scan
-from .liveness import is_loopback_url, same_host
-from .transport import probe_endpoint
+from forgather_control.client import ray_driver
+from forgather_control.client.listing import scan
+from forgather_control.client.ray_driver import RayNotInstalled, RayUnavailable, not_installed
+from forgather_control.client.transport import probe_endpoint
+from forgather_control.core.env import ENV_RAY_LIST_DELAY
+from forgather_control.core.errors import Unreachable
+from forgather_control.core.jobs import match_job_id, resolve_jobs_dir
+from forgather_control.core.liveness import is_loopback_url, same_host
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'forgather-control[ray]'"
 #: How long the address check waits for the Ray head's port before giving up.
 CONNECT_CHECK_TIMEOUT = 3.0
 #: The least time left for the nodes to answer, whatever connecting cost.
@@ -46,14 +46,6 @@ MIN_WAIT = 0.5
 # Best evidence first when the same job is seen more than once (shared storage, or a
 # multi-node job whose launchers each left a record on their own node).
 _LIVENESS_RANK = {"alive": 5, "finished": 4, "dead": 3, "stale": 2, "unknown": 1}
-
-
-class RayNotInstalled(UsageError):
-    """``--ray`` was asked for but Ray cannot be imported here."""
-
-
-class RayUnavailable(Unreachable):
-    """No Ray cluster answers at the address (we never start one)."""
 
 
 @dataclass
@@ -138,7 +130,7 @@ def list_cluster(
 
 def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> dict[str, Any]:
     """Resolve a job id (or unique prefix) across the Ray cluster to something
-    :class:`~forgather_control.control.handle.JobHandle` can talk to: the job's summary with
+    :class:`~forgather_control.client.handle.JobHandle` can talk to: the job's summary with
     ``url``, ``token`` and ``job_id``.
 
     The token is read by the node's own task from the job's 0600 endpoint.json and
@@ -174,11 +166,6 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise RayNotInstalled(not_installed(str(exc))) from None
     return ray
-
-
-def not_installed(why: str) -> str:
-    """What to say when Ray cannot be imported (here, or in the driver's interpreter)."""
-    return f"listing through Ray needs Ray, which cannot be imported here ({why}). Install it with: {INSTALL_HINT}"
 
 
 def resolve_address(address: str | None) -> str:
@@ -251,7 +238,7 @@ def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool
     """Ask every alive node and the local jobs directory (rows not merged yet), through
     a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
     kwargs = {"address": address, "jobs_dir": jobs_dir, "include_finished": include_finished, "ref": ref, "timeout": timeout}
-    out = ClusterListing(**ray_driver.run("gather", kwargs, timeout=timeout))
+    out = ClusterListing(**ray_driver.run("gather", kwargs, here=gather_here, timeout=timeout))
     for m in out.missing_nodes:
         log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
     return out
@@ -348,8 +335,8 @@ def _on_every_node(
 
 def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict[str, Any]]:
     """On one node: the stacks of the job's workers running there (signalled directly)."""
-    from .jobs import JobPaths
-    from .stacks import dump, local_workers
+    from forgather_control.core.jobs import JobPaths
+    from forgather_control.core.stacks import dump, local_workers
 
     paths = JobPaths(resolve_jobs_dir(jobs_dir), job_id)
     return [s.as_record() for s in dump(local_workers(paths), timeout=timeout)]
@@ -358,13 +345,13 @@ def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict
 def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every node's answer for the job's stacks (rank records), and the nodes that did
     not answer; asked by a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
-    answer = ray_driver.run("stacks", {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}, timeout=timeout)
+    answer = ray_driver.run("stacks", {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}, here=stacks_here, timeout=timeout)
     return answer["found"], answer["missing"]
 
 
 def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeout: float) -> dict[str, Any]:
     """The driver's side of :func:`stacks_cluster`, in this process."""
-    from .stacks import DUMP_TIMEOUT
+    from forgather_control.core.stacks import DUMP_TIMEOUT
 
     found: list[dict[str, Any]] = []
     with _connected(address) as (ray, _addr):

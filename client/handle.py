@@ -1,6 +1,6 @@
 """One job and the way to reach it: what every command, the CLI's and a script's, goes through.
 
-A :class:`JobHandle` is made by :func:`~forgather_control.control.lookup.open_job` from a
+A :class:`JobHandle` is made by :func:`~forgather_control.client.lookup.open_job` from a
 job id or prefix: from a jobs directory (its records, liveness judged, HTTP with the
 endpoint's token or the file channel), from ``--remote HOST:PORT``, or from a Ray
 cluster. It owns the rules that hold whatever asks: which channel a job can be reached
@@ -16,15 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import framework_jobs
-from .commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
-from .errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
-from .listing import JobInfo, judge_job, stall_of
-from .liveness import Liveness, is_loopback_url, same_host
-from .records import JOB, STATUS, load_or_empty
-from .stackreport import StacksReport, collect
-from .states import JobState, is_final
-from .transport import FileTransport, HttpTransport, Transport, probe_endpoint
+from forgather_control.client import framework_jobs
+from forgather_control.client.jobinfo import JobInfo, stall_of
+from forgather_control.client.listing import judge_job
+from forgather_control.client.stackreport import StacksReport, collect
+from forgather_control.client.transport import FileTransport, HttpTransport, Transport, probe_endpoint
+from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
+from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
+from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
+from forgather_control.core.records import JOB, STATUS, load_or_empty
+from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ class JobHandle:
         if self.info is not None:
             return collect(self.info, timeout=timeout)
         if self.ray is not None:
-            from .ray_listing import stacks_cluster
-            from .stacks import RankStacks
+            from forgather_control.client.ray_listing import stacks_cluster
+            from forgather_control.core.stacks import RankStacks
 
             found, missing = stacks_cluster(self.job_id, address=self.ray[0], jobs_dir=self.ray[1], timeout=timeout)
             ranks = {r.rank: r for r in (RankStacks.from_record(x) for x in found) if r is not None}
@@ -259,7 +260,7 @@ class JobHandle:
         ``key``: the command's idempotency key, to follow a re-sent command file that
         rank 0 answered with the first receipt. A job of the framework's own callback
         keeps no receipts: its stop, save-stop or abort (``command``) is followed until
-        the job ends (:func:`~forgather_control.control.framework_jobs.follow`)."""
+        the job ends (:func:`~forgather_control.client.framework_jobs.follow`)."""
         if self.channel == framework_jobs.CHANNEL and self.info is not None:
             if command is None:
                 raise UsageError(f"job {self.job_id} keeps no receipts; name the command to follow its end (wait(..., command=...))")

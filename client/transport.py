@@ -3,7 +3,7 @@
 Standard library only (``http.client``, imported on first request): a CLI that sends
 one request should not pay for an HTTP library's import or an SSL context. A transport
 knows how to move a command, a status or a receipt; *which* transport a job gets, and
-what to do when it fails, is :class:`~forgather_control.control.handle.JobHandle`'s.
+what to do when it fails, is :class:`~forgather_control.client.handle.JobHandle`'s.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import http.client
 
-from .commands import Command, State, new_command_id
-from .errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
-from .files import RecordError, write_json_atomic
-from .jobs import JobPaths
-from .liveness import pid_alive, same_host
-from .metrics import check_history, read_history
-from .proof import new_nonce, proof_matches
-from .records import RECEIPT, STATUS, check_record, load_or_empty, load_record
+from forgather_control.core.commands import Command, State, new_command_id
+from forgather_control.core.errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
+from forgather_control.core.files import RecordError, write_json_atomic
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.liveness import pid_alive, same_host
+from forgather_control.core.metrics import check_history, read_history
+from forgather_control.core.proof import new_nonce, proof_matches
+from forgather_control.core.records import RECEIPT, STATUS, check_record, load_or_empty, load_record
 
 
 class NoAnswer(Unreachable):

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
-from .jobs import JobPaths
-from .liveness import local_host, pid_alive, process_identity, same_host
-from .records import STACK_ANSWER, STACK_RANK, WORKER, check_record, load_record
+from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_host
+from forgather_control.core.records import STACK_ANSWER, STACK_RANK, WORKER, check_record, load_record
 
 __all__ = [
     "STACK_SIGNAL",

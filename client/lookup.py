@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .handle import JobHandle
-from .jobs import match_job_id, resolve_jobs_dir, validate_job_id
-from .listing import find_job, scan
-from .remote import remote_jobs, remote_token, remote_url
-from .transport import HttpTransport, probe_endpoint
+from forgather_control.client.handle import JobHandle
+from forgather_control.client.listing import find_job, scan
+from forgather_control.client.remote import remote_jobs, remote_token, remote_url
+from forgather_control.client.transport import HttpTransport, probe_endpoint
+from forgather_control.core.errors import UsageError
+from forgather_control.core.jobs import match_job_id, resolve_jobs_dir, validate_job_id
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def list_jobs(
     if remote is not None:
         return Listing(remote_jobs(remote, token, timeout=min(timeout, 5.0)), remote_url(remote), "remote")
     if ray is not None:
-        from . import ray_listing
+        from forgather_control.client import ray_listing
 
         res = ray_listing.list_cluster(
             address=ray,
@@ -102,7 +102,7 @@ def open_job(
     if ray is not None:
         if channel == "file":
             raise UsageError("--channel file needs the job's folder on this machine; it cannot be used with --ray")
-        from . import ray_listing
+        from forgather_control.client import ray_listing
 
         row = ray_listing.find_job(ref, address=ray, jobs_dir=str(resolve_jobs_dir(jobs_dir)) if jobs_dir else None, timeout=timeout)
         token_ = row.pop("token", None)  # the transport holds it; nothing else may

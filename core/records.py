@@ -20,8 +20,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .files import RecordError, read_record
-from .states import JobState
+from forgather_control.core.files import RecordError, read_record
+from forgather_control.core.states import JobState
 
 __all__ = ["ENDPOINT", "JOB", "NODE", "STACK_ANSWER", "STACK_RANK", "STATUS", "WORKER", "RecordError", "check_record", "load_or_empty", "load_record"]
 

@@ -25,18 +25,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .commands import Command, parse_command
-from .errors import CommandRefused, ControlError, OutcomeUnknown, Unreachable, UsageError, WaitTimeout
-from .files import RecordError
-from .liveness import Liveness, local_host, process_start_time
-from .metrics import read_history
-from .records import STATUS, check_record, integer, number, text
-from .transport import NoAnswer
-
-if TYPE_CHECKING:
-    from .listing import JobInfo
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.client.transport import NoAnswer
+from forgather_control.core.commands import Command, parse_command
+from forgather_control.core.errors import CommandRefused, ControlError, OutcomeUnknown, Unreachable, UsageError, WaitTimeout
+from forgather_control.core.files import RecordError
+from forgather_control.core.liveness import Liveness, local_host, process_start_time
+from forgather_control.core.metrics import read_history
+from forgather_control.core.records import STATUS, check_record, integer, number, text
 
 __all__ = [
     "CHANNEL",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .env import ENV_TOKEN
-from .errors import CommandRefused, Unreachable, UsageError
-from .transport import HttpChannel
+from forgather_control.client.transport import HttpChannel
+from forgather_control.core.env import ENV_TOKEN
+from forgather_control.core.errors import CommandRefused, Unreachable, UsageError
 
 
 def remote_url(remote: str) -> str:

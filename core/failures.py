@@ -17,8 +17,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .files import TEMP_PREFIX, ensure_private_dir, read_json, write_json_atomic
-from .jobs import JobPaths
+from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, read_json, write_json_atomic
+from forgather_control.core.jobs import JobPaths
 
 log = logging.getLogger(__name__)
 

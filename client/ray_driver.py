@@ -6,7 +6,9 @@ whose listing thread saw a node die. A CLI could live with that, but the web pag
 server, a notebook or a user's script must not die because a node did. So each Ray
 operation of :mod:`.ray_listing` runs in a child interpreter: the request goes in as
 JSON on stdin, the answer comes back as JSON on stdout, and a child that dies or hangs
-becomes :class:`~.ray_listing.RayUnavailable` in the caller. A caller that already holds
+becomes :class:`RayUnavailable` in the caller. The child runs :mod:`.ray_child`, which
+maps an operation's name to its function in :mod:`.ray_listing`; this module knows
+neither (ray_listing imports it, for the errors and :func:`run`). A caller that already holds
 a Ray connection of its own is asked in-process, on that connection, as before.
 """
 
@@ -18,35 +20,50 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .deathsig import death_signal_setter
+from forgather_control.core.deathsig import death_signal_setter
+from forgather_control.core.errors import ControlError, Unreachable, UsageError
 
 log = logging.getLogger(__name__)
 
-#: operation name -> the function of ray_listing that runs it inside the driver
-OPERATIONS = {"gather": "gather_here", "stacks": "stacks_here"}
+INSTALL_HINT = "pip install 'forgather-control[ray]'"
+#: The child interpreter's entry point (a module name, run with ``python -m``).
+CHILD = "forgather_control.client.ray_child"
 #: Beyond the operation's own timeout: connecting to Ray and disconnecting (seconds).
 MARGIN = 120.0
 _ANSWER = "forgather-ray-answer "
 
 
-def run(op: str, kwargs: dict[str, Any], *, timeout: float) -> Any:
-    """Run ``op`` with ``kwargs`` (plain JSON values) as a Ray driver and return its
-    value; raises RayNotInstalled or RayUnavailable as the operation itself would."""
-    from . import ray_listing
+class RayNotInstalled(UsageError):
+    """``--ray`` was asked for but Ray cannot be imported here."""
 
-    fn = getattr(ray_listing, OPERATIONS[op])
+
+class RayUnavailable(Unreachable):
+    """No Ray cluster answers at the address (we never start one)."""
+
+
+def not_installed(why: str) -> str:
+    """What to say when Ray cannot be imported (here, or in the driver's interpreter)."""
+    return f"listing through Ray needs Ray, which cannot be imported here ({why}). Install it with: {INSTALL_HINT}"
+
+
+def run(op: str, kwargs: dict[str, Any], *, here: Callable[..., Any], timeout: float) -> Any:
+    """Run ``op`` with ``kwargs`` (plain JSON values) as a Ray driver and return its
+    value; raises RayNotInstalled or RayUnavailable as the operation itself would.
+    ``here`` is the operation's function, called in this process when it already holds
+    a Ray connection of its own; otherwise the child runs it by name."""
     if _connected_here():
-        return fn(**kwargs)
+        return here(**kwargs)
     if importlib.util.find_spec("ray") is None:
-        raise ray_listing.RayNotInstalled(ray_listing.not_installed("No module named 'ray'"))
-    argv = [sys.executable, "-m", __name__]
+        raise RayNotInstalled(not_installed("No module named 'ray'"))
+    argv = [sys.executable, "-m", CHILD]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(json.dumps({"op": op, "kwargs": kwargs, "parent": os.getpid()}), timeout=timeout + MARGIN)
     except subprocess.TimeoutExpired:
-        raise ray_listing.RayUnavailable(f"the Ray driver did not answer within {timeout + MARGIN:g}s (connecting to the cluster hung?)") from None
+        raise RayUnavailable(f"the Ray driver did not answer within {timeout + MARGIN:g}s (connecting to the cluster hung?)") from None
     finally:
         if proc.poll() is None:  # a timeout, or Ctrl-C in the caller
             proc.kill()
@@ -56,10 +73,10 @@ def run(op: str, kwargs: dict[str, Any], *, timeout: float) -> Any:
     answers = [line[len(_ANSWER) :] for line in out.splitlines() if line.startswith(_ANSWER)]
     if not answers:
         last = err.strip().splitlines()[-1] if err.strip() else "nothing on stderr"
-        raise ray_listing.RayUnavailable(f"the Ray driver process ended (exit code {proc.returncode}) without an answer: {last}")
+        raise RayUnavailable(f"the Ray driver process ended (exit code {proc.returncode}) without an answer: {last}")
     answer = json.loads(answers[-1])
     if "error" in answer:
-        kind = ray_listing.RayNotInstalled if answer["error"] == "RayNotInstalled" else ray_listing.RayUnavailable
+        kind = RayNotInstalled if answer["error"] == "RayNotInstalled" else RayUnavailable
         raise kind(str(answer.get("message", "")))
     return answer["value"]
 
@@ -70,11 +87,9 @@ def _connected_here() -> bool:
     return ray is not None and bool(getattr(ray, "is_initialized", lambda: False)())
 
 
-def main() -> int:
-    """The child's side: one request on stdin, one answer line on stdout."""
-    from . import ray_listing
-    from .errors import ControlError
-
+def serve(operations: Mapping[str, Callable[..., Any]]) -> int:
+    """The child's side (:mod:`.ray_child`): one request on stdin, one answer line on
+    stdout. ``operations``: the names :func:`run` may ask for, and their functions."""
     request = json.loads(sys.stdin.read())
     # Never outlive the caller: a caller killed by SIGKILL cannot stop a driver hung in
     # ray.init. The death signal is set first, then the parent checked (it may be gone).
@@ -84,14 +99,10 @@ def main() -> int:
     if os.getppid() != request.get("parent"):
         return 1
     try:
-        value = getattr(ray_listing, OPERATIONS[request["op"]])(**request["kwargs"])
+        value = operations[request["op"]](**request["kwargs"])
         answer: dict[str, Any] = {"value": value}
     except ControlError as exc:
         answer = {"error": type(exc).__name__, "message": str(exc)}
     sys.stdout.write(_ANSWER + json.dumps(answer) + "\n")
     sys.stdout.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .files import RecordError, read_record, write_json_atomic
-from .jobs import JobPaths
+from forgather_control.core.files import RecordError, read_record, write_json_atomic
+from forgather_control.core.jobs import JobPaths
 
 __all__ = ["DENSE", "FILENAME", "MAX_SERIES", "History", "read_history"]
 

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import stacks
-from .errors import UsageError
-from .listing import JobInfo
-from .liveness import STALE_AFTER, pid_alive, same_host
-from .states import is_final
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.core import stacks
+from forgather_control.core.errors import UsageError
+from forgather_control.core.liveness import STALE_AFTER, pid_alive, same_host
+from forgather_control.core.states import is_final
 
 __all__ = ["DEFAULT_TIMEOUT", "StacksReport", "collect", "native_stacks"]
 

@@ -9,7 +9,7 @@ EX_TEMPFAIL, "try again later", which is what a preempted job asks for.
 
 from __future__ import annotations
 
-from .states import JobState
+from forgather_control.core.states import JobState
 
 #: training ran to its end
 EXIT_FINISHED = 0

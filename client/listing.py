@@ -1,0 +1,212 @@
+"""Reading the jobs directory: one summary per job, liveness judged, nothing deleted.
+
+``scan`` is what ``forgather control list`` shows; ``find_job`` resolves the JOB
+argument every other command takes (an exact id or a unique prefix); ``judge_job`` is
+the one way to read a job's records again and judge them now (cleanup before it deletes,
+``watch`` while it follows a job).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from forgather_control.client import framework_jobs
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.client.settler import Settler
+from forgather_control.core.env import ENV_JOBS_DIR
+from forgather_control.core.files import TEMP_PREFIX, RecordError
+from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
+from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
+from forgather_control.core.markers import read_index
+from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, load_record
+
+log = logging.getLogger(__name__)
+
+
+def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
+    """Read one job's records, each checked (:mod:`.records`): a record that is not one,
+    or has a field of the wrong type or size, makes this job ``corrupt`` with the reason
+    and is not used; nothing it holds reaches a judge or a screen. Paths are joined as
+    strings, not pathlib objects: ``list`` loads every folder in the root, and pathlib's
+    per-join cost was a fifth of it."""
+    info = JobInfo(job_id=paths.job_id, paths=paths)
+    base = os.path.join(os.fspath(paths.root), paths.job_id)
+    info.endpoint = _checked(info, base + "/endpoint.json", ENDPOINT)
+    info.status = _checked(info, base + "/status.json", STATUS)
+    info.job = _checked(info, base + "/job.json", JOB)
+    nodes = base + "/nodes"
+    try:
+        names = sorted(os.listdir(nodes)) if _is_real_dir(nodes) else []
+    except OSError:
+        names = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
+            rec = _checked(info, nodes + "/" + name, NODE)
+            if rec is not None:
+                info.nodes.append(rec)
+    framework_jobs.recognise(info)
+    if info.corrupt and not quiet:
+        log.warning("job %s is corrupt: %s", paths.job_id, "; ".join(info.corrupt))
+    return info
+
+
+def _checked(info: JobInfo, path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return load_record(path, fields)
+    except RecordError as exc:
+        info.corrupt.append(str(exc))
+        return None
+
+
+def job_ids(root: Path) -> list[str]:
+    """Folder names under ``root`` that can be jobs; links, files, temp names skipped."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("cannot read jobs directory %s: %s", root, exc)
+        return []
+    ids = []
+    for e in entries:
+        if not is_valid_job_id(e.name):
+            continue
+        try:
+            if e.is_symlink():
+                log.warning("skipping %s: a symlink (never followed out of the jobs directory)", e.path)
+                continue
+            if not e.is_dir(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        ids.append(e.name)
+    return sorted(ids)
+
+
+Probe = Callable[[dict], "bool | None"]
+
+
+def scan(
+    root: Path,
+    *,
+    include_finished: bool = False,
+    probe: Probe | None = None,
+    probe_local: bool = False,
+    squeue: Callable[[str], str | None] | None = None,
+    stale_after: float = STALE_AFTER,
+    settle: bool = True,
+    prefix: str | None = None,
+) -> list[JobInfo]:
+    """Every job under ``root`` with liveness judged. Finished jobs only with
+    ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
+    cheap, so the HTTP probe is only spent on jobs from other hosts unless
+    ``probe_local``. ``prefix``: only job ids that start with it.
+
+    Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
+    two directory listings say which); with ``settle`` every job read here that has
+    provably ended is settled, so the next listing passes it by."""
+    now = time.time()
+    if squeue is None:
+        squeue = SqueueCache()  # one squeue call for the whole listing, only if needed
+    index = read_index(root)
+    out = []
+    with Settler(root, index, squeue=squeue, now=now, enabled=settle) as settler:
+        for jid in job_ids(root):
+            if (prefix is not None and not jid.startswith(prefix)) or (not include_finished and index.skips(jid)):
+                continue
+            info = load(JobPaths(root, jid))
+            if info.endpoint is None and info.status is None and info.job is None and not info.nodes and not info.corrupt:
+                continue  # an empty or foreign folder
+            assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
+            settler.consider(info)
+            if info.liveness == Liveness.FINISHED and not include_finished:
+                continue
+            out.append(info)
+    return out
+
+
+def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: bool = True) -> Probe | None:
+    """The probe worth spending on this endpoint, or None.
+
+    Same-host records are judged by pid (cheap and authoritative) unless
+    ``probe_local``. A *loopback* URL recorded on another host names that host's
+    loopback, not ours: probing it would reach whatever listens on that port here and
+    hand it the other job's token, so it is never probed."""
+    if probe is None or endpoint is None:
+        return None
+    if same_host(endpoint):
+        return probe if probe_local else None
+    url = endpoint.get("url")
+    if isinstance(url, str) and is_loopback_url(url):
+        return None
+    return probe
+
+
+def assess(
+    info: JobInfo,
+    *,
+    probe: Probe | None,
+    probe_local: bool,
+    squeue: Callable[[str], str | None] | None,
+    stale_after: float = STALE_AFTER,
+    now: float | None = None,
+) -> JobInfo:
+    """Judge ``info`` from its records (sets ``liveness`` and ``evidence``); returns it.
+    A corrupt job is not judged: what is left of its records cannot be trusted to say
+    it is dead, so nothing deletes it and nothing is sent to it."""
+    info.judged_at = time.time() if now is None else now
+    if info.corrupt:
+        info.liveness, info.evidence = Liveness.UNKNOWN, "; ".join(info.corrupt)
+        return info
+    if info.framework:  # judged by its own format; its status API read only when we may probe
+        return framework_jobs.assess(info, ask=probe is not None)
+    use_probe = useful_probe(info.endpoint, probe, probe_local=probe_local)
+    info.liveness, info.evidence = judge(
+        endpoint=info.endpoint,
+        status=info.current_status,  # a previous run's status says nothing of this run
+        job=info.job,
+        nodes=info.nodes,
+        probe=use_probe,
+        squeue=squeue,
+        stale_after=stale_after,
+        now=time.time() if now is None else now,
+    )
+    return info
+
+
+def judge_job(paths: JobPaths, *, probe: Probe | None = None, squeue: Callable[[str], str | None] | None = None) -> JobInfo:
+    """Read one job's records now and judge them, the probe included for jobs on this
+    host too: the verdict a command, a deletion or a watcher acts on."""
+    info = load(paths, quiet=True)
+    return assess(info, probe=probe, probe_local=True, squeue=squeue if squeue is not None else SqueueCache())
+
+
+def find_job(
+    root: Path,
+    ref: str,
+    *,
+    probe: Probe | None = None,
+    squeue: Callable[[str], str | None] | None = None,
+) -> JobInfo:
+    """Resolve an exact id or a unique prefix to a job, liveness judged (probe included)."""
+    match = match_job_id(
+        ref,
+        job_ids(root),
+        where=f"in {root}",
+        hint=f"run `forgather control list --all` to see the jobs there, or pass --jobs-dir / set {ENV_JOBS_DIR}",
+    )
+    info = load(JobPaths(root, match))
+    return assess(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache())
+
+
+def _is_real_dir(path: str | os.PathLike[str]) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,323 @@
+"""Run markers and the settled form: jobs that have ended, written down once, so ``list`` never opens them again.
+
+A jobs directory on shared storage collects every run anyone launched. ``list`` shows
+what may be live; it must not pay for the history. Two flat folders beside the jobs
+say which folders it may pass by::
+
+    <root>/.runs/<job id>@<nonce>   a run marker: a process of the job started here
+                                     (the launcher on each node, rank 0), and who it is
+    <root>/.settled/<job id>        a settled entry: the job has provably ended
+
+``list`` reads the two folders' *names* (two directory listings, however long the
+history) and opens only the folders that have a run marker or no settled entry. A
+marker always wins: a settled job that is relaunched (its launcher and rank 0 each write
+a marker before anything of the run, in :meth:`~forgather_control.core.jobs.JobPaths.create`) is read again at once.
+
+Rules that keep it right with many writers on NFS-style storage (atomic rename, no
+reliable locks, clocks that disagree):
+
+- every file is one writer's own, written whole (temp file, then rename); nothing is
+  ever rewritten in place by two writers;
+- a job is settled when it has provably ended: its own final word (with every
+  launcher of it on another host recorded as ended: judging that by a heartbeat's age
+  would trust this host's clock); or a pid check on this host or SLURM says it died
+  *and* it has been silent for :data:`SILENT_FOR` (a job that died is shown by ``list``
+  for that long, so whoever launched it sees it); or nothing proves anything but it has
+  been silent that long. Silence is judged by the job's records' times against this
+  host's clock *and* by the storage's own clock (its folder's mtime against a file
+  created now);
+- a settled entry is written only when every marker of the job is proven gone: its
+  process ran on this host and no longer runs, or it recorded its own end after it made
+  the marker (its clock against its own clock), or SLURM no longer knows its job, or
+  the marker and the job are both silent as above;
+- a marker is removed only once proven gone, and only by its exact name: a marker
+  written meanwhile by a relaunch on another host is never touched;
+- a job judged possibly running when read again (``list --all``) loses its entry;
+- a missing, unreadable or foreign-shaped index hides nothing: a name that is not a job
+  id, or an entry that is not a regular file, is passed by; an unreadable ``.runs``
+  makes ``list`` read every folder, as before this form existed.
+
+Entry and marker contents are records like any other, checked where read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgather_control.core.files import TEMP_PREFIX, RecordError
+from forgather_control.core.ids import is_valid_job_id
+from forgather_control.core.liveness import process_identity
+from forgather_control.core.records import check_record, integer, number, text
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ENTRY",
+    "FORMAT",
+    "MARKER",
+    "RUNS_DIR",
+    "SETTLED_DIR",
+    "SILENT_FOR",
+    "VERDICTS",
+    "Index",
+    "keep_marked",
+    "mark_run",
+    "open_dir",
+    "read_at",
+    "read_entry",
+    "read_index",
+    "read_marker",
+    "unlink",
+    "write_record",
+]
+
+SETTLED_DIR = ".settled"
+RUNS_DIR = ".runs"
+#: A job whose records and markers have all been silent this long, on this host's clock
+#: and on the storage's, is settled as ``stale`` though nothing proves it ended (its
+#: host went away). Heartbeats come every few seconds; a day of silence is not a run.
+SILENT_FOR = 24 * 3600.0
+FORMAT = 1
+_SEP = "@"
+_MAX_BYTES = 64 * 1024
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+MARKER = {
+    "job_id": text(128),
+    "host": text(255),
+    "boot_id": text(128),
+    "pid": integer(1, 1 << 31),
+    "pid_start_time": number(0),
+    "created_at": number(0),
+    "format": integer(),
+}
+ENTRY = {
+    "job_id": text(128),
+    "verdict": text(16),
+    "state": text(32),
+    "evidence": text(),
+    "restarts": integer(),
+    "settled_at": number(0),
+    "host": text(255),
+    "pid": integer(1, 1 << 31),
+    "format": integer(),
+}
+VERDICTS = ("finished", "dead", "stale")
+
+
+# -- reading the index ------------------------------------------------------------
+@dataclass(frozen=True)
+class Index:
+    """The names in ``.settled`` and ``.runs``: which folders ``list`` may pass by."""
+
+    settled: frozenset[str] = frozenset()
+    #: job id -> its run markers' names
+    runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: False when ``.runs`` could not be read: a relaunch would not show, so nothing is skipped
+    usable: bool = True
+
+    def skips(self, job_id: str) -> bool:
+        """True when ``list`` need not open this job: settled, and no run since."""
+        return self.usable and job_id in self.settled and job_id not in self.runs
+
+
+def read_index(root: str | os.PathLike[str]) -> Index:
+    """Two directory listings, names only (no file is opened, nothing is stat'ed).
+    ``.runs`` is read first: a marker seen there keeps its job in the listing whatever
+    ``.settled`` says a moment later."""
+    marks = _names(root, RUNS_DIR)
+    if marks is None:
+        return Index(usable=False)
+    runs: dict[str, list[str]] = {}
+    for name, _regular in marks:
+        job_id, sep, nonce = name.partition(_SEP)
+        # Any shape counts (a folder, a link): a marker can only make a job be read.
+        if sep and nonce and is_valid_job_id(job_id):
+            runs.setdefault(job_id, []).append(name)
+    entries = _names(root, SETTLED_DIR) or []
+    settled = frozenset(name for name, regular in entries if regular and is_valid_job_id(name))
+    return Index(settled, {k: tuple(v) for k, v in runs.items()})
+
+
+def _names(root: str | os.PathLike[str], sub: str) -> list[tuple[str, bool]] | None:
+    """(name, is a regular file) for each entry of ``root/sub``; [] when it does not
+    exist; None when it cannot be read (or is not a real folder: never followed)."""
+    try:
+        fd = os.open(os.path.join(root, sub), os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.debug("cannot read %s/%s: %s", root, sub, exc)
+        return None
+    try:
+        with os.scandir(fd) as it:
+            # d_type from the listing itself: no stat per entry
+            return [(e.name, e.is_file(follow_symlinks=False)) for e in it if not e.name.startswith(TEMP_PREFIX)]
+    except OSError as exc:
+        log.debug("cannot read %s/%s: %s", root, sub, exc)
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_entry(root: str | os.PathLike[str], job_id: str) -> dict[str, Any] | None:
+    """A job's settled entry, checked; None when there is none or it is not one."""
+    fd = open_dir(root, SETTLED_DIR, create=False)
+    if fd is None:
+        return None
+    try:
+        rec, _ = read_at(fd, job_id, ENTRY)
+    finally:
+        os.close(fd)
+    if rec is None or rec.get("job_id") != job_id or rec.get("verdict") not in VERDICTS:
+        return None
+    return rec
+
+
+# -- run markers (the writers' side) ------------------------------------------------
+def mark_run(root: str | os.PathLike[str], job_id: str, identity: dict[str, Any] | None = None) -> str | None:
+    """Record that a process of ``job_id`` starts a run (``identity``: this process),
+    and take the job out of the settled form. Returns the marker's name; never raises
+    (a job runs without it: its entry is removed all the same, so it is not hidden)."""
+    record = {"job_id": job_id, **(identity or process_identity()), "created_at": time.time(), "format": FORMAT}
+    name = f"{job_id}{_SEP}{secrets.token_hex(8)}"
+    written = None
+    try:
+        fd = open_dir(root, RUNS_DIR, create=True)
+        if fd is not None:
+            try:
+                write_record(fd, name, record, sync=True)
+                written = name
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        log.warning("could not write the run marker of job %s in %s/%s (%s); list reads its folder anyway", job_id, root, RUNS_DIR, exc)
+    unlink(root, SETTLED_DIR, job_id)
+    return written
+
+
+def keep_marked(root: str | os.PathLike[str], job_id: str, name: str | None) -> str | None:
+    """A running process's marker is still there (one stat); if someone removed it (a
+    reader whose clock is far off), mark again. Returns the marker's name now."""
+    if name is not None:
+        try:
+            os.lstat(os.path.join(root, RUNS_DIR, name))
+            return name
+        except FileNotFoundError:
+            log.warning("the run marker of job %s was removed while it runs; marking it again", job_id)
+        except OSError:
+            return name
+    return mark_run(root, job_id)
+
+
+# -- small file operations, relative to a folder opened without following links ----
+def open_dir(root: str | os.PathLike[str], sub: str, *, create: bool) -> int | None:
+    path = os.path.join(root, sub)
+    try:
+        return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            return None
+    except OSError as exc:
+        if create:
+            raise
+        log.debug("cannot open %s: %s", path, exc)
+        return None
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # made by another writer meanwhile
+    else:
+        _like_root(root, path)
+    return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+
+
+def _like_root(root: str | os.PathLike[str], path: str) -> None:
+    """A new index folder gets the root's permissions: users who may add jobs to a shared
+    root may add markers and entries too; a private root stays private."""
+    try:
+        mode = stat.S_IMODE(os.stat(root).st_mode)
+        if mode != 0o700:
+            os.chmod(path, mode)
+    except OSError as exc:
+        log.debug("could not match %s to %s: %s", path, root, exc)
+
+
+def write_record(dir_fd: int, name: str, record: dict[str, Any], *, sync: bool) -> None:
+    """Write ``name`` whole: a temp file, then a rename, both inside ``dir_fd``."""
+    payload = json.dumps(record, sort_keys=True).encode()
+    tmp = f"{TEMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+    try:
+        try:
+            os.write(fd, payload)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def read_marker(root: str | os.PathLike[str], name: str) -> tuple[dict[str, Any] | None, float | None]:
+    """Marker ``name``, checked, and its mtime, as :func:`_read` gives them."""
+    fd = open_dir(root, RUNS_DIR, create=False)
+    if fd is None:
+        return None, None
+    try:
+        return read_at(fd, name, MARKER)
+    finally:
+        os.close(fd)
+
+
+def read_at(dir_fd: int, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
+    """The checked record ``name`` and its mtime; (None, mtime) when it is there but not
+    a record of this shape, (None, None) when it is not there (or not a regular file)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    except OSError:
+        return None, None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        raw = os.read(fd, _MAX_BYTES + 1)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_BYTES else None
+        if not isinstance(data, dict):
+            return None, st.st_mtime
+        return check_record(data, fields, name=name), st.st_mtime
+    except (ValueError, UnicodeDecodeError, RecursionError, RecordError):
+        return None, st.st_mtime
+
+
+def unlink(root: str | os.PathLike[str], sub: str, name: str) -> None:
+    """Remove ``root/sub/name`` if it is there; ``sub`` is never followed if a link."""
+    fd = open_dir(root, sub, create=False)
+    if fd is None:
+        return
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.debug("could not remove %s/%s/%s: %s", root, sub, name, exc)
+    finally:
+        os.close(fd)
