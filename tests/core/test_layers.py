@@ -19,12 +19,7 @@ FLOORS = ("core", "client", "serving", "callback", "launcher", "cli", "ui")
 def loaded_after(statement: str) -> dict[str, list[str]]:
     """The project's modules, by floor, and the heavy third-party packages a fresh
     interpreter has loaded after ``statement``."""
-    probe = (
-        f"{statement}\n"
-        "import json, sys\n"
-        "mods = sorted(sys.modules)\n"
-        "print(json.dumps(mods))\n"
-    )
+    probe = f"{statement}\nimport json, sys\nmods = sorted(sys.modules)\nprint(json.dumps(mods))\n"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120).stdout
     mods = json.loads(out.splitlines()[-1])
     by_floor: dict[str, list[str]] = {floor: [] for floor in FLOORS}
