@@ -135,7 +135,7 @@ def _latency(ctl, dist, torch, rank: int, commands: int, step_time: float, first
     done = threading.Event()
 
     def sender() -> None:
-        from forgather_control.control import JobHandle, find_job
+        from forgather_control.client import JobHandle, find_job
 
         rng = random.Random(7)
         with JobHandle.from_info(find_job(ctl.jobs_dir, ctl.job_id, squeue=None)) as client:

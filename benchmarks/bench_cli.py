@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forgather_control.control import JobPaths, local_host, read_json, write_json_atomic
+from forgather_control.core import JobPaths, local_host, read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "trainer_control" / "plain_loop.py"
@@ -180,10 +180,10 @@ def _count_ops(root: str, what: str) -> dict[str, int]:
     the jobs directory and the rest (/proc: the pid checks)."""
     import collections
 
-    from forgather_control.control import listing, lookup, ray_listing, transport  # noqa: F401  (imported before counting)
+    from forgather_control.client import listing, lookup, ray_listing, transport  # noqa: F401  (imported before counting)
     from forgather_control.ui.feed import JobsFeed
 
-    for mod in ("psutil", "forgather_control.control.settled", "forgather_control.control.failures"):
+    for mod in ("psutil", "forgather_control.client.settled", "forgather_control.core.failures"):
         try:
             __import__(mod)
         except ImportError:

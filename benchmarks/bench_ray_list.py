@@ -39,7 +39,8 @@ from support.processes import Procs  # noqa: E402
 from support.ray_cluster import LocalRayCluster, ray_env, write_dead_job, write_finished_job  # noqa: E402
 from support.waiting import wait_for  # noqa: E402
 
-from forgather_control.control import JobPaths, read_json, scan  # noqa: E402
+from forgather_control.client import scan  # noqa: E402
+from forgather_control.core import JobPaths, read_json  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -89,7 +90,7 @@ def main() -> int:
         env = {**base_env(dirs["fg-a"]), "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         os.environ["FORGATHER_JOBS_DIR"] = str(dirs["fg-a"])
-        from forgather_control.control.ray_listing import list_cluster
+        from forgather_control.client.ray_listing import list_cluster
 
         # Warm up once each (page cache, Ray's first worker per node).
         run_cli(["control", "list", "--json"], env)

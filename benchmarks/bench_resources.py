@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from forgather_control.control import JobPaths, read_json, write_json_atomic
+from forgather_control.core import JobPaths, read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 1024

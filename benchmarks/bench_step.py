@@ -27,7 +27,7 @@ from pathlib import Path
 
 from forgather_control.callback import Controller
 from forgather_control.callback.stall import Phase, StallWatch
-from forgather_control.control.metrics import History
+from forgather_control.core.metrics import History
 
 BUDGET_US = 1.0
 HISTORY_BUDGET_US = 0.1

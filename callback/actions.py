@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forgather_control.control import Command
+from forgather_control.core import Command
 
 __all__ = ["FLAG_NO_EVAL", "NO_ACTIONS", "Actions", "actions_for", "option_flags"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
+from forgather_control.core.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
 
 log = logging.getLogger(__name__)
 

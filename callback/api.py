@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgather_control.control import CLI_VERBS, VALID_COMMANDS
+from forgather_control.core import CLI_VERBS, VALID_COMMANDS
 
 #: The longest idempotency key accepted.
 KEY_MAX = 128
@@ -32,7 +32,7 @@ class Health(BaseModel):
 
 
 class Hello(BaseModel):
-    """The server's proof that it holds the job's token (see control/proof.py)."""
+    """The server's proof that it holds the job's token (see core/proof.py)."""
 
     job_id: str
     proof: str

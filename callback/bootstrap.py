@@ -44,8 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control.env import ENV_ABORT_RETURNS, ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHED, ENV_RANK, ENV_RESTARTS
-from forgather_control.control.outcome import EXIT_ABORTED
+from forgather_control.core.env import ENV_ABORT_RETURNS, ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHED, ENV_RANK, ENV_RESTARTS
+from forgather_control.core.outcome import EXIT_ABORTED
 
 from .resume import resume_from
 
@@ -329,8 +329,8 @@ def _record(exc: BaseException) -> None:
     job_id, jobs_dir = os.environ.get(ENV_JOB_ID), os.environ.get(ENV_JOBS_DIR)
     if not job_id or not jobs_dir:
         return
-    from forgather_control.control.failures import record_failure
-    from forgather_control.control.jobs import JobPaths, is_valid_job_id
+    from forgather_control.core.failures import record_failure
+    from forgather_control.core.jobs import JobPaths, is_valid_job_id
 
     if not is_valid_job_id(job_id):
         return
@@ -342,7 +342,7 @@ def _enable_stack_dumps(run: int) -> None:
     """``forgather control stacks`` can reach this worker from now on, before the user's
     code runs (a hang while the model loads is a hang too)."""
     job_id, jobs_dir = os.environ.get(ENV_JOB_ID), os.environ.get(ENV_JOBS_DIR)
-    from forgather_control.control.jobs import JobPaths, is_valid_job_id
+    from forgather_control.core.jobs import JobPaths, is_valid_job_id
 
     if job_id and jobs_dir and is_valid_job_id(job_id):
         from .stackdump import enable_stack_dumps

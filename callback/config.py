@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control import default_job_id, resolve_jobs_dir, validate_job_id
-from forgather_control.control.env import (
+from forgather_control.core import default_job_id, resolve_jobs_dir, validate_job_id
+from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_JOB_ID,
@@ -27,7 +27,7 @@ from forgather_control.control.env import (
     ENV_STALL_AFTER,
     ENV_TRACE_AGREEMENT,
 )
-from forgather_control.control.errors import InvalidJobId, UsageError
+from forgather_control.core.errors import InvalidJobId, UsageError
 
 from .signals import DEFAULT_REPEAT_WINDOW, DEFAULT_SIGNALS
 

@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
-from forgather_control.control.metrics import History
-from forgather_control.control.states import JobState
+from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
+from forgather_control.core.metrics import History
+from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
 from .actions import NO_ACTIONS, Actions, actions_for, option_flags

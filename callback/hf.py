@@ -39,7 +39,7 @@ import os
 import weakref
 from typing import Any
 
-from forgather_control.control import Command
+from forgather_control.core import Command
 
 from .controller import Controller
 from .forgather import ABORT_FLAG, SaveWatch, is_forgather_control, is_forgather_trainer

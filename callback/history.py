@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forgather_control.control.files import RecordError
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.metrics import FILENAME, History, read_history
+from forgather_control.core.files import RecordError
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.metrics import FILENAME, History, read_history
 
 log = logging.getLogger(__name__)
 

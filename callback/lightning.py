@@ -32,7 +32,7 @@ import math
 import os
 from typing import Any
 
-from forgather_control.control import Command
+from forgather_control.core import Command
 
 from .controller import Controller
 

@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from forgather_control.control import PROTOCOL, JobPaths, Ledger, is_loopback_host, read_json, write_json_atomic
-from forgather_control.control.files import remove_quietly
+from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, read_json, write_json_atomic
+from forgather_control.core.files import remove_quietly
 
 from .history import HistoryRecorder
 from .publisher import Publisher
 
-if TYPE_CHECKING:  # the server module imports fastapi: only when HTTP is served
-    from .server import ServerThread
+if TYPE_CHECKING:  # the server modules import fastapi and uvicorn: only when HTTP is served
+    from forgather_control.serving.thread import ServerThread
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class ControlPlane:
             log.warning("forgather control: %s; training goes on without it", self.control_error)
 
     def _start_server(self) -> None:
-        from .server import ServerThread, create_app
+        from forgather_control.serving.thread import ServerThread
+
+        from .server import create_app
 
         app = create_app(
             job_id=self.job_id,

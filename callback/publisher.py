@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forgather_control.control import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
-from forgather_control.control.files import TEMP_PREFIX, remove_quietly
+from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
+from forgather_control.core.files import TEMP_PREFIX, remove_quietly
 
 log = logging.getLogger(__name__)
 

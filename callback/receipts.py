@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from forgather_control.control import Command, Ledger, LedgerError
-from forgather_control.control.states import JobState
+from forgather_control.core import Command, Ledger, LedgerError
+from forgather_control.core.states import JobState
 
 __all__ = ["REPORTED", "Receipts", "Waiting"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from forgather_control.control.env import ENV_RESUME_FROM
+from forgather_control.core.env import ENV_RESUME_FROM
 
 __all__ = ["resume_from"]
 

@@ -1,6 +1,6 @@
 """The rank-0 HTTP server: a FastAPI app from a factory, uvicorn in a daemon thread.
 
-The app only touches the :class:`~forgather_control.control.Ledger` (thread-safe) and a
+The app only touches the :class:`~forgather_control.UNKNOWN.Ledger` (thread-safe) and a
 status callable; it never makes a collective and never raises into training. Every
 refusal is a clear 4xx that changes nothing, described by the models in :mod:`.api`
 and published at ``/openapi.json`` (behind the token, like everything but ``/health``
@@ -9,12 +9,10 @@ and ``/hello``).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,36 +22,21 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from forgather_control.control import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_loopback_host, is_valid_job_id, parse_command
-from forgather_control.control.proof import proof
-from forgather_control.control.serving import MAX_BODY_BYTES
+from forgather_control.core import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
+from forgather_control.core.proof import proof
+from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
 from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
-from .guard import READ_DEADLINE, connection_cap, guarded_protocol, quiet_accept_errors
 
 log = logging.getLogger(__name__)
 
 #: Routes a client may call without the token.
 OPEN_PATHS = frozenset({"/health", "/hello"})
-#: ``HOST`` or ``HOST:PORT`` where HOST is a bracketed IPv6 literal or has no colon.
-_HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]@/\s]+)(?::([0-9]{1,5}))?")
 _NONCE = re.compile(r"[0-9a-f]{16,128}")
-
-
-class ServerStartError(RuntimeError):
-    pass
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
-
-
-def local_host_header(header: str) -> bool:
-    """True for a Host header that names this machine exactly: an IP literal in
-    127.0.0.0/8 or ::1, or ``localhost``, with an optional numeric port. A name that
-    only starts like one (``127.0.0.1.evil.example``, ``localhost:evil``) is not."""
-    match = _HOST_HEADER.fullmatch(header)
-    return match is not None and is_loopback_host(match.group(1))
 
 
 def create_app(
@@ -248,70 +231,3 @@ def _publish_errors_as_declared(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-class ServerThread:
-    """uvicorn serving ``app`` from a daemon thread; ``start`` returns the bound port.
-
-    Guarded (:mod:`.guard`): at most ``cap`` connections (default: a quarter of the
-    descriptor limit), each request must arrive whole within ``read_deadline``, a small
-    accept backlog, and accept errors logged once a minute."""
-
-    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, cap: int | None = None, read_deadline: float = READ_DEADLINE) -> None:
-        import uvicorn
-
-        self.host = host
-        self.cap = cap if cap is not None else connection_cap()
-        self.config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            loop="asyncio",
-            http=guarded_protocol(self.cap, read_deadline),
-            ws="none",
-            backlog=64,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self._run, name="forgather-control-http", daemon=True)
-        self.port: int | None = None
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - uvicorn calls sys.exit(1) when it cannot bind
-            self._error = exc
-
-    async def _serve(self) -> None:
-        quiet_accept_errors(asyncio.get_running_loop())
-        await self.server.serve()
-
-    def start(self, timeout: float = 10.0) -> int:
-        self.thread.start()
-        deadline = threading.Event()
-        waited = 0.0
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise ServerStartError(f"control server could not start on {self.host}:{self.config.port}: {self._error!r}")
-            if waited >= timeout:
-                self.stop()
-                raise ServerStartError(f"control server did not start within {timeout:g}s")
-            deadline.wait(0.005)
-            waited += 0.005
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self.port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.server.should_exit = True
-        if self.thread.is_alive():
-            self.thread.join(timeout)

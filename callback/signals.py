@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from forgather_control.control.env import ENV_SIGNAL_REPEAT_WINDOW
+from forgather_control.core.env import ENV_SIGNAL_REPEAT_WINDOW
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from forgather_control.control.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
-from forgather_control.control.failures import record_failure
-from forgather_control.control.files import remove_quietly, write_json_atomic
-from forgather_control.control.jobs import JobPaths, is_valid_job_id
-from forgather_control.control.liveness import pid_alive
-from forgather_control.control.records import ENDPOINT, STATUS, load_or_empty
-from forgather_control.control.states import JobState, is_final
+from forgather_control.core.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
+from forgather_control.core.failures import record_failure
+from forgather_control.core.files import remove_quietly, write_json_atomic
+from forgather_control.core.jobs import JobPaths, is_valid_job_id
+from forgather_control.core.liveness import pid_alive
+from forgather_control.core.records import ENDPOINT, STATUS, load_or_empty
+from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
 

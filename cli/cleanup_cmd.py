@@ -2,7 +2,7 @@
 
 The rules (what may go, what is kept because it holds a resume point, judged again
 right before each deletion, never through a link) are the library's
-(:mod:`forgather_control.control.cleanup`); this module shows the candidates, asks, and
+(:mod:`forgather_control.client.cleanup`); this module shows the candidates, asks, and
 reports.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from forgather_control.control import cleanup
-from forgather_control.control.errors import EXIT_FAILED, EXIT_OK, UsageError
-from forgather_control.control.jobs import resolve_jobs_dir
+from forgather_control.client import cleanup
+from forgather_control.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from forgather_control.core.jobs import resolve_jobs_dir
 
 from . import options
 from .output import print_json, printable

@@ -1,8 +1,8 @@
 """``forgather control``: the group; each verb lives in a module of its own.
 
-Thin over :mod:`forgather_control.control`: a verb parses options, calls the library
-(:func:`~forgather_control.control.lookup.open_job`, :class:`JobHandle`,
-:func:`~forgather_control.control.lookup.list_jobs`) and renders what comes back. Fast
+Thin over :mod:`forgather_control.client`: a verb parses options, calls the library
+(:func:`~forgather_control.client.lookup.open_job`, :class:`JobHandle`,
+:func:`~forgather_control.client.lookup.list_jobs`) and renders what comes back. Fast
 by construction: verbs are imported only when invoked, none imports torch, fastapi or
 ray (only ``--ray`` imports ray), and ``--json`` never imports rich.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from forgather_control.control.errors import exit_codes_help
+from forgather_control.core.errors import exit_codes_help
 
 from .lazy import LazyGroup
 

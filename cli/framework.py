@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from forgather_control.control.errors import EXIT_FAILED, EXIT_OK
+from forgather_control.core.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint

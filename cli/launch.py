@@ -157,7 +157,7 @@ def _own_argv() -> tuple[str, ...]:
 
 def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     """Check, plan, then print or execute. Raises LaunchError before anything starts."""
-    from forgather_control.control import JobPaths, resolve_jobs_dir
+    from forgather_control.core import JobPaths, resolve_jobs_dir
     from forgather_control.launcher.plan import make_plan, python_executable, render_plan
     from forgather_control.launcher.records import read_previous
 

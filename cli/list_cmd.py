@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from forgather_control.control.env import ENV_JOBS_DIR
-from forgather_control.control.lookup import list_jobs
+from forgather_control.client.lookup import list_jobs
+from forgather_control.core.env import ENV_JOBS_DIR
 
 from . import options
 from .output import print_json, printable

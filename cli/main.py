@@ -9,7 +9,7 @@ Two things matter here more than anywhere else in the CLI:
   becomes one ``error: ...`` line on stderr and a documented exit code, never a
   traceback. Logging is configured here and nowhere else.
 
-Exit codes are the table ``EXIT_CODES`` in ``control/errors.py``; ``--help`` prints it.
+Exit codes are the table ``EXIT_CODES`` in ``core/errors.py``; ``--help`` prints it.
 
 Beside the Forgather framework: ``forgather`` (``main``) runs our subcommands (``launch``,
 ``control``) and hands any other subcommand, or an option of the framework's before one,
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import click
 
-from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_codes_help
+from forgather_control.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_codes_help
 
 from . import framework
 from .lazy import LazyGroup
@@ -122,10 +122,10 @@ def _error(message: str) -> None:
 def exit_code_for(exc: BaseException) -> int | None:
     """The documented exit code of an expected error, None for an unexpected one.
 
-    Imports the error types from ``forgather_control.control`` lazily: the package is light, but
+    Imports the error types from ``forgather_control.client`` lazily: the package is light, but
     ``forgather --help`` needs none of it.
     """
-    from forgather_control.control.errors import ControlError
+    from forgather_control.core.errors import ControlError
 
     return int(exc.exit_code) if isinstance(exc, ControlError) else None
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from forgather_control.control.env import ENV_JOBS_DIR, ENV_TOKEN
-from forgather_control.control.lookup import AUTO
+from forgather_control.client.lookup import AUTO
+from forgather_control.core.env import ENV_JOBS_DIR, ENV_TOKEN
 
 #: Seconds to wait for one HTTP answer, and for a Ray cluster's nodes.
 HTTP_TIMEOUT = 5.0

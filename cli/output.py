@@ -12,53 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from typing import Any
 
-from forgather_control.control.states import JobState
+from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
+from forgather_control.core.states import JobState
 
-#: Keys never printed, wherever they appear (the endpoint token, mostly).
-SECRET_KEYS = frozenset({"token", "authorization", "auth_token"})
-
-
-#: C0 and C1 controls, DEL, and the invisible and direction-changing code points that
-#: can hide text or reorder a line (zero-width, bidi embeddings, overrides and isolates).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-
-
-def printable(value: Any) -> str:
-    """``value`` as text a terminal shows as it is: every control character and every
-    invisible or direction-changing code point written out visibly (``\\x1b``)."""
-    text = value if isinstance(value, str) else str(value)
-    return _UNPRINTABLE.sub(_visible, text)
-
-
-def _visible(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and the infinities as null: strict JSON parsers (JavaScript's
-    JSON.parse, jq) refuse Python's ``NaN``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def scrub(value: Any) -> Any:
-    """A copy of ``value`` without secret keys, at any depth."""
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if not (isinstance(k, str) and k.lower() in SECRET_KEYS)}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return value
+#: The safe-output rules are core's (the web page uses them too); the CLI's modules take them from here.
+__all__ = ["SECRET_KEYS", "age", "describe_entry", "duration", "json_safe", "print_json", "printable", "progress_line", "scrub", "silence_stdout", "stall_line"]
 
 
 def print_json(value: Any) -> None:

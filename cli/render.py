@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from forgather_control.control.states import JobState
+from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
 

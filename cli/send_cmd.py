@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from forgather_control.control import framework_jobs
-from forgather_control.control.commands import CLI_VERBS, Command, State, new_key
-from forgather_control.control.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
-from forgather_control.control.handle import JobHandle
-from forgather_control.control.lookup import open_job
-from forgather_control.control.states import JobState
+from forgather_control.client import framework_jobs
+from forgather_control.client.handle import JobHandle
+from forgather_control.client.lookup import open_job
+from forgather_control.core.commands import CLI_VERBS, Command, State, new_key
+from forgather_control.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
+from forgather_control.core.states import JobState
 
 from . import options
 from .control import SEND_HELP

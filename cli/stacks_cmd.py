@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from forgather_control.control.lookup import open_job
-from forgather_control.control.stackreport import DEFAULT_TIMEOUT, StacksReport, native_stacks
-from forgather_control.control.stacks import Frame, RankStacks, Thread, group, rank_list
-from forgather_control.control.states import JobState
+from forgather_control.client.lookup import open_job
+from forgather_control.client.stackreport import DEFAULT_TIMEOUT, StacksReport, native_stacks
+from forgather_control.core.stacks import Frame, RankStacks, Thread, group, rank_list
+from forgather_control.core.states import JobState
 
 from . import options
 from .output import print_json, printable, stall_line
@@ -124,6 +124,6 @@ def _source(f: Frame) -> str:
 
 
 def _hostname() -> str:
-    from forgather_control.control.liveness import local_host
+    from forgather_control.core.liveness import local_host
 
     return local_host().hostname

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import click
 
-from forgather_control.control.handle import Snapshot
-from forgather_control.control.lookup import open_job
+from forgather_control.client.handle import Snapshot
+from forgather_control.client.lookup import open_job
 
 from . import options
 from .output import print_json, printable, progress_line

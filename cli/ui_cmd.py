@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from forgather_control.control.errors import ControlError
+from forgather_control.core.errors import ControlError
 
 from . import options
 

@@ -8,8 +8,8 @@ from typing import Any
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
-from forgather_control.control.handle import Snapshot
-from forgather_control.control.states import JobState
+from forgather_control.client.handle import Snapshot
+from forgather_control.core.states import JobState
 
 from .output import duration, printable
 from .render import console

@@ -21,9 +21,9 @@ import signal
 import time
 from collections.abc import Callable
 
-from forgather_control.control.attachment import ADD_CONTROL, no_control_why, published
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.records import STATUS, load_or_empty
+from forgather_control.core.attachment import ADD_CONTROL, no_control_why, published
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.records import STATUS, load_or_empty
 
 log = logging.getLogger(__name__)
 

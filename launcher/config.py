@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from forgather_control.control.env import ENV_NO_CONTROL_AFTER
-from forgather_control.control.errors import UsageError
+from forgather_control.core.env import ENV_NO_CONTROL_AFTER
+from forgather_control.core.errors import UsageError
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_NO_CONTROL_AFTER", "LaunchConfig", "LaunchError", "no_control_after"]
 
@@ -117,7 +117,7 @@ class LaunchConfig:
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):
             raise LaunchError("--standalone picks its own rendezvous; drop --rdzv-endpoint/--master-addr/--master-port")
         if self.job_id is not None:
-            from forgather_control.control import InvalidJobId, validate_job_id
+            from forgather_control.core import InvalidJobId, validate_job_id
 
             try:
                 validate_job_id(self.job_id)

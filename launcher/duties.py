@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from forgather_control.control import stacks
-from forgather_control.control.commands import ABORT_GRACE, Command, State
-from forgather_control.control.env import ENV_RANK
-from forgather_control.control.files import TEMP_PREFIX, RecordError, read_record
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.liveness import local_host
-from forgather_control.control.records import STATUS, load_or_empty
-from forgather_control.control.states import JobState
+from forgather_control.core import stacks
+from forgather_control.core.commands import ABORT_GRACE, Command, State
+from forgather_control.core.env import ENV_RANK
+from forgather_control.core.files import TEMP_PREFIX, RecordError, read_record
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.liveness import local_host
+from forgather_control.core.records import STATUS, load_or_empty
+from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from forgather_control.control import InvalidJobId, default_job_id, validate_job_id
+from forgather_control.core import InvalidJobId, default_job_id, validate_job_id
 
 from .config import LaunchConfig, LaunchError
 from .nodelist import NodeListError, expand_nodelist

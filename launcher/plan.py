@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from forgather_control.control.env import (
+from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_JOB_ID,

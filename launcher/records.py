@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
-from forgather_control.control.checkpoints import Checkpoint, choose, history
-from forgather_control.control.commands import Command, State, is_final_receipt
-from forgather_control.control.failures import root_cause
-from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
-from forgather_control.control.liveness import STALE_AFTER
-from forgather_control.control.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
-from forgather_control.control.settled import end_run, keep_marked, mark_run
-from forgather_control.control.states import JobState, is_final
+from forgather_control.client.settled import end_run
+from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
+from forgather_control.core.checkpoints import Checkpoint, choose, history
+from forgather_control.core.commands import Command, State, is_final_receipt
+from forgather_control.core.failures import root_cause
+from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
+from forgather_control.core.liveness import STALE_AFTER
+from forgather_control.core.markers import keep_marked, mark_run
+from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
+from forgather_control.core.states import JobState, is_final
 
 from .config import LaunchError
 from .environments import Placement
@@ -168,7 +169,7 @@ class JobRecords:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: this launcher's run marker (control/settled.py): the job is listed while it runs
+        #: this launcher's run marker (client/settled.py): the job is listed while it runs
         self._marker: str | None = None
 
     @property
@@ -193,7 +194,7 @@ class JobRecords:
         if self.node_rank == 0 and not requeued:
             endpoint, status = _load(self.paths.endpoint, ENDPOINT), _load(self.paths.status, STATUS)
             if endpoint or status:
-                from forgather_control.control import probe_endpoint
+                from forgather_control.client import probe_endpoint
 
                 verdict, why = judge(endpoint=endpoint, status=status, probe=probe_endpoint, squeue=None)
                 if verdict in (Liveness.ALIVE, Liveness.UNKNOWN):
@@ -378,7 +379,7 @@ class JobRecords:
             self._close_books(status, state, reason, now, receipt)
         except OSError as exc:
             log.warning("could not write %s: %s", self.paths.job, exc)
-        end_run(self.paths, self._marker)  # the job's own end settles it (control/settled.py)
+        end_run(self.paths, self._marker)  # the job's own end settles it (client/settled.py)
 
     def _close_books(self, status: dict[str, Any] | None, state: JobState, reason: str | None, now: float, receipt: dict[str, Any] | None = None) -> None:
         """Rank 0 did not record how this run ended (killed by a second signal, by the

@@ -41,10 +41,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from forgather_control.control import Command, JobPaths, JobState
-from forgather_control.control.deathsig import death_signal_setter
-from forgather_control.control.outcome import launch_exit_code
-from forgather_control.control.transport import FileTransport
+from forgather_control.client.transport import FileTransport
+from forgather_control.core import Command, JobPaths, JobState
+from forgather_control.core.deathsig import death_signal_setter
+from forgather_control.core.outcome import launch_exit_code
 
 from .attach import ControlAttach, passed_on_reason
 from .config import LaunchError, no_control_after

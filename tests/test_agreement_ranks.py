@@ -24,7 +24,7 @@ SCRIPT = r"""
 import json, os, random, sys, time
 import torch.distributed as dist
 from forgather_control.callback import Controller
-from forgather_control.control import read_json
+from forgather_control.core import read_json
 
 out, jobs = sys.argv[1], sys.argv[2]
 rank, world = int(os.environ.pop("RANK")), int(os.environ.pop("WORLD_SIZE"))

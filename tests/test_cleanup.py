@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from forgather_control.control import InvalidJobId, JobPaths, cleanup, process_identity, write_json_atomic
+from forgather_control.client import cleanup
+from forgather_control.core import InvalidJobId, JobPaths, process_identity, write_json_atomic
 
 
 def _dead_job(root: Path, job_id: str) -> JobPaths:

@@ -13,7 +13,7 @@ from support.env import base_env
 from support.paths import EXAMPLES
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths, read_json
+from forgather_control.core import JobPaths, read_json
 
 WAIT = "120"  # --timeout for --wait: the machine is shared and busy
 

@@ -15,7 +15,7 @@ from support.env import base_env
 from support.paths import FORGATHER, REPO
 from support.ports import free_port
 
-from forgather_control.control import JobPaths, local_host, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, local_host, process_identity, write_json_atomic
 
 
 def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 10) -> JobPaths:

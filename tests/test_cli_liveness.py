@@ -15,7 +15,7 @@ from support.env import base_env
 from support.paths import EXAMPLES
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths, local_host, process_identity, read_json, write_json_atomic
+from forgather_control.core import JobPaths, local_host, process_identity, read_json, write_json_atomic
 
 
 def jobs_by_id(cli, *args: str) -> dict[str, dict[str, Any]]:

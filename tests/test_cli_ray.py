@@ -1,5 +1,5 @@
 """The CLI side of ``--ray``: ``list --ray``, ``status --ray`` and ``save --ray --wait``
-against a real plain-loop job, with ``forgather_control.control.ray_listing`` replaced by a
+against a real plain-loop job, with ``forgather_control.client.ray_listing`` replaced by a
 stand-in so no Ray cluster is needed here (the real cluster is tested with ray_listing).
 The stand-in records the arguments the CLI passed."""
 
@@ -14,7 +14,7 @@ from support.env import base_env
 from support.paths import EXAMPLES
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths, read_json
+from forgather_control.core import JobPaths, read_json
 
 _WRAPPER = r"""
 import importlib.machinery, json, os, sys, types
@@ -22,7 +22,7 @@ calls = []
 fake_ray = types.ModuleType("ray")
 fake_ray.__spec__ = importlib.machinery.ModuleSpec("ray", None)
 sys.modules["ray"] = fake_ray          # found by find_spec, never really imported
-mod = types.ModuleType("forgather_control.control.ray_listing")
+mod = types.ModuleType("forgather_control.client.ray_listing")
 rows = json.loads(os.environ["FAKE_RAY_ROWS"])
 class Listing:
     def __init__(self, jobs, missing): self.jobs, self.missing_nodes = jobs, missing
@@ -33,7 +33,7 @@ def find_job(ref, *, address, jobs_dir, timeout):
     calls.append(["find_job", ref, address, jobs_dir, timeout])
     return next(r for r in rows if r["job_id"].startswith(ref))
 mod.list_cluster, mod.find_job = list_cluster, find_job
-sys.modules["forgather_control.control.ray_listing"] = mod
+sys.modules["forgather_control.client.ray_listing"] = mod
 from forgather_control.cli.main import run
 rc = run(sys.argv[1:])
 sys.stderr.write("\nCALLS=" + json.dumps(calls) + "\n")

@@ -20,8 +20,8 @@ from support.env import base_env
 from support.paths import EXAMPLES, FORGATHER
 from support.processes import Procs
 
-from forgather_control.control import JobPaths, process_identity, read_json, write_json_atomic
-from forgather_control.control.errors import EXIT_INTERRUPTED, EXIT_UNKNOWN
+from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
+from forgather_control.core.errors import EXIT_INTERRUPTED, EXIT_UNKNOWN
 
 
 def _serving(paths: JobPaths, proc: subprocess.Popen, timeout: float = 120) -> dict:
@@ -75,7 +75,7 @@ def test_ctrl_c_while_sending_exits_130_and_names_the_key(jobs_dir: Path, tmp_pa
                 return
             data = conn.recv(65536)
             if data.startswith(b"GET /hello"):
-                from forgather_control.control.proof import proof
+                from forgather_control.core.proof import proof
 
                 nonce = data.split(b"nonce=")[1].split(b" ")[0].decode()
                 body = json.dumps({"job_id": "held", "proof": proof("tok", "held", nonce), "protocol": 1}).encode()

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from forgather_control.cli import lazy, main, output
-from forgather_control.control import AmbiguousJob, InvalidJobId, JobNotFound
-from forgather_control.control.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
+from forgather_control.core import AmbiguousJob, InvalidJobId, JobNotFound
+from forgather_control.core.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
 
 
 def test_exit_code_mapping() -> None:

@@ -16,7 +16,8 @@ import pytest
 from support.waiting import wait_for
 
 from forgather_control.callback import NO_ACTIONS, Controller
-from forgather_control.control import Command, CommandRefused, JobHandle, find_job, probe_endpoint, read_json
+from forgather_control.client import JobHandle, find_job, probe_endpoint
+from forgather_control.core import Command, CommandRefused, read_json
 
 
 def make(jobs_dir: Path, **kw) -> Controller:

@@ -12,8 +12,8 @@ import pytest
 from forgather_control.callback import Controller, ControllerConfig
 from forgather_control.callback.config import ConfigError
 from forgather_control.callback.signals import DEFAULT_SIGNALS
-from forgather_control.control import InvalidJobId, UsageError
-from forgather_control.control.env import (
+from forgather_control.core import InvalidJobId, UsageError
+from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_JOB_ID,

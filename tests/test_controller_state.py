@@ -9,8 +9,8 @@ import pytest
 from support.waiting import wait_for
 
 from forgather_control.callback import Controller
-from forgather_control.control import read_json
-from forgather_control.control.states import JobState
+from forgather_control.core import read_json
+from forgather_control.core.states import JobState
 
 
 def make(jobs_dir: Path, **kw) -> Controller:

@@ -1,4 +1,4 @@
-"""Exit codes are one table (``EXIT_CODES`` in control/errors.py): every error class
+"""Exit codes are one table (``EXIT_CODES`` in core/errors.py): every error class
 names a code in it, ``--help`` prints it, and the README's table says the same."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from support.paths import REPO
 
 from forgather_control.cli.control import control
 from forgather_control.cli.main import cli
-from forgather_control.control import errors
-from forgather_control.control.errors import EXIT_CODES, ControlError
+from forgather_control.core import errors
+from forgather_control.core.errors import EXIT_CODES, ControlError
 
 
 def _error_classes(cls: type) -> list[type]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from forgather_control.control import InvalidJobId, JobPaths, default_job_id, read_json, resolve_jobs_dir, validate_job_id, write_json_atomic
-from forgather_control.control.files import TEMP_PREFIX, ensure_private_dir
+from forgather_control.core import InvalidJobId, JobPaths, default_job_id, read_json, resolve_jobs_dir, validate_job_id, write_json_atomic
+from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir
 
 
 def test_write_is_whole_and_private(tmp_path: Path) -> None:

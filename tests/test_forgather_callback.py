@@ -16,7 +16,7 @@ from typing import Any
 from forgather_control.callback import Controller
 from forgather_control.callback.forgather import SaveWatch, is_forgather_trainer, resume_through_args
 from forgather_control.callback.hf import TrainerControlCallback
-from forgather_control.control import read_json
+from forgather_control.core import read_json
 
 
 @dataclasses.dataclass(slots=True)

@@ -31,7 +31,7 @@ from support.processes import Proc, Procs
 from support.records import read_record
 from support.waiting import wait_for
 
-from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
+from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

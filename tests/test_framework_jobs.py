@@ -28,9 +28,9 @@ from support.paths import REPO
 from support.ports import free_port
 from support.waiting import wait_for
 
-from forgather_control.control import write_json_atomic
-from forgather_control.control.errors import CommandRefused, UsageError
-from forgather_control.control.lookup import list_jobs, open_job
+from forgather_control.client.lookup import list_jobs, open_job
+from forgather_control.core import write_json_atomic
+from forgather_control.core.errors import CommandRefused, UsageError
 
 NO_RECEIPT = "keeps no receipt and takes no idempotency key"
 SUPPORT = REPO / "tests" / "support"

@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from forgather_control.callback.server import ServerThread, create_app
-from forgather_control.control import (
+from forgather_control.callback.server import create_app
+from forgather_control.client import FileTransport, HttpTransport, JobHandle, list_jobs, open_job
+from forgather_control.core import (
     AmbiguousJob,
     Command,
     CommandFailed,
-    FileTransport,
-    HttpTransport,
     JobEnded,
-    JobHandle,
     JobNotFound,
     JobPaths,
     JobState,
@@ -29,12 +27,11 @@ from forgather_control.control import (
     Unreachable,
     UsageError,
     WaitTimeout,
-    list_jobs,
-    open_job,
     process_identity,
     write_json_atomic,
 )
-from forgather_control.control.errors import ControlError
+from forgather_control.core.errors import ControlError
+from forgather_control.serving.thread import ServerThread
 
 TOKEN = "handle-test-token-0123456789abcdef"
 

@@ -17,7 +17,7 @@ from support.processes import Procs, assert_all_gone
 from support.records import read_record as read
 from support.waiting import wait_for
 
-from forgather_control.control.outcome import EXIT_ABORTED
+from forgather_control.core.outcome import EXIT_ABORTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 

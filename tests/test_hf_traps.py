@@ -22,7 +22,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from forgather_control.callback.hf import TrainerControlCallback
-from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json
+from forgather_control.client import JobHandle, find_job, probe_endpoint
+from forgather_control.core import read_json
 
 
 class Tokens(torch.utils.data.Dataset):

@@ -64,7 +64,7 @@ import os, sys
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 from forgather_control.callback.hf import TrainerControlCallback
-from forgather_control.control import JobHandle, find_job, probe_endpoint
+from forgather_control.client import JobHandle, find_job, probe_endpoint
 
 jobs_dir, out = sys.argv[1], sys.argv[2]
 

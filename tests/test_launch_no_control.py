@@ -21,9 +21,9 @@ from support.records import read_record
 from support.scripts import LATE_CONTROLLER
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths
-from forgather_control.control.attachment import ADD_CONTROL
-from forgather_control.control.outcome import EXIT_PREEMPTED
+from forgather_control.core import JobPaths
+from forgather_control.core.attachment import ADD_CONTROL
+from forgather_control.core.outcome import EXIT_PREEMPTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 TIMEOUT = 240.0

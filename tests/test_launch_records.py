@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.paths import FORGATHER
 
-from forgather_control.control import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.records import JobRecords, launcher_stop_key, read_previous, stopped_by_a_signal
 

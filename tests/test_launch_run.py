@@ -24,8 +24,8 @@ from support.processes import Procs, assert_all_gone, gone
 from support.records import read_record as read
 from support.waiting import wait_for
 
-from forgather_control.control.env import ENV_ABORT_RETURNS
-from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
+from forgather_control.core.env import ENV_ABORT_RETURNS
+from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
 
 pytestmark = pytest.mark.slow  # forgather launch, torchrun
 

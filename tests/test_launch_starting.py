@@ -20,8 +20,8 @@ from support.processes import Procs
 from support.scripts import LATE_CONTROLLER
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths
-from forgather_control.control.outcome import EXIT_STOPPED
+from forgather_control.core import JobPaths
+from forgather_control.core.outcome import EXIT_STOPPED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 TIMEOUT = 240.0

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from forgather_control.control import VALID_COMMANDS, Command, Ledger, QueueFull, State, StopPending, UnknownCommand, UnknownEntry, parse_command
+from forgather_control.core import VALID_COMMANDS, Command, Ledger, QueueFull, State, StopPending, UnknownCommand, UnknownEntry, parse_command
 
 
 def test_vocabulary() -> None:

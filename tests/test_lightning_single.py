@@ -17,7 +17,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from forgather_control.callback.lightning import LightningControlCallback  # noqa: E402
-from forgather_control.control import JobHandle, find_job, probe_endpoint, read_json  # noqa: E402
+from forgather_control.client import JobHandle, find_job, probe_endpoint  # noqa: E402
+from forgather_control.core import read_json  # noqa: E402
 
 
 class Module(pl.LightningModule):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from forgather_control.control import JobPaths
-from forgather_control.control.listing import JobInfo
-from forgather_control.control.liveness import Liveness
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.core import JobPaths
+from forgather_control.core.liveness import Liveness
 
 
 def info(status: dict | None, job: dict | None, liveness: Liveness = Liveness.ALIVE) -> JobInfo:

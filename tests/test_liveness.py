@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from forgather_control.control import Liveness, judge, local_host, process_identity, scan, write_json_atomic
-from forgather_control.control.jobs import JobPaths
+from forgather_control.client import scan
+from forgather_control.core import Liveness, judge, local_host, process_identity, write_json_atomic
+from forgather_control.core.jobs import JobPaths
 
 
 def other_host(**kw) -> dict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from forgather_control.control import AmbiguousJob, JobNotFound, UsageError, match_job_id, process_identity
-from forgather_control.control.listing import useful_probe
-from forgather_control.control.ray_listing import resolve_address
-from forgather_control.control.remote import remote_url
+from forgather_control.client.listing import useful_probe
+from forgather_control.client.ray_listing import resolve_address
+from forgather_control.client.remote import remote_url
+from forgather_control.core import AmbiguousJob, JobNotFound, UsageError, match_job_id, process_identity
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ from support.waiting import wait_for
 
 from forgather_control.callback import Controller
 from forgather_control.callback.history import HistoryRecorder
-from forgather_control.control import JobPaths, open_job, write_json_atomic
-from forgather_control.control.files import RecordError
-from forgather_control.control.metrics import DENSE, FILENAME, History, read_history
+from forgather_control.client import open_job
+from forgather_control.core import JobPaths, write_json_atomic
+from forgather_control.core.files import RecordError
+from forgather_control.core.metrics import DENSE, FILENAME, History, read_history
 
 
 def test_a_million_steps_stay_a_few_thousand_points_dense_at_the_end() -> None:

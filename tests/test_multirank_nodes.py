@@ -14,7 +14,7 @@ from support.ports import free_port
 from support.records import final_status
 from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_traces, torchrun, wait_client, wait_step
 
-from forgather_control.control import Command, read_json
+from forgather_control.core import Command, read_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 

@@ -21,7 +21,7 @@ from support.records import final_status
 from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_traces, torchrun, wait_client, wait_step
 from support.waiting import wait_for
 
-from forgather_control.control import JobHandle
+from forgather_control.client import JobHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 

@@ -15,13 +15,14 @@ import pytest
 from rich.console import Console
 
 from forgather_control.cli import render
-from forgather_control.control import JobHandle, JobPaths, open_job, process_identity, write_json_atomic
-from forgather_control.control.attachment import ADD_CONTROL, published
-from forgather_control.control.errors import Unreachable, WaitTimeout
-from forgather_control.control.listing import JobInfo
-from forgather_control.control.liveness import Liveness
-from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, launch_exit_code
-from forgather_control.control.states import JobState
+from forgather_control.client import JobHandle, open_job
+from forgather_control.client.jobinfo import JobInfo
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core.attachment import ADD_CONTROL, published
+from forgather_control.core.errors import Unreachable, WaitTimeout
+from forgather_control.core.liveness import Liveness
+from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, launch_exit_code
+from forgather_control.core.states import JobState
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.attach import AttachWatch, Change, ControlAttach, passed_on_reason
 from forgather_control.launcher.config import DEFAULT_NO_CONTROL_AFTER, no_control_after

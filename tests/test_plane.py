@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from forgather_control.callback.plane import ControlPlane
-from forgather_control.control import JobPaths, Ledger, read_json, write_json_atomic
+from forgather_control.core import JobPaths, Ledger, read_json, write_json_atomic
 
 
 def make(jobs_dir: Path, **kw) -> ControlPlane:

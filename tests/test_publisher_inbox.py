@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from forgather_control.callback.publisher import Publisher
-from forgather_control.control import Command, JobPaths, Ledger
+from forgather_control.core import Command, JobPaths, Ledger
 
 
 class Clock:

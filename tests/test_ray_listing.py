@@ -35,8 +35,8 @@ from support.ray_cluster import START_TIMEOUT, LocalRayCluster, ray_env, write_d
 from support.services import require_service
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths, process_identity, read_json, write_json_atomic
-from forgather_control.control.ray_listing import INSTALL_HINT
+from forgather_control.client.ray_driver import INSTALL_HINT
+from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
 
 # One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -143,7 +143,7 @@ def check_rows(c: Cluster, rows: list[dict[str, Any]], *, finished: bool = False
 
 # -- 1. two nodes, each with its own jobs directory --------------------------------
 def test_list_cluster_two_nodes(cluster: Cluster) -> None:
-    from forgather_control.control import list_cluster
+    from forgather_control.client import list_cluster
 
     res = list_cluster(address=cluster.address, jobs_dir=None, timeout=60)
     assert res.missing_nodes == []
@@ -162,7 +162,7 @@ def test_list_cluster_two_nodes(cluster: Cluster) -> None:
 def test_list_cluster_dedups_the_local_copy(cluster: Cluster) -> None:
     """A client on node A reading A's directory sees A's jobs twice (locally and from
     A's task): one row each, from the Ray node, with the other copy named."""
-    from forgather_control.control import list_cluster
+    from forgather_control.client import list_cluster
 
     res = list_cluster(address=cluster.address, jobs_dir=str(cluster.dirs["fg-a"]), timeout=60)
     ids = [r["job_id"] for r in res.jobs]
@@ -192,7 +192,8 @@ def test_cli_list_ray_json(cluster: Cluster) -> None:
 
 # -- 3. control a job found only through Ray ---------------------------------------
 def test_find_job_then_status_and_save(cluster: Cluster) -> None:
-    from forgather_control.control import AmbiguousJob, HttpTransport, JobHandle, JobNotFound, Unreachable, find_cluster_job
+    from forgather_control.client import HttpTransport, JobHandle, find_cluster_job
+    from forgather_control.core import AmbiguousJob, JobNotFound, Unreachable
 
     live = cluster.live["fg-b"]
     assert not (cluster.client_dir / live).exists()  # only Ray can find it
@@ -278,7 +279,7 @@ def test_cli_stacks_through_ray(cluster: Cluster) -> None:
 # -- 2. a node hangs, then dies, during the listing --------------------------------
 _LIST_THEN_COLLECT = """
 import gc, json, sys
-from forgather_control.control import list_cluster
+from forgather_control.client import list_cluster
 res = list_cluster(address=sys.argv[1], jobs_dir=None, timeout=60)
 gc.collect()  # what the caller's interpreter does sooner or later
 print(json.dumps({"jobs": res.jobs, "missing_nodes": res.missing_nodes}))
@@ -286,7 +287,7 @@ print(json.dumps({"jobs": res.jobs, "missing_nodes": res.missing_nodes}))
 
 
 def test_hung_then_dead_node(cluster: Cluster) -> None:
-    from forgather_control.control import list_cluster
+    from forgather_control.client import list_cluster
 
     hung = cluster.ray.add_node("fg-hung", cluster.base / "jobs-hung", extra_env={"FORGATHER_RAY_LIST_DELAY": "600"})
     try:
@@ -305,7 +306,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         assert "fg-hung/" in out.err, out.err
 
         # Finding a live job by its id does not wait for the hung node.
-        from forgather_control.control import find_cluster_job
+        from forgather_control.client import find_cluster_job
 
         t0 = time.monotonic()
         job = find_cluster_job(cluster.live["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)

@@ -44,14 +44,14 @@ def py(code: str, env: dict[str, str], timeout: float = 120.0) -> subprocess.Com
 def test_import_and_plain_list_leave_ray_out(jobs_dir: Path) -> None:
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
     r = py(
-        "import sys, forgather_control.control as c; c.JobHandle; c.open_job; c.scan\n"
-        "print('ray' in sys.modules, 'forgather_control.control.ray_listing' in sys.modules)",
+        "import sys, forgather_control.client as c; c.JobHandle; c.open_job; c.scan\n"
+        "print('ray' in sys.modules, 'forgather_control.client.ray_listing' in sys.modules)",
         env,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
     # Touching the lazy names loads the module, still without Ray.
-    r = py("import sys, forgather_control.control as c; c.list_cluster; c.RayNotInstalled; print('ray' in sys.modules)", env)
+    r = py("import sys, forgather_control.client as c; c.list_cluster; c.RayNotInstalled; print('ray' in sys.modules)", env)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
     for argv in (["control", "list"], ["control", "list", "--json"], ["control", "list", "--all", "--json"], ["control", "status", "nope"]):
         r = py(REPORT_RAY + f"from forgather_control.cli.main import run; sys.exit(run({argv!r}))", env)
@@ -62,7 +62,7 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled")
     r = py(
         HIDE_RAY
-        + "from forgather_control.control import list_cluster, RayNotInstalled, ControlError\n"
+        + "from forgather_control.client import list_cluster, RayNotInstalled, ControlError\n"
         + "try:\n    list_cluster(address=None, jobs_dir=None)\n"
         + "except RayNotInstalled as e:\n    print(isinstance(e, ControlError), e.exit_code, e)\n",
         env,
@@ -71,7 +71,7 @@ def test_ray_absent_is_a_clear_error(jobs_dir: Path) -> None:
     is_control_error, code, message = r.stdout.split(" ", 2)
     assert (is_control_error, code) == ("True", "2")
     assert "pip install 'forgather-control[ray]'" in message
-    r = py(HIDE_RAY + "from forgather_control.control.ray_listing import find_job\nfind_job('x', address=None, jobs_dir=None)", env)
+    r = py(HIDE_RAY + "from forgather_control.client.ray_listing import find_job\nfind_job('x', address=None, jobs_dir=None)", env)
     assert "RayNotInstalled" in r.stderr and "forgather-control[ray]" in r.stderr
 
     # The CLI: exit 2, one line naming the extra, no traceback.
@@ -84,7 +84,7 @@ def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
     """We never start a cluster: a dead address fails in seconds, saying what to do."""
     env = base_env(jobs_dir, RAY_AUTH_MODE="disabled", RAY_ADDRESS=f"127.0.0.1:{free_port()}")
     code = (
-        "import json, time; from forgather_control.control import list_cluster, RayUnavailable\n"
+        "import json, time; from forgather_control.client import list_cluster, RayUnavailable\n"
         "t = time.monotonic()\n"
         "try:\n    list_cluster(address=None, jobs_dir=None)\n"
         "except RayUnavailable as e:\n    print(json.dumps([e.exit_code, str(e), time.monotonic() - t]))\n"
@@ -106,12 +106,12 @@ def test_no_cluster_is_a_clear_error_and_fast(jobs_dir: Path) -> None:
 # after the address check); ``drivers`` then holds it.
 SILENT_CLUSTER = (
     "import json, socket, sys, threading, time, psutil\n"
-    "from forgather_control.control import list_cluster, RayUnavailable\n"
+    "from forgather_control.client import list_cluster, RayUnavailable\n"
     "srv = socket.socket(); srv.bind(('0.0.0.0', 0)); srv.listen(16); held = []; drivers = []\n"
     "threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(1000)], daemon=True).start()\n"
     "def when_the_driver_waits(then):\n"
     "    while True:\n"
-    "        drivers[:] = [c for c in psutil.Process().children() if 'forgather_control.control.ray_driver' in ' '.join(c.cmdline())]\n"
+    "        drivers[:] = [c for c in psutil.Process().children() if 'forgather_control.client.ray_child' in ' '.join(c.cmdline())]\n"
     "        if drivers and len(held) >= 2:\n"
     "            return then()\n"
     "        time.sleep(0.02)\n"

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from forgather_control.callback.receipts import Receipts
-from forgather_control.control import Command, Ledger
-from forgather_control.control.states import JobState
+from forgather_control.core import Command, Ledger
+from forgather_control.core.states import JobState
 
 
 def applied(ledger: Ledger, receipts: Receipts, command: str, step: int) -> str:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from support.history import launch_run, rank0_status
 
-from forgather_control.control import JobPaths, cleanup, find_job
-from forgather_control.control.checkpoints import MAX_KEPT, Checkpoint, choose, history
+from forgather_control.client import cleanup, find_job
+from forgather_control.core import JobPaths
+from forgather_control.core.checkpoints import MAX_KEPT, Checkpoint, choose, history
 from forgather_control.launcher import LaunchConfig, make_plan, render_plan
 from forgather_control.launcher.records import JobRecords, read_previous
 

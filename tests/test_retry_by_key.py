@@ -14,21 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from forgather_control.callback.publisher import Publisher
-from forgather_control.callback.server import ServerThread, create_app
-from forgather_control.control import (
-    Command,
-    FileTransport,
-    HttpTransport,
-    JobHandle,
-    JobPaths,
-    KeyConflict,
-    Ledger,
-    OutcomeUnknown,
-    Unreachable,
-    open_job,
-    process_identity,
-    write_json_atomic,
-)
+from forgather_control.callback.server import create_app
+from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
+from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, process_identity, write_json_atomic
+from forgather_control.serving.thread import ServerThread
 
 TOKEN = "retry-test-token-0123456789abcdef"
 

@@ -12,8 +12,9 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
-from forgather_control.callback.server import ServerStartError, ServerThread, create_app
-from forgather_control.control import VALID_COMMANDS, Ledger
+from forgather_control.callback.server import create_app
+from forgather_control.core import VALID_COMMANDS, Ledger
+from forgather_control.serving.thread import ServerStartError, ServerThread
 
 TOKEN = "t0k3n-for-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,4 +1,4 @@
-"""The settled form (control/settled.py): ``list`` reads what may be live, however long
+"""The settled form (client/settled.py): ``list`` reads what may be live, however long
 the history, and stays right with many writers, relaunches, bad entries and clocks
 that disagree. In process, on real folders; the writers of the concurrency test are
 real processes."""
@@ -35,11 +35,13 @@ from support.launcher import START_TIMEOUT, launch, wait_running
 from support.paths import PLAIN_LAUNCH, REPO
 from support.waiting import wait_for
 
-from forgather_control.control import JobPaths, cleanup, find_job, list_jobs, listing, process_identity, write_json_atomic
-from forgather_control.control import settled as settled_mod
-from forgather_control.control.listing import scan
-from forgather_control.control.ray_listing import list_node
-from forgather_control.control.settled import RUNS_DIR, SETTLED_DIR, Settler, mark_run, read_entry, read_index
+from forgather_control.client import cleanup, find_job, list_jobs, listing
+from forgather_control.client import settled as settled_mod
+from forgather_control.client.listing import scan
+from forgather_control.client.ray_listing import list_node
+from forgather_control.client.settled import Settler
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run, read_entry, read_index
 from forgather_control.ui.feed import JobsFeed
 
 
@@ -355,7 +357,7 @@ def test_concurrent_settlers_and_relaunchers_lose_nothing_and_hide_nothing_that_
 
 
 def test_settled_module_has_no_heavy_imports() -> None:
-    code = "import sys, forgather_control.control.settled; print(any(m in sys.modules for m in ('torch', 'fastapi', 'ray')))"
+    code = "import sys, forgather_control.client.settled; print(any(m in sys.modules for m in ('torch', 'fastapi', 'ray')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
     assert settled_mod.SILENT_FOR >= DAY
 

@@ -12,7 +12,7 @@ import pytest
 
 from forgather_control.callback import Controller
 from forgather_control.callback.signals import SignalFlags
-from forgather_control.control import read_json
+from forgather_control.core import read_json
 
 SIG = signal.SIGUSR1
 

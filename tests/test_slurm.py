@@ -27,7 +27,7 @@ from support.records import read_record as read
 from support.services import require_service
 from support.waiting import wait_for
 
-from forgather_control.control.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
+from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -217,7 +217,7 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
 
 def _fake_job(root: Path, job_id: str, slurm_job_id: str, *, host: str, state: str, pid: int | None = None) -> Path:
     """Records as a launcher leaves them, with the launcher's host and pid chosen."""
-    from forgather_control.control import JobPaths, process_identity, write_json_atomic
+    from forgather_control.core import JobPaths, process_identity, write_json_atomic
 
     paths = JobPaths(root, job_id).create()
     ident = process_identity() if host == "here" else {"host": host, "boot_id": "other-boot", "pid": 4242, "pid_start_time": 1.0}

@@ -18,20 +18,20 @@ from support.processes import Proc, Procs, gone
 from support.waiting import wait_for
 
 from forgather_control.cli.stacks_cmd import describe
-from forgather_control.control import JobPaths
-from forgather_control.control import stacks as st
-from forgather_control.control.commands import State
-from forgather_control.control.files import write_json_atomic
-from forgather_control.control.liveness import process_identity
-from forgather_control.control.stackreport import StacksReport, collect
-from forgather_control.control.states import JobState
+from forgather_control.client.stackreport import StacksReport, collect
+from forgather_control.core import JobPaths
+from forgather_control.core import stacks as st
+from forgather_control.core.commands import State
+from forgather_control.core.files import write_json_atomic
+from forgather_control.core.liveness import process_identity
+from forgather_control.core.states import JobState
 from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
 
 WORKER = """
 import ctypes, sys, threading, time
 from pathlib import Path
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.stacks import register
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.stacks import register
 
 jobs, job, rank, how = sys.argv[1:5]
 register(JobPaths(Path(jobs), job), int(rank))
@@ -107,8 +107,8 @@ def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path)
 SLOW_WRITER = """
 import faulthandler, signal, sys, threading, time
 from pathlib import Path
-from forgather_control.control.jobs import JobPaths
-from forgather_control.control.stacks import STACK_SIGNAL, register
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.stacks import STACK_SIGNAL, register
 
 jobs, job = sys.argv[1:3]
 dump = register(JobPaths(Path(jobs), job), 0)
@@ -271,7 +271,7 @@ def test_stacks_of_a_job_started_without_the_launcher(procs: Procs, tmp_path: Pa
 
 
 def _info(jobs_dir: Path, job_id: str):
-    from forgather_control.control.listing import judge_job
-    from forgather_control.control.transport import probe_endpoint
+    from forgather_control.client.listing import judge_job
+    from forgather_control.client.transport import probe_endpoint
 
     return judge_job(JobPaths(jobs_dir, job_id), probe=probe_endpoint)

@@ -14,12 +14,12 @@ from support.waiting import wait_for
 from forgather_control.callback import Controller
 from forgather_control.callback.config import ControllerConfig
 from forgather_control.callback.stall import FLOOR, LONG_PHASE, MULTIPLE, Phase, StallWatch
-from forgather_control.control import JobPaths, read_json
-from forgather_control.control.env import ENV_STALL_AFTER
-from forgather_control.control.errors import UsageError
-from forgather_control.control.listing import SILENT_AFTER, JobInfo, stall_of
-from forgather_control.control.liveness import Liveness, process_identity
-from forgather_control.control.states import JobState
+from forgather_control.client.jobinfo import SILENT_AFTER, JobInfo, stall_of
+from forgather_control.core import JobPaths, read_json
+from forgather_control.core.env import ENV_STALL_AFTER
+from forgather_control.core.errors import UsageError
+from forgather_control.core.liveness import Liveness, process_identity
+from forgather_control.core.states import JobState
 from forgather_control.launcher.config import LaunchConfig, LaunchError
 from forgather_control.launcher.plan import make_plan
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from forgather_control.callback import Controller
 from forgather_control.cli.output import progress_line
-from forgather_control.control import JobPaths, Liveness, find_job, judge, process_identity, write_json_atomic
-from forgather_control.control.failures import Failure, read_failures, record_failure, root_cause
+from forgather_control.client import find_job
+from forgather_control.core import JobPaths, Liveness, judge, process_identity, write_json_atomic
+from forgather_control.core.failures import Failure, read_failures, record_failure, root_cause
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 
@@ -89,7 +90,7 @@ def test_the_watch_line_of_an_ended_job_has_no_eta() -> None:
 
 
 def test_the_default_home_is_private_under_any_umask(tmp_path: Path) -> None:
-    code = "import os; os.umask(0); from forgather_control.control import JobPaths, resolve_jobs_dir; JobPaths(resolve_jobs_dir(), 'j').create()"
+    code = "import os; os.umask(0); from forgather_control.client import JobPaths, resolve_jobs_dir; JobPaths(resolve_jobs_dir(), 'j').create()"
     env = {k: v for k, v in os.environ.items() if k != "FORGATHER_JOBS_DIR"}
     env["HOME"] = str(tmp_path)
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

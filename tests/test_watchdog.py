@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 
 from forgather_control.callback.watchdog import EXIT_ORPHANED, LauncherWatch, launcher_from_env, record_orphaned
-from forgather_control.control import JobPaths, find_job, process_identity, read_json, write_json_atomic
+from forgather_control.client import find_job
+from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
 
 
 def test_the_launcher_named_in_the_environment() -> None:

@@ -1,9 +1,9 @@
 """``forgather control ui``: every job on one web page, with its curves and its buttons.
 
 A local web app (FastAPI and uvicorn, guarded like the job server) over the same library
-calls as the command line: :func:`~forgather_control.control.lookup.list_jobs` for the
-jobs view, :func:`~forgather_control.control.lookup.open_job` and its
-:class:`~forgather_control.control.JobHandle` for a job's details, metric history and
+calls as the command line: :func:`~forgather_control.client.lookup.list_jobs` for the
+jobs view, :func:`~forgather_control.client.lookup.open_job` and its
+:class:`~forgather_control.client.handle.JobHandle` for a job's details, metric history and
 commands. Used from Python as uvicorn is::
 
     from forgather_control.ui import UiConfig, UiServer

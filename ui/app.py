@@ -18,8 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
-from forgather_control.callback.server import local_host_header
-from forgather_control.control.errors import (
+from forgather_control.core.errors import (
     AmbiguousJob,
     CommandFailed,
     CommandRefused,
@@ -30,8 +29,8 @@ from forgather_control.control.errors import (
     Unreachable,
     UsageError,
 )
-from forgather_control.control.jobs import PROTOCOL, is_valid_job_id, resolve_jobs_dir
-from forgather_control.control.serving import MAX_BODY_BYTES
+from forgather_control.core.jobs import PROTOCOL, is_valid_job_id, resolve_jobs_dir
+from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
 from . import prometheus
 from .auth import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, Auth, cookie_name

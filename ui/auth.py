@@ -17,7 +17,7 @@ against other web pages.
   never granted), and (b) come from this origin: ``Origin`` (or, without it, ``Referer``)
   must name exactly the host the browser asked for.
 - **DNS rebinding**: on loopback, the Host header must name this machine exactly (the job
-  server's own check, :func:`~forgather_control.callback.server.local_host_header`).
+  server's own check, :func:`~forgather_control.serving.rules.local_host_header`).
 
 Cookies carry the port in their names, as cookies ignore ports: two pages on two ports
 of one machine keep their own sessions.

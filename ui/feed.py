@@ -7,7 +7,7 @@ folder, five for a Ray cluster) whoever asks, requests that arrive while one is 
 taken waiting for that one: what may be live (every open page that hides ended jobs,
 and the Prometheus scrape), which costs what is live however long the history is, and
 everything (only while a page shows ended jobs). The rows are the library's own
-(:func:`~forgather_control.control.lookup.list_jobs`, as ``list --json``), plus what
+(:func:`~forgather_control.client.lookup.list_jobs`, as ``list --json``), plus what
 the status record of a job in a folder on this machine says of its speed, ETA, loss and
 last checkpoint (a Ray row has only what the cluster's listing has).
 """
@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgather_control.cli.output import json_safe, scrub
-from forgather_control.control.errors import ControlError
-from forgather_control.control.files import RecordError
-from forgather_control.control.jobs import JobPaths, is_valid_job_id
-from forgather_control.control.lookup import list_jobs
-from forgather_control.control.metrics import read_history
-from forgather_control.control.records import STATUS, load_or_empty
-from forgather_control.control.states import JobState
+from forgather_control.client.lookup import list_jobs
+from forgather_control.core.errors import ControlError
+from forgather_control.core.files import RecordError
+from forgather_control.core.jobs import JobPaths, is_valid_job_id
+from forgather_control.core.metrics import read_history
+from forgather_control.core.records import STATUS, load_or_empty
+from forgather_control.core.safe import json_safe, scrub
+from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One job for the page: its details, its metric history, and its commands, through the
 same calls as ``forgather control status`` and ``save``/``eval``/``stop``/``save-stop``/
-``abort`` (:func:`~forgather_control.control.lookup.open_job`, :class:`JobHandle`).
+``abort`` (:func:`~forgather_control.client.lookup.open_job`, :class:`JobHandle`).
 
 A job in a folder is opened afresh for each request (milliseconds: its records are read
 and judged again, and the channel is chosen again, so a job whose server has come up
@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from forgather_control.cli.output import json_safe, scrub
-from forgather_control.control.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
-from forgather_control.control.errors import ControlError, JobEnded, Unreachable
-from forgather_control.control.handle import JobHandle
-from forgather_control.control.lookup import open_job
-from forgather_control.control.states import JobState
+from forgather_control.client.handle import JobHandle
+from forgather_control.client.lookup import open_job
+from forgather_control.core.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
+from forgather_control.core.errors import ControlError, JobEnded, Unreachable
+from forgather_control.core.safe import json_safe, scrub
+from forgather_control.core.states import JobState
 
 from .config import UiConfig
 

@@ -3,7 +3,7 @@
 :class:`UiServer` starts it (``start`` returns the address with the token, as the
 command prints it) and stops it (``stop``: uvicorn's ``should_exit``), so a test runs
 it in-process and the command line is a thin shell over it. The connection cap and the
-read deadline of :mod:`forgather_control.callback.guard` apply: a tab left open, or a
+read deadline of :mod:`forgather_control.serving.guard` apply: a tab left open, or a
 thousand idle connections, hold nothing.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
-from forgather_control.callback.server import ServerStartError, ServerThread
+from forgather_control.serving.thread import ServerStartError, ServerThread
 
 from .app import create_app
 from .config import UiConfig
@@ -90,7 +90,7 @@ _FILTER = _OncePerMessage()
 def quiet_repeated_warnings() -> None:
     """For the command's process: each warning of the listing's modules once (a corrupt
     job is said once, not every second). A library user's logging is left as it is."""
-    for name in ("forgather_control.control.listing", "forgather_control.control.files", "forgather_control.control.lookup"):
+    for name in ("forgather_control.client.listing", "forgather_control.core.files", "forgather_control.client.lookup"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)

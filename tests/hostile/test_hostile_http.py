@@ -33,8 +33,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from forgather_control.callback import Controller
-from forgather_control.control import JobPaths, read_json
-from forgather_control.control.proof import new_nonce, proof_matches
+from forgather_control.core import JobPaths, read_json
+from forgather_control.core.proof import new_nonce, proof_matches
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "trainer_control"
@@ -272,7 +272,7 @@ def test_fuzz_the_api_from_its_own_schema(live: LiveJob) -> None:
 def test_failing_accepts_are_logged_once_an_interval(caplog: pytest.LogCaptureFixture) -> None:
     import asyncio
 
-    from forgather_control.callback.guard import quiet_accept_errors
+    from forgather_control.serving.guard import quiet_accept_errors
 
     loop = asyncio.new_event_loop()
     try:

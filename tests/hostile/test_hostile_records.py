@@ -24,8 +24,9 @@ from rich.console import Console
 
 from forgather_control.cli import render
 from forgather_control.cli.output import printable
-from forgather_control.control import JobPaths, process_identity, scan
-from forgather_control.control.records import ENDPOINT, JOB, NODE, STATUS, RecordError, check_record
+from forgather_control.client import scan
+from forgather_control.core import JobPaths, process_identity
+from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, RecordError, check_record
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 #: What must never reach a terminal raw: C0/C1 controls (but a line's own newline) and

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from forgather_control.control import JobPaths, read_json, write_json_atomic
+from forgather_control.core import JobPaths, read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 1024

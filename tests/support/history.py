@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from forgather_control.control import JobPaths, process_identity, write_json_atomic
-from forgather_control.control.listing import scan
-from forgather_control.control.settled import RUNS_DIR, SETTLED_DIR, mark_run
+from forgather_control.client.listing import scan
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run
 from forgather_control.launcher import LaunchConfig, make_plan
 from forgather_control.launcher.records import JobRecords, read_previous
 

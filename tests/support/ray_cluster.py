@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgather_control.control import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
 
 from .env import base_env
 from .ports import free_port

@@ -1,5 +1,5 @@
 """Real torchrun jobs (gloo on CPU) running the examples, found by rank and driven with
-the client API from ``forgather_control.control``."""
+the client API from ``forgather_control.client``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from forgather_control.control import JobHandle, find_job, probe_endpoint
+from forgather_control.client import JobHandle, find_job, probe_endpoint
 
 from .env import base_env
 from .paths import EXAMPLES

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from forgather_control.control import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, process_identity, write_json_atomic
 from forgather_control.ui import UiConfig, UiServer
 
 from .paths import REPO

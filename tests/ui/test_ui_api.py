@@ -17,7 +17,7 @@ from support.env import base_env
 from support.paths import FORGATHER
 from support.ui import history, ui_server, write_job
 
-from forgather_control.control.lookup import list_jobs
+from forgather_control.client.lookup import list_jobs
 
 
 def strict(text: str):

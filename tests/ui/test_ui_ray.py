@@ -14,8 +14,10 @@ import httpx
 import pytest
 from support.ui import ui_server
 
-from forgather_control.callback.server import ServerThread, create_app
-from forgather_control.control import Ledger, process_identity, ray_listing
+from forgather_control.callback.server import create_app
+from forgather_control.client import ray_listing
+from forgather_control.core import Ledger, process_identity
+from forgather_control.serving.thread import ServerThread
 
 TOKEN = "ray-page-test-token-0123456789abcdef"
 
