@@ -13,11 +13,11 @@ over records; the file system is asked only through the injected ``exists``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from forgather_control.core.records import UNSET, CheckpointRecord, Job, Status, UnsetType
 
 __all__ = ["MAX_KEPT", "Checkpoint", "choose", "history"]
 
@@ -36,27 +36,22 @@ class Checkpoint:
     saved_at: float | None = None
 
     @classmethod
-    def parse(cls, raw: object, *, run: int | None = None) -> Checkpoint | None:
-        """A checkpoint from a record's field (a dict, or a bare path from older
+    def parse(cls, raw: CheckpointRecord | str | UnsetType | None, *, run: int | None = None) -> Checkpoint | None:
+        """A checkpoint from a record's field (a checked record, or a bare path from older
         records); None for anything that is not one (paths are absolute: a relative one
         means nothing to a relaunch in another folder). ``run`` fills a missing run."""
         if isinstance(raw, str):
-            raw = {"path": raw}
-        if not isinstance(raw, dict):
+            raw = CheckpointRecord(path=raw)
+        if not isinstance(raw, CheckpointRecord):
             return None
-        path = raw.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path) or len(path) > _MAX_PATH or "\x00" in path:
+        path = raw.path
+        if path is None or not os.path.isabs(path) or len(path) > _MAX_PATH or "\x00" in path:
             return None
-        step, saved_at, ran = raw.get("step"), raw.get("saved_at"), raw.get("run", run)
-        return cls(
-            path=path,
-            step=step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None,
-            run=ran if isinstance(ran, int) and not isinstance(ran, bool) and ran >= 0 else 0,
-            saved_at=float(saved_at) if isinstance(saved_at, (int, float)) and not isinstance(saved_at, bool) and math.isfinite(saved_at) else None,
-        )
+        ran = raw.run if raw.run is not None else run
+        return cls(path=path, step=raw.step, run=ran or 0, saved_at=raw.saved_at)
 
-    def as_record(self) -> dict[str, Any]:
-        return {"path": self.path, "step": self.step, "run": self.run, "saved_at": self.saved_at}
+    def as_record(self) -> CheckpointRecord:
+        return CheckpointRecord(path=self.path, step=self.step, run=self.run, saved_at=self.saved_at)
 
     def describe(self) -> str:
         return self.path + (f" (step {self.step})" if self.step is not None else "")
@@ -67,8 +62,8 @@ def _order(point: Checkpoint) -> tuple[int, int, float]:
 
 
 def history(
-    job: dict[str, Any] | None,
-    status: dict[str, Any] | None = None,
+    job: Job | None,
+    status: Status | None = None,
     *,
     run: int | None = None,
     clean_exit: bool = False,
@@ -77,19 +72,18 @@ def history(
     :data:`MAX_KEPT`. ``status`` is run ``run``'s status.json; with ``clean_exit`` (every
     rank of that run exited 0, so every rank finished its saves) its unsynced checkpoint
     counts too."""
-    job = job or {}
     found: list[Checkpoint] = []
-    kept = job.get("checkpoints")
-    found += [p for p in (Checkpoint.parse(r) for r in (kept if isinstance(kept, list) else ()) if isinstance(r, dict)) if p is not None]
-    if not found:  # a record written before the history existed
-        legacy = Checkpoint.parse(job.get("last_checkpoint"), run=_int(job.get("restarts")))
-        found += [legacy] if legacy is not None else []
-    if status:
-        fields: Iterable[str] = ("resume_point", "unsynced_checkpoint") if clean_exit else ("resume_point",)
-        if "resume_point" not in status:
-            fields = ("last_checkpoint",)  # a status from before resume points were recorded
-        for name in fields:
-            point = Checkpoint.parse(status.get(name), run=run if run is not None else _int(status.get("restarts")))
+    if job is not None:
+        found += [p for p in (Checkpoint.parse(r) for r in job.checkpoints or ()) if p is not None]
+        if not found:  # a record written before the history existed
+            legacy = Checkpoint.parse(job.last_checkpoint, run=job.restarts or 0)
+            found += [legacy] if legacy is not None else []
+    if status is not None:
+        named: Iterable[CheckpointRecord | str | UnsetType | None] = (status.resume_point, status.unsynced_checkpoint) if clean_exit else (status.resume_point,)
+        if status.resume_point is UNSET:
+            named = (status.last_checkpoint,)  # a status from before resume points were recorded
+        for raw in named:
+            point = Checkpoint.parse(raw, run=run if run is not None else status.restarts or 0)
             if point is not None:
                 found.append(point)
     newest: dict[str, Checkpoint] = {}
@@ -107,7 +101,3 @@ def choose(points: list[Checkpoint], *, exists: Callable[[str], bool] = os.path.
             return point, gone
         gone.append(point)
     return None, gone
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -15,10 +15,10 @@ import os
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, read_json, write_json_atomic
+from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, write_json_atomic
 from forgather_control.core.jobs import JobPaths
+from forgather_control.core.records import FailureRecord, RecordError, encode, load
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +43,17 @@ class Failure:
     at: float
 
     @classmethod
-    def parse(cls, raw: dict[str, Any] | None) -> Failure | None:
-        """A failure record read back, or None for anything malformed."""
-        if not isinstance(raw, dict):
+    def parse(cls, raw: FailureRecord | None) -> Failure | None:
+        """A failure record read back (checked), or None when a field it needs is missing."""
+        if raw is None:
             return None
-        tb = raw.get("traceback")
-        try:
-            fields = {
-                "rank": _nat(raw.get("rank")),
-                "run": _nat(raw.get("run")),
-                "host": _text(raw.get("host"), 255),
-                "pid": _nat(raw.get("pid")),
-                "type": _text(raw.get("type"), 200),
-                "message": _text(raw.get("message"), _MAX_TEXT),
-                "traceback": [_text(line, 500) for line in tb[-TRACEBACK_LINES:]] if isinstance(tb, list) else [],
-                "at": float(raw["at"]) if isinstance(raw.get("at"), (int, float)) and not isinstance(raw.get("at"), bool) else 0.0,
-            }
-        except (TypeError, ValueError):
+        rank, run, host, pid, kind, message = raw.rank, raw.run, raw.host, raw.pid, raw.type, raw.message
+        if rank is None or run is None or host is None or pid is None or kind is None or message is None:
             return None
-        return cls(**fields)
+        return cls(rank, run, host, pid, kind, message, list(raw.traceback or ())[-TRACEBACK_LINES:], raw.at or 0.0)
 
-    def as_record(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_record(self) -> FailureRecord:
+        return FailureRecord(**asdict(self))
 
     def describe(self) -> str:
         return f"rank {self.rank} ({self.host}, pid {self.pid}): {self.type}: {self.message}"
@@ -87,7 +76,7 @@ def record_failure(paths: JobPaths, *, rank: int, run: int, exc: BaseException) 
             at=time.time(),
         )
         ensure_private_dir(paths.failures)
-        write_json_atomic(paths.failures / f"run-{run}-rank-{rank}.json", failure.as_record())
+        write_json_atomic(paths.failures / f"run-{run}-rank-{rank}.json", encode(failure.as_record()))
     except Exception as err:  # noqa: BLE001 - the user's exception must come out, not ours
         log.warning("could not record this rank's failure in %s: %s", paths.failures, err)
 
@@ -102,7 +91,10 @@ def read_failures(paths: JobPaths, *, run: int | None = None) -> list[Failure]:
     for name in names:
         if not name.endswith(".json") or name.startswith(TEMP_PREFIX):
             continue
-        failure = Failure.parse(read_json(paths.failures / name, quiet=True, max_bytes=64 * 1024))
+        try:
+            failure = Failure.parse(load(paths.failures / name, FailureRecord, max_bytes=64 * 1024))
+        except RecordError:
+            continue
         if failure is not None and (run is None or failure.run == run):
             found.append(failure)
     return sorted(found, key=lambda f: (f.at, f.rank))
@@ -113,15 +105,3 @@ def root_cause(paths: JobPaths, *, run: int | None = None) -> Failure | None:
     then lost it in a collective."""
     failures = read_failures(paths, run=run)
     return failures[0] if failures else None
-
-
-def _nat(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ValueError(value)
-
-
-def _text(value: object, limit: int) -> str:
-    if isinstance(value, str):
-        return value[:limit]
-    raise TypeError(value)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from forgather_control.core.records import Endpoint, Identity, Job, Node, Status
 from forgather_control.core.states import is_final
 
 #: Default age after which a heartbeat from another host counts as stale; longer than
@@ -88,16 +89,12 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
-def process_identity(pid: int | None = None) -> dict[str, object]:
-    """What a record needs so a later reader can tell this process from a recycled pid."""
+def process_identity(pid: int | None = None) -> Identity:
+    """What a record needs so a later reader can tell this process from a recycled pid
+    (every record that names a process is an :class:`~.records.Identity`)."""
     pid = os.getpid() if pid is None else pid
     me = local_host()
-    return {
-        "host": me.hostname,
-        "boot_id": me.boot_id,
-        "pid": pid,
-        "pid_start_time": process_start_time(pid),
-    }
+    return Identity(host=me.hostname, boot_id=me.boot_id, pid=pid, pid_start_time=process_start_time(pid))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -123,21 +120,20 @@ def is_loopback_url(url: str) -> bool:
     return is_loopback_host(host)
 
 
-def same_host(record: dict) -> bool:
+def same_host(record: Identity) -> bool:
     me = local_host()
-    return record.get("host") == me.hostname and record.get("boot_id") == me.boot_id
+    return record.host == me.hostname and record.boot_id == me.boot_id
 
 
-def pid_alive(record: dict) -> bool:
+def pid_alive(record: Identity) -> bool:
     """True when the pid in ``record`` runs *and* started when the record says it did."""
-    pid = record.get("pid")
-    started = record.get("pid_start_time")
-    if not isinstance(pid, int) or isinstance(pid, bool):
+    pid, started = record.pid, record.pid_start_time
+    if pid is None:
         return False
     actual = process_start_time(pid)
     if actual is None:
         return False
-    if not isinstance(started, (int, float)):
+    if started is None:
         # Without a start time we cannot rule out a recycled pid; be conservative and
         # trust only a live pid (a record written by a tool too old to say).
         return True
@@ -202,11 +198,11 @@ _SLURM_LIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "R
 
 def judge(
     *,
-    endpoint: dict | None,
-    status: dict | None,
-    job: dict | None = None,
-    nodes: list[dict] | None = None,
-    probe: Callable[[dict], bool | None] | None = None,
+    endpoint: Endpoint | None,
+    status: Status | None,
+    job: Job | None = None,
+    nodes: list[Node] | None = None,
+    probe: Callable[[Endpoint], bool | None] | None = None,
     squeue: Callable[[str], str | None] | None = squeue_state,
     stale_after: float = STALE_AFTER,
     now: float | None = None,
@@ -217,36 +213,34 @@ def judge(
     answered but is not this job, or refused us) or None (no answer).
     """
     now = time.time() if now is None else now
-    status = status or {}
-    job = job or {}
 
     # 1. the authoritative probe
-    if endpoint is not None and endpoint.get("url") and probe is not None:
+    if endpoint is not None and endpoint.url and probe is not None:
         answer = probe(endpoint)
         if answer:
             return Liveness.ALIVE, "answered an authenticated probe"
 
     # 2. SLURM owns the allocation: a job it still holds (running, or requeued and
     #    pending) is alive even when no process of it runs on this host right now.
-    scheduler = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
-    slurm_id = scheduler.get("slurm_job_id") if scheduler.get("type") == "slurm" else None
+    scheduler = job.scheduler if job is not None else None
+    slurm_id = scheduler.slurm_job_id if scheduler is not None and scheduler.type == "slurm" else None
     slurm_state = squeue(str(slurm_id)) if slurm_id and squeue is not None else None
     if slurm_state and slurm_state.upper() in _SLURM_LIVE:
         return Liveness.ALIVE, f"SLURM reports {slurm_state}"
 
     if endpoint is None:
-        recorded_state = status.get("state") or job.get("state")
+        recorded_state = (status.state if status is not None else None) or (job.state if job is not None else None)
         if is_final(recorded_state) and not _launcher_alive(nodes, now=now, stale_after=stale_after):
             return Liveness.FINISHED, f"ended: {recorded_state}"
 
     # 3. pids on this host
-    records = [r for r in (endpoint, status, *(nodes or ())) if r]
+    records: list[Identity] = [r for r in (endpoint, status, *(nodes or ())) if r is not None]
     # endpoint, status and a node record often name the same process: check each once
-    local = list({(r.get("pid"), r.get("pid_start_time")): r for r in records if same_host(r) and r.get("pid")}.values())
+    local = list({(r.pid, r.pid_start_time): r for r in records if same_host(r) and r.pid}.values())
     if local:
         if any(pid_alive(r) for r in local):
             return Liveness.ALIVE, "process running on this host"
-        remote = [r for r in records if not same_host(r) and r.get("host")]
+        remote = [r for r in records if not same_host(r) and r.host]
         if not remote:
             return Liveness.DEAD, "process no longer runs on this host"
 
@@ -256,7 +250,7 @@ def judge(
         return Liveness.DEAD, f"SLURM reports {slurm_state}"
 
     # 4. heartbeats from another host
-    beats = [r.get("heartbeat_at") for r in records if isinstance(r.get("heartbeat_at"), (int, float))]
+    beats = [r.heartbeat_at for r in records if isinstance(r, (Status, Node)) and r.heartbeat_at is not None]
     if not records:
         return Liveness.UNKNOWN, "no records"
     if not beats:
@@ -271,18 +265,18 @@ def judge(
     return Liveness.UNKNOWN, f"on another host, heartbeat {age:.0f}s ago"
 
 
-def _launcher_alive(nodes: list[dict] | None, *, now: float, stale_after: float) -> bool:
+def _launcher_alive(nodes: list[Node] | None, *, now: float, stale_after: float) -> bool:
     """Does a launcher of the job still run (a relaunch starting up beside the previous
     run's final records)? Here: its pid. On another host: a heartbeat fresher than
     ``stale_after``, since that host's pids are not ours to check."""
     for n in nodes or ():
-        if n.get("ended_at"):
+        if n.ended_at:
             continue
         if same_host(n):
             if pid_alive(n):
                 return True
             continue
-        beat = n.get("heartbeat_at")
-        if isinstance(beat, (int, float)) and now - beat < stale_after:
+        beat = n.heartbeat_at
+        if beat is not None and now - beat < stale_after:
             return True
     return False

@@ -49,19 +49,20 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
+
+from msgspec import structs
 
 from forgather_control.core.files import TEMP_PREFIX, RecordError
 from forgather_control.core.ids import is_valid_job_id
 from forgather_control.core.liveness import process_identity
-from forgather_control.core.records import check_record, integer, number, text
+from forgather_control.core.records import Identity, Marker, Record, SettledEntry, decode, encode
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Record)
 
 __all__ = [
-    "ENTRY",
     "FORMAT",
-    "MARKER",
     "RUNS_DIR",
     "SETTLED_DIR",
     "SILENT_FOR",
@@ -90,26 +91,6 @@ _MAX_BYTES = 64 * 1024
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
-MARKER = {
-    "job_id": text(128),
-    "host": text(255),
-    "boot_id": text(128),
-    "pid": integer(1, 1 << 31),
-    "pid_start_time": number(0),
-    "created_at": number(0),
-    "format": integer(),
-}
-ENTRY = {
-    "job_id": text(128),
-    "verdict": text(16),
-    "state": text(32),
-    "evidence": text(),
-    "restarts": integer(),
-    "settled_at": number(0),
-    "host": text(255),
-    "pid": integer(1, 1 << 31),
-    "format": integer(),
-}
 VERDICTS = ("finished", "dead", "stale")
 
 
@@ -168,26 +149,26 @@ def _names(root: str | os.PathLike[str], sub: str) -> list[tuple[str, bool]] | N
         os.close(fd)
 
 
-def read_entry(root: str | os.PathLike[str], job_id: str) -> dict[str, Any] | None:
+def read_entry(root: str | os.PathLike[str], job_id: str) -> SettledEntry | None:
     """A job's settled entry, checked; None when there is none or it is not one."""
     fd = open_dir(root, SETTLED_DIR, create=False)
     if fd is None:
         return None
     try:
-        rec, _ = read_at(fd, job_id, ENTRY)
+        rec, _ = read_at(fd, job_id, SettledEntry)
     finally:
         os.close(fd)
-    if rec is None or rec.get("job_id") != job_id or rec.get("verdict") not in VERDICTS:
+    if rec is None or rec.job_id != job_id or rec.verdict not in VERDICTS:
         return None
     return rec
 
 
 # -- run markers (the writers' side) ------------------------------------------------
-def mark_run(root: str | os.PathLike[str], job_id: str, identity: dict[str, Any] | None = None) -> str | None:
+def mark_run(root: str | os.PathLike[str], job_id: str, identity: Identity | None = None) -> str | None:
     """Record that a process of ``job_id`` starts a run (``identity``: this process),
     and take the job out of the settled form. Returns the marker's name; never raises
     (a job runs without it: its entry is removed all the same, so it is not hidden)."""
-    record = {"job_id": job_id, **(identity or process_identity()), "created_at": time.time(), "format": FORMAT}
+    record = Marker(job_id=job_id, **structs.asdict(identity or process_identity()), created_at=time.time(), format=FORMAT)
     name = f"{job_id}{_SEP}{secrets.token_hex(8)}"
     written = None
     try:
@@ -251,9 +232,9 @@ def _like_root(root: str | os.PathLike[str], path: str) -> None:
         log.debug("could not match %s to %s: %s", path, root, exc)
 
 
-def write_record(dir_fd: int, name: str, record: dict[str, Any], *, sync: bool) -> None:
+def write_record(dir_fd: int, name: str, record: Record, *, sync: bool) -> None:
     """Write ``name`` whole: a temp file, then a rename, both inside ``dir_fd``."""
-    payload = json.dumps(record, sort_keys=True).encode()
+    payload = json.dumps(encode(record), sort_keys=True).encode()
     tmp = f"{TEMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644, dir_fd=dir_fd)
     try:
@@ -272,18 +253,18 @@ def write_record(dir_fd: int, name: str, record: dict[str, Any], *, sync: bool) 
         raise
 
 
-def read_marker(root: str | os.PathLike[str], name: str) -> tuple[dict[str, Any] | None, float | None]:
+def read_marker(root: str | os.PathLike[str], name: str) -> tuple[Marker | None, float | None]:
     """Marker ``name``, checked, and its mtime, as :func:`_read` gives them."""
     fd = open_dir(root, RUNS_DIR, create=False)
     if fd is None:
         return None, None
     try:
-        return read_at(fd, name, MARKER)
+        return read_at(fd, name, Marker)
     finally:
         os.close(fd)
 
 
-def read_at(dir_fd: int, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
+def read_at(dir_fd: int, name: str, cls: type[R]) -> tuple[R | None, float | None]:
     """The checked record ``name`` and its mtime; (None, mtime) when it is there but not
     a record of this shape, (None, None) when it is not there (or not a regular file)."""
     try:
@@ -303,7 +284,7 @@ def read_at(dir_fd: int, name: str, fields: dict[str, Any]) -> tuple[dict[str, A
         data = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_BYTES else None
         if not isinstance(data, dict):
             return None, st.st_mtime
-        return check_record(data, fields, name=name), st.st_mtime
+        return decode(data, cls, name=name), st.st_mtime
     except (ValueError, UnicodeDecodeError, RecursionError, RecordError):
         return None, st.st_mtime
 

@@ -14,14 +14,14 @@ Readers (the job server, the CLI, the web page) get the same shape::
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from pathlib import Path
 from typing import Any
 
-from forgather_control.core.files import RecordError, read_record, write_json_atomic
+from forgather_control.core.files import write_json_atomic
 from forgather_control.core.jobs import JobPaths
+from forgather_control.core.records import MetricHistory, Series, decode, encode, load
 
 __all__ = ["DENSE", "FILENAME", "MAX_SERIES", "History", "read_history"]
 
@@ -104,25 +104,25 @@ class History:
                 series.add(step, time, number, self.dense)
             self.version += 1
 
-    def as_record(self, since: int | None = None) -> dict[str, Any]:
-        """The history as JSON-ready data, only points after ``since`` when given."""
+    def as_record(self, since: int | None = None) -> MetricHistory:
+        """The history as its record, only points after ``since`` when given."""
         with self._lock:
             out = {}
             for name, s in self._series.items():
                 start = 0 if since is None else _first_after(s.steps, since)
-                out[name] = {"step": s.steps[start:], "time": s.times[start:], "value": s.values[start:]}
-        return {"version": VERSION, "job_id": self.job_id, "series": out}
+                out[name] = Series(step=s.steps[start:], time=s.times[start:], value=s.values[start:])
+        return MetricHistory(version=VERSION, job_id=self.job_id, series=out)
 
     def write(self, path: Path) -> None:
-        write_json_atomic(path, self.as_record())
+        write_json_atomic(path, encode(self.as_record()))
 
     @classmethod
-    def from_record(cls, data: dict[str, Any], *, dense: int = DENSE) -> History:
+    def from_record(cls, data: MetricHistory, *, dense: int = DENSE) -> History:
         """A history continued from a checked record (a restarted run keeps its curves)."""
-        history = cls(str(data.get("job_id") or ""), dense=dense)
-        for name, points in data.get("series", {}).items():
+        history = cls(data.job_id, dense=dense)
+        for name, points in data.series.items():
             series = history._series[name] = _Series()
-            for step, time, value in zip(points["step"], points["time"], points["value"], strict=True):
+            for step, time, value in zip(points.step, points.time, points.value, strict=True):
                 series.add(step, time, value, dense)
         return history
 
@@ -154,33 +154,17 @@ def _number(value: Any) -> Any:
     return float(value) if math.isfinite(value) else None
 
 
-def read_history(paths: JobPaths, since: int | None = None) -> dict[str, Any]:
+def read_history(paths: JobPaths, since: int | None = None) -> MetricHistory:
     """A job's recorded history (empty when it has none), checked like any record:
     raises RecordError when the file is there but is not a history."""
-    raw = read_record(paths.dir / FILENAME, max_bytes=16 << 20)
-    if raw is None:
-        return {"version": VERSION, "job_id": paths.job_id, "series": {}}
-    return check_history(raw, name=str(paths.dir / FILENAME), job_id=paths.job_id, since=since)
+    found = load(paths.dir / FILENAME, MetricHistory, max_bytes=16 << 20)
+    if found is None:
+        return MetricHistory(version=VERSION, job_id=paths.job_id)
+    return MetricHistory(version=VERSION, job_id=paths.job_id, series=found.series).since(since)
 
 
-def check_history(raw: dict[str, Any], *, name: str, job_id: str, since: int | None = None) -> dict[str, Any]:
-    """A history read from a file or a server, checked: series of steps (ascending
-    integers), times and values (finite numbers or null) of one length."""
-    series = raw.get("series")
-    if not isinstance(series, dict) or len(series) > MAX_SERIES * 2:
-        raise RecordError(f"{name}: 'series' must be an object of at most {MAX_SERIES * 2} series")
-    out: dict[str, Any] = {}
-    for key, points in series.items():
-        if not isinstance(key, str) or len(key) > _NAME_MAX or not isinstance(points, dict):
-            raise RecordError(f"{name}: series {key!r} is not a series")
-        steps, times, vals = points.get("step"), points.get("time"), points.get("value")
-        if not (isinstance(steps, list) and isinstance(times, list) and isinstance(vals, list) and len(steps) == len(times) == len(vals)):
-            raise RecordError(f"{name}: series {key!r} must have step, time and value lists of one length")
-        ok = all(isinstance(s, int) and not isinstance(s, bool) for s in steps) and all(a < b for a, b in itertools.pairwise(steps))
-        ok = ok and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times)
-        ok = ok and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in vals)
-        if not ok:
-            raise RecordError(f"{name}: series {key!r} holds something that is not a point (or steps out of order)")
-        start = 0 if since is None else _first_after(steps, since)
-        out[key] = {"step": steps[start:], "time": times[start:], "value": vals[start:]}
-    return {"version": VERSION, "job_id": job_id, "series": out}
+def check_history(raw: object, *, name: str, job_id: str, since: int | None = None) -> MetricHistory:
+    """A history read from a server, checked: series of steps (ascending integers),
+    times and values (finite numbers or null) of one length."""
+    found = decode(raw, MetricHistory, name=name)
+    return MetricHistory(version=VERSION, job_id=job_id, series=found.series).since(since)

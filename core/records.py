@@ -1,345 +1,432 @@
-"""Every record read from the jobs directory is untrusted input, checked once, here.
+"""Every record of the jobs directory is one typed class, decoded and checked once, here.
 
 Other users, other programs, older and newer releases and crashed processes write the
-jobs directory. A record is a JSON object read by :func:`read_json`; here each field a
-reader uses is checked for its type, range and size, and a record that breaks the rules
-raises :class:`RecordError` naming the field, so the job it belongs to shows as
-``corrupt`` with the reason while every other job is listed as usual. Fields nobody
-reads are dropped: what passes on (to a table, ``--json``, a judge) is only what was
-checked.
+jobs directory. A record is a JSON object read by :func:`~.files.read_record`; here it
+becomes one :class:`msgspec.Struct` (``Status``, ``Job``, ``Endpoint``, ...) whose fields
+carry their type, range and size, or a :class:`RecordError` naming the field, so the
+job it belongs to shows as ``corrupt`` with the reason while every other job is listed
+as usual. Unknown fields are dropped: what passes on is only what was checked. Writers
+build the same classes and write them with :func:`encode`, so a record has one shape.
 
-A typed parse of our own, not pydantic: importing pydantic and building models costs
-about 100 ms, which ``forgather control list`` (0.3 s budget, most of it Python's own
-start-up) cannot pay; these checks cost a few microseconds a record.
+msgspec, not pydantic: importing pydantic and building models costs about 100 ms, which
+``forgather control list`` (0.3 s budget, most of it Python's own start-up) cannot pay;
+msgspec imports in a few milliseconds and checks a record in a few microseconds. JSON is
+parsed by :mod:`json` first (a diverging loss is written as ``NaN``, which strict JSON
+parsers refuse) and the parsed object converted.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import os
-from collections.abc import Callable
-from typing import Any
+import re
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from forgather_control.core.files import RecordError, read_record
 from forgather_control.core.states import JobState
 
-__all__ = ["ENDPOINT", "JOB", "NODE", "STACK_ANSWER", "STACK_RANK", "STATUS", "WORKER", "RecordError", "check_record", "load_or_empty", "load_record"]
-
-Check = Callable[[Any], Any]
+__all__ = [
+    "UNSET",
+    "CheckpointRecord",
+    "Endpoint",
+    "FailureRecord",
+    "FrameRecord",
+    "Http",
+    "Identity",
+    "Job",
+    "Marker",
+    "MetricHistory",
+    "Node",
+    "Receipt",
+    "Record",
+    "RecordError",
+    "Scheduler",
+    "Series",
+    "SettledEntry",
+    "StackAnswer",
+    "StackRank",
+    "StacksRegistration",
+    "Stall",
+    "Status",
+    "ThreadRecord",
+    "UnsetType",
+    "decode",
+    "encode",
+    "load",
+    "load_or_none",
+]
 
 #: Strings longer than this are not ours (a path, a host name, a reason).
 MAX_TEXT = 4096
 _MAX_INT = 1 << 62
 
 
-class _Bad(Exception):
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Str16 = Annotated[str, Meta(max_length=16)]
+Str64 = Annotated[str, Meta(max_length=64)]
+Str128 = Annotated[str, Meta(max_length=128)]
+Str200 = Annotated[str, Meta(max_length=200)]
+Str256 = Annotated[str, Meta(max_length=256)]
+Str500 = Annotated[str, Meta(max_length=500)]
+Str512 = Annotated[str, Meta(max_length=512)]
+Str1024 = Annotated[str, Meta(max_length=1024)]
+Str2000 = Annotated[str, Meta(max_length=2000)]
+Str2048 = Annotated[str, Meta(max_length=2048)]
+Host = Annotated[str, Meta(max_length=255)]
+Short = Annotated[str, Meta(max_length=32)]
+Count = Annotated[int, Meta(ge=0, le=_MAX_INT)]
+Pid = Annotated[int, Meta(ge=1, le=1 << 31)]
+Rank = Annotated[int, Meta(ge=0, le=1 << 20)]
+ExitCode = Annotated[int, Meta(ge=-(1 << 31), le=1 << 31)]
+#: A time or a duration: finite and not negative (``le`` refuses the infinities, ``ge`` NaN).
+When = Annotated[float, Meta(ge=0, le=1e300)]
+#: A metric value: a number (NaN and infinities allowed: a loss can diverge), a short
+#: string, a boolean or null.
+Metric = int | float | Annotated[str, Meta(max_length=256)] | bool | None
+#: A free-form JSON value inside a record (a receipt's result): bounded by the record's size.
+Json = Any
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+class Record(Struct, kw_only=True, omit_defaults=True):
+    """A record: decoded with :func:`decode`, written with :func:`encode`."""
+
+    def as_record(self) -> dict[str, Any]:
+        return encode(self)
 
 
-def text(max_len: int = MAX_TEXT) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Bad(f"must be a string, not {_kind(value)}")
-        if len(value) > max_len:
-            raise _Bad(f"is {len(value)} characters long (at most {max_len})")
-        return value
+class Identity(Record):
+    """Who wrote a record: the process (pid and start time) on a host (name and boot id)."""
 
-    return check
+    host: Host | None = None
+    boot_id: Str128 | None = None
+    pid: Pid | None = None
+    pid_start_time: When | None = None
 
 
-def integer(lo: int = 0, hi: int = _MAX_INT) -> Check:
-    def check(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _Bad(f"must be an integer, not {_kind(value)}")
-        if not lo <= value <= hi:
-            raise _Bad(f"is {value}, outside {lo}..{hi}")
-        return value
+class CheckpointRecord(Record):
+    """A checkpoint as a record names it (:class:`~.checkpoints.Checkpoint` is what it means)."""
 
-    return check
+    path: Text | None = None
+    step: Count | None = None
+    run: Count | None = None
+    saved_at: When | None = None
 
 
-def number(lo: float = -math.inf, hi: float = math.inf) -> Check:
-    def check(value: Any) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise _Bad(f"must be a number, not {_kind(value)}")
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise _Bad(f"is {value}, not a finite number in {lo}..{hi}")
-        return value
+class Receipt(Record):
+    """One command's receipt, as status.json and the HTTP API carry it."""
 
-    return check
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false, not {_kind(value)}")
-    return value
-
-
-def state(value: Any) -> JobState:
-    parsed = JobState.parse(value)
-    if parsed is None:
-        raise _Bad(f"is not a job state ({', '.join(s.value for s in JobState)})")
-    return parsed
+    id: Str64 | None = None
+    command: Str64 | None = None
+    state: Short | None = None
+    key: Str128 | None = None
+    source: Short | None = None
+    seq: Count | None = None
+    created_at: When | None = None
+    updated_at: When | None = None
+    step: Count | None = None
+    result: Annotated[dict[str, Json], Meta(max_length=64)] | None = None
+    reason: Text | None = None
+    options: Annotated[dict[str, Json], Meta(max_length=16)] | None = None
 
 
-def list_of(item: Check, max_items: int = 256) -> Check:
-    def check(value: Any) -> list[Any]:
-        if not isinstance(value, list):
-            raise _Bad(f"must be a list, not {_kind(value)}")
-        if len(value) > max_items:
-            raise _Bad(f"has {len(value)} items (at most {max_items})")
-        out = []
-        for i, v in enumerate(value):
-            try:
-                out.append(item(v))
-            except _Bad as bad:
-                raise _Bad(f"item {i} {bad.problem}") from None
-        return out
+class Endpoint(Identity):
+    """``endpoint.json``: where rank 0's control API listens (0600: it holds the token)."""
 
-    return check
+    job_id: Str128 | None = None
+    url: Str2048 | None = None
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    bind_host: Host | None = None
+    token: Str512 | None = None
+    started_at: When | None = None
+    protocol: Count | None = None
+    world_size: Count | None = None
 
 
-def metric(value: Any) -> Any:
-    """A metric value: a number (NaN and infinities allowed: a loss can diverge), a
-    short string, a boolean or null."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str) and len(value) <= 256:
-        return value
-    raise _Bad(f"is not a metric value ({_kind(value)})")
+class Stall(Record):
+    """Rank 0's word that its step has not moved: for how long, past which threshold, in what."""
+
+    for_: When | None = msgspec.field(default=None, name="for")
+    after: When | None = None
+    step: Count | None = None
+    phase: Short | None = None
 
 
-def mapping(value_check: Check, max_items: int = 128, key_len: int = 256) -> Check:
-    def check(value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise _Bad(f"must be an object, not {_kind(value)}")
-        if len(value) > max_items:
-            raise _Bad(f"has {len(value)} entries (at most {max_items})")
-        out = {}
-        for k, v in value.items():
-            if len(k) > key_len:
-                raise _Bad(f"has a key of {len(k)} characters (at most {key_len})")
-            try:
-                out[k] = value_check(v)
-            except _Bad as bad:
-                raise _Bad(f"entry {k!r} {bad.problem}") from None
-        return out
-
-    return check
+class Http(Record):
+    url: Str2048 | None = None
 
 
-def record(fields: dict[str, Check]) -> Check:
-    """A nested object with known fields (unknown ones dropped)."""
+class Status(Identity):
+    """``status.json``: rank 0's view of its run (the launcher closes it when rank 0 cannot)."""
 
-    def check(value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise _Bad(f"must be an object, not {_kind(value)}")
-        return _fields(value, fields)
+    job_id: Str128 | None = None
+    state: JobState | None = None
+    step: Count | None = None
+    max_steps: Count | None = None
+    epoch: Annotated[float, Meta(ge=0, le=1e300)] | None = None
+    metrics: Annotated[dict[Str256, Metric], Meta(max_length=128)] | None = None
+    steps_per_second: When | None = None
+    eta_seconds: When | None = None
+    last_checkpoint: Text | None = None
+    #: UNSET in a status written before resume points were recorded (``last_checkpoint`` then counts)
+    resume_point: CheckpointRecord | UnsetType | None = UNSET
+    unsynced_checkpoint: CheckpointRecord | None = None
+    world_size: Count | None = None
+    stop_reason: Text | None = None
+    stopped_by_signal: bool | None = None
+    phase: Short | None = None
+    progress_at: When | None = None
+    stall: Stall | None = None
+    closed_by: Short | None = None
+    commands: Annotated[list[Receipt], Meta(max_length=256)] | None = None
+    pending_commands: Count | None = None
+    control_error: Text | None = None
+    error: Text | None = None
+    http: Http | None = None
+    started_at: When | None = None
+    updated_at: When | None = None
+    heartbeat_at: When | None = None
+    ended_at: When | None = None
+    check_interval: When | None = None
+    protocol: Count | None = None
+    restarts: Count | None = None
+    resumed_from: Text | None = None
 
-    return check
+
+class Scheduler(Record):
+    type: Short | None = None
+    slurm_job_id: Str64 | None = None
+    nodelist: Text | None = None
+    restart_count: Count | None = None
+    nodes: Annotated[list[Host], Meta(max_length=10_000)] | None = None
 
 
-def anything_json(value: Any) -> Any:
-    """A value passed through as it is (already bounded by the record's size limit)."""
-    return value
+class FailureRecord(Record):
+    """One rank's exception (``failures/run-R-rank-N.json``), or the launcher's own."""
+
+    rank: Rank | None = None
+    run: Count | None = None
+    host: Host | None = None
+    pid: Pid | None = None
+    type: Str200 | None = None
+    message: Str2000 | None = None
+    traceback: Annotated[list[Str500], Meta(max_length=64)] | None = None
+    at: When | None = None
 
 
-def _fields(raw: dict[str, Any], fields: dict[str, Check]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, check in fields.items():
-        if name not in raw:
-            continue
-        if raw[name] is None:
-            out[name] = None  # said, and said to be nothing: kept, so shapes stay as written
-            continue
-        try:
-            out[name] = check(raw[name])
-        except _Bad as bad:
-            raise _Bad(f"field {name!r} {bad.problem}") from None
+class Job(Record):
+    """``job.json``: the launcher's record of the job, across its runs (node 0 writes it)."""
+
+    job_id: Str128 | None = None
+    argv: Annotated[list[Text], Meta(max_length=1024)] | None = None
+    command: Annotated[list[Text], Meta(max_length=1024)] | None = None
+    cwd: Text | None = None
+    user: Host | None = None
+    host: Host | None = None
+    scheduler: Scheduler | None = None
+    environment: Short | None = None
+    nnodes: Short | None = None
+    nproc_per_node: Short | None = None
+    created_at: When | None = None
+    started_at: When | None = None
+    updated_at: When | None = None
+    restarts: Count | None = None
+    resume_from: Text | None = None
+    checkpoints: Annotated[list[CheckpointRecord], Meta(max_length=256)] | None = None
+    last_checkpoint: Text | None = None
+    requeue: bool | None = None
+    grace: When | None = None
+    control: bool | None = None
+    no_control_after: When | None = None
+    no_control_since: When | None = None
+    state: JobState | None = None
+    exit_code: ExitCode | None = None
+    ended_at: When | None = None
+    final_step: Count | None = None
+    signals: Annotated[list[Short], Meta(max_length=64)] | None = None
+    leftover_pids: Annotated[list[Count], Meta(max_length=1024)] | None = None
+    requeued_at: When | None = None
+    requeue_error: Text | None = None
+    error: Text | None = None
+    reason: Text | None = None
+    torchrun_exit_code: ExitCode | None = None
+    failure: Annotated[dict[str, Json], Meta(max_length=16)] | None = None
+
+
+class Node(Identity):
+    """``nodes/<n>.json``: the launcher on node n, its heartbeat and its end."""
+
+    job_id: Str128 | None = None
+    node_rank: Count | None = None
+    nnodes: Short | None = None
+    started_at: When | None = None
+    heartbeat_at: When | None = None
+    state: JobState | None = None
+    restarts: Count | None = None
+    slurm_job_id: Str64 | None = None
+    exit_code: ExitCode | None = None
+    ended_at: When | None = None
+
+
+class StacksRegistration(Identity):
+    """A worker that can dump its stacks (``stacks/rank-<R>.json``): who it is and where it
+    writes its dumps (a file name in the same folder)."""
+
+    rank: Rank | None = None
+    run: Count | None = None
+    dump: Str128 | None = None
+    main_thread: Count | None = None
+    registered_at: When | None = None
+    launcher_pid: Pid | None = None
+    launcher_start_time: When | None = None
+
+
+class FrameRecord(Record):
+    file: Str1024 | None = None
+    line: Count | None = None
+    func: Str256 | None = None
+
+
+class ThreadRecord(Record):
+    ident: Count | None = None
+    main: bool | None = None
+    frames: Annotated[list[FrameRecord], Meta(max_length=512)] | None = None
+
+
+class StackRank(Record):
+    """One rank's stacks, as a node answers them."""
+
+    rank: Rank | None = None
+    host: Host | None = None
+    pid: Pid | None = None
+    error: Text | None = None
+    threads: Annotated[list[ThreadRecord], Meta(max_length=512)] | None = None
+
+
+class StackAnswer(Record):
+    """One node's answer to a stacks request (``stacks/answers/<id>/node-<n>.json``)."""
+
+    node: Rank | None = None
+    host: Host | None = None
+    ranks: Annotated[list[StackRank], Meta(max_length=4096)] | None = None
+
+
+class Marker(Identity):
+    """A run marker (``.runs/<job>@<nonce>``): a process of the job started a run here."""
+
+    job_id: Str128 | None = None
+    created_at: When | None = None
+    format: Count | None = None
+
+
+class SettledEntry(Record):
+    """A settled entry (``.settled/<job>``): the job has provably ended, and how we know."""
+
+    job_id: Str128 | None = None
+    verdict: Str16 | None = None
+    state: Short | None = None
+    evidence: Text | None = None
+    restarts: Count | None = None
+    settled_at: When | None = None
+    host: Host | None = None
+    pid: Pid | None = None
+    format: Count | None = None
+
+
+class Series(Record, omit_defaults=False):
+    """One curve of a metric history: steps (ascending), times and values (finite or null)
+    of one length."""
+
+    step: list[int] = msgspec.field(default_factory=list)
+    time: list[float] = msgspec.field(default_factory=list)
+    value: list[float | None] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not len(self.step) == len(self.time) == len(self.value):
+            raise ValueError("step, time and value must be lists of one length")
+        if any(a >= b for a, b in itertools.pairwise(self.step)):
+            raise ValueError("steps must ascend")
+        if not all(math.isfinite(t) for t in self.time) or not all(v is None or math.isfinite(v) for v in self.value):
+            raise ValueError("holds something that is not a point (a time or value that is not finite)")
+
+    def since(self, step: int | None) -> Series:
+        """The points after ``step`` (all of them for None)."""
+        if step is None:
+            return self
+        start = bisect.bisect_right(self.step, step)
+        return Series(step=self.step[start:], time=self.time[start:], value=self.value[start:])
+
+
+class MetricHistory(Record, omit_defaults=False):
+    """``metrics.json`` (and the API's ``/metrics``): a job's curves, kept small
+    (:mod:`.metrics` writes it)."""
+
+    version: int = 1
+    job_id: str = ""
+    series: Annotated[dict[Annotated[str, Meta(max_length=128)], Series], Meta(max_length=64)] = msgspec.field(default_factory=dict)
+
+    def since(self, step: int | None) -> MetricHistory:
+        return self if step is None else MetricHistory(version=self.version, job_id=self.job_id, series={k: v.since(step) for k, v in self.series.items()})
+
+
+R = TypeVar("R", bound=Record)
+
+_PATH = re.compile(r"\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)")
+
+
+def decode(raw: object, cls: type[R], *, name: str) -> R:
+    """``raw`` (a parsed JSON object) as a ``cls``, or RecordError naming ``name`` and the
+    field: "<name>: field 'pid': Expected `int` >= 1"."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{name}: not a JSON object ({'null' if raw is None else type(raw).__name__})")
+    try:
+        return msgspec.convert(raw, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        raise RecordError(f"{name}: {_problem(str(exc))}") from None
+    except RecursionError:
+        raise RecordError(f"{name}: nested too deep to be a record") from None
+
+
+def _problem(message: str) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.commands[0].step`" as "field
+    'commands' [0].step: expected `int`, got `str`"."""
+    what, _, where = message.rpartition(" - at ")
+    if not what:
+        return message
+    where = where.strip("`")
+    key = ""
+    if where.startswith("key in "):  # a mapping's key broke a rule
+        key, where = " (a key)", where[len("key in ") :].strip("`")
+    match = _PATH.fullmatch(where)
+    if match is None or not match.group(1):
+        return f"{what[0].lower()}{what[1:]}"
+    path = match.group(1)
+    top, rest = re.match(r"\.([A-Za-z_][A-Za-z0-9_]*)(.*)", path).groups()  # type: ignore[union-attr]
+    return f"field {top!r}{' ' + rest if rest else ''}{key}: {what[0].lower()}{what[1:]}"
+
+
+def encode(record: Record) -> dict[str, Any]:
+    """The plain JSON object a record is written as (fields left at their default are
+    left out; an explicit null stays)."""
+    out: dict[str, Any] = msgspec.to_builtins(record)
     return out
 
 
-def load_record(path: str | os.PathLike[str], fields: dict[str, Check]) -> dict[str, Any] | None:
-    """The checked record at ``path``; None when there is none; RecordError naming the
+def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None) -> R | None:
+    """The record at ``path`` as a ``cls``; None when there is none; RecordError naming the
     file and the field when it is there but unusable."""
-    raw = read_record(path)
-    return None if raw is None else check_record(raw, fields, name=os.fspath(path))
+    raw = read_record(path) if max_bytes is None else read_record(path, max_bytes=max_bytes)
+    return None if raw is None else decode(raw, cls, name=os.fspath(path))
 
 
-def load_or_empty(path: str | os.PathLike[str], fields: dict[str, Check]) -> dict[str, Any]:
-    """The checked record at ``path``, or ``{}`` when it is missing or unusable (for a
-    reader that only peeks: the listing shows the job as corrupt with the reason)."""
+def load_or_none(path: str | os.PathLike[str], cls: type[R]) -> R | None:
+    """The record at ``path``, or None when it is missing or unusable (for a reader that
+    only peeks: the listing shows the job as corrupt with the reason)."""
     try:
-        return load_record(path, fields) or {}
+        return load(path, cls)
     except RecordError:
-        return {}
-
-
-def check_record(raw: dict[str, Any], fields: dict[str, Check], *, name: str) -> dict[str, Any]:
-    """The checked fields of ``raw`` (unknown ones dropped, nulls kept). Raises
-    RecordError: "<name>: field 'pid' must be an integer, not dict"."""
-    try:
-        return _fields(raw, fields)
-    except _Bad as bad:
-        raise RecordError(f"{name}: {bad.problem}") from None
-
-
-# -- the records ----------------------------------------------------------------------
-_IDENTITY: dict[str, Check] = {
-    "host": text(255),
-    "boot_id": text(128),
-    "pid": integer(1, 1 << 31),
-    "pid_start_time": number(0),
-}
-_WHEN = number(0)
-_CHECKPOINT = record({"path": text(), "step": integer(), "run": integer(), "saved_at": _WHEN})
-RECEIPT: dict[str, Check] = {
-    "id": text(64),
-    "command": text(64),
-    "state": text(32),
-    "key": text(128),
-    "source": text(32),
-    "seq": integer(),
-    "created_at": _WHEN,
-    "updated_at": _WHEN,
-    "step": integer(),
-    "result": mapping(anything_json, 64),
-    "reason": text(),
-    "options": mapping(anything_json, 16),
-}
-_RECEIPT = record(RECEIPT)
-
-ENDPOINT: dict[str, Check] = {
-    **_IDENTITY,
-    "job_id": text(128),
-    "url": text(2048),
-    "port": integer(0, 65535),
-    "bind_host": text(255),
-    "token": text(512),
-    "started_at": _WHEN,
-    "protocol": integer(),
-    "world_size": integer(),
-}
-
-STATUS: dict[str, Check] = {
-    **_IDENTITY,
-    "job_id": text(128),
-    "state": state,
-    "step": integer(),
-    "max_steps": integer(),
-    "epoch": number(0),
-    "metrics": mapping(metric),
-    "steps_per_second": number(0),
-    "eta_seconds": number(0),
-    "last_checkpoint": text(),
-    "resume_point": _CHECKPOINT,
-    "unsynced_checkpoint": _CHECKPOINT,
-    "world_size": integer(),
-    "stop_reason": text(),
-    "stopped_by_signal": boolean,
-    "phase": text(32),
-    "progress_at": _WHEN,
-    "stall": record({"for": number(0), "after": number(0), "step": integer(), "phase": text(32)}),
-    "closed_by": text(32),
-    "commands": list_of(_RECEIPT, 256),
-    "pending_commands": integer(),
-    "control_error": text(),
-    "error": text(),
-    "http": record({"url": text(2048)}),
-    "started_at": _WHEN,
-    "updated_at": _WHEN,
-    "heartbeat_at": _WHEN,
-    "ended_at": _WHEN,
-    "check_interval": number(0),
-    "protocol": integer(),
-    "restarts": integer(),
-    "resumed_from": text(),
-}
-
-JOB: dict[str, Check] = {
-    "job_id": text(128),
-    "argv": list_of(text(), 1024),
-    "command": list_of(text(), 1024),
-    "cwd": text(),
-    "user": text(255),
-    "host": text(255),
-    "scheduler": record({"type": text(32), "slurm_job_id": text(64), "nodelist": text(), "restart_count": integer(), "nodes": list_of(text(255), 10_000)}),
-    "environment": text(32),
-    "nnodes": text(32),
-    "nproc_per_node": text(32),
-    "created_at": _WHEN,
-    "started_at": _WHEN,
-    "updated_at": _WHEN,
-    "restarts": integer(),
-    "resume_from": text(),
-    "checkpoints": list_of(_CHECKPOINT, 256),
-    "last_checkpoint": text(),
-    "requeue": boolean,
-    "grace": number(0),
-    "control": boolean,
-    "no_control_after": number(0),
-    "no_control_since": _WHEN,
-    "state": state,
-    "exit_code": integer(-(1 << 31), 1 << 31),
-    "ended_at": _WHEN,
-    "final_step": integer(),
-    "signals": list_of(text(32), 64),
-    "leftover_pids": list_of(integer(), 1024),
-    "requeued_at": _WHEN,
-    "requeue_error": text(),
-    "error": text(),
-    "reason": text(),
-    "torchrun_exit_code": integer(-(1 << 31), 1 << 31),
-    "failure": mapping(anything_json, 16),
-}
-
-NODE: dict[str, Check] = {
-    **_IDENTITY,
-    "job_id": text(128),
-    "node_rank": integer(),
-    "nnodes": text(32),
-    "started_at": _WHEN,
-    "heartbeat_at": _WHEN,
-    "state": state,
-    "restarts": integer(),
-    "slurm_job_id": text(64),
-    "exit_code": integer(-(1 << 31), 1 << 31),
-    "ended_at": _WHEN,
-}
-
-#: A worker that can dump its stacks (``stacks/rank-<R>.json``): who it is and where it
-#: writes its dumps (a file name in the same folder).
-WORKER: dict[str, Check] = {
-    **_IDENTITY,
-    "rank": integer(0, 1 << 20),
-    "run": integer(),
-    "dump": text(128),
-    "main_thread": integer(),
-    "registered_at": _WHEN,
-    "launcher_pid": integer(1, 1 << 31),
-    "launcher_start_time": number(0),
-}
-
-_FRAME = record({"file": text(1024), "line": integer(), "func": text(256)})
-#: One rank's stacks, as a node answers them.
-STACK_RANK: dict[str, Check] = {
-    "rank": integer(0, 1 << 20),
-    "host": text(255),
-    "pid": integer(1, 1 << 31),
-    "error": text(),
-    "threads": list_of(record({"ident": integer(), "main": boolean, "frames": list_of(_FRAME, 512)}), 512),
-}
-#: One node's answer to a stacks request (``stacks/answers/<id>/node-<n>.json``).
-STACK_ANSWER: dict[str, Check] = {
-    "node": integer(0, 1 << 20),
-    "host": text(255),
-    "ranks": list_of(record(STACK_RANK), 4096),
-}
+        return None

@@ -31,12 +31,24 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from msgspec import structs
 
 from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_host
-from forgather_control.core.records import STACK_ANSWER, STACK_RANK, WORKER, check_record, load_record
+from forgather_control.core.records import (
+    FrameRecord,
+    Identity,
+    StackAnswer,
+    StackRank,
+    StacksRegistration,
+    ThreadRecord,
+    decode,
+    encode,
+    load,
+)
 
 __all__ = [
     "STACK_SIGNAL",
@@ -105,26 +117,24 @@ class RankStacks:
         return next((t for t in self.threads if t.main), None)
 
     @classmethod
-    def from_record(cls, raw: Any) -> RankStacks | None:
+    def from_record(cls, raw: object) -> RankStacks | None:
         """A rank's stacks as another host sent them (checked; None when unusable)."""
-        if not isinstance(raw, dict):
-            return None
         try:
-            rec = check_record(raw, STACK_RANK, name="a rank's stacks")
+            rec = decode(raw, StackRank, name="a rank's stacks")
         except RecordError:
             return None
-        return _from_record(rec) if isinstance(rec.get("rank"), int) else None
+        return _from_record(rec)
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "host": self.host,
-            "pid": self.pid,
-            "error": self.error,
-            "threads": [
-                {"ident": t.ident, "main": t.main, "frames": [{"file": f.file, "line": f.line, "func": f.func} for f in t.frames]} for t in self.threads
+    def as_record(self) -> StackRank:
+        return StackRank(
+            rank=self.rank,
+            host=self.host,
+            pid=self.pid,
+            error=self.error,
+            threads=[
+                ThreadRecord(ident=t.ident, main=t.main, frames=[FrameRecord(file=f.file, line=f.line, func=f.func) for f in t.frames]) for t in self.threads
             ],
-        }
+        )
 
 
 # -- the worker side ----------------------------------------------------------------------
@@ -144,19 +154,17 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     if _dump_file is not None:
         _dump_file.close()  # registered to another job before (a process that ran two)
     _dump_file = fh
-    record = {
-        **process_identity(),
-        "rank": int(rank),
-        "run": int(run),
-        "dump": name,
-        "main_thread": threading.main_thread().ident,
-        "registered_at": time.time(),
-    }
-    if launcher is not None:
-        record["launcher_pid"] = launcher[0]
-        if launcher[1] is not None:
-            record["launcher_start_time"] = launcher[1]
-    write_json_atomic(folder / f"rank-{int(rank)}.json", record)
+    record = StacksRegistration(
+        **structs.asdict(process_identity()),
+        rank=int(rank),
+        run=int(run),
+        dump=name,
+        main_thread=threading.main_thread().ident,
+        registered_at=time.time(),
+        launcher_pid=launcher[0] if launcher is not None else None,
+        launcher_start_time=launcher[1] if launcher is not None else None,
+    )
+    write_json_atomic(folder / f"rank-{int(rank)}.json", encode(record))
     return folder / name
 
 
@@ -185,18 +193,19 @@ def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> li
     out = []
     for name in names:
         try:
-            rec = load_record(folder / name, WORKER)
+            rec = load(folder / name, StacksRegistration)
         except RecordError:
             continue
-        if not rec or not same_host(rec) or not pid_alive(rec) or (pids is not None and rec.get("pid") not in pids):
+        if rec is None or rec.pid is None or rec.rank is None or rec.host is None or not same_host(rec) or not pid_alive(rec):
             continue
-        dump = rec.get("dump")
-        if not isinstance(dump, str) or not re.fullmatch(r"rank-\d+-\d+\.txt", dump) or not catches(rec["pid"], STACK_SIGNAL):
+        if pids is not None and rec.pid not in pids:
             continue
-        main = rec.get("main_thread")
-        lpid = rec.get("launcher_pid")
-        launcher = lpid if isinstance(lpid, int) and pid_alive({"pid": lpid, "pid_start_time": rec.get("launcher_start_time")}) else None
-        out.append(Worker(int(rec["rank"]), rec["host"], rec["pid"], folder / dump, main if isinstance(main, int) else None, launcher))
+        dump = rec.dump
+        if dump is None or not re.fullmatch(r"rank-\d+-\d+\.txt", dump) or not catches(rec.pid, STACK_SIGNAL):
+            continue
+        lpid = rec.launcher_pid
+        launcher = lpid if lpid is not None and pid_alive(Identity(pid=lpid, pid_start_time=rec.launcher_start_time)) else None
+        out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher))
     return out
 
 
@@ -329,7 +338,8 @@ def answer(paths: JobPaths, rid: str, node_rank: int, stacks: Iterable[RankStack
     if not _ID.fullmatch(rid):
         raise ValueError(f"not a stacks request id: {rid!r}")
     folder = ensure_private_dir(paths.dir / "stacks" / "answers" / rid)
-    write_json_atomic(folder / f"node-{int(node_rank)}.json", {"node": int(node_rank), "host": local_host().hostname, "ranks": [s.as_record() for s in stacks]})
+    record = StackAnswer(node=int(node_rank), host=local_host().hostname, ranks=[s.as_record() for s in stacks])
+    write_json_atomic(folder / f"node-{int(node_rank)}.json", encode(record))
 
 
 def answered(paths: JobPaths, rid: str, node_rank: int) -> bool:
@@ -349,24 +359,20 @@ def answers(paths: JobPaths, rid: str) -> dict[int, list[RankStacks]]:
         if not re.fullmatch(r"node-\d+\.json", name):
             continue
         try:
-            rec = load_record(folder / name, STACK_ANSWER)
+            rec = load(folder / name, StackAnswer)
         except RecordError:
             continue
-        if rec and isinstance(rec.get("node"), int):
-            out[rec["node"]] = [_from_record(r) for r in rec.get("ranks") or [] if isinstance(r.get("rank"), int)]
+        if rec is not None and rec.node is not None:
+            out[rec.node] = [s for s in (_from_record(r) for r in rec.ranks or ()) if s is not None]
     return out
 
 
-def _from_record(r: dict[str, Any]) -> RankStacks:
-    threads = [
-        Thread(
-            t.get("ident") if isinstance(t.get("ident"), int) else 0,
-            t.get("main") is True,
-            tuple(Frame(f.get("file") or "?", f.get("line") or 0, f.get("func") or "?") for f in t.get("frames") or []),
-        )
-        for t in r.get("threads") or []
-    ]
-    return RankStacks(r["rank"], r.get("host") or "?", r.get("pid"), threads, r.get("error"))
+def _from_record(r: StackRank) -> RankStacks | None:
+    """A checked rank's stacks; None without the rank it is of."""
+    if r.rank is None:
+        return None
+    threads = [Thread(t.ident or 0, t.main is True, tuple(Frame(f.file or "?", f.line or 0, f.func or "?") for f in t.frames or ())) for t in r.threads or ()]
+    return RankStacks(r.rank, r.host or "?", r.pid, threads, r.error)
 
 
 # -- showing them ---------------------------------------------------------------------------
