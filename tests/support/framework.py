@@ -310,7 +310,7 @@ def _in_test(build: Callable[[], Path]) -> Path:
 @dataclass
 class Venv:
     """A throw-away venv on the deps layer, for installing the framework and our wheel in
-    the orders users do (tests/test_coexist.py): its own HOME, jobs dir and PATH."""
+    the orders users do (tests/callback/test_coexist.py): its own HOME, jobs dir and PATH."""
 
     root: Path
     env: dict[str, str]

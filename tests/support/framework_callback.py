@@ -6,7 +6,7 @@ token, nothing else in the folder) and serves the two routes of its HTTP API, in
 process: ``GET /jobs/ID/status`` (job_id, status, timestamp, the last logs, global_step,
 epoch, max_steps) and ``POST /jobs/ID/control`` ({"status": "acknowledged", ...}; 400 for an
 unknown command). Each answer can be replaced to lie; every request is recorded. The real
-callback is driven in tests/test_framework_jobs.py's slow test.
+callback is driven in tests/client/test_framework_jobs.py's slow test.
 """
 
 from __future__ import annotations

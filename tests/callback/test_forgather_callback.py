@@ -1,6 +1,6 @@
 """The control callback on a trainer shaped like the Forgather framework's, in this
 process (one rank): where a checkpoint went, abort, resume. The real framework's
-trainers run under ``forgather launch`` in tests/test_forgather_trainers.py (Python 3.12);
+trainers run under ``forgather launch`` in tests/callback/test_forgather_trainers.py (Python 3.12);
 these pin the rules on objects whose behaviour each test sets, so each case is exact:
 the manager here stands in for ``forgather.ml.trainer.checkpoint_manager.CheckpointManager``
 (same ``save_checkpoint`` signature, returns the path it wrote).

@@ -1,6 +1,6 @@
 """`forgather` hands what is not ours to the Forgather framework's CLI: routing, argv,
 exit status, and how the framework's entry point is found. In process, with fake entry
-points; tests/test_coexist.py does it for real with installed packages."""
+points; tests/callback/test_coexist.py does it for real with installed packages."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 files), and every refusal that must happen before a process starts.
 
 Golden files live in tests/golden/launch/; regenerate them after an intended change
-with ``FORGATHER_UPDATE_GOLDEN=1 pytest tests/test_launch_plan.py`` and review the diff.
+with ``FORGATHER_UPDATE_GOLDEN=1 pytest tests/launcher/test_launch_plan.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from forgather_control.launcher import (
 from forgather_control.launcher.environments import slurm_master_port
 from forgather_control.launcher.plan import child_env
 
-GOLDEN = Path(__file__).parent / "golden" / "launch"
+GOLDEN = REPO / "tests" / "golden" / "launch"
 UPDATE = os.environ.get("FORGATHER_UPDATE_GOLDEN") == "1"
 JOBS = "/shared/jobs"
 PY = "python3"
@@ -310,7 +310,7 @@ def test_cli_slurm_dry_run_from_the_environment(tmp_path: Path) -> None:
 def test_sbatch_template_builds_one_launcher_per_node(tmp_path: Path) -> None:
     """Run slurm/train.sbatch with a stand-in `srun` that prints its argv: the template's
     logic (variables -> options, argv never re-split) is pinned without a cluster; the
-    real thing runs in tests/test_slurm.py."""
+    real thing runs in tests/launcher/test_slurm.py."""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text('#!/bin/bash\nfor a in "$@"; do printf "[%s]\\n" "$a"; done\n')
