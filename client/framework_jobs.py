@@ -34,7 +34,8 @@ from forgather_control.core.errors import CommandRefused, ControlError, OutcomeU
 from forgather_control.core.files import RecordError
 from forgather_control.core.liveness import Liveness, local_host, process_start_time
 from forgather_control.core.metrics import read_history
-from forgather_control.core.records import STATUS, check_record, integer, number, text
+from forgather_control.core.records import Endpoint, Status, decode, encode
+from forgather_control.core.states import JobState
 
 __all__ = [
     "CHANNEL",
@@ -75,14 +76,8 @@ NO_RECEIPT = (
 
 #: Fields only our endpoint.json has (each one is written by every release of ours).
 _OURS = ("url", "token", "protocol", "boot_id")
-#: The framework's endpoint format: every field is required.
-_ENDPOINT = {
-    "job_id": text(128),
-    "host": text(255),
-    "port": integer(1, 65535),
-    "pid": integer(1, 1 << 31),
-    "started_at": number(0),
-}
+#: The framework's endpoint format (read as our Endpoint record): every field is required.
+_ENDPOINT = ("job_id", "host", "port", "pid", "started_at")
 #: Keys of its status answer that are not the trainer's logs.
 _NOT_METRICS = frozenset({"job_id", "status", "timestamp", "global_step", "epoch", "max_steps"})
 _MAX_METRICS = 32
@@ -98,23 +93,21 @@ def recognise(info: JobInfo) -> None:
     format and nothing of ours (a folder with a record of ours stays ours: never mixed),
     and check what the format requires; a break makes the job ``corrupt`` with why."""
     ep = info.endpoint
-    if ep is None or info.corrupt or any(k in ep for k in _OURS):
+    if ep is None or info.corrupt or any(getattr(ep, k) is not None for k in _OURS):
         return
     if info.status is not None or info.job is not None or info.nodes or os.path.lexists(info.paths.inbox):
         return
     info.framework = True
     where = f"{info.paths.endpoint} (the framework callback's endpoint format)"
-    missing = [k for k in _ENDPOINT if ep.get(k) is None]
+    missing = [k for k in _ENDPOINT if getattr(ep, k) is None]
     if missing:
         info.corrupt.append(f"{where}: has no {', '.join(repr(k) for k in missing)}")
         return
-    try:
-        check_record(ep, _ENDPOINT, name=where)
-    except RecordError as exc:
-        info.corrupt.append(str(exc))
+    if not ep.port:
+        info.corrupt.append(f"{where}: field 'port' is 0, not a port a server listens on")
         return
-    if ep["job_id"] != info.job_id:
-        info.corrupt.append(f"{where}: names job {ep['job_id']!r}, not its folder's {info.job_id!r}")
+    if ep.job_id != info.job_id:
+        info.corrupt.append(f"{where}: names job {ep.job_id!r}, not its folder's {info.job_id!r}")
 
 
 def this_host(host: object) -> bool:
@@ -122,16 +115,16 @@ def this_host(host: object) -> bool:
     return isinstance(host, str) and host in (os.uname().nodename, local_host().hostname)
 
 
-def judge(ep: dict[str, Any]) -> tuple[Liveness, str]:
+def judge(ep: Endpoint) -> tuple[Liveness, str]:
     """Alive, dead or unknown, from the endpoint alone: the framework records no heartbeat,
     so another host's job cannot be judged from here."""
-    if not this_host(ep.get("host")):
-        return Liveness.UNKNOWN, f"on host {ep.get('host')}: {WHAT} records no heartbeat; judge it there"
-    pid, started = ep.get("pid"), ep.get("started_at")
-    actual = process_start_time(pid) if isinstance(pid, int) else None
+    if not this_host(ep.host):
+        return Liveness.UNKNOWN, f"on host {ep.host}: {WHAT} records no heartbeat; judge it there"
+    pid, started = ep.pid, ep.started_at
+    actual = process_start_time(pid) if pid is not None else None
     if actual is None:
         return Liveness.DEAD, f"process {pid} no longer runs on this host"
-    if not isinstance(started, (int, float)) or actual > float(started) + _START_TOLERANCE:
+    if started is None or actual > started + _START_TOLERANCE:
         return Liveness.DEAD, f"process {pid} no longer runs on this host (pid {pid} now belongs to a process started after the job's endpoint was written)"
     return Liveness.ALIVE, "process running on this host"
 
@@ -157,15 +150,15 @@ def assess(info: JobInfo, *, ask: bool, timeout: float = LIST_TIMEOUT) -> JobInf
     job, or not as the callback does, is said so in the evidence). Its status stands in
     ``info.status`` in our record's shape; an alive job it cannot be asked shows ``running``
     without a step: its endpoint is there, so its training has not ended."""
-    ep = info.endpoint or {}
+    ep = info.endpoint or Endpoint()
     info.liveness, info.evidence = judge(ep)
     info.status = None
     if info.liveness != Liveness.ALIVE:
         return info
-    info.status = {"state": "running"}
+    info.status = Status(state=JobState.RUNNING)
     if ask:
         try:
-            info.status = FrameworkTransport(info, timeout=timeout).status()
+            info.status = FrameworkTransport(info, timeout=timeout).status_record()
         except ControlError as exc:
             info.evidence += f"; its status was not read: {exc}"
     return info
@@ -173,11 +166,11 @@ def assess(info: JobInfo, *, ask: bool, timeout: float = LIST_TIMEOUT) -> JobInf
 
 def check_reachable(info: JobInfo) -> None:
     """Raise, with why and what to do, when a command cannot reach this framework job."""
-    ep = info.endpoint or {}
-    if not this_host(ep.get("host")):
+    ep = info.endpoint or Endpoint()
+    if not this_host(ep.host):
         raise Unreachable(
-            f"job {info.job_id} runs {WHAT} on host {ep.get('host')}: that callback serves without a token on every "
-            f"address, and forgather control reaches it only on its own host, through 127.0.0.1. Run the command on {ep.get('host')}"
+            f"job {info.job_id} runs {WHAT} on host {ep.host}: that callback serves without a token on every "
+            f"address, and forgather control reaches it only on its own host, through 127.0.0.1. Run the command on {ep.host}"
         )
     if info.liveness != Liveness.ALIVE:
         raise Unreachable(f"job {info.job_id} cannot be reached ({info.liveness}: {info.evidence})")
@@ -255,7 +248,7 @@ def _parse(raw: bytes, url: str) -> tuple[int, Any]:
         raise BadAnswer(f"the answer from {url} (HTTP {int(line[1])}) is not JSON; it is not the framework's callback") from None
 
 
-def check_status(data: Any, job_id: str, *, name: str) -> dict[str, Any]:
+def check_status(data: Any, job_id: str, *, name: str) -> Status:
     """Its status answer in our status record's shape (``step``, ``max_steps``, ``epoch``,
     ``metrics`` from the logs, ``updated_at``), checked; BadAnswer for an answer that is not
     this job's status."""
@@ -282,7 +275,7 @@ def check_status(data: Any, job_id: str, *, name: str) -> dict[str, Any]:
     if isinstance(total, int) and not isinstance(total, bool) and total > 0:
         out["max_steps"] = total  # 0 or less: a limit the trainer does not know
     try:
-        return check_record(out, STATUS, name=name)
+        return decode(out, Status, name=name)
     except RecordError as exc:
         raise BadAnswer(str(exc)) from None
 
@@ -300,22 +293,25 @@ class FrameworkTransport:
 
     def _port(self) -> int:
         """The port, once the endpoint still names a live process here that listens on it."""
-        ep = self.info.endpoint or {}
+        ep = self.info.endpoint or Endpoint()
         check_reachable(self.info)
         liveness, why = judge(ep)  # again, now: the verdict may be seconds old
-        if liveness != Liveness.ALIVE:
+        if liveness != Liveness.ALIVE or ep.pid is None or ep.port is None:
             raise Unreachable(f"job {self.job_id} cannot be reached: {why}")
-        if listens_on(ep["pid"], ep["port"]) is False:
-            raise Unreachable(f"job {self.job_id}'s process {ep['pid']} runs but does not listen on port {ep['port']}: its control server has stopped")
-        return int(ep["port"])
+        if listens_on(ep.pid, ep.port) is False:
+            raise Unreachable(f"job {self.job_id}'s process {ep.pid} runs but does not listen on port {ep.port}: its control server has stopped")
+        return ep.port
 
-    def status(self) -> dict[str, Any]:
+    def status_record(self) -> Status:
         port = self._port()
         code, data = exchange(port, "GET", f"/jobs/{self.job_id}/status", timeout=self.timeout)
         name = f"the status from 127.0.0.1:{port}"
         if code != 200:
             raise BadAnswer(f"{name} is HTTP {code}, not the job's status: {_error_of(data)}")
         return check_status(data, self.job_id, name=name)
+
+    def status(self) -> dict[str, Any]:
+        return encode(self.status_record())
 
     def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Post the framework's name for ``command``; its acknowledgement, as a receipt that
@@ -330,8 +326,8 @@ class FrameworkTransport:
                 f"job {self.job_id} runs {WHAT}, which cannot skip the evaluation it runs before a save "
                 "(only with load_best_model_at_end); send save without --no-eval. Nothing was sent"
             )
-        before = self.status()  # the server must name this job before a command goes to it
-        port = int((self.info.endpoint or {})["port"])
+        before = self.status_record()  # the server must name this job before a command goes to it
+        port = self._port()
         sent_at = time.time()
         try:
             code, data = exchange(port, "POST", f"/jobs/{self.job_id}/control", {"command": name}, timeout=self.timeout)
@@ -357,7 +353,7 @@ class FrameworkTransport:
                 "receipt": False,
                 "created_at": sent_at,
                 "acknowledged_at": at if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
-                "step": before.get("step"),
+                "step": before.step,
                 "note": NO_RECEIPT,
             }
         raise CommandRefused(f"job {self.job_id} ({WHAT}) refused {name} (HTTP {code}): {_error_of(data)}", http_status=code)
@@ -368,7 +364,7 @@ class FrameworkTransport:
     def metrics(self, since: int | None = None) -> dict[str, Any]:
         """It records no metric history: the folder's (empty) one."""
         try:
-            return read_history(self.info.paths, since)
+            return encode(read_history(self.info.paths, since))
         except RecordError as exc:
             raise Unreachable(f"job {self.job_id}'s metric history cannot be read: {exc}") from None
 
@@ -401,7 +397,7 @@ def follow(
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {"id": None, "job_id": info.job_id, "command": name, "state": "acknowledged", "source": CHANNEL, "receipt": False}
     while True:
-        ep = info.endpoint or {}
+        ep = info.endpoint or Endpoint()
         if not os.path.lexists(info.paths.endpoint):
             how = "its training has ended: the framework's callback removed its endpoint"
             break

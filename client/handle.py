@@ -24,7 +24,7 @@ from forgather_control.client.transport import FileTransport, HttpTransport, Tra
 from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
-from forgather_control.core.records import JOB, STATUS, load_or_empty
+from forgather_control.core.records import Endpoint, Job, Status, decode, load_or_none
 from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class JobHandle:
             return d
         d.update({k: v for k, v in live.items() if k != "job_id"})
         d["live"] = True
-        d["stall"] = stall_of(live, time.time())
+        d["stall"] = stall_of(decode(live, Status, name=f"job {self.job_id}'s status"), time.time())
         if d["stall"] is not None:
             d["state"] = JobState.STALLED.value
         return d
@@ -273,7 +273,7 @@ class JobHandle:
                 last = self.entry(command_id, key) or last
             except Unreachable:
                 gone = _server_gone_after_stop(last)
-                if gone is None:
+                if gone is None or last is None:
                     raise
                 log.warning("the job's server went away after %s applied at step %s: it has ended", last.get("command"), last.get("step"))
                 return gone
@@ -313,22 +313,22 @@ class JobHandle:
         if info.endpoint is None:
             # Sent to a job that was starting: if its launcher has recorded the end (it
             # died before rank 0 took the command), waiting longer cannot help.
-            job = load_or_empty(info.paths.job, JOB)
-            if not is_final(job.get("state")):
+            job = load_or_none(info.paths.job, Job)
+            if job is None or not is_final(job.state):
                 return None
             last = self.entry(command_id, key) or last
             if is_final_receipt(last):
                 return last
-            raise CommandFailed(f"job {self.job_id} ended ({job.get('state')}, exit code {job.get('exit_code')}) before it took command {command_id}")
+            raise CommandFailed(f"job {self.job_id} ended ({job.state}, exit code {job.exit_code}) before it took command {command_id}")
         if info.paths.endpoint.exists():
             return None
         # The job ended (rank 0 removed its endpoint); status.json is final.
         last = self.entry(command_id) or last
         if is_final_receipt(last):
             return last
-        st = load_or_empty(info.paths.status, STATUS)
-        if is_final(st.get("state")):
-            raise CommandFailed(f"job {self.job_id} ended ({st.get('state')}) and its ledger has no final entry for command {command_id}")
+        st = load_or_none(info.paths.status, Status)
+        if st is not None and is_final(st.state):
+            raise CommandFailed(f"job {self.job_id} ended ({st.state}) and its ledger has no final entry for command {command_id}")
         return None
 
     # -- following ----------------------------------------------------------------------
@@ -397,8 +397,8 @@ def check_controllable(info: JobInfo, channel: str) -> None:
             )
         return
     if info.endpoint is None and info.state == JobState.REQUEUED:
-        sched = (info.job or {}).get("scheduler")
-        slurm_id = sched.get("slurm_job_id") if isinstance(sched, dict) else None
+        sched = info.job.scheduler if info.job is not None else None
+        slurm_id = sched.slurm_job_id if sched is not None else None
         raise Unreachable(
             f"job {jid} was requeued and waits in SLURM's queue; it takes commands once it runs again"
             + (f". To keep it from running again: scancel {slurm_id}" if slurm_id else "")
@@ -422,12 +422,12 @@ def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Tra
         if channel == "file":
             raise UsageError(f"job {info.job_id} runs {framework_jobs.WHAT}, which has no file channel (inbox); leave out --channel file")
         return framework_jobs.FrameworkTransport(info, timeout=timeout)
-    ep = info.endpoint or {}
-    url = ep.get("url") if isinstance(ep.get("url"), str) else None
+    ep = info.endpoint or Endpoint()
+    url = ep.url
     foreign_loopback = url is not None and is_loopback_url(url) and not same_host(ep)
     if channel == "http" and foreign_loopback:
         raise Unreachable(
-            f"job {info.job_id} serves HTTP on the loopback of {ep.get('host') or 'another host'} ({url}); "
+            f"job {info.job_id} serves HTTP on the loopback of {ep.host or 'another host'} ({url}); "
             "it cannot be reached from here. Use --channel file, or run the command on that host"
         )
     if channel == "http" and url is None:
@@ -435,8 +435,7 @@ def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Tra
         raise Unreachable(f"job {info.job_id} has no HTTP endpoint (it ended, or serves the file channel only); try --channel file")
     if channel == "file" or url is None or foreign_loopback:
         return FileTransport(info.paths)
-    token = ep.get("token") if isinstance(ep.get("token"), str) else None
-    return HttpTransport(url, token, info.job_id, timeout=timeout)
+    return HttpTransport(url, ep.token, info.job_id, timeout=timeout)
 
 
 def _server_gone_after_stop(last: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -17,9 +17,10 @@ from forgather_control.core.checkpoints import Checkpoint, history
 from forgather_control.core.failures import read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
+from forgather_control.core.records import Endpoint, Job, Node, Status, encode
 from forgather_control.core.states import JobState
 
-__all__ = ["SILENT_AFTER", "JobInfo", "stall_of"]
+__all__ = ["SILENT_AFTER", "JobInfo", "stall_of", "status_of_run"]
 
 
 @dataclass
@@ -28,10 +29,10 @@ class JobInfo:
 
     job_id: str
     paths: JobPaths
-    endpoint: dict | None = None
-    status: dict | None = None
-    job: dict | None = None
-    nodes: list[dict] = field(default_factory=list)
+    endpoint: Endpoint | None = None
+    status: Status | None = None
+    job: Job | None = None
+    nodes: list[Node] = field(default_factory=list)
     liveness: Liveness = Liveness.UNKNOWN
     evidence: str = ""
     #: why a record of this job was refused (it then shows as ``corrupt``)
@@ -42,16 +43,11 @@ class JobInfo:
     framework: bool = False
 
     @property
-    def current_status(self) -> dict | None:
+    def current_status(self) -> Status | None:
         """status.json when it belongs to the launcher's current run of the job; None when
         there is none yet or it is a previous run's (a relaunch or SLURM requeue of the
         same id, before the new rank 0 has written)."""
-        if not self.status or not self.job:
-            return self.status
-        ran, runs = self.status.get("restarts"), self.job.get("restarts")
-        if isinstance(ran, int) and isinstance(runs, int) and ran != runs:
-            return None
-        return self.status
+        return status_of_run(self.status, self.job.restarts if self.job is not None else None)
 
     @property
     def state(self) -> JobState:
@@ -65,13 +61,13 @@ class JobInfo:
         ended the run; the launcher is still winding down torchrun)."""
         if self.corrupt:
             return JobState.CORRUPT
-        job = self.job or {}
-        launcher_state = JobState.parse(job.get("state"))
+        job = self.job or Job()
+        launcher_state = job.state
         status = self.current_status
-        recorded = JobState.parse((status or {}).get("state")) or launcher_state or JobState.UNKNOWN
+        recorded = (status.state if status is not None else None) or launcher_state or JobState.UNKNOWN
         if self.liveness == Liveness.ALIVE:
-            if launcher_state == JobState.RUNNING and status is None and job.get("control"):
-                return JobState.UNCONTROLLED if isinstance(job.get("no_control_since"), (int, float)) else JobState.STARTING
+            if launcher_state == JobState.RUNNING and status is None and job.control:
+                return JobState.UNCONTROLLED if job.no_control_since is not None else JobState.STARTING
             if recorded.final and launcher_state is not None and not launcher_state.final:
                 # Rank 0 has ended its run but the launcher lives: winding down, or the
                 # job lives on (requeued and pending in SLURM): the launcher's word.
@@ -88,46 +84,44 @@ class JobInfo:
         """Why a running job counts as stalled, or None (see :func:`stall_of`)."""
         if self.liveness != Liveness.ALIVE:
             return None
-        return stall_of(self.current_status or {}, self.judged_at)
+        return stall_of(self.current_status or Status(), self.judged_at)
 
     @property
     def no_control(self) -> dict[str, Any] | None:
         """Why an ``uncontrolled`` job is, and what to add (control/attachment.py), or None."""
         if self.state != JobState.UNCONTROLLED:
             return None
-        job = self.job or {}
-        return no_control_notice(job.get("no_control_after"), job.get("no_control_since"))
+        job = self.job or Job()
+        return no_control_notice(job.no_control_after, job.no_control_since)
 
     def summary(self) -> dict[str, Any]:
         """The ``list --json`` object. Never contains the token. Step, pid and the rest
         come from this run's status only: a relaunch that is still starting has none yet."""
-        ep = self.endpoint or {}
-        st = self.current_status or {}
-        jb = self.job or {}
-        updated = max(
-            (t for t in (st.get("heartbeat_at"), st.get("updated_at"), ep.get("started_at"), jb.get("updated_at")) if isinstance(t, (int, float))),
-            default=None,
-        )
+        ep = self.endpoint or Endpoint()
+        st = self.current_status or Status()
+        jb = self.job or Job()
+        updated = max((t for t in (st.heartbeat_at, st.updated_at, ep.started_at, jb.updated_at) if t is not None), default=None)
+        recorded = st.state or jb.state
         return {
             "job_id": self.job_id,
             "state": self.state,
-            "recorded_state": st.get("state") or jb.get("state"),
+            "recorded_state": recorded.value if recorded is not None else None,
             "liveness": str(self.liveness),
             "evidence": self.evidence,
-            "host": ep.get("host") or st.get("host") or jb.get("host"),
-            "port": ep.get("port"),
-            "url": ep.get("url"),
-            "pid": ep.get("pid") or st.get("pid"),
-            "step": st.get("step"),
-            "max_steps": st.get("max_steps"),
-            "world_size": st.get("world_size"),
-            "scheduler": (jb.get("scheduler") or {}).get("type") if isinstance(jb.get("scheduler"), dict) else None,
-            "restarts": _count(jb.get("restarts"), st.get("restarts")),
+            "host": ep.host or st.host or jb.host,
+            "port": ep.port,
+            "url": ep.url,
+            "pid": ep.pid or st.pid,
+            "step": st.step,
+            "max_steps": st.max_steps,
+            "world_size": st.world_size,
+            "scheduler": jb.scheduler.type if jb.scheduler is not None else None,
+            "restarts": _count(jb.restarts, st.restarts),
             "stall": self.stall,
             "no_control": self.no_control,
             "framework_callback": self.framework,
-            "loss": _finite((st.get("metrics") or {}).get("loss")),
-            "resumed_from": _text(jb.get("resume_from"), st.get("resumed_from")),
+            "loss": _finite((st.metrics or {}).get("loss")),
+            "resumed_from": _text(jb.resume_from, st.resumed_from),
             "updated_at": updated,
             "jobs_dir": str(self.paths.root),
         }
@@ -136,12 +130,12 @@ class JobInfo:
     def checkpoints(self) -> list[Checkpoint]:
         """Every completed checkpoint the job's records know, oldest first."""
         status = self.status
-        return history(self.job, status, run=_count(status.get("restarts")) if status else None)
+        return history(self.job, status, run=status.restarts if status is not None else None)
 
     def details(self) -> dict[str, Any]:
         """The ``status --json`` object: the summary plus the status record's detail."""
         d = self.summary()
-        st = self.status or {}
+        st = encode(self.status) if self.status is not None else {}
         for key in (
             "epoch",
             "metrics",
@@ -162,18 +156,18 @@ class JobInfo:
         if not self.state.live:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
             d["steps_per_second"] = d["eta_seconds"] = None
-        job = self.job or {}
-        if isinstance(job.get("exit_code"), int):
-            d["exit_code"] = job["exit_code"]
+        job = self.job or Job()
+        if job.exit_code is not None:
+            d["exit_code"] = job.exit_code
         if st.get("error"):
             d["error"] = st["error"]
         if self.state in (JobState.FAILED, JobState.DEAD) or d.get("exit_code"):
-            failures = read_failures(self.paths, run=_count(job.get("restarts"), st.get("restarts")))
+            failures = read_failures(self.paths, run=_count(job.restarts, self.status.restarts if self.status is not None else None))
             if failures:
-                d["failure"] = failures[0].as_record()  # the root cause: the first rank that raised
-                d["failures"] = [f.as_record() for f in failures]
-        if self.job:
-            d["job"] = {k: v for k, v in self.job.items() if k not in ("env",)}
+                d["failure"] = encode(failures[0].as_record())  # the root cause: the first rank that raised
+                d["failures"] = [encode(f.as_record()) for f in failures]
+        if self.job is not None:
+            d["job"] = encode(self.job)
         return d
 
 
@@ -188,27 +182,34 @@ _STALL_WHY = {
 }
 
 
-def stall_of(status: dict[str, Any], now: float) -> dict[str, Any] | None:
+def status_of_run(status: Status | None, run: int | None) -> Status | None:
+    """``status`` when it is run ``run``'s (or either does not say); None when it is a
+    previous run's: it says nothing of this run. Every view asks this, not its own rule."""
+    if status is None or run is None or status.restarts is None or status.restarts == run:
+        return status
+    return None
+
+
+def stall_of(status: Status, now: float) -> dict[str, Any] | None:
     """Why a running job is stalled, or None: rank 0's own word (its step has not moved
     for longer than its threshold, and what it is doing), or, on this host, rank 0 not
     answering at all (its I/O thread no longer writes its heartbeat: a process stopped,
     or stuck holding the GIL). ``for`` is seconds, ``why`` a sentence for a person."""
-    if JobState.parse(status.get("state")) != JobState.RUNNING:
+    if status.state != JobState.RUNNING:
         return None
-    beat = status.get("heartbeat_at")
-    silent = now - beat if isinstance(beat, (int, float)) and same_host(status) else 0.0
-    if silent > SILENT_AFTER:
-        since = status.get("progress_at") if isinstance(status.get("progress_at"), (int, float)) else beat
+    beat = status.heartbeat_at
+    silent = now - beat if beat is not None and same_host(status) else 0.0
+    if beat is not None and silent > SILENT_AFTER:
+        since = status.progress_at if status.progress_at is not None else beat
         return {
             "for": round(max(0.0, now - since), 1),
-            "step": status.get("step"),
+            "step": status.step,
             "phase": "silent",
             "why": f"rank 0 is not answering: its last heartbeat was {silent:.0f}s ago",
         }
-    stall = status.get("stall")
-    if not isinstance(stall, dict):
+    if status.stall is None:
         return None
-    return {**stall, "why": _STALL_WHY.get(str(stall.get("phase")), "rank 0's step does not move")}
+    return {**encode(status.stall), "why": _STALL_WHY.get(str(status.stall.phase), "rank 0's step does not move")}
 
 
 def _count(*values: object) -> int | None:

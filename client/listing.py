@@ -14,7 +14,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from forgather_control.client import framework_jobs
 from forgather_control.client.jobinfo import JobInfo
@@ -24,7 +24,8 @@ from forgather_control.core.files import TEMP_PREFIX, RecordError
 from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
 from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
 from forgather_control.core.markers import read_index
-from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, load_record
+from forgather_control.core.records import Endpoint, Job, Node, Record, Status
+from forgather_control.core.records import load as load_record
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     per-join cost was a fifth of it."""
     info = JobInfo(job_id=paths.job_id, paths=paths)
     base = os.path.join(os.fspath(paths.root), paths.job_id)
-    info.endpoint = _checked(info, base + "/endpoint.json", ENDPOINT)
-    info.status = _checked(info, base + "/status.json", STATUS)
-    info.job = _checked(info, base + "/job.json", JOB)
+    info.endpoint = _checked(info, base + "/endpoint.json", Endpoint)
+    info.status = _checked(info, base + "/status.json", Status)
+    info.job = _checked(info, base + "/job.json", Job)
     nodes = base + "/nodes"
     try:
         names = sorted(os.listdir(nodes)) if _is_real_dir(nodes) else []
@@ -47,7 +48,7 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
         names = []
     for name in names:
         if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
-            rec = _checked(info, nodes + "/" + name, NODE)
+            rec = _checked(info, nodes + "/" + name, Node)
             if rec is not None:
                 info.nodes.append(rec)
     framework_jobs.recognise(info)
@@ -56,9 +57,9 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     return info
 
 
-def _checked(info: JobInfo, path: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+def _checked(info: JobInfo, path: str, cls: type[R]) -> R | None:
     try:
-        return load_record(path, fields)
+        return load_record(path, cls)
     except RecordError as exc:
         info.corrupt.append(str(exc))
         return None
@@ -89,7 +90,8 @@ def job_ids(root: Path) -> list[str]:
     return sorted(ids)
 
 
-Probe = Callable[[dict], "bool | None"]
+Probe = Callable[[Endpoint], "bool | None"]
+R = TypeVar("R", bound=Record)
 
 
 def scan(
@@ -131,7 +133,7 @@ def scan(
     return out
 
 
-def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: bool = True) -> Probe | None:
+def useful_probe(endpoint: Endpoint | None, probe: Probe | None, *, probe_local: bool = True) -> Probe | None:
     """The probe worth spending on this endpoint, or None.
 
     Same-host records are judged by pid (cheap and authoritative) unless
@@ -142,8 +144,7 @@ def useful_probe(endpoint: dict | None, probe: Probe | None, *, probe_local: boo
         return None
     if same_host(endpoint):
         return probe if probe_local else None
-    url = endpoint.get("url")
-    if isinstance(url, str) and is_loopback_url(url):
+    if endpoint.url is not None and is_loopback_url(endpoint.url):
         return None
     return probe
 

@@ -35,6 +35,7 @@ from forgather_control.core.env import ENV_RAY_LIST_DELAY
 from forgather_control.core.errors import Unreachable
 from forgather_control.core.jobs import match_job_id, resolve_jobs_dir
 from forgather_control.core.liveness import is_loopback_url, same_host
+from forgather_control.core.records import Endpoint, Identity, encode
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str,
     for info in scan(root, include_finished=include_finished or ref is not None, prefix=ref):
         row = info.summary()
         if ref is not None:
-            row["token"] = (info.endpoint or {}).get("token")
-            row["boot_id"] = (info.endpoint or {}).get("boot_id")  # with "host": is it this machine?
+            row["token"] = info.endpoint.token if info.endpoint is not None else None
+            row["boot_id"] = info.endpoint.boot_id if info.endpoint is not None else None  # with "host": is it this machine?
         rows.append(row)
     return rows
 
@@ -339,7 +340,7 @@ def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict
     from forgather_control.core.stacks import dump, local_workers
 
     paths = JobPaths(resolve_jobs_dir(jobs_dir), job_id)
-    return [s.as_record() for s in dump(local_workers(paths), timeout=timeout)]
+    return [encode(s.as_record()) for s in dump(local_workers(paths), timeout=timeout)]
 
 
 def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -402,7 +403,7 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for job_id in sorted(by_id):
         group = sorted(
             by_id[job_id],
-            key=lambda r: (_LIVENESS_RANK.get(r.get("liveness"), 0), bool(r.get("url")), r.get("source") == "ray"),
+            key=lambda r: (_LIVENESS_RANK.get(str(r.get("liveness")), 0), bool(r.get("url")), r.get("source") == "ray"),
             reverse=True,
         )
         best = dict(group[0])
@@ -425,7 +426,7 @@ def _check_reachable(row: dict[str, Any]) -> None:
         exc = Unreachable(f"{where} is {row.get('state')}: it has no live endpoint to control ({row.get('evidence')})")
     elif not row.get("url"):
         exc = Unreachable(f"{where} has no HTTP endpoint (file channel only, or its server did not start); run the command on that node")
-    elif is_loopback_url(row["url"]) and not same_host({"host": row.get("host"), "boot_id": row.get("boot_id")}):
+    elif is_loopback_url(row["url"]) and not same_host(Identity(host=row.get("host"), boot_id=row.get("boot_id"))):
         # That loopback is the job's host's, not ours: whatever listens on the port here
         # is a stranger, and must not be handed the job's token.
         exc = Unreachable(
@@ -434,7 +435,7 @@ def _check_reachable(row: dict[str, Any]) -> None:
             "to control it from elsewhere, or run the command on that node"
         )
     else:
-        answer = probe_endpoint({"url": row["url"], "token": row.get("token"), "job_id": row["job_id"]}, timeout=2.0)
+        answer = probe_endpoint(Endpoint(url=row["url"], token=row.get("token"), job_id=row["job_id"]), timeout=2.0)
         if answer:
             return
         if answer is False:

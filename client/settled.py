@@ -52,8 +52,8 @@ def forget(paths: JobPaths, info: JobInfo | None) -> None:
     index = read_index(paths.root)
     try:
         with Settler(paths.root, index, squeue=SqueueCache(), now=time.time()) as settler:
-            for name in index.runs.get(paths.job_id, ()) if info is not None else ():
-                if settler.marker_gone(name, info):
+            for name in index.runs.get(paths.job_id, ()):
+                if info is not None and settler.marker_gone(name, info):
                     unlink(paths.root, RUNS_DIR, name)
     except OSError as exc:
         log.debug("could not tidy the markers of job %s: %s", paths.job_id, exc)

@@ -13,7 +13,6 @@ import secrets
 import socket
 import stat
 from collections.abc import Callable
-from typing import Any
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core.files import TEMP_PREFIX
@@ -29,6 +28,7 @@ from forgather_control.core.markers import (
     unlink,
     write_record,
 )
+from forgather_control.core.records import Identity, Marker, SettledEntry
 from forgather_control.core.states import is_final
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Settler:
         if info.liveness == Liveness.FINISHED:
             # judge() lets another host's launcher record without an end pass once its
             # heartbeat is old on *this* host's clock: not proof enough to settle on.
-            if all(n.get("ended_at") or same_host(n) for n in info.nodes) or self.silent(info):
+            if all(n.ended_at or same_host(n) for n in info.nodes) or self.silent(info):
                 return "finished"
             return None
         if info.liveness == Liveness.DEAD:
@@ -128,14 +128,14 @@ class Settler:
     def marker_gone(self, name: str, info: JobInfo) -> bool:
         """Is the process that wrote marker ``name`` proven gone, or its run over?"""
         mark, mtime = read_marker(self.root, name)
-        if mark is not None and mark.get("job_id") == info.job_id and isinstance(mark.get("created_at"), (int, float)):
-            if _ended_on_record(mark, info):
+        if mark is not None and mark.job_id == info.job_id and mark.created_at is not None:
+            if _ended_on_record(mark, mark.created_at, info):
                 return True
             if same_host(mark):
                 return not pid_alive(mark)  # a process here is never settled by age
             if self._slurm_gone(mark, info):
                 return True
-            if self.now - mark["created_at"] < SILENT_FOR:
+            if self.now - mark.created_at < SILENT_FOR:
                 return False
         # by age: the marker itself and everything the job writes, a day old on both clocks
         return mtime is not None and self.silent(info) and self.storage_now() - mtime >= SILENT_FOR
@@ -145,8 +145,8 @@ class Settler:
         mark, mtime = read_marker(self.root, name)
         if mark is not None and same_host(mark):
             return not pid_alive(mark)
-        made = mark.get("created_at") if mark is not None else None
-        if isinstance(made, (int, float)) and self.now - made < SILENT_FOR:
+        made = mark.created_at if mark is not None else None
+        if made is not None and self.now - made < SILENT_FOR:
             return False
         return mtime is not None and self.storage_now() - mtime >= SILENT_FOR
 
@@ -189,67 +189,60 @@ class Settler:
         return self._settled_fd
 
     def _write_entry(self, info: JobInfo, verdict: str) -> None:
-        job = info.job or {}
-        record = {
-            "job_id": info.job_id,
-            "verdict": verdict,
-            "state": str(info.state),
-            "evidence": info.evidence[:1000],
-            "restarts": job.get("restarts") if isinstance(job.get("restarts"), int) else None,
-            "settled_at": self.now,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "format": FORMAT,
-        }
+        record = SettledEntry(
+            job_id=info.job_id,
+            verdict=verdict,
+            state=str(info.state),
+            evidence=info.evidence[:1000],
+            restarts=info.job.restarts if info.job is not None else None,
+            settled_at=self.now,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            format=FORMAT,
+        )
         # not fsynced: a lost entry is only settled again by the next listing
         write_record(self._fd(), info.job_id, record, sync=False)
         self.written += 1
 
-    def _slurm_gone(self, mark: dict[str, Any], info: JobInfo) -> bool:
+    def _slurm_gone(self, mark: Marker, info: JobInfo) -> bool:
         """A record of the marker's process ties it to a SLURM job SLURM no longer knows."""
-        ids = {n.get("slurm_job_id") for n in info.nodes if _same_process(n, mark) and n.get("slurm_job_id")}
-        job = info.job or {}
-        sched = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
-        if sched.get("type") == "slurm" and sched.get("slurm_job_id"):
-            if any(r and _same_process(r, mark) for r in (info.current_status, info.endpoint)):
-                ids.add(sched["slurm_job_id"])
+        ids = {n.slurm_job_id for n in info.nodes if _same_process(n, mark) and n.slurm_job_id}
+        sched = info.job.scheduler if info.job is not None else None
+        if sched is not None and sched.type == "slurm" and sched.slurm_job_id:
+            if any(r is not None and _same_process(r, mark) for r in (info.current_status, info.endpoint)):
+                ids.add(sched.slurm_job_id)
         return any(self.squeue(str(i)) == "" for i in ids if i)
 
 
-def _ended_on_record(mark: dict[str, Any], info: JobInfo) -> bool:
-    """The marker's process recorded its own end after it made the marker (both times
-    from its own clock): its node record's ``ended_at``, or rank 0's final status."""
-    made = mark["created_at"]
+def _ended_on_record(mark: Marker, made: float, info: JobInfo) -> bool:
+    """The marker's process recorded its own end after it made the marker (at ``made``;
+    both times from its own clock): its node record's ``ended_at``, or rank 0's final status."""
     for n in info.nodes:
-        if _same_process(n, mark) and isinstance(n.get("ended_at"), (int, float)) and n["ended_at"] >= made:
+        if _same_process(n, mark) and n.ended_at is not None and n.ended_at >= made:
             return True
-    st = info.status or {}
-    if st and _same_process(st, mark) and is_final(st.get("state")):
-        last = max((t for t in (st.get("ended_at"), st.get("heartbeat_at"), st.get("updated_at")) if isinstance(t, (int, float))), default=None)
+    st = info.status
+    if st is not None and _same_process(st, mark) and is_final(st.state):
+        last = max((t for t in (st.ended_at, st.heartbeat_at, st.updated_at) if t is not None), default=None)
         return last is not None and last >= made
     return False
 
 
-def _same_process(rec: dict[str, Any], mark: dict[str, Any]) -> bool:
-    a, b = rec.get("pid_start_time"), mark.get("pid_start_time")
-    return (
-        rec.get("host") == mark.get("host")
-        and rec.get("boot_id") == mark.get("boot_id")
-        and rec.get("pid") == mark.get("pid")
-        and isinstance(a, (int, float))
-        and isinstance(b, (int, float))
-        and abs(a - b) <= 1.0
-    )
+def _same_process(rec: Identity, mark: Identity) -> bool:
+    a, b = rec.pid_start_time, mark.pid_start_time
+    return rec.host == mark.host and rec.boot_id == mark.boot_id and rec.pid == mark.pid and a is not None and b is not None and abs(a - b) <= 1.0
 
 
 def _times(info: JobInfo) -> list[float]:
     """Every time a record of the job gives (its writers' clocks)."""
-    out = []
-    for rec in (info.endpoint, info.status, info.job, *info.nodes):
-        for key in ("heartbeat_at", "updated_at", "ended_at", "started_at", "created_at"):
-            t = (rec or {}).get(key)
-            if isinstance(t, (int, float)) and not isinstance(t, bool):
-                out.append(float(t))
+    out: list[float] = []
+    for ep in (info.endpoint,) if info.endpoint is not None else ():
+        out += [t for t in (ep.started_at,) if t is not None]
+    for st in (info.status,) if info.status is not None else ():
+        out += [t for t in (st.heartbeat_at, st.updated_at, st.ended_at, st.started_at) if t is not None]
+    for jb in (info.job,) if info.job is not None else ():
+        out += [t for t in (jb.updated_at, jb.ended_at, jb.started_at, jb.created_at) if t is not None]
+    for n in info.nodes:
+        out += [t for t in (n.heartbeat_at, n.ended_at, n.started_at) if t is not None]
     return out
 
 

@@ -23,6 +23,7 @@ from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core import stacks
 from forgather_control.core.errors import UsageError
 from forgather_control.core.liveness import STALE_AFTER, pid_alive, same_host
+from forgather_control.core.records import Job, Node, encode
 from forgather_control.core.states import is_final
 
 __all__ = ["DEFAULT_TIMEOUT", "StacksReport", "collect", "native_stacks"]
@@ -49,7 +50,7 @@ class StacksReport:
         return {
             "job_id": self.job_id,
             "world_size": self.world_size,
-            "ranks": [s.as_record() for s in self.ranks],
+            "ranks": [encode(s.as_record()) for s in self.ranks],
             "missing": self.missing,
             "nodes": self.nodes,
             "silent_nodes": self.silent_nodes,
@@ -62,7 +63,7 @@ def collect(info: JobInfo, *, timeout: float = DEFAULT_TIMEOUT, now: float | Non
     """The stacks of every rank of the job ``info`` describes (read from its folder)."""
     paths = info.paths
     now = time.time() if now is None else now
-    nodes = [n["node_rank"] for n in info.nodes if _node_live(n, now)]
+    nodes = [n.node_rank for n in info.nodes if n.node_rank is not None and _node_live(n, now)]
     rid = stacks.ask(paths) if nodes else None
     deadline = time.monotonic() + timeout
     try:
@@ -112,23 +113,23 @@ def native_stacks(pids: dict[int, int], *, timeout: float = 20.0) -> dict[int, s
     return out
 
 
-def _node_live(node: dict[str, Any], now: float) -> bool:
+def _node_live(node: Node, now: float) -> bool:
     """A launcher that can answer: not ended, and alive (its pid on this host, its
     heartbeat elsewhere)."""
-    if not isinstance(node.get("node_rank"), int) or is_final(node.get("state")):
+    if is_final(node.state):
         return False
     if same_host(node):
         return pid_alive(node)
-    beat = node.get("heartbeat_at")
-    return isinstance(beat, (int, float)) and now - beat < STALE_AFTER
+    beat = node.heartbeat_at
+    return beat is not None and now - beat < STALE_AFTER
 
 
 def _world_size(info: JobInfo) -> int | None:
-    ws = (info.current_status or {}).get("world_size")
-    if isinstance(ws, int) and ws > 0:
-        return ws
-    job = info.job or {}
-    nnodes, nproc = str(job.get("nnodes") or ""), str(job.get("nproc_per_node") or "")
+    status = info.current_status
+    if status is not None and status.world_size:
+        return status.world_size
+    job = info.job or Job()
+    nnodes, nproc = job.nnodes or "", job.nproc_per_node or ""
     if nnodes.isdigit() and nproc.isdigit():
         return int(nnodes) * int(nproc)
     return None

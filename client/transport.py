@@ -23,7 +23,7 @@ from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import pid_alive, same_host
 from forgather_control.core.metrics import check_history, read_history
 from forgather_control.core.proof import new_nonce, proof_matches
-from forgather_control.core.records import RECEIPT, STATUS, check_record, load_or_empty, load_record
+from forgather_control.core.records import Endpoint, Receipt, Record, Status, decode, encode, load, load_or_none
 
 
 class NoAnswer(Unreachable):
@@ -50,7 +50,7 @@ class HttpChannel:
         self._conn: http.client.HTTPConnection | None = None
         self._proved = False
 
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         """One request and its JSON answer. Raises Unreachable when nothing could be
         sent, and NoAnswer (an Unreachable) when the request went out but no answer came
         back, so a caller that changes state knows its outcome is unknown.
@@ -104,8 +104,9 @@ class HttpChannel:
         finally:
             self.token = saved
         job = data.get("job_id") if isinstance(data, dict) else None
-        answered = code == 200 and isinstance(job, str) and isinstance(data.get("proof"), str)
-        if answered and proof_matches(token, job, nonce, data["proof"]) and self.job_id in (None, job):
+        said = data.get("proof") if isinstance(data, dict) else None
+        answered = code == 200 and isinstance(job, str) and isinstance(said, str)
+        if answered and isinstance(job, str) and isinstance(said, str) and proof_matches(token, job, nonce, said) and self.job_id in (None, job):
             self._proved = True
             return
         self.close()
@@ -135,18 +136,18 @@ class HttpChannel:
         return self._conn
 
 
-def probe_endpoint(endpoint: dict, *, timeout: float = 0.5) -> bool | None:
+def probe_endpoint(endpoint: Endpoint, *, timeout: float = 0.5) -> bool | None:
     """True when the server proves it holds the job's token and answers for this job;
     False when something answers but is not this job; None: no answer. An endpoint
     recorded on this host by a process that is gone is never contacted: whatever holds
     its port now is a stranger."""
-    url, job_id = endpoint.get("url"), endpoint.get("job_id")
-    if not url or not isinstance(url, str):
+    url, job_id = endpoint.url, endpoint.job_id
+    if not url:
         return None
     if same_host(endpoint) and not pid_alive(endpoint):
         return None
     try:
-        ch = HttpChannel(url, endpoint.get("token"), timeout=timeout, job_id=job_id if isinstance(job_id, str) else None)
+        ch = HttpChannel(url, endpoint.token, timeout=timeout, job_id=job_id)
         code, data = ch.request("GET", "/jobs")
         ch.close()
     except ControlError:
@@ -223,13 +224,13 @@ class HttpTransport:
     def status(self) -> dict[str, Any]:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/status")
         if code == 200 and isinstance(data, dict):
-            return self._checked(data, STATUS, "status")
+            return self._checked(data, Status, "status")
         raise refusal(code, data)
 
     def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/commands/{command_id}")
         if code == 200 and isinstance(data, dict):
-            return self._checked(data, RECEIPT, "receipt")
+            return self._checked(data, Receipt, "receipt")
         if code == 404:
             return None
         raise refusal(code, data)
@@ -239,15 +240,16 @@ class HttpTransport:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/metrics{query}")
         if code == 200 and isinstance(data, dict):
             try:
-                return check_history(data, name=f"the metric history from {self.url}", job_id=self.job_id)
+                return encode(check_history(data, name=f"the metric history from {self.url}", job_id=self.job_id))
             except RecordError as exc:
                 raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
         raise refusal(code, data)
 
-    def _checked(self, data: dict[str, Any], fields: dict[str, Any], what: str) -> dict[str, Any]:
-        """An answer is untrusted like any record: checked before anything reads it."""
+    def _checked(self, data: dict[str, Any], cls: type[Record], what: str) -> dict[str, Any]:
+        """An answer is untrusted like any record: checked before anything reads it (and
+        handed on in the HTTP API's JSON shape, which the handle's callers read)."""
         try:
-            return check_record(data, fields, name=f"the {what} from {self.url}")
+            return encode(decode(data, cls, name=f"the {what} from {self.url}"))
         except RecordError as exc:
             raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
 
@@ -274,21 +276,22 @@ class FileTransport:
 
     def status(self) -> dict[str, Any]:
         try:
-            st = load_record(self.paths.status, STATUS)
+            st = load(self.paths.status, Status)
         except RecordError as exc:
             raise Unreachable(f"job {self.paths.job_id}'s status cannot be read: {exc}") from None
         if st is None:
             raise Unreachable(f"job {self.paths.job_id} has no status.json yet")
-        return st
+        return encode(st)
 
     def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
         """The receipt with this id, else (a command file re-sent with a key rank 0 has
         seen: the ledger keeps the first) the receipt that carries the key."""
-        return receipt_in(load_or_empty(self.paths.status, STATUS), command_id, key)
+        found = receipt_in(load_or_none(self.paths.status, Status), command_id, key)
+        return encode(found) if found is not None else None
 
     def metrics(self, since: int | None = None) -> dict[str, Any]:
         try:
-            return read_history(self.paths, since)
+            return encode(read_history(self.paths, since))
         except RecordError as exc:
             raise Unreachable(f"job {self.paths.job_id}'s metric history cannot be read: {exc}") from None
 
@@ -296,15 +299,14 @@ class FileTransport:
         pass
 
 
-def receipt_in(status: dict[str, Any] | None, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+def receipt_in(status: Status | None, command_id: str, key: str | None = None) -> Receipt | None:
     """A receipt from a status record's ``commands``: by id, else by idempotency key."""
-    commands = (status or {}).get("commands")
-    found = [e for e in commands if isinstance(e, dict)] if isinstance(commands, list) else []
+    found = (status.commands or []) if status is not None else []
     for e in found:
-        if e.get("id") == command_id:
+        if e.id == command_id:
             return e
     if key is not None:
         for e in found:
-            if e.get("key") == key and State.parse(e.get("state")) != State.REJECTED:
+            if e.key == key and State.parse(e.state) != State.REJECTED:
                 return e
     return None

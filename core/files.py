@@ -71,7 +71,7 @@ class RecordError(ValueError):
     the file (or field) and the problem."""
 
 
-def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict | None:
+def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict[str, Any] | None:
     """Read one JSON object, or return None (with a warning) for anything else.
 
     Missing files are normal (a job started by hand has no job.json) and are not
@@ -85,7 +85,7 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES
         return None
 
 
-def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES) -> dict | None:
+def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any] | None:
     """One JSON object; None when the file does not exist; RecordError for a file that
     is there but is not a record (never followed when it is a link)."""
     try:

@@ -8,6 +8,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 
 from forgather_control.core.errors import AmbiguousJob, InvalidJobId, JobNotFound
 
@@ -26,14 +27,14 @@ def is_valid_job_id(job_id: str) -> bool:
     return isinstance(job_id, str) and bool(_JOB_ID_RE.match(job_id))
 
 
-def default_job_id(env: dict[str, str] | None = None) -> str:
+def default_job_id(env: Mapping[str, str] | None = None) -> str:
     """``slurm-<id>`` under SLURM (so every node and a requeued run agree), else host-time-rand."""
-    env = os.environ if env is None else env
-    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    names: Mapping[str, str] = os.environ if env is None else env
+    array_job, array_task = names.get("SLURM_ARRAY_JOB_ID"), names.get("SLURM_ARRAY_TASK_ID")
     if array_job and array_task:
         return validate_job_id(f"slurm-{array_job}_{array_task}")
-    if env.get("SLURM_JOB_ID"):
-        return validate_job_id(f"slurm-{env['SLURM_JOB_ID']}")
+    if names.get("SLURM_JOB_ID"):
+        return validate_job_id(f"slurm-{names['SLURM_JOB_ID']}")
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "host"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return validate_job_id(f"{host[:80]}-{stamp}-{secrets.token_hex(2)}")

@@ -72,9 +72,10 @@ class _Series:
         for i in range(1, self.old):
             if self.steps[i] >= self.steps[keep[-1]] + self.width:
                 keep.append(i)
-        rest = range(self.old, len(self.steps))
-        for column in (self.steps, self.times, self.values):
-            column[:] = [column[i] for i in keep] + [column[i] for i in rest]
+        picked = [*keep, *range(self.old, len(self.steps))]
+        self.steps[:] = [self.steps[i] for i in picked]
+        self.times[:] = [self.times[i] for i in picked]
+        self.values[:] = [self.values[i] for i in picked]
         self.old = len(keep)
 
 

@@ -349,7 +349,7 @@ class Series(Record, omit_defaults=False):
         if not len(self.step) == len(self.time) == len(self.value):
             raise ValueError("step, time and value must be lists of one length")
         if any(a >= b for a, b in itertools.pairwise(self.step)):
-            raise ValueError("steps must ascend")
+            raise ValueError("steps out of order (they must ascend)")
         if not all(math.isfinite(t) for t in self.time) or not all(v is None or math.isfinite(v) for v in self.value):
             raise ValueError("holds something that is not a point (a time or value that is not finite)")
 
@@ -375,7 +375,7 @@ class MetricHistory(Record, omit_defaults=False):
 
 R = TypeVar("R", bound=Record)
 
-_PATH = re.compile(r"\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)")
+_PATH = re.compile(r"\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\]|\[\.\.\.\])*)")
 
 
 def decode(raw: object, cls: type[R], *, name: str) -> R:

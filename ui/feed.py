@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgather_control.client.jobinfo import status_of_run
 from forgather_control.client.lookup import list_jobs
 from forgather_control.core.errors import ControlError
 from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import JobPaths, is_valid_job_id
 from forgather_control.core.metrics import read_history
-from forgather_control.core.records import STATUS, load_or_empty
+from forgather_control.core.records import Status, load_or_none
 from forgather_control.core.safe import json_safe, scrub
 from forgather_control.core.states import JobState
 
@@ -140,20 +141,19 @@ def job_row(row: dict[str, Any], *, with_status: bool, statuses: StatusCache | N
     jobs_dir = row.get("jobs_dir")
     if with_status and isinstance(jobs_dir, str) and is_valid_job_id(row.get("job_id", "")):
         path = os.path.join(jobs_dir, row["job_id"], "status.json")
-        st = statuses.get(path) if statuses is not None else load_or_empty(path, STATUS)
-        ran, runs = st.get("restarts"), row.get("restarts")
-        if isinstance(ran, int) and isinstance(runs, int) and ran != runs:
-            st = {}  # a previous run's status: it says nothing of this run
-        metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
+        found = statuses.get(path) if statuses is not None else load_or_none(path, Status)
+        runs = row.get("restarts")
+        st = status_of_run(found, runs if isinstance(runs, int) else None) or Status()
+        metrics = st.metrics or {}
         if metrics or "loss" not in out:  # a job of the framework's own callback has its loss from its API, in the row
             out["loss"] = _finite(metrics.get("loss"))
         out["eval_loss"] = _finite(metrics.get("eval_loss"))
-        out["last_checkpoint"] = st.get("last_checkpoint")
-        out["stop_reason"] = st.get("stop_reason")
-        out["error"] = st.get("error")
+        out["last_checkpoint"] = st.last_checkpoint
+        out["stop_reason"] = st.stop_reason
+        out["error"] = st.error
         if state.live:  # a rate and an ETA are claims about a running job
-            out["steps_per_second"] = st.get("steps_per_second")
-            out["eta_seconds"] = st.get("eta_seconds")
+            out["steps_per_second"] = st.steps_per_second
+            out["eta_seconds"] = st.eta_seconds
     return json_safe(scrub(out))
 
 
@@ -162,19 +162,19 @@ class StatusCache:
     mtime): an ended job's is read once, not at every listing."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int], Status | None]] = {}
 
-    def get(self, path: str) -> dict[str, Any]:
+    def get(self, path: str) -> Status | None:
         try:
             st = os.stat(path)
         except OSError:
             self._cache.pop(path, None)
-            return {}
+            return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._cache.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        record = load_or_empty(path, STATUS)
+        record = load_or_none(path, Status)
         self._cache[path] = (stamp, record)
         return record
 
@@ -237,7 +237,8 @@ class Sparklines:
                 log.debug("no sparkline for %s: %s", job_id, exc)
                 values = []
             else:
-                values = bucket_means(history["series"].get("loss", {}).get("value", []), SPARK_POINTS)
+                loss = history.series.get("loss")
+                values = bucket_means(loss.value if loss is not None else [], SPARK_POINTS)
         with self._lock:
             self._cache[key] = (now, stamp, values)
         return values
