@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import psutil
+from support.records import identity
 
 from forgather_control.callback.watchdog import EXIT_ORPHANED, LauncherWatch, launcher_from_env, record_orphaned
 from forgather_control.client import find_job
-from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
+from forgather_control.core import JobPaths, read_json, write_json_atomic
 
 
 def test_the_launcher_named_in_the_environment() -> None:
@@ -40,15 +41,15 @@ def test_a_dead_launcher_ends_the_worker_after_rank0_records_why(tmp_path: Path,
 
 
 def test_a_recycled_launcher_pid_counts_as_gone() -> None:
-    me = process_identity()
+    me = identity()
     watch = LauncherWatch((os.getpid(), float(me["pid_start_time"]) - 1000.0))
     assert watch.gone() is not None and "launcher" in watch.gone()
 
 
 def test_rank0_records_the_end_so_the_job_is_not_running_forever(tmp_path: Path) -> None:
     paths = JobPaths(tmp_path, "orphan").create()
-    write_json_atomic(paths.endpoint, {"job_id": "orphan", "url": None, "token": "t", **process_identity()})
-    write_json_atomic(paths.status, {"job_id": "orphan", "state": "running", "step": 9, **process_identity()})
+    write_json_atomic(paths.endpoint, {"job_id": "orphan", "url": None, "token": "t", **identity()})
+    write_json_atomic(paths.status, {"job_id": "orphan", "state": "running", "step": 9, **identity()})
     record_orphaned(paths, "the launcher (pid 1) is gone")
     status = read_json(paths.status)
     assert status["state"] == "failed" and "launcher died" in status["error"] and status["step"] == 9

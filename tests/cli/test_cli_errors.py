@@ -14,15 +14,14 @@ import pytest
 from support.env import base_env
 from support.paths import FORGATHER, REPO
 from support.ports import free_port
+from support.records import identity
 
-from forgather_control.core import JobPaths, local_host, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, local_host, write_json_atomic
 
 
 def finished_job(root: Path, job_id: str, state: str = "finished", step: int = 10) -> JobPaths:
     paths = JobPaths(root, job_id).create()
-    write_json_atomic(
-        paths.status, {"job_id": job_id, "state": state, "step": step, "max_steps": step, "heartbeat_at": time.time(), **process_identity(999_999_999)}
-    )
+    write_json_atomic(paths.status, {"job_id": job_id, "state": state, "step": step, "max_steps": step, "heartbeat_at": time.time(), **identity(999_999_999)})
     return paths
 
 
@@ -30,7 +29,7 @@ def unreachable_job(root: Path, job_id: str) -> JobPaths:
     """A job whose pid is alive (ours, start time right) but whose URL is a closed port."""
     paths = JobPaths(root, job_id).create()
     port = free_port()
-    ident = process_identity()
+    ident = identity()
     write_json_atomic(
         paths.endpoint,
         {"job_id": job_id, "url": f"http://127.0.0.1:{port}", "port": port, "token": "sekrit-token-value", "started_at": time.time(), "protocol": 1, **ident},
@@ -290,7 +289,7 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
     from support.waiting import wait_for
 
     paths = JobPaths(jobs_dir, "sleepy").create()
-    ident = process_identity()
+    ident = identity()
     write_json_atomic(paths.endpoint, {"job_id": "sleepy", "url": None, "token": "t", "started_at": time.time(), "protocol": 1, **ident})
     write_json_atomic(paths.status, {"job_id": "sleepy", "state": "running", "step": 1, "heartbeat_at": time.time(), **ident})
     p = subprocess.Popen([*FORGATHER, "control", "save", "sleepy", "--wait"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -312,7 +311,7 @@ def test_reader_closing_the_pipe_is_not_a_failure(jobs_dir: Path) -> None:
     """`forgather control list --json | head`: the reader leaving early exits 0, quietly
     (click alone would turn the broken pipe into exit 1)."""
     p = JobPaths(jobs_dir, "piped").create()
-    write_json_atomic(p.status, {**process_identity(), "state": "finished", "step": 1})
+    write_json_atomic(p.status, {**identity(), "state": "finished", "step": 1})
     exe = [sys.executable, "-m", "forgather_control.cli.main", "control", "list", "--all", "--json"]
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before we write

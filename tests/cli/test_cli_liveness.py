@@ -13,9 +13,10 @@ from typing import Any
 
 from support.env import base_env
 from support.paths import EXAMPLES
+from support.records import identity
 from support.waiting import wait_for
 
-from forgather_control.core import JobPaths, local_host, process_identity, read_json, write_json_atomic
+from forgather_control.core import JobPaths, local_host, read_json, write_json_atomic
 
 
 def jobs_by_id(cli, *args: str) -> dict[str, dict[str, Any]]:
@@ -35,7 +36,7 @@ def write_job(root: Path, job_id: str, *, endpoint: dict | None = None, status: 
 
 def unrelated_pid_job(root: Path, job_id: str) -> JobPaths:
     """Our own live pid, but a start time that is not ours: a recycled pid."""
-    ident = process_identity()
+    ident = identity()
     ident["pid_start_time"] = float(ident["pid_start_time"]) - 1000.0
     return write_job(root, job_id, endpoint={**ident, "url": None, "token": "t"}, status={**ident, "state": "running", "step": 7, "heartbeat_at": time.time()})
 
@@ -51,7 +52,7 @@ def other_host_job(root: Path, job_id: str, heartbeat_age: float = 1.0) -> JobPa
 
 
 def finished_job(root: Path, job_id: str, state: str = "stopped") -> JobPaths:
-    return write_job(root, job_id, status={**process_identity(999_999_999), "state": state, "step": 3, "heartbeat_at": time.time()})
+    return write_job(root, job_id, status={**identity(999_999_999), "state": state, "step": 3, "heartbeat_at": time.time()})
 
 
 def test_sigkilled_job_shows_dead_and_cleanup_removes_it(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:

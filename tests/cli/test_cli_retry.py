@@ -19,8 +19,9 @@ import pytest
 from support.env import base_env
 from support.paths import EXAMPLES, FORGATHER
 from support.processes import Procs
+from support.records import identity
 
-from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
+from forgather_control.core import JobPaths, read_json, write_json_atomic
 from forgather_control.core.errors import EXIT_INTERRUPTED, EXIT_UNKNOWN
 
 
@@ -86,8 +87,8 @@ def test_ctrl_c_while_sending_exits_130_and_names_the_key(jobs_dir: Path, tmp_pa
 
     threading.Thread(target=serve, daemon=True).start()
     paths = JobPaths(jobs_dir, "held").create()
-    write_json_atomic(paths.endpoint, {"job_id": "held", "url": f"http://127.0.0.1:{port}", "token": "tok", **process_identity()})
-    write_json_atomic(paths.status, {"job_id": "held", "state": "running", "step": 1, **process_identity()})
+    write_json_atomic(paths.endpoint, {"job_id": "held", "url": f"http://127.0.0.1:{port}", "token": "tok", **identity()})
+    write_json_atomic(paths.status, {"job_id": "held", "state": "running", "step": 1, **identity()})
     p = subprocess.Popen([*FORGATHER, "control", "save", "held"], env=base_env(jobs_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert got_post.wait(60), "the command was never sent"

@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+from support.records import identity
 
 from forgather_control.client import cleanup
-from forgather_control.core import InvalidJobId, JobPaths, process_identity, write_json_atomic
+from forgather_control.core import InvalidJobId, JobPaths, write_json_atomic
 
 
 def _dead_job(root: Path, job_id: str) -> JobPaths:
     paths = JobPaths(root, job_id).create(mark=False)  # as an earlier run left it: no marker of ours
-    write_json_atomic(paths.status, {**process_identity(999_999_999), "state": "stopped", "step": 1})
+    write_json_atomic(paths.status, {**identity(999_999_999), "state": "stopped", "step": 1})
     return paths
 
 
@@ -45,7 +46,7 @@ def test_delete_job_refuses_symlinked_folder_and_live_job(tmp_path: Path) -> Non
     assert (outside / "status.json").exists()
 
     live = JobPaths(root, "live-1").create()
-    write_json_atomic(live.status, {**process_identity(), "state": "running", "step": 1, "heartbeat_at": time.time()})
+    write_json_atomic(live.status, {**identity(), "state": "running", "step": 1, "heartbeat_at": time.time()})
     outcome = cleanup.delete_job(root, "live-1")
     assert not outcome.deleted and "alive" in outcome.reason
     assert live.dir.is_dir()

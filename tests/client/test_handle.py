@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.records import identity
 
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, list_jobs, open_job
@@ -27,7 +28,6 @@ from forgather_control.core import (
     Unreachable,
     UsageError,
     WaitTimeout,
-    process_identity,
     write_json_atomic,
 )
 from forgather_control.core.errors import ControlError
@@ -51,11 +51,11 @@ class LiveJob:
         self.url = self.server.url
 
     def status(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "state": self.state, "step": self.step, "commands": self.ledger.recent(), **process_identity()}
+        return {"job_id": self.job_id, "state": self.state, "step": self.step, "commands": self.ledger.recent(), **identity()}
 
     def publish(self, root: Path) -> JobPaths:
         paths = JobPaths(root, self.job_id).create()
-        write_json_atomic(paths.endpoint, {"job_id": self.job_id, "url": self.url, "token": TOKEN, "protocol": 1, **process_identity()})
+        write_json_atomic(paths.endpoint, {"job_id": self.job_id, "url": self.url, "token": TOKEN, "protocol": 1, **identity()})
         write_json_atomic(paths.status, {**self.status(), "heartbeat_at": time.time()})
         return paths
 
@@ -109,7 +109,7 @@ def test_one_prefix_rule_everywhere(live, tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     for jid in ("run-a1", "run-a2"):
         JobPaths(root, jid).create()
-        write_json_atomic(JobPaths(root, jid).status, {"job_id": jid, "state": "running", **process_identity()})
+        write_json_atomic(JobPaths(root, jid).status, {"job_id": jid, "state": "running", **identity()})
     with pytest.raises(AmbiguousJob, match="run-a1, run-a2"):
         open_job("run-a", jobs_dir=root)
     with pytest.raises(JobNotFound, match="no job 'zzz'"):
@@ -153,7 +153,7 @@ def test_remote_server_gone_before_a_stop_applied_is_unreachable(live) -> None:
 def test_wait_gives_up_when_a_starting_job_ends_without_taking_the_command(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     paths = JobPaths(root, "starting-1").create()
-    launcher = process_identity()  # this test process plays the live launcher
+    launcher = identity()  # this test process plays the live launcher
     paths.nodes.mkdir()
     write_json_atomic(paths.job, {"job_id": "starting-1", "state": "running", "control": True, **launcher})
     write_json_atomic(paths.node(0), {"job_id": "starting-1", "state": "running", "heartbeat_at": time.time(), **launcher})
@@ -180,9 +180,9 @@ def test_wait_times_out_with_what_to_do(live, tmp_path: Path) -> None:
 def test_commands_refused_before_sending_with_the_reason(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     ended = JobPaths(root, "ended-1").create()
-    write_json_atomic(ended.status, {"job_id": "ended-1", "state": "stopped", **process_identity(999_999_999)})
+    write_json_atomic(ended.status, {"job_id": "ended-1", "state": "stopped", **identity(999_999_999)})
     dead = JobPaths(root, "dead-1").create()
-    ident = {**process_identity(), "pid_start_time": 1.0}  # our pid, another start time: recycled
+    ident = {**identity(), "pid_start_time": 1.0}  # our pid, another start time: recycled
     write_json_atomic(dead.endpoint, {"job_id": "dead-1", "url": None, "token": "t", **ident})
     write_json_atomic(dead.status, {"job_id": "dead-1", "state": "running", **ident})
     with pytest.raises(JobEnded, match="has ended \\(stopped\\)"):
@@ -217,7 +217,7 @@ def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path)
     with open_job("killed", jobs_dir=root) as h:
         receipt = h.send("save")
         job.stop()
-        gone = {**process_identity(), "pid_start_time": 1.0}  # the pid runs, but not the process the records name
+        gone = {**identity(), "pid_start_time": 1.0}  # the pid runs, but not the process the records name
         write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
         write_json_atomic(paths.status, {**job.status(), **gone, "heartbeat_at": time.time()})
         with pytest.raises(CommandFailed, match=r"has ended .*never reached a final state .*queued"):  # not WaitTimeout
@@ -236,7 +236,7 @@ def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path)
     assert last.ended == "job watched stopped at step 7"
 
     dead = JobPaths(root, "vanished").create()
-    ident = {**process_identity(), "pid_start_time": 1.0}
+    ident = {**identity(), "pid_start_time": 1.0}
     write_json_atomic(dead.status, {"job_id": "vanished", "state": "running", "step": 1, **ident})
     handle = JobHandle.from_info(open_job("vanished", jobs_dir=root).info)
     ended = [s.ended for s in handle.watch(interval=0.01) if s.ended]

@@ -4,11 +4,13 @@ Ray's address, and the rule that never probes another host's loopback."""
 from __future__ import annotations
 
 import pytest
+from support.records import identity, typed
 
 from forgather_control.client.listing import useful_probe
 from forgather_control.client.ray_listing import resolve_address
 from forgather_control.client.remote import remote_url
-from forgather_control.core import AmbiguousJob, JobNotFound, UsageError, match_job_id, process_identity
+from forgather_control.core import AmbiguousJob, JobNotFound, UsageError, match_job_id
+from forgather_control.core.records import Endpoint
 
 
 @pytest.mark.parametrize(
@@ -46,11 +48,11 @@ def test_never_probe_another_hosts_loopback() -> None:
     def probe(endpoint: dict) -> bool:
         return True
 
-    me = process_identity()
+    me = identity()
     other = {"host": "elsewhere", "boot_id": "b", "pid": 1}
-    assert useful_probe({**other, "url": "http://127.0.0.1:5000"}, probe) is None
-    assert useful_probe({**other, "url": "http://localhost:5000"}, probe) is None
-    assert useful_probe({**other, "url": "http://10.1.2.3:5000"}, probe) is probe
-    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe) is probe
-    assert useful_probe({**me, "url": "http://127.0.0.1:5000"}, probe, probe_local=False) is None
+    assert useful_probe(typed(Endpoint, {**other, "url": "http://127.0.0.1:5000"}), probe) is None
+    assert useful_probe(typed(Endpoint, {**other, "url": "http://localhost:5000"}), probe) is None
+    assert useful_probe(typed(Endpoint, {**other, "url": "http://10.1.2.3:5000"}), probe) is probe
+    assert useful_probe(typed(Endpoint, {**me, "url": "http://127.0.0.1:5000"}), probe) is probe
+    assert useful_probe(typed(Endpoint, {**me, "url": "http://127.0.0.1:5000"}), probe, probe_local=False) is None
     assert useful_probe(None, probe) is None

@@ -32,11 +32,12 @@ from support.paths import EXAMPLES
 from support.ports import free_port
 from support.processes import Procs
 from support.ray_cluster import START_TIMEOUT, LocalRayCluster, ray_env, write_dead_job, write_finished_job
+from support.records import identity
 from support.services import require_service
 from support.waiting import wait_for
 
 from forgather_control.client.ray_driver import INSTALL_HINT
-from forgather_control.core import JobPaths, process_identity, read_json, write_json_atomic
+from forgather_control.core import JobPaths, read_json, write_json_atomic
 
 # One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -215,7 +216,7 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
     silent = f"silent-{cluster.live['fg-b'][-4:]}"
     paths = JobPaths(cluster.dirs["fg-b"], silent).create()
     try:
-        write_json_atomic(paths.endpoint, {"job_id": silent, "url": f"http://127.0.0.1:{free_port()}", "token": "t", **process_identity()})
+        write_json_atomic(paths.endpoint, {"job_id": silent, "url": f"http://127.0.0.1:{free_port()}", "token": "t", **identity()})
         with pytest.raises(Unreachable, match=r"does not answer from .*FORGATHER_CONTROL_HOST") as exc:
             find_cluster_job(silent, address=cluster.address, jobs_dir=None, timeout=60)
         assert exc.value.job["liveness"] == "alive"

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from support.records import identity
 
 from forgather_control.callback.publisher import Publisher
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
-from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, process_identity, write_json_atomic
+from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "retry-test-token-0123456789abcdef"
@@ -92,7 +93,7 @@ def test_nothing_sent_is_unreachable_not_unknown() -> None:
 
 def _file_job(root: Path) -> tuple[JobPaths, Ledger, Publisher]:
     paths = JobPaths(root, "filejob").create()
-    ident = process_identity()  # this process plays rank 0
+    ident = identity()  # this process plays rank 0
     write_json_atomic(paths.endpoint, {"job_id": "filejob", "url": None, "token": "t", "protocol": 1, **ident})
     ledger = Ledger()
     pub = Publisher(paths=paths, ledger=ledger, status=lambda: {"job_id": "filejob", "state": "running", "commands": ledger.recent(), **ident}, inbox_grace=0)
@@ -124,7 +125,7 @@ def test_a_retry_after_the_job_ended_returns_the_first_receipt(tmp_path: Path) -
     root = tmp_path / "jobs"
     paths = JobPaths(root, "gone").create()
     receipt = {"id": "c-1", "command": "graceful_stop", "key": "k-late", "state": "completed", "step": 9, "updated_at": time.time()}
-    write_json_atomic(paths.status, {"job_id": "gone", "state": "stopped", "commands": [receipt], **process_identity(999_999_999)})
+    write_json_atomic(paths.status, {"job_id": "gone", "state": "stopped", "commands": [receipt], **identity(999_999_999)})
     with open_job("gone", jobs_dir=root) as h:
         assert h.send("stop", key="k-late") == receipt
         with pytest.raises(Exception, match="has ended") as exc:

@@ -33,13 +33,14 @@ from support.history import (
 )
 from support.launcher import START_TIMEOUT, launch, wait_running
 from support.paths import PLAIN_LAUNCH, REPO
+from support.records import identity
 from support.waiting import wait_for
 
 from forgather_control.client import cleanup, find_job, list_jobs, listing
 from forgather_control.client import settled as settled_mod
 from forgather_control.client.listing import scan
 from forgather_control.client.ray_listing import list_node
-from forgather_control.client.settled import Settler
+from forgather_control.client.settler import Settler
 from forgather_control.core import JobPaths, process_identity, write_json_atomic
 from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run, read_entry, read_index
 from forgather_control.ui.feed import JobsFeed
@@ -57,7 +58,7 @@ def test_a_folder_of_the_current_release_is_read_as_before_then_settled(tmp_path
     root = tmp_path / "jobs"
     _history(root, 12)
     live = JobPaths(root, "live").create()  # this process: alive
-    write_json_atomic(live.status, {**process_identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
+    write_json_atomic(live.status, {**identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
     everything = {i.job_id: (str(i.state), str(i.liveness)) for i in scan(root, include_finished=True, settle=False)}
     assert not (root / SETTLED_DIR).exists()  # settle=False writes nothing
 
@@ -79,7 +80,7 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         root = tmp_path / f"jobs-{n}"
         _history(root, n)
         live = JobPaths(root, "live").create()
-        write_json_atomic(live.status, {**process_identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
+        write_json_atomic(live.status, {**identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
         listed(root)  # settles
         with counted_ops(root) as c:
             assert listed(root) == ["live"]
@@ -215,7 +216,7 @@ def test_bad_entries_and_markers_never_hide_a_job_nor_break_the_listing(tmp_path
     for j in ("garbage", "linked", "folder", "fifo", "relaunched", "bad-marker"):
         ended_job(root, j)
     live = JobPaths(root, "relaunched").create()  # runs again, with a marker
-    write_json_atomic(live.status, {**process_identity(), "job_id": "relaunched", "state": "running", "step": 1, "heartbeat_at": time.time()})
+    write_json_atomic(live.status, {**identity(), "job_id": "relaunched", "state": "running", "step": 1, "heartbeat_at": time.time()})
     s = root / SETTLED_DIR
     s.mkdir()
     (s / "garbage").write_bytes(b"\xff\xfe not json")
@@ -372,7 +373,7 @@ def _rows(cli, *args: str) -> dict[str, str]:
 def test_list_all_and_status_find_everything_in_a_settled_history(cli, jobs_dir: Path) -> None:
     _history(jobs_dir, 9)
     live = JobPaths(jobs_dir, "live").create()
-    write_json_atomic(live.status, {**process_identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
+    write_json_atomic(live.status, {**identity(), "job_id": "live", "state": "running", "step": 1, "heartbeat_at": time.time()})
     first = _rows(cli)  # reads every folder, as before; settles what ended
     assert first == {"dead-0000": "dead", "dead-0004": "dead", "dead-0008": "dead", "live": "running"}
     everything = _rows(cli, "--all")

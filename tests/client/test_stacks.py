@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support.env import base_env
 from support.processes import Proc, Procs, gone
+from support.records import identity
 from support.waiting import wait_for
 
 from forgather_control.cli.stacks_cmd import describe
@@ -23,7 +24,6 @@ from forgather_control.core import JobPaths
 from forgather_control.core import stacks as st
 from forgather_control.core.commands import State
 from forgather_control.core.files import write_json_atomic
-from forgather_control.core.liveness import process_identity
 from forgather_control.core.states import JobState
 from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
 
@@ -179,8 +179,8 @@ def test_never_signals_a_process_that_does_not_catch_the_signal(procs: Procs, tm
     catching = start(procs, tmp_path, WORKER, str(paths.root), "j", "1", "python")
     folder = paths.dir / "stacks"
     (folder / "rank-0-1.txt").write_bytes(b"")
-    write_json_atomic(folder / "rank-0.json", {**process_identity(plain.pid), "rank": 0, "run": 0, "dump": "rank-0-1.txt"})
-    recycled = {**process_identity(catching.pid), "rank": 2, "run": 0, "dump": f"rank-1-{catching.pid}.txt"}
+    write_json_atomic(folder / "rank-0.json", {**identity(plain.pid), "rank": 0, "run": 0, "dump": "rank-0-1.txt"})
+    recycled = {**identity(catching.pid), "rank": 2, "run": 0, "dump": f"rank-1-{catching.pid}.txt"}
     recycled["pid_start_time"] -= 1000  # the pid now belongs to another process than the record's
     write_json_atomic(folder / "rank-2.json", recycled)
     assert [w.rank for w in st.local_workers(paths)] == [1]

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from msgspec import structs
+from support.records import identity, typed
 from support.waiting import wait_for
 
 from forgather_control.callback import Controller
@@ -18,7 +20,8 @@ from forgather_control.client.jobinfo import SILENT_AFTER, JobInfo, stall_of
 from forgather_control.core import JobPaths, read_json
 from forgather_control.core.env import ENV_STALL_AFTER
 from forgather_control.core.errors import UsageError
-from forgather_control.core.liveness import Liveness, process_identity
+from forgather_control.core.liveness import Liveness
+from forgather_control.core.records import Status
 from forgather_control.core.states import JobState
 from forgather_control.launcher.config import LaunchConfig, LaunchError
 from forgather_control.launcher.plan import make_plan
@@ -74,8 +77,8 @@ def test_launch_option_reaches_the_workers_only_when_given(tmp_path: Path) -> No
 
 
 # -- rank 0's word, or its silence ----------------------------------------------------------
-def _status(**kw) -> dict:
-    return {"state": "running", "step": 41, **process_identity(), "heartbeat_at": 1000.0, **kw}
+def _status(**kw) -> Status:
+    return typed(Status, {"state": "running", "step": 41, **identity(), "heartbeat_at": 1000.0, **kw})
 
 
 def test_stall_of_reads_rank_0s_word() -> None:
@@ -83,7 +86,7 @@ def test_stall_of_reads_rank_0s_word() -> None:
     got = stall_of(st, 1001.0)
     assert got["for"] == 400.0 and got["step"] == 41 and "another rank has not arrived" in got["why"]
     assert stall_of(_status(), 1001.0) is None
-    assert stall_of({**st, "state": "stopping"}, 1001.0) is None  # winding down is not a stall
+    assert stall_of(structs.replace(st, state=JobState.STOPPING), 1001.0) is None  # winding down is not a stall
 
 
 def test_a_silent_rank_0_on_this_host_is_a_stall_but_not_one_on_another() -> None:
@@ -91,7 +94,7 @@ def test_a_silent_rank_0_on_this_host_is_a_stall_but_not_one_on_another() -> Non
     got = stall_of(st, 1000.0 + SILENT_AFTER + 1)
     assert got["phase"] == "silent" and "not answering" in got["why"] and got["for"] == pytest.approx(SILENT_AFTER + 101)
     assert stall_of(st, 1000.0 + SILENT_AFTER - 1) is None
-    elsewhere = {**st, "host": "another-host"}  # its clock is not ours: never judged silent from here
+    elsewhere = structs.replace(st, host="another-host")  # its clock is not ours: never judged silent from here
     assert stall_of(elsewhere, 1000.0 + 10 * SILENT_AFTER) is None
 
 

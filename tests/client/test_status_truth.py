@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from support.records import identity, typed
+
 from forgather_control.callback import Controller
 from forgather_control.cli.output import progress_line
 from forgather_control.client import find_job
-from forgather_control.core import JobPaths, Liveness, judge, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, Liveness, judge, write_json_atomic
 from forgather_control.core.failures import Failure, read_failures, record_failure, root_cause
+from forgather_control.core.records import Status
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 
@@ -34,7 +37,7 @@ def test_eval_metrics_stay_in_the_status_until_the_next_eval(tmp_path: Path) -> 
 
 def test_a_dead_job_has_no_speed_and_no_eta(tmp_path: Path) -> None:
     paths = JobPaths(tmp_path, "gone").create()
-    ident = {**process_identity(), "pid_start_time": 1.0}  # our pid, another start time: it died
+    ident = {**identity(), "pid_start_time": 1.0}  # our pid, another start time: it died
     write_json_atomic(paths.status, {"job_id": "gone", "state": "running", "step": 5, "max_steps": 10, "steps_per_second": 3.0, "eta_seconds": 2.0, **ident})
     details = find_job(tmp_path, "gone").details()
     assert details["state"] == "dead" and details["steps_per_second"] is None and details["eta_seconds"] is None
@@ -45,9 +48,9 @@ def test_a_dead_job_has_no_speed_and_no_eta(tmp_path: Path) -> None:
 def test_a_heartbeat_from_the_future_is_clock_skew_not_alive_forever() -> None:
     other = {"host": "elsewhere", "boot_id": "b", "pid": 7, "pid_start_time": 1.0}
     now = time.time()
-    verdict, evidence = judge(endpoint=None, status={**other, "state": "running", "heartbeat_at": now + 3600}, squeue=None, now=now)
+    verdict, evidence = judge(endpoint=None, status=typed(Status, {**other, "state": "running", "heartbeat_at": now + 3600}), squeue=None, now=now)
     assert verdict == Liveness.STALE and "future" in evidence and "clock" in evidence
-    verdict, _ = judge(endpoint=None, status={**other, "state": "running", "heartbeat_at": now - 5}, squeue=None, now=now)
+    verdict, _ = judge(endpoint=None, status=typed(Status, {**other, "state": "running", "heartbeat_at": now - 5}), squeue=None, now=now)
     assert verdict == Liveness.UNKNOWN  # a fresh heartbeat from another host: cannot tell
 
 
@@ -73,7 +76,7 @@ def test_the_root_cause_is_the_first_rank_that_raised(tmp_path: Path) -> None:
     write_json_atomic(paths.job, {"job_id": "crashed", "state": "failed", "exit_code": 1, "restarts": 0})
     write_json_atomic(
         paths.status,
-        {"job_id": "crashed", "state": "failed", "restarts": 0, "error": "RuntimeError: Connection closed by peer", **process_identity(999_999_999)},
+        {"job_id": "crashed", "state": "failed", "restarts": 0, "error": "RuntimeError: Connection closed by peer", **identity(999_999_999)},
     )
     proc = subprocess.run([*CLI, "control", "status", "crashed", "--jobs-dir", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60)
     d = json.loads(proc.stdout)
@@ -100,7 +103,7 @@ def test_the_default_home_is_private_under_any_umask(tmp_path: Path) -> None:
 
 def test_watch_into_a_pipe_prints_plain_lines_and_ends_with_the_job(tmp_path: Path) -> None:
     paths = JobPaths(tmp_path, "piped").create()
-    write_json_atomic(paths.status, {"job_id": "piped", "state": "stopped", "step": 3, "max_steps": 10, "eta_seconds": 4.0, **process_identity(999_999_999)})
+    write_json_atomic(paths.status, {"job_id": "piped", "state": "stopped", "step": 3, "max_steps": 10, "eta_seconds": 4.0, **identity(999_999_999)})
     proc = subprocess.run([*CLI, "control", "status", "piped", "--watch", "--jobs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["piped  stopped  step 3/10", "job piped stopped at step 3"]

@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from support.records import identity, typed
+
 from forgather_control.client import scan
-from forgather_control.core import Liveness, judge, local_host, process_identity, write_json_atomic
+from forgather_control.core import Liveness, judge, local_host, write_json_atomic
 from forgather_control.core.jobs import JobPaths
+from forgather_control.core.records import Endpoint, Status
 
 
 def other_host(**kw) -> dict:
@@ -22,25 +25,25 @@ def no_squeue(_job_id: str) -> None:
 
 
 def test_this_process_is_alive() -> None:
-    verdict, why = judge(endpoint=process_identity(), status=None, squeue=no_squeue)
+    verdict, why = judge(endpoint=typed(Endpoint, identity()), status=None, squeue=no_squeue)
     assert verdict == Liveness.ALIVE, why
 
 
 def test_recycled_pid_is_dead() -> None:
-    rec = {**process_identity(), "pid_start_time": time.time() - 10_000}
-    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.DEAD
+    rec = {**identity(), "pid_start_time": time.time() - 10_000}
+    assert judge(endpoint=typed(Endpoint, rec), status=None, squeue=no_squeue)[0] == Liveness.DEAD
 
 
 def test_exited_process_is_dead() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    rec = process_identity(proc.pid)
+    rec = identity(proc.pid)
     proc.wait()
-    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.DEAD
+    assert judge(endpoint=typed(Endpoint, rec), status=None, squeue=no_squeue)[0] == Liveness.DEAD
 
 
 def test_same_hostname_other_boot_is_not_judged_by_pid() -> None:
-    rec = {**process_identity(), "boot_id": "rebooted-since", "heartbeat_at": time.time()}
-    assert judge(endpoint=rec, status=None, squeue=no_squeue)[0] == Liveness.UNKNOWN
+    rec = {**identity(), "boot_id": "rebooted-since", "heartbeat_at": time.time()}
+    assert judge(endpoint=None, status=typed(Status, rec), squeue=no_squeue)[0] == Liveness.UNKNOWN
 
 
 def test_other_host_heartbeat_fresh_unknown_old_stale() -> None:
@@ -69,15 +72,15 @@ def test_slurm_answers_for_other_hosts() -> None:
 
 
 def test_finished_job_without_endpoint() -> None:
-    st = {**process_identity(), "state": "stopped"}
+    st = {**identity(), "state": "stopped"}
     assert judge(endpoint=None, status=st, squeue=no_squeue)[0] == Liveness.FINISHED
 
 
 def test_scan_skips_hostile_entries(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     p = JobPaths(root, "live").create()
-    write_json_atomic(p.endpoint, {**process_identity(), "job_id": "live", "url": None})
-    write_json_atomic(p.status, {**process_identity(), "state": "running", "step": 3})
+    write_json_atomic(p.endpoint, {**identity(), "job_id": "live", "url": None})
+    write_json_atomic(p.status, {**identity(), "state": "running", "step": 3})
     (root / "garbage").mkdir()
     (root / "garbage" / "status.json").write_bytes(b"\x00\x01{{{")
     (root / "a-file").write_text("not a job")

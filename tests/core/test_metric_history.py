@@ -16,13 +16,14 @@ from forgather_control.client import open_job
 from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.core.files import RecordError
 from forgather_control.core.metrics import DENSE, FILENAME, History, read_history
+from forgather_control.core.records import encode
 
 
 def test_a_million_steps_stay_a_few_thousand_points_dense_at_the_end() -> None:
     history = History("long", dense=256)
     for step in range(1, 1_000_001):
         history.record(step, float(step), {"loss": 1.0 / step})
-    loss = history.as_record()["series"]["loss"]
+    loss = encode(history.as_record().series["loss"])
     assert len(loss["step"]) < 2 * 256
     assert loss["step"][-256:] == list(range(1_000_000 - 255, 1_000_001))  # the newest, dense
     assert loss["step"][0] == 1 and loss["step"] == sorted(loss["step"]) and len(set(loss["step"])) == len(loss["step"])
@@ -36,10 +37,10 @@ def test_values_and_steps_a_curve_can_use() -> None:
     history.record(2, 2.0, {"loss": 1.5})
     history.record(2, 2.5, {"loss": 1.4})  # the same step again: replaced, not doubled
     history.record(1, 3.0, {"loss": 9.9})  # a step from the past: ignored
-    series = history.as_record()["series"]
+    series = encode(history.as_record())["series"]
     assert series["loss"] == {"step": [1, 2], "time": [1.0, 2.5], "value": [2.0, 1.4]}
     assert series["lr"]["value"] == [None] and "note" not in series and "flag" not in series
-    assert history.as_record(since=1)["series"]["loss"]["step"] == [2]
+    assert history.as_record(since=1).series["loss"].step == [2]
 
 
 def test_the_recorder_samples_each_tick_and_writes_every_few_seconds(tmp_path: Path) -> None:
@@ -51,11 +52,11 @@ def test_the_recorder_samples_each_tick_and_writes_every_few_seconds(tmp_path: P
         state["step"] = step
         recorder.tick()
         now[0] += 1.0
-    assert read_history(paths)["series"]["loss"]["step"] == [1]  # written once, at the first tick
+    assert read_history(paths).series["loss"].step == [1]  # written once, at the first tick
     recorder.tick()  # the same step: nothing new
     now[0] += 5.0
     recorder.tick()
-    assert read_history(paths)["series"]["loss"]["step"] == [1, 2, 3]
+    assert read_history(paths).series["loss"].step == [1, 2, 3]
 
 
 def test_a_bad_history_is_refused_with_the_reason(tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_a_bad_history_is_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(RecordError, match="out of order"):
         read_history(paths)
     write_json_atomic(paths.dir / FILENAME, {"series": {"loss": {"step": [1], "time": [0], "value": ["x"]}}})
-    with pytest.raises(RecordError, match="not a point"):
+    with pytest.raises(RecordError, match=r"field 'series' \[\.\.\.\]\.value\[0\]: expected `float \| null`, got `str`"):
         read_history(paths)
 
 
@@ -86,7 +87,7 @@ def test_a_job_records_its_curves_serves_them_and_keeps_them(tmp_path: Path) -> 
             assert len(served["series"]["loss"]["step"]) >= 2 and "learning_rate" in served["series"]
             later = job.metrics(since=served["series"]["loss"]["step"][-2])
             assert later["series"]["loss"]["step"] == [200] and later["series"]["eval_loss"]["step"] == []
-    kept = read_history(JobPaths(jobs, "curves"))  # the finished job keeps its history
+    kept = encode(read_history(JobPaths(jobs, "curves")))  # the finished job keeps its history
     assert kept["series"]["loss"]["step"][-1] == 200 and kept["series"]["eval_loss"]["value"] == [0.25]
     assert "steps_per_second" in kept["series"]
     with open_job("curves", jobs_dir=jobs) as job:  # ended: from the folder

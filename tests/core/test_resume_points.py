@@ -8,23 +8,26 @@ import json
 from pathlib import Path
 
 from support.history import launch_run, rank0_status
+from support.records import typed
 
 from forgather_control.client import cleanup, find_job
 from forgather_control.core import JobPaths
 from forgather_control.core.checkpoints import MAX_KEPT, Checkpoint, choose, history
+from forgather_control.core.records import Job, Status
 from forgather_control.launcher import LaunchConfig, make_plan, render_plan
 from forgather_control.launcher.records import JobRecords, read_previous
 
 
 def test_history_merges_runs_newest_last_and_ignores_garbage() -> None:
-    job = {"checkpoints": [{"path": "/a", "step": 10, "run": 0}, "not a checkpoint", {"path": 7}, {"path": "/b", "step": 20, "run": 1}]}
-    status = {"restarts": 2, "resume_point": {"path": "/c", "step": 5, "saved_at": 1.0}, "unsynced_checkpoint": {"path": "/d", "step": 6}}
+    # garbage of the right types (a checkpoint record of the wrong type makes job.json corrupt, where it is read)
+    job = typed(Job, {"checkpoints": [{"path": "/a", "step": 10, "run": 0}, {"path": "relative/ck"}, {"step": 7}, {"path": "/b", "step": 20, "run": 1}]})
+    status = typed(Status, {"restarts": 2, "resume_point": {"path": "/c", "step": 5, "saved_at": 1.0}, "unsynced_checkpoint": {"path": "/d", "step": 6}})
     assert [c.path for c in history(job, status)] == ["/a", "/b", "/c"]  # run 2's step 5 is newer than run 1's step 20
     assert [c.path for c in history(job, status, clean_exit=True)] == ["/a", "/b", "/c", "/d"]
-    assert [c.path for c in history(job, {"restarts": 3, "resume_point": None})] == ["/a", "/b"]  # a run that saved nothing
-    many = {"checkpoints": [{"path": f"/p{i}", "step": i} for i in range(MAX_KEPT + 5)]}
+    assert [c.path for c in history(job, typed(Status, {"restarts": 3, "resume_point": None}))] == ["/a", "/b"]  # a run that saved nothing
+    many = typed(Job, {"checkpoints": [{"path": f"/p{i}", "step": i} for i in range(MAX_KEPT + 5)]})
     assert len(history(many)) == MAX_KEPT and history(many)[-1].path == f"/p{MAX_KEPT + 4}"
-    legacy = {"last_checkpoint": "/old", "restarts": 1}
+    legacy = typed(Job, {"last_checkpoint": "/old", "restarts": 1})
     assert history(legacy) == [Checkpoint("/old", None, 1, None)]
 
 

@@ -17,16 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
+from support.records import identity
 
 from forgather_control.cli import render
 from forgather_control.cli.output import printable
 from forgather_control.client import scan
-from forgather_control.core import JobPaths, process_identity
-from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, RecordError, check_record
+from forgather_control.core import JobPaths
+from forgather_control.core.records import Endpoint, Job, Node, RecordError, Status, decode
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 #: What must never reach a terminal raw: C0/C1 controls (but a line's own newline) and
@@ -72,7 +74,7 @@ def _job(root: Path, job_id: str, **records: dict[str, Any]) -> JobPaths:
 def _hostile_dir(root: Path, outside: Path) -> dict[str, str]:
     """The review's findings as a jobs directory; returns job id -> the field named in
     its corrupt reason."""
-    dead = {**process_identity(999_999_999)}
+    dead = {**identity(999_999_999)}
     _job(root, "good-done", status={**dead, "job_id": "good-done", "state": "stopped", "step": 4, "metrics": {"loss": float("nan")}})
     bad = {
         "pid-dict": ("status", {**dead, "pid": {"a": 1}, "state": "running"}, "pid"),
@@ -168,7 +170,7 @@ def test_hostile_directory_never_crashes_never_escapes(tmp_path: Path) -> None:
 
 def test_a_command_to_a_corrupt_job_is_refused_with_the_reason(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
-    _job(root, "broken", status={**process_identity(), "state": ["running"]})
+    _job(root, "broken", status={**identity(), "state": ["running"]})
     proc = _cli("control", "save", "broken", jobs=root)
     assert proc.returncode == 4 and "corrupt" in proc.stderr and "'state'" in proc.stderr
     _assert_clean(proc)
@@ -181,21 +183,22 @@ _SCALAR = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(a
 _VALUE = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4), max_leaves=12)
 
 
-def _record(fields: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+def _record(cls: type) -> st.SearchStrategy[dict[str, Any]]:
     """Records whose known fields take any JSON value, plus stray fields."""
+    fields = [f.encode_name for f in msgspec.structs.fields(cls)]
     return st.fixed_dictionaries({}, optional={name: _VALUE for name in fields}) | st.dictionaries(_TEXT, _VALUE, max_size=5)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(endpoint=_record(ENDPOINT), status=_record(STATUS), job=_record(JOB), node=_record(NODE))
+@given(endpoint=_record(Endpoint), status=_record(Status), job=_record(Job), node=_record(Node))
 def test_any_record_is_checked_or_refused_and_renders_clean(tmp_path_factory: pytest.TempPathFactory, endpoint, status, job, node) -> None:
-    for data, fields in ((endpoint, ENDPOINT), (status, STATUS), (job, JOB), (node, NODE)):
+    for data, cls in ((endpoint, Endpoint), (status, Status), (job, Job), (node, Node)):
         try:
-            checked = check_record(data, fields, name="r")
+            checked = decode(data, cls, name="r")
         except RecordError as exc:
             assert "field" in str(exc)
             continue
-        assert set(checked) <= set(fields)
+        assert set(msgspec.to_builtins(checked)) <= {f.encode_name for f in msgspec.structs.fields(cls)}
     root = tmp_path_factory.mktemp("gen") / "jobs"
     paths = JobPaths(root, "gen").create()
     paths.nodes.mkdir()

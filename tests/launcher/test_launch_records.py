@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from support.paths import FORGATHER
+from support.records import identity
 
-from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.records import JobRecords, launcher_stop_key, read_previous, stopped_by_a_signal
 
@@ -114,7 +115,7 @@ def test_rank0_still_serving_is_refused(tmp_path: Path) -> None:
     """A job started by hand (no launcher records) whose rank 0 still runs here."""
     jobs = tmp_path / "jobs"
     paths = JobPaths(jobs, "byhand").create()
-    write_json_atomic(paths.endpoint, {**process_identity(), "job_id": "byhand", "url": None})
+    write_json_atomic(paths.endpoint, {**identity(), "job_id": "byhand", "url": None})
     with pytest.raises(LaunchError) as err:
         start(jobs, plan(jobs, job_id="byhand"))
     assert "in use by a running job" in str(err.value)

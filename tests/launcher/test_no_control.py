@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from support.records import identity
 
 from forgather_control.cli import render
 from forgather_control.client import JobHandle, open_job
 from forgather_control.client.jobinfo import JobInfo
-from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.core.attachment import ADD_CONTROL, published
 from forgather_control.core.errors import Unreachable, WaitTimeout
 from forgather_control.core.liveness import Liveness
@@ -222,7 +223,7 @@ def test_the_state_is_uncontrolled_once_the_launcher_recorded_it_and_running_onc
 def live_uncontrolled_job(root: Path, job_id: str) -> JobPaths:
     """Records of a live launcher (this test process plays it) that recorded no control."""
     paths = JobPaths(root, job_id).create()
-    launcher = process_identity()
+    launcher = identity()
     paths.nodes.mkdir()
     write_json_atomic(paths.job, {"job_id": job_id, **RUNNING, "no_control_since": time.time(), **launcher})
     write_json_atomic(paths.node(0), {"job_id": job_id, "state": "running", "heartbeat_at": time.time(), **launcher})

@@ -23,6 +23,7 @@ from support.launcher import ABORT_OF_A_HUNG_JOB
 from support.paths import FORGATHER, REPO
 from support.paths import PLAIN_LAUNCH as PLAIN
 from support.processes import dead_pid
+from support.records import identity
 from support.records import read_record as read
 from support.services import require_service
 from support.waiting import wait_for
@@ -217,10 +218,10 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
 
 def _fake_job(root: Path, job_id: str, slurm_job_id: str, *, host: str, state: str, pid: int | None = None) -> Path:
     """Records as a launcher leaves them, with the launcher's host and pid chosen."""
-    from forgather_control.core import JobPaths, process_identity, write_json_atomic
+    from forgather_control.core import JobPaths, write_json_atomic
 
     paths = JobPaths(root, job_id).create()
-    ident = process_identity() if host == "here" else {"host": host, "boot_id": "other-boot", "pid": 4242, "pid_start_time": 1.0}
+    ident = identity() if host == "here" else {"host": host, "boot_id": "other-boot", "pid": 4242, "pid_start_time": 1.0}
     if pid is not None:
         ident = {**ident, "pid": pid, "pid_start_time": 1.0}
     old = time.time() - 3600

@@ -24,6 +24,8 @@ from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run
 from forgather_control.launcher import LaunchConfig, make_plan
 from forgather_control.launcher.records import JobRecords, read_previous
 
+from .records import identity
+
 DAY = 86400.0
 #: A pid no process has (above any pid_max): a record naming it is dead at once.
 GONE_PID = 999_999_999
@@ -47,20 +49,20 @@ def rank0_status(jobs: Path, rec: JobRecords, state: str, point: Path | None) ->
     ``point`` (a folder named ``checkpoint-<step>``) as its resume point."""
     resume_point = {"path": str(point), "step": int(point.name.split("-")[1]), "saved_at": time.time()} if point else None
     status = {"job_id": rec.plan.job_id, "state": state, "restarts": rec.plan.restarts, "resume_point": resume_point}
-    write_json_atomic(JobPaths(jobs, rec.plan.job_id).status, {**status, **process_identity(GONE_PID)})
+    write_json_atomic(JobPaths(jobs, rec.plan.job_id).status, {**status, **identity(GONE_PID)})
 
 
 # -- jobs as an earlier release left them (no run marker, no settled entry) ---------------
 def other_host(pid: int | None = None) -> dict[str, Any]:
     """An identity on another host (its pids are not ours to check)."""
-    me = process_identity(pid)
+    me = identity(pid)
     return {**me, "host": "other-node-7", "boot_id": "other-boot"}
 
 
 def ended_job(root: Path, job_id: str, *, state: str = "finished", ident: dict[str, Any] | None = None, checkpoint: Path | None = None) -> JobPaths:
     """A run that ended and said so: job.json and status.json final, no endpoint."""
     paths = JobPaths(root, job_id).create(mark=False)
-    ident = ident or process_identity(GONE_PID)
+    ident = ident or identity(GONE_PID)
     now = time.time()
     job: dict[str, Any] = {"job_id": job_id, "state": state, "restarts": 0, "exit_code": 0, "ended_at": now, "updated_at": now, "host": ident["host"]}
     if checkpoint is not None:
@@ -75,7 +77,7 @@ def dead_job(root: Path, job_id: str, *, died: float | None = None) -> JobPaths:
     last heartbeat, and the storage's last write of its records, at ``died`` (default:
     two days ago, a death ``list`` no longer shows; ``time.time()``: one it does)."""
     paths = JobPaths(root, job_id).create(mark=False)
-    ident = process_identity(GONE_PID)
+    ident = identity(GONE_PID)
     when = time.time() - 2 * DAY if died is None else died
     write_json_atomic(paths.endpoint, {**ident, "job_id": job_id, "url": "http://127.0.0.1:1", "port": 1, "token": "t" * 43, "started_at": when - 60})
     write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": "running", "step": 7, "heartbeat_at": when})

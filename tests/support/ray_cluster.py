@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, write_json_atomic
 
 from .env import base_env
 from .ports import free_port
 from .processes import Proc, Procs, dead_pid, describe
+from .records import identity
 
 #: Seconds for a node to start: two cores shared with other test runs.
 START_TIMEOUT = 180.0
@@ -134,7 +135,7 @@ def ray_env() -> dict[str, str]:
 def write_dead_job(root: Path, job_id: str) -> None:
     """Records of a job whose process has exited without cleaning up (judged dead)."""
     paths = JobPaths(root, job_id).create()
-    ident = {**process_identity(), "pid": dead_pid(), "pid_start_time": time.time() - 100}
+    ident = {**identity(), "pid": dead_pid(), "pid_start_time": time.time() - 100}
     write_json_atomic(
         paths.endpoint, {"job_id": job_id, "url": "http://127.0.0.1:9", "port": 9, "token": "t", "started_at": time.time() - 100, "protocol": 1, **ident}
     )
@@ -144,4 +145,4 @@ def write_dead_job(root: Path, job_id: str) -> None:
 def write_finished_job(root: Path, job_id: str) -> None:
     """Records of a job that ran to its end."""
     paths = JobPaths(root, job_id).create()
-    write_json_atomic(paths.status, {"job_id": job_id, "state": "finished", "step": 20, "max_steps": 20, "ended_at": time.time() - 10, **process_identity()})
+    write_json_atomic(paths.status, {"job_id": job_id, "state": "finished", "step": 20, "max_steps": 20, "ended_at": time.time() - 10, **identity()})

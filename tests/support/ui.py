@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
-from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.ui import UiConfig, UiServer
 
 from .paths import REPO
+from .records import identity
 
 CHROMIUM = os.environ.get("FORGATHER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -132,7 +133,7 @@ def write_job(
     (a live pid on this host), so the job is judged running; else a process that ended."""
     paths = JobPaths(root, job_id).create()
     now = time.time()
-    me = process_identity()
+    me = identity()
     ident = dict(me) if alive else {**me, "pid": 2**22 - 7, "pid_start_time": 1.0}
     if host is not None:
         ident["host"] = host
@@ -191,7 +192,7 @@ def write_starting_job(root: Path, job_id: str) -> JobPaths:
     shows ``starting`` and takes commands in its inbox."""
     paths = JobPaths(root, job_id).create()
     now = time.time()
-    me = process_identity()
+    me = identity()
     write_json_atomic(
         paths.job, {"job_id": job_id, "argv": ["train.py"], "host": me["host"], "state": "running", "control": True, "restarts": 0, "started_at": now}
     )

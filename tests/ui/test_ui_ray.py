@@ -12,11 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from support.records import identity
 from support.ui import ui_server
 
 from forgather_control.callback.server import create_app
 from forgather_control.client import ray_listing
-from forgather_control.core import Ledger, process_identity
+from forgather_control.core import Ledger
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "ray-page-test-token-0123456789abcdef"
@@ -27,7 +28,7 @@ def job_server() -> Iterator[tuple[str, Ledger]]:
     ledger = Ledger()
 
     def status() -> dict[str, Any]:
-        return {"job_id": "ray-job-1", "state": "running", "step": 12, "max_steps": 100, "commands": ledger.recent(), **process_identity()}
+        return {"job_id": "ray-job-1", "state": "running", "step": 12, "max_steps": 100, "commands": ledger.recent(), **identity()}
 
     server = ServerThread(
         create_app(job_id="ray-job-1", ledger=ledger, status=status, token=TOKEN, metrics=lambda since: {"version": 1, "job_id": "ray-job-1", "series": {}})
