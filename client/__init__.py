@@ -12,10 +12,13 @@ A script does what the CLI does through the same calls::
         print(job.wait(receipt["id"])["result"])
 """
 
+from typing import Any
+
 from forgather_control.client.handle import JobHandle, Snapshot
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.listing import find_job, job_ids, judge_job, load, scan
 from forgather_control.client.lookup import Listing, list_jobs, open_job
+from forgather_control.client.sources import FoundJob, JobSource, LocalSource, RaySource, RemoteSource, source_for
 from forgather_control.client.transport import FileTransport, HttpChannel, HttpTransport, probe_endpoint
 from forgather_control.core.commands import (
     CLI_VERBS,
@@ -90,6 +93,7 @@ __all__ = [
     "ControlError",
     "Entry",
     "FileTransport",
+    "FoundJob",
     "HostIdentity",
     "HttpChannel",
     "HttpTransport",
@@ -99,14 +103,18 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobPaths",
+    "JobSource",
     "JobState",
     "KeyConflict",
     "Ledger",
     "LedgerError",
     "Listing",
     "Liveness",
+    "LocalSource",
     "OutcomeUnknown",
     "QueueFull",
+    "RaySource",
+    "RemoteSource",
     "Snapshot",
     "State",
     "StopPending",
@@ -140,6 +148,7 @@ __all__ = [
     "resolve_jobs_dir",
     "same_host",
     "scan",
+    "source_for",
     "validate_job_id",
     "write_json_atomic",
 ]
@@ -156,7 +165,7 @@ _RAY_LISTING = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _RAY_LISTING:
         from forgather_control.client import ray_listing
 
