@@ -198,11 +198,19 @@ class Status(Identity):
 
 
 class Scheduler(Record):
+    """Where the job runs (job.json ``scheduler``): ``judge`` asks squeue for a slurm one."""
+
     type: Short | None = None
     slurm_job_id: Str64 | None = None
     nodelist: Text | None = None
     restart_count: Count | None = None
     nodes: Annotated[list[Host], Meta(max_length=10_000)] | None = None
+    #: SLURM's names for the allocation, as the launcher found them (for a person)
+    array_job_id: Str64 | None = None
+    array_task_id: Str64 | None = None
+    partition: Text | None = None
+    cluster: Text | None = None
+    job_name: Text | None = None
 
 
 class FailureRecord(Record):
@@ -254,7 +262,7 @@ class Job(Record):
     error: Text | None = None
     reason: Text | None = None
     torchrun_exit_code: ExitCode | None = None
-    failure: Annotated[dict[str, Json], Meta(max_length=16)] | None = None
+    failure: FailureRecord | None = None
 
 
 class Node(Identity):
