@@ -14,8 +14,11 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+from forgather_control.core.records import Receipt
 
 
 class Command(str, enum.Enum):
@@ -109,15 +112,21 @@ class State(str, enum.Enum):
             return None
 
 
-def is_final_receipt(entry: object) -> bool:
-    """True for a receipt (a ledger entry as a dict) in a final state."""
-    state = State.parse(entry.get("state")) if isinstance(entry, dict) else None
+def is_final_receipt(entry: Receipt | dict[str, Any] | None) -> bool:
+    """True for a receipt in a final state. (A receipt a client has as JSON, a dict, is
+    read too, until every client hands on :class:`~.records.Receipt`.)"""
+    if isinstance(entry, Receipt):
+        raw: object = entry.state
+    else:
+        raw = entry.get("state") if isinstance(entry, dict) else None
+    state = State.parse(raw)
     return state is not None and state.final
 
 
 @dataclass
 class Entry:
-    """One command's receipt. Serialised as is into status.json and HTTP replies."""
+    """One command's life in the ledger (changed in place as it moves on); its receipt,
+    the record status.json and HTTP replies carry, is :meth:`as_record`."""
 
     id: str
     command: Command | str  # a str only for a rejected, unknown command
@@ -132,11 +141,21 @@ class Entry:
     reason: str | None = None
     options: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["command"] = str(self.command)
-        d["state"] = self.state.value
-        return d
+    def as_record(self) -> Receipt:
+        return Receipt(
+            id=self.id,
+            command=str(self.command),
+            state=self.state.value,
+            key=self.key,
+            source=self.source,
+            seq=self.seq,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            step=self.step,
+            result=dict(self.result) if self.result is not None else None,
+            reason=self.reason,
+            options=dict(self.options) if self.options is not None else None,
+        )
 
 
 class LedgerError(Exception):
@@ -213,7 +232,7 @@ class Ledger:
     persist status.json promptly; it must not raise, and errors in it are swallowed.
     """
 
-    def __init__(self, *, max_pending: int = 16, history: int = 200, on_change=None) -> None:
+    def __init__(self, *, max_pending: int = 16, history: int = 200, on_change: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._keys: dict[str, str] = {}
@@ -366,9 +385,10 @@ class Ledger:
         with self._lock:
             return self._get(command_id)
 
-    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+    def recent(self, n: int = 20) -> list[Receipt]:
+        """The receipts of the last ``n`` commands, oldest first."""
         with self._lock:
-            return [e.to_dict() for e in list(self._entries.values())[-n:]]
+            return [e.as_record() for e in list(self._entries.values())[-n:]]
 
     def pending_abort(self) -> Entry | None:
         """The abort accepted and not applied yet (the ranks have not agreed on it)."""
@@ -391,7 +411,7 @@ class Ledger:
             raise UnknownEntry(f"no command {command_id!r} in this job's ledger")
         return entry
 
-    def _finish(self, command_id: str, state: State, *, result=None, reason=None) -> Entry:
+    def _finish(self, command_id: str, state: State, *, result: dict[str, Any] | None = None, reason: str | None = None) -> Entry:
         with self._lock:
             entry = self._get(command_id)
             if entry.state.final:

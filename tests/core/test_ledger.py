@@ -30,7 +30,7 @@ def test_lifecycle_queued_applied_completed() -> None:
     led.mark_applied(e.id, 7)
     assert e.state == State.APPLIED and e.step == 7 and not led.has_pending
     led.complete(e.id, {"checkpoint": "/x"})
-    assert led.get(e.id).to_dict()["state"] == "completed"
+    assert led.get(e.id).as_record().state == "completed"
     assert led.get(e.id).result == {"checkpoint": "/x"}
     # a final entry never changes again
     led.fail(e.id, "late")
@@ -74,7 +74,7 @@ def test_drop_pending_and_unknown() -> None:
 def test_reject_records_refusal() -> None:
     led = Ledger()
     r = led.reject("explode", reason="unknown command")
-    assert r.state == State.REJECTED and r.to_dict()["command"] == "explode"
+    assert r.state == State.REJECTED and r.as_record().command == "explode"
     assert led.pending_count() == 0
 
 
@@ -106,4 +106,4 @@ def test_concurrent_submits_are_all_recorded() -> None:
     for t in threads:
         t.join()
     assert led.pending_count() == n * 200
-    assert len({e["id"] for e in led.recent(10_000)}) == n * 200
+    assert len({e.id for e in led.recent(10_000)}) == n * 200
