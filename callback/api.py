@@ -2,7 +2,9 @@
 
 These are what ``/openapi.json`` publishes and what the server really sends: every
 refusal is an :class:`ErrorBody` (a string ``detail``), including the 422 FastAPI would
-otherwise describe as a list of validation errors.
+otherwise describe as a list of validation errors. The records themselves (status,
+receipt, metric history) are the classes of core/records.py; the server hands them to
+these models as JSON (``encode``), at the HTTP edge only.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from typing import Any
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.metrics import History
+from forgather_control.core.records import CheckpointRecord, Http, Status
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -103,10 +104,10 @@ class Controller:
         self.epoch: float | None = None
         self.last_checkpoint: str | None = None
         #: The newest checkpoint every rank has finished writing: what a restarted run
-        #: resumes from ({"path", "step", "saved_at"}). A save reported unsynced waits in
+        #: resumes from (path, step, saved_at). A save reported unsynced waits in
         #: ``_unsynced_point`` until every rank passed an agreed check after it.
-        self.resume_point: dict[str, Any] | None = None
-        self._unsynced_point: dict[str, Any] | None = None
+        self.resume_point: CheckpointRecord | None = None
+        self._unsynced_point: CheckpointRecord | None = None
         self.state = JobState.STARTING
         self.stop_reason: str | None = None
         #: the stop came from a signal (the scheduler's preemption or time limit), not a command
@@ -118,9 +119,8 @@ class Controller:
         self._identity = process_identity()
         #: which run of the job this is (set by the launcher): a listing that finds a
         #: previous run's status.json next to this run's job.json knows it is stale.
-        self._run: dict[str, Any] = {"restarts": cfg.restarts} if cfg.restarts is not None else {}
-        if resume_from():
-            self._run["resumed_from"] = resume_from()
+        self._restarts = cfg.restarts
+        self._resumed_from = resume_from()
         self.history = load_or_new(self.paths, continued=bool(resume_from())) if self.is_rank0 else History(self.job_id)
         #: what the training thread is doing, as the control plane knows it (for stalls)
         self.phase = Phase.TRAINING
@@ -505,7 +505,7 @@ class Controller:
             self._changed()
             return
         self.last_checkpoint = checkpoint
-        point = {"path": self.last_checkpoint, "step": self.current_step, "saved_at": time.time()}
+        point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time())
         if synced or self._solo:
             self.resume_point = point
         else:
@@ -549,44 +549,52 @@ class Controller:
         self.epoch = epoch
 
     # -- status ---------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """The status record (status.json and GET /status). Called from the I/O and
-        HTTP threads; reads only plain attributes."""
+    def status(self) -> Status:
+        """The status record (status.json and GET /status), built here only. Called from
+        the I/O and HTTP threads; reads only plain attributes."""
         now = time.time()
         step = self.current_step
         rate = self._rate.update(step, now)
-        progress = self._stall.observe(step, now, steps_per_second=rate, phase=self.phase) if self.state == JobState.RUNNING else {}
+        progress = self._stall.observe(step, now, steps_per_second=rate, phase=self.phase) if self.state == JobState.RUNNING else None
+        stall = progress.stall if progress is not None else None
         eta = None
-        if rate and self.max_steps and step is not None and "stall" not in progress:  # a stalled job has no ETA
+        if rate and self.max_steps and step is not None and stall is None:  # a stalled job has no ETA
             eta = max(0.0, (self.max_steps - step) / rate)
         url = self.url
-        return {
-            "job_id": self.job_id,
-            "state": self.state,
-            "step": step,
-            "max_steps": self.max_steps,
-            "epoch": self.epoch,
-            "metrics": {**json_metrics(self.metrics), **self.eval_metrics},
-            "steps_per_second": rate,
-            "eta_seconds": eta,
-            "last_checkpoint": self.last_checkpoint,
-            "resume_point": self.resume_point,
-            "unsynced_checkpoint": self._unsynced_point,
-            "world_size": self.world_size,
-            "stop_reason": self.stop_reason,
-            "stopped_by_signal": self.stopped_by_signal,
-            **progress,
-            "commands": self.ledger.recent(20),
-            "pending_commands": self.ledger.pending_count(),
-            "control_error": self.control_error,
-            "http": {"url": url} if url else None,
-            "started_at": self._started_at,
-            "updated_at": now,
-            "check_interval": self.check_interval,
-            "protocol": PROTOCOL,
-            **self._run,
-            **self._identity,
-        }
+        me = self._identity
+        return Status(
+            host=me.host,
+            boot_id=me.boot_id,
+            pid=me.pid,
+            pid_start_time=me.pid_start_time,
+            job_id=self.job_id,
+            state=self.state,
+            step=step,
+            max_steps=self.max_steps,
+            epoch=self.epoch,
+            metrics={**json_metrics(self.metrics), **self.eval_metrics},
+            steps_per_second=rate,
+            eta_seconds=eta,
+            last_checkpoint=self.last_checkpoint,
+            resume_point=self.resume_point,
+            unsynced_checkpoint=self._unsynced_point,
+            world_size=self.world_size,
+            stop_reason=self.stop_reason,
+            stopped_by_signal=self.stopped_by_signal,
+            phase=progress.phase if progress is not None else None,
+            progress_at=progress.progress_at if progress is not None else None,
+            stall=stall,
+            commands=self.ledger.recent(20),
+            pending_commands=self.ledger.pending_count(),
+            control_error=self.control_error,
+            http=Http(url=url) if url else None,
+            started_at=self._started_at,
+            updated_at=now,
+            check_interval=self.check_interval,
+            protocol=PROTOCOL,
+            restarts=self._restarts,
+            resumed_from=self._resumed_from,
+        )
 
     def _metric_sample(self) -> tuple[int, dict[str, Any]] | None:
         """What the I/O thread records into the history: the step, the loop's latest

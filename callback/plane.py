@@ -14,10 +14,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, read_json, write_json_atomic
+from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, write_json_atomic
 from forgather_control.core.files import remove_quietly
+from forgather_control.core.records import Endpoint, Identity, Status, encode, load_or_none
 
 from .history import HistoryRecorder
 from .publisher import Publisher
@@ -44,7 +45,7 @@ class ControlPlane:
         job_id: str,
         paths: JobPaths,
         ledger: Ledger,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], Status],
         host: str = "127.0.0.1",
         port: int = 0,
         enable_http: bool = True,
@@ -52,7 +53,7 @@ class ControlPlane:
         poll_interval: float = 0.5,
         heartbeat_interval: float = 2.0,
         started_at: float | None = None,
-        identity: dict[str, Any] | None = None,
+        identity: Identity | None = None,
         history: HistoryRecorder | None = None,
     ) -> None:
         self.job_id = job_id
@@ -67,7 +68,7 @@ class ControlPlane:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.started_at = time.time() if started_at is None else started_at
-        self.identity = dict(identity) if identity is not None else {"pid": os.getpid()}
+        self.identity = identity if identity is not None else Identity(pid=os.getpid())
         #: Why a part of the plane is not working, for status.json; None while all is well.
         self.control_error: str | None = None
         #: The HTTP server's URL while it serves.
@@ -150,18 +151,22 @@ class ControlPlane:
     def write_endpoint(self, *, world_size: int) -> None:
         """(Re)write endpoint.json: how to reach this job, and which process serves it.
         The token is in this file only (mode 0600)."""
-        record = {
-            "job_id": self.job_id,
-            "url": self.url,
-            "port": self._server.port if self._server else None,
-            "bind_host": self.host,
-            "token": self._token,
-            "started_at": self.started_at,
-            "protocol": PROTOCOL,
-            "world_size": world_size,
-            **self.identity,
-        }
-        write_json_atomic(self.paths.endpoint, record, mode=0o600)
+        me = self.identity
+        record = Endpoint(
+            host=me.host,
+            boot_id=me.boot_id,
+            pid=me.pid,
+            pid_start_time=me.pid_start_time,
+            job_id=self.job_id,
+            url=self.url,
+            port=self._server.port if self._server else None,
+            bind_host=self.host,
+            token=self._token,
+            started_at=self.started_at,
+            protocol=PROTOCOL,
+            world_size=world_size,
+        )
+        write_json_atomic(self.paths.endpoint, encode(record), mode=0o600)
 
     def changed(self) -> None:
         """Something in the status worth writing now."""
@@ -187,7 +192,7 @@ class ControlPlane:
             self._stop_threads()
             if publisher is not None:
                 publisher.poll_inbox()
-                publisher.write_status({"ended_at": time.time(), "error": error})
+                publisher.write_status(ended_at=time.time(), error=error)
             if self.history is not None:
                 self.history.tick()  # the last sample, and the file a finished job keeps
                 self.history.flush()
@@ -205,6 +210,6 @@ class ControlPlane:
             publisher.stop()
 
     def _remove_own_endpoint(self) -> None:
-        record = read_json(self.paths.endpoint, quiet=True) or {}
-        if record.get("pid") == self.identity.get("pid"):
+        record = load_or_none(self.paths.endpoint, Endpoint)
+        if record is not None and record.pid == self.identity.pid:
             remove_quietly(self.paths.endpoint)

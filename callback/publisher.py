@@ -14,10 +14,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
 from forgather_control.core.files import TEMP_PREFIX, remove_quietly
+from forgather_control.core.records import Status, encode
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Publisher:
         *,
         paths: JobPaths,
         ledger: Ledger,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], Status],
         poll_interval: float = 0.5,
         heartbeat_interval: float = 2.0,
         inbox: bool = True,
@@ -112,15 +112,18 @@ class Publisher:
             self.errors += 1
             log.exception("forgather control I/O failed; training goes on")
 
-    def write_status(self, extra: dict[str, Any] | None = None) -> None:
+    def write_status(self, *, ended_at: float | None = None, error: str | None = None) -> None:
+        """Write status.json now (with the heartbeat); the final write adds when the job
+        ended and its error."""
         with self._lock:
             self._dirty = False
-            data = self.status()
+            status = self.status()
             now = time.time()
-            data["heartbeat_at"] = now
-            if extra:
-                data.update(extra)
-            write_json_atomic(self.paths.status, data)
+            status.heartbeat_at = now
+            if ended_at is not None:
+                status.ended_at = ended_at
+                status.error = error
+            write_json_atomic(self.paths.status, encode(status))
             self._last_write = now
 
     def poll_inbox(self) -> int:

@@ -1,6 +1,6 @@
 """The rank-0 HTTP server: a FastAPI app from a factory, uvicorn in a daemon thread.
 
-The app only touches the :class:`~forgather_control.UNKNOWN.Ledger` (thread-safe) and a
+The app only touches the :class:`~forgather_control.core.commands.Ledger` (thread-safe) and a
 status callable; it never makes a collective and never raises into training. Every
 refusal is a clear 4xx that changes nothing, described by the models in :mod:`.api`
 and published at ``/openapi.json`` (behind the token, like everything but ``/health``
@@ -24,6 +24,10 @@ from starlette.requests import ClientDisconnect
 
 from forgather_control.core import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
 from forgather_control.core.proof import proof
+from forgather_control.core.records import MetricHistory as MetricRecord
+from forgather_control.core.records import Receipt as ReceiptRecord
+from forgather_control.core.records import Status as StatusRecord
+from forgather_control.core.records import encode
 from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
 from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
@@ -43,15 +47,16 @@ def create_app(
     *,
     job_id: str,
     ledger: Ledger,
-    status: Callable[[], dict[str, Any]],
+    status: Callable[[], StatusRecord],
     token: str | None,
     loopback: bool = True,
     max_body: int = MAX_BODY_BYTES,
-    metrics: Callable[[int | None], dict[str, Any]] | None = None,
+    metrics: Callable[[int | None], MetricRecord] | None = None,
 ) -> FastAPI:
     """Build the control API for one job. ``token=None`` disables auth (an explicit
     opt-out the caller must have asked for). ``loopback`` turns on the Host check that
-    stops a web page in the user's browser from reaching the server by DNS rebinding."""
+    stops a web page in the user's browser from reaching the server by DNS rebinding.
+    ``status`` and ``metrics`` give records; they become JSON here, at the edge."""
     app = FastAPI(title="forgather-control", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     expected = f"Bearer {token}".encode() if token else None
 
@@ -115,11 +120,11 @@ def create_app(
     @app.get("/jobs", response_model=JobsList, responses=errors(*auth))
     def jobs() -> dict[str, Any]:
         st = status()
-        return {"jobs": [{"job_id": job_id, "state": st.get("state"), "step": st.get("step"), "max_steps": st.get("max_steps")}]}
+        return {"jobs": [{"job_id": job_id, "state": st.state, "step": st.step, "max_steps": st.max_steps}]}
 
     @app.get("/jobs/{jid}/status", response_model=Status, responses=errors(*auth, 400, 404))
     def job_status(jid: str) -> Any:
-        return check_job(jid) or status()
+        return check_job(jid) or encode(status())
 
     @app.get("/jobs/{jid}/metrics", response_model=MetricHistory, responses=errors(*auth, 400, 404, 422))
     def job_metrics(jid: str, since: int | None = None) -> Any:
@@ -127,9 +132,7 @@ def create_app(
         bad = check_job(jid)
         if bad is not None:
             return bad
-        if metrics is None:
-            return {"version": 1, "job_id": job_id, "series": {}}
-        return metrics(since)
+        return encode(metrics(since) if metrics is not None else MetricRecord(job_id=job_id))
 
     @app.get("/jobs/{jid}/commands/{cid}", response_model=Receipt, responses=errors(*auth, 400, 404))
     def command(jid: str, cid: str) -> Any:
@@ -137,7 +140,7 @@ def create_app(
         if bad is not None:
             return bad
         try:
-            return ledger.get(cid).to_dict()
+            return encode(ledger.get(cid).as_record())  # the response model fills what is unset
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
 
@@ -177,10 +180,16 @@ def create_app(
             entry, created = ledger.submit(cmd, key=req.key, source="http", options=options)
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
-        return JSONResponse(entry.to_dict(), status_code=202 if created else 200)
+        return JSONResponse(_receipt(entry.as_record()), status_code=202 if created else 200)
 
     _publish_errors_as_declared(app)
     return app
+
+
+def _receipt(record: ReceiptRecord) -> dict[str, Any]:
+    """A receipt as the API sends it past the response model: every field of
+    :class:`.api.Receipt`, null when unset (as a route's ``response_model`` sends it)."""
+    return Receipt.model_validate(encode(record)).model_dump(mode="json")
 
 
 def _describe(exc: ValidationError) -> str:

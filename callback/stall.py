@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Any
+from typing import NamedTuple
 
-__all__ = ["FLOOR", "MULTIPLE", "Phase", "StallWatch"]
+from forgather_control.core.records import Stall
+
+__all__ = ["FLOOR", "MULTIPLE", "Phase", "Progress", "StallWatch"]
 
 #: The least time without a step that counts as a stall (seconds).
 FLOOR = 300.0
@@ -41,6 +43,15 @@ class Phase(str, enum.Enum):
         return self.value
 
 
+class Progress(NamedTuple):
+    """What one look says for the status: the phase, when the step last moved (rank 0's
+    clock), and the stall when it has stood still past the threshold."""
+
+    phase: str
+    progress_at: float
+    stall: Stall | None = None
+
+
 class StallWatch:
     """When the step last moved, and whether that is a stall. ``observe`` is called by
     the I/O thread (and the HTTP thread), with its own clock's time."""
@@ -58,9 +69,9 @@ class StallWatch:
             return max(FLOOR, MULTIPLE / steps_per_second)
         return FLOOR
 
-    def observe(self, step: int, now: float, *, steps_per_second: float | None, phase: Phase) -> dict[str, Any]:
-        """Status fields for this look: when the step last moved, and a ``stall`` record
-        when it has not moved for longer than the threshold."""
+    def observe(self, step: int, now: float, *, steps_per_second: float | None, phase: Phase) -> Progress:
+        """This look: when the step last moved, and a ``stall`` record when it has not
+        moved for longer than the threshold."""
         with self._lock:
             if step != self._step or self._moved_at is None:
                 self._step, self._moved_at = step, now
@@ -69,7 +80,5 @@ class StallWatch:
         after = self.threshold(steps_per_second)
         if phase in (Phase.SAVE, Phase.EVAL):
             after = max(after, LONG_PHASE)
-        out: dict[str, Any] = {"phase": phase.value, "progress_at": moved_at}
-        if still > after:
-            out["stall"] = {"for": round(still, 1), "after": after, "step": step, "phase": phase.value}
-        return out
+        stall = Stall(for_=round(still, 1), after=after, step=step, phase=phase.value) if still > after else None
+        return Progress(phase.value, moved_at, stall)

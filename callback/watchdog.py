@@ -23,7 +23,7 @@ from forgather_control.core.failures import record_failure
 from forgather_control.core.files import remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths, is_valid_job_id
 from forgather_control.core.liveness import pid_alive
-from forgather_control.core.records import ENDPOINT, STATUS, load_or_empty
+from forgather_control.core.records import Endpoint, Identity, Status, encode, load_or_none
 from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ class LauncherWatch:
         """Why this worker is orphaned, or None while its launcher and parent run."""
         if os.getppid() != self._parent:
             return f"its parent (pid {self._parent}, torchrun) is gone"
-        record = {"pid": self.launcher_pid, "pid_start_time": self.launcher_started}
-        if not pid_alive(record):
+        if not pid_alive(Identity(pid=self.launcher_pid, pid_start_time=self.launcher_started)):
             return f"the launcher (pid {self.launcher_pid}) is gone"
         return None
 
@@ -102,13 +101,15 @@ class LauncherWatch:
 def record_orphaned(paths: JobPaths, why: str) -> None:
     """Rank 0's last word: the job failed because its launcher died. Its endpoint goes
     (nobody serves it), and a final state already written is left as it is."""
-    status = load_or_empty(paths.status, STATUS)
-    if not is_final(status.get("state")):
+    status = load_or_none(paths.status, Status) or Status()
+    if not is_final(status.state):
         now = time.time()
-        error = f"{why}: the launcher died, so every rank stopped (relaunch the job to resume from its last checkpoint)"
-        write_json_atomic(paths.status, {**status, "state": JobState.FAILED.value, "error": error, "ended_at": now, "heartbeat_at": now})
-    endpoint = load_or_empty(paths.endpoint, ENDPOINT)
-    if endpoint.get("pid") == os.getpid():
+        status.state = JobState.FAILED
+        status.error = f"{why}: the launcher died, so every rank stopped (relaunch the job to resume from its last checkpoint)"
+        status.ended_at = status.heartbeat_at = now
+        write_json_atomic(paths.status, encode(status))
+    endpoint = load_or_none(paths.endpoint, Endpoint)
+    if endpoint is not None and endpoint.pid == os.getpid():
         remove_quietly(paths.endpoint)
 
 

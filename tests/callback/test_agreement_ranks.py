@@ -25,6 +25,7 @@ import json, os, random, sys, time
 import torch.distributed as dist
 from forgather_control.callback import Controller
 from forgather_control.core import read_json
+from forgather_control.core.records import encode
 
 out, jobs = sys.argv[1], sys.argv[2]
 rank, world = int(os.environ.pop("RANK")), int(os.environ.pop("WORLD_SIZE"))
@@ -67,7 +68,7 @@ trace = [list(t) for t in ctl.agreement_trace]
 ctl.close()
 json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions": actions, "trace": trace,
            "all_reduce": calls["all_reduce"], "final": step,
-           "ledger": ctl.ledger.recent(20) if rank == 0 else None}, open(f"{out}/r{rank}.json", "w"))
+           "ledger": [encode(r) for r in ctl.ledger.recent(20)] if rank == 0 else None}, open(f"{out}/r{rank}.json", "w"))
 dist.destroy_process_group()
 """
 

@@ -17,6 +17,7 @@ from forgather_control.callback import Controller
 from forgather_control.callback.forgather import SaveWatch, is_forgather_trainer, resume_through_args
 from forgather_control.callback.hf import TrainerControlCallback
 from forgather_control.core import read_json
+from forgather_control.core.records import encode
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,7 +129,7 @@ def test_a_commanded_save_names_the_path_the_trainers_manager_returned(tmp_path:
         written = trainer.checkpoint_manager.saved
         assert entry.state.value == "completed" and written == [entry.result["checkpoint"]]
         assert entry.result["checkpoint"] == str(tmp_path / "out" / "checkpoints" / f"checkpoint-{entry.step}")  # not OUT/checkpoint-N
-        assert ctl.resume_point is not None and ctl.resume_point["path"] == written[0]
+        assert ctl.resume_point is not None and ctl.resume_point.path == written[0]
 
 
 def test_without_its_trainer_a_forgather_save_fails_with_what_to_do_instead_of_a_guessed_path(tmp_path: Path, jobs_dir: Path) -> None:
@@ -153,7 +154,8 @@ def test_abort_sets_the_frameworks_flag_and_no_save_is_written_even_on_a_schedul
     with ctl:
         trainer.step(periodic_save=True)  # the trainer's own save before the abort: kept
         before = list(trainer.checkpoint_manager.saved)
-        resume = dict(ctl.resume_point or {})
+        assert ctl.resume_point is not None
+        resume = encode(ctl.resume_point)
         ctl.ledger.submit("abort")
         trainer.state.global_step += 1
         trainer.dispatch("on_step_end")

@@ -10,21 +10,22 @@ from pathlib import Path
 
 from forgather_control.callback.plane import ControlPlane
 from forgather_control.core import JobPaths, Ledger, read_json, write_json_atomic
+from forgather_control.core.records import Identity, Status
 
 
 def make(jobs_dir: Path, **kw) -> ControlPlane:
     paths = JobPaths(jobs_dir, kw.pop("job_id", "job-1"))
     kw.setdefault("enable_http", False)
-    return ControlPlane(job_id=paths.job_id, paths=paths, ledger=Ledger(), status=lambda: {"state": "running"}, poll_interval=0.05, **kw)
+    return ControlPlane(job_id=paths.job_id, paths=paths, ledger=Ledger(), status=lambda: Status(state="running"), poll_interval=0.05, **kw)
 
 
 def test_file_channel_only_serves_endpoint_and_status(jobs_dir: Path) -> None:
-    plane = make(jobs_dir, identity={"pid": os.getpid(), "host": "here"})
+    plane = make(jobs_dir, identity=Identity(pid=os.getpid(), host="here"))
     plane.start(world_size=4)
     try:
         assert plane.serving and not plane.serving_http and not plane.served_http and plane.control_error is None
         ep = read_json(plane.paths.endpoint)
-        assert ep["url"] is None and ep["port"] is None and ep["world_size"] == 4 and ep["host"] == "here"
+        assert ep.get("url") is None and ep.get("port") is None and ep["world_size"] == 4 and ep["host"] == "here"  # unset: not written
         assert ep["token"] and stat.S_IMODE(os.stat(plane.paths.endpoint).st_mode) == 0o600
         assert read_json(plane.paths.status)["state"] == "running"
         assert plane.publisher is not None and plane.publisher.alive
@@ -32,14 +33,14 @@ def test_file_channel_only_serves_endpoint_and_status(jobs_dir: Path) -> None:
         plane.close(error=None)
     assert not plane.serving and not plane.paths.endpoint.exists()
     final = read_json(plane.paths.status)
-    assert final["ended_at"] and final["error"] is None
+    assert final["ended_at"] and final.get("error") is None
 
 
 def test_no_auth_writes_no_token(jobs_dir: Path) -> None:
     plane = make(jobs_dir, auth=False)
     plane.start(world_size=1)
     try:
-        assert read_json(plane.paths.endpoint)["token"] is None
+        assert read_json(plane.paths.endpoint).get("token") is None
     finally:
         plane.close()
 
@@ -66,7 +67,7 @@ def test_http_that_cannot_bind_leaves_the_file_channel(jobs_dir: Path) -> None:
         try:
             assert plane.control_error and "HTTP server did not start" in plane.control_error
             assert plane.serving and not plane.serving_http
-            assert read_json(plane.paths.endpoint)["url"] is None
+            assert read_json(plane.paths.endpoint).get("url") is None
         finally:
             plane.close()
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from forgather_control.callback.server import create_app
 from forgather_control.core import VALID_COMMANDS, Ledger
+from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerStartError, ServerThread
 
 TOKEN = "t0k3n-for-tests-0123456789abcdef"
@@ -27,7 +28,7 @@ def ledger() -> Ledger:
 
 @pytest.fixture
 def client(ledger: Ledger) -> TestClient:
-    app = create_app(job_id="job-1", ledger=ledger, status=lambda: {"job_id": "job-1", "state": "running", "step": 5}, token=TOKEN)
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(job_id="job-1", state="running", step=5), token=TOKEN)
     return TestClient(app, base_url="http://127.0.0.1")
 
 
@@ -141,7 +142,7 @@ def test_host_header_must_be_local(client: TestClient, ledger: Ledger) -> None:
 
 
 def test_handler_error_is_a_500_not_a_crash(ledger: Ledger) -> None:
-    def broken_status() -> dict:
+    def broken_status() -> Status:
         raise RuntimeError("status exploded")
 
     app = create_app(job_id="job-1", ledger=ledger, status=broken_status, token=TOKEN)
@@ -152,7 +153,7 @@ def test_handler_error_is_a_500_not_a_crash(ledger: Ledger) -> None:
 
 
 def test_no_auth_is_explicit(ledger: Ledger) -> None:
-    app = create_app(job_id="job-1", ledger=ledger, status=dict, token=None)
+    app = create_app(job_id="job-1", ledger=ledger, status=Status, token=None)
     c = TestClient(app, base_url="http://127.0.0.1")
     assert c.post("/jobs/job-1/control", json={"command": "evaluate"}).status_code == 202
 
@@ -161,7 +162,7 @@ def test_no_auth_is_explicit(ledger: Ledger) -> None:
 
 
 def test_real_uvicorn_on_loopback_ephemeral_port(ledger: Ledger) -> None:
-    app = create_app(job_id="job-1", ledger=ledger, status=lambda: {"state": "running"}, token=TOKEN)
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(state="running"), token=TOKEN)
     server = ServerThread(app)
     port = server.start()
     try:
@@ -184,7 +185,7 @@ def test_port_in_use_raises_a_clear_error(ledger: Ledger) -> None:
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     try:
-        app = create_app(job_id="job-1", ledger=ledger, status=dict, token=TOKEN)
+        app = create_app(job_id="job-1", ledger=ledger, status=Status, token=TOKEN)
         with pytest.raises(ServerStartError, match="could not start"):
             ServerThread(app, port=busy.getsockname()[1]).start()
     finally:

@@ -31,6 +31,7 @@ from forgather_control.core import (
     write_json_atomic,
 )
 from forgather_control.core.errors import ControlError
+from forgather_control.core.records import Status, encode
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "handle-test-token-0123456789abcdef"
@@ -50,13 +51,13 @@ class LiveJob:
         self.server.start()
         self.url = self.server.url
 
-    def status(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "state": self.state, "step": self.step, "commands": self.ledger.recent(), **identity()}
+    def status(self) -> Status:
+        return Status(job_id=self.job_id, state=self.state, step=self.step, commands=self.ledger.recent(), **identity())
 
     def publish(self, root: Path) -> JobPaths:
         paths = JobPaths(root, self.job_id).create()
         write_json_atomic(paths.endpoint, {"job_id": self.job_id, "url": self.url, "token": TOKEN, "protocol": 1, **identity()})
-        write_json_atomic(paths.status, {**self.status(), "heartbeat_at": time.time()})
+        write_json_atomic(paths.status, {**encode(self.status()), "heartbeat_at": time.time()})
         return paths
 
     def stop(self) -> None:
@@ -219,7 +220,7 @@ def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path)
         job.stop()
         gone = {**identity(), "pid_start_time": 1.0}  # the pid runs, but not the process the records name
         write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
-        write_json_atomic(paths.status, {**job.status(), **gone, "heartbeat_at": time.time()})
+        write_json_atomic(paths.status, {**encode(job.status()), **gone, "heartbeat_at": time.time()})
         with pytest.raises(CommandFailed, match=r"has ended .*never reached a final state .*queued"):  # not WaitTimeout
             h.wait(receipt["id"], timeout=120, interval=0.05)
 

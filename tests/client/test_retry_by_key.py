@@ -18,6 +18,7 @@ from forgather_control.callback.publisher import Publisher
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
 from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
+from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "retry-test-token-0123456789abcdef"
@@ -96,7 +97,7 @@ def _file_job(root: Path) -> tuple[JobPaths, Ledger, Publisher]:
     ident = identity()  # this process plays rank 0
     write_json_atomic(paths.endpoint, {"job_id": "filejob", "url": None, "token": "t", "protocol": 1, **ident})
     ledger = Ledger()
-    pub = Publisher(paths=paths, ledger=ledger, status=lambda: {"job_id": "filejob", "state": "running", "commands": ledger.recent(), **ident}, inbox_grace=0)
+    pub = Publisher(paths=paths, ledger=ledger, status=lambda: Status(job_id="filejob", state="running", commands=ledger.recent(), **ident), inbox_grace=0)
     pub.write_status()
     return paths, ledger, pub
 

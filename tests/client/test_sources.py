@@ -25,6 +25,7 @@ from forgather_control.client.ray_driver import RayNotInstalled, RayUnavailable
 from forgather_control.client.sources import AUTO, FoundJob, JobSource, LocalSource, RaySource, RemoteSource, source_for
 from forgather_control.client.transport import FileTransport, HttpTransport
 from forgather_control.core import AmbiguousJob, CommandRefused, InvalidJobId, JobNotFound, JobPaths, Ledger, UsageError, write_json_atomic
+from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "sources-test-token-0123456789abcdef"
@@ -43,8 +44,8 @@ def server() -> Iterator[str]:
     """A job server as rank 0 runs it, job ``served-job-1``, on a loopback port: its URL."""
     ledger = Ledger()
 
-    def status() -> dict[str, Any]:
-        return {"job_id": "served-job-1", "state": "running", "step": 5, "max_steps": 50, "commands": ledger.recent()}
+    def status() -> Status:
+        return Status(job_id="served-job-1", state="running", step=5, max_steps=50, commands=ledger.recent())
 
     thread = ServerThread(create_app(job_id="served-job-1", ledger=ledger, status=status, token=TOKEN))
     thread.start()

@@ -21,7 +21,7 @@ from forgather_control.core import JobPaths, read_json
 from forgather_control.core.env import ENV_STALL_AFTER
 from forgather_control.core.errors import UsageError
 from forgather_control.core.liveness import Liveness
-from forgather_control.core.records import Status
+from forgather_control.core.records import Status, encode
 from forgather_control.core.states import JobState
 from forgather_control.launcher.config import LaunchConfig, LaunchError
 from forgather_control.launcher.plan import make_plan
@@ -38,21 +38,22 @@ def test_threshold_adapts_to_the_step_time_above_a_floor() -> None:
 
 def test_a_stall_is_the_step_standing_still_longer_than_the_threshold() -> None:
     watch = StallWatch(stall_after=10.0)
-    assert "stall" not in watch.observe(5, 100.0, steps_per_second=1.0, phase=Phase.TRAINING)
-    assert "stall" not in watch.observe(5, 110.0, steps_per_second=1.0, phase=Phase.TRAINING)
+    assert watch.observe(5, 100.0, steps_per_second=1.0, phase=Phase.TRAINING).stall is None
+    assert watch.observe(5, 110.0, steps_per_second=1.0, phase=Phase.TRAINING).stall is None
     seen = watch.observe(5, 111.0, steps_per_second=1.0, phase=Phase.AGREEMENT)
-    assert seen["stall"] == {"for": 11.0, "after": 10.0, "step": 5, "phase": "agreement"}
-    assert seen["progress_at"] == 100.0
+    assert seen.stall is not None and encode(seen.stall) == {"for": 11.0, "after": 10.0, "step": 5, "phase": "agreement"}
+    assert seen.progress_at == 100.0
     moved = watch.observe(6, 112.0, steps_per_second=1.0, phase=Phase.TRAINING)
-    assert "stall" not in moved and moved["progress_at"] == 112.0
+    assert moved.stall is None and moved.progress_at == 112.0
 
 
 @pytest.mark.parametrize("phase", [Phase.SAVE, Phase.EVAL])
 def test_a_commanded_save_or_eval_is_a_known_long_phase(phase: Phase) -> None:
     watch = StallWatch(stall_after=10.0)
     watch.observe(5, 0.0, steps_per_second=1.0, phase=phase)
-    assert "stall" not in watch.observe(5, LONG_PHASE - 1, steps_per_second=1.0, phase=phase)
-    assert watch.observe(5, LONG_PHASE + 1, steps_per_second=1.0, phase=phase)["stall"]["phase"] == phase.value
+    assert watch.observe(5, LONG_PHASE - 1, steps_per_second=1.0, phase=phase).stall is None
+    stall = watch.observe(5, LONG_PHASE + 1, steps_per_second=1.0, phase=phase).stall
+    assert stall is not None and stall.phase == phase.value
 
 
 # -- set by env or launch option ----------------------------------------------------------
@@ -115,7 +116,7 @@ def test_controller_reports_a_stall_and_recovers(jobs_dir: Path) -> None:
     with ctl:
         ctl.step(1)
         st = wait_for(lambda: (s := read_json(ctl.paths.status, quiet=True) or {}).get("stall") and s, what="a stall in status.json")
-        assert st["stall"]["step"] == 1 and st["stall"]["phase"] == "training" and st["eta_seconds"] is None
+        assert st["stall"]["step"] == 1 and st["stall"]["phase"] == "training" and st.get("eta_seconds") is None  # unset: not written
         ctl.step(2)
         wait_for(lambda: "stall" not in (read_json(ctl.paths.status, quiet=True) or {"stall": 1}), what="the stall gone after a step")
 

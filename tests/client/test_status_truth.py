@@ -29,10 +29,10 @@ def test_eval_metrics_stay_in_the_status_until_the_next_eval(tmp_path: Path) -> 
         ctl.step(1, {"loss": 1.0})
         ctl.evaluation_done({"eval_loss": 0.5})
         ctl.step(2, {"loss": 0.9})  # the loop's per-step metrics replace the last step's, not the eval's
-        metrics = ctl.status()["metrics"]
+        metrics = ctl.status().metrics
         assert metrics == {"loss": 0.9, "eval_loss": 0.5}
         ctl.evaluation_done({"eval_loss": 0.4})
-        assert ctl.status()["metrics"]["eval_loss"] == 0.4
+        assert ctl.status().metrics["eval_loss"] == 0.4
 
 
 def test_a_dead_job_has_no_speed_and_no_eta(tmp_path: Path) -> None:

@@ -261,7 +261,7 @@ def test_fuzz_the_api_from_its_own_schema(live: LiveJob) -> None:
     assert len(answered) > 100 and all(code < 500 for code in answered)
     assert {code // 100 for code in answered} == {2, 4}  # both accepted and refused requests were made
     assert accepted  # and some commands were queued
-    recorded = {entry["id"] for entry in live.ctl.ledger.recent(1000) if entry["source"] == "http"}
+    recorded = {entry.id for entry in live.ctl.ledger.recent(1000) if entry.source == "http"}
     assert recorded <= accepted  # nothing in the ledger that the server refused
     deadline = time.monotonic() + 30
     while live.steps <= before + 10:  # the loop kept stepping through it all

@@ -18,6 +18,7 @@ from support.ui import ui_server
 from forgather_control.callback.server import create_app
 from forgather_control.client import ray_listing
 from forgather_control.core import Ledger
+from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "ray-page-test-token-0123456789abcdef"
@@ -27,8 +28,8 @@ TOKEN = "ray-page-test-token-0123456789abcdef"
 def job_server() -> Iterator[tuple[str, Ledger]]:
     ledger = Ledger()
 
-    def status() -> dict[str, Any]:
-        return {"job_id": "ray-job-1", "state": "running", "step": 12, "max_steps": 100, "commands": ledger.recent(), **identity()}
+    def status() -> Status:
+        return Status(job_id="ray-job-1", state="running", step=12, max_steps=100, commands=ledger.recent(), **identity())
 
     server = ServerThread(
         create_app(job_id="ray-job-1", ledger=ledger, status=status, token=TOKEN, metrics=lambda since: {"version": 1, "job_id": "ray-job-1", "series": {}})
