@@ -12,8 +12,9 @@ its workers at once: nobody can save.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from forgather_control.core.records import Status
 
 __all__ = ["ADD_CONTROL", "no_control_notice", "no_control_why", "published"]
 
@@ -27,13 +28,10 @@ ADD_CONTROL = (
 )
 
 
-def published(status: Mapping[str, Any] | None, run: int) -> bool:
+def published(status: Status | None, run: int) -> bool:
     """Has rank 0 published run ``run``'s status? A previous run's status.json (another
     run count, or none) says nothing about this run."""
-    if not isinstance(status, Mapping):
-        return False
-    ran = status.get("restarts")
-    return isinstance(ran, int) and not isinstance(ran, bool) and ran == run
+    return status is not None and status.restarts is not None and status.restarts == run
 
 
 def no_control_why(after: float) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from forgather_control.core.attachment import ADD_CONTROL, no_control_why, published
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.records import STATUS, load_or_empty
+from forgather_control.core.records import Status, load_or_none
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ControlAttach:
     def _look(self, now: float) -> bool:
         """Look at this run's status and say what changed; False when it could not be read."""
         try:
-            status = load_or_empty(self.paths.status, STATUS)
+            status = load_or_none(self.paths.status, Status)
         except Exception:
             log.exception("could not read %s to tell whether control is attached", self.paths.status)
             return False

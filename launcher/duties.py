@@ -28,7 +28,7 @@ from forgather_control.core.env import ENV_RANK
 from forgather_control.core.files import TEMP_PREFIX, RecordError, read_record
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import local_host
-from forgather_control.core.records import STATUS, load_or_empty
+from forgather_control.core.records import Receipt, Status, load_or_none
 from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,18 @@ class Overdue:
             return f"abort {self.command_id} applied but the job did not end within {self.waited:.0f}s (a rank hangs); the launcher ended every rank"
         return f"abort {self.command_id} could not be agreed within {self.waited:.0f}s (the ranks are hung); the launcher ended every rank"
 
-    def receipt(self, now: float) -> dict[str, Any]:
+    def receipt(self, now: float) -> Receipt:
         """The abort's final receipt."""
-        return {
-            "id": self.command_id,
-            "command": Command.ABORT.value,
-            "state": State.COMPLETED.value,
-            "key": self.key,
-            "source": self.source,
-            "updated_at": now,
-            "reason": self.reason,
-            "result": {"final_state": JobState.ABORTED.value, "ended_by": "launcher"},
-        }
+        return Receipt(
+            id=self.command_id,
+            command=Command.ABORT.value,
+            state=State.COMPLETED.value,
+            key=self.key,
+            source=self.source,
+            updated_at=now,
+            reason=self.reason,
+            result={"final_state": JobState.ABORTED.value, "ended_by": "launcher"},
+        )
 
 
 class AbortWatch:
@@ -80,7 +80,7 @@ class AbortWatch:
         self.grace = grace
         self._first_seen: dict[str, float] = {}
 
-    def look(self, status: dict[str, Any] | None, inbox: list[dict[str, Any]], now: float) -> Overdue | None:
+    def look(self, status: Status | None, inbox: list[dict[str, Any]], now: float) -> Overdue | None:
         for cid, key, source, state in self._aborts(status, inbox):
             first = self._first_seen.setdefault(cid, now)
             limit = self.grace * (APPLIED_GRACES if state == State.APPLIED else 1)
@@ -88,14 +88,14 @@ class AbortWatch:
                 return Overdue(cid, key, source, state, now - first)
         return None
 
-    def _aborts(self, status: dict[str, Any] | None, inbox: list[dict[str, Any]]) -> list[tuple[str, str | None, str, State]]:
+    def _aborts(self, status: Status | None, inbox: list[dict[str, Any]]) -> list[tuple[str, str | None, str, State]]:
         found: list[tuple[str, str | None, str, State]] = []
-        st = status or {}
-        if st.get("restarts", 0) == self.run and JobState.parse(st.get("state")) in (JobState.RUNNING, JobState.STOPPING):
-            for e in st.get("commands") or []:
-                state = State.parse(e.get("state"))
-                if e.get("command") == Command.ABORT.value and (state in _OPEN or state == State.APPLIED) and isinstance(e.get("id"), str):
-                    found.append((e["id"], e.get("key"), str(e.get("source") or "http"), state))  # type: ignore[arg-type]
+        ran = status.restarts if status is not None and status.restarts is not None else 0
+        if status is not None and ran == self.run and JobState.parse(status.state) in (JobState.RUNNING, JobState.STOPPING):
+            for e in status.commands or []:
+                state = State.parse(e.state)
+                if e.command == Command.ABORT.value and state is not None and (state in _OPEN or state == State.APPLIED) and e.id is not None:
+                    found.append((e.id, e.key, e.source or "http", state))
         for rec in inbox:
             if rec.get("command") == Command.ABORT.value and isinstance(rec.get("id"), str) and len(rec["id"]) <= 64:
                 key = rec.get("key") if isinstance(rec.get("key"), str) and len(rec["key"]) <= 128 else None
@@ -104,7 +104,8 @@ class AbortWatch:
 
 
 def read_inbox(paths: JobPaths, *, limit: int = 64) -> list[dict[str, Any]]:
-    """The command files waiting in the job's inbox (read, never taken: rank 0 owns them)."""
+    """The command files waiting in the job's inbox (read, never taken: rank 0 owns them).
+    As parsed: a client's file is read field by field, as rank 0 reads it (callback/publisher.py)."""
     try:
         names = sorted(n for n in os.listdir(paths.inbox) if n.endswith(".json") and not n.startswith((TEMP_PREFIX, ".")))
     except OSError:
@@ -149,7 +150,7 @@ class NodeDuties:
         self._last = now
         try:
             self._answer_stacks()
-            return self.watch.look(load_or_empty(self.paths.status, STATUS) or None, read_inbox(self.paths), now)
+            return self.watch.look(load_or_none(self.paths.status, Status), read_inbox(self.paths), now)
         except Exception:
             log.exception("the launcher's control duties failed this round; the job runs on")
             return None

@@ -12,9 +12,10 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from forgather_control.core import InvalidJobId, default_job_id, validate_job_id
+from forgather_control.core.records import Scheduler
 
 from .config import LaunchConfig, LaunchError
 from .nodelist import NodeListError, expand_nodelist
@@ -45,8 +46,8 @@ class Placement:
     master_addr: str | None = None
     master_port: int | None = None
     standalone: bool = False
-    #: job.json's "scheduler" record (control.liveness.judge reads type and slurm_job_id)
-    scheduler: dict[str, Any] = field(default_factory=dict)
+    #: job.json's "scheduler" record (core.liveness.judge reads type and slurm_job_id)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     #: SLURM's restart count (requeues) for this run; 0 outside SLURM
     restart_count: int = 0
     #: the argv that requeues the job (node 0 under SLURM only); never a shell string
@@ -146,23 +147,19 @@ class SlurmEnvironment(Environment):
             job_id = validate_job_id(config.job_id) if config.job_id else default_job_id(env)
         except InvalidJobId as exc:
             raise LaunchError(str(exc)) from None
-        scheduler: dict[str, Any] = {
-            "type": "slurm",
-            "slurm_job_id": job,
-            "nodelist": nodelist,
-            "nodes": nodes,
-        }
-        for key, var in (
-            ("array_job_id", "SLURM_ARRAY_JOB_ID"),
-            ("array_task_id", "SLURM_ARRAY_TASK_ID"),
-            ("partition", "SLURM_JOB_PARTITION"),
-            ("cluster", "SLURM_CLUSTER_NAME"),
-            ("job_name", "SLURM_JOB_NAME"),
-        ):
-            if env.get(var):
-                scheduler[key] = env[var]
         restart_count = _int(env, "SLURM_RESTART_COUNT", 0)
-        scheduler["restart_count"] = restart_count
+        scheduler = Scheduler(
+            type="slurm",
+            slurm_job_id=job,
+            nodelist=nodelist,
+            nodes=nodes,
+            restart_count=restart_count,
+            array_job_id=env.get("SLURM_ARRAY_JOB_ID") or None,
+            array_task_id=env.get("SLURM_ARRAY_TASK_ID") or None,
+            partition=env.get("SLURM_JOB_PARTITION") or None,
+            cluster=env.get("SLURM_CLUSTER_NAME") or None,
+            job_name=env.get("SLURM_JOB_NAME") or None,
+        )
         return Placement(
             environment=self.name,
             job_id=job_id,
@@ -225,7 +222,7 @@ class LocalEnvironment(Environment):
             master_addr=config.master_addr,
             master_port=config.master_port,
             standalone=standalone,
-            scheduler={"type": "local"},
+            scheduler=Scheduler(type="local"),
         )
 
 

@@ -26,6 +26,7 @@ from forgather_control.core.env import (
     ENV_STALL_AFTER,
     ENV_TOKEN,
 )
+from forgather_control.core.records import encode
 
 from .config import LaunchConfig
 from .environments import Placement, detect
@@ -90,7 +91,7 @@ class Plan:
             "restarts": self.restarts,
             "resume_from": self.resume_from,
             "resume_gone": list(self.resume_gone),
-            "scheduler": p.scheduler,
+            "scheduler": encode(p.scheduler),
             "argv": list(self.argv),
             "env": redact(self.env),
         }
@@ -208,7 +209,7 @@ def render_plan(plan: Plan) -> str:
     ]
     if p.environment == "slurm":
         sched = p.scheduler
-        lines.append(f"  slurm:          job {sched.get('slurm_job_id')}, nodes {sched.get('nodelist')} -> {' '.join(sched.get('nodes', []))}")
+        lines.append(f"  slurm:          job {sched.slurm_job_id}, nodes {sched.nodelist} -> {' '.join(sched.nodes or [])}")
     if plan.restarts or plan.resume_from:
         lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
     for gone in plan.resume_gone:

@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from msgspec import structs
 
 from forgather_control.client.settled import end_run
 from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
@@ -30,7 +32,7 @@ from forgather_control.core.failures import root_cause
 from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
 from forgather_control.core.liveness import STALE_AFTER
 from forgather_control.core.markers import keep_marked, mark_run
-from forgather_control.core.records import ENDPOINT, JOB, NODE, STATUS, RecordError, load_or_empty, load_record
+from forgather_control.core.records import Endpoint, Job, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
 from forgather_control.core.states import JobState, is_final
 
 from .config import LaunchError
@@ -52,21 +54,21 @@ def launcher_stop_key(job_id: str, restarts: int) -> str:
     return f"{LAUNCHER_STOP_PREFIX}{job_id}-{restarts}"
 
 
-def stopped_by_a_signal(status: dict[str, Any], *, signalled: bool) -> bool:
+def stopped_by_a_signal(status: Status, *, signalled: bool) -> bool:
     """Did a signal end this run? The stop the ranks applied says: rank 0's own signal
     (``source`` "signal") or the one a launcher dropped in the inbox on a signal. A
     signal that reached this launcher after the ranks had applied a user's stop did not:
     srun --kill-on-bad-exit ends the other nodes' launchers once one has exited with the
     command's code, and calling that a preemption would requeue a job the user stopped.
     Without a recorded stop, what the launcher and rank 0 saw."""
-    for entry in status.get("commands") or []:
+    for entry in status.commands or []:
         try:
-            command = Command(entry.get("command"))
+            command = Command(entry.command)
         except ValueError:
             continue
-        if command.stops and State.parse(entry.get("state")) in (State.APPLIED, State.COMPLETED):
-            return entry.get("source") == "signal" or str(entry.get("key") or "").startswith(LAUNCHER_STOP_PREFIX)
-    return signalled or bool(status.get("stopped_by_signal"))
+        if command.stops and State.parse(entry.state) in (State.APPLIED, State.COMPLETED):
+            return entry.source == "signal" or (entry.key or "").startswith(LAUNCHER_STOP_PREFIX)
+    return signalled or bool(status.stopped_by_signal)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Outcome:
 def launcher_identity() -> str:
     """``PID:START_TIME`` of this launcher, for its workers' watch (callback/watchdog.py)."""
     me = process_identity()
-    return f"{me['pid']}:{me['pid_start_time'] or ''}"
+    return f"{me.pid}:{me.pid_start_time or ''}"
 
 
 @dataclass(frozen=True)
@@ -111,21 +113,19 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, 
     The run resumes from the newest completed checkpoint of any earlier run that still
     exists (``exists`` is asked; tests inject it).
     """
-    job, status = _load(paths.job, JOB), _load(paths.status, STATUS)
-    slurm_id = placement.scheduler.get("slurm_job_id") if placement.scheduler.get("type") == "slurm" else None
+    job, status = _load(paths.job, Job), _load(paths.status, Status)
+    slurm_id = placement.scheduler.slurm_job_id if placement.scheduler.type == "slurm" else None
     if job is None and status is None:
         return Previous(exists=False, restarts=placement.restart_count)
-    job = job or {}
-    status = status or {}
-    sched = job.get("scheduler") if isinstance(job.get("scheduler"), dict) else {}
-    same_slurm = bool(slurm_id) and str(sched.get("slurm_job_id")) == str(slurm_id)
-    prev_restarts = job.get("restarts") if isinstance(job.get("restarts"), int) else -1
-    created = job.get("created_at") if isinstance(job.get("created_at"), (int, float)) else None
-    this_run = job.get("state") == "running" and (prev_restarts == placement.restart_count if slurm_id else node_rank != 0)
-    points = tuple(history(job, status, clean_exit=job.get("exit_code") == 0 and is_final(job.get("state"))))
+    job = job or Job()
+    sched = job.scheduler
+    same_slurm = bool(slurm_id) and sched is not None and str(sched.slurm_job_id) == str(slurm_id)
+    prev_restarts = job.restarts if job.restarts is not None else -1
+    created = job.created_at
+    this_run = job.state == JobState.RUNNING and (prev_restarts == placement.restart_count if slurm_id else node_rank != 0)
+    points = tuple(history(job, status, clean_exit=job.exit_code == 0 and is_final(job.state)))
     if this_run:
-        resume = job.get("resume_from")
-        return Previous(True, max(prev_restarts, 0), resume if isinstance(resume, str) else None, created, same_slurm, points)
+        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points)
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
@@ -135,24 +135,32 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, 
     return Previous(True, max(restarts, 0), resume_point.path if resume_point else None, created, same_slurm, points, tuple(gone))
 
 
-def _load(path: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
+R = TypeVar("R", bound=Record)
+
+
+def _load(path: Path, cls: type[R]) -> R | None:
     """A record of the job id being claimed; corrupt ones stop the launch (whose job is
     it? is it running?) with the reason and the way out."""
     try:
-        return load_record(path, fields)
+        return load(path, cls)
     except RecordError as exc:
         raise LaunchError(f"the job folder {path.parent} holds a corrupt record ({exc}); remove the folder, or pick another --job-id") from None
 
 
-def _node_alive(record: dict, *, now: float) -> tuple[bool, str]:
+def _says_something(record: Record | None) -> bool:
+    """A record with at least one field (a file holding ``{}`` names no process)."""
+    return record is not None and bool(encode(record))
+
+
+def _node_alive(record: Node, *, now: float) -> tuple[bool, str]:
     """Is the launcher that wrote this node record still running?"""
-    if record.get("ended_at"):
+    if record.ended_at:
         return False, "ended"
     if same_host(record):
-        return (True, f"launcher pid {record.get('pid')} runs on this host") if pid_alive(record) else (False, "pid gone")
-    beat = record.get("heartbeat_at")
-    if isinstance(beat, (int, float)) and now - beat < STALE_AFTER:
-        return True, f"launcher on {record.get('host')} sent a heartbeat {now - beat:.0f}s ago"
+        return (True, f"launcher pid {record.pid} runs on this host") if pid_alive(record) else (False, "pid gone")
+    beat = record.heartbeat_at
+    if beat is not None and now - beat < STALE_AFTER:
+        return True, f"launcher on {record.host} sent a heartbeat {now - beat:.0f}s ago"
     return False, "stale heartbeat"
 
 
@@ -164,8 +172,9 @@ class JobRecords:
         self.plan = plan
         self.heartbeat_interval = heartbeat_interval
         self.node_rank = plan.node_rank
-        self._node: dict[str, Any] = {}
-        self._job: dict[str, Any] = {}
+        self._node = Node()
+        #: job.json as this run writes it (node 0, once started)
+        self._job: Job | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -175,15 +184,15 @@ class JobRecords:
     @property
     def slurm_job_id(self) -> str | None:
         sched = self.plan.placement.scheduler
-        return str(sched["slurm_job_id"]) if sched.get("type") == "slurm" else None
+        return str(sched.slurm_job_id) if sched.type == "slurm" else None
 
     # -- claim ----------------------------------------------------------------------
     def claim(self, previous: Previous) -> None:
         """Refuse a job id held by a live job; tidy what a dead earlier run left."""
         now = time.time()
         requeued = previous.same_slurm_job
-        mine = _load(self.paths.node(self.node_rank), NODE)
-        if mine and not (requeued and self._from_earlier_slurm_run(mine)):
+        mine = _load(self.paths.node(self.node_rank), Node)
+        if mine is not None and _says_something(mine) and not (requeued and self._from_earlier_slurm_run(mine)):
             alive, why = _node_alive(mine, now=now)
             if alive:
                 raise LaunchError(
@@ -192,8 +201,8 @@ class JobRecords:
                     f"job first (`forgather control stop {self.plan.job_id}`)"
                 )
         if self.node_rank == 0 and not requeued:
-            endpoint, status = _load(self.paths.endpoint, ENDPOINT), _load(self.paths.status, STATUS)
-            if endpoint or status:
+            endpoint, status = _load(self.paths.endpoint, Endpoint), _load(self.paths.status, Status)
+            if _says_something(endpoint) or _says_something(status):
                 from forgather_control.client import probe_endpoint
 
                 verdict, why = judge(endpoint=endpoint, status=status, probe=probe_endpoint, squeue=None)
@@ -209,8 +218,8 @@ class JobRecords:
         if self.node_rank == 0 and previous.exists:
             self._tidy_previous()
 
-    def _from_earlier_slurm_run(self, record: dict) -> bool:
-        return str(record.get("slurm_job_id")) == str(self.slurm_job_id) and record.get("restarts", -1) != self.plan.restarts
+    def _from_earlier_slurm_run(self, record: Node) -> bool:
+        return str(record.slurm_job_id) == str(self.slurm_job_id) and (record.restarts if record.restarts is not None else -1) != self.plan.restarts
 
     def _tidy_previous(self) -> None:
         """An earlier run's endpoint and unread commands must not leak into this run: a
@@ -231,49 +240,49 @@ class JobRecords:
         readers can say it too)."""
         now = time.time()
         plan, p = self.plan, self.plan.placement
-        self._node = {
-            "job_id": plan.job_id,
-            "node_rank": self.node_rank,
-            "nnodes": p.nnodes,
-            "started_at": now,
-            "heartbeat_at": now,
-            "state": "running",
-            "restarts": plan.restarts,
-            **process_identity(),
-        }
-        if self.slurm_job_id:
-            self._node["slurm_job_id"] = self.slurm_job_id
+        me = process_identity()
+        self._node = Node(
+            host=me.host,
+            boot_id=me.boot_id,
+            pid=me.pid,
+            pid_start_time=me.pid_start_time,
+            job_id=plan.job_id,
+            node_rank=self.node_rank,
+            nnodes=p.nnodes,
+            started_at=now,
+            heartbeat_at=now,
+            state=JobState.RUNNING,
+            restarts=plan.restarts,
+            slurm_job_id=self.slurm_job_id or None,
+        )
         self._write_node()
         if self.node_rank == 0:
-            self._job = {
-                "job_id": plan.job_id,
-                "argv": list(argv),
-                "command": list(plan.argv),
-                "cwd": cwd,
-                "user": _user(),
-                "host": self._node["host"],
-                "scheduler": p.scheduler,
-                "environment": p.environment,
-                "nnodes": p.nnodes,
-                "nproc_per_node": p.nproc_per_node,
-                "created_at": previous.created_at or now,
-                "started_at": now,
-                "updated_at": now,
-                "restarts": plan.restarts,
-                "resume_from": plan.resume_from,
+            self._job = Job(
+                job_id=plan.job_id,
+                argv=list(argv),
+                command=list(plan.argv),
+                cwd=cwd,
+                user=_user(),
+                host=me.host,
+                scheduler=p.scheduler,
+                environment=p.environment,
+                nnodes=p.nnodes,
+                nproc_per_node=p.nproc_per_node,
+                created_at=previous.created_at or now,
+                started_at=now,
+                updated_at=now,
+                restarts=plan.restarts,
+                resume_from=plan.resume_from,
                 # carried forward: a run that saves nothing must not lose the runs' before
-                "checkpoints": [c.as_record() for c in previous.checkpoints],
-                "last_checkpoint": previous.checkpoints[-1].path if previous.checkpoints else None,
-                "requeue": bool(p.requeue_argv),
-                "grace": plan.config.grace,
-                "control": plan.config.control,
-                "no_control_after": no_control_after if plan.config.control else None,
-                "no_control_since": None,
-                "state": "running",
-                "exit_code": None,
-                "ended_at": None,
-            }
-            write_json_atomic(self.paths.job, self._job)
+                checkpoints=[c.as_record() for c in previous.checkpoints],
+                last_checkpoint=previous.checkpoints[-1].path if previous.checkpoints else None,
+                requeue=bool(p.requeue_argv),
+                grace=plan.config.grace,
+                control=plan.config.control,
+                no_control_after=no_control_after if plan.config.control else None,
+                state=JobState.RUNNING,
+            )
+            self._write_job()
         self._thread = threading.Thread(target=self._beat, name="forgather-launch-heartbeat", daemon=True)
         self._thread.start()
 
@@ -281,14 +290,18 @@ class JobRecords:
         while not self._stop.wait(self.heartbeat_interval):
             try:
                 with self._lock:
-                    self._node["heartbeat_at"] = time.time()
+                    self._node.heartbeat_at = time.time()
                     self._write_node()
                 self._marker = keep_marked(self.paths.root, self.paths.job_id, self._marker)
             except Exception:
                 log.exception("could not refresh %s; the job runs on", self.paths.node(self.node_rank))
 
     def _write_node(self) -> None:
-        write_json_atomic(self.paths.node(self.node_rank), self._node)
+        write_json_atomic(self.paths.node(self.node_rank), encode(self._node))
+
+    def _write_job(self) -> None:
+        if self._job is not None:
+            write_json_atomic(self.paths.job, encode(self._job))
 
     # -- finish ---------------------------------------------------------------------
     def outcome(
@@ -302,8 +315,8 @@ class JobRecords:
         that was told to abort (why). ``passed_on``: a stop signal went straight to the
         workers because no control was attached (why): a failure that saved nothing,
         unless rank 0 came up in time and recorded a stop of its own."""
-        status = self.this_runs_status() or {}
-        recorded = JobState.parse(status.get("state"))
+        status = self.this_runs_status() or Status()
+        recorded = JobState.parse(status.state)
         by_signal = stopped_by_a_signal(status, signalled=signalled)
         if forced:
             return Outcome(JobState.ABORTED, by_signal, forced)
@@ -311,24 +324,23 @@ class JobRecords:
             return Outcome(JobState.ABORTED, by_signal, "a second signal to the launcher stopped every rank at once, without saving")
         if passed_on:
             if recorded in (JobState.STOPPED, JobState.ABORTED):
-                return Outcome(recorded, True, status.get("stop_reason"))
+                return Outcome(recorded, True, status.stop_reason)
             return Outcome(JobState.FAILED, True, passed_on)
         if recorded == JobState.ABORTED:
-            return Outcome(JobState.ABORTED, by_signal, status.get("stop_reason"))
+            return Outcome(JobState.ABORTED, by_signal, status.stop_reason)
         if worker_code != 0:
             cause = root_cause(self.paths, run=self.plan.restarts)
-            why = cause.describe() if cause else status.get("error") or f"torchrun exited with {worker_code}"
+            why = cause.describe() if cause else status.error or f"torchrun exited with {worker_code}"
             return Outcome(JobState.FAILED, by_signal, why)
         if recorded is not None and recorded.final:
-            return Outcome(recorded, by_signal, status.get("stop_reason") if recorded == JobState.STOPPED else None)
+            return Outcome(recorded, by_signal, status.stop_reason if recorded == JobState.STOPPED else None)
         return Outcome(JobState.FINISHED, by_signal, None)
 
-    def this_runs_status(self) -> dict[str, Any] | None:
+    def this_runs_status(self) -> Status | None:
         """status.json unless it names another run of the job (this run's rank 0 has not
-        written yet; the file is an earlier run's)."""
-        status = load_or_empty(self.paths.status, STATUS) or None
-        ran = (status or {}).get("restarts")
-        if status is None or (isinstance(ran, int) and ran != self.plan.restarts):
+        written yet; the file is an earlier run's), is unusable or says nothing."""
+        status = load_or_none(self.paths.status, Status)
+        if status is None or not _says_something(status) or (status.restarts is not None and status.restarts != self.plan.restarts):
             return None
         return status
 
@@ -337,92 +349,110 @@ class JobRecords:
         state: JobState | str,
         exit_code: int,
         *,
-        extra: dict[str, Any] | None = None,
         reason: str | None = None,
-        receipt: dict[str, Any] | None = None,
+        receipt: Receipt | None = None,
+        torchrun_exit_code: int | None = None,
+        signals: list[str] | None = None,
+        leftover_pids: list[int] | None = None,
+        requeued_at: float | None = None,
+        error: str | None = None,
     ) -> None:
         """Record the run's end on this node; on node 0 in job.json too, and close rank
         0's books when it could not (killed, or it never got as far as its status):
         list, status and job.json then say the same thing. ``receipt``: the final
-        receipt of the command the launcher carried out itself (a forced abort)."""
+        receipt of the command the launcher carried out itself (a forced abort). The
+        rest goes into job.json as given: torchrun's own exit code, the signals the
+        launcher got, processes that survived it, when it requeued the job, and the
+        launcher's own error."""
         state = JobState(state)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         now = time.time()
         with self._lock:
-            self._node.update(state=state, exit_code=exit_code, ended_at=now, heartbeat_at=now)
+            node = self._node
+            node.state, node.exit_code, node.ended_at, node.heartbeat_at = state, exit_code, now, now
             try:
                 self._write_node()
             except OSError as exc:
                 log.warning("could not write %s: %s", self.paths.node(self.node_rank), exc)
-        if self.node_rank != 0 or not self._job:
+        job = self._job
+        if self.node_rank != 0 or job is None:
             end_run(self.paths, self._marker)  # settles the job if this node ended it last
             return
         status = self.this_runs_status()
-        self._job.update(state=state.value, exit_code=exit_code, ended_at=now, updated_at=now)
+        job.state, job.exit_code, job.ended_at, job.updated_at = state, exit_code, now, now
         if reason:
-            self._job["reason"] = reason
+            job.reason = reason
         cause = root_cause(self.paths, run=self.plan.restarts) if state == JobState.FAILED else None
         if cause is not None:
-            self._job["failure"] = cause.as_record()
-        clean = (extra or {}).get("torchrun_exit_code", exit_code) == 0  # every rank exited 0: every save is whole
-        points = history(self._job, status, run=self.plan.restarts, clean_exit=clean)
-        self._job["checkpoints"] = [c.as_record() for c in points]
-        self._job["last_checkpoint"] = points[-1].path if points else None
-        if status is not None and isinstance(status.get("step"), int):
-            self._job["final_step"] = status["step"]
-        if extra:
-            self._job.update(extra)
+            job.failure = cause.as_record()
+        clean = (torchrun_exit_code if torchrun_exit_code is not None else exit_code) == 0  # every rank exited 0: every save is whole
+        points = history(job, status, run=self.plan.restarts, clean_exit=clean)
+        job.checkpoints = [c.as_record() for c in points]
+        job.last_checkpoint = points[-1].path if points else None
+        if status is not None and status.step is not None:
+            job.final_step = status.step
+        job.torchrun_exit_code, job.signals, job.leftover_pids, job.requeued_at, job.error = torchrun_exit_code, signals, leftover_pids, requeued_at, error
         try:
-            write_json_atomic(self.paths.job, self._job)
+            self._write_job()
             self._close_books(status, state, reason, now, receipt)
         except OSError as exc:
             log.warning("could not write %s: %s", self.paths.job, exc)
         end_run(self.paths, self._marker)  # the job's own end settles it (client/settled.py)
 
-    def _close_books(self, status: dict[str, Any] | None, state: JobState, reason: str | None, now: float, receipt: dict[str, Any] | None = None) -> None:
+    def _close_books(self, status: Status | None, state: JobState, reason: str | None, now: float, receipt: Receipt | None = None) -> None:
         """Rank 0 did not record how this run ended (killed by a second signal, by the
         OOM killer, or it died before its first status): the launcher writes the final
         state into status.json and removes an endpoint whose process is gone."""
         final = JobState.REQUEUED if state == JobState.REQUEUED else state
-        if status is not None and JobState.parse(status.get("state")) == final:
+        if status is not None and JobState.parse(status.state) == final:
             return
-        if status is not None and is_final(status.get("state")) and final != JobState.ABORTED:
+        if status is not None and is_final(status.state) and final != JobState.ABORTED:
             return  # rank 0's own word stands unless the launcher aborted it
-        closed = {**(status or {"job_id": self.plan.job_id, "restarts": self.plan.restarts})}
-        closed.update(state=final.value, ended_at=now, heartbeat_at=now, closed_by="launcher")
-        if reason:
-            closed["error" if final == JobState.FAILED else "stop_reason"] = reason
+        closed = structs.replace(
+            status if status is not None else Status(job_id=self.plan.job_id, restarts=self.plan.restarts),
+            state=final,
+            ended_at=now,
+            heartbeat_at=now,
+            closed_by="launcher",
+        )
+        if reason and final == JobState.FAILED:
+            closed.error = reason
+        elif reason:
+            closed.stop_reason = reason
         if receipt is not None:
-            closed["commands"] = _with_receipt(closed.get("commands") or [], receipt)
-            closed["pending_commands"] = 0
-        write_json_atomic(self.paths.status, closed)
-        endpoint = load_or_empty(self.paths.endpoint, ENDPOINT)
-        if endpoint and same_host(endpoint) and not pid_alive(endpoint):
+            closed.commands = _with_receipt(closed.commands or [], receipt)
+            closed.pending_commands = 0
+        write_json_atomic(self.paths.status, encode(closed))
+        endpoint = load_or_none(self.paths.endpoint, Endpoint)
+        if endpoint is not None and same_host(endpoint) and not pid_alive(endpoint):
             remove_quietly(self.paths.endpoint)
 
     def update_job(self, **fields: Any) -> None:
-        if self.node_rank != 0 or not self._job:
+        """Change fields of job.json (node 0; a no-op elsewhere), e.g. ``no_control_since``."""
+        if self.node_rank != 0 or self._job is None:
             return
-        self._job.update(fields, updated_at=time.time())
-        write_json_atomic(self.paths.job, self._job)
+        self._job = structs.replace(self._job, **fields, updated_at=time.time())
+        self._write_job()
 
 
-def _with_receipt(commands: list[dict[str, Any]], receipt: dict[str, Any]) -> list[dict[str, Any]]:
+def _with_receipt(commands: list[Receipt], receipt: Receipt) -> list[Receipt]:
     """``commands`` with ``receipt`` in place of the entry of the same id (or its key),
-    else added; every other open entry is dropped: the job ended."""
+    else added; every other open entry is dropped: the job ended. The launcher's receipt
+    says the command, its state, key, source, result and reason, and when it changed."""
     out, placed = [], False
     for e in commands:
-        if e.get("id") == receipt["id"] or (receipt.get("key") and e.get("key") == receipt["key"] and e.get("command") == receipt["command"]):
-            out.append({**e, **receipt, "id": e.get("id")})
+        if e.id == receipt.id or (receipt.key and e.key == receipt.key and e.command == receipt.command):
+            said = {name: getattr(receipt, name) for name in ("command", "state", "key", "source", "updated_at", "result", "reason")}
+            out.append(structs.replace(e, **said))
             placed = True
         elif not is_final_receipt(e):
-            out.append({**e, "state": State.DROPPED.value, "reason": "the job was aborted"})
+            out.append(structs.replace(e, state=State.DROPPED.value, reason="the job was aborted"))
         else:
             out.append(e)
     if not placed:
-        out.append({"created_at": receipt["updated_at"], **receipt})
+        out.append(structs.replace(receipt, created_at=receipt.created_at if receipt.created_at is not None else receipt.updated_at))
     return out
 
 

@@ -350,27 +350,32 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
     try:
         code = sup.run()
     except BaseException as exc:
-        records.finish(JobState.FAILED, -1, extra={"error": f"launcher: {type(exc).__name__}: {exc}"})
+        records.finish(JobState.FAILED, -1, error=f"launcher: {type(exc).__name__}: {exc}")
         raise
     forced = sup.forced_abort
     passed_on = passed_on_reason(sup.passed_on, control=plan.config.control) if sup.passed_on is not None else None
     outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None, passed_on=passed_on)
-    extra: dict = {"torchrun_exit_code": code}
-    if sup.signals:
-        extra["signals"] = [signal.Signals(s).name for s in sup.signals]
-    if sup.leftovers:
-        extra["leftover_pids"] = sup.leftovers
     requeue = plan.placement.requeue_argv
     state = outcome.state
+    requeued_at = None
     # Requeue a run a signal stopped: not one whose ranks had applied a user's stop before
     # the signal came (srun ending this node after another node's launcher exited).
     if requeue and sup.stop_requested and outcome.by_signal and not sup.escalated and code == 0 and state == JobState.STOPPED:
         state = JobState.REQUEUED
-        extra["requeued_at"] = time.time()
+        requeued_at = time.time()
     elif requeue and sup.stop_requested:
         log.warning("not requeueing: the job ended %s (exit code %d)%s", state, code, " after escalation" if sup.escalated else "")
     exit_code = launch_exit_code(state, by_signal=outcome.by_signal, worker_code=code, passed_on=sup.passed_on)
-    records.finish(state, exit_code, extra=extra, reason=outcome.reason, receipt=forced.receipt(time.time()) if forced else None)
+    records.finish(
+        state,
+        exit_code,
+        reason=outcome.reason,
+        receipt=forced.receipt(time.time()) if forced else None,
+        torchrun_exit_code=code,
+        signals=[signal.Signals(s).name for s in sup.signals] or None,
+        leftover_pids=sup.leftovers or None,
+        requeued_at=requeued_at,
+    )
     if state == JobState.REQUEUED:
         _requeue(requeue, records, runner)
     log.warning("job %s %s (exit code %d)%s", plan.job_id, state, exit_code, f": {outcome.reason}" if outcome.reason else "")
@@ -388,9 +393,9 @@ def _requeue(argv: Sequence[str], records: JobRecords, runner) -> None:
             proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.error("could not run %s: %s", " ".join(argv), exc)
-        records.update_job(state="stopped", requeue_error=str(exc))
+        records.update_job(state=JobState.STOPPED, requeue_error=str(exc))
         return
     if proc.returncode != 0:
         err = (proc.stderr or proc.stdout or "").strip()
         log.error("%s failed (exit %d): %s. Is the job submitted with --requeue?", " ".join(argv), proc.returncode, err)
-        records.update_job(state="stopped", requeue_error=err or f"exit {proc.returncode}")
+        records.update_job(state=JobState.STOPPED, requeue_error=err or f"exit {proc.returncode}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.env import base_env
 from support.processes import Proc, Procs, gone
-from support.records import identity
+from support.records import identity, typed
 from support.waiting import wait_for
 
 from forgather_control.cli.stacks_cmd import describe
@@ -24,6 +24,7 @@ from forgather_control.core import JobPaths
 from forgather_control.core import stacks as st
 from forgather_control.core.commands import State
 from forgather_control.core.files import write_json_atomic
+from forgather_control.core.records import Status
 from forgather_control.core.states import JobState
 from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
 
@@ -211,8 +212,8 @@ def test_answers_through_the_folder_and_hostile_ones(tmp_path: Path) -> None:
 
 
 # -- the forced abort's judge ------------------------------------------------------------------
-def _status(*entries: dict, state: str = "running", run: int = 0) -> dict:
-    return {"state": state, "restarts": run, "commands": list(entries)}
+def _status(*entries: dict, state: str = "running", run: int = 0) -> Status:
+    return typed(Status, {"state": state, "restarts": run, "commands": list(entries)})
 
 
 def test_an_abort_not_applied_within_the_grace_is_overdue() -> None:
@@ -223,7 +224,7 @@ def test_an_abort_not_applied_within_the_grace_is_overdue() -> None:
     due = watch.look(_status(abort), [], now=110.0)
     assert due is not None and due.command_id == "c-1" and due.key == "k" and "could not be agreed" in due.reason
     receipt = due.receipt(now=5.0)
-    assert receipt["state"] == State.COMPLETED.value and receipt["result"] == {"final_state": "aborted", "ended_by": "launcher"}
+    assert receipt.state == State.COMPLETED.value and receipt.result == {"final_state": "aborted", "ended_by": "launcher"}
 
 
 def test_an_applied_abort_gets_longer_and_others_never() -> None:

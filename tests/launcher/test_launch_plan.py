@@ -17,6 +17,7 @@ from support.cli import run_cli
 from support.env import base_env
 from support.paths import REPO
 
+from forgather_control.core.records import Scheduler
 from forgather_control.launcher import (
     LaunchConfig,
     LaunchError,
@@ -90,8 +91,8 @@ def test_slurm_placement() -> None:
     p = plan.placement
     assert (p.environment, p.job_id, p.nnodes, p.node_rank, p.master_addr) == ("slurm", "slurm-4242", "7", 2, "node01")
     assert p.master_port == slurm_master_port("4242") == 24242
-    assert p.scheduler["type"] == "slurm" and p.scheduler["slurm_job_id"] == "4242"
-    assert p.scheduler["nodes"][-2:] == ["gpu-a1", "gpu-a2"]
+    assert p.scheduler.type == "slurm" and p.scheduler.slurm_job_id == "4242"
+    assert p.scheduler.nodes is not None and p.scheduler.nodes[-2:] == ["gpu-a1", "gpu-a2"]
     assert p.requeue_argv is None  # only node 0 requeues
     node0 = plan_for({**SLURM_ENV, "SLURM_NODEID": "0", "SLURM_PROCID": "0"}, requeue=True)
     assert node0.placement.requeue_argv == ("scontrol", "requeue", "4242")
@@ -102,7 +103,7 @@ def test_slurm_array_and_restart() -> None:
     plan = plan_for(env)
     assert plan.job_id == "slurm-4242_8"
     assert plan.restarts == 2 and plan.env["FORGATHER_RESTARTS"] == "2"
-    assert plan.placement.scheduler["slurm_job_id"] == "4250"  # what squeue and scontrol know
+    assert plan.placement.scheduler.slurm_job_id == "4250"  # what squeue and scontrol know
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ def test_local_refusals(options: dict, fragment: str) -> None:
 def test_local_single_node_uses_a_free_port() -> None:
     plan = plan_for({}, job_id="j", nproc_per_node="2")
     assert "--standalone" in plan.argv and "--master-port" not in plan.argv  # no fixed 29500 clash
-    assert plan.placement.scheduler == {"type": "local"}
+    assert plan.placement.scheduler == Scheduler(type="local")
 
 
 def test_worker_env_and_child_env_carry_no_token() -> None:

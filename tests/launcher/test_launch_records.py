@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from support.paths import FORGATHER
-from support.records import identity
+from support.records import identity, typed
 
 from forgather_control.core import JobPaths, write_json_atomic
+from forgather_control.core.records import Status
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.records import JobRecords, launcher_stop_key, read_previous, stopped_by_a_signal
 
@@ -185,9 +186,9 @@ def test_a_signal_after_a_users_stop_is_not_a_preemption() -> None:
     launchers = {**user, "key": launcher_stop_key("slurm-15", 1), "source": "file"}
     ranks_own = {**user, "key": None, "source": "signal"}
     refused = {"command": "save_and_stop", "state": "rejected", "key": launcher_stop_key("slurm-15", 1), "source": "file"}
-    assert not stopped_by_a_signal({"commands": [user, refused], "stopped_by_signal": False}, signalled=True)
-    assert stopped_by_a_signal({"commands": [launchers]}, signalled=True)
-    assert stopped_by_a_signal({"commands": [ranks_own], "stopped_by_signal": True}, signalled=False)
-    assert stopped_by_a_signal({"commands": [{**user, "state": "queued"}]}, signalled=True)  # no stop applied yet: what was seen
-    assert not stopped_by_a_signal({}, signalled=False) and stopped_by_a_signal({"stopped_by_signal": True}, signalled=False)
-    assert stopped_by_a_signal({"commands": [{"command": "no-such", "state": "completed"}]}, signalled=True)
+    assert not stopped_by_a_signal(typed(Status, {"commands": [user, refused], "stopped_by_signal": False}), signalled=True)
+    assert stopped_by_a_signal(typed(Status, {"commands": [launchers]}), signalled=True)
+    assert stopped_by_a_signal(typed(Status, {"commands": [ranks_own], "stopped_by_signal": True}), signalled=False)
+    assert stopped_by_a_signal(typed(Status, {"commands": [{**user, "state": "queued"}]}), signalled=True)  # no stop applied yet: what was seen
+    assert not stopped_by_a_signal(typed(Status, {}), signalled=False) and stopped_by_a_signal(typed(Status, {"stopped_by_signal": True}), signalled=False)
+    assert stopped_by_a_signal(typed(Status, {"commands": [{"command": "no-such", "state": "completed"}]}), signalled=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from support.records import identity
+from support.records import identity, typed
 
 from forgather_control.cli import render
 from forgather_control.client import JobHandle, open_job
@@ -23,6 +23,7 @@ from forgather_control.core.attachment import ADD_CONTROL, published
 from forgather_control.core.errors import Unreachable, WaitTimeout
 from forgather_control.core.liveness import Liveness
 from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, launch_exit_code
+from forgather_control.core.records import Job, RecordError, Status
 from forgather_control.core.states import JobState
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.attach import AttachWatch, Change, ControlAttach, passed_on_reason
@@ -49,11 +50,12 @@ def test_no_status_past_the_threshold_warns_once_then_clears_when_rank0_publishe
 
 
 def test_only_this_runs_status_counts_as_published() -> None:
-    assert published({"state": "running", "restarts": 2}, 2)
-    assert not published({"state": "stopped", "restarts": 1}, 2)  # the previous run's
-    assert not published({"state": "running"}, 0)  # no run count: not this launcher's run
-    assert not published({"state": "running", "restarts": True}, 1)
-    assert not published(None, 0) and not published({}, 0)
+    assert published(typed(Status, {"state": "running", "restarts": 2}), 2)
+    assert not published(typed(Status, {"state": "stopped", "restarts": 1}), 2)  # the previous run's
+    assert not published(typed(Status, {"state": "running"}), 0)  # no run count: not this launcher's run
+    with pytest.raises(RecordError, match="restarts"):  # a run count that is no count: no status (corrupt), never published
+        typed(Status, {"state": "running", "restarts": True})
+    assert not published(None, 0) and not published(typed(Status, {}), 0)
 
 
 class Clock:
@@ -151,7 +153,7 @@ def test_the_outcome_says_no_save_was_possible(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     rec = records(jobs, "nc")
     job = json.loads((jobs / "nc" / "job.json").read_text())
-    assert job["no_control_after"] == 45.0 and job["no_control_since"] is None
+    assert job["no_control_after"] == 45.0 and job.get("no_control_since") is None  # unset: not written
     why = passed_on_reason(signal.SIGTERM, control=True)
     assert "SIGTERM" in why and "no control attached" in why and "no save was possible" in why and ADD_CONTROL in why
     out = rec.outcome(1, signalled=True, passed_on=why)
@@ -205,7 +207,8 @@ RUNNING = {"state": "running", "restarts": 0, "control": True, "no_control_after
 
 
 def info(status: dict | None, job: dict) -> JobInfo:
-    return JobInfo(job_id="j", paths=JobPaths(Path("/nonexistent"), "j"), status=status, job=job, liveness=Liveness.ALIVE)
+    typed_status = typed(Status, status) if status is not None else None
+    return JobInfo(job_id="j", paths=JobPaths(Path("/nonexistent"), "j"), status=typed_status, job=typed(Job, job), liveness=Liveness.ALIVE)
 
 
 def test_the_state_is_uncontrolled_once_the_launcher_recorded_it_and_running_once_rank0_publishes() -> None:
