@@ -29,7 +29,21 @@ def listed(cli, job_id: str, *args: str) -> dict[str, Any] | None:
     return next((j for j in r.json() if j["job_id"] == job_id), None)
 
 
-def wait_running(cli, proc, job_id: str) -> dict[str, Any]:
+def record_step(jobs_dir: Path, job_id: str) -> int:
+    """The step in the job's status.json (0 before its first write)."""
+    return int((read_json(JobPaths(jobs_dir, job_id).status, quiet=True) or {}).get("step") or 0)
+
+
+def wait_running(cli, jobs_dir: Path, proc, job_id: str) -> dict[str, Any]:
+    """The job's own records first (read in this process: a ``list`` per poll would
+    compete with the job's start for the CPU), then what ``list`` says."""
+
+    def stepped() -> bool:
+        assert proc.popen.poll() is None, f"the example exited early:\n{proc.output()[-3000:]}"
+        return record_step(jobs_dir, job_id) > 0
+
+    wait_for(stepped, timeout=120, what=f"{job_id} to write a step")
+
     def ready() -> dict[str, Any] | None:
         assert proc.popen.poll() is None, f"the example exited early:\n{proc.output()[-3000:]}"
         j = listed(cli, job_id)
@@ -75,7 +89,7 @@ def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp
     job = "accept1-" + channel
     out = tmp_path / "out"
     proc = start_loop(procs, jobs_dir, out, job)
-    row = wait_running(cli, proc, job)
+    row = wait_running(cli, jobs_dir, proc, job)
     assert row["url"].startswith("http://127.0.0.1:") and row["port"] and row["pid"] == proc.pid
     assert {"job_id", "state", "host", "port", "pid", "step", "updated_at"} <= set(row)
 
@@ -102,7 +116,7 @@ def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp
 def test_acceptance_1_abort_saves_nothing(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out-abort"
     proc = start_loop(procs, jobs_dir, out, "abort-run")
-    wait_running(cli, proc, "abort-run")
+    wait_running(cli, jobs_dir, proc, "abort-run")
     entry = command(cli, "abort", "abort-run", "--yes")
     assert entry["command"] == "abort" and entry["state"] == "completed"
     check_ended(cli, jobs_dir, proc, "abort-run", "aborted")
@@ -116,10 +130,11 @@ def test_acceptance_2_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Pa
     job = "files-only"
     out = tmp_path / "out"
     proc = start_loop(procs, jobs_dir, out, job, "--no-http")
-    row = wait_running(cli, proc, job)
+    row = wait_running(cli, jobs_dir, proc, job)
     assert row["url"] is None and row["port"] is None
     first = status_step(cli, job)
-    wait_for(lambda: status_step(cli, job) > first, timeout=60, interval=0.3, what="the step to move")
+    wait_for(lambda: record_step(jobs_dir, job) > first, timeout=60, what="the step to move in status.json")
+    assert status_step(cli, job) > first
     r = cli("control", "save", job, "--channel", "http")
     assert r.code == 4 and "--channel file" in r.err
 
@@ -146,7 +161,7 @@ def test_acceptance_2_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Pa
 def test_abort_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = start_loop(procs, jobs_dir, out, "files-abort", "--no-http")
-    wait_running(cli, proc, "files-abort")
+    wait_running(cli, jobs_dir, proc, "files-abort")
     entry = command(cli, "abort", "files-abort", "--yes")
     assert entry["state"] == "completed"
     check_ended(cli, jobs_dir, proc, "files-abort", "aborted")
@@ -158,7 +173,7 @@ def test_watch_remote_and_idempotency(cli, procs, jobs_dir: Path, tmp_path: Path
     the token from FORGATHER_TOKEN (never printed); the same --key queues once."""
     job = "watched"
     proc = start_loop(procs, jobs_dir, tmp_path / "out", job, "--max-steps", "100000")
-    row = wait_running(cli, proc, job)
+    row = wait_running(cli, jobs_dir, proc, job)
     token = read_json(JobPaths(jobs_dir, job).endpoint)["token"]
     remote = f"127.0.0.1:{row['port']}"
     env = {"FORGATHER_TOKEN": token}

@@ -25,6 +25,13 @@ def jobs_by_id(cli, *args: str) -> dict[str, dict[str, Any]]:
     return {j["job_id"]: j for j in r.json()}
 
 
+def wait_running(cli, jobs_dir: Path, job_id: str) -> None:
+    """The job's own status.json first (read in this process: a ``list`` per poll would
+    compete with the job's start for the CPU), then ``list`` says it runs."""
+    wait_for(lambda: (read_json(JobPaths(jobs_dir, job_id).status, quiet=True) or {}).get("state") == "running", timeout=120, what=f"{job_id}'s status.json")
+    wait_for(lambda: jobs_by_id(cli).get(job_id, {}).get("state") == "running", timeout=120, interval=0.2, what=f"{job_id} listed running")
+
+
 def write_job(root: Path, job_id: str, *, endpoint: dict | None = None, status: dict | None = None) -> JobPaths:
     paths = JobPaths(root, job_id).create()
     if endpoint is not None:
@@ -58,7 +65,7 @@ def finished_job(root: Path, job_id: str, state: str = "stopped") -> JobPaths:
 def test_sigkilled_job_shows_dead_and_cleanup_removes_it(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     argv = [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", "killed", "--output-dir", str(tmp_path / "out")]
     proc = procs.start(argv, env=base_env(jobs_dir), name="killed")
-    wait_for(lambda: jobs_by_id(cli).get("killed", {}).get("state") == "running", timeout=120, interval=0.2, what="the job to run")
+    wait_running(cli, jobs_dir, "killed")
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(60) == -signal.SIGKILL
     paths = JobPaths(jobs_dir, "killed")
@@ -171,7 +178,7 @@ def test_cleanup_leaves_live_jobs_alone(cli, procs, jobs_dir: Path, tmp_path: Pa
     """A live job is never a candidate, through the pid check and the HTTP probe."""
     argv = [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", "alive-1", "--output-dir", str(tmp_path / "out")]
     proc = procs.start(argv, env=base_env(jobs_dir), name="alive")
-    wait_for(lambda: jobs_by_id(cli).get("alive-1", {}).get("state") == "running", timeout=120, interval=0.2, what="the job to run")
+    wait_running(cli, jobs_dir, "alive-1")
     finished_job(jobs_dir, "old-done")
     r = cli("control", "cleanup", "--yes", "--json")
     assert r.code == 0, r
