@@ -180,7 +180,10 @@ def test_file_channel_only(jobs_dir: Path) -> None:
         ctl.checkpoint_saved(jobs_dir / "x")
         e = wait_for(lambda: (c.entry(sent["id"]) or {}).get("state") == "completed" and c.entry(sent["id"]), what="receipt in status.json")
         assert e["result"]["checkpoint"] == str(jobs_dir / "x")
-        # garbage and hostile files in the inbox are skipped, never crash the poller
+        # garbage and hostile files in the inbox are skipped, never crash the poller; the
+        # grace a file that does not parse gets is short here (the grace itself:
+        # test_publisher_inbox.py), long enough for a tiny write_text to finish
+        ctl.plane.publisher.inbox_grace = 0.2
         (ctl.paths.inbox / "garbage.json").write_text("{nope")
         (ctl.paths.inbox / "list.json").write_text("[1]")
         (ctl.paths.inbox / "unknown.json").write_text(json.dumps({"id": "c-abc", "command": "explode"}))
