@@ -45,13 +45,18 @@ def ui_server(jobs_dir: Path, **options: Any) -> Iterator[UiServer]:
         server.stop()
 
 
-@contextlib.contextmanager
-def browser(*, extra_args: list[str] | None = None) -> Iterator[Any]:
-    """A headless Chromium; the test is skipped where there is none (CI installs it)."""
+def require_chromium() -> None:
+    """Skip the test where there is no Chromium; under CI, fail it (CI installs it)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def browser(*, extra_args: list[str] | None = None) -> Iterator[Any]:
+    """A headless Chromium; the test is skipped where there is none (CI installs it)."""
+    require_chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *(extra_args or ())], headless=True)

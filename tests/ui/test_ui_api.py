@@ -109,21 +109,16 @@ def test_prometheus(jobs_dir: Path) -> None:
 
 
 def test_a_thousand_jobs(jobs_dir: Path) -> None:
-    """The listing behind the page over 1,000 job folders: well under a second."""
+    """The listing behind the page over 1,000 job folders has every one of them. How fast
+    is benchmarks/bench_ui.py's (a ratio to one job's listing, measured in the same run)."""
     for i in range(1000):
         alive = i % 3 == 0
         write_job(jobs_dir, f"job-{i:04d}", state="running" if alive else "finished", step=i, max_steps=1000, alive=alive, metrics={"loss": 1.0 / (i + 1)})
-    with ui_server(jobs_dir, max_age=0.0) as server:
-        c = httpx.Client(base_url=server.url, headers=bearer(server))
-        took = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            r = c.get("/api/jobs")
-            took.append(time.perf_counter() - t0)
-            assert len(r.json()["rows"]) == 1000
-        c.close()
-    print(f"/api/jobs over 1,000 folders: best {min(took):.3f}s, {len(r.content) / 1e3:.0f} kB")
-    assert min(took) < 1.0
+    with ui_server(jobs_dir, max_age=0.0) as server, httpx.Client(base_url=server.url, headers=bearer(server)) as c:
+        r = c.get("/api/jobs")
+    assert r.status_code == 200
+    rows = {row["job_id"]: row for row in r.json()["rows"]}
+    assert len(rows) == 1000 and rows["job-0999"]["state"] == "running" and rows["job-0001"]["state"] == "finished"
 
 
 def test_cli_prints_one_address_and_stops_on_sigterm(jobs_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,22 @@
+"""benchmarks/bench_ui.py is a script, not a test; this only keeps it from rotting: a
+tiny run (20 jobs, one timed round) with budgets nothing can miss must print both
+sides' rows and exit 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from support.env import base_env
+from support.paths import REPO
+from support.ui import CHROMIUM, require_chromium
+
+
+def test_bench_ui_runs(tmp_path) -> None:
+    require_chromium()
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_ui.py"), "--jobs", "20", "--repeat", "1", "--page-budget", "1000", "--api-budget", "1000"]
+    p = subprocess.run(argv, env=base_env(tmp_path / "unused", FORGATHER_CHROMIUM=CHROMIUM), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "GET /api/jobs (1 job, baseline)" in p.stdout and "GET /api/jobs (20 jobs)" in p.stdout
+    assert "page: navigation to the last row (1 job, baseline)" in p.stdout and "page: navigation to the last row (20 jobs)" in p.stdout
+    assert "PASS" in p.stdout
