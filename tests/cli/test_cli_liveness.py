@@ -210,7 +210,7 @@ def test_other_hosts_loopback_url_is_never_contacted(cli, jobs_dir: Path) -> Non
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         port = server.server_address[1]

@@ -200,7 +200,7 @@ def test_an_impostor_on_a_dead_jobs_port_never_gets_the_token(tmp_path: Path) ->
     host, port = endpoint["url"].removeprefix("http://").rsplit(":", 1)
     _Impostor.seen, _Impostor.job_id = [], "victim"
     server = http.server.ThreadingHTTPServer((host, int(port)), _Impostor)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         cli = [sys.executable, "-m", "forgather_control.cli.main", "control"]
 
