@@ -22,6 +22,16 @@ def server(jobs_dir: Path) -> Iterator:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One server for the tests that only read from it (the Host rule): a server per case
+    only adds its start and stop."""
+    jobs_dir = tmp_path_factory.mktemp("shared") / "jobs"
+    write_job(jobs_dir, "secret-job-1", state="running", step=5, max_steps=10, alive=True)
+    with ui_server(jobs_dir) as srv:
+        yield srv
+
+
 def logged_in(server) -> httpx.Client:
     client = httpx.Client(base_url=server.url, follow_redirects=False)
     r = client.get("/", params={"token": server.config.token})
@@ -98,7 +108,8 @@ def test_bearer_token(server) -> None:
 
 
 @pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "localhost:evil", "evil.example:{port}", "[::2]:{port}", ""])
-def test_host_check(server, host: str) -> None:
+def test_host_check(shared_server, host: str) -> None:
+    server = shared_server
     headers = {"Host": host.format(port=server.port)} if host else {}
     status, body = raw(server, "GET", f"/?token={server.config.token}", headers)
     if not host:  # HTTP/1.1 without a Host header: h11 refuses it before we see it
@@ -109,7 +120,8 @@ def test_host_check(server, host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "127.0.0.2:{port}"])
-def test_local_hosts_pass(server, host: str) -> None:
+def test_local_hosts_pass(shared_server, host: str) -> None:
+    server = shared_server
     status, _ = raw(server, "GET", "/login", {"Host": host.format(port=server.port)})
     assert status == 200
 
