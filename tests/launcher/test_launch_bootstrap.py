@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support.env import base_env
 
 BOOT = [sys.executable, "-m", "forgather_control.callback.bootstrap"]
@@ -73,35 +74,55 @@ def test_launched_zero_injects_nothing(tmp_path: Path) -> None:
     assert "[] True" in run([*BOOT, str(tmp_path / "t.py")], tmp_path, FORGATHER_LAUNCHED="0").stdout
 
 
-def test_hf_trainer_gets_the_callback_once(tmp_path: Path) -> None:
-    (tmp_path / "hf.py").write_text(
-        "from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments\n"
-        "from forgather_control.callback.hf import TrainerControlCallback\n"
-        "m = GPT2LMHeadModel(GPT2Config(vocab_size=8, n_positions=8, n_embd=8, n_layer=1, n_head=1))\n"
-        "a = TrainingArguments(output_dir='out', use_cpu=True, report_to='none')\n"
-        "def count(t):\n"
-        "    return sum(isinstance(c, TrainerControlCallback) for c in t.callback_handler.callbacks)\n"
-        "print('injected', count(Trainer(model=m, args=a)))\n"
-        "print('user', count(Trainer(model=m, args=a, callbacks=[TrainerControlCallback()])))\n"
-    )
-    res = run([*BOOT, str(tmp_path / "hf.py")], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "injected 1" in res.stdout and "user 1" in res.stdout
+#: HF's and Lightning's trainers, built under the bootstrap in one worker (one interpreter
+#: and one torch import for both); each part prints its own lines, or its traceback.
+TRAINERS = """
+import traceback
+
+def hf():
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from forgather_control.callback.hf import TrainerControlCallback
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=8, n_positions=8, n_embd=8, n_layer=1, n_head=1))
+    a = TrainingArguments(output_dir='out', use_cpu=True, report_to='none')
+    def count(t):
+        return sum(isinstance(c, TrainerControlCallback) for c in t.callback_handler.callbacks)
+    print('hf injected', count(Trainer(model=m, args=a)))
+    print('hf user', count(Trainer(model=m, args=a, callbacks=[TrainerControlCallback()])))
+
+def lightning():
+    import lightning.pytorch as pl
+    from forgather_control.callback.lightning import LightningControlCallback
+    kw = dict(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)
+    def count(t):
+        return sum(isinstance(c, LightningControlCallback) for c in t.callbacks)
+    print('lightning injected', count(pl.Trainer(**kw)))
+    print('lightning user', count(pl.Trainer(callbacks=[LightningControlCallback()], **kw)))
+
+for part in (hf, lightning):
+    try:
+        part()
+    except Exception:
+        print(part.__name__, 'failed:', traceback.format_exc())
+"""
 
 
-def test_lightning_trainer_gets_the_callback_once(tmp_path: Path) -> None:
-    (tmp_path / "pl.py").write_text(
-        "import lightning.pytorch as pl\n"
-        "from forgather_control.callback.lightning import LightningControlCallback\n"
-        "kw = dict(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)\n"
-        "def count(t):\n"
-        "    return sum(isinstance(c, LightningControlCallback) for c in t.callbacks)\n"
-        "print('injected', count(pl.Trainer(**kw)))\n"
-        "print('user', count(pl.Trainer(callbacks=[LightningControlCallback()], **kw)))\n"
-    )
-    res = run([*BOOT, str(tmp_path / "pl.py")], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "injected 1" in res.stdout and "user 1" in res.stdout
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    d = tmp_path_factory.mktemp("trainers")
+    (d / "trainers.py").write_text(TRAINERS)
+    return run([*BOOT, str(d / "trainers.py")], d)
+
+
+@pytest.mark.xdist_group("bootstrap-trainers")  # one worker, so one run of the fixture
+def test_hf_trainer_gets_the_callback_once(trainers: subprocess.CompletedProcess) -> None:
+    assert trainers.returncode == 0, trainers.stderr[-3000:]
+    assert "hf injected 1" in trainers.stdout and "hf user 1" in trainers.stdout, trainers.stdout + trainers.stderr[-3000:]
+
+
+@pytest.mark.xdist_group("bootstrap-trainers")  # one worker, so one run of the fixture
+def test_lightning_trainer_gets_the_callback_once(trainers: subprocess.CompletedProcess) -> None:
+    assert trainers.returncode == 0, trainers.stderr[-3000:]
+    assert "lightning injected 1" in trainers.stdout and "lightning user 1" in trainers.stdout, trainers.stdout + trainers.stderr[-3000:]
 
 
 def test_standalone_pytorch_lightning_trainer_gets_its_callback_once(tmp_path: Path) -> None:
