@@ -17,6 +17,8 @@ import pytest
 from support.ui import browser, history, ui_server, write_job, write_starting_job
 
 REBIND = "rebind.test"
+#: One worker runs these, so the module's Chromium starts once.
+pytestmark = pytest.mark.xdist_group("chromium")
 
 
 @pytest.fixture(scope="module")
