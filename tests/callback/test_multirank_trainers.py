@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from support.records import final_status
 from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_traces, torchrun, wait_client, wait_step
 from support.waiting import wait_for
@@ -40,6 +39,8 @@ def lightning_checkpoint(entry: dict[str, Any], out: Path) -> None:
     """Lightning's checkpoint file, at the commanded step, with weights and optimizer."""
     ckpt = Path(entry["result"]["checkpoint"])
     assert ckpt.name == f"forgather-step={entry['step']}.ckpt" and ckpt.is_file(), entry
+    import torch  # here: every xdist worker collects this module, and torch takes seconds to import
+
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == entry["step"] and state["state_dict"] and state["optimizer_states"]
 
@@ -47,6 +48,8 @@ def lightning_checkpoint(entry: dict[str, Any], out: Path) -> None:
 def plain_checkpoint(entry: dict[str, Any], out: Path) -> None:
     """The plain loop's torch.save: step, model and optimizer."""
     ckpt = Path(entry["result"]["checkpoint"])
+    import torch
+
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["step"] == entry["step"] and state["model"] and state["optimizer"]["param_groups"]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from support.env import base_env
 from support.paths import EXAMPLES
 from support.waiting import wait_for
@@ -68,6 +67,8 @@ def check_checkpoint(entry: dict[str, Any]) -> Path:
     assert entry["command"] == "save_checkpoint" and entry["state"] == "completed", entry
     path = Path(entry["result"]["checkpoint"])
     assert path.is_file(), entry
+    import torch  # here: every xdist worker collects this module, and torch takes seconds to import
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert {"model", "optimizer"} <= set(state)
     assert state["model"] and state["optimizer"]["state"] is not None

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from forgather_control.callback import Controller
 from forgather_control.core import JobPaths, read_json
@@ -237,6 +234,10 @@ def test_an_impostor_on_a_dead_jobs_port_never_gets_the_token(tmp_path: Path) ->
 
 # -- the fuzz -------------------------------------------------------------------------------
 def test_fuzz_the_api_from_its_own_schema(live: LiveJob) -> None:
+    import schemathesis  # here, not at the top: every xdist worker collects this module, one runs this test
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+
     auth = {"Authorization": f"Bearer {live.token}"}
     code, spec = _raw(live.url, "GET", "/openapi.json", headers={"Host": "127.0.0.1", **auth})
     assert code == 200 and spec["paths"]
