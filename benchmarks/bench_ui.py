@@ -17,7 +17,7 @@ job's best, and exits 1 when a ratio is over its budget. The budgets stand where
 absolute ones of the tests that measured this before stood (1,000 jobs on screen, and
 their listing, each under a second) on this 2-core machine, whose single job's page
 takes 0.18 s and listing 5 ms: ``--page-budget`` 6 (measured 3.6-4.3x) and
-``--api-budget`` 150 (measured 53-74x: the listing reads every folder, so it grows with
+``--api-budget`` 150 (measured 40-74x: the listing reads every folder, so it grows with
 the directory, while the single job's request is mostly HTTP). Usage::
 
     python benchmarks/bench_ui.py [--jobs 1000] [--repeat 5] [--page-budget 6] [--api-budget 150]
