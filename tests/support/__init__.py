@@ -9,6 +9,8 @@
 - ``cli``: ``run_cli``, the ``forgather`` command line as a subprocess;
 - ``torchrun``: real two-rank jobs under torchrun and the client calls that drive them;
 - ``launcher``: real ``forgather launch`` jobs;
+- ``hf_trainer``, ``lightning_trainer``: a real HF or Lightning Trainer in the test's process,
+  driven by commands at chosen steps (imported by the test when it runs: torch loads late);
 - ``ray_cluster``: a throw-away Ray cluster on this machine;
 - ``services``: clusters a test needs (skip locally, fail under CI);
 - ``tiers``: what makes a test ``slow``, and the guard that keeps the quick tier quick.
