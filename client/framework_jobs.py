@@ -104,7 +104,7 @@ def recognise(info: JobInfo) -> None:
         info.corrupt.append(f"{where}: has no {', '.join(repr(k) for k in missing)}")
         return
     if not ep.port:
-        info.corrupt.append(f"{where}: field 'port' is 0, not a port a server listens on")
+        info.corrupt.append(f"{where}: field 'port' is 0, outside 1..65535")
         return
     if ep.job_id != info.job_id:
         info.corrupt.append(f"{where}: names job {ep.job_id!r}, not its folder's {info.job_id!r}")

@@ -412,14 +412,29 @@ def _problem(message: str) -> str:
     match = _PATH.fullmatch(where)
     if match is None or not match.group(1):
         return f"{what[0].lower()}{what[1:]}"
+    what = _plain(what)
     path = match.group(1)
     top, rest = re.match(r"\.([A-Za-z_][A-Za-z0-9_]*)(.*)", path).groups()  # type: ignore[union-attr]
-    return f"field {top!r}{' ' + rest if rest else ''}{key}: {what[0].lower()}{what[1:]}"
+    return f"field {top!r}{' ' + rest if rest else ''}{key}{':' if what[0].isupper() else ''} {what[0].lower()}{what[1:]}"
+
+
+_NOUN = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "array": "a list", "object": "an object"}
+_GOT = {"array": "list", "object": "dict", "null": "null"}
+_TYPE_ERROR = re.compile(r"Expected `(\w+)(?: \| null)?`, got `(\w+)`")
+
+
+def _plain(what: str) -> str:
+    """msgspec's "Expected `int | null`, got `str`" as "must be an integer, not str"."""
+    match = _TYPE_ERROR.fullmatch(what)
+    if match is None or match.group(1) not in _NOUN:
+        return what
+    return f"must be {_NOUN[match.group(1)]}, not {_GOT.get(match.group(2), match.group(2))}"
 
 
 def encode(record: Record) -> dict[str, Any]:
-    """The plain JSON object a record is written as (fields left at their default are
-    left out; an explicit null stays)."""
+    """The plain JSON object a record is written as. A field at its default is left out,
+    a null one too (readers take absent and null alike); ``Status.resume_point``
+    defaults to UNSET, so its explicit null ("no resume point yet") is written."""
     out: dict[str, Any] = msgspec.to_builtins(record)
     return out
 

@@ -11,14 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.records import typed
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core import JobPaths
 from forgather_control.core.liveness import Liveness
+from forgather_control.core.records import Job, Status
 
 
 def info(status: dict | None, job: dict | None, liveness: Liveness = Liveness.ALIVE) -> JobInfo:
-    return JobInfo(job_id="j", paths=JobPaths(Path("/nonexistent"), "j"), status=status, job=job, liveness=liveness)
+    """A JobInfo of these records (as JSON), read as the listing reads them."""
+    st = typed(Status, status) if status is not None else None
+    jb = typed(Job, job) if job is not None else None
+    return JobInfo(job_id="j", paths=JobPaths(Path("/nonexistent"), "j"), status=st, job=jb, liveness=liveness)
 
 
 RUN0 = {"state": "running", "restarts": 0, "control": True}

@@ -33,7 +33,7 @@ from support.history import (
 )
 from support.launcher import START_TIMEOUT, launch, wait_running
 from support.paths import PLAIN_LAUNCH, REPO
-from support.records import identity
+from support.records import identity, typed
 from support.waiting import wait_for
 
 from forgather_control.client import cleanup, find_job, list_jobs, listing
@@ -43,6 +43,7 @@ from forgather_control.client.ray_listing import list_node
 from forgather_control.client.settler import Settler
 from forgather_control.core import JobPaths, process_identity, write_json_atomic
 from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run, read_entry, read_index
+from forgather_control.core.records import Identity
 from forgather_control.ui.feed import JobsFeed
 
 
@@ -69,8 +70,8 @@ def test_a_folder_of_the_current_release_is_read_as_before_then_settled(tmp_path
     again = {i.job_id: (str(i.state), str(i.liveness)) for i in scan(root, include_finished=True)}
     assert again == everything  # list --all finds everything, judged the same
     entry = read_entry(root, "dead-0004")
-    assert entry is not None and entry["verdict"] == "dead" and entry["state"] == "dead"
-    assert read_entry(root, "done-0000")["verdict"] == "finished"
+    assert entry is not None and entry.verdict == "dead" and entry.state == "dead"
+    assert read_entry(root, "done-0000").verdict == "finished"
     assert find_job(root, "done-0001").summary()["state"] == "stopped"  # status of an old job
 
 
@@ -132,7 +133,7 @@ def test_a_job_that_died_is_shown_for_a_day_then_settled(tmp_path: Path) -> None
     assert listed(root) == ["oom-killed"] and settled_ids(root) == set()  # but its heartbeat is an hour old
     dead_job(root, "oom-killed", died=time.time() - DAY - 60)
     assert listed(root) == ["oom-killed"]  # shown this last time, and settled
-    assert settled_ids(root) == {"oom-killed"} and read_entry(root, "oom-killed")["verdict"] == "dead"
+    assert settled_ids(root) == {"oom-killed"} and read_entry(root, "oom-killed").verdict == "dead"
     assert listed(root) == [] and listed(root, include_finished=True) == ["oom-killed"]
 
 
@@ -170,7 +171,7 @@ def test_cleanup_tidies_entries_without_a_folder_and_settles_what_it_reads(tmp_p
 def test_a_marker_holds_the_job_in_the_listing_until_its_process_is_proven_gone(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     paths = ended_job(root, "remote", ident=other_host())
-    mark_run(root, "remote", other_host())  # another host started it again (this process, as that host)
+    mark_run(root, "remote", typed(Identity, other_host()))  # another host started it again (this process, as that host)
     assert listed(root, include_finished=True) == ["remote"]
     assert settled_ids(root) == set() and len(markers(root, "remote")) == 1  # nothing proves that run over
     now = time.time()
@@ -183,7 +184,7 @@ def test_slurm_that_no_longer_knows_the_job_proves_its_marker_gone(tmp_path: Pat
     root = tmp_path / "jobs"
     paths = JobPaths(root, "slurm-77").create(mark=False)
     ident = other_host()
-    mark_run(root, "slurm-77", ident)
+    mark_run(root, "slurm-77", typed(Identity, ident) if isinstance(ident, dict) else ident)
     write_json_atomic(paths.job, {"job_id": "slurm-77", "state": "running", "scheduler": {"type": "slurm", "slurm_job_id": "77"}})
     paths.nodes.mkdir()
     beat = time.time() - 2 * DAY  # its last word two days ago (a job that died now is shown a day first)
@@ -306,11 +307,11 @@ def test_silence_settles_only_when_both_clocks_say_it_is_old(tmp_path: Path) -> 
     other_host_job(root, "recent", beat=now - 3600, written=now - 3600)
     shown = listed(root)
     assert sorted(shown) == ["clock-behind", "copied", "gone-long", "recent"]  # as before: stale or unknown
-    assert settled_ids(root) == {"gone-long"} and read_entry(root, "gone-long")["verdict"] == "stale"
+    assert settled_ids(root) == {"gone-long"} and read_entry(root, "gone-long").verdict == "stale"
     assert sorted(listed(root)) == ["clock-behind", "copied", "recent"]
     # a marker keeps a silent job too, until it is as old itself
     paths = other_host_job(root, "marked", beat=now - 3 * DAY, written=now - 3 * DAY)
-    mark_run(root, "marked", other_host())
+    mark_run(root, "marked", typed(Identity, other_host()))
     age(paths.dir, now - 3 * DAY)
     assert "marked" in listed(root) and "marked" not in settled_ids(root)
     (name,) = markers(root, "marked")

@@ -5,6 +5,7 @@ shown (the first rank that raised), the watch line of an ended job has no ETA, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,8 +19,8 @@ from forgather_control.callback import Controller
 from forgather_control.cli.output import progress_line
 from forgather_control.client import find_job
 from forgather_control.core import JobPaths, Liveness, judge, write_json_atomic
-from forgather_control.core.failures import Failure, read_failures, record_failure, root_cause
-from forgather_control.core.records import Status
+from forgather_control.core.failures import read_failures, record_failure, root_cause
+from forgather_control.core.records import Status, encode
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 
@@ -62,8 +63,8 @@ def test_the_root_cause_is_the_first_rank_that_raised(tmp_path: Path) -> None:
         record_failure(paths, rank=1, run=0, exc=raised)
     first = read_failures(paths)[0]
     # rank 0 then loses its peer in the next collective, a little later
-    later = Failure(**{**first.as_record(), "rank": 0, "type": "RuntimeError", "message": "Connection closed by peer", "at": first.at + 0.5})
-    write_json_atomic(paths.failures / "run-0-rank-0.json", later.as_record())
+    later = dataclasses.replace(first, rank=0, type="RuntimeError", message="Connection closed by peer", at=first.at + 0.5)
+    write_json_atomic(paths.failures / "run-0-rank-0.json", encode(later.as_record()))
     try:
         raise KeyError("another run")
     except KeyError as raised:

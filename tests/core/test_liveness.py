@@ -13,7 +13,7 @@ from support.records import identity, typed
 from forgather_control.client import scan
 from forgather_control.core import Liveness, judge, local_host, write_json_atomic
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.records import Endpoint, Status
+from forgather_control.core.records import Endpoint, Job, Status
 
 
 def other_host(**kw) -> dict:
@@ -48,31 +48,32 @@ def test_same_hostname_other_boot_is_not_judged_by_pid() -> None:
 
 def test_other_host_heartbeat_fresh_unknown_old_stale() -> None:
     now = time.time()
-    fresh = other_host(heartbeat_at=now - 5)
+    fresh = typed(Status, other_host(heartbeat_at=now - 5))
     assert judge(endpoint=None, status=fresh, squeue=no_squeue, now=now)[0] == Liveness.UNKNOWN
-    old = other_host(heartbeat_at=now - 500)
+    old = typed(Status, other_host(heartbeat_at=now - 500))
     verdict, why = judge(endpoint=None, status=old, squeue=no_squeue, now=now)
     assert verdict == Liveness.STALE and "500s" in why
     # a local pid check never condemns another host's job
-    assert judge(endpoint=other_host(pid=999_999_999), status=fresh, squeue=no_squeue, now=now)[0] == Liveness.UNKNOWN
+    assert judge(endpoint=typed(Endpoint, other_host(pid=999_999_999)), status=fresh, squeue=no_squeue, now=now)[0] == Liveness.UNKNOWN
 
 
 def test_probe_is_authoritative() -> None:
-    ep = other_host(url="http://10.0.0.1:1", heartbeat_at=0)
-    assert judge(endpoint=ep, status=None, probe=lambda e: True, squeue=no_squeue)[0] == Liveness.ALIVE
-    assert judge(endpoint=ep, status=None, probe=lambda e: None, squeue=no_squeue)[0] == Liveness.STALE
+    ep = typed(Endpoint, other_host(url="http://10.0.0.1:1"))
+    st = typed(Status, other_host(heartbeat_at=0))  # an endpoint carries no heartbeat: rank 0's status does
+    assert judge(endpoint=ep, status=st, probe=lambda e: True, squeue=no_squeue)[0] == Liveness.ALIVE
+    assert judge(endpoint=ep, status=st, probe=lambda e: None, squeue=no_squeue)[0] == Liveness.STALE
 
 
 def test_slurm_answers_for_other_hosts() -> None:
-    job = {"scheduler": {"type": "slurm", "slurm_job_id": "77"}}
-    st = other_host(heartbeat_at=time.time())
-    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: "RUNNING")[0] == Liveness.ALIVE
-    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: "")[0] == Liveness.DEAD
-    assert judge(endpoint=None, status={**st, "state": "running"}, job=job, squeue=lambda j: None)[0] == Liveness.UNKNOWN
+    job = typed(Job, {"scheduler": {"type": "slurm", "slurm_job_id": "77"}})
+    st = typed(Status, {**other_host(heartbeat_at=time.time()), "state": "running"})
+    assert judge(endpoint=None, status=st, job=job, squeue=lambda j: "RUNNING")[0] == Liveness.ALIVE
+    assert judge(endpoint=None, status=st, job=job, squeue=lambda j: "")[0] == Liveness.DEAD
+    assert judge(endpoint=None, status=st, job=job, squeue=lambda j: None)[0] == Liveness.UNKNOWN
 
 
 def test_finished_job_without_endpoint() -> None:
-    st = {**identity(), "state": "stopped"}
+    st = typed(Status, {**identity(), "state": "stopped"})
     assert judge(endpoint=None, status=st, squeue=no_squeue)[0] == Liveness.FINISHED
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from forgather_control.client.listing import scan
-from forgather_control.core import JobPaths, process_identity, write_json_atomic
+from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run
+from forgather_control.core.records import Identity
 from forgather_control.launcher import LaunchConfig, make_plan
 from forgather_control.launcher.records import JobRecords, read_previous
 
-from .records import identity
+from .records import identity, typed
 
 DAY = 86400.0
 #: A pid no process has (above any pid_max): a record naming it is dead at once.
@@ -182,14 +183,14 @@ def _relauncher(root: Path, job_ids: list[str], until: float, remote: bool) -> d
     another host: marks the run, writes its records, checks that listings (its own, made
     while the settlers run) show it until it ends, then ends it with its own word."""
     out: dict[str, Any] = {"runs": 0, "violations": []}
-    ident = other_host() if remote else process_identity()
+    ident = other_host() if remote else identity()
     run = 0
     while time.time() < until:
         run += 1
         for job_id in job_ids:
             paths = JobPaths(root, job_id)
             if remote:
-                mark_run(root, job_id, ident)  # what that host's launcher does first
+                mark_run(root, job_id, typed(Identity, ident) if isinstance(ident, dict) else ident)  # what that host's launcher does first
             else:
                 paths.create()
             now = time.time()
