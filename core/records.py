@@ -293,19 +293,19 @@ class StacksRegistration(Identity):
     launcher_start_time: When | None = None
 
 
-class FrameRecord(Record):
+class FrameRecord(Record, omit_defaults=False):
     file: Str1024 | None = None
     line: Count | None = None
     func: Str256 | None = None
 
 
-class ThreadRecord(Record):
+class ThreadRecord(Record, omit_defaults=False):
     ident: Count | None = None
     main: bool | None = None
     frames: Annotated[list[FrameRecord], Meta(max_length=512)] | None = None
 
 
-class StackRank(Record):
+class StackRank(Record, omit_defaults=False):
     """One rank's stacks, as a node answers them."""
 
     rank: Rank | None = None

@@ -269,6 +269,7 @@ def test_stacks_of_a_job_started_without_the_launcher(procs: Procs, tmp_path: Pa
     assert "bootstrap" not in res.out and "<frozen runpy>" not in res.out
     data = cli("control", "stacks", "solo", "--json").json()
     assert data["ranks"][0]["threads"][0]["main"] is True and data["world_size"] == 1 and data["state"] == "running"
+    assert set(data["ranks"][0]) == {"rank", "host", "pid", "error", "threads"} and data["ranks"][0]["error"] is None  # every field, null included
 
 
 def _info(jobs_dir: Path, job_id: str):
