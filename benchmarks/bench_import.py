@@ -26,13 +26,18 @@ child would read at least this script's 18 MiB); how many ``forgather_control`` 
 loaded and how many are the client's (in ``client/``, or in a package the split removed
 under a name now in ``client/``: ``control.listing``, ``control.handle`` ...).
 
-Budget (exit 1): the rank's import after costs no more time and no more peak RSS than
-before, each a ratio to before of at most ``--margin``, and loads no client module.
-The margin, 1.10: nine runs of the split itself (``--after ea95eef``) on the shared
-2-core machine gave a time ratio of 0.80-1.03 (median 0.91), the load average 1-6.
+Budget (exit 1): the rank's import after costs no more time than before (a ratio of at
+most ``--margin``), no more peak RSS than before beyond the typed records' share (a ratio
+of at most ``--memory-margin``), and loads no client module. The margin, 1.10: nine runs
+of the split itself (``--after ea95eef``) on the shared 2-core machine gave a time ratio
+of 0.80-1.03 (median 0.91), the load average 1-6. The memory margin, 1.25: the typed
+records the issue asked for (msgspec and the record classes, ``core/records.py``) are a
+rank's on purpose: it writes its status, receipts and markers with them. They cost it
+1.6 MiB (13.8 against 12.2 MiB, 1.13x, nine rounds on the quiet machine), under 1% of
+what ``import torch`` costs it; 1.25 leaves room for noise, not for another library.
 ``--no-before`` (a clone without the history) checks the client rule only. Usage::
 
-    python benchmarks/bench_import.py [--repeat 21] [--torch-repeat 3] [--before 6a810b1 | --no-before] [--after REV] [--margin 1.10]
+    python benchmarks/bench_import.py [--repeat 21] [--torch-repeat 3] [--before 6a810b1 | --no-before] [--after REV] [--margin 1.10] [--memory-margin 1.25]
 """
 
 from __future__ import annotations
@@ -255,7 +260,8 @@ def main() -> int:
     ap.add_argument("--no-before", action="store_true", help="measure this checkout only (a clone without the history)")
     ap.add_argument("--after", default=None, help="a commit to measure as 'after' instead of this checkout's files")
     ap.add_argument("--torch-repeat", type=int, default=3, help="timed runs of the import torch row, in the first rounds (0: no torch row)")
-    ap.add_argument("--margin", type=float, default=1.10, help="after/before ratio allowed for the rank's time and memory")
+    ap.add_argument("--margin", type=float, default=1.10, help="after/before ratio allowed for the rank's import time")
+    ap.add_argument("--memory-margin", type=float, default=1.25, help="after/before ratio allowed for the rank's peak RSS (the typed records' share)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -285,10 +291,10 @@ def main() -> int:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{args.repeat} runs of each row after a warm-up round, interleaved; medians; python -I -S, sys.path = the tree's mapping; load average {load}")
     print(f"after: {after.label}; before: {before.label if before else 'not measured (--no-before)'}")
-    return report(rows, args.margin)
+    return report(rows, args.margin, args.memory_margin)
 
 
-def report(rows: list[Row], margin: float) -> int:
+def report(rows: list[Row], margin: float, memory_margin: float) -> int:
     """The table of every row, then the rank's import after / before against the budget."""
     bare = rows[0]
     print(f"{'row':<36} {'side':<8} {'import s':>9} {'wall s':>7} {'wall+ s':>8} {'peak MiB':>9} {'peak+ MiB':>10} {'modules':>8} {'client':>7}")
@@ -306,18 +312,18 @@ def report(rows: list[Row], margin: float) -> int:
         over.append(f"the rank's import loads client modules: {', '.join(rank.client)}")
     if old is not None:
         print()
-        print(f"the rank's import ({RANK}), after / before; budget: ratio <= {margin:.2f}")
+        print(f"the rank's import ({RANK}), after / before; budget: time ratio <= {margin:.2f}, memory ratio <= {memory_margin:.2f}")
         print(f"{'measure':<28} {'before':>8} {'after':>8} {'ratio':>6}  budget")
         checks = [
-            ("import s (in the child)", old.took, rank.took, ".3f", True),
-            ("wall s beyond bare", old.wall - bare.wall, rank.wall - bare.wall, ".3f", False),
-            ("peak MiB beyond bare", (old.rss_kib - bare.rss_kib) / 1024, (rank.rss_kib - bare.rss_kib) / 1024, ".2f", True),
-            ("project modules loaded", len(old.modules), len(rank.modules), "d", False),
+            ("import s (in the child)", old.took, rank.took, ".3f", margin),
+            ("wall s beyond bare", old.wall - bare.wall, rank.wall - bare.wall, ".3f", None),
+            ("peak MiB beyond bare", (old.rss_kib - bare.rss_kib) / 1024, (rank.rss_kib - bare.rss_kib) / 1024, ".2f", memory_margin),
+            ("project modules loaded", len(old.modules), len(rank.modules), "d", None),
         ]
-        for name, b, a, fmt, budgeted in checks:
+        for name, b, a, fmt, limit in checks:
             ratio = a / b if b > 0 else float("inf")
-            verdict = ("ok" if ratio <= margin else "OVER") if budgeted else "-"
-            if budgeted and ratio > margin:
+            verdict = ("ok" if ratio <= limit else "OVER") if limit is not None else "-"
+            if limit is not None and ratio > limit:
                 over.append(f"{name}: {a:{fmt}} after against {b:{fmt}} before ({ratio:.2f}x)")
             print(f"{name:<28} {b:>8{fmt}} {a:>8{fmt}} {ratio:>6.2f}  {verdict}")
         print(f"{'client modules loaded':<28} {len(old.client):>8} {len(rank.client):>8} {'':>6}  must be 0 after")
@@ -330,7 +336,7 @@ def report(rows: list[Row], margin: float) -> int:
     if over:
         print(f"FAIL: {'; '.join(over)}")
         return 1
-    than = f"costs no more time and peak RSS than before (x{margin:.2f}) and " if old is not None else ""
+    than = f"costs no more time (x{margin:.2f}) and peak RSS (x{memory_margin:.2f}) than before and " if old is not None else ""
     print(f"PASS: the rank's import {than}loads no client module")
     return 0
 

@@ -20,7 +20,7 @@ def has_commit(rev: str) -> bool:
 
 def test_bench_import_runs_on_both_trees(tmp_path) -> None:
     before = has_commit(BEFORE)  # a clone without the history measures this checkout only
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_import.py"), "--repeat", "1", "--torch-repeat", "0", "--margin", "100"]
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_import.py"), "--repeat", "1", "--torch-repeat", "0", "--margin", "100", "--memory-margin", "100"]
     p = subprocess.run([*argv, "--before", BEFORE] if before else [*argv, "--no-before"], env=base_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "python -c pass (interpreter start)" in p.stdout and "PASS" in p.stdout
