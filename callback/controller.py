@@ -33,12 +33,13 @@ import atexit
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.metrics import History
-from forgather_control.core.records import CheckpointRecord, Http, Status
+from forgather_control.core.records import CheckpointRecord, Http, Metrics, Status
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -100,7 +101,7 @@ class Controller:
         # Live training facts; written by the training thread, read by the I/O thread.
         self.current_step = 0
         self.metrics: Any = None
-        self.eval_metrics: dict[str, Any] = {}
+        self.eval_metrics: Metrics = {}
         self.epoch: float | None = None
         self.last_checkpoint: str | None = None
         #: The newest checkpoint every rank has finished writing: what a restarted run
@@ -520,7 +521,7 @@ class Controller:
         self._receipts.save_failed(reason)
         self._changed()
 
-    def evaluation_done(self, metrics: dict[str, Any] | None = None) -> None:
+    def evaluation_done(self, metrics: Mapping[str, object] | None = None) -> None:
         """Record an evaluation's metrics; completes the oldest evaluate command."""
         self.phase = Phase.TRAINING
         clean = json_metrics(metrics or {})
@@ -538,7 +539,7 @@ class Controller:
         self._receipts.command_failed(reason, command)
         self._changed()
 
-    def update_metrics(self, metrics: dict[str, Any]) -> None:
+    def update_metrics(self, metrics: Mapping[str, object]) -> None:
         """Merge the trainer's latest logged values (loss, learning rate, ...) into the
         status. Never a check: log events are not step ends."""
         merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
@@ -596,7 +597,7 @@ class Controller:
             resumed_from=self._resumed_from,
         )
 
-    def _metric_sample(self) -> tuple[int, dict[str, Any]] | None:
+    def _metric_sample(self) -> tuple[int, Metrics] | None:
         """What the I/O thread records into the history: the step, the loop's latest
         per-step metrics and the steps per second (not the evaluation's, recorded when
         they are reported)."""

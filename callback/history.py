@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.metrics import FILENAME, History, read_history
+from forgather_control.core.records import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ __all__ = ["WRITE_EVERY", "HistoryRecorder", "load_or_new"]
 #: Seconds between writes of metrics.json (at most; only when it changed).
 WRITE_EVERY = 5.0
 
-Sample = Callable[[], "tuple[int, dict[str, Any]] | None"]
+Sample = Callable[[], "tuple[int, Metrics] | None"]
 
 
 def load_or_new(paths: JobPaths, *, continued: bool) -> History:

@@ -247,8 +247,8 @@ def _lr(trainer: Any) -> float | None:
         return None
 
 
-def _metrics(trainer: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _metrics(trainer: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
     for k, v in dict(trainer.callback_metrics).items():
         try:
             out[k] = float(v)

@@ -11,6 +11,8 @@ import math
 import threading
 from typing import Any
 
+from forgather_control.core.records import Metrics
+
 __all__ = ["StepRate", "json_metrics"]
 
 #: At most this many metrics, and this many characters of a string one, reach the status.
@@ -18,10 +20,10 @@ MAX_METRICS = 64
 MAX_TEXT = 200
 
 
-def json_metrics(metrics: Any) -> dict[str, Any]:
+def json_metrics(metrics: Any) -> Metrics:
     """The loop's metrics as plain JSON values: tensors and numpy scalars become numbers,
     a non-finite float its name ("nan", "inf"); anything else is left out."""
-    out: dict[str, Any] = {}
+    out: Metrics = {}
     if not isinstance(metrics, dict):
         return out
     for k, v in list(metrics.items())[:MAX_METRICS]:

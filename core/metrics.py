@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class History:
         self._lock = threading.Lock()
         self.version = 0  # bumped on every change: a writer knows when to write
 
-    def record(self, step: int, time: float, values: dict[str, Any]) -> None:
+    def record(self, step: int, time: float, values: Mapping[str, object]) -> None:
         """Add one point per numeric value at ``step`` (a value already recorded at this
         step replaces it; a step before the last is ignored)."""
         with self._lock:

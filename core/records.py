@@ -22,7 +22,7 @@ import itertools
 import math
 import os
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -33,6 +33,9 @@ from forgather_control.core.states import JobState
 __all__ = [
     "UNSET",
     "CheckpointRecord",
+    "CommandFile",
+    "CommandOptions",
+    "CommandResult",
     "Endpoint",
     "FailureRecord",
     "FrameRecord",
@@ -41,6 +44,7 @@ __all__ = [
     "Job",
     "Marker",
     "MetricHistory",
+    "Metrics",
     "Node",
     "Receipt",
     "Record",
@@ -88,12 +92,16 @@ When = Annotated[float, Meta(ge=0, le=1e300)]
 #: A metric value: a number (NaN and infinities allowed: a loss can diverge), a short
 #: string, a boolean or null.
 Metric = int | float | Annotated[str, Meta(max_length=256)] | bool | None
-#: A free-form JSON value inside a record (a receipt's result): bounded by the record's size.
-Json = Any
+#: A set of metrics by name (a status's ``metrics``, an evaluation's result).
+Metrics = dict[str, Metric]
 
 
 class Record(Struct, kw_only=True, omit_defaults=True):
     """A record: decoded with :func:`decode`, written with :func:`encode`."""
+
+    #: Fields :func:`encode` writes even at their default (null): where a reader tells
+    #: "there is none" from "not said" (a framework acknowledgement's null ``id``).
+    always: ClassVar[tuple[str, ...]] = ()
 
     def as_record(self) -> dict[str, Any]:
         return encode(self)
@@ -117,6 +125,30 @@ class CheckpointRecord(Record):
     saved_at: When | None = None
 
 
+class CommandOptions(Record):
+    """What a command may carry beyond its name (:data:`~.commands.COMMAND_OPTIONS` says
+    which command takes which): ``evaluate`` false on a save skips the evaluation a
+    trainer with evaluation set up runs first."""
+
+    evaluate: bool | None = None
+
+
+class CommandResult(Record):
+    """What a final receipt says came of its command: a save's checkpoint, an evaluation's
+    metrics, the state and step a stop ended the job in."""
+
+    checkpoint: Text | None = None
+    #: the step the command applied at
+    step: Count | None = None
+    #: the step the checkpoint was written at (a save reported later than it applied)
+    saved_at_step: Count | None = None
+    metrics: Annotated[dict[Str256, Metric], Meta(max_length=128)] | None = None
+    final_state: Short | None = None
+    final_step: Count | None = None
+    #: who carried the command out when the ranks could not ("launcher")
+    ended_by: Short | None = None
+
+
 class Receipt(Record):
     """One command's receipt, as status.json and the HTTP API carry it."""
 
@@ -129,9 +161,21 @@ class Receipt(Record):
     created_at: When | None = None
     updated_at: When | None = None
     step: Count | None = None
-    result: Annotated[dict[str, Json], Meta(max_length=64)] | None = None
+    result: CommandResult | None = None
     reason: Text | None = None
-    options: Annotated[dict[str, Json], Meta(max_length=16)] | None = None
+    options: CommandOptions | None = None
+
+
+class CommandFile(Record):
+    """``inbox/<ns>-<id>.json``: a command a client dropped for rank 0 (the file channel).
+    Its id, key and command are checked where read (rank 0 answers a bad one with a
+    rejected receipt under the file's id), so they are only bounded here."""
+
+    id: Text | None = None
+    command: Text | None = None
+    key: Text | None = None
+    sent_at: When | None = None
+    options: CommandOptions | None = None
 
 
 class Endpoint(Identity):
@@ -433,9 +477,13 @@ def _plain(what: str) -> str:
 
 def encode(record: Record) -> dict[str, Any]:
     """The plain JSON object a record is written as. A field at its default is left out,
-    a null one too (readers take absent and null alike); ``Status.resume_point``
-    defaults to UNSET, so its explicit null ("no resume point yet") is written."""
+    a null one too (readers take absent and null alike), but for the record's
+    ``always``; ``Status.resume_point`` defaults to UNSET, so its explicit null ("no
+    resume point yet") is written."""
     out: dict[str, Any] = msgspec.to_builtins(record)
+    for name in record.always:
+        if name not in out:
+            out[name] = msgspec.to_builtins(getattr(record, name))
     return out
 
 
