@@ -7,8 +7,12 @@ inherits what the runs before it saved, and a record rewritten at the start of a
 carries the history forward instead of dropping it.
 
 A checkpoint can vanish (a user deletes it, a retention policy prunes it): resume takes
-the newest one that still exists, and says which newer ones it skipped. Pure functions
-over records; the file system is asked only through the injected ``exists``.
+the newest one that still exists, and says which newer ones it skipped.
+
+A record is not proof: whoever can write the job folder can name any path in it. A run
+resumes only from a checkpoint its own user owns, inside its output directory
+(``$FORGATHER_OUTPUT_DIR``, else the launch's working directory), links resolved
+(:class:`Scope`); the launcher and the ranks ask the same rule.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from forgather_control.core.env import ENV_OUTPUT_DIR
 from forgather_control.core.records import UNSET, CheckpointRecord, Job, Status, UnsetType
 
-__all__ = ["MAX_KEPT", "Checkpoint", "choose", "history"]
+__all__ = ["MAX_KEPT", "Checkpoint", "Scope", "Skipped", "choose", "history"]
 
 #: Checkpoints kept in job.json; older ones are forgotten (not deleted from disk).
 MAX_KEPT = 20
@@ -93,11 +98,57 @@ def history(
     return sorted(newest.values(), key=_order)[-MAX_KEPT:]
 
 
-def choose(points: list[Checkpoint], *, exists: Callable[[str], bool] = os.path.exists) -> tuple[Checkpoint | None, list[Checkpoint]]:
-    """The newest checkpoint that still exists, and the newer ones that are gone."""
-    gone: list[Checkpoint] = []
+@dataclass(frozen=True)
+class Scope:
+    """Where a run may resume from: a checkpoint inside ``output_dir`` that ``uid`` owns,
+    both judged on the path with every link resolved (a link inside that points out is
+    outside). A checkpoint folder's own files are not each checked: only its owner
+    could have put them there, unless it let others write into it."""
+
+    output_dir: str
+    uid: int
+
+    @classmethod
+    def here(cls) -> Scope:
+        """This process's: ``$FORGATHER_OUTPUT_DIR`` (else the working directory) and its uid.
+        The launcher and its ranks share both (torchrun keeps the env and the cwd)."""
+        return cls(os.environ.get(ENV_OUTPUT_DIR) or os.getcwd(), os.getuid())
+
+    def refuses(self, path: str) -> str | None:
+        """Why this run must not resume from ``path``; None when it may."""
+        root, real = os.path.realpath(self.output_dir), os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            via = f" (a link to {real})" if real != os.path.normpath(path) else ""
+            return f"outside the job's output directory {root}{via} (${ENV_OUTPUT_DIR} names it)"
+        try:
+            owner = os.stat(real).st_uid
+        except FileNotFoundError:
+            return "no longer on disk"
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if owner != self.uid:
+            return f"owned by uid {owner}, not by the job's user (uid {self.uid})"
+        return None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A newer checkpoint that resume passed over, and why."""
+
+    point: Checkpoint
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.point.describe()}: {self.reason}"
+
+
+def choose(points: list[Checkpoint], *, exists: Callable[[str], bool] = os.path.exists, scope: Scope | None = None) -> tuple[Checkpoint | None, list[Skipped]]:
+    """The newest checkpoint that still exists (and, with ``scope``, that this run may
+    resume from), and the newer ones passed over with the reason."""
+    skipped: list[Skipped] = []
     for point in reversed(points):
-        if exists(point.path):
-            return point, gone
-        gone.append(point)
-    return None, gone
+        why = "no longer on disk" if not exists(point.path) else scope.refuses(point.path) if scope is not None else None
+        if why is None:
+            return point, skipped
+        skipped.append(Skipped(point, why))
+    return None, skipped

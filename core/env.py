@@ -30,6 +30,9 @@ ENV_LAUNCHED = "FORGATHER_LAUNCHED"
 ENV_ABORT_RETURNS = "FORGATHER_ABORT_RETURNS"
 #: The checkpoint a restarted run resumes from, when the job has one.
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
+#: The folder a job's checkpoints live in (default: the launch's working directory): a
+#: run resumes only from a checkpoint inside it that its own user owns.
+ENV_OUTPUT_DIR = "FORGATHER_OUTPUT_DIR"
 #: This node's rank in a multi-node launch.
 ENV_NODE_RANK = "FORGATHER_NODE_RANK"
 #: Seconds within which two deliveries of a stop signal count once (default 1).

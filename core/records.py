@@ -288,6 +288,7 @@ class Job(Record):
     updated_at: When | None = None
     restarts: Count | None = None
     resume_from: Text | None = None
+    output_dir: Text | None = None
     checkpoints: Annotated[list[CheckpointRecord], Meta(max_length=256)] | None = None
     last_checkpoint: Text | None = None
     requeue: bool | None = None

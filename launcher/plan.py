@@ -59,7 +59,7 @@ class Plan:
     env: Mapping[str, str] = field(default_factory=dict)
     restarts: int = 0
     resume_from: str | None = None
-    #: newer checkpoints of the job that are no longer on disk (resume took an older one)
+    #: newer checkpoints of the job that resume passed over, each with why (gone, not the job's own)
     resume_gone: tuple[str, ...] = ()
 
     @property
@@ -213,7 +213,7 @@ def render_plan(plan: Plan) -> str:
     if plan.restarts or plan.resume_from:
         lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
     for gone in plan.resume_gone:
-        lines.append(f"  skipped:        {gone}: no longer on disk")
+        lines.append(f"  skipped:        {gone}")
     lines.append("  command:")
     lines.append("    " + shlex.join(plan.argv))
     lines.append("  environment for the workers (added to the launcher's own):")

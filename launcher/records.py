@@ -26,7 +26,7 @@ from msgspec import structs
 
 from forgather_control.client.settled import end_run
 from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
-from forgather_control.core.checkpoints import Checkpoint, choose, history
+from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, history
 from forgather_control.core.commands import Command, State, is_final_receipt
 from forgather_control.core.failures import root_cause
 from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
@@ -100,19 +100,23 @@ class Previous:
     same_slurm_job: bool = False
     #: every completed checkpoint of the job's earlier runs, oldest first
     checkpoints: tuple[Checkpoint, ...] = ()
-    #: newer checkpoints that are no longer on disk (resume took an older one)
-    gone: tuple[Checkpoint, ...] = ()
+    #: newer checkpoints resume passed over (gone, or not the job's own: see Scope), with why
+    gone: tuple[Skipped, ...] = ()
 
 
-def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, exists: Callable[[str], bool] = os.path.exists) -> Previous:
+def read_previous(
+    paths: JobPaths, placement: Placement, *, node_rank: int = 0, exists: Callable[[str], bool] = os.path.exists, scope: Scope | None = None
+) -> Previous:
     """Read (never change) an earlier run's job.json and status.json.
 
     Under SLURM the restart count is SLURM_RESTART_COUNT, which every node sees alike.
     Elsewhere it is the earlier run's count plus one. A node other than 0 may start after
     node 0 already rewrote job.json for this run; it then takes this run's values from it.
     The run resumes from the newest completed checkpoint of any earlier run that still
-    exists (``exists`` is asked; tests inject it).
+    exists (``exists`` is asked; tests inject it) and that ``scope`` (default: this
+    process's, :meth:`Scope.here`) allows: the records may name anything.
     """
+    scope = scope or Scope.here()
     job, status = _load(paths.job, Job), _load(paths.status, Status)
     slurm_id = placement.scheduler.slurm_job_id if placement.scheduler.type == "slurm" else None
     if job is None and status is None:
@@ -125,13 +129,16 @@ def read_previous(paths: JobPaths, placement: Placement, *, node_rank: int = 0, 
     this_run = job.state == JobState.RUNNING and (prev_restarts == placement.restart_count if slurm_id else node_rank != 0)
     points = tuple(history(job, status, clean_exit=job.exit_code == 0 and is_final(job.state)))
     if this_run:
-        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points)
+        why = scope.refuses(job.resume_from) if job.resume_from else None
+        if why is not None:
+            log.warning("not resuming from %s: %s", job.resume_from, why)
+        return Previous(True, max(prev_restarts, 0), None if why else job.resume_from, created, same_slurm, points)
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
-    resume_point, gone = choose(list(points), exists=exists)
-    for point in gone:
-        log.warning("checkpoint %s is no longer on disk; resuming from an older one", point.describe())
+    resume_point, gone = choose(list(points), exists=exists, scope=scope)
+    for skipped in gone:
+        log.warning("not resuming from checkpoint %s", skipped.describe())
     return Previous(True, max(restarts, 0), resume_point.path if resume_point else None, created, same_slurm, points, tuple(gone))
 
 
@@ -273,6 +280,7 @@ class JobRecords:
                 updated_at=now,
                 restarts=plan.restarts,
                 resume_from=plan.resume_from,
+                output_dir=os.path.realpath(Scope.here().output_dir),  # what this run resumes from inside
                 # carried forward: a run that saves nothing must not lose the runs' before
                 checkpoints=[c.as_record() for c in previous.checkpoints],
                 last_checkpoint=previous.checkpoints[-1].path if previous.checkpoints else None,

@@ -15,6 +15,7 @@ package build (``support.tiers``): it fails, naming the marker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from support.processes import Procs
 from support.tiers import quick_tier
 from support.waiting import wait_for as _wait_for
 
+from forgather_control.core.env import ENV_OUTPUT_DIR
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
@@ -37,6 +40,21 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     with quick_tier(item.nodeid):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test writes its checkpoints under pytest's temp root: that is the output
+    directory of every job a test runs (a run resumes only from inside its own), for
+    the launchers and ranks it starts too (they inherit the variable)."""
+    root = tmp_path_factory.getbasetemp()
+    before = os.environ.get(ENV_OUTPUT_DIR)
+    os.environ[ENV_OUTPUT_DIR] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop(ENV_OUTPUT_DIR, None)
+    else:
+        os.environ[ENV_OUTPUT_DIR] = before
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from support.records import typed
 
 from forgather_control.client import cleanup, find_job
 from forgather_control.core import JobPaths
-from forgather_control.core.checkpoints import MAX_KEPT, Checkpoint, choose, history
+from forgather_control.core.checkpoints import MAX_KEPT, Checkpoint, Skipped, choose, history
 from forgather_control.core.records import Job, Status
 from forgather_control.launcher import LaunchConfig, make_plan, render_plan
 from forgather_control.launcher.records import JobRecords, read_previous
@@ -34,8 +34,8 @@ def test_history_merges_runs_newest_last_and_ignores_garbage() -> None:
 def test_choose_takes_the_newest_that_still_exists() -> None:
     points = [Checkpoint("/a", 1), Checkpoint("/b", 2), Checkpoint("/c", 3)]
     point, gone = choose(points, exists=lambda p: p in ("/a", "/b"))
-    assert point == Checkpoint("/b", 2) and gone == [Checkpoint("/c", 3)]
-    assert choose(points, exists=lambda p: False) == (None, list(reversed(points)))
+    assert point == Checkpoint("/b", 2) and gone == [Skipped(Checkpoint("/c", 3), "no longer on disk")]
+    assert choose(points, exists=lambda p: False) == (None, [Skipped(p, "no longer on disk") for p in reversed(points)])
 
 
 def test_save_stop_then_a_crash_before_any_save_then_relaunch_resumes_from_the_save(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_cleanup_keeps_a_job_with_a_resume_point_unless_asked(tmp_path: Path) ->
     assert not kept.deleted and "--include-resumable" in kept.reason and (jobs / "resumable").is_dir()
     assert cleanup.delete_job(jobs, "resumable", include_resumable=True).deleted
     info = find_job(jobs, "completed")
-    assert info.summary()["restarts"] == 0
+    assert info.summary().restarts == 0
 
 
 def test_list_and_status_show_the_run_count_and_what_it_resumed_from(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_list_and_status_show_the_run_count_and_what_it_resumed_from(tmp_path: P
     rec = launch_run(jobs, "shown")
     rec.finish("failed", 1)
     summary = find_job(jobs, "shown").summary()
-    assert summary["restarts"] == 1 and summary["resumed_from"] == str(a)
+    assert summary.restarts == 1 and summary.resumed_from == str(a)
 
 
 SLURM = {
