@@ -18,10 +18,13 @@ from typing import Any
 
 from forgather_control.core import default_job_id, resolve_jobs_dir, validate_job_id
 from forgather_control.core.env import (
+    ENV_CHECK_INTERVAL,
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
+    ENV_HEARTBEAT_INTERVAL,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
+    ENV_POLL_INTERVAL,
     ENV_RESTARTS,
     ENV_SIGNAL_REPEAT_WINDOW,
     ENV_STALL_AFTER,
@@ -66,10 +69,13 @@ class ControllerConfig:
     - ``max_steps``: the last training step, when known; it is always a check, and it
       gives the status its ETA.
     - ``check_interval``: seconds between agreement checks across ranks: commands apply
-      within about this long, at the cost of one small all-reduce per check.
+      within about this long, at the cost of one small all-reduce per check. Default
+      ``$FORGATHER_CHECK_INTERVAL``, else 1.
     - ``heartbeat_interval``: seconds between status.json rewrites when nothing changed;
-      a listing judges a job whose heartbeat stopped.
-    - ``poll_interval``: seconds between looks into the inbox.
+      a listing judges a job whose heartbeat stopped. Default
+      ``$FORGATHER_HEARTBEAT_INTERVAL``, else 2.
+    - ``poll_interval``: seconds between looks into the inbox; default
+      ``$FORGATHER_POLL_INTERVAL``, else 0.5.
     - ``max_pending``: commands that may wait in the queue; more are refused (429).
     - ``signals``: the signals that mean "save and stop"; () handles none.
     - ``signal_repeat_window``: deliveries of a stop signal closer than this many seconds
@@ -163,6 +169,9 @@ class ControllerConfig:
             options["stall_after"] = _env_seconds(env, ENV_STALL_AFTER)
         if "signal_repeat_window" not in options and env.get(ENV_SIGNAL_REPEAT_WINDOW):
             options["signal_repeat_window"] = _env_seconds(env, ENV_SIGNAL_REPEAT_WINDOW)
+        for name, var, zero in _ENV_INTERVALS:
+            if name not in options and env.get(var):
+                options[name] = _env_seconds(env, var, zero_ok=zero)
         if env.get(ENV_RESTARTS):
             options["restarts"] = _env_int(env, ENV_RESTARTS, 0, None, "a count of restarts (0, 1, ...)")
         options["trace_dir"] = env.get(ENV_TRACE_AGREEMENT) or None
@@ -176,6 +185,13 @@ class ControllerConfig:
 _OPTIONS = frozenset(f.name for f in dataclasses.fields(ControllerConfig)) - {"restarts", "trace_dir"}
 _INTS = ("port", "max_steps", "max_pending", "rank", "world_size", "restarts")
 _FLOATS = ("check_interval", "heartbeat_interval", "poll_interval", "signal_repeat_window", "stall_after")
+#: The cadences a launch (or a test) may set for every rank through the environment:
+#: (option, variable, whether 0 is allowed).
+_ENV_INTERVALS = (
+    ("check_interval", ENV_CHECK_INTERVAL, True),
+    ("heartbeat_interval", ENV_HEARTBEAT_INTERVAL, False),
+    ("poll_interval", ENV_POLL_INTERVAL, False),
+)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -211,12 +227,12 @@ def _env_int(env: Mapping[str, str], name: str, low: int, high: int | None, what
     return value
 
 
-def _env_seconds(env: Mapping[str, str], name: str) -> float:
+def _env_seconds(env: Mapping[str, str], name: str, *, zero_ok: bool = True) -> float:
     raw = env[name]
     try:
         value = float(raw.strip())
     except ValueError:
         value = -1.0
-    if not value >= 0:  # also refuses nan
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds >= 0; fix or unset it")
+    if not (value >= 0 if zero_ok else value > 0):  # also refuses nan
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds {'>=' if zero_ok else '>'} 0; fix or unset it")
     return value

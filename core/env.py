@@ -40,6 +40,15 @@ ENV_SIGNAL_REPEAT_WINDOW = "FORGATHER_SIGNAL_REPEAT_WINDOW"
 #: Seconds without a step after which a job counts as stalled (default: adapts to the
 #: job's step time, never below five minutes).
 ENV_STALL_AFTER = "FORGATHER_STALL_AFTER"
+#: Seconds between a job's status.json rewrites when nothing changed (its heartbeat;
+#: default 2). Lower it where something waits on the file: a test, a dashboard.
+ENV_HEARTBEAT_INTERVAL = "FORGATHER_HEARTBEAT_INTERVAL"
+#: Seconds between rank 0's looks into the inbox (default 0.5): how soon a command sent
+#: through the file channel is taken.
+ENV_POLL_INTERVAL = "FORGATHER_POLL_INTERVAL"
+#: Seconds between agreement checks across ranks (default 1): how soon a command applies
+#: on a job of several ranks, at one small all-reduce per check.
+ENV_CHECK_INTERVAL = "FORGATHER_CHECK_INTERVAL"
 #: Seconds after which a launcher whose job has no control attached yet (rank 0 has not
 #: published this run's status) says so once (default 300; ``--no-control-after``).
 ENV_NO_CONTROL_AFTER = "FORGATHER_NO_CONTROL_AFTER"

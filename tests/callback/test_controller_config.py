@@ -14,10 +14,13 @@ from forgather_control.callback.config import ConfigError
 from forgather_control.callback.signals import DEFAULT_SIGNALS
 from forgather_control.core import InvalidJobId, UsageError
 from forgather_control.core.env import (
+    ENV_CHECK_INTERVAL,
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
+    ENV_HEARTBEAT_INTERVAL,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
+    ENV_POLL_INTERVAL,
     ENV_RESTARTS,
     ENV_SIGNAL_REPEAT_WINDOW,
     ENV_TRACE_AGREEMENT,
@@ -50,6 +53,16 @@ def test_environment_fills_what_is_not_given(tmp_path: Path) -> None:
     assert (given.job_id, given.jobs_dir, given.host, given.port, given.signal_repeat_window) == ("given", tmp_path / "x", "localhost", 0, 2.0)
 
 
+def test_the_cadences_come_from_the_environment_unless_given(tmp_path: Path) -> None:
+    """A launch (or a test waiting on status.json) sets every rank's heartbeat, inbox poll
+    and check interval without touching the script; 0 checks at every step."""
+    env = {ENV_JOBS_DIR: str(tmp_path), ENV_HEARTBEAT_INTERVAL: "0.2", ENV_POLL_INTERVAL: "0.1", ENV_CHECK_INTERVAL: "0"}
+    cfg = ControllerConfig.from_env(env, job_id="j")
+    assert (cfg.heartbeat_interval, cfg.poll_interval, cfg.check_interval) == (0.2, 0.1, 0.0)
+    given = ControllerConfig.from_env(env, job_id="j", heartbeat_interval=3, poll_interval=None, check_interval=0.5)
+    assert (given.heartbeat_interval, given.poll_interval, given.check_interval) == (3.0, 0.1, 0.5)
+
+
 def test_none_and_empty_mean_not_given(tmp_path: Path) -> None:
     env = {ENV_JOB_ID: "from-env", ENV_JOBS_DIR: str(tmp_path), ENV_CONTROL_PORT: "", ENV_RESTARTS: ""}
     cfg = ControllerConfig.from_env(env, job_id=None, host="", port=None, jobs_dir=None, signal_repeat_window=None)
@@ -70,6 +83,9 @@ def test_job_id_defaults_from_slurm(tmp_path: Path) -> None:
         (ENV_SIGNAL_REPEAT_WINDOW, "soon", "is not a number of seconds"),
         (ENV_SIGNAL_REPEAT_WINDOW, "-1", "is not a number of seconds"),
         (ENV_RESTARTS, "two", "is not a count of restarts"),
+        (ENV_HEARTBEAT_INTERVAL, "0", "is not a number of seconds > 0"),
+        (ENV_POLL_INTERVAL, "fast", "is not a number of seconds > 0"),
+        (ENV_CHECK_INTERVAL, "-1", "is not a number of seconds >= 0"),
     ],
 )
 def test_bad_environment_names_the_variable(tmp_path: Path, name: str, value: str, expected: str) -> None:
