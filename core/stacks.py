@@ -11,7 +11,9 @@ task there) sends the signal and reads what the rank appended.
 A process is signalled only when it is the one its record names (host, boot, pid and
 start time) *and* the kernel says it catches the signal: the default action of a
 real-time signal is to terminate, so a recycled pid or a worker that has not registered
-yet must never get it.
+yet must never get it. A record is not proof either (whoever writes the folder names any
+pid, and PID 1 of a systemd host gives this signal a meaning of its own): the process
+must be proven a rank of the job (:func:`not_a_rank`), checked again at the signal.
 
 Across nodes: the CLI posts a request in the job folder (``stacks/requests/<id>.json``);
 each node's launcher answers with its own ranks' dumps
@@ -61,6 +63,7 @@ __all__ = [
     "dump",
     "group",
     "local_workers",
+    "not_a_rank",
     "parse_dump",
     "rank_list",
     "register",
@@ -203,6 +206,8 @@ def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> li
         dump = rec.dump
         if dump is None or not re.fullmatch(r"rank-\d+-\d+\.txt", dump) or not catches(rec.pid, STACK_SIGNAL):
             continue
+        if not_a_rank(rec.pid, folder / dump) is not None:
+            continue
         lpid = rec.launcher_pid
         launcher = lpid if lpid is not None and pid_alive(Identity(pid=lpid, pid_start_time=rec.launcher_start_time)) else None
         out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher))
@@ -222,22 +227,76 @@ def catches(pid: int, sig: int) -> bool:
     return False
 
 
+def not_a_rank(pid: int, dump_file: Path) -> str | None:
+    """Why process ``pid`` is not proven a rank of the job whose ``stacks/`` holds
+    ``dump_file``; None when it is: it holds that very file open (the descriptor
+    :func:`register` keeps for faulthandler), runs as the job folder's owner (real,
+    effective and saved uid), and is PID 1 of no namespace. Reads /proc/<pid>/fd, which
+    only its own uid and root may: anyone else proves nothing, and signals nothing."""
+    if pid == 1:
+        return "it is PID 1"
+    try:
+        with open(f"/proc/{int(pid)}/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        uids = {int(u) for u in fields["Uid"].split()[:3]}
+        nspids = fields.get("NSpid", str(pid)).split()
+        owner = os.stat(dump_file.parent.parent).st_uid
+        held = os.stat(dump_file)
+    except (OSError, KeyError, ValueError) as exc:
+        return f"cannot tell ({exc})"
+    if nspids[-1] == "1":
+        return "it is PID 1 of its namespace"
+    if uids != {owner}:
+        return f"it runs as uid {max(uids - {owner})}, the job folder's owner is uid {owner}"
+    try:
+        fds = os.listdir(f"/proc/{int(pid)}/fd")
+    except OSError as exc:
+        return f"cannot see its open files ({exc.strerror})"
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{int(pid)}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            return None
+    return "it does not hold the job's dump file open"
+
+
+def _signal(pid: int, dump_file: Path) -> None:
+    """Send the stack signal to ``pid`` once it is proven a rank (:func:`not_a_rank`),
+    through a pidfd opened before the proof where there is one: a pid recycled in
+    between then gets nothing. Raises PermissionError with the reason when not proven."""
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal") else None
+    try:
+        why = not_a_rank(pid, dump_file)
+        if why is not None:
+            raise PermissionError(f"not signalled: not a rank of this job ({why})")
+        if pidfd is None:
+            os.kill(pid, STACK_SIGNAL)
+        else:
+            signal.pidfd_send_signal(pidfd, STACK_SIGNAL)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[RankStacks]:
-    """Signal each worker and read what it appended to its dump file; a worker that
-    writes nothing within ``timeout`` says so."""
+    """Signal each worker proven a rank of its job and read what it appended to its dump
+    file; a worker that writes nothing within ``timeout`` says so."""
     out: dict[int, RankStacks] = {}
     pending: dict[int, tuple[Worker, int]] = {}
     for w in workers:
         try:
             offset = w.dump.stat().st_size
-            os.kill(w.pid, STACK_SIGNAL)
+            _signal(w.pid, w.dump)
             pending[w.rank] = (w, offset)
         except FileNotFoundError:
             out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its dump file is gone")
         except ProcessLookupError:
             out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its process is gone")
-        except PermissionError:
-            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="no permission to signal its process (another user's?)")
+        except PermissionError as exc:
+            why = str(exc) if str(exc).startswith("not signalled") else "no permission to signal its process (another user's?)"
+            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error=why)
     deadline = time.monotonic() + timeout
     grown: dict[int, tuple[int, float]] = {}  # rank -> (size, when it last changed)
     while pending and time.monotonic() < deadline:

@@ -50,11 +50,16 @@ class Procs:
         self.tmp_path = tmp_path
         self.started: list[Proc] = []
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, name: str | None = None) -> Proc:
-        """Start ``argv`` in a session of its own, output (both streams) to a log file."""
+    def start(
+        self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, name: str | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> Proc:
+        """Start ``argv`` in a session of its own, output (both streams) to a log file;
+        ``pass_fds``: descriptors it inherits."""
         log = self.tmp_path / f"{name or Path(argv[1] if len(argv) > 1 else argv[0]).stem}-{len(self.started)}.log"
         with open(log, "wb") as fh:
-            popen = subprocess.Popen(argv, env=env, cwd=cwd or REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(
+                argv, env=env, cwd=cwd or REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds
+            )
         p = Proc(popen, log, ProcessTree(popen.pid, session=popen.pid))
         self.started.append(p)
         return p
