@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from forgather_control.client.lookup import AUTO
-from forgather_control.core.env import ENV_JOBS_DIR, ENV_TOKEN
+from forgather_control.core.env import ENV_HTTP_TIMEOUT, ENV_JOBS_DIR, ENV_TOKEN
+from forgather_control.core.errors import UsageError
 
-#: Seconds to wait for one HTTP answer, and for a Ray cluster's nodes.
+#: Seconds to wait for one HTTP answer (``$FORGATHER_HTTP_TIMEOUT`` sets it), and for a
+#: Ray cluster's nodes.
 HTTP_TIMEOUT = 5.0
 RAY_TIMEOUT = 15.0
+
+
+def reach_timeout(ray: str | None) -> float:
+    """Seconds a verb waits for the job's answer: a Ray cluster's nodes with ``--ray``,
+    else one HTTP answer, ``$FORGATHER_HTTP_TIMEOUT`` when set."""
+    if ray is not None:
+        return RAY_TIMEOUT
+    raw = os.environ.get(ENV_HTTP_TIMEOUT, "").strip()
+    if not raw:
+        return HTTP_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise UsageError(f"{ENV_HTTP_TIMEOUT}={raw!r} is not a number of seconds > 0; fix or unset it")
+    return value
 
 
 def jobs_dir(f: Callable) -> Callable:

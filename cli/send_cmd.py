@@ -105,7 +105,7 @@ def send_command(
 ) -> int:
     """Queue one command; with ``wait`` follow its receipt to a final state."""
     command = CLI_VERBS[verb]
-    reach = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
+    reach = options.reach_timeout(ray)
     with open_job(job, jobs_dir=jobs_dir, channel=channel, remote=remote, token=token, ray=ray, timeout=reach) as handle:
         if handle.channel == framework_jobs.CHANNEL and key is not None:
             raise UsageError(f"job {handle.job_id} runs {framework_jobs.WHAT}, which takes no idempotency key; send it without --key")

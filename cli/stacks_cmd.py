@@ -45,7 +45,7 @@ def stacks_cmd(
     ray: str | None,
 ) -> int:
     """Where every rank is: the Python stack of each, from every node, grouped."""
-    reach = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
+    reach = options.reach_timeout(ray)
     with open_job(job, jobs_dir=jobs_dir, remote=remote, token=token, ray=ray, timeout=reach) as handle:
         report = handle.stacks(timeout=timeout)
         stall, state = handle.stall, handle.state

@@ -22,7 +22,7 @@ from .output import print_json, printable, progress_line
 @options.where
 def status_cmd(job: str, as_json: bool, watch: bool, interval: float, jobs_dir: str | None, remote: str | None, token: str | None, ray: str | None) -> int:
     """Where a job is: state, step, speed, metrics, last checkpoint, recent commands."""
-    timeout = options.RAY_TIMEOUT if ray is not None else options.HTTP_TIMEOUT
+    timeout = options.reach_timeout(ray)
     with open_job(job, jobs_dir=jobs_dir, remote=remote, token=token, ray=ray, timeout=timeout) as handle:
         if watch and not as_json:
             snapshots = handle.watch(interval=interval)

@@ -49,6 +49,9 @@ ENV_POLL_INTERVAL = "FORGATHER_POLL_INTERVAL"
 #: Seconds between agreement checks across ranks (default 1): how soon a command applies
 #: on a job of several ranks, at one small all-reduce per check.
 ENV_CHECK_INTERVAL = "FORGATHER_CHECK_INTERVAL"
+#: Seconds ``forgather control`` waits for one HTTP answer from a job or a ``--remote``
+#: server (default 5): an unreachable job is an error this long after it was asked.
+ENV_HTTP_TIMEOUT = "FORGATHER_HTTP_TIMEOUT"
 #: Seconds after which a launcher whose job has no control attached yet (rank 0 has not
 #: published this run's status) says so once (default 300; ``--no-control-after``).
 ENV_NO_CONTROL_AFTER = "FORGATHER_NO_CONTROL_AFTER"

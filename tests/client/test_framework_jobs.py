@@ -293,7 +293,7 @@ def test_a_command_sent_without_an_answer_exits_6_and_does_not_promise_a_safe_re
     release = threading.Event()
     standin.on_command = lambda command: release.wait(30) and None
     try:
-        r = cli("control", "stop", standin.job_id)
+        r = cli("control", "stop", standin.job_id, extra_env={"FORGATHER_HTTP_TIMEOUT": "1"})  # no answer: 1 s, not 5
     finally:
         release.set()
     assert r.code == 6, r
