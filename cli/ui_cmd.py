@@ -1,16 +1,24 @@
 """``forgather control ui``: the web page, served until Ctrl-C.
 
 A thin shell over :class:`forgather_control.ui.UiServer`: it starts the server, prints
-one line (the address with a fresh token, as Jupyter does), opens a browser unless
+one line (the address with a single-use login code that expires), opens a browser unless
 ``--no-browser``, and stops the server on Ctrl-C or SIGTERM.
+
+No secret goes into the browser's argv, which every local user reads with ``ps``: the
+browser opens a 0600 file in a 0700 folder (as Jupyter does) that sends it on with a
+code of its own; the file goes with the server.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -63,16 +71,18 @@ def ui_cmd(port: int | None, host: str, jobs_dir: str | None, ray: str | None, n
     # From before the address is printed: whoever reads it may stop us at once.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = None
+    login_dir: Path | None = None
     try:
         try:
-            server, url = _start(UiServer, config)
+            server, _ = _start(UiServer, config)
         except ServerStartError as exc:
             if port is not None:
                 raise CannotServe(f"cannot serve the page on {host}:{port}: {exc}; try another --port (0 picks a free one)") from None
-            server, url = _start(UiServer, replace(config, port=0))  # the default port is taken
-        click.echo(url)
+            server, _ = _start(UiServer, replace(config, port=0))  # the default port is taken
+        click.echo(server.code_url())
+        click.echo("(the address logs one browser in, once, within 10 minutes)", err=True)
         if not no_browser and not done.is_set():
-            _open_browser(url)
+            login_dir = _open_browser(server.code_url())
         while not done.wait(0.5):
             if not server.alive:
                 raise CannotServe("the page server stopped unexpectedly")
@@ -81,6 +91,8 @@ def ui_cmd(port: int | None, host: str, jobs_dir: str | None, ray: str | None, n
             signal.signal(sig, handler)
         if server is not None:
             server.stop()
+        if login_dir is not None:
+            shutil.rmtree(login_dir, ignore_errors=True)
     return 0
 
 
@@ -94,10 +106,19 @@ def _start(server_class: Any, config: Any) -> tuple[Any, str]:
         raise ServerStartError(str(exc).replace("control server", "page server")) from None
 
 
-def _open_browser(url: str) -> None:
+def _open_browser(url: str) -> Path:
+    """Open a browser on a private file that sends it to ``url``; returns the file's
+    folder (the caller removes it). The address is in the file, not in any argv."""
     import webbrowser
 
+    folder = Path(tempfile.mkdtemp(prefix="forgather-ui-"))  # 0700
+    page = folder / "login.html"
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        link = html.escape(url, quote=True)
+        fh.write(f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={link}"><a href="{link}">open the page</a>\n')
     try:
-        webbrowser.open(url, new=2)
+        webbrowser.open(page.as_uri(), new=2)
     except webbrowser.Error:
         pass  # no browser here: the printed address is enough
+    return folder

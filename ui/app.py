@@ -7,6 +7,7 @@ string in it came from a record or a job server and is rendered by the page as t
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from pathlib import Path
@@ -86,7 +87,7 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return _error(413, f"a request body is at most {MAX_BODY_BYTES} bytes")
-        if "token" in request.query_params:
+        if "token" in request.query_params or "code" in request.query_params:
             return _log_in(request, path)
         if path in OPEN_PATHS:
             return await call_next(request)
@@ -106,10 +107,20 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         return await call_next(request)
 
     def _log_in(request: Request, path: str) -> Response:
-        """``/?token=T`` (or ``/jobs/ID?token=T``): the token for the cookies, and the
-        same address without it. A token anywhere else is refused, not looked at."""
+        """``/?code=C`` (a single-use login code) or ``/?token=T`` (or ``/jobs/ID?...``):
+        the cookies, and the same address without it. Anywhere else it is refused, not
+        looked at; a spent, expired or unknown code is 403."""
         if not _is_page(path) or request.method not in SAFE_METHODS:
             return _error(401, "a token in the address is only taken by the page itself (/?token=...); send Authorization: Bearer <token>")
+        if "code" in request.query_params:
+            if not auth.redeem(request.query_params["code"]):
+                return _error(403, "this login code is spent or expired; run `forgather control ui` again for a fresh address")
+            # not a 303: a redirect in a navigation another site began (the login file)
+            # would drop the SameSite=Strict cookie; this page's own step keeps it
+            response: Response = Response(f'<!doctype html><meta http-equiv="refresh" content="0;url={html.escape(path, quote=True)}">', media_type="text/html")
+            response.headers["Cache-Control"] = "no-store"
+            auth.log_in(response, request)
+            return response
         if not auth.token_matches(request.query_params.get("token", "")):
             return RedirectResponse("/login?wrong=1", status_code=303)
         response = RedirectResponse(path, status_code=303)

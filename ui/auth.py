@@ -1,13 +1,16 @@
 """Who may see the page and press its buttons: the token, its cookies, and the checks
 against other web pages.
 
-- **The token** (256 bits, fresh at every start) comes once, in the address the command
-  prints (``/?token=...``). The page exchanges it for a session cookie (HttpOnly,
-  SameSite=Strict: no script reads it, no other site's request carries it) and sends
-  the browser to the same address without it, so it leaves the address bar and the
-  history. Anything else may use ``Authorization: Bearer <token>`` (a Prometheus scrape,
-  a script). A token in the address of any other route is refused: addresses end up in
-  logs.
+- **The token** (256 bits, fresh at every start) is for ``Authorization: Bearer <token>``
+  (a Prometheus scrape, a script), and ``/?token=...`` still logs a browser in, but the
+  command never puts it in an address: a browser's argv is read by every local user
+  (``ps``) and its history keeps every address.
+- **Login codes** (:meth:`Auth.issue_code`): the command prints, and opens the browser
+  with, ``/?code=...``: 128 bits, good once and for :data:`CODE_TTL` seconds. The page
+  exchanges it for a session cookie (HttpOnly, SameSite=Strict: no script reads it, no
+  other site's request carries it) and sends the browser to the same address without
+  it; what the history keeps is spent. A token or code in the address of any other
+  route is refused: addresses end up in logs.
 - **Cross-site requests.** SameSite=Strict keeps other sites' requests cookie-less, but
   every port of 127.0.0.1 is the *same* site: a page served by any other local program
   would carry the cookie. So a request that changes something, when it comes with the
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +42,10 @@ SESSION_COOKIE = "forgather_ui_session"
 CSRF_COOKIE = "forgather_ui_csrf"
 CSRF_HEADER = "X-Forgather-CSRF"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Seconds a login code stays good (it is good once): long enough to copy an address
+#: from a remote shell into a browser, short enough that a stale one opens nothing.
+CODE_TTL = 600.0
+_MAX_CODES = 64
 
 
 class Auth:
@@ -47,10 +56,32 @@ class Auth:
         self._bearer = f"Bearer {token}".encode()
         self._session = secrets.token_urlsafe(32).encode()
         self.csrf = secrets.token_urlsafe(32)
+        self._codes: dict[str, float] = {}  # code -> when it expires (monotonic)
+        self._lock = threading.Lock()
 
     # -- credentials --------------------------------------------------------------------
     def token_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token)
+
+    def issue_code(self, ttl: float = CODE_TTL) -> str:
+        """A fresh login code: good once, for ``ttl`` seconds (the oldest beyond
+        :data:`_MAX_CODES` are dropped)."""
+        code = secrets.token_urlsafe(16)
+        with self._lock:
+            self._codes[code] = time.monotonic() + ttl
+            while len(self._codes) > _MAX_CODES:
+                del self._codes[next(iter(self._codes))]
+        return code
+
+    def redeem(self, candidate: str) -> bool:
+        """True once for a code issued and not expired; it is spent either way."""
+        now = time.monotonic()
+        with self._lock:
+            match = next((c for c in self._codes if hmac.compare_digest(c.encode(), candidate.encode())), None)
+            expires = self._codes.pop(match) if match is not None else 0.0
+            for code in [c for c, t in self._codes.items() if t <= now]:
+                del self._codes[code]
+        return match is not None and now < expires
 
     def via(self, request: Request) -> str | None:
         """How the request proves itself: ``"bearer"``, ``"cookie"``, or None."""

@@ -1,7 +1,7 @@
 """The page server: uvicorn in a daemon thread, guarded as the job server is.
 
-:class:`UiServer` starts it (``start`` returns the address with the token, as the
-command prints it) and stops it (``stop``: uvicorn's ``should_exit``), so a test runs
+:class:`UiServer` starts it (``start`` returns the address with the token; the command
+prints and opens addresses with single-use codes, :meth:`UiServer.code_url`) and stops it (``stop``: uvicorn's ``should_exit``), so a test runs
 it in-process and the command line is a thin shell over it. The connection cap and the
 read deadline of :mod:`forgather_control.serving.guard` apply: a tab left open, or a
 thousand idle connections, hold nothing.
@@ -15,6 +15,7 @@ from urllib.parse import quote
 from forgather_control.serving.thread import ServerStartError, ServerThread
 
 from .app import create_app
+from .auth import Auth
 from .config import UiConfig
 
 __all__ = ["ServerStartError", "UiServer", "quiet_repeated_warnings"]
@@ -48,6 +49,12 @@ class UiServer:
     def login_url(self) -> str:
         """The address to open: the page, with the token that logs the browser in."""
         return f"{self.url}/?token={quote(self.config.token, safe='')}"
+
+    def code_url(self) -> str:
+        """An address that logs one browser in, once, within :data:`~.auth.CODE_TTL`
+        seconds: what a person is shown, and what a browser is sent to."""
+        auth: Auth = self.app.state.auth
+        return f"{self.url}/?code={auth.issue_code()}"
 
     def start(self, timeout: float = 10.0) -> str:
         """Bind and serve; returns :attr:`login_url`. Raises ServerStartError."""

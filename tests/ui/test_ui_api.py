@@ -133,11 +133,11 @@ def test_cli_prints_one_address_and_stops_on_sigterm(jobs_dir: Path, tmp_path: P
         while not out.read_text().strip() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         line = out.read_text()
-        assert line.count("\n") == 1 and line.startswith("http://127.0.0.1:") and "/?token=" in line, line
+        assert line.count("\n") == 1 and line.startswith("http://127.0.0.1:") and "/?code=" in line, line
         url = line.strip()
         with httpx.Client(follow_redirects=True) as c:
             page = c.get(url)
-            assert page.status_code == 200 and str(page.url) == url.split("?")[0], "the token leaves the address"
+            assert page.status_code == 200 and 'content="0;url=/"' in page.text, "the page moves on without the code"
             assert c.get(url.split("/?")[0] + "/api/jobs").json()["rows"][0]["job_id"] == "cli-job"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -154,7 +154,7 @@ def test_cli_says_so_off_loopback(jobs_dir: Path) -> None:
     )
     try:
         line = proc.stdout.readline()
-        assert line.startswith("http://0.0.0.0:") and "token=" in line
+        assert line.startswith("http://0.0.0.0:") and "code=" in line
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0
