@@ -30,8 +30,9 @@ from forgather_control.core.states import JobState, is_final
 log = logging.getLogger(__name__)
 
 CHANNELS = ("auto", "http", "file")
-#: How often ``watch`` judges a local job's liveness again (a job whose processes died
-#: leaves a status.json that says "running" forever).
+#: How often ``wait`` and ``watch`` judge a local job's liveness again unless their
+#: ``rejudge_every`` says otherwise (a job whose processes died leaves a status.json that
+#: says "running" forever).
 REJUDGE_EVERY = 2.0
 
 
@@ -251,6 +252,7 @@ class JobHandle:
         key: str | None = None,
         timeout: float = 300.0,
         interval: float = 0.2,
+        rejudge_every: float = REJUDGE_EVERY,
         on_poll: Callable[[dict[str, Any] | None], None] | None = None,
         command: Command | str | None = None,
     ) -> dict[str, Any]:
@@ -260,7 +262,9 @@ class JobHandle:
         ``key``: the command's idempotency key, to follow a re-sent command file that
         rank 0 answered with the first receipt. A job of the framework's own callback
         keeps no receipts: its stop, save-stop or abort (``command``) is followed until
-        the job ends (:func:`~forgather_control.client.framework_jobs.follow`)."""
+        the job ends (:func:`~forgather_control.client.framework_jobs.follow`).
+        ``rejudge_every``: seconds between judgements of a local job's liveness (its
+        processes may die with the command open and nobody left to say so)."""
         if self.channel == framework_jobs.CHANNEL and self.info is not None:
             if command is None:
                 raise UsageError(f"job {self.job_id} keeps no receipts; name the command to follow its end (wait(..., command=...))")
@@ -291,7 +295,7 @@ class JobHandle:
             ended = self._ended_without(command_id, key, last)
             if ended is not None:
                 return ended
-            if self.info is not None and time.monotonic() - judged > REJUDGE_EVERY:
+            if self.info is not None and time.monotonic() - judged > rejudge_every:
                 judged = time.monotonic()
                 self.refresh()  # its processes may be gone with nobody left to say so
                 if self.info.liveness in (Liveness.DEAD, Liveness.FINISHED):
@@ -332,9 +336,10 @@ class JobHandle:
         return None
 
     # -- following ----------------------------------------------------------------------
-    def watch(self, *, interval: float = 0.5) -> Iterator[Snapshot]:
+    def watch(self, *, interval: float = 0.5, rejudge_every: float = REJUDGE_EVERY) -> Iterator[Snapshot]:
         """Snapshots of the job's status every ``interval`` seconds until it ends (a final
-        state, a dead verdict, or a remote server gone); the last one says why."""
+        state, a dead verdict, or a remote server gone); the last one says why. A local
+        job's liveness is judged again every ``rejudge_every`` seconds."""
         last_judged = time.monotonic()
         while True:
             try:
@@ -348,7 +353,7 @@ class JobHandle:
             if st is not None and state is not None and state.final:
                 yield Snapshot(st, f"job {self.job_id} {state} at step {st.get('step')}")
                 return
-            if self.info is not None and time.monotonic() - last_judged > REJUDGE_EVERY:
+            if self.info is not None and time.monotonic() - last_judged > rejudge_every:
                 last_judged = time.monotonic()
                 self.refresh()
                 if self.info.liveness == Liveness.DEAD:

@@ -368,7 +368,7 @@ def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Pat
 def test_watch_follows_its_step_and_ends_when_its_training_ends(standin: StandIn, jobs_dir: Path) -> None:
     with open_job(standin.job_id, jobs_dir=jobs_dir) as handle:
         seen = []
-        for snap in handle.watch(interval=0.05):
+        for snap in handle.watch(interval=0.05, rejudge_every=0.1):
             seen.append(snap)
             if len(seen) == 1:
                 standin.endpoint.unlink()  # its on_train_end

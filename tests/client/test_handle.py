@@ -222,7 +222,7 @@ def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path)
         write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
         write_json_atomic(paths.status, {**encode(job.status()), **gone, "heartbeat_at": time.time()})
         with pytest.raises(CommandFailed, match=r"has ended .*never reached a final state .*queued"):  # not WaitTimeout
-            h.wait(receipt["id"], timeout=120, interval=0.05)
+            h.wait(receipt["id"], timeout=120, interval=0.05, rejudge_every=0.1)
 
 
 def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path) -> None:
@@ -240,7 +240,7 @@ def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path)
     ident = {**identity(), "pid_start_time": 1.0}
     write_json_atomic(dead.status, {"job_id": "vanished", "state": "running", "step": 1, **ident})
     handle = JobHandle.from_info(open_job("vanished", jobs_dir=root).info)
-    ended = [s.ended for s in handle.watch(interval=0.01) if s.ended]
+    ended = [s.ended for s in handle.watch(interval=0.01, rejudge_every=0.1) if s.ended]
     assert ended and "is dead" in ended[0]
 
 
