@@ -332,14 +332,17 @@ def test_concurrent_settlers_and_relaunchers_lose_nothing_and_hide_nothing_that_
         ended_job(root, j, ident=other_host() if j.startswith("remote") else None)
     listed(root)
     assert len(settled_ids(root)) == 42
-    seconds = 6.0
+    rounds, stop = 8, tmp_path / "stop"  # each relauncher runs its six jobs 8 times; the settlers list until then
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     workers = [("settle", [])] * 4 + [("relaunch-local", local), ("relaunch-remote", remote)]
     procs = []
     for k, (role, ids) in enumerate(workers):
         out = tmp_path / f"w{k}.json"
-        argv = [sys.executable, "-m", "support.history", role, str(root), str(seconds), str(out)]
-        procs.append((role, out, subprocess.Popen([*argv, ",".join(ids)] if ids else argv, env=env, cwd=REPO / "tests")))
+        tail = [str(rounds), ",".join(ids)] if ids else [str(stop)]
+        procs.append((role, out, subprocess.Popen([sys.executable, "-m", "support.history", role, str(root), str(out), *tail], env=env, cwd=REPO / "tests")))
+    for role, _, p in procs[4:]:
+        assert p.wait(120) == 0, role
+    stop.touch()  # the relaunches are done: each settler ends after its listing
     results = []
     for role, out, p in procs:
         assert p.wait(120) == 0, role

@@ -2,8 +2,9 @@
 records (no torchrun), jobs as the release before the settled form left them, processes
 of "other hosts", and the file-system operations one listing makes.
 
-Run as ``python -m support.history settle|relaunch ...`` (with ``tests/`` on the path)
-it is one of the concurrent writers of ``test_settled.py``.
+Run as ``python -m support.history settle ROOT OUT STOP`` or ``relaunch-local|relaunch-remote
+ROOT OUT ROUNDS IDS`` (with ``tests/`` on the path) it is one of the concurrent writers of
+``test_settled.py``: bounded by work (rounds of relaunches), not by the clock.
 """
 
 from __future__ import annotations
@@ -167,10 +168,16 @@ def counted_ops(root: Path) -> Iterator[collections.Counter[str]]:
 
 
 # -- the concurrent writers of test_settled.py ------------------------------------------------
-def _settler(root: Path, until: float) -> dict[str, Any]:
-    """Lists (and so settles) again and again; a listing must never show a job twice."""
+#: A settler whose stop file never comes (its test failed) ends after this many seconds.
+SETTLER_CAP = 120.0
+
+
+def _settler(root: Path, stop: Path) -> dict[str, Any]:
+    """Lists (and so settles) again and again until ``stop`` exists (the relaunchers are
+    done); a listing must never show a job twice."""
     out: dict[str, Any] = {"loops": 0, "violations": []}
-    while time.time() < until:
+    cap = time.monotonic() + SETTLER_CAP
+    while not out["loops"] or not (stop.exists() or time.monotonic() > cap):
         ids = listed(root, include_finished=out["loops"] % 3 == 2)
         if len(ids) != len(set(ids)):
             out["violations"].append(f"a job listed twice: {sorted(i for i in ids if ids.count(i) > 1)}")
@@ -178,15 +185,14 @@ def _settler(root: Path, until: float) -> dict[str, Any]:
     return out
 
 
-def _relauncher(root: Path, job_ids: list[str], until: float, remote: bool) -> dict[str, Any]:
-    """Relaunches settled jobs, one after another, as this host's process or as one on
-    another host: marks the run, writes its records, checks that listings (its own, made
-    while the settlers run) show it until it ends, then ends it with its own word."""
+def _relauncher(root: Path, job_ids: list[str], rounds: int, remote: bool) -> dict[str, Any]:
+    """Relaunches settled jobs, one after another, ``rounds`` times each, as this host's
+    process or as one on another host: marks the run, writes its records, checks that
+    listings (its own, made while the settlers run) show it until it ends, then ends it
+    with its own word."""
     out: dict[str, Any] = {"runs": 0, "violations": []}
     ident = other_host() if remote else identity()
-    run = 0
-    while time.time() < until:
-        run += 1
+    for run in range(1, rounds + 1):
         for job_id in job_ids:
             paths = JobPaths(root, job_id)
             if remote:
@@ -207,12 +213,11 @@ def _relauncher(root: Path, job_ids: list[str], until: float, remote: bool) -> d
 
 
 def main(argv: list[str]) -> int:
-    role, root, seconds, result = argv[0], Path(argv[1]), float(argv[2]), Path(argv[3])
-    until = time.time() + seconds
+    role, root, result = argv[0], Path(argv[1]), Path(argv[2])
     if role == "settle":
-        out = _settler(root, until)
+        out = _settler(root, Path(argv[3]))
     else:
-        out = _relauncher(root, argv[4].split(","), until, remote=role == "relaunch-remote")
+        out = _relauncher(root, argv[4].split(","), int(argv[3]), remote=role == "relaunch-remote")
     result.write_text(json.dumps(out))
     return 0
 
