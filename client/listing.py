@@ -38,9 +38,10 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     per-join cost was a fifth of it."""
     info = JobInfo(job_id=paths.job_id, paths=paths)
     base = os.path.join(os.fspath(paths.root), paths.job_id)
-    info.endpoint = _checked(info, base + "/endpoint.json", Endpoint)
-    info.status = _checked(info, base + "/status.json", Status)
-    info.job = _checked(info, base + "/job.json", Job)
+    owner = _owner(base)  # a record another user put in the job's folder is not the job's
+    info.endpoint = _checked(info, base + "/endpoint.json", Endpoint, owner)
+    info.status = _checked(info, base + "/status.json", Status, owner)
+    info.job = _checked(info, base + "/job.json", Job, owner)
     nodes = base + "/nodes"
     try:
         names = sorted(os.listdir(nodes)) if _is_real_dir(nodes) else []
@@ -48,7 +49,7 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
         names = []
     for name in names:
         if name.endswith(".json") and not name.startswith(TEMP_PREFIX):
-            rec = _checked(info, nodes + "/" + name, Node)
+            rec = _checked(info, nodes + "/" + name, Node, owner)
             if rec is not None:
                 info.nodes.append(rec)
     framework_jobs.recognise(info)
@@ -57,9 +58,9 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     return info
 
 
-def _checked(info: JobInfo, path: str, cls: type[R]) -> R | None:
+def _checked(info: JobInfo, path: str, cls: type[R], owner: int | None) -> R | None:
     try:
-        return load_record(path, cls)
+        return load_record(path, cls, owner=owner)
     except RecordError as exc:
         info.corrupt.append(str(exc))
         return None
@@ -204,6 +205,14 @@ def find_job(
     )
     info = load(JobPaths(root, match))
     return assess(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache())
+
+
+def _owner(path: str) -> int | None:
+    """The uid whose job this folder is: everything in it must be that user's."""
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
 
 
 def _is_real_dir(path: str | os.PathLike[str]) -> bool:

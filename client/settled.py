@@ -16,7 +16,7 @@ from forgather_control.client.settler import Settler
 from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import SqueueCache
-from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, SILENT_FOR, read_entry, read_index, unlink
+from forgather_control.core.markers import RUNS_DIR, SILENT_FOR, read_entry, read_index, unlink, unsettle
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def forget(paths: JobPaths, info: JobInfo | None) -> None:
                     unlink(paths.root, RUNS_DIR, name)
     except OSError as exc:
         log.debug("could not tidy the markers of job %s: %s", paths.job_id, exc)
-    unlink(paths.root, SETTLED_DIR, paths.job_id)
+    unsettle(paths.root, paths.job_id)
 
 
 def tidy(root: str | os.PathLike[str], job_ids: list[str]) -> int:
@@ -71,9 +71,9 @@ def tidy(root: str | os.PathLike[str], job_ids: list[str]) -> int:
     index = read_index(root)
     present = set(job_ids)
     removed = 0
-    for job_id in sorted(index.settled):
+    for job_id in sorted(index.own()):  # this user's entries: the only ones it may remove
         if job_id not in present or read_entry(root, job_id) is None:
-            unlink(root, SETTLED_DIR, job_id)  # no folder, or not an entry: the job is read, and settled again
+            unsettle(root, job_id)  # no folder, or not an entry: the job is read, and settled again
             removed += 1
     orphans = [name for job_id, names in index.runs.items() if job_id not in present for name in names]
     if not orphans:

@@ -23,9 +23,10 @@ from forgather_control.core.markers import (
     SETTLED_DIR,
     SILENT_FOR,
     Index,
-    open_dir,
+    open_own,
     read_marker,
     unlink,
+    unsettle,
     write_record,
 )
 from forgather_control.core.records import Identity, Marker, SettledEntry
@@ -82,16 +83,19 @@ class Settler:
         job_id = info.job_id
         names = self.index.runs.get(job_id, ())
         may_run = not info.corrupt and info.liveness in (Liveness.ALIVE, Liveness.UNKNOWN)
+        settled = self.index.settled_by(job_id)
         try:
-            if job_id in self.index.settled and (may_run or not names):
+            if not _ours(self.root, job_id):
+                return False  # another user's job: only its own user settles it (core.markers)
+            if settled and (may_run or not names):
                 if may_run:
-                    unlink(self.root, SETTLED_DIR, job_id)  # settled, yet it may run: read it every time again
+                    unsettle(self.root, job_id)  # settled, yet it may run: read it every time again
                 return not may_run
             verdict = self.verdict(info)
             if verdict is None:
                 return False
             gone = [n for n in names if self.marker_gone(n, info)]
-            if len(gone) == len(names) and (job_id not in self.index.settled or names):
+            if len(gone) == len(names) and (not settled or names):
                 self._write_entry(info, verdict)
             for name in gone:
                 unlink(self.root, RUNS_DIR, name)
@@ -182,9 +186,9 @@ class Settler:
     # -- writing ---------------------------------------------------------------
     def _fd(self) -> int:
         if self._settled_fd is None:
-            fd = open_dir(self.root, SETTLED_DIR, create=True)
+            fd = open_own(self.root, SETTLED_DIR, create=True)
             if fd is None:
-                raise OSError(f"{self.root}/{SETTLED_DIR} is not a folder of ours")
+                raise OSError(f"{self.root}/{SETTLED_DIR} has no folder of ours")
             self._settled_fd = fd
         return self._settled_fd
 
@@ -244,6 +248,14 @@ def _times(info: JobInfo) -> list[float]:
     for n in info.nodes:
         out += [t for t in (n.heartbeat_at, n.ended_at, n.started_at) if t is not None]
     return out
+
+
+def _ours(root: str, job_id: str) -> bool:
+    """The job's folder is this user's: the only jobs whose entries this user writes."""
+    try:
+        return os.lstat(os.path.join(root, job_id)).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def _folder_mtime(root: str, job_id: str) -> float | None:

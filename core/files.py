@@ -9,6 +9,7 @@ object.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,20 +25,84 @@ TEMP_PREFIX = ".tmp-"
 #: Records are small; anything larger is garbage or hostile.
 MAX_RECORD_BYTES = 1 << 20
 _READ_HEADROOM = 64 * 1024
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+class NotOurs(PermissionError):
+    """A folder or file of the jobs directory that belongs to another user. A job's folder
+    and everything in it belong to the uid that launched the job (docs/design-notes.md, "A
+    shared jobs directory"): what another uid made there is never used, obeyed or trusted."""
+
+
+def owner_name(uid: int) -> str:
+    """``uid 1002 (bob)``, or ``uid 1002`` when the uid has no name here."""
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
+def foreign(path: str | os.PathLike[str], uid: int, *, owner: int | None = None) -> str:
+    """Why ``path``, owned by ``uid``, is not trusted: it is not ``owner``'s (default: this process's uid)."""
+    expected = os.geteuid() if owner is None else owner
+    whose = "you" if owner is None else "the job's owner"
+    return f"{path} belongs to {owner_name(uid)}, not to {whose} ({owner_name(expected)}); not trusted"
+
+
+def open_folder(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """A descriptor on the folder ``path`` itself: never a link followed, never anything but a folder."""
+    try:
+        return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(f"{path} is a symlink or not a folder; refusing to use it as a jobs folder") from None
+        raise
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and force mode 0700 on it, whatever the umask.
+    """Create ``path`` (and parents) and force mode 0700 on it, whatever the umask; refuse
+    (:class:`NotOurs`, naming the owner) a folder that another user made.
 
-    ``mkdir(mode=...)`` is filtered by the umask, so the mode is set again explicitly.
-    Only the leaf is chmod-ed: parents may be shared folders owned by someone else.
-    """
-    path.mkdir(parents=True, exist_ok=True)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise OSError(f"{path} is a symlink; refusing to use it as a jobs folder")
-    if stat.S_IMODE(st.st_mode) != 0o700 and st.st_uid == os.geteuid():
-        os.chmod(path, 0o700)
+    The mode is set through a descriptor opened without following links (``fchmod``),
+    never by path: another user who can rename things in the parent must not be able to
+    turn the chmod onto a file of ours. Parents may be shared folders owned by someone
+    else: only the leaf is checked and changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = open_folder(path)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise NotOurs(f"{foreign(path, st.st_uid)}: a job's folders are made by the user who launches it")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
+def ensure_dir(path: Path) -> Path:
+    """A folder others may share (a ``--jobs-dir``): made private when it is made here,
+    left as it is when it exists (its owner chose who shares it); never a link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        made = False
+    else:
+        made = True
+    fd = open_folder(path)
+    try:
+        if made and os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -71,7 +136,7 @@ class RecordError(ValueError):
     the file (or field) and the problem."""
 
 
-def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False) -> dict[str, Any] | None:
+def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, quiet: bool = False, owner: int | None = None) -> dict[str, Any] | None:
     """Read one JSON object, or return None (with a warning) for anything else.
 
     Missing files are normal (a job started by hand has no job.json) and are not
@@ -79,15 +144,16 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES
     with a warning, never followed and never raised.
     """
     try:
-        return read_record(path, max_bytes=max_bytes)
+        return read_record(path, max_bytes=max_bytes, owner=owner)
     except RecordError as exc:
         _warn(quiet, "skipping %s", exc)
         return None
 
 
-def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any] | None:
+def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, owner: int | None = None) -> dict[str, Any] | None:
     """One JSON object; None when the file does not exist; RecordError for a file that
-    is there but is not a record (never followed when it is a link)."""
+    is there but is not a record (never followed when it is a link), or, with ``owner``
+    (a uid), that another user wrote: it is not trusted, whatever it says."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):  # no record here (no folder for one)
@@ -99,11 +165,18 @@ def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYT
     if st.st_size > max_bytes:
         raise RecordError(f"{path}: {st.st_size} bytes is larger than a record can be ({max_bytes})")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise RecordError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        uid = os.fstat(fd).st_uid
+        if owner is not None and uid != owner:
+            raise RecordError(foreign(path, uid, owner=owner))
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         with os.fdopen(fd, "rb") as fh:
             # Ask for what lstat saw (plus a little: records are replaced whole, so the

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forgather_control.core.env import ENV_JOBS_DIR
-from forgather_control.core.files import ensure_private_dir
+from forgather_control.core.files import NotOurs, ensure_dir, ensure_private_dir, foreign
 from forgather_control.core.ids import JOB_ID_PATTERN, default_job_id, is_valid_job_id, match_job_id, validate_job_id
 from forgather_control.core.markers import mark_run
 
@@ -94,16 +94,31 @@ class JobPaths:
     def node(self, node_rank: int) -> Path:
         return self.nodes / f"{int(node_rank)}.json"
 
+    def check_owned(self) -> None:
+        """Raise :class:`~.files.NotOurs`, naming the owner, when the job's folder is there
+        and another user made it: a job's folder is its launcher's own, never taken over."""
+        try:
+            uid = os.lstat(self.dir).st_uid
+        except FileNotFoundError:
+            return
+        if uid != os.geteuid():
+            raise NotOurs(f"job folder {foreign(self.dir, uid)}: a job's folder belongs to the user who launched it. Pick another --job-id")
+
     def create(self, *, mark: bool = True) -> JobPaths:
-        """Make root, job dir and inbox, all 0700 (and ``~/.forgather`` when the root is
-        the default one: a shared folder above a ``--jobs-dir`` is not ours to change).
+        """Make the job dir and inbox, 0700 and this user's (a job folder another user made
+        is refused: :meth:`check_owned`); the root too when it is made here, and
+        ``~/.forgather`` when the root is the default one (an existing ``--jobs-dir``
+        may be shared: its mode is its owner's choice).
 
         A process that creates a job's folder starts a run of it (the launcher on each
         node, rank 0): with ``mark`` it first leaves a run marker naming itself, so a
         job that was settled is listed again from this moment (:mod:`.markers`)."""
         if self.root == default_jobs_dir():
             ensure_private_dir(self.root.parent)
-        ensure_private_dir(self.root)
+            ensure_private_dir(self.root)
+        else:
+            ensure_dir(self.root)  # a --jobs-dir may be shared (1777, 2775): its mode is its owner's choice
+        self.check_owned()
         if mark:
             mark_run(self.root, self.job_id)
         ensure_private_dir(self.dir)

@@ -488,10 +488,10 @@ def encode(record: Record) -> dict[str, Any]:
     return out
 
 
-def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None) -> R | None:
+def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None, owner: int | None = None) -> R | None:
     """The record at ``path`` as a ``cls``; None when there is none; RecordError naming the
-    file and the field when it is there but unusable."""
-    raw = read_record(path) if max_bytes is None else read_record(path, max_bytes=max_bytes)
+    file and the field when it is there but unusable, or (``owner``, a uid) another user's."""
+    raw = read_record(path, owner=owner) if max_bytes is None else read_record(path, max_bytes=max_bytes, owner=owner)
     return None if raw is None else decode(raw, cls, name=os.fspath(path))
 
 

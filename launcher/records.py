@@ -29,7 +29,7 @@ from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process
 from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, history
 from forgather_control.core.commands import Command, State, is_final_receipt
 from forgather_control.core.failures import root_cause
-from forgather_control.core.files import TEMP_PREFIX, ensure_private_dir, remove_quietly
+from forgather_control.core.files import TEMP_PREFIX, NotOurs, ensure_private_dir, remove_quietly
 from forgather_control.core.liveness import STALE_AFTER
 from forgather_control.core.markers import keep_marked, mark_run
 from forgather_control.core.records import Endpoint, Job, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
@@ -116,6 +116,10 @@ def read_previous(
     exists (``exists`` is asked; tests inject it) and that ``scope`` (default: this
     process's, :meth:`Scope.here`) allows: the records may name anything.
     """
+    try:
+        paths.check_owned()  # before anything in it is read: another user's folder is never taken over
+    except NotOurs as exc:
+        raise LaunchError(str(exc)) from None
     scope = scope or Scope.here()
     job, status = _load(paths.job, Job), _load(paths.status, Status)
     slurm_id = placement.scheduler.slurm_job_id if placement.scheduler.type == "slurm" else None

@@ -28,6 +28,7 @@ from support.history import (
     markers,
     other_host,
     other_host_job,
+    own_settled,
     rank0_status,
     settled_ids,
 )
@@ -92,7 +93,7 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         counts.append((dict(c), dict(web), dict(ray)))
     assert counts[0] == counts[1], counts
     small = counts[0][0]
-    assert small["list"] == 3 and small.get("write", 0) == 0, small  # the root, .runs, .settled; nothing written
+    assert small["list"] == 4 and small.get("write", 0) == 0, small  # the root, .runs, .settled and this user's folder in it; nothing written
 
 
 # -- relaunch, resume points, cleanup -----------------------------------------------------------
@@ -218,8 +219,8 @@ def test_bad_entries_and_markers_never_hide_a_job_nor_break_the_listing(tmp_path
         ended_job(root, j)
     live = JobPaths(root, "relaunched").create()  # runs again, with a marker
     write_json_atomic(live.status, {**identity(), "job_id": "relaunched", "state": "running", "step": 1, "heartbeat_at": time.time()})
-    s = root / SETTLED_DIR
-    s.mkdir()
+    s = own_settled(root)
+    s.mkdir(parents=True)
     (s / "garbage").write_bytes(b"\xff\xfe not json")
     (s / "relaunched").write_text('{"job_id": "relaunched", "verdict": "finished"}')  # a settler that read the old run
     os.symlink(tmp_path, s / "linked")

@@ -112,8 +112,13 @@ def listed(root: Path, **kw: Any) -> list[str]:
     return [i.job_id for i in scan(root, **kw)]
 
 
+def own_settled(root: Path) -> Path:
+    """This user's own folder of the settled form (core.markers): where its entries go."""
+    return root / SETTLED_DIR / str(os.geteuid())
+
+
 def settled_ids(root: Path) -> set[str]:
-    d = root / SETTLED_DIR
+    d = own_settled(root)
     return {n for n in os.listdir(d) if not n.startswith(".")} if d.is_dir() else set()
 
 
@@ -125,7 +130,7 @@ def markers(root: Path, job_id: str | None = None) -> list[str]:
 
 def leftovers(root: Path) -> list[str]:
     """Temp files a writer left in the index folders (there must be none)."""
-    return [n for d in (SETTLED_DIR, RUNS_DIR) if (root / d).is_dir() for n in os.listdir(root / d) if n.startswith(".tmp-")]
+    return [n for d in (root, own_settled(root).parent, own_settled(root), root / RUNS_DIR) if d.is_dir() for n in os.listdir(d) if n.startswith(".tmp-")]
 
 
 # -- counting what a listing asks of the file system ----------------------------------------
