@@ -181,6 +181,7 @@ def _count_ops(root: str, what: str) -> dict[str, int]:
     import collections
 
     from forgather_control.client import listing, lookup, ray_listing, transport  # noqa: F401  (imported before counting)
+    from forgather_control.client.sources import LocalSource
     from forgather_control.ui.feed import JobsFeed
 
     for mod in ("psutil", "forgather_control.client.settled", "forgather_control.core.failures"):
@@ -231,7 +232,7 @@ def _count_ops(root: str, what: str) -> dict[str, int]:
     elif what == "all":
         listing.scan(Path(root), include_finished=True)
     elif what == "list_jobs":
-        JobsFeed(jobs_dir=root, ray=None, max_age=0.0).snapshot(ended=False)
+        JobsFeed(LocalSource(root), max_age=0.0).snapshot(ended=False)
     elif what == "ray_node":
         ray_listing.list_node(root, False, None)
     took = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import click
 from forgather_control.client import cleanup
 from forgather_control.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from forgather_control.core.jobs import resolve_jobs_dir
+from forgather_control.core.records import JobRow
 
 from . import options
 from .output import print_json, printable
@@ -68,7 +69,7 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
     return EXIT_FAILED if any(o.error for o in outcomes) else EXIT_OK
 
 
-def _show(rows: list[dict[str, Any]], kept: list[dict[str, Any]], *, title: str) -> None:
+def _show(rows: list[JobRow], kept: list[dict[str, Any]], *, title: str) -> None:
     from . import render
 
     render.print_cleanup(rows, title=title)

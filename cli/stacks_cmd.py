@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import linecache
 import os
-from typing import Any
 
 import click
+import msgspec
 
 from forgather_control.client.lookup import open_job
 from forgather_control.client.stackreport import DEFAULT_TIMEOUT, StacksReport, native_stacks
+from forgather_control.core.records import StallNotice
 from forgather_control.core.stacks import Frame, RankStacks, Thread, group, rank_list
 from forgather_control.core.states import JobState
 
@@ -53,14 +54,14 @@ def stacks_cmd(
         local = {s.rank: s.pid for s in report.ranks if s.error is None and s.pid is not None and s.host == _hostname()}
         report.native = native_stacks(local)
     if as_json:
-        print_json({**report.as_record(), "state": state.value, "stall": stall})
+        print_json(msgspec.structs.replace(report.as_record(), state=state, stall=stall))
         return 0
     for line in describe(report, state=state, stall=stall, all_threads=all_threads):
         click.echo(line)
     return 0
 
 
-def describe(report: StacksReport, *, state: JobState, stall: dict[str, Any] | None, all_threads: bool = False) -> list[str]:
+def describe(report: StacksReport, *, state: JobState, stall: StallNotice | None, all_threads: bool = False) -> list[str]:
     """The report as lines for a person (every field from a record made printable)."""
     answered = [s for s in report.ranks if s.error is None]
     total = report.world_size if report.world_size is not None else len(report.ranks)

@@ -10,17 +10,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from forgather_control.core.attachment import no_control_notice
 from forgather_control.core.checkpoints import Checkpoint, history
 from forgather_control.core.failures import read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
-from forgather_control.core.records import Endpoint, Job, Node, Status, encode
+from forgather_control.core.records import UNSET, Endpoint, Job, JobDetails, JobRow, NoControl, Node, StallNotice, Status, encode
 from forgather_control.core.states import JobState
 
-__all__ = ["SILENT_AFTER", "JobInfo", "stall_of", "status_of_run"]
+__all__ = ["DETAIL_FIELDS", "LIVE_FIELDS", "SILENT_AFTER", "JobInfo", "overlay", "stall_of", "status_of_run"]
 
 
 @dataclass
@@ -80,51 +79,51 @@ class JobInfo:
         return JobState(self.liveness.value)
 
     @property
-    def stall(self) -> dict[str, Any] | None:
+    def stall(self) -> StallNotice | None:
         """Why a running job counts as stalled, or None (see :func:`stall_of`)."""
         if self.liveness != Liveness.ALIVE:
             return None
         return stall_of(self.current_status or Status(), self.judged_at)
 
     @property
-    def no_control(self) -> dict[str, Any] | None:
+    def no_control(self) -> NoControl | None:
         """Why an ``uncontrolled`` job is, and what to add (control/attachment.py), or None."""
         if self.state != JobState.UNCONTROLLED:
             return None
         job = self.job or Job()
         return no_control_notice(job.no_control_after, job.no_control_since)
 
-    def summary(self) -> dict[str, Any]:
-        """The ``list --json`` object. Never contains the token. Step, pid and the rest
+    def summary(self) -> JobRow:
+        """The job's ``list --json`` row. Never contains the token. Step, pid and the rest
         come from this run's status only: a relaunch that is still starting has none yet."""
         ep = self.endpoint or Endpoint()
         st = self.current_status or Status()
         jb = self.job or Job()
         updated = max((t for t in (st.heartbeat_at, st.updated_at, ep.started_at, jb.updated_at) if t is not None), default=None)
         recorded = st.state or jb.state
-        return {
-            "job_id": self.job_id,
-            "state": self.state,
-            "recorded_state": recorded.value if recorded is not None else None,
-            "liveness": str(self.liveness),
-            "evidence": self.evidence,
-            "host": ep.host or st.host or jb.host,
-            "port": ep.port,
-            "url": ep.url,
-            "pid": ep.pid or st.pid,
-            "step": st.step,
-            "max_steps": st.max_steps,
-            "world_size": st.world_size,
-            "scheduler": jb.scheduler.type if jb.scheduler is not None else None,
-            "restarts": _count(jb.restarts, st.restarts),
-            "stall": self.stall,
-            "no_control": self.no_control,
-            "framework_callback": self.framework,
-            "loss": _finite((st.metrics or {}).get("loss")),
-            "resumed_from": _text(jb.resume_from, st.resumed_from),
-            "updated_at": updated,
-            "jobs_dir": str(self.paths.root),
-        }
+        return JobRow(
+            job_id=self.job_id,
+            state=self.state,
+            recorded_state=recorded,
+            liveness=str(self.liveness),
+            evidence=self.evidence,
+            host=ep.host or st.host or jb.host,
+            port=ep.port,
+            url=ep.url,
+            pid=ep.pid or st.pid,
+            step=st.step,
+            max_steps=st.max_steps,
+            world_size=st.world_size,
+            scheduler=jb.scheduler.type if jb.scheduler is not None else None,
+            restarts=_count(jb.restarts, st.restarts),
+            stall=self.stall,
+            no_control=self.no_control,
+            framework_callback=self.framework,
+            loss=_finite((st.metrics or {}).get("loss")),
+            resumed_from=_text(jb.resume_from, st.resumed_from),
+            updated_at=updated,
+            jobs_dir=str(self.paths.root),
+        )
 
     @property
     def checkpoints(self) -> list[Checkpoint]:
@@ -132,43 +131,59 @@ class JobInfo:
         status = self.status
         return history(self.job, status, run=status.restarts if status is not None else None)
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> JobDetails:
         """The ``status --json`` object: the summary plus the status record's detail."""
-        d = self.summary()
-        st = encode(self.status) if self.status is not None else {}
-        for key in (
-            "epoch",
-            "metrics",
-            "steps_per_second",
-            "eta_seconds",
-            "last_checkpoint",
-            "resume_point",
-            "commands",
-            "control_error",
-            "started_at",
-            "ended_at",
-            "exit_code",
-            "check_interval",
-            "http",
-        ):
-            if key in st:
-                d[key] = st[key]
+        d = JobDetails.of(self.summary())
+        if self.status is not None:
+            overlay(d, self.status, DETAIL_FIELDS)
         if not self.state.live:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
-            d["steps_per_second"] = d["eta_seconds"] = None
+            d.steps_per_second = d.eta_seconds = None
         job = self.job or Job()
         if job.exit_code is not None:
-            d["exit_code"] = job.exit_code
-        if st.get("error"):
-            d["error"] = st["error"]
-        if self.state in (JobState.FAILED, JobState.DEAD) or d.get("exit_code"):
+            d.exit_code = job.exit_code
+        if self.state in (JobState.FAILED, JobState.DEAD) or d.exit_code:
             failures = read_failures(self.paths, run=_count(job.restarts, self.status.restarts if self.status is not None else None))
             if failures:
-                d["failure"] = encode(failures[0].as_record())  # the root cause: the first rank that raised
-                d["failures"] = [encode(f.as_record()) for f in failures]
+                d.failures = [f.as_record() for f in failures]
+                d.failure = d.failures[0]  # the root cause: the first rank that raised
         if self.job is not None:
-            d["job"] = encode(self.job)
+            d.job = self.job
         return d
+
+
+#: What ``status --json`` takes from status.json beyond the row (an error only when it says one).
+DETAIL_FIELDS = (
+    "epoch",
+    "metrics",
+    "steps_per_second",
+    "eta_seconds",
+    "last_checkpoint",
+    "resume_point",
+    "commands",
+    "control_error",
+    "started_at",
+    "ended_at",
+    "check_interval",
+    "http",
+    "error",
+)
+
+
+#: What ``status --json`` takes from a live status (its server's answer): all of it but the
+#: id (the row's) and the stall (judged again: :func:`stall_of`).
+LIVE_FIELDS = tuple(name for name in Status.__struct_fields__ if name not in ("job_id", "stall") and name in JobDetails.__struct_fields__)
+
+
+def overlay(details: JobDetails, status: Status, fields: tuple[str, ...]) -> JobDetails:
+    """``details`` with each of ``fields`` that ``status`` holds (as status.json writes it:
+    a field left unset or null is not held; an explicit no-resume-point is) set from it."""
+    held = encode(status)
+    for name in fields:
+        value = getattr(status, name)
+        if name in held and value is not UNSET and (value or name != "error"):
+            setattr(details, name, value)
+    return details
 
 
 #: On this host, a rank 0 whose heartbeat is older than this is not answering (its I/O
@@ -190,7 +205,7 @@ def status_of_run(status: Status | None, run: int | None) -> Status | None:
     return None
 
 
-def stall_of(status: Status, now: float) -> dict[str, Any] | None:
+def stall_of(status: Status, now: float) -> StallNotice | None:
     """Why a running job is stalled, or None: rank 0's own word (its step has not moved
     for longer than its threshold, and what it is doing), or, on this host, rank 0 not
     answering at all (its I/O thread no longer writes its heartbeat: a process stopped,
@@ -201,15 +216,18 @@ def stall_of(status: Status, now: float) -> dict[str, Any] | None:
     silent = now - beat if beat is not None and same_host(status) else 0.0
     if beat is not None and silent > SILENT_AFTER:
         since = status.progress_at if status.progress_at is not None else beat
-        return {
-            "for": round(max(0.0, now - since), 1),
-            "step": status.step,
-            "phase": "silent",
-            "why": f"rank 0 is not answering: its last heartbeat was {silent:.0f}s ago",
-        }
+        return StallNotice(
+            for_=round(max(0.0, now - since), 1),
+            step=status.step,
+            phase="silent",
+            why=f"rank 0 is not answering: its last heartbeat was {silent:.0f}s ago",
+        )
     if status.stall is None:
         return None
-    return {**encode(status.stall), "why": _STALL_WHY.get(str(status.stall.phase), "rank 0's step does not move")}
+    stall = status.stall
+    return StallNotice(
+        for_=stall.for_, after=stall.after, step=stall.step, phase=stall.phase, why=_STALL_WHY.get(str(stall.phase), "rank 0's step does not move")
+    )
 
 
 def _count(*values: object) -> int | None:

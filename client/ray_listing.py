@@ -3,8 +3,10 @@
 On clusters without shared storage every node keeps its own jobs directory, and pids
 only mean something on the node that wrote them. So the listing is done *on* each node:
 one tiny task pinned to every alive node reads that node's jobs directory and judges
-liveness there with :func:`forgather_control.client.listing.scan`; the answers (plain dicts,
-no custom classes cross Ray) are merged with the local listing, one row per job.
+liveness there with :func:`forgather_control.client.listing.scan`; the answers (plain JSON
+values: no custom classes cross Ray) are decoded into :class:`JobRow` s once, where the
+driver's answer is read (a row a node got wrong is left out, and said so), and merged with
+the local listing, one row per job.
 
 Ray is optional and only this module imports it, inside its functions, so
 ``import forgather_control.client`` and every other command stay free of it. We never start a
@@ -27,15 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from forgather_control.client import ray_driver
 from forgather_control.client.listing import scan
 from forgather_control.client.ray_driver import RayNotInstalled, RayUnavailable, not_installed
 from forgather_control.client.transport import probe_endpoint
 from forgather_control.core.env import ENV_RAY_LIST_DELAY
 from forgather_control.core.errors import Unreachable
+from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import match_job_id, resolve_jobs_dir
 from forgather_control.core.liveness import is_loopback_url, same_host
-from forgather_control.core.records import Endpoint, Identity, encode
+from forgather_control.core.records import UNSET, ClusterNode, Endpoint, Identity, JobRow, MissingNode, Record, Str128, Str512, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +54,51 @@ MIN_WAIT = 0.5
 _LIVENESS_RANK = {"alive": 5, "finished": 4, "dead": 3, "stale": 2, "unknown": 1}
 
 
+class Reach(Record):
+    """What reaching a job takes, as a node's answer in find mode carries it next to the
+    job's row: the token (never shown) and the boot id (with the row's host: is it this
+    machine?)."""
+
+    token: Str512 | None = None
+    boot_id: Str128 | None = None
+
+
 @dataclass
 class ClusterListing:
     """What :func:`list_cluster` found.
 
-    ``jobs``: ``JobInfo.summary()`` dicts plus ``node`` (where the row came from),
-    ``node_id``, ``node_ip``, ``source`` ("ray" or "local") and, when the job was seen
-    on more than one node, ``seen_on``. ``missing_nodes``: nodes that did not answer,
-    each with ``node``, ``node_id``, ``node_ip`` and ``reason``. ``nodes``: the nodes
-    that answered, with the jobs directory each read and how many jobs it gave.
+    ``jobs``: the rows, each with ``node`` (where it came from), ``node_id``, ``node_ip``,
+    ``source`` ("ray" or "local") and, when the job was seen on more than one node,
+    ``seen_on``. ``missing_nodes``: nodes that did not answer, and why. ``nodes``: the
+    nodes that answered, with the jobs directory each read and how many jobs it gave.
     """
 
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    missing_nodes: list[dict[str, Any]] = field(default_factory=list)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[JobRow] = field(default_factory=list)
+    missing_nodes: list[MissingNode] = field(default_factory=list)
+    nodes: list[ClusterNode] = field(default_factory=list)
     address: str = ""
     elapsed: float = 0.0
+    #: find mode: (job id, node) -> what reaching that copy of the job takes
+    reach: dict[tuple[str, str], Reach] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """The listing as plain JSON values (no token: ``reach`` is left out)."""
         return {
-            "jobs": self.jobs,
-            "missing_nodes": self.missing_nodes,
-            "nodes": self.nodes,
+            "jobs": [encode(r) for r in self.jobs],
+            "missing_nodes": [encode(m) for m in self.missing_nodes],
+            "nodes": [encode(n) for n in self.nodes],
             "address": self.address,
             "elapsed": self.elapsed,
         }
+
+
+@dataclass(frozen=True)
+class Found:
+    """The one job :func:`find_job` found: its row, and the token its server takes (never shown)."""
+
+    row: JobRow
+    token: str | None = field(default=None, repr=False)
+    boot_id: str | None = None
 
 
 # -- the task that runs on each node ------------------------------------------------
@@ -93,16 +118,15 @@ def list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> 
 
 
 def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
-    """Summaries of the jobs under ``root``; in find mode (``ref``) the matching ones,
-    ended ones included, with their tokens. A listing opens only what may be live
-    (settled jobs are passed by, as by ``list``); find mode only the folders ``ref``
-    names."""
+    """The rows of the jobs under ``root`` as a node's answer carries them (JSON); in find
+    mode (``ref``) the matching ones, ended ones included, each with its :class:`Reach`.
+    A listing opens only what may be live (settled jobs are passed by, as by ``list``);
+    find mode only the folders ``ref`` names."""
     rows = []
     for info in scan(root, include_finished=include_finished or ref is not None, prefix=ref):
-        row = info.summary()
-        if ref is not None:
-            row["token"] = info.endpoint.token if info.endpoint is not None else None
-            row["boot_id"] = info.endpoint.boot_id if info.endpoint is not None else None  # with "host": is it this machine?
+        row = encode(info.summary())
+        if ref is not None and info.endpoint is not None:
+            row.update(encode(Reach(token=info.endpoint.token, boot_id=info.endpoint.boot_id)))
         rows.append(row)
     return rows
 
@@ -129,15 +153,15 @@ def list_cluster(
     return listing
 
 
-def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> dict[str, Any]:
+def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> Found:
     """Resolve a job id (or unique prefix) across the Ray cluster to something
-    :class:`~forgather_control.client.handle.JobHandle` can talk to: the job's summary with
-    ``url``, ``token`` and ``job_id``.
+    :class:`~forgather_control.client.handle.JobHandle` can talk to: the job's row (with
+    its ``url``) and its token.
 
     The token is read by the node's own task from the job's 0600 endpoint.json and
     travels over the user's own Ray cluster. Raises JobNotFound / AmbiguousJob, and
     Unreachable when the job is found but has no endpoint this machine can reach (the
-    exception's ``job`` attribute then holds the job's summary, without the token).
+    exception's ``job`` attribute then holds the job's row, which never holds the token).
     An exact id whose live endpoint has been found ends the wait early: one hung node
     must not cost every ``status --ray`` its whole timeout.
     """
@@ -146,17 +170,22 @@ def find_job(ref: str, *, address: str | None, jobs_dir: str | None, timeout: fl
     rows = _merge(listing.jobs)
     hint = "run `forgather control list --ray --all` to see the jobs there"
     if listing.missing_nodes:
-        names = ", ".join(f"{m['node']} ({m['reason']})" for m in listing.missing_nodes)
+        names = ", ".join(f"{m.node} ({m.reason})" for m in listing.missing_nodes)
         hint = f"{len(listing.missing_nodes)} node(s) did not answer and may hold it: {names}. " + hint.capitalize()
     job_id = match_job_id(
         ref,
-        [r["job_id"] for r in rows],
+        [r.job_id for r in rows],
         where=f"on the {len(listing.nodes)} Ray node(s) that answered nor in the local jobs directory",
         hint=hint,
     )
-    row = next(r for r in rows if r["job_id"] == job_id)
-    _check_reachable(row)
-    return row
+    row = next(r for r in rows if r.job_id == job_id)
+    # the token of the copy the row came from, else of another copy that has one
+    reach = listing.reach.get((job_id, str(row.node))) or Reach()
+    if reach.token is None:
+        reach = next((r for (j, _), r in listing.reach.items() if j == job_id and r.token is not None), reach)
+    found = Found(row, token=reach.token, boot_id=reach.boot_id)
+    _check_reachable(found)
+    return found
 
 
 # -- connecting ---------------------------------------------------------------------
@@ -239,10 +268,44 @@ def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool
     """Ask every alive node and the local jobs directory (rows not merged yet), through
     a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
     kwargs = {"address": address, "jobs_dir": jobs_dir, "include_finished": include_finished, "ref": ref, "timeout": timeout}
-    out = ClusterListing(**ray_driver.run("gather", kwargs, here=gather_here, timeout=timeout))
+    out = _decoded(ray_driver.run("gather", kwargs, here=gather_here, timeout=timeout))
     for m in out.missing_nodes:
-        log.info("Ray node %s did not answer: %s", m["node"], m["reason"])
+        log.info("Ray node %s did not answer: %s", m.node, m.reason)
     return out
+
+
+def _decoded(answer: Any) -> ClusterListing:
+    """The driver's answer (JSON) as a :class:`ClusterListing`, each row checked: a row
+    a node got wrong is left out and said so (every other row is listed as usual)."""
+    if not isinstance(answer, dict):
+        raise RayUnavailable(f"the Ray driver answered something that is not a listing ({type(answer).__name__})")
+    out = ClusterListing(address=str(answer.get("address") or ""), elapsed=float(answer.get("elapsed") or 0.0))
+    for raw in _list(answer.get("jobs")):
+        node = raw.get("node") if isinstance(raw, dict) else None
+        try:
+            row = decode(raw, JobRow, name=f"a row from Ray node {node!r}")
+            reach = decode(raw, Reach, name=f"a row from Ray node {node!r}")
+        except RecordError as exc:
+            log.warning("left out: %s", exc)
+            continue
+        out.jobs.append(row)
+        if reach.token is not None or reach.boot_id is not None:
+            out.reach[(row.job_id, str(row.node))] = reach
+    for raw in _list(answer.get("missing_nodes")):
+        try:
+            out.missing_nodes.append(decode(raw, MissingNode, name="a node that did not answer"))
+        except RecordError as exc:
+            out.missing_nodes.append(MissingNode(node="?", reason=str(exc)))
+    for raw in _list(answer.get("nodes")):
+        try:
+            out.nodes.append(decode(raw, ClusterNode, name="a node that answered"))
+        except RecordError as exc:
+            log.warning("left out: %s", exc)
+    return out
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def gather_here(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> dict[str, Any]:
@@ -250,27 +313,32 @@ def gather_here(*, address: str | None, jobs_dir: str | None, include_finished: 
     exact id whose live endpoint has been found stops the wait: a hung node elsewhere
     need not cost the whole timeout."""
     with _connected(address) as (ray, addr):
-        out = ClusterListing(address=addr)
+        # JSON as the nodes answered it (checked where the answer is read: _decoded)
+        out: dict[str, Any] = {"jobs": [], "missing_nodes": [], "nodes": [], "address": addr, "elapsed": 0.0}
 
-        def on_answer(meta: dict[str, Any], answer: dict[str, Any]) -> None:
-            out.nodes.append({**meta, "hostname": answer["hostname"], "jobs_dir": answer["jobs_dir"], "jobs": len(answer["jobs"])})
-            out.jobs.extend({**row, **meta, "source": "ray"} for row in answer["jobs"])
+        def on_answer(meta: dict[str, Any], answer: Any) -> None:
+            rows = answer.get("jobs") if isinstance(answer, dict) else None
+            if not isinstance(rows, list):
+                out["missing_nodes"].append({**meta, "reason": f"answered something that is not a listing ({type(answer).__name__})"})
+                return
+            out["nodes"].append({**meta, "hostname": answer.get("hostname"), "jobs_dir": answer.get("jobs_dir"), "jobs": len(rows)})
+            out["jobs"].extend({**row, **meta, "source": "ray"} for row in rows if isinstance(row, dict))
 
         def found() -> bool:
-            return any(r["job_id"] == ref and r.get("liveness") == "alive" and r.get("url") for r in out.jobs)
+            return any(r.get("job_id") == ref and r.get("liveness") == "alive" and r.get("url") for r in out["jobs"])
 
         # The local directory is read while the nodes work.
-        out.missing_nodes = _on_every_node(
+        out["missing_nodes"] += _on_every_node(
             ray,
             list_node,
             (jobs_dir, include_finished, ref),
             name="forgather-control-list",
             timeout=timeout,
             on_answer=on_answer,
-            meanwhile=lambda: out.jobs.extend(_local_rows(jobs_dir, include_finished, ref)),
+            meanwhile=lambda: out["jobs"].extend(_local_rows(jobs_dir, include_finished, ref)),
             done=found if ref is not None else None,
         )
-    return out.as_dict()
+    return out
 
 
 def _on_every_node(
@@ -343,11 +411,18 @@ def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict
     return [encode(s.as_record()) for s in dump(local_workers(paths), timeout=timeout)]
 
 
-def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every node's answer for the job's stacks (rank records), and the nodes that did
-    not answer; asked by a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
+def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[object], list[MissingNode]]:
+    """Every node's answer for the job's stacks (rank records as JSON, each checked by
+    ``RankStacks.from_record``), and the nodes that did not answer; asked by a Ray driver
+    in a child interpreter (:mod:`.ray_driver`)."""
     answer = ray_driver.run("stacks", {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}, here=stacks_here, timeout=timeout)
-    return answer["found"], answer["missing"]
+    missing = []
+    for raw in _list(answer.get("missing")):
+        try:
+            missing.append(decode(raw, MissingNode, name="a node that did not answer"))
+        except RecordError as exc:
+            missing.append(MissingNode(node="?", reason=str(exc)))
+    return _list(answer.get("found")), missing
 
 
 def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeout: float) -> dict[str, Any]:
@@ -357,8 +432,8 @@ def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeo
     found: list[dict[str, Any]] = []
     with _connected(address) as (ray, _addr):
 
-        def on_answer(meta: dict[str, Any], ranks: list[dict[str, Any]]) -> None:
-            found.extend(ranks)
+        def on_answer(meta: dict[str, Any], ranks: Any) -> None:
+            found.extend(ranks if isinstance(ranks, list) else [])
 
         missing = _on_every_node(ray, _stacks_node, (jobs_dir, job_id, DUMP_TIMEOUT), name="forgather-control-stacks", timeout=timeout, on_answer=on_answer)
     return {"found": found, "missing": missing}
@@ -392,59 +467,55 @@ def _local_rows(jobs_dir: str | None, include_finished: bool, ref: str | None) -
 
 
 # -- merging ------------------------------------------------------------------------
-def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _merge(rows: list[JobRow]) -> list[JobRow]:
     """One row per job id. The row with the strongest evidence wins (alive over dead:
     a launcher still running somewhere means the job runs), Ray rows over the local
     copy of the same directory; fields it lacks are filled from the others."""
-    by_id: dict[str, list[dict[str, Any]]] = {}
+    by_id: dict[str, list[JobRow]] = {}
     for row in rows:
-        by_id.setdefault(row["job_id"], []).append(row)
+        by_id.setdefault(row.job_id, []).append(row)
     merged = []
     for job_id in sorted(by_id):
-        group = sorted(
-            by_id[job_id],
-            key=lambda r: (_LIVENESS_RANK.get(str(r.get("liveness")), 0), bool(r.get("url")), r.get("source") == "ray"),
-            reverse=True,
-        )
-        best = dict(group[0])
+        group = sorted(by_id[job_id], key=lambda r: (_LIVENESS_RANK.get(r.liveness, 0), bool(r.url), r.source == "ray"), reverse=True)
+        best = msgspec.structs.replace(group[0])
         for other in group[1:]:
-            for k, v in other.items():
-                if best.get(k) is None and v is not None:
-                    best[k] = v
-        nodes = list(dict.fromkeys(r["node"] for r in group))
+            for name in JobRow.__struct_fields__:
+                if getattr(best, name) in (None, UNSET) and getattr(other, name) not in (None, UNSET):
+                    setattr(best, name, getattr(other, name))
+        nodes = list(dict.fromkeys(r.node for r in group if isinstance(r.node, str)))
         if len(nodes) > 1:
-            best["seen_on"] = nodes
+            best.seen_on = nodes
         merged.append(best)
     return merged
 
 
-def _check_reachable(row: dict[str, Any]) -> None:
+def _check_reachable(found: Found) -> None:
     """A job found on some node is only controllable if its server answers from here."""
-    public = {k: v for k, v in row.items() if k not in ("token", "boot_id")}
-    where = f"job {row['job_id']} (on {row['node']})"
-    if row.get("liveness") not in ("alive", "unknown"):
-        exc = Unreachable(f"{where} is {row.get('state')}: it has no live endpoint to control ({row.get('evidence')})")
-    elif not row.get("url"):
+    row = found.row
+    where = f"job {row.job_id} (on {row.node})"
+    if row.liveness not in ("alive", "unknown"):
+        exc = Unreachable(f"{where} is {row.state}: it has no live endpoint to control ({row.evidence})")
+    elif not row.url:
         exc = Unreachable(f"{where} has no HTTP endpoint (file channel only, or its server did not start); run the command on that node")
-    elif is_loopback_url(row["url"]) and not same_host(Identity(host=row.get("host"), boot_id=row.get("boot_id"))):
+    elif is_loopback_url(row.url) and not same_host(Identity(host=row.host, boot_id=found.boot_id)):
         # That loopback is the job's host's, not ours: whatever listens on the port here
         # is a stranger, and must not be handed the job's token.
         exc = Unreachable(
-            f"{where} serves {row['url']} on its own host ({row.get('host')}) only, so it cannot be reached from "
+            f"{where} serves {row.url} on its own host ({row.host}) only, so it cannot be reached from "
             f"{socket.gethostname()}. Start the job with FORGATHER_CONTROL_HOST=0.0.0.0 (or the node's address) "
             "to control it from elsewhere, or run the command on that node"
         )
     else:
-        answer = probe_endpoint(Endpoint(url=row["url"], token=row.get("token"), job_id=row["job_id"]), timeout=2.0)
+        answer = probe_endpoint(Endpoint(url=row.url, token=found.token, job_id=row.job_id), timeout=2.0)
         if answer:
             return
         if answer is False:
-            exc = Unreachable(f"{where}: something answers at {row['url']} but not for this job, or it refuses the token; the endpoint record may be stale")
+            exc = Unreachable(f"{where}: something answers at {row.url} but not for this job, or it refuses the token; the endpoint record may be stale")
         else:
             exc = Unreachable(
-                f"{where} runs, but its control server at {row['url']} does not answer from {socket.gethostname()}. "
+                f"{where} runs, but its control server at {row.url} does not answer from {socket.gethostname()}. "
                 "It may listen on 127.0.0.1 only: start the job with FORGATHER_CONTROL_HOST=0.0.0.0 (or the node's "
                 "address) to control it from elsewhere, or run the command on that node"
             )
-    exc.job = public  # type: ignore[attr-defined]
+    exc.job = row  # type: ignore[attr-defined]
     raise exc

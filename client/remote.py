@@ -7,12 +7,18 @@ job comes from the server's own answers.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
 
 from forgather_control.client.transport import HttpChannel
 from forgather_control.core.env import ENV_TOKEN
 from forgather_control.core.errors import CommandRefused, Unreachable, UsageError
+from forgather_control.core.files import RecordError
+from forgather_control.core.jobs import is_valid_job_id
+from forgather_control.core.records import JobRow, ServedJob, Status, decode
+from forgather_control.core.states import JobState
+
+log = logging.getLogger(__name__)
 
 
 def remote_url(remote: str) -> str:
@@ -31,9 +37,11 @@ def remote_token(token: str | None) -> str | None:
     return token if token else os.environ.get(ENV_TOKEN) or None
 
 
-def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The jobs a remote control server serves (GET /jobs), each with its status when
-    the server gives it, as ``list --json`` rows."""
+def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list[JobRow]:
+    """The jobs a remote control server serves (GET /jobs), each with what its status
+    says when the server gives it, as ``list --json`` rows. An entry that is not a job
+    (a field of the wrong type or size) is left out, and said so; a status that is not
+    one adds nothing."""
     url = remote_url(remote)
     ch = HttpChannel(url, remote_token(token), timeout=timeout)
     try:
@@ -46,30 +54,34 @@ def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list
         if code != 200 or not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
             raise Unreachable(f"{url} answered GET /jobs with {code}; is it a forgather control server?")
         out = []
-        for j in data["jobs"]:
-            if not isinstance(j, dict) or not isinstance(j.get("job_id"), str):
+        for i, raw in enumerate(data["jobs"]):
+            try:
+                served = decode(raw, ServedJob, name=f"{url}'s job [{i}]")
+            except RecordError as exc:
+                log.warning("left out: %s", exc)
                 continue
-            row: dict[str, Any] = {
-                "job_id": j["job_id"],
-                "state": j.get("state"),
-                "step": j.get("step"),
-                "max_steps": j.get("max_steps"),
-                "url": url,
-                "port": ch.port,
-                "liveness": "alive",
-                "evidence": "answered an authenticated request",
-                "host": None,
-                "pid": None,
-                "updated_at": None,
-            }
-            scode, st = ch.request("GET", f"/jobs/{j['job_id']}/status")
-            if scode == 200 and isinstance(st, dict):
-                row.update(
-                    host=st.get("host"),
-                    pid=st.get("pid"),
-                    updated_at=st.get("updated_at") or st.get("heartbeat_at"),
-                    world_size=st.get("world_size"),
-                )
+            if not is_valid_job_id(served.job_id):
+                log.warning("left out: %s serves a job whose id is not one: %r", url, served.job_id)
+                continue
+            row = JobRow(
+                job_id=served.job_id,
+                state=served.state or JobState.UNKNOWN,
+                step=served.step,
+                max_steps=served.max_steps,
+                url=url,
+                port=ch.port,
+                liveness="alive",
+                evidence="answered an authenticated request",
+            )
+            scode, raw_status = ch.request("GET", f"/jobs/{served.job_id}/status")
+            if scode == 200:
+                try:
+                    st = decode(raw_status, Status, name=f"{url}'s status of job {served.job_id}")
+                except RecordError as exc:
+                    log.warning("%s", exc)
+                else:
+                    row.host, row.pid, row.world_size = st.host, st.pid, st.world_size
+                    row.updated_at = st.updated_at or st.heartbeat_at
             out.append(row)
         return out
     finally:

@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from forgather_control.client.handle import JobHandle
 from forgather_control.client.jobinfo import JobInfo
@@ -24,6 +24,7 @@ from forgather_control.client.remote import remote_jobs, remote_token, remote_ur
 from forgather_control.client.transport import HttpTransport, probe_endpoint
 from forgather_control.core.errors import UsageError
 from forgather_control.core.jobs import match_job_id, resolve_jobs_dir, validate_job_id
+from forgather_control.core.records import JobRow, MissingNode
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ AUTO = "auto"
 class Listing:
     """What :meth:`JobSource.list` found: ``list --json`` rows and where they came from."""
 
-    rows: list[dict[str, Any]]
+    rows: list[JobRow]
     where: str
     #: "local" (a jobs directory), "remote" (one server) or "ray" (a cluster)
     source: str = "local"
     #: Ray nodes that did not answer, each with ``node`` and ``reason``
-    missing_nodes: list[dict[str, Any]] = field(default_factory=list)
+    missing_nodes: list[MissingNode] = field(default_factory=list)
     #: False when the jobs directory does not exist (nothing has used it yet)
     exists: bool = True
 
@@ -56,7 +57,7 @@ class FoundJob:
 
     job_id: str
     info: JobInfo | None = None
-    summary: dict[str, Any] | None = None
+    summary: JobRow | None = None
     url: str | None = None
     token: str | None = field(default=None, repr=False)
 
@@ -70,6 +71,9 @@ class JobSource(ABC):
     kind: ClassVar[str]
     #: Why ``--channel file`` cannot be used here (None: it can, the job's folder is here)
     no_file_channel: ClassVar[str | None] = None
+    #: Listing and finding ask a whole cluster (seconds, not milliseconds): a caller that
+    #: asks often keeps what it got for a while
+    slow: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -151,9 +155,9 @@ class RemoteSource(JobSource):
     def find(self, ref: str, *, timeout: float = 5.0) -> FoundJob:
         url = self.where
         rows = remote_jobs(self.remote, self.token, timeout=timeout)
-        ids = [r["job_id"] for r in rows]
+        ids = [r.job_id for r in rows]
         job_id = match_job_id(ref, ids, where=f"at {url}", hint=f"it serves: {', '.join(ids) or 'nothing'}")
-        summary = next(r for r in rows if r["job_id"] == job_id)
+        summary = next(r for r in rows if r.job_id == job_id)
         return FoundJob(job_id, summary=summary, url=url, token=remote_token(self.token))
 
     def reach(self, found: FoundJob, *, channel: str, timeout: float) -> JobHandle:
@@ -167,6 +171,7 @@ class RaySource(JobSource):
 
     kind = "ray"
     no_file_channel = "--channel file needs the job's folder on this machine; it cannot be used with --ray"
+    slow = True
 
     def __init__(self, address: str, jobs_dir: str | Path | None = None) -> None:
         self.address = address
@@ -181,16 +186,14 @@ class RaySource(JobSource):
 
         res = ray_listing.list_cluster(address=self.address, jobs_dir=self.jobs_dir, include_finished=include_finished, timeout=timeout)
         for miss in res.missing_nodes:
-            log.warning("node %s did not answer: %s", miss.get("node"), miss.get("reason"))
+            log.warning("node %s did not answer: %s", miss.node, miss.reason)
         return Listing(list(res.jobs), self.where, self.kind, missing_nodes=list(res.missing_nodes))
 
     def find(self, ref: str, *, timeout: float = 5.0) -> FoundJob:
         from forgather_control.client import ray_listing
 
-        row = ray_listing.find_job(ref, address=self.address, jobs_dir=self.jobs_dir, timeout=timeout)
-        token = row.pop("token", None)  # the transport holds it; nothing else may
-        row.pop("boot_id", None)
-        return FoundJob(row["job_id"], summary=row, url=row["url"], token=token)
+        found = ray_listing.find_job(ref, address=self.address, jobs_dir=self.jobs_dir, timeout=timeout)
+        return FoundJob(found.row.job_id, summary=found.row, url=found.row.url, token=found.token)  # the transport holds the token; nothing else may
 
     def reach(self, found: FoundJob, *, channel: str, timeout: float) -> JobHandle:
         return JobHandle(found.job_id, _http(found, timeout), summary=found.summary, timeout=timeout, ray=(self.address, self.jobs_dir))

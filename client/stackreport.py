@@ -17,19 +17,36 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+import msgspec
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core import stacks
 from forgather_control.core.errors import UsageError
 from forgather_control.core.liveness import STALE_AFTER, pid_alive, same_host
-from forgather_control.core.records import Job, Node, encode
-from forgather_control.core.states import is_final
+from forgather_control.core.records import UNSET, Job, Node, Record, StackRank, StallNotice, Text, UnsetType
+from forgather_control.core.states import JobState, is_final
 
-__all__ = ["DEFAULT_TIMEOUT", "StacksReport", "collect", "native_stacks"]
+__all__ = ["DEFAULT_TIMEOUT", "StacksRecord", "StacksReport", "collect", "native_stacks"]
 
 #: How long ``stacks`` waits for every rank (seconds).
 DEFAULT_TIMEOUT = 10.0
+
+
+class StacksRecord(Record, omit_defaults=False):
+    """``stacks --json``: every rank's stacks, who did not answer, and (from the command)
+    the job's state and stall; ``native`` only when py-spy was asked."""
+
+    job_id: Text
+    world_size: int | None = None
+    ranks: list[StackRank] = msgspec.field(default_factory=list)
+    missing: list[int] = msgspec.field(default_factory=list)
+    nodes: list[int] = msgspec.field(default_factory=list)
+    silent_nodes: list[int] = msgspec.field(default_factory=list)
+    notes: list[Text] = msgspec.field(default_factory=list)
+    native: dict[str, str] | UnsetType = UNSET
+    state: JobState | UnsetType = UNSET
+    stall: StallNotice | UnsetType | None = UNSET
 
 
 @dataclass
@@ -46,17 +63,17 @@ class StacksReport:
     #: rank -> py-spy's native dump (``--native``)
     native: dict[int, str] = field(default_factory=dict)
 
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "world_size": self.world_size,
-            "ranks": [encode(s.as_record()) for s in self.ranks],
-            "missing": self.missing,
-            "nodes": self.nodes,
-            "silent_nodes": self.silent_nodes,
-            "notes": self.notes,
-            **({"native": {str(k): v for k, v in self.native.items()}} if self.native else {}),
-        }
+    def as_record(self) -> StacksRecord:
+        return StacksRecord(
+            job_id=self.job_id,
+            world_size=self.world_size,
+            ranks=[s.as_record() for s in self.ranks],
+            missing=self.missing,
+            nodes=self.nodes,
+            silent_nodes=self.silent_nodes,
+            notes=self.notes,
+            native={str(k): v for k, v in self.native.items()} if self.native else UNSET,
+        )
 
 
 def collect(info: JobInfo, *, timeout: float = DEFAULT_TIMEOUT, now: float | None = None) -> StacksReport:

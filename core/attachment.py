@@ -12,9 +12,7 @@ its workers at once: nobody can save.
 
 from __future__ import annotations
 
-from typing import Any
-
-from forgather_control.core.records import Status
+from forgather_control.core.records import NoControl, Status
 
 __all__ = ["ADD_CONTROL", "no_control_notice", "no_control_why", "published"]
 
@@ -39,15 +37,10 @@ def no_control_why(after: float) -> str:
     return f"no control attached yet after {after:g}s: rank 0 has not started a Controller in this run"
 
 
-def no_control_notice(after: Any, since: Any = None) -> dict[str, Any]:
-    """The ``no_control`` object of ``list --json`` / ``status --json``: ``after`` (the
-    launcher's threshold, seconds), ``since`` (when the launcher judged it, its clock),
+def no_control_notice(after: float | None, since: float | None = None) -> NoControl:
+    """The ``no_control`` of ``list --json`` / ``status --json``: ``after`` (the launcher's
+    threshold, seconds, from job.json), ``since`` (when the launcher judged it, its clock),
     ``why`` and ``add`` (sentences for a person)."""
-    secs = float(after) if isinstance(after, (int, float)) and not isinstance(after, bool) else None
+    secs = float(after) if after is not None else None
     why = no_control_why(secs) if secs is not None else "no control attached yet: rank 0 has not started a Controller in this run"
-    return {
-        "after": secs,
-        "since": since if isinstance(since, (int, float)) and not isinstance(since, bool) else None,
-        "why": why,
-        "add": ADD_CONTROL,
-    }
+    return NoControl(after=secs, since=since, why=why, add=ADD_CONTROL)

@@ -22,7 +22,7 @@ import itertools
 import math
 import os
 import re
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -33,6 +33,7 @@ from forgather_control.core.states import JobState
 __all__ = [
     "UNSET",
     "CheckpointRecord",
+    "ClusterNode",
     "CommandFile",
     "CommandOptions",
     "CommandResult",
@@ -42,20 +43,26 @@ __all__ = [
     "Http",
     "Identity",
     "Job",
+    "JobDetails",
+    "JobRow",
     "Marker",
     "MetricHistory",
     "Metrics",
+    "MissingNode",
+    "NoControl",
     "Node",
     "Receipt",
     "Record",
     "RecordError",
     "Scheduler",
     "Series",
+    "ServedJob",
     "SettledEntry",
     "StackAnswer",
     "StackRank",
     "StacksRegistration",
     "Stall",
+    "StallNotice",
     "Status",
     "ThreadRecord",
     "UnsetType",
@@ -424,6 +431,135 @@ class MetricHistory(Record, omit_defaults=False):
 
     def since(self, step: int | None) -> MetricHistory:
         return self if step is None else MetricHistory(version=self.version, job_id=self.job_id, series={k: v.since(step) for k, v in self.series.items()})
+
+
+# -- what a listing says of a job (``list --json``, ``status --json``, the page) -------------
+class StallNotice(Stall):
+    """Why a running job counts as stalled: rank 0's word (a :class:`Stall`) or its silence
+    (phase ``silent``), and ``why``, a sentence for a person."""
+
+    why: Text | None = None
+
+
+class NoControl(Record, omit_defaults=False):
+    """Why an ``uncontrolled`` job is: the launcher's threshold (``after``, seconds), when it
+    judged so (``since``, its clock), and two sentences for a person (:mod:`.attachment`)."""
+
+    after: When | None = None
+    since: When | None = None
+    why: Text = ""
+    add: Text = ""
+
+
+class JobRow(Record, omit_defaults=False):
+    """One job as ``list --json`` shows it: every field written, null included. Built by a
+    listing (``JobInfo.summary``), by a ``--remote`` client from a server's answers, and by
+    each Ray node, whose answer is decoded into it. Never holds the token. The node fields
+    are set by a cluster listing only (left out elsewhere)."""
+
+    job_id: Str128
+    state: JobState = JobState.UNKNOWN
+    recorded_state: JobState | None = None
+    liveness: Short = "unknown"
+    evidence: Text = ""
+    host: Host | None = None
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    url: Str2048 | None = None
+    pid: Pid | None = None
+    step: Count | None = None
+    max_steps: Count | None = None
+    world_size: Count | None = None
+    scheduler: Short | None = None
+    restarts: Count | None = None
+    stall: StallNotice | None = None
+    no_control: NoControl | None = None
+    framework_callback: bool = False
+    loss: float | None = None
+    resumed_from: Text | None = None
+    updated_at: When | None = None
+    jobs_dir: Text | None = None
+    #: where a cluster listing found it: the node's name and ids, "ray" or "local", and
+    #: every node that holds a copy when more than one does
+    node: Text | UnsetType = UNSET
+    node_id: Str128 | UnsetType | None = UNSET
+    node_ip: Host | UnsetType | None = UNSET
+    source: Short | UnsetType = UNSET
+    seen_on: Annotated[list[Text], Meta(max_length=4096)] | UnsetType = UNSET
+
+    @classmethod
+    def of(cls, row: JobRow) -> Self:
+        """A ``cls`` (a row with more to say: :class:`JobDetails`, the page's row) that
+        starts from ``row``, every field of its own still at its default."""
+        return cls(**{name: getattr(row, name) for name in row.__struct_fields__})
+
+
+class JobDetails(JobRow):
+    """One job as ``status --json`` shows it: its row, the detail of its status record (and
+    of its live status when its server answered: ``live``), its failures and job.json. A
+    detail field is written when the job has it (UNSET: left out)."""
+
+    boot_id: Str128 | UnsetType = UNSET
+    pid_start_time: When | UnsetType = UNSET
+    epoch: Annotated[float, Meta(ge=0, le=1e300)] | UnsetType = UNSET
+    metrics: Annotated[dict[Str256, Metric], Meta(max_length=128)] | UnsetType = UNSET
+    steps_per_second: When | UnsetType | None = UNSET
+    eta_seconds: When | UnsetType | None = UNSET
+    last_checkpoint: Text | UnsetType = UNSET
+    resume_point: CheckpointRecord | UnsetType | None = UNSET
+    unsynced_checkpoint: CheckpointRecord | UnsetType = UNSET
+    stop_reason: Text | UnsetType = UNSET
+    stopped_by_signal: bool | UnsetType = UNSET
+    phase: Short | UnsetType = UNSET
+    progress_at: When | UnsetType = UNSET
+    closed_by: Short | UnsetType = UNSET
+    commands: Annotated[list[Receipt], Meta(max_length=256)] | UnsetType = UNSET
+    pending_commands: Count | UnsetType = UNSET
+    control_error: Text | UnsetType = UNSET
+    error: Text | UnsetType = UNSET
+    http: Http | UnsetType = UNSET
+    started_at: When | UnsetType = UNSET
+    heartbeat_at: When | UnsetType = UNSET
+    ended_at: When | UnsetType = UNSET
+    check_interval: When | UnsetType = UNSET
+    protocol: Count | UnsetType = UNSET
+    exit_code: ExitCode | UnsetType = UNSET
+    #: the root cause (the first rank that raised), and every rank's, of a failed run
+    failure: FailureRecord | UnsetType = UNSET
+    failures: Annotated[list[FailureRecord], Meta(max_length=4096)] | UnsetType = UNSET
+    job: Job | UnsetType = UNSET
+    #: whether the job's server answered just now, and why not when it was asked and did not
+    live: bool = False
+    live_error: Text | UnsetType = UNSET
+
+
+class ServedJob(Record):
+    """One job a control server says it serves (``GET /jobs``)."""
+
+    job_id: Str128
+    state: JobState | None = None
+    step: Count | None = None
+    max_steps: Count | None = None
+
+
+class MissingNode(Record):
+    """A Ray node that did not answer a cluster listing, and why (a sentence)."""
+
+    node: Text | None = None
+    node_id: Str128 | None = None
+    node_ip: Host | None = None
+    reason: Text | None = None
+
+
+class ClusterNode(Record):
+    """A Ray node that answered a cluster listing: the jobs directory it read, and how many
+    jobs it gave."""
+
+    node: Text | None = None
+    node_id: Str128 | None = None
+    node_ip: Host | None = None
+    hostname: Host | None = None
+    jobs_dir: Text | None = None
+    jobs: Count | None = None
 
 
 R = TypeVar("R", bound=Record)

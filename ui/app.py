@@ -30,7 +30,9 @@ from forgather_control.core.errors import (
     Unreachable,
     UsageError,
 )
-from forgather_control.core.jobs import PROTOCOL, is_valid_job_id, resolve_jobs_dir
+from forgather_control.core.jobs import PROTOCOL, is_valid_job_id
+from forgather_control.core.records import Record, encode
+from forgather_control.core.safe import json_safe, scrub
 from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
 from . import prometheus
@@ -63,8 +65,9 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
     """The page server for ``config``; ``feed`` and ``view`` for a test to share or swap."""
     app = FastAPI(title="forgather control ui", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url=None)
     auth = Auth(config.token)
-    feed = feed or JobsFeed(jobs_dir=config.jobs_dir, ray=config.ray, max_age=config.listing_max_age, timeout=max(config.timeout, 15.0))
-    view = view or JobView(config)
+    source = config.source()
+    feed = feed or JobsFeed(source, max_age=config.listing_max_age, timeout=max(config.timeout, 15.0))
+    view = view or JobView(config, source=source)
     app.state.auth, app.state.feed, app.state.view = auth, feed, view
 
     @app.middleware("http")
@@ -154,12 +157,12 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
     def session(request: Request) -> dict[str, Any]:
         """What the page says about itself: where it looks, the CSRF header's name."""
         return {
-            "where": "the Ray cluster" if config.ray is not None else str(resolve_jobs_dir(config.jobs_dir)),
-            "source": "ray" if config.ray is not None else "local",
+            "where": source.where,
+            "source": source.kind,
             "csrf_header": CSRF_HEADER,
             "csrf_cookie": cookie_name(CSRF_COOKIE, request),
             "protocol": PROTOCOL,
-            "refresh_seconds": 1.0 if config.ray is None else 5.0,
+            "refresh_seconds": 5.0 if source.slow else 1.0,
         }
 
     @app.get("/api/jobs")
@@ -209,13 +212,16 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
 
 
 def _answer(call: Any, *, status: int = 200, missing: str = "not found") -> Response:
-    """``call()`` as JSON, or the library's error as a status and its message."""
+    """``call()`` as JSON (a record as :func:`encode` writes it: strict JSON, no secret),
+    or the library's error as a status and its message."""
     try:
         value = call()
     except ControlError as exc:
         return _control_error(exc)
     if value is None:
         return _error(404, missing)
+    if isinstance(value, Record):
+        value = json_safe(scrub(encode(value)))
     return JSONResponse(value, status_code=status)
 
 

@@ -6,6 +6,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgather_control.client.sources import JobSource, source_for
 from forgather_control.core.liveness import is_loopback_host
 
 #: Environment variable with a fixed token (at least :data:`MIN_TOKEN` characters), for
@@ -48,9 +49,13 @@ class UiConfig:
         """True when only this machine can connect: the Host check then applies."""
         return is_loopback_host(self.host)
 
+    def source(self) -> JobSource:
+        """Where the jobs are found: the client's one rule (:func:`source_for`)."""
+        return source_for(jobs_dir=self.jobs_dir, ray=self.ray)
+
     @property
     def listing_max_age(self) -> float:
         """A Ray listing asks every node (seconds); a folder costs milliseconds."""
         if self.max_age is not None:
             return self.max_age
-        return 5.0 if self.ray is not None else 0.5
+        return 5.0 if self.source().slow else 0.5

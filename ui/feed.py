@@ -7,9 +7,9 @@ folder, five for a Ray cluster) whoever asks, requests that arrive while one is 
 taken waiting for that one: what may be live (every open page that hides ended jobs,
 and the Prometheus scrape), which costs what is live however long the history is, and
 everything (only while a page shows ended jobs). The rows are the library's own
-(:func:`~forgather_control.client.lookup.list_jobs`, as ``list --json``), plus what
-the status record of a job in a folder on this machine says of its speed, ETA, loss and
-last checkpoint (a Ray row has only what the cluster's listing has).
+(its :class:`~forgather_control.client.sources.JobSource`'s, as ``list --json``), plus
+what the status record of a job in a folder on this machine says of its speed, ETA, loss
+and last checkpoint (a Ray row has only what the cluster's listing has).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from forgather_control.client.jobinfo import status_of_run
-from forgather_control.client.lookup import list_jobs
+from forgather_control.client.sources import JobSource
 from forgather_control.core.errors import ControlError
 from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import JobPaths, is_valid_job_id
 from forgather_control.core.metrics import read_history
-from forgather_control.core.records import Status, load_or_none
-from forgather_control.core.safe import json_safe, scrub
+from forgather_control.core.records import UNSET, JobRow, MissingNode, Status, Text, UnsetType, When, encode, load_or_none
+from forgather_control.core.safe import json_safe
 from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
@@ -41,38 +41,53 @@ SPARK_POINTS = 40
 SPARK_EVERY = 3.0
 
 
+class PageRow(JobRow):
+    """A row as the page gets it: the listing's, whether the job lives or has ended, and,
+    for a job in a folder here, what its status record says (UNSET: not known, left out)."""
+
+    live: bool = False
+    final: bool = False
+    eval_loss: float | UnsetType | None = UNSET
+    last_checkpoint: Text | UnsetType | None = UNSET
+    stop_reason: Text | UnsetType | None = UNSET
+    error: Text | UnsetType | None = UNSET
+    #: a rate and an ETA are claims about a running job: only a live one has them
+    steps_per_second: When | UnsetType | None = UNSET
+    eta_seconds: When | UnsetType | None = UNSET
+
+
 @dataclass
 class Snapshot:
     """One listing: rows as the page gets them, and where they came from."""
 
-    rows: list[dict[str, Any]]
+    rows: list[PageRow]
     where: str
     source: str
     taken_at: float
     took: float
     exists: bool = True
-    missing_nodes: list[dict[str, Any]] | None = None
+    missing_nodes: list[MissingNode] | None = None
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
+        """``GET /api/jobs``: strict JSON (NaN and the infinities as null)."""
         return {
-            "rows": self.rows,
+            "rows": [json_safe(encode(r)) for r in self.rows],
             "where": self.where,
             "source": self.source,
             "taken_at": self.taken_at,
             "took": round(self.took, 4),
             "exists": self.exists,
-            "missing_nodes": self.missing_nodes or [],
+            "missing_nodes": [encode(m) for m in self.missing_nodes or []],
             "error": self.error,
         }
 
 
 class JobsFeed:
-    """The listing, taken at most once per ``max_age`` seconds (thread-safe)."""
+    """The listing of ``source``, taken at most once per ``max_age`` seconds (thread-safe)."""
 
-    def __init__(self, *, jobs_dir: str | Path | None, ray: str | None, max_age: float, timeout: float = 15.0) -> None:
-        self.jobs_dir = jobs_dir
-        self.ray = ray
+    def __init__(self, source: JobSource, *, max_age: float, timeout: float = 15.0) -> None:
+        self.source = source
         self.max_age = max_age
         self.timeout = timeout
         # keyed by ``ended``: the listing of what may be live, and the one of everything
@@ -98,16 +113,16 @@ class JobsFeed:
         t0 = time.perf_counter()
         statuses = self._statuses[ended]
         try:
-            listing = list_jobs(jobs_dir=self.jobs_dir, include_finished=ended, ray=self.ray, timeout=self.timeout)
+            listing = self.source.list(include_finished=ended, timeout=self.timeout)
         except ControlError as exc:
             # Keep showing the last rows, and say why they are not fresh.
             rows = previous.rows if previous is not None else []
-            where = previous.where if previous is not None else ""
-            return Snapshot(rows, where, "ray" if self.ray else "local", time.time(), time.perf_counter() - t0, error=str(exc))
+            where = previous.where if previous is not None else self.source.where
+            return Snapshot(rows, where, self.source.kind, time.time(), time.perf_counter() - t0, error=str(exc))
         local = listing.source == "local"
         rows = [job_row(row, with_status=local, statuses=statuses) for row in listing.rows]
         if local:
-            statuses.keep_only({os.path.join(r["jobs_dir"], r["job_id"], "status.json") for r in rows if isinstance(r.get("jobs_dir"), str)})
+            statuses.keep_only({os.path.join(r.jobs_dir, r.job_id, "status.json") for r in rows if r.jobs_dir is not None})
         rows.sort(key=_order)
         return Snapshot(
             rows,
@@ -116,7 +131,7 @@ class JobsFeed:
             time.time(),
             time.perf_counter() - t0,
             exists=listing.exists,
-            missing_nodes=json_safe(scrub(listing.missing_nodes)),
+            missing_nodes=listing.missing_nodes,
         )
 
     def sparklines(self, *, ended: bool = True) -> dict[str, list[float | None]]:
@@ -124,37 +139,33 @@ class JobsFeed:
         ended ones only with ``ended``: a page that hides them reads none of theirs)."""
         out = {}
         for row in self.snapshot(ended=ended).rows:
-            values = self.sparks.get(row.get("jobs_dir"), row["job_id"])
+            values = self.sparks.get(row.jobs_dir, row.job_id)
             if values:
-                out[row["job_id"]] = values
+                out[row.job_id] = values
         return out
 
 
-def job_row(row: dict[str, Any], *, with_status: bool, statuses: StatusCache | None = None) -> dict[str, Any]:
-    """A ``list --json`` row for the page: strict JSON, no secrets, plus ``live``,
-    ``final`` and, from the job's status record, speed, ETA, loss and last checkpoint."""
-    out = dict(row)
-    state = JobState.parse(row.get("state")) or JobState.UNKNOWN
-    out["state"] = state.value
-    out["live"] = state.live
-    out["final"] = state.final
-    jobs_dir = row.get("jobs_dir")
-    if with_status and isinstance(jobs_dir, str) and is_valid_job_id(row.get("job_id", "")):
-        path = os.path.join(jobs_dir, row["job_id"], "status.json")
+def job_row(row: JobRow, *, with_status: bool, statuses: StatusCache | None = None) -> PageRow:
+    """A ``list --json`` row for the page, plus ``live``, ``final`` and, from the job's
+    status record (``with_status``), speed, ETA, loss and last checkpoint."""
+    out = PageRow.of(row)
+    out.live, out.final = row.state.live, row.state.final
+    out.loss = _finite(row.loss)
+    if with_status and row.jobs_dir is not None and is_valid_job_id(row.job_id):
+        path = os.path.join(row.jobs_dir, row.job_id, "status.json")
         found = statuses.get(path) if statuses is not None else load_or_none(path, Status)
-        runs = row.get("restarts")
-        st = status_of_run(found, runs if isinstance(runs, int) else None) or Status()
+        st = status_of_run(found, row.restarts) or Status()
         metrics = st.metrics or {}
-        if metrics or "loss" not in out:  # a job of the framework's own callback has its loss from its API, in the row
-            out["loss"] = _finite(metrics.get("loss"))
-        out["eval_loss"] = _finite(metrics.get("eval_loss"))
-        out["last_checkpoint"] = st.last_checkpoint
-        out["stop_reason"] = st.stop_reason
-        out["error"] = st.error
-        if state.live:  # a rate and an ETA are claims about a running job
-            out["steps_per_second"] = st.steps_per_second
-            out["eta_seconds"] = st.eta_seconds
-    return json_safe(scrub(out))
+        if metrics:  # a job of the framework's own callback has its loss from its API, in the row
+            out.loss = _finite(metrics.get("loss"))
+        out.eval_loss = _finite(metrics.get("eval_loss"))
+        out.last_checkpoint = st.last_checkpoint
+        out.stop_reason = st.stop_reason
+        out.error = st.error
+        if out.live:
+            out.steps_per_second = st.steps_per_second
+            out.eta_seconds = st.eta_seconds
+    return out
 
 
 class StatusCache:
@@ -197,12 +208,10 @@ _RANK = {
 }
 
 
-def _order(row: dict[str, Any]) -> tuple[int, float, str]:
+def _order(row: JobRow) -> tuple[int, float, str]:
     """Running jobs first, then the rest; the newest first within each."""
-    state = JobState.parse(row.get("state")) or JobState.UNKNOWN
-    rank = _RANK.get(state, 5 if state.final else 4)
-    updated = row.get("updated_at")
-    return rank, -(updated if isinstance(updated, (int, float)) else 0.0), row["job_id"]
+    rank = _RANK.get(row.state, 5 if row.state.final else 4)
+    return rank, -(row.updated_at or 0.0), row.job_id
 
 
 class Sparklines:
@@ -213,8 +222,8 @@ class Sparklines:
         self._cache: dict[tuple[str, str], tuple[float, tuple[int, int], list[float | None]]] = {}
         self._lock = threading.Lock()
 
-    def get(self, jobs_dir: Any, job_id: str) -> list[float | None] | None:
-        if not isinstance(jobs_dir, str) or not is_valid_job_id(job_id):
+    def get(self, jobs_dir: str | None, job_id: str) -> list[float | None] | None:
+        if jobs_dir is None or not is_valid_job_id(job_id):
             return None
         key = (jobs_dir, job_id)
         now = time.monotonic()

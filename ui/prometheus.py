@@ -40,13 +40,13 @@ class JobsCollector(Collector):
         for name, field, doc in _GAUGES:
             gauge = GaugeMetricFamily(name, doc, labels=["job_id"])
             for row in rows:
-                value = _number(row.get(field))
+                value = _number(getattr(row, field))
                 if value is not None:
-                    gauge.add_metric([row["job_id"]], value)
+                    gauge.add_metric([row.job_id], value)
             yield gauge
         state = GaugeMetricFamily("forgather_job_state", "1 for the job's current state (running, finished, failed, ...).", labels=["job_id", "state", "host"])
         for row in rows:
-            state.add_metric([row["job_id"], str(row.get("state") or "unknown"), str(row.get("host") or "")], 1)
+            state.add_metric([row.job_id, str(row.state), row.host or ""], 1)
         yield state
         yield GaugeMetricFamily("forgather_ui_jobs", "Jobs in the listing (finished ones included).", value=len(rows))
         yield GaugeMetricFamily("forgather_ui_listing_seconds", "How long the last listing took.", value=self.snapshot.took)

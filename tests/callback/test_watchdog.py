@@ -55,7 +55,7 @@ def test_rank0_records_the_end_so_the_job_is_not_running_forever(tmp_path: Path)
     assert status["state"] == "failed" and "launcher died" in status["error"] and status["step"] == 9
     assert not paths.endpoint.exists()
     info = find_job(tmp_path, "orphan")
-    assert info.details()["state"] == "failed" and "launcher died" in info.details()["error"]
+    assert info.details().state == "failed" and "launcher died" in str(info.details().error)
     before = read_json(paths.status)
     # a second call must not rewrite a final record
     record_orphaned(paths, "again")

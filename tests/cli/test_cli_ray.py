@@ -22,16 +22,19 @@ calls = []
 fake_ray = types.ModuleType("ray")
 fake_ray.__spec__ = importlib.machinery.ModuleSpec("ray", None)
 sys.modules["ray"] = fake_ray          # found by find_spec, never really imported
+from forgather_control.core.records import JobRow, MissingNode, decode
 mod = types.ModuleType("forgather_control.client.ray_listing")
 rows = json.loads(os.environ["FAKE_RAY_ROWS"])
 class Listing:
     def __init__(self, jobs, missing): self.jobs, self.missing_nodes = jobs, missing
+class Found:
+    def __init__(self, raw): self.row, self.token = decode(raw, JobRow, name="a row"), raw.get("token")
 def list_cluster(*, address, jobs_dir, include_finished, timeout):
     calls.append(["list_cluster", address, jobs_dir, include_finished, timeout])
-    return Listing([{k: v for k, v in r.items() if k != "token"} for r in rows], [{"node": "node-b", "reason": "timed out"}])
+    return Listing([decode(r, JobRow, name="a row") for r in rows], [MissingNode(node="node-b", reason="timed out")])
 def find_job(ref, *, address, jobs_dir, timeout):
     calls.append(["find_job", ref, address, jobs_dir, timeout])
-    return next(r for r in rows if r["job_id"].startswith(ref))
+    return Found(next(r for r in rows if r["job_id"].startswith(ref)))
 mod.list_cluster, mod.find_job = list_cluster, find_job
 sys.modules["forgather_control.client.ray_listing"] = mod
 from forgather_control.cli.main import run

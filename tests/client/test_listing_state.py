@@ -58,5 +58,5 @@ def test_after_the_launcher_ended_its_record_wins_over_a_stale_status() -> None:
 def test_a_previous_runs_status_gives_no_step_or_pid() -> None:
     old = {"state": "stopped", "restarts": 0, "step": 1119, "pid": 4242, "max_steps": 20000}
     row = info(old, RUN1).summary()
-    assert row["state"] == "starting" and row["step"] is None and row["pid"] is None, row
-    assert info({**old, "restarts": 1, "state": "running"}, RUN1).summary()["step"] == 1119
+    assert row.state == "starting" and row.step is None and row.pid is None, row
+    assert info({**old, "restarts": 1, "state": "running"}, RUN1).summary().step == 1119

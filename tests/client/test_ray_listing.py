@@ -38,6 +38,7 @@ from support.waiting import wait_for
 
 from forgather_control.client.ray_driver import INSTALL_HINT
 from forgather_control.core import JobPaths, read_json, write_json_atomic
+from forgather_control.core.records import JobRow, encode
 
 # One cluster per xdist worker; with `--dist loadgroup` the group keeps them on one.
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -119,8 +120,10 @@ def client_env(c: Cluster, **extra: str) -> dict[str, str]:
     return {**ray_env(), "FORGATHER_JOBS_DIR": str(c.client_dir), **extra}
 
 
-def check_rows(c: Cluster, rows: list[dict[str, Any]], *, finished: bool = False) -> None:
-    """Every job once, on the node whose directory holds it, with a correct state."""
+def check_rows(c: Cluster, rows: list[dict[str, Any]] | list[JobRow], *, finished: bool = False) -> None:
+    """Every job once, on the node whose directory holds it, with a correct state (rows
+    as the library gives them, or as JSON)."""
+    rows = [encode(r) if isinstance(r, JobRow) else r for r in rows]
     ids = [r["job_id"] for r in rows]
     expected = {*c.live.values(), *c.dead.values(), c.local_dead} | (set(c.finished.values()) if finished else set())
     assert set(ids) == expected, rows
@@ -148,8 +151,8 @@ def test_list_cluster_two_nodes(cluster: Cluster) -> None:
 
     res = list_cluster(address=cluster.address, jobs_dir=None, timeout=60)
     assert res.missing_nodes == []
-    assert sorted(n["node"].split("/")[0] for n in res.nodes) == ["fg-a", "fg-b"]
-    assert {n["node"].split("/")[0]: n["jobs_dir"] for n in res.nodes} == {k: str(v) for k, v in cluster.dirs.items()}
+    assert sorted(str(n.node).split("/")[0] for n in res.nodes) == ["fg-a", "fg-b"]
+    assert {str(n.node).split("/")[0]: n.jobs_dir for n in res.nodes} == {k: str(v) for k, v in cluster.dirs.items()}
     check_rows(cluster, res.jobs)
     # The JSON form carries the same, and plain data only.
     again = json.loads(json.dumps(res.as_dict()))
@@ -166,13 +169,13 @@ def test_list_cluster_dedups_the_local_copy(cluster: Cluster) -> None:
     from forgather_control.client import list_cluster
 
     res = list_cluster(address=cluster.address, jobs_dir=str(cluster.dirs["fg-a"]), timeout=60)
-    ids = [r["job_id"] for r in res.jobs]
+    ids = [r.job_id for r in res.jobs]
     assert len(ids) == len(set(ids)), ids
     # --jobs-dir applies on every node: all of them read A's directory now.
-    assert {n["jobs_dir"] for n in res.nodes} == {str(cluster.dirs["fg-a"])}
-    row = next(r for r in res.jobs if r["job_id"] == cluster.live["fg-a"])
-    assert row["source"] == "ray" and row["liveness"] == "alive"
-    assert len(row["seen_on"]) == 3 and any(n.endswith("(local)") for n in row["seen_on"]), row
+    assert {n.jobs_dir for n in res.nodes} == {str(cluster.dirs["fg-a"])}
+    row = next(r for r in res.jobs if r.job_id == cluster.live["fg-a"])
+    assert row.source == "ray" and row.liveness == "alive"
+    assert isinstance(row.seen_on, list) and len(row.seen_on) == 3 and any(n.endswith("(local)") for n in row.seen_on), row
     assert cluster.live["fg-b"] not in ids
 
 
@@ -199,19 +202,19 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
     live = cluster.live["fg-b"]
     assert not (cluster.client_dir / live).exists()  # only Ray can find it
     job = find_cluster_job(live[:-2], address=cluster.address, jobs_dir=None, timeout=60)
-    assert job["job_id"] == live and job["node"].startswith("fg-b/") and job["token"] and job["url"]
-    with JobHandle(job["job_id"], HttpTransport(job["url"], job["token"], job["job_id"])) as client:
+    assert job.row.job_id == live and str(job.row.node).startswith("fg-b/") and job.token and job.row.url
+    with JobHandle(job.row.job_id, HttpTransport(job.row.url, job.token, job.row.job_id)) as client:
         st = client.status()
-        assert st["state"] == "running" and st["step"] > 0
+        assert st.state == "running" and st.step > 0
         entry = client.send("save")
-        done = client.wait(entry["id"], timeout=120)
-    assert done["state"] == "completed", done
-    ckpt = Path(done["result"]["checkpoint"])
+        done = client.wait(entry.id, timeout=120)
+    assert done.state == "completed", done
+    ckpt = Path(done.result.checkpoint)
     assert ckpt.parent == cluster.out_dirs["fg-b"] and ckpt.exists()
 
     with pytest.raises(Unreachable, match="dead") as exc:
         find_cluster_job(cluster.dead["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
-    assert exc.value.job["node"].startswith("fg-a/") and "token" not in exc.value.job
+    assert str(exc.value.job.node).startswith("fg-a/") and "token" not in encode(exc.value.job)
     # Alive (its pid runs: ours) but its server does not answer from here: say so.
     silent = f"silent-{cluster.live['fg-b'][-4:]}"
     paths = JobPaths(cluster.dirs["fg-b"], silent).create()
@@ -219,7 +222,7 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
         write_json_atomic(paths.endpoint, {"job_id": silent, "url": f"http://127.0.0.1:{free_port()}", "token": "t", **identity()})
         with pytest.raises(Unreachable, match=r"does not answer from .*FORGATHER_CONTROL_HOST") as exc:
             find_cluster_job(silent, address=cluster.address, jobs_dir=None, timeout=60)
-        assert exc.value.job["liveness"] == "alive"
+        assert exc.value.job.liveness == "alive"
     finally:
         shutil.rmtree(paths.dir)
     # On another host, serving its own loopback: never probed from here (whatever
@@ -236,7 +239,7 @@ def test_find_job_then_status_and_save(cluster: Cluster) -> None:
             write_json_atomic(paths.status, {"job_id": far, "state": "running", **other})
             with pytest.raises(Unreachable, match=r"on its own host .*elsewhere.* only") as exc:
                 find_cluster_job(far, address=cluster.address, jobs_dir=None, timeout=60)
-            assert exc.value.job["liveness"] == "unknown"
+            assert exc.value.job.liveness == "unknown"
             with pytest.raises(BlockingIOError):
                 stranger.accept()
         finally:
@@ -283,7 +286,7 @@ import gc, json, sys
 from forgather_control.client import list_cluster
 res = list_cluster(address=sys.argv[1], jobs_dir=None, timeout=60)
 gc.collect()  # what the caller's interpreter does sooner or later
-print(json.dumps({"jobs": res.jobs, "missing_nodes": res.missing_nodes}))
+print(json.dumps(res.as_dict()))
 """
 
 
@@ -297,8 +300,8 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
         took = time.monotonic() - t0
         assert took < 12 + 10, took  # the timeout, plus connecting and disconnecting
         check_rows(cluster, res.jobs)
-        assert [m["node"].split("/")[0] for m in res.missing_nodes] == ["fg-hung"], res.missing_nodes
-        assert "no answer within 12s" in res.missing_nodes[0]["reason"]
+        assert [str(m.node).split("/")[0] for m in res.missing_nodes] == ["fg-hung"], res.missing_nodes
+        assert "no answer within 12s" in str(res.missing_nodes[0].reason)
 
         # The CLI lists the others and names the node on stderr.
         out = run_cli("control", "list", "--ray-address", cluster.address, "--json", "--timeout", "12", env=client_env(cluster), timeout=180)

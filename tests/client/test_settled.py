@@ -42,6 +42,7 @@ from forgather_control.client import settled as settled_mod
 from forgather_control.client.listing import scan
 from forgather_control.client.ray_listing import list_node
 from forgather_control.client.settler import Settler
+from forgather_control.client.sources import LocalSource
 from forgather_control.core import JobPaths, process_identity, write_json_atomic
 from forgather_control.core.markers import RUNS_DIR, SETTLED_DIR, mark_run, read_entry, read_index
 from forgather_control.core.records import Identity
@@ -73,7 +74,7 @@ def test_a_folder_of_the_current_release_is_read_as_before_then_settled(tmp_path
     entry = read_entry(root, "dead-0004")
     assert entry is not None and entry.verdict == "dead" and entry.state == "dead"
     assert read_entry(root, "done-0000").verdict == "finished"
-    assert find_job(root, "done-0001").summary()["state"] == "stopped"  # status of an old job
+    assert find_job(root, "done-0001").summary().state == "stopped"  # status of an old job
 
 
 def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         with counted_ops(root) as c:
             assert listed(root) == ["live"]
         with counted_ops(root) as web:  # what the web page polls while it hides ended jobs
-            assert [r["job_id"] for r in JobsFeed(jobs_dir=root, ray=None, max_age=0.0).snapshot(ended=False).rows] == ["live"]
+            assert [r.job_id for r in JobsFeed(LocalSource(root), max_age=0.0).snapshot(ended=False).rows] == ["live"]
         with counted_ops(root) as ray:
             assert [r["job_id"] for r in list_node(str(root), False, None)["jobs"]] == ["live"]  # each Ray node
         counts.append((dict(c), dict(web), dict(ray)))
@@ -128,7 +129,7 @@ def test_a_job_that_died_is_shown_for_a_day_then_settled(tmp_path: Path) -> None
     paths = dead_job(root, "oom-killed", died=time.time() - 3600)
     for _ in range(3):
         assert listed(root) == ["oom-killed"]
-        assert [(r["job_id"], r["state"]) for r in list_jobs(jobs_dir=root).rows] == [("oom-killed", "dead")]
+        assert [(r.job_id, r.state) for r in list_jobs(jobs_dir=root).rows] == [("oom-killed", "dead")]
     assert settled_ids(root) == set()
     age(paths.dir, time.time() - DAY - 60)  # the storage last saw it a day ago,
     assert listed(root) == ["oom-killed"] and settled_ids(root) == set()  # but its heartbeat is an hour old

@@ -25,7 +25,7 @@ from forgather_control.client.ray_driver import RayNotInstalled, RayUnavailable
 from forgather_control.client.sources import AUTO, FoundJob, JobSource, LocalSource, RaySource, RemoteSource, source_for
 from forgather_control.client.transport import FileTransport, HttpTransport
 from forgather_control.core import AmbiguousJob, CommandRefused, InvalidJobId, JobNotFound, JobPaths, Ledger, UsageError, write_json_atomic
-from forgather_control.core.records import Status
+from forgather_control.core.records import JobRow, MissingNode, Status, decode, encode
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "sources-test-token-0123456789abcdef"
@@ -88,9 +88,9 @@ def test_local_source_lists_what_may_run_and_everything_when_asked(tmp_path: Pat
     write_job(root, "train-beta", "finished")
     source = LocalSource(root)
     listing = source.list()
-    assert [r["job_id"] for r in listing.rows] == ["train-alpha"]
+    assert [r.job_id for r in listing.rows] == ["train-alpha"]
     assert (listing.where, listing.source, listing.exists, listing.missing_nodes) == (str(root), "local", True, [])
-    assert [r["job_id"] for r in source.list(include_finished=True).rows] == ["train-alpha", "train-beta"]
+    assert [r.job_id for r in source.list(include_finished=True).rows] == ["train-alpha", "train-beta"]
 
 
 def test_local_source_lists_a_folder_nobody_made_as_empty_and_not_there(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_local_source_opens_a_handle_on_its_records(tmp_path: Path) -> None:
     write_job(root, "train-alpha", "running")
     with LocalSource(root).open("train-a", channel="file") as handle:
         assert handle.job_id == "train-alpha" and handle.info is not None and handle.summary is None
-        assert isinstance(handle.transport, FileTransport) and handle.status()["step"] == 7
+        assert isinstance(handle.transport, FileTransport) and handle.status().step == 7
 
 
 def test_local_source_refuses_a_job_another_source_found(tmp_path: Path) -> None:
@@ -130,24 +130,24 @@ def test_remote_source_lists_what_the_server_serves_without_its_token(server: st
     source = RemoteSource(server.removeprefix("http://"), TOKEN)
     listing = source.list()
     assert (listing.where, listing.source, listing.exists, listing.missing_nodes) == (server, "remote", True, [])
-    assert [(r["job_id"], r["state"], r["step"], r["url"]) for r in listing.rows] == [("served-job-1", "running", 5, server)]
-    assert TOKEN not in json.dumps(listing.rows)
+    assert [(r.job_id, r.state, r.step, r.url) for r in listing.rows] == [("served-job-1", "running", 5, server)]
+    assert TOKEN not in json.dumps([encode(r) for r in listing.rows])
 
 
 def test_remote_source_finds_by_prefix_and_says_what_it_serves(server: str) -> None:
     source = RemoteSource(server.removeprefix("http://"), TOKEN)
     found = source.find("served")
     assert (found.job_id, found.url, found.token, found.info) == ("served-job-1", server, TOKEN, None)
-    assert found.summary is not None and found.summary["state"] == "running" and TOKEN not in repr(found)
+    assert found.summary is not None and found.summary.state == "running" and TOKEN not in repr(found)
     with pytest.raises(JobNotFound, match="it serves: served-job-1"):
         source.find("other")
 
 
 def test_remote_source_opens_a_handle_over_http(server: str) -> None:
     with RemoteSource(server.removeprefix("http://"), TOKEN).open("served-job-1") as handle:
-        assert handle.info is None and handle.summary is not None and handle.summary["max_steps"] == 50
+        assert handle.info is None and handle.summary is not None and handle.summary.max_steps == 50
         assert isinstance(handle.transport, HttpTransport) and handle.channel == "http"
-        assert handle.status()["step"] == 5
+        assert handle.status().step == 5
 
 
 def test_remote_source_takes_the_token_from_the_environment(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,15 +187,15 @@ def test_a_ray_source_loads_no_ray_until_asked(jobs_dir: Path) -> None:
 def stand_in_cluster(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     """ray_listing's two calls replaced, as tests/ui/test_ui_ray.py does: the calls made."""
     calls: list[tuple[str, dict[str, Any]]] = []
-    row = {"job_id": "ray-job-1", "state": "running", "liveness": "alive", "node": "node-a", "url": "http://10.0.0.7:4100"}
+    row = decode({"job_id": "ray-job-1", "state": "running", "liveness": "alive", "node": "node-a", "url": "http://10.0.0.7:4100"}, JobRow, name="a row")
 
     def list_cluster(**kw: Any) -> Any:
         calls.append(("list", kw))
-        return SimpleNamespace(jobs=[dict(row)], missing_nodes=[{"node": "node-b", "reason": "timed out"}])
+        return SimpleNamespace(jobs=[row], missing_nodes=[MissingNode(node="node-b", reason="timed out")])
 
-    def find_job(ref: str, **kw: Any) -> dict[str, Any]:
+    def find_job(ref: str, **kw: Any) -> ray_listing.Found:
         calls.append(("find", {"ref": ref, **kw}))
-        return {**row, "token": TOKEN, "boot_id": "boot-a"}
+        return ray_listing.Found(row, token=TOKEN, boot_id="boot-a")
 
     monkeypatch.setattr(ray_listing, "list_cluster", list_cluster)
     monkeypatch.setattr(ray_listing, "find_job", find_job)
@@ -204,15 +204,15 @@ def stand_in_cluster(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[st
 
 def test_ray_source_lists_the_cluster_and_the_nodes_that_did_not_answer(stand_in_cluster: list, tmp_path: Path) -> None:
     listing = RaySource("head:6379", tmp_path / "jobs").list(include_finished=True, timeout=3.0)
-    assert [r["job_id"] for r in listing.rows] == ["ray-job-1"] and (listing.where, listing.source) == ("the Ray cluster", "ray")
-    assert listing.missing_nodes == [{"node": "node-b", "reason": "timed out"}]
+    assert [r.job_id for r in listing.rows] == ["ray-job-1"] and (listing.where, listing.source) == ("the Ray cluster", "ray")
+    assert listing.missing_nodes == [MissingNode(node="node-b", reason="timed out")]
     assert stand_in_cluster == [("list", {"address": "head:6379", "jobs_dir": str(tmp_path / "jobs"), "include_finished": True, "timeout": 3.0})]
 
 
 def test_ray_source_finds_a_job_and_keeps_its_token_out_of_the_summary(stand_in_cluster: list) -> None:
     found = RaySource(AUTO).find("ray-j", timeout=2.0)
     assert (found.job_id, found.url, found.token) == ("ray-job-1", "http://10.0.0.7:4100", TOKEN)
-    assert found.summary is not None and "token" not in found.summary and "boot_id" not in found.summary and TOKEN not in repr(found)
+    assert found.summary is not None and not {"token", "boot_id"} & set(encode(found.summary)) and TOKEN not in repr(found)
     assert stand_in_cluster == [("find", {"ref": "ray-j", "address": AUTO, "jobs_dir": None, "timeout": 2.0})]
 
 

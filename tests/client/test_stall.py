@@ -85,7 +85,7 @@ def _status(**kw) -> Status:
 def test_stall_of_reads_rank_0s_word() -> None:
     st = _status(stall={"for": 400.0, "after": 300.0, "step": 41, "phase": "agreement"})
     got = stall_of(st, 1001.0)
-    assert got["for"] == 400.0 and got["step"] == 41 and "another rank has not arrived" in got["why"]
+    assert got is not None and got.for_ == 400.0 and got.step == 41 and "another rank has not arrived" in str(got.why)
     assert stall_of(_status(), 1001.0) is None
     assert stall_of(structs.replace(st, state=JobState.STOPPING), 1001.0) is None  # winding down is not a stall
 
@@ -93,7 +93,7 @@ def test_stall_of_reads_rank_0s_word() -> None:
 def test_a_silent_rank_0_on_this_host_is_a_stall_but_not_one_on_another() -> None:
     st = _status(progress_at=900.0)
     got = stall_of(st, 1000.0 + SILENT_AFTER + 1)
-    assert got["phase"] == "silent" and "not answering" in got["why"] and got["for"] == pytest.approx(SILENT_AFTER + 101)
+    assert got is not None and got.phase == "silent" and "not answering" in str(got.why) and got.for_ == pytest.approx(SILENT_AFTER + 101)
     assert stall_of(st, 1000.0 + SILENT_AFTER - 1) is None
     elsewhere = structs.replace(st, host="another-host")  # its clock is not ours: never judged silent from here
     assert stall_of(elsewhere, 1000.0 + 10 * SILENT_AFTER) is None
@@ -105,7 +105,7 @@ def test_listing_calls_a_live_job_with_a_stall_stalled(tmp_path: Path) -> None:
     info.liveness, info.judged_at = Liveness.ALIVE, now
     assert info.state == JobState.STALLED and JobState.STALLED.live and not JobState.STALLED.final
     row = info.summary()
-    assert row["state"] == "stalled" and row["stall"]["phase"] == "training"
+    assert row.state == "stalled" and row.stall is not None and row.stall.phase == "training"
     info.liveness = Liveness.DEAD
     assert info.state == JobState.DEAD and info.stall is None  # a dead job is dead, not stalled
 

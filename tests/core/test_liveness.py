@@ -92,6 +92,6 @@ def test_scan_skips_hostile_entries(tmp_path: Path) -> None:
     (root / "linked").symlink_to(outside)
     jobs = {j.job_id: j for j in scan(root, include_finished=True, squeue=no_squeue)}
     assert set(jobs) == {"live", "garbage"}  # a bad record is its own job's problem, shown as such
-    assert jobs["live"].liveness == Liveness.ALIVE and jobs["live"].summary()["step"] == 3
-    assert jobs["garbage"].state == "corrupt" and "not valid JSON" in jobs["garbage"].summary()["evidence"]
+    assert jobs["live"].liveness == Liveness.ALIVE and jobs["live"].summary().step == 3
+    assert jobs["garbage"].state == "corrupt" and "not valid JSON" in jobs["garbage"].summary().evidence
     assert local_host().boot_id

@@ -28,7 +28,7 @@ from forgather_control.cli import render
 from forgather_control.cli.output import printable
 from forgather_control.client import scan
 from forgather_control.core import JobPaths
-from forgather_control.core.records import Endpoint, Job, Node, RecordError, Status, decode
+from forgather_control.core.records import Endpoint, Job, Node, RecordError, Status, decode, encode
 
 CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 #: What must never reach a terminal raw: C0/C1 controls (but a line's own newline) and
@@ -209,7 +209,7 @@ def test_any_record_is_checked_or_refused_and_renders_clean(tmp_path_factory: py
     assert len(infos) == 1
     info = infos[0]
     details = info.details()
-    json.dumps(details, allow_nan=True)  # always serialisable
+    json.dumps(encode(details), allow_nan=True)  # always serialisable
     with open(os.devnull, "w") as sink:
         con = Console(record=True, width=120, file=sink)
         con.print(render.jobs_table([info.summary()]))

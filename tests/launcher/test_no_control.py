@@ -23,7 +23,7 @@ from forgather_control.core.attachment import ADD_CONTROL, published
 from forgather_control.core.errors import Unreachable, WaitTimeout
 from forgather_control.core.liveness import Liveness
 from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, launch_exit_code
-from forgather_control.core.records import Job, RecordError, Status
+from forgather_control.core.records import Job, RecordError, Status, encode
 from forgather_control.core.states import JobState
 from forgather_control.launcher import LaunchConfig, LaunchError, make_plan
 from forgather_control.launcher.attach import AttachWatch, Change, ControlAttach, passed_on_reason
@@ -212,15 +212,15 @@ def info(status: dict | None, job: dict) -> JobInfo:
 
 
 def test_the_state_is_uncontrolled_once_the_launcher_recorded_it_and_running_once_rank0_publishes() -> None:
-    assert info(None, RUNNING).state == JobState.STARTING and info(None, RUNNING).summary()["no_control"] is None
+    assert info(None, RUNNING).state == JobState.STARTING and info(None, RUNNING).summary().no_control is None
     flagged = {**RUNNING, "no_control_since": 1234.0}
     row = info(None, flagged).summary()
-    assert row["state"] == "uncontrolled" and JobState.UNCONTROLLED.live
+    assert row.state == "uncontrolled" and JobState.UNCONTROLLED.live
     why = "no control attached yet after 45s: rank 0 has not started a Controller in this run"
-    assert row["no_control"] == {"after": 45.0, "since": 1234.0, "why": why, "add": ADD_CONTROL}
+    assert encode(row)["no_control"] == {"after": 45.0, "since": 1234.0, "why": why, "add": ADD_CONTROL}  # every field, null included
     # rank 0 published before the launcher took its record back: the job's own word wins
     assert info({"state": "running", "restarts": 0}, flagged).state == JobState.RUNNING
-    assert info({"state": "running", "restarts": 0}, flagged).summary()["no_control"] is None
+    assert info({"state": "running", "restarts": 0}, flagged).summary().no_control is None
 
 
 def live_uncontrolled_job(root: Path, job_id: str) -> JobPaths:
@@ -241,9 +241,9 @@ def test_a_command_to_an_uncontrolled_job_says_nothing_takes_it(tmp_path: Path) 
         notice = h.no_control_notice()
         assert notice is not None and "no control attached yet after 45s" in notice and ADD_CONTROL in notice
         receipt = h.send("save")
-        assert receipt["state"] == "sent" and len(os.listdir(paths.inbox)) == 1  # waits, in case one starts
+        assert receipt.state == "sent" and len(os.listdir(paths.inbox)) == 1  # waits, in case one starts
         with pytest.raises(WaitTimeout) as caught:
-            h.wait(receipt["id"], timeout=0.05, interval=0.01)
+            h.wait(receipt.id, timeout=0.05, interval=0.01)
     assert "was not picked up after 0.05s" in str(caught.value) and "no control attached yet" in str(caught.value)
     assert "not yet picked up" not in str(caught.value)
     with open_job("nc-1", jobs_dir=root) as h, pytest.raises(Unreachable, match="is uncontrolled: rank 0 does not serve HTTP"):
@@ -261,7 +261,7 @@ def test_status_and_list_show_it_and_what_to_add(tmp_path: Path, capsys: pytest.
     live_uncontrolled_job(root, "nc-2")
     with open_job("nc-2", jobs_dir=root) as h:
         details = h.details()
-    assert details["state"] == "uncontrolled" and details["no_control"]["add"] == ADD_CONTROL
+    assert details.state == "uncontrolled" and details.no_control is not None and details.no_control.add == ADD_CONTROL
     panel = rendered(render.status_panel(details))
     assert "uncontrolled" in panel and "no control attached yet after 45s" in panel and "to attach control:" in panel
     assert "speed" not in panel and "eta" not in panel

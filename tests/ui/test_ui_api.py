@@ -18,6 +18,8 @@ from support.paths import FORGATHER
 from support.ui import history, ui_server, write_job
 
 from forgather_control.client.lookup import list_jobs
+from forgather_control.core.records import JobRow
+from forgather_control.core.states import JobState
 
 
 def strict(text: str):
@@ -38,7 +40,7 @@ def test_rows_are_the_listing(jobs_dir: Path) -> None:
     write_job(jobs_dir, "run-b", state="finished", step=100, max_steps=100, metrics={"loss": 0.25}, last_checkpoint="/ck/checkpoint-100")
     write_job(jobs_dir, "run-c", state="running", step=7, max_steps=100, alive=False, steps_per_second=9.0, eta_seconds=10.0)  # its process is gone
     write_job(jobs_dir, "run-d", state="running", step=9, max_steps=100, alive=True, stall={"for": 310.0, "after": 300.0, "step": 9, "phase": "agreement"})
-    expected = {r["job_id"]: str(r["state"]) for r in list_jobs(jobs_dir=jobs_dir, include_finished=True).rows}
+    expected = {r.job_id: str(r.state) for r in list_jobs(jobs_dir=jobs_dir, include_finished=True).rows}
     with ui_server(jobs_dir) as server:
         r = httpx.get(server.url + "/api/jobs", headers=bearer(server))
         rows = {row["job_id"]: row for row in strict(r.text)["rows"]}
@@ -94,7 +96,7 @@ def test_prometheus(jobs_dir: Path) -> None:
     write_job(jobs_dir, "prom-a", state="running", step=40, max_steps=100, alive=True, metrics={"loss": 1.5}, steps_per_second=4.5, eta_seconds=13.0)
     write_job(jobs_dir, "prom-b", state="running", step=3, host='evil"host\nforged_metric 1', metrics={"loss": float("inf")})
     write_job(jobs_dir, "prom-c", state="failed", step=5)  # ended: its series leave the scrape
-    expected = {r["job_id"]: str(r["state"]) for r in list_jobs(jobs_dir=jobs_dir).rows}
+    expected = {r.job_id: str(r.state) for r in list_jobs(jobs_dir=jobs_dir).rows}
     with ui_server(jobs_dir) as server:
         r = httpx.get(server.url + "/metrics", headers=bearer(server))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -174,8 +176,8 @@ def test_cli_help_lists_ui(cli) -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_json_never_holds_nan(value: float) -> None:
-    from forgather_control.ui.feed import job_row
+    from forgather_control.ui.feed import Snapshot, job_row
 
-    row = job_row({"job_id": "j", "state": "running", "step": 1, "weird": value, "token": "secret"}, with_status=False)
-    text = json.dumps(row, allow_nan=False)  # raises on NaN
-    assert row["weird"] is None and "secret" not in text
+    row = job_row(JobRow(job_id="j", state=JobState.RUNNING, step=1, loss=value), with_status=False)
+    text = json.dumps(Snapshot([row], "here", "local", 0.0, 0.0).as_json(), allow_nan=False)  # raises on NaN
+    assert row.loss is None and json.loads(text)["rows"][0]["loss"] is None
