@@ -113,7 +113,7 @@ def read_inbox(paths: JobPaths, *, limit: int = 64) -> list[dict[str, Any]]:
     out = []
     for name in names[:limit]:
         try:
-            rec = read_record(paths.inbox / name, max_bytes=4096)
+            rec = read_record(paths.inbox / name, max_bytes=4096, owner=os.geteuid())  # another user's file is no command
         except RecordError:
             continue
         if rec is not None:

@@ -25,7 +25,8 @@ from support.paths import PLAIN_LAUNCH
 from support.records import identity
 from support.users import ATTACKER_UID, SHARED_GID, VICTIM_UID, OtherUser, SharedDir, require_setpriv, shared_dir
 
-from forgather_control.core import JobPaths, write_json_atomic
+from forgather_control.callback.publisher import Publisher
+from forgather_control.core import Command, JobPaths, Ledger, write_json_atomic
 from forgather_control.core.markers import mark_run
 from forgather_control.launcher.duties import read_inbox
 
@@ -95,7 +96,11 @@ def test_a_command_file_another_user_put_in_the_inbox_is_not_obeyed(shared: Shar
     os.chmod(paths.inbox, 0o777)
     attacker(shared).sh(f"printf '%s' '{json.dumps({'command': 'abort', 'id': 'b-1'})}' > {paths.inbox}/1-b-1.json")
     write_json_atomic(paths.inbox / "2-a-1.json", {"command": "save", "id": "a-1"})
-    assert [c.id for c in read_inbox(paths)] == ["a-1"]
+    assert [getattr(c, "id", None) or c["id"] for c in read_inbox(paths)] == ["a-1"]  # type: ignore[index]
+    ledger = Ledger()  # rank 0's poller (the launching uid's, as rank 0 runs): the abort is dropped, the save taken
+    assert Publisher(paths=paths, ledger=ledger, status=dict, inbox_grace=0.0).poll_inbox() == 2
+    assert [r.id for r in ledger.recent()] == ["a-1"] and ledger.get("a-1").command is Command.SAVE_CHECKPOINT
+    assert os.listdir(paths.inbox) == []
 
 
 # -- 4. the chmod race: nothing is chmod-ed through a path another user can swap --------------
