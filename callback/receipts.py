@@ -14,9 +14,12 @@ waits here and every call is a no-op.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+import msgspec
 
 from forgather_control.core import Command, Ledger, LedgerError
+from forgather_control.core.records import CommandResult, Metrics
 from forgather_control.core.states import JobState
 
 __all__ = ["REPORTED", "Receipts", "Waiting"]
@@ -44,9 +47,9 @@ class Receipts:
         self._waiting: list[Waiting] = []
         # Saves reported on rank 0 but maybe still being written on other ranks: a
         # trainer that writes rank-local files (HF) does not wait for the others.
-        self._unsynced: list[tuple[str, dict[str, Any]]] = []
+        self._unsynced: list[tuple[str, CommandResult]] = []
         # (step, metrics) of the last evaluation: a save at the same step carries them.
-        self._last_eval: tuple[int, dict[str, Any]] | None = None
+        self._last_eval: tuple[int, Metrics] | None = None
 
     @property
     def waiting(self) -> tuple[Waiting, ...]:
@@ -100,9 +103,9 @@ class Receipts:
         waiting = self._take(lambda cmd: cmd.saves)
         if waiting is None:
             return  # the trainer's own periodic save: nothing waited for it
-        result: dict[str, Any] = {"checkpoint": checkpoint, "step": waiting.step, "saved_at_step": step}
+        result = CommandResult(checkpoint=checkpoint, step=waiting.step, saved_at_step=step)
         if self._last_eval is not None and self._last_eval[0] == step:
-            result["metrics"] = self._last_eval[1]  # "evaluate first": the checkpoint's metrics
+            result = msgspec.structs.replace(result, metrics=self._last_eval[1])  # "evaluate first": the checkpoint's metrics
         if synced:
             self._ledger.complete(waiting.command_id, result)
         else:
@@ -120,12 +123,12 @@ class Receipts:
         if waiting is not None:
             self._ledger.fail(waiting.command_id, reason)
 
-    def evaluation_done(self, metrics: dict[str, Any], *, step: int) -> None:
+    def evaluation_done(self, metrics: Metrics, *, step: int) -> None:
         """An evaluation's (JSON-safe) metrics at ``step``: completes the oldest evaluate."""
         self._last_eval = (step, metrics)
         waiting = self._take(lambda cmd: cmd == Command.EVALUATE)
         if waiting is not None:
-            self._ledger.complete(waiting.command_id, {"metrics": metrics, "step": waiting.step})
+            self._ledger.complete(waiting.command_id, CommandResult(metrics=metrics, step=waiting.step))
 
     def command_failed(self, reason: str, command: Command | None = None) -> None:
         """The loop could not do what the oldest applied ``command`` (any, when None) asked."""
@@ -159,13 +162,13 @@ class Receipts:
         if abort is not None:  # the job ended before its ranks agreed on the abort: it is done
             first = error.strip().splitlines()[0][:200] if error and error.strip() else ""
             why_abort = f"the job ended at step {step} before its ranks agreed on the abort" + (f" ({first})" if first else "") + "; nothing was saved"
-            ledger.complete(abort.id, {"final_state": state.value, "final_step": step}, reason=why_abort)
+            ledger.complete(abort.id, CommandResult(final_state=state.value, final_step=step), reason=why_abort)
         ledger.drop_pending(why)
         for entry in ledger.open_entries():
             cmd = entry.command
-            saved = cmd == Command.SAVE_AND_STOP and bool(entry.result and entry.result.get("checkpoint"))
+            saved = cmd == Command.SAVE_AND_STOP and entry.result is not None and bool(entry.result.checkpoint)
             if cmd in (Command.GRACEFUL_STOP, Command.ABORT) or saved:
-                ledger.complete(entry.id, {"step": entry.step, "final_state": state.value, "final_step": step})
+                ledger.complete(entry.id, CommandResult(step=entry.step, final_state=state.value, final_step=step))
             elif error:
                 ledger.fail(entry.id, f"the job failed before the command completed: {error}")
             else:

@@ -24,10 +24,10 @@ from starlette.requests import ClientDisconnect
 
 from forgather_control.core import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
 from forgather_control.core.proof import proof
+from forgather_control.core.records import CommandOptions, encode
 from forgather_control.core.records import MetricHistory as MetricRecord
 from forgather_control.core.records import Receipt as ReceiptRecord
 from forgather_control.core.records import Status as StatusRecord
-from forgather_control.core.records import encode
 from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
 from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
@@ -175,7 +175,7 @@ def create_app(
             cmd = parse_command(req.command)
         except UnknownCommand as exc:
             return _error(422, str(exc), valid_commands=list(VALID_COMMANDS))
-        options = req.options.model_dump(exclude_none=True) if req.options is not None else None
+        options = CommandOptions(evaluate=req.options.evaluate) if req.options is not None else None
         try:
             entry, created = ledger.submit(cmd, key=req.key, source="http", options=options)
         except LedgerError as exc:

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from forgather_control.core.records import Receipt, Status
 from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
 from forgather_control.core.states import JobState
 
@@ -69,22 +70,21 @@ def duration(seconds: Any) -> str:
     return f"{s // 86400}d"
 
 
-def describe_entry(entry: dict[str, Any]) -> str:
+def describe_entry(entry: Receipt) -> str:
     """One line for a ledger entry: what, state, where, result or reason (printable)."""
-    ident = "" if "id" in entry and entry["id"] is None else f" ({entry.get('id', '?')})"  # None: no receipt (framework_jobs)
-    parts = [f"{entry.get('command', '?')}{ident}: {entry.get('state', '?')}"]
-    if entry.get("step") is not None:
-        parts.append(f"at step {entry['step']}")
-    result = entry.get("result") if isinstance(entry.get("result"), dict) else {}
-    if result.get("checkpoint"):
-        parts.append(f"checkpoint {result['checkpoint']}")
-    metrics = result.get("metrics")
-    if isinstance(metrics, dict) and metrics:
-        parts.append(", ".join(f"{k}={_num(v)}" for k, v in list(metrics.items())[:6]))
-    if result.get("final_state"):
-        parts.append(f"job {result['final_state']}")
-    if entry.get("reason"):
-        parts.append(f"reason: {entry['reason']}")
+    ident = "" if entry.id is None else f" ({entry.id})"  # None: no receipt (framework_jobs)
+    parts = [f"{entry.command or '?'}{ident}: {entry.state or '?'}"]
+    if entry.step is not None:
+        parts.append(f"at step {entry.step}")
+    result = entry.result
+    if result is not None and result.checkpoint:
+        parts.append(f"checkpoint {result.checkpoint}")
+    if result is not None and result.metrics:
+        parts.append(", ".join(f"{k}={_num(v)}" for k, v in list(result.metrics.items())[:6]))
+    if result is not None and result.final_state:
+        parts.append(f"job {result.final_state}")
+    if entry.reason:
+        parts.append(f"reason: {entry.reason}")
     return printable("; ".join(parts))
 
 
@@ -100,16 +100,16 @@ def stall_line(stall: dict[str, Any]) -> str:
     return printable(f"no step for {duration(stall.get('for'))}{at}: {stall.get('why') or 'its step does not move'}")
 
 
-def progress_line(job_id: str, status: dict[str, Any]) -> str:
+def progress_line(job_id: str, status: Status) -> str:
     """One plain line of a job's progress: state, step of max, and, while it runs, speed,
     ETA and loss (an ended job has no speed and no ETA)."""
-    step, total = status.get("step"), status.get("max_steps")
-    parts = [f"{job_id}", str(status.get("state") or "unknown"), f"step {step}/{total}" if total else f"step {step}"]
-    if JobState.parse(status.get("state")) in (JobState.RUNNING, JobState.STOPPING):
-        rate = status.get("steps_per_second")
+    step, total = status.step, status.max_steps
+    parts = [f"{job_id}", str(status.state or "unknown"), f"step {step}/{total}" if total else f"step {step}"]
+    if status.state in (JobState.RUNNING, JobState.STOPPING):
+        rate = status.steps_per_second
         parts.append(f"{rate:.1f} steps/s" if isinstance(rate, (int, float)) else "- steps/s")
-        parts.append(f"ETA {duration(status.get('eta_seconds'))}")
-    metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
-    if isinstance(metrics.get("loss"), (int, float)):
-        parts.append(f"loss {_num(metrics['loss'])}")
+        parts.append(f"ETA {duration(status.eta_seconds)}")
+    loss = (status.metrics or {}).get("loss")
+    if isinstance(loss, (int, float)):
+        parts.append(f"loss {_num(loss)}")
     return printable("  ".join(parts))

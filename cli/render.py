@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from forgather_control.core.files import RecordError
+from forgather_control.core.records import CommandResult, Receipt, decode
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -240,16 +242,23 @@ def print_status(d: dict[str, Any]) -> None:
     console().print(status_panel(d))
 
 
-def _result(entry: dict[str, Any]) -> str:
-    r = entry.get("result") if isinstance(entry.get("result"), dict) else {}
-    if r.get("checkpoint"):
-        return str(r["checkpoint"])
-    if isinstance(r.get("metrics"), dict) and r["metrics"]:
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:4])
-    if entry.get("reason"):
-        return str(entry["reason"])
-    if r.get("final_state"):
-        return f"job {r['final_state']}"
+def _result(entry: Receipt | dict[str, Any]) -> str:
+    """What came of a command, in a few words. (The status panel's rows still hold its
+    receipts as JSON: read as a Receipt here.)"""
+    if isinstance(entry, dict):
+        try:
+            entry = decode(entry, Receipt, name="a receipt")
+        except RecordError:
+            return ""
+    r = entry.result or CommandResult()
+    if r.checkpoint:
+        return r.checkpoint
+    if r.metrics:
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in list(r.metrics.items())[:4])
+    if entry.reason:
+        return entry.reason
+    if r.final_state:
+        return f"job {r.final_state}"
     return ""
 
 
@@ -257,8 +266,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def print_entry(entry: dict[str, Any], *, stderr: bool = False) -> None:
-    state = str(entry.get("state"))
+def print_entry(entry: Receipt, *, stderr: bool = False) -> None:
+    state = str(entry.state)
     con = console(stderr=stderr)
     con.print(Text(describe_entry(entry), style=_STATE_STYLE.get(state, "")), highlight=False)
 

@@ -19,6 +19,7 @@ from forgather_control.client.handle import JobHandle
 from forgather_control.client.lookup import open_job
 from forgather_control.core.commands import CLI_VERBS, Command, State, new_key
 from forgather_control.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
+from forgather_control.core.records import CommandOptions, Receipt, encode
 from forgather_control.core.states import JobState
 
 from . import options
@@ -76,7 +77,7 @@ save_stop = _verb("save-stop")
 @_command_options
 def save(no_eval: bool, **kw: Any) -> int:
     """``save``; ``--no-eval`` skips the evaluation before it."""
-    return send_command("save", command_options={"evaluate": False} if no_eval else None, **kw)
+    return send_command("save", command_options=CommandOptions(evaluate=False) if no_eval else None, **kw)
 
 
 @click.command("abort", help=SEND_HELP["abort"])
@@ -101,7 +102,7 @@ def send_command(
     token: str | None,
     ray: str | None,
     confirm: bool = False,
-    command_options: dict[str, Any] | None = None,
+    command_options: CommandOptions | None = None,
 ) -> int:
     """Queue one command; with ``wait`` follow its receipt to a final state."""
     command = CLI_VERBS[verb]
@@ -126,7 +127,7 @@ def send_command(
             if handle.channel == framework_jobs.CHANNEL:
                 again = f"It keeps no receipt: check `forgather control status {handle.job_id}` before sending it again"
             raise Interrupted(f"interrupted while sending {command.value} to job {handle.job_id}; it may have reached the job. {again}") from None
-        if State.parse(entry.get("state")) == State.REJECTED:
+        if State.parse(entry.state) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED
         for notice in (handle.stall_notice(command), handle.no_control_notice()):
@@ -134,17 +135,17 @@ def send_command(
                 click.echo(printable(f"warning: {notice}"), err=True)
         if not wait:
             if as_json:
-                print_json(entry)
+                print_json(encode(entry))
             else:
                 click.echo(printable(_queued_line(handle, command, entry)))
             return EXIT_OK
         final = _wait(handle, command, entry, timeout, show_progress=not as_json)
     _emit(final, as_json)
-    done = State.parse(final.get("state")) == State.COMPLETED or framework_jobs.followed_to_end(final)
+    done = State.parse(final.state) == State.COMPLETED or framework_jobs.followed_to_end(final)
     return EXIT_OK if done else EXIT_FAILED
 
 
-def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> str:
+def _queued_line(handle: JobHandle, command: Command, entry: Receipt) -> str:
     if handle.channel == framework_jobs.CHANNEL:
         return framework_jobs.acknowledged_line(entry)
     how = "dropped in its inbox" if handle.channel == "file" else "queued"
@@ -153,7 +154,7 @@ def _queued_line(handle: JobHandle, command: Command, entry: dict[str, Any]) -> 
     elif handle.state == JobState.UNCONTROLLED:
         how = "dropped in its inbox (no control is attached to the job yet: it applies only if the script starts a Controller)"
     return (
-        f"{command.value} {how} on job {handle.job_id} as {entry.get('id')} (key {entry.get('key')}); "
+        f"{command.value} {how} on job {handle.job_id} as {entry.id} (key {entry.key}); "
         f"follow it with `forgather control status {handle.job_id}` (or pass --wait)"
     )
 
@@ -165,19 +166,19 @@ def _confirm_abort(job_id: str) -> None:
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: float, *, show_progress: bool) -> dict[str, Any]:
-    seen: list[dict[str, Any]] = [entry]
+def _wait(handle: JobHandle, command: Command, entry: Receipt, timeout: float, *, show_progress: bool) -> Receipt:
+    seen: list[Receipt] = [entry]
     spinner = None
     if show_progress and sys.stderr.isatty():
         from . import render
 
-        spinner = render.console(stderr=True).status(f"waiting for {command.value} ({entry.get('id')}) on job {handle.job_id}")
+        spinner = render.console(stderr=True).status(f"waiting for {command.value} ({entry.id}) on job {handle.job_id}")
 
     told = [handle.stall is not None]  # said already when it was sent
     told_no_control = [handle.state == JobState.UNCONTROLLED]
     looked = [time.monotonic()]
 
-    def on_poll(e: dict[str, Any] | None) -> None:
+    def on_poll(e: Receipt | None) -> None:
         if time.monotonic() - looked[0] > STALL_LOOK_EVERY and handle.info is not None:
             looked[0] = time.monotonic()
             handle.refresh()
@@ -192,17 +193,17 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
             return
         seen.append(e)
         if spinner is not None:
-            at = f" at step {e['step']}" if e.get("step") is not None else ""
+            at = f" at step {e.step}" if e.step is not None else ""
             stalled = " (the job is stalled)" if handle.stall is not None else ""
-            spinner.update(f"{command.value} ({e.get('id')}) on job {handle.job_id}: {e.get('state')}{at}{stalled}")
+            spinner.update(f"{command.value} ({e.id}) on job {handle.job_id}: {e.state}{at}{stalled}")
 
     try:
         if spinner is not None:
             spinner.start()
-        return handle.wait(str(entry["id"]), key=entry.get("key"), timeout=timeout, on_poll=on_poll, command=command)
+        return handle.wait(str(entry.id), key=entry.key, timeout=timeout, on_poll=on_poll, command=command)
     except KeyboardInterrupt:
         raise Interrupted(
-            f"stopped waiting; {command.value} {entry.get('id')} stays {seen[-1].get('state')} on job "
+            f"stopped waiting; {command.value} {entry.id} stays {seen[-1].state} on job "
             f"{handle.job_id}: follow it with `forgather control status {handle.job_id}`"
         ) from None
     finally:
@@ -210,9 +211,9 @@ def _wait(handle: JobHandle, command: Command, entry: dict[str, Any], timeout: f
             spinner.stop()
 
 
-def _emit(entry: dict[str, Any], as_json: bool) -> None:
+def _emit(entry: Receipt, as_json: bool) -> None:
     if as_json:
-        print_json(entry)
+        print_json(encode(entry))
         return
     from . import render
 

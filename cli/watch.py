@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from forgather_control.client.handle import Snapshot
+from forgather_control.core.records import Status
 from forgather_control.core.states import JobState
 
 from .output import duration, printable
@@ -33,10 +33,10 @@ class _Fields(ProgressColumn):
         return Text(printable("  ".join(parts)))
 
 
-def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> dict[str, Any] | None:
+def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> Status | None:
     """Show a progress bar fed by ``snapshots`` (a JobHandle's ``watch``) until the last
     one says why it ended, or the user presses Ctrl-C. Returns the last status."""
-    last: dict[str, Any] | None = None
+    last: Status | None = None
     ended: str | None = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Fields(), console=console(), transient=False)
     task = progress.add_task(job_id, total=None, state="connecting")
@@ -46,15 +46,14 @@ def watch(snapshots: Iterable[Snapshot], *, job_id: str) -> dict[str, Any] | Non
                 st, ended = snap.status, snap.ended
                 if st is not None:
                     last = st
-                    metrics = st.get("metrics") if isinstance(st.get("metrics"), dict) else {}
                     progress.update(
                         task,
-                        completed=st.get("step") or 0,
-                        total=st.get("max_steps") or None,
-                        rate=st.get("steps_per_second"),
-                        eta=st.get("eta_seconds"),
-                        loss=metrics.get("loss"),
-                        state=st.get("state"),
+                        completed=st.step or 0,
+                        total=st.max_steps or None,
+                        rate=st.steps_per_second,
+                        eta=st.eta_seconds,
+                        loss=(st.metrics or {}).get("loss"),
+                        state=st.state.value if st.state is not None else None,
                     )
     except KeyboardInterrupt:
         ended = None

@@ -9,7 +9,7 @@ A script does what the CLI does through the same calls::
 
     with open_job("my-job") as job:              # an id or a unique prefix
         receipt = job.send("save")
-        print(job.wait(receipt["id"])["result"])
+        print(job.wait(receipt.id).result)
 """
 
 from typing import Any
@@ -73,6 +73,7 @@ from forgather_control.core.liveness import (
     process_identity,
     same_host,
 )
+from forgather_control.core.records import CommandOptions, CommandResult, MetricHistory, Receipt, Status
 from forgather_control.core.states import JobState, is_final
 
 __all__ = [
@@ -89,7 +90,9 @@ __all__ = [
     "AmbiguousJob",
     "Command",
     "CommandFailed",
+    "CommandOptions",
     "CommandRefused",
+    "CommandResult",
     "ControlError",
     "Entry",
     "FileTransport",
@@ -111,12 +114,15 @@ __all__ = [
     "Listing",
     "Liveness",
     "LocalSource",
+    "MetricHistory",
     "OutcomeUnknown",
     "QueueFull",
     "RaySource",
+    "Receipt",
     "RemoteSource",
     "Snapshot",
     "State",
+    "Status",
     "StopPending",
     "UnknownCommand",
     "UnknownEntry",

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.transport import NoAnswer
@@ -34,13 +34,15 @@ from forgather_control.core.errors import CommandRefused, ControlError, OutcomeU
 from forgather_control.core.files import RecordError
 from forgather_control.core.liveness import Liveness, local_host, process_start_time
 from forgather_control.core.metrics import read_history
-from forgather_control.core.records import Endpoint, Status, decode, encode
+from forgather_control.core.records import CommandOptions, CommandResult, Endpoint, MetricHistory, Receipt, Status, decode
 from forgather_control.core.states import JobState
 
 __all__ = [
     "CHANNEL",
     "COMMANDS",
+    "Acknowledgement",
     "FrameworkTransport",
+    "Seen",
     "assess",
     "check_followable",
     "check_reachable",
@@ -85,6 +87,24 @@ _MAX_METRICS = 32
 
 class BadAnswer(Unreachable):
     """Something answered on the job's port, but not as the framework's callback does."""
+
+
+class Acknowledgement(Receipt):
+    """What the callback answers to a command, in a receipt's shape: it keeps no receipt,
+    so no id and no key (written as null, as ``receipt`` false says), and what it said."""
+
+    always: ClassVar[tuple[str, ...]] = ("id", "key", "receipt", "acknowledged_at")
+
+    job_id: str | None = None
+    receipt: bool = False
+    acknowledged_at: float | None = None
+    note: str | None = None
+
+
+class Seen(Acknowledgement):
+    """What following a stop sent to such a job saw (acknowledged, then ended)."""
+
+    always = ("id", "receipt")
 
 
 # -- recognising and judging -------------------------------------------------------------
@@ -158,7 +178,7 @@ def assess(info: JobInfo, *, ask: bool, timeout: float = LIST_TIMEOUT) -> JobInf
     info.status = Status(state=JobState.RUNNING)
     if ask:
         try:
-            info.status = FrameworkTransport(info, timeout=timeout).status_record()
+            info.status = FrameworkTransport(info, timeout=timeout).status()
         except ControlError as exc:
             info.evidence += f"; its status was not read: {exc}"
     return info
@@ -302,7 +322,7 @@ class FrameworkTransport:
             raise Unreachable(f"job {self.job_id}'s process {ep.pid} runs but does not listen on port {ep.port}: its control server has stopped")
         return ep.port
 
-    def status_record(self) -> Status:
+    def status(self) -> Status:
         port = self._port()
         code, data = exchange(port, "GET", f"/jobs/{self.job_id}/status", timeout=self.timeout)
         name = f"the status from 127.0.0.1:{port}"
@@ -310,10 +330,7 @@ class FrameworkTransport:
             raise BadAnswer(f"{name} is HTTP {code}, not the job's status: {_error_of(data)}")
         return check_status(data, self.job_id, name=name)
 
-    def status(self) -> dict[str, Any]:
-        return encode(self.status_record())
-
-    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send(self, command: Command, key: str, options: CommandOptions | None = None) -> Receipt:
         """Post the framework's name for ``command``; its acknowledgement, as a receipt that
         says it is one. ``key`` is not sent: the callback takes none."""
         name = COMMANDS.get(command)
@@ -321,12 +338,12 @@ class FrameworkTransport:
             raise CommandRefused(
                 f"job {self.job_id} runs {WHAT}, which has no {command.value} command (it offers save, stop, save-stop and abort); nothing was sent"
             )
-        if options and options.get("evaluate") is False:
+        if options is not None and options.evaluate is False:
             raise UsageError(
                 f"job {self.job_id} runs {WHAT}, which cannot skip the evaluation it runs before a save "
                 "(only with load_best_model_at_end); send save without --no-eval. Nothing was sent"
             )
-        before = self.status_record()  # the server must name this job before a command goes to it
+        before = self.status()  # the server must name this job before a command goes to it
         port = self._port()
         sent_at = time.time()
         try:
@@ -343,28 +360,25 @@ class FrameworkTransport:
         ack = data if isinstance(data, dict) else {}
         if code == 200 and ack.get("status") == "acknowledged" and ack.get("command") == name:
             at = ack.get("timestamp")
-            return {
-                "id": None,
-                "job_id": self.job_id,
-                "command": name,
-                "state": "acknowledged",
-                "key": None,
-                "source": CHANNEL,
-                "receipt": False,
-                "created_at": sent_at,
-                "acknowledged_at": at if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
-                "step": before.step,
-                "note": NO_RECEIPT,
-            }
+            return Acknowledgement(
+                job_id=self.job_id,
+                command=name,
+                state="acknowledged",
+                source=CHANNEL,
+                created_at=sent_at,
+                acknowledged_at=at if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+                step=before.step,
+                note=NO_RECEIPT,
+            )
         raise CommandRefused(f"job {self.job_id} ({WHAT}) refused {name} (HTTP {code}): {_error_of(data)}", http_status=code)
 
-    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+    def entry(self, command_id: str, key: str | None = None) -> Receipt | None:
         return None  # it keeps no receipts
 
-    def metrics(self, since: int | None = None) -> dict[str, Any]:
+    def metrics(self, since: int | None = None) -> MetricHistory:
         """It records no metric history: the folder's (empty) one."""
         try:
-            return encode(read_history(self.info.paths, since))
+            return read_history(self.info.paths, since)
         except RecordError as exc:
             raise Unreachable(f"job {self.job_id}'s metric history cannot be read: {exc}") from None
 
@@ -384,8 +398,8 @@ def follow(
     *,
     timeout: float,
     interval: float = 0.2,
-    on_poll: Callable[[dict[str, Any] | None], None] | None = None,
-) -> dict[str, Any]:
+    on_poll: Callable[[Receipt | None], None] | None = None,
+) -> Receipt:
     """Follow a stop, save-stop or abort sent to such a job until its training has ended
     (the callback removed its endpoint) or its process is gone. There is no receipt to
     read, so the answer says what was seen (``state`` ``ended``), never ``completed``: a
@@ -395,7 +409,7 @@ def follow(
     check_followable(cmd)
     name = COMMANDS[cmd]
     deadline = time.monotonic() + timeout
-    seen: dict[str, Any] = {"id": None, "job_id": info.job_id, "command": name, "state": "acknowledged", "source": CHANNEL, "receipt": False}
+    seen = Seen(job_id=info.job_id, command=name, state="acknowledged", source=CHANNEL)
     while True:
         ep = info.endpoint or Endpoint()
         if not os.path.lexists(info.paths.endpoint):
@@ -416,14 +430,23 @@ def follow(
     reason = f"{how}; that is what was seen: {WHAT} keeps no receipt to say it applied the {name}"
     if cmd == Command.SAVE_AND_STOP:
         reason += "; the save is not confirmed: the callback names no checkpoint (the framework's Trainer writes them under its output_dir/checkpoints)"
-    return {**seen, "state": "ended", "updated_at": time.time(), "result": {"final_state": "ended"}, "reason": reason}
+    return Seen(
+        job_id=info.job_id,
+        command=name,
+        state="ended",
+        source=CHANNEL,
+        updated_at=time.time(),
+        result=CommandResult(final_state="ended"),
+        reason=reason,
+    )
 
 
-def acknowledged_line(entry: dict[str, Any]) -> str:
+def acknowledged_line(entry: Receipt) -> str:
     """One line for a person: what the callback acknowledged, and what that does not promise."""
-    return f"{entry.get('command')} acknowledged by job {entry.get('job_id')}, which runs {WHAT}: {NO_RECEIPT}"
+    job = entry.job_id if isinstance(entry, Acknowledgement) else None
+    return f"{entry.command} acknowledged by job {job}, which runs {WHAT}: {NO_RECEIPT}"
 
 
-def followed_to_end(entry: dict[str, Any]) -> bool:
+def followed_to_end(entry: Receipt) -> bool:
     """Is ``entry`` what :func:`follow` returns when the job ended as a stop asks?"""
-    return entry.get("source") == CHANNEL and entry.get("state") == "ended"
+    return entry.source == CHANNEL and entry.state == "ended"

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from forgather_control.client import framework_jobs
 from forgather_control.client.jobinfo import JobInfo, stall_of
 from forgather_control.client.listing import judge_job
@@ -24,7 +26,7 @@ from forgather_control.client.transport import FileTransport, HttpTransport, Tra
 from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
-from forgather_control.core.records import Endpoint, Job, Status, decode, load_or_none
+from forgather_control.core.records import CommandOptions, CommandResult, Endpoint, Job, MetricHistory, Receipt, Status, encode, load_or_none
 from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class Snapshot:
     """One look at a watched job: its status (None while it has none) and, on the last
     snapshot, why watching ended."""
 
-    status: dict[str, Any] | None
+    status: Status | None
     ended: str | None = None
 
 
@@ -116,14 +118,14 @@ class JobHandle:
                 raise
             d["live_error"] = str(exc)
             return d
-        d.update({k: v for k, v in live.items() if k != "job_id"})
+        d.update({k: v for k, v in encode(live).items() if k != "job_id"})
         d["live"] = True
-        d["stall"] = stall_of(decode(live, Status, name=f"job {self.job_id}'s status"), time.time())
+        d["stall"] = stall_of(live, time.time())
         if d["stall"] is not None:
             d["state"] = JobState.STALLED.value
         return d
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The job's status right now: from its server, else from its status.json."""
         try:
             return self.transport.status()
@@ -132,7 +134,7 @@ class JobHandle:
                 raise
             return FileTransport(self.info.paths).status()
 
-    def metrics(self, since: int | None = None) -> dict[str, Any]:
+    def metrics(self, since: int | None = None) -> MetricHistory:
         """The job's metric history (points after step ``since`` when given): from its
         server while it serves, else from its folder (a finished job keeps its curves)."""
         try:
@@ -194,7 +196,7 @@ class JobHandle:
         )
 
     # -- commands -----------------------------------------------------------------------
-    def send(self, command: Command | str, *, key: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send(self, command: Command | str, *, key: str | None = None, options: CommandOptions | None = None) -> Receipt:
         """Queue a command; returns its receipt (queued, sent to the inbox, or rejected).
 
         Every command carries an idempotency key (``key``, else a fresh one): sending the
@@ -212,7 +214,7 @@ class JobHandle:
             self.check_controllable()
         except JobEnded:
             first = FileTransport(self.info.paths).entry("", key) if key is not None and self.info is not None else None
-            if first is not None and first.get("command") == cmd.value:
+            if first is not None and first.command == cmd.value:
                 return first  # the retry of a command the job took before it ended
             raise
         return self.transport.send(cmd, key or new_key(), options)
@@ -232,7 +234,7 @@ class JobHandle:
             self._warned_stale = True
             log.warning("job %s looks stale (%s); trying anyway", self.job_id, self.info.evidence)
 
-    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+    def entry(self, command_id: str, key: str | None = None) -> Receipt | None:
         """A command's receipt: from the server, else from status.json (by id, or by
         the key it was sent with)."""
         try:
@@ -253,9 +255,9 @@ class JobHandle:
         timeout: float = 300.0,
         interval: float = 0.2,
         rejudge_every: float = REJUDGE_EVERY,
-        on_poll: Callable[[dict[str, Any] | None], None] | None = None,
+        on_poll: Callable[[Receipt | None], None] | None = None,
         command: Command | str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Receipt:
         """Follow a command to its final receipt. The server going away is not an error
         when the job's records (or, for a remote job, the command itself) say how it
         ended; a job that ends without taking the command ends the wait with why.
@@ -271,7 +273,7 @@ class JobHandle:
             return framework_jobs.follow(self.info, command, timeout=timeout, interval=interval, on_poll=on_poll)
         deadline = time.monotonic() + timeout
         judged = time.monotonic()
-        last: dict[str, Any] | None = None
+        last: Receipt | None = None
         while True:
             try:
                 last = self.entry(command_id, key) or last
@@ -279,14 +281,14 @@ class JobHandle:
                 gone = _server_gone_after_stop(last)
                 if gone is None or last is None:
                     raise
-                log.warning("the job's server went away after %s applied at step %s: it has ended", last.get("command"), last.get("step"))
+                log.warning("the job's server went away after %s applied at step %s: it has ended", last.command, last.step)
                 return gone
-            if is_final_receipt(last):
-                return last  # type: ignore[return-value]
+            if last is not None and is_final_receipt(last):
+                return last
             if on_poll is not None:
                 on_poll(last)
             if time.monotonic() >= deadline:
-                state = last.get("state") if last else "not yet picked up"
+                state = last.state if last is not None else "not yet picked up"
                 if last is None and self.info is not None and self.refresh() == JobState.UNCONTROLLED:
                     raise WaitTimeout(f"command {command_id} was not picked up after {timeout:g}s: {self.no_control_notice()}")
                 raise WaitTimeout(
@@ -300,15 +302,15 @@ class JobHandle:
                 self.refresh()  # its processes may be gone with nobody left to say so
                 if self.info.liveness in (Liveness.DEAD, Liveness.FINISHED):
                     last = FileTransport(self.info.paths).entry(command_id, key) or last
-                    if is_final_receipt(last):
-                        return last  # type: ignore[return-value]
+                    if last is not None and is_final_receipt(last):
+                        return last
                     raise CommandFailed(
                         f"job {self.job_id} has ended ({self.info.state}: {self.info.evidence}) and command {command_id} "
-                        f"never reached a final state (last seen {(last or {}).get('state', 'not picked up')})"
+                        f"never reached a final state (last seen {last.state if last is not None else 'not picked up'})"
                     )
             time.sleep(interval)
 
-    def _ended_without(self, command_id: str, key: str | None, last: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _ended_without(self, command_id: str, key: str | None, last: Receipt | None) -> Receipt | None:
         """The final receipt when the job's records show it ended; raises CommandFailed
         when it ended without one. None while the job may still take the command."""
         info = self.info
@@ -321,14 +323,14 @@ class JobHandle:
             if job is None or not is_final(job.state):
                 return None
             last = self.entry(command_id, key) or last
-            if is_final_receipt(last):
+            if last is not None and is_final_receipt(last):
                 return last
             raise CommandFailed(f"job {self.job_id} ended ({job.state}, exit code {job.exit_code}) before it took command {command_id}")
         if info.paths.endpoint.exists():
             return None
         # The job ended (rank 0 removed its endpoint); status.json is final.
         last = self.entry(command_id) or last
-        if is_final_receipt(last):
+        if last is not None and is_final_receipt(last):
             return last
         st = load_or_none(info.paths.status, Status)
         if st is not None and is_final(st.state):
@@ -349,9 +351,9 @@ class JobHandle:
                     yield Snapshot(None, f"lost contact with job {self.job_id}: {exc}")
                     return
                 st = None
-            state = JobState.parse((st or {}).get("state"))
+            state = st.state if st is not None else None
             if st is not None and state is not None and state.final:
-                yield Snapshot(st, f"job {self.job_id} {state} at step {st.get('step')}")
+                yield Snapshot(st, f"job {self.job_id} {state} at step {st.step}")
                 return
             if self.info is not None and time.monotonic() - last_judged > rejudge_every:
                 last_judged = time.monotonic()
@@ -443,11 +445,11 @@ def local_transport(info: JobInfo, channel: str, *, timeout: float = 5.0) -> Tra
     return HttpTransport(url, ep.token, info.job_id, timeout=timeout)
 
 
-def _server_gone_after_stop(last: dict[str, Any] | None) -> dict[str, Any] | None:
+def _server_gone_after_stop(last: Receipt | None) -> Receipt | None:
     """A remote job's server goes away when a stop applies: that is the stop working, not
     the job being unreachable. The receipt it would have written, or None."""
-    if last is None or State.parse(last.get("state")) != State.APPLIED:
+    if last is None or State.parse(last.state) != State.APPLIED:
         return None
-    if last.get("command") not in (Command.GRACEFUL_STOP.value, Command.ABORT.value):
+    if last.command not in (Command.GRACEFUL_STOP.value, Command.ABORT.value):
         return None
-    return {**last, "state": State.COMPLETED.value, "result": {"step": last.get("step"), "final_state": "ended (server gone)"}}
+    return msgspec.structs.replace(last, state=State.COMPLETED.value, result=CommandResult(step=last.step, final_state="ended (server gone)"))

@@ -23,11 +23,18 @@ from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import pid_alive, same_host
 from forgather_control.core.metrics import check_history, read_history
 from forgather_control.core.proof import new_nonce, proof_matches
-from forgather_control.core.records import Endpoint, Receipt, Record, Status, decode, encode, load, load_or_none
+from forgather_control.core.records import CommandFile, CommandOptions, Endpoint, MetricHistory, R, Receipt, Status, decode, encode, load, load_or_none
 
 
 class NoAnswer(Unreachable):
     """The request was sent; no answer came back (timed out, or the connection broke)."""
+
+
+class ApiReceipt(Receipt):
+    """A receipt as the HTTP API sends it: every field, null when unset (its response
+    model's shape, which ``--json`` and the web page pass on)."""
+
+    always = Receipt.__struct_fields__
 
 
 class HttpChannel:
@@ -183,13 +190,13 @@ class Transport(Protocol):
 
     channel: str
 
-    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    def send(self, command: Command, key: str, options: CommandOptions | None = None) -> Receipt: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> Status: ...
 
-    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None: ...
+    def entry(self, command_id: str, key: str | None = None) -> Receipt | None: ...
 
-    def metrics(self, since: int | None = None) -> dict[str, Any]: ...
+    def metrics(self, since: int | None = None) -> MetricHistory: ...
 
     def close(self) -> None: ...
 
@@ -204,10 +211,10 @@ class HttpTransport:
         self.job_id = job_id
         self.http = HttpChannel(url, token, timeout=timeout, job_id=job_id)
 
-    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send(self, command: Command, key: str, options: CommandOptions | None = None) -> Receipt:
         body: dict[str, Any] = {"command": command.value, "key": key}
-        if options:
-            body["options"] = options
+        if options is not None:
+            body["options"] = encode(options)
         try:
             code, data = self.http.request("POST", f"/jobs/{self.job_id}/control", body)
         except NoAnswer as exc:
@@ -218,38 +225,38 @@ class HttpTransport:
                 command=command.value,
             ) from None
         if code in (200, 202) and isinstance(data, dict):
-            return data
+            return self._checked(data, ApiReceipt, "receipt")
         raise refusal(code, data)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/status")
         if code == 200 and isinstance(data, dict):
             return self._checked(data, Status, "status")
         raise refusal(code, data)
 
-    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+    def entry(self, command_id: str, key: str | None = None) -> Receipt | None:
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/commands/{command_id}")
         if code == 200 and isinstance(data, dict):
-            return self._checked(data, Receipt, "receipt")
+            return self._checked(data, ApiReceipt, "receipt")
         if code == 404:
             return None
         raise refusal(code, data)
 
-    def metrics(self, since: int | None = None) -> dict[str, Any]:
+    def metrics(self, since: int | None = None) -> MetricHistory:
         query = f"?since={int(since)}" if since is not None else ""
         code, data = self.http.request("GET", f"/jobs/{self.job_id}/metrics{query}")
         if code == 200 and isinstance(data, dict):
             try:
-                return encode(check_history(data, name=f"the metric history from {self.url}", job_id=self.job_id))
+                return check_history(data, name=f"the metric history from {self.url}", job_id=self.job_id)
             except RecordError as exc:
                 raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
         raise refusal(code, data)
 
-    def _checked(self, data: dict[str, Any], cls: type[Record], what: str) -> dict[str, Any]:
-        """An answer is untrusted like any record: checked before anything reads it (and
-        handed on in the HTTP API's JSON shape, which the handle's callers read)."""
+    def _checked(self, data: dict[str, Any], cls: type[R], what: str) -> R:
+        """An answer is untrusted like any record: decoded and checked, once, where the
+        body is read."""
         try:
-            return encode(decode(data, cls, name=f"the {what} from {self.url}"))
+            return decode(data, cls, name=f"the {what} from {self.url}")
         except RecordError as exc:
             raise Unreachable(f"{exc}; is it a forgather control server of this release?") from None
 
@@ -266,32 +273,31 @@ class FileTransport:
     def __init__(self, paths: JobPaths) -> None:
         self.paths = paths
 
-    def send(self, command: Command, key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send(self, command: Command, key: str, options: CommandOptions | None = None) -> Receipt:
         if not self.paths.inbox.is_dir():
             raise Unreachable(f"job {self.paths.job_id} has no inbox at {self.paths.inbox}; it cannot take file commands")
         cid = new_command_id()
-        record = {"id": cid, "command": command.value, "key": key, "sent_at": time.time(), **({"options": options} if options else {})}
-        write_json_atomic(self.paths.inbox / f"{time.time_ns()}-{cid}.json", record)
-        return {"id": cid, "command": command.value, "state": State.SENT.value, "key": key, "source": "file"}
+        record = CommandFile(id=cid, command=command.value, key=key, sent_at=time.time(), options=options)
+        write_json_atomic(self.paths.inbox / f"{time.time_ns()}-{cid}.json", encode(record))
+        return Receipt(id=cid, command=command.value, state=State.SENT.value, key=key, source="file")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         try:
             st = load(self.paths.status, Status)
         except RecordError as exc:
             raise Unreachable(f"job {self.paths.job_id}'s status cannot be read: {exc}") from None
         if st is None:
             raise Unreachable(f"job {self.paths.job_id} has no status.json yet")
-        return encode(st)
+        return st
 
-    def entry(self, command_id: str, key: str | None = None) -> dict[str, Any] | None:
+    def entry(self, command_id: str, key: str | None = None) -> Receipt | None:
         """The receipt with this id, else (a command file re-sent with a key rank 0 has
         seen: the ledger keeps the first) the receipt that carries the key."""
-        found = receipt_in(load_or_none(self.paths.status, Status), command_id, key)
-        return encode(found) if found is not None else None
+        return receipt_in(load_or_none(self.paths.status, Status), command_id, key)
 
-    def metrics(self, since: int | None = None) -> dict[str, Any]:
+    def metrics(self, since: int | None = None) -> MetricHistory:
         try:
-            return encode(read_history(self.paths, since))
+            return read_history(self.paths, since)
         except RecordError as exc:
             raise Unreachable(f"job {self.paths.job_id}'s metric history cannot be read: {exc}") from None
 

@@ -16,9 +16,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from forgather_control.core.records import Receipt
+from forgather_control.core.records import CommandOptions, CommandResult, Receipt
 
 
 class Command(str, enum.Enum):
@@ -112,14 +111,9 @@ class State(str, enum.Enum):
             return None
 
 
-def is_final_receipt(entry: Receipt | dict[str, Any] | None) -> bool:
-    """True for a receipt in a final state. (A receipt a client has as JSON, a dict, is
-    read too, until every client hands on :class:`~.records.Receipt`.)"""
-    if isinstance(entry, Receipt):
-        raw: object = entry.state
-    else:
-        raw = entry.get("state") if isinstance(entry, dict) else None
-    state = State.parse(raw)
+def is_final_receipt(entry: Receipt | None) -> bool:
+    """True for a receipt in a final state."""
+    state = State.parse(entry.state) if entry is not None else None
     return state is not None and state.final
 
 
@@ -137,9 +131,9 @@ class Entry:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     step: int | None = None
-    result: dict[str, Any] | None = None
+    result: CommandResult | None = None
     reason: str | None = None
-    options: dict[str, Any] | None = None
+    options: CommandOptions | None = None
 
     def as_record(self) -> Receipt:
         return Receipt(
@@ -152,9 +146,9 @@ class Entry:
             created_at=self.created_at,
             updated_at=self.updated_at,
             step=self.step,
-            result=dict(self.result) if self.result is not None else None,
+            result=self.result,
             reason=self.reason,
-            options=dict(self.options) if self.options is not None else None,
+            options=self.options,
         )
 
 
@@ -182,8 +176,8 @@ class KeyConflict(LedgerError):
     http_status = 409
 
 
-#: Options a command may carry, and the commands that take them: ``evaluate`` false on a
-#: save skips the evaluation a trainer with evaluation set up runs before saving.
+#: Options a command may carry (the fields of :class:`~.records.CommandOptions`), their
+#: type and the commands that take them.
 COMMAND_OPTIONS: dict[str, tuple[type, frozenset[Command]]] = {
     "evaluate": (bool, frozenset({Command.SAVE_CHECKPOINT})),
 }
@@ -195,23 +189,21 @@ class BadOptions(LedgerError):
     http_status = 422
 
 
-def parse_options(command: Command, raw: object) -> dict[str, Any] | None:
-    """A command's options, checked: a dict of known names with values of the right
-    type, each for a command that takes it; None when there are none."""
-    if raw is None or raw == {}:
+def parse_options(command: Command, options: CommandOptions | None) -> CommandOptions | None:
+    """A command's options, checked: each set option of the right type and for a command
+    that takes it; None when none is set."""
+    if options is None:
         return None
-    if not isinstance(raw, dict):
-        raise BadOptions(f"options must be an object, not {type(raw).__name__}")
-    for name, value in raw.items():
-        spec = COMMAND_OPTIONS.get(name) if isinstance(name, str) else None
-        if spec is None:
-            raise BadOptions(f"unknown option {name!r}; known: {', '.join(sorted(COMMAND_OPTIONS))}")
-        kind, commands = spec
+    if not isinstance(options, CommandOptions):
+        raise BadOptions(f"options must be CommandOptions, not {type(options).__name__}")
+    given = {name: getattr(options, name) for name in COMMAND_OPTIONS if getattr(options, name) is not None}
+    for name, value in given.items():
+        kind, commands = COMMAND_OPTIONS[name]
         if command not in commands:
             raise BadOptions(f"option {name!r} is for {', '.join(sorted(c.value for c in commands))}, not {command.value}")
         if type(value) is not kind:
             raise BadOptions(f"option {name!r} must be a {kind.__name__}")
-    return dict(raw)
+    return options if given else None
 
 
 def new_command_id() -> str:
@@ -253,7 +245,7 @@ class Ledger:
         key: str | None = None,
         source: str = "http",
         command_id: str | None = None,
-        options: dict[str, Any] | None = None,
+        options: CommandOptions | None = None,
     ) -> tuple[Entry, bool]:
         """Queue a command. Returns ``(entry, created)``; a repeated idempotency key (or
         command id) returns the first entry with ``created=False``. A key that already
@@ -346,7 +338,7 @@ class Ledger:
         self._changed()
         return entry
 
-    def complete(self, command_id: str, result: dict[str, Any] | None = None, *, reason: str | None = None) -> Entry:
+    def complete(self, command_id: str, result: CommandResult | None = None, *, reason: str | None = None) -> Entry:
         return self._finish(command_id, State.COMPLETED, result=result, reason=reason)
 
     def fail(self, command_id: str, reason: str) -> Entry:
@@ -411,7 +403,7 @@ class Ledger:
             raise UnknownEntry(f"no command {command_id!r} in this job's ledger")
         return entry
 
-    def _finish(self, command_id: str, state: State, *, result: dict[str, Any] | None = None, reason: str | None = None) -> Entry:
+    def _finish(self, command_id: str, state: State, *, result: CommandResult | None = None, reason: str | None = None) -> Entry:
         with self._lock:
             entry = self._get(command_id)
             if entry.state.final:

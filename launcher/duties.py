@@ -20,15 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from forgather_control.core import stacks
 from forgather_control.core.commands import ABORT_GRACE, Command, State
 from forgather_control.core.env import ENV_RANK
-from forgather_control.core.files import TEMP_PREFIX, RecordError, read_record
+from forgather_control.core.files import TEMP_PREFIX, RecordError
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import local_host
-from forgather_control.core.records import Receipt, Status, load_or_none
+from forgather_control.core.records import CommandFile, CommandResult, Receipt, Status, load, load_or_none
 from forgather_control.core.states import JobState
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class Overdue:
             source=self.source,
             updated_at=now,
             reason=self.reason,
-            result={"final_state": JobState.ABORTED.value, "ended_by": "launcher"},
+            result=CommandResult(final_state=JobState.ABORTED.value, ended_by="launcher"),
         )
 
 
@@ -80,7 +79,7 @@ class AbortWatch:
         self.grace = grace
         self._first_seen: dict[str, float] = {}
 
-    def look(self, status: Status | None, inbox: list[dict[str, Any]], now: float) -> Overdue | None:
+    def look(self, status: Status | None, inbox: list[CommandFile], now: float) -> Overdue | None:
         for cid, key, source, state in self._aborts(status, inbox):
             first = self._first_seen.setdefault(cid, now)
             limit = self.grace * (APPLIED_GRACES if state == State.APPLIED else 1)
@@ -88,7 +87,7 @@ class AbortWatch:
                 return Overdue(cid, key, source, state, now - first)
         return None
 
-    def _aborts(self, status: Status | None, inbox: list[dict[str, Any]]) -> list[tuple[str, str | None, str, State]]:
+    def _aborts(self, status: Status | None, inbox: list[CommandFile]) -> list[tuple[str, str | None, str, State]]:
         found: list[tuple[str, str | None, str, State]] = []
         ran = status.restarts if status is not None and status.restarts is not None else 0
         if status is not None and ran == self.run and JobState.parse(status.state) in (JobState.RUNNING, JobState.STOPPING):
@@ -97,15 +96,15 @@ class AbortWatch:
                 if e.command == Command.ABORT.value and state is not None and (state in _OPEN or state == State.APPLIED) and e.id is not None:
                     found.append((e.id, e.key, e.source or "http", state))
         for rec in inbox:
-            if rec.get("command") == Command.ABORT.value and isinstance(rec.get("id"), str) and len(rec["id"]) <= 64:
-                key = rec.get("key") if isinstance(rec.get("key"), str) and len(rec["key"]) <= 128 else None
-                found.append((rec["id"], key, "file", State.SENT))
+            if rec.command == Command.ABORT.value and rec.id is not None and len(rec.id) <= 64:
+                key = rec.key if rec.key is not None and len(rec.key) <= 128 else None
+                found.append((rec.id, key, "file", State.SENT))
         return found
 
 
-def read_inbox(paths: JobPaths, *, limit: int = 64) -> list[dict[str, Any]]:
-    """The command files waiting in the job's inbox (read, never taken: rank 0 owns them).
-    As parsed: a client's file is read field by field, as rank 0 reads it (callback/publisher.py)."""
+def read_inbox(paths: JobPaths, *, limit: int = 64) -> list[CommandFile]:
+    """The command files waiting in the job's inbox (read, never taken: rank 0 owns them);
+    a file that is not a command is passed over."""
     try:
         names = sorted(n for n in os.listdir(paths.inbox) if n.endswith(".json") and not n.startswith((TEMP_PREFIX, ".")))
     except OSError:
@@ -113,7 +112,7 @@ def read_inbox(paths: JobPaths, *, limit: int = 64) -> list[dict[str, Any]]:
     out = []
     for name in names[:limit]:
         try:
-            rec = read_record(paths.inbox / name, max_bytes=4096, owner=os.geteuid())  # another user's file is no command
+            rec = load(paths.inbox / name, CommandFile, max_bytes=4096, owner=os.geteuid())  # another user's file is no command
         except RecordError:
             continue
         if rec is not None:

@@ -295,7 +295,7 @@ def _drop_stop_command(paths: JobPaths, key: str) -> Callable[[int], None]:
 
     def on_stop(signum: int) -> None:
         entry = FileTransport(paths).send(Command.SAVE_AND_STOP, key)
-        log.info("queued save_and_stop %s for job %s (inbox)", entry.get("id"), paths.job_id)
+        log.info("queued save_and_stop %s for job %s (inbox)", entry.id, paths.job_id)
 
     return on_stop
 

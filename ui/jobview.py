@@ -20,6 +20,7 @@ from forgather_control.client.handle import JobHandle
 from forgather_control.client.lookup import open_job
 from forgather_control.core.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.core.errors import ControlError, JobEnded, Unreachable
+from forgather_control.core.records import encode
 from forgather_control.core.safe import json_safe, scrub
 from forgather_control.core.states import JobState
 
@@ -77,7 +78,7 @@ class JobView:
 
     def metrics(self, job_id: str, since: int | None) -> dict[str, Any]:
         with self.handle(job_id) as h:
-            return json_safe(h.metrics(since=since))
+            return json_safe(encode(h.metrics(since=since)))
 
     def send(self, job_id: str, button: str, key: str | None = None) -> dict[str, Any]:
         """Send the command a button names; the receipt (queued, or sent to the inbox)."""
@@ -89,12 +90,12 @@ class JobView:
                 raise UnknownButton(f"unknown command {button!r}; the buttons are {', '.join(BUTTONS)}") from exc
         with self.handle(job_id) as h:
             receipt = h.send(command, key=key or new_key())
-        return json_safe(scrub(receipt))
+        return json_safe(scrub(encode(receipt)))
 
     def entry(self, job_id: str, command_id: str, key: str | None) -> dict[str, Any] | None:
         with self.handle(job_id) as h:
             found = h.entry(command_id, key)
-        return json_safe(scrub(found)) if found is not None else None
+        return json_safe(scrub(encode(found))) if found is not None else None
 
     def close(self) -> None:
         with self._lock:

@@ -67,18 +67,18 @@ def test_a_save_whose_reported_path_is_not_on_disk_fails_and_records_no_resume_p
             assert act.save
             ghost = jobs_dir / "out" / f"checkpoint-{step}"  # what a trainer that guesses its path would report
             ctl.checkpoint_saved(ghost)
-            entry = c.entry(save["id"])
-            assert entry["state"] == "failed" and str(ghost) in entry["reason"] and "nothing is on disk" in entry["reason"]
+            entry = c.entry(save.id)
+            assert entry.state == "failed" and str(ghost) in entry.reason and "nothing is on disk" in entry.reason
             st = c.status()
-            assert st["resume_point"] is None and st.get("last_checkpoint") is None  # a field left unset is not written
+            assert st.resume_point is None and st.last_checkpoint is None  # a field left unset is not written
             # the next save that is really written completes as usual
             again = c.send("save")
             step, act = run_until_actions(ctl, step + 1)
             real = jobs_dir / "real"
             real.mkdir()
             ctl.checkpoint_saved(real)
-            assert c.entry(again["id"])["state"] == "completed"
-            assert c.status()["resume_point"]["path"] == str(real)
+            assert c.entry(again.id).state == "completed"
+            assert c.status().resume_point.path == str(real)
     finally:
         ctl.close()
 
@@ -90,24 +90,24 @@ def test_commands_over_http_end_to_end(jobs_dir: Path) -> None:
         save = c.send("save")
         step, act = run_until_actions(ctl, 2)
         assert act.save and not act.stop and act.command == Command.SAVE_CHECKPOINT
-        assert c.entry(save["id"])["state"] == "applied"
+        assert c.entry(save.id).state == "applied"
         (jobs_dir / "ckpt").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "ckpt")
-        done = c.entry(save["id"])
-        assert done["state"] == "completed" and done["step"] == step and done["result"]["checkpoint"] == str(jobs_dir / "ckpt")
+        done = c.entry(save.id)
+        assert done.state == "completed" and done.step == step and done.result.checkpoint == str(jobs_dir / "ckpt")
 
         ev = c.send("eval")
         step, act = run_until_actions(ctl, step + 1)
         assert act.evaluate and not act.save
         ctl.evaluation_done({"eval_loss": 0.5})
-        assert c.entry(ev["id"])["result"]["metrics"] == {"eval_loss": 0.5}
+        assert c.entry(ev.id).result.metrics == {"eval_loss": 0.5}
 
         stop = c.send("stop")
         step, act = run_until_actions(ctl, step + 1)
         assert act.stop and not act.save and not act.abort
         ctl.close()
-        final = c.wait(stop["id"], timeout=10)
-    assert final["state"] == "completed" and final["result"]["final_state"] == "stopped"
+        final = c.wait(stop.id, timeout=10)
+    assert final.state == "completed" and final.result.final_state == "stopped"
     assert not ctl.paths.endpoint.exists()
     st = read_json(ctl.paths.status)
     assert st["state"] == "stopped" and st["ended_at"] and st["step"] == step
@@ -123,7 +123,7 @@ def test_abort_and_refusals_after_stop(jobs_dir: Path) -> None:
         _, act = run_until_actions(ctl, 1)
         assert act.stop and act.abort and not act.save
         ctl.close()
-        assert c.wait(ab["id"], timeout=10)["state"] == "completed"
+        assert c.wait(ab.id, timeout=10).state == "completed"
     assert read_json(ctl.paths.status)["state"] == "aborted"
 
 
@@ -132,8 +132,8 @@ def test_pending_command_at_end_is_dropped_with_reason(jobs_dir: Path) -> None:
     with client_for(jobs_dir) as c:
         ev = c.send("eval")
         ctl.close()  # training ended before the next step
-        e = c.wait(ev["id"], timeout=10)
-    assert e["state"] == "dropped" and "before the command could apply" in e["reason"]
+        e = c.wait(ev.id, timeout=10)
+    assert e.state == "dropped" and "before the command could apply" in e.reason
     assert read_json(ctl.paths.status)["state"] == "finished"
 
 
@@ -146,9 +146,9 @@ def test_a_failure_while_an_abort_waits_is_the_abort(jobs_dir: Path) -> None:
     with client_for(jobs_dir) as c:
         ab = c.send("abort")
         ctl.close(error="RuntimeError: [gloo] Connection closed by peer")  # no step came after it
-        e = c.wait(ab["id"], timeout=10)
-    assert e["state"] == "completed" and e["result"]["final_state"] == "aborted", e
-    assert "before its ranks agreed on the abort" in e["reason"] and "nothing was saved" in e["reason"]
+        e = c.wait(ab.id, timeout=10)
+    assert e.state == "completed" and e.result.final_state == "aborted", e
+    assert "before its ranks agreed on the abort" in e.reason and "nothing was saved" in e.reason
     assert read_json(ctl.paths.status)["state"] == "aborted"
 
 
@@ -160,8 +160,8 @@ def test_unreported_receipt_fails_at_next_step(jobs_dir: Path) -> None:
             step, act = run_until_actions(ctl, 1)
             assert act.save
             ctl.step(step + 1)
-            e = c.entry(save["id"])
-            assert e["state"] == "failed" and "checkpoint_saved" in e["reason"]
+            e = c.entry(save.id)
+            assert e.state == "failed" and "checkpoint_saved" in e.reason
     finally:
         ctl.close()
 
@@ -178,8 +178,8 @@ def test_file_channel_only(jobs_dir: Path) -> None:
         assert act.save
         (jobs_dir / "x").write_text("saved")
         ctl.checkpoint_saved(jobs_dir / "x")
-        e = wait_for(lambda: (c.entry(sent["id"]) or {}).get("state") == "completed" and c.entry(sent["id"]), what="receipt in status.json")
-        assert e["result"]["checkpoint"] == str(jobs_dir / "x")
+        e = wait_for(lambda: (r := c.entry(sent.id)) is not None and r.state == "completed" and r, what="receipt in status.json")
+        assert e.result.checkpoint == str(jobs_dir / "x")
         # garbage and hostile files in the inbox are skipped, never crash the poller; the
         # grace a file that does not parse gets is short here (the grace itself:
         # test_publisher_inbox.py), long enough for a tiny write_text to finish
@@ -193,7 +193,7 @@ def test_file_channel_only(jobs_dir: Path) -> None:
         wait_for(lambda: not list(ctl.paths.inbox.iterdir()), what="inbox drained")
         assert outside.exists(), "the poller removes the link, never its target"
         rej = wait_for(lambda: c.entry("c-abc"), what="rejection receipt")
-        assert rej["state"] == "rejected" and "valid commands" in rej["reason"]
+        assert rej.state == "rejected" and "valid commands" in rej.reason
         assert ctl.step(2) is NO_ACTIONS, "the symlinked abort must not be obeyed"
     finally:
         ctl.close()

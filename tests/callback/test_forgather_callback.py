@@ -127,8 +127,8 @@ def test_a_commanded_save_names_the_path_the_trainers_manager_returned(tmp_path:
         save = run_until_applied(trainer, ctl, "save")
         entry = ctl.ledger.get(save)
         written = trainer.checkpoint_manager.saved
-        assert entry.state.value == "completed" and written == [entry.result["checkpoint"]]
-        assert entry.result["checkpoint"] == str(tmp_path / "out" / "checkpoints" / f"checkpoint-{entry.step}")  # not OUT/checkpoint-N
+        assert entry.state.value == "completed" and written == [entry.result.checkpoint]
+        assert entry.result.checkpoint == str(tmp_path / "out" / "checkpoints" / f"checkpoint-{entry.step}")  # not OUT/checkpoint-N
         assert ctl.resume_point is not None and ctl.resume_point.path == written[0]
 
 

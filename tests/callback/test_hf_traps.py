@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from forgather_control.core import read_json
+from forgather_control.core.records import CommandOptions
 
 #: One worker runs these: torch and transformers load in one worker only.
 pytestmark = pytest.mark.xdist_group("trainers-in-process")
@@ -79,7 +80,7 @@ def test_eval_without_evaluation_set_up_fails_the_command_and_training_goes_on(t
 
 def test_save_without_eval_skips_the_evaluation_a_save_runs_first(tmp_path: Path, jobs_dir: Path) -> None:
     """`save --no-eval`: a long eval set must not make every commanded save wait for it."""
-    _, driver, _ = run(tmp_path, jobs_dir, "noeval", {3: "save", 6: ("save", {"evaluate": False})}, eval_strategy="steps", eval_steps=100)
+    _, driver, _ = run(tmp_path, jobs_dir, "noeval", {3: "save", 6: ("save", CommandOptions(evaluate=False))}, eval_strategy="steps", eval_steps=100)
     assert driver.saves == [3, 6]
     assert driver.evals == [3, 12]  # the plain save evaluated first, the --no-eval one did not (12: HF at the last step)
     entries = ledger(jobs_dir, "noeval")

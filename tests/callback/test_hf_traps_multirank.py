@@ -46,9 +46,9 @@ def test_hf_best_strategy_two_ranks_commanded_save_once(jobs_dir: Path, procs, t
     client = wait_client(jobs_dir, "hf-best", job)
     wait_step(client, 3)
     saved = command(client, "save")
-    assert saved["state"] == "completed", saved
-    step = saved["step"]
-    assert Path(saved["result"]["checkpoint"]) == out / f"checkpoint-{step}"
+    assert saved.state == "completed", saved
+    step = saved.step
+    assert Path(saved.result.checkpoint) == out / f"checkpoint-{step}"
     assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
     lines = ended_lines(job)
     assert set(lines) == {0, 1} and end_step(lines[0]) == end_step(lines[1]) == 120
@@ -83,7 +83,7 @@ class Late(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
             with JobHandle.from_info(find_job(jobs_dir, "late", probe=probe_endpoint)) as c:
-                print(f"sent <{c.send('save')['id']}>", flush=True)  # delimited: ranks share stdout
+                print(f"sent <{c.send('save').id}>", flush=True)  # delimited: ranks share stdout
 
 
 model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2))

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.records import final_status
@@ -21,37 +20,38 @@ from support.torchrun import TIMEOUT, command, end_step, ended_lines, read_trace
 from support.waiting import wait_for
 
 from forgather_control.client import JobHandle
+from forgather_control.core.records import Receipt
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 
 
-def hf_checkpoint(entry: dict[str, Any], out: Path) -> None:
+def hf_checkpoint(entry: Receipt, out: Path) -> None:
     """A Trainer checkpoint folder: model, optimizer, scheduler, state and both ranks' RNG."""
-    ckpt = Path(entry["result"]["checkpoint"])
-    assert ckpt.name == f"checkpoint-{entry['step']}" and ckpt.parent == out, entry
+    ckpt = Path(entry.result.checkpoint)
+    assert ckpt.name == f"checkpoint-{entry.step}" and ckpt.parent == out, entry
     names = {p.name for p in ckpt.iterdir()}
     assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= names, names
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= names, names  # both ranks wrote their part
     assert (ckpt / "trainer_state.json").is_file()
 
 
-def lightning_checkpoint(entry: dict[str, Any], out: Path) -> None:
+def lightning_checkpoint(entry: Receipt, out: Path) -> None:
     """Lightning's checkpoint file, at the commanded step, with weights and optimizer."""
-    ckpt = Path(entry["result"]["checkpoint"])
-    assert ckpt.name == f"forgather-step={entry['step']}.ckpt" and ckpt.is_file(), entry
+    ckpt = Path(entry.result.checkpoint)
+    assert ckpt.name == f"forgather-step={entry.step}.ckpt" and ckpt.is_file(), entry
     import torch  # here: every xdist worker collects this module, and torch takes seconds to import
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert state["global_step"] == entry["step"] and state["state_dict"] and state["optimizer_states"]
+    assert state["global_step"] == entry.step and state["state_dict"] and state["optimizer_states"]
 
 
-def plain_checkpoint(entry: dict[str, Any], out: Path) -> None:
+def plain_checkpoint(entry: Receipt, out: Path) -> None:
     """The plain loop's torch.save: step, model and optimizer."""
-    ckpt = Path(entry["result"]["checkpoint"])
+    ckpt = Path(entry.result.checkpoint)
     import torch
 
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["step"] == entry["step"] and state["model"] and state["optimizer"]["param_groups"]
+    assert state["step"] == entry.step and state["model"] and state["optimizer"]["param_groups"]
 
 
 def folder(out: Path) -> list[str]:
@@ -62,7 +62,7 @@ def model_checkpoint_after_eval(client: JobHandle, out: Path) -> list[str]:
     """Lightning: a validation makes ModelCheckpoint save (it saves after validation in
     this setup); returns its file, which the abort must neither add to nor replace."""
     ev = command(client, "eval")
-    assert ev["state"] == "completed", ev
+    assert ev.state == "completed", ev
     return wait_for(lambda: sorted(p.name for p in (out / "checkpoints").glob("epoch=*.ckpt")), what="ModelCheckpoint's file")
 
 
@@ -71,7 +71,7 @@ class Trainer:
     script: str
     job: str  # job id prefix
     step_time: str
-    checkpoint: Callable[[dict[str, Any], Path], None]  # checks a save's ledger entry against the output dir
+    checkpoint: Callable[[Receipt, Path], None]  # checks a save's ledger entry against the output dir
     eval_metric: str  # the metric an eval reports
     status_metrics: frozenset[str]  # rank 0's status shows at least these
     #: a commanded save evaluates first when evaluation is set up, and reports it
@@ -132,28 +132,28 @@ def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir
     wait_step(client, 3)
 
     saved = command(client, "save")
-    assert saved["state"] == "completed", saved
+    assert saved.state == "completed", saved
     t.checkpoint(saved, out)
-    ckpt = Path(saved["result"]["checkpoint"])
+    ckpt = Path(saved.result.checkpoint)
     if t.save_reports:
-        assert t.save_reports in saved["result"]["metrics"], saved  # evaluation is set up: evaluated first
+        assert t.save_reports in saved.result.metrics, saved  # evaluation is set up: evaluated first
 
     ev = command(client, "eval")
-    assert ev["state"] == "completed" and isinstance(ev["result"]["metrics"].get(t.eval_metric), float), ev
+    assert ev.state == "completed" and isinstance(ev.result.metrics.get(t.eval_metric), float), ev
 
     st = client.status()
-    assert st["world_size"] == 2 and st["max_steps"] == 1_000_000 and st["state"] == "running", st
-    assert st["last_checkpoint"] == str(ckpt)
-    assert t.status_metrics <= set(st["metrics"]), st["metrics"]
+    assert st.world_size == 2 and st.max_steps == 1_000_000 and st.state == "running", st
+    assert st.last_checkpoint == str(ckpt)
+    assert t.status_metrics <= set(st.metrics), st.metrics
     if t.status_epoch:
-        assert st["epoch"] is not None, st
+        assert st.epoch is not None, st
 
     stop = command(client, "save-stop")
-    assert stop["state"] == "completed", stop
+    assert stop.state == "completed", stop
     assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
     lines = ended_lines(job)
     assert set(lines) == {0, 1}, job.output()[-3000:]
-    assert end_step(lines[0]) == end_step(lines[1]) == stop["step"]
+    assert end_step(lines[0]) == end_step(lines[1]) == stop.step
     t.checkpoint(stop, out)  # the stop's checkpoint is as complete as a save's
     final = final_status(jobs_dir, first)
     assert final["state"] == "stopped" and not (jobs_dir / first / "endpoint.json").exists(), final
@@ -178,15 +178,15 @@ def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir
         name=f"{t.job}-resume",
     )
     client2 = wait_client(jobs_dir, second, job2)
-    wait_step(client2, saved["step"] + 2)
+    wait_step(client2, saved.step + 2)
     if t.before_abort:
         kept = t.before_abort(client2, out2)
     ab = command(client2, "abort")
-    assert ab["state"] == "completed" and ab["step"] > saved["step"], ab  # resumed from the checkpoint's step
+    assert ab.state == "completed" and ab.step > saved.step, ab  # resumed from the checkpoint's step
     assert job2.wait(TIMEOUT) == 0, job2.output()[-3000:]
     lines = ended_lines(job2)
     assert set(lines) == {0, 1} and all("aborted=True" in line for line in lines.values()), job2.output()[-3000:]
-    assert end_step(lines[0]) == end_step(lines[1]) == ab["step"]
+    assert end_step(lines[0]) == end_step(lines[1]) == ab.step
     assert t.files(out2) == kept, (t.files(out2), kept, ab)  # nothing saved at or after the abort
     final = final_status(jobs_dir, second)
     assert final["state"] == "aborted" and final["resume_point"] is None, final  # the abort recorded no resume point

@@ -11,6 +11,7 @@ import sys
 
 from forgather_control.callback.receipts import Receipts
 from forgather_control.core import Command, Ledger
+from forgather_control.core.records import CommandResult
 from forgather_control.core.states import JobState
 
 
@@ -39,7 +40,7 @@ def test_save_completes_with_its_checkpoint_and_steps() -> None:
     receipts.checkpoint_saved("/ck/7", step=8)
     entry = ledger.get(cid)
     assert entry.state.value == "completed"
-    assert entry.result == {"checkpoint": "/ck/7", "step": 7, "saved_at_step": 8}
+    assert entry.result == CommandResult(checkpoint="/ck/7", step=7, saved_at_step=8)
     assert receipts.waiting == ()
 
 
@@ -54,7 +55,7 @@ def test_reports_complete_the_oldest_of_their_kind_only() -> None:
     assert [state(ledger, c) for c in (ev1, s1, ev2, s2)] == ["applied", "completed", "applied", "applied"]
     receipts.evaluation_done({"m": 1.0}, step=4)
     assert [state(ledger, c) for c in (ev1, s1, ev2, s2)] == ["completed", "completed", "applied", "applied"]
-    assert ledger.get(ev1).result == {"metrics": {"m": 1.0}, "step": 1}
+    assert ledger.get(ev1).result == CommandResult(metrics={"m": 1.0}, step=1)
     receipts.command_failed("no evaluation set up", Command.EVALUATE)
     assert state(ledger, ev2) == "failed" and ledger.get(ev2).reason == "no evaluation set up"
     assert state(ledger, s2) == "applied"
@@ -77,10 +78,10 @@ def test_save_at_the_step_of_an_evaluation_carries_its_metrics() -> None:
     cid = applied(ledger, receipts, "save", 5)
     receipts.evaluation_done({"eval_loss": 0.25}, step=5)  # evaluate first, as HF does
     receipts.checkpoint_saved("/ck/5", step=5)
-    assert ledger.get(cid).result["metrics"] == {"eval_loss": 0.25}
+    assert ledger.get(cid).result.metrics == {"eval_loss": 0.25}
     cid = applied(ledger, receipts, "save", 9)
     receipts.checkpoint_saved("/ck/9", step=9)  # the evaluation was at step 5: not this one's
-    assert "metrics" not in ledger.get(cid).result
+    assert ledger.get(cid).result.metrics is None
 
 
 def test_unsynced_save_completes_at_the_next_check() -> None:
@@ -91,7 +92,7 @@ def test_unsynced_save_completes_at_the_next_check() -> None:
     assert state(ledger, cid) == "applied" and receipts.unsynced == 1 and receipts.waiting == ()
     receipts.sync()
     assert state(ledger, cid) == "completed" and receipts.unsynced == 0
-    assert ledger.get(cid).result["checkpoint"] == "/ck/3"
+    assert ledger.get(cid).result.checkpoint == "/ck/3"
 
 
 def test_unreported_results_fail_at_a_later_check_naming_the_call() -> None:
@@ -129,8 +130,8 @@ def test_settle_after_a_stop() -> None:
     queued, _ = ledger.submit("abort")  # escalation: accepted while a stop is pending
     receipts.settle(JobState.STOPPED, step=6, stop_reason="graceful_stop", stopped=True)
     assert state(ledger, unsynced) == "completed", "the job's end proves every rank finished"
-    assert ledger.get(stop).result == {"step": 6, "final_state": "stopped", "final_step": 6}
-    assert type(ledger.get(stop).result["final_state"]) is str  # plain JSON data in the ledger
+    assert ledger.get(stop).result == CommandResult(step=6, final_state="stopped", final_step=6)
+    assert type(ledger.get(stop).result.final_state) is str  # plain JSON data in the ledger
     assert state(ledger, ev) == "failed" and "before the training loop reported the evaluate result" in ledger.get(ev).reason
     q = ledger.get(queued.id)
     assert q.state.value == "dropped" and q.reason == "the job stopped (graceful_stop) at step 6 before the command could apply"
@@ -159,7 +160,7 @@ def test_an_aborted_job_completes_its_abort() -> None:
     ab = applied(ledger, receipts, "abort", 2)
     assert receipts.waiting == (), "an abort reports nothing: no receipt waits for the loop"
     receipts.settle(JobState.ABORTED, step=2, stop_reason="abort", stopped=True)
-    assert ledger.get(ab).result == {"step": 2, "final_state": "aborted", "final_step": 2}
+    assert ledger.get(ab).result == CommandResult(step=2, final_state="aborted", final_step=2)
 
 
 def test_an_abort_the_ranks_never_agreed_on_completes_when_the_job_ends_aborted() -> None:
@@ -168,7 +169,7 @@ def test_an_abort_the_ranks_never_agreed_on_completes_when_the_job_ends_aborted(
     ab, _ = ledger.submit("abort")
     receipts.settle(JobState.ABORTED, step=7, error="RuntimeError: peer gone")
     e = ledger.get(ab.id)
-    assert e.state.value == "completed" and e.result == {"final_state": "aborted", "final_step": 7}
+    assert e.state.value == "completed" and e.result == CommandResult(final_state="aborted", final_step=7)
     assert e.reason == "the job ended at step 7 before its ranks agreed on the abort (RuntimeError: peer gone); nothing was saved"
     ledger = Ledger()
     ab, _ = ledger.submit("abort")

@@ -17,14 +17,16 @@ from support.records import final_status
 from support.torchrun import TIMEOUT, end_step, ended_lines, torchrun, wait_client, wait_step, workers_by_rank
 from support.waiting import wait_for
 
+from forgather_control.core.records import Receipt
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
 
 SCRIPT = "plain_loop.py"
 
 
-def _signal_entry(client) -> dict | None:
-    for e in client.status().get("commands") or ():
-        if e.get("source") == "signal":
+def _signal_entry(client) -> Receipt | None:
+    for e in client.status().commands or ():
+        if e.source == "signal":
             return e
     return None
 
@@ -77,9 +79,9 @@ def test_second_sigterm_during_the_save_ends_every_rank_without_saving(jobs_dir:
     workers[1].send_signal(signal.SIGTERM)
     # The first signal applied: every rank is now inside the (600 s) save.
     applied = wait_for(
-        lambda: (lambda e: e if e and e["state"] == "applied" else None)(_signal_entry(client)), timeout=TIMEOUT, what="the signal's save_and_stop to apply"
+        lambda: (lambda e: e if e and e.state == "applied" else None)(_signal_entry(client)), timeout=TIMEOUT, what="the signal's save_and_stop to apply"
     )
-    assert applied["command"] == "save_and_stop"
+    assert applied.command == "save_and_stop"
     workers[1].send_signal(signal.SIGTERM)
     assert job.wait(TIMEOUT) != 0  # torchrun reports the worker that ended on the signal
     psutil.wait_procs(list(workers.values()), timeout=30)

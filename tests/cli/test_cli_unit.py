@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from forgather_control.cli import lazy, main, output
 from forgather_control.core import AmbiguousJob, InvalidJobId, JobNotFound
 from forgather_control.core.errors import CommandFailed, CommandRefused, Unreachable, UsageError, WaitTimeout
+from forgather_control.core.records import CommandResult, Receipt
 
 
 def test_exit_code_mapping() -> None:
@@ -89,7 +90,7 @@ def test_age_and_duration() -> None:
 
 
 def test_describe_entry() -> None:
-    line = output.describe_entry({"id": "c-1", "command": "save_checkpoint", "state": "completed", "step": 5, "result": {"checkpoint": "/x.pt"}})
+    line = output.describe_entry(Receipt(id="c-1", command="save_checkpoint", state="completed", step=5, result=CommandResult(checkpoint="/x.pt")))
     assert line == "save_checkpoint (c-1): completed; at step 5; checkpoint /x.pt"
-    line = output.describe_entry({"id": "c-2", "command": "evaluate", "state": "dropped", "reason": "job stopped"})
+    line = output.describe_entry(Receipt(id="c-2", command="evaluate", state="dropped", reason="job stopped"))
     assert "dropped" in line and "reason: job stopped" in line

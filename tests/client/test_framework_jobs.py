@@ -31,6 +31,7 @@ from support.waiting import wait_for
 from forgather_control.client.lookup import list_jobs, open_job
 from forgather_control.core import write_json_atomic
 from forgather_control.core.errors import CommandRefused, UsageError
+from forgather_control.core.records import MetricHistory, Receipt
 
 NO_RECEIPT = "keeps no receipt and takes no idempotency key"
 SUPPORT = REPO / "tests" / "support"
@@ -323,17 +324,17 @@ def test_wait_ends_when_the_process_is_gone(procs, jobs_dir: Path) -> None:
     proc = procs.start([sys.executable, str(SUPPORT / "framework_callback.py"), str(jobs_dir)], name="standin")
     job = wait_for(lambda: proc.output().strip(), timeout=60, what="the stand-in job to start")
     with open_job(job, jobs_dir=jobs_dir) as handle:
-        assert handle.send("abort")["state"] == "acknowledged"
-        seen: list[dict[str, Any] | None] = []
+        assert handle.send("abort").state == "acknowledged"
+        seen: list[Receipt | None] = []
 
-        def kill_once(entry: dict[str, Any] | None) -> None:
+        def kill_once(entry: Receipt | None) -> None:
             seen.append(entry)
             if len(seen) == 1:
                 proc.popen.kill()
 
         final = handle.wait("", command="abort", timeout=60, on_poll=kill_once)
-    assert final["state"] == "ended" and "its process has exited" in final["reason"], final
-    assert seen[0] is not None and seen[0]["state"] == "acknowledged"
+    assert final.state == "ended" and "its process has exited" in final.reason, final
+    assert seen[0] is not None and seen[0].state == "acknowledged"
     assert (jobs_dir / job / "endpoint.json").exists()  # it died without a word; listed as dead
     assert open_job(job, jobs_dir=jobs_dir).state.value == "dead"
 
@@ -352,15 +353,15 @@ def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Pat
     with open_job(standin.job_id[:12], jobs_dir=jobs_dir) as handle:
         assert handle.channel == "framework"
         assert handle.details()["live"] is True
-        assert handle.status()["step"] == 42
-        assert handle.metrics() == {"version": 1, "job_id": standin.job_id, "series": {}}
+        assert handle.status().step == 42
+        assert handle.metrics() == MetricHistory(version=1, job_id=standin.job_id, series={})
         assert handle.entry("anything") is None
         with pytest.raises(CommandRefused, match="has no evaluate command"):
             handle.send("eval")
         with pytest.raises(UsageError, match="cannot follow a save_checkpoint"):
             handle.check_followable("save")
         ack = handle.send("save")
-    assert (ack["state"], ack["command"]) == ("acknowledged", "save_checkpoint")
+    assert (ack.state, ack.command) == ("acknowledged", "save_checkpoint")
     assert standin.commands() == [{"command": "save_checkpoint"}]
     assert sorted(p.name for p in standin.endpoint.parent.iterdir()) == ["endpoint.json"]
 
@@ -372,7 +373,7 @@ def test_watch_follows_its_step_and_ends_when_its_training_ends(standin: StandIn
             seen.append(snap)
             if len(seen) == 1:
                 standin.endpoint.unlink()  # its on_train_end
-    assert seen[0].status is not None and seen[0].status["step"] == 42
+    assert seen[0].status is not None and seen[0].status.step == 42
     assert seen[-1].ended == f"job {standin.job_id}'s training has ended (the framework's callback removed its endpoint)"
 
 

@@ -97,13 +97,13 @@ def test_open_local_by_prefix_send_and_wait(live, tmp_path: Path) -> None:
     with open_job("train-a", jobs_dir=root) as h:
         assert h.job_id == "train-alpha" and h.channel == "http" and h.state == JobState.RUNNING
         receipt = h.send("save", key="k-1")
-        assert receipt["state"] == "queued" and receipt["command"] == "save_checkpoint"
+        assert receipt.state == "queued" and receipt.command == "save_checkpoint"
         assert h.details()["live"] is True
         entry = job.ledger.next_pending()
         job.ledger.mark_applied(entry.id, 4)
         job.ledger.complete(entry.id, {"checkpoint": "/ckpt/4"})
-        done = h.wait(receipt["id"], timeout=30, interval=0.01)
-    assert done["state"] == "completed" and done["result"]["checkpoint"] == "/ckpt/4"
+        done = h.wait(receipt.id, timeout=30, interval=0.01)
+    assert done.state == "completed" and done.result.checkpoint == "/ckpt/4"
 
 
 def test_one_prefix_rule_everywhere(live, tmp_path: Path) -> None:
@@ -129,17 +129,17 @@ def test_remote_wait_after_stop_the_server_going_away_is_the_stop_working(live) 
     job = live("remote-stop")
     with JobHandle(job.job_id, HttpTransport(job.url, TOKEN, job.job_id)) as h:
         receipt = h.send(Command.GRACEFUL_STOP)
-        job.ledger.mark_applied(receipt["id"], 9)
+        job.ledger.mark_applied(receipt.id, 9)
         polls: list[Any] = []
 
         def stop_server(entry: Any) -> None:
             polls.append(entry)
-            if entry is not None and entry["state"] == "applied":
+            if entry is not None and entry.state == "applied":
                 job.stop()
 
-        done = h.wait(receipt["id"], timeout=30, interval=0.01, on_poll=stop_server)
-    assert polls and done["state"] == "completed" and done["result"]["final_state"] == "ended (server gone)"
-    assert done["step"] == 9
+        done = h.wait(receipt.id, timeout=30, interval=0.01, on_poll=stop_server)
+    assert polls and done.state == "completed" and done.result.final_state == "ended (server gone)"
+    assert done.step == 9
 
 
 def test_remote_server_gone_before_a_stop_applied_is_unreachable(live) -> None:
@@ -148,7 +148,7 @@ def test_remote_server_gone_before_a_stop_applied_is_unreachable(live) -> None:
         receipt = h.send("save")
         job.stop()
         with pytest.raises(Unreachable):
-            h.wait(receipt["id"], timeout=30, interval=0.01)
+            h.wait(receipt.id, timeout=30, interval=0.01)
 
 
 def test_wait_gives_up_when_a_starting_job_ends_without_taking_the_command(tmp_path: Path) -> None:
@@ -163,10 +163,10 @@ def test_wait_gives_up_when_a_starting_job_ends_without_taking_the_command(tmp_p
         with pytest.raises(Unreachable, match="is starting"):
             JobHandle.from_info(h.info, channel="http")
         receipt = h.send("eval")
-        assert receipt["state"] == "sent" and len(os.listdir(paths.inbox)) == 1
+        assert receipt.state == "sent" and len(os.listdir(paths.inbox)) == 1
         write_json_atomic(paths.job, {"job_id": "starting-1", "state": "failed", "exit_code": 1, "control": True, **launcher})
         with pytest.raises(CommandFailed, match="ended \\(failed, exit code 1\\) before it took command"):
-            h.wait(receipt["id"], timeout=30, interval=0.01)
+            h.wait(receipt.id, timeout=30, interval=0.01)
 
 
 def test_wait_times_out_with_what_to_do(live, tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_wait_times_out_with_what_to_do(live, tmp_path: Path) -> None:
     with open_job("slow-1", jobs_dir=tmp_path / "jobs") as h:
         receipt = h.send("save")
         with pytest.raises(WaitTimeout, match=r"still queued after .* stays queued"):
-            h.wait(receipt["id"], timeout=0.05, interval=0.01)
+            h.wait(receipt.id, timeout=0.05, interval=0.01)
 
 
 def test_commands_refused_before_sending_with_the_reason(tmp_path: Path) -> None:
@@ -203,8 +203,8 @@ def test_another_hosts_loopback_is_reached_through_files_only(tmp_path: Path) ->
     write_json_atomic(paths.status, {"job_id": "far-1", "state": "running", "step": 2, "heartbeat_at": time.time(), **far})
     with open_job("far-1", jobs_dir=root) as h:
         assert isinstance(h.transport, FileTransport)
-        assert h.status()["step"] == 2
-        assert h.send("save")["state"] == "sent"
+        assert h.status().step == 2
+        assert h.send("save").state == "sent"
     with pytest.raises(Unreachable, match="loopback of another-node"):
         open_job("far-1", jobs_dir=root, channel="http")
 
@@ -222,7 +222,7 @@ def test_wait_ends_when_the_job_dies_with_the_command_open(live, tmp_path: Path)
         write_json_atomic(paths.endpoint, {"job_id": "killed", "url": job.url, "token": TOKEN, "protocol": 1, **gone})
         write_json_atomic(paths.status, {**encode(job.status()), **gone, "heartbeat_at": time.time()})
         with pytest.raises(CommandFailed, match=r"has ended .*never reached a final state .*queued"):  # not WaitTimeout
-            h.wait(receipt["id"], timeout=120, interval=0.05, rejudge_every=0.1)
+            h.wait(receipt.id, timeout=120, interval=0.05, rejudge_every=0.1)
 
 
 def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_watch_ends_on_a_final_state_and_on_a_dead_verdict(live, tmp_path: Path)
     job.publish(root)
     with open_job("watched", jobs_dir=root) as h:
         snaps = h.watch(interval=0.01)
-        assert next(snaps).status["step"] == 3
+        assert next(snaps).status.step == 3
         job.state, job.step = "stopped", 7
         last = [s for s in snaps][-1]
     assert last.ended == "job watched stopped at step 7"

@@ -18,7 +18,7 @@ from forgather_control.callback.publisher import Publisher
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
 from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
-from forgather_control.core.records import Status
+from forgather_control.core.records import CommandResult, Receipt, Status, encode
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "retry-test-token-0123456789abcdef"
@@ -61,7 +61,7 @@ def test_every_command_carries_a_key(server: tuple[str, Ledger]) -> None:
     url, ledger = server
     with JobHandle("j", HttpTransport(url, TOKEN, "j")) as h:
         receipt = h.send("save")
-    assert receipt["key"].startswith("k-") and ledger.get(receipt["id"]).key == receipt["key"]
+    assert receipt.key.startswith("k-") and ledger.get(receipt.id).key == receipt.key
 
 
 @pytest.fixture
@@ -109,24 +109,24 @@ def test_file_channel_retry_follows_the_first_receipt_and_a_reused_key_is_reject
         first = h.send("save", key="k-same")
         retry = h.send("save", key="k-same")  # e.g. after an interrupted first try
         clash = h.send("abort", key="k-same")
-        assert first["id"] != retry["id"] and first["state"] == retry["state"] == "sent"
+        assert first.id != retry.id and first.state == retry.state == "sent"
         assert pub.poll_inbox() == 3
         assert ledger.pending_count() == 1 and not ledger.stopping  # one save queued, no abort
         entry = ledger.next_pending()
         ledger.mark_applied(entry.id, 5)
-        ledger.complete(entry.id, {"checkpoint": "/ckpt/5"})
+        ledger.complete(entry.id, CommandResult(checkpoint="/ckpt/5"))
         pub.write_status()
-        done = h.wait(retry["id"], key="k-same", timeout=10, interval=0.01)
-        assert done["id"] == entry.id and done["state"] == "completed" and done["result"]["checkpoint"] == "/ckpt/5"
-        refused = h.wait(clash["id"], key="k-same", timeout=10, interval=0.01)
-        assert refused["state"] == "rejected" and "already names save_checkpoint" in refused["reason"]
+        done = h.wait(retry.id, key="k-same", timeout=10, interval=0.01)
+        assert done.id == entry.id and done.state == "completed" and done.result.checkpoint == "/ckpt/5"
+        refused = h.wait(clash.id, key="k-same", timeout=10, interval=0.01)
+        assert refused.state == "rejected" and "already names save_checkpoint" in refused.reason
 
 
 def test_a_retry_after_the_job_ended_returns_the_first_receipt(tmp_path: Path) -> None:
     root = tmp_path / "jobs"
     paths = JobPaths(root, "gone").create()
-    receipt = {"id": "c-1", "command": "graceful_stop", "key": "k-late", "state": "completed", "step": 9, "updated_at": time.time()}
-    write_json_atomic(paths.status, {"job_id": "gone", "state": "stopped", "commands": [receipt], **identity(999_999_999)})
+    receipt = Receipt(id="c-1", command="graceful_stop", key="k-late", state="completed", step=9, updated_at=time.time())
+    write_json_atomic(paths.status, {"job_id": "gone", "state": "stopped", "commands": [encode(receipt)], **identity(999_999_999)})
     with open_job("gone", jobs_dir=root) as h:
         assert h.send("stop", key="k-late") == receipt
         with pytest.raises(Exception, match="has ended") as exc:

@@ -24,7 +24,7 @@ from forgather_control.core import JobPaths
 from forgather_control.core import stacks as st
 from forgather_control.core.commands import State
 from forgather_control.core.files import write_json_atomic
-from forgather_control.core.records import Status
+from forgather_control.core.records import CommandFile, CommandResult, Status
 from forgather_control.core.states import JobState
 from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
 
@@ -224,7 +224,7 @@ def test_an_abort_not_applied_within_the_grace_is_overdue() -> None:
     due = watch.look(_status(abort), [], now=110.0)
     assert due is not None and due.command_id == "c-1" and due.key == "k" and "could not be agreed" in due.reason
     receipt = due.receipt(now=5.0)
-    assert receipt.state == State.COMPLETED.value and receipt.result == {"final_state": "aborted", "ended_by": "launcher"}
+    assert receipt.state == State.COMPLETED.value and receipt.result == CommandResult(final_state="aborted", ended_by="launcher")
 
 
 def test_an_applied_abort_gets_longer_and_others_never() -> None:
@@ -247,7 +247,7 @@ def test_an_applied_abort_gets_longer_and_others_never() -> None:
 def test_an_abort_left_in_the_inbox_is_overdue_too() -> None:
     """Rank 0 no longer reads its inbox (its I/O thread is stuck): the file is the command."""
     watch = AbortWatch(run=0, grace=10.0)
-    inbox = [{"id": "c-3", "command": "abort", "key": "k3"}, {"id": "c-4", "command": "graceful_stop"}]
+    inbox = [CommandFile(id="c-3", command="abort", key="k3"), CommandFile(id="c-4", command="graceful_stop")]
     watch.look(None, inbox, now=0.0)
     due = watch.look(None, inbox, now=10.0)
     assert due.command_id == "c-3" and due.source == "file" and due.state == State.SENT

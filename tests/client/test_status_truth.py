@@ -41,7 +41,7 @@ def test_a_dead_job_has_no_speed_and_no_eta(tmp_path: Path) -> None:
     ident = {**identity(), "pid_start_time": 1.0}  # our pid, another start time: it died
     write_json_atomic(paths.status, {"job_id": "gone", "state": "running", "step": 5, "max_steps": 10, "steps_per_second": 3.0, "eta_seconds": 2.0, **ident})
     details = find_job(tmp_path, "gone").details()
-    assert details["state"] == "dead" and details["steps_per_second"] is None and details["eta_seconds"] is None
+    assert details.state == "dead" and details.steps_per_second is None and details.eta_seconds is None
     proc = subprocess.run([*CLI, "control", "status", "gone", "--jobs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "dead" in proc.stdout and "steps/s" not in proc.stdout and "eta" not in proc.stdout, proc.stdout
 
@@ -87,9 +87,11 @@ def test_the_root_cause_is_the_first_rank_that_raised(tmp_path: Path) -> None:
 
 
 def test_the_watch_line_of_an_ended_job_has_no_eta() -> None:
-    running = progress_line("j", {"state": "running", "step": 5, "max_steps": 10, "steps_per_second": 2.0, "eta_seconds": 2.5, "metrics": {"loss": 0.5}})
+    running = progress_line(
+        "j", typed(Status, {"state": "running", "step": 5, "max_steps": 10, "steps_per_second": 2.0, "eta_seconds": 2.5, "metrics": {"loss": 0.5}})
+    )
     assert running == "j  running  step 5/10  2.0 steps/s  ETA 2s  loss 0.5"
-    stopped = progress_line("j", {"state": "stopped", "step": 7, "max_steps": 10, "steps_per_second": 2.0, "eta_seconds": 1.5})
+    stopped = progress_line("j", typed(Status, {"state": "stopped", "step": 7, "max_steps": 10, "steps_per_second": 2.0, "eta_seconds": 1.5}))
     assert stopped == "j  stopped  step 7/10"
 
 

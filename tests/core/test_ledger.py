@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from forgather_control.core import VALID_COMMANDS, Command, Ledger, QueueFull, State, StopPending, UnknownCommand, UnknownEntry, parse_command
+from forgather_control.core.records import CommandResult
 
 
 def test_vocabulary() -> None:
@@ -29,9 +30,9 @@ def test_lifecycle_queued_applied_completed() -> None:
     assert led.next_pending() is e
     led.mark_applied(e.id, 7)
     assert e.state == State.APPLIED and e.step == 7 and not led.has_pending
-    led.complete(e.id, {"checkpoint": "/x"})
+    led.complete(e.id, CommandResult(checkpoint="/x"))
     assert led.get(e.id).as_record().state == "completed"
-    assert led.get(e.id).result == {"checkpoint": "/x"}
+    assert led.get(e.id).result == CommandResult(checkpoint="/x")
     # a final entry never changes again
     led.fail(e.id, "late")
     assert led.get(e.id).state == State.COMPLETED

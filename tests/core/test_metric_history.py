@@ -16,7 +16,7 @@ from forgather_control.client import open_job
 from forgather_control.core import JobPaths, write_json_atomic
 from forgather_control.core.files import RecordError
 from forgather_control.core.metrics import DENSE, FILENAME, History, read_history
-from forgather_control.core.records import encode
+from forgather_control.core.records import Series, encode
 
 
 def test_a_million_steps_stay_a_few_thousand_points_dense_at_the_end() -> None:
@@ -82,15 +82,15 @@ def test_a_job_records_its_curves_serves_them_and_keeps_them(tmp_path: Path) -> 
             assert job.channel == "http"
             # The I/O thread records the last steps on its own beat: once it has them all,
             # ``since`` has one answer.
-            served = wait_for(lambda: (m := job.metrics())["series"]["loss"]["step"][-1] == 200 and m, what="the history up to step 200")
-            assert served["series"]["eval_loss"] == {"step": [100], "time": served["series"]["eval_loss"]["time"], "value": [0.25]}
-            assert len(served["series"]["loss"]["step"]) >= 2 and "learning_rate" in served["series"]
-            later = job.metrics(since=served["series"]["loss"]["step"][-2])
-            assert later["series"]["loss"]["step"] == [200] and later["series"]["eval_loss"]["step"] == []
+            served = wait_for(lambda: (m := job.metrics()).series["loss"].step[-1] == 200 and m, what="the history up to step 200")
+            assert served.series["eval_loss"] == Series(step=[100], time=served.series["eval_loss"].time, value=[0.25])
+            assert len(served.series["loss"].step) >= 2 and "learning_rate" in served.series
+            later = job.metrics(since=served.series["loss"].step[-2])
+            assert later.series["loss"].step == [200] and later.series["eval_loss"].step == []
     kept = encode(read_history(JobPaths(jobs, "curves")))  # the finished job keeps its history
     assert kept["series"]["loss"]["step"][-1] == 200 and kept["series"]["eval_loss"]["value"] == [0.25]
     assert "steps_per_second" in kept["series"]
     with open_job("curves", jobs_dir=jobs) as job:  # ended: from the folder
-        assert job.metrics()["series"]["loss"] == kept["series"]["loss"]
+        assert encode(job.metrics().series["loss"]) == kept["series"]["loss"]
     assert json.loads((jobs / "curves" / FILENAME).read_text())["version"] == 1
     assert len(kept["series"]["loss"]["step"]) <= 2 * DENSE

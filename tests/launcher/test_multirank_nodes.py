@@ -30,7 +30,7 @@ def test_two_nodes_four_ranks_one_server_same_step_same_collectives(jobs_dir: Pa
     ]
     client = wait_client(jobs_dir, "nodes", *nodes)
     st = wait_step(client, 3)
-    assert st["world_size"] == 4
+    assert st.world_size == 4
 
     # The one server: its listening socket belongs to global rank 0's process.
     ep = read_json(jobs_dir / "nodes" / "endpoint.json")
@@ -39,15 +39,15 @@ def test_two_nodes_four_ranks_one_server_same_step_same_collectives(jobs_dir: Pa
     assert any(c.laddr.port == ep["port"] and c.status == psutil.CONN_LISTEN for c in owner.net_connections("tcp"))
 
     saved = command(client, "save")
-    assert saved["state"] == "completed" and Path(saved["result"]["checkpoint"]).is_file(), saved
+    assert saved.state == "completed" and Path(saved.result.checkpoint).is_file(), saved
     stop = command(client, "save-stop")
-    assert stop["state"] == "completed", stop
+    assert stop.state == "completed", stop
     for node in nodes:
         assert node.wait(TIMEOUT) == 0, node.output()[-3000:]
 
     lines = ended_lines(*nodes)
     assert set(lines) == {0, 1, 2, 3}, [n.output()[-2000:] for n in nodes]
-    assert {end_step(line) for line in lines.values()} == {stop["step"]}
+    assert {end_step(line) for line in lines.values()} == {stop.step}
     assert final_status(jobs_dir, "nodes")["state"] == "stopped"
 
     tr = read_traces(traces)

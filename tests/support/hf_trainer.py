@@ -41,7 +41,7 @@ class Driver(TrainerCallback):
         if when in self.at:
             command, options = self.at[when] if isinstance(self.at[when], tuple) else (self.at[when], None)
             with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
-                self.sent[when] = c.send(command, options=options)["id"]
+                self.sent[when] = c.send(command, options=options).id
 
     def on_step_end(self, args, state, control, **kw):
         self._send(state.global_step)

@@ -48,7 +48,7 @@ class Driver(pl.Callback):
         step = trainer.global_step
         if step in self.at and step not in self.sent:
             with JobHandle.from_info(find_job(self.jobs_dir, self.job_id, probe=probe_endpoint)) as c:
-                self.sent[step] = c.send(self.at[step])["id"]
+                self.sent[step] = c.send(self.at[step]).id
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.saves.append(trainer.global_step)

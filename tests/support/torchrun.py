@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from forgather_control.client import JobHandle, find_job, probe_endpoint
+from forgather_control.core.records import Receipt, Status
 
 from .env import base_env
 from .paths import EXAMPLES
@@ -67,16 +68,16 @@ def wait_client(jobs_dir: Path, job_id: str, *procs_: Proc, timeout: float = TIM
     return JobHandle.from_info(info)
 
 
-def command(client: JobHandle, cmd: str, *, timeout: float = TIMEOUT) -> dict[str, Any]:
+def command(client: JobHandle, cmd: str, *, timeout: float = TIMEOUT) -> Receipt:
     """Send ``cmd`` and wait for its final ledger entry (like ``--wait``)."""
     entry = client.send(cmd)
-    assert entry.get("state") == "queued", entry
-    return client.wait(entry["id"], timeout=timeout)
+    assert entry.state == "queued", entry
+    return client.wait(str(entry.id), timeout=timeout)
 
 
-def wait_step(client: JobHandle, step: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+def wait_step(client: JobHandle, step: int, timeout: float = TIMEOUT) -> Status:
     """The job's status once it reached ``step``."""
-    return wait_for(lambda: (lambda s: s if (s.get("step") or 0) >= step else None)(client.status()), timeout=timeout, interval=0.2, what=f"step {step}")
+    return wait_for(lambda: (lambda s: s if (s.step or 0) >= step else None)(client.status()), timeout=timeout, interval=0.2, what=f"step {step}")
 
 
 def workers_by_rank(proc: Proc, expect: int) -> dict[int, psutil.Process]:

@@ -18,7 +18,7 @@ from support.ui import ui_server
 from forgather_control.callback.server import create_app
 from forgather_control.client import ray_listing
 from forgather_control.core import Ledger
-from forgather_control.core.records import Status
+from forgather_control.core.records import CommandResult, MetricHistory, Status
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "ray-page-test-token-0123456789abcdef"
@@ -32,7 +32,7 @@ def job_server() -> Iterator[tuple[str, Ledger]]:
         return Status(job_id="ray-job-1", state="running", step=12, max_steps=100, commands=ledger.recent(), **identity())
 
     server = ServerThread(
-        create_app(job_id="ray-job-1", ledger=ledger, status=status, token=TOKEN, metrics=lambda since: {"version": 1, "job_id": "ray-job-1", "series": {}})
+        create_app(job_id="ray-job-1", ledger=ledger, status=status, token=TOKEN, metrics=lambda since: MetricHistory(version=1, job_id="ray-job-1", series={}))
     )
     server.start()
     yield server.url, ledger
@@ -66,7 +66,7 @@ def test_ray_jobs_and_commands(monkeypatch: pytest.MonkeyPatch, jobs_dir: Path, 
         assert receipt["state"] == "queued" and receipt["command"] == "save_checkpoint"
         entry = ledger.next_pending()
         ledger.mark_applied(entry.id, 13)
-        ledger.complete(entry.id, {"checkpoint": "/ck/13"})
+        ledger.complete(entry.id, CommandResult(checkpoint="/ck/13"))
         done = c.get(f"/api/jobs/ray-job-1/commands/{receipt['id']}").json()
         assert done["state"] == "completed" and done["result"]["checkpoint"] == "/ck/13"
         assert c.get("/api/jobs/ray-job-1/metrics").json()["series"] == {}
