@@ -16,7 +16,9 @@ import sys
 import time
 from typing import Any
 
-from forgather_control.core.records import Receipt, Status
+import msgspec
+
+from forgather_control.core.records import Receipt, Record, StallNotice, Status, encode
 from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
 from forgather_control.core.states import JobState
 
@@ -25,9 +27,11 @@ __all__ = ["SECRET_KEYS", "age", "describe_entry", "duration", "json_safe", "pri
 
 
 def print_json(value: Any) -> None:
-    """One JSON document on stdout, secrets removed, stable key order."""
+    """One JSON document on stdout, secrets removed, stable key order. A record in it is
+    written as its file is (``records.encode``: msgspec's own conversion)."""
+    plain = encode(value) if isinstance(value, Record) else msgspec.to_builtins(value, enc_hook=str)
     try:
-        sys.stdout.write(json.dumps(json_safe(scrub(value)), indent=2, sort_keys=True, default=str, allow_nan=False))
+        sys.stdout.write(json.dumps(json_safe(scrub(plain)), indent=2, sort_keys=True, default=str, allow_nan=False))
         sys.stdout.write("\n")
         sys.stdout.flush()
     except BrokenPipeError:
@@ -94,10 +98,11 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def stall_line(stall: dict[str, Any]) -> str:
+def stall_line(stall: StallNotice | None) -> str:
     """One line: ``no step for 5m (at step 41): rank 0 waits in the agreement collective...``."""
-    at = f" (at step {stall['step']})" if stall.get("step") is not None else ""
-    return printable(f"no step for {duration(stall.get('for'))}{at}: {stall.get('why') or 'its step does not move'}")
+    stall = stall or StallNotice()
+    at = f" (at step {stall.step})" if stall.step is not None else ""
+    return printable(f"no step for {duration(stall.for_)}{at}: {stall.why or 'its step does not move'}")
 
 
 def progress_line(job_id: str, status: Status) -> str:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from forgather_control.core.files import RecordError
-from forgather_control.core.records import CommandResult, Receipt, decode
+from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt, decode
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -69,20 +69,19 @@ def _t(value: Any, style: str = "") -> Text:
     return Text(printable(value), style=style)
 
 
-def _step(row: dict[str, Any]) -> str:
-    step, total = row.get("step"), row.get("max_steps")
+def _step(row: JobRow) -> str:
+    step, total = row.step, row.max_steps
     if step is None:
         return "-"
     return f"{step}/{total}" if total else str(step)
 
 
-def _run(row: dict[str, Any]) -> str:
+def _run(row: JobRow) -> str:
     """Which run of the job this is (1 for the first), from its restart count."""
-    restarts = row.get("restarts")
-    return str(restarts + 1) if isinstance(restarts, int) and not isinstance(restarts, bool) else "-"
+    return str(row.restarts + 1) if row.restarts is not None else "-"
 
 
-def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
+def jobs_table(rows: list[JobRow], *, show_node: bool = False) -> Text:
     """The ``list`` table as one styled, column-aligned Text.
 
     Not a ``rich.table.Table``: that measures every cell and costs about half a
@@ -93,17 +92,17 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     right = {"STEP", "RUN", "PID", "PORT", "UPDATED"}
     table: list[list[str]] = []
     for r in rows:
-        cells = [str(r.get("job_id")) + (FRAMEWORK_MARK if r.get("framework_callback") else "")]
+        cells = [r.job_id + (FRAMEWORK_MARK if r.framework_callback else "")]
         if show_node:
-            cells.append(str(r.get("node") or "-"))
+            cells.append(str(r.node or "-"))
         cells += [
-            str(r.get("state") or "unknown"),
+            str(r.state),
             _step(r),
             _run(r),
-            str(r.get("host") or "-"),
-            str(r.get("pid") or "-"),
-            str(r.get("port") or "-"),
-            age(r.get("updated_at"), now),
+            str(r.host or "-"),
+            str(r.pid or "-"),
+            str(r.port or "-"),
+            age(r.updated_at, now),
         ]
         table.append([printable(c) for c in cells])
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
@@ -126,23 +125,28 @@ def jobs_table(rows: list[dict[str, Any]], *, show_node: bool = False) -> Text:
     return text
 
 
-def print_jobs(rows: list[dict[str, Any]], *, show_node: bool = False, where: str = "", all_: bool = False) -> None:
+def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", all_: bool = False) -> None:
     con = console()
     if not rows:
         hint = "" if all_ else " (finished jobs are hidden; add --all)"
         con.print(_t(f"no jobs{f' in {where}' if where else ''}{hint}"), highlight=False)
         return
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
-    if any(r.get("framework_callback") for r in rows):
+    if any(r.framework_callback for r in rows):
         con.print(_t(f"{FRAMEWORK_MARK} {FRAMEWORK_NOTE}", style="dim"), crop=False, soft_wrap=True, highlight=False)
-    notes = [r for r in rows if r.get("state") == "uncontrolled" and isinstance(r.get("no_control"), dict)]
-    for r in notes:
-        con.print(_t(f"{r.get('job_id')}: {r['no_control'].get('why')}", style="yellow"), crop=False, soft_wrap=True, highlight=False)
+    notes = [(r.job_id, r.no_control) for r in rows if r.state == JobState.UNCONTROLLED and r.no_control is not None]
+    for job_id, notice in notes:
+        con.print(_t(f"{job_id}: {notice.why}", style="yellow"), crop=False, soft_wrap=True, highlight=False)
     if notes:
-        con.print(_t(f"to attach control: {notes[0]['no_control'].get('add')}", style="dim"), crop=False, soft_wrap=True, highlight=False)
+        con.print(_t(f"to attach control: {notes[0][1].add}", style="dim"), crop=False, soft_wrap=True, highlight=False)
 
 
-def status_panel(d: dict[str, Any]) -> Any:
+def _given(value: Any) -> Any:
+    """A detail the job has, or None (a field left unset reads as None)."""
+    return None if value is UNSET else value
+
+
+def status_panel(d: JobDetails) -> Any:
     """Everything ``status`` knows about one job, for a person (a rich Panel)."""
     from rich import box
     from rich.console import Group
@@ -154,91 +158,91 @@ def status_panel(d: dict[str, Any]) -> Any:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
 
-    state = Text.assemble(state_text(d.get("state")))
-    if d.get("liveness") and d.get("liveness") != d.get("state"):
-        state.append(printable(f"  ({d['liveness']}: {d.get('evidence') or ''})"), style="dim")
-    elif d.get("evidence"):
-        state.append(printable(f"  ({d['evidence']})"), style="dim")
+    state = Text.assemble(state_text(d.state))
+    if d.liveness and d.liveness != d.state:
+        state.append(printable(f"  ({d.liveness}: {d.evidence or ''})"), style="dim")
+    elif d.evidence:
+        state.append(printable(f"  ({d.evidence})"), style="dim")
     grid.add_row("state", state)
     step = _step(d)
-    if d.get("step") is not None and d.get("max_steps"):
-        pct = 100.0 * float(d["step"]) / float(d["max_steps"])
-        step += f"  ({pct:.1f}%)"
+    if d.step is not None and d.max_steps:
+        step += f"  ({100.0 * d.step / d.max_steps:.1f}%)"
     grid.add_row("step", _t(step))
-    if d.get("epoch") is not None:
-        grid.add_row("epoch", _t(f"{d['epoch']:.3g}" if isinstance(d["epoch"], float) else str(d["epoch"])))
-    state = JobState.parse(d.get("state"))
-    if state == JobState.STALLED:  # no speed and no ETA: it does not move
-        stall = d.get("stall") if isinstance(d.get("stall"), dict) else {}
-        grid.add_row("stalled", _t(stall_line(stall), style="red"))
-        grid.add_row("", _t(f"where every rank is: forgather control stacks {d.get('job_id')}", style="dim"))
-    elif state == JobState.UNCONTROLLED:  # no step under control yet: no speed, no ETA
-        notice = d.get("no_control") if isinstance(d.get("no_control"), dict) else {}
-        grid.add_row("control", _t(notice.get("why") or "no control attached yet", style="yellow"))
-        grid.add_row("", _t(f"to attach control: {notice.get('add')}", style="dim"))
-    elif state is not None and state.live:  # a dead or ended job has no speed and no ETA
-        rate = d.get("steps_per_second")
-        grid.add_row("speed", _t(f"{rate:.2f} steps/s" if isinstance(rate, (int, float)) else "-"))
-        grid.add_row("eta", _t(duration(d.get("eta_seconds"))))
-    if isinstance(d.get("exit_code"), int):
-        grid.add_row("exit code", _t(str(d["exit_code"])))
-    failure = d.get("failure") if isinstance(d.get("failure"), dict) else None
-    if failure:
-        where = f"rank {failure.get('rank')} ({failure.get('host')}, pid {failure.get('pid')})"
-        why = _t(f"{where}: {failure.get('type')}: {failure.get('message')}", style="red")
-        for line in (failure.get("traceback") or [])[-6:]:
+    epoch = _given(d.epoch)
+    if epoch is not None:
+        grid.add_row("epoch", _t(f"{epoch:.3g}" if isinstance(epoch, float) else str(epoch)))
+    if d.state == JobState.STALLED:  # no speed and no ETA: it does not move
+        grid.add_row("stalled", _t(stall_line(d.stall), style="red"))
+        grid.add_row("", _t(f"where every rank is: forgather control stacks {d.job_id}", style="dim"))
+    elif d.state == JobState.UNCONTROLLED:  # no step under control yet: no speed, no ETA
+        notice = d.no_control
+        grid.add_row("control", _t(notice.why if notice is not None and notice.why else "no control attached yet", style="yellow"))
+        grid.add_row("", _t(f"to attach control: {notice.add if notice is not None else None}", style="dim"))
+    elif d.state.live:  # a dead or ended job has no speed and no ETA
+        rate = _given(d.steps_per_second)
+        grid.add_row("speed", _t(f"{rate:.2f} steps/s" if rate is not None else "-"))
+        grid.add_row("eta", _t(duration(_given(d.eta_seconds))))
+    exit_code = _given(d.exit_code)
+    if exit_code is not None:
+        grid.add_row("exit code", _t(str(exit_code)))
+    failure = _given(d.failure)
+    error = _given(d.error)
+    if failure is not None:
+        where = f"rank {failure.rank} ({failure.host}, pid {failure.pid})"
+        why = _t(f"{where}: {failure.type}: {failure.message}", style="red")
+        for line in (failure.traceback or [])[-6:]:
             why.append("\n" + printable(line), style="dim")
         grid.add_row("failed", why)
-    elif d.get("error"):
-        grid.add_row("error", _t(d["error"], style="red"))
-    metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+    elif error:
+        grid.add_row("error", _t(error, style="red"))
+    metrics = _given(d.metrics) or {}
     if metrics:
         grid.add_row("metrics", _t(", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12])))
-    if d.get("last_checkpoint"):
-        grid.add_row("checkpoint", _t(str(d["last_checkpoint"])))
+    if _given(d.last_checkpoint):
+        grid.add_row("checkpoint", _t(str(d.last_checkpoint)))
     if _run(d) != "-":
-        run = _run(d) + (f"  (resumed from {d['resumed_from']})" if d.get("resumed_from") else "  (a fresh start)")
+        run = _run(d) + (f"  (resumed from {d.resumed_from})" if d.resumed_from else "  (a fresh start)")
         grid.add_row("run", _t(run))
-    where = f"{d.get('host') or '-'}  pid {d.get('pid') or '-'}"
-    if d.get("world_size"):
-        where += f"  world size {d['world_size']}"
+    where = f"{d.host or '-'}  pid {d.pid or '-'}"
+    if d.world_size:
+        where += f"  world size {d.world_size}"
     grid.add_row("where", _t(where))
-    if d.get("url"):
-        grid.add_row("url", _t(str(d["url"])))
-    if d.get("framework_callback"):
-        grid.add_row("control", _t(f"{FRAMEWORK_NOTE}; port {d.get('port') or '-'}", style="dim"))
-    if d.get("node"):
-        grid.add_row("node", _t(str(d["node"])))
-    grid.add_row("updated", _t(age(d.get("updated_at"), now)))
-    if d.get("started_at"):
-        grid.add_row("started", _t(age(d.get("started_at"), now)))
-    if d.get("ended_at"):
-        grid.add_row("ended", _t(age(d.get("ended_at"), now)))
-    if d.get("control_error"):
-        grid.add_row("control", _t(d["control_error"], style="red"))
-    if d.get("live") is False and d.get("live_error"):
-        grid.add_row("live", _t(f"no live answer: {d['live_error']}", style="yellow"))
+    if d.url:
+        grid.add_row("url", _t(d.url))
+    if d.framework_callback:
+        grid.add_row("control", _t(f"{FRAMEWORK_NOTE}; port {d.port or '-'}", style="dim"))
+    if _given(d.node):
+        grid.add_row("node", _t(str(d.node)))
+    grid.add_row("updated", _t(age(d.updated_at, now)))
+    if _given(d.started_at):
+        grid.add_row("started", _t(age(d.started_at, now)))
+    if _given(d.ended_at):
+        grid.add_row("ended", _t(age(d.ended_at, now)))
+    if _given(d.control_error):
+        grid.add_row("control", _t(d.control_error, style="red"))
+    if d.live is False and _given(d.live_error):
+        grid.add_row("live", _t(f"no live answer: {d.live_error}", style="yellow"))
 
     parts: list[Any] = [grid]
-    commands = [c for c in (d.get("commands") or []) if isinstance(c, dict)][-8:]
+    commands = (_given(d.commands) or [])[-8:]
     if commands:
         ct = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title="recent commands", title_justify="left")
         for col in ("ID", "COMMAND", "STATE", "STEP", "RESULT", "WHEN"):
             ct.add_column(col, no_wrap=col != "RESULT")
         for c in commands:
             ct.add_row(
-                _t(c.get("id")),
-                _t(c.get("command")),
-                state_text(c.get("state")),
-                _t(c.get("step") if c.get("step") is not None else "-"),
+                _t(c.id),
+                _t(c.command),
+                state_text(c.state),
+                _t(c.step if c.step is not None else "-"),
                 _t(_result(c)),
-                _t(age(c.get("updated_at"), now)),
+                _t(age(c.updated_at, now)),
             )
         parts.append(ct)
-    return Panel(Group(*parts), title=_t(f"job {d.get('job_id')}"), title_align="left", expand=False)
+    return Panel(Group(*parts), title=_t(f"job {d.job_id}"), title_align="left", expand=False)
 
 
-def print_status(d: dict[str, Any]) -> None:
+def print_status(d: JobDetails) -> None:
     console().print(status_panel(d))
 
 
@@ -272,7 +276,7 @@ def print_entry(entry: Receipt, *, stderr: bool = False) -> None:
     con.print(Text(describe_entry(entry), style=_STATE_STYLE.get(state, "")), highlight=False)
 
 
-def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
+def print_cleanup(rows: list[JobRow], *, title: str) -> None:
     from rich import box
     from rich.table import Table
 
@@ -282,5 +286,5 @@ def print_cleanup(rows: list[dict[str, Any]], *, title: str) -> None:
         table.add_column(col, no_wrap=col != "WHY")
     now = time.time()
     for r in rows:
-        table.add_row(_t(r.get("job_id")), state_text(r.get("state")), _t(r.get("evidence") or ""), _t(age(r.get("updated_at"), now)))
+        table.add_row(_t(r.job_id), state_text(r.state), _t(r.evidence or ""), _t(age(r.updated_at, now)))
     con.print(table)

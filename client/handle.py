@@ -14,19 +14,30 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from forgather_control.client import framework_jobs
-from forgather_control.client.jobinfo import JobInfo, stall_of
+from forgather_control.client.jobinfo import LIVE_FIELDS, JobInfo, overlay, stall_of
 from forgather_control.client.listing import judge_job
 from forgather_control.client.stackreport import StacksReport, collect
 from forgather_control.client.transport import FileTransport, HttpTransport, Transport, probe_endpoint
 from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
-from forgather_control.core.records import CommandOptions, CommandResult, Endpoint, Job, MetricHistory, Receipt, Status, encode, load_or_none
+from forgather_control.core.records import (
+    CommandOptions,
+    CommandResult,
+    Endpoint,
+    Job,
+    JobDetails,
+    JobRow,
+    MetricHistory,
+    Receipt,
+    StallNotice,
+    Status,
+    load_or_none,
+)
 from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -60,7 +71,7 @@ class JobHandle:
         transport: Transport,
         *,
         info: JobInfo | None = None,
-        summary: dict[str, Any] | None = None,
+        summary: JobRow | None = None,
         timeout: float = 5.0,
         ray: tuple[str, str | None] | None = None,
     ) -> None:
@@ -87,15 +98,14 @@ class JobHandle:
     def state(self) -> JobState:
         if self.info is not None:
             return self.info.state
-        return JobState.parse((self.summary or {}).get("state")) or JobState.UNKNOWN
+        return self.summary.state if self.summary is not None else JobState.UNKNOWN
 
     @property
-    def stall(self) -> dict[str, Any] | None:
+    def stall(self) -> StallNotice | None:
         """Why the job counts as stalled (how long, the step, what rank 0 is doing), or None."""
         if self.info is not None:
             return self.info.stall
-        stall = (self.summary or {}).get("stall")
-        return stall if isinstance(stall, dict) else None
+        return self.summary.stall if self.summary is not None else None
 
     def refresh(self) -> JobState:
         """Read the job's records again and judge them now (a local job only)."""
@@ -103,11 +113,11 @@ class JobHandle:
             self.info = judge_job(self.info.paths, probe=probe_endpoint)
         return self.state
 
-    def details(self) -> dict[str, Any]:
+    def details(self) -> JobDetails:
         """Everything known about the job (``status --json``): its records, overlaid with
         what its server says right now. ``live`` tells whether the server answered."""
-        d = self.info.details() if self.info is not None else dict(self.summary or {"job_id": self.job_id})
-        d["live"] = False
+        d = self.info.details() if self.info is not None else JobDetails.of(self.summary or JobRow(job_id=self.job_id))
+        d.live = False
         dead = self.info is not None and self.info.liveness in (Liveness.DEAD, Liveness.FINISHED)
         if self.channel not in ("http", framework_jobs.CHANNEL) or dead:
             return d
@@ -116,13 +126,13 @@ class JobHandle:
         except Unreachable as exc:
             if self.info is None:
                 raise
-            d["live_error"] = str(exc)
+            d.live_error = str(exc)
             return d
-        d.update({k: v for k, v in encode(live).items() if k != "job_id"})
-        d["live"] = True
-        d["stall"] = stall_of(live, time.time())
-        if d["stall"] is not None:
-            d["state"] = JobState.STALLED.value
+        overlay(d, live, LIVE_FIELDS)
+        d.live = True
+        d.stall = stall_of(live, time.time())
+        if d.stall is not None:
+            d.state = JobState.STALLED
         return d
 
     def status(self) -> Status:
@@ -151,9 +161,9 @@ class JobHandle:
         stall = self.stall
         if stall is None:
             return None
-        secs = stall.get("for")
-        how_long = f"no step for {secs:.0f}s (at step {stall.get('step')}): " if isinstance(secs, (int, float)) else ""
-        head = f"job {self.job_id} is stalled: {how_long}{stall.get('why')}"
+        secs = stall.for_
+        how_long = f"no step for {secs:.0f}s (at step {stall.step}): " if secs is not None else ""
+        head = f"job {self.job_id} is stalled: {how_long}{stall.why}"
         where = f"see where every rank is with `forgather control stacks {self.job_id}`"
         if command != Command.ABORT:
             return (
@@ -167,12 +177,10 @@ class JobHandle:
     def no_control_notice(self) -> str | None:
         """What to tell someone who sends a command to a job that has no control attached
         (``uncontrolled``), or None: nothing takes it unless the script starts a Controller."""
-        notice = self.info.no_control if self.info is not None else (self.summary or {}).get("no_control")
-        if not isinstance(notice, dict):
+        notice = self.info.no_control if self.info is not None else self.summary.no_control if self.summary is not None else None
+        if notice is None:
             return None
-        return (
-            f"job {self.job_id} has {notice.get('why')}. The command waits in its inbox and applies only if one starts; to attach control: {notice.get('add')}"
-        )
+        return f"job {self.job_id} has {notice.why}. The command waits in its inbox and applies only if one starts; to attach control: {notice.add}"
 
     def stacks(self, *, timeout: float = 10.0) -> StacksReport:
         """Every rank's Python stacks, from every node (through the job folder, or Ray),
@@ -185,10 +193,10 @@ class JobHandle:
 
             found, missing = stacks_cluster(self.job_id, address=self.ray[0], jobs_dir=self.ray[1], timeout=timeout)
             ranks = {r.rank: r for r in (RankStacks.from_record(x) for x in found) if r is not None}
-            world = (self.summary or {}).get("world_size")
-            report = StacksReport(self.job_id, world if isinstance(world, int) else None, [ranks[r] for r in sorted(ranks)])
+            world = self.summary.world_size if self.summary is not None else None
+            report = StacksReport(self.job_id, world, [ranks[r] for r in sorted(ranks)])
             report.missing = [r for r in range(report.world_size or 0) if r not in ranks]
-            report.notes += [f"Ray node {m['node']} did not answer: {m['reason']}" for m in missing]
+            report.notes += [f"Ray node {m.node} did not answer: {m.reason}" for m in missing]
             return report
         raise UsageError(
             f"job {self.job_id} was reached through its server only; its ranks' stacks are taken on their hosts. "

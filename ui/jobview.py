@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from forgather_control.client.handle import JobHandle
-from forgather_control.client.lookup import open_job
+from forgather_control.client.sources import JobSource
 from forgather_control.core.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.core.errors import ControlError, JobEnded, Unreachable
-from forgather_control.core.records import encode
+from forgather_control.core.records import JobDetails, Text, encode
 from forgather_control.core.safe import json_safe, scrub
-from forgather_control.core.states import JobState
 
 from .config import UiConfig
 
@@ -33,19 +32,33 @@ BUTTONS: dict[str, Command] = CLI_VERBS
 KEEP_RAY_HANDLE = 30.0
 
 
-class JobView:
-    """Details, history and commands of the jobs a :class:`UiConfig` finds."""
+class PageJob(JobDetails):
+    """``GET /api/jobs/<id>``: ``status --json`` of the job, plus what the page needs to
+    offer its buttons: whether it takes commands now, and why not."""
 
-    def __init__(self, config: UiConfig) -> None:
+    #: the job lives or waits to run (``live`` is the library's: whether its server answered)
+    active: bool = False
+    final: bool = False
+    channel: Text | None = None
+    controllable: bool = False
+    why_not: Text | None = None
+
+
+class JobView:
+    """Details, history and commands of the jobs a :class:`UiConfig` finds (its source;
+    ``source``: one already made from it)."""
+
+    def __init__(self, config: UiConfig, *, source: JobSource | None = None) -> None:
         self.config = config
+        self.source = source if source is not None else config.source()
         self._kept: dict[str, tuple[float, JobHandle, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def handle(self, job_id: str) -> Iterator[JobHandle]:
-        """The job's handle, for one request."""
-        if self.config.ray is None:
-            with open_job(job_id, jobs_dir=self.config.jobs_dir, timeout=self.config.timeout) as h:
+        """The job's handle, for one request (a slow source's is kept a while)."""
+        if not self.source.slow:
+            with self.source.open(job_id, timeout=self.config.timeout) as h:
                 yield h
             return
         with self._lock:
@@ -54,27 +67,23 @@ class JobView:
                 kept[1].close()
                 kept = None
             if kept is None:
-                h = open_job(job_id, jobs_dir=self.config.jobs_dir, ray=self.config.ray, timeout=self.config.timeout)
+                h = self.source.open(job_id, timeout=self.config.timeout)
                 kept = self._kept[job_id] = (time.monotonic(), h, threading.Lock())
         with kept[2]:  # a handle's connection serves one request at a time
             yield kept[1]
 
-    def details(self, job_id: str) -> dict[str, Any]:
+    def details(self, job_id: str) -> PageJob:
         """``status --json`` of the job, plus what the page needs to know to offer its
         buttons: whether it takes commands now, and why not."""
         with self.handle(job_id) as h:
-            d = h.details()
-            state = JobState.parse(d.get("state")) or JobState.UNKNOWN
-            d["state"] = state.value
-            d["active"] = state.live  # ``live`` is the library's: whether its server answered
-            d["final"] = state.final
-            d["channel"] = h.channel
+            d = PageJob.of(h.details())
+            d.active, d.final, d.channel = d.state.live, d.state.final, h.channel
             try:
                 h.check_controllable()
-                d["controllable"], d["why_not"] = True, None
+                d.controllable = True
             except (JobEnded, Unreachable) as exc:
-                d["controllable"], d["why_not"] = False, str(exc)
-        return json_safe(scrub(d))
+                d.why_not = str(exc)
+        return d
 
     def metrics(self, job_id: str, since: int | None) -> dict[str, Any]:
         with self.handle(job_id) as h:

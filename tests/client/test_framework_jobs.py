@@ -348,11 +348,11 @@ def test_wait_that_runs_out_says_the_command_was_acknowledged(cli, standin: Stan
 # -- the library: what the CLI does, a Python caller does ----------------------------------------
 def test_a_python_caller_gets_what_the_cli_gives(standin: StandIn, jobs_dir: Path) -> None:
     listing = list_jobs(jobs_dir=jobs_dir)
-    (row,) = [r for r in listing.rows if r["job_id"] == standin.job_id]
-    assert (row["framework_callback"], row["state"], row["step"]) == (True, "running", 42)
+    (row,) = [r for r in listing.rows if r.job_id == standin.job_id]
+    assert (row.framework_callback, row.state, row.step) == (True, "running", 42)
     with open_job(standin.job_id[:12], jobs_dir=jobs_dir) as handle:
         assert handle.channel == "framework"
-        assert handle.details()["live"] is True
+        assert handle.details().live is True
         assert handle.status().step == 42
         assert handle.metrics() == MetricHistory(version=1, job_id=standin.job_id, series={})
         assert handle.entry("anything") is None
@@ -382,14 +382,14 @@ def test_the_web_page_lists_and_commands_it_through_the_same_calls(standin: Stan
     from forgather_control.ui.feed import JobsFeed
     from forgather_control.ui.jobview import JobView
 
-    (row,) = JobsFeed(jobs_dir=jobs_dir, ray=None, max_age=0.0).snapshot().rows
-    assert (row["job_id"], row["framework_callback"], row["state"], row["step"], row["live"]) == (standin.job_id, True, "running", 42, True)
-    assert row["loss"] == 1.5  # from its API: the job has no status.json for the page to read it from
+    (row,) = JobsFeed(UiConfig(jobs_dir=jobs_dir).source(), max_age=0.0).snapshot().rows
+    assert (row.job_id, row.framework_callback, row.state, row.step, row.live) == (standin.job_id, True, "running", 42, True)
+    assert row.loss == 1.5  # from its API: the job has no status.json for the page to read it from
     d0 = JobView(UiConfig(jobs_dir=jobs_dir)).details(standin.job_id)
-    assert d0["framework_callback"] is True  # the page disables Eval and follows no receipt for it (job.js)
+    assert d0.framework_callback is True  # the page disables Eval and follows no receipt for it (job.js)
     view = JobView(UiConfig(jobs_dir=jobs_dir))
     d = view.details(standin.job_id)
-    assert (d["channel"], d["controllable"], d["live"], d["step"]) == ("framework", True, True, 42)
+    assert (d.channel, d.controllable, d.live, d.step) == ("framework", True, True, 42)
     assert view.send(standin.job_id, "save-stop")["state"] == "acknowledged"
     with pytest.raises(CommandRefused, match="has no evaluate command"):
         view.send(standin.job_id, "eval")

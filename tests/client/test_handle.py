@@ -98,7 +98,7 @@ def test_open_local_by_prefix_send_and_wait(live, tmp_path: Path) -> None:
         assert h.job_id == "train-alpha" and h.channel == "http" and h.state == JobState.RUNNING
         receipt = h.send("save", key="k-1")
         assert receipt.state == "queued" and receipt.command == "save_checkpoint"
-        assert h.details()["live"] is True
+        assert h.details().live is True
         entry = job.ledger.next_pending()
         job.ledger.mark_applied(entry.id, 4)
         job.ledger.complete(entry.id, {"checkpoint": "/ckpt/4"})
@@ -118,7 +118,7 @@ def test_one_prefix_rule_everywhere(live, tmp_path: Path) -> None:
     job = live("remote-job")
     remote = job.url.removeprefix("http://")
     with open_job("remote", remote=remote, token=TOKEN) as h:  # the same rule at a server
-        assert h.job_id == "remote-job" and h.info is None and h.summary["state"] == "running"
+        assert h.job_id == "remote-job" and h.info is None and h.summary is not None and h.summary.state == "running"
     with pytest.raises(JobNotFound, match="it serves: remote-job"):
         open_job("other", remote=remote, token=TOKEN)
     with pytest.raises(UsageError, match="either --remote or --ray"):
@@ -250,6 +250,6 @@ def test_list_jobs_says_where_and_whether_the_folder_exists(live, tmp_path: Path
     job = live("listed-1")
     job.publish(tmp_path / "jobs")
     listing = list_jobs(jobs_dir=tmp_path / "jobs")
-    assert [r["job_id"] for r in listing.rows] == ["listed-1"] and listing.rows[0]["state"] == "running"
+    assert [r.job_id for r in listing.rows] == ["listed-1"] and listing.rows[0].state == "running"
     remote = list_jobs(remote=job.url.removeprefix("http://"), token=TOKEN)
-    assert remote.source == "remote" and remote.rows[0]["job_id"] == "listed-1" and "token" not in remote.rows[0]
+    assert remote.source == "remote" and remote.rows[0].job_id == "listed-1" and "token" not in encode(remote.rows[0])

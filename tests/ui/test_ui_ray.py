@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from support.records import identity
 from support.ui import ui_server
@@ -18,7 +19,7 @@ from support.ui import ui_server
 from forgather_control.callback.server import create_app
 from forgather_control.client import ray_listing
 from forgather_control.core import Ledger
-from forgather_control.core.records import CommandResult, MetricHistory, Status
+from forgather_control.core.records import CommandResult, JobRow, MetricHistory, MissingNode, Status, decode
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "ray-page-test-token-0123456789abcdef"
@@ -41,16 +42,20 @@ def job_server() -> Iterator[tuple[str, Ledger]]:
 
 def test_ray_jobs_and_commands(monkeypatch: pytest.MonkeyPatch, jobs_dir: Path, job_server: tuple[str, Ledger]) -> None:
     url, ledger = job_server
-    row = {"job_id": "ray-job-1", "state": "running", "liveness": "alive", "host": "node-a", "step": 12, "max_steps": 100, "restarts": 0, "node": "node-a"}
+    row = decode(
+        {"job_id": "ray-job-1", "state": "running", "liveness": "alive", "host": "node-a", "step": 12, "max_steps": 100, "restarts": 0, "node": "node-a"},
+        JobRow,
+        name="a row",
+    )
     calls: list[str] = []
 
     def list_cluster(*, address: str, jobs_dir: str | None, include_finished: bool, timeout: float) -> Any:
         calls.append(f"list {address} {include_finished}")
-        return SimpleNamespace(jobs=[dict(row)], missing_nodes=[{"node": "node-b", "reason": "timed out"}])
+        return SimpleNamespace(jobs=[row], missing_nodes=[MissingNode(node="node-b", reason="timed out")])
 
-    def find_job(ref: str, *, address: str, jobs_dir: str | None, timeout: float) -> dict[str, Any]:
+    def find_job(ref: str, *, address: str, jobs_dir: str | None, timeout: float) -> ray_listing.Found:
         calls.append(f"find {ref} {address}")
-        return {**row, "url": url, "token": TOKEN}
+        return ray_listing.Found(msgspec.structs.replace(row, url=url), token=TOKEN)
 
     monkeypatch.setattr(ray_listing, "list_cluster", list_cluster)
     monkeypatch.setattr(ray_listing, "find_job", find_job)
