@@ -28,13 +28,11 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from support.scripts import CONTROLLED_LOOP
 
 from forgather_control.callback import Controller
 from forgather_control.core import JobPaths, read_json
 from forgather_control.core.proof import new_nonce, proof_matches
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples" / "trainer_control"
 
 
 class LiveJob:
@@ -188,7 +186,7 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
 def test_an_impostor_on_a_dead_jobs_port_never_gets_the_token(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     env = {**os.environ, "FORGATHER_JOBS_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, str(EXAMPLES / "plain_loop.py"), "--job-id", "victim", "--output-dir", str(tmp_path / "out")]
+    argv = [sys.executable, "-c", CONTROLLED_LOOP, "victim", str(tmp_path / "out")]  # a real job's port and token; no training needed
     job = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         paths = JobPaths(jobs, "victim")

@@ -1,4 +1,4 @@
-"""Small training scripts the launcher tests run under ``forgather launch``."""
+"""Small training scripts the tests run: under ``forgather launch``, or alone (``python -c``)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,36 @@ with Controller(max_steps=1_000_000) as ctl:
         if act.save:
             out.mkdir(exist_ok=True)
             ck = out / f"ck-{step}"
+            ck.write_text("saved")
+            ctl.checkpoint_saved(str(ck))
+        if act.stop:
+            print("stopped at", step, act.command, flush=True)
+            break
+"""
+
+
+#: A training loop under a Controller, without torch (it starts in a fraction of a second,
+#: the example in several): for a test about a live job's process, its records and its
+#: server, not about training. ``argv[1]`` is the job id (the jobs dir comes from the
+#: environment), ``argv[2]`` where its checkpoints go; it runs until told to stop.
+CONTROLLED_LOOP = """
+import sys, time
+from pathlib import Path
+from forgather_control.callback import Controller
+
+job_id, out = sys.argv[1], Path(sys.argv[2])
+with Controller(job_id=job_id) as ctl:
+    print(f"job {ctl.job_id} running", flush=True)
+    step = 0
+    while True:
+        step += 1
+        time.sleep(0.01)
+        act = ctl.step(step, {"loss": 1.0 / step})
+        if act.evaluate:
+            ctl.evaluation_done({"eval_loss": 1.0 / step})
+        if act.save:
+            out.mkdir(parents=True, exist_ok=True)
+            ck = out / f"checkpoint-{step}"
             ck.write_text("saved")
             ctl.checkpoint_saved(str(ck))
         if act.stop:
