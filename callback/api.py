@@ -69,6 +69,22 @@ class CommandRequest(BaseModel):
     options: CommandOptions | None = None
 
 
+#: A metric's value: a number (a diverging loss is NaN), a short text, a boolean or null.
+MetricValue = float | int | str | bool | None
+
+
+class CommandResult(BaseModel):
+    """What came of a command (``core.records.CommandResult`` is the record)."""
+
+    checkpoint: str | None = None
+    step: int | None = None
+    saved_at_step: int | None = None
+    metrics: dict[str, MetricValue] | None = None
+    final_state: str | None = None
+    final_step: int | None = None
+    ended_by: str | None = None
+
+
 class Receipt(BaseModel):
     """A command's ledger entry."""
 
@@ -83,9 +99,9 @@ class Receipt(BaseModel):
     created_at: float
     updated_at: float
     step: int | None = None
-    result: dict[str, Any] | None = None
+    result: CommandResult | None = None
     reason: str | None = None
-    options: dict[str, Any] | None = None
+    options: CommandOptions | None = None
 
 
 class Status(BaseModel):
@@ -97,7 +113,7 @@ class Status(BaseModel):
     state: str
     step: int | None = None
     max_steps: int | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
     commands: list[Receipt] = Field(default_factory=list)
 
 

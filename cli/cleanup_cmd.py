@@ -9,7 +9,7 @@ reports.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import NamedTuple
 
 import click
 
@@ -20,6 +20,13 @@ from forgather_control.core.records import JobRow
 
 from . import options
 from .output import print_json, printable
+
+
+class Kept(NamedTuple):
+    """A job cleanup leaves, and why (``--json`` writes it as an object)."""
+
+    job_id: str
+    reason: str | None
 
 
 @click.command("cleanup")
@@ -41,10 +48,10 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
     found = cleanup.candidates(root, include_resumable=include_resumable)
     doomed = [c.info for c in found if c.kept is None]
     rows = [c.summary() for c in doomed]
-    kept: list[dict[str, Any]] = [{"job_id": c.info.job_id, "reason": c.kept} for c in found if c.kept is not None]
+    kept = [Kept(c.info.job_id, c.kept) for c in found if c.kept is not None]
     if not rows or dry_run:
         if as_json:
-            print_json({"dry_run": dry_run, "candidates": rows, "deleted": [], "kept": kept})
+            print_json({"dry_run": dry_run, "candidates": rows, "deleted": [], "kept": [k._asdict() for k in kept]})
         elif rows:
             _show(rows, kept, title=f"would delete in {root}")
         else:
@@ -60,22 +67,22 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
             raise click.exceptions.Exit(EXIT_FAILED)
     outcomes = [cleanup.delete_job(root, info.job_id, include_resumable=include_resumable) for info in doomed]
     deleted = [o.job_id for o in outcomes if o.deleted]
-    kept += [{"job_id": o.job_id, "reason": o.reason} for o in outcomes if not o.deleted]
+    kept += [Kept(o.job_id, o.reason) for o in outcomes if not o.deleted]
     if as_json:
-        print_json({"dry_run": False, "candidates": rows, "deleted": deleted, "kept": kept})
+        print_json({"dry_run": False, "candidates": rows, "deleted": deleted, "kept": [k._asdict() for k in kept]})
     else:
         click.echo(printable(f"deleted {len(deleted)} job record(s) from {root}"))
         _show_kept(kept)
     return EXIT_FAILED if any(o.error for o in outcomes) else EXIT_OK
 
 
-def _show(rows: list[JobRow], kept: list[dict[str, Any]], *, title: str) -> None:
+def _show(rows: list[JobRow], kept: list[Kept], *, title: str) -> None:
     from . import render
 
     render.print_cleanup(rows, title=title)
     _show_kept(kept)
 
 
-def _show_kept(kept: list[dict[str, Any]]) -> None:
+def _show_kept(kept: list[Kept]) -> None:
     for k in kept:
-        click.echo(printable(f"kept {k['job_id']}: {k['reason']}"))
+        click.echo(printable(f"kept {k.job_id}: {k.reason}"))

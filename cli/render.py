@@ -14,8 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from forgather_control.core.files import RecordError
-from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt, decode
+from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -246,14 +245,8 @@ def print_status(d: JobDetails) -> None:
     console().print(status_panel(d))
 
 
-def _result(entry: Receipt | dict[str, Any]) -> str:
-    """What came of a command, in a few words. (The status panel's rows still hold its
-    receipts as JSON: read as a Receipt here.)"""
-    if isinstance(entry, dict):
-        try:
-            entry = decode(entry, Receipt, name="a receipt")
-        except RecordError:
-            return ""
+def _result(entry: Receipt) -> str:
+    """What came of a command, in a few words."""
     r = entry.result or CommandResult()
     if r.checkpoint:
         return r.checkpoint
