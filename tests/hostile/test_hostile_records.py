@@ -3,8 +3,9 @@ every field a person sees, links, FIFOs and unreadable files. ``list``, ``status
 ``cleanup`` never crash, never print a raw control character, never touch anything
 outside the directory, and a bad record makes only its own job ``corrupt``.
 
-The fixed cases are the findings of the hostile review; the generated ones (hypothesis,
-bounded) keep looking for the next one, in process, against the same code."""
+The fixed cases are the findings of the hostile review, through the command line run in
+this process (support.cli.run_cli_here); the generated ones (hypothesis, bounded) keep
+looking for the next one, in process, against the same code."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
+from support.cli import run_cli_here
 from support.records import identity
 
 from forgather_control.cli import render
@@ -30,7 +31,6 @@ from forgather_control.client import scan
 from forgather_control.core import JobPaths
 from forgather_control.core.records import Endpoint, Job, Node, RecordError, Status, decode, encode
 
-CLI = [sys.executable, "-m", "forgather_control.cli.main"]
 #: What must never reach a terminal raw: C0/C1 controls (but a line's own newline) and
 #: the invisible and direction-changing code points.
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
@@ -46,8 +46,10 @@ ESCAPES = [
 
 
 def _cli(*args: str, jobs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FORGATHER_JOBS_DIR": str(jobs)}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+    """The command line over ``jobs``, in this process: what it prints and returns is the
+    point here (some thirty runs), not an interpreter's start."""
+    r = run_cli_here(*args, env={"FORGATHER_JOBS_DIR": str(jobs)})
+    return subprocess.CompletedProcess(list(args), r.code, r.out, r.err)
 
 
 def _assert_clean(proc: subprocess.CompletedProcess) -> None:
