@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from support.cli import CliResult, run_cli_here
 from support.framework import framework_env
 from support.framework_callback import StandIn, job_id_for, write_endpoint
 from support.paths import REPO
@@ -35,6 +36,20 @@ from forgather_control.core.records import MetricHistory, Receipt
 
 NO_RECEIPT = "keeps no receipt and takes no idempotency key"
 SUPPORT = REPO / "tests" / "support"
+
+
+@pytest.fixture
+def cli(cli: Callable[..., CliResult], request: pytest.FixtureRequest) -> Callable[..., CliResult]:
+    """The command line in this process (support.cli.run_cli_here): the quick tests are
+    about what it finds, prints, returns and sends the callback, some forty runs of it.
+    The slow test of the real framework runs it as a user does, a subprocess."""
+    if request.node.get_closest_marker("slow"):
+        return cli
+
+    def here(*args: str, timeout: float = 120.0, extra_env: dict[str, str] | None = None) -> CliResult:
+        return run_cli_here(*args, env=extra_env)
+
+    return here
 
 
 @pytest.fixture
