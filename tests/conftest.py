@@ -16,6 +16,7 @@ package build (``support.tiers``): it fails, naming the marker.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ from support.tiers import quick_tier
 from support.waiting import wait_for as _wait_for
 
 from forgather_control.core.env import ENV_OUTPUT_DIR
+
+# A suite started in the background of a shell without job control (`pytest ... &`) runs
+# with SIGINT ignored, and every child inherits it: a CLI under test would never see the
+# Ctrl-C a test sends it. Python's own handler here makes the children start with SIGINT
+# at its default (exec resets a caught signal), as from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(hookwrapper=True)
