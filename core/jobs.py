@@ -99,8 +99,8 @@ class JobPaths:
         and another user made it: a job's folder is its launcher's own, never taken over."""
         try:
             uid = os.lstat(self.dir).st_uid
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            return  # not there (nor can it be: creating it says why)
         if uid != os.geteuid():
             raise NotOurs(f"job folder {foreign(self.dir, uid)}: a job's folder belongs to the user who launched it. Pick another --job-id")
 

@@ -314,7 +314,7 @@ def test_hung_then_dead_node(cluster: Cluster) -> None:
 
         t0 = time.monotonic()
         job = find_cluster_job(cluster.live["fg-a"], address=cluster.address, jobs_dir=None, timeout=60)
-        assert job["node"].startswith("fg-a/") and job["token"]
+        assert job.row.node is not None and job.row.node.startswith("fg-a/") and job.token
         assert time.monotonic() - t0 < 30
         out = run_cli("control", "status", cluster.live["fg-b"], "--ray-address", cluster.address, "--json", env=client_env(cluster), timeout=180)
         assert out.code == 0 and out.json()["state"] == "running", out.err
