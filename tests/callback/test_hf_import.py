@@ -30,6 +30,12 @@ def test_importing_the_callbacks_imports_no_heavy_package(tmp_path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+#: The two tests that import Lightning into the test process run on the worker that already
+#: has it (test_lightning_single's group): one import of a few seconds, not one per worker.
+IN_PROCESS_LIGHTNING = pytest.mark.xdist_group("trainers-in-process")
+
+
+@IN_PROCESS_LIGHTNING
 def test_lightning_callback_is_a_lightning_callback() -> None:
     import lightning.pytorch as pl
 
@@ -38,6 +44,7 @@ def test_lightning_callback_is_a_lightning_callback() -> None:
     assert issubclass(LightningControlCallback, pl.Callback)
 
 
+@IN_PROCESS_LIGHTNING
 def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
     """Both packages installed: each Trainer needs a callback of its own package's type."""
     import lightning.pytorch as lp
