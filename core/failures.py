@@ -6,10 +6,18 @@ the folder on shared storage holds every rank's failure. The first one written i
 root cause: a rank that raises ends its process, and the others then fail in their next
 collective ("Connection closed by peer"), later. torchrun's own error files would need
 the user's entry point wrapped in ``@record``; the bootstrap wraps every script.
+
+"First" is never read off the writers' clocks across hosts: a node whose clock runs 5 s
+ahead would name the consequence. Every failure file gets its time from one clock, the
+storage's (its mtime: the file server's, or the one kernel's), whatever host wrote it;
+that orders them. Only in a tie of that clock (its resolution) does a host's own clock
+(``at``) order that host's own ranks; across hosts a tie stays one and the rank decides.
+A record that gives no ``at`` is not one this code wrote whole: it never comes first.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -22,7 +30,7 @@ from forgather_control.core.records import FailureRecord, RecordError, encode, l
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Failure", "read_failures", "record_failure", "root_cause"]
+__all__ = ["Failure", "first_first", "read_failures", "record_failure", "root_cause"]
 
 #: How much of a traceback is kept: its last lines are where it happened.
 TRACEBACK_LINES = 12
@@ -40,7 +48,8 @@ class Failure:
     type: str
     message: str
     traceback: list[str]
-    at: float
+    #: when it was written, by its writer's clock (None: the record does not say)
+    at: float | None
 
     @classmethod
     def parse(cls, raw: FailureRecord | None) -> Failure | None:
@@ -50,7 +59,7 @@ class Failure:
         rank, run, host, pid, kind, message = raw.rank, raw.run, raw.host, raw.pid, raw.type, raw.message
         if rank is None or run is None or host is None or pid is None or kind is None or message is None:
             return None
-        return cls(rank, run, host, pid, kind, message, list(raw.traceback or ())[-TRACEBACK_LINES:], raw.at or 0.0)
+        return cls(rank, run, host, pid, kind, message, list(raw.traceback or ())[-TRACEBACK_LINES:], raw.at)
 
     def as_record(self) -> FailureRecord:
         return FailureRecord(**asdict(self))
@@ -82,22 +91,42 @@ def record_failure(paths: JobPaths, *, rank: int, run: int, exc: BaseException) 
 
 
 def read_failures(paths: JobPaths, *, run: int | None = None) -> list[Failure]:
-    """Every rank's recorded failure (of run ``run`` only, when given), first first."""
+    """Every rank's recorded failure (of run ``run`` only, when given), first first
+    (:func:`first_first`)."""
     try:
         names = sorted(os.listdir(paths.failures))
     except OSError:
         return []
-    found = []
+    found: list[tuple[Failure, int]] = []
     for name in names:
         if not name.endswith(".json") or name.startswith(TEMP_PREFIX):
             continue
+        path = paths.failures / name
         try:
-            failure = Failure.parse(load(paths.failures / name, FailureRecord, max_bytes=64 * 1024))
-        except RecordError:
+            failure = Failure.parse(load(path, FailureRecord, max_bytes=64 * 1024))
+            written = os.lstat(path).st_mtime_ns
+        except (RecordError, OSError):
             continue
         if failure is not None and (run is None or failure.run == run):
-            found.append(failure)
-    return sorted(found, key=lambda f: (f.at, f.rank))
+            found.append((failure, written))
+    return first_first(found)
+
+
+def first_first(found: list[tuple[Failure, int]]) -> list[Failure]:
+    """Failures (each with its file's mtime in ns: the storage's clock) in the order they
+    happened, as the module says: a failure without ``at`` after every one with it, then
+    the storage's clock, then, in a tie of it, each host's own clock among its own ranks
+    (the tie's places kept by rank across hosts)."""
+    ordered = sorted(found, key=lambda f: (f[0].at is None, f[1], f[0].rank))
+    out: list[Failure] = []
+    for _, tie in itertools.groupby(ordered, key=lambda f: (f[0].at is None, f[1])):
+        places = [f for f, _ in tie]
+        by_host: dict[str, list[Failure]] = {}
+        for f in places:
+            by_host.setdefault(f.host, []).append(f)
+        mine = {host: iter(sorted(fs, key=lambda f: (f.at or 0.0, f.rank))) for host, fs in by_host.items()}
+        out += [next(mine[f.host]) for f in places]  # each host's places, in its own clock's order
+    return out
 
 
 def root_cause(paths: JobPaths, *, run: int | None = None) -> Failure | None:
