@@ -568,6 +568,7 @@ class Controller:
             boot_id=me.boot_id,
             pid=me.pid,
             pid_start_time=me.pid_start_time,
+            pid_ns=me.pid_ns,
             job_id=self.job_id,
             state=self.state,
             step=step,

@@ -17,6 +17,7 @@ from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.metrics import FILENAME, History, read_history
 from forgather_control.core.records import Metrics
+from forgather_control.core.vanished import folder_gone
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ class HistoryRecorder:
                     self.history.record(step, now, metrics)
             if self.history.version != self._written and now - self._last_write >= self.write_every:
                 self.flush()
-        except Exception:  # the I/O thread goes on; the curves are not worth a training run
-            log.exception("forgather control: could not record the metric history")
+        except Exception as exc:  # the I/O thread goes on; the curves are not worth a training run
+            if not folder_gone(self.paths.dir, exc, log):
+                log.exception("forgather control: could not record the metric history")
 
     def flush(self) -> None:
         """Write metrics.json now if anything was added since the last write."""

@@ -157,6 +157,7 @@ class ControlPlane:
             boot_id=me.boot_id,
             pid=me.pid,
             pid_start_time=me.pid_start_time,
+            pid_ns=me.pid_ns,
             job_id=self.job_id,
             url=self.url,
             port=self._server.port if self._server else None,

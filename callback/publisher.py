@@ -18,6 +18,7 @@ from collections.abc import Callable
 from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
 from forgather_control.core.files import TEMP_PREFIX, RecordError, remove_quietly
 from forgather_control.core.records import CommandFile, Status, decode, encode
+from forgather_control.core.vanished import folder_gone
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,10 @@ class Publisher:
                 self.write_status()
             if self.on_tick is not None:
                 self.on_tick()
-        except Exception:
+        except Exception as exc:
             self.errors += 1
-            log.exception("forgather control I/O failed; training goes on")
+            if not folder_gone(self.paths.dir, exc, log):
+                log.exception("forgather control I/O failed; training goes on")
 
     def write_status(self, *, ended_at: float | None = None, error: str | None = None) -> None:
         """Write status.json now (with the heartbeat); the final write adds when the job

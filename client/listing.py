@@ -22,7 +22,7 @@ from forgather_control.client.settler import Settler
 from forgather_control.core.env import ENV_JOBS_DIR
 from forgather_control.core.files import TEMP_PREFIX, RecordError
 from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
-from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host
+from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host, same_pid_namespace
 from forgather_control.core.markers import read_index
 from forgather_control.core.records import Endpoint, Job, Node, Record, Status
 from forgather_control.core.records import load as load_record
@@ -137,14 +137,18 @@ def scan(
 def useful_probe(endpoint: Endpoint | None, probe: Probe | None, *, probe_local: bool = True) -> Probe | None:
     """The probe worth spending on this endpoint, or None.
 
-    Same-host records are judged by pid (cheap and authoritative) unless
-    ``probe_local``. A *loopback* URL recorded on another host names that host's
-    loopback, not ours: probing it would reach whatever listens on that port here and
-    hand it the other job's token, so it is never probed."""
+    Records of this host and PID namespace are judged by pid (cheap and authoritative)
+    unless ``probe_local``; one of another PID namespace here (a container sharing the
+    host's name) has no pid we can look up, so the probe is its evidence. A *loopback*
+    URL recorded on another host names that host's loopback, not ours: probing it would
+    reach whatever listens on that port here and hand it the other job's token, so it
+    is never probed."""
     if probe is None or endpoint is None:
         return None
-    if same_host(endpoint):
+    if same_pid_namespace(endpoint):
         return probe if probe_local else None
+    if same_host(endpoint):
+        return probe
     if endpoint.url is not None and is_loopback_url(endpoint.url):
         return None
     return probe

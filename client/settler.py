@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core.files import TEMP_PREFIX
-from forgather_control.core.liveness import Liveness, pid_alive, same_host
+from forgather_control.core.liveness import CLOCK_SKEW, Liveness, pid_alive, same_pid_namespace
 from forgather_control.core.markers import (
     FORMAT,
     RUNS_DIR,
@@ -117,7 +117,7 @@ class Settler:
         if info.liveness == Liveness.FINISHED:
             # judge() lets another host's launcher record without an end pass once its
             # heartbeat is old on *this* host's clock: not proof enough to settle on.
-            if all(n.ended_at or same_host(n) for n in info.nodes) or self.silent(info):
+            if all(n.ended_at or same_pid_namespace(n) for n in info.nodes) or self.silent(info):
                 return "finished"
             return None
         if info.liveness == Liveness.DEAD:
@@ -135,7 +135,7 @@ class Settler:
         if mark is not None and mark.job_id == info.job_id and mark.created_at is not None:
             if _ended_on_record(mark, mark.created_at, info):
                 return True
-            if same_host(mark):
+            if same_pid_namespace(mark):
                 return not pid_alive(mark)  # a process here is never settled by age
             if self._slurm_gone(mark, info):
                 return True
@@ -147,7 +147,7 @@ class Settler:
     def orphan_gone(self, name: str) -> bool:
         """A marker whose job folder is gone: is its process proven gone too?"""
         mark, mtime = read_marker(self.root, name)
-        if mark is not None and same_host(mark):
+        if mark is not None and same_pid_namespace(mark):
             return not pid_alive(mark)
         made = mark.created_at if mark is not None else None
         if made is not None and self.now - made < SILENT_FOR:
@@ -158,11 +158,16 @@ class Settler:
         """Nothing of the job has been written for :data:`SILENT_FOR`, by the times its
         records give against this host's clock *and* by the storage's own clock (its
         folder's mtime against a file created now): a reader whose clock runs ahead, or
-        a writer whose clock runs behind, does not make a live job look silent."""
+        a writer whose clock runs behind, does not make a live job look silent. A time
+        more than :data:`CLOCK_SKEW` ahead of ours says only that its writer's clock is
+        ahead (never "written just now" for ten years): it is left out, and a job whose
+        every time is such is judged by the storage's clock alone."""
         if info.job_id in self._silent:
             return self._silent[info.job_id]
-        newest = max(_times(info), default=None)
-        quiet = newest is not None and self.now - newest >= SILENT_FOR
+        times = _times(info)
+        believable = [t for t in times if t - self.now <= CLOCK_SKEW]
+        newest = max(believable, default=None)
+        quiet = self.now - newest >= SILENT_FOR if newest is not None else bool(times)
         if quiet:
             written = _folder_mtime(self.root, info.job_id)
             quiet = written is not None and self.storage_now() - written >= SILENT_FOR
@@ -233,7 +238,8 @@ def _ended_on_record(mark: Marker, made: float, info: JobInfo) -> bool:
 
 def _same_process(rec: Identity, mark: Identity) -> bool:
     a, b = rec.pid_start_time, mark.pid_start_time
-    return rec.host == mark.host and rec.boot_id == mark.boot_id and rec.pid == mark.pid and a is not None and b is not None and abs(a - b) <= 1.0
+    same_ns = rec.pid_ns is None or mark.pid_ns is None or rec.pid_ns == mark.pid_ns
+    return rec.host == mark.host and rec.boot_id == mark.boot_id and same_ns and rec.pid == mark.pid and a is not None and b is not None and abs(a - b) <= 1.0
 
 
 def _times(info: JobInfo) -> list[float]:

@@ -23,7 +23,7 @@ import msgspec
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core import stacks
 from forgather_control.core.errors import UsageError
-from forgather_control.core.liveness import STALE_AFTER, pid_alive, same_host
+from forgather_control.core.liveness import STALE_AFTER, fresh, pid_alive, same_pid_namespace
 from forgather_control.core.records import UNSET, Job, Node, Record, StackRank, StallNotice, Text, UnsetType
 from forgather_control.core.states import JobState, is_final
 
@@ -131,14 +131,13 @@ def native_stacks(pids: dict[int, int], *, timeout: float = 20.0) -> dict[int, s
 
 
 def _node_live(node: Node, now: float) -> bool:
-    """A launcher that can answer: not ended, and alive (its pid on this host, its
-    heartbeat elsewhere)."""
+    """A launcher that can answer: not ended, and alive (its pid in this host's PID
+    namespace, its heartbeat elsewhere)."""
     if is_final(node.state):
         return False
-    if same_host(node):
+    if same_pid_namespace(node):
         return pid_alive(node)
-    beat = node.heartbeat_at
-    return beat is not None and now - beat < STALE_AFTER
+    return fresh(node.heartbeat_at, now, STALE_AFTER)
 
 
 def _world_size(info: JobInfo) -> int | None:

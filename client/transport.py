@@ -20,7 +20,7 @@ from forgather_control.core.commands import Command, State, new_command_id
 from forgather_control.core.errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
 from forgather_control.core.files import RecordError, write_json_atomic
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.liveness import pid_alive, same_host
+from forgather_control.core.liveness import pid_alive, same_pid_namespace
 from forgather_control.core.metrics import check_history, read_history
 from forgather_control.core.proof import new_nonce, proof_matches
 from forgather_control.core.records import CommandFile, CommandOptions, Endpoint, MetricHistory, R, Receipt, Status, decode, encode, load, load_or_none
@@ -146,12 +146,13 @@ class HttpChannel:
 def probe_endpoint(endpoint: Endpoint, *, timeout: float = 0.5) -> bool | None:
     """True when the server proves it holds the job's token and answers for this job;
     False when something answers but is not this job; None: no answer. An endpoint
-    recorded on this host by a process that is gone is never contacted: whatever holds
-    its port now is a stranger."""
+    recorded in this PID namespace by a process that is gone is never contacted:
+    whatever holds its port now is a stranger. One of another namespace (a container on
+    this host) is asked: its pid says nothing here, and the server must prove the token."""
     url, job_id = endpoint.url, endpoint.job_id
     if not url:
         return None
-    if same_host(endpoint) and not pid_alive(endpoint):
+    if same_pid_namespace(endpoint) and not pid_alive(endpoint):
         return None
     try:
         ch = HttpChannel(url, endpoint.token, timeout=timeout, job_id=job_id)

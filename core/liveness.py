@@ -4,11 +4,17 @@ Order of evidence, strongest first:
 
 1. an authenticated HTTP probe that answers for this job id: alive;
 2. a SLURM job that ``squeue`` still shows (running, or requeued and pending): alive;
-3. same host (hostname *and* boot id match): a pid whose start time matches is alive,
-   anything else is dead (pids are recycled, and a reboot recycles all of them);
-   then a SLURM job that ``squeue`` no longer shows is dead;
-4. another host, no answer: a heartbeat older than ``stale_after`` is stale, a newer one
-   unknown. Nothing on another host is ever called dead because a local pid check failed.
+3. same host (hostname *and* boot id match) and same PID namespace: a pid whose start
+   time matches is alive, anything else is dead (pids are recycled, and a reboot
+   recycles all of them); then a SLURM job that ``squeue`` no longer shows is dead;
+4. another host, or another PID namespace of this one (a container sharing the host's
+   name and boot id), no answer: a heartbeat older than ``stale_after`` is stale, a
+   newer one unknown. A pid we cannot look up is no evidence: nothing there is ever
+   called dead because a local pid check failed, so a fresh heartbeat is never dead.
+
+A heartbeat more than :data:`CLOCK_SKEW` ahead of this host's clock is no evidence
+either (its writer's clock is wrong, and "fresh" for ever would keep the job from ever
+settling): it is left out, the job judged on the rest, and the evidence says so.
 """
 
 from __future__ import annotations
@@ -94,7 +100,23 @@ def process_identity(pid: int | None = None) -> Identity:
     (every record that names a process is an :class:`~.records.Identity`)."""
     pid = os.getpid() if pid is None else pid
     me = local_host()
-    return Identity(host=me.hostname, boot_id=me.boot_id, pid=pid, pid_start_time=process_start_time(pid))
+    return Identity(host=me.hostname, boot_id=me.boot_id, pid=pid, pid_start_time=process_start_time(pid), pid_ns=local_pid_ns())
+
+
+_PID_NS: tuple[int, int | None] | None = None
+
+
+def local_pid_ns() -> int | None:
+    """The inode of this process's PID namespace (/proc/self/ns/pid), or None where there
+    is none to read (no procfs: no PID namespaces either). Asked once per process."""
+    global _PID_NS
+    if _PID_NS is None or _PID_NS[0] != os.getpid():
+        try:
+            ino: int | None = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            ino = None
+        _PID_NS = (os.getpid(), ino)
+    return _PID_NS[1]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -123,6 +145,19 @@ def is_loopback_url(url: str) -> bool:
 def same_host(record: Identity) -> bool:
     me = local_host()
     return record.host == me.hostname and record.boot_id == me.boot_id
+
+
+def fresh(beat: float | None, now: float, stale_after: float = STALE_AFTER) -> bool:
+    """A heartbeat younger than ``stale_after`` on this host's clock, and not from the
+    future beyond :data:`CLOCK_SKEW` (a writer's clock that runs ahead proves nothing)."""
+    return beat is not None and -CLOCK_SKEW <= now - beat < stale_after
+
+
+def same_pid_namespace(record: Identity) -> bool:
+    """Is the pid in ``record`` one this process can look up: same host (name and boot id)
+    and same PID namespace? Containers on one host share its name and boot id, not their
+    pids. A record without ``pid_ns`` (written before it was recorded) counts as ours."""
+    return same_host(record) and (record.pid_ns is None or record.pid_ns == local_pid_ns())
 
 
 def pid_alive(record: Identity) -> bool:
@@ -233,14 +268,14 @@ def judge(
         if is_final(recorded_state) and not _launcher_alive(nodes, now=now, stale_after=stale_after):
             return Liveness.FINISHED, f"ended: {recorded_state}"
 
-    # 3. pids on this host
+    # 3. pids this process can look up: this host, this PID namespace
     records: list[Identity] = [r for r in (endpoint, status, *(nodes or ())) if r is not None]
     # endpoint, status and a node record often name the same process: check each once
-    local = list({(r.pid, r.pid_start_time): r for r in records if same_host(r) and r.pid}.values())
+    local = list({(r.pid, r.pid_start_time): r for r in records if same_pid_namespace(r) and r.pid}.values())
     if local:
         if any(pid_alive(r) for r in local):
             return Liveness.ALIVE, "process running on this host"
-        remote = [r for r in records if not same_host(r) and r.host]
+        remote = [r for r in records if not same_pid_namespace(r) and r.host]
         if not remote:
             return Liveness.DEAD, "process no longer runs on this host"
 
@@ -249,34 +284,40 @@ def judge(
     if slurm_state:
         return Liveness.DEAD, f"SLURM reports {slurm_state}"
 
-    # 4. heartbeats from another host
-    beats = [r.heartbeat_at for r in records if isinstance(r, (Status, Node)) and r.heartbeat_at is not None]
+    # 4. heartbeats of writers whose pids are not ours to look up
     if not records:
         return Liveness.UNKNOWN, "no records"
+    unproven = [r for r in records if not (local and same_pid_namespace(r) and r.pid)]  # a pid proven gone above beats no more
+    where = "in another PID namespace on this host" if all(same_host(r) for r in unproven) else "on another host"
+    beats = [r.heartbeat_at for r in unproven if isinstance(r, (Status, Node)) and r.heartbeat_at is not None]
+    # Not "alive for ever": a heartbeat from the future says only that its writer's clock
+    # is ahead of ours, so it proves nothing about the job; the rest judges it.
+    ahead = max((b - now for b in beats if b - now > CLOCK_SKEW), default=None)
+    beats = [b for b in beats if b - now <= CLOCK_SKEW]
     if not beats:
-        return Liveness.UNKNOWN, "on another host, no heartbeat recorded"
-    age = now - max(beats)
-    if age < -CLOCK_SKEW:
-        # Not "alive forever": a heartbeat from the future says only that the two clocks
-        # disagree, so it proves nothing about the job.
-        return Liveness.STALE, f"on another host, its heartbeat is {-age:.0f}s in the future (clock skew); cannot tell whether it runs"
+        if ahead is not None:
+            why = f"{where}, its heartbeat is {ahead:.0f}s in the future: its writer's clock is ahead of this host's"
+            return Liveness.STALE, f"{why}; cannot tell whether it runs"
+        return Liveness.UNKNOWN, f"{where}, no heartbeat recorded"
+    skew = f"; a heartbeat {ahead:.0f}s in the future was not counted (its writer's clock is ahead of this host's)" if ahead is not None else ""
+    age = max(0.0, now - max(beats))
     if age > stale_after:
-        return Liveness.STALE, f"on another host, last heartbeat {age:.0f}s ago"
-    return Liveness.UNKNOWN, f"on another host, heartbeat {age:.0f}s ago"
+        return Liveness.STALE, f"{where}, last heartbeat {age:.0f}s ago{skew}"
+    return Liveness.UNKNOWN, f"{where}, heartbeat {age:.0f}s ago{skew}"
 
 
 def _launcher_alive(nodes: list[Node] | None, *, now: float, stale_after: float) -> bool:
     """Does a launcher of the job still run (a relaunch starting up beside the previous
-    run's final records)? Here: its pid. On another host: a heartbeat fresher than
-    ``stale_after``, since that host's pids are not ours to check."""
+    run's final records)? In this PID namespace: its pid. Elsewhere (another host or
+    namespace, whose pids are not ours to check): a heartbeat fresher than
+    ``stale_after`` and not from the future (a clock ahead proves nothing)."""
     for n in nodes or ():
         if n.ended_at:
             continue
-        if same_host(n):
+        if same_pid_namespace(n):
             if pid_alive(n):
                 return True
             continue
-        beat = n.heartbeat_at
-        if beat is not None and now - beat < stale_after:
+        if fresh(n.heartbeat_at, now, stale_after):
             return True
     return False

@@ -115,12 +115,15 @@ class Record(Struct, kw_only=True, omit_defaults=True):
 
 
 class Identity(Record):
-    """Who wrote a record: the process (pid and start time) on a host (name and boot id)."""
+    """Who wrote a record: the process (pid and start time) on a host (name and boot id),
+    in a PID namespace (``pid_ns``: the inode of its /proc/self/ns/pid; two containers
+    on one host share its name and boot id, not their pids)."""
 
     host: Host | None = None
     boot_id: Str128 | None = None
     pid: Pid | None = None
     pid_start_time: When | None = None
+    pid_ns: Count | None = None
 
 
 class CheckpointRecord(Record):

@@ -39,7 +39,7 @@ from msgspec import structs
 
 from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_host
+from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_pid_namespace
 from forgather_control.core.records import (
     FrameRecord,
     Identity,
@@ -199,7 +199,7 @@ def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> li
             rec = load(folder / name, StacksRegistration)
         except RecordError:
             continue
-        if rec is None or rec.pid is None or rec.rank is None or rec.host is None or not same_host(rec) or not pid_alive(rec):
+        if rec is None or rec.pid is None or rec.rank is None or rec.host is None or not same_pid_namespace(rec) or not pid_alive(rec):
             continue
         if pids is not None and rec.pid not in pids:
             continue

@@ -25,15 +25,16 @@ from typing import Any, TypeVar
 from msgspec import structs
 
 from forgather_control.client.settled import end_run
-from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, same_host, write_json_atomic
+from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, write_json_atomic
 from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, history
 from forgather_control.core.commands import Command, State, is_final_receipt
 from forgather_control.core.failures import root_cause
 from forgather_control.core.files import TEMP_PREFIX, NotOurs, ensure_private_dir, remove_quietly
-from forgather_control.core.liveness import STALE_AFTER
+from forgather_control.core.liveness import STALE_AFTER, fresh, same_pid_namespace
 from forgather_control.core.markers import keep_marked, mark_run
 from forgather_control.core.records import Endpoint, Job, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
 from forgather_control.core.states import JobState, is_final
+from forgather_control.core.vanished import folder_gone
 
 from .config import LaunchError
 from .environments import Placement
@@ -167,11 +168,11 @@ def _node_alive(record: Node, *, now: float) -> tuple[bool, str]:
     """Is the launcher that wrote this node record still running?"""
     if record.ended_at:
         return False, "ended"
-    if same_host(record):
+    if same_pid_namespace(record):
         return (True, f"launcher pid {record.pid} runs on this host") if pid_alive(record) else (False, "pid gone")
     beat = record.heartbeat_at
-    if beat is not None and now - beat < STALE_AFTER:
-        return True, f"launcher on {record.host} sent a heartbeat {now - beat:.0f}s ago"
+    if beat is not None and fresh(beat, now, STALE_AFTER):
+        return True, f"launcher on {record.host} sent a heartbeat {max(0.0, now - beat):.0f}s ago"
     return False, "stale heartbeat"
 
 
@@ -257,6 +258,7 @@ class JobRecords:
             boot_id=me.boot_id,
             pid=me.pid,
             pid_start_time=me.pid_start_time,
+            pid_ns=me.pid_ns,
             job_id=plan.job_id,
             node_rank=self.node_rank,
             nnodes=p.nnodes,
@@ -305,8 +307,9 @@ class JobRecords:
                     self._node.heartbeat_at = time.time()
                     self._write_node()
                 self._marker = keep_marked(self.paths.root, self.paths.job_id, self._marker)
-            except Exception:
-                log.exception("could not refresh %s; the job runs on", self.paths.node(self.node_rank))
+            except Exception as exc:
+                if not folder_gone(self.paths.dir, exc, log):
+                    log.exception("could not refresh %s; the job runs on", self.paths.node(self.node_rank))
 
     def _write_node(self) -> None:
         write_json_atomic(self.paths.node(self.node_rank), encode(self._node))
@@ -438,7 +441,7 @@ class JobRecords:
             closed.pending_commands = 0
         write_json_atomic(self.paths.status, encode(closed))
         endpoint = load_or_none(self.paths.endpoint, Endpoint)
-        if endpoint is not None and same_host(endpoint) and not pid_alive(endpoint):
+        if endpoint is not None and same_pid_namespace(endpoint) and not pid_alive(endpoint):
             remove_quietly(self.paths.endpoint)
 
     def update_job(self, **fields: Any) -> None:
