@@ -30,8 +30,9 @@ def folder_gone(folder: Path, exc: BaseException, log: logging.Logger) -> bool:
         _said.add(key)
     if first:
         log.warning(
-            "forgather control: the job's folder %s is gone (removed while the job runs); training goes on, "
+            "forgather control (pid %d): the job's folder %s is gone (removed while the job runs); training goes on, "
             "but its records cannot be written there, so `forgather control list` and `status` no longer see it",
+            os.getpid(),
             key,
         )
     return True
