@@ -6,7 +6,8 @@ Order of evidence, strongest first:
 2. a SLURM job that ``squeue`` still shows (running, or requeued and pending): alive;
 3. same host (hostname *and* boot id match) and same PID namespace: a pid whose start
    time matches is alive, anything else is dead (pids are recycled, and a reboot
-   recycles all of them); then a SLURM job that ``squeue`` no longer shows is dead;
+   recycles all of them); then a SLURM job that ``squeue`` no longer shows is dead,
+   unless a writer whose pid we cannot look up has a fresh heartbeat;
 4. another host, or another PID namespace of this one (a container sharing the host's
    name and boot id), no answer: a heartbeat older than ``stale_after`` is stale, a
    newer one unknown. A pid we cannot look up is no evidence: nothing there is ever
@@ -279,14 +280,10 @@ def judge(
         if not remote:
             return Liveness.DEAD, "process no longer runs on this host"
 
-    if slurm_state == "":
-        return Liveness.DEAD, "SLURM no longer knows the job"
-    if slurm_state:
-        return Liveness.DEAD, f"SLURM reports {slurm_state}"
-
     # 4. heartbeats of writers whose pids are not ours to look up
+    gone = _slurm_gone(slurm_state)
     if not records:
-        return Liveness.UNKNOWN, "no records"
+        return (Liveness.DEAD, gone) if gone is not None else (Liveness.UNKNOWN, "no records")
     unproven = [r for r in records if not (local and same_pid_namespace(r) and r.pid)]  # a pid proven gone above beats no more
     where = "in another PID namespace on this host" if all(same_host(r) for r in unproven) else "on another host"
     beats = [r.heartbeat_at for r in unproven if isinstance(r, (Status, Node)) and r.heartbeat_at is not None]
@@ -294,16 +291,29 @@ def judge(
     # is ahead of ours, so it proves nothing about the job; the rest judges it.
     ahead = max((b - now for b in beats if b - now > CLOCK_SKEW), default=None)
     beats = [b for b in beats if b - now <= CLOCK_SKEW]
-    if not beats:
+    age = max(0.0, now - max(beats)) if beats else None
+    if gone is not None:
+        if age is None or age > stale_after:
+            return Liveness.DEAD, gone
+        # SLURM's word against a process that wrote just now: not dead (not yet, or not
+        # the cluster this squeue asks); the heartbeat ages into a verdict.
+        return Liveness.UNKNOWN, f"{gone}, yet {where} its heartbeat is {age:.0f}s old"
+    if age is None:
         if ahead is not None:
             why = f"{where}, its heartbeat is {ahead:.0f}s in the future: its writer's clock is ahead of this host's"
             return Liveness.STALE, f"{why}; cannot tell whether it runs"
         return Liveness.UNKNOWN, f"{where}, no heartbeat recorded"
     skew = f"; a heartbeat {ahead:.0f}s in the future was not counted (its writer's clock is ahead of this host's)" if ahead is not None else ""
-    age = max(0.0, now - max(beats))
     if age > stale_after:
         return Liveness.STALE, f"{where}, last heartbeat {age:.0f}s ago{skew}"
     return Liveness.UNKNOWN, f"{where}, heartbeat {age:.0f}s ago{skew}"
+
+
+def _slurm_gone(slurm_state: str | None) -> str | None:
+    """What SLURM says when it says the job is over ("" : it no longer knows it), else None."""
+    if slurm_state is None:
+        return None
+    return f"SLURM reports {slurm_state}" if slurm_state else "SLURM no longer knows the job"
 
 
 def _launcher_alive(nodes: list[Node] | None, *, now: float, stale_after: float) -> bool:

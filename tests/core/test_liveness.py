@@ -68,7 +68,8 @@ def test_slurm_answers_for_other_hosts() -> None:
     job = typed(Job, {"scheduler": {"type": "slurm", "slurm_job_id": "77"}})
     st = typed(Status, {**other_host(heartbeat_at=time.time()), "state": "running"})
     assert judge(endpoint=None, status=st, job=job, squeue=lambda j: "RUNNING")[0] == Liveness.ALIVE
-    assert judge(endpoint=None, status=st, job=job, squeue=lambda j: "")[0] == Liveness.DEAD
+    silent = typed(Status, {**other_host(heartbeat_at=time.time() - 600), "state": "running"})
+    assert judge(endpoint=None, status=silent, job=job, squeue=lambda j: "")[0] == Liveness.DEAD
     assert judge(endpoint=None, status=st, job=job, squeue=lambda j: None)[0] == Liveness.UNKNOWN
 
 

@@ -14,7 +14,7 @@ from forgather_control.client import cleanup
 from forgather_control.client.listing import useful_probe
 from forgather_control.core import JobPaths, Liveness, judge, write_json_atomic
 from forgather_control.core.liveness import CLOCK_SKEW, local_pid_ns, same_pid_namespace
-from forgather_control.core.records import Endpoint, Node, Status
+from forgather_control.core.records import Endpoint, Job, Node, Status
 
 NOW = 1_900_000_000.0
 TEN_YEARS = 10 * 365 * 86400.0
@@ -103,6 +103,18 @@ def test_cleanup_leaves_a_job_of_another_pid_namespace_with_a_fresh_heartbeat(tm
     assert not outcome.deleted and "unknown" in outcome.reason, outcome
     assert paths.status.exists()
     assert [c.info.job_id for c in cleanup.candidates(root)] == []
+
+
+def test_slurm_forgetting_a_job_does_not_make_a_fresh_heartbeat_dead() -> None:
+    """SLURM's word (this squeue may ask another cluster) against a writer that beat just
+    now: not dead until the heartbeat has aged."""
+    job = typed(Job, {"scheduler": {"type": "slurm", "slurm_job_id": "77"}})
+    for gone in ("", "CANCELLED"):
+        fresh = typed(Status, on_another_host(state="running", heartbeat_at=NOW - 2))
+        v, why = judge(endpoint=None, status=fresh, job=job, squeue=lambda j, gone=gone: gone, now=NOW)
+        assert v == Liveness.UNKNOWN and "SLURM" in why and "2s old" in why, why
+        old = typed(Status, on_another_host(state="running", heartbeat_at=NOW - 600))
+        assert judge(endpoint=None, status=old, job=job, squeue=lambda j, gone=gone: gone, now=NOW)[0] == Liveness.DEAD
 
 
 # -- a heartbeat from the future ------------------------------------------------------------
