@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import http.client
 
-from forgather_control.core.commands import Command, State, new_command_id
+from forgather_control.core.commands import Command, State, is_refusal_of, new_command_id
 from forgather_control.core.errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
 from forgather_control.core.files import RecordError, write_json_atomic
 from forgather_control.core.jobs import JobPaths
@@ -307,10 +307,15 @@ class FileTransport:
 
 
 def receipt_in(status: Status | None, command_id: str, key: str | None = None) -> Receipt | None:
-    """A receipt from a status record's ``commands``: by id, else by idempotency key."""
+    """A receipt from a status record's ``commands``: by id, else by idempotency key. With
+    a key, a receipt under our id but another key is another command's (ours reused its
+    id): ours is the refusal the ledger recorded under a refusal id of it."""
     found = (status.commands or []) if status is not None else []
     for e in found:
-        if e.id == command_id:
+        if e.id == command_id and (key is None or e.key == key):
+            return e
+    for e in found:
+        if key is not None and e.key == key and is_refusal_of(e.id, command_id):
             return e
     if key is not None:
         for e in found:

@@ -176,6 +176,24 @@ class KeyConflict(LedgerError):
     http_status = 409
 
 
+class IdConflict(LedgerError):
+    """A command id (the file channel's) already names another command, or the same one
+    under another key: one id, one command."""
+
+    http_status = 409
+
+
+def refusal_id(command_id: str) -> str:
+    """The id of the rejected receipt for a command file whose ``command_id`` another
+    command holds: a new id, tied to the file's by its prefix (ids stay within 64)."""
+    return f"{command_id[:40]}-refused-{secrets.token_hex(4)}"
+
+
+def is_refusal_of(receipt_id: str | None, command_id: str) -> bool:
+    """True when ``receipt_id`` is a :func:`refusal_id` of ``command_id``."""
+    return bool(command_id) and isinstance(receipt_id, str) and receipt_id.startswith(f"{command_id[:40]}-refused-")
+
+
 #: Options a command may carry (the fields of :class:`~.records.CommandOptions`), their
 #: type and the commands that take them.
 COMMAND_OPTIONS: dict[str, tuple[type, frozenset[Command]]] = {
@@ -204,6 +222,14 @@ def parse_options(command: Command, options: CommandOptions | None) -> CommandOp
         if type(value) is not kind:
             raise BadOptions(f"option {name!r} must be a {kind.__name__}")
     return options if given else None
+
+
+def _named(what: Entry | Command | str, options: CommandOptions | None = None) -> str:
+    """A command as a refusal names it: with its options when it has any."""
+    if isinstance(what, Entry):
+        return _named(what.command, what.options)
+    given = [f"{name}={getattr(options, name)}" for name in COMMAND_OPTIONS if options is not None and getattr(options, name) is not None]
+    return f"{what} ({', '.join(given)})" if given else str(what)
 
 
 def new_command_id() -> str:
@@ -247,20 +273,30 @@ class Ledger:
         command_id: str | None = None,
         options: CommandOptions | None = None,
     ) -> tuple[Entry, bool]:
-        """Queue a command. Returns ``(entry, created)``; a repeated idempotency key (or
-        command id) returns the first entry with ``created=False``. A key that already
-        names a different command is refused (KeyConflict): nothing is queued."""
+        """Queue a command. Returns ``(entry, created)``. One rule for both channels: an id
+        or a key names one command. The same command again (same command and options;
+        under an id, also the same key) is the first: its entry, ``created=False``. An id
+        that names another command, or the same one under another key, is refused
+        (IdConflict), and so is a key that names another command (KeyConflict): nothing
+        is queued."""
         cmd = parse_command(command) if not isinstance(command, Command) else command
+        opts = parse_options(cmd, options)
         with self._lock:
+            if command_id is not None and command_id in self._entries:
+                first = self._entries[command_id]
+                if first.command == cmd and first.options == opts and first.key == key:
+                    return first, False
+                raise IdConflict(
+                    f"command id {command_id!r} already names {_named(first)} (key {first.key!r}, {first.state}); "
+                    f"an id names one command: send {_named(cmd, opts)} with a new id"
+                )
             if key is not None and key in self._keys and self._keys[key] in self._entries:
                 first = self._entries[self._keys[key]]
-                if first.command != cmd:
+                if first.command != cmd or first.options != opts:
                     raise KeyConflict(
-                        f"key {key!r} already names {first.command} ({first.id}, {first.state}); a key names one command: send this one with a new key"
+                        f"key {key!r} already names {_named(first)} ({first.id}, {first.state}); a key names one command: send this one with a new key"
                     )
                 return first, False
-            if command_id is not None and command_id in self._entries:
-                return self._entries[command_id], False
             if self._stop_accepted is not None and not (cmd == Command.ABORT and self._stop_accepted.command != Command.ABORT):
                 raise StopPending(
                     f"the job is already stopping ({self._stop_accepted.reason or self._stop_accepted.command}"
@@ -274,7 +310,7 @@ class Ledger:
                 key=key,
                 source=source,
                 seq=next(self._seq),
-                options=parse_options(cmd, options),
+                options=opts,
             )
             self._entries[entry.id] = entry
             if key is not None:
@@ -288,7 +324,9 @@ class Ledger:
         return entry, True
 
     def reject(self, command: str, *, reason: str, key: str | None = None, source: str = "file", command_id: str | None = None) -> Entry:
-        """Record a refusal that has no reply channel (the file inbox)."""
+        """Record a refusal that has no reply channel (the file inbox), under the file's
+        id; when another command holds that id, under a :func:`refusal_id` of it (the
+        same refusal again is the first)."""
         try:
             cmd: Command | str = parse_command(command)
         except UnknownCommand:
@@ -302,8 +340,11 @@ class Ledger:
             reason=reason,
         )
         with self._lock:
-            if entry.id in self._entries:
-                return self._entries[entry.id]
+            taken = self._entries.get(entry.id)
+            if taken is not None:
+                if taken.state == State.REJECTED and taken.command == cmd and taken.key == key:
+                    return taken
+                entry.id = refusal_id(entry.id)
             self._entries[entry.id] = entry
             self._trim()
         self._changed()

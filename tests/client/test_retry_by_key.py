@@ -17,8 +17,8 @@ from support.records import identity
 from forgather_control.callback.publisher import Publisher
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
-from forgather_control.core import Command, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
-from forgather_control.core.records import CommandResult, Receipt, Status, encode
+from forgather_control.core import Command, IdConflict, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
+from forgather_control.core.records import CommandFile, CommandOptions, CommandResult, Receipt, Status, encode
 from forgather_control.serving.thread import ServerThread
 
 TOKEN = "retry-test-token-0123456789abcdef"
@@ -32,6 +32,27 @@ def test_one_key_names_one_command() -> None:
     with pytest.raises(KeyConflict, match="already names evaluate"):
         ledger.submit("abort", key="k1")
     assert ledger.pending_count() == 1 and not ledger.stopping  # the abort queued nothing
+
+
+def test_one_id_names_one_command_under_one_key() -> None:
+    ledger = Ledger()
+    first, _ = ledger.submit("save", key="k1", source="file", command_id="c-x")
+    with pytest.raises(IdConflict, match="'c-x' already names save_checkpoint") as exc:
+        ledger.submit("eval", key="k2", source="file", command_id="c-x")  # another command, a fresh key
+    assert exc.value.http_status == 409
+    with pytest.raises(IdConflict):
+        ledger.submit("save", key="k2", source="file", command_id="c-x")  # the same command under another key
+    assert ledger.pending_count() == 1
+    again, created = ledger.submit("save", key="k1", source="file", command_id="c-x")
+    assert again is first and not created and ledger.pending_count() == 1
+
+
+def test_a_key_names_one_command_with_its_options() -> None:
+    ledger = Ledger()
+    ledger.submit("save", key="k1")
+    with pytest.raises(KeyConflict, match="save_checkpoint"):
+        ledger.submit("save", key="k1", options=CommandOptions(evaluate=False))
+    assert ledger.pending_count() == 1
 
 
 def test_server_refuses_a_reused_key_with_409_and_queues_nothing() -> None:
@@ -133,3 +154,28 @@ def test_a_retry_after_the_job_ended_returns_the_first_receipt(tmp_path: Path) -
             h.send("stop", key="k-other")
     assert exc.value.exit_code == 5
     assert FileTransport(paths).entry("c-1") == receipt
+
+
+def test_file_channel_a_reused_id_is_refused_under_an_id_of_its_own(tmp_path: Path) -> None:
+    paths, ledger, pub = _file_job(tmp_path / "jobs")
+    with open_job("filejob", jobs_dir=tmp_path / "jobs") as h:
+        first = h.send("save", key="k-first")
+        assert pub.poll_inbox() == 1
+        entry = ledger.next_pending()
+        ledger.mark_applied(entry.id, 5)
+        ledger.complete(entry.id, CommandResult(checkpoint="/ckpt/5"))
+        # a hand-written file reuses the save's id for an abort under a fresh key
+        reused = CommandFile(id=first.id, command="abort", key="k-fresh", sent_at=time.time())
+        write_json_atomic(paths.inbox / f"{time.time_ns()}-{first.id}.json", encode(reused))
+        assert pub.poll_inbox() == 1
+        assert ledger.pending_count() == 0 and not ledger.stopping  # nothing queued
+        pub.write_status()
+        refused = h.wait(first.id, key="k-fresh", timeout=10, interval=0.01)
+        assert refused.state == "rejected" and refused.command == "abort" and refused.id != first.id
+        assert refused.id.startswith(f"{first.id}-refused-") and f"{first.id!r} already names save_checkpoint" in refused.reason
+        kept = h.wait(first.id, key="k-first", timeout=10, interval=0.01)
+        assert kept.state == "completed" and kept.command == "save_checkpoint" and kept.result.checkpoint == "/ckpt/5"
+        # the same file again (same id, command and key) is the same command: nothing new
+        write_json_atomic(paths.inbox / f"{time.time_ns()}-{first.id}.json", encode(CommandFile(id=first.id, command="save_checkpoint", key="k-first")))
+        assert pub.poll_inbox() == 1
+        assert ledger.pending_count() == 0 and len(ledger.recent()) == 2
