@@ -5,6 +5,8 @@ deletion is the one place a mistake destroys something. The rules:
 
 - only jobs judged ``dead`` or ``finished`` (never alive, stale or unknown: a job on
   another host whose heartbeat we cannot judge is left alone);
+- only a folder of the user who runs it (a job's folder is its launching user's; in a
+  group-writable root anyone could otherwise move another's aside);
 - never a job that holds a resume point (a checkpoint still on disk, and the job did
   not run to its end: stopped, preempted, crashed, requeued): relaunching it continues
   the work, so it goes only when asked for (``include_resumable``);
@@ -33,7 +35,7 @@ from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.listing import job_ids, judge_job, scan
 from forgather_control.client.transport import probe_endpoint
 from forgather_control.core.checkpoints import Checkpoint, choose
-from forgather_control.core.files import TEMP_PREFIX
+from forgather_control.core.files import TEMP_PREFIX, owner_name
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness
 from forgather_control.core.states import JobState
@@ -69,6 +71,9 @@ def resume_point(info: JobInfo, *, exists: Callable[[str], bool] = os.path.exist
 
 
 def _kept_because(info: JobInfo, include_resumable: bool) -> str | None:
+    whose = not_yours(info.paths.dir)
+    if whose is not None:
+        return whose
     point = None if include_resumable else resume_point(info)
     if point is None:
         return None
@@ -81,7 +86,22 @@ def candidates(root: Path, *, include_resumable: bool = False) -> list[Candidate
     it settles the jobs that have ended and tidies the settled form (:mod:`.settled`)."""
     settled.tidy(root, job_ids(root))
     jobs = scan(root, include_finished=True, probe=probe_endpoint, probe_local=True)
-    return [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
+    out = [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
+    # a job of yours whose records were refused is not judged: kept, and the reason shown
+    out += [Candidate(j, f"not judged, its records are refused: {j.evidence}") for j in jobs if j.corrupt and not_yours(j.paths.dir) is None]
+    return sorted(out, key=lambda c: c.info.job_id)
+
+
+def not_yours(folder: Path) -> str | None:
+    """Why cleanup leaves ``folder`` alone when another user owns it; None when it is this
+    user's (or gone). A job's folder is its launching user's: only they delete it."""
+    try:
+        uid = os.lstat(folder).st_uid
+    except OSError:
+        return None
+    if uid == os.geteuid():
+        return None
+    return f"its folder belongs to {owner_name(uid)}, not to you ({owner_name(os.geteuid())}); only its owner deletes it"
 
 
 def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> Outcome:
@@ -94,6 +114,9 @@ def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> O
     target = paths.dir
     if not _real_dir(target):
         return Outcome(job_id, False, "not a real folder (a symlink or gone); left alone")
+    whose = not_yours(target)
+    if whose is not None:
+        return Outcome(job_id, False, whose)
     now = judge_job(paths, probe=probe_endpoint)
     verdict, evidence = now.liveness, now.evidence
     if verdict not in DELETABLE:

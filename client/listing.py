@@ -20,7 +20,7 @@ from forgather_control.client import framework_jobs
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.settler import Settler
 from forgather_control.core.env import ENV_JOBS_DIR
-from forgather_control.core.files import TEMP_PREFIX, RecordError
+from forgather_control.core.files import TEMP_PREFIX, RecordError, owner_name
 from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
 from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host, same_pid_namespace
 from forgather_control.core.markers import read_index
@@ -39,6 +39,9 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     info = JobInfo(job_id=paths.job_id, paths=paths)
     base = os.path.join(os.fspath(paths.root), paths.job_id)
     owner = _owner(base)  # a record another user put in the job's folder is not the job's
+    if owner is not None and owner != os.geteuid() and not os.access(base, os.R_OK | os.X_OK):
+        info.corrupt.append(f"{base} is the job folder of {owner_name(owner)}, private to it: you ({owner_name(os.geteuid())}) cannot read its records")
+        return info  # not a fault of the job's: no warning for each of another user's jobs
     info.endpoint = _checked(info, base + "/endpoint.json", Endpoint, owner)
     info.status = _checked(info, base + "/status.json", Status, owner)
     info.job = _checked(info, base + "/job.json", Job, owner)

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import threading
 import time
 from collections.abc import Collection, Iterable
@@ -37,7 +38,7 @@ from typing import IO
 
 from msgspec import structs
 
-from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, remove_quietly, write_json_atomic
+from forgather_control.core.files import TEMP_PREFIX, NotOurs, RecordError, ensure_private_dir, foreign, remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_pid_namespace
 from forgather_control.core.records import (
@@ -81,6 +82,8 @@ _QUIET = 0.25
 _FRAME = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.+)$')
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.IGNORECASE)
 _ID = re.compile(r"[0-9a-f]{12}")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 _dump_file: IO[bytes] | None = None
 
@@ -152,7 +155,7 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     if _dump_file is not None and Path(_dump_file.name) == folder / name:
         return folder / name
     ensure_private_dir(folder)
-    fh = open(folder / name, "ab", buffering=0)  # kept open: faulthandler writes to it for the process' life
+    fh = _open_dump(folder / name)  # kept open: faulthandler writes to it for the process' life
     faulthandler.register(STACK_SIGNAL, file=fh, all_threads=True, chain=False)
     if _dump_file is not None:
         _dump_file.close()  # registered to another job before (a process that ran two)
@@ -169,6 +172,27 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     )
     write_json_atomic(folder / f"rank-{int(rank)}.json", encode(record))
     return folder / name
+
+
+def _open_dump(path: Path) -> IO[bytes]:
+    """The dump file, opened for appending as itself: never a link followed (nor a FIFO
+    waited on), and refused (:class:`NotOurs`) when another user made it, so what the
+    handler writes goes nowhere else, whoever could write in the folder before."""
+
+    def opener(name: str, flags: int) -> int:
+        fd = os.open(name, flags | _O_NOFOLLOW | _O_NONBLOCK, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{path} is not a regular file; refusing to write stacks into it")
+            if st.st_uid != os.geteuid():
+                raise NotOurs(f"{foreign(path, st.st_uid)}: a rank's stacks go only into a file of its own")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return open(path, "ab", buffering=0, opener=opener)
 
 
 # -- finding and asking local workers -------------------------------------------------------
@@ -310,7 +334,12 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
             if size != grown.get(rank, (offset, 0.0))[0]:
                 grown[rank] = (size, now)
             elif size > offset and now - grown[rank][1] >= _QUIET:  # grown, and done growing
-                threads = parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread)
+                try:
+                    threads = parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread)
+                except OSError as exc:
+                    out[rank] = RankStacks(rank, w.host, w.pid, error=f"its dump file cannot be read ({exc.strerror or exc})")
+                    del pending[rank]
+                    continue
                 if w.main_thread is not None and not any(t.ident == w.main_thread for t in threads):
                     # faulthandler writes the main thread last: a writer descheduled mid-dump
                     # (a loaded machine) looks quiet without being done. Wait on.
@@ -350,7 +379,7 @@ def parse_dump(text: str, *, main_thread: int | None = None) -> list[Thread]:
 
 
 def _read_from(path: Path, offset: int) -> str:
-    with open(path, "rb") as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK), "rb") as fh:
         fh.seek(offset)
         return fh.read(_MAX_DUMP).decode("utf-8", errors="replace")
 

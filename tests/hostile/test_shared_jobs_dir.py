@@ -1,6 +1,7 @@
 """A jobs directory shared by many users (issue 19, findings 1, 2 and 4), attacked by a
 real second uid (``setpriv``) in a sticky ``1777`` root and in a group-writable ``2775``
-one (the attacker in its group).
+one (the attacker in its group); the slow tests run the real ``forgather control`` as
+uid 1002 (support.users.users_python).
 
 The victim is root running the usual library, CLI and launcher, unless the attack needs
 the victim to be unable to write somewhere (root may write anywhere): then it is uid
@@ -10,23 +11,35 @@ a uid comparison, so root is held to it like anyone else.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from support.cli import run_cli
+from prometheus_client.parser import text_string_to_metric_families
+from support.cli import CliResult, run_cli
 from support.env import base_env
 from support.launcher import launch
 from support.paths import PLAIN_LAUNCH
-from support.records import identity
-from support.users import ATTACKER_UID, SHARED_GID, VICTIM_UID, OtherUser, SharedDir, require_setpriv, shared_dir
+from support.processes import Procs, dead_pid
+from support.records import identity, read_record
+from support.scripts import CONTROLLED_LOOP
+from support.ui import ui_server
+from support.users import ATTACKER_UID, SHARED_GID, VICTIM_UID, OtherUser, SharedDir, require_setpriv, shared_dir, users_python
+from support.waiting import wait_for
 
 from forgather_control.callback.publisher import Publisher
 from forgather_control.core import Command, JobPaths, Ledger, write_json_atomic
+from forgather_control.core import stacks as st
+from forgather_control.core.files import NotOurs
 from forgather_control.core.markers import mark_run
 from forgather_control.launcher.duties import read_inbox
 
@@ -52,6 +65,26 @@ def listed(root: Path) -> list[str]:
     return [row["job_id"] for row in done.json()]
 
 
+def as_user(user: OtherUser, root: Path, *args: str) -> CliResult:
+    """``forgather control ARGS`` run by ``user`` (its own python: support.users) on ``root``."""
+    done = subprocess.run(user.cli("control", *args), env=user.env(FORGATHER_JOBS_DIR=str(root)), capture_output=True, text=True, timeout=120)
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def their_python() -> tuple[Path, Path]:
+    """The venv other uids run the CLI from (built once per machine, under a lock)."""
+    require_setpriv()
+    return users_python()
+
+
+def running_by_hand(user: OtherUser, root: Path, job_id: str, *, mode: str = "077", **status: object) -> None:
+    """``user``'s job folder with a status.json naming this live process (running, step 5,
+    a fresh heartbeat), written with plain file operations as its rank 0 would."""
+    record = {**identity(), "job_id": job_id, "state": "running", "step": 5, "heartbeat_at": time.time(), **status}
+    user.sh(f"umask {mode} && mkdir {job_id} {job_id}/inbox && printf '%s' '{json.dumps(record)}' > {job_id}/status.json", cwd=root)
+
+
 # -- 1. hiding: another user's settled entries hide nothing ------------------------------------
 def test_another_users_settled_entries_never_hide_a_running_job(shared: SharedDir) -> None:
     """uid 1002 makes .runs and .settled first (755: the victim can write neither) and
@@ -67,6 +100,57 @@ def test_another_users_settled_entries_never_hide_a_running_job(shared: SharedDi
     a = OtherUser(VICTIM_UID, groups=b.groups)
     a.sh(f"umask 077 && mkdir a-train a-train/inbox && printf '%s' '{json.dumps(status)}' > a-train/status.json", cwd=shared.root)
     assert listed(shared.root) == ["a-train"]
+
+
+def test_another_users_settled_entries_never_hide_a_running_job_from_the_page_or_metrics(shared: SharedDir) -> None:
+    """The same entries planted; the page's job feed (as it polls it: without the ended
+    jobs, unless asked) and the Prometheus scrape still have 'a-train', running at step 5.
+    The scrape and the live-only feed are asked first: nothing has read every folder yet."""
+    b = attacker(shared)
+    b.sh(
+        "mkdir -m 755 .runs .settled .settled/0 .settled/1001 .settled/1002 && for d in . 0 1001 1002; do touch .settled/$d/a-train; done",
+        cwd=shared.root,
+    )
+    running_by_hand(OtherUser(VICTIM_UID, groups=b.groups), shared.root, "a-train")
+    with ui_server(shared.root) as server:
+        client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.config.token}"})
+        scrape = client.get("/metrics")
+        feeds = [client.get("/api/jobs", params={"ended": ended}).json()["rows"] for ended in ("false", "true")]
+        client.close()
+    assert scrape.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(scrape.text)}
+    assert {s.labels["job_id"]: s.value for s in families["forgather_job_step"].samples} == {"a-train": 5}
+    for rows in feeds:
+        assert [(r["job_id"], r["state"], r["step"]) for r in rows] == [("a-train", "running", 5)]
+
+
+# -- another user's planted records are refused, and the reason shown ---------------------------
+def test_a_record_another_user_planted_in_a_job_folder_is_refused_with_the_reason_in_status_and_cleanup(shared: SharedDir) -> None:
+    """The victim (root) left its running job's folder writable; uid 1002 replaces its
+    status.json with one that says the job finished long ago (so that cleanup deletes
+    it). `status` and `cleanup --dry-run` refuse the record and say why; nothing goes."""
+    paths = JobPaths(shared.root, "victim").create()
+    write_json_atomic(paths.status, {**identity(), "job_id": "victim", "state": "running", "step": 5, "heartbeat_at": time.time()})
+    os.chmod(paths.dir, 0o777)
+    forged = {**identity(dead_pid()), "job_id": "victim", "state": "finished", "step": 9, "heartbeat_at": time.time() - 86400}
+    attacker(shared).sh(f"printf '%s' '{json.dumps(forged)}' > victim/.forged && mv -f victim/.forged victim/status.json", cwd=shared.root)
+    reason = f"{paths.status} belongs to uid 1002, not to the job's owner (uid 0 (root)); not trusted"
+    env = base_env(shared.root)
+
+    shown = run_cli("control", "status", "victim", "--json", env=env)
+    assert shown.code == 0, shown.err
+    assert (shown.json()["state"], shown.json()["liveness"], shown.json()["evidence"], shown.json()["step"]) == ("corrupt", "unknown", reason, None)
+    panel = run_cli("control", "status", "victim", env={**env, "COLUMNS": "400"})
+    assert panel.code == 0 and f"state    corrupt  (unknown: {reason})" in panel.out, panel.out
+    dry = run_cli("control", "cleanup", "--dry-run", env=env)
+    assert (dry.code, dry.out) == (0, f"nothing to clean up in {shared.root}\nkept victim: not judged, its records are refused: {reason}\n"), dry
+    done = run_cli("control", "cleanup", "--yes", "--json", env=env)
+    assert (done.code, done.json()["deleted"], done.json()["kept"]) == (
+        0,
+        [],
+        [{"job_id": "victim", "reason": f"not judged, its records are refused: {reason}"}],
+    )
+    assert sorted(os.listdir(paths.dir)) == ["inbox", "status.json"]
 
 
 # -- 2. hijack: a job folder another user made is refused -----------------------------------
@@ -133,3 +217,92 @@ def _swap_while_made(shared: SharedDir, monkeypatch: pytest.MonkeyPatch) -> None
     assert stat.S_IMODE(os.lstat(secret).st_mode) == 0o600
     assert b.sh(f"echo theirs >> '{secret}'", check=False).returncode != 0
     assert secret.read_text() == "mine\n"
+
+
+# -- 5. a rank's stacks go only into a file of its own ------------------------------------------
+@contextlib.contextmanager
+def _registering(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Around st.register in this process: whatever it registered is undone afterwards."""
+    monkeypatch.setattr(st, "_dump_file", None)
+    try:
+        yield
+    finally:
+        if st._dump_file is not None:  # registered (the rule broken): undo it
+            faulthandler.unregister(st.STACK_SIGNAL)
+            st._dump_file.close()
+
+
+def test_a_rank_never_writes_its_stacks_through_a_link_in_its_stacks_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link where the rank's dump file goes (left there by whoever could write the
+    folder before it was the job's) is not followed: register refuses, records nothing."""
+    paths = JobPaths(tmp_path / "jobs", "linked").create()
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("")
+    (paths.dir / "stacks").mkdir(mode=0o700)
+    os.symlink(elsewhere, paths.dir / "stacks" / f"rank-0-{os.getpid()}.txt")
+    with _registering(monkeypatch):
+        with pytest.raises(OSError, match="symbolic link"):
+            st.register(paths, 0)
+    assert not (paths.dir / "stacks" / "rank-0.json").exists()
+
+
+def test_a_rank_never_writes_its_stacks_into_a_file_another_user_made(shared: SharedDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uid 1002 made the dump file while the job's stacks folder was open: it is refused
+    naming its owner (else 1002 reads every stack dump the rank writes)."""
+    paths = JobPaths(shared.root, "loose").create()
+    os.chmod(paths.dir, 0o777)
+    (paths.dir / "stacks").mkdir(mode=0o777)
+    os.chmod(paths.dir / "stacks", 0o777)
+    attacker(shared).sh(f"umask 000 && touch loose/stacks/rank-0-{os.getpid()}.txt", cwd=shared.root)
+    with _registering(monkeypatch):
+        with pytest.raises(NotOurs, match=r"rank-0-\d+\.txt belongs to uid 1002"):
+            st.register(paths, 0)
+    assert not (paths.dir / "stacks" / "rank-0.json").exists()
+
+
+# -- the real CLI as uid 1002, on another user's job ------------------------------------------
+@pytest.mark.slow
+def test_another_user_sees_a_running_job_of_yours_but_can_neither_command_nor_delete_it(
+    shared: SharedDir, procs: Procs, their_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Root runs a job; uid 1002 runs the real CLI on it. `list` and `status` show it and
+    why its records cannot be read; `save` and `abort` are refused, exit 4, and nothing
+    reaches the job; `cleanup --yes` deletes nothing."""
+    job = procs.start([sys.executable, "-c", CONTROLLED_LOOP, "a-train", str(tmp_path / "out")], env=base_env(shared.root), name="a-train")
+    wait_for(lambda: read_record(shared.root, "a-train", "status.json").get("state") == "running", timeout=60, what="a-train running")
+    b = attacker(shared).with_python(their_python)
+    reason = f"{shared.root}/a-train is the job folder of uid 0 (root), private to it: you (uid 1002) cannot read its records"
+
+    rows = as_user(b, shared.root, "list", "--json")
+    assert (rows.code, rows.err) == (0, ""), rows
+    assert [(r["job_id"], r["state"], r["liveness"], r["evidence"]) for r in rows.json()] == [("a-train", "corrupt", "unknown", reason)]
+    shown = as_user(b, shared.root, "status", "a-train", "--json")
+    assert (shown.code, shown.json()["evidence"]) == (0, reason), shown
+    for command in ("save", "abort"):
+        refused = as_user(b, shared.root, command, "a-train")
+        assert (refused.code, refused.out, refused.err) == (
+            4,
+            "",
+            f"error: job a-train's records are corrupt ({reason}); it cannot be controlled through them\n",
+        )
+    swept = as_user(b, shared.root, "cleanup", "--yes")
+    assert (swept.code, swept.out, swept.err) == (0, f"nothing to clean up in {shared.root}\n", "")
+
+    assert os.listdir(shared.root / "a-train" / "inbox") == []
+    mine = run_cli("control", "status", "a-train", "--json", env=base_env(shared.root))
+    assert (mine.code, mine.json()["state"], mine.json()["commands"]) == (0, "running", []), mine
+    assert job.popen.poll() is None
+
+
+@pytest.mark.slow
+def test_another_users_cleanup_never_deletes_a_dead_job_folder_not_theirs(shared: SharedDir, their_python: tuple[Path, Path]) -> None:
+    """uid 1001's job died; its folder is readable (umask 022), so uid 1002 judges it dead
+    too. 1002's cleanup keeps it, naming its owner; in the group-writable root it would
+    otherwise move the folder aside, out of its owner's listing."""
+    b = attacker(shared).with_python(their_python)
+    running_by_hand(OtherUser(VICTIM_UID, groups=b.groups), shared.root, "a-old", mode="022", **identity(dead_pid()), heartbeat_at=time.time() - 3600)
+    kept = "kept a-old: its folder belongs to uid 1001, not to you (uid 1002); only its owner deletes it\n"
+    for args in (["cleanup", "--dry-run"], ["cleanup", "--yes"]):
+        done = as_user(b, shared.root, *args)
+        assert (done.code, done.out, done.err) == (0, f"nothing to clean up in {shared.root}\n" + kept, ""), (args, done)
+    assert sorted(os.listdir(shared.root)) == ["a-old"] and sorted(os.listdir(shared.root / "a-old")) == ["inbox", "status.json"]

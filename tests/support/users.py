@@ -9,7 +9,9 @@ The tests run as root; ``setpriv --reuid=UID --regid=GID`` runs a command as ano
   other uids cannot run it), holding the project's runtime dependencies (no torch), and
   this checkout's package copied beside it. Built once under a file lock (xdist workers
   wait for one build) and cached by its inputs; building installs packages, so only a
-  ``slow`` test may call it.
+  ``slow`` test may call it. A fresh machine needs Debian's python3 with its venv module
+  (``python3-venv``: ensurepip) and pip's index (PyPI, or the mirror pip.conf names) for
+  :data:`DEPS`; ``python tests/support/users.py`` builds it (``.ci/run`` does, before pytest).
 
 :func:`shared_dir` makes a folder every uid can reach (pytest's own temp root is root's,
 mode 700) with a jobs root inside at the mode a test asks for (``0o1777``, ``0o2775``
@@ -24,12 +26,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import REPO
+REPO = Path(__file__).resolve().parents[2]  # not support.paths: `python tests/support/users.py` runs it as a script
 
 #: uids and a group nobody on this machine uses (no passwd entry needed)
 VICTIM_UID = 1001
@@ -132,8 +135,8 @@ def users_python() -> tuple[Path, Path]:
         venv = CACHE / f"deps-{_key(repr(DEPS).encode())}"
         if not (venv / "complete").exists():
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *DEPS], check=True, capture_output=True, timeout=600)
+            _run([str(DEBIAN_PYTHON), "-m", "venv", str(venv)], "python3 -m venv (Debian: apt-get install python3-venv)", timeout=300)
+            _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *DEPS], "pip install (needs the package index)", timeout=600)
             (venv / "complete").write_text("ok\n")
         site = CACHE / f"src-{_source_key()}"
         if not (site / "complete").exists():
@@ -142,6 +145,13 @@ def users_python() -> tuple[Path, Path]:
                 shutil.copytree(REPO / name, site / "forgather_control" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             (site / "complete").write_text("ok\n")
     return venv / "bin" / "python", site
+
+
+def _run(argv: list[str], what: str, *, timeout: float) -> None:
+    """``argv``, or an AssertionError saying what failed and what it printed."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"building the other users' python: {what} exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
 
 
 def _source_key() -> str:
@@ -174,3 +184,17 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def main() -> int:
+    """Build (or reuse) the other users' python and print it; as root only (it is root's cache)."""
+    if os.geteuid() != 0:
+        print("support/users.py: not root; the multi-user tests build nothing here", file=sys.stderr)
+        return 0
+    python, site = users_python()
+    print(python, site)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
