@@ -21,7 +21,7 @@ from forgather_control.client import framework_jobs
 from forgather_control.client.jobinfo import LIVE_FIELDS, JobInfo, overlay, stall_of
 from forgather_control.client.listing import judge_job
 from forgather_control.client.stackreport import StacksReport, collect
-from forgather_control.client.transport import FileTransport, HttpTransport, Transport, probe_endpoint
+from forgather_control.client.transport import FileTransport, HttpTransport, NotSent, Transport, probe_endpoint
 from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
 from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
@@ -63,6 +63,7 @@ class JobHandle:
 
     ``info`` holds the job's records when it was found in a jobs directory (None for
     ``--remote`` and Ray); ``summary`` is what a remote server or a Ray node said of it.
+    ``fallback``: a command HTTP did not send goes to the job's inbox (channel auto).
     """
 
     def __init__(
@@ -74,8 +75,10 @@ class JobHandle:
         summary: JobRow | None = None,
         timeout: float = 5.0,
         ray: tuple[str, str | None] | None = None,
+        fallback: bool = False,
     ) -> None:
         self.job_id = job_id
+        self.fallback = fallback
         self.transport = transport
         self.info = info
         self.summary = summary
@@ -87,7 +90,7 @@ class JobHandle:
     @classmethod
     def from_info(cls, info: JobInfo, *, channel: str = "auto", timeout: float = 5.0) -> JobHandle:
         """A handle for a job read from a jobs directory; ``channel`` auto, http or file."""
-        return cls(info.job_id, local_transport(info, channel, timeout=timeout), info=info, timeout=timeout)
+        return cls(info.job_id, local_transport(info, channel, timeout=timeout), info=info, timeout=timeout, fallback=channel == "auto")
 
     # -- what it is ---------------------------------------------------------------------
     @property
@@ -212,7 +215,8 @@ class JobHandle:
         nothing, so a retry after :class:`OutcomeUnknown` is always safe, even after the
         job has ended (its receipt is then read from status.json). A key that names
         another command is refused. Raises before sending anything when the job cannot
-        take commands."""
+        take commands. On channel auto, a command its server did not take before a byte
+        of it was sent (:class:`NotSent`) goes to the job's inbox, with a warning."""
         try:
             cmd = command if isinstance(command, Command) else parse_command(command)
             options = parse_options(cmd, options)
@@ -225,7 +229,16 @@ class JobHandle:
             if first is not None and first.command == cmd.value:
                 return first  # the retry of a command the job took before it ended
             raise
-        return self.transport.send(cmd, key or new_key(), options)
+        key = key or new_key()
+        try:
+            return self.transport.send(cmd, key, options)
+        except NotSent as exc:
+            if not (self.fallback and self.info is not None and isinstance(self.transport, HttpTransport)):
+                raise
+            log.warning("job %s's server did not take the %s (%s); it goes to the job's inbox (the file channel) instead", self.job_id, cmd.value, exc)
+            self.transport.close()
+            self.transport = FileTransport(self.info.paths)
+            return self.transport.send(cmd, key, options)
 
     def check_followable(self, command: Command | str) -> None:
         """Raise UsageError before anything is sent when ``wait`` could not follow

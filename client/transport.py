@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import http.client
+    import socket
 
 from forgather_control.core.commands import Command, State, is_refusal_of, new_command_id
 from forgather_control.core.errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
@@ -28,6 +29,12 @@ from forgather_control.core.records import CommandFile, CommandOptions, Endpoint
 
 class NoAnswer(Unreachable):
     """The request was sent; no answer came back (timed out, or the connection broke)."""
+
+
+class NotSent(Unreachable):
+    """Nothing of the request left: its connection could not be opened or proved (refused,
+    reset, a /hello unanswered or unproved), or it broke while being written. Another
+    channel may carry the command; the same key keeps it from applying twice."""
 
 
 class ApiReceipt(Receipt):
@@ -55,12 +62,14 @@ class HttpChannel:
         self.timeout = timeout
         self.job_id = job_id
         self._conn: http.client.HTTPConnection | None = None
-        self._proved = False
+        #: the socket the server proved itself on; the token goes on that one only
+        self._proved_on: socket.socket | None = None
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        """One request and its JSON answer. Raises Unreachable when nothing could be
-        sent, and NoAnswer (an Unreachable) when the request went out but no answer came
-        back, so a caller that changes state knows its outcome is unknown.
+        """One request and its JSON answer. Raises NotSent when nothing was sent (the
+        connection could not be opened or proved, or broke while the request was written),
+        and NoAnswer when the request went out but no answer came back, so a caller that
+        changes state knows its outcome is unknown (both are Unreachable).
 
         A kept-alive connection the server has closed meanwhile fails on reuse; that
         one failure is retried on a fresh connection (the request never arrived)."""
@@ -73,18 +82,17 @@ class HttpChannel:
 
         stale = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
         for attempt in (0, 1):
+            reused = self._conn is not None and self._conn.sock is not None
+            conn = self._ready()
             if self.token:
-                self._prove()  # on this connection: a fresh one is proved again
                 headers["Authorization"] = f"Bearer {self.token}"
-            reused = self._conn is not None
-            conn = self._connection()
             try:
                 conn.request(method, path, body=payload, headers=headers)
             except (http.client.HTTPException, OSError) as exc:
                 self.close()
                 if attempt == 0 and reused and isinstance(exc, stale):
                     continue
-                raise Unreachable(f"cannot reach the job's control server at {self.url}: {exc}") from None
+                raise NotSent(f"cannot reach the job's control server at {self.url}: {exc}; nothing was sent") from None
             try:
                 resp = conn.getresponse()
                 raw = resp.read()
@@ -94,27 +102,54 @@ class HttpChannel:
                 if attempt == 0 and reused and isinstance(exc, http.client.RemoteDisconnected):
                     continue  # closed while idle, before it read our request
                 raise NoAnswer(f"the job's control server at {self.url} took the request but did not answer: {exc or type(exc).__name__}") from None
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = {"detail": raw.decode(errors="replace")[:500]}
-        return resp.status, data
+        return resp.status, _json(raw)
 
-    def _prove(self) -> None:
-        """Make the server prove it holds the token before anything carries it."""
-        if self._proved and self._conn is not None:
-            return
+    def _ready(self) -> http.client.HTTPConnection:
+        """The connection, open and, with a token, proved. We open every connection
+        ourselves (http.client's own reconnect is off), so the proof belongs to one
+        socket: a new one proves again. Raises NotSent: nothing has carried the command."""
+        import http.client
+
+        for _ in (0, 1):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn.auto_open = 0  # a reconnect it made by itself would carry an unproved token
+            conn = self._conn
+            if conn.sock is None:
+                self._proved_on = None
+                try:
+                    conn.connect()
+                except OSError as exc:
+                    self.close()
+                    raise NotSent(f"cannot reach the job's control server at {self.url}: {exc}; nothing was sent") from None
+            if not self.token or (conn.sock is not None and conn.sock is self._proved_on):
+                return conn
+            self._prove(conn)
+            if conn.sock is not None:  # its answer may have closed the connection
+                self._proved_on = conn.sock
+                return conn
+        self.close()
+        raise NotSent(f"the server at {self.url} closes every connection it proves itself on; the token was not sent, nor the request")
+
+    def _prove(self, conn: http.client.HTTPConnection) -> None:
+        """Make the server prove, on this connection, that it holds the token, before
+        anything carries it. Any failure is NotSent: a /hello is not the command."""
+        import http.client
+
         token, nonce = self.token or "", new_nonce()
-        saved, self.token = self.token, None  # the challenge itself goes without it
-        try:
-            code, data = self.request("GET", f"/hello?nonce={nonce}")
-        finally:
-            self.token = saved
+        try:  # the challenge itself goes without the token
+            conn.request("GET", f"/hello?nonce={nonce}", headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            code, data = resp.status, _json(resp.read())
+        except (http.client.HTTPException, OSError) as exc:
+            self.close()
+            raise NotSent(
+                f"the server at {self.url} did not answer the proof that comes before the token ({exc or type(exc).__name__}); nothing was sent"
+            ) from None
         job = data.get("job_id") if isinstance(data, dict) else None
         said = data.get("proof") if isinstance(data, dict) else None
         answered = code == 200 and isinstance(job, str) and isinstance(said, str)
         if answered and isinstance(job, str) and isinstance(said, str) and proof_matches(token, job, nonce, said) and self.job_id in (None, job):
-            self._proved = True
             return
         self.close()
         if answered and self.job_id is None:  # --remote: the user's token does not match the server's
@@ -124,23 +159,24 @@ class HttpChannel:
                 "job's server. Ours was not sent",
                 http_status=401,
             )
-        raise Unreachable(
+        raise NotSent(
             f"the server at {self.url} does not prove it holds the job's token (HTTP {code}); it may be a stale endpoint "
-            "whose port another process took. The token was not sent"
+            "whose port another process took. The token was not sent, nor the request"
         )
 
     def close(self) -> None:
-        self._proved = False
+        self._proved_on = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            import http.client
 
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return self._conn
+def _json(raw: bytes) -> Any:
+    """An answer's JSON body; a body that is not JSON as its ``detail``."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return {"detail": raw.decode(errors="replace")[:500]}
 
 
 def probe_endpoint(endpoint: Endpoint, *, timeout: float = 0.5) -> bool | None:

@@ -92,10 +92,14 @@ def test_bad_job_id_exit_2(cli, jobs_dir: Path, ref: str) -> None:
 
 
 def test_unreachable_exit_4_and_token_never_printed(cli, jobs_dir: Path) -> None:
-    unreachable_job(jobs_dir, "lost-1")
-    r = cli("control", "save", "lost-1", "--wait", "--timeout", "5")
+    paths = unreachable_job(jobs_dir, "lost-1")
+    r = cli("control", "save", "lost-1", "--channel", "http", "--wait", "--timeout", "5")
     assert r.code == 4, r
-    assert "cannot reach" in r.err and "error: " in r.err
+    assert "cannot reach" in r.err and "nothing was sent" in r.err and "error: " in r.err
+    # on channel auto, what HTTP did not send goes to the inbox, and the CLI says so
+    r = cli("control", "save", "lost-1")
+    assert r.code == 0 and "dropped in its inbox" in r.out and "goes to the job's inbox" in r.err, r
+    assert len(list(paths.inbox.glob("*.json"))) == 1
     # status still answers from the files, and says it got no live answer
     r = cli("control", "status", "lost-1", "--json")
     assert r.code == 0, r
@@ -271,7 +275,7 @@ def test_abort_and_cleanup_ask_on_a_terminal(jobs_dir: Path) -> None:
     code, text = _run_in_pty(["control", "abort", "victim-2"], "n\n", env)
     assert code == 1 and "Abort job victim-2" in text, text
     assert list(paths.inbox.iterdir()) == []
-    code, text = _run_in_pty(["control", "abort", "victim-2"], "y\n", env)
+    code, text = _run_in_pty(["control", "abort", "victim-2", "--channel", "http"], "y\n", env)
     assert code == 4 and "cannot reach" in text, text  # asked, then tried: the port is closed
 
     old = finished_job(jobs_dir, "old-2")

@@ -5,8 +5,11 @@ receipt on both channels, even after the job has ended."""
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from forgather_control.callback.publisher import Publisher
 from forgather_control.callback.server import create_app
 from forgather_control.client import FileTransport, HttpTransport, JobHandle, open_job
 from forgather_control.core import Command, IdConflict, JobPaths, KeyConflict, Ledger, OutcomeUnknown, Unreachable, write_json_atomic
+from forgather_control.core.proof import proof
 from forgather_control.core.records import CommandFile, CommandOptions, CommandResult, Receipt, Status, encode
 from forgather_control.serving.thread import ServerThread
 
@@ -97,8 +101,42 @@ def frozen() -> Iterator[str]:
     sock.close()
 
 
-def test_sent_without_an_answer_is_an_unknown_outcome_with_its_key(frozen: str) -> None:
-    with JobHandle("j", HttpTransport(frozen, TOKEN, "j", timeout=0.3)) as h, pytest.raises(OutcomeUnknown) as exc:
+@pytest.fixture
+def proves_then_freezes() -> Iterator[str]:
+    """A server that proves it holds the token, takes the command and never answers it:
+    rank 0 stopped (SIGSTOP, a long pause) just after its /hello."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            nonce = urllib.parse.parse_qs(urllib.parse.urlsplit(head.split(b" ")[1].decode()).query)["nonce"][0]
+            body = json.dumps({"job_id": "j", "proof": proof(TOKEN, "j", nonce)}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            done.wait(30)  # reads nothing more, answers nothing
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    done.set()
+    thread.join(10)
+    sock.close()
+
+
+def test_a_server_that_never_proves_itself_was_sent_nothing(frozen: str) -> None:
+    with JobHandle("j", HttpTransport(frozen, TOKEN, "j", timeout=0.3)) as h, pytest.raises(Unreachable) as exc:
+        h.send(Command.GRACEFUL_STOP, key="k-stop-0")
+    assert not isinstance(exc.value, OutcomeUnknown) and exc.value.exit_code == 4 and "nothing was sent" in str(exc.value)
+
+
+def test_sent_without_an_answer_is_an_unknown_outcome_with_its_key(proves_then_freezes: str) -> None:
+    with JobHandle("j", HttpTransport(proves_then_freezes, TOKEN, "j", timeout=0.3)) as h, pytest.raises(OutcomeUnknown) as exc:
         h.send(Command.GRACEFUL_STOP, key="k-stop-1")
     assert exc.value.key == "k-stop-1" and exc.value.command == "graceful_stop" and exc.value.exit_code == 6
     assert "may still apply" in str(exc.value) and "--key k-stop-1" in str(exc.value)
