@@ -26,7 +26,7 @@ from support.cli import CliResult, run_cli
 from support.env import base_env
 from support.framework import framework_python
 from support.processes import Procs
-from support.tiers import quick_tier
+from support.tiers import quick_tier, trainers_loaded
 from support.waiting import wait_for as _wait_for
 
 from forgather_control.core.env import ENV_OUTPUT_DIR
@@ -47,6 +47,23 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     with quick_tier(item.nodeid):
         yield
+
+
+def _no_trainer_loaded(item: pytest.Item) -> Iterator[None]:
+    """A quick test that loads a trainer framework into the process (in its setup or its
+    call) fails, naming the marker."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+    before = trainers_loaded()
+    result = yield
+    loaded = trainers_loaded() - before
+    if loaded:
+        pytest.fail(f"{item.nodeid} loads {', '.join(sorted(loaded))} (a trainer framework) but is not marked slow: add @pytest.mark.slow", pytrace=False)
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_no_trainer_loaded)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_no_trainer_loaded)
 
 
 @pytest.fixture(scope="session", autouse=True)

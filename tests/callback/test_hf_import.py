@@ -35,6 +35,7 @@ def test_importing_the_callbacks_imports_no_heavy_package(tmp_path) -> None:
 IN_PROCESS_LIGHTNING = pytest.mark.xdist_group("trainers-in-process")
 
 
+@pytest.mark.slow  # a trainer framework in the test process (support.tiers)
 @IN_PROCESS_LIGHTNING
 def test_lightning_callback_is_a_lightning_callback() -> None:
     import lightning.pytorch as pl
@@ -44,6 +45,7 @@ def test_lightning_callback_is_a_lightning_callback() -> None:
     assert issubclass(LightningControlCallback, pl.Callback)
 
 
+@pytest.mark.slow  # a trainer framework in the test process (support.tiers)
 @IN_PROCESS_LIGHTNING
 def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
     """Both packages installed: each Trainer needs a callback of its own package's type."""
@@ -62,6 +64,7 @@ def test_standalone_pytorch_lightning_gets_its_own_class() -> None:
         control_callback_class("lightning")
 
 
+@pytest.mark.slow  # its child loads pytorch_lightning
 def test_importing_the_lightning_module_imports_no_lightning(tmp_path) -> None:
     code = (
         "import sys\n"

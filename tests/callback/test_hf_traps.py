@@ -19,7 +19,7 @@ from forgather_control.core import read_json
 from forgather_control.core.records import CommandOptions
 
 #: One worker runs these: torch and transformers load in one worker only.
-pytestmark = pytest.mark.xdist_group("trainers-in-process")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trainers-in-process")]  # the real HF Trainer: slow (support.tiers)
 
 
 def run(tmp_path: Path, jobs_dir: Path, job_id: str, at: dict[Any, str], **targs: Any) -> tuple[Any, Any, Any]:

@@ -13,7 +13,7 @@ import pytest
 from forgather_control.core import read_json
 
 #: One worker runs these: torch and Lightning load in one worker only.
-pytestmark = pytest.mark.xdist_group("trainers-in-process")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trainers-in-process")]  # the real Lightning Trainer: slow (support.tiers)
 
 
 def fit(tmp_path: Path, jobs_dir: Path, job_id: str, at: dict[int, str], **kw: Any) -> tuple[Any, Any, Any]:

@@ -113,18 +113,21 @@ def trainers(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedPr
     return run([*BOOT, str(d / "trainers.py")], d)
 
 
+@pytest.mark.slow  # the child runs the real HF and Lightning Trainers
 @pytest.mark.xdist_group("bootstrap-trainers")  # one worker, so one run of the fixture
 def test_hf_trainer_gets_the_callback_once(trainers: subprocess.CompletedProcess) -> None:
     assert trainers.returncode == 0, trainers.stderr[-3000:]
     assert "hf injected 1" in trainers.stdout and "hf user 1" in trainers.stdout, trainers.stdout + trainers.stderr[-3000:]
 
 
+@pytest.mark.slow  # the child runs the real HF and Lightning Trainers
 @pytest.mark.xdist_group("bootstrap-trainers")  # one worker, so one run of the fixture
 def test_lightning_trainer_gets_the_callback_once(trainers: subprocess.CompletedProcess) -> None:
     assert trainers.returncode == 0, trainers.stderr[-3000:]
     assert "lightning injected 1" in trainers.stdout and "lightning user 1" in trainers.stdout, trainers.stdout + trainers.stderr[-3000:]
 
 
+@pytest.mark.slow  # the child runs pytorch_lightning's Trainer
 def test_standalone_pytorch_lightning_trainer_gets_its_callback_once(tmp_path: Path) -> None:
     """``import pytorch_lightning``: its Trainer is hooked too, with a callback built on
     pytorch_lightning.Callback, and the unified ``lightning`` package is never imported."""

@@ -1,10 +1,14 @@
 """The quick tier (``pytest -m "not slow"``) and what keeps it quick.
 
 A test is ``slow`` when it starts torchrun, Ray, a SLURM job, a launcher (``forgather
-launch``, other than ``--dry-run`` or ``--help``), or builds or installs packages. While a
-test without the marker runs (its fixtures included), ``subprocess.Popen`` refuses to
-start any of those and fails the test, naming the marker it lacks; so the tiers cannot
-drift. A single plain-loop process, the CLI, uvicorn in the test's own process stay quick.
+launch``, other than ``--dry-run`` or ``--help``), builds or installs packages, or runs a
+trainer framework (transformers, Lightning: 5-10 s of import a process before the first
+step; these tests are the integrations, like torchrun's). While a test without the marker
+runs (its fixtures included), ``subprocess.Popen`` refuses to start any of the processes
+and fails the test, naming the marker it lacks, and a trainer framework it loads into the
+test process fails it too; so the tiers cannot drift (a child process that imports one is
+marked by hand). A single plain-loop process, the CLI, uvicorn in the test's own process
+stay quick.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +25,15 @@ import pytest
 _FORGATHER = ("forgather", "forgather-control")
 _SLURM_JOBS = ("sbatch", "srun", "salloc")
 _PIP_BUILDS = ("install", "wheel", "download", "uninstall")
+
+
+#: The trainer frameworks a quick test may not load (top-level package names).
+TRAINER_PACKAGES = ("transformers", "lightning", "pytorch_lightning")
+
+
+def trainers_loaded() -> frozenset[str]:
+    """The trainer frameworks imported into this process so far."""
+    return frozenset(p for p in TRAINER_PACKAGES if p in sys.modules)
 
 
 def slow_reason(argv: str | bytes | Sequence[str | bytes | Path]) -> str | None:
