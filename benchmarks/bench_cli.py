@@ -49,25 +49,7 @@ from forgather_control.core import JobPaths, local_host, read_json, write_json_a
 REPO = Path(__file__).resolve().parent.parent
 #: The live job: a training loop under a Controller, as a job serves and writes its
 #: records, without the example's torch import (seconds of start, nothing the CLI reads).
-LIVE_JOB = """
-import sys, time
-from pathlib import Path
-from forgather_control.callback import Controller
-
-with Controller(job_id="bench-live") as ctl:
-    step = 0
-    while True:
-        step += 1
-        time.sleep(0.01)
-        act = ctl.step(step, {"loss": 1.0 / step})
-        if act.save:
-            Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-            ck = Path(sys.argv[1]) / f"checkpoint-{step}"
-            ck.write_text("saved")
-            ctl.checkpoint_saved(str(ck))
-        if act.stop:
-            break
-"""
+LIVE_JOB = REPO / "examples" / "trainer_control" / "controlled_loop.py"
 
 
 def forgather_argv() -> list[str]:
@@ -277,7 +259,7 @@ def count_ops(root: Path, what: str, env: dict[str, str]) -> dict[str, int]:
 
 def start_live(root: Path, tmp: Path, env: dict[str, str]) -> subprocess.Popen:
     live = subprocess.Popen(
-        [sys.executable, "-c", LIVE_JOB, str(tmp / f"out-{root.name}")],
+        [sys.executable, str(LIVE_JOB), "bench-live", str(tmp / f"out-{root.name}")],
         env={**env, "FORGATHER_JOBS_DIR": str(root)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

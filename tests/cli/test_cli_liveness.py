@@ -63,7 +63,7 @@ def finished_job(root: Path, job_id: str, state: str = "stopped") -> JobPaths:
 
 
 def test_sigkilled_job_shows_dead_and_cleanup_removes_it(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
-    argv = [sys.executable, "-c", CONTROLLED_LOOP, "killed", str(tmp_path / "out")]  # a live job's process; training is not the point
+    argv = [sys.executable, CONTROLLED_LOOP, "killed", str(tmp_path / "out")]  # a live job's process; training is not the point
     proc = procs.start(argv, env=base_env(jobs_dir), name="killed")
     wait_running(cli, jobs_dir, "killed")
     os.kill(proc.pid, signal.SIGKILL)
@@ -176,7 +176,7 @@ def test_hostile_files_list_answers_and_cleanup_never_follows_links(cli, jobs_di
 
 def test_cleanup_leaves_live_jobs_alone(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     """A live job is never a candidate, through the pid check and the HTTP probe."""
-    argv = [sys.executable, "-c", CONTROLLED_LOOP, "alive-1", str(tmp_path / "out")]
+    argv = [sys.executable, CONTROLLED_LOOP, "alive-1", str(tmp_path / "out")]
     proc = procs.start(argv, env=base_env(jobs_dir), name="alive")
     wait_running(cli, jobs_dir, "alive-1")
     finished_job(jobs_dir, "old-done")

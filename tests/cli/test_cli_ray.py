@@ -56,7 +56,7 @@ def run_fake_ray(args: list[str], env: dict[str, str]) -> tuple[subprocess.Compl
 
 def test_ray_list_status_and_save(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     node_jobs = tmp_path / "node-a-jobs"  # the job's own jobs dir: invisible to the CLI's
-    argv = [sys.executable, "-c", CONTROLLED_LOOP, "rayjob-1", str(tmp_path / "out")]
+    argv = [sys.executable, CONTROLLED_LOOP, "rayjob-1", str(tmp_path / "out")]
     proc = procs.start(argv, env=base_env(node_jobs), name="rayjob")
     paths = JobPaths(node_jobs, "rayjob-1")
     ep = wait_for(lambda: read_json(paths.endpoint, quiet=True), timeout=120, interval=0.2, what="the endpoint file")

@@ -186,7 +186,7 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
 def test_an_impostor_on_a_dead_jobs_port_never_gets_the_token(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     env = {**os.environ, "FORGATHER_JOBS_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-c", CONTROLLED_LOOP, "victim", str(tmp_path / "out")]  # a real job's port and token; no training needed
+    argv = [sys.executable, CONTROLLED_LOOP, "victim", str(tmp_path / "out")]  # a real job's port and token; no training needed
     job = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         paths = JobPaths(jobs, "victim")

@@ -268,7 +268,7 @@ def test_another_user_sees_a_running_job_of_yours_but_can_neither_command_nor_de
     """Root runs a job; uid 1002 runs the real CLI on it. `list` and `status` show it and
     why its records cannot be read; `save` and `abort` are refused, exit 4, and nothing
     reaches the job; `cleanup --yes` deletes nothing."""
-    job = procs.start([sys.executable, "-c", CONTROLLED_LOOP, "a-train", str(tmp_path / "out")], env=base_env(shared.root), name="a-train")
+    job = procs.start([sys.executable, CONTROLLED_LOOP, "a-train", str(tmp_path / "out")], env=base_env(shared.root), name="a-train")
     wait_for(lambda: read_record(shared.root, "a-train", "status.json").get("state") == "running", timeout=60, what="a-train running")
     b = attacker(shared).with_python(their_python)
     reason = f"{shared.root}/a-train is the job folder of uid 0 (root), private to it: you (uid 1002) cannot read its records"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support.paths import EXAMPLES
+
 #: A plain loop whose Controller starts only once the test writes the file ``argv[1]``
 #: ("loading a big model"); ``die`` in it makes the script exit 3 first. Checkpoints go
 #: to ``argv[2]``.
@@ -30,31 +32,8 @@ with Controller(max_steps=1_000_000) as ctl:
 """
 
 
-#: A training loop under a Controller, without torch (it starts in a fraction of a second,
-#: the example in several): for a test about a live job's process, its records and its
-#: server, not about training. ``argv[1]`` is the job id (the jobs dir comes from the
-#: environment), ``argv[2]`` where its checkpoints go; it runs until told to stop.
-CONTROLLED_LOOP = """
-import sys, time
-from pathlib import Path
-from forgather_control.callback import Controller
-
-job_id, out = sys.argv[1], Path(sys.argv[2])
-with Controller(job_id=job_id) as ctl:
-    print(f"job {ctl.job_id} running", flush=True)
-    step = 0
-    while True:
-        step += 1
-        time.sleep(0.01)
-        act = ctl.step(step, {"loss": 1.0 / step})
-        if act.evaluate:
-            ctl.evaluation_done({"eval_loss": 1.0 / step})
-        if act.save:
-            out.mkdir(parents=True, exist_ok=True)
-            ck = out / f"checkpoint-{step}"
-            ck.write_text("saved")
-            ctl.checkpoint_saved(str(ck))
-        if act.stop:
-            print("stopped at", step, act.command, flush=True)
-            break
-"""
+#: A training loop under a Controller, without torch (the example
+#: ``controlled_loop.py``): for a test about a live job's process, its records and its
+#: server, not about training. Run ``[sys.executable, CONTROLLED_LOOP, job_id, out]``;
+#: it runs until told to stop.
+CONTROLLED_LOOP = str(EXAMPLES / "controlled_loop.py")
