@@ -544,22 +544,24 @@ class ServedJob(Record):
     max_steps: Count | None = None
 
 
-class MissingNode(Record):
-    """A Ray node that did not answer a cluster listing, and why (a sentence)."""
+class RayNode(Record):
+    """Which Ray node: its name as shown, its id and its address."""
 
     node: Text | None = None
     node_id: Str128 | None = None
     node_ip: Host | None = None
+
+
+class MissingNode(RayNode):
+    """A Ray node that did not answer a cluster listing, and why (a sentence)."""
+
     reason: Text | None = None
 
 
-class ClusterNode(Record):
+class ClusterNode(RayNode):
     """A Ray node that answered a cluster listing: the jobs directory it read, and how many
     jobs it gave."""
 
-    node: Text | None = None
-    node_id: Str128 | None = None
-    node_ip: Host | None = None
     hostname: Host | None = None
     jobs_dir: Text | None = None
     jobs: Count | None = None
