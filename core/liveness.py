@@ -264,10 +264,10 @@ def judge(
     if slurm_state and slurm_state.upper() in _SLURM_LIVE:
         return Liveness.ALIVE, f"SLURM reports {slurm_state}"
 
-    if endpoint is None:
-        recorded_state = (status.state if status is not None else None) or (job.state if job is not None else None)
-        if is_final(recorded_state) and not _launcher_alive(nodes, now=now, stale_after=stale_after):
-            return Liveness.FINISHED, f"ended: {recorded_state}"
+    recorded_state = (status.state if status is not None else None) or (job.state if job is not None else None)
+    ended = is_final(recorded_state) and not _launcher_alive(nodes, now=now, stale_after=stale_after)
+    if endpoint is None and ended:
+        return Liveness.FINISHED, f"ended: {recorded_state}"
 
     # 3. pids this process can look up: this host, this PID namespace
     records: list[Identity] = [r for r in (endpoint, status, *(nodes or ())) if r is not None]
@@ -278,7 +278,9 @@ def judge(
             return Liveness.ALIVE, "process running on this host"
         remote = [r for r in records if not same_pid_namespace(r) and r.host]
         if not remote:
-            return Liveness.DEAD, "process no longer runs on this host"
+            # the records say how it ended and none of its processes runs: an endpoint left
+            # behind (rank 0 killed before it removed it) does not make an ended job dead
+            return (Liveness.FINISHED, f"ended: {recorded_state}") if ended else (Liveness.DEAD, "process no longer runs on this host")
 
     # 4. heartbeats of writers whose pids are not ours to look up
     gone = _slurm_gone(slurm_state)

@@ -412,6 +412,7 @@ class JobRecords:
         try:
             self._write_job()
             self._close_books(status, state, reason, now, receipt)
+            self._remove_dead_endpoint()
         except OSError as exc:
             log.warning("could not write %s: %s", self.paths.job, exc)
         end_run(self.paths, self._marker)  # the job's own end settles it (client/settled.py)
@@ -419,7 +420,7 @@ class JobRecords:
     def _close_books(self, status: Status | None, state: JobState, reason: str | None, now: float, receipt: Receipt | None = None) -> None:
         """Rank 0 did not record how this run ended (killed by a second signal, by the
         OOM killer, or it died before its first status): the launcher writes the final
-        state into status.json and removes an endpoint whose process is gone."""
+        state into status.json."""
         final = JobState.REQUEUED if state == JobState.REQUEUED else state
         if status is not None and JobState.parse(status.state) == final:
             return
@@ -440,6 +441,10 @@ class JobRecords:
             closed.commands = _with_receipt(closed.commands or [], receipt)
             closed.pending_commands = 0
         write_json_atomic(self.paths.status, encode(closed))
+
+    def _remove_dead_endpoint(self) -> None:
+        """Rank 0 killed before it removed its endpoint (whether or not it recorded its
+        end): the endpoint of a process that is gone names nothing; remove it."""
         endpoint = load_or_none(self.paths.endpoint, Endpoint)
         if endpoint is not None and same_pid_namespace(endpoint) and not pid_alive(endpoint):
             remove_quietly(self.paths.endpoint)

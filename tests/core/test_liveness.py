@@ -96,3 +96,19 @@ def test_scan_skips_hostile_entries(tmp_path: Path) -> None:
     assert jobs["live"].liveness == Liveness.ALIVE and jobs["live"].summary().step == 3
     assert jobs["garbage"].state == "corrupt" and "not valid JSON" in jobs["garbage"].summary().evidence
     assert local_host().boot_id
+
+
+def test_a_final_state_whose_processes_are_all_gone_is_finished_even_with_an_endpoint_left() -> None:
+    """Rank 0 recorded its end (or the launcher closed its books) but died before removing
+    its endpoint: the records say how the job ended and no process of it runs, so the job
+    ended; "dead" would hide the recorded state (the aborted hung job of test_hang)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    rec = identity(proc.pid)
+    proc.wait()
+    st = typed(Status, {**rec, "state": "aborted"})
+    verdict, why = judge(endpoint=typed(Endpoint, rec), status=st, squeue=no_squeue)
+    assert verdict == Liveness.FINISHED and "aborted" in why, why
+    running = typed(Status, {**rec, "state": "running"})  # not final: the process died without a word
+    assert judge(endpoint=typed(Endpoint, rec), status=running, squeue=no_squeue)[0] == Liveness.DEAD
+    alive = typed(Status, {**identity(), "state": "aborted"})  # its process still runs: winding down
+    assert judge(endpoint=typed(Endpoint, identity()), status=alive, squeue=no_squeue)[0] == Liveness.ALIVE

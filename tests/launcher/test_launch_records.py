@@ -89,8 +89,13 @@ def test_final_state_comes_from_rank0_status(tmp_path: Path) -> None:
     assert rec.outcome(0).state == "finished"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "aborted", "restarts": 0})
     assert rec.outcome(0).state == "aborted"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_json_atomic(jobs / "fs" / "endpoint.json", {**identity(gone.pid), "job_id": "fs", "url": None})
     rec.finish(rec.outcome(0).state, 0)  # as the launcher closes a run: the record says it
     assert read(jobs / "fs" / "job.json")["state"] == "aborted"
+    # rank 0 wrote its end, then died before removing its endpoint: the launcher removes it
+    assert not (jobs / "fs" / "endpoint.json").exists()
 
 
 def test_live_job_id_is_refused_dead_one_is_reused(tmp_path: Path) -> None:
