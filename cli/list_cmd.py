@@ -22,11 +22,11 @@ def list_cmd(all_: bool, as_json: bool, jobs_dir: str | None, remote: str | None
     if as_json:
         print_json(listing.rows)
         return 0
-    if not listing.rows and not listing.exists:
+    if not listing.rows and not listing.exists and not listing.private:
         where = printable(listing.where)
         click.echo(f"no jobs: {where} does not exist yet (no job has used it). Jobs that use another directory are found with --jobs-dir or {ENV_JOBS_DIR}")
         return 0
     from . import render
 
-    render.print_jobs(listing.rows, show_node=listing.source == "ray", where=listing.where, all_=all_)
+    render.print_jobs(listing.rows, show_node=listing.source == "ray", where=listing.where, all_=all_, private=listing.private)
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from forgather_control.core.files import owner_name
 from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt
 from forgather_control.core.states import JobState
 
@@ -124,11 +125,12 @@ def jobs_table(rows: list[JobRow], *, show_node: bool = False) -> Text:
     return text
 
 
-def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", all_: bool = False) -> None:
+def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", all_: bool = False, private: dict[str, int] | None = None) -> None:
     con = console()
     if not rows:
         hint = "" if all_ else " (finished jobs are hidden; add --all)"
         con.print(_t(f"no jobs{f' in {where}' if where else ''}{hint}"), highlight=False)
+        _private_note(con, private)
         return
     con.print(jobs_table(rows, show_node=show_node), crop=False, soft_wrap=True)
     if any(r.framework_callback for r in rows):
@@ -138,6 +140,22 @@ def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", 
         con.print(_t(f"{job_id}: {notice.why}", style="yellow"), crop=False, soft_wrap=True, highlight=False)
     if notes:
         con.print(_t(f"to attach control: {notes[0][1].add}", style="dim"), crop=False, soft_wrap=True, highlight=False)
+    _private_note(con, private)
+
+
+def private_note(private: dict[str, int]) -> str:
+    """One line for the job folders of other users a listing left out (private to them)."""
+    counts: dict[int, int] = {}
+    for uid in private.values():
+        counts[uid] = counts.get(uid, 0) + 1
+    whose = ", ".join(f"{n} of {owner_name(uid)}" for uid, n in sorted(counts.items()))
+    folders = "folder" if len(private) == 1 else "folders"
+    return f"not shown: {len(private)} job {folders} of other users, private to them ({whose})"
+
+
+def _private_note(con: Console, private: dict[str, int] | None) -> None:
+    if private:
+        con.print(_t(private_note(private), style="dim"), crop=False, soft_wrap=True, highlight=False)
 
 
 def _given(value: Any) -> Any:

@@ -89,6 +89,10 @@ def candidates(root: Path, *, include_resumable: bool = False) -> list[Candidate
     out = [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
     # a job of yours whose records were refused is not judged: kept, and the reason shown
     out += [Candidate(j, f"not judged, its records are refused: {j.evidence}") for j in jobs if j.corrupt and not_yours(j.paths.dir) is None]
+    # another user's private folder: nothing in it could be read, so nothing is judged
+    for jid, uid in jobs.private.items():
+        why = f"{not_yours(root / jid) or 'not yours'}; it is private to them, so it was not judged"
+        out.append(Candidate(JobInfo(jid, JobPaths(root, jid), private_to=uid), why))
     return sorted(out, key=lambda c: c.info.job_id)
 
 

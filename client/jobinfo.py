@@ -40,6 +40,9 @@ class JobInfo:
     judged_at: float = field(default_factory=time.time)
     #: a job of the Forgather framework's own control callback (control/framework_jobs.py)
     framework: bool = False
+    #: the uid of another user whose job folder is private to them: nothing in it was read,
+    #: so the job is left out of listings and refused by id (``evidence`` says why)
+    private_to: int | None = None
 
     @property
     def current_status(self) -> Status | None:

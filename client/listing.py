@@ -20,6 +20,7 @@ from forgather_control.client import framework_jobs
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.settler import Settler
 from forgather_control.core.env import ENV_JOBS_DIR
+from forgather_control.core.errors import PrivateJob
 from forgather_control.core.files import TEMP_PREFIX, RecordError, owner_name
 from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
 from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host, same_pid_namespace
@@ -40,8 +41,11 @@ def load(paths: JobPaths, *, quiet: bool = False) -> JobInfo:
     base = os.path.join(os.fspath(paths.root), paths.job_id)
     owner = _owner(base)  # a record another user put in the job's folder is not the job's
     if owner is not None and owner != os.geteuid() and not os.access(base, os.R_OK | os.X_OK):
-        info.corrupt.append(f"{base} is the job folder of {owner_name(owner)}, private to it: you ({owner_name(os.geteuid())}) cannot read its records")
-        return info  # not a fault of the job's: no warning for each of another user's jobs
+        # not a fault of the job's (no warning for each of another user's jobs), and not
+        # corrupt: simply not ours to read
+        info.private_to = owner
+        info.evidence = f"{base} is the job folder of {owner_name(owner)}, private to it: you ({owner_name(os.geteuid())}) cannot read its records"
+        return info
     info.endpoint = _checked(info, base + "/endpoint.json", Endpoint, owner)
     info.status = _checked(info, base + "/status.json", Status, owner)
     info.job = _checked(info, base + "/job.json", Job, owner)
@@ -98,6 +102,16 @@ Probe = Callable[[Endpoint], "bool | None"]
 R = TypeVar("R", bound=Record)
 
 
+class Scanned(list[JobInfo]):
+    """The jobs :func:`scan` found, and the job folders of other users it left out because
+    they are private to their owners (``private``: job id -> owner uid): a listing says
+    how many it did not show rather than showing them as something they are not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.private: dict[str, int] = {}
+
+
 def scan(
     root: Path,
     *,
@@ -108,11 +122,12 @@ def scan(
     stale_after: float = STALE_AFTER,
     settle: bool = True,
     prefix: str | None = None,
-) -> list[JobInfo]:
+) -> Scanned:
     """Every job under ``root`` with liveness judged. Finished jobs only with
     ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
     cheap, so the HTTP probe is only spent on jobs from other hosts unless
-    ``probe_local``. ``prefix``: only job ids that start with it.
+    ``probe_local``. ``prefix``: only job ids that start with it. Another user's private
+    job folder is not among them: it is counted in ``private``.
 
     Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
     two directory listings say which); with ``settle`` every job read here that has
@@ -121,12 +136,15 @@ def scan(
     if squeue is None:
         squeue = SqueueCache()  # one squeue call for the whole listing, only if needed
     index = read_index(root)
-    out = []
+    out = Scanned()
     with Settler(root, index, squeue=squeue, now=now, enabled=settle) as settler:
         for jid in job_ids(root):
             if (prefix is not None and not jid.startswith(prefix)) or (not include_finished and index.skips(jid)):
                 continue
             info = load(JobPaths(root, jid))
+            if info.private_to is not None:
+                out.private[jid] = info.private_to
+                continue
             if info.endpoint is None and info.status is None and info.job is None and not info.nodes and not info.corrupt:
                 continue  # an empty or foreign folder
             assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
@@ -170,6 +188,9 @@ def assess(
     A corrupt job is not judged: what is left of its records cannot be trusted to say
     it is dead, so nothing deletes it and nothing is sent to it."""
     info.judged_at = time.time() if now is None else now
+    if info.private_to is not None:
+        info.liveness = Liveness.UNKNOWN  # nothing read, nothing judged; evidence says why
+        return info
     if info.corrupt:
         info.liveness, info.evidence = Liveness.UNKNOWN, "; ".join(info.corrupt)
         return info
@@ -203,7 +224,8 @@ def find_job(
     probe: Probe | None = None,
     squeue: Callable[[str], str | None] | None = None,
 ) -> JobInfo:
-    """Resolve an exact id or a unique prefix to a job, liveness judged (probe included)."""
+    """Resolve an exact id or a unique prefix to a job, liveness judged (probe included).
+    Another user's private job folder is refused (:class:`PrivateJob`, naming its owner)."""
     match = match_job_id(
         ref,
         job_ids(root),
@@ -211,6 +233,8 @@ def find_job(
         hint=f"run `forgather control list --all` to see the jobs there, or pass --jobs-dir / set {ENV_JOBS_DIR}",
     )
     info = load(JobPaths(root, match))
+    if info.private_to is not None:
+        raise PrivateJob(f"job {match}: {info.evidence}; only its owner can see or command it")
     return assess(info, probe=probe, probe_local=True, squeue=squeue or SqueueCache())
 
 

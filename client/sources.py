@@ -44,6 +44,8 @@ class Listing:
     missing_nodes: list[MissingNode] = field(default_factory=list)
     #: False when the jobs directory does not exist (nothing has used it yet)
     exists: bool = True
+    #: other users' job folders left out because they are private to them: id -> owner uid
+    private: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ class LocalSource(JobSource):
         return str(self.root)
 
     def list(self, *, include_finished: bool = False, timeout: float = 15.0) -> Listing:
-        rows = [info.summary() for info in scan(self.root, include_finished=include_finished, probe=probe_endpoint)]
-        return Listing(rows, self.where, self.kind, exists=self.root.is_dir())
+        found = scan(self.root, include_finished=include_finished, probe=probe_endpoint)
+        return Listing([info.summary() for info in found], self.where, self.kind, exists=self.root.is_dir(), private=found.private)
 
     def find(self, ref: str, *, timeout: float = 5.0) -> FoundJob:
         info = find_job(self.root, ref, probe=probe_endpoint)

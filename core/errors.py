@@ -67,6 +67,11 @@ class Unreachable(ControlError):
     exit_code = EXIT_UNREACHABLE
 
 
+class PrivateJob(Unreachable):
+    """Another user's job whose folder is private to its owner: its records cannot be read,
+    so nothing about it is known and nothing can be sent to it."""
+
+
 class JobEnded(ControlError):
     """The job has ended (or died): no command can reach it any more."""
 

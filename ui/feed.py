@@ -68,6 +68,8 @@ class Snapshot:
     exists: bool = True
     missing_nodes: list[MissingNode] | None = None
     error: str | None = None
+    #: how many job folders of other users were left out, private to them
+    private: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """``GET /api/jobs``: strict JSON (NaN and the infinities as null)."""
@@ -80,6 +82,7 @@ class Snapshot:
             "exists": self.exists,
             "missing_nodes": [encode(m) for m in self.missing_nodes or []],
             "error": self.error,
+            "private": self.private,
         }
 
 
@@ -132,6 +135,7 @@ class JobsFeed:
             time.perf_counter() - t0,
             exists=listing.exists,
             missing_nodes=listing.missing_nodes,
+            private=len(listing.private),
         )
 
     def sparklines(self, *, ended: bool = True) -> dict[str, list[float | None]]:

@@ -32,7 +32,7 @@ from support.paths import PLAIN_LAUNCH
 from support.processes import Procs, dead_pid
 from support.records import identity, read_record
 from support.scripts import CONTROLLED_LOOP
-from support.ui import ui_server
+from support.ui import browser, ui_server
 from support.users import ATTACKER_UID, SHARED_GID, VICTIM_UID, OtherUser, SharedDir, require_setpriv, shared_dir, users_python
 from support.waiting import wait_for
 
@@ -260,38 +260,80 @@ def test_a_rank_never_writes_its_stacks_into_a_file_another_user_made(shared: Sh
     assert not (paths.dir / "stacks" / "rank-0.json").exists()
 
 
-# -- the real CLI as uid 1002, on another user's job ------------------------------------------
+# -- the real CLI as uid 1002, on another user's job --------------------------------------------
 @pytest.mark.slow
-def test_another_user_sees_a_running_job_of_yours_but_can_neither_command_nor_delete_it(
+def test_a_private_job_of_yours_is_left_out_of_another_users_list_and_refused_to_them_by_id_naming_you(
     shared: SharedDir, procs: Procs, their_python: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Root runs a job; uid 1002 runs the real CLI on it. `list` and `status` show it and
-    why its records cannot be read; `save` and `abort` are refused, exit 4, and nothing
-    reaches the job; `cleanup --yes` deletes nothing."""
+    """Root runs a job; its folder is private to root. uid 1002 runs the real CLI on it:
+    `list` leaves it out and says one private folder of root's was not shown (not
+    `corrupt`: nothing is wrong with it); `status`, `save` and `abort` are refused, exit 4,
+    naming its owner, and nothing reaches the job; `cleanup` keeps it, saying why."""
     job = procs.start([sys.executable, CONTROLLED_LOOP, "a-train", str(tmp_path / "out")], env=base_env(shared.root), name="a-train")
     wait_for(lambda: read_record(shared.root, "a-train", "status.json").get("state") == "running", timeout=60, what="a-train running")
     b = attacker(shared).with_python(their_python)
     reason = f"{shared.root}/a-train is the job folder of uid 0 (root), private to it: you (uid 1002) cannot read its records"
 
     rows = as_user(b, shared.root, "list", "--json")
-    assert (rows.code, rows.err) == (0, ""), rows
-    assert [(r["job_id"], r["state"], r["liveness"], r["evidence"]) for r in rows.json()] == [("a-train", "corrupt", "unknown", reason)]
-    shown = as_user(b, shared.root, "status", "a-train", "--json")
-    assert (shown.code, shown.json()["evidence"]) == (0, reason), shown
-    for command in ("save", "abort"):
-        refused = as_user(b, shared.root, command, "a-train")
-        assert (refused.code, refused.out, refused.err) == (
-            4,
-            "",
-            f"error: job a-train's records are corrupt ({reason}); it cannot be controlled through them\n",
-        )
-    swept = as_user(b, shared.root, "cleanup", "--yes")
-    assert (swept.code, swept.out, swept.err) == (0, f"nothing to clean up in {shared.root}\n", "")
+    assert (rows.code, rows.json(), rows.err) == (0, [], ""), rows
+    table = as_user(b, shared.root, "list")
+    assert (table.code, table.err) == (0, ""), table
+    assert table.out.endswith("not shown: 1 job folder of other users, private to them (1 of uid 0 (root))\n"), table.out
+    for command in (("status", "a-train", "--json"), ("save", "a-train"), ("abort", "a-train", "--yes"), ("status", "a-tr")):
+        refused = as_user(b, shared.root, *command)
+        assert (refused.code, refused.out, refused.err) == (4, "", f"error: job a-train: {reason}; only its owner can see or command it\n"), command
+    kept = "kept a-train: its folder belongs to uid 0 (root), not to you (uid 1002); only its owner deletes it; it is private to them, so it was not judged\n"
+    for args in (["cleanup", "--dry-run"], ["cleanup", "--yes"]):
+        swept = as_user(b, shared.root, *args)
+        assert (swept.code, swept.out, swept.err) == (0, f"nothing to clean up in {shared.root}\n" + kept, ""), (args, swept)
 
     assert os.listdir(shared.root / "a-train" / "inbox") == []
     mine = run_cli("control", "status", "a-train", "--json", env=base_env(shared.root))
     assert (mine.code, mine.json()["state"], mine.json()["commands"]) == (0, "running", []), mine
     assert job.popen.poll() is None
+
+
+@pytest.mark.slow
+def test_a_listing_by_another_user_leaves_out_a_private_job_and_counts_it_by_owner(shared: SharedDir, their_python: tuple[Path, Path]) -> None:
+    """uid 1001's job folder is private (umask 077); the listing a Python caller (and the
+    page's feed: tests/ui/test_ui_api.py) gets as uid 1002 has no row for it, not a
+    `corrupt` one, and names it among the private folders left out, with its owner."""
+    b = attacker(shared).with_python(their_python)
+    running_by_hand(OtherUser(VICTIM_UID, groups=b.groups), shared.root, "a-train")
+    snippet = (
+        "import json, sys\n"
+        "from forgather_control.client.sources import LocalSource\n"
+        "listing = LocalSource(sys.argv[1]).list(include_finished=True)\n"
+        "print(json.dumps([listing.rows, listing.private]))\n"
+    )
+    assert b.python is not None
+    done = subprocess.run(b.argv(b.python, "-c", snippet, shared.root), capture_output=True, text=True, timeout=60, env=b.env())
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert json.loads(done.stdout) == [[], {"a-train": VICTIM_UID}]
+
+
+@pytest.mark.slow
+def test_the_page_of_another_user_shows_no_row_for_a_private_job_and_says_one_folder_was_left_out(
+    shared: SharedDir, procs: Procs, their_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """uid 1002 serves the page (the real `forgather control ui`) over a root holding uid
+    1001's private running job and 1002's own; Chromium logs in with the printed address:
+    one row, 1002's, and the notice says one private folder of another user is not shown."""
+    victim = OtherUser(VICTIM_UID, groups=attacker(shared).groups)
+    running_by_hand(victim, shared.root, "a-train")
+    b = attacker(shared).with_python(their_python)
+    running_by_hand(b, shared.root, "b-mine", mode="022")
+    proc = procs.start(b.cli("control", "ui", "--no-browser", "--port", "0", "--jobs-dir", str(shared.root)), env=b.env(), name="ui-as-1002")
+    url = wait_for(lambda: next((w for w in proc.output().split() if w.startswith("http://127.0.0.1:")), None), timeout=60, what="the page's address")
+    with browser() as chromium:
+        page = chromium.new_context(viewport={"width": 1400, "height": 700}).new_page()
+        page.goto(url)
+        page.wait_for_selector("tr[data-job='b-mine']")
+        notice = page.locator("div.notice")
+        notice.wait_for(state="visible")
+        assert notice.inner_text() == "Not shown: 1 job folder of other users, private to them."
+        assert page.locator("tr[data-job]").count() == 1
+        page.screenshot(path=str(tmp_path / "private-left-out.png"))
 
 
 @pytest.mark.slow

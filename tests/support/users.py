@@ -40,8 +40,8 @@ ATTACKER_UID = 1002
 SHARED_GID = 1500
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 CACHE = Path(os.environ.get("FORGATHER_USERS_CACHE", "/var/tmp/forgather-control-users"))
-#: the project's runtime dependencies a CLI needs (no torch, fastapi or uvicorn)
-DEPS = ("click>=8.1", "rich>=13", "psutil>=5.9", "msgspec>=0.18")
+#: the project's runtime dependencies a CLI and the page need (no torch)
+DEPS = ("click>=8.1", "rich>=13", "psutil>=5.9", "msgspec>=0.18", "fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.17")
 _PACKAGES = ("core", "client", "serving", "callback", "launcher", "cli", "ui")
 
 

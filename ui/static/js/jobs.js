@@ -103,7 +103,7 @@ export class JobsView {
         performance.mark("jobs-rendered");
         document.body.dataset.jobsLoadMs = String(Math.round(performance.now()));
       }
-      this.live(!snap.error, snap.error ? `stale: ${snap.error}` : `live · ${snap.rows.length} jobs`);
+      this.live(!snap.error, snap.error ? `stale: ${snap.error}` : `live · ${snap.rows.length} job${snap.rows.length === 1 ? "" : "s"}`);
     } catch (e) {
       if (generation !== this.generation) return;
       this.live(false, e.message);
@@ -189,6 +189,7 @@ export class JobsView {
     const parts = [];
     if (s.error) parts.push(`The last look failed: ${s.error}`);
     for (const m of s.missing_nodes || []) parts.push(`Ray node ${m.node} did not answer: ${m.reason}`);
+    if (s.private) parts.push(`Not shown: ${s.private} job folder${s.private > 1 ? "s" : ""} of other users, private to them.`);
     setText(this.notice, parts.join(" · "));
     this.notice.hidden = parts.length === 0;
     this.empty.hidden = shown > 0;
