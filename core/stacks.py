@@ -1,12 +1,19 @@
 """Where is every rank? The Python stacks of every thread, dumped by the ranks themselves.
 
-Each worker registers the standard library's ``faulthandler`` on a signal reserved for
-this (:data:`STACK_SIGNAL`), appending to a file in the job folder, and says so in
-``stacks/rank-<R>.json`` (host, pid, the file). The dump is written by a C-level
-handler, so it works while the main thread is stuck in C code (a collective, a sleep, a
-lock, even holding the GIL), and it needs no ptrace permission, which clusters usually
-deny: whoever may signal the process (its node's launcher, the CLI on that host, a Ray
-task there) sends the signal and reads what the rank appended.
+Each worker appends its dumps to a file in the job folder and says so in
+``stacks/rank-<R>.json`` (host, pid, the file). It answers two ways, and needs no ptrace
+permission, which clusters usually deny:
+
+- A thread of its own waits on a FIFO beside the file (``rank-<R>-<pid>.fifo``); a byte
+  written there makes it dump every thread with ``faulthandler.dump_traceback`` while it
+  holds the GIL, so no other thread changes its frames under the dump. This is how a
+  rank is asked first.
+- ``faulthandler`` registered on a signal reserved for this (:data:`STACK_SIGNAL`). Its
+  C-level handler answers even when the main thread is stuck in C holding the GIL, but
+  it walks the frames of threads that may be running Python meanwhile: asked that way
+  while a thread wrote files, a rank crashed (SIGSEGV) about once in 30 dumps. So the
+  signal is sent only when the dump thread has not started within :data:`GIL_WAIT` (the
+  GIL held by a stuck thread: then no Python runs, and the walk is safe).
 
 A process is signalled only when it is the one its record names (host, boot, pid and
 start time) *and* the kernel says it catches the signal: the default action of a
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import logging
 import os
 import re
 import secrets
@@ -53,6 +61,8 @@ from forgather_control.core.records import (
     load,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "STACK_SIGNAL",
     "Frame",
@@ -75,6 +85,10 @@ __all__ = [
 STACK_SIGNAL = signal.SIGRTMIN + 5
 #: How long a rank has to write its dump (seconds).
 DUMP_TIMEOUT = 3.0
+#: How long a rank's dump thread has to start writing before the signal is sent instead.
+GIL_WAIT = 1.0
+#: The line the dump thread writes after each dump: the reader then knows it is whole.
+END_OF_DUMP = "# end of dump\n"
 _MAX_DUMP = 1 << 20
 #: A dump is whole once its file has not grown for this long (the handler writes it in
 #: one go, but a busy machine may pause the process between two writes).
@@ -86,6 +100,7 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 _dump_file: IO[bytes] | None = None
+_dumper: _Dumper | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,7 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     Idempotent; returns the dump file. ``launcher``: (pid, start time) of the launcher
     that answers stacks requests for this process (the CLI then asks it, not us).
     Raises OSError when the folder cannot be written."""
-    global _dump_file
+    global _dump_file, _dumper
     folder = paths.dir / "stacks"
     name = f"rank-{int(rank)}-{os.getpid()}.txt"
     if _dump_file is not None and Path(_dump_file.name) == folder / name:
@@ -157,9 +172,16 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     ensure_private_dir(folder)
     fh = _open_dump(folder / name)  # kept open: faulthandler writes to it for the process' life
     faulthandler.register(STACK_SIGNAL, file=fh, all_threads=True, chain=False)
+    if _dumper is not None:
+        _dumper.stop()  # registered to another job before (a process that ran two)
+        _dumper = None
     if _dump_file is not None:
-        _dump_file.close()  # registered to another job before (a process that ran two)
+        _dump_file.close()
     _dump_file = fh
+    try:
+        _dumper = _Dumper(folder / f"rank-{int(rank)}-{os.getpid()}.fifo", fh)
+    except OSError as exc:  # the signal alone still answers
+        log.warning("forgather: rank %s answers stacks requests by signal only (%s)", rank, exc)
     record = StacksRegistration(
         **structs.asdict(process_identity()),
         rank=int(rank),
@@ -169,9 +191,57 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
         registered_at=time.time(),
         launcher_pid=launcher[0] if launcher is not None else None,
         launcher_start_time=launcher[1] if launcher is not None else None,
+        requests=_dumper.path.name if _dumper is not None else None,
+        dump_thread=_dumper.ident if _dumper is not None else None,
     )
     write_json_atomic(folder / f"rank-{int(rank)}.json", encode(record))
     return folder / name
+
+
+class _Dumper:
+    """The rank's dump thread: one byte on its FIFO, one dump of every thread, taken
+    holding the GIL (safe while other threads run Python), then :data:`END_OF_DUMP`.
+    The FIFO is made 0600 in the rank's private stacks folder and opened as itself (never
+    through a link); it is opened read-write, so the thread's read blocks until a request
+    comes, whoever opened it before."""
+
+    def __init__(self, path: Path, fh: IO[bytes]) -> None:
+        self.path, self._fh = path, fh
+        remove_quietly(path)  # an earlier process's, with our pid
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | _O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+                raise OSError(f"{path} is not a FIFO of our own")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._thread = threading.Thread(target=self._serve, name="forgather-stacks", daemon=True)
+        self._thread.start()
+        self.ident = self._thread.ident
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                asked = os.read(self._fd, 64)
+                if not asked or b"q" in asked:
+                    return
+                faulthandler.dump_traceback(file=self._fh, all_threads=True)
+                self._fh.write(END_OF_DUMP.encode())
+        except (OSError, ValueError):  # the dump file closed under us: we are being replaced
+            return
+        finally:
+            os.close(self._fd)
+
+    def stop(self) -> None:
+        try:
+            os.write(self._fd, b"q")
+        except OSError:
+            pass
+        self._thread.join(5)
+        remove_quietly(self.path)
 
 
 def _open_dump(path: Path) -> IO[bytes]:
@@ -207,6 +277,9 @@ class Worker:
     main_thread: int | None
     #: the live launcher that answers for this worker (None: nobody does, ask directly)
     launcher: int | None = None
+    #: its dump thread's FIFO and ident (None: a worker that answers the signal only)
+    requests: Path | None = None
+    dump_thread: int | None = None
 
 
 def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> list[Worker]:
@@ -234,7 +307,8 @@ def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> li
             continue
         lpid = rec.launcher_pid
         launcher = lpid if lpid is not None and pid_alive(Identity(pid=lpid, pid_start_time=rec.launcher_start_time)) else None
-        out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher))
+        requests = folder / rec.requests if rec.requests is not None and re.fullmatch(r"rank-\d+-\d+\.fifo", rec.requests) else None
+        out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher, requests, rec.dump_thread))
     return out
 
 
@@ -305,22 +379,23 @@ def _signal(pid: int, dump_file: Path) -> None:
 
 
 def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[RankStacks]:
-    """Signal each worker proven a rank of its job and read what it appended to its dump
-    file; a worker that writes nothing within ``timeout`` says so."""
+    """Ask each worker proven a rank of its job for its stacks and read what it appended
+    to its dump file: through its dump thread first, by signal when that thread has not
+    started within :data:`GIL_WAIT` (or the worker has none); a worker that writes nothing
+    within ``timeout`` says so."""
     out: dict[int, RankStacks] = {}
     pending: dict[int, tuple[Worker, int]] = {}
+    by_thread: dict[int, float] = {}  # rank -> when its dump thread was asked
     for w in workers:
         try:
             offset = w.dump.stat().st_size
-            _signal(w.pid, w.dump)
+            if _ask_thread(w):
+                by_thread[w.rank] = time.monotonic()
+            else:
+                _signal(w.pid, w.dump)
             pending[w.rank] = (w, offset)
-        except FileNotFoundError:
-            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its dump file is gone")
-        except ProcessLookupError:
-            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error="its process is gone")
-        except PermissionError as exc:
-            why = str(exc) if str(exc).startswith("not signalled") else "no permission to signal its process (another user's?)"
-            out[w.rank] = RankStacks(w.rank, w.host, w.pid, error=why)
+        except (FileNotFoundError, ProcessLookupError, PermissionError) as exc:
+            out[w.rank] = _not_asked(w, exc)
     deadline = time.monotonic() + timeout
     grown: dict[int, tuple[int, float]] = {}  # rank -> (size, when it last changed)
     while pending and time.monotonic() < deadline:
@@ -331,22 +406,36 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
                 size = w.dump.stat().st_size
             except OSError:
                 continue
+            if size == offset and rank in by_thread and now - by_thread[rank] >= GIL_WAIT:
+                # its dump thread cannot get the GIL: a thread holds it, stuck in C, so no
+                # Python runs and the C-level handler's walk is safe
+                del by_thread[rank]
+                try:
+                    _signal(w.pid, w.dump)
+                except (FileNotFoundError, ProcessLookupError, PermissionError) as exc:
+                    out[rank] = _not_asked(w, exc)
+                    del pending[rank]
+                continue
             if size != grown.get(rank, (offset, 0.0))[0]:
                 grown[rank] = (size, now)
-            elif size > offset and now - grown[rank][1] >= _QUIET:  # grown, and done growing
-                try:
-                    threads = parse_dump(_read_from(w.dump, offset), main_thread=w.main_thread)
-                except OSError as exc:
-                    out[rank] = RankStacks(rank, w.host, w.pid, error=f"its dump file cannot be read ({exc.strerror or exc})")
-                    del pending[rank]
-                    continue
-                if w.main_thread is not None and not any(t.ident == w.main_thread for t in threads):
-                    # faulthandler writes the main thread last: a writer descheduled mid-dump
-                    # (a loaded machine) looks quiet without being done. Wait on.
-                    grown[rank] = (size, now)
-                    continue
-                out[rank] = RankStacks(rank, w.host, w.pid, threads=threads)
+            if size <= offset:
+                continue
+            try:
+                text = _read_from(w.dump, offset)
+            except OSError as exc:
+                out[rank] = RankStacks(rank, w.host, w.pid, error=f"its dump file cannot be read ({exc.strerror or exc})")
                 del pending[rank]
+                continue
+            if END_OF_DUMP not in text and now - grown[rank][1] < _QUIET:
+                continue  # a signal's dump is whole once the file has stopped growing
+            threads = parse_dump(text, main_thread=w.main_thread, dump_thread=w.dump_thread)
+            if w.main_thread is not None and not any(t.ident == w.main_thread for t in threads):
+                # faulthandler writes the main thread last: a writer descheduled mid-dump
+                # (a loaded machine) looks quiet without being done. Wait on.
+                grown[rank] = (size, now)
+                continue
+            out[rank] = RankStacks(rank, w.host, w.pid, threads=threads)
+            del pending[rank]
     for rank, (w, offset) in pending.items():
         # a dump without its main thread is not shown: which thread is which is unknown
         why = "wrote its stacks without the main thread" if grown.get(rank, (offset,))[0] > offset else "wrote no stacks"
@@ -354,20 +443,56 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
     return [out[r] for r in sorted(out)]
 
 
-def parse_dump(text: str, *, main_thread: int | None = None) -> list[Thread]:
+def _ask_thread(w: Worker) -> bool:
+    """Write one byte to ``w``'s dump thread's FIFO; False when it has none, or the FIFO
+    is not one (a link, a file, another uid's than its dump file's), or nobody reads it."""
+    if w.requests is None:
+        return False
+    try:
+        fd = os.open(w.requests, os.O_WRONLY | _O_NONBLOCK | _O_NOFOLLOW)
+    except OSError:  # gone, a link, or no reader (ENXIO): the process is not there to ask
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.lstat(w.dump).st_uid:
+            return False
+        return os.write(fd, b"d") == 1
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _not_asked(w: Worker, exc: OSError) -> RankStacks:
+    if isinstance(exc, FileNotFoundError):
+        why = "its dump file is gone"
+    elif isinstance(exc, ProcessLookupError):
+        why = "its process is gone"
+    else:
+        why = str(exc) if str(exc).startswith("not signalled") else "no permission to signal its process (another user's?)"
+    return RankStacks(w.rank, w.host, w.pid, error=why)
+
+
+def parse_dump(text: str, *, main_thread: int | None = None, dump_thread: int | None = None) -> list[Thread]:
     """faulthandler's dump -> each thread, outermost frame first (it prints the most
     recent call first; a person reads down to where the thread is). The main thread is
-    the one with ``main_thread``'s ident, else the one not started by ``threading``."""
+    the one with ``main_thread``'s ident, else the one not started by ``threading``.
+
+    Only the first dump counts (a late answer of the dump thread may follow a signal's):
+    it ends at :data:`END_OF_DUMP`, or after the main thread, which faulthandler writes
+    last. ``dump_thread`` (the rank's own thread that wrote it) is not shown."""
     raw: list[tuple[int, list[Frame]]] = []
-    for line in text.splitlines():
+    for line in text.split(END_OF_DUMP, 1)[0].splitlines():
         m = _THREAD.match(line)
         if m:
+            if main_thread is not None and any(ident == main_thread for ident, _ in raw):
+                break
             raw.append((int(m[1], 16), []))
             continue
         f = _FRAME.match(line)
         if f and raw:
             raw[-1][1].append(Frame(f["file"], int(f["line"]), f["func"]))
-    threads = [(ident, tuple(reversed(frames))) for ident, frames in raw]
+    threads = [(ident, tuple(reversed(frames))) for ident, frames in raw if dump_thread is None or ident != dump_thread]
     known = main_thread is not None and any(ident == main_thread for ident, _ in threads)
 
     def is_main(ident: int, frames: tuple[Frame, ...]) -> bool:

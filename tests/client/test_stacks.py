@@ -1,6 +1,8 @@
-"""Every rank's stacks, dumped by the ranks themselves (faulthandler on a reserved signal):
-real processes stuck in Python and in a C call holding the GIL, grouping, the safety
-rule (never signal a process that does not catch the signal), the folder protocol with
+"""Every rank's stacks, dumped by the ranks themselves (their dump thread, asked through a
+FIFO; faulthandler on a reserved signal when that thread cannot get the GIL): real
+processes stuck in Python and in a C call holding the GIL, asked again and again while
+another thread runs, grouping, the safety rule (never signal a process that does not
+catch the signal), the folder protocol with
 hostile answers, the forced abort's judge, and a job started without the launcher
 through the CLI. Real torchrun and launchers: test_hang.py."""
 
@@ -98,6 +100,26 @@ def test_a_rank_stuck_in_python_shows_every_thread(procs: Procs, tmp_path: Path)
     assert main_frames(again) == main_frames(got)
 
 
+def test_a_request_goes_only_into_the_ranks_own_fifo(procs: Procs, tmp_path: Path) -> None:
+    """The FIFO swapped for a link to another FIFO (someone else's reader): nothing is
+    written through the link; the rank is asked by signal instead and still answers."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    p = start(procs, tmp_path, WORKER, str(paths.root), "j", "0", "python")
+    [w] = st.local_workers(paths)
+    assert w.requests is not None and w.requests.name == f"rank-0-{p.pid}.fifo"
+    elsewhere = tmp_path / "elsewhere.fifo"
+    os.mkfifo(elsewhere)
+    reader = os.open(elsewhere, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        w.requests.unlink()
+        w.requests.symlink_to(elsewhere)
+        [got] = st.dump([w])
+        assert main_frames(got)[-1] == "stuck_in_python"
+        assert os.read(reader, 64) == b""  # nothing came through the link
+    finally:
+        os.close(reader)
+
+
 def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path) -> None:
     paths = JobPaths(tmp_path / "jobs", "j")
     start(procs, tmp_path, WORKER, str(paths.root), "j", "0", "c")
@@ -105,14 +127,55 @@ def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path)
     assert main_frames(got)[-1] == "stuck_in_c"
 
 
+BUSY = """
+import sys, threading, time
+from pathlib import Path
+from forgather_control.core.files import write_json_atomic
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.stacks import register
+
+jobs, job = sys.argv[1:3]
+register(JobPaths(Path(jobs), job), 0)
+
+def writes_its_records():  # as a rank's I/O thread does: Python, I/O, the GIL let go and taken again
+    while True:
+        write_json_atomic(Path(jobs) / job / "busy.json", {"at": time.time()})
+
+threading.Thread(target=writes_its_records, daemon=True).start()
+
+def waiting_for_data():
+    print("ready", flush=True)
+    time.sleep(3600)
+
+waiting_for_data()
+"""
+
+
+def test_asking_a_rank_for_its_stacks_again_and_again_never_crashes_it(procs: Procs, tmp_path: Path) -> None:
+    """A C-level handler that walks every thread's frames while another thread runs
+    Python crashed the rank (SIGSEGV) about once in 30 dumps: `stacks` killed the
+    training it looked at. A rank whose other thread runs Python and I/O without pause
+    is asked 40 times: it lives, and every answer has its main thread where it is."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    p = start(procs, tmp_path, BUSY, str(paths.root), "j")
+    workers = st.local_workers(paths)
+    for i in range(40):
+        [got] = st.dump(workers)
+        assert p.popen.poll() is None, f"the rank died on dump {i}: {p.popen.returncode}"
+        assert main_frames(got)[-1] == "waiting_for_data", (i, got)
+        [other] = [t for t in got.threads if not t.main]  # the one thread the script started, and no other
+        assert "writes_its_records" in [f.func for f in other.frames], (i, other)
+
+
 SLOW_WRITER = """
-import faulthandler, signal, sys, threading, time
+import faulthandler, os, signal, sys, threading, time
 from pathlib import Path
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.stacks import STACK_SIGNAL, register
 
 jobs, job = sys.argv[1:3]
 dump = register(JobPaths(Path(jobs), job), 0)
+os.unlink(dump.with_suffix(".fifo"))  # no dump thread to ask: asked by the signal, as a stuck GIL makes it
 faulthandler.unregister(STACK_SIGNAL)
 main = threading.main_thread().ident
 
