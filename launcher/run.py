@@ -44,6 +44,7 @@ from pathlib import Path
 from forgather_control.client.transport import FileTransport
 from forgather_control.core import Command, JobPaths, JobState
 from forgather_control.core.deathsig import death_signal_setter
+from forgather_control.core.files import ensure_private_dir
 from forgather_control.core.outcome import launch_exit_code
 
 from .attach import ControlAttach, passed_on_reason
@@ -291,9 +292,15 @@ def _become_subreaper() -> None:
 
 def _drop_stop_command(paths: JobPaths, key: str) -> Callable[[int], None]:
     """on_stop for a job with control: one save_and_stop in the inbox (file channel), so
-    it works before rank 0 serves HTTP and on nodes that share only the jobs dir."""
+    it works before rank 0 serves HTTP and on nodes that share only the jobs dir. A job
+    folder removed while the job trains is made again first: rank 0 still reads its inbox
+    there, and writes its records there again (the run's end included)."""
 
     def on_stop(signum: int) -> None:
+        if not paths.inbox.is_dir():
+            paths.create(mark=False)  # refuses a folder another user made meanwhile
+            ensure_private_dir(paths.nodes)  # the launchers' node records go there again
+            log.warning("the job's folder %s was gone; made it again to deliver the stop", paths.dir)
         entry = FileTransport(paths).send(Command.SAVE_AND_STOP, key)
         log.info("queued save_and_stop %s for job %s (inbox)", entry.id, paths.job_id)
 

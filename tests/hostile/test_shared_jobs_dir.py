@@ -348,3 +348,19 @@ def test_another_users_cleanup_never_deletes_a_dead_job_folder_not_theirs(shared
         done = as_user(b, shared.root, *args)
         assert (done.code, done.out, done.err) == (0, f"nothing to clean up in {shared.root}\n" + kept, ""), (args, done)
     assert sorted(os.listdir(shared.root)) == ["a-old"] and sorted(os.listdir(shared.root / "a-old")) == ["inbox", "status.json"]
+
+
+@pytest.mark.slow
+def test_root_is_held_to_the_owner_rule_and_clears_another_users_jobs_as_that_user(shared: SharedDir, their_python: tuple[Path, Path]) -> None:
+    """uid 1001's job died. Root reads its private folder and judges it dead too, yet its
+    cleanup keeps it, naming its owner; the administrator's way, cleanup run as 1001
+    (`sudo -u alice forgather control cleanup`), deletes it."""
+    a = OtherUser(VICTIM_UID, groups=attacker(shared).groups).with_python(their_python)
+    running_by_hand(a, shared.root, "a-old", **identity(dead_pid()), heartbeat_at=time.time() - 3600)
+    mine = run_cli("control", "cleanup", "--yes", env=base_env(shared.root))
+    kept = "kept a-old: its folder belongs to uid 1001, not to you (uid 0 (root)); only its owner deletes it\n"
+    assert (mine.code, mine.out, mine.err) == (0, f"nothing to clean up in {shared.root}\n" + kept, ""), mine
+    assert os.listdir(shared.root) == ["a-old"]
+    theirs = as_user(a, shared.root, "cleanup", "--yes")
+    assert (theirs.code, theirs.out, theirs.err) == (0, f"deleted 1 job record(s) from {shared.root}\n", ""), theirs
+    assert os.listdir(shared.root) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -195,6 +196,27 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     status = read(jobs_dir, "sig", "status.json")
     assert any(c.get("command") == "save_and_stop" and c.get("state") == "completed" for c in status["commands"]), status["commands"]
     assert_all_gone(seen)
+
+
+def test_a_signal_to_the_launcher_of_a_job_whose_folder_was_removed_still_saves_and_stops(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    """The job's folder removed while it trains (by hand, or a cleanup of an older
+    release): the launcher's stop has no inbox to go into, and used to end torchrun after
+    the grace without a save. It makes the folder again (rank 0 still reads its inbox
+    there) and the job saves and stops as usual."""
+    out = tmp_path / "out"
+    job = launch(procs, jobs_dir, "gone", PLAIN, "--step-time", "0.05", "--output-dir", str(out), opts=("--nproc-per-node", "2", "--grace", "90"))
+    wait_running(jobs_dir, "gone", job)
+    removed_at = len(job.output())
+    shutil.rmtree(jobs_dir / "gone")
+    wait_for(lambda: "is gone" in job.output()[removed_at:] or None, timeout=60, what="the job saying its folder is gone")
+    os.kill(job.pid, signal.SIGTERM)
+    assert job.wait(120) == EXIT_PREEMPTED, job.output()[-4000:]
+    record = read(jobs_dir, "gone", "job.json")
+    assert record["state"] == "stopped" and record["signals"] == ["SIGTERM"], record
+    ckpt = Path(record["last_checkpoint"])
+    assert ckpt.exists() and ckpt.parent == out, record
+    said = job.output()[removed_at:]
+    assert "made it again to deliver the stop" in said and "could not write" not in said, said[-4000:]
 
 
 @pytest.mark.timeout(600)
