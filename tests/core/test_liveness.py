@@ -112,3 +112,17 @@ def test_a_final_state_whose_processes_are_all_gone_is_finished_even_with_an_end
     assert judge(endpoint=typed(Endpoint, rec), status=running, squeue=no_squeue)[0] == Liveness.DEAD
     alive = typed(Status, {**identity(), "state": "aborted"})  # its process still runs: winding down
     assert judge(endpoint=typed(Endpoint, identity()), status=alive, squeue=no_squeue)[0] == Liveness.ALIVE
+
+
+def test_a_record_of_an_older_release_without_pid_ns_is_judged_by_its_pid_as_before() -> None:
+    """Records written before ``pid_ns`` was recorded: same host and boot id, so their pid
+    is ours to look up (a live one alive, a gone one dead), as it was when they were written;
+    one naming another namespace is not (judged by its heartbeat)."""
+    here = {k: v for k, v in identity().items() if k != "pid_ns"}
+    assert judge(endpoint=typed(Endpoint, here), status=None, squeue=no_squeue)[0] == Liveness.ALIVE
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone = {k: v for k, v in identity(proc.pid).items() if k != "pid_ns"}
+    proc.wait()
+    assert judge(endpoint=typed(Endpoint, gone), status=None, squeue=no_squeue)[0] == Liveness.DEAD
+    elsewhere = {**gone, "pid_ns": 1, "heartbeat_at": time.time()}
+    assert judge(endpoint=None, status=typed(Status, elsewhere), squeue=no_squeue)[0] == Liveness.UNKNOWN
