@@ -52,6 +52,8 @@ class Overdue:
 
     @property
     def reason(self) -> str:
+        if self.state == State.COMPLETED:
+            return f"abort {self.command_id} was carried out by another node's launcher (the ranks are hung); this launcher ended its ranks too"
         if self.state == State.APPLIED:
             return f"abort {self.command_id} applied but the job did not end within {self.waited:.0f}s (a rank hangs); the launcher ended every rank"
         return f"abort {self.command_id} could not be agreed within {self.waited:.0f}s (the ranks are hung); the launcher ended every rank"
@@ -80,11 +82,25 @@ class AbortWatch:
         self._first_seen: dict[str, float] = {}
 
     def look(self, status: Status | None, inbox: list[CommandFile], now: float) -> Overdue | None:
+        forced = self._forced_elsewhere(status)
+        if forced is not None:
+            return Overdue(forced.id or "?", forced.key, forced.source or "http", State.COMPLETED, now - self._first_seen.get(forced.id or "", now))
         for cid, key, source, state in self._aborts(status, inbox):
             first = self._first_seen.setdefault(cid, now)
             limit = self.grace * (APPLIED_GRACES if state == State.APPLIED else 1)
             if now - first >= limit:
                 return Overdue(cid, key, source, state, now - first)
+        return None
+
+    def _forced_elsewhere(self, status: Status | None) -> Receipt | None:
+        """The abort another node's launcher carried out on this run, if it did: the job is
+        recorded aborted, and this node's ranks, hung too, will not end by themselves."""
+        ran = status.restarts if status is not None and status.restarts is not None else 0
+        if status is None or ran != self.run or JobState.parse(status.state) != JobState.ABORTED:
+            return None
+        for e in status.commands or []:
+            if e.command == Command.ABORT.value and e.result is not None and e.result.ended_by == "launcher":
+                return e
         return None
 
     def _aborts(self, status: Status | None, inbox: list[CommandFile]) -> list[tuple[str, str | None, str, State]]:

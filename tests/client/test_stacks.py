@@ -307,6 +307,23 @@ def test_an_applied_abort_gets_longer_and_others_never() -> None:
         assert w.look(_status(entry, **status_kw), [], now=100.0) is None, entry
 
 
+def test_a_hung_job_another_nodes_launcher_ended_is_ended_on_this_node_at_once() -> None:
+    """Node 0's launcher saw the abort first, ended its ranks and recorded the job aborted
+    before this node's grace ran out: the abort is no longer open in status.json, yet this
+    node's ranks still hang (one stuck, one waiting for it). Its launcher ends them at once
+    (two real launchers: test_hang.py; there node 1 once waited for ever)."""
+    watch = AbortWatch(run=0, grace=10.0)
+    queued = {"id": "c-5", "command": "abort", "state": "queued", "key": "k5", "source": "http"}
+    assert watch.look(_status(queued), [], now=100.0) is None  # this node first saw it late
+    forced = {**queued, "state": "completed", "result": {"final_state": "aborted", "ended_by": "launcher"}}
+    due = watch.look(_status(forced, state="aborted"), [], now=101.0)
+    assert due is not None and due.command_id == "c-5" and due.state == State.COMPLETED, due
+    assert "another node's launcher" in due.reason
+    assert AbortWatch(run=0).look(_status(forced, state="aborted", run=1), [], now=0.0) is None  # another run's
+    agreed = {**queued, "state": "completed", "result": {"final_state": "aborted"}}  # the ranks agreed: they end by themselves
+    assert AbortWatch(run=0).look(_status(agreed, state="aborted"), [], now=0.0) is None
+
+
 def test_an_abort_left_in_the_inbox_is_overdue_too() -> None:
     """Rank 0 no longer reads its inbox (its I/O thread is stuck): the file is the command."""
     watch = AbortWatch(run=0, grace=10.0)
