@@ -50,7 +50,7 @@ from .history import HistoryRecorder, load_or_new
 from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
-from .resume import resume_from
+from .resume import resume_from, resume_step
 from .schedule import NEVER, CheckSchedule
 from .signals import DEFAULT_SIGNALS, SignalFlags
 from .stackdump import enable_stack_dumps
@@ -122,7 +122,9 @@ class Controller:
         #: previous run's status.json next to this run's job.json knows it is stale.
         self._restarts = cfg.restarts
         self._resumed_from = resume_from()
-        self.history = load_or_new(self.paths, continued=bool(resume_from())) if self.is_rank0 else History(self.job_id)
+        if self._resumed_from is not None:
+            self.current_step = resume_step()  # shown at once; the loop reports on from there
+        self.history = load_or_new(self.paths, continued=self._resumed_from is not None) if self.is_rank0 else History(self.job_id)
         #: what the training thread is doing, as the control plane knows it (for stalls)
         self.phase = Phase.TRAINING
         self._stall = StallWatch(stall_after=cfg.stall_after)
@@ -143,7 +145,7 @@ class Controller:
         )
         self._schedule = CheckSchedule(cfg.check_interval)
         self._receipts = Receipts(self.ledger)
-        self._rate = StepRate()
+        self._rate = StepRate(start=self.current_step)
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
         # The hot path: a check when ``step >= _next_check`` or ``_poke`` is set. Only a

@@ -43,10 +43,16 @@ def json_metrics(metrics: Any) -> Metrics:
 
 class StepRate:
     """Steps per second, measured over at least ``window`` seconds and smoothed, so a
-    status read twice in a row does not divide by a few microseconds."""
+    status read twice in a row does not divide by a few microseconds.
 
-    def __init__(self, window: float = 1.0) -> None:
+    Only steps this run made count: nothing is measured while the step is still the one
+    the run started at (``start``: 0, or the resumed checkpoint's step), so a resumed
+    loop's first report (step 908 after a status that said 0) is a starting point, not
+    908 steps in a second."""
+
+    def __init__(self, window: float = 1.0, *, start: int = 0) -> None:
         self.window = window
+        self._start: int | None = start
         self._rate: float | None = None
         self._sample: tuple[int, float] | None = None  # (step, time) the rate counts from
         self._lock = threading.Lock()  # the I/O and HTTP threads both ask
@@ -55,6 +61,10 @@ class StepRate:
         """The rate at ``step`` seen at time ``now``; None until one window has passed.
         A step below the last sample (a restart of the count) starts measuring again."""
         with self._lock:
+            if self._start is not None:
+                if step == self._start:
+                    return None  # the loop has not reported a step of this run yet
+                self._start = None
             sample = self._sample
             if sample is None or step < sample[0]:
                 self._sample = (step, now)

@@ -14,11 +14,11 @@ import logging
 import os
 
 from forgather_control.core.checkpoints import Scope
-from forgather_control.core.env import ENV_RESUME_FROM
+from forgather_control.core.env import ENV_RESUME_FROM, ENV_RESUME_STEP
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resume_from"]
+__all__ = ["resume_from", "resume_step"]
 
 
 def resume_from() -> str | None:
@@ -30,3 +30,11 @@ def resume_from() -> str | None:
         log.warning("forgather: not resuming from %s: %s", path, why)
         return None
     return path
+
+
+def resume_step() -> int:
+    """The step the checkpoint of :func:`resume_from` was saved at (the launcher says it
+    with the path), else 0: where this run's count of steps starts, so its status shows
+    that step at once and its rate never counts the steps an earlier run made."""
+    raw = os.environ.get(ENV_RESUME_STEP, "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else 0

@@ -167,7 +167,12 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
     plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
     previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank)
-    plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from, resume_gone=tuple(p.describe() for p in previous.gone))
+    plan = plan.with_history(
+        restarts=previous.restarts,
+        resume_from=previous.resume_from,
+        resume_step=previous.resume_step,
+        resume_gone=tuple(p.describe() for p in previous.gone),
+    )
     if config.dry_run:
         click.echo(render_plan(plan), nl=False)
         return 0

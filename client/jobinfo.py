@@ -98,7 +98,8 @@ class JobInfo:
 
     def summary(self) -> JobRow:
         """The job's ``list --json`` row. Never contains the token. Step, pid and the rest
-        come from this run's status only: a relaunch that is still starting has none yet."""
+        come from this run's status only; a relaunch that is still starting has none yet,
+        and is shown at the step it resumes from (job.json)."""
         ep = self.endpoint or Endpoint()
         st = self.current_status or Status()
         jb = self.job or Job()
@@ -114,7 +115,7 @@ class JobInfo:
             port=ep.port,
             url=ep.url,
             pid=ep.pid or st.pid,
-            step=st.step,
+            step=st.step if st.step is not None else (jb.resume_step if self.current_status is None else None),
             max_steps=st.max_steps,
             world_size=st.world_size,
             scheduler=jb.scheduler.type if jb.scheduler is not None else None,

@@ -30,6 +30,8 @@ ENV_LAUNCHED = "FORGATHER_LAUNCHED"
 ENV_ABORT_RETURNS = "FORGATHER_ABORT_RETURNS"
 #: The checkpoint a restarted run resumes from, when the job has one.
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
+#: the step of that checkpoint: where a resumed run's count starts (status and rate)
+ENV_RESUME_STEP = "FORGATHER_RESUME_STEP"
 #: The folder a job's checkpoints live in (default: the launch's working directory): a
 #: run resumes only from a checkpoint inside it that its own user owns.
 ENV_OUTPUT_DIR = "FORGATHER_OUTPUT_DIR"

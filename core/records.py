@@ -298,6 +298,8 @@ class Job(Record):
     updated_at: When | None = None
     restarts: Count | None = None
     resume_from: Text | None = None
+    #: the step of ``resume_from``: a relaunch that is still starting is listed at it
+    resume_step: Count | None = None
     output_dir: Text | None = None
     checkpoints: Annotated[list[CheckpointRecord], Meta(max_length=256)] | None = None
     last_checkpoint: Text | None = None

@@ -23,6 +23,7 @@ from forgather_control.core.env import (
     ENV_NODE_RANK,
     ENV_RESTARTS,
     ENV_RESUME_FROM,
+    ENV_RESUME_STEP,
     ENV_STALL_AFTER,
     ENV_TOKEN,
 )
@@ -59,6 +60,7 @@ class Plan:
     env: Mapping[str, str] = field(default_factory=dict)
     restarts: int = 0
     resume_from: str | None = None
+    resume_step: int | None = None
     #: newer checkpoints of the job that resume passed over, each with why (gone, not the job's own)
     resume_gone: tuple[str, ...] = ()
 
@@ -70,10 +72,10 @@ class Plan:
     def node_rank(self) -> int:
         return self.placement.node_rank or 0
 
-    def with_history(self, *, restarts: int, resume_from: str | None, resume_gone: tuple[str, ...] = ()) -> Plan:
-        """The same plan for a restarted run: restart count and checkpoint in the env."""
-        env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from)
-        return replace(self, restarts=restarts, resume_from=resume_from, resume_gone=resume_gone, env=env)
+    def with_history(self, *, restarts: int, resume_from: str | None, resume_step: int | None = None, resume_gone: tuple[str, ...] = ()) -> Plan:
+        """The same plan for a restarted run: restart count, checkpoint and its step in the env."""
+        env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from, resume_step=resume_step)
+        return replace(self, restarts=restarts, resume_from=resume_from, resume_step=resume_step if resume_from else None, resume_gone=resume_gone, env=env)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able view (``--dry-run`` as data); secrets redacted."""
@@ -157,6 +159,7 @@ def worker_env(
     jobs_dir: str,
     restarts: int = 0,
     resume_from: str | None = None,
+    resume_step: int | None = None,
 ) -> dict[str, str]:
     """The variables the launcher sets for torchrun and its workers .
     Never a token: rank 0 makes its own and keeps it in the 0600 endpoint file."""
@@ -173,6 +176,8 @@ def worker_env(
         env[ENV_CONTROL_PORT] = str(config.control_port)
     if resume_from:
         env[ENV_RESUME_FROM] = resume_from
+        if resume_step is not None:
+            env[ENV_RESUME_STEP] = str(int(resume_step))
     if config.stall_after is not None:
         env[ENV_STALL_AFTER] = f"{config.stall_after:g}"
     return env
@@ -183,7 +188,7 @@ def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = Non
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
     names the launcher its workers watch (known only once it runs: not in the plan)."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_TOKEN, ENV_LAUNCHER_PID)}
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_TOKEN, ENV_LAUNCHER_PID)}
     env.update(plan.env)
     if launcher:
         env[ENV_LAUNCHER_PID] = launcher

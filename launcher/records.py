@@ -103,6 +103,8 @@ class Previous:
     checkpoints: tuple[Checkpoint, ...] = ()
     #: newer checkpoints resume passed over (gone, or not the job's own: see Scope), with why
     gone: tuple[Skipped, ...] = ()
+    #: the step of ``resume_from`` (FORGATHER_RESUME_STEP), when its record says
+    resume_step: int | None = None
 
 
 def read_previous(
@@ -137,14 +139,25 @@ def read_previous(
         why = scope.refuses(job.resume_from) if job.resume_from else None
         if why is not None:
             log.warning("not resuming from %s: %s", job.resume_from, why)
-        return Previous(True, max(prev_restarts, 0), None if why else job.resume_from, created, same_slurm, points)
+        if why is not None:
+            return Previous(True, max(prev_restarts, 0), None, created, same_slurm, points)
+        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points, resume_step=job.resume_step)
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
     resume_point, gone = choose(list(points), exists=exists, scope=scope)
     for skipped in gone:
         log.warning("not resuming from checkpoint %s", skipped.describe())
-    return Previous(True, max(restarts, 0), resume_point.path if resume_point else None, created, same_slurm, points, tuple(gone))
+    return Previous(
+        True,
+        max(restarts, 0),
+        resume_point.path if resume_point else None,
+        created,
+        same_slurm,
+        points,
+        tuple(gone),
+        resume_step=resume_point.step if resume_point else None,
+    )
 
 
 R = TypeVar("R", bound=Record)
@@ -286,6 +299,7 @@ class JobRecords:
                 updated_at=now,
                 restarts=plan.restarts,
                 resume_from=plan.resume_from,
+                resume_step=plan.resume_step,
                 output_dir=os.path.realpath(Scope.here().output_dir),  # what this run resumes from inside
                 # carried forward: a run that saves nothing must not lose the runs' before
                 checkpoints=[c.as_record() for c in previous.checkpoints],

@@ -323,7 +323,12 @@ def execute(
     paths = JobPaths(Path(plan.jobs_dir), plan.job_id)
     previous = read_previous(paths, plan.placement, node_rank=plan.node_rank)
     if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from:
-        plan = plan.with_history(restarts=previous.restarts, resume_from=previous.resume_from, resume_gone=tuple(p.describe() for p in previous.gone))
+        plan = plan.with_history(
+            restarts=previous.restarts,
+            resume_from=previous.resume_from,
+            resume_step=previous.resume_step,
+            resume_gone=tuple(p.describe() for p in previous.gone),
+        )
     records = JobRecords(paths, plan)
     after = no_control_after(plan.config, base_env) if plan.config.control else None
     try:

@@ -272,6 +272,46 @@ def test_a_resume_point_survives_a_run_that_crashes_before_saving(jobs_dir: Path
 
 
 @pytest.mark.timeout(600)
+def test_a_resumed_run_is_listed_at_its_resume_step_at_once_and_its_rate_counts_only_its_own_steps(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
+    """Run 1 saves and stops at step S; run 2 resumes from S. Each step sleeps 0.02 s, so
+    no honest rate exceeds 50 steps/s. From the relaunch on, every row `list` shows is at
+    S or beyond (never 0/N, never blank while it starts), every rate in status.json and in
+    metrics.json is at most 60, and every ETA at least the steps left over 60 per second.
+    Before, the first rate after the resume read S steps in a second or two."""
+    out = tmp_path / "out"
+    args = ("--step-time", "0.02", "--output-dir", str(out))
+    first = launch(procs, jobs_dir, "rate", PLAIN, *args, opts=("--nproc-per-node", "2"))
+    wait_running(jobs_dir, "rate", first, min_step=200)
+    control_ok(cli, "save-stop", "rate", "--wait", "--timeout", str(TIMEOUT))
+    assert first.wait(TIMEOUT) == EXIT_STOPPED
+    s = read(jobs_dir, "rate", "job.json")["final_step"]
+    assert s >= 200
+    end = s + 150
+    again = launch(procs, jobs_dir, "rate", PLAIN, *args, "--max-steps", str(end), opts=("--nproc-per-node", "2"), name="again")
+    rows: list[tuple[str, int | None]] = []
+    seen: list[tuple[int, float | None, float | None]] = []
+
+    def watch() -> bool:
+        row = next((r for r in json.loads(control_ok(cli, "list", "--json")) if r["job_id"] == "rate"), None)
+        if row is not None:
+            rows.append((row["state"], row["step"]))
+        st = read(jobs_dir, "rate", "status.json")
+        if st.get("restarts") == 1 and st.get("step") is not None:
+            seen.append((st["step"], st.get("steps_per_second"), st.get("eta_seconds")))
+        return again.popen.poll() is not None
+
+    wait_for(watch, timeout=TIMEOUT, interval=0.1, what="the resumed run to end")
+    assert again.wait(TIMEOUT) == 0, again.output()[-3000:]
+    assert rows and all(step is not None and step >= s for _, step in rows), rows
+    rates = [r for _, r, _ in seen if r is not None]
+    assert rates and max(rates) <= 60, seen
+    assert all(eta is None or eta >= (end - step) / 60 - 1 for step, _, eta in seen), seen
+    history = read(jobs_dir, "rate", "metrics.json")["series"]["steps_per_second"]
+    after = [v for step, v in zip(history["step"], history["value"], strict=True) if step > s and v is not None]
+    assert after and max(after) <= 60, after
+
+
+@pytest.mark.timeout(600)
 def test_a_launcher_killed_by_sigkill_leaves_no_orphans(jobs_dir: Path, procs: Procs, cli, tmp_path: Path) -> None:
     """kill -9 of the launcher: torchrun dies with it (parent death signal), the workers
     see it and end within a few seconds, and rank 0 records why."""
