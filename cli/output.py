@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from forgather_control.core.commands import verb
 from forgather_control.core.records import Receipt, Record, StallNotice, Status, encode
 from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
 from forgather_control.core.states import JobState
@@ -77,7 +78,7 @@ def duration(seconds: Any) -> str:
 def describe_entry(entry: Receipt) -> str:
     """One line for a ledger entry: what, state, where, result or reason (printable)."""
     ident = "" if entry.id is None else f" ({entry.id})"  # None: no receipt (framework_jobs)
-    parts = [f"{entry.command or '?'}{ident}: {entry.state or '?'}"]
+    parts = [f"{verb(entry.command) if entry.command else '?'}{ident}: {entry.state or '?'}"]
     if entry.step is not None:
         parts.append(f"at step {entry.step}")
     result = entry.result

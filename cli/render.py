@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from forgather_control.core.commands import verb
 from forgather_control.core.files import owner_name
 from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt
 from forgather_control.core.states import JobState
@@ -249,7 +250,7 @@ def status_panel(d: JobDetails) -> Any:
         for c in commands:
             ct.add_row(
                 _t(c.id),
-                _t(c.command),
+                _t(verb(c.command) if c.command else None),
                 state_text(c.state),
                 _t(c.step if c.step is not None else "-"),
                 _t(_result(c)),

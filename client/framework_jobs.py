@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.client.transport import NoAnswer
-from forgather_control.core.commands import Command, parse_command
+from forgather_control.core.commands import Command, parse_command, verb
 from forgather_control.core.errors import CommandRefused, ControlError, OutcomeUnknown, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.files import RecordError
 from forgather_control.core.liveness import Liveness, local_host, process_start_time
@@ -444,7 +444,7 @@ def follow(
 def acknowledged_line(entry: Receipt) -> str:
     """One line for a person: what the callback acknowledged, and what that does not promise."""
     job = entry.job_id if isinstance(entry, Acknowledgement) else None
-    return f"{entry.command} acknowledged by job {job}, which runs {WHAT}: {NO_RECEIPT}"
+    return f"{verb(entry.command)} acknowledged by job {job}, which runs {WHAT}: {NO_RECEIPT}"
 
 
 def followed_to_end(entry: Receipt) -> bool:

@@ -60,6 +60,14 @@ CLI_VERBS: dict[str, Command] = {
     "abort": Command.ABORT,
 }
 VALID_COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
+_VERBS = {command.value: verb for verb, command in CLI_VERBS.items()}
+
+
+def verb(name: object) -> str:
+    """What a person typed for command ``name`` (``save`` for ``save_checkpoint``): the
+    command line shows verbs, the HTTP API and ``--json`` keep the wire names. Anything
+    else comes back as it was given."""
+    return _VERBS.get(name, str(name)) if isinstance(name, str) else str(name)
 
 
 #: An abort a launched job's ranks have not applied this long after its launcher first

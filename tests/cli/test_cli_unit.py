@@ -91,6 +91,6 @@ def test_age_and_duration() -> None:
 
 def test_describe_entry() -> None:
     line = output.describe_entry(Receipt(id="c-1", command="save_checkpoint", state="completed", step=5, result=CommandResult(checkpoint="/x.pt")))
-    assert line == "save_checkpoint (c-1): completed; at step 5; checkpoint /x.pt"
+    assert line == "save (c-1): completed; at step 5; checkpoint /x.pt"  # the verb typed; --json keeps the wire name
     line = output.describe_entry(Receipt(id="c-2", command="evaluate", state="dropped", reason="job stopped"))
     assert "dropped" in line and "reason: job stopped" in line

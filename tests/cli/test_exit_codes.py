@@ -35,3 +35,13 @@ def test_help_of_forgather_and_of_control_lists_every_exit_code():
         out = " ".join(CliRunner().invoke(group, ["--help"]).output.split())
         for code, meaning in EXIT_CODES.items():
             assert f"{code} {meaning}" in out, (group.name, code)
+
+
+def test_the_readmes_verb_table_is_the_command_lines() -> None:
+    """Verbs shown, wire names sent: the README's table is ``CLI_VERBS``."""
+    from forgather_control.core.commands import CLI_VERBS, verb
+
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| `([a-z_]+)` \|$", text, re.M)
+    assert dict(rows) == {v: c.value for v, c in CLI_VERBS.items()}
+    assert all(verb(c.value) == v for v, c in CLI_VERBS.items()) and verb("something_else") == "something_else"
