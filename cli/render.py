@@ -89,8 +89,8 @@ def jobs_table(rows: list[JobRow], *, show_node: bool = False) -> Text:
     millisecond a row, which for a few hundred jobs would be most of ``list``'s
     start-up budget. Aligned text with a styled state column renders in a few ms."""
     now = time.time()
-    headers = ["JOB", *(["NODE"] if show_node else []), "STATE", "STEP", "RUN", "HOST", "PID", "PORT", "UPDATED"]
-    right = {"STEP", "RUN", "PID", "PORT", "UPDATED"}
+    headers = ["JOB", *(["NODE"] if show_node else []), "STATE", "STEP", "LOSS", "RUN", "HOST", "PID", "PORT", "UPDATED"]
+    right = {"STEP", "LOSS", "RUN", "PID", "PORT", "UPDATED"}
     table: list[list[str]] = []
     for r in rows:
         cells = [r.job_id + (FRAMEWORK_MARK if r.framework_callback else "")]
@@ -99,6 +99,7 @@ def jobs_table(rows: list[JobRow], *, show_node: bool = False) -> Text:
         cells += [
             str(r.state),
             _step(r),
+            f"{r.loss:.4g}" if r.loss is not None else "-",
             _run(r),
             str(r.host or "-"),
             str(r.pid or "-"),

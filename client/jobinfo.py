@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from forgather_control.core.attachment import no_control_notice
 from forgather_control.core.checkpoints import Checkpoint, history
-from forgather_control.core.failures import read_failures
+from forgather_control.core.failures import Failure, read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
-from forgather_control.core.records import UNSET, Endpoint, Job, JobDetails, JobRow, NoControl, Node, StallNotice, Status, encode
+from forgather_control.core.records import UNSET, CheckpointRecord, Endpoint, Job, JobDetails, JobRow, NoControl, Node, StallNotice, Status, encode
 from forgather_control.core.states import JobState
 
 __all__ = ["DETAIL_FIELDS", "LIVE_FIELDS", "SILENT_AFTER", "JobInfo", "overlay", "stall_of", "status_of_run"]
@@ -125,9 +125,40 @@ class JobInfo:
             framework_callback=self.framework,
             loss=_finite((st.metrics or {}).get("loss")),
             resumed_from=_text(jb.resume_from, st.resumed_from),
+            why=self.why,
+            last_checkpoint=points[-1].path if (points := self.checkpoints) else None,
             updated_at=updated,
             jobs_dir=str(self.paths.root),
         )
+
+    @property
+    def why(self) -> str | None:
+        """Why the job ended, in one line, decided here for every view: a failure's root
+        cause (the first rank whose own code raised, not rank 0 losing it in a collective
+        after), else the error or reason recorded; a stop's or an abort's reason. None
+        while it may run."""
+        state = self.state
+        st, job = self.current_status or Status(), self.job or Job()
+        if state in (JobState.FAILED, JobState.DEAD):
+            failures = self.failures()
+            if failures:
+                return failures[0].describe()
+            cause = Failure.parse(job.failure)
+            return cause.describe() if cause is not None else st.error or job.reason
+        if state.final:
+            return st.stop_reason or job.reason
+        return None
+
+    def failures(self) -> list[Failure]:
+        """Every rank's recorded failure of the job's current run, the root cause first."""
+        status = self.status
+        return read_failures(self.paths, run=_count((self.job or Job()).restarts, status.restarts if status is not None else None))
+
+    def resume_point(self) -> CheckpointRecord | None:
+        """The job's newest completed checkpoint of any run (what a relaunch resumes from):
+        a resumed run that has not saved yet still has it."""
+        points = self.checkpoints
+        return points[-1].as_record() if points else None
 
     @property
     def checkpoints(self) -> list[Checkpoint]:
@@ -140,6 +171,8 @@ class JobInfo:
         d = JobDetails.of(self.summary())
         if self.status is not None:
             overlay(d, self.status, DETAIL_FIELDS)
+        if d.resume_point is UNSET or d.resume_point is None:
+            d.resume_point = self.resume_point() or d.resume_point
         if not self.state.live:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
             d.steps_per_second = d.eta_seconds = None
@@ -147,7 +180,7 @@ class JobInfo:
         if job.exit_code is not None:
             d.exit_code = job.exit_code
         if self.state in (JobState.FAILED, JobState.DEAD) or d.exit_code:
-            failures = read_failures(self.paths, run=_count(job.restarts, self.status.restarts if self.status is not None else None))
+            failures = self.failures()
             if failures:
                 d.failures = [f.as_record() for f in failures]
                 d.failure = d.failures[0]  # the root cause: the first rank that raised
@@ -162,7 +195,6 @@ DETAIL_FIELDS = (
     "metrics",
     "steps_per_second",
     "eta_seconds",
-    "last_checkpoint",
     "resume_point",
     "commands",
     "control_error",

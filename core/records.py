@@ -485,6 +485,11 @@ class JobRow(Record, omit_defaults=False):
     framework_callback: bool = False
     loss: float | None = None
     resumed_from: Text | None = None
+    #: why it ended, in one line, for a job that ended or died: a failure's root cause
+    #: (the rank whose own code raised), a stop's or an abort's reason
+    why: Text | None = None
+    #: the job's newest completed checkpoint of any run: what a relaunch resumes from
+    last_checkpoint: Text | None = None
     updated_at: When | None = None
     jobs_dir: Text | None = None
     #: where a cluster listing found it: the node's name and ids, "ray" or "local", and
@@ -513,7 +518,6 @@ class JobDetails(JobRow):
     metrics: Annotated[dict[Str256, Metric], Meta(max_length=128)] | UnsetType = UNSET
     steps_per_second: When | UnsetType | None = UNSET
     eta_seconds: When | UnsetType | None = UNSET
-    last_checkpoint: Text | UnsetType = UNSET
     resume_point: CheckpointRecord | UnsetType | None = UNSET
     unsynced_checkpoint: CheckpointRecord | UnsetType = UNSET
     stop_reason: Text | UnsetType = UNSET

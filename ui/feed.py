@@ -48,7 +48,6 @@ class PageRow(JobRow):
     live: bool = False
     final: bool = False
     eval_loss: float | UnsetType | None = UNSET
-    last_checkpoint: Text | UnsetType | None = UNSET
     stop_reason: Text | UnsetType | None = UNSET
     error: Text | UnsetType | None = UNSET
     #: a rate and an ETA are claims about a running job: only a live one has them
@@ -151,7 +150,8 @@ class JobsFeed:
 
 def job_row(row: JobRow, *, with_status: bool, statuses: StatusCache | None = None) -> PageRow:
     """A ``list --json`` row for the page, plus ``live``, ``final`` and, from the job's
-    status record (``with_status``), speed, ETA, loss and last checkpoint."""
+    status record (``with_status``), speed, ETA and loss. The last checkpoint and why it
+    ended are the row's: the job's, decided once (client/jobinfo.py)."""
     out = PageRow.of(row)
     out.live, out.final = row.state.live, row.state.final
     out.loss = _finite(row.loss)
@@ -163,7 +163,8 @@ def job_row(row: JobRow, *, with_status: bool, statuses: StatusCache | None = No
         if metrics:  # a job of the framework's own callback has its loss from its API, in the row
             out.loss = _finite(metrics.get("loss"))
         out.eval_loss = _finite(metrics.get("eval_loss"))
-        out.last_checkpoint = st.last_checkpoint
+        if row.last_checkpoint is None:  # a row without the job's history (another source)
+            out.last_checkpoint = st.last_checkpoint
         out.stop_reason = st.stop_reason
         out.error = st.error
         if out.live:

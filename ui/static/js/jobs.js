@@ -250,7 +250,7 @@ export class JobsView {
       r.state === "uncontrolled" && r.no_control ? r.no_control.why : null,
       r.world_size > 1 ? `${r.world_size} ranks` : null,
       r.scheduler && r.scheduler !== "local" ? r.scheduler : null,
-      r.stop_reason || r.error || null,
+      r.why || null,
     ].filter(Boolean).join(" · ");
     setText(c.sub, sub);
     setAttr(c.sub, "title", sub || null);
