@@ -1,13 +1,13 @@
 """``forgather control stacks JOB``: where every rank of a job is, grouped.
 
-The library gathers the stacks (:meth:`JobHandle.stacks`); this module prints them: the
-main thread of each group of ranks whose stacks are the same, innermost frame last, the
-ranks that did not answer, and (``--all-threads``) every thread.
+The library gathers the stacks (:meth:`JobHandle.stacks`), each frame with its line of
+code as read on the rank's host; this module prints them: the main thread of each group
+of ranks whose stacks are the same, innermost frame last, the ranks that did not answer,
+and (``--all-threads``) every thread.
 """
 
 from __future__ import annotations
 
-import linecache
 import os
 
 import click
@@ -25,6 +25,8 @@ from .output import print_json, printable, stall_line
 _BOOTSTRAP = os.path.join("callback", "bootstrap.py")
 #: Frames shown per thread, innermost last (a deep stack's outer frames are runpy and the trainer).
 MAX_FRAMES = 30
+#: Said after a frame's line when its file changed since the rank started.
+CHANGED = "file changed since the rank started; line may differ"
 
 
 @click.command("stacks")
@@ -100,9 +102,9 @@ def _thread_lines(t: Thread, *, label: bool) -> list[str]:
         frames = frames[-MAX_FRAMES:]
     for f in frames:
         out.append(printable(f"    {f}"))
-        source = _source(f)
-        if source:
-            out.append(printable(f"      {source}"))
+        said = [part for part in (f.source, f"[{CHANGED}]" if f.changed else None) if part]
+        if said:
+            out.append(printable("      " + "  ".join(said)))
     if not frames:
         out.append("    (no Python frames)")
     return out
@@ -115,13 +117,6 @@ def _user_frames(frames: list[Frame]) -> list[Frame]:
     while i < len(frames) and (frames[i].file.startswith("<frozen runpy") or frames[i].file.endswith(_BOOTSTRAP)):
         i += 1
     return frames[i:] if i < len(frames) else frames
-
-
-def _source(f: Frame) -> str:
-    """The frame's line of code, when its file is readable here (as py-spy shows it)."""
-    if not f.file.endswith(".py"):
-        return ""
-    return linecache.getline(f.file, f.line).strip()[:200]
 
 
 def _hostname() -> str:

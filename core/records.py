@@ -352,12 +352,23 @@ class StacksRegistration(Identity):
     requests: Str128 | None = None
     #: that thread's ident: not shown among the rank's threads
     dump_thread: Count | None = None
+    #: its working directory: what a relative file in its frames is relative to
+    cwd: Text | None = None
+    #: when it started (the wall clock, to the kernel's tick, rounded up): a source file
+    #: changed later may not be the one it runs
+    started_at: When | None = None
 
 
 class FrameRecord(Record, omit_defaults=False):
+    """A frame as its rank saw it (``file`` relative or absolute), and its line of code
+    read on the rank's host (``source``; None when not read: an older answer, a file not
+    there). ``changed``: the file changed since the rank started (None: unknown)."""
+
     file: Str1024 | None = None
     line: Count | None = None
     func: Str256 | None = None
+    source: Str256 | None = None
+    changed: bool | None = None
 
 
 class ThreadRecord(Record, omit_defaults=False):

@@ -25,6 +25,13 @@ must be proven a rank of the job (:func:`not_a_rank`), checked again at the sign
 Across nodes: the CLI posts a request in the job folder (``stacks/requests/<id>.json``);
 each node's launcher answers with its own ranks' dumps
 (``stacks/answers/<id>/node-<n>.json``). Everything read back is checked.
+
+Each frame carries its line of code, read by whoever dumps the rank (its node's launcher,
+the CLI on its host, a Ray task there), never where the CLI runs: a relative file is
+resolved against the working directory the rank registered, and a file changed (its
+ctime) after the rank started (registered too, to the clock tick) is marked changed, as
+the line may not be the one it runs. The path is the dump's word: only a regular ``.py``
+file the rank's user may read is opened (without blocking), one line of it, cut short.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import stat
 import threading
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -79,6 +86,7 @@ __all__ = [
     "rank_list",
     "register",
     "requests",
+    "source_line",
 ]
 
 #: The signal a worker dumps its stacks on (reserved by the worker bootstrap).
@@ -90,6 +98,10 @@ GIL_WAIT = 1.0
 #: The line the dump thread writes after each dump: the reader then knows it is whole.
 END_OF_DUMP = "# end of dump\n"
 _MAX_DUMP = 1 << 20
+#: A frame's line of code is cut to this many characters.
+MAX_SOURCE = 200
+#: At most this much of a source file is read for one line (a line further in is not shown).
+_MAX_SOURCE_READ = 4 << 20
 #: A dump is whole once its file has not grown for this long (the handler writes it in
 #: one go, but a busy machine may pause the process between two writes).
 _QUIET = 0.25
@@ -105,9 +117,15 @@ _dumper: _Dumper | None = None
 
 @dataclass(frozen=True)
 class Frame:
+    """A frame as its rank saw it, and its line of code as read on the rank's host
+    (:func:`source_line`); ``changed``: its file changed since the rank started, so the
+    line may not be the one it runs (None: not known)."""
+
     file: str
     line: int
     func: str
+    source: str | None = None
+    changed: bool | None = None
 
     def __str__(self) -> str:
         return f'File "{self.file}", line {self.line}, in {self.func}'
@@ -153,16 +171,22 @@ class RankStacks:
             pid=self.pid,
             error=self.error,
             threads=[
-                ThreadRecord(ident=t.ident, main=t.main, frames=[FrameRecord(file=f.file, line=f.line, func=f.func) for f in t.frames]) for t in self.threads
+                ThreadRecord(
+                    ident=t.ident,
+                    main=t.main,
+                    frames=[FrameRecord(file=f.file, line=f.line, func=f.func, source=f.source, changed=f.changed) for f in t.frames],
+                )
+                for t in self.threads
             ],
         )
 
 
 # -- the worker side ----------------------------------------------------------------------
 def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, float | None] | None = None) -> Path:
-    """Make this process dump its stacks on :data:`STACK_SIGNAL` into the job folder.
-    Idempotent; returns the dump file. ``launcher``: (pid, start time) of the launcher
-    that answers stacks requests for this process (the CLI then asks it, not us).
+    """Make this process dump its stacks on :data:`STACK_SIGNAL` into the job folder, and
+    say where in its record (with its working directory and start time, for the lines of
+    its frames). Idempotent; returns the dump file. ``launcher``: (pid, start time) of the
+    launcher that answers stacks requests for this process (the CLI then asks it, not us).
     Raises OSError when the folder cannot be written."""
     global _dump_file, _dumper
     folder = paths.dir / "stacks"
@@ -193,9 +217,32 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
         launcher_start_time=launcher[1] if launcher is not None else None,
         requests=_dumper.path.name if _dumper is not None else None,
         dump_thread=_dumper.ident if _dumper is not None else None,
+        cwd=_cwd(),
+        started_at=_started_at(),
     )
     write_json_atomic(folder / f"rank-{int(rank)}.json", encode(record))
     return folder / name
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed under us: a relative frame is then not read
+        return None
+
+
+def _started_at() -> float | None:
+    """When this process started, on the wall clock: its start in /proc (clock ticks since
+    boot) rounded up to the next tick, so a file written before the fork is never later
+    (the boot clock read before the wall clock errs the same way)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])
+        hz = os.sysconf("SC_CLK_TCK")
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        return time.time() - since_boot + (ticks + 1) / hz
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 class _Dumper:
@@ -280,6 +327,9 @@ class Worker:
     #: its dump thread's FIFO and ident (None: a worker that answers the signal only)
     requests: Path | None = None
     dump_thread: int | None = None
+    #: its working directory and start time (None: an older release's record)
+    cwd: str | None = None
+    started_at: float | None = None
 
 
 def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> list[Worker]:
@@ -308,7 +358,7 @@ def local_workers(paths: JobPaths, *, pids: Collection[int] | None = None) -> li
         lpid = rec.launcher_pid
         launcher = lpid if lpid is not None and pid_alive(Identity(pid=lpid, pid_start_time=rec.launcher_start_time)) else None
         requests = folder / rec.requests if rec.requests is not None and re.fullmatch(r"rank-\d+-\d+\.fifo", rec.requests) else None
-        out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher, requests, rec.dump_thread))
+        out.append(Worker(rec.rank, rec.host, rec.pid, folder / dump, rec.main_thread, launcher, requests, rec.dump_thread, rec.cwd, rec.started_at))
     return out
 
 
@@ -382,11 +432,13 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
     """Ask each worker proven a rank of its job for its stacks and read what it appended
     to its dump file: through its dump thread first, by signal when that thread has not
     started within :data:`GIL_WAIT` (or the worker has none); a worker that writes nothing
-    within ``timeout`` says so."""
+    within ``timeout`` says so. Each frame comes with its line of code, read here, on the
+    ranks' host (:func:`source_line`)."""
     out: dict[int, RankStacks] = {}
+    asked = {w.rank: w for w in workers}
     pending: dict[int, tuple[Worker, int]] = {}
     by_thread: dict[int, float] = {}  # rank -> when its dump thread was asked
-    for w in workers:
+    for w in asked.values():
         try:
             offset = w.dump.stat().st_size
             if _ask_thread(w):
@@ -440,6 +492,9 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
         # a dump without its main thread is not shown: which thread is which is unknown
         why = "wrote its stacks without the main thread" if grown.get(rank, (offset,))[0] > offset else "wrote no stacks"
         out[rank] = RankStacks(rank, w.host, w.pid, error=f"{why} within {timeout:g}s")
+    lines: _Lines = {}
+    for s in out.values():
+        s.threads = [_with_source(t, asked[s.rank], lines) for t in s.threads]
     return [out[r] for r in sorted(out)]
 
 
@@ -501,6 +556,73 @@ def parse_dump(text: str, *, main_thread: int | None = None, dump_thread: int | 
         return bool(frames) and not (frames[0].func == "_bootstrap" and frames[0].file.endswith("threading.py"))
 
     return sorted((Thread(ident, is_main(ident, frames), frames) for ident, frames in threads), key=lambda t: not t.main)
+
+
+# -- the lines of code ----------------------------------------------------------------------
+#: (file, line, uid) -> what :func:`source_line` read: one dump of many ranks reads each once.
+_Lines = dict[tuple[str, int, int], tuple[str | None, float] | None]
+
+
+def _with_source(thread: Thread, w: Worker, lines: _Lines) -> Thread:
+    """``thread`` of worker ``w`` with each frame's line of code, read on this host (the
+    worker's): a relative file resolved against the worker's working directory (never
+    ours), the line marked changed when its file changed after the worker started."""
+    try:
+        uid = os.lstat(w.dump).st_uid  # the rank's own: it made the file (_open_dump)
+    except OSError:
+        return thread
+    frames = []
+    for f in thread.frames:
+        path = f.file if os.path.isabs(f.file) else os.path.join(w.cwd, f.file) if w.cwd and os.path.isabs(w.cwd) else None
+        if path is None:
+            frames.append(f)
+            continue
+        if (path, f.line, uid) not in lines:
+            lines[path, f.line, uid] = source_line(path, f.line, uid=uid)
+        got = lines[path, f.line, uid]
+        if got is None:
+            frames.append(f)
+        else:
+            frames.append(replace(f, source=got[0], changed=None if w.started_at is None else got[1] > w.started_at))
+    return replace(thread, frames=tuple(frames))
+
+
+def source_line(path: str, line: int, *, uid: int) -> tuple[str | None, float] | None:
+    """Line ``line`` of the Python file at ``path`` (stripped, at most
+    :data:`MAX_SOURCE` characters; None when it has none) and the file's ctime (content,
+    a rename over it, its mode: any change); None when the file is not read.
+
+    Read like a hostile path: a file whose name ends in ``.py``, opened without blocking
+    and read only when it is a regular file (no device, no FIFO) that user ``uid`` (the
+    rank's) may read (the kernel's say when we are that user; as another, root, only one
+    it owns or anyone may read); at most :data:`_MAX_SOURCE_READ` bytes of it."""
+    if not path.endswith(".py") or line < 1:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if os.geteuid() != uid and not (st.st_mode & stat.S_IROTH or (st.st_uid == uid and st.st_mode & stat.S_IRUSR)):
+            return None
+        budget, n = _MAX_SOURCE_READ, 1
+        try:
+            while budget > 0:
+                piece = fh.readline(budget)
+                if not piece:
+                    break
+                if n == line:
+                    text = piece[:1024].decode("utf-8", errors="replace").strip()[:MAX_SOURCE]
+                    return text or None, st.st_ctime
+                budget -= len(piece)
+                if piece.endswith(b"\n"):
+                    n += 1
+        except OSError:
+            return None
+    return None, st.st_ctime
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -584,7 +706,10 @@ def _from_record(r: StackRank) -> RankStacks | None:
     """A checked rank's stacks; None without the rank it is of."""
     if r.rank is None:
         return None
-    threads = [Thread(t.ident or 0, t.main is True, tuple(Frame(f.file or "?", f.line or 0, f.func or "?") for f in t.frames or ())) for t in r.threads or ()]
+    threads = [
+        Thread(t.ident or 0, t.main is True, tuple(Frame(f.file or "?", f.line or 0, f.func or "?", f.source, f.changed) for f in t.frames or ()))
+        for t in r.threads or ()
+    ]
     return RankStacks(r.rank, r.host or "?", r.pid, threads, r.error)
 
 

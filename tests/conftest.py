@@ -4,7 +4,7 @@ ports and processes.
 - ``jobs_dir``: a fresh jobs directory, exported as FORGATHER_JOBS_DIR for the test.
 - ``procs``: starts real subprocesses in their own session and, at teardown, kills each
   one's whole process tree and asserts none is left.
-- ``cli``: runs the real ``forgather`` command line as a subprocess.
+- ``cli``: runs the real ``forgather`` command line as a subprocess (in ``cwd=`` if given).
 - ``wait_for``: ``support.waiting.wait_for``, for a test that takes it as a fixture.
 - ``framework_py``: the python3.12 of a venv with the real Forgather framework and this
   checkout's package (``support.framework``; run its ``forgather`` with ``framework_env``).
@@ -100,8 +100,8 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 def cli(jobs_dir: Path) -> Callable[..., CliResult]:
     env = base_env(jobs_dir)
 
-    def _run(*args: str, timeout: float = 120.0, input: str | None = None, extra_env: dict[str, str] | None = None) -> CliResult:
-        return run_cli(*args, env={**env, **(extra_env or {})}, timeout=timeout, input=input)
+    def _run(*args: str, timeout: float = 120.0, input: str | None = None, extra_env: dict[str, str] | None = None, cwd: Path | None = None) -> CliResult:
+        return run_cli(*args, env={**env, **(extra_env or {})}, timeout=timeout, input=input, cwd=cwd)
 
     return _run
 

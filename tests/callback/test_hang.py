@@ -4,7 +4,8 @@ One rank stuck in a named function (in Python's sleep, or in a C call holding th
 while the others wait in the gradient all-reduce: the job is ``stalled`` in list and
 status, ``stacks`` shows every rank where it is (grouped), a command other than abort
 is taken with a warning, and abort ends everything through the launcher. A slow but
-healthy rank is not a stall. Two launchers as two nodes answer for their own ranks.
+healthy rank is not a stall. Two launchers as two nodes answer for their own ranks,
+each frame with its line of code as read on its node.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from forgather_control.core.outcome import EXIT_ABORTED
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun
 
 HANG = REPO / "examples" / "launch" / "hang_train.py"
+#: ``forgather launch`` runs a script as named: from the repository, its frames say this
+HANG_AS_NAMED = HANG.relative_to(REPO)
 TIMEOUT = 240.0
 STALL_AFTER = "3"
 
@@ -113,8 +116,8 @@ def test_two_launchers_as_two_nodes_each_answer_for_their_ranks(jobs_dir, procs:
     port = free_port()
     common = ("--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "--stall-after", STALL_AFTER)
     args = ("--hang-at", "8", "--hang-rank", "3")
-    node1 = launch(procs, jobs_dir, "duo", HANG, *args, opts=(*common, "--node-rank", "1"), name="node1")
-    node0 = launch(procs, jobs_dir, "duo", HANG, *args, opts=(*common, "--node-rank", "0"), name="node0")
+    node1 = launch(procs, jobs_dir, "duo", HANG_AS_NAMED, *args, opts=(*common, "--node-rank", "1"), name="node1")
+    node0 = launch(procs, jobs_dir, "duo", HANG_AS_NAMED, *args, opts=(*common, "--node-rank", "0"), name="node0")
     wait_running(jobs_dir, "duo", node0, node1)
     wait_stalled(cli, "duo")
     data = cli("control", "stacks", "duo", "--json").json()
@@ -122,4 +125,7 @@ def test_two_launchers_as_two_nodes_each_answer_for_their_ranks(jobs_dir, procs:
     by_rank = {r["rank"]: main_funcs(r) for r in data["ranks"]}
     assert sorted(by_rank) == [0, 1, 2, 3] and by_rank[3][-1] == "next_batch"
     assert all(by_rank[r][-1] == "all_reduce" for r in (0, 1, 2)), by_rank
+    stuck = HANG.read_text().splitlines().index("                time.sleep(3600)") + 1
+    text = cli("control", "stacks", "duo", cwd=jobs_dir).out  # no hang_train.py here: the launchers read the lines
+    assert f'    File "{HANG_AS_NAMED}", line {stuck}, in next_batch\n      time.sleep(3600)\n' in text, text
     abort_and_check_all_gone(cli, jobs_dir, "duo", node0, node1)

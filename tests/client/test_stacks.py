@@ -20,7 +20,7 @@ from support.processes import Proc, Procs, gone
 from support.records import identity, typed
 from support.waiting import wait_for
 
-from forgather_control.cli.stacks_cmd import describe
+from forgather_control.cli.stacks_cmd import CHANGED, describe
 from forgather_control.client.stackreport import StacksReport, collect
 from forgather_control.core import JobPaths
 from forgather_control.core import stacks as st
@@ -258,7 +258,7 @@ def test_answers_through_the_folder_and_hostile_ones(tmp_path: Path) -> None:
     paths.dir.mkdir(parents=True)
     rid = st.ask(paths)
     assert st.requests(paths) == [rid]
-    frame = st.Frame("train.py", 3, "step\x1b[2J")
+    frame = st.Frame("train.py", 3, "step\x1b[2J", source="go()\x1b[2J", changed=True)
     st.answer(paths, rid, 0, [st.RankStacks(0, "h", 10, [st.Thread(1, True, (frame,))]), st.RankStacks(1, "h", 11, error="gone")])
     bad = paths.dir / "stacks" / "answers" / rid
     (bad / "node-1.json").write_text(json.dumps({"node": 1, "ranks": [{"rank": "zero", "threads": 5}]}))
@@ -267,11 +267,35 @@ def test_answers_through_the_folder_and_hostile_ones(tmp_path: Path) -> None:
     assert set(got) == {0} and [s.rank for s in got[0]] == [0, 1] and got[0][1].error == "gone"
     lines = describe(StacksReport("j", 2, got[0]), state=JobState.RUNNING, stall=None)
     assert not any("\x1b" in line for line in lines) and any("step\\x1b[2J" in line for line in lines)
+    assert f"      go()\\x1b[2J  [{CHANGED}]" in lines
     assert st.RankStacks.from_record({"rank": -1}) is None and st.RankStacks.from_record([]) is None
     st.withdraw(paths, rid)
     assert st.requests(paths) == [] and not bad.exists()
     with pytest.raises(ValueError):
         st.answer(paths, "../../x", 0, [])
+
+
+def test_an_older_launchers_answer_without_lines_is_shown_without_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer written before frames carried their line of code (no ``source``, no
+    ``changed``) still reads; its frames are shown without a line, never one read where
+    the CLI runs from a file of the same name in its folder."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    rid = st.ask(paths)
+    old = {
+        "rank": 0,
+        "host": "h",
+        "pid": 10,
+        "error": None,
+        "threads": [{"ident": 1, "main": True, "frames": [{"file": "train.py", "line": 1, "func": "step"}]}],
+    }
+    (paths.dir / "stacks" / "answers" / rid).mkdir(parents=True)
+    write_json_atomic(paths.dir / "stacks" / "answers" / rid / "node-0.json", {"node": 0, "host": "h", "ranks": [old]})
+    (tmp_path / "train.py").write_text("impostor = 1\n")
+    monkeypatch.chdir(tmp_path)
+    [s] = st.answers(paths, rid)[0]
+    assert s.main.frames == (st.Frame("train.py", 1, "step", source=None, changed=None),)
+    lines = describe(StacksReport("j", 1, [s]), state=JobState.RUNNING, stall=None)
+    assert lines == ["job j (running): stacks from 1 of 1 rank(s)", "", "rank 0 (h: pid 10):", '    File "train.py", line 1, in step']
 
 
 # -- the forced abort's judge ------------------------------------------------------------------

@@ -121,3 +121,38 @@ def test_pid_1_is_never_signalled(tmp_path: Path) -> None:
     dump.parent.mkdir(parents=True)
     dump.touch()
     assert st.not_a_rank(1, dump) == "it is PID 1"
+
+
+def test_a_frames_line_is_read_only_from_a_python_file_the_ranks_user_may_read_and_only_one_bounded_line(tmp_path: Path) -> None:
+    """A frame names any path (the rank's dump says what it likes): its line is read from
+    a regular ``.py`` file only (a FIFO is not waited on, a device not read, even through
+    a link), one the rank's user may read (as another user, root, only one that user owns
+    or anyone may read, never root's private file), one line, cut short, from the first
+    few MiB of the file."""
+    me, other = os.geteuid(), NOBODY if os.geteuid() != NOBODY else NOBODY - 1
+    code = tmp_path / "train.py"
+    code.write_text("import time\n\ttime.sleep(1)  \n" + "x = '" + "y" * 5000 + "'\n")
+    ctime = code.stat().st_ctime
+    assert st.source_line(str(code), 2, uid=me) == ("time.sleep(1)", ctime)
+    assert st.source_line(str(code), 3, uid=me) == ("x = '" + "y" * (st.MAX_SOURCE - 5), ctime)
+    assert st.source_line(str(code), 4, uid=me) == (None, ctime)  # past its end: the file is there, the line is not
+
+    secret = tmp_path / "secret.py"
+    secret.write_text("TOKEN = 'hunter2'\n")
+    secret.chmod(0o600)
+    assert st.source_line(str(secret), 1, uid=me) == ("TOKEN = 'hunter2'", secret.stat().st_ctime)  # the rank's own
+    assert st.source_line(str(secret), 1, uid=other) is None  # read for another user's rank: not theirs to read
+    secret.chmod(0o644)
+    assert st.source_line(str(secret), 1, uid=other) == ("TOKEN = 'hunter2'", secret.stat().st_ctime)  # anyone may
+
+    os.mkfifo(tmp_path / "fifo.py")
+    (tmp_path / "zero.py").symlink_to("/dev/zero")
+    (tmp_path / "notes.txt").write_text("TOKEN = 'hunter2'\n")
+    assert st.source_line(str(tmp_path / "fifo.py"), 1, uid=me) is None  # returns at once: no writer waited for
+    assert st.source_line(str(tmp_path / "zero.py"), 1, uid=me) is None
+    assert st.source_line(str(tmp_path / "notes.txt"), 1, uid=me) is None
+    assert st.source_line(str(tmp_path / "gone.py"), 1, uid=me) is None
+
+    big = tmp_path / "generated.py"
+    big.write_bytes(b"#" * (8 << 20) + b"\nlate = 1\n")  # line 2 starts past what is read
+    assert st.source_line(str(big), 2, uid=me) == (None, big.stat().st_ctime)

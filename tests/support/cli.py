@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .paths import FORGATHER, REPO
@@ -26,9 +27,10 @@ class CliResult:
         return json.loads(self.out)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120.0, input: str | None = None) -> CliResult:
-    """Run ``forgather ARGS`` (the installed console script) and collect its result."""
-    proc = subprocess.run([*FORGATHER, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input, cwd=REPO)
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120.0, input: str | None = None, cwd: Path | None = None) -> CliResult:
+    """Run ``forgather ARGS`` (the installed console script) in ``cwd`` (the repository
+    unless given) and collect its result."""
+    proc = subprocess.run([*FORGATHER, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd or REPO)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
