@@ -127,10 +127,15 @@ def jobs_table(rows: list[JobRow], *, show_node: bool = False) -> Text:
     return text
 
 
-def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", all_: bool = False, private: dict[str, int] | None = None) -> None:
+def print_jobs(
+    rows: list[JobRow], *, show_node: bool = False, where: str = "", all_: bool = False, private: dict[str, int] | None = None, hidden: int = 0
+) -> None:
+    """The ``list`` table and its notes: what it left out (ended jobs, other users'
+    private folders) is counted, never silently dropped."""
     con = console()
+    ended = f"{hidden} ended job{'s' if hidden != 1 else ''} hidden; add --all" if hidden and not all_ else ""
     if not rows:
-        hint = "" if all_ else " (finished jobs are hidden; add --all)"
+        hint = f" ({ended})" if ended else "" if all_ else " (ended jobs are hidden; add --all)"
         con.print(_t(f"no jobs{f' in {where}' if where else ''}{hint}"), highlight=False)
         _private_note(con, private)
         return
@@ -142,6 +147,8 @@ def print_jobs(rows: list[JobRow], *, show_node: bool = False, where: str = "", 
         con.print(_t(f"{job_id}: {notice.why}", style="yellow"), crop=False, soft_wrap=True, highlight=False)
     if notes:
         con.print(_t(f"to attach control: {notes[0][1].add}", style="dim"), crop=False, soft_wrap=True, highlight=False)
+    if ended:
+        con.print(_t(ended, style="dim"), crop=False, soft_wrap=True, highlight=False)
     _private_note(con, private)
 
 

@@ -16,6 +16,7 @@ from forgather_control.core.checkpoints import Checkpoint, history
 from forgather_control.core.failures import Failure, read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
+from forgather_control.core.markers import SILENT_FOR
 from forgather_control.core.records import UNSET, CheckpointRecord, Endpoint, Job, JobDetails, JobRow, NoControl, Node, StallNotice, Status, encode
 from forgather_control.core.states import JobState
 
@@ -130,6 +131,16 @@ class JobInfo:
             updated_at=updated,
             jobs_dir=str(self.paths.root),
         )
+
+    def failed_lately(self, now: float) -> bool:
+        """It failed less than a day ago (:data:`~forgather_control.core.markers.SILENT_FOR`):
+        a failure is what a person most needs to see, so ``list`` shows it that long, as it
+        shows a job that died, and settling waits as long."""
+        if self.state != JobState.FAILED:
+            return False
+        st, job = self.current_status or Status(), self.job or Job()
+        ended = job.ended_at or st.ended_at or st.heartbeat_at or job.updated_at
+        return ended is not None and now - ended < SILENT_FOR
 
     @property
     def why(self) -> str | None:

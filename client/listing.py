@@ -110,6 +110,8 @@ class Scanned(list[JobInfo]):
     def __init__(self) -> None:
         super().__init__()
         self.private: dict[str, int] = {}
+        #: how many ended jobs were left out (``list`` without ``--all``)
+        self.hidden = 0
 
 
 def scan(
@@ -127,7 +129,9 @@ def scan(
     ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
     cheap, so the HTTP probe is only spent on jobs from other hosts unless
     ``probe_local``. ``prefix``: only job ids that start with it. Another user's private
-    job folder is not among them: it is counted in ``private``.
+    job folder is not among them: it is counted in ``private``. Without
+    ``include_finished`` a job that failed in the last day is still listed (as a dead one
+    is); the ended jobs left out are counted in ``hidden``.
 
     Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
     two directory listings say which); with ``settle`` every job read here that has
@@ -139,7 +143,10 @@ def scan(
     out = Scanned()
     with Settler(root, index, squeue=squeue, now=now, enabled=settle) as settler:
         for jid in job_ids(root):
-            if (prefix is not None and not jid.startswith(prefix)) or (not include_finished and index.skips(jid)):
+            if prefix is not None and not jid.startswith(prefix):
+                continue
+            if not include_finished and index.skips(jid):
+                out.hidden += 1
                 continue
             info = load(JobPaths(root, jid))
             if info.private_to is not None:
@@ -149,7 +156,8 @@ def scan(
                 continue  # an empty or foreign folder
             assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
             settler.consider(info)
-            if info.liveness == Liveness.FINISHED and not include_finished:
+            if info.liveness == Liveness.FINISHED and not include_finished and not info.failed_lately(now):
+                out.hidden += 1
                 continue
             out.append(info)
     return out

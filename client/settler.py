@@ -115,6 +115,8 @@ class Settler:
         if info.corrupt:
             return None
         if info.liveness == Liveness.FINISHED:
+            if info.failed_lately(self.now) and not self.silent(info):
+                return None  # shown by ``list`` for a day, as a death is (JobInfo.failed_lately)
             # judge() lets another host's launcher record without an end pass once its
             # heartbeat is old on *this* host's clock: not proof enough to settle on.
             if all(n.ended_at or same_pid_namespace(n) for n in info.nodes) or self.silent(info):

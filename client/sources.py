@@ -46,6 +46,8 @@ class Listing:
     exists: bool = True
     #: other users' job folders left out because they are private to them: id -> owner uid
     private: dict[str, int] = field(default_factory=dict)
+    #: how many ended jobs were left out (without ``include_finished``)
+    hidden: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class LocalSource(JobSource):
 
     def list(self, *, include_finished: bool = False, timeout: float = 15.0) -> Listing:
         found = scan(self.root, include_finished=include_finished, probe=probe_endpoint)
-        return Listing([info.summary() for info in found], self.where, self.kind, exists=self.root.is_dir(), private=found.private)
+        return Listing([info.summary() for info in found], self.where, self.kind, exists=self.root.is_dir(), private=found.private, hidden=found.hidden)
 
     def find(self, ref: str, *, timeout: float = 5.0) -> FoundJob:
         info = find_job(self.root, ref, probe=probe_endpoint)

@@ -51,7 +51,7 @@ from forgather_control.ui.feed import JobsFeed
 
 def _history(root: Path, n: int) -> None:
     for i in range(n):
-        ended_job(root, f"done-{i:04d}", state=("finished", "stopped", "failed")[i % 3])
+        ended_job(root, f"done-{i:04d}", state=("finished", "stopped", "failed")[i % 3], ended=time.time() - 2 * DAY)
         if i % 4 == 0:
             dead_job(root, f"dead-{i:04d}")
 

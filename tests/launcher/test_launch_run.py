@@ -353,6 +353,9 @@ def test_worker_crash_fails_the_job(jobs_dir: Path, procs: Procs, cli, tmp_path:
     assert status["exit_code"] == code and status["failure"]["rank"] == 1 and "crashing at step 40" in status["failure"]["message"]
     shown = control_ok(cli, "status", "crash")
     assert "rank 1" in shown and "RuntimeError: rank 1: crashing at step 40" in shown
+    # the launcher's end does not settle a failure away: list (without --all) shows it, and why
+    [row] = [r for r in json.loads(control_ok(cli, "list", "--json")) if r["job_id"] == "crash"]
+    assert row["state"] == "failed" and row["why"].startswith("rank 1 (") and "crashing at step 40" in row["why"], row
 
 
 def test_no_control_runs_the_script_as_is(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:

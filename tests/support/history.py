@@ -61,16 +61,21 @@ def other_host(pid: int | None = None) -> dict[str, Any]:
     return {**me, "host": "other-node-7", "boot_id": "other-boot"}
 
 
-def ended_job(root: Path, job_id: str, *, state: str = "finished", ident: dict[str, Any] | None = None, checkpoint: Path | None = None) -> JobPaths:
-    """A run that ended and said so: job.json and status.json final, no endpoint."""
+def ended_job(
+    root: Path, job_id: str, *, state: str = "finished", ident: dict[str, Any] | None = None, checkpoint: Path | None = None, ended: float | None = None
+) -> JobPaths:
+    """A run that ended and said so: job.json and status.json final, no endpoint. It ended
+    now, or at ``ended`` (its records' times, and the storage's last write of them)."""
     paths = JobPaths(root, job_id).create(mark=False)
     ident = ident or identity(GONE_PID)
-    now = time.time()
+    now = time.time() if ended is None else ended
     job: dict[str, Any] = {"job_id": job_id, "state": state, "restarts": 0, "exit_code": 0, "ended_at": now, "updated_at": now, "host": ident["host"]}
     if checkpoint is not None:
         job["checkpoints"] = [{"path": str(checkpoint), "step": 100, "run": 0, "saved_at": now}]
     write_json_atomic(paths.job, job)
     write_json_atomic(paths.status, {**ident, "job_id": job_id, "state": state, "restarts": 0, "step": 100, "heartbeat_at": now, "ended_at": now})
+    if ended is not None:
+        age(paths.dir, ended)
     return paths
 
 

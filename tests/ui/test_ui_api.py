@@ -95,7 +95,8 @@ def test_sparklines(jobs_dir: Path) -> None:
 def test_prometheus(jobs_dir: Path) -> None:
     write_job(jobs_dir, "prom-a", state="running", step=40, max_steps=100, alive=True, metrics={"loss": 1.5}, steps_per_second=4.5, eta_seconds=13.0)
     write_job(jobs_dir, "prom-b", state="running", step=3, host='evil"host\nforged_metric 1', metrics={"loss": float("inf")})
-    write_job(jobs_dir, "prom-c", state="failed", step=5)  # ended: its series leave the scrape
+    write_job(jobs_dir, "prom-c", state="finished", step=5)  # ended: its series leave the scrape
+    write_job(jobs_dir, "prom-d", state="failed", step=6)  # failed a minute ago: listed, and scraped, for a day
     expected = {r.job_id: str(r.state) for r in list_jobs(jobs_dir=jobs_dir).rows}
     with ui_server(jobs_dir) as server:
         r = httpx.get(server.url + "/metrics", headers=bearer(server))
@@ -103,11 +104,12 @@ def test_prometheus(jobs_dir: Path) -> None:
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     assert "forged_metric" not in families, "a label value cannot break the format"
     step = {s.labels["job_id"]: s.value for s in families["forgather_job_step"].samples}
-    assert step == {"prom-a": 40, "prom-b": 3}, "what may be live: the history would be unbounded series"
+    assert step == {"prom-a": 40, "prom-b": 3, "prom-d": 6}, "what list shows: the history would be unbounded series"
     assert {s.labels["job_id"]: s.value for s in families["forgather_job_loss"].samples} == {"prom-a": 1.5}
     assert {s.labels["job_id"]: s.value for s in families["forgather_job_steps_per_second"].samples} == {"prom-a": 4.5}
     states = {s.labels["job_id"]: (s.labels["state"], s.labels["host"]) for s in families["forgather_job_state"].samples}
     assert states["prom-a"][0] == "running" and states["prom-b"] == (expected["prom-b"], 'evil"host\nforged_metric 1')
+    assert states["prom-d"][0] == "failed" and "prom-c" not in states
 
 
 def test_a_thousand_jobs(jobs_dir: Path) -> None:
