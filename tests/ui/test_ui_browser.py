@@ -218,3 +218,42 @@ def test_a_page_that_hides_ended_jobs_never_lists_them(page: Any, jobs_dir: Path
         page.wait_for_function(f"() => performance.getEntriesByType('resource').filter(e => e.name.includes('/api/jobs?')).length > {n}", timeout=5_000)
         assert asked[-1] == "ended=false"
     assert page.errors == []
+
+
+#: The elements a selector names whose content is wider than their box (cut, or behind a
+#: scrollbar), with their text and both widths.
+OVERFLOWING = "s => [...document.querySelectorAll(s)].filter(e => e.scrollWidth > e.clientWidth).map(e => [e.textContent, e.scrollWidth, e.clientWidth])"
+#: The right edge of each job row's last cell (UPDATED).
+ROW_ENDS = "[...document.querySelectorAll('tr[data-job] td:last-child')].map(td => td.getBoundingClientRect().right)"
+
+
+def test_at_1280_wide_long_reasons_and_big_steps_are_not_cut(page: Any, jobs_dir: Path, tmp_path: Path) -> None:
+    """A stalled and a failed job with long one-line reasons under their state (and a
+    long host name) keep every column of the jobs table on screen, each cut text a hover
+    away; a job's STEP card shows 3,391 / 20,000 whole."""
+    reason = "rank 3 raised in the all-reduce of step 3,391: NCCL watchdog timeout after 600 s waiting for ranks 4-7 on node gpu-node-0142"
+    stall = {"for": 612.0, "after": 300.0, "step": 3391, "phase": "agreement"}
+    write_job(jobs_dir, "stalled-long-reason", state="running", step=3391, max_steps=20_000, alive=True, stall=stall, restarts=2, world_size=8)
+    write_job(jobs_dir, "failed-long-reason", state="failed", step=3391, max_steps=20_000, error=reason, restarts=1, host="gpu-node-0142.cluster.example.org")
+    write_job(jobs_dir, "run-3391", state="running", step=3391, max_steps=20_000, alive=True, series=history(3391, every=10), metrics={"loss": 0.512},
+              steps_per_second=7.9, eta_seconds=20_700, last_checkpoint="/scratch/run/checkpoint-3000")  # fmt: skip
+    page.set_viewport_size({"width": 1280, "height": 800})
+    with ui_server(jobs_dir) as server:
+        page.goto(server.login_url)
+        page.click("label.toggle")
+        page.wait_for_selector("tr[data-job='failed-long-reason'] .col-job .sub:text('NCCL')")
+        page.wait_for_selector("tr[data-job='stalled-long-reason'] .col-job .sub:text('no step')")
+        page.screenshot(path=str(tmp_path / "jobs-1280.png"))
+        assert page.evaluate(OVERFLOWING, ".table-wrap") == [], "the table fits: no column behind a scrollbar"
+        right = page.evaluate("document.querySelector('.table-wrap').getBoundingClientRect().right")
+        assert page.evaluate(ROW_ENDS) == [pytest.approx(right, abs=1)] * 3
+        assert page.locator("tr[data-job='failed-long-reason'] .col-job .sub").get_attribute("title") == reason
+        assert page.locator("tr[data-job='failed-long-reason'] .col-host").get_attribute("title") == "gpu-node-0142.cluster.example.org"
+
+        page.goto(server.url + "/jobs/run-3391")
+        page.wait_for_selector(".kpi[data-kpi='step'] .kpi-value:text('20,000')")
+        page.wait_for_selector(".chart[data-chart='loss'] canvas")
+        page.screenshot(path=str(tmp_path / "job-1280.png"), full_page=True)
+        assert page.locator(".kpi[data-kpi='step'] .kpi-value").inner_text() == "3,391 / 20,000"
+        assert page.evaluate(OVERFLOWING, ".kpi-value, .kpi-sub") == []
+    assert page.errors == []

@@ -216,6 +216,7 @@ export class JobView {
     // KPIs
     const p = progress(d.step, d.max_steps);
     setText(this.kpi.step.value, d.max_steps ? `${int(d.step)} / ${int(d.max_steps)}` : int(d.step));
+    setAttr(this.kpi.step.value, "title", this.kpi.step.value.textContent);
     this.bar.firstChild.style.width = p === null ? "0%" : `${(p * 100).toFixed(1)}%`;
     setAttr(this.bar, "class", `bar bar-lg tone-${tone}` + (p === null ? " bar-none" : ""));
     setText(this.kpi.step.sub, p === null ? (isNum(d.epoch) ? `epoch ${num(d.epoch, 3)}` : "") : `${(p * 100).toFixed(1)}%` + (isNum(d.epoch) ? ` · epoch ${num(d.epoch, 3)}` : ""));

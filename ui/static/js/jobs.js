@@ -69,7 +69,7 @@ export class JobsView {
         h("table", { class: "jobs" },
           this.thead = h("thead", {}, h("tr", {},
             th("State"), th("Job"), th("Progress", "col-progress"), th("Steps/s", "num"), th("ETA", "num"),
-            th("Loss", "col-loss", "latest loss, and its curve over the whole run"), th("Last checkpoint"), th("Host"),
+            th("Loss", "col-loss", "latest loss, and its curve over the whole run"), th("Checkpoint", null, "the last checkpoint"), th("Host"),
             th("Run", "num", "run = restarts + 1"), th("Updated", "num"),
           )),
           this.tbody,
@@ -266,6 +266,7 @@ export class JobsView {
     setText(c.ckpt, basename(r.last_checkpoint));
     setAttr(c.ckpt, "title", r.last_checkpoint || null);
     setText(c.host, r.host || "–");
+    setAttr(c.host, "title", r.host || null);
     setText(c.run, typeof r.restarts === "number" ? String(r.restarts + 1) : "1");
     setAttr(c.run, "title", typeof r.restarts === "number" ? `${r.restarts} restart${r.restarts === 1 ? "" : "s"}` : null);
     setText(c.updated, age(r.updated_at, now));
