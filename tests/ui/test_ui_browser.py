@@ -257,3 +257,29 @@ def test_at_1280_wide_long_reasons_and_big_steps_are_not_cut(page: Any, jobs_dir
         assert page.locator(".kpi[data-kpi='step'] .kpi-value").inner_text() == "3,391 / 20,000"
         assert page.evaluate(OVERFLOWING, ".kpi-value, .kpi-sub") == []
     assert page.errors == []
+
+
+def _falling(start: float, end: float, n: int) -> dict[str, list]:
+    steps = list(range(1, n + 1))
+    return {"step": steps, "time": [float(s) for s in steps], "value": [start * (end / start) ** (i / (n - 1)) for i in range(n)]}
+
+
+def test_the_loss_axis_is_logarithmic_when_the_curve_spans_more_than_two_decades(page: Any, jobs_dir: Path, tmp_path: Path) -> None:
+    """A loss from 15 to 0.05 (2.5 decades) starts on a log axis, one from 2.4 to 0.35
+    on a linear one; the log button still turns it either way."""
+    write_job(jobs_dir, "steep", state="finished", step=2000, series={"loss": _falling(15.0, 0.05, 2000), "grad_norm": _falling(40.0, 0.2, 2000)})
+    write_job(jobs_dir, "gentle", state="finished", step=2000, series={"loss": _falling(2.4, 0.35, 2000), "grad_norm": _falling(9.0, 0.5, 2000)})
+    with ui_server(jobs_dir) as server:
+        page.goto(server.login_url)
+        page.goto(server.url + "/jobs/steep")
+        page.wait_for_selector(".chart[data-chart='loss'] canvas")
+        assert {c: page.get_attribute(f".chart[data-chart='{c}']", "data-log") for c in ("loss", "grad")} == {"loss": "true", "grad": "true"}
+        page.screenshot(path=str(tmp_path / "steep.png"), full_page=True)
+        page.click(".chart[data-chart='loss'] .chip")
+        page.wait_for_selector(".chart[data-chart='loss'][data-log='false'] canvas")
+        page.goto(server.url + "/jobs/gentle")
+        page.wait_for_selector(".chart[data-chart='loss'] canvas")
+        assert {c: page.get_attribute(f".chart[data-chart='{c}']", "data-log") for c in ("loss", "grad")} == {"loss": "false", "grad": "false"}
+        page.click(".chart[data-chart='loss'] .chip")
+        page.wait_for_selector(".chart[data-chart='loss'][data-log='true'] canvas")
+    assert page.errors == []

@@ -13,12 +13,14 @@ const GROUPS = [
 const MAX_CHARTS = 12;
 const HEIGHT = 200;
 
-// A log axis: a line per decade, and at 2 and 5 too when the range spans few decades.
+// A log axis: a line per decade, and at 2 and 5 too when the range spans few decades,
+// every few decades when it spans many (at most about 8 lines).
 function logSplits(u, axisIdx, min, max) {
   const out = [];
   const lo = Math.floor(Math.log10(min)), hi = Math.ceil(Math.log10(max));
   const mantissas = hi - lo <= 2 ? [1, 2, 5] : [1];
-  for (let e = lo; e <= hi; e++) for (const m of mantissas) { const v = m * 10 ** e; if (v >= min && v <= max) out.push(v); }
+  const every = Math.max(1, Math.ceil((hi - lo) / 8));
+  for (let e = lo; e <= hi; e += every) for (const m of mantissas) { const v = m * 10 ** e; if (v >= min && v <= max) out.push(v); }
   return out;
 }
 
@@ -73,13 +75,12 @@ export class Charts {
   create(spec) {
     const legend = h("div", { class: "chart-legend" });
     const body = h("div", { class: "chart-body" });
-    const entry = { ...spec, body, legend, plot: null, zoomed: false, logScale: spec.log && localStorage.getItem(`forgather.ui.log.${spec.id}`) === "1" };
+    // logScale: the person's choice (the log button), null until they make one
+    const entry = { ...spec, body, legend, plot: null, zoomed: false, logScale: null };
     let toggle = null;
     if (spec.log) {
-      toggle = h("button", { type: "button", class: "chip", title: "Logarithmic y axis", "aria-pressed": String(entry.logScale), on: { click: () => {
-        entry.logScale = !entry.logScale;
-        localStorage.setItem(`forgather.ui.log.${spec.id}`, entry.logScale ? "1" : "0");
-        toggle.setAttribute("aria-pressed", String(entry.logScale));
+      toggle = h("button", { type: "button", class: "chip", title: "Logarithmic y axis", "aria-pressed": "false", on: { click: () => {
+        entry.logScale = !entry.plotLog;
         this.redraw(entry);
       } } }, "log");
       entry.toggle = toggle;
@@ -102,13 +103,17 @@ export class Charts {
     const data = this.data(entry);
     entry.card.dataset.points = String(data[0].length);
     entry.card.dataset.series = entry.names.join(",");
-    // A log axis needs every value above zero.
-    const positive = data.slice(1).every((ys) => ys.every((v) => v === null || v === undefined || v > 0));
+    // A log axis needs every value above zero; it is the one drawn first when the curve
+    // spans more than two decades (an early loss of 15 would flatten the rest).
+    let lo = Infinity, hi = -Infinity;
+    for (const ys of data.slice(1)) for (const v of ys) if (v !== null && v !== undefined) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const positive = !(lo <= 0);
     if (entry.toggle) entry.toggle.disabled = !positive;
-    const log = entry.logScale && positive;
+    const log = !!entry.log && positive && (entry.logScale ?? hi / lo > 100);
     if (entry.plot && entry.plotLog !== log) { entry.plot.destroy(); entry.plot = null; clear(entry.body); }
     entry.plotLog = log;
     entry.card.dataset.log = String(log);
+    if (entry.toggle) entry.toggle.setAttribute("aria-pressed", String(log));
     if (entry.plot) {
       entry.plot.setData(data, !entry.zoomed);
       return;
@@ -127,7 +132,7 @@ export class Charts {
       width, height: HEIGHT,
       cursor: { sync: { key: "forgather-steps", setSeries: false }, drag: { x: true, y: false }, points: { size: 6 } },
       legend: { show: false },
-      scales: { x: { time: false }, y: entry.plotLog ? { distr: 3, range: (u, min, max) => [min / 1.25, max * 1.25] } : {} },
+      scales: { x: { time: false }, y: entry.plotLog ? { distr: 3, range: (u, min, max) => [Math.max(min / 1.25, Number.MIN_VALUE), Math.min(max * 1.25, Number.MAX_VALUE)] } : {} },
       axes: [
         { ...axis, values: (u, vals) => vals.map((v) => int(v)) },
         { ...axis, size: 56, values: (u, vals) => vals.map((v) => (v === null ? "" : num(v, 3))),
