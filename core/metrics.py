@@ -10,6 +10,9 @@ million, and the whole run's shape survives.
 Readers (the job server, the CLI, the web page) get the same shape::
 
     {"version": 1, "job_id": "...", "series": {"loss": {"step": [...], "time": [...], "value": [...]}}}
+
+A reader that draws a history (the web page) shows its :func:`view`: at most
+``VIEW_POINTS`` points a series, the extremes kept, whoever wrote the file and however long.
 """
 
 from __future__ import annotations
@@ -24,13 +27,19 @@ from forgather_control.core.files import write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.records import MetricHistory, Series, decode, encode, load
 
-__all__ = ["DENSE", "FILENAME", "MAX_SERIES", "History", "read_history"]
+__all__ = ["DENSE", "FILENAME", "MAX_BYTES", "MAX_SERIES", "VIEW_POINTS", "History", "check_history", "downsample", "read_history", "view"]
 
 FILENAME = "metrics.json"
 #: Points each series keeps dense (its newest); the older ones are thinned to as many.
 DENSE = 2048
 #: At most this many series (a loop that logs a thousand names gets its first 32).
 MAX_SERIES = 32
+#: The most points a series of a :func:`view` holds: as many as a series of this writer's
+#: ever does (``2 * DENSE``), so only a history another writer made is thinned.
+VIEW_POINTS = 2 * DENSE
+#: The largest metrics.json read (this writer's, 32 series of 4,096 points at most, stays
+#: under 8 MiB): a larger one is refused unread.
+MAX_BYTES = 16 << 20
 _NAME_MAX = 128
 VERSION = 1
 
@@ -159,7 +168,7 @@ def _number(value: Any) -> Any:
 def read_history(paths: JobPaths, since: int | None = None) -> MetricHistory:
     """A job's recorded history (empty when it has none), checked like any record:
     raises RecordError when the file is there but is not a history."""
-    found = load(paths.dir / FILENAME, MetricHistory, max_bytes=16 << 20)
+    found = load(paths.dir / FILENAME, MetricHistory, max_bytes=MAX_BYTES)
     if found is None:
         return MetricHistory(version=VERSION, job_id=paths.job_id)
     return MetricHistory(version=VERSION, job_id=paths.job_id, series=found.series).since(since)
@@ -170,3 +179,40 @@ def check_history(raw: object, *, name: str, job_id: str, since: int | None = No
     times and values (finite numbers or null) of one length."""
     found = decode(raw, MetricHistory, name=name)
     return MetricHistory(version=VERSION, job_id=job_id, series=found.series).since(since)
+
+
+def view(history: MetricHistory, since: int | None = None, points: int = VIEW_POINTS) -> MetricHistory:
+    """What a reader draws of ``history``: each series' points after ``since`` (all of
+    them for None) through :func:`downsample`, at most ``points`` a series. Its cost is
+    linear in the points given (read from a file: at most ``MAX_BYTES`` of it)."""
+    found = history.since(since)
+    return MetricHistory(version=found.version, job_id=found.job_id, series={k: downsample(s, points) for k, s in found.series.items()})
+
+
+def downsample(series: Series, points: int = VIEW_POINTS) -> Series:
+    """``series`` in at most ``points`` points (itself when it has no more): its first
+    and last point, and between them, cut into ``(points - 2) // 2`` runs of consecutive
+    points, each run's lowest and highest point (one when they are one; a run with no
+    number keeps its first point, a gap). A spike or a dip anywhere stays in the view."""
+    n = len(series.step)
+    if points < 4:
+        raise ValueError(f"a view holds at least 4 points a series, not {points}")
+    if n <= points:
+        return series
+    runs = (points - 2) // 2
+    values = series.value
+    keep = [0]
+    for r in range(runs):
+        lo, hi = 1 + r * (n - 2) // runs, 1 + (r + 1) * (n - 2) // runs
+        run = values[lo:hi]
+        if None in run:
+            numbers = [(v, i) for i, v in enumerate(run) if v is not None]
+            if not numbers:
+                keep.append(lo)
+                continue
+            low, high = min(numbers)[1], max(numbers, key=lambda p: (p[0], -p[1]))[1]
+        else:
+            low, high = run.index(min(run)), run.index(max(run))  # type: ignore[type-var]
+        keep.extend(sorted({lo + low, lo + high}))
+    keep.append(n - 1)
+    return Series(step=[series.step[i] for i in keep], time=[series.time[i] for i in keep], value=[values[i] for i in keep])

@@ -20,7 +20,8 @@ from forgather_control.client.handle import JobHandle
 from forgather_control.client.sources import JobSource
 from forgather_control.core.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.core.errors import ControlError, JobEnded, Unreachable
-from forgather_control.core.records import JobDetails, Text, encode
+from forgather_control.core.metrics import VIEW_POINTS, view
+from forgather_control.core.records import JobDetails, MetricHistory, Text, encode
 from forgather_control.core.safe import json_safe, scrub
 
 from .config import UiConfig
@@ -42,6 +43,14 @@ class PageJob(JobDetails):
     channel: Text | None = None
     controllable: bool = False
     why_not: Text | None = None
+
+
+class PageHistory(MetricHistory):
+    """``GET /api/jobs/<id>/metrics``: the :func:`~forgather_control.core.metrics.view` of
+    the job's history, and its bound: at most ``max_points`` a series, whatever the file
+    holds (the page keeps what comes after, one poll at a time, to as many again)."""
+
+    max_points: int = VIEW_POINTS
 
 
 class JobView:
@@ -86,8 +95,11 @@ class JobView:
         return d
 
     def metrics(self, job_id: str, since: int | None) -> dict[str, Any]:
+        """The view of the job's history after step ``since``: a read of at most
+        ``MAX_BYTES`` and an answer of at most ``VIEW_POINTS`` points a series."""
         with self.handle(job_id) as h:
-            return json_safe(encode(h.metrics(since=since)))
+            found = view(h.metrics(since=since))
+        return json_safe(encode(PageHistory(version=found.version, job_id=found.job_id, series=found.series)))
 
     def send(self, job_id: str, button: str, key: str | None = None) -> dict[str, Any]:
         """Send the command a button names; the receipt (queued, or sent to the inbox)."""

@@ -18,7 +18,9 @@ from support.paths import FORGATHER
 from support.ui import history, ui_server, write_job
 
 from forgather_control.client.lookup import list_jobs
-from forgather_control.core.records import JobRow
+from forgather_control.core import JobPaths
+from forgather_control.core.metrics import VIEW_POINTS, read_history, view
+from forgather_control.core.records import JobRow, encode
 from forgather_control.core.states import JobState
 
 
@@ -77,6 +79,32 @@ def test_job_details_failure_and_history(jobs_dir: Path) -> None:
         assert c.post("/api/jobs/broken/commands", json={"command": "save"}).status_code == 409, "an ended job takes no command"
         assert c.post("/api/jobs/broken/commands", json={"command": "explode"}).status_code == 400
         c.close()
+
+
+def test_a_long_history_is_served_as_a_bounded_view(jobs_dir: Path) -> None:
+    """A metrics.json of 100,000 points a series (another writer's: ours keeps 4,096):
+    the page gets the library's view of it, at most the bound it names a series, the
+    ends and the extremes kept, and ``since`` asks for the view of what came after."""
+    series = history(100_000)
+    write_job(jobs_dir, "huge", state="finished", step=100_000, series=series)
+    full = read_history(JobPaths(jobs_dir, "huge"))
+    with ui_server(jobs_dir) as server, httpx.Client(base_url=server.url, headers=bearer(server), timeout=60) as c:
+        r = c.get("/api/jobs/huge/metrics")
+        assert r.status_code == 200
+        whole = strict(r.text)
+        assert whole["max_points"] == VIEW_POINTS == 4096
+        counts = {n: len(s["step"]) for n, s in whole["series"].items()}
+        assert counts == {"loss": 4096, "grad_norm": 4096, "steps_per_second": 4096, "learning_rate": 2447}, "a flat run (the rate, rounded) is one point"
+        assert whole["series"] == encode(view(full))["series"], "the library's view, the same for a Python caller"
+        loss = whole["series"]["loss"]
+        assert (loss["step"][0], loss["step"][-1]) == (1, 100_000)
+        assert (min(loss["value"]), max(loss["value"])) == (min(series["loss"]["value"]), max(series["loss"]["value"]))
+        assert len(r.content) < 1_000_000, "a few hundred kilobytes, not the file's 14 MB"
+        tail = strict(c.get("/api/jobs/huge/metrics", params={"since": 99_000}).text)["series"]
+        assert tail["loss"]["step"] == list(range(99_001, 100_001)) and tail["loss"]["value"] == series["loss"]["value"][-1000:]
+        half = strict(c.get("/api/jobs/huge/metrics", params={"since": 50_000}).text)["series"]["loss"]
+        assert (len(half["step"]), half["step"][0], half["step"][-1]) == (4096, 50_001, 100_000)
+        assert strict(c.get("/api/jobs/huge/metrics", params={"since": 99_999}).text)["series"]["loss"]["step"] == [100_000]
 
 
 def test_sparklines(jobs_dir: Path) -> None:

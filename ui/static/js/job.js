@@ -7,7 +7,6 @@ import { Charts } from "./charts.js";
 const REFRESH_MS = 1000;
 const METRICS_MS = 2000;
 const RECEIPT_MS = 400;
-const MAX_POINTS = 8192;
 const FINAL = new Set(["completed", "failed", "dropped", "rejected"]);
 
 const BUTTONS = [
@@ -137,13 +136,15 @@ export class JobView {
     try {
       const m = await api.metrics(this.id, this.lastStep);
       if (this.stopped) return;
-      this.merge(m.series || {});
+      this.merge(m.series || {}, m.max_points);
       ended = this.details && !this.details.active && this.lastStep !== null;
     } catch (e) { /* the details poll says what is wrong */ }
     this.later(() => this.pollMetrics(), ended ? METRICS_MS * 5 : METRICS_MS);
   }
 
-  merge(incoming) {
+  // The server sends its view of the history: at most maxPoints a series (its bound;
+  // the page has none of its own).
+  merge(incoming, maxPoints) {
     let changed = false;
     for (const [name, s] of Object.entries(incoming)) {
       if (!s || !Array.isArray(s.step) || s.step.length === 0) continue;
@@ -159,8 +160,9 @@ export class JobView {
     // the loss was last seen at arrives after it.
     const last = Math.max(-Infinity, ...Object.values(this.series).map((s) => (s.step.length ? s.step[s.step.length - 1] : -Infinity)));
     this.lastStep = Number.isFinite(last) ? last - 1 : null;
-    // The server keeps old points thinned; a page open for a long run starts over from it.
-    if (Object.values(this.series).some((s) => s.step.length > MAX_POINTS)) { this.series = {}; this.lastStep = null; changed = false; }
+    // What came after, one poll at a time, is kept to as many again; then the page starts
+    // over from the server's view (a long run's older points, thinned).
+    if (Object.values(this.series).some((s) => s.step.length > 2 * maxPoints)) { this.series = {}; this.lastStep = null; changed = false; }
     if (changed || !this.drawn) {
       this.drawn = true;
       const any = Object.keys(this.series).length > 0;
