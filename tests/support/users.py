@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,28 @@ def users_python() -> tuple[Path, Path]:
             for name in _PACKAGES:
                 shutil.copytree(REPO / name, site / "forgather_control" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             (site / "complete").write_text("ok\n")
+        for used in (venv, site):
+            os.utime(used / "complete")  # in use: kept by _prune
+        _prune(keep={venv.name, site.name})
     return venv / "bin" / "python", site
+
+
+#: A cached build no run has used for this long is removed (each checkout's source makes one).
+UNUSED_FOR = 2 * 86400.0
+
+
+def _prune(*, keep: set[str]) -> None:
+    """Remove the cache's builds unused for :data:`UNUSED_FOR` (another checkout's may be in
+    use right now: only age says a build is no one's)."""
+    for entry in CACHE.iterdir():
+        if entry.name in keep or not entry.name.startswith(("deps-", "src-")) or entry.is_symlink():
+            continue
+        try:
+            unused = time.time() - (entry / "complete").stat().st_mtime > UNUSED_FOR
+        except OSError:  # half-built: as old as the folder itself
+            unused = time.time() - entry.stat().st_mtime > UNUSED_FOR
+        if unused:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _run(argv: list[str], what: str, *, timeout: float) -> None:
