@@ -2,7 +2,8 @@
 
 The loop should not need to know the command vocabulary: a save-and-stop is "save,
 then stop", an abort is "stop" with ``abort`` set so the integration skips the save a
-trainer would make at its end.
+trainer would make at its end. A loop does what the flags say in one order: evaluate,
+then save, then stop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from forgather_control.core import Command
 from forgather_control.core.records import CommandOptions
 
-__all__ = ["FLAG_NO_EVAL", "NO_ACTIONS", "Actions", "actions_for", "option_flags"]
+__all__ = ["FLAG_EVALUATE", "FLAG_SAVED", "NO_ACTIONS", "Actions", "actions_for", "evaluates_first"]
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,6 @@ class Actions:
     """What the training loop should do now. Falsy when there is nothing to do."""
 
     save: bool = False
-    #: a save that skips the evaluation a trainer with evaluation set up runs first
-    save_without_eval: bool = False
     evaluate: bool = False
     stop: bool = False
     abort: bool = False
@@ -37,20 +36,26 @@ class Actions:
 NO_ACTIONS = Actions()
 
 
-#: A save that skips the evaluation a trainer would run first (``save --no-eval``).
-FLAG_NO_EVAL = 1
+#: Bits of the agreed ``flags``, set by rank 0 so every rank does the same: the save
+#: evaluates first (:func:`evaluates_first`) ...
+FLAG_EVALUATE = 1
+#: ... or a stop's checkpoint is on disk already (a save finished after the stop was
+#: asked, as when the stop came during that save): it stops without saving again.
+FLAG_SAVED = 2
 
 
-def option_flags(options: CommandOptions | None) -> int:
-    """A command's options as the bits every rank receives with it."""
-    return FLAG_NO_EVAL if options is not None and options.evaluate is False else 0
+def evaluates_first(cmd: Command, options: CommandOptions | None, *, configured: bool) -> bool:
+    """The rule for every trainer: ``save`` writes its checkpoint after an evaluation when
+    the trainer has evaluation configured, unless sent with ``--no-eval``
+    (``options.evaluate`` false). ``save-stop`` and a signal's save never evaluate: they
+    are stopping. What "configured" means is each integration's (``Controller.evaluates``)."""
+    return cmd == Command.SAVE_CHECKPOINT and configured and not (options is not None and options.evaluate is False)
 
 
 def actions_for(cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:
     return Actions(
-        save=cmd.saves,
-        save_without_eval=cmd.saves and bool(flags & FLAG_NO_EVAL),
-        evaluate=cmd == Command.EVALUATE,
+        save=cmd.saves and not (cmd.stops and flags & FLAG_SAVED),
+        evaluate=cmd == Command.EVALUATE or bool(cmd == Command.SAVE_CHECKPOINT and flags & FLAG_EVALUATE),
         stop=cmd.stops,
         abort=cmd == Command.ABORT,
         command=cmd,

@@ -303,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _run_user_code(args)
     except SystemExit as exc:
-        if exc.code not in (None, 0) and not isinstance(exc, _Aborted):
+        from .signals import StoppedEarly
+
+        if exc.code not in (None, 0) and not isinstance(exc, (_Aborted, StoppedEarly)):  # outcomes, not failures
             _record(exc)
         raise
     except BaseException as exc:

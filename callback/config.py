@@ -68,6 +68,10 @@ class ControllerConfig:
       page), sampled by the I/O thread; False records none.
     - ``max_steps``: the last training step, when known; it is always a check, and it
       gives the status its ETA.
+    - ``evaluates``: the loop has evaluation configured (it evaluates when
+      ``act.evaluate`` says so): a ``save`` then evaluates first, unless sent with
+      ``--no-eval`` (``actions.evaluates_first``). The trainer integrations set it from
+      the trainer.
     - ``check_interval``: seconds between agreement checks across ranks: commands apply
       within about this long, at the cost of one small all-reduce per check. Default
       ``$FORGATHER_CHECK_INTERVAL``, else 1.
@@ -100,6 +104,7 @@ class ControllerConfig:
     record_metrics: bool = True
     stall_after: float | None = None
     max_steps: int | None = None
+    evaluates: bool = False
     check_interval: float = 1.0
     heartbeat_interval: float = 2.0
     poll_interval: float = 0.5
@@ -208,6 +213,8 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r} is not a number") from None
+    if name == "evaluates" and not isinstance(value, bool):
+        raise ConfigError(f"evaluates={value!r} must be True or False")
     if name == "signals":
         try:
             return tuple(int(s) for s in value)

@@ -17,7 +17,9 @@ Every rank calls ``step`` with the same step numbers. On global rank 0 the Contr
 serves (:mod:`.plane`: HTTP, the inbox, endpoint.json / status.json); every rank takes
 part in the agreement at check steps all ranks know in advance (:mod:`.schedule`; the
 next one travels in the agreed tensor), so every rank gets the same actions at the same
-step. Results the loop reports are matched to their commands in :mod:`.receipts`.
+step. Results the loop reports are matched to their commands in :mod:`.receipts`. A stop
+that cannot wait also applies between evaluation batches (:meth:`Controller.evaluation_batch`),
+and before the run's first step a stop signal ends the process at once: nothing to save.
 Between checks ``step`` is one comparison and two attribute writes; a process alone
 makes no collective and looks at the ledger only when something changed.
 
@@ -32,18 +34,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
+from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.metrics import History
 from forgather_control.core.records import CheckpointRecord, Http, Metrics, Status
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
-from .actions import NO_ACTIONS, Actions, actions_for, option_flags
+from .actions import FLAG_EVALUATE, FLAG_SAVED, NO_ACTIONS, Actions, actions_for, evaluates_first
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
 from .history import HistoryRecorder, load_or_new
@@ -52,7 +56,7 @@ from .progress import StepRate, json_metrics
 from .receipts import Receipts
 from .resume import resume_from, resume_step
 from .schedule import NEVER, CheckSchedule
-from .signals import DEFAULT_SIGNALS, SignalFlags
+from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
 from .stackdump import enable_stack_dumps
 from .stall import Phase, StallWatch
 
@@ -87,6 +91,8 @@ class Controller:
         self.auth = cfg.auth
         self.cleanup_on_exit = cfg.cleanup_on_exit
         self.max_steps = cfg.max_steps  # integrations set it once the trainer knows it
+        #: evaluation is configured: a ``save`` evaluates first (integrations set it)
+        self.evaluates = cfg.evaluates
         self.check_interval = cfg.check_interval
         self.heartbeat_interval = cfg.heartbeat_interval
         self.poll_interval = cfg.poll_interval
@@ -109,6 +115,10 @@ class Controller:
         #: ``_unsynced_point`` until every rank passed an agreed check after it.
         self.resume_point: CheckpointRecord | None = None
         self._unsynced_point: CheckpointRecord | None = None
+        #: the newest checkpoint the loop reported, and when (answers a stop asked before it)
+        self._last_saved: CheckpointRecord | None = None
+        #: when the loop reported this run's first step (before it a stop has nothing to save)
+        self._first_step_at: float | None = None
         self.state = JobState.STARTING
         self.stop_reason: str | None = None
         #: the stop came from a signal (the scheduler's preemption or time limit), not a command
@@ -152,6 +162,9 @@ class Controller:
         # process alone is poked; ranks of a job check at agreed steps only.
         self._next_check = 0
         self._poke = False
+        # Checks between evaluation batches: the next batch to check at, and its cadence.
+        self._eval_next = NEVER
+        self._eval_schedule = CheckSchedule(cfg.check_interval)
         self._ready = False  # context resolved and agreement made (first check)
         self._waiting_logged = False
         self._check_seq = 0
@@ -161,6 +174,7 @@ class Controller:
             cfg.signals,
             on_raise=self._wake,
             stopping=self._second_signal_ends_process,
+            early=self._nothing_to_save_yet,
             repeat_window=cfg.signal_repeat_window,
         )
         self.signals = self._signals.signals
@@ -175,6 +189,11 @@ class Controller:
     @property
     def stopping(self) -> bool:
         return self._stop_applied is not None
+
+    @property
+    def stop_command(self) -> Command | None:
+        """The stop this process applied (``save_and_stop``, ``graceful_stop``, ``abort``)."""
+        return self._stop_applied.command if self._stop_applied is not None else None
 
     @property
     def aborted(self) -> bool:
@@ -305,6 +324,12 @@ class Controller:
         ``state`` names a final state (a :class:`JobState`, or its string)."""
         if self._closed:
             return
+        if self._signals.early_end is not None:
+            # The process ends on a stop signal that came before the first step: a stop,
+            # with nothing to save, not a failure (the error is that signal's SystemExit).
+            error = None
+            self.stopped_by_signal = True
+            self.stop_reason = nothing_to_save_reason(_signal_name(self._signals.early_end))
         final = self._final_state(state, error)
         self._closed = True
         self.state = final
@@ -328,6 +353,8 @@ class Controller:
 
     def _final_state(self, state: JobState | str | None, error: str | None) -> JobState:
         if state is None:
+            if self._signals.early_end is not None:
+                return JobState.STOPPED
             if self.aborted:
                 return JobState.ABORTED
             if error and self.is_rank0 and self.ledger.pending_abort() is not None:
@@ -350,6 +377,8 @@ class Controller:
         try:
             if self._signals.escalated is not None:
                 self.close(JobState.ABORTED, error="a second signal ended the process without saving")
+            elif self._signals.early_end is not None:
+                self.close()
             else:
                 self.close(error="the process exited before training ended")
         except Exception:  # noqa: BLE001 - at exit nothing may raise  # pragma: no cover
@@ -381,6 +410,8 @@ class Controller:
             self.close(JobState.STOPPED, error="interrupted")
         elif issubclass(exc_type, SystemExit) and self._signals.escalated is not None:
             self.close(JobState.ABORTED, error="a second signal ended the process without saving")
+        elif issubclass(exc_type, StoppedEarly):
+            self.close()
         else:
             self.close(error=f"{exc_type.__name__}: {exc}")
 
@@ -396,6 +427,9 @@ class Controller:
         return self._slow_step(step)
 
     def _slow_step(self, step: int) -> Actions:
+        if self._first_step_at is None:  # the first step() is always a slow one
+            self._first_step_at = time.time()
+            self._changed()
         try:
             if not self._ready:
                 if not self._started:
@@ -412,55 +446,141 @@ class Controller:
 
     def _check(self, step: int) -> Actions:
         self._poke = False
-        rank0 = self.is_rank0
         entry = None
-        if rank0:
+        if self.is_rank0:
             self._receipts.expire(step)
             if self._stop_applied is None:
                 entry = self.ledger.next_pending()
+        next_check = self._schedule.next_check(step, self.max_steps) if self.is_rank0 and not self._solo else 0
+        agreed = self._agree(entry, next_check)
+        self.phase = Phase.TRAINING
+        # a process alone checks when poked (or right after a long pause: check_next_step)
+        self._next_check = NEVER if self._solo else agreed.next_check if agreed.next_check > step else step + 1
+        return self._act(step, agreed, entry)
+
+    def _agree(self, entry: Any, next_check: int) -> Proposal:
+        """One check's exchange: rank 0's command (``entry``) and ``next_check``, any rank's
+        signal; every rank gets the same answer."""
         proposal = Proposal(
             seq=self._check_seq + 1,
             command=entry.command.code if entry is not None else 0,
             arg=entry.seq if entry is not None else 0,
-            flags=option_flags(entry.options) if entry is not None else 0,
+            flags=self._flags(entry),
             signal=min(self._signals.level, 2),
-            next_check=self._schedule.next_check(step, self.max_steps) if rank0 and not self._solo else 0,
+            next_check=next_check,
         )
         if self._solo:
             agreed = proposal
         else:
-            self.phase = Phase.AGREEMENT  # a rank stuck here waits for another rank
+            phase, self.phase = self.phase, Phase.AGREEMENT  # a rank stuck here waits for another rank
             agreed = self._agreement.exchange(proposal)  # type: ignore[union-attr]
-            self.phase = Phase.TRAINING
+            self.phase = phase
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
-            self._next_check = agreed.next_check if agreed.next_check > step else step + 1
         self._check_seq = agreed.seq
         # every rank got here, so every rank finished its earlier saves
         if self._receipts.unsynced:
             self._receipts.sync()
         if self._unsynced_point is not None:
             self.resume_point, self._unsynced_point = self._unsynced_point, None
+        return agreed
+
+    def _flags(self, entry: Any) -> int:
+        """Rank 0's bits for the agreed command: a ``save`` that evaluates first, and a
+        stop whose checkpoint was written after the stop was asked (during a save)."""
+        if not self.is_rank0:
+            return 0
+        flags = 0
+        if entry is not None and evaluates_first(entry.command, entry.options, configured=self.evaluates):
+            flags |= FLAG_EVALUATE
+        asked = [t for t in (self._signals.raised_at, entry.created_at if entry is not None and entry.command == Command.SAVE_AND_STOP else None) if t]
+        if asked and self._last_saved is not None and (self._last_saved.saved_at or 0) >= min(asked):
+            flags |= FLAG_SAVED
+        return flags
+
+    def _act(self, step: int, agreed: Proposal, entry: Any, note: str | None = None) -> Actions:
         if self._stop_applied is not None:
             return NO_ACTIONS
         if agreed.signal > self._signal_applied:
             self._signal_applied = agreed.signal
-            return self._apply_signal(step, agreed.signal)
+            return self._apply_signal(step, agreed.signal, flags=agreed.flags, note=note)
         if agreed.command:
             cmd = Command.from_code(agreed.command)
-            return self._apply(step, cmd, entry.id if entry is not None else None, flags=agreed.flags)
+            return self._apply(step, cmd, entry.id if entry is not None else None, flags=agreed.flags, note=note)
         return NO_ACTIONS
 
-    def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0) -> Actions:
+    def check_next_step(self) -> None:
+        """Make the next step a check. Call it on every rank at the same point, after a
+        long pause the step-counted schedule cannot see (the trainer's own save or
+        evaluation): a stop asked meanwhile then applies at the next step, not after
+        another such pause. A command's save or evaluation does this by itself."""
+        self._next_check = min(self._next_check, self.current_step + 1)
+
+    # -- between evaluation batches --------------------------------------------------
+    def evaluation_started(self, batches: float | None = None) -> None:
+        """An evaluation begins, on every rank at the same point (the trainer's own or a
+        commanded one). ``batches``: this rank's number of evaluation batches, when the
+        trainer knows it; the ranks then agree once (one collective) that they all have
+        the same number, and check between batches only if so. Without it the trainer
+        keeps its ranks in step itself (HF gathers after every batch). Never raises."""
+        self._eval_schedule = CheckSchedule(self.check_interval)
+        self._eval_next = NEVER
+        if not self._ready or self._closed or self._stop_applied is not None:
+            return
+        try:
+            if batches is not None and not self._solo:
+                count = int(batches) if 0 < batches < NEVER else 0  # 0: unknown (an endless loader)
+                # MAX of the count and of its negation: the largest and the smallest
+                agreed = self._agreement.exchange(Proposal(seq=self._check_seq + 1, arg=count, next_check=-count))  # type: ignore[union-attr]
+                self._check_seq = agreed.seq
+                if not 0 < agreed.arg == -agreed.next_check:
+                    return  # the ranks differ: a check could meet a rank that has finished
+            self._eval_next = 1
+        except Exception:
+            log.exception("forgather control: could not agree on the evaluation; a stop waits for its end")
+
+    def evaluation_batch(self, batch: int) -> Actions:
+        """Call after evaluation batch ``batch`` (1, 2, ... since :meth:`evaluation_started`)
+        on every rank. Returns the actions of a stop that cannot wait for the evaluation's
+        end (a signal's save-and-stop, ``save-stop``, ``abort``), agreed at
+        batches every rank knows in advance; ``NO_ACTIONS`` almost always. The trainer
+        then ends the evaluation there and carries them out at the step it belongs to."""
+        if batch < self._eval_next:
+            return NO_ACTIONS
+        try:
+            entry = self.ledger.pending_stop() if self.is_rank0 and self._stop_applied is None else None
+            if entry is not None and entry.command == Command.GRACEFUL_STOP:
+                entry = None  # a graceful stop lets the trainer end its own way: after the evaluation
+            agreed = self._agree(entry, self._eval_schedule.next_check(batch) if self.is_rank0 else 0)
+            self._eval_next = agreed.next_check if agreed.next_check > batch else batch + 1
+            step = self.current_step
+            actions = self._act(step, agreed, entry, note=f"the evaluation at step {step} was cut short at batch {batch}")
+            if actions.stop:
+                self._eval_next = NEVER
+                self._receipts.command_failed(f"the evaluation was cut short: {actions.command} applied at step {step}", Command.EVALUATE)
+            return actions
+        except Exception:
+            log.exception("forgather control: check in the evaluation failed; a stop waits for its end")
+            self._eval_next = NEVER
+            return NO_ACTIONS
+
+    def _apply(self, step: int, cmd: Command, command_id: str | None, reason: str | None = None, *, flags: int = 0, note: str | None = None) -> Actions:
         actions = actions_for(cmd, command_id, reason, flags=flags)
+        saved = self._last_saved if cmd.saves and not actions.save else None  # FLAG_SAVED: written during the stop's request
+        if saved is not None:
+            note = "; ".join(filter(None, (note, f"the checkpoint of step {saved.step}, finished after the stop was asked, is its checkpoint")))
         if actions.save or actions.evaluate:
             self.phase = Phase.SAVE if actions.save else Phase.EVAL  # a known long phase, not a stall
+            self.check_next_step()
         if self.is_rank0 and command_id is not None:
             self.ledger.mark_applied(command_id, step)
-            self._receipts.applied(command_id, cmd, step)
+            if saved is not None:
+                self._receipts.saved_already(command_id, saved, step=step)
+            else:
+                self._receipts.applied(command_id, cmd, step)
         if actions.stop:
             self._stop_applied = actions
-            self.stop_reason = reason or cmd.value
+            self.stop_reason = f"{reason or cmd.value} ({note})" if note else reason or cmd.value
             self.state = JobState.STOPPING
             if self.is_rank0:
                 self.ledger.close_intake(f"{cmd.value} applied at step {step}")
@@ -469,7 +589,7 @@ class Controller:
         self._changed()
         return actions
 
-    def _apply_signal(self, step: int, level: int) -> Actions:
+    def _apply_signal(self, step: int, level: int, *, flags: int = 0, note: str | None = None) -> Actions:
         cmd = Command.ABORT if level >= 2 else Command.SAVE_AND_STOP
         reason = "second signal: stopping without saving" if level >= 2 else "signal received: saving and stopping"
         command_id = None
@@ -481,9 +601,9 @@ class Controller:
                 # A stop command is queued already: the signal's stop takes its place; the
                 # queued one is dropped with a reason when the job ends.
                 log.info("forgather control: signal stop not recorded as a command: %s", exc)
-        log.warning("forgather control: %s at step %s", reason, step)
+        log.warning("forgather control: %s at step %s%s", reason, step, f" ({note})" if note else "")
         self.stopped_by_signal = True
-        return self._apply(step, cmd, command_id, reason)
+        return self._apply(step, cmd, command_id, reason, flags=flags, note=note)
 
     # -- reports from the training loop ------------------------------------------------
     def checkpoint_saved(self, path: str | os.PathLike[str], *, synced: bool = True) -> None:
@@ -509,6 +629,7 @@ class Controller:
             return
         self.last_checkpoint = checkpoint
         point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time())
+        self._last_saved = point
         if synced or self._solo:
             self.resume_point = point
         else:
@@ -523,8 +644,10 @@ class Controller:
         self._receipts.save_failed(reason)
         self._changed()
 
-    def evaluation_done(self, metrics: Mapping[str, object] | None = None) -> None:
-        """Record an evaluation's metrics; completes the oldest evaluate command."""
+    def evaluation_done(self, metrics: Mapping[str, object] | None = None, *, checkpoint: str | None = None, note: str | None = None) -> None:
+        """Record an evaluation's metrics; completes the oldest evaluate command.
+        ``checkpoint``: the evaluation made the trainer's own checkpoint policy write one
+        (Lightning's ModelCheckpoint, HF's "best"); its receipt names it, with ``note``."""
         self.phase = Phase.TRAINING
         clean = json_metrics(metrics or {})
         if clean:
@@ -532,7 +655,7 @@ class Controller:
             # last evaluation stays in the status until the next one.
             self.eval_metrics = clean
             self.history.record(self.current_step, time.time(), clean)
-        self._receipts.evaluation_done(clean, step=self.current_step)
+        self._receipts.evaluation_done(clean, step=self.current_step, checkpoint=checkpoint, note=note)
         self._changed()
 
     def command_failed(self, reason: str, command: Command | None = None) -> None:
@@ -585,6 +708,7 @@ class Controller:
             world_size=self.world_size,
             stop_reason=self.stop_reason,
             stopped_by_signal=self.stopped_by_signal,
+            first_step_at=self._first_step_at,
             phase=progress.phase if progress is not None else None,
             progress_at=progress.progress_at if progress is not None else None,
             stall=stall,
@@ -630,7 +754,19 @@ class Controller:
         collective). Usable by launchers and tests without a real signal."""
         self._signals.raise_level()
 
+    def _nothing_to_save_yet(self) -> bool:
+        """A signal now finds nothing to save: no step of this run has finished (the
+        model still builds, the data loader starts, the first step runs)."""
+        return self._first_step_at is None and self._stop_applied is None
+
     def _second_signal_ends_process(self) -> bool:
         """A signal while a stop is being carried out, when that stop came from a
         signal (here or agreed from another rank) or this rank had one already."""
         return self._stop_applied is not None and (self._signal_applied >= 1 or self._signals.level >= 1)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -13,13 +13,15 @@ its checkpoint manager returned. The Controller then records it only if it is on
 Where the commands land (all at ``on_step_end``, after ``DefaultFlowCallback`` has set
 its flags for the step, because callbacks run in order and the default flow is first):
 
-- ``save_checkpoint``: ``should_save`` (and ``should_evaluate`` when evaluation is set
-  up, so the checkpoint carries fresh metrics);
+- ``save_checkpoint``: ``should_save`` (and ``should_evaluate`` when evaluation is
+  configured, an eval strategy and an eval dataset, so the checkpoint carries fresh
+  metrics: ``actions.evaluates_first``);
 - ``evaluate``: ``should_evaluate``;
 - ``graceful_stop``: ``should_training_stop`` plus what HF's default flow does at the
   last step (save and evaluate per the strategies): the trainer's own end of training
   (the framework's trainers do that end themselves);
-- ``save_and_stop``: ``should_save`` and ``should_training_stop``;
+- ``save_and_stop``: ``should_save`` and ``should_training_stop``, no evaluation (none
+  at the epoch's end either);
 - ``abort``: ``should_training_stop``; HF has no abort flag, so ``should_save`` is held
   false to the end (the epoch-end flow would otherwise save) and ``aborted`` is set; the
   framework's ``should_abort_without_save`` is set where the control object has it.
@@ -30,10 +32,18 @@ check or save twice); ``save_strategy="best"`` assigns ``should_save = is_new_be
 after an evaluation in the same step, so a commanded save holds ``should_save`` true
 until ``on_save`` (see :func:`_hold`); a command that arrives after the last step is
 dropped, with the reason, when training ends.
+
+A stop that cannot wait (a signal's save-and-stop, ``save-stop``, ``abort``) also applies
+between evaluation batches (``on_prediction_step``, agreed like a step's check: HF
+gathers after every batch, so the ranks are in step): the evaluation ends there, without
+metrics (``Trainer.evaluate`` is wrapped for that, once the callback knows its trainer),
+and the trainer saves and stops at the step the evaluation belongs to. The framework's
+trainers evaluate without gathering, so their stop waits for the evaluation's end.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
@@ -74,6 +84,10 @@ class TrainerControlCallback:
         self._save_strategy = "steps"
         self._eval_strategy = "no"
         self._aborted = False
+        self._eval_batches = 0  # batches of the evaluation under way (0: none)
+        self._in_evaluate = 0  # depth in the wrapped Trainer.evaluate: a cut can end it
+        self._cut = False  # a stop cut the evaluation under way: every batch left ends it
+        self._best_eval: dict[str, Any] | None = None  # an evaluation "best" may save after
         if trainer is not None:
             self.bind(trainer)
 
@@ -81,6 +95,8 @@ class TrainerControlCallback:
         """The trainer this callback serves (kept weakly)."""
         self._trainer = weakref.ref(trainer)
         self._forgather = is_forgather_trainer(trainer)
+        if not self._forgather and callable(getattr(trainer, "evaluate", None)) and not getattr(trainer.evaluate, "_forgather_cut", False):
+            trainer.evaluate = _cuttable(self, trainer.evaluate)
         return self
 
     @property
@@ -119,6 +135,8 @@ class TrainerControlCallback:
             self._save_strategy = _value(getattr(args, "save_strategy", "steps"))
             self._eval_strategy = _value(getattr(args, "eval_strategy", "no"))
             self._eval_ready = self._eval_strategy != "no" or self._trainer_has_eval()
+            # evaluation configured: an eval strategy (HF then requires an eval dataset)
+            ctl.evaluates = self._eval_strategy != "no" and (self.trainer is None or self._trainer_has_eval())
             self._aborted = False
             self._forgather = self._forgather or is_forgather_control(control)
             if self._forgather:
@@ -145,9 +163,38 @@ class TrainerControlCallback:
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._report_best_eval(None)
         if self.aborted:
             control.should_save = False  # held false anyway; also clears the flow's value
             control.should_evaluate = False
+        elif self._stopped_saving():
+            control.should_evaluate = False  # a save-and-stop does not evaluate on its way out
+        return control
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._report_best_eval(None)
+        return control
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._forgather:
+            return control  # the framework evaluates without gathering: no safe point between batches
+        ctl = self.controller
+        self._eval_batches += 1
+        if self._eval_batches == 1:
+            ctl.evaluation_started()
+        act = ctl.evaluation_batch(self._eval_batches)
+        if act and act.stop:
+            self._cut = True
+            try:
+                self._apply(act, args, state, control)
+            except Exception:
+                log.exception("forgather control: could not apply %s; training goes on", act.command)
+        if self._cut and self._in_evaluate:
+            raise _EvaluationCut  # Trainer.evaluate (wrapped) returns; the trainer saves and stops
+        return control
+
+    def on_predict(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._eval_batches, self._cut = 0, False
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -159,6 +206,13 @@ class TrainerControlCallback:
         return control
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        self._eval_batches = 0
+        self.controller.check_next_step()  # every rank evaluated: a stop asked meanwhile applies next step
+        if self._save_strategy == "best" and not self._forgather:
+            # HF decides after this event whether the evaluation saves (a new best): the
+            # receipt waits for on_save, or for the next event, to say so.
+            self._best_eval = dict(metrics or {})
+            return control
         try:
             self.controller.evaluation_done(metrics or {})
         except Exception:
@@ -166,6 +220,7 @@ class TrainerControlCallback:
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.controller.check_next_step()  # every rank saved: a stop asked meanwhile applies next step
         try:
             if self.aborted:
                 return control  # nothing of an aborted job is a resume point
@@ -181,12 +236,15 @@ class TrainerControlCallback:
                 # The framework's save waits for every rank (a barrier) before it returns.
                 self.controller.checkpoint_saved(folder, synced=True)
             else:
-                self.controller.checkpoint_saved(self._hf_checkpoint(args, state), synced=False)
+                path = self._hf_checkpoint(args, state)
+                self._report_best_eval(path)
+                self.controller.checkpoint_saved(path, synced=False)
         except Exception:
             log.exception("forgather control: could not record the checkpoint")
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._report_best_eval(None)
         _release(control)
         self._saves.close()
         if self._own:
@@ -210,8 +268,8 @@ class TrainerControlCallback:
             return
         if act.save:
             _hold(control, True)
-            if cmd == Command.SAVE_CHECKPOINT and self._eval_ready and not act.save_without_eval:
-                control.should_evaluate = True
+        if cmd == Command.SAVE_AND_STOP:
+            control.should_evaluate = False  # checkpoint, then stop: no evaluation, even one the flow scheduled here
         if act.evaluate:
             if self._eval_ready:
                 control.should_evaluate = True
@@ -229,6 +287,21 @@ class TrainerControlCallback:
                     control.should_evaluate = True
                 if self._save_strategy == "steps":
                     control.should_save = True
+
+    def _stopped_saving(self) -> bool:
+        return self.controller.stop_command == Command.SAVE_AND_STOP
+
+    def _report_best_eval(self, checkpoint: str | None) -> None:
+        """Report the evaluation held back for save_strategy "best": with the checkpoint
+        it made HF write (on_save), else without."""
+        metrics, self._best_eval = self._best_eval, None
+        if metrics is None:
+            return
+        note = "save_strategy 'best': HF saved this checkpoint after the evaluation (a new best)" if checkpoint else None
+        try:
+            self.controller.evaluation_done(metrics, checkpoint=checkpoint, note=note)
+        except Exception:
+            log.exception("forgather control: could not record the evaluation")
 
     def _trainer_has_eval(self) -> bool:
         trainer = self.trainer
@@ -249,6 +322,47 @@ class TrainerControlCallback:
         if trainer is not None and hasattr(trainer, "_get_output_dir"):
             run_dir = trainer._get_output_dir(trial=getattr(trainer, "_trial", None))
         return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class _EvaluationCut(Exception):
+    """Raised between evaluation batches to end an evaluation a stop cut short."""
+
+
+def _cuttable(callback: TrainerControlCallback, evaluate: Any) -> Any:
+    """``Trainer.evaluate`` that a stop may end between batches: then it returns no
+    metrics, and the trainer goes on to save and stop. With ``metric_for_best_model`` set,
+    that metric is there with a value that is never a new best (the current best, or the
+    worst possible), so HF neither raises nor calls it one."""
+
+    @functools.wraps(evaluate)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        callback._in_evaluate += 1  # an eval_dataset dict evaluates each one in a nested call
+        callback._eval_batches = 0
+        try:
+            return evaluate(*args, **kwargs)
+        except _EvaluationCut:
+            log.warning("forgather control: the evaluation was cut short: %s", callback.controller.stop_reason)
+            return _cut_metrics(callback.trainer)
+        finally:
+            callback._in_evaluate -= 1
+            callback._eval_batches = 0
+            if not callback._in_evaluate:
+                callback._cut = False
+
+    run._forgather_cut = True  # type: ignore[attr-defined]
+    return run
+
+
+def _cut_metrics(trainer: Any) -> dict[str, float]:
+    args = getattr(trainer, "args", None)
+    name = getattr(args, "metric_for_best_model", None)
+    if not name:
+        return {}
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    best = getattr(getattr(trainer, "state", None), "best_metric", None)
+    if best is None:
+        best = float("-inf") if getattr(args, "greater_is_better", False) else float("inf")
+    return {key: best}
 
 
 def _ignore(*args: Any, **kwargs: Any) -> Any:

@@ -14,13 +14,21 @@ not step ends), on every rank at the agreed step:
 - ``save_checkpoint`` / ``save_and_stop``: ``trainer.save_checkpoint(path)`` on every rank
   (Lightning writes on rank 0 and waits for all ranks), ``path`` under the
   ``ModelCheckpoint`` folder (else ``<default_root_dir>/checkpoints``) named
-  ``forgather-step=<step>.ckpt``;
-- ``evaluate``: the validation loop, run the way Lightning runs it mid-epoch;
-- ``graceful_stop`` / ``save_and_stop``: ``trainer.should_stop = True`` (Lightning's own
-  end of training follows, validation included);
+  ``forgather-step=<step>.ckpt``; a ``save`` validates first when validation is
+  configured (a val dataloader and ``validation_step``: ``actions.evaluates_first``);
+- ``evaluate``: the validation loop, run the way Lightning runs it mid-epoch; a checkpoint
+  the trainer's own callbacks write after it (``ModelCheckpoint``) is named in the receipt;
+- ``graceful_stop``: ``trainer.should_stop = True`` (Lightning's own end of training
+  follows, validation included); ``save_and_stop``: the same without that validation;
 - ``abort``: ``should_stop``, no validation, and every save after it is skipped
   (``ModelCheckpoint`` would otherwise save at the epoch end and delete the previous
   checkpoint it replaces).
+
+A stop that cannot wait (a signal's save-and-stop, ``save-stop``, ``abort``) also applies
+between validation batches, when every rank has the same number of them (agreed once at
+``on_validation_start``): the validation ends there (``StopIteration``, as after its last
+batch), ``ModelCheckpoint`` does not judge its partial metrics, and the stop is carried out
+at ``on_validation_end``, at the step the validation belongs to.
 """
 
 from __future__ import annotations
@@ -92,6 +100,9 @@ class LightningControl:
         self._last_step = -1
         self._aborted = False
         self._patched_save: Any = None
+        self._val_batches = 0  # batches of the validation under way
+        self._cut: Any = None  # the stop that cut the validation under way short
+        self._validating = False  # a commanded validation: it reports when the trainer's callbacks are done
 
     @property
     def aborted(self) -> bool:
@@ -112,6 +123,7 @@ class LightningControl:
             max_steps = _max_steps(trainer)
             if max_steps:
                 ctl.max_steps = max_steps
+            ctl.evaluates = bool(trainer.enable_validation)  # a val dataloader and validation_step
             self._last_step = -1
             self._aborted = False
             ctl.start()
@@ -137,10 +149,46 @@ class LightningControl:
             if act.command_id is not None:
                 ctl.command_failed(f"{act.command} failed on rank {ctl.rank}; see the job's log", act.command)
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        self._val_batches = 0
+        try:
+            batches = sum(trainer.num_val_batches)
+        except (TypeError, AttributeError):
+            batches = 0  # not known: a stop waits for the validation's end
+        self.controller.evaluation_started(batches)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            return
+        self._val_batches += 1
+        act = self.controller.evaluation_batch(self._val_batches)
+        if act and act.stop:
+            self._cut = act
+            for cb in getattr(trainer, "checkpoint_callbacks", []) or []:
+                if hasattr(cb, "_last_global_step_saved"):
+                    cb._last_global_step_saved = trainer.global_step  # partial metrics judge no checkpoint
+            raise StopIteration  # Lightning's evaluation loop ends here, as after its last batch
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.controller.check_next_step()  # every rank builds the checkpoint: a stop asked during the save applies next step
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        self.controller.evaluation_done(_metrics(trainer))
+        self.controller.check_next_step()  # every rank validated: a stop asked meanwhile applies next step
+        cut, self._cut = self._cut, None
+        if cut is not None:
+            try:
+                self._apply(cut, trainer, trainer.global_step)
+            except Exception:
+                log.exception("forgather control: could not apply %s; training goes on", cut.command)
+                if cut.command_id is not None:
+                    self.controller.command_failed(f"{cut.command} failed on rank {self.controller.rank}; see the job's log", cut.command)
+            return
+        if not self._validating:  # a commanded one reports once ModelCheckpoint has run
+            self.controller.evaluation_done(_metrics(trainer))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._close()
@@ -169,17 +217,38 @@ class LightningControl:
             self._block_saves(trainer)
             trainer.should_stop = True
             return
+        if act.evaluate:  # first: a save evaluates before it writes
+            if trainer.enable_validation:
+                self._validate(trainer)
+                if self.aborted:
+                    return  # an abort cut the validation short
+            else:
+                ctl.command_failed("this Trainer has no validation set up (no val_dataloaders or validation_step)", Command.EVALUATE)
         if act.save:
             path = os.path.join(_checkpoint_dir(trainer), f"forgather-step={step}.ckpt")
             trainer.save_checkpoint(path)  # every rank; Lightning writes on rank 0 and waits for all
             ctl.checkpoint_saved(path)
-        if act.evaluate:
-            if trainer.enable_validation:
-                _run_validation(trainer)
-            else:
-                ctl.command_failed("this Trainer has no validation set up (no val_dataloaders or validation_step)", Command.EVALUATE)
         if act.stop:
             trainer.should_stop = True
+            if act.command == Command.SAVE_AND_STOP:
+                _skip_next_validation(trainer)  # checkpoint, then stop: not Lightning's validation on the way out
+
+    def _validate(self, trainer: Any) -> None:
+        """A commanded validation; reports its metrics, with the checkpoint the trainer's
+        own callbacks wrote after it (ModelCheckpoint), unless a stop cut it short."""
+        written: list[str] = []
+        restore = _capture_saves(trainer, written)
+        self._validating = True
+        try:
+            _run_validation(trainer)
+        finally:
+            self._validating = False
+            restore()
+        if self.controller.stopping:
+            return  # cut short by a stop, carried out already
+        theirs = [p for p in written if os.path.basename(p) != f"forgather-step={trainer.global_step}.ckpt"]
+        note = "the trainer's checkpoint callback (ModelCheckpoint) wrote this checkpoint after the evaluation" if theirs else None
+        self.controller.evaluation_done(_metrics(trainer), checkpoint=theirs[-1] if theirs else None, note=note)
 
     def _block_saves(self, trainer: Any) -> None:
         """After an abort nothing is saved: ModelCheckpoint skips a step it saved at, and
@@ -187,9 +256,7 @@ class LightningControl:
         for cb in getattr(trainer, "checkpoint_callbacks", []) or []:
             if hasattr(cb, "_last_global_step_saved"):
                 cb._last_global_step_saved = trainer.global_step
-        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-        if loop is not None and hasattr(loop, "_skip_next_val"):
-            loop._skip_next_val = True
+        _skip_next_validation(trainer)
         if self._patched_save is None:
             self._patched_save = trainer.__dict__.get("save_checkpoint", _MISSING)
 
@@ -209,6 +276,34 @@ class LightningControl:
 
 
 _MISSING = object()
+
+
+def _skip_next_validation(trainer: Any) -> None:
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is not None and hasattr(loop, "_skip_next_val"):
+        loop._skip_next_val = True
+
+
+def _capture_saves(trainer: Any, written: list[str]) -> Any:
+    """Note every path ``trainer.save_checkpoint`` writes until the returned function is
+    called (which puts the method back, unless something replaced it meanwhile)."""
+    had = trainer.__dict__.get("save_checkpoint", _MISSING)
+    inner = trainer.save_checkpoint
+
+    def capture(filepath: Any, *args: Any, **kwargs: Any) -> Any:
+        written.append(str(filepath))
+        return inner(filepath, *args, **kwargs)
+
+    trainer.save_checkpoint = capture
+
+    def restore() -> None:
+        if trainer.__dict__.get("save_checkpoint") is capture:
+            if had is _MISSING:
+                del trainer.__dict__["save_checkpoint"]
+            else:
+                trainer.save_checkpoint = had
+
+    return restore
 
 
 def _run_validation(trainer: Any) -> None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import msgspec
 
 from forgather_control.core import Command, Ledger, LedgerError
-from forgather_control.core.records import CommandResult, Metrics
+from forgather_control.core.records import CheckpointRecord, CommandResult, Metrics
 from forgather_control.core.states import JobState
 
 __all__ = ["REPORTED", "Receipts", "Waiting"]
@@ -111,6 +111,12 @@ class Receipts:
         else:
             self._unsynced.append((waiting.command_id, result))
 
+    def saved_already(self, command_id: str, checkpoint: CheckpointRecord, *, step: int) -> None:
+        """A stop applied at ``step`` whose checkpoint was written already (it finished
+        after the stop was asked): complete it with that checkpoint."""
+        result = CommandResult(checkpoint=checkpoint.path, step=step, saved_at_step=checkpoint.step)
+        self._ledger.complete(command_id, result)
+
     def checkpoint_missing(self, checkpoint: str, *, step: int) -> None:
         """The loop reported ``checkpoint`` at ``step`` but nothing is on disk there: the
         oldest save waiting for one fails, naming the path (never ``completed`` for a
@@ -123,12 +129,13 @@ class Receipts:
         if waiting is not None:
             self._ledger.fail(waiting.command_id, reason)
 
-    def evaluation_done(self, metrics: Metrics, *, step: int) -> None:
-        """An evaluation's (JSON-safe) metrics at ``step``: completes the oldest evaluate."""
+    def evaluation_done(self, metrics: Metrics, *, step: int, checkpoint: str | None = None, note: str | None = None) -> None:
+        """An evaluation's (JSON-safe) metrics at ``step``: completes the oldest evaluate,
+        naming the ``checkpoint`` the trainer's own policy wrote after it (with ``note``)."""
         self._last_eval = (step, metrics)
         waiting = self._take(lambda cmd: cmd == Command.EVALUATE)
         if waiting is not None:
-            self._ledger.complete(waiting.command_id, CommandResult(metrics=metrics, step=waiting.step))
+            self._ledger.complete(waiting.command_id, CommandResult(metrics=metrics, step=waiting.step, checkpoint=checkpoint), reason=note)
 
     def command_failed(self, reason: str, command: Command | None = None) -> None:
         """The loop could not do what the oldest applied ``command`` (any, when None) asked."""

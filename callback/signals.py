@@ -19,6 +19,11 @@ process its own way) and then raises ``SystemExit(128 + signum)``, so ``finally`
 blocks and ``atexit`` still run (the Controller records the job as aborted there). A
 previous handler that only counts signals (the launcher's bootstrap does) therefore
 cannot swallow the escalation.
+
+Before the run's first training step there is nothing to save: a signal then ends the
+process at once (:class:`StoppedEarly`), as if no handler were installed, and the owner
+records the stop; waiting for a first step that may come only after the scheduler's
+grace would end in a kill instead.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class SignalFlags:
     flags. ``stopping`` tells the handler whether this delivery is a second signal for
     a stop already being carried out (the owner knows whether an earlier signal, on
     this rank or agreed from another, caused it); then the handler ends the process
-    instead of raising the level.
+    instead of raising the level. ``early`` tells it that the run has nothing to save
+    yet; then it ends the process at once, ``early_end`` naming the signal.
     """
 
     def __init__(
@@ -66,14 +72,19 @@ class SignalFlags:
         *,
         on_raise: Callable[[], None],
         stopping: Callable[[], bool],
+        early: Callable[[], bool] | None = None,
         repeat_window: float | None = None,
     ) -> None:
         self.signals = tuple(signals)
         self.level = 0
+        #: when the level first went up (wall clock): a checkpoint finished after it answers it
+        self.raised_at: float | None = None
         self.escalated: int | None = None  # the signal that ended the process, if any
+        self.early_end: int | None = None  # the signal that ended it before its first step
         self.repeat_window = repeat_window_from_env() if repeat_window is None else float(repeat_window)
         self._on_raise = on_raise
         self._stopping = stopping
+        self._early = early
         self._prev: dict[int, Any] = {}
         self._last_at: float | None = None
 
@@ -102,6 +113,8 @@ class SignalFlags:
         """What a delivery does: raise the level, nothing else. Also usable by a
         launcher or a test without a real signal."""
         self.level += 1
+        if self.raised_at is None:
+            self.raised_at = time.time()
         self._on_raise()
 
     # -- the handler ----------------------------------------------------------------
@@ -114,6 +127,12 @@ class SignalFlags:
         if self._stopping():
             self._escalate(signum, frame, prev)
             return
+        if self._early is not None and self._early():
+            self.early_end = signum
+            self.restore()
+            if callable(prev) and prev is not signal.default_int_handler:
+                prev(signum, frame)
+            raise StoppedEarly(128 + signum)
         self.raise_level()
         if callable(prev) and prev is not signal.default_int_handler:
             prev(signum, frame)
@@ -125,6 +144,11 @@ class SignalFlags:
         if callable(prev) and prev is not signal.default_int_handler:
             prev(signum, frame)  # it may end the process its own way (raise); if not, we do
         raise SystemExit(128 + signum)
+
+
+class StoppedEarly(SystemExit):
+    """A stop signal ended the process before its run's first step: an outcome (stopped,
+    nothing to save yet), not a failure."""
 
 
 # -- signals that arrive before any Controller runs ------------------------------------

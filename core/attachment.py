@@ -13,8 +13,9 @@ its workers at once: nobody can save.
 from __future__ import annotations
 
 from forgather_control.core.records import NoControl, Status
+from forgather_control.core.states import is_final
 
-__all__ = ["ADD_CONTROL", "no_control_notice", "no_control_why", "published"]
+__all__ = ["ADD_CONTROL", "no_control_notice", "no_control_why", "nothing_to_save", "nothing_to_save_reason", "published"]
 
 #: What to add, for each kind of script; the same words in the launcher's warning, in
 #: ``list``/``status`` and on the web page.
@@ -30,6 +31,23 @@ def published(status: Status | None, run: int) -> bool:
     """Has rank 0 published run ``run``'s status? A previous run's status.json (another
     run count, or none) says nothing about this run."""
     return status is not None and status.restarts is not None and status.restarts == run
+
+
+def nothing_to_save(status: Status | None, run: int) -> bool:
+    """Has run ``run`` nothing to save yet? So until its rank 0 reports a first finished
+    training step (``first_step_at``): before the trainer exists, while the model builds,
+    during the first step. A stop signal then ends the run at once instead of waiting
+    for a step that may come only after the grace."""
+    if not published(status, run):
+        return True
+    assert status is not None
+    return status.first_step_at is None and not is_final(status.state)
+
+
+def nothing_to_save_reason(signal_name: str) -> str:
+    """Why a run a stop signal ended before its first step saved nothing (job.json
+    ``reason``, status.json ``stop_reason``, the launcher's last line)."""
+    return f"{signal_name} came before this run's first training step: nothing to save yet, so it stopped at once (a relaunch starts where this run started)"
 
 
 def no_control_why(after: float) -> str:

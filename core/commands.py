@@ -431,6 +431,13 @@ class Ledger:
         with self._lock:
             return [e.as_record() for e in list(self._entries.values())[-n:]]
 
+    def pending_stop(self) -> Entry | None:
+        """The stop accepted and not applied yet (``save_and_stop``, ``graceful_stop`` or
+        ``abort``), wherever it waits in the queue."""
+        with self._lock:
+            e = self._stop_accepted
+            return e if e is not None and e.id != "-" and e.state == State.QUEUED else None
+
     def pending_abort(self) -> Entry | None:
         """The abort accepted and not applied yet (the ranks have not agreed on it)."""
         with self._lock:

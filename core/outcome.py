@@ -13,7 +13,8 @@ from forgather_control.core.states import JobState
 
 #: training ran to its end
 EXIT_FINISHED = 0
-#: saved and stopped on a signal (preemption, a time limit): relaunching resumes
+#: stopped on a signal (preemption, a time limit), saved or with nothing to save yet
+#: (before its first step): relaunching resumes
 EXIT_PREEMPTED = 75
 #: stopped by a command (stop, save-stop)
 EXIT_STOPPED = 76

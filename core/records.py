@@ -232,6 +232,9 @@ class Status(Identity):
     world_size: Count | None = None
     stop_reason: Text | None = None
     stopped_by_signal: bool | None = None
+    #: when this run's loop reported its first training step (None: none yet, so a stop
+    #: has nothing to save: core.attachment.nothing_to_save)
+    first_step_at: When | None = None
     phase: Short | None = None
     progress_at: When | None = None
     stall: Stall | None = None

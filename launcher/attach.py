@@ -9,6 +9,11 @@ still be loading its model: the signal becomes a save_and_stop in the inbox, as 
 job with control, which its Controller takes when it starts. When rank 0 publishes after
 all, the record is cleared and the launcher says so.
 
+Until rank 0 reports this run's first finished step the run has nothing to save
+(:func:`~forgather_control.core.attachment.nothing_to_save`): a stop signal then ends it
+at once, outcome ``stopped``, "nothing to save yet", instead of waiting ``--grace`` for a
+Controller or a first step that may come only after it.
+
 :class:`AttachWatch` is the decision, pure (the caller passes its clock's ``now``);
 :class:`ControlAttach` reads status.json, writes job.json and logs around it.
 """
@@ -21,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from forgather_control.core.attachment import ADD_CONTROL, no_control_why, published
+from forgather_control.core.attachment import ADD_CONTROL, no_control_why, nothing_to_save, published
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.records import Status, load_or_none
 
@@ -111,6 +116,16 @@ class ControlAttach:
         if not self.watch.attached:
             self._look(self.clock())
         return not self.watch.missing
+
+    def nothing_to_save_now(self) -> bool:
+        """Has this run nothing to save yet (read now: a signal arrived)? Records that
+        cannot be read count as no: the save path loses nothing, bounded by the grace."""
+        try:
+            status = load_or_none(self.paths.status, Status)
+        except Exception:
+            log.exception("could not read %s to tell whether the run has anything to save", self.paths.status)
+            return False
+        return nothing_to_save(status, self.run)
 
     def _look(self, now: float) -> bool:
         """Look at this run's status and say what changed; False when it could not be read."""

@@ -334,7 +334,14 @@ class JobRecords:
 
     # -- finish ---------------------------------------------------------------------
     def outcome(
-        self, worker_code: int, *, escalated: bool = False, signalled: bool = False, forced: str | None = None, passed_on: str | None = None
+        self,
+        worker_code: int,
+        *,
+        escalated: bool = False,
+        signalled: bool = False,
+        forced: str | None = None,
+        passed_on: str | None = None,
+        nothing_saved: str | None = None,
     ) -> Outcome:
         """How this run ended, from torchrun's exit code, what rank 0 recorded and what
         the launcher saw: a second signal aborts whatever rank 0 last wrote; an abort
@@ -343,7 +350,9 @@ class JobRecords:
         root cause when a rank recorded one. ``forced``: the launcher ended a hung job
         that was told to abort (why). ``passed_on``: a stop signal went straight to the
         workers because no control was attached (why): a failure that saved nothing,
-        unless rank 0 came up in time and recorded a stop of its own."""
+        unless rank 0 came up in time and recorded a stop of its own. ``nothing_saved``:
+        a stop signal came before the run's first step and ended it at once (why): a stop
+        that lost nothing, whatever the workers' exit codes."""
         status = self.this_runs_status() or Status()
         recorded = JobState.parse(status.state)
         by_signal = stopped_by_a_signal(status, signalled=signalled)
@@ -351,6 +360,10 @@ class JobRecords:
             return Outcome(JobState.ABORTED, by_signal, forced)
         if escalated:
             return Outcome(JobState.ABORTED, by_signal, "a second signal to the launcher stopped every rank at once, without saving")
+        if nothing_saved:
+            # rank 0's own word only when it had made a step and stopped on its own (saved) before this stop reached it
+            own = recorded == JobState.STOPPED and status.first_step_at is not None and status.stop_reason
+            return Outcome(JobState.STOPPED, True, status.stop_reason if own else nothing_saved)
         if passed_on:
             if recorded in (JobState.STOPPED, JobState.ABORTED):
                 return Outcome(recorded, True, status.stop_reason)
@@ -436,9 +449,12 @@ class JobRecords:
         OOM killer, or it died before its first status): the launcher writes the final
         state into status.json."""
         final = JobState.REQUEUED if state == JobState.REQUEUED else state
-        if status is not None and JobState.parse(status.state) == final:
+        # A run stopped before its first step: rank 0 named the SIGTERM the launcher sent,
+        # the launcher names the signal it got.
+        early = final == JobState.STOPPED and status is not None and status.first_step_at is None and bool(reason) and status.stop_reason != reason
+        if status is not None and JobState.parse(status.state) == final and not early:
             return
-        if status is not None and is_final(status.state) and final != JobState.ABORTED:
+        if status is not None and is_final(status.state) and final != JobState.ABORTED and not early:
             return  # rank 0's own word stands unless the launcher aborted it
         closed = structs.replace(
             status if status is not None else Status(job_id=self.plan.job_id, restarts=self.plan.restarts),

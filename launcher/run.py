@@ -12,9 +12,12 @@ abort instead of saving). Instead:
   handlers in the workers, and their Controllers raise the agreed signal flag;
 - the launcher, on its first SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGHUP, drops one
   ``save_and_stop`` command (with an idempotency key) into the job's inbox; rank 0
-  picks it up within about a second and every rank applies it at the same step. When
-  a worker's own signal got there first, the command is refused as "already stopping":
-  either way the job saves once;
+  picks it up within about a second and every rank applies it at the same step (or
+  between evaluation batches). When a worker's own signal got there first, the command
+  is refused as "already stopping": either way the job saves once;
+- before this run's first training step (no trainer yet, a model still building, a
+  first step still running) there is nothing to save: the first signal stops torchrun
+  and its workers at once, and the outcome says "nothing to save yet" (exit 75);
 - after ``--grace`` seconds torchrun's process group gets SIGTERM, then SIGKILL;
 - a job judged uncontrolled (``--no-control-after`` passed and rank 0 never published
   this run's status: launcher/attach.py) has nobody to take a save, so the first signal
@@ -43,6 +46,7 @@ from pathlib import Path
 
 from forgather_control.client.transport import FileTransport
 from forgather_control.core import Command, JobPaths, JobState
+from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.deathsig import death_signal_setter
 from forgather_control.core.files import ensure_private_dir
 from forgather_control.core.outcome import launch_exit_code
@@ -92,6 +96,7 @@ class Supervisor:
         poll_interval: float = 0.2,
         duties: Callable[[], Overdue | None] | None = None,
         may_save: Callable[[], bool] | None = None,
+        nothing_yet: Callable[[], bool] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
@@ -99,8 +104,12 @@ class Supervisor:
         self.on_stop = on_stop
         #: may a stop signal ask this run for a save now (launcher/attach.py)? None: yes
         self.may_save = may_save
+        #: does this run have nothing to save yet (no first step)? None: never asked
+        self.nothing_yet = nothing_yet
         #: the first stop signal, when it went straight to torchrun (no control to save)
         self.passed_on: int | None = None
+        #: the first stop signal, when it came before the run's first step and stopped it at once
+        self.before_first_step: int | None = None
         #: the control plane's work on each round (launcher/duties.py); an overdue abort
         #: it returns ends every process of the job at once
         self.duties = duties
@@ -199,7 +208,11 @@ class Supervisor:
         name = signal.Signals(signum).name
         now = time.monotonic()
         if len(self.signals) == 1:
-            if self.on_stop is not None and self._may_save():
+            if self.on_stop is not None and self._may_save() and self._nothing_yet():
+                log.warning("%s before this run's first training step: nothing to save yet; stopping torchrun and its workers now", name)
+                self.before_first_step = signum
+                self._terminate()
+            elif self.on_stop is not None and self._may_save():
                 log.warning("%s: asking every rank to save and stop (grace %gs)", name, self.grace)
                 try:
                     self.on_stop(signum)
@@ -226,6 +239,15 @@ class Supervisor:
         except Exception:  # cannot tell: the save path loses nothing, within the grace
             log.exception("could not tell whether control is attached; asking for a save")
             return True
+
+    def _nothing_yet(self) -> bool:
+        if self.nothing_yet is None:
+            return False
+        try:
+            return self.nothing_yet()
+        except Exception:  # cannot tell: the save path loses nothing, within the grace
+            log.exception("could not tell whether the run has anything to save; asking for a save")
+            return False
 
     def _kill_all(self) -> None:
         """Every process of the job, at once: a second signal means the user will not
@@ -345,6 +367,7 @@ def execute(
         duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
         attach = ControlAttach(paths, run=plan.restarts, after=after or 0.0, record=records.update_job)
         sup.may_save = attach.may_save_now
+        sup.nothing_yet = attach.nothing_to_save_now
 
         def tick() -> Overdue | None:
             attach.tick()
@@ -366,13 +389,17 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
         raise
     forced = sup.forced_abort
     passed_on = passed_on_reason(sup.passed_on, control=plan.config.control) if sup.passed_on is not None else None
-    outcome = records.outcome(code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None, passed_on=passed_on)
+    early = nothing_to_save_reason(signal.Signals(sup.before_first_step).name) if sup.before_first_step is not None else None
+    outcome = records.outcome(
+        code, escalated=sup.escalated, signalled=sup.stop_requested, forced=forced.reason if forced else None, passed_on=passed_on, nothing_saved=early
+    )
     requeue = plan.placement.requeue_argv
     state = outcome.state
     requeued_at = None
     # Requeue a run a signal stopped: not one whose ranks had applied a user's stop before
     # the signal came (srun ending this node after another node's launcher exited).
-    if requeue and sup.stop_requested and outcome.by_signal and not sup.escalated and code == 0 and state == JobState.STOPPED:
+    stopped_whole = code == 0 or sup.before_first_step is not None  # every rank ended after its save, or had none to make
+    if requeue and sup.stop_requested and outcome.by_signal and not sup.escalated and stopped_whole and state == JobState.STOPPED:
         state = JobState.REQUEUED
         requeued_at = time.time()
     elif requeue and sup.stop_requested:

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    p.add_argument("--load-time", type=float, default=0.0, help="seconds the model takes to load, before the Trainer exists")
+    p.add_argument("--eval-time", type=float, default=0.0, help="make each evaluation take about this long (one-second batches)")
+    p.add_argument("--save-time", type=float, default=0.0, help="extra seconds each checkpoint takes to write")
     return p.parse_args(argv)
 
 
@@ -68,6 +71,25 @@ def build_trainer(args: argparse.Namespace):
         def on_step_begin(self, a, state, control, **kwargs):
             time.sleep(args.step_time)
 
+    class SlowEval(TrainerCallback):
+        """A long evaluation: each batch takes a second more (--eval-time)."""
+
+        at = -1
+
+        def on_prediction_step(self, a, state, control, **kwargs):
+            if self.at != state.global_step:
+                self.at = state.global_step
+                print(f"rank {os.environ.get('RANK', '0')} evaluating at step {state.global_step}", flush=True)
+            time.sleep(1.0)
+
+    class SlowSave(Trainer):
+        """A checkpoint that takes --save-time seconds more to write."""
+
+        def _save_checkpoint(self, model, trial):
+            print(f"rank {os.environ.get('RANK', '0')} saving at step {self.state.global_step}", flush=True)
+            time.sleep(args.save_time)
+            return super()._save_checkpoint(model, trial)
+
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
@@ -93,7 +115,12 @@ def build_trainer(args: argparse.Namespace):
         seed=0,
     )
     callbacks = [StepTime()] if args.step_time > 0 else []
-    trainer = Trainer(model=model, args=targs, train_dataset=Tokens(4096), eval_dataset=Tokens(32, seed=1), callbacks=callbacks)
+    eval_size = 32
+    if args.eval_time > 0:
+        callbacks.append(SlowEval())
+        eval_size = max(1, round(args.eval_time)) * 8 * int(os.environ.get("WORLD_SIZE", "1"))  # one-second batches of 8 a rank
+    cls = SlowSave if args.save_time > 0 else Trainer
+    trainer = cls(model=model, args=targs, train_dataset=Tokens(4096), eval_dataset=Tokens(eval_size, seed=1), callbacks=callbacks)
     if not args.no_control_callback:
         from forgather_control.callback.hf import TrainerControlCallback
 
@@ -105,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    trainer = build_trainer(args)
     rank = int(os.environ.get("RANK", "0"))
+    if args.load_time > 0:
+        print(f"rank {rank} loading the model", flush=True)
+        time.sleep(args.load_time)
+    trainer = build_trainer(args)
     out = trainer.train(resume_from_checkpoint=args.resume)
     ctl = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TrainerControlCallback"), None)
     aborted = bool(ctl is not None and ctl.aborted)

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, default=1, help="accumulate_grad_batches")
     p.add_argument("--resume", default=None, help="checkpoint file to resume from")
     p.add_argument("--package", choices=("lightning.pytorch", "pytorch_lightning"), default="lightning.pytorch", help="which Lightning to train with")
+    p.add_argument("--val-every", type=int, default=1_000_000, help="validate every N training batches (default: on command and at the end)")
+    p.add_argument("--eval-time", type=float, default=0.0, help="make each validation take about this long (one-second batches)")
+    p.add_argument("--first-batch-time", type=float, default=0.0, help="seconds the first training batch takes to load (a slow data loader start)")
     return p.parse_args(argv)
 
 
@@ -62,15 +65,32 @@ def main(argv: list[str] | None = None) -> int:
 
         def validation_step(self, batch, batch_idx):
             x, y = batch
+            if args.eval_time:
+                if batch_idx == 0:
+                    print(f"rank {self.global_rank} validating at step {self.global_step}", flush=True)
+                time.sleep(1.0)
             self.log("val_loss", nn.functional.mse_loss(self.net(x), y), sync_dist=True)
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
+    class SlowStart(TensorDataset):
+        """The first batch takes --first-batch-time seconds to load."""
+
+        started = False
+
+        def __getitem__(self, i):
+            if not self.started:
+                self.started = True
+                print(f"rank {os.environ.get('RANK', '0')} loading the first batch", flush=True)
+                time.sleep(args.first_batch_time)
+            return super().__getitem__(i)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 16, generator=g)
-    vx = torch.randn(64, 16, generator=g)
-    train = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
+    vx = torch.randn(max(1, round(args.eval_time)) * 16 * world if args.eval_time else 64, 16, generator=g)  # one-second batches
+    train = DataLoader((SlowStart if args.first_batch_time else TensorDataset)(x, x.sum(dim=1, keepdim=True)), batch_size=8)
     val = DataLoader(TensorDataset(vx, vx.sum(dim=1, keepdim=True)), batch_size=16)
 
     callbacks = []
@@ -79,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
         callback_cls = control_callback_class(args.package)  # LightningControlCallback for lightning.pytorch
         callbacks.append(callback_cls(job_id=args.job_id, jobs_dir=args.jobs_dir))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
@@ -91,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         default_root_dir=args.output_dir,
         callbacks=callbacks,
         check_val_every_n_epoch=None,
-        val_check_interval=1_000_000,  # validate on command (and at the end), not on a schedule
+        val_check_interval=args.val_every,  # by default on command (and at the end), not on a schedule
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,

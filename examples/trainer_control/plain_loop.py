@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl = (
         _NoControl()
         if args.no_control_callback
-        else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http)
+        # evaluates=True: this loop evaluates when told (act.evaluate), so a save evaluates first
+        else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http, evaluates=True)
     )
     last = start
     with ctl:

@@ -88,3 +88,27 @@ def test_save_without_eval_skips_the_evaluation_a_save_runs_first(tmp_path: Path
     assert plain["state"] == quick["state"] == "completed"
     assert "eval_loss" in plain["result"]["metrics"] and "metrics" not in quick["result"]
     assert quick["options"] == {"evaluate": False}
+
+
+def test_an_eval_that_makes_best_save_names_that_checkpoint_in_its_receipt(tmp_path: Path, jobs_dir: Path) -> None:
+    """save_strategy="best": the first commanded eval is a new best and HF saves after it;
+    its receipt says so. The second (lr 0: no better) saves nothing and says nothing."""
+    _, driver, _ = run(
+        tmp_path,
+        jobs_dir,
+        "best-eval",
+        {2: "eval", 4: "eval"},
+        save_strategy="best",
+        eval_strategy="steps",
+        eval_steps=100,
+        metric_for_best_model="eval_loss",
+        learning_rate=0.0,
+        max_steps=6,
+    )
+    assert driver.saves == [2] and driver.evals == [2, 4, 6]  # 6: HF at the last step
+    entries = ledger(jobs_dir, "best-eval")
+    first, second = entries[driver.sent[2]], entries[driver.sent[4]]
+    assert first["state"] == "completed" and first["result"]["checkpoint"] == str(tmp_path / "best-eval" / "checkpoint-2"), first
+    assert first["reason"] == "save_strategy 'best': HF saved this checkpoint after the evaluation (a new best)"
+    assert "eval_loss" in first["result"]["metrics"]
+    assert second["state"] == "completed" and "checkpoint" not in second["result"] and "reason" not in second, second

@@ -1,8 +1,11 @@
 """Issue 3, acceptance 1 and 2: each trainer example on two ranks under real torchrun
 (gloo, CPU), one scenario for all of them so they cannot drift apart.
 
-One job takes save (a complete checkpoint), eval (metrics) and save-stop (both ranks end
-at the step it applied at, exit code 0, the same agreement trace); a second job resumes
+One job takes save (a complete checkpoint, evaluated first: every trainer has evaluation
+configured), ``save --no-eval`` from the CLI over the file channel (no evaluation), eval
+(metrics, and the checkpoint the trainer's own policy wrote after it, if any) and
+save-stop (both ranks end at the step it applied at, exit code 0, the same agreement
+trace); a second job resumes
 from the commanded checkpoint and is aborted: both ranks end at the abort's step, nothing
 is saved, and the status says aborted. ``TRAINERS`` holds what genuinely differs: the
 script, what a checkpoint looks like, and how the resumed run is checked.
@@ -10,6 +13,7 @@ script, what a checkpoint looks like, and how the resumed run is checked.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,17 @@ def plain_checkpoint(entry: Receipt, out: Path) -> None:
     assert state["step"] == entry.step and state["model"] and state["optimizer"]["param_groups"]
 
 
+def model_checkpoint(entry: Receipt, out: Path) -> None:
+    """Lightning's ModelCheckpoint saves after every validation here: the eval names it."""
+    ckpt = Path(entry.result.checkpoint)
+    assert ckpt.parent == out / "checkpoints" and re.fullmatch(rf"epoch=\d+-step={entry.step}\.ckpt", ckpt.name) and ckpt.is_file(), entry
+    assert entry.reason == "the trainer's checkpoint callback (ModelCheckpoint) wrote this checkpoint after the evaluation", entry
+
+
+def no_checkpoint(entry: Receipt, out: Path) -> None:
+    assert entry.result.checkpoint is None and entry.reason is None, entry
+
+
 def folder(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir()) if out.exists() else []
 
@@ -74,8 +89,10 @@ class Trainer:
     checkpoint: Callable[[Receipt, Path], None]  # checks a save's ledger entry against the output dir
     eval_metric: str  # the metric an eval reports
     status_metrics: frozenset[str]  # rank 0's status shows at least these
-    #: a commanded save evaluates first when evaluation is set up, and reports it
-    save_reports: str | None = None
+    #: a commanded save evaluates first (evaluation is configured), and reports this metric
+    save_reports: str
+    #: what an eval's receipt says of a checkpoint the trainer's own policy wrote after it
+    eval_checkpoint: Callable[[Receipt, Path], None] = no_checkpoint
     status_epoch: bool = False
     #: the resumed job: extra arguments, and whether it writes into the first job's folder
     resume_args: tuple[str, ...] = ()
@@ -105,6 +122,8 @@ TRAINERS = {
         checkpoint=lightning_checkpoint,
         eval_metric="val_loss",
         status_metrics=frozenset({"loss"}),
+        save_reports="val_loss",
+        eval_checkpoint=model_checkpoint,
         resume_into_same_dir=False,
         files=lambda out: folder(out / "checkpoints"),
         before_abort=model_checkpoint_after_eval,
@@ -116,12 +135,13 @@ TRAINERS = {
         checkpoint=plain_checkpoint,
         eval_metric="eval_loss",
         status_metrics=frozenset({"loss"}),
+        save_reports="eval_loss",
     ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(TRAINERS))
-def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir: Path, procs, tmp_path: Path) -> None:
+def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir: Path, procs, cli, tmp_path: Path) -> None:
     t = TRAINERS[kind]
     out = tmp_path / "out"
     traces = tmp_path / "traces"
@@ -135,15 +155,21 @@ def test_two_ranks_save_eval_save_stop_then_resume_and_abort(kind: str, jobs_dir
     assert saved.state == "completed", saved
     t.checkpoint(saved, out)
     ckpt = Path(saved.result.checkpoint)
-    if t.save_reports:
-        assert t.save_reports in saved.result.metrics, saved  # evaluation is set up: evaluated first
+    assert t.save_reports in saved.result.metrics, saved  # evaluation is configured: evaluated first
+
+    res = cli("control", "save", first, "--no-eval", "--wait", "--json", "--channel", "file", timeout=TIMEOUT)
+    assert res.code == 0, res.err
+    quick = res.json()
+    assert (quick["state"], quick["options"], quick["result"].get("metrics")) == ("completed", {"evaluate": False}, None), quick
+    assert Path(quick["result"]["checkpoint"]).exists()
 
     ev = command(client, "eval")
     assert ev.state == "completed" and isinstance(ev.result.metrics.get(t.eval_metric), float), ev
+    t.eval_checkpoint(ev, out)
 
     st = client.status()
     assert st.world_size == 2 and st.max_steps == 1_000_000 and st.state == "running", st
-    assert st.last_checkpoint == str(ckpt)
+    assert st.last_checkpoint == quick["result"]["checkpoint"]
     assert t.status_metrics <= set(st.metrics), st.metrics
     if t.status_epoch:
         assert st.epoch is not None, st

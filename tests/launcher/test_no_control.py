@@ -19,7 +19,7 @@ from forgather_control.cli import render
 from forgather_control.client import JobHandle, open_job
 from forgather_control.client.jobinfo import JobInfo
 from forgather_control.core import JobPaths, write_json_atomic
-from forgather_control.core.attachment import ADD_CONTROL, published
+from forgather_control.core.attachment import ADD_CONTROL, nothing_to_save_reason, published
 from forgather_control.core.errors import Unreachable, WaitTimeout
 from forgather_control.core.liveness import Liveness
 from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, launch_exit_code
@@ -90,21 +90,32 @@ def test_the_launchers_watch_records_the_warning_once_and_clears_it(tmp_path: Pa
 
 
 # -- a stop signal ----------------------------------------------------------------------
-def supervisor(may_save) -> tuple[Supervisor, list[int]]:
+def supervisor(may_save, nothing_yet=None) -> tuple[Supervisor, list[int]]:
     asked: list[int] = []
-    return Supervisor(["true"], {}, grace=600.0, on_stop=asked.append, may_save=may_save), asked
+    return Supervisor(["true"], {}, grace=600.0, on_stop=asked.append, may_save=may_save, nothing_yet=nothing_yet), asked
 
 
-def test_a_signal_while_the_script_may_still_be_loading_asks_for_a_save(tmp_path: Path) -> None:
-    """A SLURM preemption while the model loads: the Controller that starts later takes the
-    save_and_stop from its inbox, and the job stops saved (75) and is requeued."""
+def test_a_signal_while_the_script_is_still_loading_stops_it_at_once_with_nothing_to_save(tmp_path: Path) -> None:
+    """A SLURM preemption while the model loads (no status of this run, or one without a
+    first step): nothing can be lost, so torchrun is stopped now, not after the grace;
+    once rank 0 reports its first step, a signal asks for a save."""
     paths = JobPaths(tmp_path, "loading").create()
     clock = Clock()
     attach = ControlAttach(paths, run=0, after=300.0, record=lambda **f: None, clock=clock)
     clock.now += 60.0  # a minute into loading, nothing published yet
-    sup, asked = supervisor(attach.may_save_now)
+    sup, asked = supervisor(attach.may_save_now, attach.nothing_to_save_now)
     sup._handle(signal.SIGUSR1)
-    assert asked == [signal.SIGUSR1] and sup.passed_on is None and sup._term_at is not None
+    assert asked == [] and sup.before_first_step == signal.SIGUSR1 and sup.passed_on is None
+    assert sup._term_at is None and sup._termed  # torchrun was sent SIGTERM now, not after the grace
+
+    write_json_atomic(paths.status, {"job_id": "loading", "state": "running", "restarts": 0, "step": 0})
+    assert attach.nothing_to_save_now()  # a Controller runs, its first step does not
+    write_json_atomic(paths.status, {"job_id": "loading", "state": "running", "restarts": 0, "step": 1, "first_step_at": time.time()})
+    sup, asked = supervisor(attach.may_save_now, attach.nothing_to_save_now)
+    sup._handle(signal.SIGUSR1)
+    assert asked == [signal.SIGUSR1] and sup.before_first_step is None and sup._term_at is not None and not sup._termed
+    write_json_atomic(paths.status, {"job_id": "loading", "state": "running", "restarts": 1, "step": 3, "first_step_at": 1.0})
+    assert attach.nothing_to_save_now()  # another run's first step is not this run's
 
 
 def test_a_signal_to_a_job_judged_uncontrolled_goes_to_torchrun_at_once() -> None:
@@ -163,6 +174,23 @@ def test_the_outcome_says_no_save_was_possible(tmp_path: Path) -> None:
     status = json.loads((jobs / "nc" / "status.json").read_text())  # the launcher closes rank 0's books
     assert (job["state"], job["exit_code"], job["reason"]) == ("failed", 143, why)
     assert (status["state"], status["error"], status["closed_by"]) == ("failed", why, "launcher")
+
+
+def test_a_stop_before_the_first_step_is_a_stop_that_lost_nothing(tmp_path: Path) -> None:
+    """torchrun ends non-zero (its SignalException, the workers' SIGTERM), yet the outcome
+    is stopped by a signal, exit 75, with the reason in job.json and status.json."""
+    jobs = tmp_path / "jobs"
+    rec = records(jobs, "early")
+    why = nothing_to_save_reason("SIGUSR1")
+    out = rec.outcome(1, signalled=True, nothing_saved=why)
+    assert (out.state, out.reason, out.by_signal) == (JobState.STOPPED, why, True)
+    code = launch_exit_code(out.state, by_signal=out.by_signal, worker_code=1)
+    rec.finish(out.state, code, reason=out.reason, torchrun_exit_code=1)
+    job = json.loads((jobs / "early" / "job.json").read_text())
+    status = json.loads((jobs / "early" / "status.json").read_text())
+    assert (job["state"], job["exit_code"], job["reason"]) == ("stopped", EXIT_PREEMPTED, why)
+    assert (status["state"], status["stop_reason"], status["closed_by"]) == ("stopped", why, "launcher")
+    assert "nothing to save yet" in why and why.startswith("SIGUSR1 came before this run's first training step")
 
 
 def test_a_stop_rank0_recorded_in_time_is_the_outcome(tmp_path: Path) -> None:
