@@ -119,9 +119,13 @@ class ControlAttach:
 
     def nothing_to_save_now(self) -> bool:
         """Has this run nothing to save yet (read now: a signal arrived)? Records that
-        cannot be read count as no: the save path loses nothing, bounded by the grace."""
+        cannot be read count as no, and so does a status.json gone with the job's folder
+        (removed while the job trains), or after this run's rank 0 had published: the
+        save path loses nothing, bounded by the grace."""
         try:
             status = load_or_none(self.paths.status, Status)
+            if status is None and (self.watch.attached or not self.paths.inbox.is_dir()):
+                return False
         except Exception:
             log.exception("could not read %s to tell whether the run has anything to save", self.paths.status)
             return False

@@ -114,6 +114,10 @@ def test_a_signal_while_the_script_is_still_loading_stops_it_at_once_with_nothin
     sup, asked = supervisor(attach.may_save_now, attach.nothing_to_save_now)
     sup._handle(signal.SIGUSR1)
     assert asked == [signal.SIGUSR1] and sup.before_first_step is None and sup._term_at is not None and not sup._termed
+    paths.status.unlink()  # the job's folder removed while it trains: this run had published
+    assert not attach.nothing_to_save_now()
+    gone = ControlAttach(JobPaths(tmp_path, "gone"), run=0, after=300.0, record=lambda **f: None, clock=clock)
+    assert not gone.nothing_to_save_now()  # removed before the launcher saw it publish: cannot tell, so save
     write_json_atomic(paths.status, {"job_id": "loading", "state": "running", "restarts": 1, "step": 3, "first_step_at": 1.0})
     assert attach.nothing_to_save_now()  # another run's first step is not this run's
 
