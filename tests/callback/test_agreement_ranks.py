@@ -50,11 +50,15 @@ dist.barrier()
 plan = {5: "save", 40: "eval", 90: "save", 150: "stop"}
 rng = random.Random(rank)
 actions = []
+checked = []  # the step of every check (the trace grew in its ctl.step)
 for step in range(1, 100000):
     time.sleep(rng.random() * 0.004)
     if rank == 0 and step in plan:
         ctl.ledger.submit(plan[step])
+    seen = len(ctl.agreement_trace)
     act = ctl.step(step)
+    if len(ctl.agreement_trace) > seen:
+        checked.append(step)
     if act:
         actions.append([step, act.command.value])
     if act.save:
@@ -66,7 +70,7 @@ for step in range(1, 100000):
         break
 trace = [list(t) for t in ctl.agreement_trace]
 ctl.close()
-json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions": actions, "trace": trace,
+json.dump({"guessed": guessed, "served": served, "owner_ok": owner_ok, "actions": actions, "trace": trace, "checked": checked,
            "all_reduce": calls["all_reduce"], "final": step,
            "ledger": [encode(r) for r in ctl.ledger.recent(20)] if rank == 0 else None}, open(f"{out}/r{rank}.json", "w"))
 dist.destroy_process_group()
@@ -93,8 +97,12 @@ def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Pa
 
     assert r0["trace"] == r1["trace"]
     assert r0["all_reduce"] == len(r0["trace"]) and r1["all_reduce"] == len(r1["trace"])  # one per check
-    next_checks = [row[4] for row in r0["trace"]]
-    assert all(a < b for a, b in itertools.pairwise(next_checks))  # at most one check per step
+    assert r0["checked"] == r1["checked"] and all(a < b for a, b in itertools.pairwise(r0["checked"]))  # at most one check per step
+    # each check at the step the one before agreed on, or at the step right after a save or
+    # an evaluation (check_next_step: a stop asked during it applies at once)
+    after_action = {step + 1 for step, _ in r0["actions"]}
+    for row, (was, now) in zip(r0["trace"], itertools.pairwise(r0["checked"]), strict=False):
+        assert now == row[4] or now in after_action, (was, now, row)
     assert len(r0["trace"]) < r0["final"]  # not every step: the cadence adapts
 
     states = {e["command"]: e["state"] for e in r0["ledger"]}

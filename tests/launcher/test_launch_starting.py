@@ -84,5 +84,5 @@ def test_wait_ends_when_the_job_dies_before_taking_the_command(procs: Procs, job
     assert waiting.wait(TIMEOUT) == 1, waiting.output()[-3000:]
     out = waiting.output()
     assert "ended (failed" in out and "before it took command" in out and "Traceback" not in out, out
-    assert listed_state(cli, "doomed") is None  # ended jobs leave the default listing
+    assert listed_state(cli, "doomed") == "failed"  # a failure stays in the default listing for a day
     assert cli("control", "list", "--all", "--json").json()[0]["state"] == "failed"

@@ -102,7 +102,8 @@ def test_every_button(chromium: Any, procs: Any, jobs_dir: Path, tmp_path: Path)
         wait_for(lambda: int(chart.get_attribute("data-points") or 0) > 10, timeout=10, what="points on the loss chart")
         page.click("button[data-command='save']")
         saved = receipt("save_checkpoint").locator(".result").inner_text()
-        assert "checkpoint-" in saved and Path(saved.strip()).exists(), saved
+        path, _, evaluated = saved.partition(" · ")  # save evaluates first where evaluation is configured
+        assert "checkpoint-" in path and Path(path.strip()).exists() and "eval_loss" in evaluated, saved
         page.click("button[data-command='eval']")
         assert "eval_loss" in receipt("evaluate").locator(".result").inner_text()
         flashes = page.evaluate("() => window.__flashes")
