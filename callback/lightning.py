@@ -258,7 +258,8 @@ class LightningControl:
                 cb._last_global_step_saved = trainer.global_step
         _skip_next_validation(trainer)
         if self._patched_save is None:
-            self._patched_save = trainer.__dict__.get("save_checkpoint", _MISSING)
+            current = trainer.__dict__.get("save_checkpoint", _MISSING)
+            self._patched_save = getattr(current, "_forgather_had", current)  # not a validation's capture
 
             def skip(*args: Any, **kwargs: Any) -> None:
                 log.info("forgather control: checkpoint skipped, the job was aborted")
@@ -294,6 +295,7 @@ def _capture_saves(trainer: Any, written: list[str]) -> Any:
         written.append(str(filepath))
         return inner(filepath, *args, **kwargs)
 
+    capture._forgather_had = had  # type: ignore[attr-defined]
     trainer.save_checkpoint = capture
 
     def restore() -> None:
