@@ -221,6 +221,8 @@ def status_panel(d: JobDetails) -> Any:
         grid.add_row("failed", why)
     elif error:
         grid.add_row("error", _t(error, style="red"))
+    elif d.why and d.state.final:
+        grid.add_row("why", _t(d.why))  # a stop's or an abort's reason (JobInfo.why)
     metrics = _given(d.metrics) or {}
     if metrics:
         grid.add_row("metrics", _t(", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:12])))

@@ -44,3 +44,10 @@ def test_an_empty_listing_says_how_many_ended_jobs_it_hides(jobs_dir: Path, cli)
     write_job(jobs_dir, "done", state="finished", step=100, ago=60)
     out = cli("control", "list").out
     assert out == f"no jobs in {jobs_dir} (1 ended job hidden; add --all)\n", out
+
+
+def test_status_says_why_a_stopped_job_stopped(jobs_dir: Path, cli) -> None:
+    write_job(jobs_dir, "halted", state="stopped", step=12, ago=60, stop_reason="SIGTERM came before this run's first training step: nothing to save yet")
+    shown = cli("control", "status", "halted")
+    assert shown.code == 0 and "why" in shown.out and "nothing to save yet" in shown.out, shown.out
+    assert cli("control", "status", "halted", "--json").json()["why"] == "SIGTERM came before this run's first training step: nothing to save yet"
