@@ -232,22 +232,10 @@ class Supervisor:
             self._kill_all()
 
     def _may_save(self) -> bool:
-        if self.may_save is None:
-            return True
-        try:
-            return self.may_save()
-        except Exception:  # cannot tell: the save path loses nothing, within the grace
-            log.exception("could not tell whether control is attached; asking for a save")
-            return True
+        return _asked(self.may_save, if_unknown=True, what="whether control is attached")
 
     def _nothing_yet(self) -> bool:
-        if self.nothing_yet is None:
-            return False
-        try:
-            return self.nothing_yet()
-        except Exception:  # cannot tell: the save path loses nothing, within the grace
-            log.exception("could not tell whether the run has anything to save; asking for a save")
-            return False
+        return _asked(self.nothing_yet, if_unknown=False, what="whether the run has anything to save")
 
     def _kill_all(self) -> None:
         """Every process of the job, at once: a second signal means the user will not
@@ -310,6 +298,18 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux
         pass
+
+
+def _asked(probe: Callable[[], bool] | None, *, if_unknown: bool, what: str) -> bool:
+    """``probe``'s answer; ``if_unknown`` (the save path, which loses nothing within the
+    grace) when there is no probe or it fails."""
+    if probe is None:
+        return if_unknown
+    try:
+        return probe()
+    except Exception:
+        log.exception("could not tell %s; asking for a save", what)
+        return if_unknown
 
 
 def _drop_stop_command(paths: JobPaths, key: str) -> Callable[[int], None]:
