@@ -8,8 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support.env import base_env
 from support.paths import REPO
+
+pytestmark = pytest.mark.slow  # a benchmark script (support.tiers)
 
 
 def test_bench_cli_runs(tmp_path) -> None:

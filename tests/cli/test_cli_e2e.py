@@ -84,7 +84,10 @@ def check_ended(cli, jobs_dir: Path, proc, job_id: str, state: str) -> None:
     assert j is not None and j["state"] == state, j
 
 
-@pytest.mark.parametrize("channel", ["auto", "file"], ids=["http", "file-channel-on-http-job"])
+# The quick tier keeps one run of each channel (HTTP here, the file channel in acceptance 2)
+# and one abort; the crossings (file channel on an HTTP job, abort by file, --remote and
+# --watch) run in the full suite.
+@pytest.mark.parametrize("channel", ["auto", pytest.param("file", marks=pytest.mark.slow)], ids=["http", "file-channel-on-http-job"])
 def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp_path: Path, channel: str) -> None:
     """Acceptance 1 (and 2, ``--channel file`` against an HTTP job)."""
     job = "accept1-" + channel
@@ -159,6 +162,7 @@ def test_acceptance_2_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Pa
     check_ended(cli, jobs_dir, proc, job, "stopped")
 
 
+@pytest.mark.slow
 def test_abort_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = start_loop(procs, jobs_dir, out, "files-abort", "--no-http")
@@ -169,6 +173,7 @@ def test_abort_file_channel_only(cli, procs, jobs_dir: Path, tmp_path: Path) -> 
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_watch_remote_and_idempotency(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     """``status --watch`` follows a job to its end; ``--remote`` drives it by URL with
     the token from FORGATHER_TOKEN (never printed); the same --key queues once."""

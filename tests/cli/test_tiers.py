@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from support.paths import FORGATHER
+from support.paths import FORGATHER, REPO
 from support.tiers import slow_reason
 
 PY = sys.executable
@@ -27,6 +27,7 @@ PY = sys.executable
         ([PY, "-m", "venv", "/tmp/v"], "a package build or install"),
         ([PY, "-m", "build", "--wheel"], "a package build or install"),
         ("torchrun --standalone train.py", "torchrun"),
+        ([PY, str(REPO / "benchmarks" / "bench_cli.py"), "--jobs", "20"], "a benchmark script"),
     ],
 )
 def test_what_is_slow(argv, reason: str) -> None:
@@ -44,6 +45,7 @@ def test_what_is_slow(argv, reason: str) -> None:
         ["scontrol", "show", "hostnames", "n[1-2]"],
         ["bash", "slurm/train.sbatch", "train.py"],
         [PY, "-c", "print('launch')", "launch"],
+        [PY, "examples/benchmarks/train.py"],
     ],
 )
 def test_what_is_quick(argv) -> None:

@@ -1,8 +1,9 @@
 """The quick tier (``pytest -m "not slow"``) and what keeps it quick.
 
 A test is ``slow`` when it starts torchrun, Ray, a SLURM job, a launcher (``forgather
-launch``, other than ``--dry-run`` or ``--help``), builds or installs packages, or runs a
-trainer framework (transformers, Lightning: 5-10 s of import a process before the first
+launch``, other than ``--dry-run`` or ``--help``), a benchmark script (``benchmarks/*.py``:
+their smoke runs keep them from rotting, which is not what one runs while working), builds
+or installs packages, or runs a trainer framework (transformers, Lightning: 5-10 s of import a process before the first
 step; these tests are the integrations, like torchrun's). While a test without the marker
 runs (its fixtures included), ``subprocess.Popen`` refuses to start any of the processes
 and fails the test, naming the marker it lacks, and a trainer framework it loads into the
@@ -22,8 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from .paths import REPO
+
 _FORGATHER = ("forgather", "forgather-control")
 _SLURM_JOBS = ("sbatch", "srun", "salloc")
+_BENCHMARKS = REPO / "benchmarks"
 _PIP_BUILDS = ("install", "wheel", "download", "uninstall")
 
 
@@ -50,6 +54,8 @@ def slow_reason(argv: str | bytes | Sequence[str | bytes | Path]) -> str | None:
         return f"a SLURM job ({program})"
     if (program == "ray" or module == "ray.scripts.scripts") and "start" in args:
         return "a Ray node (ray start)"
+    if any(a.endswith(".py") and Path(a).resolve().parent == _BENCHMARKS for a in args[:2]):
+        return "a benchmark script"
     if ((program in ("pip", "pip3") or module == "pip") and any(a in _PIP_BUILDS for a in args)) or module in ("build", "venv") or "setup.py" in names:
         return "a package build or install"
     sub = _forgather_subcommand(args, names)

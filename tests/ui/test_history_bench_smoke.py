@@ -7,8 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support.env import base_env
 from support.paths import REPO
+
+pytestmark = pytest.mark.slow  # a benchmark script (support.tiers)
 
 
 def test_bench_history_runs(tmp_path) -> None:

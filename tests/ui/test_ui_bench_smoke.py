@@ -15,7 +15,7 @@ from support.ui import CHROMIUM, require_chromium
 #: It drives Chromium: on the browser tests' worker, one Chromium at a time, and scheduled
 #: with their group at the start of a run instead of last (tests/ui is collected last, and
 #: a long test there ran alone at the end while the other worker had nothing left).
-pytestmark = pytest.mark.xdist_group("chromium")
+pytestmark = [pytest.mark.xdist_group("chromium"), pytest.mark.slow]  # a benchmark script (support.tiers)
 
 
 def test_bench_ui_runs(tmp_path) -> None:
