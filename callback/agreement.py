@@ -2,7 +2,8 @@
 
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
 int64 tensor on a dedicated gloo group, so NCCL and CUDA streams are never touched.
-Rank 0 fills the command and the next check step; any rank may raise the signal level.
+Rank 0 fills the command and the next check step; any rank may raise the signal level
+or vote that its loss is not finite (the ``nan`` guard: callback/guarding.py).
 MAX is the one reduction that lets rank 0's fields through (the others send zeros) and
 lets any rank raise a flag, so one collective carries everything. No pickle, no
 ``broadcast_object_list``; the HTTP thread and signal handlers never get here.
@@ -34,7 +35,7 @@ from forgather_control.core.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_
 log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it.
-FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags")
+FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard")
 #: A trace longer than this keeps its first entries only (days of checks).
 TRACE_LIMIT = 1_000_000
 
@@ -47,9 +48,10 @@ class Proposal:
     signal: int = 0  # 0 none, 1 first signal (save and stop), 2 escalate (stop now)
     next_check: int = 0  # step of the next check, chosen by rank 0
     flags: int = 0  # the command's options, as bits (actions.FLAG_*)
+    guard: int = 0  # any rank's nan vote: (rank + 1) * 4 + what it saw (guarding.decode_vote)
 
     def as_list(self) -> list[int]:
-        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags]
+        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard]
 
 
 class Agreement:

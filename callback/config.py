@@ -31,6 +31,8 @@ from forgather_control.core.env import (
     ENV_TRACE_AGREEMENT,
 )
 from forgather_control.core.errors import InvalidJobId, UsageError
+from forgather_control.core.guards import GuardError, guards_from_env, parse_guards
+from forgather_control.core.records import GuardRule
 
 from .signals import DEFAULT_REPEAT_WINDOW, DEFAULT_SIGNALS
 
@@ -92,6 +94,9 @@ class ControllerConfig:
       previous run's. None outside the launcher.
     - ``trace_dir``: where each rank writes its agreement trace at close, from
       ``$FORGATHER_TRACE_AGREEMENT`` (tests, debugging); None writes none.
+    - ``guards``: the rules the job watches itself with (``core.guards``: texts like
+      ``"nan:abort"`` or parsed rules); default ``$FORGATHER_GUARDS``, else none. A rule
+      that cannot be read stops the job at construction, naming it.
     """
 
     job_id: str
@@ -115,6 +120,7 @@ class ControllerConfig:
     world_size: int | None = None
     restarts: int | None = None
     trace_dir: str | None = None
+    guards: tuple[GuardRule, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs_dir, Path):
@@ -180,6 +186,11 @@ class ControllerConfig:
         if env.get(ENV_RESTARTS):
             options["restarts"] = _env_int(env, ENV_RESTARTS, 0, None, "a count of restarts (0, 1, ...)")
         options["trace_dir"] = env.get(ENV_TRACE_AGREEMENT) or None
+        if "guards" not in options:
+            try:
+                options["guards"] = guards_from_env(env)
+            except GuardError as exc:
+                raise ConfigError(f"{exc}; fix or unset it") from None
         return cls(**options)
 
     def replace(self, **changes: Any) -> ControllerConfig:
@@ -215,6 +226,13 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}={value!r} is not a number") from None
     if name == "evaluates" and not isinstance(value, bool):
         raise ConfigError(f"evaluates={value!r} must be True or False")
+    if name == "guards":
+        try:
+            return parse_guards([v.text if isinstance(v, GuardRule) else v for v in ([value] if isinstance(value, str) else value)])
+        except GuardError as exc:
+            raise ConfigError(f"guards: {exc}") from None
+        except TypeError:
+            raise ConfigError(f"guards={value!r} is not a list of guards (texts like 'nan:abort')") from None
     if name == "signals":
         try:
             return tuple(int(s) for s in value)

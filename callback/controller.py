@@ -40,16 +40,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
+from forgather_control.core.guards import action_command
 from forgather_control.core.metrics import History
-from forgather_control.core.records import CheckpointRecord, Http, Metrics, Status
+from forgather_control.core.records import CheckpointRecord, GuardFiring, Http, Metrics, Status
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
 from .actions import FLAG_EVALUATE, FLAG_SAVED, NO_ACTIONS, Actions, actions_for, evaluates_first
 from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
+from .guarding import GuardBook
 from .history import HistoryRecorder, load_or_new
 from .plane import ControlPlane
 from .progress import StepRate, json_metrics
@@ -71,7 +75,8 @@ class Controller:
     Keyword-only options, each described in :class:`ControllerConfig` (``job_id``,
     ``jobs_dir``, ``host``, ``port``, ``enable_http``, ``auth``, ``cleanup_on_exit``,
     ``max_steps``, ``check_interval``, ``heartbeat_interval``, ``poll_interval``,
-    ``max_pending``, ``signals``, ``signal_repeat_window``, ``rank``, ``world_size``);
+    ``max_pending``, ``signals``, ``signal_repeat_window``, ``rank``, ``world_size``,
+    ``guards``);
     what is not given comes from the environment the launcher sets, else a default.
     ``config=`` passes a resolved :class:`ControllerConfig` instead.
     """
@@ -158,6 +163,8 @@ class Controller:
         self._rate = StepRate(start=self.current_step)
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
+        #: the job's guards (core.guards): this rank's vote, rank 0's own judgements
+        self.guards = GuardBook(cfg.guards, rank=self.rank)
         # The hot path: a check when ``step >= _next_check`` or ``_poke`` is set. Only a
         # process alone is poked; ranks of a job check at agreed steps only.
         self._next_check = 0
@@ -287,6 +294,7 @@ class Controller:
         self.rank, self.world_size = rank, world
         self.is_rank0 = rank == 0
         self._solo = world <= 1
+        self.guards.rank = rank
         if self._started and was_rank0 and not self.is_rank0:
             self._plane.stop(remove_endpoint=True)
         elif self._started and self.is_rank0 and not was_rank0:
@@ -300,7 +308,8 @@ class Controller:
         enable_stack_dumps(self.paths, self.rank, run=self.config.restarts or 0)
         if self._solo:
             self._ready = True
-            self._next_check = NEVER
+            # alone, a check comes when poked, unless a guard watches on a clock
+            self._next_check = self.current_step + 1 if self.guards.timed else NEVER
             return True
         if not distributed_ready():
             # torchrun's environment says several processes, but torch.distributed is not
@@ -447,20 +456,50 @@ class Controller:
     def _check(self, step: int) -> Actions:
         self._poke = False
         entry = None
+        timed = self.guards.timed
         if self.is_rank0:
             self._receipts.expire(step)
             if self._stop_applied is None:
+                if timed:
+                    self._judge_guards(step)
                 entry = self.ledger.next_pending()
-        next_check = self._schedule.next_check(step, self.max_steps) if self.is_rank0 and not self._solo else 0
-        agreed = self._agree(entry, next_check)
+        next_check = self._schedule.next_check(step, self.max_steps) if self.is_rank0 and (timed or not self._solo) else 0
+        agreed = self._agree(entry, next_check, vote=self.guards.vote(self.metrics) if timed else 0)
         self.phase = Phase.TRAINING
-        # a process alone checks when poked (or right after a long pause: check_next_step)
-        self._next_check = NEVER if self._solo else agreed.next_check if agreed.next_check > step else step + 1
+        # a process alone checks when poked (or right after a long pause: check_next_step),
+        # or on the clock its guards need
+        if self._solo and not timed:
+            self._next_check = NEVER
+        else:
+            self._next_check = agreed.next_check if agreed.next_check > step else step + 1
         return self._act(step, agreed, entry)
 
-    def _agree(self, entry: Any, next_check: int) -> Proposal:
+    def _judge_guards(self, step: int) -> None:
+        """Rank 0's guards at this check: each firing is recorded, and its command (not
+        an alert's) queued like a person's, to be agreed at this very check."""
+        for firing in self.guards.judge(step, self.metrics, self._rate.update(step, time.time()), time.monotonic()):
+            self._guard_fired(firing)
+
+    def _guard_fired(self, firing: GuardFiring) -> str | None:
+        """Record ``firing`` (rank 0) and queue its command; the command's id, or None for
+        an alert or a command the ledger refused (the job is already stopping)."""
+        command_id = None
+        cmd = action_command(firing.action)
+        if cmd is not None:
+            try:
+                entry, _ = self.ledger.submit(cmd, source="guard", guard=firing)
+                command_id = entry.id
+                entry.guard = firing = msgspec.structs.replace(firing, command_id=command_id)
+            except LedgerError as exc:
+                log.info("forgather control: guard %s fired, its %s not queued: %s", firing.guard, firing.action, exc)
+        log.warning("forgather control: guard %s fired at step %s: %s", firing.guard, firing.step, firing.evidence)
+        self.guards.record(firing)
+        self._changed()
+        return command_id
+
+    def _agree(self, entry: Any, next_check: int, *, vote: int = 0) -> Proposal:
         """One check's exchange: rank 0's command (``entry``) and ``next_check``, any rank's
-        signal; every rank gets the same answer."""
+        signal and nan vote; every rank gets the same answer."""
         proposal = Proposal(
             seq=self._check_seq + 1,
             command=entry.command.code if entry is not None else 0,
@@ -468,6 +507,7 @@ class Controller:
             flags=self._flags(entry),
             signal=min(self._signals.level, 2),
             next_check=next_check,
+            guard=vote,
         )
         if self._solo:
             agreed = proposal
@@ -504,6 +544,11 @@ class Controller:
         if agreed.signal > self._signal_applied:
             self._signal_applied = agreed.signal
             return self._apply_signal(step, agreed.signal, flags=agreed.flags, note=note)
+        firing = self.guards.agreed(agreed.guard, step) if self.guards.nan is not None else None
+        if firing is not None:
+            acted = self._apply_guard(step, firing)
+            if acted is not None:
+                return acted
         if agreed.command:
             cmd = Command.from_code(agreed.command)
             return self._apply(step, cmd, entry.id if entry is not None else None, flags=agreed.flags, note=note)
@@ -588,6 +633,19 @@ class Controller:
             self._wake()
         self._changed()
         return actions
+
+    def _apply_guard(self, step: int, firing: GuardFiring) -> Actions | None:
+        """The nan guard, agreed by every rank at ``step``: each rank does its action
+        here (rank 0 records it, and its command as a receipt naming the guard). None for
+        an alert: nothing to do in the loop."""
+        command_id = self._guard_fired(firing) if self.is_rank0 else None
+        cmd = action_command(firing.action)
+        if cmd is None:
+            return None
+        reason = f"guard {firing.guard}: {firing.evidence}"
+        if not self.is_rank0:
+            log.warning("forgather control: %s", reason)
+        return self._apply(step, cmd, command_id, reason)
 
     def _apply_signal(self, step: int, level: int, *, flags: int = 0, note: str | None = None) -> Actions:
         cmd = Command.ABORT if level >= 2 else Command.SAVE_AND_STOP
@@ -722,7 +780,18 @@ class Controller:
             protocol=PROTOCOL,
             restarts=self._restarts,
             resumed_from=self._resumed_from,
+            guards=list(self.guards.rules) or None,
+            guard_events=self._guard_events(stall),
         )
+
+    def _guard_events(self, stall: Any) -> list[GuardFiring] | None:
+        """What fired, for the status; the stall guard is judged here, where the stall
+        is (the I/O thread: the training thread may be the one stuck)."""
+        if self.guards.stall is not None and self.is_rank0:
+            firing = self.guards.stalled(stall)
+            if firing is not None:
+                self._guard_fired(firing)  # an abort is carried out by the launcher when the ranks cannot
+        return self.guards.recent() or None
 
     def _metric_sample(self) -> tuple[int, Metrics] | None:
         """What the I/O thread records into the history: the step, the loop's latest

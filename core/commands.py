@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from forgather_control.core.records import CommandOptions, CommandResult, Receipt
+from forgather_control.core.records import CommandOptions, CommandResult, GuardFiring, Receipt
 
 
 class Command(str, enum.Enum):
@@ -142,6 +142,8 @@ class Entry:
     result: CommandResult | None = None
     reason: str | None = None
     options: CommandOptions | None = None
+    #: the guard that queued it (source "guard"), with its evidence
+    guard: GuardFiring | None = None
 
     def as_record(self) -> Receipt:
         return Receipt(
@@ -157,6 +159,7 @@ class Entry:
             result=self.result,
             reason=self.reason,
             options=self.options,
+            guard=self.guard,
         )
 
 
@@ -280,6 +283,7 @@ class Ledger:
         source: str = "http",
         command_id: str | None = None,
         options: CommandOptions | None = None,
+        guard: GuardFiring | None = None,
     ) -> tuple[Entry, bool]:
         """Queue a command. Returns ``(entry, created)``. One rule for both channels: an id
         or a key names one command. The same command again (same command and options;
@@ -319,6 +323,7 @@ class Ledger:
                 source=source,
                 seq=next(self._seq),
                 options=opts,
+                guard=guard,
             )
             self._entries[entry.id] = entry
             if key is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import math
 import os
 import re
@@ -40,6 +41,8 @@ __all__ = [
     "Endpoint",
     "FailureRecord",
     "FrameRecord",
+    "GuardFiring",
+    "GuardRule",
     "Http",
     "Identity",
     "Job",
@@ -68,8 +71,11 @@ __all__ = [
     "UnsetType",
     "decode",
     "encode",
+    "from_json",
     "load",
     "load_or_none",
+    "parse_json",
+    "to_json",
 ]
 
 #: Strings longer than this are not ours (a path, a host name, a reason).
@@ -159,6 +165,41 @@ class CommandResult(Record):
     ended_by: Short | None = None
 
 
+class GuardRule(Record):
+    """One guard a job declared (``forgather launch --guard``): a condition and an action.
+    ``text`` is its canonical spelling (``spike:save,factor=3,window=20,times=3``); the
+    parameters a kind does not take stay unset. Parsed from a person's text by
+    :func:`forgather_control.core.guards.parse_guard` only."""
+
+    kind: Short
+    action: Short
+    text: Str256
+    factor: Annotated[float, Meta(gt=0, le=1e6)] | None = None
+    window: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    times: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    fraction: Annotated[float, Meta(gt=0, lt=1)] | None = None
+    for_: Annotated[float, Meta(ge=0, le=1e7)] | None = msgspec.field(default=None, name="for")
+    metric: Str64 | None = None
+
+
+class GuardFiring(Record):
+    """A guard that fired: which, at what step, on which rank, and the evidence (the
+    values it saw, and a sentence a person reads). Carried by the receipt of the command
+    it queued, and by ``status.json`` ``guard_events`` (an ``alert`` queues none)."""
+
+    id: Str64
+    guard: Str256
+    kind: Short
+    action: Short
+    step: Count | None = None
+    rank: Rank | None = None
+    at: When | None = None
+    evidence: Text | None = None
+    values: Annotated[dict[Str64, float], Meta(max_length=32)] | None = None
+    #: the command it queued (absent for ``alert``)
+    command_id: Str64 | None = None
+
+
 class Receipt(Record):
     """One command's receipt, as status.json and the HTTP API carry it."""
 
@@ -174,6 +215,8 @@ class Receipt(Record):
     result: CommandResult | None = None
     reason: Text | None = None
     options: CommandOptions | None = None
+    #: the guard that queued it, with its evidence (``source`` is then ``guard``)
+    guard: GuardFiring | None = None
 
 
 class CommandFile(Record):
@@ -252,6 +295,9 @@ class Status(Identity):
     protocol: Count | None = None
     restarts: Count | None = None
     resumed_from: Text | None = None
+    #: the guards this run watches with, and what fired (newest last)
+    guards: Annotated[list[GuardRule], Meta(max_length=64)] | None = None
+    guard_events: Annotated[list[GuardFiring], Meta(max_length=256)] | None = None
 
 
 class Scheduler(Record):
@@ -651,6 +697,30 @@ def encode(record: Record) -> dict[str, Any]:
         if name not in out:
             out[name] = msgspec.to_builtins(getattr(record, name))
     return out
+
+
+def to_json(record: Record) -> bytes:
+    """A record as JSON bytes for another process of ours (a Ray node's answer, the Ray
+    driver's): :func:`encode`'s object, a diverging loss written as ``NaN`` as a record
+    file has it (``msgspec.json`` would write null)."""
+    return json.dumps(encode(record)).encode()
+
+
+def parse_json(data: object, *, name: str) -> object:
+    """The JSON value in ``data`` (bytes or text another process sent), ``NaN`` read back;
+    RecordError naming ``name`` when it is not JSON."""
+    if not isinstance(data, (bytes, str)):
+        raise RecordError(f"{name}: not JSON ({type(data).__name__})")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RecordError(f"{name}: not valid JSON ({str(exc)[:80]})") from None
+
+
+def from_json(data: object, cls: type[R], *, name: str) -> R:
+    """What :func:`to_json` wrote (or another program sent) as a ``cls``, checked by
+    :func:`decode`; RecordError naming ``name`` otherwise."""
+    return decode(parse_json(data, name=name), cls, name=name)
 
 
 def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None, owner: int | None = None) -> R | None:

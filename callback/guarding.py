@@ -1,0 +1,158 @@
+"""A rank's side of its job's guards (core.guards): what it votes, what rank 0 judges,
+and the record of what fired.
+
+Two kinds of decision, two places:
+
+- ``nan`` is every rank's: each rank looks at its own loss at an agreed check and votes
+  in the check's one all-reduce (the ``guard`` field: the highest rank that saw a NaN or
+  an infinity, and which). Every rank gets the same answer at the same step, so all of
+  them act there, whichever rank saw it; deciding on rank 0 alone would leave the others
+  in a collective rank 0 never joins, or training on a poisoned model.
+- ``spike`` and ``slowdown`` are rank 0's, from the loss the trainer logs and the job's
+  steps/s; ``stall`` is rank 0's I/O thread's (the training thread is the one stuck).
+  Their commands go into the ledger as a person's would and are agreed at a check like
+  any other.
+
+Every firing is a :class:`GuardFiring` (guard, step, rank, evidence) kept for the
+status (``guard_events``) and carried by the receipt of the command it queued.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from forgather_control.core.commands import new_command_id
+from forgather_control.core.guards import SlowdownWatch, SpikeWatch, nonfinite
+from forgather_control.core.records import GuardFiring, GuardRule, Stall
+
+__all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote"]
+
+#: Firings kept for the status (the newest).
+EVENTS_KEPT = 64
+_KINDS = {1: "nan", 2: "inf", 3: "-inf"}
+
+
+def _vote_code(value: float) -> int:
+    return 1 if value != value else 2 if value > 0 else 3
+
+
+def decode_vote(vote: int) -> tuple[int, str] | None:
+    """(rank, what it saw) from an agreed ``guard`` field; None for no vote."""
+    if vote <= 0:
+        return None
+    return vote // 4 - 1, _KINDS.get(vote % 4, "nan")
+
+
+class GuardBook:
+    """The guards of one rank: ``vote`` (every rank, at a check), ``judge`` (rank 0, at a
+    check), ``agreed`` (every rank, after the check), ``stalled`` (rank 0's I/O thread)."""
+
+    def __init__(self, rules: tuple[GuardRule, ...], *, rank: int) -> None:
+        self.rules = rules
+        self.rank = rank
+        by_kind = {r.kind: r for r in rules}
+        self.nan = by_kind.get("nan")
+        self.spike_rule = by_kind.get("spike")
+        self.slowdown_rule = by_kind.get("slowdown")
+        self.stall = by_kind.get("stall")
+        self._spike = SpikeWatch(self.spike_rule) if self.spike_rule is not None else None
+        self._slowdown = SlowdownWatch(self.slowdown_rule) if self.slowdown_rule is not None else None
+        #: the job's NaN episode: fired once until every rank's loss is finite again
+        self._nan_fired = False
+        self._stall_fired = False
+        self._seen_metrics: object = None
+        self.events: deque[GuardFiring] = deque(maxlen=EVENTS_KEPT)
+        self._lock = threading.Lock()
+
+    @property
+    def timed(self) -> bool:
+        """Guards that need checks on a clock, even in a process alone (which otherwise
+        checks only when a command or a signal comes)."""
+        return self.nan is not None or self._spike is not None or self._slowdown is not None
+
+    # -- every rank, at a check ---------------------------------------------------------
+    def vote(self, metrics: object) -> int:
+        """This rank's vote: (rank + 1) * 4 + what it saw when its loss is not finite,
+        else 0. MAX over ranks names the highest rank that saw one."""
+        if self.nan is None or not isinstance(metrics, dict):
+            return 0
+        value = metrics.get(self.nan.metric or "loss")
+        if not nonfinite(value):
+            return 0
+        return (self.rank + 1) * 4 + _vote_code(value)  # type: ignore[arg-type]
+
+    def agreed(self, vote: int, step: int) -> GuardFiring | None:
+        """The agreed vote at ``step``: the firing every rank acts on (once per episode)."""
+        seen = decode_vote(vote)
+        if self.nan is None:
+            return None
+        if seen is None:
+            self._nan_fired = False
+            return None
+        if self._nan_fired:
+            return None
+        self._nan_fired = True
+        rank, what = seen
+        name = self.nan.metric or "loss"
+        return self._fire(self.nan, step=step, rank=rank, evidence=f"the {name} is {what} on rank {rank} at step {step}", values={"rank": float(rank)})
+
+    # -- rank 0, at a check -------------------------------------------------------------
+    def judge(self, step: int, metrics: object, rate: float | None, now: float) -> list[GuardFiring]:
+        """Rank 0's own guards at the check at ``step``: the loss it logged (each logged
+        value once) and the job's steps/s."""
+        fired: list[GuardFiring] = []
+        if self._spike is not None and isinstance(metrics, dict):
+            value = metrics.get(self.spike_rule.metric or "loss")  # type: ignore[union-attr]
+            if value is not None and metrics is not self._seen_metrics:
+                self._seen_metrics = metrics
+                hit = self._spike.observe(value)
+                if hit is not None:
+                    fired.append(self._fire(self.spike_rule, step=step, rank=0, evidence=hit[0], values=hit[1]))  # type: ignore[arg-type]
+        if self._slowdown is not None:
+            hit = self._slowdown.observe(rate, now)
+            if hit is not None:
+                fired.append(self._fire(self.slowdown_rule, step=step, rank=None, evidence=hit[0], values=hit[1]))  # type: ignore[arg-type]
+        return fired
+
+    # -- rank 0's I/O thread ---------------------------------------------------------------
+    def stalled(self, stall: Stall | None) -> GuardFiring | None:
+        """The stall guard, once per stall."""
+        if self.stall is None:
+            return None
+        with self._lock:
+            if stall is None:
+                self._stall_fired = False
+                return None
+            if self._stall_fired:
+                return None
+            self._stall_fired = True
+        return self._fire(
+            self.stall,
+            step=stall.step,
+            rank=None,
+            evidence=f"no step for {stall.for_ or 0:.0f} s (the threshold is {stall.after or 0:.0f} s), in {stall.phase or 'training'}",
+            values={"for": float(stall.for_ or 0), "after": float(stall.after or 0)},
+        )
+
+    def _fire(self, rule: GuardRule, *, step: int | None, rank: int | None, evidence: str, values: dict[str, float]) -> GuardFiring:
+        return GuardFiring(
+            id=new_command_id(),
+            guard=rule.text,
+            kind=rule.kind,
+            action=rule.action,
+            step=step,
+            rank=rank,
+            at=time.time(),
+            evidence=evidence,
+            values=values,
+        )
+
+    def record(self, firing: GuardFiring) -> None:
+        with self._lock:
+            self.events.append(firing)
+
+    def recent(self) -> list[GuardFiring]:
+        with self._lock:
+            return list(self.events)
