@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from forgather_control.core.guards import ENV_GUARDS, GuardError, guards_from_env
 from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError, no_control_after
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,14 @@ def _names(option: str) -> list[str]:
     metavar="SECONDS",
     help="Seconds of running with no control attached (no Controller started) before the launcher says so (default: $FORGATHER_NO_CONTROL_AFTER, else 300).",
 )
+@click.option(
+    "--guard",
+    "guards",
+    multiple=True,
+    metavar="RULE",
+    help="A rule the job watches itself with, KIND:ACTION[,NAME=VALUE...] (repeatable): kinds nan, spike, slowdown, stall, straggler; "
+    "actions alert, save, save-stop, stop, abort. Starter: --guard nan:abort. Default: $FORGATHER_GUARDS, else none.",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -99,6 +108,7 @@ def launch(
     grace: float,
     stall_after: float | None,
     no_control_after: float | None,
+    guards: tuple[str, ...],
     requeue: bool,
     dry_run: bool,
     script: str,
@@ -140,6 +150,7 @@ def launch(
         grace=grace,
         stall_after=stall_after,
         no_control_after=no_control_after,
+        guards=tuple(guards),
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),
@@ -164,6 +175,12 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     check_target(config)
     if config.control:
         config = dataclasses.replace(config, no_control_after=no_control_after(config, env))  # a bad env value: refused now
+        if not config.guards and env.get(ENV_GUARDS):  # checked now, as --guard is, not in N workers
+            try:
+                guards_from_env(env)
+            except GuardError as exc:
+                raise LaunchError(f"{exc}; fix it or unset it") from None
+            config = dataclasses.replace(config, guards=(env[ENV_GUARDS],))
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
     plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
     previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from forgather_control.core.env import ENV_NO_CONTROL_AFTER
 from forgather_control.core.errors import UsageError
+from forgather_control.core.guards import GuardError, parse_guards
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_NO_CONTROL_AFTER", "LaunchConfig", "LaunchError", "no_control_after"]
 
@@ -68,6 +69,8 @@ class LaunchConfig:
     no_control_after: float | None = None
     requeue: bool = False
     dry_run: bool = False
+    #: ``--guard`` rules as typed (core.guards); checked here, passed as FORGATHER_GUARDS
+    guards: tuple[str, ...] = ()
     #: The launcher's own command line, recorded in job.json.
     argv: tuple[str, ...] = field(default=(), compare=False)
 
@@ -112,6 +115,13 @@ class LaunchConfig:
             raise LaunchError(f"--no-control-after {self.no_control_after} must be a positive number of seconds")
         if self.no_control_after is not None and not self.control:
             raise LaunchError("--no-control-after has no effect with --no-control (nothing is attached to wait for); drop one of them")
+        if self.guards:
+            if not self.control:
+                raise LaunchError("--guard needs control, but --no-control is set; drop one of them")
+            try:
+                parse_guards(self.guards)
+            except GuardError as exc:
+                raise LaunchError(f"--guard: {exc}") from None
         if self.standalone and (self.fixed_nnodes or 1) > 1:
             raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):

@@ -27,6 +27,7 @@ from forgather_control.core.env import (
     ENV_STALL_AFTER,
     ENV_TOKEN,
 )
+from forgather_control.core.guards import ENV_GUARDS, parse_guards
 from forgather_control.core.records import encode
 
 from .config import LaunchConfig
@@ -89,6 +90,7 @@ class Plan:
             "nproc_per_node": p.nproc_per_node,
             "control": self.config.control,
             "grace": self.config.grace,
+            "guards": guard_texts(self.config),
             "requeue": list(p.requeue_argv) if p.requeue_argv else None,
             "restarts": self.restarts,
             "resume_from": self.resume_from,
@@ -180,7 +182,14 @@ def worker_env(
             env[ENV_RESUME_STEP] = str(int(resume_step))
     if config.stall_after is not None:
         env[ENV_STALL_AFTER] = f"{config.stall_after:g}"
+    if config.guards:
+        env[ENV_GUARDS] = ";".join(guard_texts(config))
     return env
+
+
+def guard_texts(config: LaunchConfig) -> list[str]:
+    """The job's guards, each in its canonical spelling (``nan:abort,metric=loss``)."""
+    return [rule.text for rule in parse_guards(config.guards)]
 
 
 def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = None) -> dict[str, str]:
@@ -219,6 +228,8 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
     for gone in plan.resume_gone:
         lines.append(f"  skipped:        {gone}")
+    if plan.config.guards:
+        lines.append(f"  guards:         {'; '.join(guard_texts(plan.config))}")
     lines.append("  command:")
     lines.append("    " + shlex.join(plan.argv))
     lines.append("  environment for the workers (added to the launcher's own):")

@@ -200,6 +200,7 @@ CASES = {
         {},
         {"rdzv_id": "run7", "nnodes": "1:4", "rdzv_backend": "c10d", "rdzv_endpoint": "head:29400", "max_restarts": 3},
     ),
+    "local-guards.txt": ({}, {"job_id": "guarded", "nproc_per_node": "2", "guards": ("nan:abort", "spike:save,window=5,times=2;slowdown:alert")}),
     "slurm-node2.txt": (SLURM_ENV, {"nproc_per_node": "gpu", "requeue": True, "script_args": ("--output-dir", "out")}),
     "slurm-node0-requeue.txt": ({**SLURM_ENV, "SLURM_NODEID": "0", "SLURM_PROCID": "0"}, {"nproc_per_node": "4", "requeue": True, "master_addr": "127.0.0.1"}),
     "slurm-array-restarted.txt": (
@@ -287,6 +288,42 @@ def test_cli_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None
     assert res.code == 2, (res.out, res.err)
     assert fragment in res.err and "Traceback" not in res.err
     assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.parametrize(
+    ("guards", "fragment"),
+    [
+        (("nan:boom",), "--guard: guard 'nan:boom': unknown action 'boom'; actions: alert, save, save-stop, stop, abort"),
+        (("nan:abort", "nan:save"), "two nan guards"),
+        (("stall:save",), "a stall guard may only alert or abort"),
+        (("spike:save,factor=0.5",), "factor='0.5' is out of range"),
+    ],
+)
+def test_bad_guards_are_refused_naming_the_rule(guards: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(LaunchError) as err:
+        LaunchConfig(script="train.py", guards=guards)
+    assert fragment in str(err.value)
+    with pytest.raises(LaunchError, match="--guard needs control"):
+        LaunchConfig(script="train.py", guards=("nan:abort",), control=False)
+
+
+def test_guards_reach_every_rank_canonically() -> None:
+    plan = plan_for({}, job_id="j", guards=("nan:abort", " spike:SAVE,times=2"))
+    assert plan.env["FORGATHER_GUARDS"] == "nan:abort,metric=loss;spike:save,factor=3,window=20,times=2,metric=loss"
+    assert plan.with_history(restarts=1, resume_from=None).env["FORGATHER_GUARDS"] == plan.env["FORGATHER_GUARDS"]
+    assert "FORGATHER_GUARDS" not in plan_for({}, job_id="j").env  # defaults off
+
+
+@pytest.mark.slow  # a real `forgather launch` (that refuses)
+def test_cli_refuses_a_bad_guard_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("print('hello')\n")
+    jobs = str(tmp_path / "jobs")
+    res = run_cli("launch", "--jobs-dir", jobs, "--guard", "nan:abort", "--guard", "spike:explode", str(tmp_path / "train.py"), env=base_env())
+    assert res.code == 2, (res.out, res.err)
+    assert "error: --guard: guard 'spike:explode': unknown action 'explode'; actions: alert, save, save-stop, stop, abort" in res.err
+    assert "Traceback" not in res.err and "hello" not in res.out and not (tmp_path / "jobs").exists()
+    res = run_cli("launch", "--jobs-dir", str(tmp_path / "jobs"), str(tmp_path / "train.py"), env=base_env(FORGATHER_GUARDS="nan:abort;loss:stop"))
+    assert res.code == 2 and "error: FORGATHER_GUARDS: guard 'loss:stop': unknown kind 'loss'" in res.err and not (tmp_path / "jobs").exists()
 
 
 @pytest.mark.slow  # a real `forgather launch` (that refuses)
