@@ -27,7 +27,7 @@ from forgather_control.core.commands import new_command_id
 from forgather_control.core.guards import SlowdownWatch, SpikeWatch, nonfinite
 from forgather_control.core.records import GuardFiring, GuardRule, Stall
 
-__all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote"]
+__all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote", "number"]
 
 #: Firings kept for the status (the newest).
 EVENTS_KEPT = 64
@@ -36,6 +36,20 @@ _KINDS = {1: "nan", 2: "inf", 3: "-inf"}
 
 def _vote_code(value: float) -> int:
     return 1 if value != value else 2 if value > 0 else 3
+
+
+def number(value: object) -> float | None:
+    """A metric as a float, at a check: a float or int as is, a one-element tensor or a
+    numpy scalar converted here (on a GPU that waits for the step's kernels, once a check,
+    never per step); None for anything else (a text, a vector, nothing)."""
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return None
+    if isinstance(value, float):
+        return value
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return None
 
 
 def decode_vote(vote: int) -> tuple[int, str] | None:
@@ -63,6 +77,10 @@ class GuardBook:
         self._nan_fired = False
         self._stall_fired = False
         self._seen_metrics: object = None
+        #: this rank's own latest loss, as the trainer returned it (a tensor: read only at
+        #: a check), set by integrations whose per-step metrics do not carry it (HF, the
+        #: Forgather framework); preferred over ``metrics["loss"]`` by the nan vote
+        self.loss: object = None
         self.events: deque[GuardFiring] = deque(maxlen=EVENTS_KEPT)
         self._lock = threading.Lock()
 
@@ -76,12 +94,18 @@ class GuardBook:
     def vote(self, metrics: object) -> int:
         """This rank's vote: (rank + 1) * 4 + what it saw when its loss is not finite,
         else 0. MAX over ranks names the highest rank that saw one."""
-        if self.nan is None or not isinstance(metrics, dict):
+        if self.nan is None:
             return 0
-        value = metrics.get(self.nan.metric or "loss")
-        if not nonfinite(value):
+        name = self.nan.metric or "loss"
+        if name == "loss" and self.loss is not None:
+            value = number(self.loss)
+        elif isinstance(metrics, dict):
+            value = number(metrics.get(name))
+        else:
             return 0
-        return (self.rank + 1) * 4 + _vote_code(value)  # type: ignore[arg-type]
+        if value is None or not nonfinite(value):
+            return 0
+        return (self.rank + 1) * 4 + _vote_code(value)
 
     def agreed(self, vote: int, step: int) -> GuardFiring | None:
         """The agreed vote at ``step``: the firing every rank acts on (once per episode)."""
@@ -107,7 +131,7 @@ class GuardBook:
             value = metrics.get(self.spike_rule.metric or "loss")  # type: ignore[union-attr]
             if value is not None and metrics is not self._seen_metrics:
                 self._seen_metrics = metrics
-                hit = self._spike.observe(value)
+                hit = self._spike.observe(number(value))
                 if hit is not None:
                     fired.append(self._fire(self.spike_rule, step=step, rank=0, evidence=hit[0], values=hit[1]))  # type: ignore[arg-type]
         if self._slowdown is not None:

@@ -97,6 +97,7 @@ class TrainerControlCallback:
         self._forgather = is_forgather_trainer(trainer)
         if not self._forgather and callable(getattr(trainer, "evaluate", None)) and not getattr(trainer.evaluate, "_forgather_cut", False):
             trainer.evaluate = _cuttable(self, trainer.evaluate)
+        _keep_loss(self, trainer, "_forward_backward_step" if self._forgather else "training_step")
         return self
 
     @property
@@ -322,6 +323,29 @@ class TrainerControlCallback:
         if trainer is not None and hasattr(trainer, "_get_output_dir"):
             run_dir = trainer._get_output_dir(trial=getattr(trainer, "_trial", None))
         return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def _keep_loss(callback: TrainerControlCallback, trainer: Any, name: str) -> None:
+    """Wrap the trainer's ``name`` (HF's ``training_step``, the framework's
+    ``_forward_backward_step``: each returns this rank's own loss of a micro-batch,
+    detached) to hand what it returned to the guards, as it is: the nan vote reads it at
+    a check only. HF's logged loss is no substitute: it comes every ``logging_steps``,
+    averaged over the ranks, and with ``logging_nan_inf_filter`` (the default) never NaN."""
+    method = getattr(trainer, name, None)
+    if not callable(method) or getattr(method, "_forgather_loss", False):
+        return
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        loss = method(*args, **kwargs)
+        callback.controller.guards.loss = loss
+        return loss
+
+    run._forgather_loss = True  # type: ignore[attr-defined]
+    try:
+        setattr(trainer, name, run)
+    except (AttributeError, TypeError):  # a trainer that takes no attributes: the logged loss only
+        log.warning("forgather control: cannot watch %s.%s; the nan guard reads the logged loss", type(trainer).__name__, name)
 
 
 class _EvaluationCut(Exception):
