@@ -5,8 +5,9 @@ process when Python touches it after ``ray.shutdown()``); it once ended a test p
 whose listing thread saw a node die. A CLI could live with that, but the web page's
 server, a notebook or a user's script must not die because a node did. So each Ray
 operation of :mod:`.ray_listing` runs in a child interpreter: the request goes in as
-JSON on stdin, the answer comes back as JSON on stdout, and a child that dies or hangs
-becomes :class:`RayUnavailable` in the caller. The child runs :mod:`.ray_child`, which
+JSON on stdin, the answer (the operation's record) comes back as JSON on stdout and is
+decoded once, by :func:`run`, and a child that dies or hangs becomes
+:class:`RayUnavailable` in the caller. The child runs :mod:`.ray_child`, which
 maps an operation's name to its function in :mod:`.ray_listing`; this module knows
 neither (ray_listing imports it, for the errors and :func:`run`). A caller that already holds
 a Ray connection of its own is asked in-process, on that connection, as before.
@@ -15,16 +16,17 @@ a Ray connection of its own is asked in-process, on that connection, as before.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from forgather_control.core.deathsig import death_signal_setter
 from forgather_control.core.errors import ControlError, Unreachable, UsageError
+from forgather_control.core.files import RecordError
+from forgather_control.core.records import Pid, Record, from_json, to_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,12 @@ INSTALL_HINT = "pip install 'forgather-control[ray]'"
 CHILD = "forgather_control.client.ray_child"
 #: Beyond the operation's own timeout: connecting to Ray and disconnecting (seconds).
 MARGIN = 120.0
-_ANSWER = "forgather-ray-answer "
+#: What starts the child's line that holds its answer (the operation's record, as JSON),
+#: or the error its operation raised (a :class:`DriverError`).
+ANSWER = "forgather-ray-answer "
+ERROR = "forgather-ray-error "
+
+R = TypeVar("R", bound=Record)
 
 
 class RayNotInstalled(UsageError):
@@ -49,11 +56,28 @@ def not_installed(why: str) -> str:
     return f"listing through Ray needs Ray, which cannot be imported here ({why}). Install it with: {INSTALL_HINT}"
 
 
-def run(op: str, kwargs: dict[str, Any], *, here: Callable[..., Any], timeout: float) -> Any:
-    """Run ``op`` with ``kwargs`` (plain JSON values) as a Ray driver and return its
-    value; raises RayNotInstalled or RayUnavailable as the operation itself would.
-    ``here`` is the operation's function, called in this process when it already holds
-    a Ray connection of its own; otherwise the child runs it by name."""
+class DriverRequest(Record):
+    """What the child is asked (on its stdin): the operation's name and its call arguments,
+    and the caller's pid (the child never outlives it)."""
+
+    op: str
+    kwargs: dict[str, Any]
+    parent: Pid
+
+
+class DriverError(Record):
+    """The child's word that its operation raised: the error's class name and message."""
+
+    error: str = ""
+    message: str = ""
+
+
+def run(op: str, kwargs: dict[str, Any], *, here: Callable[..., R], answer: type[R], timeout: float) -> R:
+    """Run ``op`` with ``kwargs`` (its call arguments, plain JSON values) as a Ray driver
+    and return its answer, an ``answer`` record; raises RayNotInstalled or RayUnavailable
+    as the operation itself would. ``here`` is the operation's function, called in this
+    process when it already holds a Ray connection of its own; otherwise the child runs it
+    by name."""
     if _connected_here():
         return here(**kwargs)
     if importlib.util.find_spec("ray") is None:
@@ -61,7 +85,7 @@ def run(op: str, kwargs: dict[str, Any], *, here: Callable[..., Any], timeout: f
     argv = [sys.executable, "-m", CHILD]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(json.dumps({"op": op, "kwargs": kwargs, "parent": os.getpid()}), timeout=timeout + MARGIN)
+        out, err = proc.communicate(to_json(DriverRequest(op=op, kwargs=kwargs, parent=os.getpid())).decode(), timeout=timeout + MARGIN)
     except subprocess.TimeoutExpired:
         raise RayUnavailable(f"the Ray driver did not answer within {timeout + MARGIN:g}s (connecting to the cluster hung?)") from None
     finally:
@@ -70,15 +94,26 @@ def run(op: str, kwargs: dict[str, Any], *, here: Callable[..., Any], timeout: f
             proc.wait()
     for line in err.splitlines():
         log.debug("ray driver: %s", line)
-    answers = [line[len(_ANSWER) :] for line in out.splitlines() if line.startswith(_ANSWER)]
-    if not answers:
+    return read_reply(out, err, proc.returncode, answer)
+
+
+def read_reply(out: str, err: str, returncode: int | None, answer: type[R]) -> R:
+    """The child's answer in its stdout, decoded once into ``answer``; RayNotInstalled or
+    RayUnavailable when it says its operation raised one, when it ended without an answer
+    (``err``, its stderr, and ``returncode`` say how), or when its answer is not one."""
+    replies = [line for line in out.splitlines() if line.startswith((ANSWER, ERROR))]
+    if not replies:
         last = err.strip().splitlines()[-1] if err.strip() else "nothing on stderr"
-        raise RayUnavailable(f"the Ray driver process ended (exit code {proc.returncode}) without an answer: {last}")
-    answer = json.loads(answers[-1])
-    if "error" in answer:
-        kind = RayNotInstalled if answer["error"] == "RayNotInstalled" else RayUnavailable
-        raise kind(str(answer.get("message", "")))
-    return answer["value"]
+        raise RayUnavailable(f"the Ray driver process ended (exit code {returncode}) without an answer: {last}")
+    try:
+        if replies[-1].startswith(ERROR):
+            error = from_json(replies[-1][len(ERROR) :], DriverError, name="the Ray driver's error")
+        else:
+            return from_json(replies[-1][len(ANSWER) :], answer, name="the Ray driver's answer")
+    except RecordError as exc:
+        raise RayUnavailable(str(exc)) from None
+    kind = RayNotInstalled if error.error == "RayNotInstalled" else RayUnavailable
+    raise kind(error.message)
 
 
 def _connected_here() -> bool:
@@ -87,22 +122,22 @@ def _connected_here() -> bool:
     return ray is not None and bool(getattr(ray, "is_initialized", lambda: False)())
 
 
-def serve(operations: Mapping[str, Callable[..., Any]]) -> int:
+def serve(operations: Mapping[str, Callable[..., Record]]) -> int:
     """The child's side (:mod:`.ray_child`): one request on stdin, one answer line on
-    stdout. ``operations``: the names :func:`run` may ask for, and their functions."""
-    request = json.loads(sys.stdin.read())
+    stdout (the operation's record as JSON, or the error it raised). ``operations``: the
+    names :func:`run` may ask for, and their functions."""
+    request = from_json(sys.stdin.read(), DriverRequest, name="the Ray driver's request")
     # Never outlive the caller: a caller killed by SIGKILL cannot stop a driver hung in
     # ray.init. The death signal is set first, then the parent checked (it may be gone).
     setter = death_signal_setter()
     if setter is not None:
         setter()
-    if os.getppid() != request.get("parent"):
+    if os.getppid() != request.parent:
         return 1
     try:
-        value = operations[request["op"]](**request["kwargs"])
-        answer: dict[str, Any] = {"value": value}
+        line = ANSWER + to_json(operations[request.op](**request.kwargs)).decode()
     except ControlError as exc:
-        answer = {"error": type(exc).__name__, "message": str(exc)}
-    sys.stdout.write(_ANSWER + json.dumps(answer) + "\n")
+        line = ERROR + to_json(DriverError(error=type(exc).__name__, message=str(exc))).decode()
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
     return 0

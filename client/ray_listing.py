@@ -3,10 +3,11 @@
 On clusters without shared storage every node keeps its own jobs directory, and pids
 only mean something on the node that wrote them. So the listing is done *on* each node:
 one tiny task pinned to every alive node reads that node's jobs directory and judges
-liveness there with :func:`forgather_control.client.listing.scan`; the answers (plain JSON
-values: no custom classes cross Ray) are decoded into :class:`JobRow` s once, where the
-driver's answer is read (a row a node got wrong is left out, and said so), and merged with
-the local listing, one row per job.
+liveness there with :func:`forgather_control.client.listing.scan`; its answer is a
+:class:`NodeListing` as JSON bytes (Ray carries bytes, never an object of ours), decoded
+once where the driver reads it (a row a node got wrong is left out, and
+said so; an answer that is not a listing makes the node a missing one, with the reason),
+and merged with the local listing, one row per job.
 
 Ray is optional and only this module imports it, inside its functions, so
 ``import forgather_control.client`` and every other command stay free of it. We never start a
@@ -40,7 +41,25 @@ from forgather_control.core.errors import Unreachable
 from forgather_control.core.files import RecordError
 from forgather_control.core.jobs import match_job_id, resolve_jobs_dir
 from forgather_control.core.liveness import is_loopback_url, same_host
-from forgather_control.core.records import UNSET, ClusterNode, Endpoint, Identity, JobRow, MissingNode, Record, Str128, Str512, decode, encode
+from forgather_control.core.records import (
+    MAX_TEXT,
+    UNSET,
+    ClusterNode,
+    Endpoint,
+    Host,
+    Identity,
+    JobRow,
+    MissingNode,
+    RayNode,
+    Record,
+    StackRank,
+    Str128,
+    Str512,
+    Text,
+    decode,
+    parse_json,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +82,104 @@ class Reach(Record):
     boot_id: Str128 | None = None
 
 
+class NodeRow(JobRow):
+    """A job's row as a node's answer carries it: in find mode with what reaching the job
+    takes (:class:`Reach`; never in a listing), split off by :meth:`split` before the row
+    is shown. The node fields are the driver's (which node answered), not the node's."""
+
+    token: Str512 | None = None
+    boot_id: Str128 | None = None
+
+    def split(self) -> tuple[JobRow, Reach]:
+        """The row as it is shown (no token), and what reaching its job takes."""
+        return JobRow(**{name: getattr(self, name) for name in JobRow.__struct_fields__}), Reach(token=self.token, boot_id=self.boot_id)
+
+
+class NodeListing(Record):
+    """One node's answer to a listing (:func:`list_node`, as JSON bytes): its host's name,
+    the jobs directory it read, and that directory's rows."""
+
+    hostname: Host | None = None
+    jobs_dir: Text | None = None
+    jobs: list[NodeRow] = msgspec.field(default_factory=list)
+
+
+class NodeStacks(Record):
+    """One node's answer to a stacks request (:func:`_stacks_node`, as JSON bytes): the
+    stacks of the job's ranks running there."""
+
+    ranks: list[StackRank] = msgspec.field(default_factory=list)
+
+
+class ClusterAnswer(Record):
+    """The Ray driver's answer to a listing (:func:`gather_here`): every row the nodes and
+    the local jobs directory gave (not merged yet; in find mode with what reaching each
+    takes), the nodes that did not answer and those that did, and the rows left out (why,
+    said in the caller's log). JSON where it leaves the driver's interpreter, decoded once
+    on the other side (:func:`.ray_driver.run`)."""
+
+    address: Text = ""
+    jobs: list[NodeRow] = msgspec.field(default_factory=list)
+    missing_nodes: list[MissingNode] = msgspec.field(default_factory=list)
+    nodes: list[ClusterNode] = msgspec.field(default_factory=list)
+    left_out: list[Text] = msgspec.field(default_factory=list)
+
+    def add(self, node: RayNode, answer: object) -> None:
+        """``node``'s answer: its rows (each labelled with the node), the node as one that
+        answered, the rows it got wrong as left out; or, when the answer is not a
+        listing, the node as a missing one with the reason."""
+        try:
+            listing, left_out = read_listing(answer, node)
+        except RecordError as exc:
+            self.missing_nodes.append(_missing(node, str(exc)))
+            return
+        given = len(listing.jobs) + len(left_out)
+        self.nodes.append(ClusterNode(**msgspec.structs.asdict(node), hostname=listing.hostname, jobs_dir=listing.jobs_dir, jobs=given))
+        self.jobs += listing.jobs
+        self.left_out += left_out
+
+
+class ClusterStacks(Record):
+    """The Ray driver's answer to a stacks request (:func:`stacks_here`): the ranks' stacks
+    the nodes gave, and the nodes that did not answer."""
+
+    found: list[StackRank] = msgspec.field(default_factory=list)
+    missing: list[MissingNode] = msgspec.field(default_factory=list)
+
+    def add(self, node: RayNode, answer: object) -> None:
+        """``node``'s answer (:class:`NodeStacks` as JSON bytes): its ranks (one a node got
+        wrong is left out: the report then names that rank as one that did not answer), or
+        the node as a missing one with the reason when the answer is not one."""
+        what = "answered something that is not a stacks answer"
+        try:
+            if not isinstance(answer, bytes):
+                raise RecordError(f"{what} ({type(answer).__name__})")
+            raw = parse_json(answer, name=what)
+            ranks = raw.get("ranks") if isinstance(raw, dict) else None
+            if not isinstance(ranks, list):
+                raise RecordError(f"{what} ({type(raw).__name__})")
+        except RecordError as exc:
+            self.missing.append(_missing(node, str(exc)))
+            return
+        for rank in ranks:
+            try:
+                self.found.append(decode(rank, StackRank, name=f"a rank's stacks from Ray node {node.node!r}"))
+            except RecordError as exc:
+                log.debug("left out: %s", exc)
+
+
+class ClusterRecord(Record, omit_defaults=False):
+    """A cluster listing as a record (:meth:`ClusterListing.as_record`; ``encode`` gives its
+    JSON): its rows, the nodes that did not answer and those that did, the cluster's
+    address and how long it took; never a token."""
+
+    jobs: list[JobRow] = msgspec.field(default_factory=list)
+    missing_nodes: list[MissingNode] = msgspec.field(default_factory=list)
+    nodes: list[ClusterNode] = msgspec.field(default_factory=list)
+    address: str = ""
+    elapsed: float = 0.0
+
+
 @dataclass
 class ClusterListing:
     """What :func:`list_cluster` found.
@@ -81,15 +198,9 @@ class ClusterListing:
     #: find mode: (job id, node) -> what reaching that copy of the job takes
     reach: dict[tuple[str, str], Reach] = field(default_factory=dict, repr=False)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The listing as plain JSON values (no token: ``reach`` is left out)."""
-        return {
-            "jobs": [encode(r) for r in self.jobs],
-            "missing_nodes": [encode(m) for m in self.missing_nodes],
-            "nodes": [encode(n) for n in self.nodes],
-            "address": self.address,
-            "elapsed": self.elapsed,
-        }
+    def as_record(self) -> ClusterRecord:
+        """The listing as a record (``encode`` gives its JSON); no token: ``reach`` is left out."""
+        return ClusterRecord(jobs=self.jobs, missing_nodes=self.missing_nodes, nodes=self.nodes, address=self.address, elapsed=self.elapsed)
 
 
 @dataclass(frozen=True)
@@ -102,8 +213,9 @@ class Found:
 
 
 # -- the task that runs on each node ------------------------------------------------
-def list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> dict[str, Any]:
-    """Runs on one node, in a Ray worker: list *this node's* jobs directory.
+def list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> bytes:
+    """Runs on one node, in a Ray worker: list *this node's* jobs directory, as a
+    :class:`NodeListing` in JSON bytes.
 
     ``jobs_dir`` None means the directory in effect on the node (its environment's
     FORGATHER_JOBS_DIR, else its home). With ``ref`` it returns only the jobs whose id
@@ -113,22 +225,44 @@ def list_node(jobs_dir: str | None, include_finished: bool, ref: str | None) -> 
     delay = os.environ.get(ENV_RAY_LIST_DELAY)
     if delay:
         time.sleep(float(delay))
-    root = resolve_jobs_dir(jobs_dir)
-    return {"hostname": socket.gethostname(), "jobs_dir": str(root), "jobs": _rows(root, include_finished, ref)}
+    return _listing(resolve_jobs_dir(jobs_dir), include_finished, ref)
 
 
-def _rows(root: Path, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
-    """The rows of the jobs under ``root`` as a node's answer carries them (JSON); in find
-    mode (``ref``) the matching ones, ended ones included, each with its :class:`Reach`.
-    A listing opens only what may be live (settled jobs are passed by, as by ``list``);
-    find mode only the folders ``ref`` names."""
+def _listing(root: Path, include_finished: bool, ref: str | None) -> bytes:
+    """The jobs under ``root`` as a node's answer carries them (a :class:`NodeListing` in
+    JSON bytes); in find mode (``ref``) the matching ones, ended ones included, each with
+    its :class:`Reach`. A listing opens only what may be live (settled jobs are passed by,
+    as by ``list``); find mode only the folders ``ref`` names."""
     rows = []
     for info in scan(root, include_finished=include_finished or ref is not None, prefix=ref):
-        row = encode(info.summary())
+        row = NodeRow.of(info.summary())
         if ref is not None and info.endpoint is not None:
-            row.update(encode(Reach(token=info.endpoint.token, boot_id=info.endpoint.boot_id)))
+            row.token, row.boot_id = info.endpoint.token, info.endpoint.boot_id
         rows.append(row)
-    return rows
+    return to_json(NodeListing(hostname=socket.gethostname(), jobs_dir=str(root), jobs=rows))
+
+
+def read_listing(answer: object, node: RayNode, *, source: str = "ray") -> tuple[NodeListing, list[str]]:
+    """A node's answer to :func:`list_node` (JSON bytes), decoded once: its listing, each
+    row labelled with ``node`` and ``source`` (over what the node said), and why each row
+    it got wrong was left out (every other row is listed as usual). RecordError ("answered
+    something that is not a listing ...") when the answer is not one."""
+    what = "answered something that is not a listing"
+    if not isinstance(answer, bytes):
+        raise RecordError(f"{what} ({type(answer).__name__})")
+    raw = parse_json(answer, name=what)
+    rows = raw.get("jobs") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or not isinstance(rows, list):
+        raise RecordError(f"{what} ({type(raw).__name__})")
+    listing = decode({**raw, "jobs": []}, NodeListing, name=what)
+    label = {"node": node.node, "node_id": node.node_id, "node_ip": node.node_ip, "source": source}
+    left_out = []
+    for row in rows:
+        try:
+            listing.jobs.append(decode({**row, **label} if isinstance(row, dict) else row, NodeRow, name=f"a row from Ray node {node.node!r}"))
+        except RecordError as exc:
+            left_out.append(str(exc))
+    return listing, left_out
 
 
 # -- public API ---------------------------------------------------------------------
@@ -266,76 +400,42 @@ def _node_name(node: dict[str, Any]) -> str:
 
 def _gather(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterListing:
     """Ask every alive node and the local jobs directory (rows not merged yet), through
-    a Ray driver in a child interpreter (:mod:`.ray_driver`)."""
+    a Ray driver in a child interpreter (:mod:`.ray_driver`), whose answer is decoded
+    once there; the rows it left out are said here."""
     kwargs = {"address": address, "jobs_dir": jobs_dir, "include_finished": include_finished, "ref": ref, "timeout": timeout}
-    out = _decoded(ray_driver.run("gather", kwargs, here=gather_here, timeout=timeout))
+    answer = ray_driver.run("gather", kwargs, here=gather_here, answer=ClusterAnswer, timeout=timeout)
+    for reason in answer.left_out:
+        log.warning("left out: %s", reason)
+    out = ClusterListing(missing_nodes=answer.missing_nodes, nodes=answer.nodes, address=answer.address)
+    for node_row in answer.jobs:
+        row, reach = node_row.split()
+        out.jobs.append(row)
+        if reach.token is not None or reach.boot_id is not None:
+            out.reach[(row.job_id, str(row.node))] = reach
     for m in out.missing_nodes:
         log.info("Ray node %s did not answer: %s", m.node, m.reason)
     return out
 
 
-def _decoded(answer: Any) -> ClusterListing:
-    """The driver's answer (JSON) as a :class:`ClusterListing`, each row checked: a row
-    a node got wrong is left out and said so (every other row is listed as usual)."""
-    if not isinstance(answer, dict):
-        raise RayUnavailable(f"the Ray driver answered something that is not a listing ({type(answer).__name__})")
-    out = ClusterListing(address=str(answer.get("address") or ""), elapsed=float(answer.get("elapsed") or 0.0))
-    for raw in _list(answer.get("jobs")):
-        node = raw.get("node") if isinstance(raw, dict) else None
-        try:
-            row = decode(raw, JobRow, name=f"a row from Ray node {node!r}")
-            reach = decode(raw, Reach, name=f"a row from Ray node {node!r}")
-        except RecordError as exc:
-            log.warning("left out: %s", exc)
-            continue
-        out.jobs.append(row)
-        if reach.token is not None or reach.boot_id is not None:
-            out.reach[(row.job_id, str(row.node))] = reach
-    for raw in _list(answer.get("missing_nodes")):
-        try:
-            out.missing_nodes.append(decode(raw, MissingNode, name="a node that did not answer"))
-        except RecordError as exc:
-            out.missing_nodes.append(MissingNode(node="?", reason=str(exc)))
-    for raw in _list(answer.get("nodes")):
-        try:
-            out.nodes.append(decode(raw, ClusterNode, name="a node that answered"))
-        except RecordError as exc:
-            log.warning("left out: %s", exc)
-    return out
-
-
-def _list(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
-
-
-def gather_here(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> dict[str, Any]:
+def gather_here(*, address: str | None, jobs_dir: str | None, include_finished: bool, ref: str | None, timeout: float) -> ClusterAnswer:
     """The driver's side of :func:`_gather`, in this process. In find mode (``ref``) an
     exact id whose live endpoint has been found stops the wait: a hung node elsewhere
     need not cost the whole timeout."""
     with _connected(address) as (ray, addr):
-        # JSON as the nodes answered it (checked where the answer is read: _decoded)
-        out: dict[str, Any] = {"jobs": [], "missing_nodes": [], "nodes": [], "address": addr, "elapsed": 0.0}
-
-        def on_answer(meta: dict[str, Any], answer: Any) -> None:
-            rows = answer.get("jobs") if isinstance(answer, dict) else None
-            if not isinstance(rows, list):
-                out["missing_nodes"].append({**meta, "reason": f"answered something that is not a listing ({type(answer).__name__})"})
-                return
-            out["nodes"].append({**meta, "hostname": answer.get("hostname"), "jobs_dir": answer.get("jobs_dir"), "jobs": len(rows)})
-            out["jobs"].extend({**row, **meta, "source": "ray"} for row in rows if isinstance(row, dict))
+        out = ClusterAnswer(address=addr)
 
         def found() -> bool:
-            return any(r.get("job_id") == ref and r.get("liveness") == "alive" and r.get("url") for r in out["jobs"])
+            return any(r.job_id == ref and r.liveness == "alive" and r.url for r in out.jobs)
 
         # The local directory is read while the nodes work.
-        out["missing_nodes"] += _on_every_node(
+        out.missing_nodes += _on_every_node(
             ray,
             list_node,
             (jobs_dir, include_finished, ref),
             name="forgather-control-list",
             timeout=timeout,
-            on_answer=on_answer,
-            meanwhile=lambda: out["jobs"].extend(_local_rows(jobs_dir, include_finished, ref)),
+            on_answer=out.add,
+            meanwhile=lambda: _add_local(out, jobs_dir, include_finished, ref),
             done=found if ref is not None else None,
         )
     return out
@@ -348,23 +448,24 @@ def _on_every_node(
     *,
     name: str,
     timeout: float,
-    on_answer: Callable[[dict[str, Any], Any], None],
+    on_answer: Callable[[RayNode, object], None],
     meanwhile: Callable[[], None] | None = None,
     done: Callable[[], bool] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[MissingNode]:
     """Run ``fn(*args)`` as a task pinned to every alive node; ``on_answer(node, value)``
-    for each answer; ``meanwhile()`` while they work; ``done()`` true stops waiting.
-    Returns the nodes that did not answer, each with ``node`` and ``reason``."""
+    for each answer (what the task returned, as Ray gives it back); ``meanwhile()`` while
+    they work; ``done()`` true stops waiting. Returns the nodes that did not answer, each
+    with the reason."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     deadline = time.monotonic() + timeout
     task = ray.remote(fn)
-    pending: dict[Any, dict[str, Any]] = {}
-    missing: list[dict[str, Any]] = []
+    pending: dict[Any, RayNode] = {}
+    missing: list[MissingNode] = []
     for node in ray.nodes():
         if not node.get("Alive"):
             continue  # Ray already knows it is gone; its jobs cannot be read
-        meta = {"node": _node_name(node), "node_id": node.get("NodeID"), "node_ip": node.get("NodeManagerAddress")}
+        meta = RayNode(node=_node_name(node), node_id=node.get("NodeID"), node_ip=node.get("NodeManagerAddress"))
         ref_ = task.options(
             num_cpus=0,  # a busy cluster still answers
             max_retries=0,
@@ -386,7 +487,7 @@ def _on_every_node(
             try:
                 value = ray.get(r, timeout=5.0)  # ready: returns at once
             except Exception as exc:  # noqa: BLE001 - whatever a node did, it is one missing node
-                missing.append({**pending[r], "reason": _failure_reason(ray, exc)})
+                missing.append(_missing(pending[r], _failure_reason(ray, exc)))
                 continue
             on_answer(pending[r], value)
     timed_out = time.monotonic() >= wait_until
@@ -394,49 +495,47 @@ def _on_every_node(
         reason = (
             f"no answer within {timeout:g}s (the node may be hung, overloaded or unreachable)" if timed_out else "not waited for: the job was found elsewhere"
         )
-        missing.append({**pending[r], "reason": reason})
+        missing.append(_missing(pending[r], reason))
         try:
             ray.cancel(r, force=True)
         except Exception as exc:  # noqa: BLE001 - the node may be gone already
-            log.debug("cancelling the task on %s: %s", pending[r]["node"], exc)
+            log.debug("cancelling the task on %s: %s", pending[r].node, exc)
     return missing
 
 
-def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> list[dict[str, Any]]:
-    """On one node: the stacks of the job's workers running there (signalled directly)."""
+def _missing(node: RayNode, reason: str) -> MissingNode:
+    """``node`` as one that did not answer, and why (cut to what a reason may be: an
+    exception's text can be longer)."""
+    return MissingNode(**msgspec.structs.asdict(node), reason=reason if len(reason) <= MAX_TEXT else reason[: MAX_TEXT - 3] + "...")
+
+
+def _stacks_node(jobs_dir: str | None, job_id: str, timeout: float) -> bytes:
+    """On one node: the stacks of the job's workers running there (signalled directly), as
+    a :class:`NodeStacks` in JSON bytes."""
     from forgather_control.core.jobs import JobPaths
     from forgather_control.core.stacks import dump, local_workers
 
     paths = JobPaths(resolve_jobs_dir(jobs_dir), job_id)
-    return [encode(s.as_record()) for s in dump(local_workers(paths), timeout=timeout)]
+    return to_json(NodeStacks(ranks=[s.as_record() for s in dump(local_workers(paths), timeout=timeout)]))
 
 
 def stacks_cluster(job_id: str, *, address: str | None, jobs_dir: str | None, timeout: float = 10.0) -> tuple[list[object], list[MissingNode]]:
     """Every node's answer for the job's stacks (rank records as JSON, each checked by
     ``RankStacks.from_record``), and the nodes that did not answer; asked by a Ray driver
     in a child interpreter (:mod:`.ray_driver`)."""
-    answer = ray_driver.run("stacks", {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}, here=stacks_here, timeout=timeout)
-    missing = []
-    for raw in _list(answer.get("missing")):
-        try:
-            missing.append(decode(raw, MissingNode, name="a node that did not answer"))
-        except RecordError as exc:
-            missing.append(MissingNode(node="?", reason=str(exc)))
-    return _list(answer.get("found")), missing
+    kwargs = {"job_id": job_id, "address": address, "jobs_dir": jobs_dir, "timeout": timeout}
+    answer = ray_driver.run("stacks", kwargs, here=stacks_here, answer=ClusterStacks, timeout=timeout)
+    return [r.as_record() for r in answer.found], answer.missing
 
 
-def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeout: float) -> dict[str, Any]:
+def stacks_here(*, job_id: str, address: str | None, jobs_dir: str | None, timeout: float) -> ClusterStacks:
     """The driver's side of :func:`stacks_cluster`, in this process."""
     from forgather_control.core.stacks import DUMP_TIMEOUT
 
-    found: list[dict[str, Any]] = []
+    out = ClusterStacks()
     with _connected(address) as (ray, _addr):
-
-        def on_answer(meta: dict[str, Any], ranks: Any) -> None:
-            found.extend(ranks if isinstance(ranks, list) else [])
-
-        missing = _on_every_node(ray, _stacks_node, (jobs_dir, job_id, DUMP_TIMEOUT), name="forgather-control-stacks", timeout=timeout, on_answer=on_answer)
-    return {"found": found, "missing": missing}
+        out.missing += _on_every_node(ray, _stacks_node, (jobs_dir, job_id, DUMP_TIMEOUT), name="forgather-control-stacks", timeout=timeout, on_answer=out.add)
+    return out
 
 
 def _failure_reason(ray: Any, exc: BaseException) -> str:
@@ -460,10 +559,17 @@ def _failure_reason(ray: Any, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def _local_rows(jobs_dir: str | None, include_finished: bool, ref: str | None) -> list[dict[str, Any]]:
-    """This machine's own listing, labelled as such (it may be no Ray node at all)."""
-    meta = {"node": f"{socket.gethostname()} (local)", "node_id": None, "node_ip": None, "source": "local"}
-    return [{**row, **meta} for row in _rows(resolve_jobs_dir(jobs_dir), include_finished, ref)]
+def _add_local(out: ClusterAnswer, jobs_dir: str | None, include_finished: bool, ref: str | None) -> None:
+    """This machine's own listing, labelled as such (it may be no Ray node at all), read
+    as a node's answer is (every row checked alike)."""
+    here = RayNode(node=f"{socket.gethostname()} (local)")
+    try:
+        listing, left_out = read_listing(_listing(resolve_jobs_dir(jobs_dir), include_finished, ref), here, source="local")
+    except RecordError as exc:
+        out.left_out.append(str(exc))
+        return
+    out.jobs += listing.jobs
+    out.left_out += left_out
 
 
 # -- merging ------------------------------------------------------------------------

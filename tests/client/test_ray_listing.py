@@ -155,7 +155,7 @@ def test_list_cluster_two_nodes(cluster: Cluster) -> None:
     assert {str(n.node).split("/")[0]: n.jobs_dir for n in res.nodes} == {k: str(v) for k, v in cluster.dirs.items()}
     check_rows(cluster, res.jobs)
     # The JSON form carries the same, and plain data only.
-    again = json.loads(json.dumps(res.as_dict()))
+    again = json.loads(json.dumps(encode(res.as_record())))
     check_rows(cluster, again["jobs"])
     assert again["missing_nodes"] == []
 
@@ -284,9 +284,10 @@ def test_cli_stacks_through_ray(cluster: Cluster) -> None:
 _LIST_THEN_COLLECT = """
 import gc, json, sys
 from forgather_control.client import list_cluster
+from forgather_control.core.records import encode
 res = list_cluster(address=sys.argv[1], jobs_dir=None, timeout=60)
 gc.collect()  # what the caller's interpreter does sooner or later
-print(json.dumps(res.as_dict()))
+print(json.dumps(encode(res.as_record())))
 """
 
 

@@ -90,7 +90,7 @@ def test_a_settled_listing_makes_the_same_operations_however_long_the_history(tm
         with counted_ops(root) as web:  # what the web page polls while it hides ended jobs
             assert [r.job_id for r in JobsFeed(LocalSource(root), max_age=0.0).snapshot(ended=False).rows] == ["live"]
         with counted_ops(root) as ray:
-            assert [r["job_id"] for r in list_node(str(root), False, None)["jobs"]] == ["live"]  # each Ray node
+            assert [r["job_id"] for r in json.loads(list_node(str(root), False, None))["jobs"]] == ["live"]  # each Ray node
         counts.append((dict(c), dict(web), dict(ray)))
     assert counts[0] == counts[1], counts
     small = counts[0][0]
