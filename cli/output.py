@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from forgather_control.core.commands import verb
-from forgather_control.core.records import Receipt, Record, StallNotice, Status, encode
+from forgather_control.core.records import GuardFiring, Receipt, Record, StallNotice, Status, encode
 from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
 from forgather_control.core.states import JobState
 
@@ -79,6 +79,8 @@ def describe_entry(entry: Receipt) -> str:
     """One line for a ledger entry: what, state, where, result or reason (printable)."""
     ident = "" if entry.id is None else f" ({entry.id})"  # None: no receipt (framework_jobs)
     parts = [f"{verb(entry.command) if entry.command else '?'}{ident}: {entry.state or '?'}"]
+    if entry.guard is not None:  # queued by a guard, not a person
+        parts.append(guard_line(entry.guard))
     if entry.step is not None:
         parts.append(f"at step {entry.step}")
     result = entry.result
@@ -91,6 +93,11 @@ def describe_entry(entry: Receipt) -> str:
     if entry.reason:
         parts.append(f"reason: {entry.reason}")
     return printable("; ".join(parts))
+
+
+def guard_line(firing: GuardFiring) -> str:
+    """``by guard nan:abort,metric=loss: the loss is nan on rank 1 at step 31`` (printable)."""
+    return printable(f"by guard {firing.guard}: {firing.evidence or firing.kind}")
 
 
 def _num(v: Any) -> str:

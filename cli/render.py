@@ -250,6 +250,9 @@ def status_panel(d: JobDetails) -> Any:
         grid.add_row("control", _t(d.control_error, style="red"))
     if d.live is False and _given(d.live_error):
         grid.add_row("live", _t(f"no live answer: {d.live_error}", style="yellow"))
+    guards = _given(d.guards) or []
+    if guards:
+        grid.add_row("guards", _t("; ".join(g.text for g in guards)))
 
     parts: list[Any] = [grid]
     commands = (_given(d.commands) or [])[-8:]
@@ -260,13 +263,28 @@ def status_panel(d: JobDetails) -> Any:
         for c in commands:
             ct.add_row(
                 _t(c.id),
-                _t(verb(c.command) if c.command else None),
+                _t((verb(c.command) + (" (guard)" if c.source == "guard" else "")) if c.command else None),
                 state_text(c.state),
                 _t(c.step if c.step is not None else "-"),
                 _t(_result(c)),
                 _t(age(c.updated_at, now)),
             )
         parts.append(ct)
+    events = (_given(d.guard_events) or [])[-8:]
+    if events:
+        gt = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title="guards fired", title_justify="left")
+        for col in ("GUARD", "STEP", "RANK", "EVIDENCE", "QUEUED", "WHEN"):
+            gt.add_column(col, no_wrap=col not in ("GUARD", "EVIDENCE"))
+        for e in events:
+            gt.add_row(
+                _t(e.guard),
+                _t(e.step if e.step is not None else "-"),
+                _t(e.rank if e.rank is not None else "-"),
+                _t(e.evidence or "-"),
+                _t(f"{e.action} {e.command_id}" if e.command_id else "alert only" if e.action == "alert" else f"{e.action} not queued"),
+                _t(age(e.at, now)),
+            )
+        parts.append(gt)
     return Panel(Group(*parts), title=_t(f"job {d.job_id}"), title_align="left", expand=False)
 
 

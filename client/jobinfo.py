@@ -208,6 +208,8 @@ DETAIL_FIELDS = (
     "eta_seconds",
     "resume_point",
     "commands",
+    "guards",
+    "guard_events",
     "control_error",
     "started_at",
     "ended_at",

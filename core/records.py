@@ -587,6 +587,9 @@ class JobDetails(JobRow):
     closed_by: Short | UnsetType = UNSET
     commands: Annotated[list[Receipt], Meta(max_length=256)] | UnsetType = UNSET
     pending_commands: Count | UnsetType = UNSET
+    #: the guards the run watches with, and what fired (newest last)
+    guards: Annotated[list[GuardRule], Meta(max_length=64)] | UnsetType = UNSET
+    guard_events: Annotated[list[GuardFiring], Meta(max_length=256)] | UnsetType = UNSET
     control_error: Text | UnsetType = UNSET
     error: Text | UnsetType = UNSET
     http: Http | UnsetType = UNSET
