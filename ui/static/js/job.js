@@ -20,6 +20,9 @@ const BUTTONS = [
     question: (id) => [`Abort job ${id}?`, "It stops now and saves nothing, here or at the end; the job ends “aborted”. Work since the last checkpoint is lost."] },
 ];
 
+// A guard's action is the verb a person types; its command's label on the buttons.
+const GUARD_ACTION = { save: "Save", stop: "Stop", "save-stop": "Save & stop", abort: "Abort" };
+
 function newKey() {
   const a = new Uint8Array(8);
   crypto.getRandomValues(a);
@@ -94,6 +97,7 @@ export class JobView {
     this.ledgerHead = h("thead", {}, h("tr", {}, h("th", {}, "Command"), h("th", {}, "State"), h("th", { class: "num" }, "Step"), h("th", {}, "Result"), h("th", {}, "Reason"), h("th", { class: "num" }, "Sent")));
     this.ledgerEmpty = h("p", { class: "muted ledger-empty" });
     this.error = h("div", { class: "notice", hidden: true });
+    this.guards = h("section", { class: "panel guards-panel", hidden: true });
     this.root.append(h("section", { class: "view job-view" },
       h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
       h("div", { class: "job-head" },
@@ -103,6 +107,7 @@ export class JobView {
       this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
       h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
       this.chartsEmpty, this.chartsBox,
+      this.guards,
       h("section", { class: "panel ledger-panel" },
         h("div", { class: "panel-head" }, h("h2", {}, "Commands")),
         h("table", { class: "ledger" }, this.ledgerHead, this.ledger),
@@ -238,6 +243,38 @@ export class JobView {
     setText(this.kpi.ckpt.sub, rp && isNum(rp.step) ? `resume point: step ${int(rp.step)}` : (d.last_checkpoint ? "" : "none yet"));
 
     this.renderLedger(d);
+    this.renderGuards(d);
+  }
+
+  // The rules the job watches itself with, and what fired (newest first): every string
+  // is the job's, and goes in as text.
+  renderGuards(d) {
+    const rules = (Array.isArray(d.guards) ? d.guards : []).filter((g) => g && typeof g === "object");
+    const events = (Array.isArray(d.guard_events) ? d.guard_events : []).filter((e) => e && typeof e === "object");
+    this.guards.hidden = rules.length === 0 && events.length === 0;
+    const key = JSON.stringify([rules, events]);
+    if (this.guards.hidden || key === this.guardsKey) return;
+    this.guardsKey = key;
+    clear(this.guards);
+    this.guards.append(h("div", { class: "panel-head" }, h("h2", {}, "Guards"),
+      h("span", { class: "muted hint" }, events.length ? `${events.length} fired` : "none fired")));
+    this.guards.append(h("div", { class: "guard-rules" }, rules.map((g) => h("code", { class: "guard-rule", title: `${g.kind}: ${g.action}` }, String(g.text)))));
+    if (!events.length) return;
+    const body = h("tbody");
+    for (const e of [...events].reverse()) {
+      const queued = e.command_id ? `${GUARD_ACTION[e.action] || String(e.action)} ${e.command_id}` : (e.action === "alert" ? "alert only" : `${e.action} not queued`);
+      body.append(h("tr", { dataset: { kind: String(e.kind), action: String(e.action) } },
+        h("td", {}, h("span", { class: "mono" }, String(e.guard))),
+        h("td", { class: "num" }, isNum(e.step) ? int(e.step) : "–"),
+        h("td", { class: "num" }, isNum(e.rank) ? String(e.rank) : "–"),
+        h("td", { class: "reason" }, e.evidence ? String(e.evidence) : ""),
+        h("td", { class: "mono" }, queued),
+        h("td", { class: "num muted" }, age(e.at)),
+      ));
+    }
+    this.guards.append(h("table", { class: "ledger guard-events" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Guard"), h("th", { class: "num" }, "Step"), h("th", { class: "num" }, "Rank"), h("th", {}, "Evidence"), h("th", {}, "Queued"), h("th", { class: "num" }, "When"))),
+      body));
   }
 
   renderFailure(d) {
@@ -293,7 +330,7 @@ export class JobView {
         h("td", {}, h("span", { class: `pill tone-${tone}` }, h("span", { class: "dot" }), h("span", { class: "pill-text" }, String(e.state)))),
         h("td", { class: "num" }, isNum(e.step) ? int(e.step) : "–"),
         h("td", { class: "result" }, cells.length ? cells.map((c, i) => [i ? h("span", { class: "sep" }, " · ") : null, c]) : "–"),
-        h("td", { class: "reason" }, e.reason ? String(e.reason) : ""),
+        h("td", { class: "reason" }, e.guard && typeof e.guard === "object" ? `by guard ${e.guard.guard}: ${e.guard.evidence || e.guard.kind}` : "", e.guard && e.reason ? " · " : "", e.reason ? String(e.reason) : ""),
         h("td", { class: "num muted" }, age(e.created_at || e.sent_at)),
       );
       this.ledger.append(tr);
