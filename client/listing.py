@@ -25,7 +25,7 @@ from forgather_control.core.files import TEMP_PREFIX, RecordError, owner_name
 from forgather_control.core.jobs import JobPaths, is_valid_job_id, match_job_id
 from forgather_control.core.liveness import STALE_AFTER, Liveness, SqueueCache, is_loopback_url, judge, same_host, same_pid_namespace
 from forgather_control.core.markers import read_index
-from forgather_control.core.records import Endpoint, Job, Node, Record, Status
+from forgather_control.core.records import Alert, AlertSinks, Endpoint, Job, Node, Record, Status
 from forgather_control.core.records import load as load_record
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def scan(
     stale_after: float = STALE_AFTER,
     settle: bool = True,
     prefix: str | None = None,
+    alert: bool = True,
 ) -> Scanned:
     """Every job under ``root`` with liveness judged. Finished jobs only with
     ``include_finished`` (``list --all``). Same-host pid checks are authoritative and
@@ -135,8 +136,13 @@ def scan(
 
     Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
     two directory listings say which); with ``settle`` every job read here that has
-    provably ended is settled, so the next listing passes it by."""
+    provably ended is settled, so the next listing passes it by.
+
+    With ``alert``, a job of ours that this listing judges dead (its launcher died with it:
+    nobody else will tell) is alerted to the job's sinks, and an alert whose sender died
+    before sending is sent again, within a short budget (:func:`.notify.owed`)."""
     now = time.time()
+    owe: list[tuple[JobPaths, AlertSinks, Alert]] = []
     if squeue is None:
         squeue = SqueueCache()  # one squeue call for the whole listing, only if needed
     index = read_index(root)
@@ -156,11 +162,29 @@ def scan(
                 continue  # an empty or foreign folder
             assess(info, probe=probe, probe_local=probe_local, squeue=squeue, stale_after=stale_after, now=now)
             settler.consider(info)
+            if alert and info.liveness in (Liveness.DEAD, Liveness.FINISHED) and _has_sinks(info):
+                from forgather_control.client import notify  # only for a job with sinks
+
+                owe += notify.owed(info, now=now)
             if info.liveness == Liveness.FINISHED and not include_finished and not info.failed_lately(now):
                 out.hidden += 1
                 continue
             out.append(info)
+    if owe:
+        from forgather_control.client import notify
+
+        notify.deliver(owe)
     return out
+
+
+def _has_sinks(info: JobInfo) -> bool:
+    """The job is ours, judged, and has a notify.json of ours (one lstat: most have none)."""
+    if info.corrupt or info.framework or info.private_to is not None:
+        return False
+    try:
+        return os.lstat(os.path.join(os.fspath(info.paths.root), info.job_id, "notify.json")).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def useful_probe(endpoint: Endpoint | None, probe: Probe | None, *, probe_local: bool = True) -> Probe | None:

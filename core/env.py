@@ -57,6 +57,13 @@ ENV_HTTP_TIMEOUT = "FORGATHER_HTTP_TIMEOUT"
 #: Seconds after which a launcher whose job has no control attached yet (rank 0 has not
 #: published this run's status) says so once (default 300; ``--no-control-after``).
 ENV_NO_CONTROL_AFTER = "FORGATHER_NO_CONTROL_AFTER"
+#: Where a job's alerts go: apprise URLs (Slack, Discord, ntfy, json://, ...), separated by
+#: whitespace, added to ``forgather launch --notify``. Secrets: kept in the job's 0600
+#: notify.json, never passed on to torchrun or the workers.
+ENV_NOTIFY = "FORGATHER_NOTIFY"
+#: A command that gets each alert as JSON on its stdin: one command line, split as a shell
+#: would split it (shlex) and run without a shell; added to ``--notify-cmd``.
+ENV_NOTIFY_CMD = "FORGATHER_NOTIFY_CMD"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
 # torchrun's own variables, read (never set) by the worker side

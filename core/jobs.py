@@ -8,6 +8,8 @@ Layout::
                     status.json     rank 0
                     inbox/          file channel
                     failures/       each failed rank's exception (worker bootstrap)
+                    notify.json     launcher, node 0, 0600: where alerts go (secrets)
+                    alerts/         one claim per alert sent (core/alerts.py)
 """
 
 from __future__ import annotations
@@ -86,6 +88,16 @@ class JobPaths:
     @property
     def failures(self) -> Path:
         return self.dir / "failures"
+
+    @property
+    def notify(self) -> Path:
+        """Where the job's alerts go (0600: a notify URL is a secret; core/alerts.py)."""
+        return self.dir / "notify.json"
+
+    @property
+    def alerts(self) -> Path:
+        """One claim per alert: who sends it, and whether it was sent (core/alerts.py)."""
+        return self.dir / "alerts"
 
     @property
     def nodes(self) -> Path:

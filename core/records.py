@@ -33,6 +33,9 @@ from forgather_control.core.states import JobState
 
 __all__ = [
     "UNSET",
+    "Alert",
+    "AlertClaim",
+    "AlertSinks",
     "CheckpointRecord",
     "ClusterNode",
     "CommandFile",
@@ -464,6 +467,55 @@ class SettledEntry(Record):
     host: Host | None = None
     pid: Pid | None = None
     format: Count | None = None
+
+
+class AlertSinks(Record):
+    """``notify.json`` (0600, the launcher's on node 0): where the job's alerts go. A URL
+    is a secret (a Slack or Discord webhook is its own password): it is kept here and
+    nowhere else, never in job.json, an argv, a log line or a plan."""
+
+    #: apprise URLs (``slack://...``, ``ntfy://...``, ``json://host:port/path``)
+    urls: Annotated[list[Str2048], Meta(max_length=32)] = msgspec.field(default_factory=list)
+    #: commands (argv, run without a shell) that get each alert as JSON on their stdin
+    cmds: Annotated[list[Annotated[list[Text], Meta(min_length=1, max_length=256)]], Meta(max_length=32)] = msgspec.field(default_factory=list)
+
+
+class Alert(Record, omit_defaults=False):
+    """One message about a job (core/alerts.py): what happened (``event``: stalled, guard,
+    straggler, finished, stopped, aborted, failed, dead), to which run of which job, where,
+    at what step, why, and the command that shows more. ``key`` names the event once
+    (``r<run>-end``, ``r<run>-guard-<firing id>``): the claim's name, and a receiver's
+    way to drop a repeat. It never holds a token. Sent as this JSON to ``json://`` sinks
+    and a command's stdin; as a title and text to apprise's other sinks."""
+
+    job_id: Str128
+    event: Short
+    key: Str128
+    run: Count
+    command: Text
+    at: When
+    state: Short | None = None
+    host: Host | None = None
+    step: Count | None = None
+    reason: Text | None = None
+    #: the guard that fired (its rule), and the rank it named
+    guard: Str256 | None = None
+    rank: Rank | None = None
+
+
+class AlertClaim(Identity, kw_only=True):
+    """``alerts/<key>``: who took on sending one alert (its process), when, the alert
+    itself (a taker-over sends the same), and how it went: ``sent_at`` once a sink took
+    it, ``failed_at`` (and why) when every try of every sink failed. A claim with
+    neither, whose claimant is gone or which is older than
+    :data:`~forgather_control.core.alerts.CLAIM_STALE_AFTER`, may be taken over."""
+
+    key: Str128
+    claimed_at: When
+    alert: Alert
+    sent_at: When | None = None
+    failed_at: When | None = None
+    failure: Text | None = None
 
 
 class Series(Record, omit_defaults=False):
