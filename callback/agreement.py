@@ -1,7 +1,8 @@
 """The only torch.distributed code in forgather-control.
 
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
-int64 tensor on a dedicated gloo group, so NCCL and CUDA streams are never touched.
+int64 tensor on a dedicated gloo group, so NCCL and CUDA streams are never touched. Two
+slots per rank carry each rank's own time per step and its node to rank 0 (stragglers).
 Rank 0 fills the command and the next check step; any rank may raise the signal level
 or vote that its loss is not finite (the ``nan`` guard: callback/guarding.py).
 MAX is the one reduction that lets rank 0's fields through (the others send zeros) and
@@ -63,7 +64,7 @@ class Agreement:
     otherwise).
     """
 
-    def __init__(self, group: object | None = None) -> None:
+    def __init__(self, group: object | None = None, *, node: int = 0) -> None:
         import torch
         import torch.distributed as dist
 
@@ -77,18 +78,30 @@ class Agreement:
             # collectives on the default group can then never interleave with ours.
             group = dist.new_group(backend="gloo")
         self.group = group
-        self._buf = torch.zeros(len(FIELDS), dtype=torch.int64)
+        # The fields, then two slots per rank (its own time per step in microseconds, its
+        # node + 1), each rank filling its own: MAX hands rank 0 every rank's (straggle.py).
+        self._buf = torch.zeros(len(FIELDS) + 2 * self.world_size, dtype=torch.int64)
+        self._mine = len(FIELDS) + 2 * self.rank
+        self._node = node + 1
+        #: after an exchange: (own microseconds per step, node) of every rank
+        self.per_rank: list[tuple[int, int]] = []
         self._op = dist.ReduceOp.MAX
         #: Every exchange this rank made, as agreed (seq, command, arg, signal, next_check).
         self.trace: list[tuple[int, ...]] = []
 
-    def exchange(self, proposal: Proposal) -> Proposal:
+    def exchange(self, proposal: Proposal, *, own_us: int = 0) -> Proposal:
         buf = self._buf
-        values = proposal.as_list()
-        for i, v in enumerate(values):
+        buf.zero_()
+        for i, v in enumerate(proposal.as_list()):
             buf[i] = v
+        buf[self._mine] = max(0, own_us)
+        buf[self._mine + 1] = self._node
         self._dist.all_reduce(buf, op=self._op, group=self.group)
-        agreed = tuple(buf.tolist())
+        values = buf.tolist()
+        agreed = tuple(values[: len(FIELDS)])
+        if self.rank == 0:
+            slots = values[len(FIELDS) :]
+            self.per_rank = [(slots[i], slots[i + 1] - 1) for i in range(0, len(slots), 2)]
         if len(self.trace) < TRACE_LIMIT:
             self.trace.append(agreed)
         return Proposal(*agreed)

@@ -44,9 +44,10 @@ import msgspec
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
-from forgather_control.core.guards import action_command
+from forgather_control.core.commands import new_command_id
+from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, StragglerWatch, action_command
 from forgather_control.core.metrics import History
-from forgather_control.core.records import CheckpointRecord, GuardFiring, Http, Metrics, Status
+from forgather_control.core.records import CheckpointRecord, GuardFiring, Http, Metrics, RankTime, Status, Straggler
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -63,6 +64,7 @@ from .schedule import NEVER, CheckSchedule
 from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
 from .stackdump import enable_stack_dumps
 from .stall import Phase, StallWatch
+from .straggle import RankClock, node_rank
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,17 @@ class Controller:
         self._solo = self.world_size <= 1
         #: the job's guards (core.guards): this rank's vote, rank 0's own judgements
         self.guards = GuardBook(cfg.guards, rank=self.rank)
+        # Stragglers: this rank's own time per step (every rank), the ranks compared (rank 0).
+        self._clock = RankClock()
+        rule = next((r for r in cfg.guards if r.kind == "straggler"), None)
+        self._straggler_rule = rule
+        self._stragglers = StragglerWatch(
+            factor=rule.factor if rule is not None and rule.factor else STRAGGLER_FACTOR,
+            duration=rule.for_ if rule is not None and rule.for_ is not None else STRAGGLER_FOR,
+        )
+        self._rank_table: list[RankTime] | None = None
+        self._named: list[Straggler] | None = None
+        self._named_at: dict[int, int] = {}  # rank -> the step it was named at
         # The hot path: a check when ``step >= _next_check`` or ``_poke`` is set. Only a
         # process alone is poked; ranks of a job check at agreed steps only.
         self._next_check = 0
@@ -319,7 +332,8 @@ class Controller:
                 self._waiting_logged = True
                 log.info("forgather control: %s processes but torch.distributed is not initialised yet; commands apply once it is", self.world_size)
             return False
-        self._agreement = Agreement()
+        self._agreement = Agreement(node=node_rank())
+        self._clock.mark(self.current_step)
         self._ready = True
         if self.is_rank0 and self._plane.serving_http:
             # After the agreement (a rendezvous of every rank) no process that guessed it
@@ -512,9 +526,13 @@ class Controller:
         if self._solo:
             agreed = proposal
         else:
+            own = self._clock.interval(self.current_step)
             phase, self.phase = self.phase, Phase.AGREEMENT  # a rank stuck here waits for another rank
-            agreed = self._agreement.exchange(proposal)  # type: ignore[union-attr]
+            agreed = self._agreement.exchange(proposal, own_us=int(own * 1e6))  # type: ignore[union-attr]
             self.phase = phase
+            self._clock.mark(self.current_step)
+            if self.is_rank0:
+                self._compare_ranks(self.current_step)
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
         self._check_seq = agreed.seq
@@ -633,6 +651,60 @@ class Controller:
             self._wake()
         self._changed()
         return actions
+
+    def watch(self, model: Any) -> bool:
+        """Hook a DDP-wrapped ``model`` (every rank, once, before or during training) so
+        the slow rank is named by its own time: the waits of the gradient all-reduce are
+        left out (:mod:`.straggle`). The trainer integrations do it; a plain loop calls it
+        with its DDP model. False for a model it cannot hook (nothing changes)."""
+        try:
+            return self._clock.watch(model)
+        except Exception:
+            log.exception("forgather control: could not watch the model's collectives")
+            return False
+
+    def _compare_ranks(self, step: int) -> None:
+        """Rank 0 after a check: every rank's own time per step, the table the status shows
+        and the ranks now named stragglers (a firing each: an alert, or the straggler
+        guard's action)."""
+        per_rank = self._agreement.per_rank if self._agreement is not None else []
+        if not per_rank:
+            return
+        mono, wall = time.monotonic(), time.time()
+        named = self._stragglers.observe([us / 1e6 if us > 0 else None for us, _ in per_rank], mono)
+        ratios = self._stragglers.ratios()
+        self._rank_table = [
+            RankTime(rank=r, node=node if node >= 0 else None, seconds=self._stragglers.seconds(r), ratio=ratios.get(r))
+            for r, (_, node) in enumerate(per_rank[:1024])
+        ]
+        for r, _, _ in named:
+            self._named_at[r] = step
+        self._named = [
+            Straggler(
+                rank=r,
+                factor=ratios.get(r) or factor,
+                since=wall - (mono - since),
+                step=self._named_at.get(r),
+                node=per_rank[r][1] if per_rank[r][1] >= 0 else None,
+            )
+            for r, (factor, since) in sorted(self._stragglers.named.items())[:1024]
+        ] or None
+        rule = self._straggler_rule
+        for r, factor, since in named:
+            node = per_rank[r][1]
+            firing = GuardFiring(
+                id=new_command_id(),
+                guard=rule.text if rule is not None else "straggler (named without a guard: no action)",
+                kind="straggler",
+                action=rule.action if rule is not None else "alert",
+                step=step,
+                rank=r,
+                at=wall,
+                evidence=f"rank {r}{f' (node {node})' if node >= 0 else ''} spends {factor:.2f}x the other ranks' median own time a step, "
+                f"for {mono - since:.0f} s",
+                values={"factor": factor, "seconds": self._stragglers.seconds(r) or 0.0},
+            )
+            self._guard_fired(firing)
 
     def _apply_guard(self, step: int, firing: GuardFiring) -> Actions | None:
         """The nan guard, agreed by every rank at ``step``: each rank does its action
@@ -782,6 +854,8 @@ class Controller:
             resumed_from=self._resumed_from,
             guards=list(self.guards.rules) or None,
             guard_events=self._guard_events(stall),
+            ranks=self._rank_table,
+            stragglers=self._named,
         )
 
     def _guard_events(self, stall: Any) -> list[GuardFiring] | None:

@@ -11,8 +11,9 @@ A person declares them at launch (``forgather launch --guard nan:abort``), in
 - ``slowdown``: steps/s below ``fraction`` of the run's own median for ``for`` seconds.
 - ``stall``: the job's stall (no step past the stall threshold); ``alert`` or ``abort``
   only, since a stalled loop takes no save or stop (the launcher carries the abort out).
-- ``straggler``: a rank whose own time per step is ``factor`` times the median's, for
-  ``for`` seconds.
+- ``straggler``: a rank whose own time per step is ``factor`` times the median of the
+  other ranks', for ``for`` seconds. Stragglers are named in the status without a guard
+  too (:data:`STRAGGLER_FACTOR`, :data:`STRAGGLER_FOR`); the guard adds an action.
 
 Actions: ``alert`` (a message to the job's sinks, nothing else), ``save``, ``save-stop``,
 ``stop``, ``abort`` (a command, through the same ledger as a person's, whose receipt names
@@ -29,7 +30,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from forgather_control.core.commands import CLI_VERBS, Command
@@ -39,15 +40,24 @@ __all__ = [
     "ACTIONS",
     "ENV_GUARDS",
     "KINDS",
+    "STRAGGLER_FACTOR",
+    "STRAGGLER_FOR",
     "GuardError",
     "SlowdownWatch",
     "SpikeWatch",
+    "StragglerWatch",
     "action_command",
     "guards_from_env",
     "nonfinite",
     "parse_guard",
     "parse_guards",
 ]
+
+#: A rank is a straggler when its own time per step is this many times the median of the
+#: others' (a 50% slower data loader or GPU is named; noise between equal ranks is not) ...
+STRAGGLER_FACTOR = 1.25
+#: ... for this long (seconds): a pause of one rank (its own save) is no straggler.
+STRAGGLER_FOR = 30.0
 
 #: The environment variable a launch passes the guards in (``;`` between rules).
 ENV_GUARDS = "FORGATHER_GUARDS"
@@ -101,8 +111,8 @@ KINDS: dict[str, dict[str, _Param]] = {
     },
     "stall": {},
     "straggler": {
-        "factor": _Param(float, 1.5, low=1.0, high=1e6, help="more than 1 (a rank's own time per step over the median's)"),
-        "for": _Param(float, 60.0, minimum=0.0, high=1e7, help="0 or more seconds"),
+        "factor": _Param(float, STRAGGLER_FACTOR, low=1.0, high=1e6, help="more than 1 (a rank's own time per step over the median of the others')"),
+        "for": _Param(float, STRAGGLER_FOR, minimum=0.0, high=1e7, help="0 or more seconds"),
     },
 }
 #: A stalled loop takes no save or stop: only these.
@@ -284,6 +294,71 @@ class SlowdownWatch:
         if len(self._order) > self.KEEP:
             old = self._order.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+
+class StragglerWatch:
+    """Each rank's own time per step, as heard at each check (None: not measured yet),
+    smoothed; a rank whose time is ``factor`` times the median of the others' for
+    ``duration`` seconds is named, once per spell (a spell ends when it falls back under
+    the midpoint between 1 and ``factor``)."""
+
+    SMOOTHING = 0.3
+
+    def __init__(self, *, factor: float = STRAGGLER_FACTOR, duration: float = STRAGGLER_FOR) -> None:
+        self.factor = factor
+        self.duration = duration
+        self._smooth: dict[int, float] = {}
+        self._slow_since: dict[int, float] = {}
+        #: rank -> (factor when named, named since): the ranks named now
+        self.named: dict[int, tuple[float, float]] = {}
+
+    def observe(self, seconds: Sequence[float | None], now: float) -> list[tuple[int, float, float]]:
+        """Take one check's times (index = rank); the ranks named at this look, each as
+        (rank, factor, slow since)."""
+        a = self.SMOOTHING
+        for rank, value in enumerate(seconds):
+            if value is not None and value > 0 and math.isfinite(value):
+                old = self._smooth.get(rank)
+                self._smooth[rank] = value if old is None else a * value + (1 - a) * old
+        named: list[tuple[int, float, float]] = []
+        clear = 1 + (self.factor - 1) / 2
+        for rank, ratio in self.ratios().items():
+            if ratio is None or ratio < clear:
+                self._slow_since.pop(rank, None)
+                self.named.pop(rank, None)
+                continue
+            if ratio < self.factor:
+                continue  # between: the spell (or its absence) goes on
+            since = self._slow_since.setdefault(rank, now)
+            if rank not in self.named and now - since >= self.duration:
+                self.named[rank] = (ratio, since)
+                named.append((rank, ratio, since))
+        return named
+
+    def seconds(self, rank: int) -> float | None:
+        return self._smooth.get(rank)
+
+    def ratios(self) -> dict[int, float | None]:
+        """Each measured rank's time over the median of the others' (None when alone)."""
+        out: dict[int, float | None] = {}
+        values = sorted(self._smooth.values())
+        for rank, mine in self._smooth.items():
+            median = _median_without(values, bisect.bisect_left(values, mine))
+            out[rank] = mine / median if median else None
+        return out
+
+
+def _median_without(values: Sequence[float], i: int) -> float | None:
+    """The median of sorted ``values`` without the one at ``i`` (no copy: a thousand
+    ranks at each check)."""
+    n = len(values) - 1
+    if n <= 0:
+        return None
+
+    def at(k: int) -> float:
+        return values[k] if k < i else values[k + 1]
+
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 def _show(value: float | int | str) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "MissingNode",
     "NoControl",
     "Node",
+    "RankTime",
     "Receipt",
     "Record",
     "RecordError",
@@ -70,6 +71,7 @@ __all__ = [
     "Stall",
     "StallNotice",
     "Status",
+    "Straggler",
     "ThreadRecord",
     "UnsetType",
     "decode",
@@ -203,6 +205,29 @@ class GuardFiring(Record):
     command_id: Str64 | None = None
 
 
+class RankTime(Record):
+    """One rank's own time per training step (outside collectives: its data wait, forward,
+    backward compute), as rank 0 last heard it at the agreed checks, and its ratio to the
+    median of the other ranks'. ``node`` is the rank's node (torchrun's GROUP_RANK), whose
+    host ``nodes/<node>.json`` names."""
+
+    rank: Rank
+    node: Count | None = None
+    seconds: When | None = None
+    ratio: Annotated[float, Meta(ge=0, le=1e9)] | None = None
+
+
+class Straggler(Record):
+    """A rank persistently slower than the others: ``factor`` times the median of the
+    others' own time per step, since ``since`` (rank 0's clock), named at ``step``."""
+
+    rank: Rank
+    factor: Annotated[float, Meta(ge=0, le=1e9)]
+    since: When | None = None
+    step: Count | None = None
+    node: Count | None = None
+
+
 class Receipt(Record):
     """One command's receipt, as status.json and the HTTP API carry it."""
 
@@ -301,6 +326,10 @@ class Status(Identity):
     #: the guards this run watches with, and what fired (newest last)
     guards: Annotated[list[GuardRule], Meta(max_length=64)] | None = None
     guard_events: Annotated[list[GuardFiring], Meta(max_length=256)] | None = None
+    #: each rank's own time per step, by rank (the first 1024), and the
+    #: ranks named stragglers
+    ranks: Annotated[list[RankTime], Meta(max_length=1024)] | None = None
+    stragglers: Annotated[list[Straggler], Meta(max_length=1024)] | None = None
 
 
 class Scheduler(Record):

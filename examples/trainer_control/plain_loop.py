@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", default=None, help="checkpoint file to resume from (default: the one a relaunch names, if any)")
     p.add_argument("--save-delay", type=float, default=0.0, help="seconds each save takes before writing (a slow filesystem)")
     p.add_argument("--no-control-callback", action="store_true", help="train without a Controller (nothing to command)")
+    p.add_argument("--slow-rank", type=int, default=None, help="this rank sleeps --slow-factor times --step-time a step: a straggler")
+    p.add_argument("--slow-factor", type=float, default=1.5, help="how much longer --slow-rank sleeps each step (default 1.5)")
     return p.parse_args(argv)
 
 
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         else Controller(job_id=args.job_id, jobs_dir=args.jobs_dir, max_steps=args.max_steps, enable_http=not args.no_http, evaluates=True)
     )
     last = start
+    if distributed and isinstance(ctl, Controller):
+        ctl.watch(model)  # the gradient all-reduce's waits are not a rank's own time: names a straggler
     with ctl:
         if rank == 0 and isinstance(ctl, Controller):
             print(f"job {ctl.job_id} running; control it with `forgather control status {ctl.job_id}`", flush=True)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             last = step
             if args.step_time:
-                time.sleep(args.step_time)
+                time.sleep(args.step_time * (args.slow_factor if rank == args.slow_rank else 1.0))
             act = ctl.step(step, {"loss": float(loss.detach()), "learning_rate": opt.param_groups[0]["lr"]})
             if act.evaluate or (args.eval_every and step % args.eval_every == 0):
                 ctl.evaluation_done(evaluate())

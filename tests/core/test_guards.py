@@ -8,7 +8,18 @@ import math
 import pytest
 
 from forgather_control.core.commands import Command
-from forgather_control.core.guards import ACTIONS, GuardError, SlowdownWatch, SpikeWatch, action_command, guards_from_env, nonfinite, parse_guard, parse_guards
+from forgather_control.core.guards import (
+    ACTIONS,
+    GuardError,
+    SlowdownWatch,
+    SpikeWatch,
+    StragglerWatch,
+    action_command,
+    guards_from_env,
+    nonfinite,
+    parse_guard,
+    parse_guards,
+)
 from forgather_control.core.records import GuardRule, decode, encode
 
 
@@ -124,3 +135,33 @@ def test_a_slowdown_needs_a_pace_first_and_ignores_no_rate() -> None:
     assert watch.observe(1.0, 5.0) is None  # four rates are no pace yet
     watch.observe(10.0, 6.0)
     assert watch.observe(1.0, 7.0) is not None
+
+
+def test_a_rank_half_again_as_slow_is_named_after_the_duration_once_per_spell() -> None:
+    watch = StragglerWatch(factor=1.25, duration=10)
+    assert watch.observe([0.010, 0.015, 0.010, 0.010], 0.0) == []  # slow since 0
+    assert watch.observe([0.010, 0.015, 0.010, 0.010], 9.0) == []
+    [(rank, factor, since)] = watch.observe([0.010, 0.015, 0.010, 0.010], 10.0)
+    assert (rank, round(factor, 6), since) == (1, 1.5, 0.0)
+    assert watch.named == {1: (factor, 0.0)}
+    assert watch.observe([0.010, 0.015, 0.010, 0.010], 20.0) == []  # named once
+    for t in range(21, 40):  # recovers: under the midpoint, the spell ends
+        watch.observe([0.010, 0.010, 0.010, 0.010], float(t))
+    assert watch.named == {}
+
+
+def test_two_ranks_compare_each_with_the_other_and_equal_ranks_are_never_named() -> None:
+    watch = StragglerWatch(factor=1.25, duration=0)
+    [(rank, factor, _)] = watch.observe([0.010, 0.0135], 0.0)
+    assert rank == 1 and round(factor, 3) == 1.35  # against the median of the others: rank 0
+    equal = StragglerWatch(factor=1.25, duration=0)
+    for t in range(50):
+        assert equal.observe([0.010 + 0.0005 * (t % 3), 0.010, 0.0102], float(t)) == []
+    alone = StragglerWatch(duration=0)
+    assert alone.observe([0.5], 0.0) == [] and alone.ratios() == {0: None}
+
+
+def test_a_rank_not_measured_yet_is_left_out() -> None:
+    watch = StragglerWatch(duration=0)
+    assert [rank for rank, _, _ in watch.observe([None, 0.02, 0.01], 0.0)] == [1]
+    assert set(watch.ratios()) == {1, 2}
