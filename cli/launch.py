@@ -84,6 +84,23 @@ def _names(option: str) -> list[str]:
     help="A rule the job watches itself with, KIND:ACTION[,NAME=VALUE...] (repeatable): kinds nan, spike, slowdown, stall, straggler; "
     "actions alert, save, save-stop, stop, abort. Starter: --guard nan:abort. Default: $FORGATHER_GUARDS, else none.",
 )
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="URL",
+    help="Send alerts (stalled, failed, dead, finished, stopped, aborted, a guard fired, a straggler) to this apprise URL: slack://, discord://, "
+    "ntfy://, json://host:port/path, ... (repeatable; also $FORGATHER_NOTIFY). A secret: kept in the job's 0600 notify.json, never printed. "
+    "Other local users can read a command line: on a shared host set $FORGATHER_NOTIFY instead.",
+)
+@click.option(
+    "--notify-cmd",
+    "notify_cmd",
+    multiple=True,
+    metavar="COMMAND",
+    help="Run COMMAND for each alert, the alert as JSON on its stdin: one command line, split as a shell would and run without one "
+    "(repeatable; also $FORGATHER_NOTIFY_CMD).",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -109,6 +126,8 @@ def launch(
     stall_after: float | None,
     no_control_after: float | None,
     guards: tuple[str, ...],
+    notify: tuple[str, ...],
+    notify_cmd: tuple[str, ...],
     requeue: bool,
     dry_run: bool,
     script: str,
@@ -151,6 +170,8 @@ def launch(
         stall_after=stall_after,
         no_control_after=no_control_after,
         guards=tuple(guards),
+        notify=tuple(notify),
+        notify_cmd=_commands(notify_cmd),
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),
@@ -158,12 +179,26 @@ def launch(
     return run_config(config, env=os.environ)
 
 
+def _commands(lines: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Each ``--notify-cmd`` as an argv: split as a shell would, never run by one."""
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(tuple(shlex.split(line)))
+        except ValueError as exc:
+            raise LaunchError(f"--notify-cmd {i} is not a command line ({exc})") from None
+    return tuple(out)
+
+
 def _own_argv() -> tuple[str, ...]:
-    """``forgather launch ...`` as typed, for job.json (root options like -v dropped)."""
+    """``forgather launch ...`` as typed, for job.json (root options like -v dropped;
+    ``--notify`` and ``--notify-cmd`` values hidden: secrets)."""
+    from forgather_control.core.alerts import hide_notify
+
     raw = sys.argv[1:]
     if "launch" in raw:
         raw = raw[raw.index("launch") + 1 :]
-    return ("forgather", "launch", *raw)
+    return hide_notify(("forgather", "launch", *raw))
 
 
 def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
@@ -190,6 +225,10 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
         resume_step=previous.resume_step,
         resume_gone=tuple(p.describe() for p in previous.gone),
     )
+    if plan.sinks is not None:
+        from forgather_control.launcher.alerting import check_sinks
+
+        check_sinks(plan.sinks)  # a URL apprise cannot send to: refused now, by its scheme
     if config.dry_run:
         click.echo(render_plan(plan), nl=False)
         return 0

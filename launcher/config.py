@@ -69,12 +69,21 @@ class LaunchConfig:
     no_control_after: float | None = None
     requeue: bool = False
     dry_run: bool = False
+    #: where alerts go: apprise URLs (``--notify``; secrets: kept in the job's 0600
+    #: notify.json, never shown), added to ``$FORGATHER_NOTIFY``'s
+    notify: tuple[str, ...] = field(default=(), repr=False)
+    #: commands (argv, no shell) that get each alert as JSON on stdin (``--notify-cmd``)
+    notify_cmd: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     #: ``--guard`` rules as typed (core.guards); checked here, passed as FORGATHER_GUARDS
     guards: tuple[str, ...] = ()
     #: The launcher's own command line, recorded in job.json.
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.notify, str) or any(isinstance(c, str) for c in self.notify_cmd):
+            raise LaunchError("notify= takes a list of URLs and notify_cmd= a list of commands, each a list of arguments (no shell)")
+        object.__setattr__(self, "notify", tuple(self.notify))
+        object.__setattr__(self, "notify_cmd", tuple(tuple(c) for c in self.notify_cmd))
         self.validate()
 
     @property

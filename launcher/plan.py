@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from forgather_control.core.alerts import describe_sinks, sinks_from
 from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
@@ -21,6 +22,8 @@ from forgather_control.core.env import (
     ENV_LAUNCHED,
     ENV_LAUNCHER_PID,
     ENV_NODE_RANK,
+    ENV_NOTIFY,
+    ENV_NOTIFY_CMD,
     ENV_RESTARTS,
     ENV_RESUME_FROM,
     ENV_RESUME_STEP,
@@ -28,9 +31,9 @@ from forgather_control.core.env import (
     ENV_TOKEN,
 )
 from forgather_control.core.guards import ENV_GUARDS, parse_guards
-from forgather_control.core.records import encode
+from forgather_control.core.records import AlertSinks, encode
 
-from .config import LaunchConfig
+from .config import LaunchConfig, LaunchError
 from .environments import Placement, detect
 
 __all__ = [
@@ -64,6 +67,8 @@ class Plan:
     resume_step: int | None = None
     #: newer checkpoints of the job that resume passed over, each with why (gone, not the job's own)
     resume_gone: tuple[str, ...] = ()
+    #: where alerts go (``--notify``, ``--notify-cmd``, the environment): secrets, never shown
+    sinks: AlertSinks | None = field(default=None, repr=False)
 
     @property
     def job_id(self) -> str:
@@ -98,6 +103,7 @@ class Plan:
             "scheduler": encode(p.scheduler),
             "argv": list(self.argv),
             "env": redact(self.env),
+            **({"notify": describe_sinks(self.sinks)} if self.sinks is not None else {}),
         }
 
 
@@ -119,7 +125,11 @@ def make_plan(
         restarts = placement.restart_count
     argv = torchrun_argv(config, placement, python=python)
     wenv = worker_env(config, placement, jobs_dir=jobs_dir, restarts=restarts, resume_from=resume_from)
-    return Plan(config=config, placement=placement, jobs_dir=jobs_dir, argv=argv, env=wenv, restarts=restarts, resume_from=resume_from)
+    try:
+        sinks = sinks_from(config.notify, config.notify_cmd, env)
+    except ValueError as exc:
+        raise LaunchError(f"{exc}; fix it, or leave alerts out") from None
+    return Plan(config=config, placement=placement, jobs_dir=jobs_dir, argv=argv, env=wenv, restarts=restarts, resume_from=resume_from, sinks=sinks)
 
 
 def torchrun_argv(config: LaunchConfig, placement: Placement, *, python: str) -> tuple[str, ...]:
@@ -197,7 +207,7 @@ def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = Non
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
     names the launcher its workers watch (known only once it runs: not in the plan)."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_TOKEN, ENV_LAUNCHER_PID)}
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)}
     env.update(plan.env)
     if launcher:
         env[ENV_LAUNCHER_PID] = launcher
@@ -230,6 +240,8 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"  skipped:        {gone}")
     if plan.config.guards:
         lines.append(f"  guards:         {'; '.join(guard_texts(plan.config))}")
+    if plan.sinks is not None:
+        lines.append(f"  notify:         {describe_sinks(plan.sinks)}")
     lines.append("  command:")
     lines.append("    " + shlex.join(plan.argv))
     lines.append("  environment for the workers (added to the launcher's own):")

@@ -46,11 +46,13 @@ from pathlib import Path
 
 from forgather_control.client.transport import FileTransport
 from forgather_control.core import Command, JobPaths, JobState
+from forgather_control.core.alerts import hide_notify
 from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.deathsig import death_signal_setter
 from forgather_control.core.files import ensure_private_dir
 from forgather_control.core.outcome import launch_exit_code
 
+from .alerting import LaunchAlerts
 from .attach import ControlAttach, passed_on_reason
 from .config import LaunchError, no_control_after
 from .duties import NodeDuties, Overdue
@@ -353,9 +355,12 @@ def execute(
         )
     records = JobRecords(paths, plan)
     after = no_control_after(plan.config, base_env) if plan.config.control else None
+    alerts: LaunchAlerts | None = None
     try:
         records.claim(previous)
-        records.start(previous, argv=argv, cwd=cwd, no_control_after=after)
+        records.start(previous, argv=hide_notify(argv), cwd=cwd, no_control_after=after)
+        if plan.node_rank == 0:  # node 0 alone tells (docs/design-notes.md, "Alerts: who sends, once")
+            alerts = LaunchAlerts.start(paths, run=plan.restarts, sinks=plan.sinks)
     except OSError as exc:
         raise LaunchError(
             f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
@@ -374,18 +379,33 @@ def execute(
             return duties.tick()
 
         sup.duties = tick
+    if alerts is not None:
+        sup.duties = _with_alerts(alerts, sup.duties)
     try:
-        return _finish(plan, records, sup, runner)
+        return _finish(plan, records, sup, runner, alerts)
     finally:
         sup.release()
 
 
-def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
+def _with_alerts(alerts: LaunchAlerts, duties: Callable[[], Overdue | None] | None) -> Callable[[], Overdue | None]:
+    """The supervising round's duties, and a look for events to alert (queued, never sent here)."""
+
+    def tick() -> Overdue | None:
+        alerts.tick()
+        return duties() if duties is not None else None
+
+    return tick
+
+
+def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner, alerts: LaunchAlerts | None = None) -> int:
     """Supervise the run to its end and record how it ended; returns the exit code."""
     try:
         code = sup.run()
     except BaseException as exc:
-        records.finish(JobState.FAILED, -1, error=f"launcher: {type(exc).__name__}: {exc}")
+        error = f"launcher: {type(exc).__name__}: {exc}"
+        records.finish(JobState.FAILED, -1, error=error)
+        if alerts is not None:
+            alerts.end(JobState.FAILED, reason=error, step=_step(records))
         raise
     forced = sup.forced_abort
     passed_on = passed_on_reason(sup.passed_on, control=plan.config.control) if sup.passed_on is not None else None
@@ -418,7 +438,18 @@ def _finish(plan: Plan, records: JobRecords, sup: Supervisor, runner) -> int:
     if state == JobState.REQUEUED:
         _requeue(requeue, records, runner)
     log.warning("job %s %s (exit code %d)%s", plan.job_id, state, exit_code, f": {outcome.reason}" if outcome.reason else "")
+    if alerts is not None:
+        alerts.end(state, reason=outcome.reason, step=_step(records))
     return exit_code
+
+
+def _step(records: JobRecords) -> int | None:
+    """The step this run's rank 0 last recorded, for the end's alert."""
+    try:
+        status = records.this_runs_status()
+    except Exception:  # noqa: BLE001 - an alert without its step is still an alert
+        return None
+    return status.step if status is not None else None
 
 
 def _requeue(argv: Sequence[str], records: JobRecords, runner) -> None:
