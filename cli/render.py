@@ -16,7 +16,7 @@ from rich.text import Text
 
 from forgather_control.core.commands import verb
 from forgather_control.core.files import owner_name
-from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, Receipt
+from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, RankTime, Receipt
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -253,6 +253,14 @@ def status_panel(d: JobDetails) -> Any:
     guards = _given(d.guards) or []
     if guards:
         grid.add_row("guards", _t("; ".join(g.text for g in guards)))
+    stragglers = (_given(d.stragglers) or []) if d.state.live else []
+    if stragglers:
+        named = "; ".join(
+            f"rank {s.rank}{f' (node {s.node})' if s.node is not None else ''} {s.factor:.2f}x the median of the others"
+            + (f", since step {s.step}" if s.step is not None else "")
+            for s in stragglers[:8]
+        )
+        grid.add_row("stragglers", _t(named + (f" and {len(stragglers) - 8} more" if len(stragglers) > 8 else ""), style="yellow"))
 
     parts: list[Any] = [grid]
     commands = (_given(d.commands) or [])[-8:]
@@ -285,7 +293,37 @@ def status_panel(d: JobDetails) -> Any:
                 _t(age(e.at, now)),
             )
         parts.append(gt)
+    ranks = (_given(d.ranks) or []) if d.state.live else []
+    if len(ranks) > 1:
+        parts.append(_ranks_table(ranks, {s.rank for s in stragglers}))
     return Panel(Group(*parts), title=_t(f"job {d.job_id}"), title_align="left", expand=False)
+
+
+#: ranks shown in the status table; a bigger job shows its slowest (the rest in --json)
+RANKS_SHOWN = 16
+
+
+def _ranks_table(ranks: list[RankTime], named: set[int]) -> Any:
+    """Each rank's own time per step and its ratio to the median of the others' (the
+    slowest first when there are more than fit)."""
+    from rich import box
+    from rich.table import Table
+
+    shown = ranks if len(ranks) <= RANKS_SHOWN else sorted(ranks, key=lambda r: -(r.ratio or 0))[:RANKS_SHOWN]
+    title = "ranks" if len(shown) == len(ranks) else f"ranks (the {RANKS_SHOWN} slowest of {len(ranks)})"
+    rt = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left")
+    for col in ("RANK", "HOST", "NODE", "OWN TIME/STEP", "X MEDIAN", ""):
+        rt.add_column(col, no_wrap=True, justify="right" if col in ("OWN TIME/STEP", "X MEDIAN") else "left")
+    for r in shown:
+        rt.add_row(
+            _t(r.rank),
+            _t(r.host or "-"),
+            _t(r.node if r.node is not None else "-"),
+            _t(f"{r.seconds * 1e3:.1f} ms" if r.seconds is not None else "-"),
+            _t(f"{r.ratio:.2f}" if r.ratio is not None else "-"),
+            _t("straggler" if r.rank in named else "", style="yellow"),
+        )
+    return rt
 
 
 def print_status(d: JobDetails) -> None:

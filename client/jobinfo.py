@@ -11,13 +11,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 from forgather_control.core.attachment import no_control_notice
 from forgather_control.core.checkpoints import Checkpoint, history
 from forgather_control.core.failures import Failure, read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
 from forgather_control.core.markers import SILENT_FOR
-from forgather_control.core.records import UNSET, CheckpointRecord, Endpoint, Job, JobDetails, JobRow, NoControl, Node, StallNotice, Status, encode
+from forgather_control.core.records import UNSET, CheckpointRecord, Endpoint, Job, JobDetails, JobRow, NoControl, Node, RankTime, StallNotice, Status, encode
 from forgather_control.core.states import JobState
 
 __all__ = ["DETAIL_FIELDS", "LIVE_FIELDS", "SILENT_AFTER", "JobInfo", "overlay", "stall_of", "status_of_run"]
@@ -177,6 +179,11 @@ class JobInfo:
         status = self.status
         return history(self.job, status, run=status.restarts if status is not None else None)
 
+    def _with_hosts(self, ranks: list[RankTime]) -> list[RankTime]:
+        """Each rank's host, from its node's launcher record (rank 0 names the node only)."""
+        hosts = {n.node_rank: n.host for n in self.nodes if n.node_rank is not None and n.host}
+        return [msgspec.structs.replace(r, host=hosts.get(r.node)) if r.node in hosts else r for r in ranks]
+
     def details(self) -> JobDetails:
         """The ``status --json`` object: the summary plus the status record's detail."""
         d = JobDetails.of(self.summary())
@@ -187,6 +194,8 @@ class JobInfo:
         if not self.state.live:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
             d.steps_per_second = d.eta_seconds = None
+        if isinstance(d.ranks, list):
+            d.ranks = self._with_hosts(d.ranks)
         job = self.job or Job()
         if job.exit_code is not None:
             d.exit_code = job.exit_code
@@ -210,6 +219,8 @@ DETAIL_FIELDS = (
     "commands",
     "guards",
     "guard_events",
+    "ranks",
+    "stragglers",
     "control_error",
     "started_at",
     "ended_at",

@@ -215,6 +215,8 @@ class RankTime(Record):
     node: Count | None = None
     seconds: When | None = None
     ratio: Annotated[float, Meta(ge=0, le=1e9)] | None = None
+    #: the node's host, as a reader found it in ``nodes/<node>.json`` (rank 0 does not say)
+    host: Host | None = None
 
 
 class Straggler(Record):
@@ -671,6 +673,9 @@ class JobDetails(JobRow):
     #: the guards the run watches with, and what fired (newest last)
     guards: Annotated[list[GuardRule], Meta(max_length=64)] | UnsetType = UNSET
     guard_events: Annotated[list[GuardFiring], Meta(max_length=256)] | UnsetType = UNSET
+    #: each rank's own time per step, and the ranks named stragglers
+    ranks: Annotated[list[RankTime], Meta(max_length=1024)] | UnsetType = UNSET
+    stragglers: Annotated[list[Straggler], Meta(max_length=1024)] | UnsetType = UNSET
     control_error: Text | UnsetType = UNSET
     error: Text | UnsetType = UNSET
     http: Http | UnsetType = UNSET

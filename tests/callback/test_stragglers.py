@@ -5,10 +5,13 @@ ranks' steps equally long. Equal ranks are named by nobody. The comparison itsel
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
+from support.launcher import launch
+from support.paths import EXAMPLES
 from support.torchrun import TIMEOUT, command, torchrun, wait_client, wait_step
 from support.waiting import wait_for
 
@@ -25,14 +28,19 @@ def _named(status: Status) -> Status | None:
     return status if status.stragglers else None
 
 
-def test_a_rank_half_again_as_slow_is_named_with_its_factor_in_status(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    job = torchrun(
+def test_a_rank_half_again_as_slow_is_named_with_its_factor_in_status(jobs_dir: Path, procs, tmp_path: Path, cli) -> None:
+    """Under ``forgather launch``: named within a minute (the guard's 5 s here), with its
+    factor, in status.json, the guard events, and ``status --json`` with each rank's host."""
+    args = ("--output-dir", str(tmp_path / "out"), "--step-time", "0.03", "--slow-rank", "1", "--slow-factor", "1.5", "--max-steps", "100000")
+    job = launch(
         procs,
-        "plain_loop.py",
-        *("--job-id", "slow-1", "--output-dir", str(tmp_path / "out"), "--step-time", "0.03", "--slow-rank", "1", "--slow-factor", "1.5"),
-        *("--max-steps", "100000"),
-        jobs_dir=jobs_dir,
-        env={"FORGATHER_GUARDS": "straggler:alert,for=5", "FORGATHER_CHECK_INTERVAL": "0.5"},
+        jobs_dir,
+        "slow-1",
+        EXAMPLES / "plain_loop.py",
+        *args,
+        opts=("--nproc-per-node", "2"),
+        FORGATHER_GUARDS="straggler:alert,for=5",
+        FORGATHER_CHECK_INTERVAL="0.5",
     )
     client = wait_client(jobs_dir, "slow-1", job)
     started = time.monotonic()
@@ -47,6 +55,16 @@ def test_a_rank_half_again_as_slow_is_named_with_its_factor_in_status(jobs_dir: 
     assert (table[1].seconds or 0) > (table[0].seconds or 0) > 0
     [event] = [e for e in status.guard_events or [] if e.kind == "straggler"]
     assert event.rank == 1 and event.action == "alert" and event.guard.startswith("straggler:alert") and "rank 1 (node 0)" in (event.evidence or "")
+
+    r = cli("control", "status", "slow-1", "--json")
+    assert r.code == 0, r
+    shown = r.json()
+    assert [(x["rank"], x["node"], x["host"]) for x in shown["ranks"]] == [(0, 0, socket.gethostname()), (1, 0, socket.gethostname())]
+    assert [s["rank"] for s in shown["stragglers"]] == [1]
+    r = cli("control", "status", "slow-1")
+    assert r.code == 0 and "stragglers  rank 1 (node 0)" in r.out and "the median of the others" in r.out, r.out
+    assert [line.split()[-1] for line in r.out.splitlines() if line.strip("│ ").startswith("1 ")][-1] == "straggler", r.out
+
     assert command(client, "stop").state == "completed"
     assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
 

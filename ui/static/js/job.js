@@ -20,6 +20,8 @@ const BUTTONS = [
     question: (id) => [`Abort job ${id}?`, "It stops now and saves nothing, here or at the end; the job ends “aborted”. Work since the last checkpoint is lost."] },
 ];
 
+// The ranks the Ranks panel draws; a bigger job shows its slowest (all of them in --json).
+const RANKS_DRAWN = 64;
 // A guard's action is the verb a person types; its command's label on the buttons.
 const GUARD_ACTION = { save: "Save", stop: "Stop", "save-stop": "Save & stop", abort: "Abort" };
 
@@ -98,6 +100,7 @@ export class JobView {
     this.ledgerEmpty = h("p", { class: "muted ledger-empty" });
     this.error = h("div", { class: "notice", hidden: true });
     this.guards = h("section", { class: "panel guards-panel", hidden: true });
+    this.ranks = h("section", { class: "panel ranks-panel", hidden: true });
     this.root.append(h("section", { class: "view job-view" },
       h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
       h("div", { class: "job-head" },
@@ -107,6 +110,7 @@ export class JobView {
       this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
       h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
       this.chartsEmpty, this.chartsBox,
+      this.ranks,
       this.guards,
       h("section", { class: "panel ledger-panel" },
         h("div", { class: "panel-head" }, h("h2", {}, "Commands")),
@@ -244,6 +248,42 @@ export class JobView {
 
     this.renderLedger(d);
     this.renderGuards(d);
+    this.renderRanks(d);
+  }
+
+  // Each rank's own time per step (outside collectives) as a bar, the stragglers marked:
+  // a running job of two ranks or more; the slowest 64 of a bigger one.
+  renderRanks(d) {
+    const ranks = (Array.isArray(d.ranks) ? d.ranks : []).filter((r) => r && typeof r === "object" && isNum(r.rank));
+    const named = new Set((Array.isArray(d.stragglers) ? d.stragglers : []).filter((s) => s && isNum(s.rank)).map((s) => Math.round(s.rank)));
+    this.ranks.hidden = !d.active || ranks.length < 2;
+    if (this.ranks.hidden) return;
+    const val = (v) => (isNum(v) ? v : null);
+    const shown = ranks.length <= RANKS_DRAWN ? ranks : [...ranks].sort((a, b) => (val(b.ratio) || 0) - (val(a.ratio) || 0)).slice(0, RANKS_DRAWN);
+    const key = JSON.stringify([shown, [...named]]);
+    if (key === this.ranksKey) return;
+    this.ranksKey = key;
+    clear(this.ranks);
+    const most = Math.max(...shown.map((r) => val(r.seconds) || 0), 1e-9);
+    this.ranks.append(h("div", { class: "panel-head" }, h("h2", {}, "Ranks"),
+      h("span", { class: "muted hint" }, `own time per step, outside collectives${shown.length < ranks.length ? ` · the ${shown.length} slowest of ${ranks.length}` : ""}`)));
+    const list = h("div", { class: "rank-bars" });
+    for (const r of shown) {
+      const secs = val(r.seconds);
+      const rank = Math.round(r.rank);
+      const slow = named.has(rank);
+      const fill = h("span", { class: "rank-fill" });
+      fill.style.width = `${secs === null ? 0 : Math.max(1, Math.round((100 * secs) / most))}%`;  // the CSP allows no style attribute
+      list.append(h("div", { class: "rank-bar" + (slow ? " straggler" : ""), dataset: { rank: String(rank), straggler: slow ? "1" : "0" } },
+        h("span", { class: "rank-name mono" }, `rank ${rank}`),
+        h("span", { class: "rank-host muted", title: typeof r.host === "string" ? r.host : "" }, typeof r.host === "string" ? r.host : (isNum(r.node) ? `node ${Math.round(r.node)}` : "")),
+        h("span", { class: "rank-track" }, fill),
+        h("span", { class: "rank-time num" }, secs === null ? "–" : `${(secs * 1000).toFixed(1)} ms`),
+        h("span", { class: "rank-ratio num" }, isNum(r.ratio) ? `${r.ratio.toFixed(2)}×` : "–"),
+        h("span", { class: "rank-flag" }, slow ? "straggler" : ""),
+      ));
+    }
+    this.ranks.append(list);
   }
 
   // The rules the job watches itself with, and what fired (newest first): every string
