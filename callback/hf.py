@@ -144,6 +144,7 @@ class TrainerControlCallback:
                 self._watch_saves()
             ctl.start()
             ctl.begin()
+            self._watch_model(kwargs.get("model"))
             ctl.set_epoch(state.epoch)
         except Exception:
             log.exception("forgather control: could not start; training goes on without it")
@@ -303,6 +304,15 @@ class TrainerControlCallback:
             self.controller.evaluation_done(metrics, checkpoint=checkpoint, note=note)
         except Exception:
             log.exception("forgather control: could not record the evaluation")
+
+    def _watch_model(self, model: Any) -> None:
+        """Hand the Controller the DDP-wrapped model (HF's ``model_wrapped``, the
+        framework's prepared ``model``; the callback's ``model`` argument is unwrapped),
+        so stragglers are judged by each rank's own time."""
+        trainer = self.trainer
+        for candidate in (getattr(trainer, "model_wrapped", None), getattr(trainer, "model", None), model):
+            if candidate is not None and self.controller.watch(candidate):
+                return
 
     def _trainer_has_eval(self) -> bool:
         trainer = self.trainer

@@ -131,6 +131,11 @@ class LightningControl:
         except Exception:
             log.exception("forgather control: could not start; training goes on without it")
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # The strategy wrapped the model in DDP after ``setup``: hand it over, so stragglers
+        # are judged by each rank's own time (the gradient all-reduce's waits left out).
+        self.controller.watch(getattr(trainer.strategy, "model", None))
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step == self._last_step:

@@ -92,6 +92,7 @@ class RankClock:
             log.info("forgather control: could not hook the model's gradient all-reduce (%s); stragglers are judged without it", exc)
             return False
         self.hooked = True
+        log.info("forgather control: timing this rank's waits in the gradient all-reduce (stragglers are named by their own time)")
         return True
 
     def interval(self, step: int, now: float | None = None) -> float:
