@@ -132,6 +132,8 @@ class JobHandle:
             d.live_error = str(exc)
             return d
         overlay(d, live, LIVE_FIELDS)
+        if self.info is not None and isinstance(d.ranks, list):
+            d.ranks = self.info.with_hosts(d.ranks)  # the server names each rank's node, not its host
         if d.resume_point is None and self.info is not None:
             d.resume_point = self.info.resume_point()  # the run's own says none yet; the job's stands
         d.live = True

@@ -179,7 +179,7 @@ class JobInfo:
         status = self.status
         return history(self.job, status, run=status.restarts if status is not None else None)
 
-    def _with_hosts(self, ranks: list[RankTime]) -> list[RankTime]:
+    def with_hosts(self, ranks: list[RankTime]) -> list[RankTime]:
         """Each rank's host, from its node's launcher record (rank 0 names the node only)."""
         hosts = {n.node_rank: n.host for n in self.nodes if n.node_rank is not None and n.host}
         return [msgspec.structs.replace(r, host=hosts.get(r.node)) if r.node in hosts else r for r in ranks]
@@ -195,7 +195,7 @@ class JobInfo:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
             d.steps_per_second = d.eta_seconds = None
         if isinstance(d.ranks, list):
-            d.ranks = self._with_hosts(d.ranks)
+            d.ranks = self.with_hosts(d.ranks)
         job = self.job or Job()
         if job.exit_code is not None:
             d.exit_code = job.exit_code

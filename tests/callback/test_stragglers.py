@@ -15,6 +15,7 @@ from support.paths import EXAMPLES
 from support.torchrun import TIMEOUT, command, torchrun, wait_client, wait_step
 from support.waiting import wait_for
 
+from forgather_control.core.outcome import EXIT_STOPPED
 from forgather_control.core.records import Status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real torchrun jobs on 2 cores shared with other test runs
@@ -63,10 +64,11 @@ def test_a_rank_half_again_as_slow_is_named_with_its_factor_in_status(jobs_dir: 
     assert [s["rank"] for s in shown["stragglers"]] == [1]
     r = cli("control", "status", "slow-1")
     assert r.code == 0 and "stragglers  rank 1 (node 0)" in r.out and "the median of the others" in r.out, r.out
-    assert [line.split()[-1] for line in r.out.splitlines() if line.strip("│ ").startswith("1 ")][-1] == "straggler", r.out
+    rows = [line.strip("│ ").split() for line in r.out.splitlines()]
+    assert [row[1:3] + row[-1:] for row in rows if row[:1] == ["1"]] == [[socket.gethostname(), "0", "straggler"]], r.out
 
     assert command(client, "stop").state == "completed"
-    assert job.wait(TIMEOUT) == 0, job.output()[-3000:]
+    assert job.wait(TIMEOUT) == EXIT_STOPPED, job.output()[-3000:]
 
 
 def test_equal_ranks_are_named_by_nobody(jobs_dir: Path, procs, tmp_path: Path) -> None:
