@@ -29,9 +29,11 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from forgather_control.core.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
+from forgather_control.core.records import AgreementTrace, encode
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +121,21 @@ class Agreement:
         except Exception as exc:  # noqa: BLE001 - never fail a job's exit over this
             log.debug("could not destroy the agreement group: %s", exc)
 
-    def dump_trace(self, directory: str | os.PathLike[str] | None = None, *, extra: dict[str, Any] | None = None) -> Path | None:
-        """Write this rank's trace to ``directory`` (default ``$FORGATHER_TRACE_AGREEMENT``)."""
+    def dump_trace(self, directory: str | os.PathLike[str] | None = None, *, ended: AgreementTrace | None = None) -> Path | None:
+        """Write this rank's trace to ``directory`` (default ``$FORGATHER_TRACE_AGREEMENT``);
+        ``ended`` adds how the run ended (its trace and fields are this rank's)."""
         directory = directory or os.environ.get(ENV_TRACE_AGREEMENT)
         if not directory:
             return None
-        return dump_trace(directory, self.rank, self.trace, extra=extra)
+        return dump_trace(directory, self.rank, self.trace, ended=ended)
 
 
-def dump_trace(directory: str | os.PathLike[str], rank: int, trace: list[tuple[int, ...]], *, extra: dict[str, Any] | None = None) -> Path:
+def dump_trace(directory: str | os.PathLike[str], rank: int, trace: list[tuple[int, ...]], *, ended: AgreementTrace | None = None) -> Path:
+    record = msgspec.structs.replace(ended or AgreementTrace(rank=rank, fields=[], trace=[]), rank=rank, fields=list(FIELDS), trace=[list(t) for t in trace])
     path = Path(directory) / f"rank-{int(rank)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"rank": rank, "fields": list(FIELDS), "trace": [list(t) for t in trace], **(extra or {})}))
+    tmp.write_text(json.dumps(encode(record)))
     os.replace(tmp, path)
     return path
 

@@ -47,7 +47,7 @@ from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.commands import new_command_id
 from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, StragglerWatch, action_command
 from forgather_control.core.metrics import History
-from forgather_control.core.records import CheckpointRecord, GuardFiring, Http, Metrics, RankTime, Status, Straggler
+from forgather_control.core.records import AgreementTrace, CheckpointRecord, GuardFiring, Http, Metrics, RankTime, Status, Straggler
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -412,14 +412,17 @@ class Controller:
         if not directory:
             return
         try:
-            extra = {
-                "world_size": self.world_size,
-                "final_step": self.current_step,
-                "state": self.state.value,
-                "served_http": self._plane.served_http,
-                "pid": os.getpid(),
-            }
-            dump_trace(directory, self.rank, list(self.agreement_trace), extra=extra)
+            ended = AgreementTrace(
+                rank=self.rank,
+                fields=[],
+                trace=[],
+                world_size=self.world_size,
+                final_step=self.current_step,
+                state=self.state.value,
+                served_http=self._plane.served_http,
+                pid=os.getpid(),
+            )
+            dump_trace(directory, self.rank, list(self.agreement_trace), ended=ended)
         except Exception:
             log.exception("forgather control: could not write the agreement trace")
 

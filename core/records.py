@@ -33,6 +33,7 @@ from forgather_control.core.states import JobState
 
 __all__ = [
     "UNSET",
+    "AgreementTrace",
     "Alert",
     "AlertClaim",
     "AlertSinks",
@@ -203,6 +204,20 @@ class GuardFiring(Record):
     values: Annotated[dict[Str64, float], Meta(max_length=32)] | None = None
     #: the command it queued (absent for ``alert``)
     command_id: Str64 | None = None
+
+
+class AgreementTrace(Record):
+    """``<FORGATHER_TRACE_AGREEMENT>/rank-<R>.json``: every exchange one rank made, as
+    agreed (tests and debugging), and how its run ended."""
+
+    rank: Rank
+    fields: Annotated[list[Short], Meta(max_length=64)]
+    trace: list[list[int]]
+    world_size: Count | None = None
+    final_step: Count | None = None
+    state: Short | None = None
+    served_http: bool | None = None
+    pid: Pid | None = None
 
 
 class RankTime(Record):
