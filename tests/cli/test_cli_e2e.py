@@ -84,9 +84,9 @@ def check_ended(cli, jobs_dir: Path, proc, job_id: str, state: str) -> None:
     assert j is not None and j["state"] == state, j
 
 
-# The quick tier keeps one run of each channel (HTTP here, the file channel in acceptance 2)
-# and one abort; the crossings (file channel on an HTTP job, abort by file, --remote and
-# --watch) run in the full suite.
+# The quick tier keeps one run of each channel (HTTP here, the file channel in acceptance 2);
+# the aborts (saving nothing is also tests/callback's, in process) and the crossings (file
+# channel on an HTTP job, --remote and --watch) run in the full suite.
 @pytest.mark.parametrize("channel", ["auto", pytest.param("file", marks=pytest.mark.slow)], ids=["http", "file-channel-on-http-job"])
 def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp_path: Path, channel: str) -> None:
     """Acceptance 1 (and 2, ``--channel file`` against an HTTP job)."""
@@ -117,6 +117,7 @@ def test_acceptance_1_list_status_save_eval_stop(cli, procs, jobs_dir: Path, tmp
     check_ended(cli, jobs_dir, proc, job, "stopped")
 
 
+@pytest.mark.slow
 def test_acceptance_1_abort_saves_nothing(cli, procs, jobs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out-abort"
     proc = start_loop(procs, jobs_dir, out, "abort-run")

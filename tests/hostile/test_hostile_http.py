@@ -231,6 +231,7 @@ def test_an_impostor_on_a_dead_jobs_port_never_gets_the_token(tmp_path: Path) ->
 
 
 # -- the fuzz -------------------------------------------------------------------------------
+@pytest.mark.slow  # a fuzz of hundreds of requests: the full suite's, not what one runs while working
 def test_fuzz_the_api_from_its_own_schema(live: LiveJob) -> None:
     import schemathesis  # here, not at the top: every xdist worker collects this module, one runs this test
     from schemathesis.checks import not_a_server_error
