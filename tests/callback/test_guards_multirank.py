@@ -20,9 +20,11 @@ from support.launcher import START_TIMEOUT, launch
 from support.processes import Procs
 from support.records import final_status, read_record
 from support.scripts import GUARDED_HF, GUARDED_LIGHTNING, GUARDED_LOOP
-from support.torchrun import end_step, ended_lines
+from support.torchrun import end_step, ended_lines, read_traces
 from support.waiting import wait_for
 
+from forgather_control.callback.agreement import FIELDS
+from forgather_control.callback.guarding import decode_vote
 from forgather_control.core.outcome import EXIT_ABORTED, EXIT_STOPPED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # forgather launch, torchrun, HF and Lightning
@@ -48,7 +50,13 @@ def test_a_nan_on_rank_1_alone_aborts_both_ranks_at_the_same_step(kind: str, job
     script = tmp_path / f"nan_{kind}.py"
     script.write_text(text)
     out, job_id = tmp_path / "out", f"nan-{kind}"
-    env = {"GUARD_NAN_AT": str(NAN_AT), "GUARD_NAN_RANK": "1", "FORGATHER_ABORT_RETURNS": "1"}  # the trainers' scripts print their end
+    traces = tmp_path / "traces"
+    env = {
+        "GUARD_NAN_AT": str(NAN_AT),
+        "GUARD_NAN_RANK": "1",
+        "FORGATHER_ABORT_RETURNS": "1",
+        "FORGATHER_TRACE_AGREEMENT": str(traces),
+    }  # the trainers' scripts print their end
     job = launch(procs, jobs_dir, job_id, script, *args, "--output-dir", str(out), opts=(*TWO, "--guard", "nan:abort"), **env)
     assert job.wait(START_TIMEOUT + 120) == EXIT_ABORTED, job.output()[-4000:]
     lines = ended_lines(job)
@@ -63,6 +71,14 @@ def test_a_nan_on_rank_1_alone_aborts_both_ranks_at_the_same_step(kind: str, job
     assert f"the loss is nan on rank 1 at step {receipt['step']}" == guard["evidence"], guard
     assert [g["text"] for g in status["guards"]] == ["nan:abort,metric=loss"] and [e["id"] for e in status["guard_events"]] == [guard["id"]]
     assert not list(out.glob("**/checkpoint-*")), "an abort saves nothing"
+    # Acted on at the first agreed check at or after the NaN: check k's step is the
+    # next_check that check k-1 agreed; the vote is in the first exchange with a guard.
+    trace = read_traces(traces)
+    assert trace[0] == trace[1], "every rank made the same exchanges"
+    nxt, vote = FIELDS.index("next_check"), FIELDS.index("guard")
+    voted = next(i for i, t in enumerate(trace[0]) if t[vote])
+    assert voted >= 2 and trace[0][voted - 1][nxt] == receipt["step"] and trace[0][voted - 2][nxt] < NAN_AT <= receipt["step"], trace[0][-5:]
+    assert decode_vote(trace[0][voted][vote]) == (1, "nan")
     if kind != "plain":  # the integration handed its DDP model over: stragglers by their own time
         assert job.output().count("timing this rank's waits in the gradient all-reduce") == 2, job.output()[-4000:]
 
