@@ -208,3 +208,32 @@ def test_a_sink_apprise_cannot_send_to_is_refused_at_launch_by_its_scheme(cli) -
     assert res.code == 2 and "nosuchservice://" in res.err and "s3cr3t" not in res.out + res.err, res.err
     res = cli("launch", "--dry-run", "--notify-cmd", "notify 'unclosed", str(PLAIN))
     assert res.code == 2 and "--notify-cmd 1 is not a command line" in res.err, res.err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stall_is_alerted_within_the_threshold_and_5_s_and_its_guard_aborts_the_hung_job(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
+    """Rank 1 hangs at step 8 (examples/launch/hang_train.py), rank 0 waits for it in the
+    gradient all-reduce: one ``stalled`` message within the stall threshold (3 s) plus 5 s
+    of the step's last move, the stall guard's own message, and its abort carried out by
+    the launcher (the ranks cannot agree on it): one ``aborted`` end."""
+    hang = EXAMPLES.parent / "launch" / "hang_train.py"
+    with Webhook() as hook:
+        job = launch(
+            procs,
+            jobs_dir,
+            "hung",
+            hang,
+            "--hang-at",
+            "8",
+            opts=("--nproc-per-node", "2", "--stall-after", "3", "--guard", "stall:abort", "--notify", hook.url()),
+        )
+        assert job.wait(TIMEOUT) == EXIT_ABORTED, job.output()[-3000:]
+        alerts = {a["event"]: a for a in hook.wait(3) and hook.alerts()}
+        assert sorted(a["event"] for a in hook.alerts()) == ["aborted", "guard", "stalled"], hook.alerts()
+    status = read(jobs_dir, "hung", "status.json")
+    stalled = alerts["stalled"]
+    assert stalled["step"] == 7 and stalled["at"] - status["progress_at"] <= 3 + 5, (stalled, status["progress_at"])
+    assert alerts["guard"]["guard"] == "stall:abort" and "no step for" in alerts["guard"]["reason"]
+    [receipt] = [c for c in status["commands"] if c.get("source") == "guard"]
+    assert receipt["command"] == "abort" and receipt["state"] == "completed" and receipt["guard"]["kind"] == "stall", receipt
