@@ -9,11 +9,14 @@ MAX is the one reduction that lets rank 0's fields through (the others send zero
 lets any rank raise a flag, so one collective carries everything. No pickle, no
 ``broadcast_object_list``; the HTTP thread and signal handlers never get here.
 
-Sync, not async (measured by ``benchmarks/bench_agreement.py`` on 2 busy cores): a
-synchronous int64[5] all-reduce costs 300-1200 us, an async one issued at a check and
-waited for a step later 50-110 us. At about one check per second both stay well under 1%
-of a 10 ms step, while async would apply every command one check later and keep a
-buffer in flight across training steps; the simpler synchronous call is used.
+Issued at the check, read ``lag`` steps later (:meth:`Agreement.start`): a synchronous
+all-reduce makes every rank wait at the check for the last rank to arrive, which on
+busy or oversubscribed cores is most of its cost (measured by
+``benchmarks/bench_agreement.py``: 0.7% of a 10 ms step at 4 ranks, 2% at 8). Issued
+asynchronously, the collective runs while the ranks train; at the agreed resolution step
+every rank reads the same answer and acts on it there (the Controller's protocol:
+docs/design-notes.md, "Agreement"). :meth:`Agreement.exchange` is the synchronous form,
+for the checks that cannot wait (the last step, between evaluation batches).
 
 Tracing: every exchange, as agreed, is appended to ``Agreement.trace`` (a check is
 about once a second, so this is cheap); with ``FORGATHER_TRACE_AGREEMENT=<dir>`` each
@@ -27,8 +30,10 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,7 +43,7 @@ from forgather_control.core.records import AgreementTrace, encode
 log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it.
-FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard")
+FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard", "lag")
 #: A trace longer than this keeps its first entries only (days of checks).
 TRACE_LIMIT = 1_000_000
 
@@ -52,9 +57,10 @@ class Proposal:
     next_check: int = 0  # step of the next check, chosen by rank 0
     flags: int = 0  # the command's options, as bits (actions.FLAG_*)
     guard: int = 0  # any rank's nan vote: (rank + 1) * 4 + what it saw (guarding.decode_vote)
+    lag: int = 0  # steps between the next check's start and its resolution, chosen by rank 0
 
     def as_list(self) -> list[int]:
-        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard]
+        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard, self.lag]
 
 
 class Agreement:
@@ -73,6 +79,7 @@ class Agreement:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("torch.distributed is not initialised; cannot agree across ranks")
         self._dist = dist
+        self._torch = torch
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         if group is None:
@@ -92,13 +99,26 @@ class Agreement:
         self.trace: list[tuple[int, ...]] = []
 
     def exchange(self, proposal: Proposal, *, own_us: int = 0) -> Proposal:
-        buf = self._buf
+        """The exchange, waited for here (every rank blocks until the last arrives)."""
+        buf = self._fill(self._buf, proposal, own_us)
+        self._dist.all_reduce(buf, op=self._op, group=self.group)
+        return self._agreed(buf)
+
+    def start(self, proposal: Proposal, *, own_us: int = 0) -> Pending:
+        """The exchange, started: its own buffer, read by :meth:`Pending.wait`."""
+        buf = self._fill(self._torch.zeros(self._buf.shape[0], dtype=self._buf.dtype), proposal, own_us)
+        work = self._dist.all_reduce(buf, op=self._op, group=self.group, async_op=True)
+        return Pending(self, work, buf)
+
+    def _fill(self, buf: Any, proposal: Proposal, own_us: int) -> Any:
         buf.zero_()
         for i, v in enumerate(proposal.as_list()):
             buf[i] = v
         buf[self._mine] = max(0, own_us)
         buf[self._mine + 1] = self._node
-        self._dist.all_reduce(buf, op=self._op, group=self.group)
+        return buf
+
+    def _agreed(self, buf: Any) -> Proposal:
         values = buf.tolist()
         agreed = tuple(values[: len(FIELDS)])
         if self.rank == 0:
@@ -128,6 +148,32 @@ class Agreement:
         if not directory:
             return None
         return dump_trace(directory, self.rank, self.trace, ended=ended)
+
+
+class Pending:
+    """A started exchange; :meth:`wait` blocks until every rank's part is in (at once,
+    usually: it ran while the ranks trained) and returns the answer, the same every time.
+    ``waited``: how long the wait blocked, which tells rank 0 whether the lag is enough."""
+
+    def __init__(self, agreement: Agreement, work: Any, buf: Any) -> None:
+        self._agreement = agreement
+        self._work = work
+        self._buf = buf
+        self._answer: Proposal | None = None
+        self.waited = 0.0
+
+    def wait(self, timeout: float | None = None) -> Proposal:
+        if self._answer is None:
+            t = time.perf_counter()
+            if timeout is None:
+                self._work.wait()
+            else:
+                import datetime
+
+                self._work.wait(timeout=datetime.timedelta(seconds=timeout))
+            self.waited = time.perf_counter() - t
+            self._answer = self._agreement._agreed(self._buf)
+        return self._answer
 
 
 def dump_trace(directory: str | os.PathLike[str], rank: int, trace: list[tuple[int, ...]], *, ended: AgreementTrace | None = None) -> Path:

@@ -37,6 +37,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
 from .actions import FLAG_EVALUATE, FLAG_SAVED, NO_ACTIONS, Actions, actions_for, evaluates_first
-from .agreement import Agreement, Proposal, distributed_context, distributed_ready, dump_trace
+from .agreement import Agreement, Pending, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
 from .guarding import GuardBook
 from .history import HistoryRecorder, load_or_new
@@ -67,6 +68,25 @@ from .stall import Phase, StallWatch
 from .straggle import RankClock, node_rank
 
 log = logging.getLogger(__name__)
+
+#: A started check whose answer was not in when its resolution step came (a wait longer
+#: than this, seconds) gets one more step of lag, up to MAX_LAG; a check that was in long
+#: before gets one less.
+LAG_WAIT = 0.0005
+MAX_LAG = 16
+#: How long close waits for a started check's collective (seconds).
+INFLIGHT_AT_CLOSE = 30.0
+
+
+@dataclass
+class _Inflight:
+    """A check started at one step and resolved at a later one (agreement.Pending)."""
+
+    pending: Pending
+    proposal: Proposal
+    entry: Any
+    synced: tuple[int, CheckpointRecord | None]
+
 
 __all__ = ["DEFAULT_SIGNALS", "NO_ACTIONS", "Actions", "Controller"]
 
@@ -165,6 +185,11 @@ class Controller:
         self._rate = StepRate(start=self.current_step)
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
+        # The started check (resolved at its resolution step), the lag every rank uses for
+        # the next one (agreed), and rank 0's wish for it (sent in its proposals).
+        self._inflight: _Inflight | None = None
+        self._lag = 1
+        self._lag_wanted = 1
         #: the job's guards (core.guards): this rank's vote, rank 0's own judgements
         self.guards = GuardBook(cfg.guards, rank=self.rank)
         # Stragglers: this rank's own time per step (every rank), the ranks compared (rank 0).
@@ -363,6 +388,7 @@ class Controller:
             atexit.unregister(self._at_exit)
         except Exception:  # noqa: BLE001 - closing must not fail  # pragma: no cover
             pass
+        self._finish_inflight()
         self._dump_trace()
         if self._agreement is not None:
             self._agreement.close()
@@ -373,6 +399,18 @@ class Controller:
         except Exception:
             log.exception("forgather control: could not settle the receipts; some may stay open")
         self._plane.close(error=error, remove_endpoint=self.cleanup_on_exit)
+
+    def _finish_inflight(self) -> None:
+        """A check started and not resolved when the loop ended: every rank started it, so
+        its collective completes; it is waited for (bounded) before the group is shut,
+        and not acted on (the loop is over; a command it carried stays unapplied)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        try:
+            inflight.pending.wait(timeout=INFLIGHT_AT_CLOSE)
+        except Exception as exc:  # noqa: BLE001 - closing must not fail
+            log.warning("forgather control: the last started check did not complete at close (%s)", exc)
 
     def _final_state(self, state: JobState | str | None, error: str | None) -> JobState:
         if state is None:
@@ -463,6 +501,8 @@ class Controller:
                 if not self._prepare():
                     self._next_check = step + 1
                     return NO_ACTIONS
+            if self._inflight is not None:
+                return self._resolve(step)
             return self._check(step)
         except Exception:
             log.exception("forgather control: check at step %s failed; commands are off, training goes on", step)
@@ -481,7 +521,15 @@ class Controller:
                     self._judge_guards(step)
                 entry = self.ledger.next_pending()
         next_check = self._schedule.next_check(step, self.max_steps) if self.is_rank0 and (timed or not self._solo) else 0
-        agreed = self._agree(entry, next_check, vote=self.guards.vote(self.metrics) if timed else 0)
+        vote = self.guards.vote(self.metrics) if timed else 0
+        lag = self._lag
+        if not self._solo and lag > 0 and not (self.max_steps and step + lag >= self.max_steps):
+            # Started here, resolved ``lag`` steps on (every rank knows both steps): no rank
+            # waits at the check for the others. Near the end, and between evaluation
+            # batches, the exchange is waited for at once.
+            self._start_check(step, entry, max(next_check, step + lag + 1) if self.is_rank0 else 0, vote, lag)
+            return NO_ACTIONS
+        agreed = self._agree(entry, next_check, vote=vote)
         self.phase = Phase.TRAINING
         # a process alone checks when poked (or right after a long pause: check_next_step),
         # or on the clock its guards need
@@ -514,18 +562,25 @@ class Controller:
         self._changed()
         return command_id
 
-    def _agree(self, entry: Any, next_check: int, *, vote: int = 0) -> Proposal:
-        """One check's exchange: rank 0's command (``entry``) and ``next_check``, any rank's
-        signal and nan vote; every rank gets the same answer."""
-        proposal = Proposal(
-            seq=self._check_seq + 1,
+    def _proposal(self, entry: Any, next_check: int, vote: int) -> Proposal:
+        """This rank's part of a check: rank 0's command (``entry``), ``next_check`` and the
+        lag of the check after, any rank's signal and nan vote."""
+        self._check_seq += 1
+        return Proposal(
+            seq=self._check_seq,
             command=entry.command.code if entry is not None else 0,
             arg=entry.seq if entry is not None else 0,
             flags=self._flags(entry),
             signal=min(self._signals.level, 2),
             next_check=next_check,
             guard=vote,
+            lag=self._lag_wanted if self.is_rank0 else 0,
         )
+
+    def _agree(self, entry: Any, next_check: int, *, vote: int = 0) -> Proposal:
+        """One check's exchange, waited for here; every rank gets the same answer."""
+        synced = (self._receipts.unsynced, self._unsynced_point)
+        proposal = self._proposal(entry, next_check, vote)
         if self._solo:
             agreed = proposal
         else:
@@ -534,16 +589,54 @@ class Controller:
             agreed = self._agreement.exchange(proposal, own_us=int(own * 1e6))  # type: ignore[union-attr]
             self.phase = phase
             self._clock.mark(self.current_step)
+        return self._agreed(proposal, agreed, synced)
+
+    def _start_check(self, step: int, entry: Any, next_check: int, vote: int, lag: int) -> None:
+        """Start the check at ``step``; it is resolved at ``step + lag`` (the next slow step)."""
+        synced = (self._receipts.unsynced, self._unsynced_point)
+        proposal = self._proposal(entry, next_check, vote)
+        own = self._clock.interval(step)
+        pending = self._agreement.start(proposal, own_us=int(own * 1e6))  # type: ignore[union-attr]
+        self._clock.mark(step)
+        self._inflight = _Inflight(pending, proposal, entry, synced)
+        self._next_check = step + lag
+
+    def _resolve(self, step: int) -> Actions:
+        """The started check's answer, read at its resolution step (or earlier, when every
+        rank made this step a check: check_next_step): every rank acts on it here."""
+        inflight, self._inflight = self._inflight, None
+        assert inflight is not None
+        phase, self.phase = self.phase, Phase.AGREEMENT  # a rank stuck here waits for another rank
+        agreed = inflight.pending.wait()
+        self.phase = phase
+        if self.is_rank0:
+            # A wait means the collective had not finished in ``lag`` steps: ask for more
+            # (it travels in the next proposal; every rank takes the agreed one).
+            if inflight.pending.waited > LAG_WAIT and self._lag_wanted < MAX_LAG:
+                self._lag_wanted += 1
+            elif inflight.pending.waited < LAG_WAIT / 10 and self._lag_wanted > 1:
+                self._lag_wanted -= 1
+        self._agreed(inflight.proposal, agreed, inflight.synced)
+        self.phase = Phase.TRAINING
+        self._next_check = agreed.next_check if agreed.next_check > step else step + 1
+        return self._act(step, agreed, inflight.entry)
+
+    def _agreed(self, proposal: Proposal, agreed: Proposal, synced: tuple[int, CheckpointRecord | None]) -> Proposal:
+        """What every rank does with an answer: the saves reported before its proposal
+        were finished on every rank (each had made its proposal), stragglers compared."""
+        if not self._solo:
             if self.is_rank0:
                 self._compare_ranks(self.current_step)
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
-        self._check_seq = agreed.seq
-        # every rank got here, so every rank finished its earlier saves
-        if self._receipts.unsynced:
-            self._receipts.sync()
-        if self._unsynced_point is not None:
-            self.resume_point, self._unsynced_point = self._unsynced_point, None
+        self._check_seq = max(self._check_seq, agreed.seq)
+        if agreed.lag:
+            self._lag = agreed.lag  # the lag of the checks from here on, the same on every rank
+        count, point = synced
+        if count:
+            self._receipts.sync(count)
+        if point is not None and self._unsynced_point is point:
+            self.resume_point, self._unsynced_point = point, None
         return agreed
 
     def _flags(self, entry: Any) -> int:

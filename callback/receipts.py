@@ -88,10 +88,12 @@ class Receipts:
             still.append(waiting)
         self._waiting = still
 
-    def sync(self) -> None:
+    def sync(self, count: int | None = None) -> None:
         """Every rank reached an agreed check, so every rank finished its earlier saves:
-        complete the saves that waited for that."""
-        done, self._unsynced = self._unsynced, []
+        complete the saves that waited for that (the first ``count``: those reported before
+        a check that was started then and resolved now)."""
+        count = len(self._unsynced) if count is None else count
+        done, self._unsynced = self._unsynced[:count], self._unsynced[count:]
         for command_id, result in done:
             self._ledger.complete(command_id, result)
 

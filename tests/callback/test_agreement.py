@@ -23,7 +23,7 @@ class Clock:
 
 
 def test_proposal_layout_matches_fields() -> None:
-    assert len(Proposal().as_list()) == len(FIELDS) == 7
+    assert len(Proposal().as_list()) == len(FIELDS) == 8
 
 
 def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:

@@ -5,7 +5,8 @@
   rank 0 and serves; at train begin the real rank 1 stops serving and rank 0 owns the
   endpoint;
 - ranks with different, jittery step times get the same actions at the same steps;
-- exactly one all-reduce per check, at most one check per step, identical traces.
+- exactly one all-reduce per check, at most one check per step, identical traces; each
+  check started at an agreed step and resolved the agreed lag later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 from support.env import base_env
 from support.torchrun import TIMEOUT, torchrun_argv
+
+from forgather_control.callback.agreement import FIELDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a real torchrun job on 2 cores shared with other test runs
 
@@ -98,11 +101,13 @@ def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Pa
     assert r0["trace"] == r1["trace"]
     assert r0["all_reduce"] == len(r0["trace"]) and r1["all_reduce"] == len(r1["trace"])  # one per check
     assert r0["checked"] == r1["checked"] and all(a < b for a, b in itertools.pairwise(r0["checked"]))  # at most one check per step
-    # each check at the step the one before agreed on, or at the step right after a save or
-    # an evaluation (check_next_step: a stop asked during it applies at once)
+    # each check starts at the step the one before agreed on, or at the step right after a
+    # save or an evaluation (check_next_step: a stop asked during it applies at once), and
+    # is resolved (its answer read, acted on, traced) the agreed lag later on every rank
     after_action = {step + 1 for step, _ in r0["actions"]}
+    start, lag = FIELDS.index("next_check"), FIELDS.index("lag")
     for row, (was, now) in zip(r0["trace"], itertools.pairwise(r0["checked"]), strict=False):
-        assert now == row[4] or now in after_action, (was, now, row)
+        assert row[lag] >= 1 and (now - row[lag] == row[start] or now - row[lag] in after_action), (was, now, row)
     assert len(r0["trace"]) < r0["final"]  # not every step: the cadence adapts
 
     states = {e["command"]: e["state"] for e in r0["ledger"]}

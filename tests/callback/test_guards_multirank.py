@@ -71,13 +71,16 @@ def test_a_nan_on_rank_1_alone_aborts_both_ranks_at_the_same_step(kind: str, job
     assert f"the loss is nan on rank 1 at step {receipt['step']}" == guard["evidence"], guard
     assert [g["text"] for g in status["guards"]] == ["nan:abort,metric=loss"] and [e["id"] for e in status["guard_events"]] == [guard["id"]]
     assert not list(out.glob("**/checkpoint-*")), "an abort saves nothing"
-    # Acted on at the first agreed check at or after the NaN: check k's step is the
-    # next_check that check k-1 agreed; the vote is in the first exchange with a guard.
+    # Voted at the first agreed check at or after the NaN and acted on where that check
+    # resolved: check k starts at the next_check check k-1 agreed and resolves the agreed
+    # lag later; the vote is in the first exchange with a guard.
     trace = read_traces(traces)
     assert trace[0] == trace[1], "every rank made the same exchanges"
-    nxt, vote = FIELDS.index("next_check"), FIELDS.index("guard")
+    nxt, vote, lag = FIELDS.index("next_check"), FIELDS.index("guard"), FIELDS.index("lag")
     voted = next(i for i, t in enumerate(trace[0]) if t[vote])
-    assert voted >= 2 and trace[0][voted - 1][nxt] == receipt["step"] and trace[0][voted - 2][nxt] < NAN_AT <= receipt["step"], trace[0][-5:]
+    started = trace[0][voted - 1][nxt]
+    assert voted >= 2 and trace[0][voted - 2][nxt] < NAN_AT <= started, trace[0][-5:]
+    assert receipt["step"] == started + trace[0][voted - 1][lag], (receipt["step"], trace[0][-5:])
     assert decode_vote(trace[0][voted][vote]) == (1, "nan")
     if kind != "plain":  # the integration handed its DDP model over: stragglers by their own time
         assert job.output().count("timing this rank's waits in the gradient all-reduce") == 2, job.output()[-4000:]
