@@ -54,6 +54,21 @@ def require_chromium() -> None:
 
 
 @contextlib.contextmanager
+def watched_page(chromium: Any, *, width: int = 1400, height: int = 900) -> Iterator[Any]:
+    """A page in a fresh context of ``chromium`` whose script errors are kept in
+    ``page.errors`` (a test ends asserting there are none)."""
+    ctx = chromium.new_context(viewport={"width": width, "height": height})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    try:
+        yield page
+    finally:
+        ctx.close()
+
+
+@contextlib.contextmanager
 def browser(*, extra_args: list[str] | None = None) -> Iterator[Any]:
     """A headless Chromium; the test is skipped where there is none (CI installs it)."""
     require_chromium()

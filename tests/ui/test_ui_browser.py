@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ui import browser, history, ui_server, write_job, write_starting_job
+from support.ui import browser, history, ui_server, watched_page, write_job, write_starting_job
 
 REBIND = "rebind.test"
 #: One worker runs these, so the module's Chromium starts once.
@@ -28,13 +28,8 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def page(chromium: Any) -> Iterator[Any]:
-    ctx = chromium.new_context(viewport={"width": 1400, "height": 900})
-    page = ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.errors = errors
-    yield page
-    ctx.close()
+    with watched_page(chromium) as page:
+        yield page
 
 
 def test_token_flow(page: Any, jobs_dir: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ui import browser, history, ui_server, write_job
+from support.ui import browser, history, ui_server, watched_page, write_job
 
 pytestmark = pytest.mark.xdist_group("chromium")
 
@@ -25,14 +25,8 @@ RULES = [
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    with browser() as b:
-        ctx = b.new_context(viewport={"width": 1400, "height": 900})
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.errors = errors
+    with browser() as b, watched_page(b) as page:
         yield page
-        ctx.close()
 
 
 def test_the_guards_panel_shows_the_rules_and_what_fired(page: Any, jobs_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ui import browser, history, ui_server, write_job
+from support.ui import browser, history, ui_server, watched_page, write_job
 
 pytestmark = pytest.mark.xdist_group("chromium")
 
@@ -18,14 +18,8 @@ HTML = '<img src=x onerror="window.__pwned=1">'
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    with browser() as b:
-        ctx = b.new_context(viewport={"width": 1280, "height": 900})
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.errors = errors
+    with browser() as b, watched_page(b, width=1280) as page:
         yield page
-        ctx.close()
 
 
 def test_each_rank_is_a_bar_and_the_straggler_is_marked(page: Any, jobs_dir: Path, tmp_path: Path) -> None:
