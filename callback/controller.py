@@ -74,8 +74,10 @@ log = logging.getLogger(__name__)
 #: before gets one less.
 LAG_WAIT = 0.0005
 MAX_LAG = 16
-#: How long close waits for a started check's collective (seconds).
+#: How long close waits for a started check's collective (seconds), and when the rank
+#: ends with an error (its failure must not wait on peers that may be gone).
 INFLIGHT_AT_CLOSE = 30.0
+INFLIGHT_AT_FAILURE = 2.0
 
 
 @dataclass
@@ -388,7 +390,7 @@ class Controller:
             atexit.unregister(self._at_exit)
         except Exception:  # noqa: BLE001 - closing must not fail  # pragma: no cover
             pass
-        self._finish_inflight()
+        self._finish_inflight(INFLIGHT_AT_CLOSE if error is None else INFLIGHT_AT_FAILURE)
         self._dump_trace()
         if self._agreement is not None:
             self._agreement.close()
@@ -400,15 +402,16 @@ class Controller:
             log.exception("forgather control: could not settle the receipts; some may stay open")
         self._plane.close(error=error, remove_endpoint=self.cleanup_on_exit)
 
-    def _finish_inflight(self) -> None:
+    def _finish_inflight(self, timeout: float) -> None:
         """A check started and not resolved when the loop ended: every rank started it, so
-        its collective completes; it is waited for (bounded) before the group is shut,
-        and not acted on (the loop is over; a command it carried stays unapplied)."""
+        its collective completes; it is waited for (bounded: briefly when this rank fails,
+        whose peers may be gone) before the group is shut, and not acted on (the loop is
+        over; a command it carried stays unapplied)."""
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return
         try:
-            inflight.pending.wait(timeout=INFLIGHT_AT_CLOSE)
+            inflight.pending.wait(timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - closing must not fail
             log.warning("forgather control: the last started check did not complete at close (%s)", exc)
 
