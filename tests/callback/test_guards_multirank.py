@@ -120,11 +120,23 @@ def test_a_slowdown_records_an_alert_and_queues_nothing(jobs_dir: Path, procs: P
     script = tmp_path / "slow.py"
     script.write_text(GUARDED_LOOP)
     rule = "slowdown:alert,fraction=0.5,for=2"
-    job = launch(procs, jobs_dir, "slow", script, "--output-dir", str(tmp_path / "out"), "--slowdown-at", "800", opts=(*TWO, "--guard", rule))
+    # checks twice a second: the run's median pace is known (5 checks or more) well before step 400
+    job = launch(
+        procs,
+        jobs_dir,
+        "slow",
+        script,
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--slowdown-at",
+        "400",
+        opts=(*TWO, "--guard", rule),
+        FORGATHER_CHECK_INTERVAL="0.5",
+    )
     status = running_until(jobs_dir, "slow", job, "the slowdown's alert", lambda st: st.get("guard_events"))
     [event] = status["guard_events"]
     assert (event["guard"], event["kind"], event["action"], event.get("command_id")) == ("slowdown:alert,fraction=0.5,for=2", "slowdown", "alert", None), event
-    assert event["step"] >= 800 and event["values"]["steps_per_second"] < 0.5 * event["values"]["median"] and event["values"]["for"] >= 2, event
+    assert event["step"] >= 400 and event["values"]["steps_per_second"] < 0.5 * event["values"]["median"] and event["values"]["for"] >= 2, event
     assert "of the run's median" in event["evidence"] and not guard_receipts(status), status
     assert cli("control", "stop", "slow", "--wait", timeout=START_TIMEOUT).code == 0
     assert job.wait(START_TIMEOUT) == EXIT_STOPPED, job.output()[-4000:]
