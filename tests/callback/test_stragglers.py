@@ -81,13 +81,13 @@ def test_equal_ranks_are_named_by_nobody(jobs_dir: Path, procs, tmp_path: Path) 
     )
     client = wait_client(jobs_dir, "even-1", job)
     wait_step(client, 3)
-    # ten seconds of checks: well past the guard's 3 s, judged by the job's own record
+    # eight seconds of checks: well past the guard's 3 s, judged by the job's own record
     first = client.status()
     status = wait_for(
-        lambda: (lambda s: s if (s.updated_at or 0) - (first.updated_at or 0) >= 10 and s.ranks else None)(client.status()),
+        lambda: (lambda s: s if (s.updated_at or 0) - (first.updated_at or 0) >= 8 and s.ranks else None)(client.status()),
         timeout=TIMEOUT,
         interval=0.5,
-        what="ten seconds of checks",
+        what="eight seconds of checks",
     )
     assert not status.stragglers and not [e for e in status.guard_events or [] if e.kind == "straggler"]
     assert all(r.ratio is not None and r.ratio < 1.25 for r in status.ranks or []), status.ranks
