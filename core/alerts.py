@@ -18,6 +18,7 @@ sends, once". Sending is :mod:`forgather_control.client.notify`'s.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -25,7 +26,6 @@ import secrets
 import shlex
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from msgspec import structs
 
@@ -73,6 +73,8 @@ _MAX_URL = 2048
 _URL = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]{0,31}://\S+\Z")
 _NOTIFY_OPTIONS = ("--notify", "--notify-cmd")
 _TAKEN = ".taken-"
+#: A claim is a small record: the alert and who took it.
+_CLAIM_BYTES = 64 * 1024
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -231,8 +233,6 @@ def message(alert: Alert) -> tuple[str, str]:
 
 def alert_json(alert: Alert) -> bytes:
     """The alert as the JSON a ``json://`` sink and a command's stdin get."""
-    import json
-
     return json.dumps(encode(alert), sort_keys=True).encode()
 
 
@@ -344,8 +344,6 @@ def _claim_record(alert: Alert, now: float) -> AlertClaim:
 def _create(dir_fd: int, name: str, record: AlertClaim) -> bool:
     """Create ``name`` holding ``record``: True when this call made it (O_EXCL: of any
     number of processes on any hosts sharing the folder, one does); never through a link."""
-    import json
-
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     except FileExistsError:
@@ -374,7 +372,7 @@ def claim(paths: JobPaths, alert: Alert, *, now: float) -> bool:
 
 def _read_claim(paths: JobPaths, name: str) -> AlertClaim | None:
     try:
-        return load(paths.alerts / name, AlertClaim, max_bytes=64 * 1024, owner=os.geteuid())
+        return load(paths.alerts / name, AlertClaim, max_bytes=_CLAIM_BYTES, owner=os.geteuid())
     except RecordError:
         return None  # a link, another user's, half-written, not a claim: nothing to take over
 
@@ -459,20 +457,7 @@ def _take(fd: int, name: str, record: AlertClaim, now: float) -> Alert | None:
 
 
 def _load_at(fd: int, name: str) -> AlertClaim | None:
-    import json
-
-    from forgather_control.core.records import decode
-
     try:
-        f = os.open(name, os.O_RDONLY | _O_NOFOLLOW, dir_fd=fd)
-    except OSError:
-        return None
-    try:
-        if os.fstat(f).st_uid != os.geteuid():
-            return None
-        raw: Any = json.loads(os.read(f, 64 * 1024).decode("utf-8"))
-        return decode(raw, AlertClaim, name=name)
-    except (ValueError, RecordError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(f)
+        return load(name, AlertClaim, max_bytes=_CLAIM_BYTES, owner=os.geteuid(), dir_fd=fd)
+    except RecordError:
+        return None  # a link, another user's, half-written, not a claim

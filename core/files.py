@@ -150,12 +150,16 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES
         return None
 
 
-def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, owner: int | None = None) -> dict[str, Any] | None:
+def read_record(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYTES, owner: int | None = None, dir_fd: int | None = None
+) -> dict[str, Any] | None:
     """One JSON object; None when the file does not exist; RecordError for a file that
     is there but is not a record (never followed when it is a link), or, with ``owner``
-    (a uid), that another user wrote: it is not trusted, whatever it says."""
+    (a uid), that another user wrote: it is not trusted, whatever it says. ``dir_fd``:
+    ``path`` is relative to that open folder (a reader holding one never re-walks a path
+    someone could swap)."""
     try:
-        st = os.lstat(path)
+        st = os.lstat(path, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):  # no record here (no folder for one)
         return None
     except OSError as exc:
@@ -165,7 +169,7 @@ def read_record(path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORD_BYT
     if st.st_size > max_bytes:
         raise RecordError(f"{path}: {st.st_size} bytes is larger than a record can be ({max_bytes})")
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -827,10 +827,14 @@ def from_json(data: object, cls: type[R], *, name: str) -> R:
     return decode(parse_json(data, name=name), cls, name=name)
 
 
-def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None, owner: int | None = None) -> R | None:
-    """The record at ``path`` as a ``cls``; None when there is none; RecordError naming the
-    file and the field when it is there but unusable, or (``owner``, a uid) another user's."""
-    raw = read_record(path, owner=owner) if max_bytes is None else read_record(path, max_bytes=max_bytes, owner=owner)
+def load(path: str | os.PathLike[str], cls: type[R], *, max_bytes: int | None = None, owner: int | None = None, dir_fd: int | None = None) -> R | None:
+    """The record at ``path`` (relative to the open folder ``dir_fd`` when given) as a
+    ``cls``; None when there is none; RecordError naming the file and the field when it
+    is there but unusable, or (``owner``, a uid) another user's."""
+    if max_bytes is None:
+        raw = read_record(path, owner=owner, dir_fd=dir_fd)
+    else:
+        raw = read_record(path, max_bytes=max_bytes, owner=owner, dir_fd=dir_fd)
     return None if raw is None else decode(raw, cls, name=os.fspath(path))
 
 
