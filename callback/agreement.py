@@ -92,8 +92,8 @@ class Agreement:
         self._buf = torch.zeros(len(FIELDS) + 2 * self.world_size, dtype=torch.int64)
         self._mine = len(FIELDS) + 2 * self.rank
         self._node = node + 1
-        #: after an exchange: (own microseconds per step, node) of every rank
-        self.per_rank: list[tuple[int, int]] = []
+        #: after an exchange, on rank 0: (own microseconds per step, node or None) of every rank
+        self.per_rank: list[tuple[int, int | None]] = []
         self._op = dist.ReduceOp.MAX
         #: Every exchange this rank made, as agreed (seq, command, arg, signal, next_check).
         self.trace: list[tuple[int, ...]] = []
@@ -123,7 +123,7 @@ class Agreement:
         agreed = tuple(values[: len(FIELDS)])
         if self.rank == 0:
             slots = values[len(FIELDS) :]
-            self.per_rank = [(slots[i], slots[i + 1] - 1) for i in range(0, len(slots), 2)]
+            self.per_rank = [(slots[i], slots[i + 1] - 1 if slots[i + 1] else None) for i in range(0, len(slots), 2)]
         if len(self.trace) < TRACE_LIMIT:
             self.trace.append(agreed)
         return Proposal(*agreed)

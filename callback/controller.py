@@ -45,8 +45,7 @@ import msgspec
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
-from forgather_control.core.commands import new_command_id
-from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, StragglerWatch, action_command
+from forgather_control.core.guards import action_command
 from forgather_control.core.metrics import History
 from forgather_control.core.records import AgreementTrace, CheckpointRecord, GuardFiring, Http, Metrics, RankTime, Status, Straggler
 from forgather_control.core.states import JobState
@@ -194,14 +193,9 @@ class Controller:
         self._lag_wanted = 1
         #: the job's guards (core.guards): this rank's vote, rank 0's own judgements
         self.guards = GuardBook(cfg.guards, rank=self.rank)
-        # Stragglers: this rank's own time per step (every rank), the ranks compared (rank 0).
+        # Stragglers: this rank's own time per step (every rank), the ranks compared (rank 0,
+        # in the guards' straggler watch).
         self._clock = RankClock()
-        rule = next((r for r in cfg.guards if r.kind == "straggler"), None)
-        self._straggler_rule = rule
-        self._stragglers = StragglerWatch(
-            factor=rule.factor if rule is not None and rule.factor else STRAGGLER_FACTOR,
-            duration=rule.for_ if rule is not None and rule.for_ is not None else STRAGGLER_FOR,
-        )
         self._rank_table: list[RankTime] | None = None
         self._named: list[Straggler] | None = None
         self._named_at: dict[int, int] = {}  # rank -> the step it was named at
@@ -770,40 +764,18 @@ class Controller:
         if not per_rank:
             return
         mono, wall = time.monotonic(), time.time()
-        named = self._stragglers.observe([us / 1e6 if us > 0 else None for us, _ in per_rank], mono)
-        ratios = self._stragglers.ratios()
-        self._rank_table = [
-            RankTime(rank=r, node=node if node >= 0 else None, seconds=self._stragglers.seconds(r), ratio=ratios.get(r))
-            for r, (_, node) in enumerate(per_rank[:1024])
-        ]
+        watch = self.guards.stragglers
+        named = watch.observe([us / 1e6 if us > 0 else None for us, _ in per_rank], mono)
+        ratios = watch.ratios()
+        self._rank_table = [RankTime(rank=r, node=node, seconds=watch.seconds(r), ratio=ratios.get(r)) for r, (_, node) in enumerate(per_rank[:1024])]
         for r, _, _ in named:
             self._named_at[r] = step
         self._named = [
-            Straggler(
-                rank=r,
-                factor=ratios.get(r) or factor,
-                since=wall - (mono - since),
-                step=self._named_at.get(r),
-                node=per_rank[r][1] if per_rank[r][1] >= 0 else None,
-            )
-            for r, (factor, since) in sorted(self._stragglers.named.items())[:1024]
+            Straggler(rank=r, factor=ratios.get(r) or factor, since=wall - (mono - since), step=self._named_at.get(r), node=per_rank[r][1])
+            for r, (factor, since) in sorted(watch.named.items())[:1024]
         ] or None
-        rule = self._straggler_rule
         for r, factor, since in named:
-            node = per_rank[r][1]
-            firing = GuardFiring(
-                id=new_command_id(),
-                guard=rule.text if rule is not None else "straggler (named without a guard: no action)",
-                kind="straggler",
-                action=rule.action if rule is not None else "alert",
-                step=step,
-                rank=r,
-                at=wall,
-                evidence=f"rank {r}{f' (node {node})' if node >= 0 else ''} spends {factor:.2f}x the other ranks' median own time a step, "
-                f"for {mono - since:.0f} s",
-                values={"factor": factor, "seconds": self._stragglers.seconds(r) or 0.0},
-            )
-            self._guard_fired(firing)
+            self._guard_fired(self.guards.straggler(r, per_rank[r][1], factor, mono - since, step))
 
     def _apply_guard(self, step: int, firing: GuardFiring) -> Actions | None:
         """The nan guard, agreed by every rank at ``step``: each rank does its action

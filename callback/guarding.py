@@ -9,7 +9,9 @@ Two kinds of decision, two places:
   them act there, whichever rank saw it; deciding on rank 0 alone would leave the others
   in a collective rank 0 never joins, or training on a poisoned model.
 - ``spike`` and ``slowdown`` are rank 0's, from the loss the trainer logs and the job's
-  steps/s; ``stall`` is rank 0's I/O thread's (the training thread is the one stuck).
+  steps/s, and so is ``straggler``, from every rank's own time per step (its watch runs
+  with defaults when no straggler guard was declared: stragglers are always named);
+  ``stall`` is rank 0's I/O thread's (the training thread is the one stuck).
   Their commands go into the ledger as a person's would and are agreed at a check like
   any other.
 
@@ -24,7 +26,7 @@ import time
 from collections import deque
 
 from forgather_control.core.commands import new_command_id
-from forgather_control.core.guards import SlowdownWatch, SpikeWatch, nonfinite
+from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, SlowdownWatch, SpikeWatch, StragglerWatch, nonfinite
 from forgather_control.core.records import GuardFiring, GuardRule, Stall
 
 __all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote", "number"]
@@ -32,6 +34,8 @@ __all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote", "number"]
 #: Firings kept for the status (the newest).
 EVENTS_KEPT = 64
 _KINDS = {1: "nan", 2: "inf", 3: "-inf"}
+#: Who names a straggler when no straggler guard was declared: an alert, nothing else.
+_NAMED_WITHOUT_A_GUARD = GuardRule(kind="straggler", action="alert", text="straggler (named without a guard: no action)")
 
 
 def _vote_code(value: float) -> int:
@@ -71,6 +75,12 @@ class GuardBook:
         self.spike_rule = by_kind.get("spike")
         self.slowdown_rule = by_kind.get("slowdown")
         self.stall = by_kind.get("stall")
+        straggler = by_kind.get("straggler")
+        self._straggler_rule = straggler or _NAMED_WITHOUT_A_GUARD
+        self.stragglers = StragglerWatch(
+            factor=straggler.factor if straggler is not None and straggler.factor else STRAGGLER_FACTOR,
+            duration=straggler.for_ if straggler is not None and straggler.for_ is not None else STRAGGLER_FOR,
+        )
         self._spike = SpikeWatch(self.spike_rule) if self.spike_rule is not None else None
         self._slowdown = SlowdownWatch(self.slowdown_rule) if self.slowdown_rule is not None else None
         #: the job's NaN episode: fired once until every rank's loss is finite again
@@ -139,6 +149,17 @@ class GuardBook:
             if hit is not None:
                 fired.append(self._fire(self.slowdown_rule, step=step, rank=None, evidence=hit[0], values=hit[1]))  # type: ignore[arg-type]
         return fired
+
+    def straggler(self, rank: int, node: int | None, factor: float, lasted: float, step: int) -> GuardFiring:
+        """Rank 0: ``rank`` was just named a straggler (its factor, for ``lasted`` s)."""
+        where = f" (node {node})" if node is not None else ""
+        return self._fire(
+            self._straggler_rule,
+            step=step,
+            rank=rank,
+            evidence=f"rank {rank}{where} spends {factor:.2f}x the other ranks' median own time a step, for {lasted:.0f} s",
+            values={"factor": factor, "seconds": self.stragglers.seconds(rank) or 0.0},
+        )
 
     # -- rank 0's I/O thread ---------------------------------------------------------------
     def stalled(self, stall: Stall | None) -> GuardFiring | None:
