@@ -139,12 +139,13 @@ def _sync_vs_async(dist, torch, group, n: int = 200) -> dict[str, float]:
 
 
 def _slots(dist, torch, group, n: int = 200) -> dict[str, float]:
-    """One check's all-reduce as it was (7 int64) and as it is (7 + 2 per rank: the
-    straggler data), medians of ``n`` each, interleaved."""
+    """One check's all-reduce with its fields only and as it is (the fields, a set's knob
+    slots and 2 per rank: the straggler data), medians of ``n`` each, interleaved."""
     from forgather_control.callback.agreement import FIELDS
+    from forgather_control.core.knobs import SLOTS
 
     small = torch.zeros(len(FIELDS), dtype=torch.int64)
-    big = torch.zeros(len(FIELDS) + 2 * dist.get_world_size(), dtype=torch.int64)
+    big = torch.zeros(len(FIELDS) + SLOTS + 2 * dist.get_world_size(), dtype=torch.int64)
     times: dict[str, list[float]] = {"fields_us": [], "with_slots_us": []}
     for _ in range(n):
         for key, buf in (("fields_us", small), ("with_slots_us", big)):

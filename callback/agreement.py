@@ -38,12 +38,16 @@ from typing import Any
 import msgspec
 
 from forgather_control.core.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
+from forgather_control.core.knobs import SLOTS
 from forgather_control.core.records import AgreementTrace, encode
 
 log = logging.getLogger(__name__)
 
-#: Tensor layout; keep in one place so every rank agrees on it.
+#: Tensor layout; keep in one place so every rank agrees on it: these fields, then a
+#: ``set``'s knob changes (core.knobs.SLOTS, rank 0's), then two slots per rank.
 FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard", "lag")
+_KNOBS = len(FIELDS)
+_RANKS = _KNOBS + SLOTS
 #: A trace longer than this keeps its first entries only (days of checks).
 TRACE_LIMIT = 1_000_000
 
@@ -58,6 +62,7 @@ class Proposal:
     flags: int = 0  # the command's options, as bits (actions.FLAG_*)
     guard: int = 0  # any rank's nan vote: (rank + 1) * 4 + what it saw (guarding.decode_vote)
     lag: int = 0  # steps between the next check's start and its resolution, chosen by rank 0
+    knobs: tuple[int, ...] = ()  # a set's changes, packed by rank 0 (core.knobs.pack)
 
     def as_list(self) -> list[int]:
         return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard, self.lag]
@@ -89,8 +94,8 @@ class Agreement:
         self.group = group
         # The fields, then two slots per rank (its own time per step in microseconds, its
         # node + 1), each rank filling its own: MAX hands rank 0 every rank's (straggle.py).
-        self._buf = torch.zeros(len(FIELDS) + 2 * self.world_size, dtype=torch.int64)
-        self._mine = len(FIELDS) + 2 * self.rank
+        self._buf = torch.zeros(_RANKS + 2 * self.world_size, dtype=torch.int64)
+        self._mine = _RANKS + 2 * self.rank
         self._node = node + 1
         #: after an exchange, on rank 0: (own microseconds per step, node or None) of every rank
         self.per_rank: list[tuple[int, int | None]] = []
@@ -114,6 +119,8 @@ class Agreement:
         buf.zero_()
         for i, v in enumerate(proposal.as_list()):
             buf[i] = v
+        for i, v in enumerate(proposal.knobs[:SLOTS]):
+            buf[_KNOBS + i] = v
         buf[self._mine] = max(0, own_us)
         buf[self._mine + 1] = self._node
         return buf
@@ -121,12 +128,13 @@ class Agreement:
     def _agreed(self, buf: Any) -> Proposal:
         values = buf.tolist()
         agreed = tuple(values[: len(FIELDS)])
+        knobs = tuple(values[_KNOBS:_RANKS]) if any(values[_KNOBS:_RANKS]) else ()
         if self.rank == 0:
-            slots = values[len(FIELDS) :]
+            slots = values[_RANKS:]
             self.per_rank = [(slots[i], slots[i + 1] - 1 if slots[i + 1] else None) for i in range(0, len(slots), 2)]
         if len(self.trace) < TRACE_LIMIT:
             self.trace.append(agreed)
-        return Proposal(*agreed)
+        return Proposal(*agreed, knobs=knobs)
 
     def close(self) -> None:
         """Shut the dedicated group down (a local operation): its gloo threads must not

@@ -9,7 +9,7 @@ these models as JSON (``encode``), at the HTTP edge only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,8 @@ class ErrorBody(BaseModel):
 
     detail: str
     valid_commands: list[str] | None = None
+    #: what kind of refusal (``knob``: a set the job refused; nothing was queued)
+    refused: str | None = None
 
 
 class Health(BaseModel):
@@ -52,10 +54,28 @@ class JobsList(BaseModel):
     jobs: list[JobSummary]
 
 
+#: A knob's value as sent: a number, a boolean, or the text a person typed.
+KnobValue = bool | int | float | Annotated[str, Field(max_length=64)]
+
+
+class KnobChange(BaseModel):
+    """One knob change (``set``): its name and the value asked; in a receipt's result,
+    ``old`` is the value before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    value: KnobValue = Field(description="a number or boolean (text is read as the knob's kind)")
+    old: KnobValue | None = None
+
+
 class CommandOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     evaluate: bool | None = Field(default=None, description="false: a save skips the evaluation a trainer would run first")
+    changes: list[KnobChange] | None = Field(
+        default=None, min_length=1, max_length=8, description="set: the knob changes, applied on every rank at one step (the job's status lists its knobs)"
+    )
 
 
 class CommandRequest(BaseModel):
@@ -83,6 +103,7 @@ class CommandResult(BaseModel):
     final_state: str | None = None
     final_step: int | None = None
     ended_by: str | None = None
+    changes: list[KnobChange] | None = None
 
 
 class Receipt(BaseModel):
@@ -123,12 +144,22 @@ class Series(BaseModel):
     value: list[float | None]
 
 
+class Mark(BaseModel):
+    """Something that happened at a step (a knob change), drawn on the charts."""
+
+    step: int
+    time: float
+    kind: str
+    label: str
+
+
 class MetricHistory(BaseModel):
     """The recorded curves: per series, steps ascending."""
 
     version: int
     job_id: str
     series: dict[str, Series]
+    marks: list[Mark] = Field(default_factory=list)
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

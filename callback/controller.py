@@ -45,9 +45,24 @@ import msgspec
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
+from forgather_control.core.commands import KnobRefused
 from forgather_control.core.guards import action_command
+from forgather_control.core.knobs import RESUMED, Knob, KnobError, KnobTable, describe
 from forgather_control.core.metrics import History
-from forgather_control.core.records import AgreementTrace, CheckpointRecord, GuardFiring, Http, Metrics, RankTime, Status, Straggler
+from forgather_control.core.records import (
+    AgreementTrace,
+    CheckpointRecord,
+    CommandOptions,
+    CommandResult,
+    GuardFiring,
+    Http,
+    KnobValue,
+    Mark,
+    Metrics,
+    RankTime,
+    Status,
+    Straggler,
+)
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -59,7 +74,7 @@ from .history import HistoryRecorder, load_or_new
 from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
-from .resume import resume_from, resume_step
+from .resume import carried_knobs, resume_from, resume_step
 from .schedule import NEVER, CheckSchedule
 from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
 from .stackdump import enable_stack_dumps
@@ -131,7 +146,7 @@ class Controller:
         self.world_size = env_world if cfg.world_size is None else cfg.world_size
         self.is_rank0 = self.rank == 0
 
-        self.ledger = Ledger(max_pending=cfg.max_pending, on_change=self._ledger_changed)
+        self.ledger = Ledger(max_pending=cfg.max_pending, on_change=self._ledger_changed, vet=self._vet)
         # Live training facts; written by the training thread, read by the I/O thread.
         self.current_step = 0
         self.metrics: Any = None
@@ -162,6 +177,12 @@ class Controller:
         self._resumed_from = resume_from()
         if self._resumed_from is not None:
             self.current_step = resume_step()  # shown at once; the loop reports on from there
+        carry = carried_knobs()
+        #: the job's live knobs (core.knobs): declared by the integrations and the loop
+        self.knobs = KnobTable(
+            carry.values if carry is not None else None,
+            carry.at_checkpoint if carry is not None and self._resumed_from is not None else None,
+        )
         self.history = load_or_new(self.paths, continued=self._resumed_from is not None) if self.is_rank0 else History(self.job_id)
         #: what the training thread is doing, as the control plane knows it (for stalls)
         self.phase = Phase.TRAINING
@@ -572,6 +593,7 @@ class Controller:
             next_check=next_check,
             guard=vote,
             lag=self._lag_wanted if self.is_rank0 else 0,
+            knobs=tuple(self.knobs.wire(entry.options.changes)) if entry is not None and entry.command == Command.SET and entry.options else (),
         )
 
     def _agree(self, entry: Any, next_check: int, *, vote: int = 0) -> Proposal:
@@ -662,6 +684,8 @@ class Controller:
                 return acted
         if agreed.command:
             cmd = Command.from_code(agreed.command)
+            if cmd == Command.SET:
+                return self._apply_set(step, agreed, entry)
             return self._apply(step, cmd, entry.id if entry is not None else None, flags=agreed.flags, note=note)
         return NO_ACTIONS
 
@@ -744,6 +768,90 @@ class Controller:
             self._wake()
         self._changed()
         return actions
+
+    # -- knobs ------------------------------------------------------------------------
+    def knob(
+        self,
+        name: str,
+        default: KnobValue,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        above: float | None = None,
+        kind: str | None = None,
+        help: str | None = None,
+        on_change: Any = None,
+        read: Any = None,
+        saved: bool = False,
+        carry: bool = True,
+    ) -> Knob:
+        """Declare a live knob on every rank (before or during training) and get it back:
+        the loop reads ``knob.value`` (a plain attribute) each step; ``set NAME=VALUE``
+        changes it on every rank at one agreed step. ``default`` is the script's value, its
+        kind (float, int, bool) the knob's; ``min``/``max`` bound it (inclusive), ``above``
+        from below (exclusive). ``on_change(old, new)`` runs on every rank at that step.
+        A knob named ``max_steps`` is the run's length: the Controller's ``max_steps``
+        (progress, ETA) follows it. A relaunched job starts a knob at its last value."""
+        if name == "max_steps":
+            on_change = self._follows_max_steps(on_change)
+        knob = self.knobs.declare(
+            name, default, kind=kind, min=min, max=max, above=above, help=help, on_change=on_change, read=read, saved=saved, carry=carry
+        )
+        if name == "max_steps":
+            self.max_steps = int(knob.value)
+        if knob.origin == RESUMED:
+            log.warning(
+                "forgather control: knob %s starts at %s, its value in the job's last run (the script says %s; launch with --script-knobs to use the script's)",
+                name,
+                knob.value,
+                knob.default,
+            )
+        self._changed()
+        return knob
+
+    def _follows_max_steps(self, on_change: Any) -> Any:
+        def changed(old: KnobValue, new: KnobValue) -> None:
+            if on_change is not None:
+                on_change(old, new)
+            self.max_steps = int(new)
+
+        return changed
+
+    def optimizer(self, optimizer: Any, scheduler: Any = None) -> None:
+        """Declare the ``lr`` and ``lr_scale`` knobs for a loop's own ``optimizer`` (and its
+        learning-rate ``scheduler``): a change scales every parameter group and the
+        scheduler's base rates in proportion, so the schedule keeps it (:mod:`.knobs`)."""
+        from .knobs import learning_rate_knobs
+
+        learning_rate_knobs(self, lambda: optimizer, lambda: scheduler)
+
+    def _vet(self, command: Command, options: CommandOptions | None) -> CommandOptions | None:
+        """Rank 0's check of a ``set`` before it is queued (the ledger's ``vet``): its
+        changes against this job's knobs, their values converted; anything else passes."""
+        if command != Command.SET or options is None or not options.changes:
+            return options
+        try:
+            return CommandOptions(changes=self.knobs.vet(options.changes))
+        except KnobError as exc:
+            raise KnobRefused(str(exc)) from None
+
+    def _apply_set(self, step: int, agreed: Proposal, entry: Any) -> Actions:
+        """Every rank at the agreed step: the knob changes the check carried. Rank 0's
+        receipt completes at once with what changed (old -> new), and the change is a
+        mark on the charts."""
+        command_id = entry.id if self.is_rank0 and entry is not None else None
+        changes = self.knobs.apply(agreed.knobs, step=step, command_id=command_id)
+        if changes:
+            log.warning("forgather control: knobs changed at step %s: %s", step, describe(changes))
+        if self.is_rank0 and command_id is not None:
+            self.ledger.mark_applied(command_id, step)
+            if changes:
+                self.ledger.complete(command_id, CommandResult(step=step, changes=changes))
+                self.history.mark(Mark(step=step, time=time.time(), kind="set", label=describe(changes)[:256]))
+            else:
+                self.ledger.fail(command_id, "no knob changed: the trainer refused every change (its log says why)")
+        self._changed()
+        return Actions(command=Command.SET, command_id=command_id)
 
     def watch(self, model: Any) -> bool:
         """Hook a DDP-wrapped ``model`` (every rank, once, before or during training) so
@@ -829,7 +937,7 @@ class Controller:
             self._changed()
             return
         self.last_checkpoint = checkpoint
-        point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time())
+        point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time(), knobs=self.knobs.values())
         self._last_saved = point
         if synced or self._solo:
             self.resume_point = point
@@ -927,6 +1035,7 @@ class Controller:
             guard_events=self._guard_events(stall),
             ranks=self._rank_table,
             stragglers=self._named,
+            knobs=self.knobs.settings(),
         )
 
     def _guard_events(self, stall: Any) -> list[GuardFiring] | None:

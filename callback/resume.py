@@ -14,11 +14,12 @@ import logging
 import os
 
 from forgather_control.core.checkpoints import Scope
-from forgather_control.core.env import ENV_RESUME_FROM, ENV_RESUME_STEP
+from forgather_control.core.env import ENV_KNOBS, ENV_RESUME_FROM, ENV_RESUME_STEP
+from forgather_control.core.records import KnobCarry, RecordError, from_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resume_from", "resume_step"]
+__all__ = ["carried_knobs", "resume_from", "resume_step"]
 
 
 def resume_from() -> str | None:
@@ -38,3 +39,17 @@ def resume_step() -> int:
     that step at once and its rate never counts the steps an earlier run made."""
     raw = os.environ.get(ENV_RESUME_STEP, "")
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else 0
+
+
+def carried_knobs() -> KnobCarry | None:
+    """The knob values the launcher carried from the job's last run (``FORGATHER_KNOBS``),
+    checked; None on a fresh run, with ``--script-knobs``, or for a value that is not one
+    (the log says so and the script's values stand)."""
+    raw = os.environ.get(ENV_KNOBS)
+    if not raw:
+        return None
+    try:
+        return from_json(raw.encode(), KnobCarry, name=ENV_KNOBS)
+    except RecordError as exc:
+        log.warning("forgather: the knobs carried from the last run are not used: %s", exc)
+        return None

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from forgather_control.core import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
 from forgather_control.core.proof import proof
-from forgather_control.core.records import CommandOptions, encode
+from forgather_control.core.records import CommandOptions, KnobChange, encode
 from forgather_control.core.records import MetricHistory as MetricRecord
 from forgather_control.core.records import Receipt as ReceiptRecord
 from forgather_control.core.records import Status as StatusRecord
@@ -175,11 +175,14 @@ def create_app(
             cmd = parse_command(req.command)
         except UnknownCommand as exc:
             return _error(422, str(exc), valid_commands=list(VALID_COMMANDS))
-        options = CommandOptions(evaluate=req.options.evaluate) if req.options is not None else None
+        options = None
+        if req.options is not None:
+            changes = [KnobChange(name=c.name, value=c.value) for c in req.options.changes] if req.options.changes else None
+            options = CommandOptions(evaluate=req.options.evaluate, changes=changes)
         try:
             entry, created = ledger.submit(cmd, key=req.key, source="http", options=options)
         except LedgerError as exc:
-            return _error(exc.http_status, str(exc))
+            return _error(exc.http_status, str(exc), **({"refused": exc.refused} if exc.refused else {}))
         return JSONResponse(_receipt(entry.as_record()), status_code=202 if created else 200)
 
     _publish_errors_as_declared(app)
@@ -203,7 +206,7 @@ def _describe(exc: ValidationError) -> str:
         elif err["type"] == "missing" and where == "command":
             problems.append(f'expected a JSON object with a "command" field; {valid}')
         elif err["type"] == "extra_forbidden":
-            problems.append(f"unknown field {where!r}; only command, key and options (evaluate) are accepted")
+            problems.append(f"unknown field {where!r}; only command, key and options (evaluate, changes) are accepted")
         elif where == "command":
             problems.append(f"unknown command {err.get('input')!r}; {valid}")
         elif where == "key":

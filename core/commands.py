@@ -26,6 +26,8 @@ class Command(str, enum.Enum):
     SAVE_AND_STOP = "save_and_stop"
     GRACEFUL_STOP = "graceful_stop"
     ABORT = "abort"
+    #: change live knobs (``options.changes``), on every rank at the agreed step
+    SET = "set"
 
     def __str__(self) -> str:
         return self.value
@@ -58,7 +60,10 @@ CLI_VERBS: dict[str, Command] = {
     "save-stop": Command.SAVE_AND_STOP,
     "stop": Command.GRACEFUL_STOP,
     "abort": Command.ABORT,
+    "set": Command.SET,
 }
+#: The verbs that need nothing but the job (buttons on the page, a guard's action).
+PLAIN_VERBS: dict[str, Command] = {v: c for v, c in CLI_VERBS.items() if c != Command.SET}
 VALID_COMMANDS: tuple[str, ...] = tuple(c.value for c in Command)
 _VERBS = {command.value: verb for verb, command in CLI_VERBS.items()}
 
@@ -164,9 +169,11 @@ class Entry:
 
 
 class LedgerError(Exception):
-    """Base for refusals; ``http_status`` is what the server answers."""
+    """Base for refusals; ``http_status`` is what the server answers, ``refused`` what
+    its body names (a client maps it to its own error: a knob refusal's exit code)."""
 
     http_status = 400
+    refused: str | None = None
 
 
 class QueueFull(LedgerError):
@@ -209,6 +216,7 @@ def is_refusal_of(receipt_id: str | None, command_id: str) -> bool:
 #: type and the commands that take them.
 COMMAND_OPTIONS: dict[str, tuple[type, frozenset[Command]]] = {
     "evaluate": (bool, frozenset({Command.SAVE_CHECKPOINT})),
+    "changes": (list, frozenset({Command.SET})),
 }
 
 
@@ -218,9 +226,18 @@ class BadOptions(LedgerError):
     http_status = 422
 
 
+class KnobRefused(BadOptions):
+    """A ``set`` its job refuses: a knob it does not have, a value out of its range."""
+
+    refused = "knob"
+
+
 def parse_options(command: Command, options: CommandOptions | None) -> CommandOptions | None:
     """A command's options, checked: each set option of the right type and for a command
-    that takes it; None when none is set."""
+    that takes it (a ``set`` needs its changes: their names and values are the job's to
+    check, :mod:`.knobs`); None when none is set."""
+    if command == Command.SET and (options is None or not getattr(options, "changes", None)):
+        raise KnobRefused("set needs at least one change: options.changes, [{name, value}, ...]")
     if options is None:
         return None
     if not isinstance(options, CommandOptions):
@@ -239,7 +256,9 @@ def _named(what: Entry | Command | str, options: CommandOptions | None = None) -
     """A command as a refusal names it: with its options when it has any."""
     if isinstance(what, Entry):
         return _named(what.command, what.options)
-    given = [f"{name}={getattr(options, name)}" for name in COMMAND_OPTIONS if options is not None and getattr(options, name) is not None]
+    given = [f"{name}={getattr(options, name)}" for name in COMMAND_OPTIONS if name != "changes" and options is not None and getattr(options, name) is not None]
+    changes = getattr(options, "changes", None) or []
+    given += [f"{c.name}={c.value}" for c in changes]
     return f"{what} ({', '.join(given)})" if given else str(what)
 
 
@@ -261,8 +280,17 @@ class Ledger:
     persist status.json promptly; it must not raise, and errors in it are swallowed.
     """
 
-    def __init__(self, *, max_pending: int = 16, history: int = 200, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_pending: int = 16,
+        history: int = 200,
+        on_change: Callable[[], None] | None = None,
+        vet: Callable[[Command, CommandOptions | None], CommandOptions | None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
+        #: the job's own check of a command's options (its knobs); raises BadOptions
+        self.vet = vet
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._keys: dict[str, str] = {}
         self._queue: deque[str] = deque()
@@ -293,6 +321,8 @@ class Ledger:
         is queued."""
         cmd = parse_command(command) if not isinstance(command, Command) else command
         opts = parse_options(cmd, options)
+        if self.vet is not None:
+            opts = self.vet(cmd, opts)  # refused before anything is recorded
         with self._lock:
             if command_id is not None and command_id in self._entries:
                 first = self._entries[command_id]

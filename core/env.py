@@ -32,6 +32,9 @@ ENV_ABORT_RETURNS = "FORGATHER_ABORT_RETURNS"
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
 #: the step of that checkpoint: where a resumed run's count starts (status and rate)
 ENV_RESUME_STEP = "FORGATHER_RESUME_STEP"
+#: What a relaunch carries from the job's last run: its knobs' values (JSON,
+#: ``core.records.KnobCarry``; the launcher sets it unless ``--script-knobs``).
+ENV_KNOBS = "FORGATHER_KNOBS"
 #: The folder a job's checkpoints live in (default: the launch's working directory): a
 #: run resumes only from a checkpoint inside it that its own user owns.
 ENV_OUTPUT_DIR = "FORGATHER_OUTPUT_DIR"

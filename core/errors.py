@@ -15,6 +15,7 @@ EXIT_NOT_FOUND = 3
 EXIT_UNREACHABLE = 4
 EXIT_ENDED = 5
 EXIT_UNKNOWN = 6
+EXIT_BAD_KNOB = 7
 EXIT_INTERRUPTED = 130
 
 #: What each exit code means: the CLI's help and the README's table are this table.
@@ -26,6 +27,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_UNREACHABLE: "job unreachable: nothing was sent",
     EXIT_ENDED: "the job has ended (or died): there is nothing left to command",
     EXIT_UNKNOWN: "sent, but no answer came back: the command may still apply",
+    EXIT_BAD_KNOB: "a knob change refused (no such knob, wrong type, out of range): nothing was queued",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C): a command already sent stays queued",
 }
 
@@ -97,6 +99,13 @@ class CommandRefused(ControlError):
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class BadKnob(ControlError, ValueError):
+    """A ``set`` refused before anything was queued: a knob the job does not have, a value
+    of the wrong type or out of its range (checked by the client, and again by rank 0)."""
+
+    exit_code = EXIT_BAD_KNOB
 
 
 class CommandFailed(ControlError):

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from forgather_control.core.commands import CLI_VERBS, Command
+from forgather_control.core.commands import CLI_VERBS, PLAIN_VERBS, Command
 from forgather_control.core.records import GuardRule
 
 __all__ = [
@@ -63,7 +63,7 @@ STRAGGLER_FOR = 30.0
 ENV_GUARDS = "FORGATHER_GUARDS"
 
 #: What a guard may do: tell people, or one of the commands a person sends (not eval).
-ACTIONS: tuple[str, ...] = ("alert", *(v for v, c in CLI_VERBS.items() if c != Command.EVALUATE))
+ACTIONS: tuple[str, ...] = ("alert", *(v for v, c in PLAIN_VERBS.items() if c != Command.EVALUATE))
 
 
 @dataclass(frozen=True)

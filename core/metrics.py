@@ -25,9 +25,9 @@ from typing import Any
 
 from forgather_control.core.files import write_json_atomic
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.records import MetricHistory, Series, decode, encode, load
+from forgather_control.core.records import Mark, MetricHistory, Series, decode, encode, load
 
-__all__ = ["DENSE", "FILENAME", "MAX_BYTES", "MAX_SERIES", "VIEW_POINTS", "History", "check_history", "downsample", "read_history", "view"]
+__all__ = ["DENSE", "FILENAME", "MAX_BYTES", "MAX_MARKS", "MAX_SERIES", "VIEW_POINTS", "History", "check_history", "downsample", "read_history", "view"]
 
 FILENAME = "metrics.json"
 #: Points each series keeps dense (its newest); the older ones are thinned to as many.
@@ -37,6 +37,8 @@ MAX_SERIES = 32
 #: The most points a series of a :func:`view` holds: as many as a series of this writer's
 #: ever does (``2 * DENSE``), so only a history another writer made is thinned.
 VIEW_POINTS = 2 * DENSE
+#: The marks kept (knob changes drawn on the charts): the newest this many.
+MAX_MARKS = 256
 #: The largest metrics.json read (this writer's, 32 series of 4,096 points at most, stays
 #: under 8 MiB): a larger one is refused unread.
 MAX_BYTES = 16 << 20
@@ -96,6 +98,7 @@ class History:
         self.job_id = job_id
         self.dense = dense
         self._series: dict[str, _Series] = {}
+        self._marks: list[Mark] = []
         self._lock = threading.Lock()
         self.version = 0  # bumped on every change: a writer knows when to write
 
@@ -115,14 +118,22 @@ class History:
                 series.add(step, time, number, self.dense)
             self.version += 1
 
+    def mark(self, mark: Mark) -> None:
+        """Add a mark (a knob change) to draw at its step; the newest MAX_MARKS stay."""
+        with self._lock:
+            self._marks.append(mark)
+            del self._marks[:-MAX_MARKS]
+            self.version += 1
+
     def as_record(self, since: int | None = None) -> MetricHistory:
-        """The history as its record, only points after ``since`` when given."""
+        """The history as its record, only points (and marks) after ``since`` when given."""
         with self._lock:
             out = {}
             for name, s in self._series.items():
                 start = 0 if since is None else _first_after(s.steps, since)
                 out[name] = Series(step=s.steps[start:], time=s.times[start:], value=s.values[start:])
-        return MetricHistory(version=VERSION, job_id=self.job_id, series=out)
+            marks = [m for m in self._marks if since is None or m.step > since]
+        return MetricHistory(version=VERSION, job_id=self.job_id, series=out, marks=marks)
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, encode(self.as_record()))
@@ -135,6 +146,7 @@ class History:
             series = history._series[name] = _Series()
             for step, time, value in zip(points.step, points.time, points.value, strict=True):
                 series.add(step, time, value, dense)
+        history._marks = list(data.marks[-MAX_MARKS:])
         return history
 
 
@@ -171,14 +183,14 @@ def read_history(paths: JobPaths, since: int | None = None) -> MetricHistory:
     found = load(paths.dir / FILENAME, MetricHistory, max_bytes=MAX_BYTES)
     if found is None:
         return MetricHistory(version=VERSION, job_id=paths.job_id)
-    return MetricHistory(version=VERSION, job_id=paths.job_id, series=found.series).since(since)
+    return MetricHistory(version=VERSION, job_id=paths.job_id, series=found.series, marks=found.marks).since(since)
 
 
 def check_history(raw: object, *, name: str, job_id: str, since: int | None = None) -> MetricHistory:
     """A history read from a server, checked: series of steps (ascending integers),
     times and values (finite numbers or null) of one length."""
     found = decode(raw, MetricHistory, name=name)
-    return MetricHistory(version=VERSION, job_id=job_id, series=found.series).since(since)
+    return MetricHistory(version=VERSION, job_id=job_id, series=found.series, marks=found.marks).since(since)
 
 
 def view(history: MetricHistory, since: int | None = None, points: int = VIEW_POINTS) -> MetricHistory:
@@ -186,7 +198,7 @@ def view(history: MetricHistory, since: int | None = None, points: int = VIEW_PO
     them for None) through :func:`downsample`, at most ``points`` a series. Its cost is
     linear in the points given (read from a file: at most ``MAX_BYTES`` of it)."""
     found = history.since(since)
-    return MetricHistory(version=found.version, job_id=found.job_id, series={k: downsample(s, points) for k, s in found.series.items()})
+    return MetricHistory(version=found.version, job_id=found.job_id, series={k: downsample(s, points) for k, s in found.series.items()}, marks=found.marks)
 
 
 def downsample(series: Series, points: int = VIEW_POINTS) -> Series:

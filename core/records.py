@@ -52,6 +52,11 @@ __all__ = [
     "Job",
     "JobDetails",
     "JobRow",
+    "KnobCarry",
+    "KnobChange",
+    "KnobSetting",
+    "KnobValue",
+    "Mark",
     "Marker",
     "MetricHistory",
     "Metrics",
@@ -138,13 +143,57 @@ class Identity(Record):
     pid_ns: Count | None = None
 
 
+#: A knob's value: a number (finite: a knob is never NaN) or a boolean.
+KnobValue = bool | int | Annotated[float, Meta(ge=-1e300, le=1e300)]
+
+
 class CheckpointRecord(Record):
-    """A checkpoint as a record names it (:class:`~.checkpoints.Checkpoint` is what it means)."""
+    """A checkpoint as a record names it (:class:`~.checkpoints.Checkpoint` is what it means).
+    ``knobs``: the job's knob values when it was written (a resumed run's optimizer and
+    scheduler come back with the learning-rate scale of then: :mod:`.knobs`)."""
 
     path: Text | None = None
     step: Count | None = None
     run: Count | None = None
     saved_at: When | None = None
+    knobs: Annotated[dict[Str64, KnobValue], Meta(max_length=64)] | None = None
+
+
+class KnobChange(Record):
+    """One knob change: asked (``set lr_scale=0.5``: ``value`` as sent, a number or the
+    text typed) and, in a receipt's result, done (``old`` -> ``value``, as applied)."""
+
+    name: Str64
+    value: KnobValue | Str64
+    old: KnobValue | None = None
+
+
+class KnobCarry(Record):
+    """``FORGATHER_KNOBS``: what a relaunch carries from the job's last run (the launcher
+    writes it unless ``--script-knobs``): the knobs' last values, and their values when
+    the checkpoint it resumes from was written."""
+
+    values: Annotated[dict[Str64, KnobValue], Meta(max_length=64)] = msgspec.field(default_factory=dict)
+    at_checkpoint: Annotated[dict[Str64, KnobValue], Meta(max_length=64)] | None = None
+
+
+class KnobSetting(Record):
+    """A knob of a running job (``status.json`` ``knobs``): its kind and range, its value
+    now and where that came from (``script``, ``set`` at ``step`` by ``command_id``, or
+    ``resumed`` from the job's last run). Declared by :class:`~.knobs.KnobTable` only."""
+
+    name: Str64
+    kind: Short
+    value: KnobValue | None = None
+    default: KnobValue | None = None
+    min: Annotated[float, Meta(ge=-1e300, le=1e300)] | None = None
+    max: Annotated[float, Meta(ge=-1e300, le=1e300)] | None = None
+    #: the value must be above this (exclusive): a learning rate above 0
+    above: Annotated[float, Meta(ge=-1e300, le=1e300)] | None = None
+    origin: Short | None = None
+    step: Count | None = None
+    command_id: Str64 | None = None
+    help: Str256 | None = None
 
 
 class CommandOptions(Record):
@@ -153,6 +202,8 @@ class CommandOptions(Record):
     trainer with evaluation set up runs first."""
 
     evaluate: bool | None = None
+    #: a ``set``'s knob changes (at least one, at most :data:`~.knobs.MAX_CHANGES`)
+    changes: Annotated[list[KnobChange], Meta(max_length=64)] | None = None
 
 
 class CommandResult(Record):
@@ -169,6 +220,8 @@ class CommandResult(Record):
     final_step: Count | None = None
     #: who carried the command out when the ranks could not ("launcher")
     ended_by: Short | None = None
+    #: a ``set``'s changes as applied: old -> new
+    changes: Annotated[list[KnobChange], Meta(max_length=64)] | None = None
 
 
 class GuardRule(Record):
@@ -347,6 +400,8 @@ class Status(Identity):
     #: ranks named stragglers
     ranks: Annotated[list[RankTime], Meta(max_length=1024)] | None = None
     stragglers: Annotated[list[Straggler], Meta(max_length=1024)] | None = None
+    #: the job's live knobs: kind, range, value now and where it came from
+    knobs: Annotated[list[KnobSetting], Meta(max_length=64)] | None = None
 
 
 class Scheduler(Record):
@@ -588,16 +643,35 @@ class Series(Record, omit_defaults=False):
         return Series(step=self.step[start:], time=self.time[start:], value=self.value[start:])
 
 
+class Mark(Record):
+    """Something that happened at a step, drawn on the charts (``kind`` ``set``: a knob
+    change, ``label`` ``lr_scale 1 -> 0.5``)."""
+
+    step: Count
+    time: When
+    kind: Short
+    label: Str256
+
+
 class MetricHistory(Record, omit_defaults=False):
     """``metrics.json`` (and the API's ``/metrics``): a job's curves, kept small
-    (:mod:`.metrics` writes it)."""
+    (:mod:`.metrics` writes it), and the marks drawn on them (the newest
+    :data:`~.metrics.MAX_MARKS`)."""
 
     version: int = 1
     job_id: str = ""
     series: Annotated[dict[Annotated[str, Meta(max_length=128)], Series], Meta(max_length=64)] = msgspec.field(default_factory=dict)
+    marks: Annotated[list[Mark], Meta(max_length=1024)] = msgspec.field(default_factory=list)
 
     def since(self, step: int | None) -> MetricHistory:
-        return self if step is None else MetricHistory(version=self.version, job_id=self.job_id, series={k: v.since(step) for k, v in self.series.items()})
+        if step is None:
+            return self
+        return MetricHistory(
+            version=self.version,
+            job_id=self.job_id,
+            series={k: v.since(step) for k, v in self.series.items()},
+            marks=[m for m in self.marks if m.step > step],
+        )
 
 
 # -- what a listing says of a job (``list --json``, ``status --json``, the page) -------------
@@ -691,6 +765,8 @@ class JobDetails(JobRow):
     #: each rank's own time per step, and the ranks named stragglers
     ranks: Annotated[list[RankTime], Meta(max_length=1024)] | UnsetType = UNSET
     stragglers: Annotated[list[Straggler], Meta(max_length=1024)] | UnsetType = UNSET
+    #: the job's live knobs
+    knobs: Annotated[list[KnobSetting], Meta(max_length=64)] | UnsetType = UNSET
     control_error: Text | UnsetType = UNSET
     error: Text | UnsetType = UNSET
     http: Http | UnsetType = UNSET

@@ -18,7 +18,7 @@ from typing import Any
 
 from forgather_control.client.handle import JobHandle
 from forgather_control.client.sources import JobSource
-from forgather_control.core.commands import CLI_VERBS, Command, UnknownCommand, new_key, parse_command
+from forgather_control.core.commands import PLAIN_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.core.errors import ControlError, JobEnded, Unreachable
 from forgather_control.core.metrics import VIEW_POINTS, view
 from forgather_control.core.records import JobDetails, MetricHistory, Text, encode
@@ -28,7 +28,7 @@ from .config import UiConfig
 
 #: The page's buttons send the CLI's verbs (their labels and questions are in
 #: static/js/job.js); one table, so a verb added to the CLI is a button the server takes.
-BUTTONS: dict[str, Command] = CLI_VERBS
+BUTTONS: dict[str, Command] = PLAIN_VERBS
 #: Seconds a Ray job's handle is kept before the cluster is asked again.
 KEEP_RAY_HANDLE = 30.0
 

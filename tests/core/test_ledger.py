@@ -11,7 +11,7 @@ from forgather_control.core.records import CommandResult
 
 
 def test_vocabulary() -> None:
-    assert VALID_COMMANDS == ("save_checkpoint", "evaluate", "save_and_stop", "graceful_stop", "abort")
+    assert VALID_COMMANDS == ("save_checkpoint", "evaluate", "save_and_stop", "graceful_stop", "abort", "set")
     assert parse_command("save") is Command.SAVE_CHECKPOINT
     assert parse_command("save-stop") is Command.SAVE_AND_STOP
     assert parse_command("abort") is Command.ABORT
