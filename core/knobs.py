@@ -270,6 +270,7 @@ class Knob:
             step=self.step,
             command_id=self.command_id,
             help=self.help,
+            carry=None if self.carry else False,
         )
 
 

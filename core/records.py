@@ -194,6 +194,8 @@ class KnobSetting(Record):
     step: Count | None = None
     command_id: Str64 | None = None
     help: Str256 | None = None
+    #: false: a relaunch does not carry it (``lr``: its changes are ``lr_scale``'s)
+    carry: bool | None = None
 
 
 class CommandOptions(Record):
