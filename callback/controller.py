@@ -794,9 +794,7 @@ class Controller:
         (progress, ETA) follows it. A relaunched job starts a knob at its last value."""
         if name == "max_steps":
             on_change = self._follows_max_steps(on_change)
-        knob = self.knobs.declare(
-            name, default, kind=kind, min=min, max=max, above=above, help=help, on_change=on_change, read=read, saved=saved, carry=carry
-        )
+        knob = self.knobs.declare(name, default, kind=kind, min=min, max=max, above=above, help=help, on_change=on_change, read=read, saved=saved, carry=carry)
         if name == "max_steps":
             self.max_steps = int(knob.value)
         if knob.origin == RESUMED:

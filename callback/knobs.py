@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from forgather_control.core.records import KnobValue
-
-if TYPE_CHECKING:
-    from .controller import Controller
 
 __all__ = ["RATE_KEYS", "learning_rate_knobs", "scale_rates"]
 
@@ -69,8 +66,8 @@ def _first_rate(optimizers: list[Any]) -> float | None:
     return None
 
 
-def learning_rate_knobs(ctl: Controller, optimizers: Callable[[], Any], schedulers: Callable[[], Any]) -> bool:
-    """Declare ``lr`` and ``lr_scale`` on ``ctl`` for the optimizers and schedulers the
+def learning_rate_knobs(ctl: Any, optimizers: Callable[[], Any], schedulers: Callable[[], Any]) -> bool:
+    """Declare ``lr`` and ``lr_scale`` on ``ctl`` (a Controller) for the optimizers and schedulers the
     callables give when a change applies (a trainer may rebuild them). False when there
     is no optimizer with a rate to change (nothing declared)."""
     first = _first_rate(_many(optimizers()))

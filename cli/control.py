@@ -25,6 +25,7 @@ SEND_HELP: dict[str, str] = {
     "stop": "Stop gracefully; the trainer's own end-of-training logic still runs.",
     "save-stop": "Save a checkpoint, then stop.",
     "abort": "Stop now and save nothing, here or at the end; the job ends 'aborted'.",
+    "set": "Change live knobs (lr_scale=0.5 max_steps=20000 ...) on every rank at one step; `status` lists a job's knobs.",
 }
 
 
@@ -38,6 +39,7 @@ SEND_HELP: dict[str, str] = {
         "stop": (_VERBS + "send_cmd:stop", SEND_HELP["stop"]),
         "save-stop": (_VERBS + "send_cmd:save_stop", SEND_HELP["save-stop"]),
         "abort": (_VERBS + "send_cmd:abort", SEND_HELP["abort"]),
+        "set": (_VERBS + "send_cmd:set_knobs", SEND_HELP["set"]),
         "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),
         "ui": (_VERBS + "ui_cmd:ui_cmd", "A web page with every job, its curves and its buttons."),

@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
-from forgather_control.core.commands import verb
-from forgather_control.core.records import GuardFiring, Receipt, Record, StallNotice, Status, encode
+from forgather_control.core.commands import State, verb
+from forgather_control.core.knobs import describe
+from forgather_control.core.records import GuardFiring, KnobChange, Receipt, Record, StallNotice, Status, encode
 from forgather_control.core.safe import SECRET_KEYS, json_safe, printable, scrub
 from forgather_control.core.states import JobState
 
@@ -84,6 +85,10 @@ def describe_entry(entry: Receipt) -> str:
     if entry.step is not None:
         parts.append(f"at step {entry.step}")
     result = entry.result
+    if result is not None and result.changes:
+        parts.append(knob_changes(result.changes))
+    elif entry.options is not None and entry.options.changes and not (State.parse(entry.state) or State.QUEUED).final:
+        parts.append("asks " + ", ".join(f"{c.name}={c.value}" for c in entry.options.changes))
     if result is not None and result.checkpoint:
         parts.append(f"checkpoint {result.checkpoint}")
     if result is not None and result.metrics:
@@ -93,6 +98,11 @@ def describe_entry(entry: Receipt) -> str:
     if entry.reason:
         parts.append(f"reason: {entry.reason}")
     return printable("; ".join(parts))
+
+
+def knob_changes(changes: list[KnobChange]) -> str:
+    """``lr_scale 1 -> 0.5, max_steps 1000 -> 2000`` (printable)."""
+    return printable(describe(changes))
 
 
 def guard_line(firing: GuardFiring) -> str:

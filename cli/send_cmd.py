@@ -19,7 +19,8 @@ from forgather_control.client.handle import JobHandle
 from forgather_control.client.lookup import open_job
 from forgather_control.core.commands import CLI_VERBS, Command, State, new_key
 from forgather_control.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ControlError, OutcomeUnknown, UsageError
-from forgather_control.core.records import CommandOptions, Receipt, encode
+from forgather_control.core.knobs import parse_assignment
+from forgather_control.core.records import CommandOptions, KnobChange, Receipt, encode
 from forgather_control.core.states import JobState
 
 from . import options
@@ -88,6 +89,15 @@ def abort(yes: bool, **kw: Any) -> int:
     return send_command("abort", confirm=not yes, **kw)
 
 
+@click.command("set", help=SEND_HELP["set"])
+@_command_options
+@click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
+def set_knobs(assignments: tuple[str, ...], **kw: Any) -> int:
+    """``set NAME=VALUE ...``: checked against the job's knobs before anything is sent
+    (exit 7 for a refusal, which queues nothing)."""
+    return send_command("set", changes=[parse_assignment(a) for a in assignments], **kw)
+
+
 def send_command(
     verb: str,
     *,
@@ -103,8 +113,10 @@ def send_command(
     ray: str | None,
     confirm: bool = False,
     command_options: CommandOptions | None = None,
+    changes: list[KnobChange] | None = None,
 ) -> int:
-    """Queue one command; with ``wait`` follow its receipt to a final state."""
+    """Queue one command; with ``wait`` follow its receipt to a final state. A ``set``
+    carries its knob ``changes`` (checked by :meth:`JobHandle.set` first)."""
     command = CLI_VERBS[verb]
     reach = options.reach_timeout(ray)
     with open_job(job, jobs_dir=jobs_dir, channel=channel, remote=remote, token=token, ray=ray, timeout=reach) as handle:
@@ -117,7 +129,7 @@ def send_command(
             _confirm_abort(handle.job_id)
         key = key or new_key()
         try:
-            entry = handle.send(command, key=key, options=command_options)
+            entry = handle.set(changes or [], key=key) if command == Command.SET else handle.send(command, key=key, options=command_options)
         except OutcomeUnknown as exc:
             if as_json:
                 print_json({"job_id": handle.job_id, "command": exc.command, "key": exc.key, "state": "unknown", "error": str(exc)})

@@ -11,8 +11,9 @@ is gone, and when waiting for a receipt can end.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -23,7 +24,8 @@ from forgather_control.client.listing import judge_job
 from forgather_control.client.stackreport import StacksReport, collect
 from forgather_control.client.transport import FileTransport, HttpTransport, NotSent, Transport, probe_endpoint
 from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
-from forgather_control.core.errors import CommandFailed, JobEnded, Unreachable, UsageError, WaitTimeout
+from forgather_control.core.errors import CommandFailed, ControlError, JobEnded, Unreachable, UsageError, WaitTimeout
+from forgather_control.core.knobs import KnobError, check_changes, parse_assignment
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
 from forgather_control.core.records import (
     CommandOptions,
@@ -32,6 +34,9 @@ from forgather_control.core.records import (
     Job,
     JobDetails,
     JobRow,
+    KnobChange,
+    KnobSetting,
+    KnobValue,
     MetricHistory,
     Receipt,
     StallNotice,
@@ -47,6 +52,15 @@ CHANNELS = ("auto", "http", "file")
 #: ``rejudge_every`` says otherwise (a job whose processes died leaves a status.json that
 #: says "running" forever).
 REJUDGE_EVERY = 2.0
+_KNOB_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _as_sent(value: object) -> KnobValue | str:
+    """A value a caller gave for a knob, as it goes on the wire: a bool or a number as
+    is, anything else as its text (the job reads it as the knob's kind)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    return str(value)[:64]
 
 
 @dataclass(frozen=True)
@@ -243,6 +257,49 @@ class JobHandle:
             self.transport.close()
             self.transport = FileTransport(self.info.paths)
             return self.transport.send(cmd, key, options)
+
+    def set(self, changes: Mapping[str, object] | Iterable[KnobChange | str], *, key: str | None = None) -> Receipt:
+        """Queue a ``set``: knob changes (``{"lr_scale": 0.5}``, or ``"NAME=VALUE"`` as
+        typed), applied on every rank at one agreed step. Checked first against the knobs
+        the job's status lists (:func:`~forgather_control.core.knobs.check_changes`): a
+        knob it does not have, a value of the wrong kind or out of range raises
+        :class:`~forgather_control.core.errors.BadKnob` before anything is sent. Rank 0
+        checks again, and its refusal is a BadKnob too; nothing is queued either way.
+        Returns the receipt; follow it with :meth:`wait`."""
+        if isinstance(changes, Mapping):
+            asked = [KnobChange(name=str(name), value=_as_sent(value)) for name, value in changes.items()]
+        else:
+            asked = [c if isinstance(c, KnobChange) else parse_assignment(str(c)) for c in changes]
+        for change in asked:
+            if not isinstance(change.name, str) or not _KNOB_NAME.fullmatch(change.name):
+                raise KnobError(f"{str(change.name)[:64]!r} is not a knob name (lowercase letters, digits and _, starting with a letter)")
+        known = self.knobs()
+        if known is not None:
+            asked = check_changes(known, asked)
+        return self.send(Command.SET, key=key, options=CommandOptions(changes=asked))
+
+    def knobs(self) -> list[KnobSetting] | None:
+        """The job's knobs as its status says now (its server's when it answers), or None
+        when no status says (a job starting: rank 0 is then the only judge of a set).
+        Raises BadKnob for a running job that has declared none."""
+        if self.channel == framework_jobs.CHANNEL:
+            raise UsageError(f"job {self.job_id} runs {framework_jobs.WHAT}, which has no knobs; launch it with `forgather launch` to change them live")
+        status: Status | None = None
+        if self.channel == "http":
+            try:
+                status = self.transport.status()
+            except ControlError:
+                status = None
+        if status is None and self.info is not None:
+            status = self.info.current_status
+        if status is None or status.state not in (JobState.RUNNING, JobState.STOPPING):
+            return None
+        if not status.knobs:
+            raise KnobError(
+                f"job {self.job_id} has no knobs (yet): a trainer declares its own when training starts, a plain loop with ctl.knob(...); "
+                f"`forgather control status {self.job_id}` lists them"
+            )
+        return status.knobs
 
     def check_followable(self, command: Command | str) -> None:
         """Raise UsageError before anything is sent when ``wait`` could not follow

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import socket
 
 from forgather_control.core.commands import Command, State, is_refusal_of, new_command_id
-from forgather_control.core.errors import CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
+from forgather_control.core.errors import BadKnob, CommandRefused, ControlError, JobNotFound, OutcomeUnknown, Unreachable, UsageError
 from forgather_control.core.files import RecordError, write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import pid_alive, same_pid_namespace
@@ -219,6 +219,8 @@ def refusal(code: int, data: Any) -> ControlError:
         return CommandRefused(f"the job refused our token (401): {msg}. Is the endpoint file current?", http_status=code)
     if code == 404:
         return JobNotFound(f"not found (404): {msg}")
+    if code == 422 and isinstance(data, dict) and data.get("refused") == "knob":
+        return BadKnob(f"the job refused the change: {msg}; nothing was queued")
     return CommandRefused(f"the job refused the request ({code}): {msg}", http_status=code)
 
 

@@ -367,7 +367,7 @@ class KnobTable:
 
     def wire(self, changes: Sequence[KnobChange]) -> list[int]:
         """A vetted ``set`` as agreement slots."""
-        return pack([(key(c.name), float(c.value)) for c in changes])  # type: ignore[arg-type]
+        return pack([(key(c.name), float(c.value)) for c in changes])
 
     def apply(self, slots: Sequence[int], *, step: int, command_id: str | None) -> list[KnobChange]:
         """Every rank, at the agreed step: the changes the slots carry, applied in order
