@@ -45,6 +45,8 @@ class LiveJob:
         self._halt = threading.Event()
         self._ready = threading.Event()
         self.ctl = Controller(job_id=job_id, jobs_dir=jobs_dir, signals=(), max_steps=None, poll_interval=0.05)
+        # a knob, so a fuzzed ``set`` can be accepted as well as refused
+        self.temperature = self.ctl.knob("temperature", 1.0, min=0.0, max=10.0)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         assert self._ready.wait(30), "the loop did not start"
@@ -144,6 +146,31 @@ def test_bodies_that_are_not_commands_get_a_4xx_and_no_error_log(live: LiveJob, 
         assert _raw(live.url, "GET", "/health", headers={"Host": "127.0.0.1"})[0] == 200  # and the server answers on
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert live.ctl.ledger.pending_count() <= 1  # only the eval
+
+
+@pytest.mark.parametrize(
+    "changes, why",
+    [
+        ([{"name": "nope", "value": 1}], "this job has no knob 'nope'; its knobs: temperature"),
+        ([{"name": "temperature", "value": 11}], "temperature must be at most 10, not 11"),
+        ([{"name": "temperature", "value": "hot"}], "'hot' is not a number"),
+        ([{"name": "temperature", "value": True}], "temperature is a float, not a bool"),
+        ([{"name": "temperature", "value": 1}, {"name": "temperature", "value": 2}], "temperature is given twice"),
+        ([{"name": "temperature", "value": 1}] * 9, None),  # over the 8 a set carries: the schema's limit
+        ([{"name": "Temperature", "value": 1}], None),  # not a knob name: the schema's pattern
+        ([{"name": "temperature", "value": "x" * 65}], None),
+        ([{"name": "temperature", "value": [1]}], None),
+        ([], None),
+    ],
+)
+def test_a_set_the_job_refuses_is_422_and_queues_nothing(live: LiveJob, changes: list[Any], why: str | None) -> None:
+    auth = {"Host": "127.0.0.1", "Authorization": f"Bearer {live.token}", "Content-Type": "application/json"}
+    body = json.dumps({"command": "set", "options": {"changes": changes}}).encode()
+    code, answer = _raw(live.url, "POST", f"/jobs/{live.job_id}/control", headers=auth, body=body)
+    assert code == 422, answer
+    if why is not None:
+        assert why in answer["detail"] and answer["refused"] == "knob", answer
+    assert live.ctl.ledger.recent(10) == [] and live.temperature.value == 1.0
 
 
 def test_the_server_proves_it_holds_the_token(live: LiveJob) -> None:
