@@ -170,8 +170,12 @@ def test_a_saved_knob_moves_from_the_checkpoints_value_not_the_scripts() -> None
     value of 0.5 changes nothing (it is never halved twice)."""
     for last, at_checkpoint, factor in ((0.25, 0.5, 0.5), (0.5, 0.5, None), (0.5, None, 0.5)):
         seen: list[float] = []
+
+        def scaled(old: object, new: object, seen: list[float] = seen) -> None:
+            seen.append(float(new) / float(old))  # type: ignore[arg-type]
+
         t = KnobTable({"lr_scale": last}, {"lr_scale": at_checkpoint} if at_checkpoint is not None else None)
-        t.declare("lr_scale", 1.0, above=0.0, saved=True, on_change=lambda old, new: seen.append(float(new) / float(old)))
+        t.declare("lr_scale", 1.0, above=0.0, saved=True, on_change=scaled)
         assert seen == ([factor] if factor is not None else []) and t["lr_scale"] == last
 
 
