@@ -45,14 +45,12 @@ import msgspec
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
-from forgather_control.core.commands import KnobRefused
 from forgather_control.core.guards import action_command
-from forgather_control.core.knobs import RESUMED, Knob, KnobError, KnobTable, describe
+from forgather_control.core.knobs import RESUMED, Knob, KnobTable, describe
 from forgather_control.core.metrics import History
 from forgather_control.core.records import (
     AgreementTrace,
     CheckpointRecord,
-    CommandOptions,
     CommandResult,
     GuardFiring,
     Http,
@@ -146,7 +144,7 @@ class Controller:
         self.world_size = env_world if cfg.world_size is None else cfg.world_size
         self.is_rank0 = self.rank == 0
 
-        self.ledger = Ledger(max_pending=cfg.max_pending, on_change=self._ledger_changed, vet=self._vet)
+        self.ledger = Ledger(max_pending=cfg.max_pending, on_change=self._ledger_changed)
         # Live training facts; written by the training thread, read by the I/O thread.
         self.current_step = 0
         self.metrics: Any = None
@@ -178,11 +176,13 @@ class Controller:
         if self._resumed_from is not None:
             self.current_step = resume_step()  # shown at once; the loop reports on from there
         carry = carried_knobs()
-        #: the job's live knobs (core.knobs): declared by the integrations and the loop
+        #: the job's live knobs (core.knobs): declared by the integrations and the loop;
+        #: rank 0 checks a set against them before it is queued
         self.knobs = KnobTable(
             carry.values if carry is not None else None,
             carry.at_checkpoint if carry is not None and self._resumed_from is not None else None,
         )
+        self.ledger.vet = self.knobs.vet_command
         self.history = load_or_new(self.paths, continued=self._resumed_from is not None) if self.is_rank0 else History(self.job_id)
         #: what the training thread is doing, as the control plane knows it (for stalls)
         self.phase = Phase.TRAINING
@@ -822,16 +822,6 @@ class Controller:
         from .knobs import learning_rate_knobs
 
         learning_rate_knobs(self, lambda: optimizer, lambda: scheduler)
-
-    def _vet(self, command: Command, options: CommandOptions | None) -> CommandOptions | None:
-        """Rank 0's check of a ``set`` before it is queued (the ledger's ``vet``): its
-        changes against this job's knobs, their values converted; anything else passes."""
-        if command != Command.SET or options is None or not options.changes:
-            return options
-        try:
-            return CommandOptions(changes=self.knobs.vet(options.changes))
-        except KnobError as exc:
-            raise KnobRefused(str(exc)) from None
 
     def _apply_set(self, step: int, agreed: Proposal, entry: Any) -> Actions:
         """Every rank at the agreed step: the knob changes the check carried. Rank 0's

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from forgather_control.core.commands import Command, KnobRefused
 from forgather_control.core.errors import BadKnob
-from forgather_control.core.records import KnobChange, KnobSetting, KnobValue
+from forgather_control.core.records import CommandOptions, KnobChange, KnobSetting, KnobValue
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +365,16 @@ class KnobTable:
         with self._lock:
             specs = list(self._knobs.values())
         return check_changes(specs, changes)
+
+    def vet_command(self, command: Command, options: CommandOptions | None) -> CommandOptions | None:
+        """The ledger's ``vet``: a ``set``'s changes checked against this table, their
+        values converted (:class:`~.commands.KnobRefused` otherwise); anything else passes."""
+        if command != Command.SET or options is None or not options.changes:
+            return options
+        try:
+            return CommandOptions(changes=self.vet(options.changes))
+        except KnobError as exc:
+            raise KnobRefused(str(exc)) from None
 
     def wire(self, changes: Sequence[KnobChange]) -> list[int]:
         """A vetted ``set`` as agreement slots."""

@@ -120,3 +120,27 @@ def test_forgotten_names_do_not_pile_up(jobs_dir: Path) -> None:
     f.unlink()  # its writer gave up
     pub.poll_inbox()
     assert pub.unparsed == frozenset()
+
+
+def test_a_set_through_the_inbox_is_checked_by_the_jobs_knobs(jobs_dir: Path) -> None:
+    """The file channel meets the same check as HTTP (the ledger's vet): a set its job can
+    take is queued with its values converted; one it cannot is a rejected receipt under
+    the file's id, saying why, and nothing is queued."""
+    from forgather_control.core.knobs import KnobTable
+
+    table = KnobTable()
+    table.declare("temperature", 1.0, min=0.0, max=10.0)
+    paths = JobPaths(jobs_dir, "job-1")
+    paths.inbox.mkdir(parents=True)
+    ledger = Ledger(vet=table.vet_command)
+    pub = Publisher(paths=paths, ledger=ledger, status=dict, inbox_grace=0, clock=Clock())
+    good = {"id": "c-good", "command": "set", "options": {"changes": [{"name": "temperature", "value": "2"}]}}
+    bad = {"id": "c-bad", "command": "set", "options": {"changes": [{"name": "temperature", "value": 11}]}}
+    for body in (good, bad):
+        (paths.inbox / f"{body['id']}.json").write_text(json.dumps(body))
+    assert pub.poll_inbox() == 2
+    taken = ledger.get("c-good")
+    assert taken.command is Command.SET and taken.options is not None and taken.options.changes[0].value == 2.0
+    refused = ledger.get("c-bad").as_record()
+    assert refused.state == "rejected" and refused.reason == "temperature must be at most 10, not 11"
+    assert ledger.pending_count() == 1
