@@ -13,6 +13,16 @@ serves them; three things differ, and this module owns them:
   callbacks ran, so once the job is aborted the watched manager writes nothing at all.
 - **Resume.** They resume through ``args.resume_from_checkpoint`` (read by ``train()``),
   not a keyword of ``train()``: :func:`resume_through_args`.
+- **Knobs** (:func:`declare_knobs`). Their loop (``Trainer._train_loop``) runs epochs in a
+  ``while True`` and ends where ``global_step >= trainer.max_steps``, read after every
+  step: ``max_steps`` sets that attribute (and ``state.max_steps``), longer or shorter,
+  with no upper bound (no epoch count limits the loop); shorter than the step it applies
+  at ends the run there, with the trainer's own final save. Their log, eval and save
+  intervals are ``PeriodicFunction`` objects local to that loop (``period``, counted
+  from the last log/eval/save), handed to ``_maybe_log_save_evaluate`` each step:
+  :class:`Periods` wraps that method to set the period a knob asks for. The clip norm is
+  ``args.max_grad_norm``, read at every step by ``_train_step`` (0 or None: no clipping);
+  not with ``fuse_optim_with_backward``, which cannot clip.
 
 Nothing here imports the framework: it is recognised by its module names and its
 control object's extra flag.
@@ -20,6 +30,8 @@ control object's extra flag.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import shutil
@@ -27,9 +39,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from forgather_control.core.records import KnobValue
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ABORT_FLAG", "SaveWatch", "is_forgather_control", "is_forgather_trainer", "resume_through_args"]
+__all__ = ["ABORT_FLAG", "Periods", "SaveWatch", "declare_knobs", "is_forgather_control", "is_forgather_trainer", "resume_through_args"]
 
 #: the framework's TrainerControl flag: stop and skip the final save
 ABORT_FLAG = "should_abort_without_save"
@@ -119,3 +133,122 @@ def resume_through_args(trainer: Any, path: str) -> bool:
         return False
     args.resume_from_checkpoint = path
     return True
+
+
+# -- knobs ---------------------------------------------------------------------------------
+#: The interval knobs: (knob, the args' strategy and steps prefix, the loop's PeriodicFunction argument).
+INTERVALS = (
+    ("log_every", "logging", "periodic_log"),
+    ("eval_every", "eval", "periodic_eval"),
+    ("save_every", "save", "periodic_save"),
+)
+_PERIODS = "_forgather_control_periods"
+
+
+class Periods:
+    """The log, eval and save intervals a knob asks for, set on the ``PeriodicFunction``
+    objects the framework's loop hands ``_maybe_log_save_evaluate`` at every step (its
+    locals: nothing else reaches them). ``attach(trainer)`` wraps that method once; a
+    period asked before the loop's first call applies at that call."""
+
+    def __init__(self) -> None:
+        #: argument name (``periodic_save``, ...) -> the period asked for
+        self.wanted: dict[str, int] = {}
+
+    def attach(self, trainer: Any) -> bool:
+        """Wrap ``trainer._maybe_log_save_evaluate``; False when it has no such method
+        taking the three PeriodicFunction arguments (no interval knob is declared)."""
+        method = getattr(trainer, "_maybe_log_save_evaluate", None)
+        if not callable(method):
+            return False
+        if getattr(method, _PERIODS, None) is self:
+            return True
+        try:
+            signature = inspect.signature(method)
+        except (TypeError, ValueError):
+            return False
+        if not {arg for _, _, arg in INTERVALS} <= set(signature.parameters):
+            return False
+        inner = getattr(method, "__wrapped__", None) if getattr(method, _PERIODS, None) is not None else None
+        method = inner or method  # a second callback's wrapper is replaced, not stacked
+        wanted = self.wanted
+
+        @functools.wraps(method)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if wanted:
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                for arg, period in wanted.items():
+                    periodic = bound.get(arg)
+                    if periodic is not None and getattr(periodic, "period", period) != period:
+                        periodic.period = period
+            return method(*args, **kwargs)
+
+        setattr(run, _PERIODS, self)
+        try:
+            trainer._maybe_log_save_evaluate = run
+        except (AttributeError, TypeError):
+            log.warning("forgather control: cannot watch %s's intervals; no interval knob is declared", type(trainer).__name__)
+            return False
+        return True
+
+
+def _strategy(args: Any, prefix: str) -> str:
+    value = getattr(args, f"{prefix}_strategy", "no")
+    return str(getattr(value, "value", value))
+
+
+def declare_knobs(ctl: Any, trainer: Any, periods: Periods) -> list[str]:
+    """Declare on ``ctl`` (a Controller) the knobs a framework trainer honours, beside the
+    learning rate (declared by the caller): ``max_steps``, the intervals whose strategy
+    is ``"steps"`` (an interval that does nothing is not offered) and ``max_grad_norm``.
+    Each needs the trainer itself (its ``max_steps`` and loop): none without it.
+    Returns the names declared."""
+    args = getattr(trainer, "args", None)
+    if trainer is None or args is None:
+        return []
+    names = []
+    if isinstance(getattr(trainer, "max_steps", None), int) and trainer.max_steps > 0:
+
+        def max_steps_changed(old: KnobValue, new: KnobValue) -> None:
+            # The loop ends where global_step >= trainer.max_steps, checked after every step.
+            trainer.max_steps = int(new)
+            _set_state(trainer, "max_steps", int(new))
+
+        ctl.knob("max_steps", int(trainer.max_steps), min=1, help="the run's last step (the loop has no other bound)", on_change=max_steps_changed)
+        names.append("max_steps")
+    if periods.attach(trainer):
+        for name, prefix, arg in INTERVALS:
+            steps = getattr(args, f"{prefix}_steps", None)
+            if _strategy(args, prefix) != "steps" or not isinstance(steps, int) or steps < 1:
+                continue
+            ctl.knob(
+                name,
+                steps,
+                min=1,
+                help=f"{prefix} every N steps (counted from the last one)",
+                on_change=_period_changed(periods, arg, trainer, f"{prefix}_steps"),
+            )
+            names.append(name)
+    if not getattr(args, "fuse_optim_with_backward", False) and hasattr(args, "max_grad_norm"):
+
+        def clip_changed(old: KnobValue, new: KnobValue) -> None:
+            args.max_grad_norm = float(new)  # read by _train_step at every step; 0: no clipping
+
+        ctl.knob("max_grad_norm", float(args.max_grad_norm or 0.0), min=0.0, help="the gradients' clip norm (0: no clipping)", on_change=clip_changed)
+        names.append("max_grad_norm")
+    return names
+
+
+def _period_changed(periods: Periods, arg: str, trainer: Any, field: str) -> Callable[[KnobValue, KnobValue], None]:
+    def changed(old: KnobValue, new: KnobValue) -> None:
+        periods.wanted[arg] = int(new)
+        _set_state(trainer, field, int(new))
+
+    return changed
+
+
+def _set_state(trainer: Any, field: str, value: int) -> None:
+    """The trainer's state says the new value too (a checkpoint keeps its state)."""
+    state = getattr(trainer, "state", None)
+    if state is not None and hasattr(state, field):
+        setattr(state, field, value)

@@ -39,20 +39,47 @@ gathers after every batch, so the ranks are in step): the evaluation ends there,
 metrics (``Trainer.evaluate`` is wrapped for that, once the callback knows its trainer),
 and the trainer saves and stops at the step the evaluation belongs to. The framework's
 trainers evaluate without gathering, so their stop waits for the evaluation's end.
+
+Knobs (``forgather control set``; :meth:`TrainerControlCallback._declare_knobs`), declared
+on every rank at train begin, for what the trainer honours:
+
+- ``lr`` / ``lr_scale``: the optimizer and scheduler the trainer hands its callbacks
+  (accelerate's wrappers unwrapped), the scheduler's base rates scaled
+  (:mod:`.knobs`), so the schedule keeps the change;
+- ``max_steps``: HF's ``state.max_steps``, what ``DefaultFlowCallback`` compares the step
+  with. Shorter than the step it applies at, this callback (after the default flow)
+  ends training at that step the way the flow ends it at ``max_steps`` (save and
+  evaluate per the strategies); the job ends ``finished``. Longer is bounded by what
+  HF's loop can reach (:func:`_hf_last_step`): its epoch count is a local computed at
+  its start, so the knob's ``max`` refuses more at ``set`` time. The learning-rate
+  schedule keeps its own horizon: a linear decay built for the script's ``max_steps``
+  is at 0 from there on (set ``lr`` after extending one);
+- ``save_every`` / ``eval_every`` / ``log_every``: ``state.save_steps`` /
+  ``eval_steps`` / ``logging_steps``, which the default flow reads at every step
+  (``global_step % N == 0``); each only when its strategy is ``"steps"``. A change
+  applies from the step after the one it applied at (the flow has decided that one);
+- ``max_grad_norm``: ``args.max_grad_norm``, read by HF's loop at every step (not with
+  DeepSpeed, whose engine clips by its own config).
+
+The framework's trainers honour the same knobs their own way: :func:`.forgather.declare_knobs`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import sys
 import weakref
 from typing import Any
 
 from forgather_control.core import Command
+from forgather_control.core.records import KnobValue
 
 from .controller import Controller
-from .forgather import ABORT_FLAG, SaveWatch, is_forgather_control, is_forgather_trainer
+from .forgather import ABORT_FLAG, Periods, SaveWatch, declare_knobs, is_forgather_control, is_forgather_trainer
+from .knobs import learning_rate_knobs
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +115,10 @@ class TrainerControlCallback:
         self._in_evaluate = 0  # depth in the wrapped Trainer.evaluate: a cut can end it
         self._cut = False  # a stop cut the evaluation under way: every batch left ends it
         self._best_eval: dict[str, Any] | None = None  # an evaluation "best" may save after
+        self._rates: tuple[Any, Any] = (None, None)  # the optimizer and scheduler the trainer handed us
+        self._state: Any = None  # HF's TrainerState, as the last event gave it
+        self._ends_here = False  # max_steps was set at or below the step it applied at
+        self._periods = Periods()  # the framework's intervals
         if trainer is not None:
             self.bind(trainer)
 
@@ -148,12 +179,23 @@ class TrainerControlCallback:
             ctl.set_epoch(state.epoch)
         except Exception:
             log.exception("forgather control: could not start; training goes on without it")
+            return control
+        try:
+            self._declare_knobs(args, state, kwargs)
+        except Exception:
+            log.exception("forgather control: could not declare the trainer's knobs; training goes on without them")
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         ctl = self.controller
         ctl.epoch = state.epoch
+        self._state = state
         act = ctl.step(state.global_step)
+        if self._ends_here:
+            self._ends_here = False
+            if not control.should_training_stop and not self._forgather:
+                control.should_training_stop = True  # max_steps set at or below this step
+                self._end_like_the_flow(args, control)
         if not act:
             return control
         try:
@@ -284,11 +326,75 @@ class TrainerControlCallback:
         if act.stop:
             control.should_training_stop = True
             if cmd == Command.GRACEFUL_STOP and not self._forgather:
-                # What DefaultFlowCallback does when max_steps is reached.
-                if self._eval_strategy == "steps":
-                    control.should_evaluate = True
-                if self._save_strategy == "steps":
-                    control.should_save = True
+                self._end_like_the_flow(args, control)
+
+    def _end_like_the_flow(self, args: Any, control: Any) -> None:
+        """What DefaultFlowCallback does when max_steps is reached."""
+        if self._eval_strategy == "steps":
+            control.should_evaluate = True
+        if self._save_strategy == "steps":
+            control.should_save = True
+
+    # -- knobs -----------------------------------------------------------------------
+    def _declare_knobs(self, args: Any, state: Any, kwargs: dict[str, Any]) -> None:
+        """Declare the knobs this trainer honours (every rank, at train begin): the
+        learning rate for the optimizer and scheduler handed to callbacks, then HF's or
+        the framework's own (the module's docstring says which and why)."""
+        ctl = self.controller
+        self._state = state
+        self._rates = (kwargs.get("optimizer"), kwargs.get("lr_scheduler"))
+        learning_rate_knobs(ctl, lambda: self._rates[0], lambda: self._rates[1])
+        if self._forgather:
+            declare_knobs(ctl, self.trainer, self._periods)
+            return
+        if isinstance(state.max_steps, int) and state.max_steps > 0:
+            last = _hf_last_step(self.trainer, args, kwargs.get("train_dataloader"))
+            ctl.knob(
+                "max_steps",
+                state.max_steps,
+                min=1,
+                max=last,
+                help="the run's last step" + (f" (this run's epochs end at step {last})" if last is not None else ""),
+                on_change=self._max_steps_changed,
+            )
+        intervals = (
+            ("log_every", "logging_strategy", "logging_steps"),
+            ("eval_every", "eval_strategy", "eval_steps"),
+            ("save_every", "save_strategy", "save_steps"),
+        )
+        for name, strategy, field in intervals:
+            steps = getattr(state, field, None)
+            if _value(getattr(args, strategy, "no")) == "steps" and isinstance(steps, (int, float)) and steps >= 1:
+                ctl.knob(name, int(steps), min=1, help=f"{field.replace('_', ' ')}: every N steps", on_change=self._interval_changed(args, field))
+        deepspeed = getattr(self.trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None)
+        if isinstance(getattr(args, "max_grad_norm", None), (int, float)) and not deepspeed:
+
+            def clip_changed(old: KnobValue, new: KnobValue) -> None:
+                args.max_grad_norm = float(new)  # read by the loop at every step; 0: no clipping
+
+            ctl.knob("max_grad_norm", float(args.max_grad_norm), min=0.0, help="the gradients' clip norm (0: no clipping)", on_change=clip_changed)
+
+    def _max_steps_changed(self, old: KnobValue, new: KnobValue) -> None:
+        state = self._state
+        state.max_steps = int(new)  # what DefaultFlowCallback compares the step with
+        if state.global_step >= int(new):
+            self._ends_here = True  # the flow ran already this step: on_step_end ends it
+
+    def _interval_changed(self, args: Any, field: str) -> Any:
+        def changed(old: KnobValue, new: KnobValue) -> None:
+            state = self._state
+            save = int(new) if field == "save_steps" else state.save_steps
+            every = int(new) if field == "eval_steps" else state.eval_steps
+            if (
+                field != "logging_steps"
+                and getattr(args, "load_best_model_at_end", False)
+                and self._save_strategy == self._eval_strategy == "steps"
+                and save % every
+            ):
+                raise ValueError(f"load_best_model_at_end needs save_every ({save}) to be a multiple of eval_every ({every})")
+            setattr(state, field, int(new))
+
+        return changed
 
     def _stopped_saving(self) -> bool:
         return self.controller.stop_command == Command.SAVE_AND_STOP
@@ -333,6 +439,42 @@ class TrainerControlCallback:
         if trainer is not None and hasattr(trainer, "_get_output_dir"):
             run_dir = trainer._get_output_dir(trial=getattr(trainer, "_trial", None))
         return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def _hf_last_step(trainer: Any, args: Any, dataloader: Any) -> int | None:
+    """The last step HF's training loop can reach in this ``train()``; None when unbounded.
+
+    ``Trainer._inner_training_loop`` (transformers 5.25; 4.4x alike) runs ``for epoch in
+    range(epochs_trained, num_train_epochs)``, each epoch ``num_update_steps_per_epoch``
+    optimizer steps, both locals computed once at its start by
+    ``set_initial_training_values`` from ``args.max_steps`` (or ``num_train_epochs``).
+    ``state.max_steps`` only makes DefaultFlowCallback stop it sooner: past the end of the
+    last epoch (``max_steps=1000`` at 300 steps an epoch: step 1200) it ends, finished,
+    short of a longer ``max_steps``. A dataloader without a length makes the epoch count
+    ``sys.maxsize`` (each epoch iterates it again): no bound.
+    """
+    if dataloader is None:
+        return None
+    try:
+        length = len(dataloader)
+    except (TypeError, NotImplementedError):
+        return None
+    epochs = per_epoch = None
+    if trainer is not None and callable(getattr(trainer, "set_initial_training_values", None)):
+        try:  # the loop's own computation, on the dataloader it iterates
+            epochs, per_epoch = trainer.set_initial_training_values(args, dataloader)[:2]
+        except Exception:  # noqa: BLE001 - another version's signature: the same rule by hand
+            epochs = per_epoch = None
+    if not (isinstance(epochs, int) and isinstance(per_epoch, int)):
+        if not length:
+            return None
+        accumulate = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
+        per_epoch = max(length // accumulate + int(length % accumulate > 0), 1)
+        max_steps = int(getattr(args, "max_steps", -1) or -1)
+        epochs = math.ceil(max_steps / per_epoch) if max_steps > 0 else math.ceil(float(getattr(args, "num_train_epochs", 1)))
+    if epochs >= sys.maxsize or per_epoch < 1:
+        return None
+    return epochs * per_epoch
 
 
 def _keep_loss(callback: TrainerControlCallback, trainer: Any, name: str) -> None:
