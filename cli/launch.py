@@ -101,6 +101,12 @@ def _names(option: str) -> list[str]:
     help="Run COMMAND for each alert, the alert as JSON on its stdin: one command line, split as a shell would and run without one "
     "(repeatable; also $FORGATHER_NOTIFY_CMD).",
 )
+@click.option(
+    "--script-knobs",
+    is_flag=True,
+    help="A relaunch or requeue starts every knob (lr_scale, max_steps, a loop's own) at the script's value, "
+    "not at the value the job last ran with (the default: what `forgather control set` changed carries over).",
+)
 @click.option("--requeue/--no-requeue", default=False, show_default=True, help="Under SLURM: after a signal's save, `scontrol requeue` the job (node 0, once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (command and worker environment) and exit.")
 @click.argument("script", metavar="SCRIPT")
@@ -128,6 +134,7 @@ def launch(
     guards: tuple[str, ...],
     notify: tuple[str, ...],
     notify_cmd: tuple[str, ...],
+    script_knobs: bool,
     requeue: bool,
     dry_run: bool,
     script: str,
@@ -172,6 +179,7 @@ def launch(
         guards=tuple(guards),
         notify=tuple(notify),
         notify_cmd=_commands(notify_cmd),
+        script_knobs=script_knobs,
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),
@@ -218,12 +226,13 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
             config = dataclasses.replace(config, guards=(env[ENV_GUARDS],))
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
     plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
-    previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank)
+    previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank, script_knobs=config.script_knobs)
     plan = plan.with_history(
         restarts=previous.restarts,
         resume_from=previous.resume_from,
         resume_step=previous.resume_step,
         resume_gone=tuple(p.describe() for p in previous.gone),
+        knobs=previous.knobs,
     )
     if plan.sinks is not None:
         from forgather_control.launcher.alerting import check_sinks

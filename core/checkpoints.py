@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forgather_control.core.env import ENV_OUTPUT_DIR
-from forgather_control.core.records import UNSET, CheckpointRecord, Job, Status, UnsetType
+from forgather_control.core.records import UNSET, CheckpointRecord, Job, KnobValue, Status, UnsetType
 
 __all__ = ["MAX_KEPT", "Checkpoint", "Scope", "Skipped", "choose", "history"]
 
@@ -39,6 +39,8 @@ class Checkpoint:
     step: int | None = None
     run: int = 0
     saved_at: float | None = None
+    #: the job's knob values when it was written (:func:`~.knobs.carry_from`)
+    knobs: dict[str, KnobValue] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def parse(cls, raw: CheckpointRecord | str | UnsetType | None, *, run: int | None = None) -> Checkpoint | None:
@@ -53,10 +55,10 @@ class Checkpoint:
         if path is None or not os.path.isabs(path) or len(path) > _MAX_PATH or "\x00" in path:
             return None
         ran = raw.run if raw.run is not None else run
-        return cls(path=path, step=raw.step, run=ran or 0, saved_at=raw.saved_at)
+        return cls(path=path, step=raw.step, run=ran or 0, saved_at=raw.saved_at, knobs=dict(raw.knobs) if raw.knobs else None)
 
     def as_record(self) -> CheckpointRecord:
-        return CheckpointRecord(path=self.path, step=self.step, run=self.run, saved_at=self.saved_at)
+        return CheckpointRecord(path=self.path, step=self.step, run=self.run, saved_at=self.saved_at, knobs=dict(self.knobs) if self.knobs else None)
 
     def describe(self) -> str:
         return self.path + (f" (step {self.step})" if self.step is not None else "")

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from forgather_control.core.commands import Command, KnobRefused
 from forgather_control.core.errors import BadKnob
-from forgather_control.core.records import CommandOptions, KnobChange, KnobSetting, KnobValue
+from forgather_control.core.records import CheckpointRecord, CommandOptions, KnobCarry, KnobChange, KnobSetting, KnobValue
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ __all__ = [
     "Knob",
     "KnobError",
     "KnobTable",
+    "carry_from",
     "check_change",
     "check_changes",
+    "describe",
+    "describe_value",
     "key",
     "pack",
     "parse_assignment",
@@ -327,7 +330,32 @@ class KnobTable:
             self._by_key[k] = knob
         if old is None and carry and name in self._carried:
             self._resume(knob, self._carried.pop(name))
+        elif old is None and saved and name in self._at_checkpoint:
+            self._back_to_script(knob, self._at_checkpoint[name])
         return knob
+
+    def _back_to_script(self, knob: Knob, saved_at: object) -> None:
+        """A knob whose effect is in the checkpoint, not carried (``--script-knobs``, or
+        the last run started it at the script's value): the trainer's state comes back
+        with the value of the checkpoint's time; bring it to the script's."""
+        try:
+            old = check_change(knob, saved_at)
+        except KnobError:
+            return
+        if old == knob.value or knob.on_change is None:
+            return
+        try:
+            knob.on_change(old, knob.value)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the log says what it trains with
+            log.error(
+                "forgather control: knob %s could not be brought back to the script's %s from the checkpoint's %s: %s",
+                knob.name,
+                _show(knob.value),
+                _show(old),
+                exc,
+            )
+            return
+        log.warning("forgather control: knob %s starts at the script's %s (the checkpoint was saved with %s)", knob.name, _show(knob.value), _show(old))
 
     def _resume(self, knob: Knob, target: object) -> None:
         """Start ``knob`` at the job's last value. A knob whose effect is in the trainer's
@@ -427,9 +455,46 @@ class KnobTable:
             return {k.name: k.value for k in self._knobs.values() if k.origin != SCRIPT and k.carry}
 
 
+def carry_from(
+    knobs: Sequence[KnobSetting] | None,
+    resume_point: CheckpointRecord | None,
+    *,
+    before: KnobCarry | None = None,
+    script: bool = False,
+) -> KnobCarry | None:
+    """What a relaunch carries from the job's last run (``FORGATHER_KNOBS``), or None
+    when there is nothing to carry. ``knobs``: the last run's status (its ``knobs``); a
+    knob there is carried when a person or an earlier relaunch gave its value (origin
+    ``set`` or ``resumed``, not ``script``) and it is not marked ``carry`` false (``lr``,
+    whose changes are ``lr_scale``'s). A knob that run never declared (it ended before)
+    keeps what ``before`` (the carry that run was given) says. ``at_checkpoint``: the
+    knob values of ``resume_point``'s time, whatever is carried: a knob whose effect is
+    in the checkpoint (the learning-rate scale in the optimizer's state) moves from
+    there. ``script`` (``--script-knobs``): no value is carried, every knob starts at the
+    script's, and a saved one is brought back to it from the checkpoint's value."""
+    values: dict[str, KnobValue] = {}
+    if not script:
+        declared = {k.name for k in knobs or ()}
+        if before is not None:
+            values.update({name: v for name, v in before.values.items() if name not in declared})
+        for k in knobs or ():
+            if k.origin is not None and k.origin != SCRIPT and k.carry is not False and k.value is not None:
+                values[k.name] = k.value
+    values = {name: v for name, v in values.items() if _NAME.fullmatch(name)}  # a name no knob can have is nobody's
+    at_checkpoint = {name: v for name, v in (resume_point.knobs or {}).items() if _NAME.fullmatch(name)} if resume_point is not None else None
+    if not values and not at_checkpoint:
+        return None
+    return KnobCarry(values=dict(list(values.items())[:64]), at_checkpoint=at_checkpoint)
+
+
 def describe(changes: Sequence[KnobChange]) -> str:
     """``lr_scale 1 -> 0.5, max_steps 1000 -> 2000``: a change as a person reads it."""
     return ", ".join(f"{c.name} {_show(c.old)} -> {_show(c.value)}" for c in changes)
+
+
+def describe_value(value: object) -> str:
+    """A knob's value as a person reads it: ``0.5``, ``20000``, ``true``."""
+    return _show(value)
 
 
 def _show(value: object) -> str:

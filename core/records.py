@@ -458,6 +458,10 @@ class Job(Record):
     output_dir: Text | None = None
     checkpoints: Annotated[list[CheckpointRecord], Meta(max_length=256)] | None = None
     last_checkpoint: Text | None = None
+    #: the knob values this run was given from the job's last run (``FORGATHER_KNOBS``):
+    #: the other nodes' launchers give their ranks the same, and a run that ends before
+    #: declaring its knobs passes them on
+    knobs: KnobCarry | None = None
     requeue: bool | None = None
     grace: When | None = None
     control: bool | None = None

@@ -76,6 +76,9 @@ class LaunchConfig:
     notify_cmd: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     #: ``--guard`` rules as typed (core.guards); checked here, passed as FORGATHER_GUARDS
     guards: tuple[str, ...] = ()
+    #: ``--script-knobs``: a relaunch starts every knob at the script's value, not at the
+    #: job's last (no value is carried in FORGATHER_KNOBS)
+    script_knobs: bool = False
     #: The launcher's own command line, recorded in job.json.
     argv: tuple[str, ...] = field(default=(), compare=False)
 
@@ -131,6 +134,8 @@ class LaunchConfig:
                 parse_guards(self.guards)
             except GuardError as exc:
                 raise LaunchError(f"--guard: {exc}") from None
+        if self.script_knobs and not self.control:
+            raise LaunchError("--script-knobs needs control (knobs are the Controller's), but --no-control is set; drop one of them")
         if self.standalone and (self.fixed_nnodes or 1) > 1:
             raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):

@@ -7,6 +7,7 @@ prints exactly what ``run()`` will execute and the tests pin it with golden file
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from forgather_control.core.env import (
     ENV_CONTROL_PORT,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
+    ENV_KNOBS,
     ENV_LAUNCHED,
     ENV_LAUNCHER_PID,
     ENV_NODE_RANK,
@@ -31,7 +33,8 @@ from forgather_control.core.env import (
     ENV_TOKEN,
 )
 from forgather_control.core.guards import ENV_GUARDS, parse_guards
-from forgather_control.core.records import AlertSinks, encode
+from forgather_control.core.knobs import describe_value
+from forgather_control.core.records import AlertSinks, KnobCarry, encode
 
 from .config import LaunchConfig, LaunchError
 from .environments import Placement, detect
@@ -67,6 +70,8 @@ class Plan:
     resume_step: int | None = None
     #: newer checkpoints of the job that resume passed over, each with why (gone, not the job's own)
     resume_gone: tuple[str, ...] = ()
+    #: what the job's last run leaves its knobs at (FORGATHER_KNOBS; ``core.knobs.carry_from``)
+    knobs: KnobCarry | None = None
     #: where alerts go (``--notify``, ``--notify-cmd``, the environment): secrets, never shown
     sinks: AlertSinks | None = field(default=None, repr=False)
 
@@ -78,10 +83,21 @@ class Plan:
     def node_rank(self) -> int:
         return self.placement.node_rank or 0
 
-    def with_history(self, *, restarts: int, resume_from: str | None, resume_step: int | None = None, resume_gone: tuple[str, ...] = ()) -> Plan:
-        """The same plan for a restarted run: restart count, checkpoint and its step in the env."""
-        env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from, resume_step=resume_step)
-        return replace(self, restarts=restarts, resume_from=resume_from, resume_step=resume_step if resume_from else None, resume_gone=resume_gone, env=env)
+    def with_history(
+        self,
+        *,
+        restarts: int,
+        resume_from: str | None,
+        resume_step: int | None = None,
+        resume_gone: tuple[str, ...] = (),
+        knobs: KnobCarry | None = None,
+    ) -> Plan:
+        """The same plan for a restarted run: restart count, checkpoint and its step, and
+        the knob values carried from the job's last run, in the env."""
+        env = worker_env(self.config, self.placement, jobs_dir=self.jobs_dir, restarts=restarts, resume_from=resume_from, resume_step=resume_step, knobs=knobs)
+        return replace(
+            self, restarts=restarts, resume_from=resume_from, resume_step=resume_step if resume_from else None, resume_gone=resume_gone, knobs=knobs, env=env
+        )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able view (``--dry-run`` as data); secrets redacted."""
@@ -104,6 +120,8 @@ class Plan:
             "argv": list(self.argv),
             "env": redact(self.env),
             **({"notify": describe_sinks(self.sinks)} if self.sinks is not None else {}),
+            **({"knobs": encode(self.knobs)} if self.knobs is not None else {}),
+            **({"script_knobs": True} if self.config.script_knobs else {}),
         }
 
 
@@ -172,8 +190,9 @@ def worker_env(
     restarts: int = 0,
     resume_from: str | None = None,
     resume_step: int | None = None,
+    knobs: KnobCarry | None = None,
 ) -> dict[str, str]:
-    """The variables the launcher sets for torchrun and its workers .
+    """The variables the launcher sets for torchrun and its workers.
     Never a token: rank 0 makes its own and keeps it in the 0600 endpoint file."""
     env = {
         ENV_JOB_ID: placement.job_id,
@@ -190,6 +209,8 @@ def worker_env(
         env[ENV_RESUME_FROM] = resume_from
         if resume_step is not None:
             env[ENV_RESUME_STEP] = str(int(resume_step))
+    if knobs is not None and config.control:
+        env[ENV_KNOBS] = json.dumps(encode(knobs), separators=(",", ":"))
     if config.stall_after is not None:
         env[ENV_STALL_AFTER] = f"{config.stall_after:g}"
     if config.guards:
@@ -207,7 +228,7 @@ def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = Non
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
     names the launcher its workers watch (known only once it runs: not in the plan)."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)}
+    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_KNOBS, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)}
     env.update(plan.env)
     if launcher:
         env[ENV_LAUNCHER_PID] = launcher
@@ -238,6 +259,9 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"  restart:        {plan.restarts}, resume from {plan.resume_from or '(no checkpoint recorded)'}")
     for gone in plan.resume_gone:
         lines.append(f"  skipped:        {gone}")
+    knobs = _knobs_line(plan)
+    if knobs:
+        lines.append(f"  knobs:          {knobs}")
     if plan.config.guards:
         lines.append(f"  guards:         {'; '.join(guard_texts(plan.config))}")
     if plan.sinks is not None:
@@ -248,6 +272,17 @@ def render_plan(plan: Plan) -> str:
     for k, v in redact(plan.env).items():
         lines.append(f"    {k}={shlex.quote(v)}")
     return "\n".join(lines) + "\n"
+
+
+def _knobs_line(plan: Plan) -> str | None:
+    """Where a relaunch's knobs start: the job's last values, or the script's."""
+    carried = plan.knobs.values if plan.knobs is not None else {}
+    if plan.config.script_knobs:
+        return "the script's values (--script-knobs)"
+    if carried:
+        values = ", ".join(f"{name}={describe_value(value)}" for name, value in carried.items())
+        return f"the job's last: {values} (--script-knobs for the script's)"
+    return None
 
 
 def _on_signal(plan: Plan) -> str:

@@ -30,9 +30,10 @@ from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choos
 from forgather_control.core.commands import Command, State, is_final_receipt
 from forgather_control.core.failures import root_cause
 from forgather_control.core.files import TEMP_PREFIX, NotOurs, ensure_private_dir, remove_quietly
+from forgather_control.core.knobs import carry_from
 from forgather_control.core.liveness import STALE_AFTER, fresh, same_pid_namespace
 from forgather_control.core.markers import keep_marked, mark_run
-from forgather_control.core.records import Endpoint, Job, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
+from forgather_control.core.records import Endpoint, Job, KnobCarry, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
 from forgather_control.core.states import JobState, is_final
 from forgather_control.core.vanished import folder_gone
 
@@ -105,10 +106,18 @@ class Previous:
     gone: tuple[Skipped, ...] = ()
     #: the step of ``resume_from`` (FORGATHER_RESUME_STEP), when its record says
     resume_step: int | None = None
+    #: the knob values this run starts from (FORGATHER_KNOBS): the last run's, unless ``--script-knobs``
+    knobs: KnobCarry | None = None
 
 
 def read_previous(
-    paths: JobPaths, placement: Placement, *, node_rank: int = 0, exists: Callable[[str], bool] = os.path.exists, scope: Scope | None = None
+    paths: JobPaths,
+    placement: Placement,
+    *,
+    node_rank: int = 0,
+    exists: Callable[[str], bool] = os.path.exists,
+    scope: Scope | None = None,
+    script_knobs: bool = False,
 ) -> Previous:
     """Read (never change) an earlier run's job.json and status.json.
 
@@ -117,7 +126,11 @@ def read_previous(
     node 0 already rewrote job.json for this run; it then takes this run's values from it.
     The run resumes from the newest completed checkpoint of any earlier run that still
     exists (``exists`` is asked; tests inject it) and that ``scope`` (default: this
-    process's, :meth:`Scope.here`) allows: the records may name anything.
+    process's, :meth:`Scope.here`) allows: the records may name anything. Its knobs
+    start at the last run's values (``status.json`` ``knobs``), with the values of the
+    checkpoint's time (:func:`~forgather_control.core.knobs.carry_from`); with
+    ``script_knobs`` at the script's. A node that starts after node 0 began this run
+    takes what node 0 gave (job.json), so every rank starts alike.
     """
     try:
         paths.check_owned()  # before anything in it is read: another user's folder is never taken over
@@ -140,14 +153,20 @@ def read_previous(
         if why is not None:
             log.warning("not resuming from %s: %s", job.resume_from, why)
         if why is not None:
-            return Previous(True, max(prev_restarts, 0), None, created, same_slurm, points)
-        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points, resume_step=job.resume_step)
+            return Previous(True, max(prev_restarts, 0), None, created, same_slurm, points, knobs=job.knobs)
+        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points, resume_step=job.resume_step, knobs=job.knobs)
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
     resume_point, gone = choose(list(points), exists=exists, scope=scope)
     for skipped in gone:
         log.warning("not resuming from checkpoint %s", skipped.describe())
+    # the last run's status says its knobs; a status older than job.json's run (that run
+    # died before rank 0 wrote) is not the last word: what that run was given is
+    last = status is not None and (status.restarts is None or job.restarts is None or status.restarts == job.restarts)
+    knobs = carry_from(
+        status.knobs if status is not None and last else None, resume_point.as_record() if resume_point else None, before=job.knobs, script=script_knobs
+    )
     return Previous(
         True,
         max(restarts, 0),
@@ -157,6 +176,7 @@ def read_previous(
         points,
         tuple(gone),
         resume_step=resume_point.step if resume_point else None,
+        knobs=knobs,
     )
 
 
@@ -304,6 +324,7 @@ class JobRecords:
                 # carried forward: a run that saves nothing must not lose the runs' before
                 checkpoints=[c.as_record() for c in previous.checkpoints],
                 last_checkpoint=previous.checkpoints[-1].path if previous.checkpoints else None,
+                knobs=plan.knobs,
                 requeue=bool(p.requeue_argv),
                 grace=plan.config.grace,
                 control=plan.config.control,

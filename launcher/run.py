@@ -345,13 +345,14 @@ def execute(
     base_env = os.environ if base_env is None else base_env
     cwd = cwd or os.getcwd()
     paths = JobPaths(Path(plan.jobs_dir), plan.job_id)
-    previous = read_previous(paths, plan.placement, node_rank=plan.node_rank)
-    if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from:
+    previous = read_previous(paths, plan.placement, node_rank=plan.node_rank, script_knobs=plan.config.script_knobs)
+    if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from or previous.knobs != plan.knobs:
         plan = plan.with_history(
             restarts=previous.restarts,
             resume_from=previous.resume_from,
             resume_step=previous.resume_step,
             resume_gone=tuple(p.describe() for p in previous.gone),
+            knobs=previous.knobs,
         )
     records = JobRecords(paths, plan)
     after = no_control_after(plan.config, base_env) if plan.config.control else None

@@ -17,7 +17,8 @@ from support.cli import run_cli
 from support.env import base_env
 from support.paths import REPO
 
-from forgather_control.core.records import Scheduler
+from forgather_control.core.knobs import carry_from
+from forgather_control.core.records import CheckpointRecord, KnobCarry, KnobSetting, Scheduler
 from forgather_control.launcher import (
     LaunchConfig,
     LaunchError,
@@ -145,6 +146,7 @@ def test_slurm_refusals_say_what_slurm_reports(env: dict, options: dict, fragmen
         ({"grace": 0}, "--grace 0 must be a positive number"),
         ({"job_id": "../evil"}, "--job-id: invalid job id '../evil'"),
         ({"standalone": True, "nnodes": "2"}, "--standalone runs one node"),
+        ({"script_knobs": True, "control": False}, "--script-knobs needs control"),
     ],
 )
 def test_bad_options_are_refused(options: dict, fragment: str) -> None:
@@ -186,6 +188,18 @@ def test_worker_env_and_child_env_carry_no_token() -> None:
 def test_history_reaches_the_workers() -> None:
     plan = plan_for({}, job_id="j").with_history(restarts=3, resume_from="/ck/checkpoint-40")
     assert plan.env["FORGATHER_RESTARTS"] == "3" and plan.env["FORGATHER_RESUME_FROM"] == "/ck/checkpoint-40"
+    assert "FORGATHER_KNOBS" not in plan.env  # nothing carried: the script's values
+
+
+def test_knobs_carried_from_the_last_run_reach_the_workers_and_an_inherited_value_does_not() -> None:
+    carry = KnobCarry(values={"lr_scale": 0.5, "max_steps": 20000}, at_checkpoint={"lr_scale": 1.0})
+    plan = plan_for({}, job_id="j").with_history(restarts=1, resume_from="/ck/checkpoint-40", knobs=carry)
+    assert json.loads(plan.env["FORGATHER_KNOBS"]) == {"values": {"lr_scale": 0.5, "max_steps": 20000}, "at_checkpoint": {"lr_scale": 1.0}}
+    assert plan.with_history(restarts=2, resume_from=None).env.get("FORGATHER_KNOBS") is None
+    fresh = plan_for({}, job_id="j")
+    assert "FORGATHER_KNOBS" not in child_env(fresh, {"FORGATHER_KNOBS": '{"values":{"lr_scale":9}}', "PATH": "/bin"})
+    uncontrolled = plan_for({}, job_id="j", control=False).with_history(restarts=1, resume_from=None, knobs=carry)
+    assert "FORGATHER_KNOBS" not in uncontrolled.env  # no Controller to read it
 
 
 # -- golden dry-run plans ------------------------------------------------------------------
@@ -201,6 +215,7 @@ CASES = {
         {"rdzv_id": "run7", "nnodes": "1:4", "rdzv_backend": "c10d", "rdzv_endpoint": "head:29400", "max_restarts": 3},
     ),
     "local-guards.txt": ({}, {"job_id": "guarded", "nproc_per_node": "2", "guards": ("nan:abort", "spike:save,window=5,times=2;slowdown:alert")}),
+    "local-script-knobs.txt": ({}, {"job_id": "relaunched", "nproc_per_node": "2", "script_knobs": True}),
     "slurm-node2.txt": (SLURM_ENV, {"nproc_per_node": "gpu", "requeue": True, "script_args": ("--output-dir", "out")}),
     "slurm-node0-requeue.txt": ({**SLURM_ENV, "SLURM_NODEID": "0", "SLURM_PROCID": "0"}, {"nproc_per_node": "4", "requeue": True, "master_addr": "127.0.0.1"}),
     "slurm-array-restarted.txt": (
@@ -220,12 +235,25 @@ CASES = {
 }
 
 
+#: the plans of a relaunch whose last run changed knobs
+RELAUNCHED = ("slurm-array-restarted.txt", "local-script-knobs.txt")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dry_run_plan_golden(name: str) -> None:
     env, options = CASES[name]
     plan = plan_for(env, **options)
-    if name == "slurm-array-restarted.txt":
-        plan = plan.with_history(restarts=1, resume_from="/shared/out/checkpoint-120")
+    if name in RELAUNCHED:
+        # the last run: lr_scale and temperature set, saved at step 120 with both; lr is not carried
+        last = [
+            KnobSetting(name="lr_scale", kind="float", value=0.5, default=1.0, origin="set", step=100),
+            KnobSetting(name="temperature", kind="float", value=2.0, default=1.0, origin="resumed"),
+            KnobSetting(name="lr", kind="float", value=5e-5, default=1e-4, origin="set", carry=False),
+            KnobSetting(name="eval_every", kind="int", value=500, default=500, origin="script"),
+        ]
+        point = CheckpointRecord(path="/shared/out/checkpoint-120", step=120, knobs={"lr_scale": 0.5, "temperature": 2.0, "lr": 5e-5, "eval_every": 500})
+        knobs = carry_from(last, point, script=plan.config.script_knobs)
+        plan = plan.with_history(restarts=1, resume_from="/shared/out/checkpoint-120", resume_step=120, knobs=knobs)
     golden(name, render_plan(plan))
     golden(name.replace(".txt", ".json"), json.dumps(plan.describe(), indent=1, sort_keys=True) + "\n")
 
