@@ -16,7 +16,8 @@ from rich.text import Text
 
 from forgather_control.core.commands import verb
 from forgather_control.core.files import owner_name
-from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, RankTime, Receipt
+from forgather_control.core.knobs import RESUMED, SCRIPT, SET, describe, describe_value
+from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, KnobSetting, RankTime, Receipt
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -296,6 +297,9 @@ def status_panel(d: JobDetails) -> Any:
     ranks = (_given(d.ranks) or []) if d.state.live else []
     if len(ranks) > 1:
         parts.append(_ranks_table(ranks, {s.rank for s in stragglers}))
+    knobs = _given(d.knobs) or []
+    if knobs:
+        parts.append(_knobs_table(knobs, job_id=d.job_id, live=d.state.live))
     return Panel(Group(*parts), title=_t(f"job {d.job_id}"), title_align="left", expand=False)
 
 
@@ -326,6 +330,49 @@ def _ranks_table(ranks: list[RankTime], named: set[int]) -> Any:
     return rt
 
 
+def _knobs_table(knobs: list[KnobSetting], *, job_id: str, live: bool) -> Any:
+    """The job's knobs: each one's value now, the script's, where the value came from
+    (the script, a ``set`` at a step by a command, or the job's last run), its range and
+    what it is. An ended job's are its last: what a relaunch starts from."""
+    from rich import box
+    from rich.table import Table
+
+    title = f"knobs (change one: forgather control set {job_id} NAME=VALUE)" if live else "knobs (the last values: a relaunch starts from them)"
+    kt = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=_t(title), title_justify="left")
+    for col in ("KNOB", "VALUE", "SCRIPT'S", "FROM", "RANGE", "WHAT"):
+        kt.add_column(col, no_wrap=col not in ("WHAT",), justify="right" if col in ("VALUE", "SCRIPT'S") else "left")
+    for k in knobs:
+        changed = k.origin not in (None, SCRIPT)
+        kt.add_row(
+            _t(k.name),
+            _t(describe_value(k.value) if k.value is not None else "-", style="bold" if changed else ""),
+            _t(describe_value(k.default) if k.default is not None else "-"),
+            _t(knob_origin(k), style="yellow" if changed else "dim"),
+            _t(_knob_range(k), style="dim"),
+            _t(k.help or "", style="dim"),
+        )
+    return kt
+
+
+def knob_origin(k: KnobSetting) -> str:
+    """Where a knob's value came from: ``script``, ``set at step 120 (c-1a2b)``, ``resumed``."""
+    if k.origin == SET:
+        at = f" at step {k.step}" if k.step is not None else ""
+        return f"set{at}" + (f" ({k.command_id})" if k.command_id else "")
+    if k.origin == RESUMED:
+        return "resumed (the job's last run)"
+    return k.origin or "-"
+
+
+def _knob_range(k: KnobSetting) -> str:
+    if k.kind == "bool":
+        return "true/false"
+    low = f"> {describe_value(k.above)}" if k.above is not None else f">= {describe_value(k.min)}" if k.min is not None else ""
+    high = f"<= {describe_value(k.max)}" if k.max is not None else ""
+    bounds = ", ".join(b for b in (low, high) if b)
+    return f"{k.kind} {bounds}" if bounds else k.kind
+
+
 def print_status(d: JobDetails) -> None:
     console().print(status_panel(d))
 
@@ -333,6 +380,8 @@ def print_status(d: JobDetails) -> None:
 def _result(entry: Receipt) -> str:
     """What came of a command, in a few words."""
     r = entry.result or CommandResult()
+    if r.changes:
+        return describe(r.changes)
     if r.checkpoint:
         return r.checkpoint
     if r.metrics:

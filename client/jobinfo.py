@@ -221,6 +221,7 @@ DETAIL_FIELDS = (
     "guard_events",
     "ranks",
     "stragglers",
+    "knobs",
     "control_error",
     "started_at",
     "ended_at",
