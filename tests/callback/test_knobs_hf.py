@@ -14,15 +14,23 @@ shortened below the step), and the framework's own trainers on Python 3.12.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from support.launcher import START_TIMEOUT, launch
+from support.processes import Proc, Procs
+from support.records import final_status, read_record
+from support.torchrun import end_step, ended_lines
+from support.waiting import wait_for
 
 from forgather_control.callback import Controller
 from forgather_control.callback.forgather import Periods, declare_knobs
 from forgather_control.callback.hf import TrainerControlCallback, _hf_last_step
 from forgather_control.core.commands import KnobRefused
+from forgather_control.core.errors import EXIT_BAD_KNOB, EXIT_OK
 from forgather_control.core.records import CommandOptions, KnobChange
 
 
@@ -351,3 +359,164 @@ def test_periods_wrap_the_loops_method_once(jobs_dir: Path) -> None:
     first = trainer._maybe_log_save_evaluate
     assert Periods().attach(trainer) and trainer._maybe_log_save_evaluate.__wrapped__ is first.__wrapped__  # replaced, not stacked
     assert not Periods().attach(object())
+
+
+# -- real jobs: two ranks, torchrun, gloo ------------------------------------------------------
+#: A tiny GPT-2 under HF's Trainer with a linear schedule over ``--max-steps`` (``forgather
+#: launch`` injects the control callback). Each rank writes its facts to
+#: ``RECORDS/rank-R.jsonl``: at every step's begin the rate the step uses and the factor the
+#: script's schedule gives (``lr_lambdas[0]`` at the scheduler's step), ``state.save_steps``
+#: and ``state.max_steps``; each save. At each ``--gates`` step both ranks wait (after the
+#: step's flow, before the control callback) until the test writes ``RECORDS/go-STEP``.
+HF_SCRIPT = """
+import argparse, json, os, time
+from pathlib import Path
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+p = argparse.ArgumentParser()
+p.add_argument("--output-dir"); p.add_argument("--records"); p.add_argument("--gates")
+p.add_argument("--max-steps", type=int); p.add_argument("--save-steps", type=int)
+a = p.parse_args()
+rank, records, gates = int(os.environ.get("RANK", "0")), Path(a.records), {int(g) for g in a.gates.split(",")}
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.data = torch.randint(0, 64, (n, 16), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.data[i], "labels": self.data[i]}
+
+
+class Record(TrainerCallback):
+    def __init__(self):
+        self.out = open(records / f"rank-{rank}.jsonl", "a", buffering=1)
+
+    def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+        sched = getattr(lr_scheduler, "scheduler", lr_scheduler)
+        row = {"step": state.global_step, "lr": optimizer.param_groups[0]["lr"], "factor": sched.lr_lambdas[0](sched.last_epoch),
+               "save_steps": state.save_steps, "max_steps": state.max_steps}
+        self.out.write(json.dumps(row) + "\\n")
+
+    def on_save(self, args, state, control, **kw):
+        self.out.write(json.dumps({"saved": state.global_step}) + "\\n")
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step in gates:
+            (records / f"waiting-{state.global_step}-{rank}").touch()
+            while not (records / f"go-{state.global_step}").exists():
+                time.sleep(0.02)
+
+
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0))
+targs = TrainingArguments(
+    output_dir=a.output_dir, max_steps=a.max_steps, per_device_train_batch_size=4, learning_rate=1e-3, lr_scheduler_type="linear",
+    save_strategy="steps", save_steps=a.save_steps, logging_steps=1000, report_to="none", use_cpu=True, ddp_backend="gloo",
+    dataloader_num_workers=0, disable_tqdm=True, seed=0,
+)
+trainer = Trainer(model=model, args=targs, train_dataset=Tokens(4096), callbacks=[Record()])
+out = trainer.train()
+print(f"rank {rank} pid {os.getpid()} ended at step {out.global_step} aborted=False", flush=True)
+"""
+
+
+def rows(records: Path, rank: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (records / f"rank-{rank}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def wait_gate(records: Path, step: int, job: Proc) -> None:
+    """Both ranks wait at ``step``'s gate."""
+
+    def there() -> bool:
+        if job.popen.poll() is not None:
+            raise AssertionError(f"the job ended before step {step} ({job.popen.returncode}):\n{job.output()[-4000:]}")
+        return all((records / f"waiting-{step}-{r}").exists() for r in (0, 1))
+
+    wait_for(there, timeout=START_TIMEOUT, interval=0.1, what=f"both ranks at step {step}")
+
+
+def post_set(jobs_dir: Path, job_id: str, changes: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """``POST /jobs/ID/control`` a set, as any HTTP client would: the status and the body."""
+    endpoint = read_record(jobs_dir, job_id, "endpoint.json")
+    r = httpx.post(
+        f"{endpoint['url']}/jobs/{job_id}/control",
+        json={"command": "set", "options": {"changes": changes}},
+        headers={"Authorization": f"Bearer {endpoint['token']}"},
+        timeout=30,
+    )
+    return r.status_code, r.json()
+
+
+def receipt(status: dict[str, Any], command_id: str) -> dict[str, Any]:
+    return next(c for c in status.get("commands") or [] if c["id"] == command_id)
+
+
+def rate_switch(records: Path, at: int, scale: float) -> list[dict[str, Any]]:
+    """Each rank's rows: the rate is the schedule's before step ``at`` and ``scale`` times
+    it from there (a row's step is the steps done: the rate is the next step's). Returns
+    rank 0's rows, which rank 1's equal."""
+    mine = rows(records, 0)
+    assert [r for r in rows(records, 1) if "step" in r] == [r for r in mine if "step" in r], "the ranks' rates differ"
+    steps = [r for r in mine if "step" in r]
+    base = steps[0]["lr"] / steps[0]["factor"]
+    for r in steps:
+        if r["factor"] > 0:
+            assert r["lr"] == pytest.approx((scale if r["step"] >= at else 1.0) * base * r["factor"], rel=1e-9), r
+    return steps
+
+
+@pytest.mark.slow  # forgather launch, torchrun, transformers
+@pytest.mark.timeout(600)
+def test_hf_knobs_on_two_ranks_lr_scale_save_every_and_max_steps_refused_extended_shortened(jobs_dir: Path, procs: Procs, cli: Any, tmp_path: Path) -> None:
+    script, records, out, job_id = tmp_path / "knobs_hf.py", tmp_path / "records", tmp_path / "out", "hf-knobs"
+    script.write_text(HF_SCRIPT)
+    records.mkdir()
+    # 4096 samples, 4 a rank: 512 steps an epoch, so a run of 300 steps can reach step 512
+    args = ("--output-dir", str(out), "--records", str(records), "--gates", "5,310", "--max-steps", "300", "--save-steps", "1000")
+    job = launch(procs, jobs_dir, job_id, script, *args, opts=("--nproc-per-node", "2"))
+    wait_gate(records, 5, job)
+
+    knob = next(k for k in read_record(jobs_dir, job_id, "status.json")["knobs"] if k["name"] == "max_steps")
+    assert (knob["value"], knob["min"], knob["max"]) == (300, 1, 512), knob
+    refused = cli("control", "set", job_id, "max_steps=100000")
+    assert refused.code == EXIT_BAD_KNOB and "max_steps must be at most 512, not 100000" in refused.err, refused
+    code, body = post_set(jobs_dir, job_id, [{"name": "max_steps", "value": 100000}])
+    assert (code, body.get("refused")) == (422, "knob") and "max_steps must be at most 512" in body["detail"], body
+    assert not read_record(jobs_dir, job_id, "status.json").get("commands"), "a refused set queued something"
+
+    sent = cli("control", "set", job_id, "lr_scale=0.5", "save_every=40", "max_steps=400", "--json")
+    assert sent.code == EXIT_OK, sent
+    first = sent.json()["id"]
+    (records / "go-5").touch()
+    wait_gate(records, 310, job)  # past the script's 300: the run was extended
+    applied = receipt(read_record(jobs_dir, job_id, "status.json"), first)
+    at = applied["step"]
+    assert applied["state"] == "completed" and at >= 5, applied
+    assert applied["result"]["changes"] == [
+        {"name": "lr_scale", "value": 0.5, "old": 1.0},
+        {"name": "save_every", "value": 40, "old": 1000},
+        {"name": "max_steps", "value": 400, "old": 300},
+    ], applied
+
+    sent = cli("control", "set", job_id, "max_steps=10", "--json")  # below the step: ends there
+    assert sent.code == EXIT_OK, sent
+    second = sent.json()["id"]
+    (records / "go-310").touch()
+    assert job.wait(START_TIMEOUT) == EXIT_OK, job.output()[-4000:]
+    final = final_status(jobs_dir, job_id)
+    end = receipt(final, second)["step"]
+    assert final["state"] == "finished" and final["step"] == end >= 310, final
+    lines = ended_lines(job)
+    assert {r: end_step(line) for r, line in lines.items()} == {0: end, 1: end}, job.output()[-4000:]
+
+    steps = rate_switch(records, at, 0.5)
+    assert any(r["step"] == at + 100 and r["factor"] > 0 for r in steps), "a rate 100 steps after the change, still halved"
+    assert all((r["save_steps"], r["max_steps"]) == ((1000, 300) if r["step"] < at else (40, 400)) for r in steps)
+    saved = [r["saved"] for r in rows(records, 0) if "saved" in r]
+    assert saved == [s for s in range(40, end, 40) if s > at] + [end], saved  # the new interval, and the end's save
+    assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == saved
