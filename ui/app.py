@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from forgather_control.core.errors import (
     AmbiguousJob,
+    BadKnob,
     CommandFailed,
     CommandRefused,
     ControlError,
@@ -49,6 +50,8 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: A set's body (the knob panel's).
+SET_BODY = '{"command": "set", "changes": [{"name": "lr_scale", "value": 0.5}], "key": "<optional idempotency key>"}'
 #: Routes open without the cookie or the token: the login page and what it loads.
 OPEN_PATHS = frozenset({"/login", "/static/css/app.css", "/static/js/login.js", "/static/favicon.svg"})
 
@@ -181,21 +184,42 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
     def metrics(job_id: str, since: int | None = None) -> Response:
         return _answer(lambda: view.metrics(job_id, since))
 
-    @app.post("/api/jobs/{job_id}/commands", status_code=202)
-    async def command(job_id: str, request: Request) -> Response:
+    async def _json_body(request: Request) -> Any:
+        """The request's JSON body, or the answer that refuses it."""
         kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             return _error(415, f"send the command as application/json, not {kind or 'no content type'!r}")
         try:
-            body = json.loads(await request.body())
+            return json.loads(await request.body())
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, 'malformed JSON; send {"command": "save|eval|stop|save-stop|abort"}')
+            return _error(400, 'malformed JSON; send {"command": "save|eval|stop|save-stop|abort|set"}')
+
+    @app.post("/api/jobs/{job_id}/commands", status_code=202)
+    async def command(job_id: str, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
         if not isinstance(body, dict) or not isinstance(body.get("command"), str):
-            return _error(422, 'send {"command": "save|eval|stop|save-stop|abort", "key": "<optional idempotency key>"}')
+            return _error(422, f'send {{"command": "save|eval|stop|save-stop|abort", "key": "<optional idempotency key>"}} or {SET_BODY}')
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
             return _error(422, "key must be a non-empty string of at most 128 characters")
+        if body["command"] == "set":
+            return await run_in_threadpool(_answer, lambda: view.set_knobs(job_id, body.get("changes"), key), status=202)
+        if "changes" in body:
+            return _error(422, f"only a set takes changes, not {body['command'][:64]!r}")
         return await run_in_threadpool(_answer, lambda: view.send(job_id, body["command"], key), status=202)
+
+    @app.post("/api/jobs/{job_id}/knobs/check")
+    async def check_knobs(job_id: str, request: Request) -> Response:
+        """What a set of ``changes`` would change (old -> new), checked as a set is and sent
+        nowhere: the page asks before its confirmation."""
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return _error(422, 'send {"changes": [{"name": "lr_scale", "value": 0.5}]}')
+        return await run_in_threadpool(_answer, lambda: view.check_knobs(job_id, body.get("changes")))
 
     @app.get("/api/jobs/{job_id}/commands/{command_id}")
     def receipt(job_id: str, command_id: str, key: str | None = None) -> Response:
@@ -231,6 +255,8 @@ def _control_error(exc: ControlError) -> JSONResponse:
         return _error(504, detail, key=exc.key, command=exc.command, outcome="unknown")
     if isinstance(exc, JobNotFound):
         return _error(404, detail)
+    if isinstance(exc, BadKnob):
+        return _error(422, detail, refused="knob")
     if isinstance(exc, (UsageError, AmbiguousJob, UnknownButton)):
         return _error(400, detail)
     if isinstance(exc, JobEnded):

@@ -1,6 +1,12 @@
 """One job for the page: its details, its metric history, and its commands, through the
 same calls as ``forgather control status`` and ``save``/``eval``/``stop``/``save-stop``/
-``abort`` (:func:`~forgather_control.client.lookup.open_job`, :class:`JobHandle`).
+``abort``/``set`` (:func:`~forgather_control.client.lookup.open_job`, :class:`JobHandle`).
+
+A ``set`` from the knob panel goes through :meth:`JobHandle.set`, as ``forgather control
+set`` does: checked against the knobs the job's status shows
+(:func:`~forgather_control.core.knobs.check_changes`, the rule rank 0 applies again), so
+a refused change is never sent and its message is the page's answer. The panel asks
+first what a change would do (:meth:`JobView.check_knobs`: the same check, old -> new).
 
 A job in a folder is opened afresh for each request (milliseconds: its records are read
 and judged again, and the channel is chosen again, so a job whose server has come up
@@ -20,8 +26,10 @@ from forgather_control.client.handle import JobHandle
 from forgather_control.client.sources import JobSource
 from forgather_control.core.commands import PLAIN_VERBS, Command, UnknownCommand, new_key, parse_command
 from forgather_control.core.errors import ControlError, JobEnded, Unreachable
+from forgather_control.core.files import RecordError
+from forgather_control.core.knobs import KnobError, check_changes, describe
 from forgather_control.core.metrics import VIEW_POINTS, view
-from forgather_control.core.records import JobDetails, MetricHistory, Text, encode
+from forgather_control.core.records import CommandOptions, JobDetails, KnobChange, MetricHistory, Text, decode, encode
 from forgather_control.core.safe import json_safe, scrub
 
 from .config import UiConfig
@@ -99,7 +107,7 @@ class JobView:
         ``MAX_BYTES`` and an answer of at most ``VIEW_POINTS`` points a series."""
         with self.handle(job_id) as h:
             found = view(h.metrics(since=since))
-        return json_safe(encode(PageHistory(version=found.version, job_id=found.job_id, series=found.series)))
+        return json_safe(encode(PageHistory(version=found.version, job_id=found.job_id, series=found.series, marks=found.marks)))
 
     def send(self, job_id: str, button: str, key: str | None = None) -> dict[str, Any]:
         """Send the command a button names; the receipt (queued, or sent to the inbox)."""
@@ -113,6 +121,30 @@ class JobView:
             receipt = h.send(command, key=key or new_key())
         return json_safe(scrub(encode(receipt)))
 
+    def check_knobs(self, job_id: str, changes: object) -> dict[str, Any]:
+        """What a ``set`` of ``changes`` (``[{name, value}, ...]``, a value as typed) would
+        change, checked as :meth:`JobHandle.set` checks it and sent nowhere: ``changes``
+        (each ``{name, value, old}``: the value converted, ``old`` the job's now) and
+        ``text`` (``lr_scale 1 -> 0.5``). A refusal raises :class:`KnobError`."""
+        asked = _asked(changes)
+        with self.handle(job_id) as h:
+            h.check_controllable()
+            knobs = h.knobs()
+        if knobs is None:
+            raise KnobError(f"job {job_id} is not running: its knobs are checked, and changed, while it trains")
+        now = {k.name: k.value for k in knobs}
+        checked = [KnobChange(name=c.name, value=c.value, old=now.get(c.name)) for c in check_changes(knobs, asked)]
+        return json_safe(scrub({"changes": [encode(c) for c in checked], "text": describe(checked)}))
+
+    def set_knobs(self, job_id: str, changes: object, key: str | None = None) -> dict[str, Any]:
+        """Send a ``set`` of ``changes`` through :meth:`JobHandle.set` (checked against the
+        job's knobs first, then by rank 0: a refusal raises BadKnob, nothing queued); the
+        receipt."""
+        asked = _asked(changes)
+        with self.handle(job_id) as h:
+            receipt = h.set(asked, key=key or new_key())
+        return json_safe(scrub(encode(receipt)))
+
     def entry(self, job_id: str, command_id: str, key: str | None) -> dict[str, Any] | None:
         with self.handle(job_id) as h:
             found = h.entry(command_id, key)
@@ -123,6 +155,14 @@ class JobView:
             for _, h, _ in self._kept.values():
                 h.close()
             self._kept.clear()
+
+
+def _asked(changes: object) -> list[KnobChange]:
+    """A set's ``changes`` as the page sent them: ``[{name, value}, ...]``."""
+    try:
+        return [KnobChange(name=c.name, value=c.value) for c in decode({"changes": changes}, CommandOptions, name="set").changes or []]
+    except RecordError as exc:
+        raise KnobError(f'{exc}; send changes as [{{"name": "lr_scale", "value": 0.5}}, ...]') from None
 
 
 class UnknownButton(ControlError):
