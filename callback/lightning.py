@@ -29,6 +29,25 @@ between validation batches, when every rank has the same number of them (agreed 
 ``on_validation_start``): the validation ends there (``StopIteration``, as after its last
 batch), ``ModelCheckpoint`` does not judge its partial metrics, and the stop is carried out
 at ``on_validation_end``, at the step the validation belongs to.
+
+Live knobs (``forgather control set``), declared at ``on_train_start`` on every rank for
+what this trainer honours, each changed on every rank at the agreed step, where Lightning
+reads it next:
+
+- ``lr``, ``lr_scale``: every parameter group of ``trainer.optimizers`` and the base rates
+  of the schedulers in ``trainer.lr_scheduler_configs``, in proportion (the schedule keeps
+  the change);
+- ``max_steps``: ``fit_loop.epoch_loop.max_steps``, read after every batch; below the
+  current step the fit ends (finished) after this one. With a finite ``max_epochs`` the
+  run also ends when those epochs are done: the knob's ``max`` is the steps they hold;
+- ``log_every``: ``trainer.log_every_n_steps`` (when logging is on);
+- ``save_every``: ``ModelCheckpoint(every_n_train_steps=N)``'s interval (declared when one
+  saves every N steps; every ModelCheckpoint with the first one's interval changes). Its
+  checkpoint state keeps the key of the script's interval, so a resumed run finds it;
+- ``eval_every``: an int ``val_check_interval`` (batches), in optimizer steps: the
+  trainer's ``val_check_batch`` is the knob times ``accumulate_grad_batches``; with
+  ``check_val_every_n_epoch`` set it counts within each epoch, at most the epoch's steps;
+- ``max_grad_norm``: ``trainer.gradient_clip_val`` when clipping by norm is set (0: none).
 """
 
 from __future__ import annotations
@@ -43,6 +62,7 @@ from typing import Any
 from forgather_control.core import Command
 
 from .controller import Controller
+from .knobs import learning_rate_knobs
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +155,7 @@ class LightningControl:
         # The strategy wrapped the model in DDP after ``setup``: hand it over, so stragglers
         # are judged by each rank's own time (the gradient all-reduce's waits left out).
         self.controller.watch(getattr(trainer.strategy, "model", None))
+        declare_knobs(self.controller, trainer)  # every rank, here: optimizers, loops and callbacks are set up
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -282,6 +303,145 @@ class LightningControl:
 
 
 _MISSING = object()
+
+
+def declare_knobs(ctl: Controller, trainer: Any) -> list[str]:
+    """Declare on ``ctl`` the knobs ``trainer`` honours (the module's docstring says where
+    each lands); the names declared. A knob the trainer's setup cannot have is left out,
+    and one that fails to declare is logged: training goes on without it."""
+    done = []
+    for name, declare in _KNOBS.items():
+        try:
+            if declare(ctl, trainer):
+                done.append(name)
+        except Exception:
+            log.exception("forgather control: knob %s not declared; training goes on without it", name)
+    return done
+
+
+def _rate_knobs(ctl: Controller, trainer: Any) -> bool:
+    return learning_rate_knobs(ctl, lambda: trainer.optimizers, lambda: [c.scheduler for c in trainer.lr_scheduler_configs])
+
+
+def _max_steps_knob(ctl: Controller, trainer: Any) -> bool:
+    length = _max_steps(trainer)
+    if not length:
+        return False  # no length: neither max_steps nor max_epochs bounds the run
+
+    def changed(old: Any, new: Any) -> None:
+        trainer.fit_loop.epoch_loop.max_steps = int(new)
+
+    bound = _epochs_bound(trainer)
+    where = f"; max_epochs={trainer.max_epochs} ends the run at step {bound} at most" if bound else ""
+    length = min(length, bound) if bound else length
+    ctl.knob("max_steps", length, min=1, max=bound, on_change=changed, help=f"the run's length (Trainer max_steps){where}")
+    return True
+
+
+def _epochs_bound(trainer: Any) -> int | None:
+    """The steps ``max_epochs`` allows, when it bounds the run (as Lightning estimates them)."""
+    epochs = trainer.max_epochs
+    batches = trainer.num_training_batches
+    if epochs is None or epochs < 0 or not isinstance(batches, (int, float)) or not math.isfinite(batches):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches) * max(int(epochs), 1)
+
+
+def _log_every_knob(ctl: Controller, trainer: Any) -> bool:
+    every = trainer.log_every_n_steps
+    if not isinstance(every, int) or every < 1:
+        return False  # logging is off (barebones)
+
+    def changed(old: Any, new: Any) -> None:
+        trainer.log_every_n_steps = int(new)
+
+    ctl.knob("log_every", every, min=1, on_change=changed, help="log every N steps (Trainer log_every_n_steps)")
+    return True
+
+
+def _save_every_knob(ctl: Controller, trainer: Any) -> bool:
+    timed = [cb for cb in trainer.checkpoint_callbacks if isinstance(getattr(cb, "_every_n_train_steps", None), int) and cb._every_n_train_steps >= 1]
+    if not timed:
+        return False
+    every = timed[0]._every_n_train_steps
+    alike = [cb for cb in timed if cb._every_n_train_steps == every]
+
+    def changed(old: Any, new: Any) -> None:
+        for cb in alike:
+            _keep_state_key(cb)
+            cb._every_n_train_steps = int(new)
+
+    ctl.knob("save_every", every, min=1, on_change=changed, help="save every N steps (ModelCheckpoint every_n_train_steps)")
+    return True
+
+
+#: ModelCheckpoint's subclasses whose state key stays the one of the script's settings.
+_KEPT_KEY: dict[type, type] = {}
+
+
+def _keep_state_key(cb: Any) -> None:
+    """A ModelCheckpoint's state in a checkpoint is filed under a key made of its settings
+    (``every_n_train_steps`` among them): after a change the callback keeps the key of the
+    script's settings, so the run that resumes from its checkpoint (built by the script,
+    again) finds its state (best and last paths) instead of a warning."""
+    if "_forgather_state_key" in cb.__dict__:
+        return
+    cb._forgather_state_key = cb.state_key
+    cls = type(cb)
+    kept = _KEPT_KEY.get(cls)
+    if kept is None:
+        state_key = property(lambda self: self._forgather_state_key, doc=cls.state_key.__doc__)
+        kept = type(cls.__name__, (cls,), {"state_key": state_key, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _KEPT_KEY[cls] = kept
+    cb.__class__ = kept
+
+
+def _eval_every_knob(ctl: Controller, trainer: Any) -> bool:
+    interval, batches, accum = trainer.val_check_interval, trainer.val_check_batch, trainer.accumulate_grad_batches
+    if (
+        not trainer.enable_validation
+        or getattr(trainer, "_val_check_time_interval", None) is not None
+        or type(interval) is not int
+        or type(batches) is not int
+        or type(accum) is not int
+        or batches < 1
+        or batches % accum
+    ):
+        return False  # a fraction of an epoch, a time, or batches that are not whole steps
+    bound = None
+    if trainer.check_val_every_n_epoch is not None:  # counted within each epoch, at most its length
+        epoch = trainer.num_training_batches
+        bound = int(epoch) // accum if isinstance(epoch, (int, float)) and math.isfinite(epoch) else None
+
+    def changed(old: Any, new: Any) -> None:
+        trainer.val_check_batch = trainer.val_check_interval = int(new) * accum
+
+    ctl.knob("eval_every", batches // accum, min=1, max=bound, on_change=changed, help="validate every N steps (Trainer val_check_interval)")
+    return True
+
+
+def _max_grad_norm_knob(ctl: Controller, trainer: Any) -> bool:
+    clip, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0 or (algorithm is not None and algorithm != "norm"):
+        return False  # no clipping, or by value
+    if not trainer.lightning_module.automatic_optimization or "deepspeed" in type(trainer.strategy).__name__.lower():
+        return False  # the module clips, or DeepSpeed (which read the value once, at setup)
+
+    def changed(old: Any, new: Any) -> None:
+        trainer.gradient_clip_val = float(new)
+
+    ctl.knob("max_grad_norm", float(clip), min=0.0, on_change=changed, help="clip the gradients' norm to this (Trainer gradient_clip_val; 0: no clipping)")
+    return True
+
+
+_KNOBS = {
+    "lr": _rate_knobs,
+    "max_steps": _max_steps_knob,
+    "log_every": _log_every_knob,
+    "save_every": _save_every_knob,
+    "eval_every": _eval_every_knob,
+    "max_grad_norm": _max_grad_norm_knob,
+}
 
 
 def _skip_next_validation(trainer: Any) -> None:

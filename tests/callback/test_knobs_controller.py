@@ -10,19 +10,18 @@ value, ``lr_scale`` relative to its value in the checkpoint resumed from.
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 import pytest
+from support.knobs import post_set, send_set
 
 from forgather_control.callback import Controller
 from forgather_control.client import JobHandle, find_job, probe_endpoint
-from forgather_control.core import Command, read_json
+from forgather_control.core import read_json
 from forgather_control.core.env import ENV_KNOBS, ENV_OUTPUT_DIR, ENV_RESUME_FROM
-from forgather_control.core.records import CommandOptions, KnobChange, Receipt
+from forgather_control.core.records import KnobChange
 
 
 def make(jobs_dir: Path, **kw) -> Controller:
@@ -34,25 +33,6 @@ def make(jobs_dir: Path, **kw) -> Controller:
 
 def client_for(jobs_dir: Path, job_id: str = "job-1") -> JobHandle:
     return JobHandle.from_info(find_job(jobs_dir, job_id, probe=probe_endpoint))
-
-
-def send_set(c: JobHandle, **changes: object) -> Receipt:
-    """A set as the API takes it (the value as given: the job reads it as the knob's kind)."""
-    return c.send(Command.SET, options=CommandOptions(changes=[KnobChange(name=k, value=v) for k, v in changes.items()]))  # type: ignore[arg-type]
-
-
-def post_control(jobs_dir: Path, body: dict, job_id: str = "job-1") -> tuple[int, dict]:
-    """``POST /jobs/ID/control`` straight to the job's server (no client-side check)."""
-    ep = read_json(jobs_dir / job_id / "endpoint.json")
-    url = urlsplit(ep["url"])
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    try:
-        headers = {"Authorization": f"Bearer {ep['token']}", "Content-Type": "application/json", "Accept": "application/json"}
-        conn.request("POST", f"/jobs/{job_id}/control", body=json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
 
 
 def until_applied(ctl: Controller, step: int, limit: int = 10_000) -> int:
@@ -130,7 +110,7 @@ def test_a_bad_set_is_refused_with_422_and_nothing_is_queued(jobs_dir: Path, cha
         with client_for(jobs_dir) as c:
             ctl.step(1)
             before = c.status()
-            code, body = post_control(jobs_dir, {"command": "set", "options": {"changes": [{"name": k, "value": v} for k, v in changes.items()]}})
+            code, body = post_set(jobs_dir, "job-1", **changes)
             assert (code, body.get("refused")) == (422, "knob"), body
             assert why in body["detail"], body
             assert ctl.ledger.next_pending() is None
