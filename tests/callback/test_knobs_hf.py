@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.framework import framework_env
 from support.launcher import START_TIMEOUT, launch
 from support.processes import Proc, Procs
 from support.records import final_status, read_record
@@ -30,6 +31,7 @@ from forgather_control.callback import Controller
 from forgather_control.callback.forgather import Periods, declare_knobs
 from forgather_control.callback.hf import TrainerControlCallback, _hf_last_step
 from forgather_control.core.commands import KnobRefused
+from forgather_control.core.env import ENV_CHECK_INTERVAL
 from forgather_control.core.errors import EXIT_BAD_KNOB, EXIT_OK
 from forgather_control.core.records import CommandOptions, KnobChange
 
@@ -425,6 +427,11 @@ print(f"rank {rank} pid {os.getpid()} ended at step {out.global_step} aborted=Fa
 """
 
 
+#: A check about every 0.1 s (not 1 s): a change sent at a gate applies within a few
+#: steps of it, well before the run's own end, however fast the steps.
+CHECKS = {ENV_CHECK_INTERVAL: "0.1"}
+
+
 def rows(records: Path, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (records / f"rank-{rank}.jsonl").read_text().splitlines() if line.strip()]
 
@@ -478,7 +485,7 @@ def test_hf_knobs_on_two_ranks_lr_scale_save_every_and_max_steps_refused_extende
     records.mkdir()
     # 4096 samples, 4 a rank: 512 steps an epoch, so a run of 300 steps can reach step 512
     args = ("--output-dir", str(out), "--records", str(records), "--gates", "5,310", "--max-steps", "300", "--save-steps", "1000")
-    job = launch(procs, jobs_dir, job_id, script, *args, opts=("--nproc-per-node", "2"))
+    job = launch(procs, jobs_dir, job_id, script, *args, opts=("--nproc-per-node", "2"), **CHECKS)
     wait_gate(records, 5, job)
 
     knob = next(k for k in read_record(jobs_dir, job_id, "status.json")["knobs"] if k["name"] == "max_steps")
@@ -510,7 +517,7 @@ def test_hf_knobs_on_two_ranks_lr_scale_save_every_and_max_steps_refused_extende
     assert job.wait(START_TIMEOUT) == EXIT_OK, job.output()[-4000:]
     final = final_status(jobs_dir, job_id)
     end = receipt(final, second)["step"]
-    assert final["state"] == "finished" and final["step"] == end >= 310, final
+    assert final["state"] == "finished" and final["step"] == end and 310 <= end < 400, final  # before the run's own end
     lines = ended_lines(job)
     assert {r: end_step(line) for r, line in lines.items()} == {0: end, 1: end}, job.output()[-4000:]
 
@@ -520,3 +527,114 @@ def test_hf_knobs_on_two_ranks_lr_scale_save_every_and_max_steps_refused_extende
     saved = [r["saved"] for r in rows(records, 0) if "saved" in r]
     assert saved == [s for s in range(40, end, 40) if s > at] + [end], saved  # the new interval, and the end's save
     assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == saved
+
+
+#: The same facts from the Forgather framework's ``AccelTrainer`` on two ranks (Python 3.12;
+#: ``forgather launch`` attaches the callback), its default linear schedule over
+#: ``--max-steps``. accelerate steps the scheduler once a rank per optimizer step, so the
+#: factor reaches 0 at half of ``--max-steps`` here. ``clip`` is ``args.max_grad_norm``.
+FG_SCRIPT = (
+    """
+import argparse, json, os, time
+from pathlib import Path
+import torch
+import torch.distributed as dist
+
+p = argparse.ArgumentParser()
+p.add_argument("--output-dir"); p.add_argument("--records"); p.add_argument("--gates")
+p.add_argument("--max-steps", type=int); p.add_argument("--save-steps", type=int)
+a = p.parse_args()
+rank, records, gates = int(os.environ.get("RANK", "0")), Path(a.records), {int(g) for g in a.gates.split(",")}
+dist.init_process_group("gloo")  # on CPU, before the framework's DistributedEnvironment
+from accelerate import Accelerator
+from forgather.ml.distributed import DistributedEnvironment
+from forgather.ml.trainer.accelerate.accel_trainer import AccelTrainer, AccelTrainingArguments
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Samples(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 16, generator=g)
+        self.y = self.x.sum(dim=1, keepdim=True) * 0.1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+"""
+    + HF_SCRIPT[HF_SCRIPT.index("class Record") : HF_SCRIPT.index("torch.manual_seed(0)")]
+    .replace('"max_steps": state.max_steps}', '"max_steps": state.max_steps, "clip": args.max_grad_norm}')
+    .replace("(TrainerCallback)", "")
+    + """
+torch.manual_seed(0)
+targs = AccelTrainingArguments(
+    output_dir=a.output_dir, max_steps=a.max_steps, num_train_epochs=1_000_000, per_device_train_batch_size=8, logging_steps=1000,
+    save_strategy="steps", save_steps=a.save_steps, save_total_limit=1000, eval_strategy="no", use_cpu=True, seed=1,
+    dataloader_num_workers=0, learning_rate=1e-3, lr_scheduler_type="linear",
+)
+trainer = AccelTrainer(
+    args=targs, accelerator=Accelerator(cpu=True), compute_loss_func=torch.nn.functional.mse_loss, model=Tiny(),
+    train_dataset=Samples(4096, 0), eval_dataset=Samples(64, 1), distributed_env=DistributedEnvironment(),
+)
+trainer.add_callback(Record())
+out = trainer.train()
+print(f"rank {rank} pid {os.getpid()} ended at step {out.global_step} aborted=False", flush=True)
+"""
+)
+
+
+@pytest.mark.slow  # Python 3.12 with the framework, forgather launch, torchrun
+@pytest.mark.timeout(900)
+def test_the_frameworks_accel_trainer_on_two_ranks_lr_scale_save_every_max_grad_norm_and_max_steps(
+    framework_py: Path, jobs_dir: Path, procs: Procs, cli: Any, tmp_path: Path
+) -> None:
+    script, records, out, job_id = tmp_path / "knobs_fg.py", tmp_path / "records", tmp_path / "out", "fg-knobs"
+    script.write_text(FG_SCRIPT)
+    records.mkdir()
+    argv = [str(framework_py.parent / "forgather"), "launch", "--jobs-dir", str(jobs_dir), "--job-id", job_id, "--nproc-per-node", "2", str(script)]
+    argv += ["--output-dir", str(out), "--records", str(records), "--gates", "5,610", "--max-steps", "600", "--save-steps", "1000"]
+    job = procs.start(argv, env=framework_env(framework_py, jobs_dir, **CHECKS), name="launch")
+    wait_gate(records, 5, job)
+
+    knobs = {k["name"]: k for k in read_record(jobs_dir, job_id, "status.json")["knobs"]}
+    assert sorted(knobs) == ["log_every", "lr", "lr_scale", "max_grad_norm", "max_steps", "save_every"], knobs  # eval is "no"
+    assert (knobs["max_steps"]["value"], knobs["max_steps"].get("max")) == (600, None), knobs  # its epoch loop has no end of its own
+    sent = cli("control", "set", job_id, "lr_scale=0.5", "save_every=100", "max_steps=700", "max_grad_norm=1", "--json")
+    assert sent.code == EXIT_OK, sent
+    first = sent.json()["id"]
+    (records / "go-5").touch()
+    wait_gate(records, 610, job)  # past the script's 600 (and past 2 epochs of 256 steps)
+    applied = receipt(read_record(jobs_dir, job_id, "status.json"), first)
+    at = applied["step"]
+    assert applied["state"] == "completed" and at >= 5, applied
+
+    sent = cli("control", "set", job_id, "max_steps=10", "--json")
+    assert sent.code == EXIT_OK, sent
+    second = sent.json()["id"]
+    (records / "go-610").touch()
+    assert job.wait(START_TIMEOUT) == EXIT_OK, job.output()[-4000:]
+    final = final_status(jobs_dir, job_id)
+    end = receipt(final, second)["step"]
+    assert final["state"] == "finished" and final["step"] == end and 610 <= end < 700, final  # before the run's own end
+    assert {r: end_step(line) for r, line in ended_lines(job).items()} == {0: end, 1: end}, job.output()[-4000:]
+
+    steps = rate_switch(records, at, 0.5)
+    assert any(r["step"] == at + 100 and r["factor"] > 0 for r in steps), "a rate 100 steps after the change, still halved"
+    assert all((r["save_steps"], r["max_steps"], r["clip"]) == ((1000, 600, None) if r["step"] < at else (100, 700, 1.0)) for r in steps)
+    # The framework counts an interval from its last save (none before): the first at
+    # step 100, or at once if the change came later; then every 100; the end saves too.
+    saved = [r["saved"] for r in rows(records, 0) if "saved" in r]
+    assert saved == [r["saved"] for r in rows(records, 1) if "saved" in r]
+    periodic = list(range(max(at, 100), end + 1, 100))
+    assert saved == periodic + ([end] if periodic[-1] != end else []), saved
+    assert sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")) == saved
