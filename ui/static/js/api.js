@@ -68,5 +68,8 @@ export const api = {
   job: (id) => request("GET", `/api/jobs/${encodeURIComponent(id)}`),
   metrics: (id, since) => request("GET", `/api/jobs/${encodeURIComponent(id)}/metrics` + (since === null || since === undefined ? "" : `?since=${since}`)),
   send: (id, command, key) => request("POST", `/api/jobs/${encodeURIComponent(id)}/commands`, { command, key }),
+  // changes: [{name, value}] (a value as typed: the server checks it against the job's knobs)
+  checkKnobs: (id, changes) => request("POST", `/api/jobs/${encodeURIComponent(id)}/knobs/check`, { changes }),
+  set: (id, changes, key) => request("POST", `/api/jobs/${encodeURIComponent(id)}/commands`, { command: "set", changes, key }),
   receipt: (id, cid, key) => request("GET", `/api/jobs/${encodeURIComponent(id)}/commands/${encodeURIComponent(cid)}` + (key ? `?key=${encodeURIComponent(key)}` : "")),
 };

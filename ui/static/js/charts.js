@@ -1,8 +1,10 @@
 // A job's recorded metrics against step, drawn by uPlot: loss with eval loss, learning
 // rate, steps per second, gradient norm, and a chart for each other series. Drag to
-// zoom (every chart follows), double-click to see the whole run again.
-import { h, setText, clear } from "./dom.js";
-import { num, int } from "./format.js";
+// zoom (every chart follows), double-click to see the whole run again. The job's marks
+// (a knob changed at a step) are a dashed line on every chart, labelled where the cursor
+// is on one.
+import { h, setText, setAttr, clear } from "./dom.js";
+import { num, int, isNum } from "./format.js";
 
 const GROUPS = [
   { id: "loss", title: "Loss", log: true, match: (n) => n === "loss" || /(^|_)loss$/.test(n), order: (n) => (n === "loss" ? 0 : 1) },
@@ -49,6 +51,7 @@ export class Charts {
     container.append(this.wide, this.grid);
     this.cards = new Map();  // chart id -> {card, plot, names, zoomed, key}
     this.series = {};
+    this.marks = [];
     this.scheme = window.matchMedia("(prefers-color-scheme: dark)");
     this.onScheme = () => this.rebuild();
     this.scheme.addEventListener("change", this.onScheme);
@@ -56,9 +59,11 @@ export class Charts {
     this.resize.observe(container);
   }
 
-  // series: name -> {step: [...], time: [...], value: [...]} (the whole history so far)
-  update(series) {
+  // series: name -> {step: [...], time: [...], value: [...]} (the whole history so far);
+  // marks: [{step, time, kind, label}] (the job's, drawn on every chart)
+  update(series, marks = []) {
     this.series = series;
+    this.marks = marks.filter((m) => m && typeof m === "object" && isNum(m.step));
     const names = Object.keys(series).filter((n) => series[n].step.length > 0);
     const charts = layout(names);
     const wanted = new Set(charts.map((c) => c.id));
@@ -115,11 +120,15 @@ export class Charts {
     entry.card.dataset.log = String(log);
     if (entry.toggle) entry.toggle.setAttribute("aria-pressed", String(log));
     if (entry.plot) {
-      entry.plot.setData(data, !entry.zoomed);
+      entry.plot.setData(data, !entry.zoomed);  // redraws: the marks too
       return;
     }
     entry.plot = new uPlot(this.options(entry), data, entry.body);
     entry.plot.over.addEventListener("dblclick", () => { entry.zoomed = false; });
+    entry.markEls = new Map();
+    entry.markLayer = h("div", { class: "chart-marks" });
+    entry.plot.over.append(entry.markLayer);
+    this.placeMarks(entry, entry.plot);
     this.legend(entry);
   }
 
@@ -150,9 +159,79 @@ export class Charts {
       ],
       hooks: {
         setSelect: [(u) => { if (u.select.width > 0) entry.zoomed = true; }],
-        setCursor: [(u) => this.showValues(entry, u)],
+        setCursor: [(u) => { this.showValues(entry, u); this.pointAtMarks(entry, u); }],
+        draw: [(u) => { this.drawMarks(u); this.placeMarks(entry, u); }],
       },
     };
+  }
+
+  // The marks in view as dashed lines, a small flag at the top of each (on the canvas).
+  drawMarks(u) {
+    const seen = this.visibleMarks(u);
+    if (!seen.length) return;
+    const { ctx } = u;
+    const { top, height } = u.bbox;
+    const px = uPlot.pxRatio || 1;
+    ctx.save();
+    ctx.strokeStyle = ctx.fillStyle = css("--mark");
+    ctx.lineWidth = 1.25 * px;
+    ctx.setLineDash([4 * px, 3 * px]);
+    const xs = seen.map((m) => Math.round(u.valToPos(m.step, "x", true)));
+    for (const x of xs) {
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+    }
+    ctx.setLineDash([]);
+    for (const x of xs) {
+      ctx.beginPath(); ctx.moveTo(x - 4 * px, top); ctx.lineTo(x + 4 * px, top); ctx.lineTo(x, top + 6 * px); ctx.closePath(); ctx.fill();
+    }
+    ctx.restore();
+  }
+
+  // The marks in the x range, one a step (two at one step: their labels joined).
+  visibleMarks(u) {
+    const { min, max } = u.scales.x;
+    if (!isNum(min) || !isNum(max)) return [];
+    const at = new Map();
+    for (const m of this.marks) if (m.step >= min && m.step <= max) at.set(m.step, at.has(m.step) ? { ...m, label: `${at.get(m.step).label}; ${m.label}` } : m);
+    return [...at.values()];
+  }
+
+  // Over each line, an element that holds its label (its title too), shown while the
+  // cursor is within a few pixels of the line (pointAtMarks: the element takes no mouse
+  // events, the chart's cursor and zoom stay uPlot's). The label is the job's text, so
+  // it goes in as text.
+  placeMarks(entry, u) {
+    if (!entry.markLayer) return;
+    const seen = this.visibleMarks(u);
+    const keep = new Set();
+    for (const m of seen) {
+      const key = `${m.step}`;
+      keep.add(key);
+      const label = `step ${int(m.step)}: ${String(m.label ?? "")}`;
+      let el = entry.markEls.get(key);
+      if (!el) {
+        el = h("div", { class: "chart-mark", dataset: { step: String(m.step), kind: String(m.kind ?? "") } }, h("span", { class: "chart-mark-label" }));
+        entry.markEls.set(key, el);
+        entry.markLayer.append(el);
+      }
+      setAttr(el, "title", label);
+      setText(el.firstChild, label);
+      const left = u.valToPos(m.step, "x");
+      el.style.left = `${left}px`;  // the CSP allows no style attribute; a property is not one
+      el.classList.toggle("flip", left > u.over.clientWidth * 0.6);
+      el.dataset.left = String(left);
+    }
+    for (const [key, el] of entry.markEls) if (!keep.has(key)) { el.remove(); entry.markEls.delete(key); }
+    entry.card.dataset.marks = String(seen.length);
+    this.pointAtMarks(entry, u);
+  }
+
+  // The label of the mark the cursor is on (within 6 px), on every chart (their cursors
+  // move together).
+  pointAtMarks(entry, u) {
+    if (!entry.markEls || !entry.markEls.size) return;
+    const at = u.cursor.left;
+    for (const el of entry.markEls.values()) el.classList.toggle("active", isNum(at) && at >= 0 && Math.abs(Number(el.dataset.left) - at) <= 6);
   }
 
   // The legend: each series' colour, name and the value under the cursor (or the last).

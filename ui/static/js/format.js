@@ -88,8 +88,23 @@ export function progress(step, max) {
 }
 
 export const COMMAND_LABEL = {
-  save_checkpoint: "Save", evaluate: "Eval", graceful_stop: "Stop", save_and_stop: "Save & stop", abort: "Abort",
+  save_checkpoint: "Save", evaluate: "Eval", graceful_stop: "Stop", save_and_stop: "Save & stop", abort: "Abort", set: "Set",
 };
+
+// A knob's value as the job's receipts and marks say it (core.knobs.describe): a bool as
+// true/false, a whole number as itself, else 6 significant digits.
+export function knobValue(v) {
+  if (typeof v === "boolean") return String(v);
+  if (!isNum(v)) return v === null || v === undefined ? "?" : String(v);
+  if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v);
+  return String(Number(v.toPrecision(6)));
+}
+
+// "lr_scale 1 -> 0.5, temperature 1 -> 0.7": a set's changes (old -> new).
+export function describeChanges(changes) {
+  return (Array.isArray(changes) ? changes : []).filter((c) => c && typeof c === "object")
+    .map((c) => `${String(c.name)} ${knobValue(c.old)} -> ${knobValue(c.value)}`).join(", ");
+}
 
 export const RECEIPT_TONE = {
   sent: "wait", queued: "wait", applied: "busy", completed: "done", failed: "bad", dropped: "bad", rejected: "bad",

@@ -1,7 +1,8 @@
-// The job view: where one job is, its curves, its command ledger, and its buttons.
+// The job view: where one job is, its curves, its command ledger, its buttons, and its
+// knobs (a change is checked by the page server, confirmed, then sent as a `set`).
 import { api, ApiError } from "./api.js";
-import { h, setText, setAttr, clear } from "./dom.js";
-import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum, stallText } from "./format.js";
+import { h, setText, setAttr, clear, append } from "./dom.js";
+import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum, stallText, knobValue, describeChanges } from "./format.js";
 import { Charts } from "./charts.js";
 
 const REFRESH_MS = 1000;
@@ -43,6 +44,9 @@ export class JobView {
     this.lastStep = null;
     this.sent = new Map();  // key -> the receipt the page follows
     this.details = null;
+    this.marks = new Map();  // "step|kind|label" -> a mark drawn on the charts
+    this.knobRows = new Map();  // knob name -> {row, cells, input}
+    this.knobBusy = false;
   }
 
   start() {
@@ -101,6 +105,17 @@ export class JobView {
     this.error = h("div", { class: "notice", hidden: true });
     this.guards = h("section", { class: "panel guards-panel", hidden: true });
     this.ranks = h("section", { class: "panel ranks-panel", hidden: true });
+    this.knobsBody = h("tbody");
+    this.knobsReview = h("button", { class: "btn primary", type: "button", disabled: true, title: "Check the new values, see what changes, then confirm", on: { click: () => this.reviewKnobs() } }, "Review change…");
+    this.knobsNote = h("div", { class: "knobs-note", hidden: true, role: "status" });
+    this.knobs = h("section", { class: "panel knobs-panel", hidden: true },
+      h("div", { class: "panel-head" }, h("h2", {}, "Knobs"),
+        h("span", { class: "muted hint" }, "a change applies on every rank at one agreed step"), h("span", { class: "spacer" }), this.knobsReview),
+      h("div", { class: "table-wrap" }, h("table", { class: "knobs" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Knob"), h("th", { class: "num" }, "Now"), h("th", { class: "num" }, "Script"), h("th", {}, "From"), h("th", {}, "Range"), h("th", { class: "knob-edit" }, "New value"))),
+        this.knobsBody)),
+      this.knobsNote,
+    );
     this.root.append(h("section", { class: "view job-view" },
       h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
       h("div", { class: "job-head" },
@@ -110,6 +125,7 @@ export class JobView {
       this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
       h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
       this.chartsEmpty, this.chartsBox,
+      this.knobs,
       this.ranks,
       this.guards,
       h("section", { class: "panel ledger-panel" },
@@ -145,7 +161,7 @@ export class JobView {
     try {
       const m = await api.metrics(this.id, this.lastStep);
       if (this.stopped) return;
-      this.merge(m.series || {}, m.max_points);
+      this.merge(m.series || {}, m.max_points, m.marks);
       ended = this.details && !this.details.active && this.lastStep !== null;
     } catch (e) { /* the details poll says what is wrong */ }
     this.later(() => this.pollMetrics(), ended ? METRICS_MS * 5 : METRICS_MS);
@@ -153,8 +169,13 @@ export class JobView {
 
   // The server sends its view of the history: at most maxPoints a series (its bound;
   // the page has none of its own).
-  merge(incoming, maxPoints) {
+  merge(incoming, maxPoints, marks) {
     let changed = false;
+    for (const m of Array.isArray(marks) ? marks : []) {
+      if (!m || typeof m !== "object" || !isNum(m.step)) continue;
+      const key = `${m.step}|${m.kind}|${m.label}`;
+      if (!this.marks.has(key)) { this.marks.set(key, m); changed = true; }
+    }
     for (const [name, s] of Object.entries(incoming)) {
       if (!s || !Array.isArray(s.step) || s.step.length === 0) continue;
       const cur = this.series[name] || (this.series[name] = { step: [], time: [], value: [] });
@@ -171,12 +192,12 @@ export class JobView {
     this.lastStep = Number.isFinite(last) ? last - 1 : null;
     // What came after, one poll at a time, is kept to as many again; then the page starts
     // over from the server's view (a long run's older points, thinned).
-    if (Object.values(this.series).some((s) => s.step.length > 2 * maxPoints)) { this.series = {}; this.lastStep = null; changed = false; }
+    if (Object.values(this.series).some((s) => s.step.length > 2 * maxPoints)) { this.series = {}; this.marks.clear(); this.lastStep = null; changed = false; }
     if (changed || !this.drawn) {
       this.drawn = true;
       const any = Object.keys(this.series).length > 0;
       this.chartsEmpty.hidden = any;
-      this.charts.update(this.series);
+      this.charts.update(this.series, [...this.marks.values()].sort((a, b) => a.step - b.step));
     }
   }
 
@@ -247,6 +268,7 @@ export class JobView {
     setText(this.kpi.ckpt.sub, rp && isNum(rp.step) ? `resume point: step ${int(rp.step)}` : (d.last_checkpoint ? "" : "none yet"));
 
     this.renderLedger(d);
+    this.renderKnobs(d);
     this.renderGuards(d);
     this.renderRanks(d);
   }
@@ -365,6 +387,10 @@ export class JobView {
         cells.push(h("span", {}, Object.entries(result.metrics).slice(0, 6).map(([k, v]) => `${k} ${typeof v === "number" ? num(v) : String(v)}`).join(" · ")));
       }
       if (result.final_state) cells.push(h("span", {}, `job ${result.final_state}`));
+      if (Array.isArray(result.changes) && result.changes.length) cells.push(h("span", { class: "mono" }, describeChanges(result.changes)));
+      else if (e.command === "set" && e.options && Array.isArray(e.options.changes)) {
+        cells.push(h("span", { class: "mono muted", title: "asked" }, e.options.changes.filter((c) => c && typeof c === "object").map((c) => `${String(c.name)}=${knobValue(c.value)}`).join(" ")));
+      }
       const tr = h("tr", { dataset: { command: String(e.command), state: String(e.state), id: String(e.id || "") } },
         h("td", {}, h("span", { class: "cmd" }, COMMAND_LABEL[e.command] || String(e.command)), h("span", { class: "sub mono" }, String(e.id || ""))),
         h("td", {}, h("span", { class: `pill tone-${tone}` }, h("span", { class: "dot" }), h("span", { class: "pill-text" }, String(e.state)))),
@@ -418,7 +444,12 @@ export class JobView {
       const e = await api.receipt(this.id, cur.id, key);
       if (e && typeof e === "object") {
         const label = COMMAND_LABEL[e.command] || e.command;
-        if (e.state !== cur.state) this.say(`${label} ${e.state}` + (isNum(e.step) ? ` at step ${int(e.step)}` : "") + (e.reason ? `: ${e.reason}` : ""), RECEIPT_TONE[e.state] || "wait");
+        if (e.state !== cur.state) {
+          const done = e.result && typeof e.result === "object" && Array.isArray(e.result.changes) ? describeChanges(e.result.changes) : "";
+          const text = `${label} ${e.state}` + (done ? `: ${done}` : "") + (isNum(e.step) ? ` at step ${int(e.step)}` : "") + (e.reason ? `: ${e.reason}` : "");
+          this.say(text, RECEIPT_TONE[e.state] || "wait");
+          if (e.command === "set") this.knobSay(text, RECEIPT_TONE[e.state] || "wait");
+        }
         this.sent.set(key, { ...cur, ...e });
         if (this.details) this.renderLedger(this.details);
       }
@@ -426,6 +457,123 @@ export class JobView {
       if (!(e instanceof ApiError) || e.status !== 404) { /* keep trying: the job may be between servers */ }
     }
     this.later(() => this.follow(key), RECEIPT_MS);
+  }
+
+  // The job's knobs: each one's value now, the script's, where it came from, its range,
+  // and a box for a new value. Rows are built once per set of knobs (the values refresh
+  // in place: what a person typed stays); every string is the job's, set as text.
+  renderKnobs(d) {
+    const knobs = (Array.isArray(d.knobs) ? d.knobs : []).filter((k) => k && typeof k === "object" && typeof k.name === "string");
+    this.knobs.hidden = knobs.length === 0;
+    if (this.knobs.hidden) return;
+    const shape = JSON.stringify(knobs.map((k) => [k.name, k.kind]));
+    if (shape !== this.knobShape) {
+      this.knobShape = shape;
+      const typed = new Map([...this.knobRows].map(([name, r]) => [name, r.input.value]));
+      clear(this.knobsBody);
+      this.knobRows.clear();
+      for (const k of knobs) {
+        const bool = k.kind === "bool";
+        const input = bool
+          ? h("select", { class: "knob-input", "aria-label": `new value of ${k.name}`, on: { change: () => this.knobsEdited() } },
+            h("option", { value: "" }, "—"), h("option", { value: "true" }, "true"), h("option", { value: "false" }, "false"))
+          : h("input", { class: "knob-input", type: "text", inputmode: "decimal", autocomplete: "off", spellcheck: "false", "aria-label": `new value of ${k.name}`,
+            on: { input: () => this.knobsEdited(), keydown: (ev) => { if (ev.key === "Enter") { ev.preventDefault(); this.reviewKnobs(); } } } });
+        if (typed.has(k.name)) input.value = typed.get(k.name);
+        const cells = { now: h("td", { class: "num knob-now" }), script: h("td", { class: "num knob-script muted" }), from: h("td", { class: "knob-from" }), range: h("td", { class: "knob-range muted" }) };
+        const name = h("td", { class: "knob-name" }, h("span", { class: "mono" }, k.name), k.help ? h("span", { class: "sub", title: String(k.help) }, String(k.help)) : null);
+        const row = h("tr", { dataset: { knob: k.name } }, name, cells.now, cells.script, cells.from, cells.range, h("td", { class: "knob-edit" }, input));
+        this.knobRows.set(k.name, { row, cells, input });
+        this.knobsBody.append(row);
+      }
+    }
+    for (const k of knobs) {
+      const r = this.knobRows.get(k.name);
+      setText(r.cells.now, knobValue(k.value));
+      setText(r.cells.script, knobValue(k.default));
+      const [from, why] = knobOrigin(k);
+      setText(r.cells.from, from);
+      setAttr(r.cells.from, "title", why);
+      setText(r.cells.range, knobRange(k));
+      if (r.input.tagName === "INPUT") setAttr(r.input, "placeholder", knobValue(k.value));
+    }
+    this.knobs.classList.toggle("readonly", !!d.final);
+    this.knobsEdited();
+  }
+
+  // What the boxes hold: [{name, value}] of the ones typed in (a value as typed).
+  knobChanges() {
+    const out = [];
+    for (const [name, r] of this.knobRows) {
+      const v = r.input.value.trim();
+      if (v !== "") out.push({ name, value: v });
+    }
+    return out;
+  }
+
+  knobsEdited() {
+    const open = !!this.details && !!this.details.controllable && !this.knobBusy;
+    for (const r of this.knobRows.values()) r.input.disabled = !open;
+    this.knobsReview.disabled = !open || this.knobChanges().length === 0;
+  }
+
+  // Typed -> checked by the page server (the job's knobs, the CLI's rule) -> confirmed ->
+  // sent as one `set`; a refusal is said here and nothing is sent.
+  async reviewKnobs() {
+    const asked = this.knobChanges();
+    if (!asked.length || this.knobBusy) return;
+    this.knobBusy = true;
+    this.knobsEdited();
+    this.knobSay("Checking…", "wait");
+    try {
+      let checked;
+      try {
+        checked = await api.checkKnobs(this.id, asked);
+      } catch (e) {
+        this.knobSay(`Not sent: ${e.message}`, "bad");
+        return;
+      }
+      const changes = (Array.isArray(checked.changes) ? checked.changes : []).filter((c) => c && typeof c === "object");
+      const lines = changes.map((c) => h("span", { class: "confirm-change mono" }, `${String(c.name)} ${knobValue(c.old)} -> ${knobValue(c.value)}`));
+      const body = [h("span", { class: "confirm-changes" }, lines), "Every rank applies it at the next agreed step; the receipt says the step."];
+      this.knobSay(`To confirm: ${describeChanges(changes)}`, "wait");
+      if (!(await confirmDialog(`Change ${changes.length === 1 ? "a knob" : `${changes.length} knobs`} of job ${this.id}?`, body, "Set", false))) {
+        this.knobSay("Not sent: cancelled.", "grey");
+        return;
+      }
+      const key = newKey();
+      const send = changes.map((c) => ({ name: c.name, value: c.value }));
+      this.knobSay(`Set ${describeChanges(changes)}: sending…`, "wait");
+      let receipt;
+      try {
+        try {
+          receipt = await api.set(this.id, send, key);
+        } catch (e) {
+          if (!(e instanceof ApiError) || e.status !== 504) throw e;
+          receipt = await api.set(this.id, send, key);  // no answer: the same key never queues twice
+        }
+      } catch (e) {
+        this.knobSay(`Not sent: ${e.message}`, "bad");
+        return;
+      }
+      receipt = { sent_at: Date.now() / 1000, ...receipt };
+      for (const r of this.knobRows.values()) r.input.value = "";
+      this.sent.set(key, receipt);
+      const text = `Set ${receipt.state === "sent" ? "dropped in the job's inbox" : receipt.state} as ${receipt.id}: ${describeChanges(changes)}`;
+      this.knobSay(text, RECEIPT_TONE[receipt.state] || "wait");
+      this.say(text, RECEIPT_TONE[receipt.state] || "wait");
+      if (this.details) this.renderLedger(this.details);
+      this.follow(key);
+    } finally {
+      this.knobBusy = false;
+      this.knobsEdited();
+    }
+  }
+
+  knobSay(text, tone) {
+    setText(this.knobsNote, text);
+    setAttr(this.knobsNote, "class", `knobs-note tone-${tone}`);
+    this.knobsNote.hidden = false;
   }
 
   say(text, tone) {
@@ -439,7 +587,9 @@ export class JobView {
 function confirmDialog(title, body, confirm, danger) {
   const dlg = document.getElementById("confirm");
   setText(document.getElementById("confirm-title"), title);
-  setText(document.getElementById("confirm-body"), body);
+  const text = document.getElementById("confirm-body");
+  if (Array.isArray(body)) append(clear(text), body);  // nodes built from the job's text as text
+  else setText(text, body);
   const ok = document.getElementById("confirm-ok");
   setText(ok, confirm);
   ok.className = "btn " + (danger ? "danger solid" : "primary");
@@ -449,4 +599,23 @@ function confirmDialog(title, body, confirm, danger) {
     dlg.showModal();
     document.getElementById("confirm-cancel").focus();
   });
+}
+
+// Where a knob's value came from: the script, a set at a step (by which command), or the
+// job's last run (a relaunch).
+function knobOrigin(k) {
+  if (k.origin === "set") return [isNum(k.step) ? `set at step ${int(k.step)}` : "set", k.command_id ? `by ${String(k.command_id)}` : null];
+  if (k.origin === "resumed") return ["resumed", "its value in the job's last run (launch with --script-knobs for the script's)"];
+  if (k.origin === "script" || !k.origin) return ["script", null];
+  return [String(k.origin), null];
+}
+
+// "float > 0", "int 1 – 1000000", "float ≥ 0", "true or false".
+function knobRange(k) {
+  if (k.kind === "bool") return "true or false";
+  const kind = typeof k.kind === "string" ? k.kind : "";
+  const lo = isNum(k.above) ? `> ${knobValue(k.above)}` : null;
+  if (isNum(k.min) && isNum(k.max)) return `${kind} ${knobValue(k.min)} – ${knobValue(k.max)}`;
+  const bits = [lo, isNum(k.min) ? `≥ ${knobValue(k.min)}` : null, isNum(k.max) ? `≤ ${knobValue(k.max)}` : null].filter(Boolean);
+  return `${kind} ${bits.join(", ")}`.trim();
 }
