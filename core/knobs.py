@@ -419,7 +419,7 @@ class KnobTable:
                 log.error("forgather control: a change for a knob this rank has not declared (key %s) is skipped", k)
                 continue
             try:
-                value = check_change(knob, number)
+                value = check_change(knob, number != 0 if knob.kind == "bool" else number)  # a bool travels as 0.0 or 1.0
                 old = knob.now()
                 if knob.on_change is not None:
                     knob.on_change(knob.value, value)

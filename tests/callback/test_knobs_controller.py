@@ -69,7 +69,6 @@ def test_a_set_changes_a_user_knob_at_the_step_it_applies_with_a_receipt_old_to_
         ctl.close()
 
 
-@pytest.mark.xfail(strict=True, reason="core.knobs: a bool travels as 1.0 and KnobTable.apply's check_change refuses a float for a bool knob")
 def test_a_bool_knob_is_set_on_and_off(jobs_dir: Path) -> None:
     ctl = make(jobs_dir).start()
     seen: list[tuple[bool, bool]] = []
