@@ -193,9 +193,9 @@ class TrainerControlCallback:
         act = ctl.step(state.global_step)
         if self._ends_here:
             self._ends_here = False
-            if not control.should_training_stop and not self._forgather:
+            if not control.should_training_stop:
                 control.should_training_stop = True  # max_steps set at or below this step
-                self._end_like_the_flow(args, control)
+                self._end_like_the_flow(control)
         if not act:
             return control
         try:
@@ -326,9 +326,9 @@ class TrainerControlCallback:
         if act.stop:
             control.should_training_stop = True
             if cmd == Command.GRACEFUL_STOP and not self._forgather:
-                self._end_like_the_flow(args, control)
+                self._end_like_the_flow(control)
 
-    def _end_like_the_flow(self, args: Any, control: Any) -> None:
+    def _end_like_the_flow(self, control: Any) -> None:
         """What DefaultFlowCallback does when max_steps is reached."""
         if self._eval_strategy == "steps":
             control.should_evaluate = True
