@@ -811,7 +811,8 @@ class Controller:
         def changed(old: KnobValue, new: KnobValue) -> None:
             if on_change is not None:
                 on_change(old, new)
-            self.max_steps = int(new)
+            # a run told to end before where it is ends where it is: its progress says so
+            self.max_steps = max(int(new), self.current_step)
 
         return changed
 

@@ -17,7 +17,7 @@ longer, shorter, or below the current step to end now) and ``temperature``, this
 own knob (``ctl.knob``), read each step as a plain value::
 
     forgather control set <job> lr_scale=0.5 max_steps=50000
-    forgather control set <job> temperature=0.2
+    forgather control set <job> temperature=0.5
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-factor", type=float, default=1.5, help="how much longer --slow-rank sleeps each step (default 1.5)")
     p.add_argument("--lr", type=float, default=0.01, help="the first parameter group's learning rate (the second's is half)")
     p.add_argument("--lr-decay-steps", type=int, default=10_000, help="the schedule: the rate falls linearly to a tenth over this many steps")
-    p.add_argument("--temperature", type=float, default=1.0, help="the label noise: targets get this times N(0, 1) (a live knob)")
+    p.add_argument("--temperature", type=float, default=0.1, help="the label noise: targets get this times N(0, 1) (a live knob)")
     p.add_argument("--trace-steps", default=None, help="each rank appends a line a step (the values it trained with) to DIR/rank-R.jsonl")
     return p.parse_args(argv)
 

@@ -112,3 +112,5 @@ def test_set_applies_at_a_step_and_refusals_exit_7_with_nothing_queued(cli, job)
     assert proc.wait(60) == 0
     final = read_json(paths.status)
     assert final["state"] == "finished" and final["step"] == at
+    assert final["max_steps"] == at  # the progress says it ended where it was, not "N of 1"
+    assert {k["name"]: k for k in final["knobs"]}["max_steps"]["value"] == 1  # what was asked
