@@ -214,6 +214,11 @@ def test_screenshots(chromium: Any, procs: Any, jobs_dir: Path, tmp_path: Path) 
         page.click("button[data-command='eval']")
         page.wait_for_selector("table.ledger tr[data-command='evaluate'][data-state='completed']", timeout=60_000)
         page.context.close()
+        from forgather_control.client.lookup import open_job
+
+        with open_job("plain-loop-demo", jobs_dir=jobs_dir) as job:  # a knob change: a mark on the charts
+            sent = job.set({"lr_scale": 0.5})
+            assert job.wait(str(sent.id), timeout=60).state == "completed"
         for scheme in ("light", "dark"):
             page = new_page(chromium, scheme)
             page.goto(server.login_url)
