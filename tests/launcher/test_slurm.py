@@ -320,7 +320,9 @@ def test_a_hung_two_node_job_is_stalled_its_stacks_shown_and_abort_ends_it(slurm
 
 def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path: Path) -> None:
     """The template's own `#SBATCH --signal=USR1@90`, no scancel: with a 2-minute limit
-    SLURM signals the step early enough that the job saves and stops before the limit."""
+    SLURM signals the step early enough that the job saves and stops before the limit.
+    The limit is cut to 2 minutes once the job has made its first step: a start slowed
+    by a busy machine must not meet the signal with nothing to save yet."""
     jobs_dir = tmp_path / "jobs"
     env = sbatch_env(
         FORGATHER_JOBS_DIR=str(jobs_dir),
@@ -331,7 +333,7 @@ def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path:
         "sbatch",
         "--parsable",
         "--nodes=1",
-        "--time=00:02:00",
+        "--time=00:10:00",
         f"--output={tmp_path}/slurm-%j.out",
         f"--chdir={tmp_path}",
         str(TEMPLATE),
@@ -345,6 +347,9 @@ def test_template_signal_fires_before_the_time_limit(slurm: list[str], tmp_path:
     assert sub.returncode == 0, sub.stderr
     jid = sub.stdout.strip().split(";")[0]
     slurm.append(jid)
+    wait_for(lambda: (read(jobs_dir, f"slurm-{jid}", "status.json").get("step") or 0) >= 1, timeout=180, interval=0.5, what=f"{jid}'s first step")
+    cut = run("scontrol", "update", f"JobId={jid}", "TimeLimit=00:02:00", env=env)
+    assert cut.returncode == 0, cut.stderr
     wait_for(lambda: squeue_state(jid) not in LIVE, timeout=180, interval=0.5, what=f"SLURM job {jid} to end")
     job = read(jobs_dir, f"slurm-{jid}", "job.json")
     assert job.get("state") == "stopped" and job["exit_code"] == EXIT_PREEMPTED and job["signals"] == ["SIGUSR1"], log_of(tmp_path, jid)[-3000:]
