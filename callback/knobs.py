@@ -77,8 +77,12 @@ def learning_rate_knobs(ctl: Any, optimizers: Callable[[], Any], schedulers: Cal
     def scale(factor: float) -> None:
         scale_rates(_many(optimizers()), _many(schedulers()), factor)
 
+    lr: Any = None
+
     def scale_changed(old: KnobValue, new: KnobValue) -> None:
         scale(float(new) / float(old))
+        if lr is not None:
+            ctl.knobs.moved(lr, lr.value)  # the rate was set too, through its scale
 
     lr_scale = ctl.knob(
         "lr_scale",
@@ -97,9 +101,11 @@ def learning_rate_knobs(ctl: Any, optimizers: Callable[[], Any], schedulers: Cal
         scale(factor)
         ctl.knobs.moved(lr_scale, float(lr_scale.value) * factor)
 
-    ctl.knob(
+    # the script's rate: the rate now without the scale (a relaunch may have applied one)
+    first = _first_rate(_many(optimizers())) or first
+    lr = ctl.knob(
         "lr",
-        first,
+        first / float(lr_scale.value),
         above=0.0,
         help="the learning rate now (of the first parameter group); the others change in proportion",
         on_change=lr_changed,

@@ -100,6 +100,8 @@ def test_set_applies_at_a_step_and_refusals_exit_7_with_nothing_queued(cli, job)
     knobs = {k["name"]: k for k in status["knobs"]}
     assert knobs["temperature"]["value"] == 2.5 and knobs["temperature"]["origin"] == "set" and knobs["temperature"]["step"] == step
     assert knobs["lr_scale"]["command_id"] == receipt["id"]
+    # the rate was set too (through its scale): the view says so, and the script's rate stays
+    assert (knobs["lr"]["origin"], knobs["lr"]["step"], knobs["lr"]["default"]) == ("set", step, 0.1)
 
     # the people's line says old -> new
     r = cli("control", "set", "knobs", "temperature=3", "--wait")
