@@ -254,7 +254,7 @@ class Controller:
 
     @property
     def stop_command(self) -> Command | None:
-        """The stop this process applied (``save_and_stop``, ``graceful_stop``, ``abort``)."""
+        """The stop this process applied (``save_and_stop``, ``pause``, ``graceful_stop``, ``abort``)."""
         return self._stop_applied.command if self._stop_applied is not None else None
 
     @property
@@ -385,7 +385,8 @@ class Controller:
 
     def close(self, state: JobState | str | None = None, *, error: str | None = None) -> None:
         """End the job's control plane. The final state defaults from what happened:
-        aborted, stopped (a stop command or signal), failed (``error``) or finished.
+        aborted, stopped (a stop command or signal), paused (a ``pause``), failed
+        (``error``) or finished.
         ``state`` names a final state (a :class:`JobState`, or its string)."""
         if self._closed:
             return
@@ -443,7 +444,10 @@ class Controller:
                 return JobState.ABORTED
             if error:
                 return JobState.FAILED
-            return JobState.STOPPED if self._stop_applied is not None else JobState.FINISHED
+            if self._stop_applied is None:
+                return JobState.FINISHED
+            # a pause ends the job paused: saved, stopped, waiting to be resumed
+            return JobState.PAUSED if self._stop_applied.command == Command.PAUSE else JobState.STOPPED
         parsed = JobState.parse(state)
         if parsed is None or not parsed.final:
             finals = ", ".join(s.value for s in JobState if s.final)
@@ -666,7 +670,7 @@ class Controller:
         flags = 0
         if entry is not None and evaluates_first(entry.command, entry.options, configured=self.evaluates):
             flags |= FLAG_EVALUATE
-        asked = [t for t in (self._signals.raised_at, entry.created_at if entry is not None and entry.command == Command.SAVE_AND_STOP else None) if t]
+        asked = [t for t in (self._signals.raised_at, entry.created_at if entry is not None and entry.command.saves_and_stops else None) if t]
         if asked and self._last_saved is not None and (self._last_saved.saved_at or 0) >= min(asked):
             flags |= FLAG_SAVED
         return flags

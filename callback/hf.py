@@ -312,7 +312,7 @@ class TrainerControlCallback:
             return
         if act.save:
             _hold(control, True)
-        if cmd == Command.SAVE_AND_STOP:
+        if cmd is not None and cmd.saves_and_stops:
             control.should_evaluate = False  # checkpoint, then stop: no evaluation, even one the flow scheduled here
         if act.evaluate:
             if self._eval_ready:
@@ -397,7 +397,8 @@ class TrainerControlCallback:
         return changed
 
     def _stopped_saving(self) -> bool:
-        return self.controller.stop_command == Command.SAVE_AND_STOP
+        cmd = self.controller.stop_command
+        return cmd is not None and cmd.saves_and_stops
 
     def _report_best_eval(self, checkpoint: str | None) -> None:
         """Report the evaluation held back for save_strategy "best": with the checkpoint

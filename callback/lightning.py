@@ -256,7 +256,7 @@ class LightningControl:
             ctl.checkpoint_saved(path)
         if act.stop:
             trainer.should_stop = True
-            if act.command == Command.SAVE_AND_STOP:
+            if act.command is not None and act.command.saves_and_stops:
                 _skip_next_validation(trainer)  # checkpoint, then stop: not Lightning's validation on the way out
 
     def _validate(self, trainer: Any) -> None:

@@ -5,7 +5,10 @@ has written it and called ``checkpoint_saved(path)``; an evaluation's metrics on
 it calls ``evaluation_done(metrics)``. Until then the command stays ``applied`` in the
 ledger, and a client waiting on it waits here. A loop that never reports must not leave
 a client waiting forever: the receipt fails at the next check with a reason that names
-the call to make. When the job ends every open receipt gets a final state.
+the call to make. When the job ends every open receipt gets a final state. A ``pause`` is followed to
+the job's end: its checkpoint is noted when the loop reports it, and it completes when
+the job has ended, with that checkpoint and the final state (``paused``), so
+``pause --wait`` returns once nothing of the job trains.
 
 Only rank 0 holds a ledger that sees commands applied; on the other ranks nothing ever
 waits here and every call is a no-op.
@@ -25,7 +28,7 @@ from forgather_control.core.states import JobState
 __all__ = ["REPORTED", "Receipts", "Waiting"]
 
 #: Commands whose result the training loop reports (a checkpoint path, metrics).
-REPORTED = frozenset({Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP, Command.EVALUATE})
+REPORTED = frozenset({Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP, Command.PAUSE, Command.EVALUATE})
 
 
 class Waiting(NamedTuple):
@@ -70,7 +73,7 @@ class Receipts:
     def expire(self, step: int) -> None:
         """Fail the receipts a check at ``step`` proves will never be reported: the loop
         has gone past the step that applied them without reporting. A save-and-stop is
-        left to the end of the job, which follows it."""
+        left to the end of the job, which follows it (so is a pause)."""
         if not self._waiting:
             return
         still = []
@@ -81,7 +84,7 @@ class Receipts:
                 done = True  # gone from the ledger's history: nobody waits for it
             if done:
                 continue
-            if step > waiting.step and waiting.command != Command.SAVE_AND_STOP:
+            if step > waiting.step and not waiting.command.saves_and_stops:
                 what = "checkpoint (call checkpoint_saved(path))" if waiting.command.saves else "evaluation (call evaluation_done(metrics))"
                 self._ledger.fail(waiting.command_id, f"the training loop did not report the {what} after step {waiting.step}")
                 continue
@@ -95,7 +98,7 @@ class Receipts:
         count = len(self._unsynced) if count is None else count
         done, self._unsynced = self._unsynced[:count], self._unsynced[count:]
         for command_id, result in done:
-            self._ledger.complete(command_id, result)
+            self._saved(command_id, result)
 
     # -- the loop's reports -----------------------------------------------------------
     def checkpoint_saved(self, checkpoint: str, *, step: int, synced: bool = True) -> None:
@@ -109,15 +112,27 @@ class Receipts:
         if self._last_eval is not None and self._last_eval[0] == step:
             result = msgspec.structs.replace(result, metrics=self._last_eval[1])  # "evaluate first": the checkpoint's metrics
         if synced:
-            self._ledger.complete(waiting.command_id, result)
+            self._saved(waiting.command_id, result)
         else:
             self._unsynced.append((waiting.command_id, result))
+
+    def _saved(self, command_id: str, result: CommandResult) -> None:
+        """A save's checkpoint is written on every rank: its receipt completes, a pause's
+        holds it until the job has ended (:meth:`settle`)."""
+        try:
+            paused = self._ledger.get(command_id).command == Command.PAUSE
+        except LedgerError:
+            return  # gone from the ledger's history: nobody waits for it
+        if paused:
+            self._ledger.note_result(command_id, result)
+        else:
+            self._ledger.complete(command_id, result)
 
     def saved_already(self, command_id: str, checkpoint: CheckpointRecord, *, step: int) -> None:
         """A stop applied at ``step`` whose checkpoint was written already (it finished
         after the stop was asked): complete it with that checkpoint."""
         result = CommandResult(checkpoint=checkpoint.path, step=step, saved_at_step=checkpoint.step)
-        self._ledger.complete(command_id, result)
+        self._saved(command_id, result)
 
     def checkpoint_missing(self, checkpoint: str, *, step: int) -> None:
         """The loop reported ``checkpoint`` at ``step`` but nothing is on disk there: the
@@ -175,8 +190,10 @@ class Receipts:
         ledger.drop_pending(why)
         for entry in ledger.open_entries():
             cmd = entry.command
-            saved = cmd == Command.SAVE_AND_STOP and entry.result is not None and bool(entry.result.checkpoint)
-            if cmd in (Command.GRACEFUL_STOP, Command.ABORT) or saved:
+            saved = isinstance(cmd, Command) and cmd.saves_and_stops and entry.result is not None and bool(entry.result.checkpoint)
+            if saved and entry.result is not None:  # its checkpoint, and how the job ended
+                ledger.complete(entry.id, msgspec.structs.replace(entry.result, final_state=state.value, final_step=step))
+            elif cmd in (Command.GRACEFUL_STOP, Command.ABORT):
                 ledger.complete(entry.id, CommandResult(step=entry.step, final_state=state.value, final_step=step))
             elif error:
                 ledger.fail(entry.id, f"the job failed before the command completed: {error}")

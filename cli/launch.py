@@ -82,7 +82,7 @@ def _names(option: str) -> list[str]:
     multiple=True,
     metavar="RULE",
     help="A rule the job watches itself with, KIND:ACTION[,NAME=VALUE...] (repeatable): kinds nan, spike, slowdown, stall, straggler; "
-    "actions alert, save, save-stop, stop, abort. Starter: --guard nan:abort. Default: $FORGATHER_GUARDS, else none.",
+    "actions alert, save, save-stop, stop, abort, pause. Starter: --guard nan:abort. Default: $FORGATHER_GUARDS, else none.",
 )
 @click.option(
     "--notify",

@@ -130,9 +130,8 @@ def events(
             out.append(_guard_alert(firing, job_id=job_id, run=run, command=command, now=now, host=where, state=current.state))
     if ends and state is not None and state.final and (previous is None or JobState.parse(previous.state) != state):
         reason = current.error if state == JobState.FAILED else current.stop_reason
-        out.append(
-            end_alert(event=state.value, job_id=job_id, run=run, state=state.value, step=current.step, reason=reason, host=where, command=command, now=now)
-        )
+        event = state.value if state.value in END_EVENTS else JobState.STOPPED.value  # paused: it stopped (the state says paused)
+        out.append(end_alert(event=event, job_id=job_id, run=run, state=state.value, step=current.step, reason=reason, host=where, command=command, now=now))
     return out
 
 

@@ -28,6 +28,8 @@ class Command(str, enum.Enum):
     ABORT = "abort"
     #: change live knobs (``options.changes``), on every rank at the agreed step
     SET = "set"
+    #: save, then stop, and the job ends ``paused`` (resumable; a SLURM job is not requeued)
+    PAUSE = "pause"
 
     def __str__(self) -> str:
         return self.value
@@ -43,11 +45,17 @@ class Command(str, enum.Enum):
 
     @property
     def stops(self) -> bool:
-        return self in (Command.SAVE_AND_STOP, Command.GRACEFUL_STOP, Command.ABORT)
+        return self in (Command.SAVE_AND_STOP, Command.GRACEFUL_STOP, Command.ABORT, Command.PAUSE)
 
     @property
     def saves(self) -> bool:
-        return self in (Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP)
+        return self in (Command.SAVE_CHECKPOINT, Command.SAVE_AND_STOP, Command.PAUSE)
+
+    @property
+    def saves_and_stops(self) -> bool:
+        """Save a checkpoint, then stop, with nothing in between (no evaluation, none of the
+        trainer's end-of-training logic): ``save-stop`` and ``pause``."""
+        return self in (Command.SAVE_AND_STOP, Command.PAUSE)
 
 
 _CODES = {c: i for i, c in enumerate(Command, start=1)}
@@ -60,6 +68,7 @@ CLI_VERBS: dict[str, Command] = {
     "save-stop": Command.SAVE_AND_STOP,
     "stop": Command.GRACEFUL_STOP,
     "abort": Command.ABORT,
+    "pause": Command.PAUSE,
     "set": Command.SET,
 }
 #: The verbs that need nothing but the job (buttons on the page, a guard's action).
@@ -422,6 +431,18 @@ class Ledger:
         self._changed()
         return entry
 
+    def note_result(self, command_id: str, result: CommandResult) -> Entry:
+        """Record what an applied command has done so far (a pause's checkpoint) and leave
+        it open: it completes later (a pause when the job has ended, with its final state)."""
+        with self._lock:
+            entry = self._get(command_id)
+            if entry.state.final:
+                return entry
+            entry.result = result
+            entry.updated_at = time.time()
+        self._changed()
+        return entry
+
     def complete(self, command_id: str, result: CommandResult | None = None, *, reason: str | None = None) -> Entry:
         return self._finish(command_id, State.COMPLETED, result=result, reason=reason)
 
@@ -467,8 +488,8 @@ class Ledger:
             return [e.as_record() for e in list(self._entries.values())[-n:]]
 
     def pending_stop(self) -> Entry | None:
-        """The stop accepted and not applied yet (``save_and_stop``, ``graceful_stop`` or
-        ``abort``), wherever it waits in the queue."""
+        """The stop accepted and not applied yet (``save_and_stop``, ``pause``,
+        ``graceful_stop`` or ``abort``), wherever it waits in the queue."""
         with self._lock:
             e = self._stop_accepted
             return e if e is not None and e.id != "-" and e.state == State.QUEUED else None

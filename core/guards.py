@@ -16,7 +16,7 @@ A person declares them at launch (``forgather launch --guard nan:abort``), in
   too (:data:`STRAGGLER_FACTOR`, :data:`STRAGGLER_FOR`); the guard adds an action.
 
 Actions: ``alert`` (a message to the job's sinks, nothing else), ``save``, ``save-stop``,
-``stop``, ``abort`` (a command, through the same ledger as a person's, whose receipt names
+``stop``, ``abort``, ``pause`` (a command, through the same ledger as a person's, whose receipt names
 the guard and its evidence). A rule this module cannot read is refused with a
 :class:`GuardError` that says what was wrong and what is allowed, before anything starts.
 

@@ -16,7 +16,7 @@ EXIT_FINISHED = 0
 #: stopped on a signal (preemption, a time limit), saved or with nothing to save yet
 #: (before its first step): relaunching resumes
 EXIT_PREEMPTED = 75
-#: stopped by a command (stop, save-stop)
+#: stopped by a command (stop, save-stop, pause: a paused job is not finished either)
 EXIT_STOPPED = 76
 #: aborted (the abort command, or a second signal): nothing saved at the end
 EXIT_ABORTED = 77
@@ -36,6 +36,8 @@ def launch_exit_code(state: JobState, *, by_signal: bool, worker_code: int, pass
         return EXIT_FINISHED
     if state in (JobState.STOPPED, JobState.REQUEUED):
         return EXIT_PREEMPTED if by_signal or state == JobState.REQUEUED else EXIT_STOPPED
+    if state == JobState.PAUSED:
+        return EXIT_STOPPED
     if state == JobState.ABORTED:
         return EXIT_ABORTED
     return worker_code if worker_code not in (0, EXIT_PREEMPTED, EXIT_STOPPED, EXIT_ABORTED) else 1

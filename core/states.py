@@ -27,6 +27,9 @@ class JobState(str, enum.Enum):
     STOPPED = "stopped"
     ABORTED = "aborted"
     FAILED = "failed"
+    #: saved and stopped by ``pause``: nothing of it runs, and it waits to be resumed
+    #: (listed without --all, kept by cleanup, never settled)
+    PAUSED = "paused"
     # a reader's verdict when the job cannot say
     DEAD = "dead"
     STALE = "stale"
@@ -57,7 +60,7 @@ class JobState(str, enum.Enum):
         return None
 
 
-_FINAL = frozenset({JobState.FINISHED, JobState.STOPPED, JobState.ABORTED, JobState.FAILED})
+_FINAL = frozenset({JobState.FINISHED, JobState.STOPPED, JobState.ABORTED, JobState.FAILED, JobState.PAUSED})
 _LIVE = frozenset({JobState.STARTING, JobState.UNCONTROLLED, JobState.RUNNING, JobState.STALLED, JobState.STOPPING, JobState.ENDING, JobState.REQUEUED})
 _BY_VALUE = {s.value: s for s in JobState}
 

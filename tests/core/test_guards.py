@@ -43,7 +43,7 @@ def test_parameters_take_their_defaults_and_are_checked() -> None:
     [
         ("", "an empty guard"),
         ("nan", "names no action"),
-        ("nan:explode", "unknown action 'explode'; actions: alert, save, save-stop, stop, abort"),
+        ("nan:explode", "unknown action 'explode'; actions: alert, save, save-stop, stop, abort, pause"),
         ("nan:eval", "unknown action 'eval'"),
         ("loss:abort", "unknown kind 'loss'; kinds: nan, spike, slowdown, stall, straggler"),
         ("spike:save,factor=1", "factor='1' is out of range: more than 1"),
@@ -83,7 +83,7 @@ def test_the_environment_variable_is_named_when_it_cannot_be_read() -> None:
 
 
 def test_actions_are_alert_and_the_commands_a_person_sends_but_eval() -> None:
-    assert ACTIONS == ("alert", "save", "save-stop", "stop", "abort")
+    assert ACTIONS == ("alert", "save", "save-stop", "stop", "abort", "pause")
 
 
 def test_nonfinite_is_nan_or_infinite_numbers_only() -> None:

@@ -11,10 +11,11 @@ from forgather_control.core.records import CommandResult
 
 
 def test_vocabulary() -> None:
-    assert VALID_COMMANDS == ("save_checkpoint", "evaluate", "save_and_stop", "graceful_stop", "abort", "set")
+    assert VALID_COMMANDS == ("save_checkpoint", "evaluate", "save_and_stop", "graceful_stop", "abort", "set", "pause")
     assert parse_command("save") is Command.SAVE_CHECKPOINT
     assert parse_command("save-stop") is Command.SAVE_AND_STOP
     assert parse_command("abort") is Command.ABORT
+    assert parse_command("pause") is Command.PAUSE
     for c in Command:
         assert Command.from_code(c.code) is c and c.code > 0
     with pytest.raises(UnknownCommand) as exc:

@@ -321,7 +321,7 @@ def test_cli_bad_options(tmp_path: Path, args: list[str], fragment: str) -> None
 @pytest.mark.parametrize(
     ("guards", "fragment"),
     [
-        (("nan:boom",), "--guard: guard 'nan:boom': unknown action 'boom'; actions: alert, save, save-stop, stop, abort"),
+        (("nan:boom",), "--guard: guard 'nan:boom': unknown action 'boom'; actions: alert, save, save-stop, stop, abort, pause"),
         (("nan:abort", "nan:save"), "two nan guards"),
         (("stall:save",), "a stall guard may only alert or abort"),
         (("spike:save,factor=0.5",), "factor='0.5' is out of range"),
@@ -348,7 +348,7 @@ def test_cli_refuses_a_bad_guard_before_anything_starts(tmp_path: Path) -> None:
     jobs = str(tmp_path / "jobs")
     res = run_cli("launch", "--jobs-dir", jobs, "--guard", "nan:abort", "--guard", "spike:explode", str(tmp_path / "train.py"), env=base_env())
     assert res.code == 2, (res.out, res.err)
-    assert "error: --guard: guard 'spike:explode': unknown action 'explode'; actions: alert, save, save-stop, stop, abort" in res.err
+    assert "error: --guard: guard 'spike:explode': unknown action 'explode'; actions: alert, save, save-stop, stop, abort, pause" in res.err
     assert "Traceback" not in res.err and "hello" not in res.out and not (tmp_path / "jobs").exists()
     res = run_cli("launch", "--jobs-dir", str(tmp_path / "jobs"), str(tmp_path / "train.py"), env=base_env(FORGATHER_GUARDS="nan:abort;loss:stop"))
     assert res.code == 2 and "error: FORGATHER_GUARDS: guard 'loss:stop': unknown kind 'loss'" in res.err and not (tmp_path / "jobs").exists()
