@@ -37,15 +37,17 @@ class Kept(NamedTuple):
     is_flag=True,
     help="Also delete jobs that hold a resume point (stopped, preempted or crashed with a checkpoint still on disk).",
 )
+@click.option("--include-paused", is_flag=True, help="Also delete paused jobs (`pause`), which are otherwise kept to be resumed.")
 @options.as_json
 @options.jobs_dir
-def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool, jobs_dir: str | None) -> int:
+def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, include_paused: bool, as_json: bool, jobs_dir: str | None) -> int:
     """Delete the records of jobs judged dead or finished (never alive, stale or unknown).
 
     Jobs that hold a resume point are kept unless --include-resumable: relaunching them
-    with the same --job-id continues from their checkpoint."""
+    with the same --job-id continues from their checkpoint. Paused jobs are kept unless
+    --include-paused."""
     root = resolve_jobs_dir(jobs_dir)
-    found = cleanup.candidates(root, include_resumable=include_resumable)
+    found = cleanup.candidates(root, include_resumable=include_resumable, include_paused=include_paused)
     doomed = [c.info for c in found if c.kept is None]
     rows = [c.summary() for c in doomed]
     kept = [Kept(c.info.job_id, c.kept) for c in found if c.kept is not None]
@@ -65,7 +67,7 @@ def cleanup_cmd(dry_run: bool, yes: bool, include_resumable: bool, as_json: bool
             raise UsageError(f"refusing to delete {len(rows)} job record(s) without confirmation (stdin is not a terminal); pass --yes")
         if not click.confirm(f"Delete these {len(rows)} job record(s)?", default=False, err=True):
             raise click.exceptions.Exit(EXIT_FAILED)
-    outcomes = [cleanup.delete_job(root, info.job_id, include_resumable=include_resumable) for info in doomed]
+    outcomes = [cleanup.delete_job(root, info.job_id, include_resumable=include_resumable, include_paused=include_paused) for info in doomed]
     deleted = [o.job_id for o in outcomes if o.deleted]
     kept += [Kept(o.job_id, o.reason) for o in outcomes if not o.deleted]
     if as_json:

@@ -25,6 +25,7 @@ SEND_HELP: dict[str, str] = {
     "stop": "Stop gracefully; the trainer's own end-of-training logic still runs.",
     "save-stop": "Save a checkpoint, then stop.",
     "abort": "Stop now and save nothing, here or at the end; the job ends 'aborted'.",
+    "pause": "Save a checkpoint, then stop; the job ends 'paused', listed and kept until it is resumed.",
     "set": "Change live knobs (lr_scale=0.5 max_steps=20000 ...) on every rank at one step; `status` lists a job's knobs.",
 }
 
@@ -39,6 +40,7 @@ SEND_HELP: dict[str, str] = {
         "stop": (_VERBS + "send_cmd:stop", SEND_HELP["stop"]),
         "save-stop": (_VERBS + "send_cmd:save_stop", SEND_HELP["save-stop"]),
         "abort": (_VERBS + "send_cmd:abort", SEND_HELP["abort"]),
+        "pause": (_VERBS + "send_cmd:pause", SEND_HELP["pause"]),
         "set": (_VERBS + "send_cmd:set_knobs", SEND_HELP["set"]),
         "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),

@@ -32,6 +32,7 @@ _STATE_STYLE = {
     "alive": "green",
     "finished": "blue",
     "stopped": "blue",
+    "paused": "bold cyan",
     "aborted": "magenta",
     "failed": "red",
     "dead": "red",

@@ -1,4 +1,4 @@
-"""``forgather control save|eval|stop|save-stop|abort JOB``: send one command, maybe wait.
+"""``forgather control save|eval|stop|save-stop|pause|abort JOB``: send one command, maybe wait.
 
 The library does the work (find the job, check it can take commands, send, follow the
 receipt); this module parses options, asks before an abort, shows progress on a terminal
@@ -71,6 +71,7 @@ def _verb(verb: str) -> click.Command:
 evaluate = _verb("eval")
 stop = _verb("stop")
 save_stop = _verb("save-stop")
+pause = _verb("pause")
 
 
 @click.command("save", help=SEND_HELP["save"])

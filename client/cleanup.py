@@ -10,6 +10,8 @@ deletion is the one place a mistake destroys something. The rules:
 - never a job that holds a resume point (a checkpoint still on disk, and the job did
   not run to its end: stopped, preempted, crashed, requeued): relaunching it continues
   the work, so it goes only when asked for (``include_resumable``);
+- never a paused job (``pause``: its user means to resume it), whatever its checkpoints,
+  unless asked for (``include_paused``);
 - the judgement includes the authoritative HTTP probe, and is made again right before
   each deletion (a requeued job may have come back under the same id);
 - only a real folder directly under the root is deleted; it is first renamed to a name
@@ -70,23 +72,30 @@ def resume_point(info: JobInfo, *, exists: Callable[[str], bool] = os.path.exist
     return point
 
 
-def _kept_because(info: JobInfo, include_resumable: bool) -> str | None:
+def _kept_because(info: JobInfo, include_resumable: bool, include_paused: bool = False) -> str | None:
     whose = not_yours(info.paths.dir)
     if whose is not None:
         return whose
+    if info.paused:
+        if include_paused:
+            return None
+        point = resume_point(info)
+        at = f" at {point.describe()}" if point is not None else ""
+        return f"paused{at}, waiting to be resumed (--include-paused deletes it)"
     point = None if include_resumable else resume_point(info)
     if point is None:
         return None
     return f"holds a resume point: {point.describe()} (a relaunch continues from it; --include-resumable deletes it)"
 
 
-def candidates(root: Path, *, include_resumable: bool = False) -> list[Candidate]:
+def candidates(root: Path, *, include_resumable: bool = False, include_paused: bool = False) -> list[Candidate]:
     """Jobs under ``root`` judged dead or finished (probe included), each marked kept
-    when it holds a resume point, unless ``include_resumable``. Reading every folder,
-    it settles the jobs that have ended and tidies the settled form (:mod:`.settled`)."""
+    when it holds a resume point, unless ``include_resumable``, or is paused, unless
+    ``include_paused``. Reading every folder, it settles the jobs that have ended and
+    tidies the settled form (:mod:`.settled`)."""
     settled.tidy(root, job_ids(root))
     jobs = scan(root, include_finished=True, probe=probe_endpoint, probe_local=True)
-    out = [Candidate(j, _kept_because(j, include_resumable)) for j in jobs if j.liveness in DELETABLE]
+    out = [Candidate(j, _kept_because(j, include_resumable, include_paused)) for j in jobs if j.liveness in DELETABLE]
     # a job of yours whose records were refused is not judged: kept, and the reason shown
     out += [Candidate(j, f"not judged, its records are refused: {j.evidence}") for j in jobs if j.corrupt and not_yours(j.paths.dir) is None]
     # another user's private folder: nothing in it could be read, so nothing is judged
@@ -108,10 +117,11 @@ def not_yours(folder: Path) -> str | None:
     return f"its folder belongs to {owner_name(uid)}, not to you ({owner_name(os.geteuid())}); only its owner deletes it"
 
 
-def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> Outcome:
+def delete_job(root: Path, job_id: str, *, include_resumable: bool = False, include_paused: bool = False) -> Outcome:
     """Delete one job's folder if, right now, it is still dead or finished, holds no
-    resume point (unless ``include_resumable``) and is a real folder inside ``root``.
-    Never raises for an ordinary failure; says why instead."""
+    resume point (unless ``include_resumable``), is not paused (unless
+    ``include_paused``) and is a real folder inside ``root``. Never raises for an
+    ordinary failure; says why instead."""
     if not getattr(shutil.rmtree, "avoids_symlink_attacks", False):
         return Outcome(job_id, False, "this platform's rmtree may follow symlinks; delete the folder by hand")
     paths = JobPaths(root, job_id)  # validates the id: no '/', no '..'
@@ -125,7 +135,7 @@ def delete_job(root: Path, job_id: str, *, include_resumable: bool = False) -> O
     verdict, evidence = now.liveness, now.evidence
     if verdict not in DELETABLE:
         return Outcome(job_id, False, f"now judged {verdict} ({evidence}); left alone")
-    kept = _kept_because(now, include_resumable)
+    kept = _kept_because(now, include_resumable, include_paused)
     if kept is not None:
         return Outcome(job_id, False, kept)
     doomed = root / f"{TEMP_PREFIX}deleting-{job_id}-{secrets.token_hex(4)}"

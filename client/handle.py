@@ -532,6 +532,9 @@ def _server_gone_after_stop(last: Receipt | None) -> Receipt | None:
     the job being unreachable. The receipt it would have written, or None."""
     if last is None or State.parse(last.state) != State.APPLIED:
         return None
+    if last.command == Command.PAUSE.value and last.result is not None and last.result.checkpoint:
+        # its checkpoint was written: the pause did its part, the job has ended
+        return msgspec.structs.replace(last, state=State.COMPLETED.value, result=msgspec.structs.replace(last.result, final_state="ended (server gone)"))
     if last.command not in (Command.GRACEFUL_STOP.value, Command.ABORT.value):
         return None
     return msgspec.structs.replace(last, state=State.COMPLETED.value, result=CommandResult(step=last.step, final_state="ended (server gone)"))

@@ -134,6 +134,12 @@ class JobInfo:
             jobs_dir=str(self.paths.root),
         )
 
+    @property
+    def paused(self) -> bool:
+        """It ended paused (``pause``): it waits to be resumed, so ``list`` shows it without
+        ``--all``, it is never settled, and ``cleanup`` keeps it unless asked."""
+        return self.state == JobState.PAUSED
+
     def failed_lately(self, now: float) -> bool:
         """It failed less than a day ago (:data:`~forgather_control.core.markers.SILENT_FOR`):
         a failure is what a person most needs to see, so ``list`` shows it that long, as it

@@ -132,7 +132,8 @@ def scan(
     ``probe_local``. ``prefix``: only job ids that start with it. Another user's private
     job folder is not among them: it is counted in ``private``. Without
     ``include_finished`` a job that failed in the last day is still listed (as a dead one
-    is); the ended jobs left out are counted in ``hidden``.
+    is), and so is a paused one (it waits to be resumed); the ended jobs left out are
+    counted in ``hidden``.
 
     Without ``include_finished`` a settled job is not opened at all (:mod:`.settled`:
     two directory listings say which); with ``settle`` every job read here that has
@@ -166,7 +167,7 @@ def scan(
                 from forgather_control.client import notify  # only for a job with sinks
 
                 owe += notify.owed(info, now=now)
-            if info.liveness == Liveness.FINISHED and not include_finished and not info.failed_lately(now):
+            if info.liveness == Liveness.FINISHED and not include_finished and not info.failed_lately(now) and not info.paused:
                 out.hidden += 1
                 continue
             out.append(info)

@@ -112,8 +112,8 @@ class Settler:
         """``finished`` (the job's own word), ``dead`` (proven from this host or by
         SLURM, and silent for :data:`SILENT_FOR`), ``stale`` (silent as long, nothing
         proven), or None: not settled."""
-        if info.corrupt:
-            return None
+        if info.corrupt or info.paused:
+            return None  # a paused job waits to be resumed: ``list`` shows it, so reads it
         if info.liveness == Liveness.FINISHED:
             if info.failed_lately(self.now) and not self.silent(info):
                 return None  # shown by ``list`` for a day, as a death is (JobInfo.failed_lately)

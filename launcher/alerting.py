@@ -87,7 +87,7 @@ class LaunchAlerts:
         self.tick(force=True)  # what fired just before the end
         self._ended = True
         try:
-            event = state.value if state.value in END_EVENTS else JobState.STOPPED.value  # requeued: it stopped, and waits
+            event = state.value if state.value in END_EVENTS else JobState.STOPPED.value  # requeued, paused: it stopped, and waits
             why = reason
             if state == JobState.REQUEUED:
                 why = f"{reason + '; ' if reason else ''}requeued: it runs again when SLURM starts it"

@@ -396,7 +396,7 @@ class JobRecords:
             why = cause.describe() if cause else status.error or f"torchrun exited with {worker_code}"
             return Outcome(JobState.FAILED, by_signal, why)
         if recorded is not None and recorded.final:
-            return Outcome(recorded, by_signal, status.stop_reason if recorded == JobState.STOPPED else None)
+            return Outcome(recorded, by_signal, status.stop_reason if recorded in (JobState.STOPPED, JobState.PAUSED) else None)
         return Outcome(JobState.FINISHED, by_signal, None)
 
     def this_runs_status(self) -> Status | None:

@@ -45,7 +45,7 @@ def test_help_and_exit_codes_documented(cli) -> None:
     assert "3 job not found" in r.out
     r = cli("control", "--help")
     assert r.code == 0
-    for verb in ("list", "status", "save", "eval", "stop", "save-stop", "abort", "cleanup"):
+    for verb in ("list", "status", "save", "eval", "stop", "save-stop", "pause", "abort", "cleanup"):
         assert verb in r.out
 
 
