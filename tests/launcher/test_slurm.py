@@ -204,13 +204,19 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
     assert log_of(tmp_path, jid).count(f"resumed from {ckpt} at step {saved_step}") == 2  # both ranks
     assert [j["job_id"] for j in json.loads(cli(jobs_dir, "control", "list", "--json").stdout)] == [job_id]
 
-    # save-stop --wait ends it with a checkpoint
-    res = cli(jobs_dir, "control", "save-stop", job_id, "--wait", "--timeout", str(TIMEOUT))
+    # save-stop --wait ends it with a checkpoint; on two nodes a pause does (issue 23), and
+    # the job ends paused: its allocation ends and it is not requeued (checked below)
+    verb, ended = ("pause", "paused") if nodes == 2 else ("save-stop", "stopped")
+    res = cli(jobs_dir, "control", verb, job_id, "--wait", "--timeout", str(TIMEOUT))
     assert res.returncode == 0 and "completed" in res.stdout, res.stdout + res.stderr
     wait_for(lambda: squeue_state(jid) not in LIVE, timeout=TIMEOUT, interval=0.5, what=f"SLURM job {jid} to end")
     final = wait_for(lambda: (j := read(jobs_dir, job_id, "job.json")).get("ended_at") and j, timeout=60, what="job.json final")
-    assert final["state"] == "stopped" and final["exit_code"] == EXIT_STOPPED and final["restarts"] == 1, final
+    assert final["state"] == ended and final["exit_code"] == EXIT_STOPPED and final["restarts"] == 1, final
     assert Path(final["last_checkpoint"]).exists() and final["last_checkpoint"] != ckpt
+    if nodes == 2:
+        assert final.get("requeued_at") is None and "job paused" in res.stdout, res.stdout
+        rows = json.loads(cli(jobs_dir, "control", "list", "--json").stdout)  # no --all: a paused job waits
+        assert [(j["job_id"], j["state"]) for j in rows] == [(job_id, "paused")], rows
     # requeued exactly once: the rerun ran no `scontrol requeue` (a launcher that srun's teardown
     # signal reaches late logs "not requeueing: ...", which is the point, not a requeue)
     assert not re.search(r"^\S*\s*requeueing: ", log_of(tmp_path, jid).split("(restart 1)")[-1], re.M)
