@@ -2,7 +2,7 @@
 
 export const STATE_TONE = {
   running: "run", stalled: "abort", stopping: "busy", starting: "busy", uncontrolled: "abort", ending: "busy", requeued: "wait",
-  finished: "done", stopped: "stop", aborted: "abort", failed: "bad", dead: "bad",
+  finished: "done", stopped: "stop", paused: "wait", aborted: "abort", failed: "bad", dead: "bad",
   stale: "grey", unknown: "grey", corrupt: "bad",
 };
 
@@ -16,6 +16,7 @@ export const STATE_HELP = {
   requeued: "SLURM requeued it; it waits in the queue",
   finished: "trained to its end",
   stopped: "stopped by a command or a signal",
+  paused: "saved and stopped by pause: nothing runs; it waits to be resumed",
   aborted: "aborted: nothing saved at the end",
   failed: "failed",
   dead: "its processes are gone without a final state",

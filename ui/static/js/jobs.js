@@ -177,7 +177,7 @@ export class JobsView {
 
   renderCounts(counts) {
     clear(this.counts);
-    const order = ["running", "stalled", "starting", "uncontrolled", "stopping", "ending", "requeued", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
+    const order = ["running", "stalled", "starting", "uncontrolled", "stopping", "ending", "requeued", "paused", "stale", "unknown", "dead", "failed", "corrupt", "finished", "stopped", "aborted"];
     for (const s of order) {
       if (!counts[s]) continue;
       this.counts.append(h("span", { class: `count tone-${STATE_TONE[s] || "grey"}` }, h("b", {}, String(counts[s])), ` ${s}`));
