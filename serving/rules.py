@@ -4,6 +4,7 @@ cannot drift apart."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 from forgather_control.core.liveness import is_loopback_host
@@ -16,6 +17,7 @@ MAX_BODY_BYTES = 4096
 _HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]@/\s]+)(?::([0-9]{1,5}))?")
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same few: 13 us each uncached, a request's tenth
 def local_host_header(header: str) -> bool:
     """True for a Host header that names this machine exactly: an IP literal in
     127.0.0.0/8 or ::1, or ``localhost``, with an optional numeric port. A name that
