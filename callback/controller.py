@@ -45,6 +45,7 @@ import msgspec
 
 from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
 from forgather_control.core.attachment import nothing_to_save_reason
+from forgather_control.core.checkpoints import MAX_KEPT
 from forgather_control.core.guards import action_command
 from forgather_control.core.knobs import RESUMED, Knob, KnobTable, describe
 from forgather_control.core.metrics import History
@@ -156,6 +157,9 @@ class Controller:
         #: ``_unsynced_point`` until every rank passed an agreed check after it.
         self.resume_point: CheckpointRecord | None = None
         self._unsynced_point: CheckpointRecord | None = None
+        #: every checkpoint of this run every rank finished writing, oldest first (status.json
+        #: ``checkpoints``: the job's history keeps them all, not only the newest)
+        self._completed: list[CheckpointRecord] = []
         #: the newest checkpoint the loop reported, and when (answers a stop asked before it)
         self._last_saved: CheckpointRecord | None = None
         #: when the loop reported this run's first step (before it a stop has nothing to save)
@@ -659,7 +663,8 @@ class Controller:
         if count:
             self._receipts.sync(count)
         if point is not None and self._unsynced_point is point:
-            self.resume_point, self._unsynced_point = point, None
+            self._unsynced_point = None
+            self._complete(point)
         return agreed
 
     def _flags(self, entry: Any) -> int:
@@ -933,11 +938,16 @@ class Controller:
         point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time(), knobs=self.knobs.values())
         self._last_saved = point
         if synced or self._solo:
-            self.resume_point = point
+            self._complete(point)
         else:
             self._unsynced_point = point
         self._receipts.checkpoint_saved(self.last_checkpoint, step=self.current_step, synced=synced or self._solo)
         self._changed()
+
+    def _complete(self, point: CheckpointRecord) -> None:
+        """``point`` is written on every rank: the run's resume point, and one of its checkpoints."""
+        self.resume_point = point
+        self._completed = [*[p for p in self._completed if p.path != point.path][-(MAX_KEPT - 1) :], point]
 
     def checkpoint_failed(self, reason: str) -> None:
         """The loop saved no checkpoint it can name (it failed, or the trainer did not say
@@ -1006,6 +1016,7 @@ class Controller:
             eta_seconds=eta,
             last_checkpoint=self.last_checkpoint,
             resume_point=self.resume_point,
+            checkpoints=list(self._completed) or None,
             unsynced_checkpoint=self._unsynced_point,
             world_size=self.world_size,
             stop_reason=self.stop_reason,

@@ -32,6 +32,9 @@ ENV_ABORT_RETURNS = "FORGATHER_ABORT_RETURNS"
 ENV_RESUME_FROM = "FORGATHER_RESUME_FROM"
 #: the step of that checkpoint: where a resumed run's count starts (status and rate)
 ENV_RESUME_STEP = "FORGATHER_RESUME_STEP"
+#: What ``forgather control resume`` tells the launcher it starts (JSON,
+#: ``core.records.ResumeRequest``): the job id, a SLURM resubmission's first run, a roll back.
+ENV_RESUME = "FORGATHER_RESUME"
 #: What a relaunch carries from the job's last run: its knobs' values (JSON,
 #: ``core.records.KnobCarry``; the launcher sets it unless ``--script-knobs``).
 ENV_KNOBS = "FORGATHER_KNOBS"

@@ -16,6 +16,7 @@ EXIT_UNREACHABLE = 4
 EXIT_ENDED = 5
 EXIT_UNKNOWN = 6
 EXIT_BAD_KNOB = 7
+EXIT_NOT_RESUMABLE = 8
 EXIT_INTERRUPTED = 130
 
 #: What each exit code means: the CLI's help and the README's table are this table.
@@ -28,6 +29,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ENDED: "the job has ended (or died): there is nothing left to command",
     EXIT_UNKNOWN: "sent, but no answer came back: the command may still apply",
     EXIT_BAD_KNOB: "a knob change refused (no such knob, wrong type, out of range): nothing was queued",
+    EXIT_NOT_RESUMABLE: "resume refused (the job runs, is not yours, has no relaunch record, its checkpoint is gone; no sbatch here): nothing was started",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C): a command already sent stays queued",
 }
 
@@ -106,6 +108,14 @@ class BadKnob(ControlError, ValueError):
     of the wrong type or out of its range (checked by the client, and again by rank 0)."""
 
     exit_code = EXIT_BAD_KNOB
+
+
+class NotResumable(ControlError):
+    """``resume`` refused before anything started: the job still runs (or may), is another
+    user's, has no relaunch record, the checkpoint named is gone or not the job's, or it
+    ran under SLURM and this host has no ``sbatch``."""
+
+    exit_code = EXIT_NOT_RESUMABLE
 
 
 class CommandFailed(ControlError):

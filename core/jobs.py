@@ -10,6 +10,7 @@ Layout::
                     failures/       each failed rank's exception (worker bootstrap)
                     notify.json     launcher, node 0, 0600: where alerts go (secrets)
                     alerts/         one claim per alert sent (core/alerts.py)
+                    relaunch.json   launcher, node 0, 0600: what `resume` starts again (core/relaunch.py)
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class JobPaths:
     def alerts(self) -> Path:
         """One claim per alert: who sends it, and whether it was sent (core/alerts.py)."""
         return self.dir / "alerts"
+
+    @property
+    def relaunch(self) -> Path:
+        """What ``forgather control resume`` starts the job again with (0600; core/relaunch.py)."""
+        return self.dir / "relaunch.json"
 
     @property
     def nodes(self) -> Path:

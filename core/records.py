@@ -29,6 +29,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from forgather_control.core.files import RecordError, read_record
+from forgather_control.core.ids import JOB_ID_PATTERN
 from forgather_control.core.states import JobState
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Alert",
     "AlertClaim",
     "AlertSinks",
+    "CheckpointListed",
     "CheckpointRecord",
     "ClusterNode",
     "CommandFile",
@@ -67,10 +69,14 @@ __all__ = [
     "Receipt",
     "Record",
     "RecordError",
+    "Relaunch",
+    "ResumeRequest",
+    "RollBack",
     "Scheduler",
     "Series",
     "ServedJob",
     "SettledEntry",
+    "SlurmBatch",
     "StackAnswer",
     "StackRank",
     "StacksRegistration",
@@ -157,6 +163,9 @@ class CheckpointRecord(Record):
     run: Count | None = None
     saved_at: When | None = None
     knobs: Annotated[dict[Str64, KnobValue], Meta(max_length=64)] | None = None
+    #: a roll back (``forgather control resume --from``) went to an older checkpoint: this
+    #: one stays on disk and in the history, and resume no longer takes it unless named
+    left_behind: bool | None = None
 
 
 class KnobChange(Record):
@@ -371,6 +380,9 @@ class Status(Identity):
     last_checkpoint: Text | None = None
     #: UNSET in a status written before resume points were recorded (``last_checkpoint`` then counts)
     resume_point: CheckpointRecord | UnsetType | None = UNSET
+    #: every checkpoint of this run every rank finished writing, oldest first (the newest
+    #: is ``resume_point``): the job's history keeps each
+    checkpoints: Annotated[list[CheckpointRecord], Meta(max_length=256)] | None = None
     unsynced_checkpoint: CheckpointRecord | None = None
     world_size: Count | None = None
     stop_reason: Text | None = None
@@ -422,6 +434,78 @@ class Scheduler(Record):
     job_name: Text | None = None
 
 
+class RollBack(Record):
+    """A roll back: the checkpoint a relaunch goes back to (``resume --from``), every newer
+    one of the job's history left behind. ``id`` names it once: a SLURM requeue keeps the
+    environment that asked for it, and must not roll back again."""
+
+    id: Annotated[str, Meta(pattern=r"\A[0-9a-f]{8,32}\Z")]
+    path: Text
+    step: Count | None = None
+    #: the run that applied it, and when (job.json)
+    run: Count | None = None
+    at: When | None = None
+
+
+class ResumeRequest(Record):
+    """``FORGATHER_RESUME`` (JSON), set by ``forgather control resume`` for the launcher it
+    starts: the job id to run under (a launch that named none made one up), under SLURM
+    the run number a new allocation's first run takes (its requeues count on from it), and
+    the roll back to apply."""
+
+    job_id: Annotated[str, Meta(pattern=rf"\A{JOB_ID_PATTERN}\Z")]
+    run: Count | None = None
+    roll_back: RollBack | None = None
+
+
+#: A batch script larger than this is not recorded (SLURM's own default limit is 4 MB).
+MAX_BATCH_SCRIPT = 512 * 1024
+
+
+class SlurmBatch(Record):
+    """What submitting a SLURM job again needs: its batch script (``scontrol write
+    batch_script``), the script's arguments, and the sbatch options SLURM shows
+    (``scontrol show job``); unset ones were not given or cannot be seen."""
+
+    slurm_job_id: Str64
+    script: Annotated[str, Meta(max_length=MAX_BATCH_SCRIPT)]
+    script_args: Annotated[list[Text], Meta(max_length=1024)] = msgspec.field(default_factory=list)
+    job_name: Text | None = None
+    partition: Text | None = None
+    nodes: Annotated[int, Meta(ge=1, le=1 << 20)] | None = None
+    ntasks_per_node: Annotated[int, Meta(ge=1, le=1 << 20)] | None = None
+    #: minutes, as ``--time`` takes them
+    time_limit: Annotated[int, Meta(ge=1, le=1 << 30)] | None = None
+    account: Text | None = None
+    qos: Text | None = None
+    #: ``--signal`` as given on sbatch's command line, when SLURM says it (a ``#SBATCH``
+    #: line of the script travels with the script)
+    signal: Str64 | None = None
+    workdir: Text | None = None
+    output: Text | None = None
+    error: Text | None = None
+    requeue: bool | None = None
+
+
+class Relaunch(Record):
+    """``relaunch.json`` (node 0's launcher, 0600, every run): what ``forgather control
+    resume`` needs to start the job again. The launcher's command line with ``--notify``
+    values left out (the sinks stay in notify.json), the Python it ran on, its working
+    directory and its environment without secrets or per-run variables
+    (:mod:`.relaunch`), and under SLURM the batch script and its options."""
+
+    job_id: Str128
+    argv: Annotated[list[Text], Meta(min_length=1, max_length=1024)]
+    python: Text
+    cwd: Text
+    env: Annotated[dict[Str256, Annotated[str, Meta(max_length=32768)]], Meta(max_length=4096)] = msgspec.field(default_factory=dict)
+    scheduler: Short = "local"
+    slurm: SlurmBatch | None = None
+    #: the run that wrote it, and when
+    run: Count | None = None
+    written_at: When | None = None
+
+
 class FailureRecord(Record):
     """One rank's exception (``failures/run-R-rank-N.json``), or the launcher's own."""
 
@@ -462,6 +546,8 @@ class Job(Record):
     #: the other nodes' launchers give their ranks the same, and a run that ends before
     #: declaring its knobs passes them on
     knobs: KnobCarry | None = None
+    #: the last roll back a run of the job applied (``FORGATHER_RESUME``'s, once: a requeue keeps its env)
+    roll_back: RollBack | None = None
     requeue: bool | None = None
     grace: When | None = None
     control: bool | None = None
@@ -745,6 +831,14 @@ class JobRow(Record, omit_defaults=False):
         return cls(**{name: getattr(row, name) for name in row.__struct_fields__})
 
 
+class CheckpointListed(CheckpointRecord):
+    """One of a job's completed checkpoints as ``status`` lists it: whether it is on disk
+    now, and whether it is the one a resume starts from."""
+
+    on_disk: bool | None = None
+    resume_point: bool | None = None
+
+
 class JobDetails(JobRow):
     """One job as ``status --json`` shows it: its row, the detail of its status record (and
     of its live status when its server answered: ``live``), its failures and job.json. A
@@ -773,6 +867,8 @@ class JobDetails(JobRow):
     stragglers: Annotated[list[Straggler], Meta(max_length=1024)] | UnsetType = UNSET
     #: the job's live knobs
     knobs: Annotated[list[KnobSetting], Meta(max_length=64)] | UnsetType = UNSET
+    #: every completed checkpoint of the job's runs, oldest first (on disk or not, left behind or not)
+    checkpoints: Annotated[list[CheckpointListed], Meta(max_length=256)] | UnsetType = UNSET
     control_error: Text | UnsetType = UNSET
     error: Text | UnsetType = UNSET
     http: Http | UnsetType = UNSET
