@@ -21,7 +21,9 @@ from typing import Any
 
 import click
 
+from forgather_control.core.env import ENV_RESUME
 from forgather_control.core.guards import ENV_GUARDS, GuardError, guards_from_env
+from forgather_control.core.relaunch import resume_request
 from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError, no_control_after
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,7 @@ def launch(
         requeue=requeue,
         dry_run=dry_run,
         argv=_own_argv(),
+        relaunch_argv=_relaunch_argv(),
     )
     return run_config(config, env=os.environ)
 
@@ -209,6 +212,37 @@ def _own_argv() -> tuple[str, ...]:
     return hide_notify(("forgather", "launch", *raw))
 
 
+#: Our options whose value is a secret: a relaunch record leaves them out (the sinks stay in notify.json).
+_SECRET_OPTIONS = ("--notify", "--notify-cmd")
+
+
+def _relaunch_argv() -> tuple[str, ...]:
+    """``launch ...`` as typed, for relaunch.json: ``--notify URL`` and ``--notify-cmd
+    COMMAND`` left out (a resume keeps the job's sinks), only among the launcher's own
+    options: the script's arguments are its own, whatever their names."""
+    raw = sys.argv[1:]
+    if "launch" not in raw:
+        return ()
+    args = raw[raw.index("launch") + 1 :]
+    flags = {name for p in launch.params if isinstance(p, click.Option) and p.is_flag for name in (*p.opts, *p.secondary_opts)}
+    out, i = ["launch"], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            out += args[i:]  # SCRIPT and its arguments
+            break
+        if arg == "--":
+            out += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        takes_value = name not in flags and "=" not in arg
+        taken = args[i : i + (2 if takes_value else 1)]
+        if name not in _SECRET_OPTIONS:
+            out += taken
+        i += len(taken)
+    return tuple(out)
+
+
 def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     """Check, plan, then print or execute. Raises LaunchError before anything starts."""
     from forgather_control.core import JobPaths, resolve_jobs_dir
@@ -216,6 +250,11 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
     from forgather_control.launcher.records import read_previous
 
     check_target(config)
+    if config.resume is None and env.get(ENV_RESUME):  # `forgather control resume` started this launch
+        try:
+            config = dataclasses.replace(config, resume=resume_request(env))
+        except ValueError as exc:
+            raise LaunchError(f"{exc}; it is set by `forgather control resume`: unset it") from None
     if config.control:
         config = dataclasses.replace(config, no_control_after=no_control_after(config, env))  # a bad env value: refused now
         if not config.guards and env.get(ENV_GUARDS):  # checked now, as --guard is, not in N workers
@@ -226,7 +265,13 @@ def run_config(config: LaunchConfig, *, env: Mapping[str, str]) -> int:
             config = dataclasses.replace(config, guards=(env[ENV_GUARDS],))
     jobs_dir = str(resolve_jobs_dir(config.jobs_dir))
     plan = make_plan(config, env, python=python_executable(), jobs_dir=jobs_dir)
-    previous = read_previous(JobPaths(Path(jobs_dir), plan.job_id), plan.placement, node_rank=plan.node_rank, script_knobs=config.script_knobs)
+    previous = read_previous(
+        JobPaths(Path(jobs_dir), plan.job_id),
+        plan.placement,
+        node_rank=plan.node_rank,
+        script_knobs=config.script_knobs,
+        roll_back=config.resume.roll_back if config.resume is not None else None,
+    )
     plan = plan.with_history(
         restarts=previous.restarts,
         resume_from=previous.resume_from,

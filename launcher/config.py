@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from forgather_control.core.env import ENV_NO_CONTROL_AFTER
 from forgather_control.core.errors import UsageError
 from forgather_control.core.guards import GuardError, parse_guards
+from forgather_control.core.records import ResumeRequest
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_NO_CONTROL_AFTER", "LaunchConfig", "LaunchError", "no_control_after"]
 
@@ -81,12 +82,20 @@ class LaunchConfig:
     script_knobs: bool = False
     #: The launcher's own command line, recorded in job.json.
     argv: tuple[str, ...] = field(default=(), compare=False)
+    #: ``launch`` and its arguments as typed, ``--notify``/``--notify-cmd`` left out: what
+    #: relaunch.json records for ``forgather control resume`` (none: no record, a launch from Python)
+    relaunch_argv: tuple[str, ...] = field(default=(), compare=False)
+    #: what ``forgather control resume`` asked of this launch (``FORGATHER_RESUME``): the job
+    #: id when none is given, a SLURM resubmission's first run, a roll back
+    resume: ResumeRequest | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.notify, str) or any(isinstance(c, str) for c in self.notify_cmd):
             raise LaunchError("notify= takes a list of URLs and notify_cmd= a list of commands, each a list of arguments (no shell)")
         object.__setattr__(self, "notify", tuple(self.notify))
         object.__setattr__(self, "notify_cmd", tuple(tuple(c) for c in self.notify_cmd))
+        if self.resume is not None and self.job_id is None:
+            object.__setattr__(self, "job_id", self.resume.job_id)  # a launch that named none made its id up
         self.validate()
 
     @property
@@ -140,6 +149,8 @@ class LaunchConfig:
             raise LaunchError(f"--standalone runs one node, but --nnodes is {self.nnodes}; drop one of them")
         if self.standalone and (self.rdzv_endpoint or self.master_addr or self.master_port is not None):
             raise LaunchError("--standalone picks its own rendezvous; drop --rdzv-endpoint/--master-addr/--master-port")
+        if self.resume is not None and self.job_id != self.resume.job_id:
+            raise LaunchError(f"--job-id {self.job_id} is not the job being resumed ({self.resume.job_id}, FORGATHER_RESUME); drop one of them")
         if self.job_id is not None:
             from forgather_control.core import InvalidJobId, validate_job_id
 

@@ -148,6 +148,9 @@ class SlurmEnvironment(Environment):
         except InvalidJobId as exc:
             raise LaunchError(str(exc)) from None
         restart_count = _int(env, "SLURM_RESTART_COUNT", 0)
+        # a job resubmitted by `forgather control resume` numbers its runs on from the job's
+        # last one: every node of the new allocation, and each of its requeues, alike
+        first_run = config.resume.run if config.resume is not None and config.resume.run is not None else 0
         scheduler = Scheduler(
             type="slurm",
             slurm_job_id=job,
@@ -169,7 +172,7 @@ class SlurmEnvironment(Environment):
             master_addr=config.master_addr or nodes[0],
             master_port=config.master_port if config.master_port is not None else slurm_master_port(job),
             scheduler=scheduler,
-            restart_count=restart_count,
+            restart_count=first_run + restart_count,
             requeue_argv=("scontrol", "requeue", job) if config.requeue and node_id == 0 else None,
         )
 

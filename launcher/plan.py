@@ -27,6 +27,7 @@ from forgather_control.core.env import (
     ENV_NOTIFY,
     ENV_NOTIFY_CMD,
     ENV_RESTARTS,
+    ENV_RESUME,
     ENV_RESUME_FROM,
     ENV_RESUME_STEP,
     ENV_STALL_AFTER,
@@ -228,7 +229,8 @@ def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = Non
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
     names the launcher its workers watch (known only once it runs: not in the plan)."""
-    env = {k: v for k, v in base.items() if k not in (ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_KNOBS, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)}
+    dropped = (ENV_RESUME, ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_KNOBS, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)
+    env = {k: v for k, v in base.items() if k not in dropped}
     env.update(plan.env)
     if launcher:
         env[ENV_LAUNCHER_PID] = launcher

@@ -26,14 +26,15 @@ from msgspec import structs
 
 from forgather_control.client.settled import end_run
 from forgather_control.core import JobPaths, Liveness, judge, pid_alive, process_identity, write_json_atomic
-from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, history
+from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, find, history
+from forgather_control.core.checkpoints import roll_back as history_rolled_back
 from forgather_control.core.commands import Command, State, is_final_receipt
 from forgather_control.core.failures import root_cause
 from forgather_control.core.files import TEMP_PREFIX, NotOurs, ensure_private_dir, remove_quietly
 from forgather_control.core.knobs import carry_from
 from forgather_control.core.liveness import STALE_AFTER, fresh, same_pid_namespace
 from forgather_control.core.markers import keep_marked, mark_run
-from forgather_control.core.records import Endpoint, Job, KnobCarry, Node, Receipt, Record, RecordError, Status, encode, load, load_or_none
+from forgather_control.core.records import Endpoint, Job, KnobCarry, Node, Receipt, Record, RecordError, RollBack, Status, encode, load, load_or_none
 from forgather_control.core.states import JobState, is_final
 from forgather_control.core.vanished import folder_gone
 
@@ -108,6 +109,8 @@ class Previous:
     resume_step: int | None = None
     #: the knob values this run starts from (FORGATHER_KNOBS): the last run's, unless ``--script-knobs``
     knobs: KnobCarry | None = None
+    #: the job's last roll back (this run's, when it applies one): job.json keeps it
+    roll_back: RollBack | None = None
 
 
 def read_previous(
@@ -118,6 +121,7 @@ def read_previous(
     exists: Callable[[str], bool] = os.path.exists,
     scope: Scope | None = None,
     script_knobs: bool = False,
+    roll_back: RollBack | None = None,
 ) -> Previous:
     """Read (never change) an earlier run's job.json and status.json.
 
@@ -131,6 +135,11 @@ def read_previous(
     checkpoint's time (:func:`~forgather_control.core.knobs.carry_from`); with
     ``script_knobs`` at the script's. A node that starts after node 0 began this run
     takes what node 0 gave (job.json), so every rank starts alike.
+
+    ``roll_back`` (``FORGATHER_RESUME``'s, from ``forgather control resume --from``): the
+    run resumes from that checkpoint of the history, which must be on disk and the job's
+    own (``scope``), and every newer one is left behind (kept, marked). Applied once: a
+    roll back job.json already records (a SLURM requeue keeps its env) is not again.
     """
     try:
         paths.check_owned()  # before anything in it is read: another user's folder is never taken over
@@ -153,11 +162,17 @@ def read_previous(
         if why is not None:
             log.warning("not resuming from %s: %s", job.resume_from, why)
         if why is not None:
-            return Previous(True, max(prev_restarts, 0), None, created, same_slurm, points, knobs=job.knobs)
-        return Previous(True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points, resume_step=job.resume_step, knobs=job.knobs)
+            return Previous(True, max(prev_restarts, 0), None, created, same_slurm, points, knobs=job.knobs, roll_back=job.roll_back)
+        return Previous(
+            True, max(prev_restarts, 0), job.resume_from, created, same_slurm, points, resume_step=job.resume_step, knobs=job.knobs, roll_back=job.roll_back
+        )
     restarts = placement.restart_count if slurm_id and same_slurm else prev_restarts + 1
     if slurm_id and not same_slurm:
         restarts = placement.restart_count
+    applied = job.roll_back
+    if roll_back is not None and (applied is None or applied.id != roll_back.id):
+        points = tuple(_roll_back(list(points), roll_back, exists=exists, scope=scope))
+        applied = structs.replace(roll_back, run=max(restarts, 0), at=time.time())
     resume_point, gone = choose(list(points), exists=exists, scope=scope)
     for skipped in gone:
         log.warning("not resuming from checkpoint %s", skipped.describe())
@@ -177,7 +192,24 @@ def read_previous(
         tuple(gone),
         resume_step=resume_point.step if resume_point else None,
         knobs=knobs,
+        roll_back=applied,
     )
+
+
+def _roll_back(points: list[Checkpoint], asked: RollBack, *, exists: Callable[[str], bool], scope: Scope) -> list[Checkpoint]:
+    """The history rolled back to the checkpoint ``asked`` names, refused (LaunchError) when
+    that one is not the job's, or is gone."""
+    target = find(points, asked.path)
+    if target is None:
+        raise LaunchError(f"cannot roll back to {asked.path}: it is not one of the job's checkpoints (`forgather control status JOB` lists them)")
+    why = "no longer on disk" if not exists(target.path) else scope.refuses(target.path)
+    if why is not None:
+        raise LaunchError(f"cannot roll back to {target.describe()}: {why}")
+    rolled = history_rolled_back(points, target)
+    behind = [new.describe() for new, old in zip(rolled, points, strict=True) if new.left_behind and not old.left_behind]
+    if behind:
+        log.warning("rolling back to %s; left behind (kept on disk): %s", target.describe(), ", ".join(behind))
+    return rolled
 
 
 R = TypeVar("R", bound=Record)
@@ -325,6 +357,7 @@ class JobRecords:
                 checkpoints=[c.as_record() for c in previous.checkpoints],
                 last_checkpoint=previous.checkpoints[-1].path if previous.checkpoints else None,
                 knobs=plan.knobs,
+                roll_back=previous.roll_back,
                 requeue=bool(p.requeue_argv),
                 grace=plan.config.grace,
                 control=plan.config.control,

@@ -59,6 +59,7 @@ from .duties import NodeDuties, Overdue
 from .plan import Plan, child_env
 from .proctree import ProcessTree
 from .records import JobRecords, launcher_identity, launcher_stop_key, read_previous
+from .relaunch import record_relaunch, resumed_sinks
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,8 @@ def execute(
     base_env = os.environ if base_env is None else base_env
     cwd = cwd or os.getcwd()
     paths = JobPaths(Path(plan.jobs_dir), plan.job_id)
-    previous = read_previous(paths, plan.placement, node_rank=plan.node_rank, script_knobs=plan.config.script_knobs)
+    roll_back = plan.config.resume.roll_back if plan.config.resume is not None else None
+    previous = read_previous(paths, plan.placement, node_rank=plan.node_rank, script_knobs=plan.config.script_knobs, roll_back=roll_back)
     if previous.restarts != plan.restarts or previous.resume_from != plan.resume_from or previous.knobs != plan.knobs:
         plan = plan.with_history(
             restarts=previous.restarts,
@@ -361,7 +363,8 @@ def execute(
         records.claim(previous)
         records.start(previous, argv=hide_notify(argv), cwd=cwd, no_control_after=after)
         if plan.node_rank == 0:  # node 0 alone tells (docs/design-notes.md, "Alerts: who sends, once")
-            alerts = LaunchAlerts.start(paths, run=plan.restarts, sinks=plan.sinks)
+            record_relaunch(paths, plan, env=base_env, cwd=cwd)
+            alerts = LaunchAlerts.start(paths, run=plan.restarts, sinks=resumed_sinks(paths, plan))
     except OSError as exc:
         raise LaunchError(
             f"cannot write the job's records in {paths.dir}: {exc}; pass --jobs-dir (or set FORGATHER_JOBS_DIR) to a folder you can write, shared by every node"
