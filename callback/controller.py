@@ -508,7 +508,11 @@ class Controller:
     # -- the hot path ---------------------------------------------------------------
     def step(self, step: int, metrics: Any = None) -> Actions:
         """Call once per optimizer step on every rank, with the same ``step`` on all.
-        Returns the actions to take now; ``NO_ACTIONS`` almost always."""
+        Returns the actions to take now; ``NO_ACTIONS`` almost always. ``metrics``: a dict
+        of this step's values, or a callable giving them when they are read (a status
+        write, a check: :meth:`metrics_now`). The trainer integrations inline the test
+        below in their step hooks (the hot path: ``benchmarks/bench_hooks.py``); a change
+        to it changes theirs."""
         self.current_step = step
         if metrics is not None:
             self.metrics = metrics
@@ -547,7 +551,7 @@ class Controller:
                     self._judge_guards(step)
                 entry = self.ledger.next_pending()
         next_check = self._schedule.next_check(step, self.max_steps) if self.is_rank0 and (timed or not self._solo) else 0
-        vote = self.guards.vote(self.metrics) if timed else 0
+        vote = self.guards.vote(self.metrics_now()) if timed else 0
         lag = self._lag
         if not self._solo and lag > 0 and not (self.max_steps and step + lag >= self.max_steps):
             # Started here, resolved ``lag`` steps on (every rank knows both steps): no rank
@@ -568,7 +572,7 @@ class Controller:
     def _judge_guards(self, step: int) -> None:
         """Rank 0's guards at this check: each firing is recorded, and its command (not
         an alert's) queued like a person's, to be agreed at this very check."""
-        for firing in self.guards.judge(step, self.metrics, self._rate.update(step, time.time()), time.monotonic()):
+        for firing in self.guards.judge(step, self.metrics_now(), self._rate.update(step, time.time()), time.monotonic()):
             self._guard_fired(firing)
 
     def _guard_fired(self, firing: GuardFiring) -> str | None:
@@ -979,9 +983,22 @@ class Controller:
     def update_metrics(self, metrics: Mapping[str, object]) -> None:
         """Merge the trainer's latest logged values (loss, learning rate, ...) into the
         status. Never a check: log events are not step ends."""
-        merged = dict(self.metrics) if isinstance(self.metrics, dict) else {}
+        now = self.metrics_now()
+        merged = dict(now) if isinstance(now, dict) else {}
         merged.update(metrics)
         self.metrics = merged
+
+    def metrics_now(self) -> Any:
+        """The loop's latest metrics: what it gave ``step``, or what that gives when it is
+        a callable (an integration's, read only when someone looks: a status write, a
+        check; the step itself then stores nothing new)."""
+        metrics = self.metrics
+        if callable(metrics):
+            try:
+                return metrics()
+            except Exception:  # noqa: BLE001 - a status must not fail on the trainer's state
+                return None
+        return metrics
 
     def set_epoch(self, epoch: float | None) -> None:
         self.epoch = epoch
@@ -1011,7 +1028,7 @@ class Controller:
             step=step,
             max_steps=self.max_steps,
             epoch=self.epoch,
-            metrics={**json_metrics(self.metrics), **self.eval_metrics},
+            metrics={**json_metrics(self.metrics_now()), **self.eval_metrics},
             steps_per_second=rate,
             eta_seconds=eta,
             last_checkpoint=self.last_checkpoint,
@@ -1056,7 +1073,7 @@ class Controller:
         per-step metrics and the steps per second (not the evaluation's, recorded when
         they are reported)."""
         step = self.current_step
-        metrics = json_metrics(self.metrics)
+        metrics = json_metrics(self.metrics_now())
         rate = self._rate.update(step, time.time())
         if rate is not None:
             metrics["steps_per_second"] = rate

@@ -188,9 +188,12 @@ class TrainerControlCallback:
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         ctl = self.controller
+        step = ctl.current_step = state.global_step
+        if step < ctl._next_check and not ctl._poke:
+            return control  # Controller.step's test, inlined: between checks nothing else runs
         ctl.epoch = state.epoch
         self._state = state
-        act = ctl.step(state.global_step)
+        act = ctl.step(step)
         if self._ends_here:
             self._ends_here = False
             if not control.should_training_stop:

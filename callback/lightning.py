@@ -123,10 +123,22 @@ class LightningControl:
         self._val_batches = 0  # batches of the validation under way
         self._cut: Any = None  # the stop that cut the validation under way short
         self._validating = False  # a commanded validation: it reports when the trainer's callbacks are done
+        # The last batch's outputs, read into metrics only when the Controller looks (a
+        # status write, a check): the step itself builds nothing (bench_hooks.py).
+        self._outputs: Any = None
+        self._trainer: Any = None
+        self._step_metrics = self._metrics_of_last_step  # one bound method, made once
 
     @property
     def aborted(self) -> bool:
         return self._aborted or self.controller.aborted
+
+    def _metrics_of_last_step(self) -> dict[str, Any]:
+        """The loss of the last batch (a detached tensor: read as a number by whoever looks)
+        and the learning rate now."""
+        outputs = self._outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        return {"loss": loss.detach() if hasattr(loss, "detach") else loss, "learning_rate": _lr(self._trainer)}
 
     @property
     def state_key(self) -> str:
@@ -163,9 +175,12 @@ class LightningControl:
             return  # a micro-batch of gradient accumulation: not a step end
         self._last_step = step
         ctl = self.controller
+        ctl.current_step = step
+        self._outputs, self._trainer = outputs, trainer
+        if step < ctl._next_check and not ctl._poke:
+            return  # Controller.step's test, inlined: between checks nothing else runs
         ctl.epoch = trainer.current_epoch
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        act = ctl.step(step, {"loss": loss.detach() if hasattr(loss, "detach") else loss, "learning_rate": _lr(trainer)})
+        act = ctl.step(step, self._step_metrics)
         if not act:
             return
         try:
