@@ -40,7 +40,7 @@ from . import prometheus
 from .auth import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, Auth, cookie_name
 from .config import UiConfig
 from .feed import JobsFeed
-from .jobview import JobView, UnknownButton
+from .jobview import BUTTONS, JobView, UnknownButton
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: The verbs the buttons send (``pause`` among them), as an error names them.
+VERBS = "|".join(BUTTONS)
 #: A set's body (the knob panel's).
 SET_BODY = '{"command": "set", "changes": [{"name": "lr_scale", "value": 0.5}], "key": "<optional idempotency key>"}'
 #: Routes open without the cookie or the token: the login page and what it loads.
@@ -192,7 +194,7 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         try:
             return json.loads(await request.body())
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, 'malformed JSON; send {"command": "save|eval|stop|save-stop|abort|set"}')
+            return _error(400, f'malformed JSON; send {{"command": "{VERBS}|set"}}')
 
     @app.post("/api/jobs/{job_id}/commands", status_code=202)
     async def command(job_id: str, request: Request) -> Response:
@@ -200,7 +202,7 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
         if isinstance(body, Response):
             return body
         if not isinstance(body, dict) or not isinstance(body.get("command"), str):
-            return _error(422, f'send {{"command": "save|eval|stop|save-stop|abort", "key": "<optional idempotency key>"}} or {SET_BODY}')
+            return _error(422, f'send {{"command": "{VERBS}", "key": "<optional idempotency key>"}} or {SET_BODY}')
         key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
             return _error(422, "key must be a non-empty string of at most 128 characters")

@@ -210,12 +210,15 @@ _RANK = {
     **dict.fromkeys((JobState.STARTING, JobState.UNCONTROLLED, JobState.ENDING), 1),
     JobState.REQUEUED: 2,
     **dict.fromkeys((JobState.STALE, JobState.UNKNOWN), 3),
+    # not running, not over: each waits to be resumed, under a heading of its own
+    JobState.PAUSED: 5,
 }
 
 
 def _order(row: JobRow) -> tuple[int, float, str]:
-    """Running jobs first, then the rest; the newest first within each."""
-    rank = _RANK.get(row.state, 5 if row.state.final else 4)
+    """Running jobs first, then the rest, the paused ones, then those that ended; the
+    newest first within each."""
+    rank = _RANK.get(row.state, 6 if row.state.final else 4)
     return rank, -(row.updated_at or 0.0), row.job_id
 
 

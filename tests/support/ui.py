@@ -157,7 +157,7 @@ def write_job(
     ident = dict(me) if alive else {**me, "pid": 2**22 - 7, "pid_start_time": 1.0}
     if host is not None:
         ident["host"] = host
-    final = state in ("finished", "stopped", "aborted", "failed")
+    final = state in ("finished", "stopped", "aborted", "failed", "paused")
     _write(
         paths.job,
         {
@@ -170,7 +170,7 @@ def write_job(
             "updated_at": now - ago,
             "restarts": restarts,
             "state": state if final else "running",
-            **({"ended_at": now - ago, "exit_code": 1 if state == "failed" else 0} if final else {}),
+            **({"ended_at": now - ago, "exit_code": {"failed": 1, "paused": 76}.get(state, 0)} if final else {}),
         },
     )
     st: dict[str, Any] = {

@@ -89,7 +89,7 @@ export function progress(step, max) {
 }
 
 export const COMMAND_LABEL = {
-  save_checkpoint: "Save", evaluate: "Eval", graceful_stop: "Stop", save_and_stop: "Save & stop", abort: "Abort", set: "Set",
+  save_checkpoint: "Save", evaluate: "Eval", graceful_stop: "Stop", save_and_stop: "Save & stop", pause: "Pause", abort: "Abort", set: "Set",
 };
 
 // A knob's value as the job's receipts and marks say it (core.knobs.describe): a bool as

@@ -13,18 +13,22 @@ const FINAL = new Set(["completed", "failed", "dropped", "rejected"]);
 const BUTTONS = [
   { verb: "save", label: "Save", command: "save_checkpoint", hint: "Save a checkpoint at the next agreed step." },
   { verb: "eval", label: "Eval", command: "evaluate", hint: "Evaluate at the next agreed step." },
-  { verb: "stop", label: "Stop", command: "graceful_stop", confirm: "Stop", hint: "Stop gracefully; the trainer's own end-of-training logic still runs.",
+  { verb: "stop", label: "Stop", command: "graceful_stop", confirm: "Stop", gap: true, hint: "Stop gracefully; the trainer's own end-of-training logic still runs.",
     question: (id) => [`Stop job ${id}?`, "It stops at the next agreed step; the trainer's own end-of-training logic still runs. Nothing is saved unless that logic saves."] },
   { verb: "save-stop", label: "Save & stop", command: "save_and_stop", confirm: "Save & stop", hint: "Save a checkpoint, then stop.",
     question: (id) => [`Save and stop job ${id}?`, "It saves a checkpoint at the next agreed step, then stops. Relaunching it resumes from that checkpoint."] },
-  { verb: "abort", label: "Abort", command: "abort", confirm: "Abort", danger: true, hint: "Stop now and save nothing.",
+  { verb: "pause", label: "Pause", command: "pause", confirm: "Pause", hint: "Save a checkpoint, stop, and wait to be resumed.",
+    question: (id) => [`Pause job ${id}?`, "It saves a checkpoint at the next agreed step, then stops: its processes end (under SLURM, its allocation too). It is listed as paused until you resume it from that checkpoint (the Resume button here, or forgather control resume)."] },
+  { verb: "abort", label: "Abort", command: "abort", confirm: "Abort", danger: true, gap: true, hint: "Stop now and save nothing.",
     question: (id) => [`Abort job ${id}?`, "It stops now and saves nothing, here or at the end; the job ends “aborted”. Work since the last checkpoint is lost."] },
 ];
 
 // The ranks the Ranks panel draws; a bigger job shows its slowest (all of them in --json).
 const RANKS_DRAWN = 64;
 // A guard's action is the verb a person types; its command's label on the buttons.
-const GUARD_ACTION = { save: "Save", stop: "Stop", "save-stop": "Save & stop", abort: "Abort" };
+const GUARD_ACTION = { save: "Save", stop: "Stop", "save-stop": "Save & stop", pause: "Pause", abort: "Abort" };
+// The framework's own control callback has neither (README: its commands).
+const NOT_FRAMEWORK = { eval: "The framework's own control callback has no evaluate command.", pause: "The framework's own control callback has no pause command." };
 
 function newKey() {
   const a = new Uint8Array(8);
@@ -72,8 +76,8 @@ export class JobView {
     this.meta = h("div", { class: "job-meta" });
     this.buttons = {};
     const actions = this.actions = h("div", { class: "actions" });
-    BUTTONS.forEach((b, i) => {
-      if (i === 2 || i === 4) actions.append(h("span", { class: "actions-gap" }));
+    BUTTONS.forEach((b) => {
+      if (b.gap) actions.append(h("span", { class: "actions-gap" }));
       const btn = h("button", { class: "btn" + (b.danger ? " danger" : ""), type: "button", title: b.hint, dataset: { command: b.verb }, disabled: true, on: { click: () => this.press(b) } }, b.label);
       this.buttons[b.verb] = btn;
       actions.append(btn);
@@ -221,8 +225,10 @@ export class JobView {
     for (const [k, v] of metaBits) this.meta.append(h("span", { class: `meta meta-${k}` }, v));
 
     // buttons
-    for (const b of BUTTONS) this.buttons[b.verb].disabled = !d.controllable || (d.framework_callback && b.verb === "eval");
-    if (d.framework_callback) setAttr(this.buttons.eval, "title", "The framework's own control callback has no evaluate command.");
+    for (const b of BUTTONS) {
+      this.buttons[b.verb].disabled = !this.takes(d, b.verb);
+      setAttr(this.buttons[b.verb], "title", (d.framework_callback && NOT_FRAMEWORK[b.verb]) || b.hint);
+    }
     this.actions.hidden = !!d.final;
     setText(this.whyNot, d.controllable ? "" : (d.why_not || "This job takes no commands."));
     this.whyNot.hidden = !!d.controllable || !!d.final;
@@ -403,6 +409,11 @@ export class JobView {
     }
   }
 
+  // Whether the job takes the button's command now.
+  takes(d, verb) {
+    return !!d.controllable && !(d.framework_callback && NOT_FRAMEWORK[verb]);
+  }
+
   async press(b) {
     if (b.question) {
       const [title, body] = b.question(this.id);
@@ -432,7 +443,7 @@ export class JobView {
     } catch (e) {
       this.say(`${b.label} was not sent: ${e.message}`, "bad");
     } finally {
-      if (this.details) this.buttons[b.verb].disabled = !this.details.controllable || (this.details.framework_callback && b.verb === "eval");
+      if (this.details) this.buttons[b.verb].disabled = !this.takes(this.details, b.verb);
     }
   }
 

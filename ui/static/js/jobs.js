@@ -8,6 +8,17 @@ import { sparkline, update as updateSpark } from "./spark.js";
 const REFRESH_MS = 1000;
 const SPARK_MS = 3000;
 
+// A row's place in the table: what may run, what waits to be resumed, what ended.
+function section(row) {
+  if (row.state === "paused") return "paused";
+  return row.liveness === "finished" ? "ended" : "live";
+}
+
+const GROUPS = [
+  ["paused", (n) => `Paused · ${n} · waiting to be resumed`],
+  ["ended", (n) => `Ended · ${n}`],
+];
+
 export class JobsView {
   constructor(root, { navigate, live }) {
     this.root = root;
@@ -134,7 +145,7 @@ export class JobsView {
   }
 
   visible(row) {
-    if (!this.showEnded && row.liveness === "finished") return false;
+    if (!this.showEnded && section(row) === "ended") return false;
     if (!this.filter) return true;
     return [row.job_id, row.host, row.state].some((v) => typeof v === "string" && v.toLowerCase().includes(this.filter));
   }
@@ -145,7 +156,7 @@ export class JobsView {
     let ended = 0;
     for (const r of this.data) {
       counts[r.state] = (counts[r.state] || 0) + 1;
-      if (r.liveness === "finished") ended += 1;
+      if (section(r) === "ended") ended += 1;
     }
     this.renderCounts(counts);
     setText(this.endedCount, ended ? String(ended) : "");
@@ -158,19 +169,31 @@ export class JobsView {
       if (!row) { row = this.makeRow(r.job_id); this.rows.set(r.job_id, row); }
       this.fill(row, r, now);
     }
-    // Ended jobs (shown with the toggle) under a heading of their own.
-    const firstEnded = shown.findIndex((r) => r.liveness === "finished");
-    const layout = ids.concat([String(firstEnded)]);
+    // Paused jobs (they wait to be resumed), then ended ones (shown with the toggle),
+    // each under a heading of its own (the server's order keeps each section together).
+    const sections = shown.map(section);
+    const heads = {};
+    for (const [name, label] of GROUPS) {
+      const first = sections.indexOf(name);
+      const n = sections.filter((s) => s === name).length;
+      // a heading says where a section starts below another; paused ones always say what they wait for
+      if (first >= 0 && (first > 0 || name === "paused")) heads[first] = [name, label(n)];
+    }
+    const layout = ids.concat(Object.entries(heads).map(([i, [name]]) => `${name}@${i}`));
     if (layout.join("\n") !== this.order.join("\n")) {
-      if (!this.groupRow) this.groupRow = h("tr", { class: "group" }, h("td", { colspan: "10" }));
-      this.groupRow.remove();
+      this.groupRows = this.groupRows || {};
+      for (const tr of Object.values(this.groupRows)) tr.remove();
       ids.forEach((id, i) => {
-        if (i === firstEnded && firstEnded > 0) this.tbody.append(this.groupRow);
+        if (heads[i]) {
+          const [name] = heads[i];
+          const tr = this.groupRows[name] || (this.groupRows[name] = h("tr", { class: "group", dataset: { group: name } }, h("td", { colspan: "10" })));
+          this.tbody.append(tr);
+        }
         this.tbody.append(this.rows.get(id).tr);
       });
       this.order = layout;
     }
-    if (this.groupRow) setText(this.groupRow.firstChild, `Ended · ${shown.length - firstEnded}`);
+    for (const [name, text] of Object.values(heads)) setText(this.groupRows[name].firstChild, text);
     document.body.dataset.jobsShown = String(ids.length);
     this.renderNotice(shown.length, ended);
   }
