@@ -70,6 +70,12 @@ ENV_NOTIFY = "FORGATHER_NOTIFY"
 #: A command that gets each alert as JSON on its stdin: one command line, split as a shell
 #: would split it (shlex) and run without a shell; added to ``--notify-cmd``.
 ENV_NOTIFY_CMD = "FORGATHER_NOTIFY_CMD"
+#: The most bytes one rank's log file in the job folder holds before it is rotated to
+#: ``.1`` (bytes, or 16M, 512K; default 8M, least 64K): a rank keeps at most twice this.
+ENV_LOG_BYTES = "FORGATHER_LOG_BYTES"
+#: Set by the launcher for its workers: the socket their bootstrap hands stdout and
+#: stderr to (the launcher writes them to the terminal and the rank's log).
+ENV_LOG_SOCKET = "FORGATHER_LOG_SOCKET"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
 # torchrun's own variables, read (never set) by the worker side
