@@ -3,6 +3,8 @@
 
 In order, before the user's code runs:
 
+0. stdout and stderr handed to the launcher, which shows them on its terminal and keeps
+   them in the rank's log in the job folder (``callback/output.py``);
 1. handlers for SIGUSR1/SIGUSR2, so those never kill a worker by default action; a
    signal that arrives before any Controller exists is remembered and handed to the
    first Controller that starts (SLURM may signal while the model still loads);
@@ -284,6 +286,9 @@ def install() -> None:
 # -- running the user's code --------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     """``bootstrap SCRIPT ARGS...`` or ``bootstrap -m MODULE ARGS...``."""
+    from .output import capture_output
+
+    capture_output()  # first: everything the rank says from here on is in its log too
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m forgather_control.callback.bootstrap (SCRIPT | -m MODULE) [ARGS...]", file=sys.stderr)

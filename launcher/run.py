@@ -38,6 +38,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -49,13 +50,16 @@ from forgather_control.core import Command, JobPaths, JobState
 from forgather_control.core.alerts import hide_notify
 from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.deathsig import death_signal_setter
+from forgather_control.core.env import ENV_LOG_SOCKET
 from forgather_control.core.files import ensure_private_dir
+from forgather_control.core.logs import LOGS_DIR, max_bytes_from
 from forgather_control.core.outcome import launch_exit_code
 
 from .alerting import LaunchAlerts
 from .attach import ControlAttach, passed_on_reason
 from .config import LaunchError, no_control_after
 from .duties import NodeDuties, Overdue
+from .output import OutputPump
 from .plan import Plan, child_env
 from .proctree import ProcessTree
 from .records import JobRecords, launcher_identity, launcher_stop_key, read_previous
@@ -100,6 +104,7 @@ class Supervisor:
         duties: Callable[[], Overdue | None] | None = None,
         may_save: Callable[[], bool] | None = None,
         nothing_yet: Callable[[], bool] | None = None,
+        on_reaped: Callable[[], None] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
@@ -116,6 +121,8 @@ class Supervisor:
         #: the control plane's work on each round (launcher/duties.py); an overdue abort
         #: it returns ends every process of the job at once
         self.duties = duties
+        #: runs once every process of the job is gone (the ranks' output is read to its end)
+        self.on_reaped = on_reaped
         #: the abort the launcher carried out itself (the ranks were hung)
         self.forced_abort: Overdue | None = None
         self.cwd = cwd
@@ -164,6 +171,11 @@ class Supervisor:
             returncode = self._supervise()
         finally:
             self._reap()
+            if self.on_reaped is not None:
+                try:
+                    self.on_reaped()
+                except Exception:
+                    log.exception("after the job's processes ended")
         return exit_code_of(returncode)
 
     def release(self) -> None:
@@ -357,6 +369,10 @@ def execute(
             knobs=previous.knobs,
         )
     records = JobRecords(paths, plan)
+    try:
+        log_bytes = max_bytes_from(base_env)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
     after = no_control_after(plan.config, base_env) if plan.config.control else None
     alerts: LaunchAlerts | None = None
     try:
@@ -371,7 +387,11 @@ def execute(
         ) from None
     on_stop = _drop_stop_command(paths, launcher_stop_key(plan.job_id, plan.restarts)) if plan.config.control else None
     env = child_env(plan, base_env, launcher=launcher_identity())
-    sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd)
+    env.pop(ENV_LOG_SOCKET, None)
+    pump = _capture_output(plan, paths, log_bytes) if plan.config.control else None
+    if pump is not None:
+        env[ENV_LOG_SOCKET] = pump.address
+    sup = Supervisor(plan.argv, env, grace=plan.config.grace, on_stop=on_stop, cwd=cwd, on_reaped=pump.close if pump is not None else None)
     if plan.config.control:
         duties = NodeDuties(paths, node_rank=plan.node_rank, run=plan.restarts, torchrun=lambda: sup.proc.pid if sup.proc is not None else None)
         attach = ControlAttach(paths, run=plan.restarts, after=after or 0.0, record=records.update_job)
@@ -389,6 +409,22 @@ def execute(
         return _finish(plan, records, sup, runner, alerts)
     finally:
         sup.release()
+        if pump is not None:
+            pump.close()
+
+
+def _capture_output(plan: Plan, paths: JobPaths, max_bytes: int) -> OutputPump | None:
+    """This node's ranks' stdout and stderr, to the terminal and to their logs in the job
+    folder (launcher/output.py); None, said once, when it cannot be set up (the ranks then
+    write to the terminal directly, as under torchrun alone)."""
+    pump = OutputPump(paths.dir, max_bytes=max_bytes, host=socket.gethostname(), node=plan.node_rank, run=plan.restarts)
+    try:
+        pump.start()
+    except OSError as exc:
+        log.warning("the ranks' output is not kept in %s/%s (%s); it still reaches this terminal", paths.dir, LOGS_DIR, exc)
+        pump.close()
+        return None
+    return pump
 
 
 def _with_alerts(alerts: LaunchAlerts, duties: Callable[[], Overdue | None] | None) -> Callable[[], Overdue | None]:
