@@ -44,6 +44,7 @@ SEND_HELP: dict[str, str] = {
         "set": (_VERBS + "send_cmd:set_knobs", SEND_HELP["set"]),
         "resume": (_VERBS + "resume_cmd:resume_cmd", "Start a stopped, paused, preempted or failed job again from its own record; --from rolls back."),
         "stacks": (_VERBS + "stacks_cmd:stacks_cmd", "Where every rank is: the Python stacks of each, from every node, grouped."),
+        "logs": (_VERBS + "logs_cmd:logs_cmd", "Every rank's stdout and stderr, from the job folder: its tail, or -f to follow it."),
         "cleanup": (_VERBS + "cleanup_cmd:cleanup_cmd", "Delete the records of jobs judged dead or finished."),
         "ui": (_VERBS + "ui_cmd:ui_cmd", "A web page with every job, its curves and its buttons."),
     },

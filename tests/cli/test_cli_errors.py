@@ -234,7 +234,13 @@ def test_control_commands_import_no_torch_fastapi_ray(jobs_dir: Path) -> None:
         rc, heavy, _ = heavy_imports(args, env)
         assert rc == 0, args
         assert heavy == [], (args, heavy)  # --json does not even load rich
-    for args in (["control", "list"], ["control", "status", "quiet-1"], ["control", "save", "lost-2", "--json"], ["control", "cleanup", "--dry-run"]):
+    for args in (
+        ["control", "list"],
+        ["control", "status", "quiet-1"],
+        ["control", "save", "lost-2", "--json"],
+        ["control", "cleanup", "--dry-run"],
+        ["control", "logs", "quiet-1"],
+    ):
         rc, heavy, _ = heavy_imports(args, env)
         assert not {"torch", "fastapi", "ray", "uvicorn"} & set(heavy), (args, heavy)
 

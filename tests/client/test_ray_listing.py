@@ -280,6 +280,35 @@ def test_cli_stacks_through_ray(cluster: Cluster) -> None:
     assert "rank 0 (" in text and "plain_loop.py" in text
 
 
+def test_cli_logs_through_ray(cluster: Cluster) -> None:
+    """Issue 23: a two-node job whose nodes keep their own jobs directories: each node's
+    launcher left its rank's log there; `logs --ray` reads each on its node, clean."""
+    from forgather_control.core.logs import RankLog
+
+    job_id = f"split-{cluster.live['fg-a'].rsplit('-', 1)[-1]}"
+    for rank, name in enumerate(("fg-a", "fg-b")):
+        paths = JobPaths(cluster.dirs[name], job_id).create()
+        write_json_atomic(paths.job, {"job_id": job_id, "state": "failed", "exit_code": 1, "ended_at": time.time(), **identity()})
+        (paths.dir / "logs").mkdir(mode=0o700)
+        fd = os.open(paths.dir / "logs", os.O_RDONLY)
+        try:
+            log = RankLog(fd, rank, host=name, node=rank)
+            log.write(f"rank {rank} on {name}\n\x1b]0;pwned\x07 from {rank}\n".encode())
+            log.close()
+        finally:
+            os.close(fd)
+    env = client_env(cluster)
+    res = run_cli("control", "logs", job_id[:-1], "--ray-address", cluster.address, env=env, timeout=180)
+    assert (res.code, res.out.splitlines()) == (
+        0,
+        ["[rank0]: rank 0 on fg-a", "[rank0]: \\x1b]0;pwned\\x07 from 0", "[rank1]: rank 1 on fg-b", "[rank1]: \\x1b]0;pwned\\x07 from 1"],
+    ), res.err
+    res = run_cli("control", "logs", job_id, "--rank", "1", "--tail", "1", "--ray-address", cluster.address, env=env, timeout=180)
+    assert (res.code, res.out) == (0, "[rank1]: \\x1b]0;pwned\\x07 from 1\n"), res.err
+    # without --ray the client's own directory has no such job
+    assert run_cli("control", "logs", job_id, env=env, timeout=120).code == 3
+
+
 # -- 2. a node hangs, then dies, during the listing --------------------------------
 _LIST_THEN_COLLECT = """
 import gc, json, sys
