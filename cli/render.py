@@ -17,7 +17,7 @@ from rich.text import Text
 from forgather_control.core.commands import verb
 from forgather_control.core.files import owner_name
 from forgather_control.core.knobs import RESUMED, SCRIPT, SET, describe, describe_value
-from forgather_control.core.records import UNSET, CommandResult, JobDetails, JobRow, KnobSetting, RankTime, Receipt
+from forgather_control.core.records import UNSET, CheckpointListed, CommandResult, JobDetails, JobRow, KnobSetting, RankTime, Receipt
 from forgather_control.core.states import JobState
 
 from .output import age, describe_entry, duration, printable, stall_line
@@ -301,6 +301,9 @@ def status_panel(d: JobDetails) -> Any:
     knobs = _given(d.knobs) or []
     if knobs:
         parts.append(_knobs_table(knobs, job_id=d.job_id, live=d.state.live))
+    points = _given(d.checkpoints) or []
+    if points:
+        parts.append(_checkpoints_table(points, job_id=d.job_id, now=now))
     return Panel(Group(*parts), title=_t(f"job {d.job_id}"), title_align="left", expand=False)
 
 
@@ -353,6 +356,28 @@ def _knobs_table(knobs: list[KnobSetting], *, job_id: str, live: bool) -> Any:
             _t(k.help or "", style="dim"),
         )
     return kt
+
+
+def _checkpoints_table(points: list[CheckpointListed], *, job_id: str, now: float) -> Any:
+    """Every completed checkpoint of the job's runs, the newest last: which one a resume
+    starts from, which a roll back left behind, which are gone from disk."""
+    from rich import box
+    from rich.table import Table
+
+    title = f"checkpoints (roll back: forgather control resume {job_id} --from STEP)"
+    ct = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=_t(title), title_justify="left")
+    for col in ("RUN", "STEP", "SAVED", "PATH", ""):
+        ct.add_column(col, no_wrap=col != "PATH", justify="right" if col in ("RUN", "STEP") else "left")
+    for p in points:
+        notes = [n for n, on in (("resume point", p.resume_point), ("left behind", p.left_behind), ("gone", p.on_disk is False)) if on]
+        ct.add_row(
+            _t((p.run or 0) + 1),
+            _t(p.step if p.step is not None else "-"),
+            _t(age(p.saved_at, now) if p.saved_at else "-"),
+            _t(p.path),
+            _t(", ".join(notes), style="bold" if p.resume_point else "dim"),
+        )
+    return ct
 
 
 def knob_origin(k: KnobSetting) -> str:

@@ -8,18 +8,33 @@ live on it, once.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
 import msgspec
 
 from forgather_control.core.attachment import no_control_notice
-from forgather_control.core.checkpoints import Checkpoint, history
+from forgather_control.core.checkpoints import Checkpoint, Scope, choose, history
 from forgather_control.core.failures import Failure, read_failures
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import Liveness, same_host
 from forgather_control.core.markers import SILENT_FOR
-from forgather_control.core.records import UNSET, CheckpointRecord, Endpoint, Job, JobDetails, JobRow, NoControl, Node, RankTime, StallNotice, Status, encode
+from forgather_control.core.records import (
+    UNSET,
+    CheckpointListed,
+    CheckpointRecord,
+    Endpoint,
+    Job,
+    JobDetails,
+    JobRow,
+    NoControl,
+    Node,
+    RankTime,
+    StallNotice,
+    Status,
+    encode,
+)
 from forgather_control.core.states import JobState
 
 __all__ = ["DETAIL_FIELDS", "LIVE_FIELDS", "SILENT_AFTER", "JobInfo", "overlay", "stall_of", "status_of_run"]
@@ -129,7 +144,7 @@ class JobInfo:
             loss=_finite((st.metrics or {}).get("loss")),
             resumed_from=_text(jb.resume_from, st.resumed_from),
             why=self.why,
-            last_checkpoint=points[-1].path if (points := self.checkpoints) else None,
+            last_checkpoint=points[-1].path if (points := self.resumable) else None,
             updated_at=updated,
             jobs_dir=str(self.paths.root),
         )
@@ -176,8 +191,24 @@ class JobInfo:
     def resume_point(self) -> CheckpointRecord | None:
         """The job's newest completed checkpoint of any run (what a relaunch resumes from):
         a resumed run that has not saved yet still has it."""
-        points = self.checkpoints
+        points = self.resumable
         return points[-1].as_record() if points else None
+
+    @property
+    def resumable(self) -> list[Checkpoint]:
+        """The checkpoints a relaunch may take, oldest first: none a roll back left behind."""
+        return [p for p in self.checkpoints if not p.left_behind]
+
+    def checkpoint_list(self) -> list[CheckpointListed]:
+        """Every completed checkpoint of the job's runs as ``status`` lists it: on disk or
+        not, left behind or not, and the one a resume starts from (core.checkpoints.choose,
+        as the launcher asks it, in the job's output directory)."""
+        points = self.checkpoints
+        job = self.job or Job()
+        owner = _folder_owner(self.paths)
+        scope = Scope(job.output_dir, owner) if job.output_dir and owner is not None else None
+        point, _ = choose(points, scope=scope)
+        return [CheckpointListed(**msgspec.structs.asdict(p.as_record()), on_disk=os.path.exists(p.path), resume_point=(p == point) or None) for p in points]
 
     @property
     def checkpoints(self) -> list[Checkpoint]:
@@ -197,6 +228,8 @@ class JobInfo:
             overlay(d, self.status, DETAIL_FIELDS)
         if d.resume_point is UNSET or d.resume_point is None:
             d.resume_point = self.resume_point() or d.resume_point
+        if self.job is not None or self.status is not None:
+            d.checkpoints = self.checkpoint_list()
         if not self.state.live:
             # a rate and an ETA are claims about a running job; a dead or ended one has neither
             d.steps_per_second = d.eta_seconds = None
@@ -295,6 +328,13 @@ def stall_of(status: Status, now: float) -> StallNotice | None:
     return StallNotice(
         for_=stall.for_, after=stall.after, step=stall.step, phase=stall.phase, why=_STALL_WHY.get(str(stall.phase), "rank 0's step does not move")
     )
+
+
+def _folder_owner(paths: JobPaths) -> int | None:
+    try:
+        return os.lstat(paths.dir).st_uid
+    except OSError:
+        return None
 
 
 def _count(*values: object) -> int | None:

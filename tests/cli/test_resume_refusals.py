@@ -47,6 +47,12 @@ def refused(res, *words: str) -> None:
         assert word in res.err, res.err
 
 
+def listed(jobs: Path, job_id: str) -> list[tuple[int, bool, bool | None]]:
+    """(step, on disk, resume point) of each checkpoint ``status --json`` lists."""
+    res = run_cli_here("control", "status", job_id, "--json", "--jobs-dir", str(jobs))
+    return [(c["step"], c["on_disk"], c.get("resume_point")) for c in json.loads(res.out)["checkpoints"]]
+
+
 def record(job_id: str, cwd: Path, **fields) -> Relaunch:
     return Relaunch(**{"job_id": job_id, "argv": ["launch", "train.py"], "python": sys.executable, "cwd": str(cwd), **fields})
 
@@ -73,7 +79,9 @@ def test_each_refusal_says_why_and_starts_nothing(tmp_path: Path) -> None:
     refused(resume(jobs, "demo", "--from", "100"), f"cannot roll job demo back to {a} (step 100): no longer on disk")
     b.rename(out / "moved-too")
     refused(resume(jobs, "demo"), "job demo has no checkpoint left to resume from", "no longer on disk", "--from")
+    assert listed(jobs, "demo") == [(100, False, None), (200, False, None)]  # status lists them, gone
     b.mkdir()
+    assert listed(jobs, "demo") == [(100, False, None), (200, True, True)]
 
     write_relaunch(paths, record("demo", tmp_path, python=str(tmp_path / "gone" / "python")))
     refused(resume(jobs, "demo"), "which is not on this host")
