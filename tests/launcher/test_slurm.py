@@ -202,6 +202,10 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
     rerun = read(jobs_dir, job_id, "job.json")
     assert rerun["resume_from"] == ckpt and rerun["scheduler"]["restart_count"] == 1
     assert log_of(tmp_path, jid).count(f"resumed from {ckpt} at step {saved_step}") == 2  # both ranks
+    # and each node's launcher kept its ranks' output in the shared job folder (issue 23)
+    for rank in range(2):
+        assert f"resumed from {ckpt} at step {saved_step}" in (jobs_dir / job_id / "logs" / f"rank-{rank}.log").read_text()
+        assert json.loads((jobs_dir / job_id / "logs" / f"rank-{rank}.json").read_text())["node"] == (rank if nodes == 2 else 0)
     assert [j["job_id"] for j in json.loads(cli(jobs_dir, "control", "list", "--json").stdout)] == [job_id]
 
     # save-stop --wait ends it with a checkpoint; on two nodes a pause does (issue 23), and
