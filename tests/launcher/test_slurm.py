@@ -224,6 +224,20 @@ def test_sbatch_listed_preempted_requeued_resumed_then_save_stop(nodes: int, slu
     # requeued exactly once: the rerun ran no `scontrol requeue` (a launcher that srun's teardown
     # signal reaches late logs "not requeueing: ...", which is the point, not a requeue)
     assert not re.search(r"^\S*\s*requeueing: ", log_of(tmp_path, jid).split("(restart 1)")[-1], re.M)
+    if nodes == 2:
+        # resume (issue 23): the recorded batch script goes to sbatch again with its options;
+        # the new allocation runs as the same job, its third run, from the pause's checkpoint
+        res = cli(jobs_dir, "control", "resume", job_id, "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        again = json.loads(res.stdout)
+        slurm.append(again["slurm_job_id"])
+        paused_at = int(re.search(r"checkpoint-(\d+)\.pt$", final["last_checkpoint"]).group(1))
+        assert (again["job_id"], again["run"], again["resume_from"]) == (job_id, 2, final["last_checkpoint"]), again
+        wait_running(jobs_dir, job_id, again["slurm_job_id"], tmp_path, restarts=2, min_step=paused_at + 2)
+        job = read(jobs_dir, job_id, "job.json")
+        assert job["scheduler"]["slurm_job_id"] == again["slurm_job_id"] != jid and job["nnodes"] == "2" and job["resume_from"] == final["last_checkpoint"]
+        assert log_of(tmp_path, jid).count(f"resumed from {final['last_checkpoint']} at step {paused_at}") == 2  # the output goes on in its file
+        assert [j["job_id"] for j in json.loads(cli(jobs_dir, "control", "list", "--json").stdout)] == [job_id]
 
 
 def _fake_job(root: Path, job_id: str, slurm_job_id: str, *, host: str, state: str, pid: int | None = None) -> Path:
@@ -290,6 +304,9 @@ def test_cleanup_keeps_a_requeued_job_waiting_in_the_queue(slurm: list[str], tmp
     # a command cannot reach it until it runs again; the error says so, and how to cancel it
     res = cli(jobs_dir, "control", "save", f"slurm-{jid}")
     assert res.returncode == 4 and "waits in SLURM's queue" in res.stderr and f"scancel {jid}" in res.stderr, res.stderr
+    # nor is it resumed from here (issue 23): SLURM starts it again by itself
+    res = cli(jobs_dir, "control", "resume", f"slurm-{jid}")
+    assert res.returncode == 8 and f"job slurm-{jid} is requeued: SLURM starts it again by itself" in res.stderr, res.stderr
 
 
 @pytest.mark.timeout(600)
