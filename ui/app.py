@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
+from forgather_control.client.logs import LogsUnreadable, NoLogs
 from forgather_control.core.errors import (
     AmbiguousJob,
     BadKnob,
@@ -27,6 +28,7 @@ from forgather_control.core.errors import (
     ControlError,
     JobEnded,
     JobNotFound,
+    NotResumable,
     OutcomeUnknown,
     Unreachable,
     UsageError,
@@ -40,7 +42,7 @@ from . import prometheus
 from .auth import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, Auth, cookie_name
 from .config import UiConfig
 from .feed import JobsFeed
-from .jobview import BUTTONS, JobView, UnknownButton
+from .jobview import BUTTONS, LOG_TAIL, MAX_LOG_TAIL, JobView, UnknownButton
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ CSP = (
 VERBS = "|".join(BUTTONS)
 #: A set's body (the knob panel's).
 SET_BODY = '{"command": "set", "changes": [{"name": "lr_scale", "value": 0.5}], "key": "<optional idempotency key>"}'
+#: A resume's body: from the newest checkpoint still on disk, or (a roll back) from one
+#: of the job's, named by its path or its step.
+RESUME_BODY = '{"from": null | "/path/to/checkpoint" | 1200}'
+#: The largest rank, offset and checkpoint path a request may name.
+MAX_RANK = 1 << 20
+MAX_OFFSET = 1 << 62
+MAX_PATH = 4096
 #: Routes open without the cookie or the token: the login page and what it loads.
 OPEN_PATHS = frozenset({"/login", "/static/css/app.css", "/static/js/login.js", "/static/favicon.svg"})
 
@@ -223,6 +232,55 @@ def create_app(config: UiConfig, *, feed: JobsFeed | None = None, view: JobView 
             return _error(422, 'send {"changes": [{"name": "lr_scale", "value": 0.5}]}')
         return await run_in_threadpool(_answer, lambda: view.check_knobs(job_id, body.get("changes")))
 
+    @app.get("/api/jobs/{job_id}/logs")
+    def logs(job_id: str, rank: str | None = None, after: str | None = None, lines: str | None = None) -> Response:
+        """One rank's log: ``?rank=N`` (else the first with one), ``&after=OFFSET`` (what
+        came after the ``offset`` a previous answer gave; else its tail) and ``&lines=N``
+        (the tail's length). Every line is text made printable by the library."""
+        try:
+            r = _whole(rank, "rank", 0, MAX_RANK)
+            a = _whole(after, "after", 0, MAX_OFFSET)
+            n = _whole(lines, "lines", 1, MAX_LOG_TAIL)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return _answer(lambda: view.logs(job_id, r, a, LOG_TAIL if n is None else n))
+
+    @app.post("/api/jobs/{job_id}/resume/check")
+    async def check_resume(job_id: str, request: Request) -> Response:
+        """What a resume would start (the run, the checkpoint and step, what a roll back
+        leaves behind), checked as ``forgather control resume`` checks it; nothing is
+        started: the page asks before its confirmation."""
+        body = await _resume_body(request)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(_answer, lambda: view.plan_resume(job_id, body))
+
+    @app.post("/api/jobs/{job_id}/resume", status_code=202)
+    async def resume(job_id: str, request: Request) -> Response:
+        """Resume the job (``forgather control resume JOB [--from ...] --detach``, as the
+        user who runs this page): its new run, where it resumes from, the launcher's pid
+        and log (under SLURM, its job id). A refusal is 409 with the reason."""
+        body = await _resume_body(request)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(_answer, lambda: view.resume(job_id, body), status=202)
+
+    async def _resume_body(request: Request) -> Any:
+        """``from`` of a resume's body (None: the newest checkpoint), or the refusal."""
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict) or set(body) - {"from"}:
+            return _error(422, f"send {RESUME_BODY}")
+        ref = body.get("from")
+        if ref is None:
+            return None
+        if isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref <= MAX_OFFSET:
+            return ref
+        if isinstance(ref, str) and 0 < len(ref) <= MAX_PATH and ref.startswith("/") and "\x00" not in ref:
+            return ref
+        return _error(422, f"from is a checkpoint's absolute path or a step (a whole number); send {RESUME_BODY}")
+
     @app.get("/api/jobs/{job_id}/commands/{command_id}")
     def receipt(job_id: str, command_id: str, key: str | None = None) -> Response:
         return _answer(lambda: view.entry(job_id, command_id, key), missing=f"no receipt for command {command_id} yet")
@@ -251,8 +309,24 @@ def _answer(call: Any, *, status: int = 200, missing: str = "not found") -> Resp
     return JSONResponse(value, status_code=status)
 
 
+def _whole(value: str | None, name: str, least: int, most: int) -> int | None:
+    """A query parameter that is a whole number from ``least`` to ``most``, or None;
+    ValueError saying what it must be."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 20) or not least <= int(value) <= most:
+        raise ValueError(f"{name} is a whole number from {least} to {most}, not {value[:32]!r}")
+    return int(value)
+
+
 def _control_error(exc: ControlError) -> JSONResponse:
     detail = str(exc)
+    if isinstance(exc, NoLogs):
+        return _error(404, detail, no_logs=True)
+    if isinstance(exc, LogsUnreadable):
+        return _error(409, detail)
+    if isinstance(exc, NotResumable):
+        return _error(409, detail, refused="resume")
     if isinstance(exc, OutcomeUnknown):
         return _error(504, detail, key=exc.key, command=exc.command, outcome="unknown")
     if isinstance(exc, JobNotFound):

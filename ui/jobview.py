@@ -8,6 +8,14 @@ set`` does: checked against the knobs the job's status shows
 a refused change is never sent and its message is the page's answer. The panel asks
 first what a change would do (:meth:`JobView.check_knobs`: the same check, old -> new).
 
+The Logs tab reads one rank's log at a time through ``client/logs.py`` (its tail, then
+what came after the offset it returned), after the job is found as every other route
+finds it (so another user's private job is refused the same way). Resume and "resume
+from here" go through ``client/resume.py`` (:func:`~forgather_control.client.resume.prepare`,
+then :meth:`Resumption.start`, detached: the launcher runs in the background as the
+user who runs the page server), asked first (:meth:`JobView.plan_resume`: what it would
+start, nothing started), one at a time per job.
+
 A job in a folder is opened afresh for each request (milliseconds: its records are read
 and judged again, and the channel is chosen again, so a job whose server has come up
 since is reached over HTTP). A Ray job costs a round of the cluster to find, so its
@@ -17,28 +25,36 @@ handle is kept for a while.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from forgather_control.client.handle import JobHandle
-from forgather_control.client.sources import JobSource
+from forgather_control.client.logs import LocalLogs, NoLogs, open_logs, read_rank
+from forgather_control.client.resume import Resumption, prepare
+from forgather_control.client.sources import JobSource, LocalSource, RaySource
 from forgather_control.core.commands import PLAIN_VERBS, Command, UnknownCommand, new_key, parse_command
-from forgather_control.core.errors import ControlError, JobEnded, Unreachable
+from forgather_control.core.errors import ControlError, JobEnded, NotResumable, Unreachable
 from forgather_control.core.files import RecordError
 from forgather_control.core.knobs import KnobError, check_changes, describe
+from forgather_control.core.liveness import Liveness
+from forgather_control.core.logs import LogText
 from forgather_control.core.metrics import VIEW_POINTS, view
 from forgather_control.core.records import CommandOptions, JobDetails, KnobChange, MetricHistory, Text, decode, encode
 from forgather_control.core.safe import json_safe, scrub
 
-from .config import UiConfig
+from .config import ENV_UI_TOKEN, UiConfig
 
 #: The page's buttons send the CLI's verbs (their labels and questions are in
 #: static/js/job.js); one table, so a verb added to the CLI is a button the server takes.
 BUTTONS: dict[str, Command] = PLAIN_VERBS
 #: Seconds a Ray job's handle is kept before the cluster is asked again.
 KEEP_RAY_HANDLE = 30.0
+#: Lines of a rank's log the Logs tab opens with, and the most it may ask for.
+LOG_TAIL = 200
+MAX_LOG_TAIL = 1000
 
 
 class PageJob(JobDetails):
@@ -69,6 +85,7 @@ class JobView:
         self.config = config
         self.source = source if source is not None else config.source()
         self._kept: dict[str, tuple[float, JobHandle, threading.Lock]] = {}
+        self._resuming: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -150,11 +167,121 @@ class JobView:
             found = h.entry(command_id, key)
         return json_safe(scrub(encode(found))) if found is not None else None
 
+    # -- logs -------------------------------------------------------------------------
+    def logs(self, job_id: str, rank: int | None = None, after: int | None = None, lines: int = LOG_TAIL) -> dict[str, Any]:
+        """One rank's log (``rank`` None: the first with one): its last ``lines`` lines, or
+        (``after``: an offset a previous answer gave) what came after, at most
+        :data:`~forgather_control.core.logs.READ_BYTES` of it. The job is found first as
+        every route finds it (JobNotFound, PrivateJob); NoLogs when it has no log (of
+        that rank) yet. Lines are printable text (:func:`~forgather_control.core.logs.clean_lines`)."""
+        lines = max(1, min(MAX_LOG_TAIL, lines))
+        if isinstance(self.source, RaySource):
+            return self._ray_logs(job_id, rank, after, lines)
+        found = self.source.find(job_id, timeout=self.config.timeout)
+        info = found.info
+        if info is None:  # a local source always reads the job's folder
+            raise NoLogs(f"job {job_id}'s folder is not on this machine")
+        with LocalLogs(info.paths).open() as folder:
+            ranks = folder.ranks()
+        which = _log_rank(found.job_id, ranks, rank)
+        text = read_rank(info.paths.root, found.job_id, which, after, lines=lines)
+        return _log_answer(found.job_id, ranks, text, ended=info.state.final or info.liveness == Liveness.DEAD)
+
+    def _ray_logs(self, job_id: str, rank: int | None, after: int | None, lines: int) -> dict[str, Any]:
+        assert isinstance(self.source, RaySource)
+        source = open_logs(job_id, jobs_dir=self.source.jobs_dir, ray=self.source.address, timeout=max(self.config.timeout, 15.0))
+        which = 0 if rank is None else rank
+        for _ in range(2):
+            read = source.read([which], tail=None if after is not None else lines, after={} if after is None else {which: after}, partial=False)
+            if read.texts or rank is not None or not read.have or which == read.have[0]:
+                break
+            which = read.have[0]  # no rank 0 here: the first rank that has a log
+        if not read.texts:
+            _log_rank(read.job_id, read.have, which)  # says which ranks have one
+            raise NoLogs(f"job {read.job_id} has no log of rank {which}" + (f"; {'; '.join(read.notes)}" if read.notes else ""))
+        return _log_answer(read.job_id, read.have, read.texts[0], ended=read.ended, notes=read.notes)
+
+    # -- resume -----------------------------------------------------------------------
+    def plan_resume(self, job_id: str, from_: str | int | None = None) -> dict[str, Any]:
+        """What a resume of the job (``from_``: a step or a checkpoint's path, a roll back)
+        would start, checked as ``forgather control resume`` checks it; nothing started.
+        A refusal raises NotResumable with the reason."""
+        plan = self._prepare(job_id, from_)
+        return _resumption(plan)
+
+    def resume(self, job_id: str, from_: str | int | None = None) -> dict[str, Any]:
+        """Resume the job (``from_``: a roll back): its launcher started again in the
+        background (:meth:`Resumption.start`, detached; under SLURM, submitted), once
+        its new run has recorded its start. One resume of a job at a time."""
+        with self._lock:
+            busy = self._resuming.get(job_id)
+            if busy is None:
+                busy = self._resuming[job_id] = threading.Lock()
+        if not busy.acquire(blocking=False):
+            raise NotResumable(f"job {job_id} is being resumed already; wait for that one to start")
+        try:
+            plan = self._prepare(job_id, from_)
+            done = plan.start(detach=True)
+        finally:
+            busy.release()
+        return {**_resumption(plan), **json_safe(done.as_dict())}
+
+    def _prepare(self, job_id: str, from_: str | int | None) -> Resumption:
+        if not isinstance(self.source, LocalSource):
+            raise NotResumable(
+                f"job {job_id}: this page looks across a Ray cluster; a resume starts the job again from its folder: "
+                f"run `forgather control resume {job_id}` on the node that holds it"
+            )
+        # the page's own token is not the job's: a relaunch takes only the secrets a launch would have
+        environ = {k: v for k, v in os.environ.items() if k != ENV_UI_TOKEN}
+        return prepare(job_id, jobs_dir=self.source.root, from_=from_, environ=environ)
+
     def close(self) -> None:
         with self._lock:
             for _, h, _ in self._kept.values():
                 h.close()
             self._kept.clear()
+
+
+def _log_rank(job_id: str, ranks: list[int], rank: int | None) -> int:
+    """The rank to read: ``rank``, or the first with a log; NoLogs naming those that have one."""
+    if not ranks:
+        raise NoLogs(f"job {job_id} has no rank's log yet")
+    if rank is None:
+        return ranks[0]
+    if rank not in ranks:
+        raise NoLogs(f"job {job_id} has no log of rank {rank}; rank(s) {', '.join(str(r) for r in ranks)} have one")
+    return rank
+
+
+def _log_answer(job_id: str, ranks: list[int], text: LogText, *, ended: bool, notes: list[str] | None = None) -> dict[str, Any]:
+    """``GET /api/jobs/<id>/logs``."""
+    return {
+        "job_id": job_id,
+        "ranks": list(ranks),
+        "rank": text.rank,
+        "host": text.host,
+        "lines": list(text.lines),
+        "offset": text.offset,
+        "skipped": text.skipped,
+        "ended": ended,
+        "notes": list(notes or []),
+    }
+
+
+def _resumption(plan: Resumption) -> dict[str, Any]:
+    """What a resume starts, for the page's question and its answer (no environment)."""
+    point = plan.resume_from
+    return {
+        "job_id": plan.job_id,
+        "run": plan.run,
+        "how": plan.how,
+        "resume_from": point.path if point is not None else None,
+        "resume_step": point.step if point is not None else None,
+        "left_behind": [{"path": p.path, "step": p.step} for p in plan.left_behind],
+        "skipped": [s.describe() for s in plan.skipped],
+        "text": plan.describe(),
+    }
 
 
 def _asked(changes: object) -> list[KnobChange]:

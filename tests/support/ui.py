@@ -4,6 +4,7 @@ Playwright, and job folders written as rank 0 and the launcher write them.
 - ``ui_server(jobs_dir)``: a :class:`forgather_control.ui.UiServer` on a free loopback port;
 - ``browser()``: a headless Chromium (``/usr/bin/chromium``), no download, no sandbox as root;
 - ``write_job``/``history``: a job folder in any state, with a metric history;
+- ``rank_log``: a rank's log in it, written as the launcher writes it;
 - ``screenshot_dir()``: ``docs/screenshots`` when ``FORGATHER_UPDATE_SCREENSHOTS=1``, else a
   temp folder (a test run leaves the repository as it was).
 """
@@ -201,6 +202,25 @@ def write_job(
             {"run": restarts, "host": ident["host"], "pid": 4242, "at": now - ago, **failure},
         )
     return paths
+
+
+@contextlib.contextmanager
+def rank_log(job_dir: Path, rank: int, *, host: str = "node-a", run: int = 0) -> Iterator[Any]:
+    """The rank's log in the job folder, open for appending as its node's launcher keeps
+    it (core.logs.RankLog): ``.write(bytes)``."""
+    from forgather_control.core.logs import RankLog
+
+    logs = job_dir / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(logs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        log = RankLog(fd, rank, host=host, run=run)
+        try:
+            yield log
+        finally:
+            log.close()
+    finally:
+        os.close(fd)
 
 
 def remove_jobs(root: Path) -> None:
