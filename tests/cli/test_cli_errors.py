@@ -240,6 +240,9 @@ def test_control_commands_import_no_torch_fastapi_ray(jobs_dir: Path) -> None:
         ["control", "save", "lost-2", "--json"],
         ["control", "cleanup", "--dry-run"],
         ["control", "logs", "quiet-1"],
+        ["control", "resume", "quiet-1", "--detach"],  # refused (no relaunch record): the path to its refusal
+        ["control", "set", "lost-2", "lr=1"],
+        ["control", "pause", "lost-2", "--json"],
     ):
         rc, heavy, _ = heavy_imports(args, env)
         assert not {"torch", "fastapi", "ray", "uvicorn"} & set(heavy), (args, heavy)
