@@ -47,6 +47,7 @@ export class JobView {
     this.series = {};
     this.lastStep = null;
     this.sent = new Map();  // key -> the receipt the page follows
+    this.told = new Map();  // key -> the receipt's state the page last said
     this.details = null;
     this.marks = new Map();  // "step|kind|label" -> a mark drawn on the charts
     this.knobRows = new Map();  // knob name -> {row, cells, input}
@@ -437,6 +438,7 @@ export class JobView {
         return;
       }
       this.sent.set(key, receipt);
+      this.told.set(key, receipt.state);
       this.say(`${b.label} ${receipt.state === "sent" ? "dropped in the job's inbox" : receipt.state} as ${receipt.id}`, RECEIPT_TONE[receipt.state] || "wait");
       if (this.details) this.renderLedger(this.details);
       this.follow(key);
@@ -447,21 +449,20 @@ export class JobView {
     }
   }
 
+  // Follow a sent command's receipt to its final state, saying each new state once. The
+  // details poll may learn the final state first (the ledger: renderLedger): it is said
+  // all the same.
   async follow(key) {
     if (this.stopped) return;
     const cur = this.sent.get(key);
-    if (!cur || FINAL.has(cur.state)) return;
+    if (!cur) return;
+    if (FINAL.has(cur.state)) { this.announce(key, cur); return; }
     try {
       const e = await api.receipt(this.id, cur.id, key);
       if (e && typeof e === "object") {
-        const label = COMMAND_LABEL[e.command] || e.command;
-        if (e.state !== cur.state) {
-          const done = e.result && typeof e.result === "object" && Array.isArray(e.result.changes) ? describeChanges(e.result.changes) : "";
-          const text = `${label} ${e.state}` + (done ? `: ${done}` : "") + (isNum(e.step) ? ` at step ${int(e.step)}` : "") + (e.reason ? `: ${e.reason}` : "");
-          this.say(text, RECEIPT_TONE[e.state] || "wait");
-          if (e.command === "set") this.knobSay(text, RECEIPT_TONE[e.state] || "wait");
-        }
-        this.sent.set(key, { ...cur, ...e });
+        const now = { ...cur, ...e };
+        this.sent.set(key, now);
+        this.announce(key, now);
         if (this.details) this.renderLedger(this.details);
       }
     } catch (e) {
@@ -469,6 +470,18 @@ export class JobView {
     }
     this.later(() => this.follow(key), RECEIPT_MS);
   }
+
+  // "Save completed at step 120", once per state of a receipt this page follows.
+  announce(key, e) {
+    if (this.told.get(key) === e.state) return;
+    this.told.set(key, e.state);
+    const label = COMMAND_LABEL[e.command] || e.command;
+    const done = e.result && typeof e.result === "object" && Array.isArray(e.result.changes) ? describeChanges(e.result.changes) : "";
+    const text = `${label} ${e.state}` + (done ? `: ${done}` : "") + (isNum(e.step) ? ` at step ${int(e.step)}` : "") + (e.reason ? `: ${e.reason}` : "");
+    this.say(text, RECEIPT_TONE[e.state] || "wait");
+    if (e.command === "set") this.knobSay(text, RECEIPT_TONE[e.state] || "wait");
+  }
+
 
   // The job's knobs: each one's value now, the script's, where it came from, its range,
   // and a box for a new value. Rows are built once per set of knobs (the values refresh
@@ -570,6 +583,7 @@ export class JobView {
       receipt = { sent_at: Date.now() / 1000, ...receipt };
       for (const r of this.knobRows.values()) r.input.value = "";
       this.sent.set(key, receipt);
+      this.told.set(key, receipt.state);
       const text = `Set ${receipt.state === "sent" ? "dropped in the job's inbox" : receipt.state} as ${receipt.id}: ${describeChanges(changes)}`;
       this.knobSay(text, RECEIPT_TONE[receipt.state] || "wait");
       this.say(text, RECEIPT_TONE[receipt.state] || "wait");
