@@ -71,5 +71,17 @@ export const api = {
   // changes: [{name, value}] (a value as typed: the server checks it against the job's knobs)
   checkKnobs: (id, changes) => request("POST", `/api/jobs/${encodeURIComponent(id)}/knobs/check`, { changes }),
   set: (id, changes, key) => request("POST", `/api/jobs/${encodeURIComponent(id)}/commands`, { command: "set", changes, key }),
+  // One rank's log: its tail (after null), or what came after the offset an answer gave.
+  logs: (id, rank, after, lines) => {
+    const q = new URLSearchParams();
+    if (rank !== null && rank !== undefined) q.set("rank", String(rank));
+    if (after !== null && after !== undefined) q.set("after", String(after));
+    if (lines) q.set("lines", String(lines));
+    const qs = q.toString();
+    return request("GET", `/api/jobs/${encodeURIComponent(id)}/logs` + (qs ? `?${qs}` : ""));
+  },
+  // from: null (the newest checkpoint still on disk), a checkpoint's path, or a step
+  checkResume: (id, from) => request("POST", `/api/jobs/${encodeURIComponent(id)}/resume/check`, { from }),
+  resume: (id, from) => request("POST", `/api/jobs/${encodeURIComponent(id)}/resume`, { from }),
   receipt: (id, cid, key) => request("GET", `/api/jobs/${encodeURIComponent(id)}/commands/${encodeURIComponent(cid)}` + (key ? `?key=${encodeURIComponent(key)}` : "")),
 };

@@ -110,3 +110,14 @@ export function describeChanges(changes) {
 export const RECEIPT_TONE = {
   sent: "wait", queued: "wait", applied: "busy", completed: "done", failed: "bad", dropped: "bad", rejected: "bad",
 };
+
+// Text as it is, with every control character (and the invisible or direction-changing
+// code points) written out visibly: a log line that slipped past the library's cleaning
+// still moves nothing on the page and hides nothing.
+const UNSEEN = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+export function visible(text) {
+  return String(text).replace(UNSEEN, (c) => {
+    const code = c.charCodeAt(0);
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}

@@ -1,14 +1,27 @@
 // The job view: where one job is, its curves, its command ledger, its buttons, and its
-// knobs (a change is checked by the page server, confirmed, then sent as a `set`).
+// knobs (a change is checked by the page server, confirmed, then sent as a `set`); its
+// checkpoints, each one a place to resume from (asked first, like Resume); and a Logs tab
+// that follows each rank's log.
 import { api, ApiError } from "./api.js";
 import { h, setText, setAttr, clear, append } from "./dom.js";
-import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum, stallText, knobValue, describeChanges } from "./format.js";
+import { STATE_TONE, STATE_HELP, RECEIPT_TONE, COMMAND_LABEL, int, num, rate, duration, age, clock, basename, progress, isNum, stallText, knobValue, describeChanges, visible } from "./format.js";
 import { Charts } from "./charts.js";
 
 const REFRESH_MS = 1000;
 const METRICS_MS = 2000;
 const RECEIPT_MS = 400;
 const FINAL = new Set(["completed", "failed", "dropped", "rejected"]);
+// The Logs tab: a rank's tail when it opens, then what came after, every LOGS_MS while the
+// job runs (LOGS_ENDED_MS once it has ended: a resume writes on); at most LOG_KEEP lines
+// kept on the page (`forgather control logs` reads the rest).
+const LOGS_MS = 1000;
+const LOGS_ENDED_MS = 5000;
+const LOG_TAIL = 200;
+const LOG_KEEP = 5000;
+// A poll that read this many bytes may have left more behind: the next one comes at once.
+const LOG_BURST = 192 * 1024;
+// The rank selector is a row of buttons up to this many ranks, a list beyond.
+const RANK_BUTTONS = 16;
 
 const BUTTONS = [
   { verb: "save", label: "Save", command: "save_checkpoint", hint: "Save a checkpoint at the next agreed step." },
@@ -52,6 +65,9 @@ export class JobView {
     this.marks = new Map();  // "step|kind|label" -> a mark drawn on the charts
     this.knobRows = new Map();  // knob name -> {row, cells, input}
     this.knobBusy = false;
+    this.tab = location.hash === "#logs" ? "logs" : "overview";
+    this.log = { rank: null, offset: null, lines: 0, generation: 0, timer: null, polling: false, ended: false };
+    this.resuming = false;
   }
 
   start() {
@@ -64,6 +80,7 @@ export class JobView {
   stop() {
     this.stopped = true;
     this.timers.forEach(clearTimeout);
+    clearTimeout(this.log.timer);
     if (this.charts) this.charts.destroy();
   }
 
@@ -83,6 +100,9 @@ export class JobView {
       this.buttons[b.verb] = btn;
       actions.append(btn);
     });
+    this.resumeBtn = h("button", { class: "btn primary", type: "button", hidden: true, dataset: { command: "resume" },
+      title: "Start the job again as it was launched, from its newest checkpoint still on disk (forgather control resume)",
+      on: { click: () => this.askResume(null) } }, "Resume…");
     this.whyNot = h("div", { class: "why-not", hidden: true });
     this.flash = h("div", { class: "flash", hidden: true, role: "status" });
     this.failure = h("section", { class: "panel failure", hidden: true });
@@ -121,15 +141,21 @@ export class JobView {
         this.knobsBody)),
       this.knobsNote,
     );
-    this.root.append(h("section", { class: "view job-view" },
-      h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
-      h("div", { class: "job-head" },
-        h("div", { class: "job-title" }, h("div", { class: "title-row" }, h("h1", { class: "mono" }, this.id), this.pill), this.meta),
-        actions,
-      ),
-      this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
+    this.ckptBody = h("tbody");
+    this.ckptHint = h("span", { class: "muted hint" });
+    this.checkpoints = h("section", { class: "panel checkpoints-panel", hidden: true },
+      h("div", { class: "panel-head" }, h("h2", {}, "Checkpoints"), this.ckptHint),
+      h("div", { class: "table-wrap" }, h("table", { class: "checkpoints" },
+        h("thead", {}, h("tr", {}, h("th", { class: "num" }, "Step"), h("th", {}, "Checkpoint"), h("th", { class: "num" }, "Run"), h("th", { class: "num" }, "Saved"), h("th", {}, ""), h("th", { class: "ckpt-action" }, ""))),
+        this.ckptBody)),
+    );
+    this.tabButtons = {};
+    const tab = (name, label) => (this.tabButtons[name] = h("button", { class: "tab", type: "button", role: "tab", dataset: { tab: name }, on: { click: () => this.showTab(name) } }, label));
+    this.tabBar = h("div", { class: "tabs", role: "tablist" }, tab("overview", "Overview"), tab("logs", "Logs"));
+    this.overview = h("div", { class: "tab-body", role: "tabpanel", dataset: { tab: "overview" } },
       h("div", { class: "section-head" }, h("h2", {}, "Metrics"), h("span", { class: "muted hint" }, "drag to zoom · double-click to reset")),
       this.chartsEmpty, this.chartsBox,
+      this.checkpoints,
       this.knobs,
       this.ranks,
       this.guards,
@@ -138,7 +164,33 @@ export class JobView {
         h("table", { class: "ledger" }, this.ledgerHead, this.ledger),
         this.ledgerEmpty,
       ),
+    );
+    this.logRanks = h("div", { class: "log-ranks", role: "group", "aria-label": "Rank" });
+    this.logHost = h("span", { class: "muted hint log-host" });
+    this.logStateText = h("span");
+    this.logState = h("span", { class: "log-state pill", hidden: true }, h("span", { class: "dot" }), this.logStateText);
+    this.logNote = h("div", { class: "log-note", hidden: true, role: "status" });
+    this.logDropped = h("div", { class: "log-dropped", hidden: true });
+    this.logBox = h("div", { class: "log", role: "log", tabindex: "0", "aria-label": "The rank's log" });
+    this.logsPanel = h("section", { class: "panel logs-panel tab-body", role: "tabpanel", hidden: true, dataset: { tab: "logs" } },
+      h("div", { class: "panel-head" }, h("h2", {}, "Logs"), this.logRanks, this.logHost, h("span", { class: "spacer" }), this.logState),
+      this.logNote, this.logDropped, this.logBox,
+      h("div", { class: "log-foot muted hint" }, "Each rank's stdout and stderr as its launcher keeps them in the job folder. All of it: ",
+        this.logCommand = h("code", {}, `forgather control logs ${this.id} --rank 0 --tail 5000`)),
+    );
+    this.root.append(h("section", { class: "view job-view" },
+      h("nav", { class: "crumbs" }, h("a", { href: "/", "data-nav": true }, "← All jobs")),
+      h("div", { class: "job-head" },
+        h("div", { class: "job-title" }, h("div", { class: "title-row" }, h("h1", { class: "mono" }, this.id), this.pill), this.meta),
+        actions,
+        h("div", { class: "resume-actions" }, this.resumeBtn),
+      ),
+      this.whyNot, this.flash, this.error, this.stall, this.failure, this.kpis,
+      this.tabBar,
+      this.overview,
+      this.logsPanel,
     ));
+    this.showTab(this.tab, { initial: true });
     this.charts = new Charts(this.chartsBox);
   }
 
@@ -275,6 +327,8 @@ export class JobView {
     setText(this.kpi.ckpt.sub, rp && isNum(rp.step) ? `resume point: step ${int(rp.step)}` : (d.last_checkpoint ? "" : "none yet"));
 
     this.renderLedger(d);
+    this.renderResumable(d);
+    this.renderCheckpoints(d);
     this.renderKnobs(d);
     this.renderGuards(d);
     this.renderRanks(d);
@@ -482,6 +536,211 @@ export class JobView {
     if (e.command === "set") this.knobSay(text, RECEIPT_TONE[e.state] || "wait");
   }
 
+  // -- resume ---------------------------------------------------------------------------
+  // An ended, paused, failed or dead job can be started again (the page server asks the
+  // library, which refuses what it must: a job not yours, without a relaunch record...).
+  canResume(d) {
+    return !!d && (!!d.final || d.state === "dead");
+  }
+
+  renderResumable(d = this.details) {
+    if (!d) return;
+    this.resumeBtn.hidden = !this.canResume(d);
+    this.resumeBtn.disabled = this.resuming;
+    for (const b of this.ckptBody.querySelectorAll("button")) b.disabled = this.resuming;
+  }
+
+  // Every completed checkpoint of the job's runs, newest first: on disk or not, left
+  // behind by a roll back or not, the one Resume takes marked; each a place to resume
+  // from while the job is not running. Paths are the job's: text.
+  renderCheckpoints(d) {
+    const list = (Array.isArray(d.checkpoints) ? d.checkpoints : []).filter((c) => c && typeof c === "object" && typeof c.path === "string");
+    this.checkpoints.hidden = list.length === 0;
+    const can = this.canResume(d);
+    const key = JSON.stringify([list, can]);
+    if (this.checkpoints.hidden || key === this.ckptKey) return;
+    this.ckptKey = key;
+    clear(this.ckptBody);
+    const behind = list.filter((c) => c.left_behind).length;
+    setText(this.ckptHint, `${list.length} saved, newest first` + (behind ? ` · ${behind} left behind by a roll back` : "") + (can ? " · resume from any on disk" : ""));
+    for (const c of [...list].reverse()) {
+      const chips = [];
+      if (c.resume_point) chips.push(h("span", { class: "pill tone-done", title: "Resume starts here: the newest checkpoint still on disk that no roll back left behind" }, "resume point"));
+      if (c.left_behind) chips.push(h("span", { class: "pill tone-grey", title: "A roll back went to an older checkpoint: this one stays on disk and in the history; a resume takes it only when named" }, "left behind"));
+      if (c.on_disk === false) chips.push(h("span", { class: "pill tone-bad", title: "The file is gone: nothing can resume from it" }, "not on disk"));
+      const action = can && c.on_disk !== false
+        ? h("button", { class: "btn small", type: "button", disabled: this.resuming, title: `Resume the job from ${c.path}`, on: { click: () => this.askResume(c) } }, "Resume from here")
+        : null;
+      this.ckptBody.append(h("tr", { dataset: { path: c.path, step: isNum(c.step) ? String(c.step) : "", onDisk: c.on_disk === false ? "0" : "1", leftBehind: c.left_behind ? "1" : "0" } },
+        h("td", { class: "num ckpt-step" }, isNum(c.step) ? int(c.step) : "–"),
+        h("td", { class: "ckpt-path" }, h("span", { class: "mono", title: c.path }, basename(c.path)), h("span", { class: "sub mono", title: c.path }, c.path)),
+        h("td", { class: "num" }, isNum(c.run) ? String(Math.round(c.run) + 1) : "–"),
+        h("td", { class: "num muted", title: isNum(c.saved_at) ? clock(c.saved_at) : null }, age(c.saved_at)),
+        h("td", { class: "ckpt-chips" }, chips),
+        h("td", { class: "ckpt-action" }, action),
+      ));
+    }
+  }
+
+  // Resume (from the newest checkpoint on disk, or from ``c``: a roll back): the page
+  // server checks it as `forgather control resume` does and says what it would start;
+  // asked; then started in the background as the user who runs the page.
+  async askResume(c) {
+    if (this.resuming) return;
+    this.resuming = true;
+    this.renderResumable();
+    const from = c ? c.path : null;
+    try {
+      this.say("Resume: checking…", "wait");
+      let plan;
+      try {
+        plan = await api.checkResume(this.id, from);
+      } catch (e) {
+        this.say(`Not resumed: ${e.message}`, "bad");
+        return;
+      }
+      const at = isNum(plan.resume_step) ? ` at step ${int(plan.resume_step)}` : "";
+      const where = plan.resume_from ? `${basename(plan.resume_from)}${at}` : "the start (no checkpoint)";
+      const behind = (Array.isArray(plan.left_behind) ? plan.left_behind : []).filter((p) => p && typeof p.path === "string");
+      const skipped = (Array.isArray(plan.skipped) ? plan.skipped : []).map(String);
+      const run = isNum(plan.run) ? plan.run + 1 : "?";
+      const title = behind.length ? `Roll job ${this.id} back to step ${isNum(plan.resume_step) ? int(plan.resume_step) : "?"}?`
+        : plan.resume_from ? `Resume job ${this.id} from step ${isNum(plan.resume_step) ? int(plan.resume_step) : "?"}?` : `Resume job ${this.id} from the start?`;
+      const body = [
+        h("span", { class: "confirm-changes" },
+          h("span", { class: "confirm-change mono", title: plan.resume_from || "" }, plan.resume_from ? `${plan.resume_from}${at}` : "no checkpoint: it starts from the beginning")),
+        plan.how === "slurm"
+          ? `Its batch script is submitted again with sbatch, with its options; the new allocation runs as run ${run}.`
+          : `It starts forgather launch again as the job was launched (its arguments, folder and environment), in the background, as run ${run}.`,
+        behind.length ? ` Newer checkpoints stay on disk, marked left behind: ${behind.map((p) => basename(p.path) + (isNum(p.step) ? ` (step ${int(p.step)})` : "")).join(", ")}.` : "",
+        skipped.length ? ` Passed over: ${skipped.join("; ")}.` : "",
+      ];
+      if (!(await confirmDialog(title, body, "Resume", false))) {
+        this.say("Not resumed: cancelled.", "grey");
+        return;
+      }
+      this.say(`Resuming job ${this.id} from ${where}: starting it…`, "wait");
+      let done;
+      try {
+        done = await api.resume(this.id, from);
+      } catch (e) {
+        this.say(`Not resumed: ${e.message}`, "bad");
+        return;
+      }
+      this.say(resumedText(done, where), done.unconfirmed ? "wait" : "done");
+      this.log.ended = false;  // a new run writes on: follow it
+    } finally {
+      this.resuming = false;
+      this.renderResumable();
+    }
+  }
+
+  // -- tabs and the Logs tab -------------------------------------------------------------
+  showTab(name, { initial = false } = {}) {
+    this.tab = name;
+    for (const [n, b] of Object.entries(this.tabButtons)) {
+      setAttr(b, "aria-selected", String(n === name));
+      b.classList.toggle("active", n === name);
+    }
+    this.overview.hidden = name !== "overview";
+    this.logsPanel.hidden = name !== "logs";
+    if (!initial) history.replaceState(null, "", location.pathname + (name === "logs" ? "#logs" : ""));
+    if (name === "logs") this.pollLogs();
+  }
+
+  selectRank(rank) {
+    if (rank === this.log.rank) return;
+    this.log.rank = rank;
+    this.log.offset = null;
+    this.log.generation += 1;
+    this.pollLogs();
+  }
+
+  // One poll: the rank's tail (first), else what came after the offset the last gave.
+  // One poll in flight; the next is timed from its answer.
+  async pollLogs() {
+    clearTimeout(this.log.timer);
+    if (this.stopped || this.tab !== "logs") return;
+    const L = this.log;
+    const generation = ++L.generation;
+    const after = L.offset;
+    let wait = LOGS_MS;
+    try {
+      const res = await api.logs(this.id, L.rank, after, after === null ? LOG_TAIL : null);
+      if (this.stopped || generation !== L.generation) return;
+      this.logNote.hidden = true;
+      L.rank = res.rank;
+      this.renderLogRanks(Array.isArray(res.ranks) ? res.ranks : [], res.rank);
+      setText(this.logHost, typeof res.host === "string" && res.host ? `on ${res.host}` : "");
+      setText(this.logCommand, `forgather control logs ${this.id} --rank ${res.rank} --tail ${LOG_KEEP}`);
+      if (after === null) { clear(this.logBox); L.lines = 0; this.logDropped.hidden = true; }
+      const lines = Array.isArray(res.lines) ? res.lines : [];
+      const stick = after === null || this.logBox.scrollHeight - this.logBox.scrollTop - this.logBox.clientHeight < 40;
+      if (isNum(res.skipped) && res.skipped > 0) this.logLine(`… ${int(res.skipped)} bytes of this rank's output were rotated away before this page read them`, "log-gap");
+      for (const line of lines) this.logLine(line);
+      this.trimLog();
+      if (stick) this.logBox.scrollTop = this.logBox.scrollHeight;
+      L.offset = isNum(res.offset) ? res.offset : L.offset;
+      L.ended = !!res.ended;
+      this.logBox.dataset.rank = String(res.rank);
+      this.logBox.dataset.offset = String(L.offset);
+      if (!L.lines) this.logEmpty("Nothing in this rank's log yet.");
+      const ended = L.ended && !(this.details && this.details.active);
+      setText(this.logStateText, ended ? "the job has ended: its log is whole" : "following");
+      setAttr(this.logState, "class", `log-state pill tone-${ended ? "grey" : "run"}`);
+      this.logState.hidden = false;
+      if (ended) wait = LOGS_ENDED_MS;
+      else if (after !== null && isNum(res.offset) && res.offset - after >= LOG_BURST) wait = 0;  // more waits: read on
+    } catch (e) {
+      if (this.stopped || generation !== L.generation) return;
+      const body = e.body || {};
+      setText(this.logNote, body.no_logs ? `No logs here yet: ${e.message}` : e.message);
+      setAttr(this.logNote, "class", `log-note tone-${body.no_logs ? "grey" : "bad"}`);
+      this.logNote.hidden = false;
+      this.logState.hidden = true;
+      if (body.no_logs && L.rank !== null && after !== null) { L.rank = null; L.offset = null; }  // its log is gone: start over
+      wait = 2 * LOGS_MS;
+    }
+    if (this.tab === "logs" && !this.stopped) L.timer = setTimeout(() => this.pollLogs(), document.hidden ? wait * 5 : wait);
+  }
+
+  logLine(text, cls) {
+    this.logBox.querySelector(".log-empty")?.remove();
+    this.logBox.append(h("div", { class: cls ? `log-line ${cls}` : "log-line" }, visible(text)));
+    this.log.lines += 1;
+  }
+
+  logEmpty(text) {
+    if (!this.logBox.querySelector(".log-empty")) this.logBox.append(h("div", { class: "log-empty muted" }, text));
+  }
+
+  // At most LOG_KEEP lines on the page: the oldest go, and the page says so.
+  trimLog() {
+    let extra = this.log.lines - LOG_KEEP;
+    if (extra <= 0) return;
+    while (extra-- > 0 && this.logBox.firstChild) { this.logBox.firstChild.remove(); this.log.lines -= 1; }
+    setText(this.logDropped, `Earlier lines are not kept on this page (it keeps the last ${int(LOG_KEEP)}): the command below prints them.`);
+    this.logDropped.hidden = false;
+  }
+
+  renderLogRanks(ranks, current) {
+    const key = JSON.stringify([ranks, current]);
+    if (key === this.logRanksKey) return;
+    this.logRanksKey = key;
+    clear(this.logRanks);
+    const good = ranks.filter((r) => Number.isInteger(r) && r >= 0);
+    if (good.length <= RANK_BUTTONS) {
+      for (const r of good) {
+        this.logRanks.append(h("button", { class: "chip rank-chip", type: "button", "aria-pressed": String(r === current), dataset: { rank: String(r) },
+          on: { click: () => this.selectRank(r) } }, `rank ${r}`));
+      }
+    } else {
+      const sel = h("select", { class: "rank-select", "aria-label": "Rank", on: { change: () => this.selectRank(Number(sel.value)) } },
+        good.map((r) => h("option", { value: String(r) }, `rank ${r}`)));
+      sel.value = String(current);
+      this.logRanks.append(sel);
+    }
+  }
 
   // The job's knobs: each one's value now, the script's, where it came from, its range,
   // and a box for a new value. Rows are built once per set of knobs (the values refresh
@@ -606,6 +865,14 @@ export class JobView {
     setAttr(this.flash, "class", `flash tone-${tone}`);
     this.flash.hidden = false;
   }
+}
+
+// What a resume started, in one line: the run, where from, how to follow it.
+function resumedText(done, where) {
+  const run = isNum(done.run) ? `run ${done.run + 1}` : "a new run";
+  if (done.how === "slurm") return `Job ${done.job_id} submitted again as SLURM job ${done.slurm_job_id || "?"}: ${run} resumes from ${where}.`;
+  const started = done.unconfirmed ? "is starting (it has not recorded its start yet)" : "resumed";
+  return `Job ${done.job_id} ${started} as ${run} from ${where}: its launcher is pid ${done.pid}, its output in ${done.log}`;
 }
 
 // A confirmation in the page's own dialog; resolves true only for the confirm button.
