@@ -272,7 +272,10 @@ DETAIL_FIELDS = (
 
 #: What ``status --json`` takes from a live status (its server's answer): all of it but the
 #: id (the row's) and the stall (judged again: :func:`stall_of`).
-LIVE_FIELDS = tuple(name for name in Status.__struct_fields__ if name not in ("job_id", "stall") and name in JobDetails.__struct_fields__)
+#: What a live answer overlays on the records: every status field a detail has, but the
+#: checkpoints (rank 0 knows its own run's; the job's history, every run's with where each
+#: is and which a resume takes, is the records': JobInfo.checkpoint_list).
+LIVE_FIELDS = tuple(name for name in Status.__struct_fields__ if name not in ("job_id", "stall", "checkpoints") and name in JobDetails.__struct_fields__)
 
 
 def overlay(details: JobDetails, status: Status, fields: tuple[str, ...]) -> JobDetails:

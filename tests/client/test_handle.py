@@ -253,3 +253,31 @@ def test_list_jobs_says_where_and_whether_the_folder_exists(live, tmp_path: Path
     assert [r.job_id for r in listing.rows] == ["listed-1"] and listing.rows[0].state == "running"
     remote = list_jobs(remote=job.url.removeprefix("http://"), token=TOKEN)
     assert remote.source == "remote" and remote.rows[0].job_id == "listed-1" and "token" not in encode(remote.rows[0])
+
+
+def test_a_live_jobs_details_keep_its_checkpoint_history_not_rank_0s_list(live, tmp_path: Path) -> None:
+    """Rank 0 knows its own run's checkpoints, without where each is; the details of a job
+    whose server answers keep the history from its records: every checkpoint, whether it
+    is on disk, which one a resume takes."""
+    from forgather_control.core.records import CheckpointRecord
+
+    older, newer = tmp_path / "out" / "checkpoint-100", tmp_path / "out" / "checkpoint-200"
+    newer.parent.mkdir()
+    newer.write_text("weights")  # the older one is gone
+
+    class RunsOn(LiveJob):
+        def status(self) -> Status:  # rank 0's answer: its run's one checkpoint
+            return Status(job_id=self.job_id, state="running", step=250, checkpoints=[CheckpointRecord(path=str(newer), step=200)], **identity())
+
+    job = RunsOn("ckpts-1")
+    paths = job.publish(tmp_path / "jobs")
+    records = {**encode(job.status()), "checkpoints": [{"path": str(older), "step": 100}, {"path": str(newer), "step": 200}], "heartbeat_at": time.time()}
+    write_json_atomic(paths.status, records)
+    try:
+        with open_job("ckpts-1", jobs_dir=tmp_path / "jobs") as handle:
+            details = handle.details()
+    finally:
+        job.server.stop()
+    assert details.live
+    listed = [(c.step, c.on_disk, c.resume_point) for c in details.checkpoints or []]
+    assert listed == [(100, False, None), (200, True, True)], listed
