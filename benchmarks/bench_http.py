@@ -45,7 +45,17 @@ TOKEN = "t" * 43
 def _status() -> Status:
     me = process_identity()
     receipts = [
-        Receipt(id=f"c-{i:012x}", command="save_checkpoint", state="completed", key=f"k-{i:016x}", source="http", seq=i, created_at=1e9, updated_at=1e9, step=100 * i)
+        Receipt(
+            id=f"c-{i:012x}",
+            command="save_checkpoint",
+            state="completed",
+            key=f"k-{i:016x}",
+            source="http",
+            seq=i,
+            created_at=1e9,
+            updated_at=1e9,
+            step=100 * i,
+        )
         for i in range(20)
     ]
     return Status(
