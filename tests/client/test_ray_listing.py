@@ -298,15 +298,19 @@ def test_cli_logs_through_ray(cluster: Cluster) -> None:
         finally:
             os.close(fd)
     env = client_env(cluster)
-    res = run_cli("control", "logs", job_id[:-1], "--ray-address", cluster.address, env=env, timeout=180)
-    assert (res.code, res.out.splitlines()) == (
-        0,
-        ["[rank0]: rank 0 on fg-a", "[rank0]: \\x1b]0;pwned\\x07 from 0", "[rank1]: rank 1 on fg-b", "[rank1]: \\x1b]0;pwned\\x07 from 1"],
-    ), res.err
-    res = run_cli("control", "logs", job_id, "--rank", "1", "--tail", "1", "--ray-address", cluster.address, env=env, timeout=180)
-    assert (res.code, res.out) == (0, "[rank1]: \\x1b]0;pwned\\x07 from 1\n"), res.err
-    # without --ray the client's own directory has no such job
-    assert run_cli("control", "logs", job_id, env=env, timeout=120).code == 3
+    try:
+        res = run_cli("control", "logs", job_id[:-1], "--ray-address", cluster.address, env=env, timeout=180)
+        assert (res.code, res.out.splitlines()) == (
+            0,
+            ["[rank0]: rank 0 on fg-a", "[rank0]: \\x1b]0;pwned\\x07 from 0", "[rank1]: rank 1 on fg-b", "[rank1]: \\x1b]0;pwned\\x07 from 1"],
+        ), res.err
+        res = run_cli("control", "logs", job_id, "--rank", "1", "--tail", "1", "--ray-address", cluster.address, env=env, timeout=180)
+        assert (res.code, res.out) == (0, "[rank1]: \\x1b]0;pwned\\x07 from 1\n"), res.err
+        # without --ray the client's own directory has no such job
+        assert run_cli("control", "logs", job_id, env=env, timeout=120).code == 3
+    finally:  # the cluster's directories are the module's: the listing tests count their jobs
+        for name in ("fg-a", "fg-b"):
+            shutil.rmtree(cluster.dirs[name] / job_id, ignore_errors=True)
 
 
 # -- 2. a node hangs, then dies, during the listing --------------------------------

@@ -8,6 +8,7 @@ launcher saves and stops within the grace and leaves no process; a crash fails t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -198,6 +199,22 @@ def test_signal_to_launcher_saves_and_stops_within_grace(signum: int, jobs_dir: 
     assert_all_gone(seen)
 
 
+def _remove_while_written(folder: Path) -> None:
+    """``rm -rf`` of a folder its job writes into as it goes (rank 0's status, the ranks'
+    logs): a file made between the emptying and the rmdir fails that rmdir; again, at
+    once, until it is gone."""
+    for _ in range(100):
+        try:
+            shutil.rmtree(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+    raise AssertionError(f"{folder} kept being written into")
+
+
 def test_a_signal_to_the_launcher_of_a_job_whose_folder_was_removed_still_saves_and_stops(jobs_dir: Path, procs: Procs, tmp_path: Path) -> None:
     """The job's folder removed while it trains (by hand, or a cleanup of an older
     release): the launcher's stop has no inbox to go into, and used to end torchrun after
@@ -207,7 +224,7 @@ def test_a_signal_to_the_launcher_of_a_job_whose_folder_was_removed_still_saves_
     job = launch(procs, jobs_dir, "gone", PLAIN, "--step-time", "0.05", "--output-dir", str(out), opts=("--nproc-per-node", "2", "--grace", "90"))
     wait_running(jobs_dir, "gone", job)
     removed_at = len(job.output())
-    shutil.rmtree(jobs_dir / "gone")
+    _remove_while_written(jobs_dir / "gone")
     wait_for(lambda: "is gone" in job.output()[removed_at:] or None, timeout=60, what="the job saying its folder is gone")
     os.kill(job.pid, signal.SIGTERM)
     assert job.wait(120) == EXIT_PREEMPTED, job.output()[-4000:]
