@@ -30,7 +30,11 @@ from support.waiting import wait_for
 
 from forgather_control.core.outcome import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_STOPPED
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),
+]  # one worker: the tests share two nodes; in parallel, one job waited for another's nodes past its timeout
 
 TEMPLATE = REPO / "slurm" / "train.sbatch"
 HANG = REPO / "examples" / "launch" / "hang_train.py"
