@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, find, history
 from forgather_control.core.env import ENV_OUTPUT_DIR, ENV_RESUME
 from forgather_control.core.errors import ControlError, NotResumable, PrivateJob
-from forgather_control.core.files import TEMP_PREFIX, RecordError, owner_name
+from forgather_control.core.files import RecordError, owner_name, write_bytes_atomic
 from forgather_control.core.ids import validate_job_id
 from forgather_control.core.jobs import JobPaths, resolve_jobs_dir
 from forgather_control.core.records import Job, Relaunch, ResumeRequest, RollBack, encode, load
@@ -202,7 +202,7 @@ class Resumption:
         if batch is None or self.how != "slurm":
             raise NotResumable(f"job {self.job_id} did not run under SLURM: resume it here")
         script = self.paths.dir / "relaunch.sbatch"
-        _write_private(script, batch.script)
+        write_bytes_atomic(script, batch.script.encode())
         try:
             done = subprocess.run(list(self.argv), env=dict(self.env), capture_output=True, text=True, timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -375,22 +375,6 @@ def _json(record: ResumeRequest) -> str:
     import json
 
     return json.dumps(encode(record), separators=(",", ":"))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path`` (0600), replacing it whole; never through a link."""
-    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

@@ -112,7 +112,12 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
     The temp file is created with ``mode`` from the start (O_EXCL, then fchmod against
     the umask), so a token never sits in a world-readable file, even briefly.
     """
-    payload = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
+    write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode(), mode=mode)
+
+
+def write_bytes_atomic(path: Path, payload: bytes, *, mode: int = 0o600) -> None:
+    """Write ``payload`` to ``path`` as :func:`write_json_atomic` writes a record: readers
+    see the old file or the new one, created with ``mode``, never through a link."""
     tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
