@@ -5,21 +5,25 @@ table and exits non-zero when a budget is exceeded:
 
 - single process: ``Controller.step`` with no command pending adds at most 1 us per step
   over an empty loop;
-- two ranks on gloo (CPU), a simulated training step of ~10 ms (sleep + a small gradient
-  all-reduce, as DDP does): the callback adds at most 1% per step with no command
-  pending, and at most 5% with ~1 ms steps; the reference design (two broadcasts at
-  every step) is measured beside it;
-- a command applies on every rank within 2 s of being accepted over HTTP (median);
+- N ranks on gloo (CPU), a simulated training step of ~10 ms (sleep + a small gradient
+  all-reduce, as DDP does): the callback adds at most 0.3% per step with no command
+  pending (issue 24), and at most 5% with ~1 ms steps; the reference design (two
+  broadcasts at every step) is measured beside it;
+- a ``save`` accepted over HTTP applies on every rank within 0.25 s (median) and 0.5 s
+  (the slowest of the samples), with the check interval the Controller derives from the
+  checks' measured cost (no ``check_interval`` given);
 - with every guard that judges at checks declared (nan vote, spike, slowdown, straggler
   data), control stays under 0.5% of a 10 ms step (issue 21).
 
-``--nproc N`` (repeatable) runs the ranked part at N ranks on this host (default 2).
+``--nproc N`` (repeatable) runs the ranked part at N ranks on this host (default 2, 4
+and 8; more ranks than cores are oversubscribed, which is the harder case for a
+collective: a rank may wait for a peer that is not running).
 
 "Added per step" is the time spent inside the control calls (``Controller.step`` or the
 reference's broadcasts), measured on every rank and averaged over steps; the slower
 rank counts. End-to-end block times are printed too, but on 2 shared cores they carry
-more noise than the budgets they would judge. The sync-vs-async row is why the
-agreement uses a synchronous all-reduce.
+more noise than the budgets they would judge. The sync-vs-async row is why a check's
+all-reduce is started, not waited for (callback/agreement.py).
 
 The ranked part re-runs this file under ``python -m torch.distributed.run``.
 """
@@ -39,9 +43,12 @@ import time
 from pathlib import Path
 
 BUDGET_SINGLE_NS = 1000.0
-BUDGET_10MS = 0.01
+BUDGET_10MS = 0.003
 BUDGET_1MS = 0.05
-BUDGET_LATENCY_S = 2.0
+BUDGET_LATENCY_S = 0.25
+BUDGET_LATENCY_MAX_S = 0.5
+#: saves sent, one at a time, for the latency's median and maximum
+LATENCY_COMMANDS = 15
 #: Issue 21: a Controller watching with every guard that judges at checks (nan vote,
 #: spike, slowdown, straggler data) costs at most this share of a 10 ms step, at any rank
 #: count --nproc asks for.
@@ -167,7 +174,7 @@ def _latency(ctl, dist, torch, rank: int, commands: int, step_time: float, first
         rng = random.Random(7)
         with JobHandle.from_info(find_job(ctl.jobs_dir, ctl.job_id, squeue=None)) as client:
             for _ in range(commands):
-                time.sleep(rng.uniform(0.3, 1.3))
+                time.sleep(rng.uniform(0.1, 0.6))
                 client.send("save")
                 accepted.append(time.time())  # the 202 came back: accepted
                 while len(applied) < len(accepted):  # one at a time, so each is timed alone
@@ -212,10 +219,10 @@ def worker(out: str) -> None:
     jobs = os.environ["BENCH_JOBS_DIR"]
     results: dict[str, object] = {"world_size": dist.get_world_size()}
     results["sync_vs_async"] = _sync_vs_async(dist, torch, ref_group)
-    ctl = Controller(job_id="bench-agreement", jobs_dir=jobs, signals=(), check_interval=1.0)
+    ctl = Controller(job_id="bench-agreement", jobs_dir=jobs, signals=())  # the interval follows the measured cost
     ctl.start()
     ctl.begin()
-    guarded = Controller(job_id="bench-guarded", jobs_dir=jobs, signals=(), check_interval=1.0, guards=list(GUARDS))
+    guarded = Controller(job_id="bench-guarded", jobs_dir=jobs, signals=(), guards=list(GUARDS))
     guarded.start()
     guarded.begin()
     ctls = {"controller": ctl, "guarded": guarded}
@@ -244,9 +251,10 @@ def worker(out: str) -> None:
     step_time = float(_max(dist, torch, _calibrate(0.010, grad, dist)))
     _block("controller", 200, step_time, ctls, ref_group, dist, torch, step)  # the cadence follows the new step time
     step += 200
-    lat = _latency(ctl, dist, torch, rank, commands=9, step_time=step_time, first_step=step)
+    lat = _latency(ctl, dist, torch, rank, commands=LATENCY_COMMANDS, step_time=step_time, first_step=step)
     results["latency_s"] = lat
-    results["checks"] = len(ctl.agreement_trace)
+    results["checks"] = ctl.checks_agreed
+    results["interval_s"] = ctl.status().check_interval
     guarded.close()
     ctl.close()
     dist.destroy_process_group()
@@ -291,7 +299,7 @@ def main() -> int:
         f"<= {BUDGET_SINGLE_NS:.0f} ns",
         single["added_ns"] <= BUDGET_SINGLE_NS,
     )
-    for nproc in args.nproc or [2]:
+    for nproc in args.nproc or [2, 4, 8]:
         _rank_rows(add, nproc, run_ranks(nproc))
 
     width = max(len(r[0]) for r in rows)
@@ -335,9 +343,15 @@ def _rank_rows(add, nproc: int, ranks: dict) -> None:
     med = statistics.median(lat) if lat else float("inf")
     add(
         f"{n}: command accepted -> applied on all ranks (median)",
-        f"{med:.2f} s (max {max(lat):.2f} s, n={len(lat)})" if lat else "no data",
-        f"<= {BUDGET_LATENCY_S:.0f} s",
+        f"{med:.3f} s (n={len(lat)}; check interval {ranks['interval_s']:.2f} s)" if lat else "no data",
+        f"<= {BUDGET_LATENCY_S} s",
         med <= BUDGET_LATENCY_S,
+    )
+    add(
+        f"{n}: command accepted -> applied on all ranks (max)",
+        f"{max(lat):.3f} s" if lat else "no data",
+        f"<= {BUDGET_LATENCY_MAX_S} s",
+        bool(lat) and max(lat) <= BUDGET_LATENCY_MAX_S,
     )
     for label in ("10ms", "1ms"):
         rounds = ranks[label]["rounds"]

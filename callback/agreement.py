@@ -18,10 +18,11 @@ every rank reads the same answer and acts on it there (the Controller's protocol
 docs/design-notes.md, "Agreement"). :meth:`Agreement.exchange` is the synchronous form,
 for the checks that cannot wait (the last step, between evaluation batches).
 
-Tracing: every exchange, as agreed, is appended to ``Agreement.trace`` (a check is
-about once a second, so this is cheap); with ``FORGATHER_TRACE_AGREEMENT=<dir>`` each
-rank writes its trace to ``<dir>/rank-<global rank>.json`` when the Controller
-closes, so a test can assert that every rank made the same sequence of collectives.
+Tracing: every exchange, as agreed, is appended to ``Agreement.trace``: the last
+``TRACE_KEEP`` of them (checks come up to ten a second, for days), or all of them with
+``FORGATHER_TRACE_AGREEMENT=<dir>``: each rank then writes its trace to
+``<dir>/rank-<global rank>.json`` when the Controller closes, so a test can assert that
+every rank made the same sequence of collectives. ``Agreement.checks`` counts them all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +47,16 @@ log = logging.getLogger(__name__)
 
 #: Tensor layout; keep in one place so every rank agrees on it: these fields, then a
 #: ``set``'s knob changes (core.knobs.SLOTS, rank 0's), then two slots per rank.
-FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard", "lag")
+FIELDS = ("seq", "command", "arg", "signal", "next_check", "flags", "guard", "lag", "cost")
 _KNOBS = len(FIELDS)
 _RANKS = _KNOBS + SLOTS
-#: A trace longer than this keeps its first entries only (days of checks).
+#: A trace written to a directory keeps its first entries up to this many (days of checks).
 TRACE_LIMIT = 1_000_000
+#: Otherwise the last this many are kept (a few tens of kilobytes).
+TRACE_KEEP = 256
+#: Up to this many slots the buffer is built from a Python list (5 us), beyond it by
+#: slices of a zeroed tensor (12 us at any size; a list of 8,000 takes 430 us).
+_LIST_FILL = 256
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,11 @@ class Proposal:
     flags: int = 0  # the command's options, as bits (actions.FLAG_*)
     guard: int = 0  # any rank's nan vote: (rank + 1) * 4 + what it saw (guarding.decode_vote)
     lag: int = 0  # steps between the next check's start and its resolution, chosen by rank 0
+    cost: int = 0  # microseconds this rank spent in control since its last proposal (MAX: the slowest rank's)
     knobs: tuple[int, ...] = ()  # a set's changes, packed by rank 0 (core.knobs.pack)
 
     def as_list(self) -> list[int]:
-        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard, self.lag]
+        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard, self.lag, self.cost]
 
 
 class Agreement:
@@ -77,7 +85,7 @@ class Agreement:
     otherwise).
     """
 
-    def __init__(self, group: object | None = None, *, node: int = 0) -> None:
+    def __init__(self, group: object | None = None, *, node: int = 0, trace_all: bool = False) -> None:
         import torch
         import torch.distributed as dist
 
@@ -94,44 +102,57 @@ class Agreement:
         self.group = group
         # The fields, then two slots per rank (its own time per step in microseconds, its
         # node + 1), each rank filling its own: MAX hands rank 0 every rank's (straggle.py).
-        self._buf = torch.zeros(_RANKS + 2 * self.world_size, dtype=torch.int64)
+        self._size = _RANKS + 2 * self.world_size
         self._mine = _RANKS + 2 * self.rank
         self._node = node + 1
         #: after an exchange, on rank 0: (own microseconds per step, node or None) of every rank
         self.per_rank: list[tuple[int, int | None]] = []
-        self._op = dist.ReduceOp.MAX
-        #: Every exchange this rank made, as agreed (seq, command, arg, signal, next_check).
-        self.trace: list[tuple[int, ...]] = []
+        # The group's own allreduce, not dist.all_reduce: the same collective without the
+        # Python checks and logging wrapper around it (about 50-90 us a check here).
+        self._opts = dist.AllreduceOptions()
+        self._opts.reduceOp = dist.ReduceOp.MAX
+        #: The exchanges this rank made, as agreed (FIELDS): all of them when ``trace_all``
+        #: (up to TRACE_LIMIT), else the last TRACE_KEEP; ``checks`` counts every one.
+        self.trace: list[tuple[int, ...]] | deque[tuple[int, ...]] = [] if trace_all else deque(maxlen=TRACE_KEEP)
+        self.checks = 0
 
     def exchange(self, proposal: Proposal, *, own_us: int = 0) -> Proposal:
         """The exchange, waited for here (every rank blocks until the last arrives)."""
-        buf = self._fill(self._buf, proposal, own_us)
-        self._dist.all_reduce(buf, op=self._op, group=self.group)
+        buf = self._fill(proposal, own_us)
+        self.group.allreduce([buf], self._opts).wait()  # type: ignore[attr-defined]
         return self._agreed(buf)
 
     def start(self, proposal: Proposal, *, own_us: int = 0) -> Pending:
         """The exchange, started: its own buffer, read by :meth:`Pending.wait`."""
-        buf = self._fill(self._torch.zeros(self._buf.shape[0], dtype=self._buf.dtype), proposal, own_us)
-        work = self._dist.all_reduce(buf, op=self._op, group=self.group, async_op=True)
+        buf = self._fill(proposal, own_us)
+        work = self.group.allreduce([buf], self._opts)  # type: ignore[attr-defined]
         return Pending(self, work, buf)
 
-    def _fill(self, buf: Any, proposal: Proposal, own_us: int) -> Any:
-        buf.zero_()
-        for i, v in enumerate(proposal.as_list()):
-            buf[i] = v
-        for i, v in enumerate(proposal.knobs[:SLOTS]):
-            buf[_KNOBS + i] = v
-        buf[self._mine] = max(0, own_us)
-        buf[self._mine + 1] = self._node
+    def _fill(self, proposal: Proposal, own_us: int) -> Any:
+        """A new buffer: the fields and knob slots (rank 0's; zeros elsewhere but for a
+        raised flag), this rank's two slots, zeros in every other rank's."""
+        head = proposal.as_list()
+        head += proposal.knobs[:SLOTS]
+        head += [0] * (_RANKS - len(head))
+        own = [max(0, own_us), self._node]
+        torch = self._torch
+        if self._size <= _LIST_FILL:
+            values = head + [0] * (self._size - _RANKS)
+            values[self._mine : self._mine + 2] = own
+            return torch.tensor(values, dtype=torch.int64)
+        buf = torch.zeros(self._size, dtype=torch.int64)
+        buf[:_RANKS] = torch.tensor(head, dtype=torch.int64)
+        buf[self._mine : self._mine + 2] = torch.tensor(own, dtype=torch.int64)
         return buf
 
     def _agreed(self, buf: Any) -> Proposal:
-        values = buf.tolist()
+        values = buf.tolist() if self.rank == 0 else buf[:_RANKS].tolist()
         agreed = tuple(values[: len(FIELDS)])
         knobs = tuple(values[_KNOBS:_RANKS]) if any(values[_KNOBS:_RANKS]) else ()
         if self.rank == 0:
             slots = values[_RANKS:]
             self.per_rank = [(slots[i], slots[i + 1] - 1 if slots[i + 1] else None) for i in range(0, len(slots), 2)]
+        self.checks += 1
         if len(self.trace) < TRACE_LIMIT:
             self.trace.append(agreed)
         return Proposal(*agreed, knobs=knobs)

@@ -91,6 +91,16 @@ MAX_LAG = 16
 #: ends with an error (its failure must not wait on peers that may be gone).
 INFLIGHT_AT_CLOSE = 30.0
 INFLIGHT_AT_FAILURE = 2.0
+#: A check's cost as sent (microseconds) is capped: a rank that spent minutes (a
+#: debugger) must not space the checks out past the schedule's slowest.
+MAX_COST_US = 10_000_000
+#: Checks between evaluation batches are synchronous; without a fixed interval they
+#: come about once a second.
+EVAL_CHECK_INTERVAL = 1.0
+
+
+def _eval_interval(check_interval: float | None) -> float:
+    return EVAL_CHECK_INTERVAL if check_interval is None else check_interval
 
 
 @dataclass
@@ -230,7 +240,9 @@ class Controller:
         self._poke = False
         # Checks between evaluation batches: the next batch to check at, and its cadence.
         self._eval_next = NEVER
-        self._eval_schedule = CheckSchedule(cfg.check_interval)
+        self._eval_schedule = CheckSchedule(_eval_interval(cfg.check_interval))
+        #: this rank's time in checks since its last proposal (sent as the proposal's cost)
+        self._spent = 0.0
         self._ready = False  # context resolved and agreement made (first check)
         self._waiting_logged = False
         self._check_seq = 0
@@ -292,8 +304,15 @@ class Controller:
 
     @property
     def agreement_trace(self) -> tuple[tuple[int, ...], ...]:
-        """Every check this process agreed on, as agreed; empty for a process alone."""
+        """The checks this process agreed on, as agreed (agreement.FIELDS): all of them when
+        traced to a directory, else the last ``agreement.TRACE_KEEP``; empty for a process
+        alone."""
         return tuple(self._agreement.trace) if self._agreement is not None else ()
+
+    @property
+    def checks_agreed(self) -> int:
+        """How many checks this process agreed on."""
+        return self._agreement.checks if self._agreement is not None else 0
 
     @property
     def next_check(self) -> int | None:
@@ -378,7 +397,7 @@ class Controller:
                 self._waiting_logged = True
                 log.info("forgather control: %s processes but torch.distributed is not initialised yet; commands apply once it is", self.world_size)
             return False
-        self._agreement = Agreement(node=node_rank())
+        self._agreement = Agreement(node=node_rank(), trace_all=bool(self.config.trace_dir))
         self._clock.mark(self.current_step)
         self._ready = True
         if self.is_rank0 and self._plane.serving_http:
@@ -531,9 +550,11 @@ class Controller:
                 if not self._prepare():
                     self._next_check = step + 1
                     return NO_ACTIONS
-            if self._inflight is not None:
-                return self._resolve(step)
-            return self._check(step)
+            t = time.perf_counter()
+            try:
+                return self._resolve(step) if self._inflight is not None else self._check(step)
+            finally:
+                self._spent += time.perf_counter() - t
         except Exception:
             log.exception("forgather control: check at step %s failed; commands are off, training goes on", step)
             self._next_check = NEVER
@@ -596,6 +617,7 @@ class Controller:
         """This rank's part of a check: rank 0's command (``entry``), ``next_check`` and the
         lag of the check after, any rank's signal and nan vote."""
         self._check_seq += 1
+        cost, self._spent = self._spent, 0.0
         return Proposal(
             seq=self._check_seq,
             command=entry.command.code if entry is not None else 0,
@@ -605,6 +627,7 @@ class Controller:
             next_check=next_check,
             guard=vote,
             lag=self._lag_wanted if self.is_rank0 else 0,
+            cost=min(int(cost * 1e6), MAX_COST_US),
             knobs=tuple(self.knobs.wire(entry.options.changes)) if entry is not None and entry.command == Command.SET and entry.options else (),
         )
 
@@ -661,6 +684,8 @@ class Controller:
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
         self._check_seq = max(self._check_seq, agreed.seq)
+        if self.is_rank0:
+            self._schedule.cost(agreed.cost / 1e6)
         if agreed.lag:
             self._lag = agreed.lag  # the lag of the checks from here on, the same on every rank
         count, point = synced
@@ -716,7 +741,7 @@ class Controller:
         trainer knows it; the ranks then agree once (one collective) that they all have
         the same number, and check between batches only if so. Without it the trainer
         keeps its ranks in step itself (HF gathers after every batch). Never raises."""
-        self._eval_schedule = CheckSchedule(self.check_interval)
+        self._eval_schedule = CheckSchedule(_eval_interval(self.check_interval))
         self._eval_next = NEVER
         if not self._ready or self._closed or self._stop_applied is not None:
             return
@@ -1048,7 +1073,7 @@ class Controller:
             http=Http(url=url) if url else None,
             started_at=self._started_at,
             updated_at=now,
-            check_interval=self.check_interval,
+            check_interval=self._schedule.interval,
             protocol=PROTOCOL,
             restarts=self._restarts,
             resumed_from=self._resumed_from,

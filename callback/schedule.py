@@ -2,16 +2,24 @@
 
 Rank 0 picks the next check step and it travels in the agreed tensor, so every rank
 knows it in advance and the steps between checks cost one comparison. The pick follows
-the measured step time: a check about once per ``interval`` seconds keeps the
-all-reduce well under 1% of training, while a command still applies within a second.
+the measured step time: a check about once per ``interval`` seconds.
+
+The interval itself follows from measured costs unless a person fixed it
+(``check_interval``): each check carries the time the slowest rank spent in control
+since its previous one, and rank 0 spaces checks so that this is ``CHECK_SHARE`` of the
+time between them (:func:`interval_for`), never closer than ``FASTEST`` (a command then
+applies within about a tenth of a second; closer checks buy nothing a person notices)
+and never further than ``SLOWEST``. A cheap check is frequent; an expensive one (many
+ranks, busy cores) is spaced out instead of slowing training.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
-__all__ = ["GAP_GROWTH", "MAX_GAP", "NEVER", "CheckSchedule"]
+__all__ = ["CHECK_SHARE", "FASTEST", "GAP_GROWTH", "MAX_GAP", "NEVER", "SLOWEST", "CheckSchedule", "interval_for"]
 
 #: A next check that the step counter never reaches (a process alone, or no agreement).
 NEVER = 1 << 62
@@ -20,6 +28,21 @@ MAX_GAP = 100_000
 #: ... and grows at most this factor per check: one fast step after a slow stretch (a
 #: save, an evaluation) must not push the next check minutes away.
 GAP_GROWTH = 4
+#: The share of training time the checks may take, by their measured cost (the budget of
+#: issue 24 is 0.3% in all; the steps between checks cost tens of nanoseconds).
+CHECK_SHARE = 0.002
+#: The closest and furthest checks are apart when the interval follows the cost (seconds).
+FASTEST = 0.1
+SLOWEST = 2.0
+#: The interval follows the median cost of this many recent checks (one slow check, a
+#: garbage collection or a preempted core, does not space out the next minute).
+COST_WINDOW = 9
+
+
+def interval_for(cost: float, *, share: float = CHECK_SHARE, fastest: float = FASTEST, slowest: float = SLOWEST) -> float:
+    """Seconds between checks that each cost ``cost`` seconds of the slowest rank's time:
+    ``cost / share``, within [fastest, slowest]."""
+    return min(slowest, max(fastest, cost / share))
 
 
 class CheckSchedule:
@@ -29,8 +52,11 @@ class CheckSchedule:
     time by hand instead of patching the process's clock.
     """
 
-    def __init__(self, interval: float = 1.0, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = float(interval)
+    def __init__(self, interval: float | None = 1.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        #: None: the interval follows the measured cost of the checks (:meth:`cost`)
+        self.fixed = interval is not None
+        self.interval = float(interval) if interval is not None else FASTEST
+        self._costs: deque[float] = deque(maxlen=COST_WINDOW)
         self._clock = clock
         self._last_step = 0
         self._last_time: float | None = None  # None: no check timed yet
@@ -52,3 +78,12 @@ class CheckSchedule:
         if max_steps and step < max_steps < nxt:
             nxt = max_steps
         return nxt
+
+    def cost(self, seconds: float) -> None:
+        """A check's measured cost (the slowest rank's time in control since its previous
+        check): the interval follows, unless it was fixed."""
+        if self.fixed:
+            return
+        self._costs.append(max(0.0, seconds))
+        costs = sorted(self._costs)
+        self.interval = interval_for(costs[len(costs) // 2])

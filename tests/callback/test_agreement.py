@@ -11,7 +11,7 @@ from pathlib import Path
 
 from forgather_control.callback import Controller
 from forgather_control.callback.agreement import FIELDS, Proposal
-from forgather_control.callback.schedule import GAP_GROWTH, MAX_GAP, CheckSchedule
+from forgather_control.callback.schedule import CHECK_SHARE, COST_WINDOW, FASTEST, GAP_GROWTH, MAX_GAP, SLOWEST, CheckSchedule, interval_for
 
 
 class Clock:
@@ -23,7 +23,7 @@ class Clock:
 
 
 def test_proposal_layout_matches_fields() -> None:
-    assert len(Proposal().as_list()) == len(FIELDS) == 8
+    assert len(Proposal().as_list()) == len(FIELDS) == 9
 
 
 def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:
@@ -46,6 +46,33 @@ def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:
     clock.t += 5.0 * (nxt - step)
     step, nxt = nxt, sched.next_check(nxt)
     assert nxt - step == 1
+
+
+def test_the_interval_is_the_checks_cost_over_its_share_within_fastest_and_slowest() -> None:
+    assert interval_for(0.0001) == FASTEST  # 100 us a check: 50 ms would do; latency needs no less than FASTEST
+    assert interval_for(0.001) == 0.001 / CHECK_SHARE == 0.5  # 1 ms a check: twice a second keeps it at its share
+    assert interval_for(1.0) == SLOWEST  # a very slow check still comes within SLOWEST
+
+
+def test_an_unfixed_interval_follows_the_median_cost_of_recent_checks_and_a_fixed_one_does_not() -> None:
+    auto, fixed = CheckSchedule(None), CheckSchedule(1.0)
+    assert auto.interval == FASTEST and not auto.fixed  # until a cost is measured
+    for sched in (auto, fixed):
+        for _ in range(COST_WINDOW):
+            sched.cost(0.001)
+    assert (auto.interval, fixed.interval) == (0.5, 1.0)
+    auto.cost(5.0)  # one slow check (a collection, a preempted core) moves nothing
+    assert auto.interval == 0.5
+    for _ in range(COST_WINDOW):
+        auto.cost(0.00005)  # the checks got cheap: back to the fastest
+    assert auto.interval == FASTEST
+    clock = Clock()
+    auto = CheckSchedule(None, clock=clock)
+    step, nxt = 1, auto.next_check(1)
+    for _ in range(4):
+        clock.t += 0.01 * (nxt - step)  # 10 ms steps
+        step, nxt = nxt, auto.next_check(nxt)
+    assert abs((nxt - step) - FASTEST / 0.01) <= 1  # checks FASTEST apart (to a step: float rounding)
 
 
 def test_last_step_is_always_a_check() -> None:

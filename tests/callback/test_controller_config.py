@@ -33,7 +33,7 @@ def test_defaults_without_environment(tmp_path: Path) -> None:
     assert cfg.signals == DEFAULT_SIGNALS and cfg.signal_repeat_window == 1.0
     assert cfg.restarts is None and cfg.trace_dir is None and cfg.rank is None and cfg.world_size is None
     assert (cfg.enable_http, cfg.auth, cfg.cleanup_on_exit) == (True, True, True)
-    assert (cfg.check_interval, cfg.heartbeat_interval, cfg.poll_interval, cfg.max_pending) == (1.0, 2.0, 0.5, 16)
+    assert (cfg.check_interval, cfg.heartbeat_interval, cfg.poll_interval, cfg.max_pending) == (None, 2.0, 0.5, 16)  # None: follows the cost
 
 
 def test_environment_fills_what_is_not_given(tmp_path: Path) -> None:
