@@ -1,7 +1,8 @@
 """The only torch.distributed code in forgather-control.
 
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
-int64 tensor on a dedicated gloo group, so NCCL and CUDA streams are never touched. Two
+int64 tensor on a gloo group (the job's own when it is gloo, else one made for it:
+:func:`shared_group`), so NCCL and CUDA streams are never touched. Two
 slots per rank carry each rank's own time per step and its node to rank 0 (stragglers).
 Rank 0 fills the command and the next check step; any rank may raise the signal level
 or vote that its loss is not finite (the ``nan`` guard: callback/guarding.py).
@@ -79,10 +80,10 @@ class Proposal:
 class Agreement:
     """One all-reduce(MAX) per check on a gloo group made once, at train begin.
 
-    ``group`` may be given (tests); otherwise a new gloo group over all ranks is made,
-    which is itself a collective: every rank must construct its Agreement at the same
-    point (the integrations do it at train begin, the Controller at its first step
-    otherwise).
+    ``group`` may be given; otherwise the job's group when it is gloo, else a new gloo
+    group over all ranks, which is itself a collective: every rank must construct its
+    Agreement at the same point (the integrations do it at train begin, the Controller
+    at its first step otherwise).
     """
 
     def __init__(self, group: object | None = None, *, node: int = 0, trace_all: bool = False) -> None:
@@ -95,10 +96,13 @@ class Agreement:
         self._torch = torch
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        #: the group was made here, and is shut down here
+        self._owned = False
         if group is None:
-            # Dedicated, even when the default group is gloo: the user's own async
-            # collectives on the default group can then never interleave with ours.
+            group = shared_group(dist)
+        if group is None:
             group = dist.new_group(backend="gloo")
+            self._owned = True
         self.group = group
         # The fields, then two slots per rank (its own time per step in microseconds, its
         # node + 1), each rank filling its own: MAX hands rank 0 every rank's (straggle.py).
@@ -158,11 +162,12 @@ class Agreement:
         return Proposal(*agreed, knobs=knobs)
 
     def close(self) -> None:
-        """Shut the dedicated group down (a local operation): its gloo threads must not
+        """Shut a group made here down (a local operation): its gloo threads must not
         outlive the training, or a process exiting while a peer still works (rank 0
-        finishing a save) can abort in the group's destructor."""
+        finishing a save) can abort in the group's destructor. The job's own group is
+        the job's to shut."""
         group, self.group = self.group, None
-        if group is None:
+        if group is None or not self._owned:
             return
         try:
             if self._dist.is_initialized():
@@ -177,6 +182,24 @@ class Agreement:
         if not directory:
             return None
         return dump_trace(directory, self.rank, self.trace, ended=ended)
+
+
+def shared_group(dist: Any) -> Any:
+    """The job's default group when it is gloo, else None (make a gloo group).
+
+    A gloo group of its own costs every rank three threads (gloo's two workers and its
+    device loop) and a rendezvous of every rank at start; the job's gloo group has them
+    already. Sharing it is safe: gloo numbers each collective when it is issued, and every
+    rank issues the check's all-reduce at the same step of the same program, between the
+    same collectives of its loop (all issued from the training thread), so the numbers
+    match on every rank, and a check in flight runs beside the loop's own collectives,
+    never mixed with them. Under NCCL (GPUs) the check needs a gloo group of its own: the
+    CPU tensor and the CUDA streams stay apart."""
+    try:
+        default = dist.distributed_c10d._get_default_group()
+        return default if dist.get_backend(default) == "gloo" else None
+    except Exception:  # noqa: BLE001 - a torch without these: a group of its own
+        return None
 
 
 class Pending:
