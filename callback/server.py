@@ -1,67 +1,86 @@
-"""The rank-0 HTTP server: a FastAPI app from a factory, uvicorn in a daemon thread.
+"""The rank-0 HTTP server: a plain ASGI app from a factory, uvicorn in a daemon thread.
 
 The app only touches the :class:`~forgather_control.core.commands.Ledger` (thread-safe) and a
 status callable; it never makes a collective and never raises into training. Every
-refusal is a clear 4xx that changes nothing, described by the models in :mod:`.api`
-and published at ``/openapi.json`` (behind the token, like everything but ``/health``
-and ``/hello``).
+refusal is a clear 4xx that changes nothing. Requests are read with msgspec
+(:mod:`.wire`), answers written with it: no FastAPI, Starlette or pydantic at run time
+(they cost rank 0 about 15 MiB). :mod:`.api` describes the routes; that description is
+``openapi.json`` beside this module (regenerated and checked by
+``tests/callback/test_server_schema.py``), published at ``/openapi.json`` behind the
+token, like everything but ``/health`` and ``/hello``.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 
 from forgather_control.core import PROTOCOL, VALID_COMMANDS, Ledger, LedgerError, UnknownCommand, is_valid_job_id, parse_command
 from forgather_control.core.proof import proof
 from forgather_control.core.records import CommandOptions, KnobChange, encode
 from forgather_control.core.records import MetricHistory as MetricRecord
-from forgather_control.core.records import Receipt as ReceiptRecord
 from forgather_control.core.records import Status as StatusRecord
 from forgather_control.serving.rules import MAX_BODY_BYTES, local_host_header
 
-from .api import KEY_MAX, CommandRequest, ErrorBody, Health, Hello, JobsList, MetricHistory, Receipt, Status, errors
+from .wire import CommandRequest, describe, receipt
 
 log = logging.getLogger(__name__)
 
 #: Routes a client may call without the token.
 OPEN_PATHS = frozenset({"/health", "/hello"})
+#: The published schema: :mod:`.api`'s description, written out (package data).
+SCHEMA_FILE = Path(__file__).with_name("openapi.json")
 _NONCE = re.compile(r"[0-9a-f]{16,128}")
+#: An integer query parameter as the schema's validator took it: signs, ``_`` between
+#: digits, a zero fraction, blanks around.
+_INTEGER = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
 
 
-JSON = "application/json"
+JSON = b"application/json"
 _json = msgspec.json.Encoder().encode  # a diverging metric (NaN, an infinity) is written null
+_decode_request = msgspec.json.Decoder(CommandRequest).decode
+_decode_any = msgspec.json.Decoder().decode
 
 
-def _answer(body: Any, status: int = 200) -> Response:
-    """A JSON answer, encoded here: the routes' ``response_model`` is their schema in
-    ``/openapi.json`` (and what the fuzz test holds every answer to), not a second pass
-    over every answer (the tests check that what is sent conforms)."""
-    return Response(_json(body), status_code=status, media_type=JSON)
+class Answer:
+    """A JSON answer, sent as it is (the routes' schemas are in ``/openapi.json``, which
+    the fuzz test holds every answer to; nothing validates an answer a second time)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, body: bytes, status: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.body, self.status, self.headers = body, status, headers
+
+    async def __call__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(self.body)), *self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-def _error(status: int, detail: str, **extra: Any) -> Response:
+def _answer(body: Any, status: int = 200) -> Answer:
+    return Answer(_json(body), status)
+
+
+def _error(status: int, detail: str, **extra: Any) -> Answer:
     return _answer({"detail": detail, **extra}, status)
 
 
+class _Disconnected(Exception):
+    """The client left before its request's body arrived."""
+
+
 class Guard:
-    """Every request's gate, as plain ASGI (a ``@app.middleware`` costs a task group and
-    two streams a request): a Host header that names this machine (DNS rebinding), a
-    bounded and well-formed Content-Length, the bearer token (compared in constant time;
-    never taken from the URL) on all but ``OPEN_PATHS``; and no error escapes as anything
-    but a 500 with its type."""
+    """Every request's gate, as plain ASGI: a Host header that names this machine (DNS
+    rebinding), a bounded and well-formed Content-Length, the bearer token (compared in
+    constant time; never taken from the URL) on all but ``OPEN_PATHS``; and no error
+    escapes as anything but a 500 with its type."""
 
     def __init__(self, app: Any, *, token: str | None, loopback: bool, max_body: int, fast: dict[str, Callable[[], bytes]] | None = None) -> None:
         self.app = app
@@ -73,11 +92,10 @@ class Guard:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return  # no lifespan, no websockets (the server thread asks for neither)
         refusal = self._refusal(scope)
         if refusal is not None:
-            await refusal(scope, receive, send)
+            await refusal(send)
             return
         started = False
 
@@ -89,23 +107,19 @@ class Guard:
         try:
             answer = self.fast.get(scope["path"]) if scope["method"] == "GET" and not scope.get("query_string") else None
             if answer is not None:
-                body = answer()
-                await watched(
-                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]}
-                )
-                await send({"type": "http.response.body", "body": body})
+                await Answer(answer())(watched)
             else:
                 await self.app(scope, receive, watched)
-        except ClientDisconnect:
+        except _Disconnected:
             log.debug("a client left before its request was read")
             if not started:
-                await _error(400, "the request ended before its body arrived")(scope, receive, send)
+                await _error(400, "the request ended before its body arrived")(send)
         except Exception as exc:  # never let a handler bug escape
             log.exception("control server error")
             if not started:
-                await _error(500, f"internal error in the control server: {type(exc).__name__}")(scope, receive, send)
+                await _error(500, f"internal error in the control server: {type(exc).__name__}")(send)
 
-    def _refusal(self, scope: dict[str, Any]) -> Response | None:
+    def _refusal(self, scope: dict[str, Any]) -> Answer | None:
         host = length = auth = None
         for name, value in scope["headers"]:
             if name == b"host":
@@ -127,13 +141,88 @@ class Guard:
         if query and any(k in ("token", "access_token") for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)):
             return _error(401, "tokens in the URL are refused (they end up in logs); send Authorization: Bearer <token>")
         if self.expected is not None and not hmac.compare_digest(auth or b"", self.expected):
-            return Response(
+            return Answer(
                 _json({"detail": "missing or wrong bearer token; it is in the job's endpoint.json (mode 0600)"}),
-                status_code=401,
-                media_type=JSON,
-                headers={"WWW-Authenticate": "Bearer"},
+                401,
+                [(b"www-authenticate", b"Bearer")],
             )
         return None
+
+
+#: A route's handler: the path's parameters, the request's scope and receive.
+Handler = Callable[[tuple[str, ...], dict[str, Any], Any], Awaitable[Answer]]
+
+
+class Routes:
+    """The API's routes as plain ASGI: an exact path, ``/jobs/{jid}/<what>`` or
+    ``/jobs/{jid}/commands/{cid}`` (a parameter is one segment of the decoded path, as
+    the description's router matched it). Another path is 404, another method 405 with
+    ``Allow``, the answers FastAPI's router gave; a path with a trailing slash is just
+    another path (404, where FastAPI redirected)."""
+
+    def __init__(self, exact: dict[str, dict[str, Handler]], per_job: dict[str, dict[str, Handler]], command: dict[str, Handler]) -> None:
+        self.exact, self.per_job, self.command = exact, per_job, command
+
+    def match(self, path: str) -> tuple[dict[str, Handler] | None, tuple[str, ...]]:
+        methods = self.exact.get(path)
+        if methods is not None:
+            return methods, ()
+        parts = path.split("/")
+        if len(parts) < 4 or parts[0] or parts[1] != "jobs" or not parts[2] or not all(parts[3:]):
+            return None, ()
+        if len(parts) == 4:
+            return self.per_job.get(parts[3]), (parts[2],)
+        if len(parts) == 5 and parts[3] == "commands":
+            return self.command, (parts[2], parts[4])
+        return None, ()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        methods, params = self.match(scope["path"])
+        if methods is None:
+            answer = _error(404, "Not Found")
+        elif (handler := methods.get(scope["method"])) is None:
+            answer = Answer(_json({"detail": "Method Not Allowed"}), 405, [(b"allow", ", ".join(methods).encode())])
+        else:
+            answer = await handler(params, scope, receive)
+        await answer(send)
+
+
+def _query(scope: dict[str, Any]) -> dict[str, str]:
+    """The query's parameters, the last of each name."""
+    return dict(parse_qsl((scope.get("query_string") or b"").decode("latin-1"), keep_blank_values=True))
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _body(receive: Any, limit: int) -> bytes | None:
+    """The request's body; None when it grows over ``limit`` (sent without a length)."""
+    body = b""
+    while True:
+        message: dict[str, Any] = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > limit:
+            return None
+        if not message.get("more_body"):
+            return body
+
+
+_schema: bytes | None = None
+
+
+def published_schema() -> bytes:
+    """``openapi.json`` as shipped, read once."""
+    global _schema
+    if _schema is None:
+        _schema = SCHEMA_FILE.read_bytes()
+    return _schema
 
 
 def create_app(
@@ -145,32 +234,18 @@ def create_app(
     loopback: bool = True,
     max_body: int = MAX_BODY_BYTES,
     metrics: Callable[[int | None], MetricRecord] | None = None,
-) -> FastAPI:
-    """Build the control API for one job. ``token=None`` disables auth (an explicit
-    opt-out the caller must have asked for). ``loopback`` turns on the Host check that
-    stops a web page in the user's browser from reaching the server by DNS rebinding.
-    ``status`` and ``metrics`` give records; they become JSON here, at the edge."""
-    app = FastAPI(title="forgather-control", version=str(PROTOCOL), docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    #: the answers a client asks for most (a status poll, a health check), given by the
-    #: guard itself: the same functions as their routes below, without FastAPI's
-    #: routing and parameter handling around them (about 0.1 ms a request)
-    fast: dict[str, Callable[[], bytes]] = {}
-    app.add_middleware(Guard, token=token, loopback=loopback, max_body=max_body, fast=fast)
+) -> Guard:
+    """Build the control API for one job (an ASGI app). ``token=None`` disables auth (an
+    explicit opt-out the caller must have asked for). ``loopback`` turns on the Host
+    check that stops a web page in the user's browser from reaching the server by DNS
+    rebinding. ``status`` and ``metrics`` give records; they become JSON here, at the edge."""
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
-        """A parameter FastAPI could not parse: the same ErrorBody as every other refusal."""
-        where = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()[:3])
-        return _error(422, f"bad parameter ({where})")
-
-    def check_job(jid: str) -> Response | None:
+    def check_job(jid: str) -> Answer | None:
         if not is_valid_job_id(jid):
             return _error(400, f"invalid job id {jid!r}")
         if jid != job_id:
             return _error(404, f"this server controls job {job_id!r}, not {jid!r}")
         return None
-
-    auth = (401, 403, 413)
 
     health_body = _json({"ok": True, "protocol": PROTOCOL})
 
@@ -180,74 +255,68 @@ def create_app(
     def status_now() -> bytes:
         return _json(encode(status()))
 
-    fast["/health"] = healthy
-    fast[f"/jobs/{job_id}/status"] = status_now
+    async def health(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
+        return Answer(healthy())
 
-    @app.get("/health", response_model=Health, responses=errors(400, 403, 413))
-    async def health() -> Any:
-        return Response(healthy(), media_type=JSON)
-
-    @app.get("/hello", response_model=Hello, responses=errors(400, 403, 413))
-    async def hello(nonce: str = "") -> Any:
+    async def hello(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
         """Proof that this server holds the job's token, before a client sends it."""
+        nonce = _query(scope).get("nonce", "")
         if not _NONCE.fullmatch(nonce):
             return _error(400, "nonce must be 16-128 lowercase hex characters")
         return _answer({"job_id": job_id, "proof": proof(token or "", job_id, nonce), "protocol": PROTOCOL})
 
-    @app.get("/jobs", response_model=JobsList, responses=errors(*auth))
-    async def jobs() -> Any:
+    async def jobs(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
         st = status()
         return _answer({"jobs": [{"job_id": job_id, "state": st.state, "step": st.step, "max_steps": st.max_steps}]})
 
-    @app.get("/jobs/{jid}/status", response_model=Status, responses=errors(*auth, 400, 404))
-    async def job_status(jid: str) -> Any:
-        return check_job(jid) or Response(status_now(), media_type=JSON)
+    async def openapi(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
+        return Answer(published_schema())
 
-    @app.get("/jobs/{jid}/metrics", response_model=MetricHistory, responses=errors(*auth, 400, 404, 422))
-    async def job_metrics(jid: str, since: int | None = None) -> Any:
+    async def job_status(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
+        return check_job(params[0]) or Answer(status_now())
+
+    async def job_metrics(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
         """The recorded metric history, only points after step ``since`` when given."""
-        bad = check_job(jid)
+        since: int | None = None
+        given = _query(scope).get("since")
+        if given is not None:
+            text = given.strip()
+            if not _INTEGER.fullmatch(text):
+                return _error(422, "bad parameter (query.since: Input should be a valid integer, unable to parse string as an integer)")
+            since = int(text.split(".")[0])
+        bad = check_job(params[0])
         if bad is not None:
             return bad
         return _answer(encode(metrics(since) if metrics is not None else MetricRecord(job_id=job_id)))
 
-    @app.get("/jobs/{jid}/commands/{cid}", response_model=Receipt, responses=errors(*auth, 400, 404))
-    async def command(jid: str, cid: str) -> Any:
-        bad = check_job(jid)
+    async def command(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
+        bad = check_job(params[0])
         if bad is not None:
             return bad
         try:
-            return _answer(_receipt(ledger.get(cid).as_record()))
+            return _answer(receipt(encode(ledger.get(params[1]).as_record())))
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
 
-    @app.post(
-        "/jobs/{jid}/control",
-        status_code=202,
-        response_model=Receipt,
-        responses={200: {"model": Receipt, "description": "the key was seen: the first receipt"}, **errors(*auth, 400, 404, 409, 415, 422, 429)},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CommandRequest"}}}}},
-    )
-    async def control(jid: str, request: Request) -> Any:
-        bad = check_job(jid)
+    async def control(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
+        bad = check_job(params[0])
         if bad is not None:
             return bad
-        kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             return _error(415, f"send the command as application/json, not {kind or 'no content type'!r}")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                return _error(413, f"request body is over the {max_body}-byte limit")
+        body = await _body(receive, max_body)
+        if body is None:
+            return _error(413, f"request body is over the {max_body}-byte limit")
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return _error(400, 'malformed JSON; send {"command": "<name>", "key": "<optional idempotency key>"}', valid_commands=list(VALID_COMMANDS))
-        try:
-            req = CommandRequest.model_validate(data)
-        except ValidationError as exc:
-            return _error(422, _describe(exc), valid_commands=list(VALID_COMMANDS))
+            req = _decode_request(body)
+        except msgspec.ValidationError:
+            try:  # not a command: say why, if it is JSON at all
+                return _error(422, describe(_decode_any(body)), valid_commands=list(VALID_COMMANDS))
+            except (msgspec.DecodeError, RecursionError):
+                return _malformed()
+        except (msgspec.DecodeError, RecursionError):
+            return _malformed()
         try:
             cmd = parse_command(req.command)
         except UnknownCommand as exc:
@@ -260,63 +329,18 @@ def create_app(
             entry, created = ledger.submit(cmd, key=req.key, source="http", options=options)
         except LedgerError as exc:
             return _error(exc.http_status, str(exc), **({"refused": exc.refused} if exc.refused else {}))
-        return _answer(_receipt(entry.as_record()), 202 if created else 200)
+        return _answer(receipt(encode(entry.as_record())), 202 if created else 200)
 
-    _publish_errors_as_declared(app)
-    return app
-
-
-def _receipt(record: ReceiptRecord) -> dict[str, Any]:
-    """A receipt as the API sends it past the response model: every field of
-    :class:`.api.Receipt`, null when unset (as a route's ``response_model`` sends it)."""
-    return Receipt.model_validate(encode(record)).model_dump(mode="json")
-
-
-def _describe(exc: ValidationError) -> str:
-    """A command body's problems in the words of the API, not pydantic's."""
-    valid = f"valid commands: {', '.join(VALID_COMMANDS)}"
-    problems = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "model_type":
-            problems.append('expected a JSON object with a "command" field')
-        elif err["type"] == "missing" and where == "command":
-            problems.append(f'expected a JSON object with a "command" field; {valid}')
-        elif err["type"] == "extra_forbidden":
-            problems.append(f"unknown field {where!r}; only command, key and options (evaluate, changes) are accepted")
-        elif where == "command":
-            problems.append(f"unknown command {err.get('input')!r}; {valid}")
-        elif where == "key":
-            problems.append(f"key must be a non-empty string of at most {KEY_MAX} characters")
-        else:
-            problems.append(f"{where}: {err['msg']}")
-    return "; ".join(problems)
+    routes = Routes(
+        exact={"/health": {"GET": health}, "/hello": {"GET": hello}, "/jobs": {"GET": jobs}, "/openapi.json": {"HEAD": openapi, "GET": openapi}},
+        per_job={"status": {"GET": job_status}, "metrics": {"GET": job_metrics}, "control": {"POST": control}},
+        command={"GET": command},
+    )
+    #: the answers a client asks for most (a status poll, a health check), given by the
+    #: guard itself: the same functions as their routes, without the routing around them
+    fast = {"/health": healthy, f"/jobs/{job_id}/status": status_now}
+    return Guard(routes, token=token, loopback=loopback, max_body=max_body, fast=fast)
 
 
-def _publish_errors_as_declared(app: FastAPI) -> None:
-    """FastAPI adds its own 422 (a list of validation errors) to routes with parameters;
-    ours answer every refusal with an ErrorBody, so the schema says that instead."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    responses = operation.get("responses", {})
-                    if "422" in responses:
-                        responses["422"] = {
-                            "description": "not a command, or a parameter out of range",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                        }
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components["ErrorBody"] = ErrorBody.model_json_schema()
-            request = CommandRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(request.pop("$defs", {}))
-            components["CommandRequest"] = request
-            schema["components"]["schemas"].pop("HTTPValidationError", None)
-            schema["components"]["schemas"].pop("ValidationError", None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def _malformed() -> Answer:
+    return _error(400, 'malformed JSON; send {"command": "<name>", "key": "<optional idempotency key>"}', valid_commands=list(VALID_COMMANDS))

@@ -24,12 +24,9 @@ import resource
 import time
 from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCEPT_LOG_INTERVAL", "READ_DEADLINE", "GuardedH11Protocol", "connection_cap", "quiet_accept_errors"]
+__all__ = ["ACCEPT_LOG_INTERVAL", "READ_DEADLINE", "connection_cap", "guarded_protocol", "quiet_accept_errors"]
 
 #: Seconds a client has to send a whole request (headers and body), counted from the
 #: connection (or from the previous answer on a kept-alive one).
@@ -97,11 +94,17 @@ class _Limits:
         raise NotImplementedError
 
 
-class GuardedH11Protocol(_Limits, H11Protocol):
-    """uvicorn's h11 protocol with the limits."""
+def _h11_protocol() -> type[_Limits]:
+    """uvicorn's h11 protocol with the limits (imported only when httptools is not
+    installed: h11 is half a MiB a rank need not carry)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    def _answering(self) -> bool:
-        return self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED) and self.cycle is not None and not self.cycle.response_complete
+    class GuardedH11Protocol(_Limits, H11Protocol):
+        def _answering(self) -> bool:
+            return self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED) and self.cycle is not None and not self.cycle.response_complete
+
+    return GuardedH11Protocol
 
 
 def _httptools_protocol() -> type[_Limits] | None:
@@ -124,7 +127,7 @@ def _httptools_protocol() -> type[_Limits] | None:
 def guarded_protocol(cap: int, read_deadline: float = READ_DEADLINE) -> type[_Limits]:
     """A protocol class with these limits (uvicorn takes a class, not an instance):
     httptools' when it is installed, else h11's."""
-    base = _httptools_protocol() or GuardedH11Protocol
+    base = _httptools_protocol() or _h11_protocol()
     return type(base.__name__, (base,), {"cap": cap, "read_deadline": read_deadline})
 
 

@@ -34,6 +34,7 @@ class ServerThread:
             port=port,
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # no proxy in front: X-Forwarded-* from a local client is not read
             lifespan="off",
             loop="asyncio",
             http=guarded_protocol(self.cap, read_deadline),

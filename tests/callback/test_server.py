@@ -190,3 +190,50 @@ def test_port_in_use_raises_a_clear_error(ledger: Ledger) -> None:
             ServerThread(app, port=busy.getsockname()[1]).start()
     finally:
         busy.close()
+
+
+@pytest.mark.parametrize(
+    "method, url, status, allow",
+    [
+        ("GET", "/nope", 404, None),
+        ("GET", "/jobs/job-1", 404, None),
+        ("GET", "/jobs/job-1/", 404, None),
+        ("GET", "/jobs//status", 404, None),
+        ("GET", "/jobs/", 404, None),  # FastAPI redirected a trailing slash; a path is a path
+        ("GET", "/jobs/job-1/control", 405, "POST"),
+        ("POST", "/jobs/job-1/status", 405, "GET"),
+        ("HEAD", "/jobs", 405, "GET"),
+        ("PUT", "/openapi.json", 405, "HEAD, GET"),
+        ("HEAD", "/openapi.json", 200, None),
+    ],
+)
+def test_other_paths_and_methods(client: TestClient, method: str, url: str, status: int, allow: str | None) -> None:
+    r = client.request(method, url, headers=AUTH)
+    assert r.status_code == status and r.headers.get("allow") == allow
+    if method != "HEAD":
+        assert r.json() == {"detail": {404: "Not Found", 405: "Method Not Allowed"}[status]}
+
+
+@pytest.mark.parametrize(
+    "since, ok",
+    [
+        ("5", True),
+        (" 5 ", True),
+        ("-1", True),
+        ("+3", True),
+        ("1_000", True),
+        ("2.0", True),
+        ("", False),
+        ("x", False),
+        ("1.5", False),
+        ("0x10", False),
+        ("%EF%BC%95", False),
+    ],
+)
+def test_metrics_since_is_an_integer(client: TestClient, since: str, ok: bool) -> None:
+    r = client.get(f"/jobs/job-1/metrics?since={since}", headers=AUTH)
+    if ok:
+        assert r.status_code == 200 and r.json()["job_id"] == "job-1"
+    else:
+        assert r.status_code == 422 and r.json()["detail"].startswith("bad parameter (query.since: ")
+    assert client.get(f"/jobs/other/metrics?since={since}", headers=AUTH).status_code == (404 if ok else 422)  # the parameter first, as before
