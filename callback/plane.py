@@ -23,7 +23,7 @@ from forgather_control.core.records import Endpoint, Identity, Status, encode, l
 from .history import HistoryRecorder
 from .publisher import Publisher
 
-if TYPE_CHECKING:  # the server modules import fastapi and uvicorn: only when HTTP is served
+if TYPE_CHECKING:  # the server thread imports uvicorn: only when HTTP is served
     from forgather_control.serving.thread import ServerThread
 
 log = logging.getLogger(__name__)
