@@ -1,7 +1,7 @@
-"""Rank 0's metric history, recorded from the I/O thread, never from ``step()``.
+"""Rank 0's metric history, recorded from the I/O round, never from ``step()``.
 
 The training thread only leaves its latest metrics in an attribute (what it always
-did); the I/O thread samples them at each of its ticks (twice a second by default),
+did); the I/O round (in the rank's control thread) samples them at each tick (twice a second by default),
 together with the step and the steps per second, and writes ``metrics.json`` every few
 seconds when something was added. An evaluation's metrics are recorded when the loop
 reports them (rare, and already off the hot path). So recording costs ``step()`` nothing.
@@ -65,7 +65,7 @@ class HistoryRecorder:
                     self.history.record(step, now, metrics)
             if self.history.version != self._written and now - self._last_write >= self.write_every:
                 self.flush()
-        except Exception as exc:  # the I/O thread goes on; the curves are not worth a training run
+        except Exception as exc:  # the I/O round goes on; the curves are not worth a training run
             if not folder_gone(self.paths.dir, exc, log):
                 log.exception("forgather control: could not record the metric history")
 

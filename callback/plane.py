@@ -1,8 +1,10 @@
-"""Rank 0's ways in and out: the HTTP server, the I/O thread and endpoint.json.
+"""Rank 0's ways in and out: the HTTP server, the I/O round and endpoint.json.
 
 A client finds the job through endpoint.json (URL, token, which process serves),
 sends commands over HTTP or drops them in the inbox, and reads status.json. All of it
-runs on rank 0 only, off the training thread. Nothing here may stop training: a part
+runs on rank 0 only, off the training thread: HTTP in its server thread, the I/O round
+(status.json, heartbeat, inbox: :mod:`.publisher`) in the rank's one control thread
+(:mod:`forgather_control.core.rankloop`). Nothing here may stop training: a part
 that cannot start is recorded in ``control_error`` (and so in status.json), and the
 rest carries on without it; the file channel alone is enough to command a job.
 """
@@ -57,7 +59,7 @@ class ControlPlane:
         history: HistoryRecorder | None = None,
     ) -> None:
         self.job_id = job_id
-        #: rank 0's metric history, sampled and written by the I/O thread
+        #: rank 0's metric history, sampled and written by the I/O round
         self.history = history
         self.paths = paths
         self.ledger = ledger
@@ -81,7 +83,7 @@ class ControlPlane:
     # -- what others read ---------------------------------------------------------------
     @property
     def serving(self) -> bool:
-        """The I/O thread runs: status.json is kept fresh and the inbox is polled."""
+        """The I/O round runs: status.json is kept fresh and the inbox is polled."""
         return self._publisher is not None
 
     @property
@@ -96,13 +98,13 @@ class ControlPlane:
 
     @property
     def publisher(self) -> Publisher | None:
-        """The I/O thread while serving (status.json, heartbeat, inbox)."""
+        """The I/O round while serving (status.json, heartbeat, inbox)."""
         return self._publisher
 
     # -- serving -------------------------------------------------------------------------
     def start(self, *, world_size: int) -> None:
         """Create the job's folder, serve HTTP (unless disabled), write endpoint.json and
-        start the I/O thread. Never raises."""
+        start the I/O round. Never raises."""
         if self._publisher is not None:
             return
         try:

@@ -1,9 +1,10 @@
 """Rank 0's I/O, off the training thread: status.json, heartbeat, and the inbox.
 
-One daemon thread wakes every ``poll_interval`` (or at once when the ledger changes),
-picks up command files from ``inbox/``, and rewrites status.json when something changed
-or the heartbeat is due. Any error here is logged and recorded; it never reaches the
-training loop.
+A round of the rank's control loop (:mod:`forgather_control.core.rankloop`: the one
+thread that also watches the launcher and answers stack requests) every
+``poll_interval``, or at once when the ledger changes: it picks up command files from
+``inbox/`` and rewrites status.json when something changed or the heartbeat is due. Any
+error here is logged and recorded; it never reaches the training loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, read_json, write_json_atomic
+from forgather_control.core import JobPaths, Ledger, LedgerError, UnknownCommand, rankloop, read_json, write_json_atomic
 from forgather_control.core.files import TEMP_PREFIX, RecordError, remove_quietly
 from forgather_control.core.records import CommandFile, Status, decode, encode
 from forgather_control.core.vanished import folder_gone
@@ -44,6 +45,7 @@ class Publisher:
         inbox_grace: float = INBOX_GRACE,
         clock: Callable[[], float] = time.monotonic,
         on_tick: Callable[[], None] | None = None,
+        loop: rankloop.ControlLoop | None = None,
     ) -> None:
         self.paths = paths
         #: more I/O work for each tick (the metric history); must not raise
@@ -59,18 +61,18 @@ class Publisher:
         # not parse; our clock, not the file's mtime, which on shared storage is another
         # host's clock.
         self._unparsed: dict[str, tuple[tuple[int, int], float]] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._loop = loop
+        self._task: rankloop.Task | None = None
         self._dirty = True
         self._last_write = 0.0
-        self._lock = threading.Lock()  # one status writer at a time (thread + final write)
-        self._thread = threading.Thread(target=self._loop, name="forgather-control-io", daemon=True)
+        self._lock = threading.Lock()  # one status writer at a time (the loop + final write)
         self.errors = 0
 
     @property
     def alive(self) -> bool:
-        """The I/O thread runs (an error in one round never ends it)."""
-        return self._thread.is_alive()
+        """The I/O round runs in the control loop (an error in one round never ends it)."""
+        task = self._task
+        return task is not None and task.active
 
     @property
     def unparsed(self) -> frozenset[str]:
@@ -78,26 +80,23 @@ class Publisher:
         return frozenset(self._unparsed)
 
     def start(self) -> None:
-        self._thread.start()
+        """Run :meth:`tick` every ``poll_interval`` in the control loop."""
+        if self._task is None:
+            loop = self._loop if self._loop is not None else rankloop.shared()
+            self._task = loop.every(self.poll_interval, self.tick, name="the I/O round (status.json, inbox)")
 
     def changed(self) -> None:
         """Something in the status worth writing now (a ledger transition)."""
         self._dirty = True
-        self._wake.set()
+        task = self._task
+        if task is not None:
+            task.poke()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll_interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            self.tick()
+        """No more rounds; a round under way has ended when this returns (within ``timeout``)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel(timeout)
 
     def tick(self) -> None:
         """One round of work; safe to call from any thread, never raises."""

@@ -1,9 +1,9 @@
-"""Is training stuck? Rank 0's I/O thread tells from the step, never from ``step()``.
+"""Is training stuck? Rank 0's I/O round tells from the step, never from ``step()``.
 
 A hang (a rank waiting in a collective for another stuck in a data loader, a deadlock,
-a dead peer) leaves the step where it is while every process still runs. The I/O thread
-notes when it last saw the step move; when that is longer ago than the stall threshold,
-the status says so, with what rank 0 itself is doing: waiting in the agreement
+a dead peer) leaves the step where it is while every process still runs. The I/O round
+(in the rank's control thread) notes when it last saw the step move; when that is longer
+ago than the stall threshold, the status says so, with what rank 0 itself is doing: waiting in the agreement
 collective (so another rank has not arrived), or in the training code. All times are
 rank 0's own clock, so a reader on a host whose clock is off still reads them right.
 
@@ -54,7 +54,7 @@ class Progress(NamedTuple):
 
 class StallWatch:
     """When the step last moved, and whether that is a stall. ``observe`` is called by
-    the I/O thread (and the HTTP thread), with its own clock's time."""
+    the I/O round (and the HTTP thread), with its own clock's time."""
 
     def __init__(self, *, stall_after: float | None = None) -> None:
         self.stall_after = stall_after

@@ -1,7 +1,8 @@
 """A worker ends when its launcher is gone: no orphans, whatever killed the launcher.
 
 ``forgather launch`` names itself to its workers (``FORGATHER_LAUNCHER_PID``, pid and
-start time). A daemon thread in each worker looks once a second: when the launcher no
+start time). Each worker looks once a second, in its control loop
+(:mod:`forgather_control.core.rankloop`): when the launcher no
 longer runs (``kill -9``, an OOM kill, a node agent that took it) or the worker's own
 parent (torchrun) is gone, nothing is left to supervise the job, stop it at the end of
 its grace or reap it. The worker then ends at once; rank 0 first writes the job's final
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from forgather_control.core import rankloop
 from forgather_control.core.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
 from forgather_control.core.failures import record_failure
 from forgather_control.core.files import remove_quietly, write_json_atomic
@@ -49,8 +50,9 @@ def launcher_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> tu
 
 
 class LauncherWatch:
-    """Watches the launcher (and this worker's parent) from a daemon thread; ``on_gone``
-    runs once when either is gone. ``exit_process`` ends the process (injected for tests)."""
+    """Watches the launcher (and this worker's parent) from the control loop;
+    ``final_record`` runs once when either is gone, then ``exit_process`` ends the process
+    (both injected for tests)."""
 
     def __init__(
         self,
@@ -65,15 +67,17 @@ class LauncherWatch:
         self._exit = exit_process
         self._final_record = final_record
         self._parent = os.getppid()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="forgather-launcher-watch", daemon=True)
+        self._task: rankloop.Task | None = None
 
-    def start(self) -> LauncherWatch:
-        self._thread.start()
+    def start(self, loop: rankloop.ControlLoop | None = None) -> LauncherWatch:
+        if self._task is None:
+            self._task = (loop or rankloop.shared()).every(self.interval, self._look, name="the launcher watch")
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     def gone(self) -> str | None:
         """Why this worker is orphaned, or None while its launcher and parent run."""
@@ -83,19 +87,18 @@ class LauncherWatch:
             return f"the launcher (pid {self.launcher_pid}) is gone"
         return None
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            why = self.gone()
-            if why is None:
-                continue
-            log.error("forgather: %s; nothing supervises this job any more: ending this worker", why)
-            if self._final_record is not None:
-                try:
-                    self._final_record(why)
-                except Exception:  # the worker ends either way
-                    log.exception("forgather: could not record the job's end")
-            self._exit(EXIT_ORPHANED)
+    def _look(self) -> None:
+        why = self.gone()
+        if why is None:
             return
+        self.stop()  # once: the worker ends here (an injected exit returns; it is not asked again)
+        log.error("forgather: %s; nothing supervises this job any more: ending this worker", why)
+        if self._final_record is not None:
+            try:
+                self._final_record(why)
+            except Exception:  # the worker ends either way
+                log.exception("forgather: could not record the job's end")
+        self._exit(EXIT_ORPHANED)
 
 
 def record_orphaned(paths: JobPaths, why: str) -> None:

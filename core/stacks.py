@@ -4,16 +4,17 @@ Each worker appends its dumps to a file in the job folder and says so in
 ``stacks/rank-<R>.json`` (host, pid, the file). It answers two ways, and needs no ptrace
 permission, which clusters usually deny:
 
-- A thread of its own waits on a FIFO beside the file (``rank-<R>-<pid>.fifo``); a byte
-  written there makes it dump every thread with ``faulthandler.dump_traceback`` while it
-  holds the GIL, so no other thread changes its frames under the dump. This is how a
-  rank is asked first.
+- Its control thread (:mod:`.rankloop`, the one that also watches the launcher and, on
+  rank 0, writes the status) reads a FIFO beside the file (``rank-<R>-<pid>.fifo``); a
+  byte written there makes it dump every thread with ``faulthandler.dump_traceback``
+  while it holds the GIL, so no other thread changes its frames under the dump. This is
+  how a rank is asked first; the request waits at most for the loop's round under way.
 - ``faulthandler`` registered on a signal reserved for this (:data:`STACK_SIGNAL`). Its
   C-level handler answers even when the main thread is stuck in C holding the GIL, but
   it walks the frames of threads that may be running Python meanwhile: asked that way
   while a thread wrote files, a rank crashed (SIGSEGV) about once in 30 dumps. So the
-  signal is sent only when the dump thread has not started within :data:`GIL_WAIT` (the
-  GIL held by a stuck thread: then no Python runs, and the walk is safe).
+  signal is sent only when the dump has not started within :data:`GIL_WAIT` (the GIL
+  held by a stuck thread: then no Python runs, and the walk is safe).
 
 A process is signalled only when it is the one its record names (host, boot, pid and
 start time) *and* the kernel says it catches the signal: the default action of a
@@ -53,6 +54,7 @@ from typing import IO
 
 from msgspec import structs
 
+from forgather_control.core import rankloop
 from forgather_control.core.files import TEMP_PREFIX, NotOurs, RecordError, ensure_private_dir, foreign, remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.liveness import local_host, pid_alive, process_identity, same_pid_namespace
@@ -246,17 +248,18 @@ def _started_at() -> float | None:
 
 
 class _Dumper:
-    """The rank's dump thread: one byte on its FIFO, one dump of every thread, taken
-    holding the GIL (safe while other threads run Python), then :data:`END_OF_DUMP`.
-    The FIFO is made 0600 in the rank's private stacks folder and opened as itself (never
-    through a link); it is opened read-write, so the thread's read blocks until a request
-    comes, whoever opened it before."""
+    """The rank's stack listener, a reader of its control loop (:mod:`.rankloop`): one
+    byte on its FIFO, one dump of every thread, taken holding the GIL (safe while other
+    threads run Python), then :data:`END_OF_DUMP`. The FIFO is made 0600 in the rank's
+    private stacks folder and opened as itself (never through a link); it is opened
+    read-write, so it never reads as closed, whoever opened it before. ``ident``: the
+    loop thread's, which writes the dumps (a reader leaves it out)."""
 
     def __init__(self, path: Path, fh: IO[bytes]) -> None:
         self.path, self._fh = path, fh
         remove_quietly(path)  # an earlier process's, with our pid
         os.mkfifo(path, 0o600)
-        fd = os.open(path, os.O_RDWR | _O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | _O_NOFOLLOW | _O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
@@ -265,29 +268,26 @@ class _Dumper:
             os.close(fd)
             raise
         self._fd = fd
-        self._thread = threading.Thread(target=self._serve, name="forgather-stacks", daemon=True)
-        self._thread.start()
-        self.ident = self._thread.ident
+        loop = rankloop.shared()
+        self._task = loop.reader(fd, self._serve, name="the stack listener")
+        self.ident = loop.ident
 
     def _serve(self) -> None:
         try:
-            while True:
-                asked = os.read(self._fd, 64)
-                if not asked or b"q" in asked:
-                    return
-                faulthandler.dump_traceback(file=self._fh, all_threads=True)
-                self._fh.write(END_OF_DUMP.encode())
+            asked = os.read(self._fd, 64)
+        except BlockingIOError:
+            return
+        if not asked:
+            return
+        try:
+            faulthandler.dump_traceback(file=self._fh, all_threads=True)
+            self._fh.write(END_OF_DUMP.encode())
         except (OSError, ValueError):  # the dump file closed under us: we are being replaced
             return
-        finally:
-            os.close(self._fd)
 
     def stop(self) -> None:
-        try:
-            os.write(self._fd, b"q")
-        except OSError:
-            pass
-        self._thread.join(5)
+        self._task.cancel()
+        os.close(self._fd)
         remove_quietly(self.path)
 
 
