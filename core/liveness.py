@@ -82,9 +82,14 @@ def _boot_id() -> str:
 
 def process_start_time(pid: int) -> float | None:
     """Start time of ``pid`` in seconds since the epoch, or None if no process runs with
-    it (none at all, or a zombie: it has died and only waits for its parent to notice)."""
+    it (none at all, or a zombie: it has died and only waits for its parent to notice).
+    Read from /proc where there is one, as psutil computes it (the same float: clock ticks
+    since boot over ticks a second, plus the boot time), so a training rank never loads
+    psutil (0.8 MiB) to name itself or look at its launcher; psutil elsewhere."""
     if not isinstance(pid, int) or pid <= 0:
         return None
+    if _PROC_STAT:
+        return _proc_start_time(pid)
     import psutil  # here: a listing of jobs from other hosts never needs it
 
     try:
@@ -102,6 +107,35 @@ def process_identity(pid: int | None = None) -> Identity:
     pid = os.getpid() if pid is None else pid
     me = local_host()
     return Identity(host=me.hostname, boot_id=me.boot_id, pid=pid, pid_start_time=process_start_time(pid), pid_ns=local_pid_ns())
+
+
+#: Linux's /proc: a process's start in its stat file, the boot time in /proc/stat.
+_PROC_STAT = os.path.exists("/proc/self/stat") and os.path.exists("/proc/stat")
+
+
+def _boot_time() -> float | None:
+    """The boot time, seconds since the epoch (``btime`` of /proc/stat, read each time as
+    psutil does: the kernel moves it with the wall clock)."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime"):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _proc_start_time(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        boot = _boot_time()
+        if fields[0] == b"Z" or boot is None:  # a zombie has died
+            return None
+        return float(int(fields[19])) / os.sysconf("SC_CLK_TCK") + boot
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 _PID_NS: tuple[int, int | None] | None = None

@@ -126,3 +126,30 @@ def test_a_record_of_an_older_release_without_pid_ns_is_judged_by_its_pid_as_bef
     assert judge(endpoint=typed(Endpoint, gone), status=None, squeue=no_squeue)[0] == Liveness.DEAD
     elsewhere = {**gone, "pid_ns": 1, "heartbeat_at": time.time()}
     assert judge(endpoint=None, status=typed(Status, elsewhere), squeue=no_squeue)[0] == Liveness.UNKNOWN
+
+
+def test_a_start_time_read_from_proc_is_psutils_and_a_rank_never_loads_psutil(wait_for) -> None:
+    """Records compare start times made by psutil (older releases, the launcher's view of
+    its children) with ones read from /proc: the very same float. A training rank names
+    itself and looks at its launcher without psutil (0.8 MiB a rank, issue 24)."""
+    import psutil
+
+    from forgather_control.core.liveness import process_start_time
+
+    for pid in (os.getpid(), os.getppid(), 1):
+        assert process_start_time(pid) == psutil.Process(pid).create_time()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, timeout=30, what="a zombie")
+    assert process_start_time(child.pid) is None  # died, not yet reaped: not running
+    child.wait()
+    assert process_start_time(child.pid) is None
+    code = (
+        "import sys, os\n"
+        "import forgather_control.callback\n"
+        "from forgather_control.core.liveness import pid_alive, process_identity\n"
+        "me = process_identity()\n"
+        "assert me.pid_start_time and pid_alive(me)\n"
+        "print('psutil' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
