@@ -12,7 +12,9 @@ round (so the machine's load falls on all alike), one warm-up round first:
   control callback serves them (``forgather.ml.trainer.callbacks.control_callback``).
 
 Each answers ``GET /health`` and ``GET /jobs/ID/status`` (with the bearer token), over a
-kept-alive connection and over a new connection per request. Prints the median time a
+kept-alive connection and over a new connection per request; ours also a command's
+receipt (``GET /jobs/ID/commands/CID``: a request through its router, which the guard
+does not answer itself; the reference has no such route). Prints the median time a
 request takes (microseconds) and ``ours / reference``; exits 1 when ours is over
 ``--budget`` times the reference on a kept-alive connection. Usage::
 
@@ -32,7 +34,7 @@ import time
 from typing import Any
 
 from forgather_control.callback.server import create_app
-from forgather_control.core import Ledger
+from forgather_control.core import Ledger, parse_command
 from forgather_control.core.liveness import process_identity
 from forgather_control.core.records import Receipt, Status
 from forgather_control.core.states import JobState
@@ -161,20 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     status = _status()
-    ours = ServerThread(create_app(job_id=JOB, ledger=Ledger(), status=lambda: status, token=TOKEN))
+    ledger = Ledger()
+    receipt, _ = ledger.submit(parse_command("evaluate"), key="bench", source="http")
+    ours = ServerThread(create_app(job_id=JOB, ledger=ledger, status=lambda: status, token=TOKEN))
     bare = ServerThread(_bare_app())
     ports = {"ours": ours.start(), "bare": bare.start()}
     try:
         ports["reference"] = _Reference(status).port
     except ImportError:
         print("aiohttp is not installed: no reference server", file=sys.stderr)
-    routes = {"health": "/health", "status": f"/jobs/{JOB}/status"}
+    routes = {"health": "/health", "status": f"/jobs/{JOB}/status", "receipt": f"/jobs/{JOB}/commands/{receipt.id}"}
     results: dict[str, list[float]] = {}
     for r in range(args.rounds + 1):
         for server, port in ports.items():
             for route, path in routes.items():
-                if server == "bare" and route == "status":
+                if server == "bare" and route != "health":
                     continue  # one fixed body: the same as its /health
+                if server == "reference" and route == "receipt":
+                    continue  # no such route
                 for keep in (True, False):
                     n = args.requests if keep else max(50, args.requests // 10)
                     us = _time(port, path, n, keep_alive=keep)

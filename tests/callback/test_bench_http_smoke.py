@@ -18,6 +18,6 @@ def test_bench_http_runs(tmp_path) -> None:
     argv = [sys.executable, str(REPO / "benchmarks" / "bench_http.py"), "--requests", "60", "--rounds", "1", "--budget", "1000"]
     p = subprocess.run(argv, env=base_env(tmp_path / "unused"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    for row in ("ours health kept-alive", "ours status new connection", "bare health kept-alive", "reference status kept-alive"):
+    for row in ("ours health kept-alive", "ours status new connection", "ours receipt kept-alive", "bare health kept-alive", "reference status kept-alive"):
         assert row in p.stdout, p.stdout
     assert "x the reference" in p.stdout and "PASS" in p.stdout
