@@ -12,7 +12,7 @@ round (issue 24: at most ``--budget`` ns added, default 100):
 - Lightning's ``on_train_batch_end(trainer, module, outputs, batch, batch_idx)``.
 
 No trainer is imported: the objects are the shapes the hooks read. The Controller is
-started (its I/O thread runs) and no command comes, so every step is between checks.
+started (its I/O round runs) and no command comes, so every step is between checks.
 
     python benchmarks/bench_hooks.py [--steps 200000] [--rounds 7] [--budget 100]
 """

@@ -5,12 +5,12 @@ same run. The Controller is fully started (uvicorn serving, inbox poller and sta
 writer running), as in a real job. Prints a table; exits 1 if over budget.
 
 Budget (issue 11): recording the metric history adds at most 0.1 us to a step: the same
-loop against a Controller that records (its I/O thread sampling 100 times a second, 200
+loop against a Controller that records (its I/O round sampling 100 times a second, 200
 times the default) and one that does not, in the same run.
 
 Budget (issue 12): watching for stalls puts nothing on the step path: ``step()`` does
 no stall work (the Controller measured above watches, as every Controller does); the
-I/O thread's look (``StallWatch.observe``, once per status write, every 2 s) costs at
+I/O round's look (``StallWatch.observe``, once per status write, every 2 s) costs at
 most 5 us, measured here against an empty call in the same run.
 
 Budget (issue 21): guards declared and none firing add at most 0.1 us to a step: a
@@ -98,7 +98,7 @@ def controller_loop(ctl: Controller, n: int) -> float:
 
 
 def stall_look_us(n: int = 100_000) -> float:
-    """One stall look (as the I/O thread makes per status write), above an empty call."""
+    """One stall look (as the I/O round makes per status write), above an empty call."""
     watch = StallWatch()
 
     def empty(step: int, now: float, *, steps_per_second: float | None, phase: Phase) -> dict:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'  with 4 knobs declared, none pending':<44}{knobs_us:>16.3f}   budget {KNOBS_BUDGET_US * scale:.3f}   ({ratio:.2f}x the step without)")
     look = stall_look_us()
     print(f"{'stall watch on the step path':<44}{'none':>16}")
-    print(f"{'  one look by the I/O thread (every 2 s)':<44}{look:>16.3f}   budget {STALL_LOOK_BUDGET_US * scale:.1f}")
+    print(f"{'  one look by the I/O round (every 2 s)':<44}{look:>16.3f}   budget {STALL_LOOK_BUDGET_US * scale:.1f}")
     print(f"metrics.json after 1,000,000 logged steps (loss, learning_rate, grad_norm, steps_per_second; eval_loss every 1,000): {history_size() / 1e6:.2f} MB")
     ok = (
         med <= BUDGET_US * scale

@@ -11,7 +11,7 @@ Two kinds of decision, two places:
 - ``spike`` and ``slowdown`` are rank 0's, from the loss the trainer logs and the job's
   steps/s, and so is ``straggler``, from every rank's own time per step (its watch runs
   with defaults when no straggler guard was declared: stragglers are always named);
-  ``stall`` is rank 0's I/O thread's (the training thread is the one stuck).
+  ``stall`` is rank 0's I/O round's (the training thread is the one stuck).
   Their commands go into the ledger as a person's would and are agreed at a check like
   any other.
 
@@ -65,7 +65,7 @@ def decode_vote(vote: int) -> tuple[int, str] | None:
 
 class GuardBook:
     """The guards of one rank: ``vote`` (every rank, at a check), ``judge`` (rank 0, at a
-    check), ``agreed`` (every rank, after the check), ``stalled`` (rank 0's I/O thread)."""
+    check), ``agreed`` (every rank, after the check), ``stalled`` (rank 0's I/O round)."""
 
     def __init__(self, rules: tuple[GuardRule, ...], *, rank: int) -> None:
         self.rules = rules
@@ -161,7 +161,7 @@ class GuardBook:
             values={"factor": factor, "seconds": self.stragglers.seconds(rank) or 0.0},
         )
 
-    # -- rank 0's I/O thread ---------------------------------------------------------------
+    # -- rank 0's I/O round ----------------------------------------------------------------
     def stalled(self, stall: Stall | None) -> GuardFiring | None:
         """The stall guard, once per stall."""
         if self.stall is None:

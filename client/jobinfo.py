@@ -311,7 +311,7 @@ def status_of_run(status: Status | None, run: int | None) -> Status | None:
 def stall_of(status: Status, now: float) -> StallNotice | None:
     """Why a running job is stalled, or None: rank 0's own word (its step has not moved
     for longer than its threshold, and what it is doing), or, on this host, rank 0 not
-    answering at all (its I/O thread no longer writes its heartbeat: a process stopped,
+    answering at all (its control thread no longer writes its heartbeat: a process stopped,
     or stuck holding the GIL). ``for`` is seconds, ``why`` a sentence for a person."""
     if status.state != JobState.RUNNING:
         return None

@@ -593,7 +593,7 @@ class StacksRegistration(Identity):
     registered_at: When | None = None
     launcher_pid: Pid | None = None
     launcher_start_time: When | None = None
-    #: the FIFO (a name in the same folder) its dump thread answers requests on
+    #: the FIFO (a name in the same folder) its control thread answers requests on
     requests: Str128 | None = None
     #: that thread's ident: not shown among the rank's threads
     dump_thread: Count | None = None

@@ -37,6 +37,7 @@ file the rank's user may read is opened (without blocking), one line of it, cut 
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import json
 import logging
@@ -95,9 +96,9 @@ __all__ = [
 STACK_SIGNAL = signal.SIGRTMIN + 5
 #: How long a rank has to write its dump (seconds).
 DUMP_TIMEOUT = 3.0
-#: How long a rank's dump thread has to start writing before the signal is sent instead.
+#: How long a rank's control thread has to start its dump before the signal is sent instead.
 GIL_WAIT = 1.0
-#: The line the dump thread writes after each dump: the reader then knows it is whole.
+#: The line the control thread writes after each dump: the reader then knows it is whole.
 END_OF_DUMP = "# end of dump\n"
 _MAX_DUMP = 1 << 20
 #: A frame's line of code is cut to this many characters.
@@ -208,6 +209,9 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
         _dumper = _Dumper(folder / f"rank-{int(rank)}-{os.getpid()}.fifo", fh)
     except OSError as exc:  # the signal alone still answers
         log.warning("forgather: rank %s answers stacks requests by signal only (%s)", rank, exc)
+    else:
+        atexit.unregister(_remove_fifo)  # once, whichever job registered last
+        atexit.register(_remove_fifo)
     record = StacksRegistration(
         **structs.asdict(process_identity()),
         rank=int(rank),
@@ -224,6 +228,15 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     )
     write_json_atomic(folder / f"rank-{int(rank)}.json", encode(record))
     return folder / name
+
+
+def _remove_fifo() -> None:
+    """At this process's normal exit its FIFO goes: nobody reads it any more, and a job of
+    thousands of ranks would leave as many behind each run. (A forked child inherits the
+    hook, not the FIFO: only the process that made it removes it.)"""
+    dumper = _dumper
+    if dumper is not None and dumper.pid == os.getpid():
+        remove_quietly(dumper.path)
 
 
 def _cwd() -> str | None:
@@ -268,6 +281,7 @@ class _Dumper:
             os.close(fd)
             raise
         self._fd = fd
+        self.pid = os.getpid()
         loop = rankloop.shared()
         self._task = loop.reader(fd, self._serve, name="the stack listener")
         self.ident = loop.ident
@@ -324,7 +338,7 @@ class Worker:
     main_thread: int | None
     #: the live launcher that answers for this worker (None: nobody does, ask directly)
     launcher: int | None = None
-    #: its dump thread's FIFO and ident (None: a worker that answers the signal only)
+    #: the FIFO its control thread reads and that thread's ident (None: a worker that answers the signal only)
     requests: Path | None = None
     dump_thread: int | None = None
     #: its working directory and start time (None: an older release's record)
@@ -430,14 +444,14 @@ def _signal(pid: int, dump_file: Path) -> None:
 
 def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[RankStacks]:
     """Ask each worker proven a rank of its job for its stacks and read what it appended
-    to its dump file: through its dump thread first, by signal when that thread has not
-    started within :data:`GIL_WAIT` (or the worker has none); a worker that writes nothing
+    to its dump file: through its control thread first, by signal when that thread has not
+    started the dump within :data:`GIL_WAIT` (or the worker has none); a worker that writes nothing
     within ``timeout`` says so. Each frame comes with its line of code, read here, on the
     ranks' host (:func:`source_line`)."""
     out: dict[int, RankStacks] = {}
     asked = {w.rank: w for w in workers}
     pending: dict[int, tuple[Worker, int]] = {}
-    by_thread: dict[int, float] = {}  # rank -> when its dump thread was asked
+    by_thread: dict[int, float] = {}  # rank -> when its control thread was asked
     for w in asked.values():
         try:
             offset = w.dump.stat().st_size
@@ -459,7 +473,7 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
             except OSError:
                 continue
             if size == offset and rank in by_thread and now - by_thread[rank] >= GIL_WAIT:
-                # its dump thread cannot get the GIL: a thread holds it, stuck in C, so no
+                # its control thread cannot get the GIL: a thread holds it, stuck in C, so no
                 # Python runs and the C-level handler's walk is safe
                 del by_thread[rank]
                 try:
@@ -499,7 +513,7 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
 
 
 def _ask_thread(w: Worker) -> bool:
-    """Write one byte to ``w``'s dump thread's FIFO; False when it has none, or the FIFO
+    """Write one byte to ``w``'s control thread's FIFO; False when it has none, or the FIFO
     is not one (a link, a file, another uid's than its dump file's), or nobody reads it."""
     if w.requests is None:
         return False

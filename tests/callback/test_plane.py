@@ -1,4 +1,4 @@
-"""Rank 0's plane on its own: endpoint.json, status.json and the I/O thread, and that
+"""Rank 0's plane on its own: endpoint.json, status.json and the I/O round, and that
 none of its failures reach the caller."""
 
 from __future__ import annotations

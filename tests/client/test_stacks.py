@@ -1,4 +1,4 @@
-"""Every rank's stacks, dumped by the ranks themselves (their dump thread, asked through a
+"""Every rank's stacks, dumped by the ranks themselves (their control thread, asked through a
 FIFO; faulthandler on a reserved signal when that thread cannot get the GIL): real
 processes stuck in Python and in a C call holding the GIL, asked again and again while
 another thread runs, grouping, the safety rule (never signal a process that does not
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -137,7 +138,7 @@ from forgather_control.core.stacks import register
 jobs, job = sys.argv[1:3]
 register(JobPaths(Path(jobs), job), 0)
 
-def writes_its_records():  # as a rank's I/O thread does: Python, I/O, the GIL let go and taken again
+def writes_its_records():  # as a rank's control thread does: Python, I/O, the GIL let go and taken again
     while True:
         write_json_atomic(Path(jobs) / job / "busy.json", {"at": time.time()})
 
@@ -349,7 +350,7 @@ def test_a_hung_job_another_nodes_launcher_ended_is_ended_on_this_node_at_once()
 
 
 def test_an_abort_left_in_the_inbox_is_overdue_too() -> None:
-    """Rank 0 no longer reads its inbox (its I/O thread is stuck): the file is the command."""
+    """Rank 0 no longer reads its inbox (its control thread is stuck): the file is the command."""
     watch = AbortWatch(run=0, grace=10.0)
     inbox = [CommandFile(id="c-3", command="abort", key="k3"), CommandFile(id="c-4", command="graceful_stop")]
     watch.look(None, inbox, now=0.0)
@@ -381,3 +382,27 @@ def _info(jobs_dir: Path, job_id: str):
     from forgather_control.client.transport import probe_endpoint
 
     return judge_job(JobPaths(jobs_dir, job_id), probe=probe_endpoint)
+
+
+def test_a_rank_that_exits_takes_its_fifo_along_not_its_childs(tmp_path: Path) -> None:
+    """Its FIFO goes at a normal exit (thousands of ranks a run would leave as many), and a
+    forked child that exits first leaves its parent's where it is."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from forgather_control.core.jobs import JobPaths
+        from forgather_control.core.stacks import register
+        dump = register(JobPaths(Path(sys.argv[1]), "j"), 0)
+        fifo = dump.with_suffix(".fifo")
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # a normal exit of the child: its atexit hooks run
+        os.waitpid(pid, 0)
+        print(fifo.exists(), flush=True)
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "jobs")], env=base_env(tmp_path / "jobs"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "True", p.stdout + p.stderr
+    folder = tmp_path / "jobs" / "j" / "stacks"
+    assert sorted(f.suffix for f in folder.iterdir()) == [".json", ".txt"]  # the FIFO gone with the rank

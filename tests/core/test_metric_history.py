@@ -81,7 +81,7 @@ def test_a_job_records_its_curves_serves_them_and_keeps_them(tmp_path: Path) -> 
             time.sleep(0.008)  # 1.6 s in all: a steps-per-second sample needs a second
         with open_job("curves", jobs_dir=jobs) as job:
             assert job.channel == "http"
-            # The I/O thread records the last steps on its own beat: once it has them all,
+            # The I/O round records the last steps on its own beat: once it has them all,
             # ``since`` has one answer.
             served = wait_for(lambda: (m := job.metrics()).series["loss"].step[-1] == 200 and m, what="the history up to step 200")
             assert served.series["eval_loss"] == Series(step=[100], time=served.series["eval_loss"].time, value=[0.25])
