@@ -74,7 +74,7 @@ from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
 from .resume import carried_knobs, resume_from, resume_step
-from .schedule import NEVER, CheckSchedule
+from .schedule import NEVER, CheckSchedule, next_lag
 from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
 from .stackdump import enable_stack_dumps
 from .stall import Phase, StallWatch
@@ -82,11 +82,6 @@ from .straggle import RankClock, node_rank
 
 log = logging.getLogger(__name__)
 
-#: A started check whose answer was not in when its resolution step came (a wait longer
-#: than this, seconds) gets one more step of lag, up to MAX_LAG; a check that was in long
-#: before gets one less.
-LAG_WAIT = 0.0005
-MAX_LAG = 16
 #: How long close waits for a started check's collective (seconds), and when the rank
 #: ends with an error (its failure must not wait on peers that may be gone).
 INFLIGHT_AT_CLOSE = 30.0
@@ -97,6 +92,11 @@ MAX_COST_US = 10_000_000
 #: Checks between evaluation batches are synchronous; without a fixed interval they
 #: come about once a second.
 EVAL_CHECK_INTERVAL = 1.0
+#: Rank 0 compares the ranks' times per step (the status's rank table, stragglers) at
+#: most this often (seconds), not at every check: checks come up to ten a second, and at
+#: thousands of ranks the comparison is milliseconds every rank waits for at the next
+#: collective (docs/design-notes.md, "At scale").
+COMPARE_EVERY = 1.0
 
 
 def _eval_interval(check_interval: float | None) -> float:
@@ -234,6 +234,7 @@ class Controller:
         self._rank_table: list[RankTime] | None = None
         self._named: list[Straggler] | None = None
         self._named_at: dict[int, int] = {}  # rank -> the step it was named at
+        self._compared_at = -COMPARE_EVERY  # monotonic time of the last comparison
         # The hot path: a check when ``step >= _next_check`` or ``_poke`` is set. Only a
         # process alone is poked; ranks of a job check at agreed steps only.
         self._next_check = 0
@@ -666,10 +667,7 @@ class Controller:
         if self.is_rank0:
             # A wait means the collective had not finished in ``lag`` steps: ask for more
             # (it travels in the next proposal; every rank takes the agreed one).
-            if inflight.pending.waited > LAG_WAIT and self._lag_wanted < MAX_LAG:
-                self._lag_wanted += 1
-            elif inflight.pending.waited < LAG_WAIT / 10 and self._lag_wanted > 1:
-                self._lag_wanted -= 1
+            self._lag_wanted = next_lag(self._lag_wanted, inflight.pending.waited, self._schedule.per_step)
         self._agreed(inflight.proposal, agreed, inflight.synced)
         self.phase = Phase.TRAINING
         self._next_check = agreed.next_check if agreed.next_check > step else step + 1
@@ -679,7 +677,7 @@ class Controller:
         """What every rank does with an answer: the saves reported before its proposal
         were finished on every rank (each had made its proposal), stragglers compared."""
         if not self._solo:
-            if self.is_rank0:
+            if self.is_rank0 and time.monotonic() - self._compared_at >= COMPARE_EVERY:
                 self._compare_ranks(self.current_step)
             if agreed.seq != proposal.seq:
                 log.error("forgather control: ranks disagree on the check count (%s here, %s elsewhere)", proposal.seq, agreed.seq)
@@ -899,6 +897,7 @@ class Controller:
         if not per_rank:
             return
         mono, wall = time.monotonic(), time.time()
+        self._compared_at = mono
         watch = self.guards.stragglers
         named = watch.observe([us / 1e6 if us > 0 else None for us, _ in per_rank], mono)
         ratios = watch.ratios()

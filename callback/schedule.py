@@ -19,7 +19,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["CHECK_SHARE", "FASTEST", "GAP_GROWTH", "MAX_GAP", "NEVER", "SLOWEST", "CheckSchedule", "interval_for"]
+__all__ = [
+    "CHECK_SHARE",
+    "FASTEST",
+    "GAP_GROWTH",
+    "LAG_TIME",
+    "LAG_WAIT",
+    "MAX_GAP",
+    "MAX_LAG",
+    "NEVER",
+    "SLOWEST",
+    "CheckSchedule",
+    "interval_for",
+    "next_lag",
+]
 
 #: A next check that the step counter never reaches (a process alone, or no agreement).
 NEVER = 1 << 62
@@ -37,6 +50,29 @@ SLOWEST = 2.0
 #: The interval follows the median cost of this many recent checks (one slow check, a
 #: garbage collection or a preempted core, does not space out the next minute).
 COST_WINDOW = 9
+
+
+#: A started check whose answer was not in when its resolution step came (a wait longer
+#: than this, seconds) asks for one more step of lag, up to MAX_LAG; a check that was in
+#: long before (a tenth of it) for one less ...
+LAG_WAIT = 0.0005
+MAX_LAG = 16
+#: ... but the lag spans at most this long in steps (and at least one step): every step of
+#: lag is a step later that a command applies, while a wait is a cost the interval already
+#: pays for (a check's cost includes its wait). Under load a wait is common, and a lag
+#: counted in steps alone grew to 16 slow steps: half a second of a command's latency.
+LAG_TIME = 0.05
+
+
+def next_lag(lag: int, waited: float, per_step: float | None) -> int:
+    """The lag rank 0 asks for after a check resolved with a wait of ``waited`` seconds,
+    at ``per_step`` seconds a step (None: not measured yet)."""
+    most = MAX_LAG if not per_step or per_step <= 0 else max(1, min(MAX_LAG, int(LAG_TIME / per_step)))
+    if waited > LAG_WAIT:
+        lag += 1
+    elif waited < LAG_WAIT / 10:
+        lag -= 1
+    return max(1, min(lag, most))
 
 
 def interval_for(cost: float, *, share: float = CHECK_SHARE, fastest: float = FASTEST, slowest: float = SLOWEST) -> float:
@@ -60,6 +96,8 @@ class CheckSchedule:
         self._clock = clock
         self._last_step = 0
         self._last_time: float | None = None  # None: no check timed yet
+        #: seconds a step, as the last gap between checks measured it (None: not yet)
+        self.per_step: float | None = None
 
     def next_check(self, step: int, max_steps: int | None = None) -> int:
         """The step of the check after the one at ``step``: at most one check per step,
@@ -72,7 +110,7 @@ class CheckSchedule:
             nxt = step + 1
         else:
             prev_gap = step - last_step
-            per_step = (now - last_time) / prev_gap
+            per_step = self.per_step = (now - last_time) / prev_gap
             gap = int(self.interval / per_step) if per_step > 0 else prev_gap * GAP_GROWTH
             nxt = step + max(1, min(gap, prev_gap * GAP_GROWTH, MAX_GAP))
         if max_steps and step < max_steps < nxt:

@@ -11,7 +11,20 @@ from pathlib import Path
 
 from forgather_control.callback import Controller
 from forgather_control.callback.agreement import FIELDS, Proposal
-from forgather_control.callback.schedule import CHECK_SHARE, COST_WINDOW, FASTEST, GAP_GROWTH, MAX_GAP, SLOWEST, CheckSchedule, interval_for
+from forgather_control.callback.schedule import (
+    CHECK_SHARE,
+    COST_WINDOW,
+    FASTEST,
+    GAP_GROWTH,
+    LAG_TIME,
+    LAG_WAIT,
+    MAX_GAP,
+    MAX_LAG,
+    SLOWEST,
+    CheckSchedule,
+    interval_for,
+    next_lag,
+)
 
 
 class Clock:
@@ -73,6 +86,18 @@ def test_an_unfixed_interval_follows_the_median_cost_of_recent_checks_and_a_fixe
         clock.t += 0.01 * (nxt - step)  # 10 ms steps
         step, nxt = nxt, auto.next_check(nxt)
     assert abs((nxt - step) - FASTEST / 0.01) <= 1  # checks FASTEST apart (to a step: float rounding)
+
+
+def test_a_wait_asks_for_a_step_more_of_lag_but_never_more_than_lag_time_of_steps() -> None:
+    waited, early = 2 * LAG_WAIT, LAG_WAIT / 20
+    assert next_lag(1, waited, 0.001) == 2 and next_lag(2, early, 0.001) == 1 and next_lag(1, early, 0.001) == 1
+    assert next_lag(3, LAG_WAIT / 2, 0.001) == 3  # in, but only just: kept
+    lag = 1
+    for _ in range(40):  # under load every resolution waits
+        lag = next_lag(lag, waited, 0.001)
+    assert lag == min(MAX_LAG, int(LAG_TIME / 0.001))  # 1 ms steps: up to MAX_LAG
+    assert next_lag(MAX_LAG, waited, 0.03) == int(LAG_TIME / 0.03) == 1  # 30 ms steps: a command is not delayed 16 of them
+    assert next_lag(4, waited, 2.0) == 1 and next_lag(1, waited, None) == 2  # slow steps: one; not measured yet: by the wait
 
 
 def test_last_step_is_always_a_check() -> None:
