@@ -205,14 +205,18 @@ def shared_group(dist: Any) -> Any:
 class Pending:
     """A started exchange; :meth:`wait` blocks until every rank's part is in (at once,
     usually: it ran while the ranks trained) and returns the answer, the same every time.
-    ``waited``: how long the wait blocked, which tells rank 0 whether the lag is enough."""
+    ``waited``: how long the wait blocked, which tells rank 0 whether the lag is enough;
+    ``took``: after a wait, how long the collective took from its start (a lower bound
+    otherwise: it was in before it was read)."""
 
     def __init__(self, agreement: Agreement, work: Any, buf: Any) -> None:
         self._agreement = agreement
         self._work = work
         self._buf = buf
         self._answer: Proposal | None = None
+        self._started = time.perf_counter()
         self.waited = 0.0
+        self.took = 0.0
 
     def wait(self, timeout: float | None = None) -> Proposal:
         if self._answer is None:
@@ -223,7 +227,8 @@ class Pending:
                 import datetime
 
                 self._work.wait(timeout=datetime.timedelta(seconds=timeout))
-            self.waited = time.perf_counter() - t
+            now = time.perf_counter()
+            self.waited, self.took = now - t, now - self._started
             self._answer = self._agreement._agreed(self._buf)
         return self._answer
 

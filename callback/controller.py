@@ -667,7 +667,8 @@ class Controller:
         if self.is_rank0:
             # A wait means the collective had not finished in ``lag`` steps: ask for more
             # (it travels in the next proposal; every rank takes the agreed one).
-            self._lag_wanted = next_lag(self._lag_wanted, inflight.pending.waited, self._schedule.per_step)
+            pending = inflight.pending
+            self._lag_wanted = next_lag(self._lag_wanted, pending.waited, self._schedule.per_step, pending.took)
         self._agreed(inflight.proposal, agreed, inflight.synced)
         self.phase = Phase.TRAINING
         self._next_check = agreed.next_check if agreed.next_check > step else step + 1

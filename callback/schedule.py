@@ -57,17 +57,21 @@ COST_WINDOW = 9
 #: long before (a tenth of it) for one less ...
 LAG_WAIT = 0.0005
 MAX_LAG = 16
-#: ... but the lag spans at most this long in steps (and at least one step): every step of
-#: lag is a step later that a command applies, while a wait is a cost the interval already
-#: pays for (a check's cost includes its wait). Under load a wait is common, and a lag
-#: counted in steps alone grew to 16 slow steps: half a second of a command's latency.
+#: ... but the lag spans at most this long in steps, or as long as the collective took
+#: (and at least one step): every step of lag is a step later that a command applies,
+#: while a short wait is a cost the interval already pays for (a check's cost includes
+#: its wait). Under load a wait is common, and a lag counted in steps alone grew to 16
+#: slow steps: half a second of a command's latency. At thousands of ranks the
+#: collective itself takes tenths of a second, and the lag grows to hide it.
 LAG_TIME = 0.05
 
 
-def next_lag(lag: int, waited: float, per_step: float | None) -> int:
+def next_lag(lag: int, waited: float, per_step: float | None, took: float = 0.0) -> int:
     """The lag rank 0 asks for after a check resolved with a wait of ``waited`` seconds,
-    at ``per_step`` seconds a step (None: not measured yet)."""
-    most = MAX_LAG if not per_step or per_step <= 0 else max(1, min(MAX_LAG, int(LAG_TIME / per_step)))
+    its collective having taken ``took`` seconds from its start, at ``per_step`` seconds a
+    step (None: not measured yet)."""
+    span = max(LAG_TIME, took)
+    most = MAX_LAG if not per_step or per_step <= 0 else max(1, min(MAX_LAG, int(span / per_step)))
     if waited > LAG_WAIT:
         lag += 1
     elif waited < LAG_WAIT / 10:

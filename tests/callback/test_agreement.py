@@ -98,6 +98,10 @@ def test_a_wait_asks_for_a_step_more_of_lag_but_never_more_than_lag_time_of_step
     assert lag == min(MAX_LAG, int(LAG_TIME / 0.001))  # 1 ms steps: up to MAX_LAG
     assert next_lag(MAX_LAG, waited, 0.03) == int(LAG_TIME / 0.03) == 1  # 30 ms steps: a command is not delayed 16 of them
     assert next_lag(4, waited, 2.0) == 1 and next_lag(1, waited, None) == 2  # slow steps: one; not measured yet: by the wait
+    lag = 1
+    for _ in range(40):  # thousands of ranks: the collective takes 0.3 s, at 10 ms steps
+        lag = next_lag(lag, waited, 0.01, took=0.3)
+    assert lag == MAX_LAG  # the lag grows to hide it (a wait at every check would cost more)
 
 
 def test_last_step_is_always_a_check() -> None:
