@@ -1,10 +1,12 @@
 """What control adds to a training rank's memory and threads, against the same loop without it (issue 24).
 
-Not a test: run ``python benchmarks/bench_footprint.py`` (about a minute). Three jobs of
+Not a test: run ``python benchmarks/bench_footprint.py`` (about a minute). Four jobs of
 the same small loop (this file, ``--loop``: a DDP model on gloo, CPU, 10 ms a step) run
 side by side in the same run, 2 ranks each:
 
 - **bare**: plain torchrun, the loop without control (it never imports the project);
+- **import only** (not budgeted: what the import alone costs, to tell it from running
+  control): plain torchrun, the loop after ``import forgather_control.callback``;
 - **torchrun + Controller**: plain torchrun, the loop with a ``Controller`` (rank 0
   serves HTTP and the file channel);
 - **forgather launch**: the loop with a ``Controller`` under ``forgather launch`` (the
@@ -55,14 +57,15 @@ NPROC = 2
 STEP_TIME = 0.01
 #: every this many steps a rank rewrites its report (pid, step, Python threads)
 REPORT_EVERY = 20
-#: torch's import on 2 busy cores, three jobs at once, before a first step
+#: torch's import on 2 busy cores, four jobs at once, before a first step
 START_TIMEOUT = 300.0
 
 
 # -- the rank: the same loop with and without control --------------------------------------
-def rank_loop(out: Path, variant: str, control: bool, job_id: str | None, step_time: float) -> None:
+def rank_loop(out: Path, variant: str, control: bool, job_id: str | None, step_time: float, import_only: bool = False) -> None:
     """Train a tiny DDP model until killed; rewrite ``out/<variant>-rank<R>.json`` every
-    :data:`REPORT_EVERY` steps. Without ``control`` nothing of the project is imported."""
+    :data:`REPORT_EVERY` steps. Without ``control`` nothing of the project is imported
+    (``import_only``: the package is, and nothing of it runs)."""
     import threading
 
     import torch
@@ -77,6 +80,8 @@ def rank_loop(out: Path, variant: str, control: bool, job_id: str | None, step_t
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(1 + rank)
     ctl = None
+    if import_only:
+        import forgather_control.callback  # noqa: F401 - its cost alone
     if control:
         from forgather_control.callback import Controller
 
@@ -143,6 +148,7 @@ def jobs(out: Path, jobs_dir: Path, tag: str) -> list[Job]:
     ctl_id, launch_id = f"fp-torchrun-{tag}", f"fp-launch-{tag}"
     return [
         Job("bare", "bare (torchrun, no control)", [*torchrun, *loop, "bare"], None),
+        Job("import", "import only (not budgeted)", [*torchrun, *loop, "import", "--import-only"], None),
         Job("torchrun", "torchrun + Controller", [*torchrun, *loop, "torchrun", "--control", "--job-id", ctl_id], ctl_id),
         Job(
             "launch",
@@ -248,7 +254,7 @@ def kill_tree(job: Job) -> None:
 
 
 def one_round(args: argparse.Namespace, tag: str) -> dict[str, dict[int, tuple[Figure, list[str]]]]:
-    """One run of the three jobs side by side: variant -> rank -> (figure, Python threads)."""
+    """One run of the four jobs side by side: variant -> rank -> (figure, Python threads)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
     out, jobs_dir = tmp / "reports", tmp / "jobs"
     out.mkdir()
@@ -304,15 +310,18 @@ def report(rounds: list[dict[str, dict[int, tuple[Figure, list[str]]]]], labels:
                 continue
             d_rss, d_anon, d_thr = mib(fig.rss_kib - bare.rss_kib), mib(fig.anon_kib - bare.anon_kib), fig.threads - bare.threads
             budget_mib, budget_thr = BUDGET_RANK0 if rank == 0 else BUDGET_OTHERS
+            figures = f"{mib(fig.rss_kib):>10.1f} {mib(fig.anon_kib):>12.1f} {fig.threads:>8}"
+            if variant == "import":
+                print(f"{label:<28} {rank:>4} {figures} {d_rss:>+9.1f} {d_anon:>+10.1f} {d_thr:>+9}  -")
+                continue
             ok = d_rss <= budget_mib and d_thr <= budget_thr
             if not ok:
                 over.append(f"{label} rank {rank}: +{d_rss:.1f} MiB, +{d_thr} threads (budget {budget_mib:g} MiB, {budget_thr})")
             verdict = f"<= {budget_mib:g} MiB, {budget_thr} {'ok' if ok else 'OVER'}"
-            figures = f"{mib(fig.rss_kib):>10.1f} {mib(fig.anon_kib):>12.1f} {fig.threads:>8}"
             print(f"{label:<28} {rank:>4} {figures} {d_rss:>+9.1f} {d_anon:>+10.1f} {d_thr:>+9}  {verdict}")
     last = rounds[-1]
     for variant, label in labels.items():
-        if variant == "bare":
+        if variant in ("bare", "import"):
             continue
         for rank in range(NPROC):
             added = sorted(set(last[variant][rank][1]) - set(last["bare"][rank][1]))
@@ -339,14 +348,15 @@ def main() -> int:
         lp.add_argument("variant")
         lp.add_argument("--control", action="store_true")
         lp.add_argument("--job-id", default=None)
+        lp.add_argument("--import-only", action="store_true")
         la = lp.parse_args()
-        rank_loop(la.loop, la.variant, la.control, la.job_id, STEP_TIME)
+        rank_loop(la.loop, la.variant, la.control, la.job_id, STEP_TIME, la.import_only)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warm", type=int, default=300, help="steps every rank runs before the status poll and the command")
     ap.add_argument("--settle", type=int, default=100, help="steps after the command before the figures are read")
     ap.add_argument("--samples", type=int, default=5, help="reads of /proc/<pid>/status per rank, 0.2 s apart (median)")
-    ap.add_argument("--rounds", type=int, default=1, help="runs of the three jobs (medians over rounds)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of the four jobs (medians over rounds)")
     ap.add_argument("--smoke", action="store_true", help="a few steps, budgets not enforced")
     ap.add_argument("--keep", action="store_true", help="keep the run's folder (logs, reports, jobs)")
     args = ap.parse_args()
