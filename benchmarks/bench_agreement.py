@@ -326,7 +326,7 @@ def _rank_rows(add, nproc: int, ranks: dict) -> None:
         add(
             f"{n}, {label} step: callback added / step",
             f"{ctl_ratio:.3%} ({r['controller']['inside_s'] * 1e6:.1f} us of {base * 1e3:.2f} ms)",
-            f"<= {budget:.0%}",
+            f"<= {budget:.1%}",
             ctl_ratio <= budget,
         )
         guarded = r["guarded"]["inside_s"] / base

@@ -33,10 +33,10 @@ import logging
 import os
 import sys
 import time
+from array import array
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -55,13 +55,12 @@ _RANKS = _KNOBS + SLOTS
 TRACE_LIMIT = 1_000_000
 #: Otherwise the last this many are kept (a few tens of kilobytes).
 TRACE_KEEP = 256
-#: Up to this many slots the buffer is built from a Python list (5 us), beyond it by
-#: slices of a zeroed tensor (12 us at any size; a list of 8,000 takes 430 us).
-_LIST_FILL = 256
 
 
-@dataclass(frozen=True)
-class Proposal:
+class Proposal(NamedTuple):
+    """One rank's part of a check, or the agreed answer (a tuple: made at every check,
+    where a frozen dataclass's __init__ cost several microseconds)."""
+
     seq: int = 0
     command: int = 0  # Command.code, 0 = none
     arg: int = 0  # rank 0's ledger sequence number of the command, for tracing
@@ -74,7 +73,7 @@ class Proposal:
     knobs: tuple[int, ...] = ()  # a set's changes, packed by rank 0 (core.knobs.pack)
 
     def as_list(self) -> list[int]:
-        return [self.seq, self.command, self.arg, self.signal, self.next_check, self.flags, self.guard, self.lag, self.cost]
+        return list(self[: len(FIELDS)])
 
 
 class Agreement:
@@ -108,6 +107,17 @@ class Agreement:
         # node + 1), each rank filling its own: MAX hands rank 0 every rank's (straggle.py).
         self._size = _RANKS + 2 * self.world_size
         self._mine = _RANKS + 2 * self.rank
+        # The buffers are Python arrays with a tensor over the same memory
+        # (torch.frombuffer), filled and read as arrays: on the check's path no torch call
+        # but the collective (a torch call a few milliseconds into a step costs 50-90 us
+        # here, its code cold; an array's slice, a microsecond). One for the started check
+        # (reused once its answer is read: no check starts before the last resolved), one
+        # for the exchanges waited for (between evaluation batches, while a check may be
+        # in flight).
+        self._zeros = array("q", bytes(8 * (self._size - _RANKS)))
+        self._flying: Pending | None = None
+        self._async = self._buffer()
+        self._sync = self._buffer()
         self._node = node + 1
         #: after an exchange, on rank 0: (own microseconds per step, node or None) of every rank
         self.per_rank: list[tuple[int, int | None]] = []
@@ -122,34 +132,38 @@ class Agreement:
 
     def exchange(self, proposal: Proposal, *, own_us: int = 0) -> Proposal:
         """The exchange, waited for here (every rank blocks until the last arrives)."""
-        buf = self._fill(proposal, own_us)
-        self.group.allreduce([buf], self._opts).wait()  # type: ignore[attr-defined]
-        return self._agreed(buf)
+        buf = self._fill(self._sync, proposal, own_us)
+        self.group.allreduce([buf[1]], self._opts).wait()  # type: ignore[attr-defined]
+        return self._agreed(buf[0])
 
     def start(self, proposal: Proposal, *, own_us: int = 0) -> Pending:
         """The exchange, started: its own buffer, read by :meth:`Pending.wait`."""
-        buf = self._fill(proposal, own_us)
-        work = self.group.allreduce([buf], self._opts)  # type: ignore[attr-defined]
-        return Pending(self, work, buf)
+        flying = self._flying
+        if flying is not None and flying._answer is None:
+            self._async = self._buffer()  # the last one's answer was never read (a wait that timed out): it may still land there
+        buf = self._fill(self._async, proposal, own_us)
+        work = self.group.allreduce([buf[1]], self._opts)  # type: ignore[attr-defined]
+        self._flying = Pending(self, work, buf[0])
+        return self._flying
 
-    def _fill(self, proposal: Proposal, own_us: int) -> Any:
-        """A new buffer: the fields and knob slots (rank 0's; zeros elsewhere but for a
+    def _buffer(self) -> tuple[array[int], Any]:
+        values = array("q", bytes(8 * self._size))
+        return values, self._torch.frombuffer(values, dtype=self._torch.int64)
+
+    def _fill(self, buf: tuple[array[int], Any], proposal: Proposal, own_us: int) -> tuple[array[int], Any]:
+        """``buf`` filled: the fields and knob slots (rank 0's; zeros elsewhere but for a
         raised flag), this rank's two slots, zeros in every other rank's."""
+        values = buf[0]
         head = proposal.as_list()
         head += proposal.knobs[:SLOTS]
         head += [0] * (_RANKS - len(head))
-        own = [max(0, own_us), self._node]
-        torch = self._torch
-        if self._size <= _LIST_FILL:
-            values = head + [0] * (self._size - _RANKS)
-            values[self._mine : self._mine + 2] = own
-            return torch.tensor(values, dtype=torch.int64)
-        buf = torch.zeros(self._size, dtype=torch.int64)
-        buf[:_RANKS] = torch.tensor(head, dtype=torch.int64)
-        buf[self._mine : self._mine + 2] = torch.tensor(own, dtype=torch.int64)
+        values[:_RANKS] = array("q", head)
+        values[_RANKS:] = self._zeros
+        values[self._mine] = max(0, own_us)
+        values[self._mine + 1] = self._node
         return buf
 
-    def _agreed(self, buf: Any) -> Proposal:
+    def _agreed(self, buf: array[int]) -> Proposal:
         values = buf.tolist() if self.rank == 0 else buf[:_RANKS].tolist()
         agreed = tuple(values[: len(FIELDS)])
         knobs = tuple(values[_KNOBS:_RANKS]) if any(values[_KNOBS:_RANKS]) else ()
@@ -209,7 +223,7 @@ class Pending:
     ``took``: after a wait, how long the collective took from its start (a lower bound
     otherwise: it was in before it was read)."""
 
-    def __init__(self, agreement: Agreement, work: Any, buf: Any) -> None:
+    def __init__(self, agreement: Agreement, work: Any, buf: array[int]) -> None:
         self._agreement = agreement
         self._work = work
         self._buf = buf
