@@ -181,6 +181,10 @@ class Agreement:
         finishing a save) can abort in the group's destructor. The job's own group is
         the job's to shut."""
         group, self.group = self.group, None
+        # No collective's handle outlives the agreement: a c10d Work still referenced when
+        # the interpreter ends is destroyed after its group, and the process aborts
+        # ("terminate called without an active exception").
+        self._flying = None
         if group is None or not self._owned:
             return
         try:
@@ -243,6 +247,7 @@ class Pending:
                 self._work.wait(timeout=datetime.timedelta(seconds=timeout))
             now = time.perf_counter()
             self.waited, self.took = now - t, now - self._started
+            self._work = None  # done: its handle is not kept (see Agreement.close)
             self._answer = self._agreement._agreed(self._buf)
         return self._answer
 

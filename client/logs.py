@@ -113,22 +113,10 @@ class LocalLogs(LogSource):
             out.absent, out.ended = str(exc), self.ended()
             return out
         with folder:
-            have = out.have = folder.ranks()
-            for rank in have if ranks is None else ranks:
-                if rank not in have:
-                    out.missing.append(rank)
-                    continue
-                try:
-                    if rank in after or tail is None:
-                        out.texts.append(folder.after(rank, after.get(rank, 0), partial=partial))
-                    else:
-                        out.texts.append(folder.tail(rank, tail, partial=partial))
-                except FileNotFoundError:
-                    out.missing.append(rank)
-                except PermissionError:
-                    raise PrivateJob(_private(self.job_id, self.paths.dir)) from None
-                except RecordError as exc:
-                    out.notes.append(f"rank {rank}'s log is not read: {exc}")
+            try:
+                folder.read(out, ranks, tail=tail, after=after, partial=partial)
+            except PermissionError:
+                raise PrivateJob(_private(self.job_id, self.paths.dir)) from None
         out.ended = self.ended()
         return out
 

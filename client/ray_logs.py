@@ -100,20 +100,11 @@ def logs_node(jobs_dir: str | None, ref: str, ranks: list[int] | None, tail: int
     offsets = {int(k): int(v) for k, v in after.items()}
     try:
         with LogsFolder(paths.dir) as folder:
-            have = out.have = folder.ranks()
-            for rank in have if ranks is None else ranks:
-                if rank not in have:
-                    out.missing.append(rank)
-                    continue
-                try:
-                    if rank in offsets or tail is None:
-                        t = folder.after(rank, offsets.get(rank, 0), partial=partial)
-                    else:
-                        t = folder.tail(rank, tail, partial=partial)
-                except FileNotFoundError:
-                    out.missing.append(rank)
-                    continue
-                out.ranks.append(RankText(rank=t.rank, lines=t.lines, offset=t.offset, skipped=t.skipped, host=t.host))
+            read = folder.read(LogRead(chosen), ranks, tail=tail, after=offsets, partial=partial)
+        out.have, out.missing = read.have, read.missing
+        out.ranks = [RankText(rank=t.rank, lines=t.lines, offset=t.offset, skipped=t.skipped, host=t.host) for t in read.texts]
+        if read.notes:
+            out.error = "; ".join(read.notes)[:4000]
     except FileNotFoundError:
         out.missing = list(ranks or [])
     except (OSError, RecordError) as exc:

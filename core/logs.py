@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from forgather_control.core.env import ENV_LOG_BYTES
@@ -432,6 +432,28 @@ class LogsFolder:
     def after(self, rank: int, offset: int, *, partial: bool = False, max_bytes: int = READ_BYTES) -> LogText:
         """:func:`read_after` of ``rank``."""
         return read_after(self.fd, rank, offset, owner=self.owner, partial=partial, max_bytes=max_bytes)
+
+    def read(self, into: LogRead, ranks: Sequence[int] | None, *, tail: int | None, after: Mapping[int, int], partial: bool) -> LogRead:
+        """``into`` filled with the ranks asked for (every rank with a log when None):
+        from ``after``'s offset for a rank it names (for every rank when ``tail`` is
+        None), else the last ``tail`` lines. A rank without a log is missing, one whose
+        log cannot be read (a link, another user's file) a note; a PermissionError is the
+        caller's (a private job). The one read of a folder, for this host and a Ray node."""
+        have = into.have = self.ranks()
+        for rank in have if ranks is None else ranks:
+            if rank not in have:
+                into.missing.append(rank)
+                continue
+            try:
+                if rank in after or tail is None:
+                    into.texts.append(self.after(rank, after.get(rank, 0), partial=partial))
+                else:
+                    into.texts.append(self.tail(rank, tail, partial=partial))
+            except FileNotFoundError:
+                into.missing.append(rank)
+            except RecordError as exc:
+                into.notes.append(f"rank {rank}'s log is not read: {exc}")
+        return into
 
     def close(self) -> None:
         if self.fd >= 0:
