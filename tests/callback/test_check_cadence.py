@@ -19,7 +19,6 @@ from support.torchrun import TIMEOUT, torchrun_argv
 from forgather_control.callback.agreement import FIELDS, shared_group
 from forgather_control.callback.schedule import CHECK_SHARE, FASTEST, SLOWEST
 
-
 SLOW = 0.001
 
 SCRIPT = r"""
