@@ -553,7 +553,15 @@ class Controller:
                     return NO_ACTIONS
             t = time.perf_counter()
             try:
-                return self._resolve(step) if self._inflight is not None else self._check(step)
+                if self._inflight is None:
+                    return self._check(step)
+                acts = self._resolve(step)
+                if self._next_check == step and not acts and self._stop_applied is None:
+                    # Pipelined: the agreed next check is this very step (steps longer
+                    # than the interval), so it starts where the last one resolved, not a
+                    # step later. Every rank read the same answer: every rank starts it.
+                    return self._check(step)
+                return acts
             finally:
                 self._spent += time.perf_counter() - t
         except Exception:
@@ -579,7 +587,7 @@ class Controller:
             # Started here, resolved ``lag`` steps on (every rank knows both steps): no rank
             # waits at the check for the others. Near the end, and between evaluation
             # batches, the exchange is waited for at once.
-            self._start_check(step, entry, max(next_check, step + lag + 1) if self.is_rank0 else 0, vote, lag)
+            self._start_check(step, entry, max(next_check, step + lag) if self.is_rank0 else 0, vote, lag)
             return NO_ACTIONS
         agreed = self._agree(entry, next_check, vote=vote)
         self.phase = Phase.TRAINING
@@ -671,7 +679,8 @@ class Controller:
             self._lag_wanted = next_lag(self._lag_wanted, pending.waited, self._schedule.per_step, pending.took)
         self._agreed(inflight.proposal, agreed, inflight.synced)
         self.phase = Phase.TRAINING
-        self._next_check = agreed.next_check if agreed.next_check > step else step + 1
+        # the next check may be this very step (the resolution step): see _slow_step
+        self._next_check = agreed.next_check if agreed.next_check >= step else step + 1
         return self._act(step, agreed, inflight.entry)
 
     def _agreed(self, proposal: Proposal, agreed: Proposal, synced: tuple[int, CheckpointRecord | None]) -> Proposal:

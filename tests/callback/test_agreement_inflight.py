@@ -32,10 +32,10 @@ events, actions, starts = [], [], []
 queued = raised = None
 for step in range(1, 100000):
     time.sleep(0.003)
-    before = ctl._inflight is not None
+    before = ctl._inflight
     act = ctl.step(step)
-    if ctl._inflight is not None and not before:
-        starts.append(step)  # a check started at this step
+    if ctl._inflight is not None and ctl._inflight is not before:
+        starts.append(step)  # a check started at this step (also where the last one resolved: pipelined)
     if act:
         actions.append([step, act.command.value])
     if act.stop:

@@ -9,6 +9,7 @@ their own."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -96,3 +97,64 @@ def test_a_gloo_jobs_checks_share_its_group_and_an_nccl_jobs_get_a_gloo_group_of
     assert shared_group(gloo) is gloo.default
     assert shared_group(nccl) is None  # NCCL: the CPU tensor of a check needs a gloo group (made by the Agreement)
     assert shared_group(object()) is None  # a torch without these: a group of its own
+
+
+PIPELINED = r"""
+import json, sys, time
+import torch.distributed as dist
+from forgather_control.callback import Controller
+
+out, jobs = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+ctl = Controller(job_id="pipelined", jobs_dir=jobs, signals=(), check_interval=0.0, poll_interval=0.05)  # steps longer than the interval
+ctl.start()
+ctl.begin()
+starts, resolved, actions = [], [], []
+queued = None
+for step in range(1, 60):
+    time.sleep(0.002)
+    before, seen = ctl._inflight, ctl.checks_agreed
+    act = ctl.step(step)
+    if ctl.checks_agreed > seen:
+        resolved.append(step)
+    if ctl._inflight is not None and ctl._inflight is not before:
+        starts.append(step)
+    if act:
+        actions.append([step, act.command.value])
+        if act.save:
+            ctl.checkpoint_saved(f"{out}/ckpt-{step}")
+    if rank == 0 and step == 30:
+        entry, _ = ctl.ledger.submit("save")
+        queued = step
+trace = [list(t) for t in ctl.agreement_trace]
+ctl.close()
+json.dump({"starts": starts, "resolved": resolved, "actions": actions, "queued": queued, "trace": trace}, open(f"{out}/r{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # a real torchrun job
+@pytest.mark.timeout(600)
+def test_with_steps_longer_than_the_interval_the_next_check_starts_where_the_last_resolved(jobs_dir: Path, procs, tmp_path: Path) -> None:
+    script = tmp_path / "pipelined.py"
+    script.write_text(PIPELINED)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir)), env=base_env(jobs_dir), name="pipelined")
+    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
+    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+    assert r0["trace"] == r1["trace"] and r0["starts"] == r1["starts"] and r0["actions"] == r1["actions"]
+    lag = FIELDS.index("lag")
+    # once started, a check starts at every resolution step (lag steps apart, not lag + 1),
+    # but where the resolution applied a command: then at the next step
+    acted = {step for step, _ in r0["actions"]}
+    later = [s for s in r0["starts"] if s > 5]
+    assert later and all(s in r0["resolved"] or s - 1 in acted for s in later), (r0["starts"], r0["resolved"], acted)
+    # ... so each check starts at the step the one before it resolved: none in between
+    for a, b in itertools.pairwise(later):
+        resolution = min(r for r in r0["resolved"] if r > a)
+        assert b == resolution or (b == resolution + 1 and resolution in acted), (a, b, r0["starts"], r0["resolved"])
+    # a save queued at step 30 is proposed by the check started at the next step at most, and applied lag steps later
+    [(saved, command)] = r0["actions"]
+    assert command == "save_checkpoint" and saved <= r0["queued"] + 1 + 2 * r0["trace"][-1][lag], (r0["actions"], r0["queued"])
