@@ -1,8 +1,9 @@
 """The only torch.distributed code in forgather-control.
 
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
-int64 tensor on a gloo group (the job's own when it is gloo, else one made for it:
-:func:`shared_group`), so NCCL and CUDA streams are never touched. Two
+int64 tensor on a gloo group of its own, so NCCL and CUDA streams are never touched and
+the job's own collectives never meet it (docs/design-notes.md, "Agreement": sharing a
+gloo job's group was tried and undone). Two
 slots per rank carry each rank's own time per step and its node to rank 0 (stragglers).
 Rank 0 fills the command and the next check step; any rank may raise the signal level
 or vote that its loss is not finite (the ``nan`` guard: callback/guarding.py).
@@ -79,8 +80,8 @@ class Proposal(NamedTuple):
 class Agreement:
     """One all-reduce(MAX) per check on a gloo group made once, at train begin.
 
-    ``group`` may be given; otherwise the job's group when it is gloo, else a new gloo
-    group over all ranks, which is itself a collective: every rank must construct its
+    ``group`` may be given; otherwise a new gloo group over all ranks is made, which is
+    itself a collective: every rank must construct its
     Agreement at the same point (the integrations do it at train begin, the Controller
     at its first step otherwise).
     """
@@ -97,8 +98,6 @@ class Agreement:
         self.world_size = dist.get_world_size()
         #: the group was made here, and is shut down here
         self._owned = False
-        if group is None:
-            group = shared_group(dist)
         if group is None:
             group = dist.new_group(backend="gloo")
             self._owned = True
@@ -200,24 +199,6 @@ class Agreement:
         if not directory:
             return None
         return dump_trace(directory, self.rank, self.trace, ended=ended)
-
-
-def shared_group(dist: Any) -> Any:
-    """The job's default group when it is gloo, else None (make a gloo group).
-
-    A gloo group of its own costs every rank three threads (gloo's two workers and its
-    device loop) and a rendezvous of every rank at start; the job's gloo group has them
-    already. Sharing it is safe: gloo numbers each collective when it is issued, and every
-    rank issues the check's all-reduce at the same step of the same program, between the
-    same collectives of its loop (all issued from the training thread), so the numbers
-    match on every rank, and a check in flight runs beside the loop's own collectives,
-    never mixed with them. Under NCCL (GPUs) the check needs a gloo group of its own: the
-    CPU tensor and the CUDA streams stay apart."""
-    try:
-        default = dist.distributed_c10d._get_default_group()
-        return default if dist.get_backend(default) == "gloo" else None
-    except Exception:  # noqa: BLE001 - a torch without these: a group of its own
-        return None
 
 
 class Pending:

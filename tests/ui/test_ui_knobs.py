@@ -197,7 +197,7 @@ def test_the_knob_panel_sets_a_value_on_a_real_job_and_its_step_is_marked_on_eve
             page.screenshot(path=str(tmp_path / f"knobs-confirm-{scheme}.png"))
             page.click("#confirm-cancel")
             page.wait_for_selector("#confirm", state="hidden")
-        assert note.inner_text() == "Not sent: cancelled."
+        wait_for(lambda: note.inner_text() == "Not sent: cancelled.", timeout=10, what="the note to say the change was not sent")
         assert len(sets(jobs_dir, "knobs-1")) == 1, "Cancel sent nothing"
         print(f"screenshots in {out}")
         assert page.errors == []
