@@ -6,12 +6,10 @@ agreed lag after its start, and nothing is applied twice."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from support.env import base_env
-from support.torchrun import TIMEOUT, torchrun_argv
+from support.torchrun import rank_script
 
 from forgather_control.callback.agreement import FIELDS
 
@@ -57,13 +55,7 @@ dist.destroy_process_group()
 
 
 def test_a_command_queued_while_a_check_is_in_flight_applies_at_the_next_one_on_every_rank(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    script = tmp_path / "inflight.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "out"
-    out.mkdir()
-    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir)), env=base_env(jobs_dir), name="inflight")
-    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
-    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = rank_script(procs, tmp_path, jobs_dir, SCRIPT, name="inflight")
     assert r0["trace"] == r1["trace"] and r0["actions"] == r1["actions"] and r0["starts"] == r1["starts"]
     [(saved_at, save), (stopped_at, stop)] = r0["actions"]
     assert (save, stop) == ("save_checkpoint", "save_and_stop"), r0["actions"]

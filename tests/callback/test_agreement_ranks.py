@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
-from support.env import base_env
-from support.torchrun import TIMEOUT, torchrun_argv
+from support.torchrun import rank_script
 
 from forgather_control.callback.agreement import FIELDS
 
@@ -81,13 +79,7 @@ dist.destroy_process_group()
 
 
 def test_late_init_same_actions_same_steps_one_collective_per_check(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    script = tmp_path / "agree.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "out"
-    out.mkdir()
-    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir)), env=base_env(jobs_dir), name="agree")
-    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
-    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = rank_script(procs, tmp_path, jobs_dir, SCRIPT, name="agree")
 
     assert r0["guessed"] == r1["guessed"] == [0, 1]  # both served on a guess at first
     assert r0["served"] and not r1["served"] and r0["owner_ok"] and r1["owner_ok"]

@@ -10,12 +10,10 @@ With steps longer than the interval, the next check starts where the last resolv
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
-from support.env import base_env
-from support.torchrun import TIMEOUT, torchrun_argv
+from support.torchrun import rank_script
 
 from forgather_control.callback.agreement import FIELDS
 from forgather_control.callback.schedule import CHECK_SHARE, FASTEST, SLOWEST
@@ -60,13 +58,7 @@ dist.destroy_process_group()
 @pytest.mark.slow  # a real torchrun job on 2 cores shared with other test runs
 @pytest.mark.timeout(600)
 def test_the_slowest_ranks_cost_travels_in_every_check_and_rank_0_spaces_the_checks_by_it(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    script = tmp_path / "cadence.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "out"
-    out.mkdir()
-    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir), str(SLOW)), env=base_env(jobs_dir), name="cadence")
-    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
-    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = rank_script(procs, tmp_path, jobs_dir, SCRIPT, str(SLOW), name="cadence")
     assert r0["trace"] == r1["trace"]  # the same costs agreed on both ranks
     costs = [row[FIELDS.index("cost")] for row in r0["trace"]]
     assert all(c >= SLOW * 1e6 for c in costs[2:]), costs  # rank 1's, through MAX (rank 0's own is far less)
@@ -114,13 +106,7 @@ dist.destroy_process_group()
 @pytest.mark.slow  # a real torchrun job
 @pytest.mark.timeout(600)
 def test_with_steps_longer_than_the_interval_the_next_check_starts_where_the_last_resolved(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    script = tmp_path / "pipelined.py"
-    script.write_text(PIPELINED)
-    out = tmp_path / "out"
-    out.mkdir()
-    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir)), env=base_env(jobs_dir), name="pipelined")
-    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
-    r0, r1 = (json.loads((out / f"r{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = rank_script(procs, tmp_path, jobs_dir, PIPELINED, name="pipelined")
     assert r0["trace"] == r1["trace"] and r0["starts"] == r1["starts"] and r0["actions"] == r1["actions"]
     lag = FIELDS.index("lag")
     # once started, a check starts at every resolution step (lag steps apart, not lag + 1),

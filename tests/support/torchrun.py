@@ -28,6 +28,19 @@ def torchrun_argv(script: str | Path, *args: str, nproc: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(script), *args]
 
 
+def rank_script(procs: Procs, tmp_path: Path, jobs_dir: Path, source: str, *args: str, name: str, nproc: int = 2) -> list[dict[str, Any]]:
+    """Run ``source`` (a script that gets ``OUT JOBS_DIR ARGS`` and writes
+    ``OUT/r<rank>.json``) under torchrun with ``nproc`` gloo ranks; it must exit 0. Returns
+    every rank's JSON, rank 0 first."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(source)
+    out = tmp_path / f"{name}-out"
+    out.mkdir()
+    p = procs.start(torchrun_argv(script, str(out), str(jobs_dir), *args, nproc=nproc), env=base_env(jobs_dir), name=name)
+    assert p.wait(TIMEOUT) == 0, p.output()[-4000:]
+    return [json.loads((out / f"r{r}.json").read_text()) for r in range(nproc)]
+
+
 def torchrun(
     procs: Procs,
     script: str,
