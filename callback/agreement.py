@@ -81,9 +81,8 @@ class Agreement:
     """One all-reduce(MAX) per check on a gloo group made once, at train begin.
 
     ``group`` may be given; otherwise a new gloo group over all ranks is made, which is
-    itself a collective: every rank must construct its
-    Agreement at the same point (the integrations do it at train begin, the Controller
-    at its first step otherwise).
+    itself a collective: every rank must construct its Agreement at the same point (the
+    integrations do it at train begin, the Controller at its first step otherwise).
     """
 
     def __init__(self, group: object | None = None, *, node: int = 0, trace_all: bool = False) -> None:
@@ -205,8 +204,8 @@ class Pending:
     """A started exchange; :meth:`wait` blocks until every rank's part is in (at once,
     usually: it ran while the ranks trained) and returns the answer, the same every time.
     ``waited``: how long the wait blocked, which tells rank 0 whether the lag is enough;
-    ``took``: after a wait, how long the collective took from its start (a lower bound
-    otherwise: it was in before it was read)."""
+    ``took``: how long from its start until the wait returned: the collective's time when
+    the wait blocked, an upper bound on it when the answer was in before it was read."""
 
     def __init__(self, agreement: Agreement, work: Any, buf: array[int]) -> None:
         self._agreement = agreement
