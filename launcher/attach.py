@@ -96,6 +96,12 @@ class ControlAttach:
         self.watch = AttachWatch(after=after, started=clock())
         self._last: float | None = None
 
+    def _record(self, **fields: object) -> None:
+        try:
+            self.record(**fields)
+        except Exception:
+            log.exception("could not record whether control is attached; the job runs on")
+
     def tick(self) -> None:
         """One look per ``interval`` from the supervising loop; never raises into it."""
         if self.watch.attached:
@@ -139,22 +145,20 @@ class ControlAttach:
             log.exception("could not read %s to tell whether control is attached", self.paths.status)
             return False
         change = self.watch.look(published(status, self.run), now)
-        try:
-            if change is Change.MISSING:
-                log.warning(
-                    "%s (job %s). Until it does, `forgather control` commands wait in its inbox and a stop signal "
-                    "ends the workers without saving. To attach control: %s. If the script is still loading, "
-                    "this clears itself when its Controller starts",
-                    no_control_why(self.watch.after),
-                    self.paths.job_id,
-                    ADD_CONTROL,
-                )
-                self.record(no_control_since=time.time())
-            elif change is Change.CLEARED:
-                log.warning("control attached after all: rank 0 published job %s's status", self.paths.job_id)
-                self.record(no_control_since=None)
-        except Exception:
-            log.exception("could not record whether control is attached; the job runs on")
+        if change is Change.MISSING:
+            # the record first, then the message: whoever reads the message finds the record written
+            self._record(no_control_since=time.time())
+            log.warning(
+                "%s (job %s). Until it does, `forgather control` commands wait in its inbox and a stop signal "
+                "ends the workers without saving. To attach control: %s. If the script is still loading, "
+                "this clears itself when its Controller starts",
+                no_control_why(self.watch.after),
+                self.paths.job_id,
+                ADD_CONTROL,
+            )
+        elif change is Change.CLEARED:
+            self._record(no_control_since=None)
+            log.warning("control attached after all: rank 0 published job %s's status", self.paths.job_id)
         return True
 
 

@@ -89,6 +89,35 @@ def test_the_launchers_watch_records_the_warning_once_and_clears_it(tmp_path: Pa
     assert recorded[-1] == {"no_control_since": None} and len(recorded) == 2
 
 
+def test_the_record_is_written_before_each_message_and_a_failed_record_still_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever reads the launcher's message (a person, a test) finds job.json already says it."""
+    paths = JobPaths(tmp_path, "nc").create()
+    clock, order = Clock(), []
+
+    def record(**fields: object) -> None:
+        order.append(("record", fields["no_control_since"] is None, len(caplog.records)))
+
+    attach = ControlAttach(paths, run=0, after=2.0, record=record, clock=clock, interval=1.0)
+    clock.now += 3.0
+    attach.tick()
+    write_json_atomic(paths.status, {"job_id": "nc", "state": "running", "restarts": 0})
+    clock.now += 2.0
+    attach.tick()
+    said = [r.getMessage() for r in caplog.records]
+    assert [(o[0], o[1]) for o in order] == [("record", False), ("record", True)], order
+    assert "no control attached yet" in said[order[0][2]] and "control attached after all" in said[order[1][2]], said
+
+    def broken(**fields: object) -> None:
+        raise OSError("disk full")
+
+    caplog.clear()
+    failing = ControlAttach(JobPaths(tmp_path, "nc2").create(), run=0, after=2.0, record=broken, clock=clock, interval=1.0)
+    clock.now += 3.0
+    failing.tick()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("could not record" in m for m in said) and any("no control attached yet" in m for m in said), said
+
+
 # -- a stop signal ----------------------------------------------------------------------
 def supervisor(may_save, nothing_yet=None) -> tuple[Supervisor, list[int]]:
     asked: list[int] = []
