@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -48,7 +48,6 @@ from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.checkpoints import MAX_KEPT
 from forgather_control.core.guards import action_command
 from forgather_control.core.knobs import RESUMED, Knob, KnobTable, describe
-from forgather_control.core.metrics import History
 from forgather_control.core.records import (
     AgreementTrace,
     CheckpointRecord,
@@ -69,8 +68,6 @@ from .actions import FLAG_EVALUATE, FLAG_SAVED, NO_ACTIONS, Actions, actions_for
 from .agreement import Agreement, Pending, Proposal, distributed_context, distributed_ready, dump_trace
 from .config import ControllerConfig
 from .guarding import GuardBook
-from .history import HistoryRecorder, load_or_new
-from .plane import ControlPlane
 from .progress import StepRate, json_metrics
 from .receipts import Receipts
 from .resume import carried_knobs, resume_from, resume_step
@@ -79,6 +76,11 @@ from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
 from .stackdump import enable_stack_dumps
 from .stall import Phase, StallWatch
 from .straggle import RankClock, node_rank
+
+if TYPE_CHECKING:
+    from forgather_control.core.metrics import History
+
+    from .plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -194,25 +196,21 @@ class Controller:
             carry.at_checkpoint if carry is not None and self._resumed_from is not None else None,
         )
         self.ledger.vet = self.knobs.vet_command
-        self.history = load_or_new(self.paths, continued=self._resumed_from is not None) if self.is_rank0 else History(self.job_id)
+        #: the job's metric history: rank 0's, the job's, written by the plane; another
+        #: rank's, holding its evaluations, is made when first used
+        self._history: History | None = None
+        if self.is_rank0:
+            from .history import load_or_new  # here: other ranks never load it (issue 24)
+
+            self._history = load_or_new(self.paths, continued=self._resumed_from is not None)
         #: what the training thread is doing, as the control plane knows it (for stalls)
         self.phase = Phase.TRAINING
         self._stall = StallWatch(stall_after=cfg.stall_after)
-        self._plane = ControlPlane(
-            job_id=cfg.job_id,
-            paths=self.paths,
-            ledger=self.ledger,
-            status=self.status,
-            host=cfg.host,
-            port=cfg.port,
-            enable_http=cfg.enable_http,
-            auth=cfg.auth,
-            poll_interval=cfg.poll_interval,
-            heartbeat_interval=cfg.heartbeat_interval,
-            started_at=self._started_at,
-            identity=self._identity,
-            history=HistoryRecorder(self.paths, self.history, self._metric_sample) if cfg.record_metrics else None,
-        )
+        #: rank 0's serving parts, made by :meth:`_serving_plane` on rank 0 only (other
+        #: ranks never load the plane, its publisher or the history writer: issue 24)
+        self._plane: ControlPlane | None = None
+        if self.is_rank0:
+            self._serving_plane()
         self._schedule = CheckSchedule(cfg.check_interval)
         self._receipts = Receipts(self.ledger)
         self._rate = StepRate(start=self.current_step)
@@ -278,21 +276,56 @@ class Controller:
     @property
     def url(self) -> str | None:
         """The HTTP API's URL while this process serves it."""
-        return self._plane.url
+        return self._plane.url if self._plane is not None else None
 
     @property
     def control_error(self) -> str | None:
         """Why a part of the control plane is not working (also in status.json)."""
-        return self._plane.control_error
+        return self._plane.control_error if self._plane is not None else None
 
     @property
     def serves_http(self) -> bool:
         """This process serves the job's HTTP API now (rank 0, unless disabled or failed)."""
-        return self._plane.serving_http
+        return self._plane is not None and self._plane.serving_http
 
     @property
     def plane(self) -> ControlPlane:
         """Rank 0's serving parts (idle on other ranks)."""
+        return self._serving_plane()
+
+    @property
+    def history(self) -> History:
+        """The job's metric history: rank 0's is loaded from the job's folder (a continued
+        run goes on with it) and written by the plane; another rank's holds its evaluations."""
+        if self._history is None:
+            from forgather_control.core.metrics import History  # here: another rank may never record one (issue 24)
+
+            self._history = History(self.job_id)
+        return self._history
+
+    def _serving_plane(self) -> ControlPlane:
+        """Rank 0's plane, made on first use (idle until started)."""
+        if self._plane is None:
+            # imported here: ranks other than 0 never serve (issue 24)
+            from .history import HistoryRecorder
+            from .plane import ControlPlane
+
+            cfg = self.config
+            self._plane = ControlPlane(
+                job_id=cfg.job_id,
+                paths=self.paths,
+                ledger=self.ledger,
+                status=self.status,
+                host=cfg.host,
+                port=cfg.port,
+                enable_http=cfg.enable_http,
+                auth=cfg.auth,
+                poll_interval=cfg.poll_interval,
+                heartbeat_interval=cfg.heartbeat_interval,
+                started_at=self._started_at,
+                identity=self._identity,
+                history=HistoryRecorder(self.paths, self.history, self._metric_sample) if cfg.record_metrics else None,
+            )
         return self._plane
 
     @property
@@ -336,7 +369,7 @@ class Controller:
                 self.raise_signal_flag()
         atexit.register(self._at_exit)
         if self.is_rank0:
-            self._plane.start(world_size=self.world_size)
+            self._serving_plane().start(world_size=self.world_size)
         self.state = JobState.RUNNING
         self._changed()
         return self
@@ -372,9 +405,9 @@ class Controller:
         self._solo = world <= 1
         self.guards.rank = rank
         if self._started and was_rank0 and not self.is_rank0:
-            self._plane.stop(remove_endpoint=True)
+            self._serving_plane().stop(remove_endpoint=True)
         elif self._started and self.is_rank0 and not was_rank0:
-            self._plane.start(world_size=world)
+            self._serving_plane().start(world_size=world)
 
     def _prepare(self) -> bool:
         """Resolve the context and, for a job of several processes, make the agreement
@@ -398,7 +431,7 @@ class Controller:
         self._agreement = Agreement(node=node_rank(), trace_all=bool(self.config.trace_dir))
         self._clock.mark(self.current_step)
         self._ready = True
-        if self.is_rank0 and self._plane.serving_http:
+        if self.is_rank0 and self._plane is not None and self._plane.serving_http:
             # After the agreement (a rendezvous of every rank) no process that guessed it
             # was rank 0 still owns endpoint.json: write ours again.
             self._plane.write_endpoint(world_size=self.world_size)
@@ -437,7 +470,7 @@ class Controller:
             self._receipts.settle(final, step=self.current_step, stop_reason=self.stop_reason, stopped=self._stop_applied is not None, error=error)
         except Exception:
             log.exception("forgather control: could not settle the receipts; some may stay open")
-        self._plane.close(error=error, remove_endpoint=self.cleanup_on_exit)
+        self._serving_plane().close(error=error, remove_endpoint=self.cleanup_on_exit)
 
     def _finish_inflight(self, timeout: float) -> None:
         """A check started and not resolved when the loop ended: every rank started it, so
@@ -500,7 +533,7 @@ class Controller:
                 world_size=self.world_size,
                 final_step=self.current_step,
                 state=self.state.value,
-                served_http=self._plane.served_http,
+                served_http=self._plane is not None and self._plane.served_http,
                 pid=os.getpid(),
             )
             dump_trace(directory, self.rank, list(self.agreement_trace), ended=ended)
@@ -1121,7 +1154,8 @@ class Controller:
             self._poke = True
 
     def _changed(self) -> None:
-        self._plane.changed()
+        if self._plane is not None:
+            self._plane.changed()
 
     # -- signals --------------------------------------------------------------------
     def raise_signal_flag(self) -> None:
