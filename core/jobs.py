@@ -22,7 +22,6 @@ from pathlib import Path
 from forgather_control.core.env import ENV_JOBS_DIR
 from forgather_control.core.files import NotOurs, ensure_dir, ensure_private_dir, foreign
 from forgather_control.core.ids import JOB_ID_PATTERN, default_job_id, is_valid_job_id, match_job_id, validate_job_id
-from forgather_control.core.markers import mark_run
 
 __all__ = [
     "JOB_ID_PATTERN",
@@ -138,6 +137,8 @@ class JobPaths:
             ensure_dir(self.root)  # a --jobs-dir may be shared (1777, 2775): its mode is its owner's choice
         self.check_owned()
         if mark:
+            from forgather_control.core.markers import mark_run  # here: a rank other than 0 never creates the folder (issue 24)
+
             mark_run(self.root, self.job_id)
         ensure_private_dir(self.dir)
         ensure_private_dir(self.inbox)
