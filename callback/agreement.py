@@ -1,9 +1,10 @@
 """The only torch.distributed code in forgather-control.
 
 At a check every rank makes exactly one collective: an all-reduce (MAX) of a small
-int64 tensor on a gloo group of its own, so NCCL and CUDA streams are never touched and
-the job's own collectives never meet it (docs/design-notes.md, "Agreement": sharing a
-gloo job's group was tried and undone). Two
+int64 tensor on a gloo group of its own (one worker thread, on the job's gloo device when
+there is one: :func:`check_group`), so NCCL and CUDA streams are never touched and the
+job's own collectives never meet it (docs/design-notes.md, "Agreement": sharing a gloo
+job's group was tried and undone). Two
 slots per rank carry each rank's own time per step and its node to rank 0 (stragglers).
 Rank 0 fills the command and the next check step; any rank may raise the signal level
 or vote that its loss is not finite (the ``nan`` guard: callback/guarding.py).
@@ -80,7 +81,8 @@ class Proposal(NamedTuple):
 class Agreement:
     """One all-reduce(MAX) per check on a gloo group made once, at train begin.
 
-    ``group`` may be given; otherwise a new gloo group over all ranks is made, which is
+    ``group`` may be given; otherwise a gloo group over all ranks is made
+    (:func:`check_group`), which is
     itself a collective: every rank must construct its Agreement at the same point (the
     integrations do it at train begin, the Controller at its first step otherwise).
     """
@@ -98,7 +100,7 @@ class Agreement:
         #: the group was made here, and is shut down here
         self._owned = False
         if group is None:
-            group = dist.new_group(backend="gloo")
+            group = check_group(dist, torch)
             self._owned = True
         self.group = group
         # The fields, then two slots per rank (its own time per step in microseconds, its
@@ -186,7 +188,11 @@ class Agreement:
         if group is None or not self._owned:
             return
         try:
-            if self._dist.is_initialized():
+            if isinstance(group, self._dist.ProcessGroupGloo):
+                # made by check_group: no c10d registry entry; dropping the last reference
+                # (here, while the interpreter runs) joins its worker and closes its pairs
+                del group
+            elif self._dist.is_initialized():
                 self._dist.destroy_process_group(group)
         except Exception as exc:  # noqa: BLE001 - never fail a job's exit over this
             log.debug("could not destroy the agreement group: %s", exc)
@@ -198,6 +204,46 @@ class Agreement:
         if not directory:
             return None
         return dump_trace(directory, self.rank, self.trace, ended=ended)
+
+
+#: Agreement groups made by this process (their store prefixes): every rank makes them in
+#: the same order, so the n-th has the same name on every rank.
+_made = 0
+
+
+def check_group(dist: Any, torch: Any) -> Any:
+    """The check's own gloo group: one worker thread, on the job's gloo device when the
+    job's group is gloo (its event loop thread then serves both), else ``new_group``'s
+    (a device of its own: three threads; under NCCL, say).
+
+    Its own group, not the job's: a collective of ours on the job's group races the
+    interpreter's exit. Gloo's worker destroys each work it ran, and a work issued during
+    ``backward()`` (DDP's) holds a Python object in its thread-local state (autograd
+    stashes the context there), whose release takes the GIL; once the main thread is
+    finalizing, a thread taking the GIL is ended, inside a destructor: "terminate called
+    without an active exception" (seen in 3 of 30 and 7 of 30 exits of a 2-rank DDP loop
+    sharing its group, 0 of 46 without; design notes, "Agreement"). A group of its own is
+    shut at close, while the interpreter runs.
+
+    Made collectively: every rank calls it at the same point (a rendezvous on the job's
+    store, under a name of its own)."""
+    global _made
+    try:  # the same answer on every rank (the same torch, the same job's backend)
+        default = dist.distributed_c10d._get_default_group()
+        job = default._get_backend(torch.device("cpu"))
+        if not isinstance(job, dist.ProcessGroupGloo):
+            raise TypeError(f"the job's CPU backend is {type(job).__name__}")
+        opts = dist.ProcessGroupGloo._Options()
+        opts._devices = job.options._devices  # the job's device: no event loop thread of ours
+        opts._threads = 1  # one check at a time is in flight
+        opts._timeout = job.options._timeout
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, TypeError, RuntimeError) as exc:
+        log.debug("the agreement makes a gloo group of its own with new_group (%s)", exc)
+        return dist.new_group(backend="gloo")
+    name = f"forgather-control/agreement/{_made}/"
+    _made += 1
+    return dist.ProcessGroupGloo(dist.PrefixStore(name, store), dist.get_rank(), dist.get_world_size(), opts)
 
 
 class Pending:

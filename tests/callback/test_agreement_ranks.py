@@ -31,11 +31,14 @@ from forgather_control.core.records import encode
 out, jobs = sys.argv[1], sys.argv[2]
 rank, world = int(os.environ.pop("RANK")), int(os.environ.pop("WORLD_SIZE"))
 calls = {"all_reduce": 0}
-_allreduce = dist.ProcessGroup.allreduce   # what dist.all_reduce and the agreement both call
-def counting(self, *a, **k):
-    calls["all_reduce"] += 1
-    return _allreduce(self, *a, **k)
-dist.ProcessGroup.allreduce = counting
+def counted(cls):  # dist.all_reduce calls ProcessGroup's; the agreement, its own ProcessGroupGloo's
+    original = cls.allreduce
+    def counting(self, *a, **k):
+        calls["all_reduce"] += 1
+        return original(self, *a, **k)
+    cls.allreduce = counting
+counted(dist.ProcessGroup)
+counted(dist.ProcessGroupGloo)
 
 ctl = Controller(job_id="late", jobs_dir=jobs, signals=(), check_interval=0.05, poll_interval=0.05)
 ctl.start()                       # no RANK in the environment: every process guesses rank 0
