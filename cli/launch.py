@@ -91,9 +91,17 @@ def _names(option: str) -> list[str]:
     "notify",
     multiple=True,
     metavar="URL",
-    help="Send alerts (stalled, failed, dead, finished, stopped, aborted, a guard fired, a straggler) to this apprise URL: slack://, discord://, "
-    "ntfy://, json://host:port/path, ... (repeatable; also $FORGATHER_NOTIFY). A secret: kept in the job's 0600 notify.json, never printed. "
-    "Other local users can read a command line: on a shared host set $FORGATHER_NOTIFY instead.",
+    help="Send alerts to this apprise URL (repeatable). Every user on the host can read it in ps for the job's whole life, and it stays "
+    "in your shell history (a warning says so): give a URL that holds a token with --notify-file instead.",
+)
+@click.option(
+    "--notify-file",
+    "notify_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Send alerts (stalled, failed, dead, finished, stopped, aborted, a guard fired, a straggler) to the sinks FILE names, one a line: "
+    "an apprise URL (slack://, discord://, ntfy://, json://host:port/path, ...) or `| COMMAND`; # comments. FILE must be yours and "
+    "private (chmod 600): the URLs are secrets, kept in the job's 0600 notify.json and never printed. Also $FORGATHER_NOTIFY (URLs).",
 )
 @click.option(
     "--notify-cmd",
@@ -135,6 +143,7 @@ def launch(
     no_control_after: float | None,
     guards: tuple[str, ...],
     notify: tuple[str, ...],
+    notify_file: str | None,
     notify_cmd: tuple[str, ...],
     script_knobs: bool,
     requeue: bool,
@@ -156,6 +165,18 @@ def launch(
     attached (rank 0 has not started a Controller yet) a signal stops the workers at
     once: there is nothing to save. The exit code is the job's.
     """
+    urls, cmds = list(notify), list(_commands(notify_cmd))
+    if notify:
+        click.echo(_NOTIFY_ON_ARGV, err=True)
+    if notify_file is not None:
+        from forgather_control.core.alerts import read_sinks_file
+
+        try:
+            in_file = read_sinks_file(notify_file)
+        except ValueError as exc:
+            raise LaunchError(f"--notify-file: {exc}") from None
+        urls += in_file[0]
+        cmds += [tuple(c) for c in in_file[1]]
     config = LaunchConfig(
         script=None if as_module else script,
         module=script if as_module else None,
@@ -179,8 +200,8 @@ def launch(
         stall_after=stall_after,
         no_control_after=no_control_after,
         guards=tuple(guards),
-        notify=tuple(notify),
-        notify_cmd=_commands(notify_cmd),
+        notify=tuple(urls),
+        notify_cmd=tuple(cmds),
         script_knobs=script_knobs,
         requeue=requeue,
         dry_run=dry_run,
@@ -188,6 +209,14 @@ def launch(
         relaunch_argv=_relaunch_argv(),
     )
     return run_config(config, env=os.environ)
+
+
+#: What a literal ``--notify URL`` costs, said on stderr (never the URL).
+_NOTIFY_ON_ARGV = (
+    "warning: --notify puts its URL on this launcher's command line, which every user on this host can read "
+    "(ps, /proc/<pid>/cmdline) as long as the job runs, and in your shell history. A webhook URL is its own password: "
+    "put it in a file only you can read (`chmod 600 FILE`, one URL a line) and launch with --notify-file FILE, or set $FORGATHER_NOTIFY."
+)
 
 
 def _commands(lines: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
@@ -212,13 +241,14 @@ def _own_argv() -> tuple[str, ...]:
     return hide_notify(("forgather", "launch", *raw))
 
 
-#: Our options whose value is a secret: a relaunch record leaves them out (the sinks stay in notify.json).
-_SECRET_OPTIONS = ("--notify", "--notify-cmd")
+#: Our options that name alert sinks: a relaunch record leaves them out (the sinks stay in
+#: notify.json; a resume does not depend on the sinks file still being there).
+_SINK_OPTIONS = ("--notify", "--notify-cmd", "--notify-file")
 
 
 def _relaunch_argv() -> tuple[str, ...]:
-    """``launch ...`` as typed, for relaunch.json: ``--notify URL`` and ``--notify-cmd
-    COMMAND`` left out (a resume keeps the job's sinks), only among the launcher's own
+    """``launch ...`` as typed, for relaunch.json: ``--notify URL``, ``--notify-cmd
+    COMMAND`` and ``--notify-file FILE`` left out (a resume keeps the job's sinks), only among the launcher's own
     options: the script's arguments are its own, whatever their names."""
     raw = sys.argv[1:]
     if "launch" not in raw:
@@ -237,7 +267,7 @@ def _relaunch_argv() -> tuple[str, ...]:
         name = arg.split("=", 1)[0]
         takes_value = name not in flags and "=" not in arg
         taken = args[i : i + (2 if takes_value else 1)]
-        if name not in _SECRET_OPTIONS:
+        if name not in _SINK_OPTIONS:
             out += taken
         i += len(taken)
     return tuple(out)

@@ -5,6 +5,8 @@ Pure parts: :func:`events` (two of rank 0's statuses in, the events between them
 :func:`end_alert` (a run's end, told by the launcher or a reader that judged it dead),
 :func:`message` (the title and text a person reads, every field ``printable``) and
 :func:`sinks_from` (``--notify``, ``--notify-cmd`` and the environment, checked).
+:func:`read_sinks_file` reads ``--notify-file``: the way to name a sink that is in no
+process's argv (a command line is readable by every user on the host).
 
 Files: ``notify.json`` (:func:`write_sinks`, :func:`read_sinks`: 0600, the owner's, never
 through a link; a notify URL is a secret) and ``alerts/<key>``, one claim per event
@@ -49,6 +51,7 @@ __all__ = [
     "hide_notify",
     "message",
     "read_sinks",
+    "read_sinks_file",
     "release",
     "sink_name",
     "sinks_from",
@@ -72,6 +75,8 @@ MAX_SINKS = 16
 _MAX_URL = 2048
 _URL = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]{0,31}://\S+\Z")
 _NOTIFY_OPTIONS = ("--notify", "--notify-cmd")
+#: A sinks file is a few lines: more is not one.
+_MAX_SINKS_FILE = 64 * 1024
 _TAKEN = ".taken-"
 #: A claim is a small record: the alert and who took it.
 _CLAIM_BYTES = 64 * 1024
@@ -264,6 +269,64 @@ def sinks_from(urls: Iterable[str], cmds: Iterable[Sequence[str]], env: Mapping[
     if not all_urls and not all_cmds:
         return None
     return AlertSinks(urls=all_urls, cmds=all_cmds)
+
+
+def read_sinks_file(path: str | os.PathLike[str]) -> tuple[list[str], list[list[str]]]:
+    """The URLs and commands of a sinks file (``--notify-file``): one sink a line, a URL
+    (``SCHEME://...``) or ``| COMMAND`` (split as a shell would, never run by one); blank
+    lines and ``#`` comments skipped. Refused (ValueError saying what to do, never a
+    line's text: a secret) unless it is a regular file of this user's that no one else
+    may read or write (mode 0600 or 0400), as ssh keeps a key: it holds a webhook's
+    password, so another user must not read it, nor change where alerts go."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read the notify file {name} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"the notify file {name} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"the notify file {name} is not yours (owner uid {st.st_uid}): it says where your job's alerts go; use a file of your own")
+        if st.st_mode & 0o077:
+            raise ValueError(
+                f"the notify file {name} may be read or changed by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"its URLs are secrets: `chmod 600 {name}`, then launch again"
+            )
+        raw = os.read(fd, _MAX_SINKS_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_SINKS_FILE:
+        raise ValueError(f"the notify file {name} is larger than {_MAX_SINKS_FILE // 1024} KiB; it holds one sink a line")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"the notify file {name} is not UTF-8 text") from None
+    urls: list[str] = []
+    cmds: list[list[str]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("|"):
+            try:
+                argv = shlex.split(line[1:])
+            except ValueError as exc:
+                raise ValueError(f"the notify file {name}, line {n}: not a command line ({exc})") from None
+            if not argv:
+                raise ValueError(f"the notify file {name}, line {n}: `|` names no command; give a program and its arguments")
+            cmds.append(argv)
+        elif _URL.match(line) and len(line) <= _MAX_URL:
+            urls.append(line)
+        else:
+            raise ValueError(
+                f"the notify file {name}, line {n}: not a notification URL (SCHEME://..., e.g. slack://..., json://host:port/path, "
+                f"at most {_MAX_URL} characters) nor `| COMMAND`"
+            )
+    if not urls and not cmds:
+        raise ValueError(f"the notify file {name} names no sink (one a line: a URL, or `| COMMAND`)")
+    return urls, cmds
 
 
 def sink_name(sink: str | Sequence[str]) -> str:

@@ -34,7 +34,7 @@ def check_sinks(sinks: AlertSinks | None) -> None:
         return
     bad = unsupported(sinks.urls)
     if bad:
-        raise LaunchError(f"--notify: apprise does not know how to send to {', '.join(bad)}; see https://github.com/caronc/apprise/wiki for its URLs")
+        raise LaunchError(f"notify: apprise does not know how to send to {', '.join(bad)}; see https://github.com/caronc/apprise/wiki for its URLs")
 
 
 class LaunchAlerts:

@@ -70,10 +70,11 @@ class LaunchConfig:
     no_control_after: float | None = None
     requeue: bool = False
     dry_run: bool = False
-    #: where alerts go: apprise URLs (``--notify``; secrets: kept in the job's 0600
-    #: notify.json, never shown), added to ``$FORGATHER_NOTIFY``'s
+    #: where alerts go: apprise URLs (``--notify``, ``--notify-file``'s; secrets: kept in the
+    #: job's 0600 notify.json, never shown), added to ``$FORGATHER_NOTIFY``'s
     notify: tuple[str, ...] = field(default=(), repr=False)
-    #: commands (argv, no shell) that get each alert as JSON on stdin (``--notify-cmd``)
+    #: commands (argv, no shell) that get each alert as JSON on stdin (``--notify-cmd``,
+    #: ``--notify-file``'s ``| COMMAND`` lines)
     notify_cmd: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     #: ``--guard`` rules as typed (core.guards); checked here, passed as FORGATHER_GUARDS
     guards: tuple[str, ...] = ()
@@ -82,7 +83,7 @@ class LaunchConfig:
     script_knobs: bool = False
     #: The launcher's own command line, recorded in job.json.
     argv: tuple[str, ...] = field(default=(), compare=False)
-    #: ``launch`` and its arguments as typed, ``--notify``/``--notify-cmd`` left out: what
+    #: ``launch`` and its arguments as typed, ``--notify``/``--notify-cmd``/``--notify-file`` left out: what
     #: relaunch.json records for ``forgather control resume`` (none: no record, a launch from Python)
     relaunch_argv: tuple[str, ...] = field(default=(), compare=False)
     #: what ``forgather control resume`` asked of this launch (``FORGATHER_RESUME``): the job

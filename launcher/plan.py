@@ -73,7 +73,7 @@ class Plan:
     resume_gone: tuple[str, ...] = ()
     #: what the job's last run leaves its knobs at (FORGATHER_KNOBS; ``core.knobs.carry_from``)
     knobs: KnobCarry | None = None
-    #: where alerts go (``--notify``, ``--notify-cmd``, the environment): secrets, never shown
+    #: where alerts go (``--notify``, ``--notify-cmd``, ``--notify-file``, the environment): secrets, never shown
     sinks: AlertSinks | None = field(default=None, repr=False)
 
     @property

@@ -24,6 +24,7 @@ from forgather_control.core.alerts import (
     hide_notify,
     message,
     read_sinks,
+    read_sinks_file,
     release,
     sinks_from,
     taken_over,
@@ -178,6 +179,59 @@ def test_the_sinks_file_is_0600_owner_checked_and_never_read_through_a_link(tmp_
         read_sinks(paths)
     os.unlink(paths.notify)
     assert read_sinks(paths) is None
+
+
+def _sinks_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "sinks"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_a_sinks_file_names_urls_and_commands_one_a_line(tmp_path: Path) -> None:
+    text = "# team alerts\n\n  slack://T/B/s3cr3t  \nntfy://topic\n| python3 /home/me/page-me.py --team 'ml ops'\n#| not-this\n"
+    urls, cmds = read_sinks_file(_sinks_file(tmp_path, text))
+    assert urls == ["slack://T/B/s3cr3t", "ntfy://topic"]
+    assert cmds == [["python3", "/home/me/page-me.py", "--team", "ml ops"]]
+    assert read_sinks_file(_sinks_file(tmp_path, "json://h:1/x\n", 0o400)) == (["json://h:1/x"], [])  # read-only is private too
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("slack://T/B/s3cr3t\nhttps//s3cr3t-typo\n", "line 2: not a notification URL"),
+        ("| python3 's3cr3t\n", "line 1: not a command line"),
+        ("|   \n", "line 1: `|` names no command"),
+        ("# nothing yet\n\n", "names no sink"),
+        ("json://h/" + "s3cr3t" * 400 + "\n", "line 1: not a notification URL"),
+    ],
+)
+def test_a_bad_line_of_a_sinks_file_is_refused_by_its_number_never_its_text(tmp_path: Path, text: str, said: str) -> None:
+    with pytest.raises(ValueError) as info:
+        read_sinks_file(_sinks_file(tmp_path, text))
+    assert said in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644, 0o660])
+def test_a_sinks_file_others_may_read_or_change_is_refused_saying_chmod_600(tmp_path: Path, mode: int) -> None:
+    path = _sinks_file(tmp_path, "slack://T/B/s3cr3t\n", mode)
+    with pytest.raises(ValueError) as info:
+        read_sinks_file(path)
+    said = str(info.value)
+    assert f"mode {mode:04o}" in said and f"chmod 600 {path}" in said and "s3cr3t" not in said
+
+
+def test_a_sinks_file_of_another_user_a_folder_or_none_is_refused(tmp_path: Path) -> None:
+    path = _sinks_file(tmp_path, "slack://T/B/s3cr3t\n")
+    with pytest.raises(ValueError, match=r"cannot read the notify file .*No such file"):
+        read_sinks_file(tmp_path / "missing")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_sinks_file(tmp_path)
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    os.chown(path, 54321, -1)
+    with pytest.raises(ValueError, match=r"is not yours \(owner uid 54321\)"):
+        read_sinks_file(path)
 
 
 # -- the claim ----------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def test_a_stopped_job_sends_one_message_and_its_url_is_kept_secret(jobs_dir: Pa
         job = launch(procs, jobs_dir, "told", PLAIN, "--step-time", "0.02", "--output-dir", str(tmp_path / "out"), opts=("--notify", url))
         wait_running(jobs_dir, "told", job)
 
-        # the secret: 0600 in the job's folder; in the argv of none of the job's processes
+        # the secret: 0600 in the job's folder; in the argv of no process below the launcher (whose own has a
+        # literal --notify, warned of: the documented --notify-file keeps it out of every argv, test_notify_secret.py)
         notify = jobs_dir / "told" / "notify.json"
         assert stat.S_IMODE(os.lstat(notify).st_mode) == 0o600 and json.loads(notify.read_text())["urls"] == [url]
         below = [p.pid for p in job.tree.track() if p.pid != job.pid]  # torchrun and the worker
@@ -237,3 +238,22 @@ def test_a_stall_is_alerted_within_the_threshold_and_5_s_and_its_guard_aborts_th
     assert alerts["guard"]["guard"] == "stall:abort" and "no step for" in alerts["guard"]["reason"]
     [receipt] = [c for c in status["commands"] if c.get("source") == "guard"]
     assert receipt["command"] == "abort" and receipt["state"] == "completed" and receipt["guard"]["kind"] == "stall", receipt
+
+
+def test_a_literal_notify_url_is_warned_of_and_a_private_notify_file_is_the_quiet_way(cli, tmp_path: Path) -> None:
+    url = "json://127.0.0.1:9/hook/s3cr3t"
+    res = cli("launch", "--dry-run", "--notify", url, str(PLAIN))
+    assert res.code == 0 and "notify:         1 sink (json://)" in res.out, res.out + res.err
+    assert "warning: --notify puts its URL on this launcher's command line" in res.err and "--notify-file FILE" in res.err, res.err
+    assert "s3cr3t" not in res.out + res.err
+
+    sinks = tmp_path / "sinks"
+    sinks.write_text(f"# alerts\n{url}\n| page-me --key k3y\n")
+    sinks.chmod(0o600)
+    res = cli("launch", "--dry-run", "--notify-file", str(sinks), str(PLAIN))
+    assert res.code == 0 and "notify:         2 sinks (json://, command page-me)" in res.out, res.out + res.err
+    assert "warning" not in res.err and "s3cr3t" not in res.out + res.err and "k3y" not in res.out + res.err
+
+    sinks.chmod(0o644)
+    res = cli("launch", "--dry-run", "--notify-file", str(sinks), str(PLAIN))
+    assert res.code == 2 and f"chmod 600 {sinks}" in res.err and "s3cr3t" not in res.out + res.err, res.err

@@ -25,7 +25,19 @@ SLURM = {"SLURM_JOB_ID": "900", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "n1"
 
 def test_the_recorded_command_line_leaves_out_notify_values_of_the_launcher_only(monkeypatch: pytest.MonkeyPatch) -> None:
     typed = ["forgather", "-v", "launch", "--nproc-per-node", "2", "--notify", "slack://T/B/SECRET", "--standalone", "--notify-cmd=page-me --key k"]
-    typed += ["--grace=30", "--no-control-after", "60", "train.py", "--notify", "the script's own", "--lr", "1"]
+    typed += [
+        "--notify-file",
+        "/home/me/sinks",
+        "--notify-file=/home/me/sinks2",
+        "--grace=30",
+        "--no-control-after",
+        "60",
+        "train.py",
+        "--notify",
+        "the script's own",
+        "--lr",
+        "1",
+    ]
     monkeypatch.setattr(sys, "argv", typed)
     assert launch_cmd._relaunch_argv() == (
         "launch",
