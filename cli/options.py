@@ -50,18 +50,55 @@ def as_json(f: Callable) -> Callable:
 
 
 def remote(f: Callable) -> Callable:
-    f = click.option(
+    """``--remote HOST:PORT`` and the job's token, passed on as one ``token`` value: from
+    ``--token-file FILE`` (private, ``client.remote.read_token_file``), else a literal
+    ``--token T`` (warned of: it is in this process's argv), else ``$FORGATHER_TOKEN``
+    later (``client.remote.remote_token``). Both options at once is a usage error."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, token: str | None, token_file: str | None, **kw: Any) -> Any:
+        if token is not None and token_file is not None:
+            raise click.UsageError("give the token once: --token-file FILE or --token, not both")
+        if token:
+            click.echo(_TOKEN_ON_ARGV, err=True)
+        if token_file is not None:
+            from forgather_control.client.remote import read_token_file
+
+            try:
+                token = read_token_file(token_file)
+            except ValueError as exc:
+                raise UsageError(f"--token-file: {exc}") from None
+        return f(*args, token=token, **kw)
+
+    wrapper = click.option(
+        "--token-file",
+        "token_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="FILE",
+        help=f"Read the bearer token for --remote from FILE, which must be yours and private (chmod 600); also ${ENV_TOKEN}. Never printed.",
+    )(wrapper)
+    wrapper = click.option(
         "--token",
         default=None,
         metavar="T",
-        help=f"Bearer token for --remote (default: ${ENV_TOKEN}). Never printed.",
-    )(f)
+        help="Bearer token for --remote. Every user on the host can read it in ps while the command runs, and it stays in your shell "
+        "history (a warning says so): give it with --token-file instead.",
+    )(wrapper)
     return click.option(
         "--remote",
         default=None,
         metavar="HOST:PORT",
         help="Talk to the control server at HOST:PORT instead of reading a jobs directory.",
-    )(f)
+    )(wrapper)
+
+
+#: What a literal ``--token T`` costs, said on stderr (never the token).
+_TOKEN_ON_ARGV = (
+    "warning: --token puts the job's token on this command's command line, which every user on this host can read "
+    "(ps, /proc/<pid>/cmdline) as long as the command runs, and in your shell history. The token commands the job: "
+    f"put it in a file only you can read (`chmod 600 FILE`) and give --token-file FILE, or set ${ENV_TOKEN}."
+)
 
 
 def ray(f: Callable) -> Callable:
@@ -99,5 +136,5 @@ def channel(f: Callable) -> Callable:
 
 
 def where(f: Callable) -> Callable:
-    """The three ways to find jobs: ``--jobs-dir``, ``--remote``/``--token``, ``--ray``."""
+    """The three ways to find jobs: ``--jobs-dir``, ``--remote`` (and its token), ``--ray``."""
     return jobs_dir(remote(ray(f)))

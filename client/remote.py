@@ -1,7 +1,8 @@
 """A control server reached by address (``--remote HOST:PORT``) instead of a jobs folder.
 
-The user gives the address and the token (``--token`` or ``$FORGATHER_TOKEN``); the
-server says which job it serves. No records are read, so everything known about the
+The user gives the address and the token (``--token-file FILE``, ``$FORGATHER_TOKEN``, or a
+literal ``--token``, which every user on the host can read in ``ps``); the server says which
+job it serves. No records are read, so everything known about the
 job comes from the server's own answers.
 """
 
@@ -13,7 +14,7 @@ import os
 from forgather_control.client.transport import HttpChannel
 from forgather_control.core.env import ENV_TOKEN
 from forgather_control.core.errors import CommandRefused, Unreachable, UsageError
-from forgather_control.core.files import RecordError
+from forgather_control.core.files import RecordError, read_secret_file
 from forgather_control.core.jobs import is_valid_job_id
 from forgather_control.core.records import JobRow, ServedJob, Status, decode
 from forgather_control.core.states import JobState
@@ -32,6 +33,32 @@ def remote_url(remote: str) -> str:
     return f"http://{host}:{port}"
 
 
+#: A token file holds one token (ours are 43 characters): more is not one.
+_MAX_TOKEN_FILE = 4 * 1024
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The token in ``path`` (``--token-file``): one line, surrounding whitespace dropped.
+    Refused (ValueError saying what to do, never the file's text) unless it is a private
+    file of this user's (``core.files.read_secret_file``: the token commands the job) and
+    holds one token: printable ASCII, no spaces."""
+    name = os.fspath(path)
+    token = read_secret_file(
+        name,
+        what="token file",
+        max_bytes=_MAX_TOKEN_FILE,
+        holds="it holds one token",
+        secret="the token commands the job",
+        mine="a token someone else wrote could send your commands to their server",
+        then="run the command again",
+    ).strip()
+    if not token:
+        raise ValueError(f"the token file {name} is empty; put the job's token in it (from its endpoint.json)")
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError(f"the token file {name} holds more than one token, or a character a token has not; it holds the token alone, on one line")
+    return token
+
+
 def remote_token(token: str | None) -> str | None:
     """The token given, else ``$FORGATHER_TOKEN``."""
     return token if token else os.environ.get(ENV_TOKEN) or None
@@ -48,7 +75,7 @@ def remote_jobs(remote: str, token: str | None, *, timeout: float = 5.0) -> list
         code, data = ch.request("GET", "/jobs")
         if code == 401:
             raise CommandRefused(
-                f"{url} refused our token (401); pass the job's token with --token or {ENV_TOKEN} (it is in the job's endpoint.json)",
+                f"{url} refused our token (401); give the job's token with --token-file FILE or ${ENV_TOKEN} (it is in the job's endpoint.json)",
                 http_status=401,
             )
         if code != 200 or not isinstance(data, dict) or not isinstance(data.get("jobs"), list):

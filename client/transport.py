@@ -155,7 +155,7 @@ class HttpChannel:
         if answered and self.job_id is None:  # --remote: the user's token does not match the server's
             raise CommandRefused(
                 f"the server at {self.url} (says it serves job {job}) does not prove it holds our token: the token is wrong "
-                "(pass the job's token with --token or FORGATHER_TOKEN; it is in the job's endpoint.json), or this is not the "
+                "(give the job's token with --token-file FILE or $FORGATHER_TOKEN; it is in the job's endpoint.json), or this is not the "
                 "job's server. Ours was not sent",
                 http_status=401,
             )

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from msgspec import structs
 
 from forgather_control.core.env import ENV_NOTIFY, ENV_NOTIFY_CMD
-from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, open_folder, remove_quietly, write_json_atomic
+from forgather_control.core.files import TEMP_PREFIX, RecordError, ensure_private_dir, open_folder, read_secret_file, remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths, default_jobs_dir
 from forgather_control.core.liveness import fresh, pid_alive, process_identity, same_pid_namespace
 from forgather_control.core.records import MAX_TEXT, Alert, AlertClaim, AlertSinks, GuardFiring, Status, encode, load
@@ -279,30 +279,15 @@ def read_sinks_file(path: str | os.PathLike[str]) -> tuple[list[str], list[list[
     may read or write (mode 0600 or 0400), as ssh keeps a key: it holds a webhook's
     password, so another user must not read it, nor change where alerts go."""
     name = os.fspath(path)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ValueError(f"cannot read the notify file {name} ({exc.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"the notify file {name} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise ValueError(f"the notify file {name} is not yours (owner uid {st.st_uid}): it says where your job's alerts go; use a file of your own")
-        if st.st_mode & 0o077:
-            raise ValueError(
-                f"the notify file {name} may be read or changed by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"its URLs are secrets: `chmod 600 {name}`, then launch again"
-            )
-        raw = os.read(fd, _MAX_SINKS_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > _MAX_SINKS_FILE:
-        raise ValueError(f"the notify file {name} is larger than {_MAX_SINKS_FILE // 1024} KiB; it holds one sink a line")
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        raise ValueError(f"the notify file {name} is not UTF-8 text") from None
+    text = read_secret_file(
+        name,
+        what="notify file",
+        max_bytes=_MAX_SINKS_FILE,
+        holds="it holds one sink a line",
+        secret="its URLs are secrets",
+        mine="it says where your job's alerts go",
+        then="launch again",
+    )
     urls: list[str] = []
     cmds: list[list[str]] = []
     for n, line in enumerate(text.splitlines(), 1):

@@ -135,6 +135,42 @@ def write_bytes_atomic(path: Path, payload: bytes, *, mode: int = 0o600) -> None
         raise
 
 
+def read_secret_file(path: str | os.PathLike[str], *, what: str, max_bytes: int, holds: str, secret: str, mine: str, then: str) -> str:
+    """The text of a file the user keeps a secret in, so that it is in no process's argv
+    (``--notify-file``, ``--token-file``). Refused (ValueError saying what to do, never a
+    byte of the file) unless it is a regular file of this user's that no one else may
+    read or write (mode 0600 or 0400, as ssh keeps a key: read, it leaks the secret;
+    written, it redirects what it names), at most ``max_bytes``, UTF-8.
+
+    The message names the file as ``the {what} PATH``; ``holds`` says what it is (a size
+    refusal), ``secret`` why others must not read it, ``mine`` why it must be the
+    user's own, ``then`` what to run once it is ``chmod 600``."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {name} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"the {what} {name} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"the {what} {name} is not yours (owner uid {st.st_uid}): {mine}; use a file of your own")
+        if st.st_mode & 0o077:
+            raise ValueError(
+                f"the {what} {name} may be read or changed by other users (mode {stat.S_IMODE(st.st_mode):04o}); {secret}: `chmod 600 {name}`, then {then}"
+            )
+        raw = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:
+        raise ValueError(f"the {what} {name} is larger than {max_bytes // 1024} KiB; {holds}")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"the {what} {name} is not UTF-8 text") from None
+
+
 class RecordError(ValueError):
     """A record file that is there but is not a record: a link, a folder, too large, not
     JSON, not an object, or (``records``) a field of the wrong type. The message names
