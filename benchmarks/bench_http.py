@@ -4,8 +4,9 @@ Three servers in this process, each in its own thread, measured in the same run,
 round (so the machine's load falls on all alike), one warm-up round first:
 
 - ``ours``: the job's control API (``callback.server.create_app``) as rank 0 serves it
-  (``serving.ServerThread``: uvicorn, the guarded protocol), with a token and a status
-  record the size of a real one;
+  (``serving.ServerThread`` hosted in a control loop, ``core.rankloop``, beside a
+  once-a-second timer as rank 0's I/O round: uvicorn, the guarded protocol), with a token
+  and a status record the size of a real one;
 - ``bare``: a bare ASGI app on the same ``ServerThread`` (same protocol, same guard),
   answering every path with a fixed JSON body: what the protocol and uvicorn cost alone;
 - ``reference``: an aiohttp app with the same two routes, as the Forgather framework's own
@@ -36,6 +37,7 @@ from typing import Any
 from forgather_control.callback.server import create_app
 from forgather_control.core import Ledger, parse_command
 from forgather_control.core.liveness import process_identity
+from forgather_control.core.rankloop import ControlLoop
 from forgather_control.core.records import Receipt, Status
 from forgather_control.core.states import JobState
 from forgather_control.serving.thread import ServerThread
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     status = _status()
     ledger = Ledger()
     receipt, _ = ledger.submit(parse_command("evaluate"), key="bench", source="http")
-    ours = ServerThread(create_app(job_id=JOB, ledger=ledger, status=lambda: status, token=TOKEN))
+    control = ControlLoop("bench-control")  # as rank 0: the server in its control thread, beside its I/O round
+    round_task = control.every(1.0, lambda: None, name="the I/O round")
+    ours = ServerThread(create_app(job_id=JOB, ledger=ledger, status=lambda: status, token=TOKEN), loop=control)
     bare = ServerThread(_bare_app())
     ports = {"ours": ours.start(), "bare": bare.start()}
     try:
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['measure']:<36} {row['median_us_best_round']:>8.1f} us{ratio}")
         print("FAIL: " + "; ".join(failed) if failed else "PASS")
     ours.stop()
+    round_task.cancel()
     bare.stop()
     return 1 if failed else 0
 

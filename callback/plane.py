@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, write_json_atomic
+from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, rankloop, write_json_atomic
 from forgather_control.core.files import remove_quietly
 from forgather_control.core.records import Endpoint, Identity, Status, encode, load_or_none
 
@@ -143,7 +143,7 @@ class ControlPlane:
             loopback=is_loopback_host(self.host),
             metrics=self.history.history.as_record if self.history is not None else None,
         )
-        server = ServerThread(app, host=self.host, port=self.port)
+        server = ServerThread(app, host=self.host, port=self.port, loop=rankloop.shared())  # served from the control thread
         server.start()
         self._server = server
         self._served_http = True

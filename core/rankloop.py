@@ -1,11 +1,13 @@
 """A worker's one control thread: timers and readable descriptors, one selector loop.
 
-Everything control does in a training process off its training thread, other than
-serving HTTP, runs here: the stack listener's FIFO (:mod:`.stacks`), the launcher watch
-(``callback/watchdog.py``) and, on rank 0, the I/O round of status.json, heartbeat and
-inbox (``callback/publisher.py``). One daemon thread, ``forgather-control``, started
-with the first task and gone after the last one is cancelled; a process that runs no
-control has none.
+Everything control does in a training process off its training thread runs here: the
+stack listener's FIFO (:mod:`.stacks`), the launcher watch (``callback/watchdog.py``)
+and, on rank 0, the I/O round of status.json, heartbeat and inbox
+(``callback/publisher.py``) and the HTTP server (:meth:`ControlLoop.host`: the loop then
+runs as an asyncio loop with the server as its main task, so rank 0 serves without a
+thread of its own). One daemon thread, ``forgather-control``, started with the first
+task and gone after the last one is cancelled and the hosted server has ended; a process
+that runs no control has none.
 
 A task is a timer (``every``: called every ``interval`` seconds, or at once when
 poked) or a reader (``reader``: called when its descriptor is readable). Tasks run one
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,16 @@ class Task:
         return not self.cancelled and self._loop.alive
 
 
+class Hosted:
+    """A coroutine run by :meth:`ControlLoop.host`: ``done`` is set when it has returned
+    or raised (``error``)."""
+
+    def __init__(self, serve: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        self.serve = serve
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class ControlLoop:
     """The selector loop and its thread (see the module's docstring)."""
 
@@ -73,6 +87,8 @@ class ControlLoop:
         self._thread: threading.Thread | None = None
         self._sel: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
+        #: the coroutines hosted (waiting to start, or running)
+        self._hosted: list[Hosted] = []
 
     @property
     def alive(self) -> bool:
@@ -98,17 +114,34 @@ class ControlLoop:
         """Call ``fn()`` in the loop whenever ``fd`` (non-blocking, owned by the caller) is readable."""
         return self._add(Task(self, fn, interval=None, fd=fd, name=name))
 
+    def host(self, serve: Callable[[], Coroutine[Any, Any, object]]) -> Hosted:
+        """Run ``serve()`` in the loop's thread as a task of an asyncio loop, the timers
+        and readers going on beside it, until it returns (the caller ends it, e.g.
+        uvicorn's ``should_exit``); returns at once. Several may be hosted (a process
+        running two Controllers). The tasks run between the servers' callbacks, so a
+        task holds up serving while it runs (they are short: a status write, a stack
+        dump)."""
+        hosted = Hosted(serve)
+        with self._cond:
+            self._hosted.append(hosted)
+            self._ensure_thread()
+            self._wake()
+        return hosted
+
     # -- the caller's side ------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._sel = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._thread = threading.Thread(target=self._run, args=(self._sel, self._wake_r, self._wake_w), name=self.name, daemon=True)
+            self._thread.start()
+
     def _add(self, task: Task) -> Task:
         with self._cond:
-            if self._thread is None:
-                self._sel = selectors.DefaultSelector()
-                self._wake_r, self._wake_w = os.pipe()
-                os.set_blocking(self._wake_r, False)
-                os.set_blocking(self._wake_w, False)
-                self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-                self._thread = threading.Thread(target=self._run, args=(self._sel, self._wake_r, self._wake_w), name=self.name, daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             assert self._sel is not None
             if task.fd is not None:
                 self._sel.register(task.fd, selectors.EVENT_READ, task)
@@ -147,12 +180,16 @@ class ControlLoop:
         try:
             while True:
                 with self._cond:
-                    if not self._tasks:  # the last task is gone: so is the thread
+                    hosting = bool(self._hosted)
+                    if not self._tasks and not hosting:  # the last task is gone, and what it hosted: so is the thread
                         self._thread = None
                         self._sel = None
                         self._wake_r = self._wake_w = -1
                         return
-                    due = min(t.due for t in self._tasks)
+                    due = min((t.due for t in self._tasks), default=float("inf"))
+                if hosting:
+                    self._host(wake_r)
+                    continue
                 timeout = max(0.0, due - time.monotonic()) if due != float("inf") else None
                 events = sel.select(timeout)
                 ready = [key.data for key, _ in events if key.data is not None]
@@ -160,16 +197,80 @@ class ControlLoop:
                     _drain(wake_r)
                 for task in ready:
                     self._call(task)
-                now = time.monotonic()
-                with self._cond:
-                    timers = [t for t in self._tasks if t.interval is not None and t.due <= now]
-                for task in timers:
-                    task.due = time.monotonic() + (task.interval or 0.0)
-                    self._call(task)
+                self._timers()
         finally:
             sel.close()
             os.close(wake_r)
             os.close(wake_w)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            timers = [t for t in self._tasks if t.interval is not None and t.due <= now]
+        for task in timers:
+            task.due = time.monotonic() + (task.interval or 0.0)
+            self._call(task)
+
+    def _host(self, wake_r: int) -> None:
+        """Run the hosted coroutines as an asyncio loop's tasks, until every one has
+        ended; the tasks go on in the same rounds as :meth:`_run`'s, woken by asyncio's
+        own selector. A coroutine hosted meanwhile joins at the next round."""
+        import asyncio  # here: only a process that hosts a server (rank 0) loads it
+
+        async def serve(hosted: Hosted) -> None:
+            try:
+                await hosted.serve()
+            except BaseException as exc:  # noqa: BLE001 - uvicorn calls sys.exit(1) when it cannot bind: kept, never let out of the task (asyncio would end the loop with it)
+                hosted.error = exc
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            running: dict[asyncio.Task[None], Hosted] = {}
+            while True:
+                woke: asyncio.Future[None] = loop.create_future()
+
+                def wake(woke: asyncio.Future[None] = woke) -> None:
+                    if not woke.done():
+                        woke.set_result(None)
+
+                with self._cond:  # registered under the lock: a task still listed has its descriptor open
+                    for hosted in self._hosted:
+                        if hosted not in running.values():
+                            running[loop.create_task(serve(hosted))] = hosted
+                    if not running:
+                        return
+                    readers = [t for t in self._tasks if t.fd is not None]
+                    due = min((t.due for t in self._tasks), default=float("inf"))
+                    fds = [wake_r, *(t.fd for t in readers if t.fd is not None)]
+                    for fd in fds:
+                        loop.add_reader(fd, wake)
+                try:
+                    timeout = max(0.0, due - time.monotonic()) if due != float("inf") else None
+                    await asyncio.wait({woke, *running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for fd in fds:
+                        loop.remove_reader(fd)  # a descriptor closed meanwhile is dropped quietly
+                for ended in [t for t in running if t.done()]:
+                    hosted = running.pop(ended)
+                    with self._cond:
+                        self._hosted.remove(hosted)
+                    hosted.done.set()
+                _drain(wake_r)
+                ready = _readable(fds[1:])
+                for task in readers:
+                    if task.fd in ready:
+                        self._call(task)
+                self._timers()
+
+        try:
+            asyncio.run(main())
+        except Exception as exc:  # the loop itself failed: what it hosted has ended
+            log.exception("forgather control: the control loop's server loop failed")
+            with self._cond:
+                ended, self._hosted = self._hosted, []
+            for hosted in ended:
+                hosted.error = hosted.error or exc
+                hosted.done.set()
 
     def _call(self, task: Task) -> None:
         with self._cond:
@@ -184,6 +285,24 @@ class ControlLoop:
             with self._cond:
                 task.running = False
                 self._cond.notify_all()
+
+
+def _readable(fds: list[int]) -> set[int]:
+    """Which of ``fds`` are readable now; one closed by its task's owner since (its task
+    cancelled) is left out."""
+    if not fds:
+        return set()
+    try:
+        return set(select.select(fds, [], [], 0)[0])
+    except (OSError, ValueError):
+        ready = set()
+        for fd in fds:
+            try:
+                if select.select([fd], [], [], 0)[0]:
+                    ready.add(fd)
+            except (OSError, ValueError):
+                pass
+        return ready
 
 
 def _drain(fd: int) -> None:

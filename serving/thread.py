@@ -1,5 +1,6 @@
 """uvicorn serving an app from a daemon thread, guarded: the one server loop both rank 0's
-control API and the web page run in."""
+control API and the web page run in. Rank 0's runs in its control loop's thread
+(``loop=``, :meth:`forgather_control.core.rankloop.ControlLoop.host`): no thread of its own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import threading
 from typing import Any
 
+from forgather_control.core.rankloop import ControlLoop, Hosted
 from forgather_control.serving.guard import READ_DEADLINE, connection_cap, guarded_protocol, quiet_accept_errors
 
 __all__ = ["ServerStartError", "ServerThread"]
@@ -21,9 +23,20 @@ class ServerThread:
 
     Guarded (:mod:`.guard`): at most ``cap`` connections (default: a quarter of the
     descriptor limit), each request must arrive whole within ``read_deadline``, a small
-    accept backlog, and accept errors logged once a minute."""
+    accept backlog, and accept errors logged once a minute.
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, cap: int | None = None, read_deadline: float = READ_DEADLINE) -> None:
+    ``loop``: serve from that control loop's thread instead of a thread of its own."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        cap: int | None = None,
+        read_deadline: float = READ_DEADLINE,
+        loop: ControlLoop | None = None,
+    ) -> None:
         import uvicorn
 
         self.host = host
@@ -44,7 +57,9 @@ class ServerThread:
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self._run, name="forgather-control-http", daemon=True)
+        self._loop = loop
+        self.thread: threading.Thread | None = None if loop is not None else threading.Thread(target=self._run, name="forgather-control-http", daemon=True)
+        self._hosted: Hosted | None = None
         self.port: int | None = None
         self._error: BaseException | None = None
 
@@ -58,13 +73,22 @@ class ServerThread:
         quiet_accept_errors(asyncio.get_running_loop())
         await self.server.serve()
 
+    def _running(self) -> bool:
+        if self._hosted is not None:
+            return not self._hosted.done.is_set()
+        return self.thread is not None and self.thread.is_alive()
+
     def start(self, timeout: float = 10.0) -> int:
-        self.thread.start()
+        if self._loop is not None:
+            self._hosted = self._loop.host(self._serve)
+        elif self.thread is not None:
+            self.thread.start()
         deadline = threading.Event()
         waited = 0.0
         while not self.server.started:
-            if not self.thread.is_alive():
-                raise ServerStartError(f"control server could not start on {self.host}:{self.config.port}: {self._error!r}")
+            if not self._running():
+                error = self._hosted.error if self._hosted is not None else self._error
+                raise ServerStartError(f"control server could not start on {self.host}:{self.config.port}: {error!r}")
             if waited >= timeout:
                 self.stop()
                 raise ServerStartError(f"control server did not start within {timeout:g}s")
@@ -80,5 +104,8 @@ class ServerThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
-        if self.thread.is_alive():
+        if self._hosted is not None:
+            if not (self._loop is not None and self._loop.in_loop):
+                self._hosted.done.wait(timeout)
+        elif self.thread is not None and self.thread.is_alive():
             self.thread.join(timeout)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
 
 from forgather_control.callback.server import create_app
 from forgather_control.core import VALID_COMMANDS, Ledger
+from forgather_control.core.rankloop import ControlLoop
 from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerStartError, ServerThread
 
@@ -161,10 +163,15 @@ def test_no_auth_is_explicit(ledger: Ledger) -> None:
 # -- real uvicorn ---------------------------------------------------------------------------
 
 
-def test_real_uvicorn_on_loopback_ephemeral_port(ledger: Ledger) -> None:
+@pytest.mark.parametrize("hosted", [False, True], ids=["own-thread", "in-the-control-loop"])
+def test_real_uvicorn_on_loopback_ephemeral_port(ledger: Ledger, hosted: bool, wait_for) -> None:
     app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(state="running"), token=TOKEN)
-    server = ServerThread(app)
+    loop = ControlLoop("test-hosting-loop") if hosted else None
+    server = ServerThread(app, loop=loop)
     port = server.start()
+    if loop is not None:  # rank 0's way: served from its control thread, no thread of its own
+        names = [t.name for t in threading.enumerate()]
+        assert "test-hosting-loop" in names and "forgather-control-http" not in names and server.thread is None
     try:
         assert port > 0 and server.url == f"http://127.0.0.1:{port}"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -177,17 +184,22 @@ def test_real_uvicorn_on_loopback_ephemeral_port(ledger: Ledger) -> None:
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         server.stop()
-    assert not server.thread.is_alive()
+    if loop is None:
+        assert server.thread is not None and not server.thread.is_alive()
+    else:
+        assert server._hosted is not None and server._hosted.done.is_set()
+        wait_for(lambda: not loop.alive, timeout=30, what="the loop's thread to end: nothing else in it")
 
 
-def test_port_in_use_raises_a_clear_error(ledger: Ledger) -> None:
+@pytest.mark.parametrize("hosted", [False, True], ids=["own-thread", "in-the-control-loop"])
+def test_port_in_use_raises_a_clear_error(ledger: Ledger, hosted: bool) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     try:
         app = create_app(job_id="job-1", ledger=ledger, status=Status, token=TOKEN)
         with pytest.raises(ServerStartError, match="could not start"):
-            ServerThread(app, port=busy.getsockname()[1]).start()
+            ServerThread(app, port=busy.getsockname()[1], loop=ControlLoop("test-hosting-loop") if hosted else None).start()
     finally:
         busy.close()
 
