@@ -143,16 +143,19 @@ def send_command(
         if State.parse(entry.state) == State.REJECTED:
             _emit(entry, as_json)
             return EXIT_FAILED
-        for notice in (handle.stall_notice(command), handle.no_control_notice()):
-            if notice is not None:
-                click.echo(printable(f"warning: {notice}"), err=True)
-        if not wait:
-            if as_json:
-                print_json(encode(entry))
-            else:
-                click.echo(printable(_queued_line(handle, command, entry)))
-            return EXIT_OK
-        final = _wait(handle, command, entry, timeout, show_progress=not as_json)
+        try:  # sent already: a Ctrl-C from here on says it stays, as one while waiting does
+            for notice in (handle.stall_notice(command), handle.no_control_notice()):
+                if notice is not None:
+                    click.echo(printable(f"warning: {notice}"), err=True)
+            if not wait:
+                if as_json:
+                    print_json(encode(entry))
+                else:
+                    click.echo(printable(_queued_line(handle, command, entry)))
+                return EXIT_OK
+            final = _wait(handle, command, entry, timeout, show_progress=not as_json)
+        except KeyboardInterrupt:
+            raise _left(handle, command, entry) from None
     _emit(final, as_json)
     done = State.parse(final.state) == State.COMPLETED or framework_jobs.followed_to_end(final)
     return EXIT_OK if done else EXIT_FAILED
@@ -215,13 +218,17 @@ def _wait(handle: JobHandle, command: Command, entry: Receipt, timeout: float, *
             spinner.start()
         return handle.wait(str(entry.id), key=entry.key, timeout=timeout, on_poll=on_poll, command=command)
     except KeyboardInterrupt:
-        raise Interrupted(
-            f"stopped waiting; {command.value} {entry.id} stays {seen[-1].state} on job "
-            f"{handle.job_id}: follow it with `forgather control status {handle.job_id}`"
-        ) from None
+        raise _left(handle, command, seen[-1]) from None
     finally:
         if spinner is not None:
             spinner.stop()
+
+
+def _left(handle: JobHandle, command: Command, last: Receipt) -> Interrupted:
+    """Ctrl-C once the command is sent: it stays with the job, in the state last seen."""
+    return Interrupted(
+        f"stopped waiting; {command.value} {last.id} stays {last.state} on job {handle.job_id}: follow it with `forgather control status {handle.job_id}`"
+    )
 
 
 def _emit(entry: Receipt, as_json: bool) -> None:

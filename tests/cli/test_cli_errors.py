@@ -320,6 +320,31 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued(jobs_dir: Path) -> N
     assert "stopped waiting" in err and "forgather control status sleepy" in err and "Traceback" not in err
 
 
+def test_ctrl_c_between_sending_and_waiting_says_the_command_stays_sent(
+    jobs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command is in the inbox before the CLI starts waiting (it looks whether the job is
+    stalled first): a Ctrl-C there says what one while waiting says, not a bare "interrupted"
+    (seen once under load by the test above)."""
+    from forgather_control.cli.main import run
+    from forgather_control.client.handle import JobHandle
+
+    paths = JobPaths(jobs_dir, "sleepy").create()
+    ident = identity()
+    write_json_atomic(paths.endpoint, {"job_id": "sleepy", "url": None, "token": "t", "started_at": time.time(), "protocol": 1, **ident})
+    write_json_atomic(paths.status, {"job_id": "sleepy", "state": "running", "step": 1, "heartbeat_at": time.time(), **ident})
+
+    def ctrl_c(self: JobHandle, command: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(JobHandle, "stall_notice", ctrl_c)
+    code = run(["control", "save", "sleepy", "--wait", "--jobs-dir", str(jobs_dir)])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "stopped waiting; save_checkpoint" in err and "stays sent on job sleepy" in err and "forgather control status sleepy" in err, err
+    assert [f for f in paths.inbox.iterdir() if not f.name.startswith(".")], "the command was sent"
+
+
 def test_reader_closing_the_pipe_is_not_a_failure(jobs_dir: Path) -> None:
     """`forgather control list --json | head`: the reader leaving early exits 0, quietly
     (click alone would turn the broken pipe into exit 1)."""
