@@ -176,15 +176,12 @@ class Agreement:
         return Proposal(*agreed, knobs=knobs)
 
     def close(self) -> None:
-        """Shut a group made here down (a local operation): its gloo threads must not
-        outlive the training, or a process exiting while a peer still works (rank 0
-        finishing a save) can abort in the group's destructor. The job's own group is
-        the job's to shut."""
+        """Shut a group made here down (a local operation), while the interpreter runs:
+        a gloo worker still about when it finalizes can end the process with "terminate
+        called without an active exception" (:func:`check_group`). A group given to
+        the Agreement is its giver's to shut."""
         group, self.group = self.group, None
-        # No collective's handle outlives the agreement: a c10d Work still referenced when
-        # the interpreter ends is destroyed after its group, and the process aborts
-        # ("terminate called without an active exception").
-        self._flying = None
+        self._flying = None  # nothing of a check is needed after close
         if group is None or not self._owned:
             return
         try:
