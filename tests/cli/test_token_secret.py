@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support.env import base_env
 from support.paths import FORGATHER
+from support.plain_job import WAIT, check_checkpoint, start_loop, wait_running
 from support.processes import Proc, Procs
 from support.waiting import wait_for
-from test_cli_e2e import WAIT, check_checkpoint, start_loop, wait_running
 
 from forgather_control.core import JobPaths, read_json
 
