@@ -4,7 +4,7 @@ Everything control does in a training process off its training thread runs here:
 stack listener's FIFO (:mod:`.stacks`), the launcher watch (``callback/watchdog.py``)
 and, on rank 0, the I/O round of status.json, heartbeat and inbox
 (``callback/publisher.py``) and the HTTP server (:meth:`ControlLoop.host`: the loop then
-runs as an asyncio loop with the server as its main task, so rank 0 serves without a
+runs as an asyncio loop with the server as one of its tasks, so rank 0 serves without a
 thread of its own). One daemon thread, ``forgather-control``, started with the first
 task and gone after the last one is cancelled and the hosted server has ended; a process
 that runs no control has none.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import selectors
 import threading
 import time
@@ -228,8 +227,10 @@ class ControlLoop:
             running: dict[asyncio.Task[None], Hosted] = {}
             while True:
                 woke: asyncio.Future[None] = loop.create_future()
+                ready: set[int] = set()  # the descriptors asyncio's select found readable
 
-                def wake(woke: asyncio.Future[None] = woke) -> None:
+                def wake(fd: int, woke: asyncio.Future[None] = woke, ready: set[int] = ready) -> None:
+                    ready.add(fd)
                     if not woke.done():
                         woke.set_result(None)
 
@@ -243,7 +244,7 @@ class ControlLoop:
                     due = min((t.due for t in self._tasks), default=float("inf"))
                     fds = [wake_r, *(t.fd for t in readers if t.fd is not None)]
                     for fd in fds:
-                        loop.add_reader(fd, wake)
+                        loop.add_reader(fd, wake, fd)
                 try:
                     timeout = max(0.0, due - time.monotonic()) if due != float("inf") else None
                     await asyncio.wait({woke, *running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -255,8 +256,8 @@ class ControlLoop:
                     with self._cond:
                         self._hosted.remove(hosted)
                     hosted.done.set()
-                _drain(wake_r)
-                ready = _readable(fds[1:])
+                if wake_r in ready:
+                    _drain(wake_r)
                 for task in readers:
                     if task.fd in ready:
                         self._call(task)
@@ -285,24 +286,6 @@ class ControlLoop:
             with self._cond:
                 task.running = False
                 self._cond.notify_all()
-
-
-def _readable(fds: list[int]) -> set[int]:
-    """Which of ``fds`` are readable now; one closed by its task's owner since (its task
-    cancelled) is left out."""
-    if not fds:
-        return set()
-    try:
-        return set(select.select(fds, [], [], 0)[0])
-    except (OSError, ValueError):
-        ready = set()
-        for fd in fds:
-            try:
-                if select.select([fd], [], [], 0)[0]:
-                    ready.add(fd)
-            except (OSError, ValueError):
-                pass
-        return ready
 
 
 def _drain(fd: int) -> None:
