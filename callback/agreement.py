@@ -82,9 +82,9 @@ class Agreement:
     """One all-reduce(MAX) per check on a gloo group made once, at train begin.
 
     ``group`` may be given; otherwise a gloo group over all ranks is made
-    (:func:`check_group`), which is
-    itself a collective: every rank must construct its Agreement at the same point (the
-    integrations do it at train begin, the Controller at its first step otherwise).
+    (:func:`check_group`), which is itself a collective: every rank must construct its
+    Agreement at the same point (the integrations do it at train begin, the Controller at
+    its first step otherwise).
     """
 
     def __init__(self, group: object | None = None, *, node: int = 0, trace_all: bool = False) -> None:
@@ -213,14 +213,14 @@ def check_group(dist: Any, torch: Any) -> Any:
     job's group is gloo (its event loop thread then serves both), else ``new_group``'s
     (a device of its own: three threads; under NCCL, say).
 
-    Its own group, not the job's: a collective of ours on the job's group races the
-    interpreter's exit. Gloo's worker destroys each work it ran, and a work issued during
-    ``backward()`` (DDP's) holds a Python object in its thread-local state (autograd
-    stashes the context there), whose release takes the GIL; once the main thread is
-    finalizing, a thread taking the GIL is ended, inside a destructor: "terminate called
-    without an active exception" (seen in 3 of 30 and 7 of 30 exits of a 2-rank DDP loop
-    sharing its group, 0 of 46 without; design notes, "Agreement"). A group of its own is
-    shut at close, while the interpreter runs.
+    Its own group, not the job's (sharing it, tried, saved every thread): a gloo job's
+    group races the interpreter's exit. Gloo's worker destroys each work it ran, and a
+    work issued during ``backward()`` (DDP's) holds a Python object in its thread-local
+    state (autograd stashes the context there), whose release takes the GIL; once the
+    main thread is finalizing, a thread taking the GIL is ended, inside a destructor:
+    "terminate called without an active exception". A bare 2-rank DDP loop aborted so in
+    3 exits of 30, and as often with our checks on its group; with this group, shut at
+    close while the interpreter runs, 0 of 30 (design notes, "Agreement").
 
     Made collectively: every rank calls it at the same point (a rendezvous on the job's
     store, under a name of its own)."""
