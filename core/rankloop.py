@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["THREAD_NAME", "ControlLoop", "Task", "shared"]
+__all__ = ["THREAD_NAME", "ControlLoop", "Task", "keeps_thread", "shared"]
 
 #: The thread's name (a stack dump and ``threading.enumerate`` show it).
 THREAD_NAME = "forgather-control"
@@ -307,3 +307,12 @@ def shared() -> ControlLoop:
         if _shared is None or _shared[0] != os.getpid():
             _shared = (os.getpid(), ControlLoop())
         return _shared[1]
+
+
+def keeps_thread(rank: int) -> bool:
+    """Whether a rank runs this thread: rank 0 only (its HTTP server and I/O round live
+    here). Every other rank has two duties off its training thread, a stack request and
+    its parent's death, and the kernel turns both into signals its main thread answers
+    (``core/stacks.py``, ``callback/watchdog.py``): the one thread control adds there is
+    the check's gloo worker (issue 24's budget)."""
+    return rank == 0

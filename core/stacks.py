@@ -4,17 +4,24 @@ Each worker appends its dumps to a file in the job folder and says so in
 ``stacks/rank-<R>.json`` (host, pid, the file). It answers two ways, and needs no ptrace
 permission, which clusters usually deny:
 
-- Its control thread (:mod:`.rankloop`, the one that also watches the launcher and, on
-  rank 0, writes the status) reads a FIFO beside the file (``rank-<R>-<pid>.fifo``); a
-  byte written there makes it dump every thread with ``faulthandler.dump_traceback``
-  while it holds the GIL, so no other thread changes its frames under the dump. This is
-  how a rank is asked first; the request waits at most for the loop's round under way.
+- A FIFO beside the file (``rank-<R>-<pid>.fifo``): a byte written there makes the rank
+  dump every thread with ``faulthandler.dump_traceback`` while it holds the GIL, so no
+  other thread changes its frames under the dump. Rank 0 reads it in its control thread
+  (:mod:`.rankloop`, the one that also serves HTTP); the other ranks have no such thread
+  (:func:`~forgather_control.core.rankloop.keeps_thread`): the kernel signals them when a
+  byte arrives (``O_ASYNC``, ``F_SETSIG``: :data:`REQUEST_SIGNAL`), and their main thread
+  dumps from a Python handler, between two bytecodes (its own frame is left out by the
+  reader). This is how a rank is asked first; the request waits at most for the loop's
+  round under way, or for the main thread's next bytecode.
 - ``faulthandler`` registered on a signal reserved for this (:data:`STACK_SIGNAL`). Its
-  C-level handler answers even when the main thread is stuck in C holding the GIL, but
-  it walks the frames of threads that may be running Python meanwhile: asked that way
-  while a thread wrote files, a rank crashed (SIGSEGV) about once in 30 dumps. So the
-  signal is sent only when the dump has not started within :data:`GIL_WAIT` (the GIL
-  held by a stuck thread: then no Python runs, and the walk is safe).
+  C-level handler answers even when no Python runs where the FIFO is read (the main
+  thread stuck in C, or holding the GIL there), but it walks the frames of threads that
+  may be running Python meanwhile: asked that way while a thread wrote files, a rank
+  crashed (SIGSEGV) about once in 30 dumps. So the signal is sent only when the dump has
+  not started within :data:`GIL_WAIT`: then the thread that would dump runs no Python.
+  On rank 0 that means a thread holds the GIL, stuck in C, and the walk is safe; on the
+  others it means the main thread is in C (a collective that hangs), and the walk races
+  only with what other threads of the user's run Python then.
 
 A process is signalled only when it is the one its record names (host, boot, pid and
 start time) *and* the kernel says it catches the signal: the default action of a
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import fcntl
 import json
 import logging
 import os
@@ -94,11 +102,19 @@ __all__ = [
 
 #: The signal a worker dumps its stacks on (reserved by the worker bootstrap).
 STACK_SIGNAL = signal.SIGRTMIN + 5
+#: The signal the kernel sends a rank without a control thread when its FIFO gets a request.
+REQUEST_SIGNAL = signal.SIGRTMIN + 6
+#: The function that answers :data:`REQUEST_SIGNAL`: in such a dump, it and what it
+#: called are the main thread's innermost frames, which a reader leaves out (the rank is
+#: not there).
+ANSWER_FRAME = "_forgather_answers_stacks"
+#: how many frames deep a dump's innermost frames may hold it (it calls the dump)
+_ANSWER_DEPTH = 3
 #: How long a rank has to write its dump (seconds).
 DUMP_TIMEOUT = 3.0
-#: How long a rank's control thread has to start its dump before the signal is sent instead.
+#: How long a rank's listener has to start its dump before the signal is sent instead.
 GIL_WAIT = 1.0
-#: The line the control thread writes after each dump: the reader then knows it is whole.
+#: The line the listener writes after each dump: the reader then knows it is whole.
 END_OF_DUMP = "# end of dump\n"
 _MAX_DUMP = 1 << 20
 #: A frame's line of code is cut to this many characters.
@@ -205,8 +221,10 @@ def register(paths: JobPaths, rank: int, *, run: int = 0, launcher: tuple[int, f
     if _dump_file is not None:
         _dump_file.close()
     _dump_file = fh
+    # a signal handler is set from the main thread only: registered from another, the loop reads
+    in_loop = rankloop.keeps_thread(int(rank)) or threading.current_thread() is not threading.main_thread()
     try:
-        _dumper = _Dumper(folder / f"rank-{int(rank)}-{os.getpid()}.fifo", fh)
+        _dumper = _Dumper(folder / f"rank-{int(rank)}-{os.getpid()}.fifo", fh, in_loop=in_loop)
     except OSError as exc:  # the signal alone still answers
         log.warning("forgather: rank %s answers stacks requests by signal only (%s)", rank, exc)
     else:
@@ -261,37 +279,70 @@ def _started_at() -> float | None:
 
 
 class _Dumper:
-    """The rank's stack listener, a reader of its control loop (:mod:`.rankloop`): one
-    byte on its FIFO, one dump of every thread, taken holding the GIL (safe while other
-    threads run Python), then :data:`END_OF_DUMP`. The FIFO is made 0600 in the rank's
-    private stacks folder and opened as itself (never through a link); it is opened
-    read-write, so it never reads as closed, whoever opened it before. ``ident``: the
-    loop thread's, which writes the dumps (a reader leaves it out)."""
+    """The rank's stack listener: one byte on its FIFO, one dump of every thread, taken
+    holding the GIL (safe while other threads run Python), then :data:`END_OF_DUMP`. The
+    FIFO is made 0600 in the rank's private stacks folder and opened as itself (never
+    through a link), and a descriptor that writes it is kept, so it never reads as
+    closed, whoever opened it before.
 
-    def __init__(self, path: Path, fh: IO[bytes]) -> None:
+    Who reads it (:func:`~forgather_control.core.rankloop.keeps_thread`): the control
+    loop on rank 0 (``ident``: that thread, which a reader leaves out of the dump); on
+    the others the kernel signals the process (:data:`REQUEST_SIGNAL`) and the main
+    thread answers from a Python handler (``ident`` None). Raises OSError when the FIFO
+    cannot be made."""
+
+    def __init__(self, path: Path, fh: IO[bytes], *, in_loop: bool) -> None:
         self.path, self._fh = path, fh
+        self.pid = os.getpid()
+        self.ident: int | None = None
+        self._task: rankloop.Task | None = None
         remove_quietly(path)  # an earlier process's, with our pid
         os.mkfifo(path, 0o600)
-        fd = os.open(path, os.O_RDWR | _O_NOFOLLOW | _O_NONBLOCK)
+        self._fd = self._open(os.O_RDONLY)
+        try:
+            self._keep = self._open(os.O_WRONLY)  # never EOF; it raises no signal of its own
+            try:
+                if in_loop:
+                    loop = rankloop.shared()
+                    self._task = loop.reader(self._fd, self._serve, name="the stack listener")
+                    self.ident = loop.ident
+                else:
+                    self._by_signal()
+            except BaseException:
+                os.close(self._keep)
+                raise
+        except BaseException:
+            os.close(self._fd)
+            remove_quietly(path)
+            raise
+
+    def _open(self, mode: int) -> int:
+        fd = os.open(self.path, mode | _O_NOFOLLOW | _O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
-                raise OSError(f"{path} is not a FIFO of our own")
+                raise OSError(f"{self.path} is not a FIFO of our own")
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        self.pid = os.getpid()
-        loop = rankloop.shared()
-        self._task = loop.reader(fd, self._serve, name="the stack listener")
-        self.ident = loop.ident
+        return fd
+
+    def _by_signal(self) -> None:
+        """The kernel sends :data:`REQUEST_SIGNAL` to this process when a request arrives
+        (only the reading descriptor asks for it: a read raises none). System calls it
+        interrupts are restarted; the handler runs in the main thread."""
+        signal.signal(REQUEST_SIGNAL, self._forgather_answers_stacks)
+        signal.siginterrupt(REQUEST_SIGNAL, False)
+        fcntl.fcntl(self._fd, fcntl.F_SETOWN, self.pid)
+        fcntl.fcntl(self._fd, getattr(fcntl, "F_SETSIG", 10), int(REQUEST_SIGNAL))
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+    def _forgather_answers_stacks(self, signum: int, frame: object) -> None:  # its name is ANSWER_FRAME
+        if os.getpid() == self.pid:  # a forked child inherits the handler, never the signal
+            self._serve()
 
     def _serve(self) -> None:
-        try:
-            asked = os.read(self._fd, 64)
-        except BlockingIOError:
-            return
-        if not asked:
+        if not self._drain():
             return
         try:
             faulthandler.dump_traceback(file=self._fh, all_threads=True)
@@ -299,9 +350,25 @@ class _Dumper:
         except (OSError, ValueError):  # the dump file closed under us: we are being replaced
             return
 
+    def _drain(self) -> bool:
+        """Read every request waiting (those that piled up get one dump); True when any."""
+        asked = False
+        try:
+            while os.read(self._fd, 4096):
+                asked = True
+        except BlockingIOError:
+            pass
+        except OSError:  # closed under us: we are being replaced
+            return False
+        return asked
+
     def stop(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            signal.signal(REQUEST_SIGNAL, signal.SIG_IGN)  # a request still on its way must not end the process
         os.close(self._fd)
+        os.close(self._keep)
         remove_quietly(self.path)
 
 
@@ -338,7 +405,8 @@ class Worker:
     main_thread: int | None
     #: the live launcher that answers for this worker (None: nobody does, ask directly)
     launcher: int | None = None
-    #: the FIFO its control thread reads and that thread's ident (None: a worker that answers the signal only)
+    #: the FIFO it listens on (None: a worker that answers the signal only) and the thread
+    #: that reads it, when not the main thread (rank 0's control thread)
     requests: Path | None = None
     dump_thread: int | None = None
     #: its working directory and start time (None: an older release's record)
@@ -444,18 +512,18 @@ def _signal(pid: int, dump_file: Path) -> None:
 
 def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[RankStacks]:
     """Ask each worker proven a rank of its job for its stacks and read what it appended
-    to its dump file: through its control thread first, by signal when that thread has not
+    to its dump file: through its FIFO first, by signal when its listener has not
     started the dump within :data:`GIL_WAIT` (or the worker has none); a worker that writes nothing
     within ``timeout`` says so. Each frame comes with its line of code, read here, on the
     ranks' host (:func:`source_line`)."""
     out: dict[int, RankStacks] = {}
     asked = {w.rank: w for w in workers}
     pending: dict[int, tuple[Worker, int]] = {}
-    by_thread: dict[int, float] = {}  # rank -> when its control thread was asked
+    by_thread: dict[int, float] = {}  # rank -> when its listener was asked
     for w in asked.values():
         try:
             offset = w.dump.stat().st_size
-            if _ask_thread(w):
+            if _ask_listener(w):
                 by_thread[w.rank] = time.monotonic()
             else:
                 _signal(w.pid, w.dump)
@@ -473,8 +541,8 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
             except OSError:
                 continue
             if size == offset and rank in by_thread and now - by_thread[rank] >= GIL_WAIT:
-                # its control thread cannot get the GIL: a thread holds it, stuck in C, so no
-                # Python runs and the C-level handler's walk is safe
+                # its listener runs no Python: a thread holds the GIL, stuck in C, or the main
+                # thread, which listens on ranks other than 0, is in C (see the module's docstring)
                 del by_thread[rank]
                 try:
                     _signal(w.pid, w.dump)
@@ -512,9 +580,9 @@ def dump(workers: Iterable[Worker], *, timeout: float = DUMP_TIMEOUT) -> list[Ra
     return [out[r] for r in sorted(out)]
 
 
-def _ask_thread(w: Worker) -> bool:
-    """Write one byte to ``w``'s control thread's FIFO; False when it has none, or the FIFO
-    is not one (a link, a file, another uid's than its dump file's), or nobody reads it."""
+def _ask_listener(w: Worker) -> bool:
+    """Write one byte to ``w``'s FIFO; False when it has none, or the FIFO is not one (a
+    link, a file, another uid's than its dump file's), or nobody reads it."""
     if w.requests is None:
         return False
     try:
@@ -549,7 +617,8 @@ def parse_dump(text: str, *, main_thread: int | None = None, dump_thread: int | 
 
     Only the first dump counts (a late answer of the dump thread may follow a signal's):
     it ends at :data:`END_OF_DUMP`, or after the main thread, which faulthandler writes
-    last. ``dump_thread`` (the rank's own thread that wrote it) is not shown."""
+    last. ``dump_thread`` (the rank's own thread that wrote it) is not shown, nor the
+    handler a main thread answered from (:data:`ANSWER_FRAME`, and the frames it called)."""
     raw: list[tuple[int, list[Frame]]] = []
     for line in text.split(END_OF_DUMP, 1)[0].splitlines():
         m = _THREAD.match(line)
@@ -561,6 +630,10 @@ def parse_dump(text: str, *, main_thread: int | None = None, dump_thread: int | 
         f = _FRAME.match(line)
         if f and raw:
             raw[-1][1].append(Frame(f["file"], int(f["line"]), f["func"]))
+    for _, frames in raw:  # most recent first: the handler and what it called to dump
+        at = next((i for i, f in enumerate(frames[:_ANSWER_DEPTH]) if f.func == ANSWER_FRAME), None)
+        if at is not None:
+            del frames[: at + 1]
     threads = [(ident, tuple(reversed(frames))) for ident, frames in raw if dump_thread is None or ident != dump_thread]
     known = main_thread is not None and any(ident == main_thread for ident, _ in threads)
 

@@ -32,7 +32,7 @@ from forgather_control.core.states import JobState
 from forgather_control.launcher.duties import APPLIED_GRACES, AbortWatch
 
 WORKER = """
-import ctypes, sys, threading, time
+import ctypes, os, sys, threading, time
 from pathlib import Path
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.stacks import register
@@ -55,7 +55,12 @@ def stuck_in_c():
     print("ready", flush=True)
     ctypes.PyDLL(None).sleep(3600)  # holds the GIL: no Python code of this process runs
 
-{"python": stuck_in_python, "c": stuck_in_c}[how]()
+def in_c_without_the_gil():  # as in a collective that hangs: the GIL let go, no Python run
+    r, w = os.pipe()
+    print("ready", flush=True)
+    ctypes.CDLL(None).read(r, ctypes.create_string_buffer(1), 1)  # restarted after a handled signal
+
+{"python": stuck_in_python, "c": stuck_in_c, "nogil": in_c_without_the_gil}[how]()
 """
 
 CONTROLLED = """
@@ -121,6 +126,33 @@ def test_a_request_goes_only_into_the_ranks_own_fifo(procs: Procs, tmp_path: Pat
         os.close(reader)
 
 
+def test_a_rank_other_than_0_listens_without_a_thread_and_answers_from_its_main_thread(procs: Procs, tmp_path: Path) -> None:
+    """Issue 24: a rank other than 0 adds one thread, the check's; its FIFO raises a
+    signal its main thread answers, the handler's own frames left out of the answer."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    p = start(procs, tmp_path, WORKER, str(paths.root), "j", "1", "python")
+    [w] = st.local_workers(paths)
+    assert w.requests is not None and w.dump_thread is None
+    assert len(list(Path(f"/proc/{p.pid}/task").iterdir())) == 2  # its main thread and the one it started
+    for _ in range(3):
+        [got] = st.dump([w])
+        assert main_frames(got)[-2:] == ["<module>", "stuck_in_python"]
+        assert all(f.func != st.ANSWER_FRAME for t in got.threads for f in t.frames)
+    assert p.popen.poll() is None
+
+
+def test_a_rank_other_than_0_in_c_without_the_gil_answers_by_the_stack_signal(procs: Procs, tmp_path: Path) -> None:
+    """Its main thread is in C, as in a collective that hangs, so no handler of Python
+    runs: after GIL_WAIT the C-level handler answers, and the rank goes on waiting."""
+    paths = JobPaths(tmp_path / "jobs", "j")
+    p = start(procs, tmp_path, WORKER, str(paths.root), "j", "2", "nogil")
+    [got] = st.dump(st.local_workers(paths))
+    assert main_frames(got)[-1] == "in_c_without_the_gil"
+    [again] = st.dump(st.local_workers(paths))  # the request left in its FIFO does not confuse the next
+    assert main_frames(again)[-1] == "in_c_without_the_gil"
+    assert p.popen.poll() is None
+
+
 def test_a_rank_holding_the_gil_in_c_still_answers(procs: Procs, tmp_path: Path) -> None:
     paths = JobPaths(tmp_path / "jobs", "j")
     start(procs, tmp_path, WORKER, str(paths.root), "j", "0", "c")
@@ -135,8 +167,8 @@ from forgather_control.core.files import write_json_atomic
 from forgather_control.core.jobs import JobPaths
 from forgather_control.core.stacks import register
 
-jobs, job = sys.argv[1:3]
-register(JobPaths(Path(jobs), job), 0)
+jobs, job, rank = sys.argv[1:4]
+register(JobPaths(Path(jobs), job), int(rank))
 
 def writes_its_records():  # as a rank's control thread does: Python, I/O, the GIL let go and taken again
     while True:
@@ -152,13 +184,14 @@ waiting_for_data()
 """
 
 
-def test_asking_a_rank_for_its_stacks_again_and_again_never_crashes_it(procs: Procs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", [0, 1], ids=["rank 0, its control thread listens", "rank 1, its main thread listens"])
+def test_asking_a_rank_for_its_stacks_again_and_again_never_crashes_it(procs: Procs, tmp_path: Path, rank: int) -> None:
     """A C-level handler that walks every thread's frames while another thread runs
     Python crashed the rank (SIGSEGV) about once in 30 dumps: `stacks` killed the
     training it looked at. A rank whose other thread runs Python and I/O without pause
     is asked 40 times: it lives, and every answer has its main thread where it is."""
     paths = JobPaths(tmp_path / "jobs", "j")
-    p = start(procs, tmp_path, BUSY, str(paths.root), "j")
+    p = start(procs, tmp_path, BUSY, str(paths.root), "j", str(rank))
     workers = st.local_workers(paths)
     for i in range(40):
         [got] = st.dump(workers)
