@@ -666,7 +666,7 @@ class Controller:
             next_check=next_check,
             guard=vote,
             lag=self._lag_wanted if self.is_rank0 else 0,
-            cost=int(cost * 1e6),  # an anomaly (a debugger) is capped where it is used: schedule.COST_CAP
+            cost=int(self._schedule.own(cost) * 1e6),  # this rank's mean of recent checks (an anomaly capped)
             knobs=tuple(self.knobs.wire(entry.options.changes)) if entry is not None and entry.command == Command.SET and entry.options else (),
         )
 
