@@ -67,8 +67,8 @@ def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:
 
 
 def test_the_interval_is_the_checks_cost_over_its_share_within_fastest_and_slowest() -> None:
-    assert interval_for(0.0001) == FASTEST  # 100 us a check: 50 ms would do; latency needs no less than FASTEST
-    assert interval_for(0.0006) == pytest.approx(0.0006 / CHECK_SHARE) == 0.3  # at its share, and soon enough
+    assert interval_for(0.00005) == FASTEST  # 50 us a check: 50 ms would do; latency needs no less than FASTEST
+    assert interval_for(0.0002) == pytest.approx(0.0002 / CHECK_SHARE) == 0.2  # at its share, and soon enough
     assert interval_for(1.0) == SLOWEST  # a very slow check still comes within SLOWEST
 
 
@@ -76,26 +76,26 @@ def test_a_check_dearer_than_its_share_comes_within_the_latency_interval_while_t
     """Issue 24: a command waits up to an interval for its check; the interval stays
     within LATENCY_INTERVAL (apply within half a second) while the checks then cost at
     most MAX_SHARE, and only a dearer check is spaced out further."""
-    assert 0.001 / CHECK_SHARE == 0.5 and interval_for(0.001) == LATENCY_INTERVAL  # 1 ms: 0.29% at 0.35 s
+    assert 0.0005 / CHECK_SHARE == 0.5 and interval_for(0.0005) == LATENCY_INTERVAL  # 0.5 ms: 0.17% at 0.3 s
     assert interval_for(LATENCY_INTERVAL * MAX_SHARE) == pytest.approx(LATENCY_INTERVAL)  # the dearest that still fits
-    assert interval_for(0.0015) == pytest.approx(0.0015 / MAX_SHARE) == 0.5  # dearer: spaced out, at the budget's share
-    assert interval_for(0.0015) < 0.0015 / CHECK_SHARE
+    assert interval_for(0.001) == pytest.approx(0.001 / MAX_SHARE) == 0.5  # dearer: spaced out, at the budget's share
+    assert interval_for(0.001) < 0.001 / CHECK_SHARE
 
 
 def test_a_rank_sends_the_mean_of_its_recent_checks_and_rank_0_spaces_them_by_the_slowest_ranks() -> None:
     auto, fixed = CheckSchedule(None), CheckSchedule(1.0)
     assert auto.interval == FASTEST and not auto.fixed  # until a cost is measured
-    sent = [auto.own(0.0006) for _ in range(COST_WINDOW)]
-    assert sent[-1] == pytest.approx(0.0006)
+    sent = [auto.own(0.0002) for _ in range(COST_WINDOW)]
+    assert sent[-1] == pytest.approx(0.0002)
     for sched in (auto, fixed):
         sched.cost(sent[-1])
-    assert (round(auto.interval, 9), fixed.interval) == (0.3, 1.0)
+    assert (round(auto.interval, 9), fixed.interval) == (0.2, 1.0)
     # one anomaly (a debugger) counts as COST_CAP only: it does not space out the next minute
-    assert auto.own(5.0) == pytest.approx((31 * 0.0006 + COST_CAP) / 32) and interval_for(auto.own(0.0006)) < SLOWEST
+    assert auto.own(5.0) == pytest.approx((31 * 0.0002 + COST_CAP) / 32) and interval_for(auto.own(0.0002)) < SLOWEST
     # a stall that recurs on this rank (one check in eight) is paid for: a share is a mean
     for i in range(COST_WINDOW):
-        mean = auto.own(0.0006 if i % 8 else 0.004)
-    assert mean == pytest.approx((28 * 0.0006 + 4 * 0.004) / 32)
+        mean = auto.own(0.0002 if i % 8 else 0.004)
+    assert mean == pytest.approx((28 * 0.0002 + 4 * 0.004) / 32)
     # rank 0 takes what MAX hands it, the slowest rank's mean, as it is
     auto.cost(0.00005)
     assert auto.interval == FASTEST
