@@ -211,7 +211,8 @@ _made = 0
 def check_group(dist: Any, torch: Any) -> Any:
     """The check's own gloo group: one worker thread, on the job's gloo device when the
     job's group is gloo (its event loop thread then serves both), else ``new_group``'s
-    (a device of its own: three threads; under NCCL, say).
+    (a device of its own: three threads; under NCCL, say). Its threads run
+    ``SCHED_BATCH`` (:func:`_batched`).
 
     Its own group, not the job's (sharing it, tried, saved every thread): a gloo job's
     group races the interpreter's exit. Gloo's worker destroys each work it ran, and a
@@ -237,10 +238,34 @@ def check_group(dist: Any, torch: Any) -> Any:
         store = dist.distributed_c10d._get_default_store()
     except (AttributeError, TypeError, RuntimeError) as exc:
         log.debug("the agreement makes a gloo group of its own with new_group (%s)", exc)
-        return dist.new_group(backend="gloo")
+        return _batched(lambda: dist.new_group(backend="gloo"))
     name = f"forgather-control/agreement/{_made}/"
     _made += 1
-    return dist.ProcessGroupGloo(dist.PrefixStore(name, store), dist.get_rank(), dist.get_world_size(), opts)
+    return _batched(lambda: dist.ProcessGroupGloo(dist.PrefixStore(name, store), dist.get_rank(), dist.get_world_size(), opts))
+
+
+def _batched(make: Any) -> Any:
+    """``make()``, and the threads it started set to ``SCHED_BATCH``: woken by a check's
+    issue, a gloo worker of the normal policy preempts the training thread on a busy
+    core, which then waits a time slice (about 3.8 ms here) inside the issue. That was
+    most of a check's cost at 2 ranks on 2 cores (one check in fifteen; benchmarks/README,
+    issue 24); a batch thread runs when the training thread yields the core. Where the
+    policy cannot be set (not Linux), the threads keep theirs."""
+    before = _tasks()
+    group = make()
+    for tid in _tasks() - before:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        except (OSError, AttributeError) as exc:  # gone already, or no such policy here
+            log.debug("could not batch the check's thread %s: %s", tid, exc)
+    return group
+
+
+def _tasks() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
 
 
 class Pending:

@@ -53,11 +53,11 @@ CHECK_SHARE = 0.001
 #: The closest and furthest checks are apart when the interval follows the cost (seconds).
 FASTEST = 0.1
 SLOWEST = 2.0
-#: ... while a command waits up to an interval for its check, then the lag (about
-#: LAG_TIME), then a step: checks at most this far apart apply it within half a second,
-#: half that on average ...
-LATENCY_INTERVAL = 0.3
-#: ... as long as they then cost at most this share: a check of 0.6 ms comes every 0.3
+#: ... while a command waits up to an interval for its check, then the lag and its
+#: step (about 60 ms in all at 10 ms steps): checks at most this far apart apply it
+#: within a third of a second, within a quarter on average (issue 24: 0.5 s and 0.25 s) ...
+LATENCY_INTERVAL = 0.25
+#: ... as long as they then cost at most this share: a check of 0.5 ms comes every 0.25
 #: s, one of 1 ms every 0.5 s (where a command waits longer: the budget comes first).
 MAX_SHARE = 0.002
 #: The interval follows the mean cost of this many recent checks (each rank's own, the

@@ -69,6 +69,7 @@ def test_next_check_about_once_per_interval_at_most_once_per_step() -> None:
 def test_the_interval_is_the_checks_cost_over_its_share_within_fastest_and_slowest() -> None:
     assert interval_for(0.00005) == FASTEST  # 50 us a check: 50 ms would do; latency needs no less than FASTEST
     assert interval_for(0.0002) == pytest.approx(0.0002 / CHECK_SHARE) == 0.2  # at its share, and soon enough
+    assert interval_for(0.0002) < LATENCY_INTERVAL
     assert interval_for(1.0) == SLOWEST  # a very slow check still comes within SLOWEST
 
 
@@ -76,7 +77,7 @@ def test_a_check_dearer_than_its_share_comes_within_the_latency_interval_while_t
     """Issue 24: a command waits up to an interval for its check; the interval stays
     within LATENCY_INTERVAL (apply within half a second) while the checks then cost at
     most MAX_SHARE, and only a dearer check is spaced out further."""
-    assert 0.0005 / CHECK_SHARE == 0.5 and interval_for(0.0005) == LATENCY_INTERVAL  # 0.5 ms: 0.17% at 0.3 s
+    assert 0.0004 / CHECK_SHARE == 0.4 and interval_for(0.0004) == LATENCY_INTERVAL  # 0.4 ms: 0.16% at 0.25 s
     assert interval_for(LATENCY_INTERVAL * MAX_SHARE) == pytest.approx(LATENCY_INTERVAL)  # the dearest that still fits
     assert interval_for(0.001) == pytest.approx(0.001 / MAX_SHARE) == 0.5  # dearer: spaced out, at the budget's share
     assert interval_for(0.001) < 0.001 / CHECK_SHARE

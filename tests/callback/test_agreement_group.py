@@ -19,6 +19,8 @@ from forgather_control.callback.agreement import Agreement, Proposal
 out = sys.argv[1]
 def threads():
     return collections.Counter(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+def batched():
+    return sorted(int(t) for t in os.listdir("/proc/self/task") if os.sched_getscheduler(int(t)) == os.SCHED_BATCH)
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -27,13 +29,14 @@ ag = Agreement(node=0)
 answers = [ag.exchange(Proposal(seq=i, command=rank + 1)).command for i in range(3)]
 answers.append(ag.start(Proposal(seq=3, signal=rank + 1)).wait().signal)
 during = threads()                   # after collectives ran: every gloo thread has named itself
+batch = [open(f"/proc/self/task/{t}/comm").read().strip() for t in batched()]
 ag.close()
 after = threads()
 job = torch.tensor([rank + 1])
 dist.all_reduce(job)                 # the job's group works on, its device shared
 gloo = {k: during[k] for k in ("pt_gloo_runloop", "gloo_tcp_loop")}
 added, left = sum(during.values()) - sum(before.values()), sum(after.values()) - sum(before.values())
-json.dump({"added": added, "left": left, "gloo": gloo, "answers": answers, "job": int(job)}, open(f"{out}/r{rank}.json", "w"))
+json.dump({"batch": batch, "added": added, "left": left, "gloo": gloo, "answers": answers, "job": int(job)}, open(f"{out}/r{rank}.json", "w"))
 dist.destroy_process_group()
 """
 
@@ -43,6 +46,7 @@ dist.destroy_process_group()
 def test_the_check_group_adds_one_gloo_worker_on_the_jobs_device_and_close_removes_it(jobs_dir: Path, procs, tmp_path: Path) -> None:
     for r in rank_script(procs, tmp_path, jobs_dir, SCRIPT, name="group"):
         assert r["added"] == 1, r  # one thread
+        assert r["batch"] == ["pt_gloo_runloop"], r  # it, and no other, never preempts the training thread
         assert r["gloo"] == {"pt_gloo_runloop": 3, "gloo_tcp_loop": 1}, r  # a worker beside the job's two; the job's event loop only
         assert r["left"] == 0, r  # shut at close: nothing of it outlives the training
         assert r["answers"] == [2, 2, 2, 2] and r["job"] == 3, r  # MAX over both ranks; the job's group still works
