@@ -77,7 +77,8 @@ class ControllerConfig:
     - ``check_interval``: seconds between agreement checks across ranks: commands apply
       within about this long, at the cost of one small all-reduce per check. Default
       ``$FORGATHER_CHECK_INTERVAL``, else None: the interval follows the checks' measured
-      cost (callback/schedule.py: 0.2% of training, between 0.1 and 2 s).
+      cost (callback/schedule.py: within 0.25 s while that costs at most 0.2% of
+      training, further apart only when it costs more, between 0.1 and 2 s).
     - ``heartbeat_interval``: seconds between status.json rewrites when nothing changed;
       a listing judges a job whose heartbeat stopped. Default
       ``$FORGATHER_HEARTBEAT_INTERVAL``, else 2.
