@@ -72,6 +72,7 @@ import math
 import os
 import sys
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from forgather_control.core import Command
@@ -369,6 +370,8 @@ class TrainerControlCallback:
             steps = getattr(state, field, None)
             if _value(getattr(args, strategy, "no")) == "steps" and isinstance(steps, (int, float)) and steps >= 1:
                 ctl.knob(name, int(steps), min=1, help=f"{field.replace('_', ' ')}: every N steps", on_change=self._interval_changed(args, field))
+        if getattr(args, "load_best_model_at_end", False) and self._save_strategy == self._eval_strategy == "steps":
+            ctl.knobs.rule("load_best_model_at_end", _saves_at_evaluations)
         deepspeed = getattr(self.trainer, "is_deepspeed_enabled", False) or getattr(args, "deepspeed", None)
         if isinstance(getattr(args, "max_grad_norm", None), (int, float)) and not deepspeed:
 
@@ -384,17 +387,16 @@ class TrainerControlCallback:
             self._ends_here = True  # the flow ran already this step: on_step_end ends it
 
     def _interval_changed(self, args: Any, field: str) -> Any:
+        # _saves_at_evaluations refuses such a set when it is sent; this catches one the
+        # rule did not see (two sets agreed at one check)
         def changed(old: KnobValue, new: KnobValue) -> None:
             state = self._state
             save = int(new) if field == "save_steps" else state.save_steps
             every = int(new) if field == "eval_steps" else state.eval_steps
-            if (
-                field != "logging_steps"
-                and getattr(args, "load_best_model_at_end", False)
-                and self._save_strategy == self._eval_strategy == "steps"
-                and save % every
-            ):
-                raise ValueError(f"load_best_model_at_end needs save_every ({save}) to be a multiple of eval_every ({every})")
+            if field != "logging_steps" and getattr(args, "load_best_model_at_end", False) and self._save_strategy == self._eval_strategy == "steps":
+                why = _saves_at_evaluations({"save_every": int(save), "eval_every": int(every)})
+                if why is not None:
+                    raise ValueError(why)
             setattr(state, field, int(new))
 
         return changed
@@ -443,6 +445,16 @@ class TrainerControlCallback:
         if trainer is not None and hasattr(trainer, "_get_output_dir"):
             run_dir = trainer._get_output_dir(trial=getattr(trainer, "_trial", None))
         return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def _saves_at_evaluations(values: Mapping[str, Any]) -> str | None:
+    """HF's ``load_best_model_at_end`` keeps the best checkpoint of those saved where it
+    evaluated: ``save_every`` must stay a multiple of ``eval_every`` (HF refuses it at
+    start; a set that breaks it is refused when sent)."""
+    save, every = values.get("save_every"), values.get("eval_every")
+    if isinstance(save, int) and isinstance(every, int) and every > 0 and save % every:
+        return f"load_best_model_at_end needs save_every ({save}) to be a multiple of eval_every ({every})"
+    return None
 
 
 def _hf_last_step(trainer: Any, args: Any, dataloader: Any) -> int | None:

@@ -293,6 +293,8 @@ class KnobTable:
         #: what a relaunch applied, for the run's first log line
         self.resumed: list[KnobChange] = []
         self._moved: list[Knob] = []
+        #: rules over several knobs (:meth:`rule`), by name
+        self._rules: dict[str, Callable[[Mapping[str, KnobValue]], str | None]] = {}
 
     def declare(
         self,
@@ -388,11 +390,30 @@ class KnobTable:
     def __len__(self) -> int:
         return len(self._knobs)
 
+    def rule(self, name: str, check: Callable[[Mapping[str, KnobValue]], str | None]) -> None:
+        """A rule over several knobs, named (declared again, it replaces the last):
+        ``check(values)`` gets every knob's value as it would be after a ``set`` and says
+        why that is refused, or None. Rank 0 refuses such a ``set`` when it is sent
+        (:meth:`vet`), instead of each rank failing it at the agreed step. It judges the
+        values now: a ``set`` still queued is not counted, so the knob's ``on_change``
+        checks again when it applies."""
+        with self._lock:
+            self._rules[name] = check
+
     def vet(self, changes: Sequence[KnobChange]) -> list[KnobChange]:
-        """Rank 0's check of a ``set`` against its knobs (:func:`check_changes`)."""
+        """Rank 0's check of a ``set`` against its knobs (:func:`check_changes`) and their
+        rules (:meth:`rule`)."""
         with self._lock:
             specs = list(self._knobs.values())
-        return check_changes(specs, changes)
+            rules = list(self._rules.values())
+        vetted = check_changes(specs, changes)
+        after: dict[str, KnobValue] = {k.name: k.value for k in specs}
+        after.update((c.name, c.value) for c in vetted if not isinstance(c.value, str))  # converted: never a str
+        for check in rules:
+            why = check(after)
+            if why is not None:
+                raise KnobError(why)
+        return vetted
 
     def vet_command(self, command: Command, options: CommandOptions | None) -> CommandOptions | None:
         """The ledger's ``vet``: a ``set``'s changes checked against this table, their

@@ -225,19 +225,37 @@ def test_hf_lr_scale_scales_the_groups_and_the_schedulers_base_rates(jobs_dir: P
         assert run.sched.base_lrs == [0.05] and ctl.knobs["lr_scale"] == 0.5
 
 
-def test_hf_with_load_best_model_at_end_keeps_save_every_a_multiple_of_eval_every(jobs_dir: Path) -> None:
+def test_hf_with_load_best_model_at_end_refuses_a_save_every_off_eval_every_when_it_is_sent(jobs_dir: Path) -> None:
+    """A set that breaks HF's rule (the best checkpoint is one saved where it evaluated)
+    is refused by rank 0 when it is sent, so nothing is queued and the sender hears why
+    at once; it used to be accepted and then fail on every rank at the agreed step."""
     ctl = controller(jobs_dir, "hf-best")
     run = HFRun(ctl, eval_strategy="steps", load_best_model_at_end=True)
     run.state.save_steps = 20
     run.begin()
     with ctl:
+        with pytest.raises(KnobRefused, match=r"load_best_model_at_end needs save_every \(15\) to be a multiple of eval_every \(10\)"):
+            set_knobs(ctl, save_every=15)
+        with pytest.raises(KnobRefused, match=r"save_every \(20\) to be a multiple of eval_every \(15\)"):
+            set_knobs(ctl, eval_every=15)  # the other knob, against the value the first has now
+        assert ctl.ledger.next_pending() is None  # nothing queued
+        command = set_knobs(ctl, save_every=30, eval_every=15)  # both at once: judged together
+        run.step()
+        assert ctl.ledger.get(command).state.value == "completed" and (run.state.save_steps, run.state.eval_steps) == (30, 15)
+        set_knobs(ctl, save_every=60)
+        run.step()
+        assert run.state.save_steps == 60
+
+
+def test_without_load_best_model_at_end_save_every_is_free(jobs_dir: Path) -> None:
+    ctl = controller(jobs_dir, "hf-free")
+    run = HFRun(ctl, eval_strategy="steps")
+    run.state.save_steps = 20
+    run.begin()
+    with ctl:
         command = set_knobs(ctl, save_every=15)
         run.step()
-        entry = ctl.ledger.get(command)
-        assert entry.state.value == "failed" and run.state.save_steps == 20, entry
-        set_knobs(ctl, save_every=30)
-        run.step()
-        assert run.state.save_steps == 30
+        assert ctl.ledger.get(command).state.value == "completed" and run.state.save_steps == 15
 
 
 # -- framework-shaped objects ----------------------------------------------------------------
