@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from forgather_control.core.checkpoints import Checkpoint, Scope, Skipped, choose, find, history
-from forgather_control.core.env import ENV_OUTPUT_DIR, ENV_RESUME
+from forgather_control.core.env import ENV_DETACHED, ENV_OUTPUT_DIR, ENV_RESUME
 from forgather_control.core.errors import ControlError, NotResumable, PrivateJob
 from forgather_control.core.files import RecordError, owner_name, write_bytes_atomic
 from forgather_control.core.ids import validate_job_id
@@ -180,7 +180,7 @@ class Resumption:
     def detach(self, *, timeout: float = START_TIMEOUT) -> Resumed:
         """The relaunch in the background, in a session of its own, its output to
         ``launcher-run-<N>.log`` in the job folder (0600; what its terminal would have
-        shown). Waits until the launcher has recorded the run as started (or exits first:
+        shown, the ranks' output up to one log file's bound: their logs keep it all). Waits until the launcher has recorded the run as started (or exits first:
         :class:`ResumeFailed` with the end of its log)."""
         self._local_only()
         log_path = self.paths.dir / f"launcher-run-{self.run}.log"
@@ -188,7 +188,13 @@ class Resumption:
         try:
             os.fchmod(fd, 0o600)
             proc = subprocess.Popen(
-                list(self.argv), cwd=self.cwd, env=dict(self.env), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True
+                list(self.argv),
+                cwd=self.cwd,
+                env={**self.env, ENV_DETACHED: "1"},  # its log stays bounded: the ranks' logs keep their output
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
             os.close(fd)

@@ -73,6 +73,10 @@ ENV_NOTIFY_CMD = "FORGATHER_NOTIFY_CMD"
 #: The most bytes one rank's log file in the job folder holds before it is rotated to
 #: ``.1`` (bytes, or 16M, 512K; default 8M, least 64K): a rank keeps at most twice this.
 ENV_LOG_BYTES = "FORGATHER_LOG_BYTES"
+#: Set by a detached relaunch (``resume --detach``) for its launcher, whose terminal is
+#: then a log file in the job folder: the launcher copies at most one log file's bound
+#: (:data:`ENV_LOG_BYTES`) of the ranks' output there; their own logs keep all of it.
+ENV_DETACHED = "FORGATHER_DETACHED"
 #: Set by the launcher for its workers: the socket their bootstrap hands stdout and
 #: stderr to (the launcher writes them to the terminal and the rank's log).
 ENV_LOG_SOCKET = "FORGATHER_LOG_SOCKET"

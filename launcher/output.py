@@ -65,7 +65,9 @@ class _Conn:
 class OutputPump:
     """The launcher's side: listens, and copies every rank's output to the terminal and to
     its log. :meth:`start` returns the socket's path for the workers' environment;
-    :meth:`close` (after the workers are gone) reads what is left, and removes the socket."""
+    :meth:`close` (after the workers are gone) reads what is left, and removes the socket.
+    ``terminal_bytes``: at most this much of the ranks' output goes to the terminal (a
+    detached launcher's log file), then a line saying where the rest is."""
 
     def __init__(
         self,
@@ -77,11 +79,15 @@ class OutputPump:
         run: int | None = None,
         stdout_fd: int = 1,
         stderr_fd: int = 2,
+        terminal_bytes: int | None = None,
     ) -> None:
         self.job_dir = job_dir
         self.max_bytes = max_bytes
         self.host, self.node, self.run = host, node, run
         self.terminal = {"out": stdout_fd, "err": stderr_fd}
+        #: how much more of the ranks' output the terminal takes (None: all of it); a
+        #: detached launcher's terminal is a log file, which must stay bounded
+        self.terminal_room = terminal_bytes
         self.logs: dict[int, RankLog] = {}
         self.refused: set[int] = set()
         self.dir_fd = -1
@@ -226,6 +232,14 @@ class OutputPump:
         fd = self.terminal.get(stream, -1)
         if fd < 0:
             return
+        if self.terminal_room is not None:
+            if self.terminal_room <= 0:
+                return
+            if len(data) > self.terminal_room:
+                data = data[: self.terminal_room]
+                tail = f"\n----- forgather: this log stops here; every rank's output goes on in its log: forgather control logs {self.job_dir.name} -----\n"
+                data += tail.encode()
+            self.terminal_room -= len(data)
         if not _write_all(fd, data):
             self.terminal[stream] = -1  # closed (a reader that left): the files still get it
 

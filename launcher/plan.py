@@ -18,6 +18,7 @@ from forgather_control.core.alerts import describe_sinks, sinks_from
 from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
+    ENV_DETACHED,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
     ENV_KNOBS,
@@ -229,7 +230,7 @@ def child_env(plan: Plan, base: Mapping[str, str], *, launcher: str | None = Non
     would mislead the workers, plus the plan's. A resume path from an older run that no
     longer applies is removed rather than inherited. ``launcher`` ("PID:START_TIME")
     names the launcher its workers watch (known only once it runs: not in the plan)."""
-    dropped = (ENV_RESUME, ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_KNOBS, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD)
+    dropped = (ENV_RESUME, ENV_RESUME_FROM, ENV_RESUME_STEP, ENV_KNOBS, ENV_TOKEN, ENV_LAUNCHER_PID, ENV_NOTIFY, ENV_NOTIFY_CMD, ENV_DETACHED)
     env = {k: v for k, v in base.items() if k not in dropped}
     env.update(plan.env)
     if launcher:

@@ -50,7 +50,7 @@ from forgather_control.core import Command, JobPaths, JobState
 from forgather_control.core.alerts import hide_notify
 from forgather_control.core.attachment import nothing_to_save_reason
 from forgather_control.core.deathsig import death_signal_setter
-from forgather_control.core.env import ENV_LOG_SOCKET
+from forgather_control.core.env import ENV_DETACHED, ENV_LOG_SOCKET
 from forgather_control.core.files import ensure_private_dir
 from forgather_control.core.logs import LOGS_DIR, max_bytes_from
 from forgather_control.core.outcome import launch_exit_code
@@ -417,7 +417,10 @@ def _capture_output(plan: Plan, paths: JobPaths, max_bytes: int) -> OutputPump |
     """This node's ranks' stdout and stderr, to the terminal and to their logs in the job
     folder (launcher/output.py); None, said once, when it cannot be set up (the ranks then
     write to the terminal directly, as under torchrun alone)."""
-    pump = OutputPump(paths.dir, max_bytes=max_bytes, host=socket.gethostname(), node=plan.node_rank, run=plan.restarts)
+    detached = os.environ.get(ENV_DETACHED) == "1"  # its terminal is a log file: bounded like a rank's
+    pump = OutputPump(
+        paths.dir, max_bytes=max_bytes, host=socket.gethostname(), node=plan.node_rank, run=plan.restarts, terminal_bytes=max_bytes if detached else None
+    )
     try:
         pump.start()
     except OSError as exc:

@@ -111,6 +111,8 @@ def test_paused_resumed_detached_failed_then_rolled_back(procs: Procs, jobs_dir:
     assert (done["job_id"], done["run"], done["resume_step"], done["log"]) == ("rsm", 1, stopped, str(folder / "launcher-run-1.log"))
     detached = ProcessTree(done["pid"], session=done["pid"])
     try:
+        # its log stays bounded (tests/launcher/test_output_pump.py): the launcher knows it is detached
+        assert b"FORGATHER_DETACHED=1" in Path(f"/proc/{done['pid']}/environ").read_bytes().split(b"\0")
         st = wait_for(
             lambda: (s := read_record(jobs_dir, "rsm", "status.json")).get("restarts") == 1 and (s.get("step") or 0) > stopped + 2 and s,
             timeout=TIMEOUT,

@@ -180,8 +180,9 @@ def test_local_single_node_uses_a_free_port() -> None:
 def test_worker_env_and_child_env_carry_no_token() -> None:
     plan = plan_for({}, job_id="j", control_host="0.0.0.0", control_port=9000)
     assert plan.env["FORGATHER_CONTROL_HOST"] == "0.0.0.0" and plan.env["FORGATHER_CONTROL_PORT"] == "9000"
-    env = child_env(plan, {"FORGATHER_TOKEN": "s3cret", "FORGATHER_RESUME_FROM": "/old", "PATH": "/bin"})
+    env = child_env(plan, {"FORGATHER_TOKEN": "s3cret", "FORGATHER_RESUME_FROM": "/old", "FORGATHER_DETACHED": "1", "PATH": "/bin"})
     assert "FORGATHER_TOKEN" not in env and "FORGATHER_RESUME_FROM" not in env and env["PATH"] == "/bin"
+    assert "FORGATHER_DETACHED" not in env  # the launcher's own: its workers' output is not bounded by it
     assert not any("TOKEN" in k for k in plan.env)
 
 
