@@ -27,10 +27,12 @@ import select
 import selectors
 import shutil
 import socket
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from forgather_control.core.files import ensure_private_dir, open_folder
@@ -60,6 +62,12 @@ class _Conn:
         self.rank: int | None = None
         self.stream = ""
         self.pending = b""
+
+
+#: The launchers' socket folders under the temp folder start so (:func:`sweep_stale`).
+SOCKET_PREFIX = "forgather-out-"
+#: A socket folder this old whose socket nobody listens on was left by a killed launcher.
+STALE_AFTER = 60.0
 
 
 class OutputPump:
@@ -104,7 +112,8 @@ class OutputPump:
         """Make the logs folder and the socket, start the thread; the socket's path."""
         logs = ensure_private_dir(self.job_dir / LOGS_DIR)
         self.dir_fd = open_folder(logs)
-        self._tmp = tempfile.mkdtemp(prefix="forgather-out-", dir=_short_tmp())
+        sweep_stale(_short_tmp())  # what launchers killed with SIGKILL left
+        self._tmp = tempfile.mkdtemp(prefix=SOCKET_PREFIX, dir=_short_tmp())
         self.address = os.path.join(self._tmp, "s")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.address)
@@ -317,6 +326,48 @@ def _write_all(fd: int, data: bytes) -> bool:
             raise
         view = view[n:]
     return True
+
+
+def sweep_stale(root: str, *, older_than: float = STALE_AFTER) -> list[str]:
+    """Remove the socket folders under ``root`` that launchers killed with SIGKILL left:
+    ours (never through a link), older than ``older_than`` seconds, and whose socket
+    nobody listens on (a live launcher's, here or in another namespace, answers; when it
+    cannot be told, the folder stays). Returns what was removed."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    removed = []
+    now = time.time()
+    for name in names:
+        if not name.startswith(SOCKET_PREFIX):
+            continue
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < older_than:
+            continue
+        if _listened(os.path.join(path, "s")):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _listened(address: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(address)  # a live pump takes it and drops it: no header, no rank
+        return True
+    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # cannot tell (a full backlog, a timeout): it stays
+        return True
+    finally:
+        sock.close()
 
 
 def _short_tmp() -> str:

@@ -6,11 +6,15 @@ connection (``callback/output._connect``, what the bootstrap calls), in this pro
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
+
+from support.users import VICTIM_UID
 
 from forgather_control.callback.output import _connect
 from forgather_control.core.jobs import JobPaths
-from forgather_control.launcher.output import OutputPump
+from forgather_control.launcher.output import SOCKET_PREFIX, OutputPump, sweep_stale
 
 
 def _run_rank(pump: OutputPump, rank: int, text: bytes) -> None:
@@ -58,3 +62,44 @@ def test_a_terminal_gets_all_of_the_ranks_output_when_no_bound_is_asked(tmp_path
         pump.close()
         os.close(fd)
     assert terminal.read_bytes() == lines
+
+
+def _socket_folder(root: Path, name: str, *, listening: bool, age: float) -> tuple[Path, socket.socket | None]:
+    folder = root / f"{SOCKET_PREFIX}{name}"
+    folder.mkdir(mode=0o700)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(folder / "s"))
+    if listening:
+        sock.listen(1)
+    else:
+        sock.close()  # its file stays: nobody listens on it, as after a launcher's kill -9
+    past = time.time() - age
+    os.utime(folder, (past, past))
+    return folder, sock if listening else None
+
+
+def test_the_socket_folders_launchers_killed_with_sigkill_left_are_swept_and_no_other(tmp_path: Path) -> None:
+    """A launcher killed with SIGKILL cannot remove its socket's folder in the temp
+    folder; the next launcher on the host removes such folders of its user's, old enough
+    and with nobody listening, and never a live launcher's, a young one, another user's
+    or one behind a link."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    stale, _ = _socket_folder(root, "stale", listening=False, age=3600)
+    young, _ = _socket_folder(root, "young", listening=False, age=1)
+    live, listener = _socket_folder(root, "live", listening=True, age=3600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / f"{SOCKET_PREFIX}link").symlink_to(elsewhere)  # never followed
+    other = root / "not-ours-by-name"
+    other.mkdir()
+    theirs, _ = _socket_folder(root, "theirs", listening=False, age=3600)
+    os.chown(theirs, VICTIM_UID, VICTIM_UID)  # another user's (the test runs as root): theirs to remove
+    os.utime(theirs, (time.time() - 3600,) * 2)
+    try:
+        assert sweep_stale(str(root)) == [str(stale)]
+    finally:
+        assert listener is not None
+        listener.close()
+    assert not stale.exists() and young.exists() and live.exists() and elsewhere.exists() and other.exists() and theirs.exists()
+    assert (root / f"{SOCKET_PREFIX}link").is_symlink()
