@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from forgather_control.core import PROTOCOL, JobPaths, Ledger, is_loopback_host, rankloop, write_json_atomic
+from forgather_control.core import PROTOCOL, JobPaths, Ledger, LedgerError, is_loopback_host, rankloop, write_json_atomic
 from forgather_control.core.files import remove_quietly
 from forgather_control.core.records import Endpoint, Identity, Status, encode, load_or_none
 
@@ -27,6 +27,8 @@ from .publisher import Publisher
 
 if TYPE_CHECKING:  # the server thread imports uvicorn: only when HTTP is served
     from forgather_control.serving.thread import ServerThread
+
+    from .server import Followed
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class ControlPlane:
         self.url: str | None = None
         self._token = secrets.token_urlsafe(32) if auth else None
         self._server: ServerThread | None = None
+        #: the commands clients follow over HTTP (the server waits for them at the end)
+        self._followed: Followed | None = None
         self._publisher: Publisher | None = None
         self._served_http = False
 
@@ -133,9 +137,11 @@ class ControlPlane:
     def _start_server(self) -> None:
         from forgather_control.serving.thread import ServerThread
 
-        from .server import create_app
+        from .server import Followed, create_app
 
+        self._followed = Followed()
         app = create_app(
+            followed=self._followed,
             job_id=self.job_id,
             ledger=self.ledger,
             status=self.status,
@@ -192,6 +198,8 @@ class ControlPlane:
         raises."""
         try:
             publisher = self._publisher
+            if self._followed is not None and self._server is not None:
+                self._followed.caught_up(self._state_of)  # a follower reads how its command ended
             self._stop_threads()
             if publisher is not None:
                 publisher.poll_inbox()
@@ -211,6 +219,12 @@ class ControlPlane:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             publisher.stop()
+
+    def _state_of(self, command_id: str) -> str | None:
+        try:
+            return self.ledger.get(command_id).state.value
+        except LedgerError:
+            return None
 
     def _remove_own_endpoint(self) -> None:
         record = load_or_none(self.paths.endpoint, Endpoint)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,44 @@ def published_schema() -> bytes:
     return _schema
 
 
+#: At the job's end the server waits at most this long (seconds) for the clients that
+#: follow a command to read its last state (:class:`Followed`).
+FOLLOW_LINGER = 2.0
+
+
+class Followed:
+    """The commands clients follow over HTTP (``--wait``), each with the state it was last
+    served in. At the job's end the server stays until each has been read in its state
+    then, for at most :data:`FOLLOW_LINGER`: a stop ends the job, and its follower, who
+    polls, found the server gone before it read the stop applied, so a remote ``stop
+    --wait`` could not tell the stop from a crash (it exited 4). A command nobody
+    follows holds nothing up."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._served: dict[str, str] = {}
+
+    def served(self, command_id: str, state: str) -> None:
+        with self._cond:
+            self._served[command_id] = state
+            self._cond.notify_all()
+
+    def caught_up(self, state_of: Callable[[str], str | None], *, timeout: float = FOLLOW_LINGER) -> bool:
+        """Wait until every followed command was last served in its state now
+        (``state_of``: None for one the ledger no longer has), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                behind = [c for c, seen in self._served.items() if state_of(c) not in (None, seen)]
+                left = deadline - time.monotonic()
+                if not behind:
+                    return True
+                if left <= 0:
+                    log.info("forgather control: %d followed command(s) not read in their last state before the server ended", len(behind))
+                    return False
+                self._cond.wait(left)
+
+
 def create_app(
     *,
     job_id: str,
@@ -234,6 +274,7 @@ def create_app(
     loopback: bool = True,
     max_body: int = MAX_BODY_BYTES,
     metrics: Callable[[int | None], MetricRecord] | None = None,
+    followed: Followed | None = None,
 ) -> Guard:
     """Build the control API for one job (an ASGI app). ``token=None`` disables auth (an
     explicit opt-out the caller must have asked for). ``loopback`` turns on the Host
@@ -294,9 +335,12 @@ def create_app(
         if bad is not None:
             return bad
         try:
-            return _answer(receipt(encode(ledger.get(params[1]).as_record())))
+            record = ledger.get(params[1]).as_record()
         except LedgerError as exc:
             return _error(exc.http_status, str(exc))
+        if followed is not None:
+            followed.served(record.id, record.state)
+        return _answer(receipt(encode(record)))
 
     async def control(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
         bad = check_job(params[0])

@@ -359,10 +359,15 @@ class JobHandle:
         while True:
             try:
                 last = self.entry(command_id, key) or last
-            except Unreachable:
+            except Unreachable as exc:
                 gone = _server_gone_after_stop(last)
                 if gone is None or last is None:
-                    raise
+                    why = str(exc).removesuffix("; nothing was sent")  # said of the request that read it, not the command
+                    seen = f"last seen {last.state}" if last is not None else "not yet picked up"
+                    raise type(exc)(
+                        f"lost the job while following command {command_id} ({seen}): {why}. "
+                        f"The command was sent; see how the job ended with `forgather control status {self.job_id}`"
+                    ) from None
                 log.warning("the job's server went away after %s applied at step %s: it has ended", last.command, last.step)
                 return gone
             if last is not None and is_final_receipt(last):

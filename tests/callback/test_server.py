@@ -13,8 +13,10 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from forgather_control.callback.server import create_app
+from forgather_control.callback.server import Followed, create_app
+from forgather_control.client import open_job
 from forgather_control.core import VALID_COMMANDS, Ledger
+from forgather_control.core.errors import EXIT_UNREACHABLE, Unreachable
 from forgather_control.core.rankloop import ControlLoop
 from forgather_control.core.records import Status
 from forgather_control.serving.thread import ServerStartError, ServerThread
@@ -249,3 +251,80 @@ def test_metrics_since_is_an_integer(client: TestClient, since: str, ok: bool) -
     else:
         assert r.status_code == 422 and r.json()["detail"].startswith("bad parameter (query.since: ")
     assert client.get(f"/jobs/other/metrics?since={since}", headers=AUTH).status_code == (404 if ok else 422)  # the parameter first, as before
+
+
+def test_at_the_end_the_server_waits_for_a_follower_to_read_its_commands_last_state(ledger: Ledger) -> None:
+    """A stop ends the job, and its server with it: a remote ``stop --wait`` polled, found
+    the server gone before it read the stop applied, and exited 4 as if the job had
+    crashed. The server now knows which commands a client follows (it read their
+    receipts) and, at the end, waits until each was read in its last state. Real uvicorn
+    on loopback; the follower is an HTTP client in this test."""
+    followed = Followed()
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(state="running"), token=TOKEN, followed=followed)
+    server = ServerThread(app)
+    port = server.start()
+
+    def get(path: str, method: str = "GET", body: dict | None = None) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body else None, headers={**AUTH, "Content-Type": "application/json"})
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def state_of(cid: str) -> str | None:
+        return ledger.get(cid).state.value
+
+    try:
+        unfollowed = get("/jobs/job-1/control", "POST", {"command": "evaluate"})["id"]
+        followed_id = get("/jobs/job-1/control", "POST", {"command": "graceful_stop"})["id"]
+        assert get(f"/jobs/job-1/commands/{followed_id}")["state"] == "queued"  # a client follows it
+        assert followed.caught_up(state_of, timeout=0)  # nothing changed since it was read
+        ledger.mark_applied(followed_id, 7)
+        ledger.mark_applied(unfollowed, 7)  # nobody reads this one: it holds nothing up
+        assert not followed.caught_up(state_of, timeout=0.05)  # the follower has not seen the stop applied
+        answered: list[bool] = []
+        waiter = threading.Thread(target=lambda: answered.append(followed.caught_up(state_of, timeout=30)))
+        waiter.start()
+        assert get(f"/jobs/job-1/commands/{followed_id}")["state"] == "applied"  # the follower reads it ...
+        waiter.join(30)
+        assert answered == [True]  # ... and the end goes on at once
+    finally:
+        server.stop()
+
+
+def test_a_follower_that_loses_the_server_says_the_command_was_sent(ledger: Ledger) -> None:
+    """The job's server gone while a command is still queued (the job crashed, say): the
+    wait says it lost the job and the command was sent, not the request's "nothing was
+    sent", which read as if the command had never left. Real uvicorn on loopback, the
+    Python API's remote handle."""
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(job_id="job-1", state="running", step=5), token=TOKEN, followed=Followed())
+    server = ServerThread(app)
+    port = server.start()
+    stopped = False
+    try:
+        with open_job("job-1", remote=f"127.0.0.1:{port}", token=TOKEN) as handle:
+            entry = handle.send("evaluate")
+            errors: list[BaseException] = []
+            read = threading.Event()
+
+            def follow() -> None:
+                try:
+                    handle.wait(str(entry.id), timeout=60, interval=0.05, on_poll=lambda e: e is not None and read.set())
+                except BaseException as exc:  # noqa: BLE001 - what the test reads
+                    errors.append(exc)
+
+            follower = threading.Thread(target=follow)
+            follower.start()
+            assert read.wait(60)  # it has read the receipt once: queued
+            server.stop()  # the job is gone, the command still queued
+            stopped = True
+            follower.join(60)
+    finally:
+        if not stopped:
+            server.stop()
+    [err] = errors
+    assert isinstance(err, Unreachable) and err.exit_code == EXIT_UNREACHABLE
+    text = str(err)
+    assert f"lost the job while following command {entry.id} (last seen queued)" in text, text
+    assert "The command was sent" in text and "nothing was sent" not in text, text

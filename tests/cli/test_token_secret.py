@@ -68,8 +68,10 @@ def test_a_token_file_keeps_the_token_out_of_a_running_commands_argv(cli, procs:
     r = cli("control", "save", job, "--remote", remote, "--token-file", str(token_file), "--wait", "--json", "--timeout", WAIT, extra_env=no_env)
     assert r.code == 0, r
     check_checkpoint(r.json())
-    r = cli("control", "stop", job, "--remote", remote, "--token-file", str(token_file), "--json", extra_env=no_env)
-    assert r.code == 0, r  # queued: with --wait the receipt would race the server's end
+    r = cli("control", "stop", job, "--remote", remote, "--token-file", str(token_file), "--wait", "--json", "--timeout", WAIT, extra_env=no_env)
+    # followed to its end over HTTP: the server lets a follower read the stop applied before it goes
+    assert r.code == 0, r
+    assert r.json()["state"] == "completed" and r.json()["step"] is not None, r.json()
     assert proc.wait(TIMEOUT) == 0, proc.output()[-3000:]
     assert watch.wait(TIMEOUT) == 0, watch.output()[-3000:]  # the job's end (its server gone) ends the watch
     assert token not in watch.output() and "warning" not in watch.output(), watch.output()
