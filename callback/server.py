@@ -232,35 +232,51 @@ def published_schema() -> bytes:
 FOLLOW_LINGER = 2.0
 
 
+#: A client that read the status this recently (seconds) is watching it (``status --watch``).
+WATCHING = 5.0
+
+
 class Followed:
-    """The commands clients follow over HTTP (``--wait``), each with the state it was last
-    served in. At the job's end the server stays until each has been read in its state
-    then, for at most :data:`FOLLOW_LINGER`: a stop ends the job, and its follower, who
-    polls, found the server gone before it read the stop applied, so a remote ``stop
-    --wait`` could not tell the stop from a crash (it exited 4). A command nobody
-    follows holds nothing up."""
+    """What clients follow over HTTP: the commands (``--wait``), each with the state it
+    was last served in, and the status (``status --watch``). At the job's end the server
+    stays until each command has been read in its state then, and a status watched
+    lately has been read once more (the job's final state), for at most
+    :data:`FOLLOW_LINGER`: a stop ends the job, and its follower, who polls, found the
+    server gone before it read the stop applied, so a remote ``stop --wait`` could not
+    tell the stop from a crash (it exited 4), nor a watch the job's end from a lost
+    contact. What nobody follows holds nothing up."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._served: dict[str, str] = {}
+        self._status_at: float | None = None  # monotonic, the last status served
 
     def served(self, command_id: str, state: str) -> None:
         with self._cond:
             self._served[command_id] = state
             self._cond.notify_all()
 
+    def status_served(self) -> None:
+        with self._cond:
+            self._status_at = time.monotonic()
+            self._cond.notify_all()
+
     def caught_up(self, state_of: Callable[[str], str | None], *, timeout: float = FOLLOW_LINGER) -> bool:
         """Wait until every followed command was last served in its state now
-        (``state_of``: None for one the ledger no longer has), or ``timeout``."""
-        deadline = time.monotonic() + timeout
+        (``state_of``: None for one the ledger no longer has) and, when the status was
+        watched lately, it has been served since this call (the caller has its final
+        state set), or ``timeout``."""
+        start = time.monotonic()
+        deadline = start + timeout
         with self._cond:
+            watched = self._status_at is not None and start - self._status_at < WATCHING
             while True:
                 behind = [c for c, seen in self._served.items() if state_of(c) not in (None, seen)]
                 left = deadline - time.monotonic()
-                if not behind:
+                if not behind and not (watched and self._status_at is not None and self._status_at < start):
                     return True
                 if left <= 0:
-                    log.info("forgather control: %d followed command(s) not read in their last state before the server ended", len(behind))
+                    log.info("forgather control: a client following the job had not read how it ended when its server stopped")
                     return False
                 self._cond.wait(left)
 
@@ -294,7 +310,10 @@ def create_app(
         return health_body
 
     def status_now() -> bytes:
-        return _json(encode(status()))
+        body = _json(encode(status()))
+        if followed is not None:
+            followed.status_served()
+        return body
 
     async def health(params: tuple[str, ...], scope: dict[str, Any], receive: Any) -> Answer:
         return Answer(healthy())

@@ -328,3 +328,47 @@ def test_a_follower_that_loses_the_server_says_the_command_was_sent(ledger: Ledg
     text = str(err)
     assert f"lost the job while following command {entry.id} (last seen queued)" in text, text
     assert "The command was sent" in text and "nothing was sent" not in text, text
+
+
+def test_at_the_end_the_server_waits_for_a_watcher_to_read_the_final_status(ledger: Ledger) -> None:
+    """A remote ``status --watch`` polls the status; the job's end took its server between
+    two polls, and the watch ended on a lost contact instead of the job's final state.
+    A status read lately means a watcher: the end waits for its next read (the final
+    state is set by then). Real uvicorn on loopback."""
+    followed = Followed()
+    state = ["running"]
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(job_id="job-1", state=state[0], step=5), token=TOKEN, followed=followed)
+    server = ServerThread(app)
+    port = server.start()
+
+    def read_status() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/jobs/job-1/status", headers=AUTH)
+            return json.loads(conn.getresponse().read())["state"]
+        finally:
+            conn.close()
+
+    try:
+        assert followed.caught_up(lambda cid: None, timeout=0)  # nobody watches: nothing to wait for
+        assert read_status() == "running"  # a watcher
+        state[0] = "stopped"  # the job's end: its final state is set, then the server is to stop
+        assert not followed.caught_up(lambda cid: None, timeout=0.05)  # the watcher has not read it
+        seen: list[str] = []
+        done = threading.Event()
+
+        def watcher() -> None:  # polls as `status --watch` does, until the end has gone on
+            while not done.is_set():
+                seen.append(read_status())
+                done.wait(0.02)
+
+        polling = threading.Thread(target=watcher)
+        polling.start()
+        try:
+            assert followed.caught_up(lambda cid: None, timeout=30)  # its next poll lets the end go on
+        finally:
+            done.set()
+            polling.join(30)
+        assert seen and seen[-1] == "stopped"  # and that poll read how the job ended
+    finally:
+        server.stop()

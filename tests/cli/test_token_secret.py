@@ -73,5 +73,7 @@ def test_a_token_file_keeps_the_token_out_of_a_running_commands_argv(cli, procs:
     assert r.code == 0, r
     assert r.json()["state"] == "completed" and r.json()["step"] is not None, r.json()
     assert proc.wait(TIMEOUT) == 0, proc.output()[-3000:]
-    assert watch.wait(TIMEOUT) == 0, watch.output()[-3000:]  # the job's end (its server gone) ends the watch
+    assert watch.wait(TIMEOUT) == 0, watch.output()[-3000:]
+    # the watch read the job's final state before its server went: it says how the job ended
+    assert f"job {job} stopped at step" in watch.output() and "lost contact" not in watch.output(), watch.output()[-3000:]
     assert token not in watch.output() and "warning" not in watch.output(), watch.output()
