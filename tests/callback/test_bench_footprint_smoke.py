@@ -4,21 +4,16 @@ not enforced; it must print every row and exit 0, and leave no process behind.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.bench import assert_rows, run_bench
 from support.env import base_env
-from support.paths import REPO
 
 pytestmark = pytest.mark.slow  # a benchmark script starting torchrun and a launcher (support.tiers)
 
 
 def test_bench_footprint_runs(tmp_path) -> None:
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_footprint.py"), "--smoke"]
-    p = subprocess.run(argv, env=base_env(tmp_path / "unused", TMPDIR=str(tmp_path)), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    out = run_bench("bench_footprint.py", "--smoke", env=base_env(tmp_path / "unused", TMPDIR=str(tmp_path)), timeout=600)
     for row in ("bare (torchrun, no control)", "import only (not budgeted)", "torchrun + Controller", "forgather launch"):
-        assert sum(line.startswith(row) for line in p.stdout.splitlines()) == 2, p.stdout
-    assert "threads control adds, forgather launch rank 1" in p.stdout and "SMOKE: budgets not enforced" in p.stdout
+        assert sum(line.startswith(row) for line in out.splitlines()) == 2, out  # a row a rank
+    assert_rows(out, "threads control adds, forgather launch rank 1", "SMOKE: budgets not enforced")
     assert list(tmp_path.glob("bench-footprint-*")) == []  # its folder removed: every job killed first

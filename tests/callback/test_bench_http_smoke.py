@@ -4,20 +4,22 @@ few requests a measure, one round, a budget nothing can miss; it must print ever
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.bench import assert_rows, run_bench
 from support.env import base_env
-from support.paths import REPO
 
 pytestmark = pytest.mark.slow  # a benchmark script (support.tiers)
 
 
 def test_bench_http_runs(tmp_path) -> None:
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_http.py"), "--requests", "60", "--rounds", "1", "--budget", "1000"]
-    p = subprocess.run(argv, env=base_env(tmp_path / "unused"), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    for row in ("ours health kept-alive", "ours status new connection", "ours receipt kept-alive", "bare health kept-alive", "reference status kept-alive"):
-        assert row in p.stdout, p.stdout
-    assert "x the reference" in p.stdout and "PASS" in p.stdout
+    out = run_bench("bench_http.py", "--requests", "60", "--rounds", "1", "--budget", "1000", env=base_env(tmp_path / "unused"))
+    assert_rows(
+        out,
+        "ours health kept-alive",
+        "ours status new connection",
+        "ours receipt kept-alive",
+        "bare health kept-alive",
+        "reference status kept-alive",
+        "x the reference",
+        "PASS",
+    )

@@ -4,19 +4,13 @@ must print its three rows and exit 0."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.bench import assert_rows, run_bench
 from support.env import base_env
-from support.paths import REPO
 
 pytestmark = pytest.mark.slow  # a benchmark script (support.tiers)
 
 
 def test_bench_history_runs(tmp_path) -> None:
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_history.py"), "--points", "20000", "--series", "2", "--repeat", "1", "--budget", "1000"]
-    p = subprocess.run(argv, env=base_env(tmp_path / "unused"), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "read_history (baseline)" in p.stdout and "GET .../metrics (the whole view)" in p.stdout and "GET .../metrics?since=19999" in p.stdout
-    assert "PASS" in p.stdout
+    out = run_bench("bench_history.py", "--points", "20000", "--series", "2", "--repeat", "1", "--budget", "1000", env=base_env(tmp_path / "unused"))
+    assert_rows(out, "read_history (baseline)", "GET .../metrics (the whole view)", "GET .../metrics?since=19999", "PASS")

@@ -4,12 +4,9 @@ sides' rows and exit 0."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.bench import assert_rows, run_bench
 from support.env import base_env
-from support.paths import REPO
 from support.ui import CHROMIUM, require_chromium
 
 #: It drives Chromium: on the browser tests' worker, one Chromium at a time, and scheduled
@@ -20,9 +17,23 @@ pytestmark = [pytest.mark.xdist_group("chromium"), pytest.mark.slow]  # a benchm
 
 def test_bench_ui_runs(tmp_path) -> None:
     require_chromium()
-    argv = [sys.executable, str(REPO / "benchmarks" / "bench_ui.py"), "--jobs", "20", "--repeat", "1", "--page-budget", "1000", "--api-budget", "1000"]
-    p = subprocess.run(argv, env=base_env(tmp_path / "unused", FORGATHER_CHROMIUM=CHROMIUM), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "GET /api/jobs (1 job, baseline)" in p.stdout and "GET /api/jobs (20 jobs)" in p.stdout
-    assert "page: navigation to the last row (1 job, baseline)" in p.stdout and "page: navigation to the last row (20 jobs)" in p.stdout
-    assert "PASS" in p.stdout
+    out = run_bench(
+        "bench_ui.py",
+        "--jobs",
+        "20",
+        "--repeat",
+        "1",
+        "--page-budget",
+        "1000",
+        "--api-budget",
+        "1000",
+        env=base_env(tmp_path / "unused", FORGATHER_CHROMIUM=CHROMIUM),
+    )
+    assert_rows(
+        out,
+        "GET /api/jobs (1 job, baseline)",
+        "GET /api/jobs (20 jobs)",
+        "page: navigation to the last row (1 job, baseline)",
+        "page: navigation to the last row (20 jobs)",
+        "PASS",
+    )
