@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-from forgather_control.callback.server import create_app
+from forgather_control.callback.server import Followed, create_app
 from forgather_control.core import Ledger, parse_command
 from forgather_control.core.liveness import process_identity
 from forgather_control.core.rankloop import ControlLoop
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     receipt, _ = ledger.submit(parse_command("evaluate"), key="bench", source="http")
     control = ControlLoop("bench-control")  # as rank 0: the server in its control thread, beside its I/O round
     round_task = control.every(1.0, lambda: None, name="the I/O round")
-    ours = ServerThread(create_app(job_id=JOB, ledger=ledger, status=lambda: status, token=TOKEN), loop=control)
+    ours = ServerThread(create_app(job_id=JOB, ledger=ledger, status=lambda: status, token=TOKEN, followed=Followed()), loop=control)
     bare = ServerThread(_bare_app())
     ports = {"ours": ours.start(), "bare": bare.start()}
     try:
