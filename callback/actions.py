@@ -9,9 +9,12 @@ then save, then stop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forgather_control.core import Command
-from forgather_control.core.records import CommandOptions
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import CommandOptions
 
 __all__ = ["FLAG_EVALUATE", "FLAG_SAVED", "NO_ACTIONS", "Actions", "actions_for", "evaluates_first"]
 

@@ -38,13 +38,13 @@ import time
 from array import array
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import msgspec
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from forgather_control.core.env import ENV_RANK, ENV_TRACE_AGREEMENT, ENV_WORLD_SIZE
 from forgather_control.core.knobs import SLOTS
-from forgather_control.core.records import AgreementTrace, encode
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import AgreementTrace
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,10 @@ class Pending:
 
 
 def dump_trace(directory: str | os.PathLike[str], rank: int, trace: list[tuple[int, ...]], *, ended: AgreementTrace | None = None) -> Path:
+    import msgspec  # here: a trace is a test's (issue 24: a rank loads no record to agree)
+
+    from forgather_control.core.records import AgreementTrace, encode
+
     record = msgspec.structs.replace(ended or AgreementTrace(rank=rank, fields=[], trace=[]), rank=rank, fields=list(FIELDS), trace=[list(t) for t in trace])
     path = Path(directory) / f"rank-{int(rank)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forgather_control.core import default_job_id, resolve_jobs_dir, validate_job_id
 from forgather_control.core.env import (
     ENV_CHECK_INTERVAL,
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
+    ENV_GUARDS,
     ENV_HEARTBEAT_INTERVAL,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
@@ -31,8 +32,9 @@ from forgather_control.core.env import (
     ENV_TRACE_AGREEMENT,
 )
 from forgather_control.core.errors import InvalidJobId, UsageError
-from forgather_control.core.guards import GuardError, guards_from_env, parse_guards
-from forgather_control.core.records import GuardRule
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import GuardRule
 
 from .signals import DEFAULT_REPEAT_WINDOW, DEFAULT_SIGNALS
 
@@ -188,7 +190,9 @@ class ControllerConfig:
         if env.get(ENV_RESTARTS):
             options["restarts"] = _env_int(env, ENV_RESTARTS, 0, None, "a count of restarts (0, 1, ...)")
         options["trace_dir"] = env.get(ENV_TRACE_AGREEMENT) or None
-        if "guards" not in options:
+        if "guards" not in options and env.get(ENV_GUARDS):
+            from forgather_control.core.guards import GuardError, guards_from_env  # a job with guards
+
             try:
                 options["guards"] = guards_from_env(env)
             except GuardError as exc:
@@ -229,6 +233,9 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "evaluates" and not isinstance(value, bool):
         raise ConfigError(f"evaluates={value!r} must be True or False")
     if name == "guards":
+        from forgather_control.core.guards import GuardError, parse_guards  # guards given: their rules are records
+        from forgather_control.core.records import GuardRule
+
         try:
             return parse_guards([v.text if isinstance(v, GuardRule) else v for v in ([value] if isinstance(value, str) else value)])
         except GuardError as exc:

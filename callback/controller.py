@@ -41,26 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from forgather_control.core import PROTOCOL, Command, JobPaths, Ledger, LedgerError, is_loopback_host, process_identity
-from forgather_control.core.attachment import nothing_to_save_reason
-from forgather_control.core.checkpoints import MAX_KEPT
-from forgather_control.core.guards import action_command
+from forgather_control.core.commands import Command, LedgerError
+from forgather_control.core.host import is_loopback_host
+from forgather_control.core.jobs import PROTOCOL, JobPaths
 from forgather_control.core.knobs import RESUMED, Knob, KnobTable, describe
-from forgather_control.core.records import (
-    AgreementTrace,
-    CheckpointRecord,
-    CommandResult,
-    GuardFiring,
-    Http,
-    KnobValue,
-    Mark,
-    Metrics,
-    RankTime,
-    Status,
-    Straggler,
-)
 from forgather_control.core.states import JobState
 
 from . import signals as _signals_mod
@@ -69,7 +53,6 @@ from .agreement import Agreement, Pending, Proposal, distributed_context, distri
 from .config import ControllerConfig
 from .guarding import GuardBook
 from .progress import StepRate, json_metrics
-from .receipts import Receipts
 from .resume import carried_knobs, resume_from, resume_step
 from .schedule import NEVER, CheckSchedule, next_lag
 from .signals import DEFAULT_SIGNALS, SignalFlags, StoppedEarly
@@ -78,9 +61,12 @@ from .stall import Phase, StallWatch
 from .straggle import RankClock, node_rank
 
 if TYPE_CHECKING:
+    from forgather_control.core.ledger import Ledger
     from forgather_control.core.metrics import History
+    from forgather_control.core.records import CheckpointRecord, GuardFiring, Identity, KnobValue, Metrics, RankTime, Status, Straggler
 
     from .plane import ControlPlane
+    from .receipts import Receipts
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +140,10 @@ class Controller:
         self.world_size = env_world if cfg.world_size is None else cfg.world_size
         self.is_rank0 = self.rank == 0
 
-        self.ledger = Ledger(max_pending=cfg.max_pending, on_change=self._ledger_changed)
+        #: rank 0's ledger and receipts, made on first use (:attr:`ledger`): a rank other
+        #: than 0 holds neither, nor loads the typed records they are made of (issue 24)
+        self._ledger: Ledger | None = None
+        self._book: Receipts | None = None
         # Live training facts; written by the training thread, read by the I/O thread.
         self.current_step = 0
         self.metrics: Any = None
@@ -179,9 +168,9 @@ class Controller:
         self.stopped_by_signal = False
 
         self._started_at = time.time()
-        #: host, boot id, pid and its start time: fixed for the process, read once
-        #: (not on every status write or HTTP status request).
-        self._identity = process_identity()
+        #: host, boot id, pid and its start time: fixed for the process, read once by
+        #: rank 0 (not on every status write or HTTP status request)
+        self._me: Identity | None = None
         #: which run of the job this is (set by the launcher): a listing that finds a
         #: previous run's status.json next to this run's job.json knows it is stale.
         self._restarts = cfg.restarts
@@ -195,7 +184,6 @@ class Controller:
             carry.values if carry is not None else None,
             carry.at_checkpoint if carry is not None and self._resumed_from is not None else None,
         )
-        self.ledger.vet = self.knobs.vet_command
         #: the job's metric history: rank 0's, the job's, written by the plane; another
         #: rank's, holding its evaluations, is made when first used
         self._history: History | None = None
@@ -212,7 +200,6 @@ class Controller:
         if self.is_rank0:
             self._serving_plane()
         self._schedule = CheckSchedule(cfg.check_interval)
-        self._receipts = Receipts(self.ledger)
         self._rate = StepRate(start=self.current_step)
         self._agreement: Agreement | None = None
         self._solo = self.world_size <= 1
@@ -287,6 +274,35 @@ class Controller:
     def serves_http(self) -> bool:
         """This process serves the job's HTTP API now (rank 0, unless disabled or failed)."""
         return self._plane is not None and self._plane.serving_http
+
+    @property
+    def ledger(self) -> Ledger:
+        """The job's commands: rank 0's authority (made on first use; another rank's
+        stays empty: commands reach it agreed, never queued)."""
+        if self._ledger is None:
+            from forgather_control.core.ledger import Ledger  # here: rank 0's (issue 24)
+
+            ledger = Ledger(max_pending=self.config.max_pending, on_change=self._ledger_changed)
+            ledger.vet = self.knobs.vet_command
+            self._ledger = ledger
+        return self._ledger
+
+    @property
+    def _receipts(self) -> Receipts:
+        """Rank 0's open receipts (:mod:`.receipts`); another rank has none to keep."""
+        if self._book is None:
+            from .receipts import Receipts
+
+            self._book = Receipts(self.ledger)
+        return self._book
+
+    @property
+    def _identity(self) -> Identity:
+        if self._me is None:
+            from forgather_control.core.liveness import process_identity  # rank 0's records name it
+
+            self._me = process_identity()
+        return self._me
 
     @property
     def plane(self) -> ControlPlane:
@@ -449,6 +465,8 @@ class Controller:
             # with nothing to save, not a failure (the error is that signal's SystemExit).
             error = None
             self.stopped_by_signal = True
+            from forgather_control.core.attachment import nothing_to_save_reason
+
             self.stop_reason = nothing_to_save_reason(_signal_name(self._signals.early_end))
         final = self._final_state(state, error)
         self._closed = True
@@ -526,6 +544,8 @@ class Controller:
         if not directory:
             return
         try:
+            from forgather_control.core.records import AgreementTrace  # a test's trace
+
             ended = AgreementTrace(
                 rank=self.rank,
                 fields=[],
@@ -586,7 +606,7 @@ class Controller:
                 if self._inflight is None:
                     return self._check(step)
                 acts = self._resolve(step)
-                if self._next_check == step and not acts and self._stop_applied is None:
+                if self._next_check == step and acts is NO_ACTIONS and self._stop_applied is None:
                     # Pipelined: the agreed next check is this very step (steps longer
                     # than the interval), so it starts where the last one resolved, not a
                     # step later. Every rank read the same answer: every rank starts it.
@@ -638,12 +658,16 @@ class Controller:
     def _guard_fired(self, firing: GuardFiring) -> str | None:
         """Record ``firing`` (rank 0) and queue its command; the command's id, or None for
         an alert or a command the ledger refused (the job is already stopping)."""
+        from forgather_control.core.guards import action_command  # something fired: its rules are loaded
+
         command_id = None
         cmd = action_command(firing.action)
         if cmd is not None:
             try:
                 entry, _ = self.ledger.submit(cmd, source="guard", guard=firing)
                 command_id = entry.id
+                import msgspec  # rank 0's: a firing is a record (issue 24)
+
                 entry.guard = firing = msgspec.structs.replace(firing, command_id=command_id)
             except LedgerError as exc:
                 log.info("forgather control: guard %s fired, its %s not queued: %s", firing.guard, firing.action, exc)
@@ -672,7 +696,7 @@ class Controller:
 
     def _agree(self, entry: Any, next_check: int, *, vote: int = 0) -> Proposal:
         """One check's exchange, waited for here; every rank gets the same answer."""
-        synced = (self._receipts.unsynced, self._unsynced_point)
+        synced = self._synced()
         proposal = self._proposal(entry, next_check, vote)
         if self._solo:
             agreed = proposal
@@ -686,13 +710,18 @@ class Controller:
 
     def _start_check(self, step: int, entry: Any, next_check: int, vote: int, lag: int) -> None:
         """Start the check at ``step``; it is resolved at ``step + lag`` (the next slow step)."""
-        synced = (self._receipts.unsynced, self._unsynced_point)
+        synced = self._synced()
         proposal = self._proposal(entry, next_check, vote)
         own = self._clock.interval(step)
         pending = self._agreement.start(proposal, own_us=int(own * 1e6))  # type: ignore[union-attr]
         self._clock.mark(step)
         self._inflight = _Inflight(pending, proposal, entry, synced)
         self._next_check = step + lag
+
+    def _synced(self) -> tuple[int, CheckpointRecord | None]:
+        """What the next check proves written on every rank: rank 0's saves reported before
+        it (another rank keeps none)."""
+        return (self._book.unsynced if self._book is not None else 0, self._unsynced_point)
 
     def _resolve(self, step: int) -> Actions:
         """The started check's answer, read at its resolution step (or earlier, when every
@@ -813,7 +842,8 @@ class Controller:
             actions = self._act(step, agreed, entry, note=f"the evaluation at step {step} was cut short at batch {batch}")
             if actions.stop:
                 self._eval_next = NEVER
-                self._receipts.command_failed(f"the evaluation was cut short: {actions.command} applied at step {step}", Command.EVALUATE)
+                if self.is_rank0:
+                    self._receipts.command_failed(f"the evaluation was cut short: {actions.command} applied at step {step}", Command.EVALUATE)
             return actions
         except Exception:
             log.exception("forgather control: check in the evaluation failed; a stop waits for its end")
@@ -911,7 +941,9 @@ class Controller:
         if self.is_rank0 and command_id is not None:
             self.ledger.mark_applied(command_id, step)
             if changes:
-                self.ledger.complete(command_id, CommandResult(step=step, changes=changes))
+                from forgather_control.core.records import CommandResult, Mark
+
+                self.ledger.complete(command_id, CommandResult(step=step, changes=[c.as_record() for c in changes]))
                 self.history.mark(Mark(step=step, time=time.time(), kind="set", label=describe(changes)[:256]))
             else:
                 self.ledger.fail(command_id, "no knob changed: the trainer refused every change (its log says why)")
@@ -941,6 +973,8 @@ class Controller:
         watch = self.guards.stragglers
         named = watch.observe([us / 1e6 if us > 0 else None for us, _ in per_rank], mono)
         ratios = watch.ratios()
+        from forgather_control.core.records import RankTime, Straggler  # rank 0's status
+
         self._rank_table = [RankTime(rank=r, node=node, seconds=watch.seconds(r), ratio=ratios.get(r)) for r, (_, node) in enumerate(per_rank[:1024])]
         for r, _, _ in named:
             self._named_at[r] = step
@@ -955,6 +989,8 @@ class Controller:
         """The nan guard, agreed by every rank at ``step``: each rank does its action
         here (rank 0 records it, and its command as a receipt naming the guard). None for
         an alert: nothing to do in the loop."""
+        from forgather_control.core.guards import action_command
+
         command_id = self._guard_fired(firing) if self.is_rank0 else None
         cmd = action_command(firing.action)
         if cmd is None:
@@ -995,13 +1031,19 @@ class Controller:
         fails, naming the path, and the job's resume point stays where it was."""
         self.phase = Phase.TRAINING
         checkpoint = str(Path(path).absolute())
-        if self.is_rank0 and not os.path.exists(checkpoint):
+        if not self.is_rank0:
+            # this rank's part is written; rank 0 keeps the job's record of the save
+            self.last_checkpoint = checkpoint
+            return
+        if not os.path.exists(checkpoint):
             # A trainer that reports one path and writes another would leave a receipt
             # that says completed and a resume point that is not there: neither is kept.
             log.warning("forgather control: the trainer reported checkpoint %s, but nothing is there; it is not recorded", checkpoint)
             self._receipts.checkpoint_missing(checkpoint, step=self.current_step)
             self._changed()
             return
+        from forgather_control.core.records import CheckpointRecord
+
         self.last_checkpoint = checkpoint
         point = CheckpointRecord(path=self.last_checkpoint, step=self.current_step, saved_at=time.time(), knobs=self.knobs.values())
         self._last_saved = point
@@ -1014,6 +1056,8 @@ class Controller:
 
     def _complete(self, point: CheckpointRecord) -> None:
         """``point`` is written on every rank: the run's resume point, and one of its checkpoints."""
+        from forgather_control.core.checkpoints import MAX_KEPT
+
         self.resume_point = point
         self._completed = [*[p for p in self._completed if p.path != point.path][-(MAX_KEPT - 1) :], point]
 
@@ -1021,7 +1065,8 @@ class Controller:
         """The loop saved no checkpoint it can name (it failed, or the trainer did not say
         where): the oldest save waiting for one fails with ``reason``."""
         self.phase = Phase.TRAINING
-        self._receipts.save_failed(reason)
+        if self.is_rank0:
+            self._receipts.save_failed(reason)
         self._changed()
 
     def evaluation_done(self, metrics: Mapping[str, object] | None = None, *, checkpoint: str | None = None, note: str | None = None) -> None:
@@ -1034,14 +1079,17 @@ class Controller:
             # Kept apart from the per-step metrics, which step() replaces every step: the
             # last evaluation stays in the status until the next one.
             self.eval_metrics = clean
-            self.history.record(self.current_step, time.time(), clean)
-        self._receipts.evaluation_done(clean, step=self.current_step, checkpoint=checkpoint, note=note)
+            if self.is_rank0:  # the job's history is rank 0's
+                self.history.record(self.current_step, time.time(), clean)
+        if self.is_rank0:
+            self._receipts.evaluation_done(clean, step=self.current_step, checkpoint=checkpoint, note=note)
         self._changed()
 
     def command_failed(self, reason: str, command: Command | None = None) -> None:
         """The loop could not do what an applied command asked (e.g. no evaluation set up)."""
         self.phase = Phase.TRAINING
-        self._receipts.command_failed(reason, command)
+        if self.is_rank0:
+            self._receipts.command_failed(reason, command)
         self._changed()
 
     def update_metrics(self, metrics: Mapping[str, object]) -> None:
@@ -1081,6 +1129,8 @@ class Controller:
             eta = max(0.0, (self.max_steps - step) / rate)
         url = self.url
         me = self._identity
+        from forgather_control.core.records import Http, Status  # rank 0's
+
         return Status(
             host=me.host,
             boot_id=me.boot_id,

@@ -37,9 +37,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forgather_control.core.records import KnobValue
+if TYPE_CHECKING:
+    from forgather_control.core.records import KnobValue
+
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,29 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from functools import cache
+from typing import TYPE_CHECKING
 
 from forgather_control.core.commands import new_command_id
-from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, SlowdownWatch, SpikeWatch, StragglerWatch, nonfinite
-from forgather_control.core.records import GuardFiring, GuardRule, Stall
+
+if TYPE_CHECKING:
+    from forgather_control.core.guards import SlowdownWatch, SpikeWatch, StragglerWatch
+    from forgather_control.core.records import GuardFiring, GuardRule, Stall
 
 __all__ = ["EVENTS_KEPT", "GuardBook", "decode_vote", "number"]
 
 #: Firings kept for the status (the newest).
 EVENTS_KEPT = 64
 _KINDS = {1: "nan", 2: "inf", 3: "-inf"}
-#: Who names a straggler when no straggler guard was declared: an alert, nothing else.
-_NAMED_WITHOUT_A_GUARD = GuardRule(kind="straggler", action="alert", text="straggler (named without a guard: no action)")
+
+
+@cache
+def _named_without_a_guard() -> GuardRule:
+    """Who names a straggler when no straggler guard was declared: an alert, nothing
+    else (made when rank 0 first names one: a rank loads no record to train, issue 24)."""
+    from forgather_control.core.records import GuardRule
+
+    return GuardRule(kind="straggler", action="alert", text="straggler (named without a guard: no action)")
 
 
 def _vote_code(value: float) -> int:
@@ -76,13 +87,15 @@ class GuardBook:
         self.slowdown_rule = by_kind.get("slowdown")
         self.stall = by_kind.get("stall")
         straggler = by_kind.get("straggler")
-        self._straggler_rule = straggler or _NAMED_WITHOUT_A_GUARD
-        self.stragglers = StragglerWatch(
-            factor=straggler.factor if straggler is not None and straggler.factor else STRAGGLER_FACTOR,
-            duration=straggler.for_ if straggler is not None and straggler.for_ is not None else STRAGGLER_FOR,
-        )
-        self._spike = SpikeWatch(self.spike_rule) if self.spike_rule is not None else None
-        self._slowdown = SlowdownWatch(self.slowdown_rule) if self.slowdown_rule is not None else None
+        self._straggler_rule = straggler
+        self._stragglers: StragglerWatch | None = None
+        self._spike: SpikeWatch | None = None
+        self._slowdown: SlowdownWatch | None = None
+        if self.spike_rule is not None or self.slowdown_rule is not None:
+            from forgather_control.core.guards import SlowdownWatch, SpikeWatch  # rank 0's rules
+
+            self._spike = SpikeWatch(self.spike_rule) if self.spike_rule is not None else None
+            self._slowdown = SlowdownWatch(self.slowdown_rule) if self.slowdown_rule is not None else None
         #: the job's NaN episode: fired once until every rank's loss is finite again
         self._nan_fired = False
         self._stall_fired = False
@@ -93,6 +106,20 @@ class GuardBook:
         self.loss: object = None
         self.events: deque[GuardFiring] = deque(maxlen=EVENTS_KEPT)
         self._lock = threading.Lock()
+
+    @property
+    def stragglers(self) -> StragglerWatch:
+        """Rank 0's straggler watch (made when it first compares the ranks: another rank
+        never does, and loads no guard's code without guards, issue 24)."""
+        if self._stragglers is None:
+            from forgather_control.core.guards import STRAGGLER_FACTOR, STRAGGLER_FOR, StragglerWatch
+
+            rule = self._straggler_rule
+            self._stragglers = StragglerWatch(
+                factor=rule.factor if rule is not None and rule.factor else STRAGGLER_FACTOR,
+                duration=rule.for_ if rule is not None and rule.for_ is not None else STRAGGLER_FOR,
+            )
+        return self._stragglers
 
     @property
     def timed(self) -> bool:
@@ -113,6 +140,8 @@ class GuardBook:
             value = number(metrics.get(name))
         else:
             return 0
+        from forgather_control.core.guards import nonfinite  # a nan guard's rank: it has its rules
+
         if value is None or not nonfinite(value):
             return 0
         return (self.rank + 1) * 4 + _vote_code(value)
@@ -154,7 +183,7 @@ class GuardBook:
         """Rank 0: ``rank`` was just named a straggler (its factor, for ``lasted`` s)."""
         where = f" (node {node})" if node is not None else ""
         return self._fire(
-            self._straggler_rule,
+            self._straggler_rule or _named_without_a_guard(),
             step=step,
             rank=rank,
             evidence=f"rank {rank}{where} spends {factor:.2f}x the other ranks' median own time a step, for {lasted:.0f} s",
@@ -182,6 +211,8 @@ class GuardBook:
         )
 
     def _fire(self, rule: GuardRule, *, step: int | None, rank: int | None, evidence: str, values: dict[str, float]) -> GuardFiring:
+        from forgather_control.core.records import GuardFiring  # fired: a record from here on (issue 24)
+
         return GuardFiring(
             id=new_command_id(),
             guard=rule.text,

@@ -73,14 +73,16 @@ import os
 import sys
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forgather_control.core import Command
-from forgather_control.core.records import KnobValue
 
 from .controller import Controller
 from .forgather import ABORT_FLAG, Periods, SaveWatch, declare_knobs, is_forgather_control, is_forgather_trainer
 from .knobs import learning_rate_knobs
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import KnobValue
 
 log = logging.getLogger(__name__)
 

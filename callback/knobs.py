@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forgather_control.core.records import KnobValue
+if TYPE_CHECKING:
+    from forgather_control.core.records import KnobValue
+
 
 __all__ = ["RATE_KEYS", "learning_rate_knobs", "scale_rates"]
 

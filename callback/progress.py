@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forgather_control.core.records import Metrics
+if TYPE_CHECKING:
+    from forgather_control.core.records import Metrics
 
 __all__ = ["StepRate", "json_metrics"]
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-from forgather_control.core.checkpoints import Scope
 from forgather_control.core.env import ENV_KNOBS, ENV_RESUME_FROM, ENV_RESUME_STEP
-from forgather_control.core.records import KnobCarry, RecordError, from_json
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import KnobCarry
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,11 @@ def resume_from() -> str | None:
     """The checkpoint a restarted run should resume from, or None on a fresh run (and
     when the checkpoint is not the job's own to resume from: the log says why)."""
     path = os.environ.get(ENV_RESUME_FROM) or None
-    why = Scope.here().refuses(path) if path is not None else None
+    if path is None:
+        return None
+    from forgather_control.core.checkpoints import Scope  # a resumed run's (a fresh one loads no record: issue 24)
+
+    why = Scope.here().refuses(path)
     if why is not None:
         log.warning("forgather: not resuming from %s: %s", path, why)
         return None
@@ -48,6 +54,8 @@ def carried_knobs() -> KnobCarry | None:
     raw = os.environ.get(ENV_KNOBS)
     if not raw:
         return None
+    from forgather_control.core.records import KnobCarry, RecordError, from_json  # a typed record from outside
+
     try:
         return from_json(raw.encode(), KnobCarry, name=ENV_KNOBS)
     except RecordError as exc:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
+from forgather_control.core.dumper import register
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.stacks import register
 
 from .watchdog import launcher_from_env
 

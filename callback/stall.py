@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from forgather_control.core.records import Stall
+if TYPE_CHECKING:
+    from forgather_control.core.records import Stall
 
 __all__ = ["FLOOR", "MULTIPLE", "Phase", "Progress", "StallWatch"]
 
@@ -80,5 +81,9 @@ class StallWatch:
         after = self.threshold(steps_per_second)
         if phase in (Phase.SAVE, Phase.EVAL):
             after = max(after, LONG_PHASE)
-        stall = Stall(for_=round(still, 1), after=after, step=step, phase=phase.value) if still > after else None
+        if still <= after:
+            return Progress(phase.value, moved_at, None)
+        from forgather_control.core.records import Stall  # here: only rank 0 writes a status (issue 24)
+
+        stall = Stall(for_=round(still, 1), after=after, step=step, phase=phase.value)
         return Progress(phase.value, moved_at, stall)

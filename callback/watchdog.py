@@ -30,11 +30,8 @@ from pathlib import Path
 from forgather_control.core import rankloop
 from forgather_control.core.deathsig import death_signal_setter
 from forgather_control.core.env import ENV_JOB_ID, ENV_JOBS_DIR, ENV_LAUNCHER_PID
-from forgather_control.core.failures import record_failure
 from forgather_control.core.files import remove_quietly, write_json_atomic
 from forgather_control.core.jobs import JobPaths, is_valid_job_id
-from forgather_control.core.liveness import pid_alive
-from forgather_control.core.records import Endpoint, Identity, Status, encode, load_or_none
 from forgather_control.core.states import JobState, is_final
 
 log = logging.getLogger(__name__)
@@ -121,6 +118,10 @@ class LauncherWatch:
         """Why this worker is orphaned, or None while its launcher and parent run."""
         if os.getppid() != self._parent:
             return f"its parent (pid {self._parent}, torchrun) is gone"
+        # here: a rank other than 0 looks only when its parent died (issue 24)
+        from forgather_control.core.liveness import pid_alive
+        from forgather_control.core.records import Identity
+
         if not pid_alive(Identity(pid=self.launcher_pid, pid_start_time=self.launcher_started)):
             return f"the launcher (pid {self.launcher_pid}) is gone"
         return None
@@ -142,6 +143,8 @@ class LauncherWatch:
 def record_orphaned(paths: JobPaths, why: str) -> None:
     """Rank 0's last word: the job failed because its launcher died. Its endpoint goes
     (nobody serves it), and a final state already written is left as it is."""
+    from forgather_control.core.records import Endpoint, Status, encode, load_or_none
+
     status = load_or_none(paths.status, Status) or Status()
     if not is_final(status.state):
         now = time.time()
@@ -173,6 +176,8 @@ def watch_launcher(rank: int, run: int = 0) -> LauncherWatch | None:
     paths = JobPaths(Path(jobs_dir), job_id)
 
     def final(why: str) -> None:
+        from forgather_control.core.failures import record_failure
+
         record_failure(paths, rank=rank, run=run, exc=LauncherGone(f"{why}: the launcher died, so every rank stopped"))
         if rank == 0:
             record_orphaned(paths, why)

@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from forgather_control.core.env import ENV_RESUME
-from forgather_control.core.guards import ENV_GUARDS, GuardError, guards_from_env
+from forgather_control.core.env import ENV_GUARDS, ENV_RESUME
+from forgather_control.core.guards import GuardError, guards_from_env
 from forgather_control.core.relaunch import resume_request
 from forgather_control.launcher.config import DEFAULT_GRACE, LaunchConfig, LaunchError, no_control_after
 

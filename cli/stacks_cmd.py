@@ -120,6 +120,6 @@ def _user_frames(frames: list[Frame]) -> list[Frame]:
 
 
 def _hostname() -> str:
-    from forgather_control.core.liveness import local_host
+    from forgather_control.core.host import local_host
 
     return local_host().hostname

@@ -24,9 +24,7 @@ from forgather_control.core.commands import (
     CLI_VERBS,
     VALID_COMMANDS,
     Command,
-    Entry,
     KeyConflict,
-    Ledger,
     LedgerError,
     QueueFull,
     State,
@@ -52,6 +50,7 @@ from forgather_control.core.errors import (
     WaitTimeout,
 )
 from forgather_control.core.files import ensure_private_dir, read_json, write_json_atomic
+from forgather_control.core.host import HostIdentity, is_loopback_host, local_host
 from forgather_control.core.jobs import (
     PROTOCOL,
     JobPaths,
@@ -61,14 +60,12 @@ from forgather_control.core.jobs import (
     resolve_jobs_dir,
     validate_job_id,
 )
+from forgather_control.core.ledger import Entry, Ledger
 from forgather_control.core.liveness import (
     STALE_AFTER,
-    HostIdentity,
     Liveness,
-    is_loopback_host,
     is_loopback_url,
     judge,
-    local_host,
     pid_alive,
     process_identity,
     same_host,

@@ -32,7 +32,8 @@ from forgather_control.client.transport import NoAnswer
 from forgather_control.core.commands import Command, parse_command, verb
 from forgather_control.core.errors import CommandRefused, ControlError, OutcomeUnknown, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.files import RecordError
-from forgather_control.core.liveness import Liveness, local_host, process_start_time
+from forgather_control.core.host import local_host, process_start_time
+from forgather_control.core.liveness import Liveness
 from forgather_control.core.metrics import read_history
 from forgather_control.core.records import CommandOptions, CommandResult, Endpoint, MetricHistory, Receipt, Status, decode
 from forgather_control.core.states import JobState

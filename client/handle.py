@@ -23,9 +23,10 @@ from forgather_control.client.jobinfo import LIVE_FIELDS, JobInfo, overlay, stal
 from forgather_control.client.listing import judge_job
 from forgather_control.client.stackreport import StacksReport, collect
 from forgather_control.client.transport import FileTransport, HttpTransport, NotSent, Transport, probe_endpoint
-from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command, parse_options
+from forgather_control.core.commands import ABORT_GRACE, BadOptions, Command, State, is_final_receipt, new_key, parse_command
 from forgather_control.core.errors import CommandFailed, ControlError, JobEnded, Unreachable, UsageError, WaitTimeout
 from forgather_control.core.knobs import KnobError, check_changes, parse_assignment
+from forgather_control.core.ledger import parse_options
 from forgather_control.core.liveness import Liveness, is_loopback_url, same_host
 from forgather_control.core.records import (
     CommandOptions,

@@ -22,10 +22,8 @@ if TYPE_CHECKING:
         CLI_VERBS,
         VALID_COMMANDS,
         Command,
-        Entry,
         IdConflict,
         KeyConflict,
-        Ledger,
         LedgerError,
         QueueFull,
         State,
@@ -52,6 +50,7 @@ if TYPE_CHECKING:
         WaitTimeout,
     )
     from forgather_control.core.files import ensure_private_dir, read_json, write_json_atomic
+    from forgather_control.core.host import HostIdentity, is_loopback_host, local_host
     from forgather_control.core.jobs import (
         PROTOCOL,
         JobPaths,
@@ -61,14 +60,12 @@ if TYPE_CHECKING:
         resolve_jobs_dir,
         validate_job_id,
     )
+    from forgather_control.core.ledger import Entry, Ledger
     from forgather_control.core.liveness import (
         STALE_AFTER,
-        HostIdentity,
         Liveness,
-        is_loopback_host,
         is_loopback_url,
         judge,
-        local_host,
         pid_alive,
         process_identity,
         same_host,
@@ -139,10 +136,10 @@ _WHERE = {
     "CLI_VERBS": "commands",
     "VALID_COMMANDS": "commands",
     "Command": "commands",
-    "Entry": "commands",
+    "Entry": "ledger",
     "IdConflict": "commands",
     "KeyConflict": "commands",
-    "Ledger": "commands",
+    "Ledger": "ledger",
     "LedgerError": "commands",
     "QueueFull": "commands",
     "State": "commands",
@@ -181,12 +178,12 @@ _WHERE = {
     "resolve_jobs_dir": "jobs",
     "validate_job_id": "jobs",
     "STALE_AFTER": "liveness",
-    "HostIdentity": "liveness",
+    "HostIdentity": "host",
     "Liveness": "liveness",
-    "is_loopback_host": "liveness",
+    "is_loopback_host": "host",
     "is_loopback_url": "liveness",
     "judge": "liveness",
-    "local_host": "liveness",
+    "local_host": "host",
     "pid_alive": "liveness",
     "process_identity": "liveness",
     "same_host": "liveness",

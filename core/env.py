@@ -82,6 +82,8 @@ ENV_DETACHED = "FORGATHER_DETACHED"
 ENV_LOG_SOCKET = "FORGATHER_LOG_SOCKET"
 #: A folder where each rank writes its agreement trace at close (tests, debugging).
 ENV_TRACE_AGREEMENT = "FORGATHER_TRACE_AGREEMENT"
+#: The guards a launch passes its ranks (``;`` between rules: core.guards).
+ENV_GUARDS = "FORGATHER_GUARDS"
 # torchrun's own variables, read (never set) by the worker side
 #: The worker's global rank.
 ENV_RANK = "RANK"

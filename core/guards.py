@@ -32,9 +32,13 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forgather_control.core.commands import CLI_VERBS, PLAIN_VERBS, Command
-from forgather_control.core.records import GuardRule
+from forgather_control.core.env import ENV_GUARDS
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import GuardRule
 
 __all__ = [
     "ACTIONS",
@@ -58,9 +62,6 @@ __all__ = [
 STRAGGLER_FACTOR = 1.25
 #: ... for this long (seconds): a pause of one rank (its own save) is no straggler.
 STRAGGLER_FOR = 30.0
-
-#: The environment variable a launch passes the guards in (``;`` between rules).
-ENV_GUARDS = "FORGATHER_GUARDS"
 
 #: What a guard may do: tell people, or one of the commands a person sends (not eval).
 ACTIONS: tuple[str, ...] = ("alert", *(v for v, c in PLAIN_VERBS.items() if c != Command.EVALUATE))
@@ -155,6 +156,8 @@ def parse_guard(text: str) -> GuardRule:
         given[name] = params[name].check(kind, name, raw.strip())
     values = {name: given.get(name, p.default) for name, p in params.items()}
     canonical = ",".join([f"{kind}:{action}", *(f"{n}={_show(v)}" for n, v in values.items())])
+    from forgather_control.core.records import GuardRule  # a rank without guards loads no record (issue 24)
+
     return GuardRule(
         kind=kind,
         action=action,

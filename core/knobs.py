@@ -28,11 +28,13 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from forgather_control.core.commands import Command, KnobRefused
 from forgather_control.core.errors import BadKnob
-from forgather_control.core.records import CheckpointRecord, CommandOptions, KnobCarry, KnobChange, KnobSetting, KnobValue
+
+if TYPE_CHECKING:
+    from forgather_control.core.records import CheckpointRecord, CommandOptions, KnobCarry, KnobChange, KnobSetting, KnobValue
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ __all__ = [
     "KINDS",
     "MAX_CHANGES",
     "SLOTS",
+    "Changed",
     "Knob",
     "KnobError",
     "KnobTable",
@@ -70,6 +73,22 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 
 #: Origins of a knob's value, as the status says them.
 SCRIPT, SET, RESUMED = "script", "set", "resumed"
+
+
+class Changed(NamedTuple):
+    """A knob this process changed (an applied ``set``, a relaunch's last value):
+    ``name``, ``old`` -> ``value``. Rank 0's receipt carries it as a record
+    (:meth:`as_record`); a rank other than 0 makes none (issue 24: no typed record to
+    train)."""
+
+    name: str
+    value: KnobValue
+    old: KnobValue
+
+    def as_record(self) -> KnobChange:
+        from forgather_control.core.records import KnobChange
+
+        return KnobChange(name=self.name, value=self.value, old=self.old)
 
 
 class KnobError(BadKnob):
@@ -102,6 +121,8 @@ def parse_assignment(text: str) -> KnobChange:
         raise KnobError(f"{name[:64]!r} is not a knob name (lowercase letters, digits and _, starting with a letter)")
     if len(value) > 64:
         raise KnobError(f"the value for {name} is over 64 characters")
+    from forgather_control.core.records import KnobChange  # a client's or rank 0's (a training rank loads no record: issue 24)
+
     return KnobChange(name=name, value=value)
 
 
@@ -181,6 +202,8 @@ def check_changes(specs: Iterable[Spec], changes: Sequence[KnobChange]) -> list[
             raise KnobError(f"{name} is given twice")
     if "lr" in names and "lr_scale" in names:
         raise KnobError("lr and lr_scale are one setting (the rate is the script's schedule times the scale): give one")
+    from forgather_control.core.records import KnobChange
+
     out = []
     for change in changes:
         spec = table.get(change.name)
@@ -262,6 +285,8 @@ class Knob:
         return self.value
 
     def setting(self) -> KnobSetting:
+        from forgather_control.core.records import KnobSetting  # rank 0's status
+
         return KnobSetting(
             name=self.name,
             kind=self.kind,
@@ -291,7 +316,7 @@ class KnobTable:
         self._carried = dict(carried or {})
         self._at_checkpoint = dict(at_checkpoint or {})
         #: what a relaunch applied, for the run's first log line
-        self.resumed: list[KnobChange] = []
+        self.resumed: list[Changed] = []
         self._moved: list[Knob] = []
         #: rules over several knobs (:meth:`rule`), by name
         self._rules: dict[str, Callable[[Mapping[str, KnobValue]], str | None]] = {}
@@ -376,7 +401,7 @@ class KnobTable:
         if value != old and knob.on_change is not None:
             knob.on_change(old, value)
         knob.value, knob.origin = value, RESUMED
-        self.resumed.append(KnobChange(name=knob.name, value=value, old=old))
+        self.resumed.append(Changed(knob.name, value, old))
 
     def __contains__(self, name: object) -> bool:
         return name in self._knobs
@@ -420,6 +445,8 @@ class KnobTable:
         values converted (:class:`~.commands.KnobRefused` otherwise); anything else passes."""
         if command != Command.SET or options is None or not options.changes:
             return options
+        from forgather_control.core.records import CommandOptions
+
         try:
             return CommandOptions(changes=self.vet(options.changes))
         except KnobError as exc:
@@ -429,7 +456,7 @@ class KnobTable:
         """A vetted ``set`` as agreement slots."""
         return pack([(key(c.name), float(c.value)) for c in changes])
 
-    def apply(self, slots: Sequence[int], *, step: int, command_id: str | None) -> list[KnobChange]:
+    def apply(self, slots: Sequence[int], *, step: int, command_id: str | None) -> list[Changed]:
         """Every rank, at the agreed step: the changes the slots carry, applied in order
         (the trainer's ``on_change`` first; a change it refuses or fails is skipped and
         logged). Returns what changed, old -> new."""
@@ -448,7 +475,7 @@ class KnobTable:
                 log.error("forgather control: knob %s not changed at step %s: %s", knob.name, step, exc)
                 continue
             knob.value, knob.origin, knob.step, knob.command_id = value, SET, step, command_id
-            done.append(KnobChange(name=knob.name, value=value, old=old))
+            done.append(Changed(knob.name, value, old))
             for moved in self._moved:
                 moved.step, moved.command_id = step, command_id
             self._moved.clear()
@@ -505,10 +532,12 @@ def carry_from(
     at_checkpoint = {name: v for name, v in (resume_point.knobs or {}).items() if _NAME.fullmatch(name)} if resume_point is not None else None
     if not values and not at_checkpoint:
         return None
+    from forgather_control.core.records import KnobCarry
+
     return KnobCarry(values=dict(list(values.items())[:64]), at_checkpoint=at_checkpoint)
 
 
-def describe(changes: Sequence[KnobChange]) -> str:
+def describe(changes: Sequence[Changed] | Sequence[KnobChange]) -> str:
     """``lr_scale 1 -> 0.5, max_steps 1000 -> 2000``: a change as a person reads it."""
     return ", ".join(f"{c.name} {_show(c.old)} -> {_show(c.value)}" for c in changes)
 

@@ -208,7 +208,7 @@ class KnobSetting(Record):
 
 
 class CommandOptions(Record):
-    """What a command may carry beyond its name (:data:`~.commands.COMMAND_OPTIONS` says
+    """What a command may carry beyond its name (:data:`~.ledger.COMMAND_OPTIONS` says
     which command takes which): ``evaluate`` false on a save skips the evaluation a
     trainer with evaluation set up runs first."""
 

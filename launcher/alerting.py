@@ -16,8 +16,8 @@ import time
 
 from forgather_control.client.notify import LAUNCHER_BUDGET, Notifier, Sender, unsupported
 from forgather_control.core.alerts import END_EVENTS, describe_sinks, end_alert, events, status_command, write_sinks
+from forgather_control.core.host import local_host
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.liveness import local_host
 from forgather_control.core.records import AlertSinks, Status, load_or_none
 from forgather_control.core.states import JobState
 

@@ -25,8 +25,8 @@ from forgather_control.core import stacks
 from forgather_control.core.commands import ABORT_GRACE, Command, State
 from forgather_control.core.env import ENV_RANK
 from forgather_control.core.files import TEMP_PREFIX, RecordError
+from forgather_control.core.host import local_host
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.liveness import local_host
 from forgather_control.core.records import CommandFile, CommandResult, Receipt, Status, load, load_or_none
 from forgather_control.core.states import JobState
 

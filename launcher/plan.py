@@ -19,6 +19,7 @@ from forgather_control.core.env import (
     ENV_CONTROL_HOST,
     ENV_CONTROL_PORT,
     ENV_DETACHED,
+    ENV_GUARDS,
     ENV_JOB_ID,
     ENV_JOBS_DIR,
     ENV_KNOBS,
@@ -34,7 +35,7 @@ from forgather_control.core.env import (
     ENV_STALL_AFTER,
     ENV_TOKEN,
 )
-from forgather_control.core.guards import ENV_GUARDS, parse_guards
+from forgather_control.core.guards import parse_guards
 from forgather_control.core.knobs import describe_value
 from forgather_control.core.records import AlertSinks, KnobCarry, encode
 

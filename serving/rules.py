@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import re
 
-from forgather_control.core.liveness import is_loopback_host
+from forgather_control.core.host import is_loopback_host
 
 __all__ = ["MAX_BODY_BYTES", "local_host_header"]
 

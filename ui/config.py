@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgather_control.client.sources import JobSource, source_for
-from forgather_control.core.liveness import is_loopback_host
+from forgather_control.core.host import is_loopback_host
 
 #: Environment variable with a fixed token (at least :data:`MIN_TOKEN` characters), for
 #: a Prometheus scrape that must survive a restart; by default every start makes a new one.

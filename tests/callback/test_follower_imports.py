@@ -78,6 +78,44 @@ def test_a_follower_loads_none_of_rank_0s_serving_parts(tmp_path: Path) -> None:
     assert got["imported_kib"] <= IMPORT_BOUND_KIB, got
 
 
+#: Every module of the project a rank other than 0 may load while it trains, agrees and
+#: carries out save, evaluate, set and stop (the guard against the footprint growing
+#: back, issue 24). Not msgspec, not the typed records: a follower loads them only when it
+#: reads or writes one (a failure, a resumed run's carried knobs, configured guards, a
+#: guard's firing, a trace), never to train.
+FOLLOWER_MODULES = {
+    "forgather_control",
+    "forgather_control.callback",
+    "forgather_control.callback.actions",
+    "forgather_control.callback.agreement",
+    "forgather_control.callback.config",
+    "forgather_control.callback.controller",
+    "forgather_control.callback.guarding",
+    "forgather_control.callback.progress",
+    "forgather_control.callback.resume",
+    "forgather_control.callback.schedule",
+    "forgather_control.callback.signals",
+    "forgather_control.callback.stackdump",
+    "forgather_control.callback.stall",
+    "forgather_control.callback.straggle",
+    "forgather_control.callback.watchdog",
+    "forgather_control.core",
+    "forgather_control.core.commands",
+    "forgather_control.core.deathsig",
+    "forgather_control.core.dumper",
+    "forgather_control.core.env",
+    "forgather_control.core.errors",
+    "forgather_control.core.files",
+    "forgather_control.core.ids",
+    "forgather_control.core.jobs",
+    "forgather_control.core.knobs",
+    "forgather_control.core.host",
+    "forgather_control.core.rankloop",
+    "forgather_control.core.states",
+}
+#: what a follower never loads to train (the records' own dependencies included)
+NOT_TO_TRAIN = ("msgspec", "decimal", "forgather_control.core.records")
+
 RANKS = r"""
 import json, sys
 import torch.distributed as dist
@@ -89,24 +127,54 @@ rank = dist.get_rank()
 ctl = Controller(job_id="follower-ranks", jobs_dir=jobs, signals=(), check_interval=0.0, poll_interval=0.05)
 ctl.start()
 ctl.begin()
-for step in range(1, 30):
-    ctl.step(step, {"loss": 1.0})
-ctl.checkpoint_saved(jobs)  # a folder that exists: every rank reports the save
-ctl.evaluation_done({"eval_loss": 0.5})
-loaded = sorted(m for m in sys.modules if m.startswith("forgather_control"))
+scale = ctl.knob("lr_scale", 1.0, min=0.0)
+done = []
+
+
+def ask(verb):
+    # rank 0 queues the next command once the last one was carried out (what the CLI does)
+    from forgather_control.core import Command
+    from forgather_control.core.records import CommandOptions, KnobChange
+
+    options = CommandOptions(changes=[KnobChange(name="lr_scale", value=0.5)]) if verb == "set" else None
+    ctl.ledger.submit(Command(verb), options=options)
+
+
+plan = ["save_checkpoint", "evaluate", "set", "graceful_stop"]
+asked = 0
+for step in range(1, 5000):
+    if rank == 0 and asked == len(done) < len(plan) and step % 5 == 0:
+        ask(plan[asked])
+        asked += 1
+    act = ctl.step(step, {"loss": 1.0})
+    if act.command is not None:
+        done.append([str(act.command), step])
+    if act.save:
+        ctl.checkpoint_saved(jobs)  # a folder that exists: every rank reports the save
+    if act.evaluate:
+        ctl.evaluation_done({"eval_loss": 0.5})
+    if act.stop:
+        break
+loaded = sorted(m for m in sys.modules if m.startswith(("forgather_control", "msgspec", "decimal")))
 agreed = ctl.checks_agreed
 ctl.close()
-json.dump({"loaded": loaded, "agreed": agreed, "served": ctl.plane.served_http}, open(f"{out}/r{rank}.json", "w"))
+json.dump({"loaded": loaded, "agreed": agreed, "served": ctl.plane.served_http, "done": done, "scale": scale.value}, open(f"{out}/r{rank}.json", "w"))
 """
 
 
 @pytest.mark.slow  # a real torchrun job on 2 cores shared with other test runs
 @pytest.mark.timeout(600)
-def test_on_a_real_job_rank_1_agrees_without_rank_0s_parts_and_rank_0_serves(jobs_dir: Path, procs, tmp_path: Path) -> None:
+def test_on_a_real_job_rank_1_carries_out_commands_without_records_or_rank_0s_parts(jobs_dir: Path, procs, tmp_path: Path) -> None:
     r0, r1 = rank_script(procs, tmp_path, jobs_dir, RANKS, name="follower-ranks")
     assert r0["agreed"] == r1["agreed"] > 0
     assert r0["served"] and not r1["served"]
+    # every command, on both ranks at the same step
+    assert [c for c, _ in r1["done"]] == ["save_checkpoint", "evaluate", "set", "graceful_stop"]
+    assert r0["done"] == r1["done"]
+    assert r0["scale"] == r1["scale"] == 0.5
     rank0_only = {m for m in r0["loaded"] if m.startswith(RANK0_ONLY)}
     assert {"forgather_control.callback.plane", "forgather_control.callback.publisher"} <= rank0_only
-    # the evaluation made rank 1 a history of its own: the metric history's module, not the writer's
-    assert not [m for m in r1["loaded"] if m.startswith(RANK0_ONLY) and m != "forgather_control.core.metrics"], r1["loaded"]
+    assert "msgspec" in r0["loaded"]
+    # rank 1: what it runs, and nothing it would only need to read or write a record
+    assert not [m for m in r1["loaded"] if m.startswith(NOT_TO_TRAIN)], r1["loaded"]
+    assert set(r1["loaded"]) <= FOLLOWER_MODULES, sorted(set(r1["loaded"]) - FOLLOWER_MODULES)

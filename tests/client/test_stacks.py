@@ -35,7 +35,7 @@ WORKER = """
 import ctypes, os, sys, threading, time
 from pathlib import Path
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.stacks import register
+from forgather_control.core.dumper import register
 
 jobs, job, rank, how = sys.argv[1:5]
 register(JobPaths(Path(jobs), job), int(rank))
@@ -165,7 +165,7 @@ import sys, threading, time
 from pathlib import Path
 from forgather_control.core.files import write_json_atomic
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.stacks import register
+from forgather_control.core.dumper import register
 
 jobs, job, rank = sys.argv[1:4]
 register(JobPaths(Path(jobs), job), int(rank))
@@ -205,7 +205,7 @@ SLOW_WRITER = """
 import faulthandler, os, signal, sys, threading, time
 from pathlib import Path
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.stacks import STACK_SIGNAL, register
+from forgather_control.core.dumper import STACK_SIGNAL, register
 
 jobs, job = sys.argv[1:3]
 dump = register(JobPaths(Path(jobs), job), 0)
@@ -425,7 +425,7 @@ def test_a_rank_that_exits_takes_its_fifo_along_not_its_childs(tmp_path: Path) -
         import os, sys
         from pathlib import Path
         from forgather_control.core.jobs import JobPaths
-        from forgather_control.core.stacks import register
+        from forgather_control.core.dumper import register
         dump = register(JobPaths(Path(sys.argv[1]), "j"), 0)
         fifo = dump.with_suffix(".fifo")
         pid = os.fork()
@@ -439,3 +439,36 @@ def test_a_rank_that_exits_takes_its_fifo_along_not_its_childs(tmp_path: Path) -
     assert p.returncode == 0 and p.stdout.strip() == "True", p.stdout + p.stderr
     folder = tmp_path / "jobs" / "j" / "stacks"
     assert sorted(f.suffix for f in folder.iterdir()) == [".json", ".txt"]  # the FIFO gone with the rank
+
+
+REGISTERS = """
+import os, sys
+from pathlib import Path
+from forgather_control.core.jobs import JobPaths
+from forgather_control.core.dumper import register
+
+jobs, job, rank = sys.argv[1:4]
+register(JobPaths(Path(jobs), job), int(rank), run=2, launcher=(os.getppid(), 1234.5))
+print("msgspec" in sys.modules, flush=True)
+"""
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_registers_every_field_the_readers_parse_without_loading_msgspec(jobs_dir: Path, tmp_path: Path, rank: int) -> None:
+    # The rank writes its registration as plain JSON (it loads no typed record, issue 24);
+    # the readers parse it as StacksRegistration: the two must name the same fields.
+    from forgather_control.core.records import StacksRegistration, load
+
+    script = tmp_path / "registers.py"
+    script.write_text(REGISTERS)
+    out = subprocess.run([sys.executable, str(script), str(jobs_dir), "regjob", str(rank)], env=base_env(jobs_dir), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "False"
+    path = jobs_dir / "regjob" / "stacks" / f"rank-{rank}.json"
+    written = json.loads(path.read_text())
+    rec = load(path, StacksRegistration)
+    expected = set(StacksRegistration.__struct_fields__) - ({"dump_thread"} if rank else set())  # a rank other than 0 dumps from its main thread
+    assert set(written) == expected, sorted(set(StacksRegistration.__struct_fields__) ^ set(written))
+    assert (rec.rank, rec.run, rec.launcher_start_time, rec.dump) == (rank, 2, 1234.5, f"rank-{rank}-{rec.pid}.txt")
+    assert rec.requests == f"rank-{rank}-{rec.pid}.fifo"
+    assert rec.main_thread and rec.pid_start_time and rec.pid_ns and rec.cwd and rec.started_at and rec.registered_at

@@ -134,7 +134,7 @@ def test_a_start_time_read_from_proc_is_psutils_and_a_rank_never_loads_psutil(wa
     itself and looks at its launcher without psutil (0.8 MiB a rank, issue 24)."""
     import psutil
 
-    from forgather_control.core.liveness import process_start_time
+    from forgather_control.core.host import process_start_time
 
     for pid in (os.getpid(), os.getppid(), 1):
         assert process_start_time(pid) == psutil.Process(pid).create_time()

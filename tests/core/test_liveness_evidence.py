@@ -13,7 +13,8 @@ from support.records import identity, typed
 from forgather_control.client import cleanup
 from forgather_control.client.listing import useful_probe
 from forgather_control.core import JobPaths, Liveness, judge, write_json_atomic
-from forgather_control.core.liveness import CLOCK_SKEW, local_pid_ns, same_pid_namespace
+from forgather_control.core.host import local_pid_ns
+from forgather_control.core.liveness import CLOCK_SKEW, same_pid_namespace
 from forgather_control.core.records import Endpoint, Job, Node, Status
 
 NOW = 1_900_000_000.0

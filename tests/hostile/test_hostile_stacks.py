@@ -30,7 +30,7 @@ RANK = """
 import sys, time
 from pathlib import Path
 from forgather_control.core.jobs import JobPaths
-from forgather_control.core.stacks import register
+from forgather_control.core.dumper import register
 
 register(JobPaths(Path(sys.argv[1]), sys.argv[2]), 0)
 def a_real_rank():

@@ -38,7 +38,7 @@ from support.waiting import wait_for
 
 from forgather_control.callback.publisher import Publisher
 from forgather_control.core import Command, JobPaths, Ledger, write_json_atomic
-from forgather_control.core import stacks as st
+from forgather_control.core import dumper as st
 from forgather_control.core.files import NotOurs
 from forgather_control.core.markers import mark_run
 from forgather_control.launcher.duties import read_inbox
