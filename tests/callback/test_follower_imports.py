@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 from support.env import base_env
-from support.torchrun import rank_script
+from support.launcher import launch
+from support.torchrun import TIMEOUT, rank_script
+
+from forgather_control.core.outcome import EXIT_STOPPED
 
 #: rank 0's serving parts and what only they use: never loaded on another rank
 RANK0_ONLY = (
@@ -33,9 +36,9 @@ RANK0_ONLY = (
     "forgather_control.serving",
 )
 #: what the import and a follower's Controller may add to ``import torch`` (KiB of VmRSS):
-#: about 2.6 MiB measured here with bytecode (msgspec and the typed records about half of
-#: it, loaded by the agreement); compiling the project at import would be about 5.5.
-IMPORT_BOUND_KIB = 4096
+#: about 0.9 MiB measured here with bytecode (2.6 while every rank loaded msgspec and the
+#: typed records); compiling the project at import would cost more than the modules kept.
+IMPORT_BOUND_KIB = 1536
 
 FOLLOWER = r"""
 import json, sys
@@ -113,18 +116,25 @@ FOLLOWER_MODULES = {
     "forgather_control.core.rankloop",
     "forgather_control.core.states",
 }
+#: ... and what a worker of ``forgather launch`` adds: its bootstrap (output handed to the
+#: launcher, the exit code of an abort)
+LAUNCHED_MODULES = {
+    "forgather_control.callback.bootstrap",
+    "forgather_control.callback.output",
+    "forgather_control.core.outcome",
+}
 #: what a follower never loads to train (the records' own dependencies included)
 NOT_TO_TRAIN = ("msgspec", "decimal", "forgather_control.core.records")
 
 RANKS = r"""
-import json, sys
+import json, os, sys
 import torch.distributed as dist
 from forgather_control.callback import Controller
 
 out, jobs = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-ctl = Controller(job_id="follower-ranks", jobs_dir=jobs, signals=(), check_interval=0.0, poll_interval=0.05)
+ctl = Controller(job_id=os.environ.get("FORGATHER_JOB_ID", "follower-ranks"), jobs_dir=jobs, signals=(), check_interval=0.0, poll_interval=0.05)
 ctl.start()
 ctl.begin()
 scale = ctl.knob("lr_scale", 1.0, min=0.0)
@@ -164,8 +174,14 @@ json.dump({"loaded": loaded, "agreed": agreed, "served": ctl.plane.served_http, 
 
 @pytest.mark.slow  # a real torchrun job on 2 cores shared with other test runs
 @pytest.mark.timeout(600)
-def test_on_a_real_job_rank_1_carries_out_commands_without_records_or_rank_0s_parts(jobs_dir: Path, procs, tmp_path: Path) -> None:
-    r0, r1 = rank_script(procs, tmp_path, jobs_dir, RANKS, name="follower-ranks")
+@pytest.mark.parametrize("launcher", ["torchrun", "forgather launch"])
+def test_on_a_real_job_rank_1_carries_out_commands_without_records_or_rank_0s_parts(jobs_dir: Path, procs, tmp_path: Path, launcher: str) -> None:
+    if launcher == "torchrun":
+        r0, r1 = rank_script(procs, tmp_path, jobs_dir, RANKS, name="follower-ranks")
+        expected = FOLLOWER_MODULES
+    else:
+        r0, r1 = _launched(procs, tmp_path, jobs_dir)
+        expected = FOLLOWER_MODULES | LAUNCHED_MODULES
     assert r0["agreed"] == r1["agreed"] > 0
     assert r0["served"] and not r1["served"]
     # every command, on both ranks at the same step
@@ -177,4 +193,15 @@ def test_on_a_real_job_rank_1_carries_out_commands_without_records_or_rank_0s_pa
     assert "msgspec" in r0["loaded"]
     # rank 1: what it runs, and nothing it would only need to read or write a record
     assert not [m for m in r1["loaded"] if m.startswith(NOT_TO_TRAIN)], r1["loaded"]
-    assert set(r1["loaded"]) <= FOLLOWER_MODULES, sorted(set(r1["loaded"]) - FOLLOWER_MODULES)
+    assert set(r1["loaded"]) <= expected, sorted(set(r1["loaded"]) - expected)
+
+
+def _launched(procs, tmp_path: Path, jobs_dir: Path) -> list[dict]:
+    """:data:`RANKS` under ``forgather launch`` (its worker bootstrap first)."""
+    script = tmp_path / "follower-launched.py"
+    script.write_text(RANKS)
+    out = tmp_path / "launched-out"
+    out.mkdir()
+    p = launch(procs, jobs_dir, "follower-launched", script, str(out), str(jobs_dir), opts=("--nproc-per-node", "2"))
+    assert p.wait(TIMEOUT) == EXIT_STOPPED, p.output()[-4000:]  # the plan ends with a stop
+    return [json.loads((out / f"r{r}.json").read_text()) for r in range(2)]
