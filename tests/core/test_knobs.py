@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forgather_control.core.errors import EXIT_BAD_KNOB, BadKnob
-from forgather_control.core.knobs import MAX_CHANGES, SLOTS, KnobError, KnobTable, check_changes, describe, key, pack, parse_assignment, unpack
+from forgather_control.core.knobs import MAX_CHANGES, SLOTS, Changed, KnobError, KnobTable, check_changes, describe, key, pack, parse_assignment, unpack
 from forgather_control.core.records import KnobChange, KnobSetting
 
 
@@ -190,3 +190,13 @@ def test_a_knob_that_is_not_carried_keeps_the_scripts_value_and_is_not_carried_o
 def test_a_carried_value_out_of_range_keeps_the_scripts() -> None:
     t = KnobTable({"temperature": 99.0})
     assert t.declare("temperature", 1.0, max=2.0).value == 1.0
+
+
+def test_a_change_a_rank_made_is_the_record_rank_0s_receipt_carries() -> None:
+    # A rank makes no record to apply a set (issue 24): its Changed becomes a KnobChange
+    # only in rank 0's receipt, with the same fields.
+    t = KnobTable()
+    t.declare("temperature", 1.0, min=0.0)
+    (done,) = t.apply(t.wire(t.vet([_c("temperature=0.5")])), step=3, command_id=None)
+    assert isinstance(done, Changed) and set(Changed._fields) == set(KnobChange.__struct_fields__)
+    assert done.as_record() == KnobChange(name="temperature", value=0.5, old=1.0)
