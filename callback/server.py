@@ -92,12 +92,30 @@ class Guard:
         self.loopback = loopback
         self.max_body = max_body
 
+    def answer_now(self, scope: dict[str, Any]) -> Answer | None:
+        """The answer to a GET of a ``fast`` path, made at once (the most asked: a status
+        poll, a health check), or its refusal; None for any other request. The server's
+        protocol sends it without a task (serving/guard.py); ``__call__`` gives the same."""
+        if scope["method"] != "GET" or scope.get("query_string"):
+            return None
+        fast = self.fast.get(scope["path"])
+        if fast is None:
+            return None
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            return refusal
+        try:
+            return Answer(fast())
+        except Exception as exc:
+            log.exception("control server error")
+            return _error(500, f"internal error in the control server: {type(exc).__name__}")
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return  # no lifespan, no websockets (the server thread asks for neither)
-        refusal = self._refusal(scope)
-        if refusal is not None:
-            await refusal(send)
+        answer = self.answer_now(scope) or self._refusal(scope)
+        if answer is not None:
+            await answer(send)
             return
         started = False
 
@@ -107,11 +125,7 @@ class Guard:
             await send(message)
 
         try:
-            answer = self.fast.get(scope["path"]) if scope["method"] == "GET" and not scope.get("query_string") else None
-            if answer is not None:
-                await Answer(answer())(watched)
-            else:
-                await self.app(scope, receive, watched)
+            await self.app(scope, receive, watched)
         except _Disconnected:
             log.debug("a client left before its request was read")
             if not started:

@@ -14,6 +14,13 @@ request cycle's own state to tell a request still arriving from one being answer
 is uvicorn's httptools protocol (llhttp, in C: a request parsed in microseconds) when
 httptools is installed, else its h11 one (pure Python, about 0.1 ms more a request:
 ``benchmarks/bench_http.py``).
+
+The httptools one also answers at once what its app can answer at once: an app with
+``answer_now(scope)`` (the control API's guard: a health check, a status poll, or their
+refusal) gets no task for such a request, only a callback at the same point of the loop
+a task's first step would run; what it returns is sent through the request's own cycle,
+so keep-alive, pipelining and the limits work as for any answer. A task costs about a
+quarter of such a request's time in the server (``bench_http.py``).
 """
 
 from __future__ import annotations
@@ -115,11 +122,42 @@ def _httptools_protocol() -> type[_Limits] | None:
 
     class GuardedHttpToolsProtocol(_Limits, HttpToolsProtocol):
         """uvicorn's httptools protocol with the limits (a cycle's body is in when
-        ``more_body`` is false)."""
+        ``more_body`` is false), answering at once what its app can (see the module)."""
 
         def _answering(self) -> bool:
             cycle = self.cycle
             return cycle is not None and not cycle.more_body and not cycle.response_complete
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            now = getattr(app, "answer_now", None)
+            answer = now(cycle.scope) if now is not None else None
+            if answer is None:
+                super()._start_asgi_task(cycle, app)
+            else:
+                self.loop.call_soon(self._answer_now, cycle, app, answer)
+
+        def _answer_now(self, cycle: Any, app: Any, answer: Any) -> None:
+            """Send ``answer`` (a coroutine function of the ASGI ``send``) through ``cycle``
+            without a task: each send writes at once unless the transport has paused
+            writing, in which case the answer goes the usual way."""
+            if self.flow.write_paused:
+                super()._start_asgi_task(cycle, app)
+                return
+            sending = answer(cycle.send)
+            try:
+                sending.send(None)
+            except StopIteration:
+                pass  # sent
+            except Exception:
+                log.exception("an answer could not be sent")
+                self.transport.close()
+            else:
+                # Its own write filled the client's buffer (a client that reads nothing):
+                # the rest would wait, and this connection is not kept for it.
+                sending.close()
+                self.transport.close()
+            finally:
+                cycle.on_response = lambda: None  # as uvicorn's run_asgi leaves a cycle
 
     return GuardedHttpToolsProtocol
 

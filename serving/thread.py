@@ -48,6 +48,7 @@ class ServerThread:
             log_level="warning",
             access_log=False,
             proxy_headers=False,  # no proxy in front: X-Forwarded-* from a local client is not read
+            server_header=False,  # no banner naming the server and its version (and one header less a request)
             lifespan="off",
             loop="asyncio",
             http=guarded_protocol(self.cap, read_deadline),

@@ -372,3 +372,95 @@ def test_at_the_end_the_server_waits_for_a_watcher_to_read_the_final_status(ledg
         assert seen and seen[-1] == "stopped"  # and that poll read how the job ended
     finally:
         server.stop()
+
+
+# -- answered at once: a health check and a status poll get no task --------------------------
+
+
+def _raw_exchange(port: int, requests: bytes, answers: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send ``requests`` (one write: pipelined when several) and read ``answers`` answers."""
+    out = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(requests)
+        buf = b""
+        while len(out) < answers:
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                assert chunk, f"the server closed after {len(out)} answers"
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers["content-length"])
+            while len(buf) < length:
+                buf += sock.recv(65536)
+            out.append((int(lines[0].split()[1]), headers, buf[:length]))
+            buf = buf[length:]
+    return out
+
+
+def _get(path: str, token: str | None = TOKEN) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+
+
+@pytest.fixture
+def tasks_started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths uvicorn started an ASGI task for (every request but those answered at once)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    started: list[str] = []
+    real = HttpToolsProtocol._start_asgi_task
+
+    def counting(self, cycle, app) -> None:  # type: ignore[no-untyped-def]
+        started.append(cycle.scope["path"])
+        real(self, cycle, app)
+
+    monkeypatch.setattr(HttpToolsProtocol, "_start_asgi_task", counting)
+    return started
+
+
+@pytest.mark.parametrize("hosted", [False, True], ids=["own-thread", "in-the-control-loop"])
+def test_a_health_check_and_a_status_poll_are_answered_at_once_as_the_router_answers_them(ledger: Ledger, hosted: bool, tasks_started: list[str]) -> None:
+    app = create_app(job_id="job-1", ledger=ledger, status=lambda: Status(job_id="job-1", state="running", step=7), token=TOKEN, followed=Followed())
+    server = ServerThread(app, loop=ControlLoop("test-now-loop") if hosted else None)
+    port = server.start()
+    try:
+        # pipelined in one write, answered in order: at once, the routed way (a query
+        # string goes through the router), refused at once, and the routed way again
+        got = _raw_exchange(
+            port,
+            _get("/health", None) + _get("/health?probe=1", None) + _get("/jobs/job-1/status") + _get("/jobs/job-1/status", "wrong") + _get("/jobs", TOKEN),
+            5,
+        )
+    finally:
+        server.stop()
+    (health, routed, status, refused, jobs) = got
+    assert health[0] == routed[0] == 200 and health[2] == routed[2] and json.loads(health[2])["ok"] is True
+    assert health[1]["content-type"] == routed[1]["content-type"] == "application/json"
+    assert status[0] == 200 and json.loads(status[2])["step"] == 7
+    assert refused[0] == 401 and refused[1]["www-authenticate"] == "Bearer"
+    assert jobs[0] == 200 and json.loads(jobs[2])["jobs"][0]["step"] == 7
+    assert "server" not in health[1]  # no banner naming the server and its version
+    # only what the router answers got a task
+    assert tasks_started == ["/health", "/jobs"]
+
+
+def test_a_status_that_fails_at_once_is_a_500_and_the_connection_serves_on(ledger: Ledger, tasks_started: list[str]) -> None:
+    calls = []
+
+    def flaky() -> Status:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("status exploded")
+        return Status(job_id="job-1", state="running", step=9)
+
+    server = ServerThread(create_app(job_id="job-1", ledger=ledger, status=flaky, token=TOKEN))
+    port = server.start()
+    try:
+        failed, served = _raw_exchange(port, _get("/jobs/job-1/status") + _get("/jobs/job-1/status"), 2)
+    finally:
+        server.stop()
+    assert failed[0] == 500 and "RuntimeError" in json.loads(failed[2])["detail"]
+    assert served[0] == 200 and json.loads(served[2])["step"] == 9
+    assert tasks_started == []
