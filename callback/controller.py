@@ -113,6 +113,11 @@ class Controller:
     ``config=`` passes a resolved :class:`ControllerConfig` instead.
     """
 
+    #: What the per-step test reads and writes (``step`` and the integrations' hooks,
+    #: which inline it) are slots, a fixed offset each; every other attribute is in the
+    #: instance dict, which outgrows the interpreter's shared-key layout (``bench_hooks.py``).
+    __slots__ = ("__dict__", "__weakref__", "_next_check", "_poke", "current_step", "metrics")
+
     def __init__(self, *, config: ControllerConfig | None = None, **options: Any) -> None:
         if config is not None and options:
             raise TypeError("give Controller either config= or options, not both")

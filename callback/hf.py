@@ -194,6 +194,10 @@ class TrainerControlCallback:
         step = ctl.current_step = state.global_step
         if step < ctl._next_check and not ctl._poke:
             return control  # Controller.step's test, inlined: between checks nothing else runs
+        return self._at_check(ctl, step, args, state, control)
+
+    def _at_check(self, ctl: Controller, step: int, args: Any, state: Any, control: Any) -> Any:
+        """The rest of ``on_step_end`` at a check (apart: the hook's own frame stays small)."""
         ctl.epoch = state.epoch
         self._state = state
         act = ctl.step(step)
