@@ -14,7 +14,7 @@ round (issue 24: at most ``--budget`` ns added, default 100):
 No trainer is imported: the objects are the shapes the hooks read. The Controller is
 started (its I/O round runs) and no command comes, so every step is between checks.
 
-    python benchmarks/bench_hooks.py [--steps 200000] [--rounds 7] [--budget 100]
+    python benchmarks/bench_hooks.py [--steps 200000] [--rounds 21] [--budget 100]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _time(call: Any, n: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200_000)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=21, help="the median of this many: a hook is tens of ns on a call of hundreds")
     p.add_argument("--budget", type=float, default=100.0, help="ns a hook may add to a step")
     args = p.parse_args(argv)
     noop = _Noop()
