@@ -180,15 +180,7 @@ class _Dumper:
             raise
 
     def _open(self, mode: int) -> int:
-        fd = os.open(self.path, mode | _O_NOFOLLOW | _O_NONBLOCK)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
-                raise OSError(f"{self.path} is not a FIFO of our own")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return _open_own(self.path, mode, stat.S_IFIFO)
 
     def _by_signal(self) -> None:
         """The kernel sends :data:`REQUEST_SIGNAL` to this process when a request arrives
@@ -236,21 +228,26 @@ class _Dumper:
 
 
 def _open_dump(path: Path) -> IO[bytes]:
-    """The dump file, opened for appending as itself: never a link followed (nor a FIFO
-    waited on), and refused (:class:`NotOurs`) when another user made it, so what the
-    handler writes goes nowhere else, whoever could write in the folder before."""
+    """The dump file, opened for appending as itself (:func:`_open_own`), so what the
+    handler writes goes nowhere else."""
+    return open(path, "ab", buffering=0, opener=lambda name, flags: _open_own(Path(name), flags, stat.S_IFREG))
 
-    def opener(name: str, flags: int) -> int:
-        fd = os.open(name, flags | _O_NOFOLLOW | _O_NONBLOCK, 0o600)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(f"{path} is not a regular file; refusing to write stacks into it")
-            if st.st_uid != os.geteuid():
-                raise NotOurs(f"{foreign(path, st.st_uid)}: a rank's stacks go only into a file of its own")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
-    return open(path, "ab", buffering=0, opener=opener)
+_KINDS = {stat.S_IFREG: "regular file", stat.S_IFIFO: "FIFO"}
+
+
+def _open_own(path: Path, flags: int, kind: int) -> int:
+    """``path`` opened as itself: never through a link, never waiting on a FIFO's other
+    end, and refused when it is not a ``kind`` (``stat.S_IFREG``, ``stat.S_IFIFO``) or
+    another user made it (:class:`NotOurs`), whoever could write in the folder before."""
+    fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK, 0o600)
+    try:
+        st = os.fstat(fd)
+        if stat.S_IFMT(st.st_mode) != kind:
+            raise OSError(f"{path} is not a {_KINDS[kind]}; a rank's stacks use only a {_KINDS[kind]} of its own")
+        if st.st_uid != os.geteuid():
+            raise NotOurs(f"{foreign(path, st.st_uid)}: a rank's stacks use only files of its own")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
