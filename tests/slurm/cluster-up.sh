@@ -71,6 +71,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# a pending or requeued job is looked at every few seconds, not after the 60 s default:
+# a test's requeued job waited 2 minutes once for the next pass
+SchedulerParameters=sched_interval=3,bf_interval=3
 ReturnToService=2
 SlurmctldPort=6817
 SlurmdPort=6818
