@@ -199,6 +199,10 @@ class ControlPlane:
         try:
             publisher = self._publisher
             if self._followed is not None and self._server is not None:
+                if publisher is not None:
+                    # the final state on disk first: the wait below may be cut short by
+                    # the end of the allocation (another node's launcher exited first)
+                    publisher.write_status(ended_at=time.time(), error=error)
                 self._followed.caught_up(self._state_of)  # a follower reads how its command ended
             self._stop_threads()
             if publisher is not None:

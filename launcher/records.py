@@ -424,6 +424,12 @@ class JobRecords:
             return Outcome(JobState.FAILED, True, passed_on)
         if recorded == JobState.ABORTED:
             return Outcome(JobState.ABORTED, by_signal, status.stop_reason)
+        if worker_code != 0 and signalled and not by_signal and recorded in (JobState.STOPPED, JobState.PAUSED):
+            # A user's stop the ranks had carried out and rank 0 had recorded as the run's
+            # end, then a signal: srun --kill-on-bad-exit ending this node once another
+            # node's launcher exited with the stop's code, while rank 0 still finished
+            # (its last answers to whoever follows the stop). The run ended as asked.
+            return Outcome(recorded, False, status.stop_reason)
         if worker_code != 0:
             cause = root_cause(self.paths, run=self.plan.restarts)
             why = cause.describe() if cause else status.error or f"torchrun exited with {worker_code}"

@@ -82,6 +82,17 @@ def test_final_state_comes_from_rank0_status(tmp_path: Path) -> None:
     assert rec.outcome(0).state == "aborted" and rec.outcome(3).state == "aborted"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "stopped"})
     assert rec.outcome(0).state == "stopped" and rec.outcome(3).state == "failed"
+    # a user's stop carried out and recorded, then srun's teardown signal killed what was
+    # left (another node's launcher had exited with the stop's code): stopped, not failed;
+    # a stop the signal itself asked for, or none recorded, stays a failure on a bad exit
+    user = {"command": "pause", "state": "completed", "key": "k-1", "source": "http"}
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "paused", "commands": [user]})
+    assert rec.outcome(143, signalled=True).state == "paused" and not rec.outcome(143, signalled=True).by_signal
+    assert rec.outcome(143, signalled=False).state == "failed"
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "stopped", "commands": [{**user, "command": "save_and_stop", "source": "signal"}]})
+    assert rec.outcome(143, signalled=True).state == "failed"
+    write_json_atomic(jobs / "fs" / "status.json", {"state": "stopping", "commands": [user]})
+    assert rec.outcome(143, signalled=True).state == "failed"
     write_json_atomic(jobs / "fs" / "status.json", {"state": "running"})
     assert rec.outcome(0).state == "finished"
     # a status.json from another run of the job (its rank 0 wrote another run count)
