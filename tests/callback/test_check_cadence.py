@@ -119,6 +119,9 @@ def test_with_steps_longer_than_the_interval_the_next_check_starts_where_the_las
     for a, b in itertools.pairwise(later):
         resolution = min(r for r in r0["resolved"] if r > a)
         assert b == resolution or (b == resolution + 1 and resolution in acted), (a, b, r0["starts"], r0["resolved"])
-    # a save queued at step 30 is proposed by the check started at the next step at most, and applied lag steps later
+    # a save queued at step 30 is proposed by the check started at the next step at most, and
+    # applied lag steps later (the lag of that moment: rank 0 raises it while a collective is
+    # slow, on a loaded machine, and lowers it again, so the last one is no bound)
     [(saved, command)] = r0["actions"]
-    assert command == "save_checkpoint" and saved <= r0["queued"] + 1 + 2 * r0["trace"][-1][lag], (r0["actions"], r0["queued"])
+    most = max(row[lag] for row in r0["trace"])
+    assert command == "save_checkpoint" and saved <= r0["queued"] + 1 + 2 * most, (r0["actions"], r0["queued"], [row[lag] for row in r0["trace"]])
